@@ -1,0 +1,89 @@
+"""The ``ndmpd`` command: serve, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Config, ConfigError, embedded_default, load
+from .context import ServerContext
+from .server import NdmpServer
+
+log = logging.getLogger("ndmpd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ndmpd", description="NDMP v2/v3/v4 server for Linux")
+    parser.add_argument("--version", action="version", version=f"ndmpd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server in the foreground")
+    serve.add_argument("--config", type=Path, help="configuration file (default: the embedded default)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help="override server.log_level")
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("path", type=Path)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load(path: Path | None) -> Config:
+    if path is not None:
+        return load(path)
+    config, new_password = embedded_default()
+    user = config.users[0]
+    if new_password:
+        print(f"ndmpd: generated password for user '{user.name}': {new_password}", file=sys.stderr)
+        print(f"ndmpd: (kept in {config.server.state_dir / 'ndmp.password'}; it is printed only once)",
+              file=sys.stderr)
+    else:
+        print(f"ndmpd: user '{user.name}', password in {config.server.state_dir / 'ndmp.password'}",
+              file=sys.stderr)
+    return config
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    _setup_logging(args.log_level or config.server.log_level)
+    config.server.state_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> None:
+        server = NdmpServer(ServerContext(config))
+        await server.start()
+        await server.serve_until_stopped()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"ndmpd: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    config = load(args.path)
+    print(f"{args.path}: OK ({len(config.users)} users, {len(config.volumes)} volumes, "
+          f"{len(config.tapes)} tapes, listening on {', '.join(map(str, config.server.listen))})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"serve": serve, "check-config": check_config}[args.command](args)
+    except ConfigError as exc:
+        print(f"ndmpd: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""The server configuration: a typed, validated view of ``ndmpd.toml``, loaded once and passed in.
+
+Every problem is reported as one :class:`ConfigError` line naming the key (``volume[1].path``),
+so ``ndmpd serve`` and ``ndmpd check-config`` can fail with a clear message and no traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+AUTH_METHODS = ("md5", "text", "none")
+SNAPSHOT_MODES = ("auto", "btrfs", "lvm", "none")
+TAPE_KINDS = ("virtual", "st")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_PORT = 10000
+
+
+class ConfigError(ValueError):
+    """One line that says which key is wrong and why."""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str                  # the FILESYSTEM a DMA names
+    path: Path                 # where it is on this host
+    snapshot: str = "auto"
+
+
+@dataclass(frozen=True)
+class Tape:
+    name: str                  # the device name a DMA opens
+    kind: str
+    path: Path
+    capacity: int              # bytes
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: tuple[ListenAddress, ...]
+    state_dir: Path
+    auth: tuple[str, ...]
+    log_level: str = "info"
+    max_record_size: int = 8 << 20
+    max_sessions: int = 64
+    max_version: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSettings
+    users: tuple[User, ...]
+    volumes: tuple[Volume, ...]
+    tapes: tuple[Tape, ...]
+    source: str = "<embedded default>"
+
+    def user(self, name: str) -> User | None:
+        return next((u for u in self.users if u.name == name), None)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)B?\s*$", re.I)
+_UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
+
+
+def parse_size(value: Any, key: str) -> int:
+    """'10GiB', '512M', '4096' or an integer, as bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = _SIZE.match(str(value)) if isinstance(value, str) else None
+    if not m:
+        raise ConfigError(f"{key}: expected a size such as \"10GiB\", got {value!r}")
+    number, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    size = int(number * ((1024 if binary or unit else 1000) ** _UNITS[unit]))
+    if size <= 0:
+        raise ConfigError(f"{key}: size must be positive")
+    return size
+
+
+def parse_listen(value: Any, key: str) -> ListenAddress:
+    """'127.0.0.1:10000', '[::1]:10000', 'host:port', or a bare address (port 10000)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected \"ADDRESS:PORT\", got {value!r}")
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?|([0-9a-fA-F:]+)", value)
+    if not m:
+        raise ConfigError(f"{key}: cannot parse {value!r}; use \"127.0.0.1:10000\" or \"[::1]:10000\"")
+    host = m.group(1) or m.group(3) or m.group(5)
+    port = int(m.group(2) or m.group(4) or DEFAULT_PORT)
+    if m.group(1) or m.group(5):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{key}: {host!r} is not an IPv6 address") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key}: port {port} out of range")
+    return ListenAddress(host, port)
+
+
+class _Table:
+    """Reads one TOML table, remembering which keys were used to reject unknown ones."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a table")
+        self.data, self.where, self.used = data, where, set()
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., required: bool = False) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if required or default is ...:
+                raise ConfigError(f"{self.where}.{key}: missing")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigError(f"{self.where}.{key}: expected {names}, got {type(value).__name__}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            raise ConfigError(f"{self.where}.{key}: {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.where}.{unknown[0]}: unknown key")
+
+
+def _is_world_readable(path: Path) -> bool:
+    return bool(path.stat().st_mode & stat.S_IROTH)
+
+
+def _read_secret(path: Path, key: str) -> str:
+    try:
+        if _is_world_readable(path):
+            raise ConfigError(f"{key}: {path} is world-readable; chmod o-r it")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    secret = text.strip("\r\n")
+    if not secret:
+        raise ConfigError(f"{key}: {path} is empty")
+    return secret
+
+
+def _unique(items: list[Any], what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.name in seen:
+            raise ConfigError(f"{what}[{i}].name: duplicate name {item.name!r} (also {what}[{seen[item.name]}])")
+        seen[item.name] = i
+
+
+def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bool = False) -> Config:
+    """Validate parsed TOML data; relative paths are taken from ``base``."""
+    top = _Table(data, "config")
+    top.where = ""
+
+    def rel(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (base / path)
+
+    srv = _Table(top.get("server", dict, {}), "server")
+    top.used.add("server")
+    listen = srv.get("listen", list, ["127.0.0.1:10000"])
+    if not listen:
+        raise ConfigError("server.listen: needs at least one address")
+    addresses = tuple(parse_listen(v, f"server.listen[{i}]") for i, v in enumerate(listen))
+    auth = srv.get("auth", list, ["md5", "text"])
+    for i, method in enumerate(auth):
+        if method not in AUTH_METHODS:
+            raise ConfigError(f"server.auth[{i}]: {method!r} is not one of {', '.join(AUTH_METHODS)}")
+    if not auth:
+        raise ConfigError("server.auth: needs at least one method")
+    max_version = srv.get("max_version", int, 4)
+    if max_version not in (2, 3, 4):
+        raise ConfigError("server.max_version: must be 2, 3 or 4")
+    max_sessions = srv.get("max_sessions", int, 64)
+    if max_sessions < 1:
+        raise ConfigError("server.max_sessions: must be at least 1")
+    max_record = parse_size(srv.get("max_record_size", (int, str), 8 << 20), "server.max_record_size")
+    if max_record < 65536:
+        raise ConfigError("server.max_record_size: must be at least 64KiB")
+    settings = ServerSettings(
+        listen=addresses,
+        state_dir=rel(srv.get("state_dir", str, "/var/lib/ndmpd")),
+        auth=tuple(dict.fromkeys(auth)),
+        log_level=srv.choice("log_level", LOG_LEVELS, "info"),
+        max_record_size=max_record,
+        max_sessions=max_sessions,
+        max_version=max_version,
+    )
+    srv.finish()
+
+    users = []
+    for i, raw in enumerate(top.get("user", list, [])):
+        t = _Table(raw, f"user[{i}]")
+        name = t.get("name", str, required=True)
+        if "password" in t.data and "password_file" in t.data:
+            raise ConfigError(f"user[{i}]: give password or password_file, not both")
+        if "password_file" in t.data:
+            key = f"user[{i}].password_file"
+            password = _read_secret(rel(t.get("password_file", str)), key)
+        else:
+            password = t.get("password", str, required=True)
+            if file_world_readable:
+                raise ConfigError(f"user[{i}].password: {source} is world-readable; chmod o-r it or use password_file")
+        if not password:
+            raise ConfigError(f"user[{i}].password: empty")
+        t.finish()
+        users.append(User(name, password))
+    _unique(users, "user")
+    if not users and settings.auth != ("none",):
+        raise ConfigError(f"user: no [[user]] entry, but auth allows {', '.join(m for m in settings.auth if m != 'none')}")
+
+    volumes = []
+    for i, raw in enumerate(top.get("volume", list, [])):
+        t = _Table(raw, f"volume[{i}]")
+        name = t.get("name", str, required=True)
+        path = rel(t.get("path", str, required=True))
+        if not path.is_dir():
+            raise ConfigError(f"volume[{i}].path: {path} is not a directory")
+        volumes.append(Volume(name, path, t.choice("snapshot", SNAPSHOT_MODES, "auto")))
+        t.finish()
+    _unique(volumes, "volume")
+
+    tapes = []
+    for i, raw in enumerate(top.get("tape", list, [])):
+        t = _Table(raw, f"tape[{i}]")
+        name = t.get("name", str, required=True)
+        kind = t.choice("kind", TAPE_KINDS, "virtual")
+        if kind == "st":
+            path = rel(t.get("path", str, required=True))
+        else:
+            path = rel(t.get("path", str, str(settings.state_dir / f"{name}.img")))
+            if not path.parent.is_dir() and path.parent != settings.state_dir:
+                raise ConfigError(f"tape[{i}].path: directory {path.parent} does not exist")
+        capacity = parse_size(t.get("capacity", (int, str), "10GiB"), f"tape[{i}].capacity")
+        tapes.append(Tape(name, kind, path, capacity))
+        t.finish()
+    _unique(tapes, "tape")
+    top.finish()
+    return Config(settings, tuple(users), tuple(volumes), tuple(tapes), source)
+
+
+def load(path: Path) -> Config:
+    """Load and validate a configuration file."""
+    try:
+        raw = path.read_bytes()
+        world_readable = _is_world_readable(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return build(data, str(path), path.resolve().parent, world_readable)
+
+
+def default_state_dir() -> Path:
+    """Under the user's data directory: $XDG_DATA_HOME/ndmpd or ~/.local/share/ndmpd."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ndmpd"
+
+
+def embedded_default(state_dir: Path | None = None) -> tuple[Config, str | None]:
+    """The configuration used without --config: loopback, one virtual drive, no volumes.
+
+    The password of user ``ndmp`` is generated on first use and kept (mode 600) in the
+    state directory; the second value is the password when it was just generated.
+    """
+    state = state_dir or default_state_dir()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret_file = state / "ndmp.password"
+    new_password = None
+    if not secret_file.exists():
+        new_password = secrets.token_urlsafe(18)
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_password + "\n")
+    data = {
+        "server": {"listen": ["127.0.0.1:10000"], "state_dir": str(state), "auth": ["md5", "text"]},
+        "user": [{"name": "ndmp", "password_file": str(secret_file)}],
+        "tape": [{"name": "vtape0", "kind": "virtual", "path": str(state / "vtape0.img"), "capacity": "10GiB"}],
+    }
+    return build(data, "<embedded default>", state), new_password

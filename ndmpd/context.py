@@ -1,0 +1,42 @@
+"""What every session of one server shares: configuration, handlers, host facts, clock."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import __version__
+from .config import Config
+from .host import HostIdentity, host_identity
+from .services import HandlerTable, all_handlers
+
+VENDOR = "ndmpd project"
+PRODUCT = "ndmpd"
+
+
+@dataclass(frozen=True)
+class Butype:
+    """One backup type the data service offers (CONFIG_GET_BUTYPE_INFO)."""
+
+    name: str
+    default_env: tuple[tuple[str, str], ...]
+    attrs: int                 # v3/v4 attribute bits
+    v2_attrs: int              # v2 negative-sense bits
+
+
+@dataclass
+class ServerContext:
+    """Shared, explicitly passed server state (there are no globals)."""
+
+    config: Config
+    handlers: HandlerTable = field(default_factory=all_handlers)
+    butypes: tuple[Butype, ...] = ()        # the data service registers its formats here
+    identity: HostIdentity = field(default_factory=host_identity)
+    clock: Callable[[], float] = time.time
+    random_bytes: Callable[[int], bytes] = os.urandom
+    vendor: str = VENDOR
+    product: str = PRODUCT
+    revision: str = __version__
+    sessions: set[Any] = field(default_factory=set)

@@ -1,0 +1,121 @@
+"""The asyncio edge: listeners on every configured address, one task per control connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from .config import Config, ListenAddress
+from .context import ServerContext
+from .session import Session
+
+log = logging.getLogger("ndmpd.server")
+READ_SIZE = 256 * 1024
+IDLE_WRITE_LIMIT = 4 << 20       # pause reading while this much output is unsent
+
+
+class NdmpServer:
+    """Accepts control connections and runs a :class:`Session` for each."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self._servers: list[asyncio.base_events.Server] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._writers: dict[Session, asyncio.StreamWriter] = {}
+        self._stopping = asyncio.Event()
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Bind every listen address; returns the bound (host, port) pairs."""
+        bound = []
+        for addr in self.config.server.listen:
+            server = await asyncio.start_server(self._on_connection, host=addr.host, port=addr.port,
+                                                family=_family(addr), reuse_address=True,
+                                                limit=READ_SIZE)
+            self._servers.append(server)
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                bound.append((host, port))
+                log.info("listening on %s", ListenAddress(host, port))
+        return bound
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task:
+            self._tasks.add(task)
+        peer = writer.get_extra_info("peername")
+        name = ListenAddress(peer[0], peer[1]).__str__() if peer else "?"
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = Session(self.ctx, name)
+        try:
+            if len(self.ctx.sessions) >= self.config.server.max_sessions:
+                log.warning("%s: refused, %d sessions already", name, len(self.ctx.sessions))
+                session.refuse("too many sessions")
+            else:
+                self.ctx.sessions.add(session)
+                self._writers[session] = writer
+                log.info("%s: connected", name)
+                session.greet()
+            await self._pump(session, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("%s: connection lost: %s", name, exc)
+        finally:
+            self.ctx.sessions.discard(session)
+            self._writers.pop(session, None)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+            log.info("%s: closed", name)
+            if task:
+                self._tasks.discard(task)
+
+    async def _pump(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            out = session.data_to_send()
+            if out:
+                writer.write(out)
+                await writer.drain()
+            if session.closed:
+                return
+            data = await reader.read(READ_SIZE)
+            if not data:
+                return
+            session.receive_data(data)
+
+    async def serve_until_stopped(self) -> None:
+        """Run until SIGTERM/SIGINT (or :meth:`stop`), then close every session cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self._stopping.wait()
+        log.info("stopping")
+        for server in self._servers:
+            server.close()
+        for session, writer in list(self._writers.items()):
+            session.shutdown()
+            writer.write(session.data_to_send())
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        for server in self._servers:
+            await server.wait_closed()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+def _family(addr: ListenAddress) -> int:
+    return socket.AF_INET6 if ":" in addr.host else socket.AF_UNSPEC

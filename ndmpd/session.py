@@ -1,0 +1,203 @@
+"""One NDMP control connection, sans-IO: records in, framed messages out.
+
+The asyncio edge (server.py) feeds received bytes to :meth:`Session.receive_data` and
+writes whatever :meth:`Session.data_to_send` returns; nothing here touches a socket, so
+the whole protocol core runs in unit tests and fuzzers without a network.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any, Callable
+
+from .context import ServerContext
+from .errors import HeaderError, NdmpError
+from .wire import C, REPLY, REQUEST, Protocol, Translator, XdrError, protocol
+from .wire.message import Header, partial_header, unpack_header
+from .wire.records import OversizedRecord, RecordReader, frame
+
+log = logging.getLogger("ndmpd.session")
+
+GREETING_TEXT = "ndmpd ready"
+MAX_AUTH_FAILURES = 3
+
+
+class Session:
+    """Protocol state of one control connection."""
+
+    def __init__(self, ctx: ServerContext, peer: str = "?") -> None:
+        self.ctx = ctx
+        self.peer = peer
+        self.offered_version = ctx.config.server.max_version
+        self.version = self.offered_version
+        self.version_locked = False
+        self.authenticated = False
+        self.auth_user: str | None = None
+        self.auth_failures = 0
+        self.max_auth_failures = MAX_AUTH_FAILURES
+        self.md5_challenge: bytes | None = None
+        self.ext_list_set = False
+        self.closed = False               # no more input is processed; close after flushing
+        self._sequence = 0
+        self._outbox: list[bytes] = []
+        self._reader = RecordReader(ctx.config.server.max_record_size)
+        self._after_reply: Callable[[], None] | None = None
+        self._set_version(self.version)
+
+    # ------------------------------------------------------------------ output
+
+    def _set_version(self, version: int) -> None:
+        self.version = version
+        self.proto: Protocol = protocol(version)
+        self.translator = Translator(self.proto)
+
+    def _next_sequence(self) -> int:
+        self._sequence = (self._sequence + 1) & 0xFFFFFFFF or 1
+        return self._sequence
+
+    def _send(self, message_type: int, code: int, reply_to: int, error: int, body: bytes) -> None:
+        header = Header(self._next_sequence(), int(self.ctx.clock()), message_type, code, reply_to, error)
+        self._outbox.append(frame(header.pack() + body))
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call, record-marked."""
+        out = b"".join(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def post(self, code: int, body: Any) -> None:
+        """Send a NOTIFY/LOG/FH post; ``body`` is in internal (v4) form."""
+        wire_body = self.translator.from_internal(code, REQUEST, body)
+        self._send(REQUEST, code, 0, 0, self.proto.encode_body(code, REQUEST, wire_body))
+
+    def greet(self) -> None:
+        """The server speaks first: NOTIFY_CONNECTION_STATUS(CONNECTED, highest version)."""
+        from .wire import T
+        self.post(C.NOTIFY_CONNECTION_STATUS,
+                  T.notify_connection_status_post(C.CONNECTED, self.offered_version, GREETING_TEXT))
+
+    def refuse(self, reason: str) -> None:
+        """Greet with REFUSED (e.g. too many sessions) and close."""
+        from .wire import T
+        self.post(C.NOTIFY_CONNECTION_STATUS,
+                  T.notify_connection_status_post(C.REFUSED, self.offered_version, reason))
+        self.closed = True
+
+    def _reply_header_error(self, request: Header, error: int) -> None:
+        self._send(REPLY, request.message_code, request.sequence, error, b"")
+
+    # ------------------------------------------------------------------- input
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; complete records are processed immediately."""
+        for record in self._reader.feed(data):
+            if self.closed:
+                return
+            self.receive_record(record)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for incomplete input (bounded by the maximum record size)."""
+        return self._reader.pending
+
+    def receive_record(self, record: bytes | OversizedRecord) -> None:
+        """Process one complete record (one message)."""
+        if isinstance(record, OversizedRecord):
+            self._oversized(record)
+            return
+        try:
+            header = unpack_header(record)
+        except struct.error:
+            sequence, code = partial_header(record)
+            log.warning("%s: record of %d bytes is shorter than a header", self.peer, len(record))
+            self._send(REPLY, code, sequence, C.XDR_DECODE_ERR, b"")
+            return
+        if header.message_type == REPLY:
+            log.warning("%s: unexpected reply to 0x%x ignored", self.peer, header.message_code)
+            return
+        if header.message_type != REQUEST:
+            self._reply_header_error(header, C.XDR_DECODE_ERR)
+            return
+        self._dispatch(header, record)
+
+    def _oversized(self, record: OversizedRecord) -> None:
+        log.warning("%s: %d-byte message exceeds max_record_size %d; refused", self.peer,
+                    record.length, self.ctx.config.server.max_record_size)
+        try:
+            header = unpack_header(record.head)
+        except struct.error:
+            return
+        spec = self.proto.message(header.message_code)
+        if header.message_type != REQUEST or spec is None or not spec.has_reply or spec.post:
+            return
+        self._reply(header, self._error_reply(header.message_code, C.ILLEGAL_ARGS_ERR))
+
+    def _dispatch(self, header: Header, record: bytes) -> None:
+        code = header.message_code
+        if code != C.CONNECT_OPEN:
+            self.version_locked = True
+        spec = self.proto.message(code)
+        handler = self.ctx.handlers.get(code)
+        if code == C.CONNECT_CLOSE and spec is not None:
+            log.info("%s: CONNECT_CLOSE", self.peer)
+            self.closed = True
+            return
+        if spec is None or spec.post is not None or handler is None:
+            log.info("%s: message 0x%x not supported in NDMPv%d", self.peer, code, self.version)
+            self._reply_header_error(header, C.NOT_SUPPORTED_ERR)
+            return
+        if not handler.pre_auth and not self.authenticated:
+            log.info("%s: %s before authentication refused", self.peer, spec.name)
+            self._reply_header_error(header, C.NOT_AUTHORIZED_ERR)
+            return
+        try:
+            wire_request = self.proto.decode_body(code, REQUEST, record)
+        except XdrError as exc:
+            log.warning("%s: undecodable %s: %s", self.peer, spec.name, exc)
+            self._reply_header_error(header, C.XDR_DECODE_ERR)
+            return
+        request = self.translator.to_internal(code, REQUEST, wire_request)
+        try:
+            reply = handler.fn(self, request)
+        except NdmpError as exc:
+            log.info("%s: %s -> %s %s", self.peer, spec.name, self.proto.error_name(exc.code), exc.message)
+            reply = self._error_reply(code, exc.code)
+        except HeaderError as exc:
+            self._reply_header_error(header, exc.code)
+            return
+        except Exception:   # a bug must cost one request, never the session
+            log.exception("%s: %s failed", self.peer, spec.name)
+            reply = self._error_reply(code, C.UNDEFINED_ERR)
+        self._reply(header, reply)
+
+    def _error_reply(self, code: int, error: int) -> Any:
+        """A zero-valued reply body (internal form where one exists) carrying ``error``."""
+        body = self.translator.new_internal_body(code, REPLY)
+        body.error = error
+        return body
+
+    def _reply(self, header: Header, reply: Any) -> None:
+        code = header.message_code
+        try:
+            body = self.proto.encode_body(code, REPLY, self.translator.from_internal(code, REPLY, reply))
+        except XdrError as exc:
+            log.error("%s: cannot encode reply to 0x%x: %s", self.peer, code, exc)
+            self._reply_header_error(header, C.XDR_ENCODE_ERR)
+            return
+        self._send(REPLY, code, header.sequence, C.NO_ERR, body)
+        if self._after_reply:
+            action, self._after_reply = self._after_reply, None
+            action()
+
+    def after_reply(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the current reply is queued (e.g. switch version after CONNECT_OPEN)."""
+        self._after_reply = action
+
+    def shutdown(self, reason: str = "server shutting down") -> None:
+        """Tell the peer the server is going away (v3/v4 NOTIFY SHUTDOWN) and stop reading."""
+        from .wire import T
+        if not self.closed:
+            self.post(C.NOTIFY_CONNECTION_STATUS,
+                      T.notify_connection_status_post(C.SHUTDOWN, self.version, reason))
+        self.closed = True
