@@ -1,0 +1,150 @@
+"""Real peers: an ndmpd server process on 127.0.0.N:10000, ndmjob and tshark."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NDMJOB = Path("/usr/lib/amanda/ndmjob")
+NDMJOB_WRAPPER = REPO.parent / "shared" / "tools" / "ndmjob"
+PASSWORD = "s3cret-pw"
+
+
+def free_loopback_address() -> str:
+    """An address in 127/8 whose port 10000 is free (tshark only dissects port 10000)."""
+    start = 10 + os.getpid() % 200
+    for n in list(range(start, 250)) + list(range(10, start)):
+        host = f"127.0.0.{n}"
+        with socket.socket() as s:
+            try:
+                s.bind((host, 10000))
+                return host
+            except OSError:
+                continue
+    pytest.skip("no free 127.0.0.N:10000")
+
+
+class ServerProcess:
+    def __init__(self, host: str, config: Path, log: Path) -> None:
+        self.host, self.config, self.log = host, config, log
+        self.proc = subprocess.Popen([sys.executable, "-m", "ndmpd", "serve", "--config", str(config)],
+                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ndmpd exited: {log.read_text()}")
+            try:
+                with socket.create_connection((host, 10000), timeout=1) as s:
+                    if s.recv(4):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("ndmpd did not start")
+
+    def agent(self, version: str) -> str:
+        return f"{self.host}:10000/{version},ndmp,{PASSWORD}"
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+
+def write_config(tmp: Path, host: str, auth: list[str]) -> Path:
+    (tmp / "vol").mkdir(exist_ok=True)
+    (tmp / "state").mkdir(exist_ok=True)
+    config = tmp / "ndmpd.toml"
+    config.write_text(f"""
+[server]
+listen = ["{host}:10000"]
+state_dir = "{tmp / 'state'}"
+auth = {auth!r}
+log_level = "debug"
+
+[[user]]
+name = "ndmp"
+password = "{PASSWORD}"
+
+[[volume]]
+name = "/export/data"
+path = "{tmp / 'vol'}"
+
+[[tape]]
+name = "vtape0"
+path = "{tmp / 'state' / 'vtape0.img'}"
+""".replace("'", '"'))
+    config.chmod(0o600)
+    return config
+
+
+@pytest.fixture
+def ndmjob() -> Path:
+    if not NDMJOB.exists():
+        pytest.skip("ndmjob not installed (apt-get install amanda-common)")
+    return NDMJOB
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    started: list[ServerProcess] = []
+
+    def start(auth: list[str] = ["md5", "text"]) -> ServerProcess:
+        host = free_loopback_address()
+        server = ServerProcess(host, write_config(tmp_path, host, auth), tmp_path / "ndmpd.log")
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def run(cmd: list[str], timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tshark_capture(tmp_path):
+    """Start a loopback capture of port 10000 for one host; yields a stop() returning the pcap path."""
+    tshark = shutil.which("tshark")
+    if not tshark:
+        pytest.skip("tshark not installed (apt-get install tshark)")
+    if os.geteuid() != 0:
+        pytest.skip("capturing on lo needs root")
+    procs = []
+
+    def start(host: str):
+        pcap = tmp_path / "capture.pcap"
+        proc = subprocess.Popen([tshark, "-i", "lo", "-f", f"tcp port 10000 and host {host}", "-w", str(pcap)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        line = b""
+        deadline = time.monotonic() + 20
+        while b"Capturing on" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                pytest.skip("tshark cannot capture here")
+        time.sleep(0.5)
+
+        def stop() -> Path:
+            time.sleep(1)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=20)
+            return pcap
+        return stop
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
