@@ -4,8 +4,8 @@ Each struct and union becomes a small ``__slots__`` class plus a generated decod
 encode function. Consecutive fixed-size fields are packed with one ``struct.Struct``
 call, and every length or count read from the wire is checked against the bytes that
 remain before anything is allocated, so hostile input costs at most the record it came in.
-(``construct`` was measured for this job and is an order of magnitude too slow for file
-history batches; see benchmarks/codec_bench.py.)
+(``construct``, even compiled, measured 4-13x slower on the same file history batches;
+see benchmarks/codec_bench.py, which prints both.)
 """
 
 from __future__ import annotations
