@@ -112,7 +112,7 @@ def parse_listen(value: Any, key: str) -> ListenAddress:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ConfigError(f"{key}: {host!r} is not an IPv6 address") from None
-    if not 0 < port < 65536:
+    if not 0 <= port < 65536:           # 0: any free port (tests)
         raise ConfigError(f"{key}: port {port} out of range")
     return ListenAddress(host, port)
 
