@@ -125,28 +125,31 @@ class _Table:
             raise ConfigError(f"{where}: expected a table")
         self.data, self.where, self.used = data, where, set()
 
+    def key(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., required: bool = False) -> Any:
         self.used.add(key)
         if key not in self.data:
             if required or default is ...:
-                raise ConfigError(f"{self.where}.{key}: missing")
+                raise ConfigError(f"{self.key(key)}: missing")
             return default
         value = self.data[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
             names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise ConfigError(f"{self.where}.{key}: expected {names}, got {type(value).__name__}")
+            raise ConfigError(f"{self.key(key)}: expected {names}, got {type(value).__name__}")
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.get(key, str, default)
         if value not in choices:
-            raise ConfigError(f"{self.where}.{key}: {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{self.key(key)}: {value!r} is not one of {', '.join(choices)}")
         return value
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
-            raise ConfigError(f"{self.where}.{unknown[0]}: unknown key")
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
 
 
 def _is_world_readable(path: Path) -> bool:
@@ -176,8 +179,7 @@ def _unique(items: list[Any], what: str) -> None:
 
 def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bool = False) -> Config:
     """Validate parsed TOML data; relative paths are taken from ``base``."""
-    top = _Table(data, "config")
-    top.where = ""
+    top = _Table(data, "")
 
     def rel(p: str) -> Path:
         path = Path(p).expanduser()

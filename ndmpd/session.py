@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from .context import ServerContext
 from .errors import HeaderError, NdmpError
-from .wire import C, REPLY, REQUEST, Protocol, Translator, XdrError, protocol
+from .wire import C, REPLY, REQUEST, T, Protocol, Translator, XdrError, protocol
 from .wire.message import Header, partial_header, unpack_header
 from .wire.records import OversizedRecord, RecordReader, frame
 
@@ -43,11 +43,12 @@ class Session:
         self._outbox: list[bytes] = []
         self._reader = RecordReader(ctx.config.server.max_record_size)
         self._after_reply: Callable[[], None] | None = None
-        self._set_version(self.version)
+        self.set_version(self.version)
 
     # ------------------------------------------------------------------ output
 
-    def _set_version(self, version: int) -> None:
+    def set_version(self, version: int) -> None:
+        """Speak ``version`` from now on (after CONNECT_OPEN's reply)."""
         self.version = version
         self.proto: Protocol = protocol(version)
         self.translator = Translator(self.proto)
@@ -73,13 +74,11 @@ class Session:
 
     def greet(self) -> None:
         """The server speaks first: NOTIFY_CONNECTION_STATUS(CONNECTED, highest version)."""
-        from .wire import T
         self.post(C.NOTIFY_CONNECTION_STATUS,
                   T.notify_connection_status_post(C.CONNECTED, self.offered_version, GREETING_TEXT))
 
     def refuse(self, reason: str) -> None:
         """Greet with REFUSED (e.g. too many sessions) and close."""
-        from .wire import T
         self.post(C.NOTIFY_CONNECTION_STATUS,
                   T.notify_connection_status_post(C.REFUSED, self.offered_version, reason))
         self.closed = True
@@ -196,7 +195,6 @@ class Session:
 
     def shutdown(self, reason: str = "server shutting down") -> None:
         """Tell the peer the server is going away (v3/v4 NOTIFY SHUTDOWN) and stop reading."""
-        from .wire import T
         if not self.closed:
             self.post(C.NOTIFY_CONNECTION_STATUS,
                       T.notify_connection_status_post(C.SHUTDOWN, self.version, reason))

@@ -63,6 +63,7 @@ def test_documented_schema_loads(tmp_path):
     (("listen = [\"127.0.0.1:10000\", \"[::1]:10000\"]", "listen = [\"127.0.0.1:99999\"]"), "server.listen[0]"),
     (("capacity = \"10GiB\"", "capacity = \"lots\""), "tape[0].capacity"),
     (("snapshot = \"auto\"", "snapshot = \"zfs\""), "volume[0].snapshot"),
+    (("[server]", "colour = 2\n[server]"), "colour: unknown key"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, change, key):
     with pytest.raises(ConfigError) as err:

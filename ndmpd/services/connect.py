@@ -42,7 +42,7 @@ def connect_open(session: "Session", req: Any) -> Any:
         raise NdmpError(C.ILLEGAL_ARGS_ERR, f"version {session.version} already in force")
     session.version_locked = True
     log.info("%s: NDMPv%d", session.peer, version)
-    session.after_reply(lambda: session._set_version(version))
+    session.after_reply(lambda: session.set_version(version))
     return T.connect_open_reply(C.NO_ERR)
 
 
