@@ -72,15 +72,16 @@ class Session:
         wire_body = self.translator.from_internal(code, REQUEST, body)
         self._send(REQUEST, code, 0, 0, self.proto.encode_body(code, REQUEST, wire_body))
 
+    def _post_connection_status(self, reason: int, version: int, text: str) -> None:
+        self.post(C.NOTIFY_CONNECTION_STATUS, T.notify_connection_status_post(reason, version, text))
+
     def greet(self) -> None:
         """The server speaks first: NOTIFY_CONNECTION_STATUS(CONNECTED, highest version)."""
-        self.post(C.NOTIFY_CONNECTION_STATUS,
-                  T.notify_connection_status_post(C.CONNECTED, self.offered_version, GREETING_TEXT))
+        self._post_connection_status(C.CONNECTED, self.offered_version, GREETING_TEXT)
 
     def refuse(self, reason: str) -> None:
         """Greet with REFUSED (e.g. too many sessions) and close."""
-        self.post(C.NOTIFY_CONNECTION_STATUS,
-                  T.notify_connection_status_post(C.REFUSED, self.offered_version, reason))
+        self._post_connection_status(C.REFUSED, self.offered_version, reason)
         self.closed = True
 
     def _reply_header_error(self, request: Header, error: int) -> None:
@@ -196,6 +197,5 @@ class Session:
     def shutdown(self, reason: str = "server shutting down") -> None:
         """Tell the peer the server is going away (v3/v4 NOTIFY SHUTDOWN) and stop reading."""
         if not self.closed:
-            self.post(C.NOTIFY_CONNECTION_STATUS,
-                      T.notify_connection_status_post(C.SHUTDOWN, self.version, reason))
+            self._post_connection_status(C.SHUTDOWN, self.version, reason)
         self.closed = True

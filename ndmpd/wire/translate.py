@@ -75,8 +75,7 @@ class Translator:
 
     def new_internal_body(self, code: int, message_type: int) -> Any:
         """A zero-valued body of a message in internal form (or this version's, if v4 lacks it)."""
-        internal = self._internal_type(code, message_type) if self.proto.version != INTERNAL_VERSION else \
-            self.internal.body_type(code, message_type)
+        internal = self._internal_type(code, message_type)
         if internal is not None:
             return self.internal.codec.classes[internal]()
         return self.proto.new_body(code, message_type)
