@@ -1,0 +1,1 @@
+"""Device backends: tape drives (virtual cartridge, Linux st) behind one small interface."""

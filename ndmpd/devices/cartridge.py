@@ -1,0 +1,280 @@
+"""Virtual tape cartridges: a file that keeps records, filemarks and end of data.
+
+Format (all integers big-endian; see ``docs/cartridge-format.md``)::
+
+    offset 0      superblock (SUPERBLOCK), padded to DATA_START = 4096 bytes
+    offset 4096   entries, back to back, up to the end of data (= end of file):
+                  ENTRY_HEADER (16) | payload (length bytes) | ENTRY_TRAILER (8)
+
+An entry is a record (``kind`` RECORD, payload = the record) or a filemark (``kind``
+FILEMARK, no payload). The header's ``check`` is a CRC-32 of kind, length and the entry's
+own file offset, so stray or shifted bytes are recognised as corruption; the trailer
+repeats length and kind so the head can move backwards without an index.
+
+Crash safety: an entry is written with one ``pwritev`` and a filemark is followed by
+``fdatasync``. After a kill -9 the file ends in complete entries or in one torn entry;
+opening a cartridge finds the end of data from the last trailer and, when that does not
+verify, by scanning forward, so everything written before the tear stays readable.
+Nothing on a cartridge is ever rewritten except by a write at the head (tape semantics:
+it discards what follows) or an explicit superblock change (write protection).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from construct import Const, ConstructError, Int16ub, Int32ub, Int64ub, PaddedString, Struct
+
+from .layouts import fast_packer
+from .tape import DeviceBusy, MediaError
+
+log = logging.getLogger("ndmpd.cartridge")
+
+MAGIC = b"NDMPDVT1"
+FORMAT_VERSION = 1
+DATA_START = 4096
+FLAG_WRITE_PROTECTED = 0x1
+KIND_RECORD = 0x52454344        # "RECD"
+KIND_FILEMARK = 0x464D524B      # "FMRK"
+MAX_RECORD = 0xFFFFFFFF
+
+SUPERBLOCK_BODY = Struct(
+    "magic" / Const(MAGIC),
+    "format" / Int16ub,
+    "flags" / Int16ub,
+    "data_start" / Int32ub,
+    "capacity" / Int64ub,          # bytes of entries the medium holds (physical end)
+    "early_warning" / Int64ub,     # size of the early-warning zone before the physical end
+    "created" / Int64ub,           # Unix seconds
+    "barcode" / PaddedString(32, "utf8"),
+)
+SUPERBLOCK_CHECK = Struct("check" / Int32ub)     # CRC-32 of the body
+ENTRY_HEADER = Struct("kind" / Int32ub, "length" / Int32ub, "check" / Int32ub, "reserved" / Int32ub)
+ENTRY_TRAILER = Struct("length" / Int32ub, "kind" / Int32ub)
+_CHECKED = Struct("kind" / Int32ub, "length" / Int32ub, "offset" / Int64ub)
+
+_HEADER = fast_packer(ENTRY_HEADER)
+_TRAILER = fast_packer(ENTRY_TRAILER)
+_CHECK = fast_packer(_CHECKED)
+HEADER_SIZE = _HEADER.size
+TRAILER_SIZE = _TRAILER.size
+OVERHEAD = HEADER_SIZE + TRAILER_SIZE
+
+
+@dataclass(frozen=True)
+class Superblock:
+    capacity: int
+    early_warning: int
+    write_protected: bool = False
+    barcode: str = ""
+    created: int = 0
+
+    def pack(self) -> bytes:
+        body = SUPERBLOCK_BODY.build(dict(
+            format=FORMAT_VERSION, flags=FLAG_WRITE_PROTECTED if self.write_protected else 0,
+            data_start=DATA_START, capacity=self.capacity, early_warning=self.early_warning,
+            created=self.created, barcode=self.barcode))
+        return (body + SUPERBLOCK_CHECK.build(dict(check=zlib.crc32(body)))).ljust(DATA_START, b"\0")
+
+    @classmethod
+    def unpack(cls, data: bytes, where: str) -> "Superblock":
+        size = SUPERBLOCK_BODY.sizeof()
+        if len(data) < DATA_START:
+            raise MediaError(f"{where}: not a cartridge (shorter than its {DATA_START}-byte superblock)")
+        try:
+            body = SUPERBLOCK_BODY.parse(data[:size])
+        except ConstructError:
+            raise MediaError(f"{where}: not an ndmpd cartridge (bad magic)") from None
+        if SUPERBLOCK_CHECK.parse(data[size:size + 4]).check != zlib.crc32(data[:size]):
+            raise MediaError(f"{where}: cartridge superblock is corrupt (checksum)")
+        if body.format != FORMAT_VERSION or body.data_start != DATA_START:
+            raise MediaError(f"{where}: cartridge format {body.format} is not supported")
+        return cls(body.capacity, body.early_warning, bool(body.flags & FLAG_WRITE_PROTECTED),
+                   body.barcode, body.created)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One record or filemark on the cartridge."""
+
+    kind: int
+    length: int
+    offset: int                 # file offset of its header
+
+    @property
+    def end(self) -> int:
+        return self.offset + OVERHEAD + self.length
+
+    @property
+    def is_filemark(self) -> bool:
+        return self.kind == KIND_FILEMARK
+
+
+def entry_check(kind: int, length: int, offset: int) -> int:
+    return zlib.crc32(_CHECK.pack(kind, length, offset))
+
+
+def default_early_warning(capacity: int) -> int:
+    """A zone of 1/20 of the capacity, at most 64 MiB: room for trailers after EOM."""
+    return min(capacity // 20, 64 << 20)
+
+
+def create(path: Path, capacity: int, early_warning: int | None = None, barcode: str = "",
+           write_protected: bool = False) -> Superblock:
+    """Write a blank cartridge; refuses to overwrite an existing file."""
+    sb = Superblock(capacity, default_early_warning(capacity) if early_warning is None else early_warning,
+                    write_protected, barcode, int(time.time()))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.write(fd, sb.pack())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return sb
+
+
+class Cartridge:
+    """An open cartridge file: entry-level reads and writes, no tape position."""
+
+    def __init__(self, path: Path, writable: bool) -> None:
+        self.path = path
+        self.writable = writable
+        self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DeviceBusy(f"{path}: cartridge is in use by another process") from None
+            self.superblock = Superblock.unpack(os.pread(self.fd, DATA_START, 0), str(path))
+            self.eod = self._find_end_of_data()
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self._header = bytearray(HEADER_SIZE)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @property
+    def used(self) -> int:
+        return self.eod - DATA_START
+
+    # ---------------------------------------------------------------- reading
+
+    def entry_at(self, offset: int) -> Entry | None:
+        """The entry starting at ``offset``, or None at end of data."""
+        if offset >= self.eod:
+            return None
+        return self._verify(os.pread(self.fd, HEADER_SIZE, offset), offset, self.eod)
+
+    def _verify(self, header: bytes, offset: int, limit: int) -> Entry:
+        if len(header) < HEADER_SIZE:
+            raise MediaError(f"{self.path}: truncated entry at offset {offset}")
+        kind, length, check, _ = _HEADER.unpack(header)
+        if (kind not in (KIND_RECORD, KIND_FILEMARK) or check != entry_check(kind, length, offset)
+                or (kind == KIND_FILEMARK and length) or offset + OVERHEAD + length > limit):
+            raise MediaError(f"{self.path}: corrupt entry at offset {offset}")
+        return Entry(kind, length, offset)
+
+    def entry_before(self, offset: int) -> Entry | None:
+        """The entry ending at ``offset``, or None at the beginning of tape."""
+        if offset <= DATA_START:
+            return None
+        trailer = os.pread(self.fd, TRAILER_SIZE, offset - TRAILER_SIZE)
+        length, kind = _TRAILER.unpack(trailer)
+        start = offset - OVERHEAD - length
+        if start < DATA_START:
+            raise MediaError(f"{self.path}: corrupt entry before offset {offset}")
+        entry = self._verify(os.pread(self.fd, HEADER_SIZE, start), start, offset)
+        if entry.end != offset or entry.kind != kind:
+            raise MediaError(f"{self.path}: corrupt entry before offset {offset}")
+        return entry
+
+    def read_payload(self, entry: Entry, limit: int) -> bytes:
+        return os.pread(self.fd, min(limit, entry.length), entry.offset + HEADER_SIZE)
+
+    def read_into(self, offset: int, buffer: memoryview) -> tuple[Entry | None, int]:
+        """Header and payload of the entry at ``offset`` in one system call.
+
+        Returns the entry and how many payload bytes landed in ``buffer``.
+        """
+        if offset >= self.eod:
+            return None, 0
+        got = os.preadv(self.fd, [self._header, buffer], offset)
+        entry = self._verify(bytes(self._header) if got >= HEADER_SIZE else b"", offset, self.eod)
+        return entry, min(entry.length, len(buffer), max(0, got - HEADER_SIZE))
+
+    def entries(self):
+        """Every entry from the beginning of tape (for inspection tools)."""
+        offset = DATA_START
+        while (entry := self.entry_at(offset)) is not None:
+            yield entry
+            offset = entry.end
+
+    # ---------------------------------------------------------------- writing
+
+    def write_entry(self, offset: int, kind: int, payload: bytes | memoryview = b"") -> int:
+        """Write one entry at ``offset`` (discarding everything after it); returns its end."""
+        length = len(payload)
+        if offset < self.eod:
+            os.ftruncate(self.fd, offset)
+        self.eod = offset
+        parts = [_HEADER.pack(kind, length, entry_check(kind, length, offset), 0), payload,
+                 _TRAILER.pack(length, kind)]
+        total = OVERHEAD + length
+        written = os.pwritev(self.fd, parts, offset)
+        if written != total:        # rare for regular files: finish what is left
+            rest = b"".join(bytes(p) for p in parts)[written:]
+            while rest:
+                n = os.pwrite(self.fd, rest, offset + total - len(rest))
+                rest = rest[n:]
+        self.eod = offset + total
+        return self.eod
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def set_write_protected(self, protected: bool) -> None:
+        sb = self.superblock
+        self.superblock = Superblock(sb.capacity, sb.early_warning, protected, sb.barcode, sb.created)
+        os.pwrite(self.fd, self.superblock.pack(), 0)
+        os.fsync(self.fd)
+
+    # ------------------------------------------------------------ open/recovery
+
+    def _find_end_of_data(self) -> int:
+        size = os.fstat(self.fd).st_size
+        if size == DATA_START:
+            return size
+        try:
+            if size > DATA_START + OVERHEAD:
+                length, kind = _TRAILER.unpack(os.pread(self.fd, TRAILER_SIZE, size - TRAILER_SIZE))
+                start = size - OVERHEAD - length
+                if start >= DATA_START:
+                    entry = self._verify(os.pread(self.fd, HEADER_SIZE, start), start, size)
+                    if entry.end == size and entry.kind == kind:
+                        return size
+        except MediaError:
+            pass
+        return self._scan_for_end(size)
+
+    def _scan_for_end(self, size: int) -> int:
+        """Slow path after a crash or truncation: the end of the last complete entry."""
+        offset = DATA_START
+        while offset < size:
+            try:
+                entry = self._verify(os.pread(self.fd, HEADER_SIZE, offset), offset, size)
+            except MediaError:
+                break
+            offset = entry.end
+        log.warning("%s: end of data recovered at offset %d (file is %d bytes); "
+                    "the bytes after it are not a complete entry", self.path, offset, size)
+        return offset

@@ -1,0 +1,238 @@
+"""A virtual tape drive: Linux-st position semantics over a cartridge file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import cartridge
+from .cartridge import DATA_START, KIND_FILEMARK, KIND_RECORD, OVERHEAD, Cartridge
+from .tape import (EndOfData, EndOfMedium, FilemarkReached, MediaError, NoMedium, NotWritable,
+                   SpaceResult, Stop, TapeDevice, TapeStatus, WriteProtected)
+
+log = logging.getLogger("ndmpd.tape")
+
+
+class VirtualTape(TapeDevice):
+    """A drive holding one cartridge file; a blank cartridge is created on first open.
+
+    The position survives close/open (a non-rewinding drive) for as long as the same
+    cartridge stays loaded.
+    """
+
+    def __init__(self, name: str, path: Path | None, capacity: int, early_warning: int | None = None) -> None:
+        self.name = name
+        self.path = path
+        self.capacity = capacity
+        self.early_warning = early_warning
+        self._cart: Cartridge | None = None
+        self._rewound()
+
+    def _rewound(self) -> None:
+        self.offset = DATA_START
+        self.file_num = 0
+        self.blockno: int | None = 0
+        self._last_was_write = False
+        self._warned = False
+
+    # ------------------------------------------------------------ medium
+
+    @property
+    def loaded(self) -> bool:
+        return self.path is not None
+
+    def load(self, path: Path) -> None:
+        """Insert the cartridge at ``path`` (a library's MOVE MEDIUM, or an operator)."""
+        self.close()
+        self.path = path
+        self._rewound()
+
+    def unload(self) -> None:
+        self.close()
+        self.path = None
+        self._rewound()
+
+    def open(self, write: bool) -> None:
+        if self.path is None:
+            raise NoMedium(f"{self.name}: no cartridge loaded")
+        if not self.path.exists():
+            cartridge.create(self.path, self.capacity, self.early_warning)
+            log.info("%s: created blank cartridge %s (%d bytes)", self.name, self.path, self.capacity)
+        try:
+            cart = Cartridge(self.path, writable=write)
+        except PermissionError:
+            raise WriteProtected(f"{self.name}: {self.path} is not writable") from None
+        except OSError as exc:
+            raise MediaError(f"{self.name}: {self.path}: {exc.strerror}") from None
+        if write and cart.superblock.write_protected:
+            cart.close()
+            raise WriteProtected(f"{self.name}: cartridge {self.path} is write-protected")
+        self._cart = cart
+        if self.offset > cart.eod:          # changed behind our back: start over
+            self._rewound()
+
+    def close(self) -> None:
+        if self._cart is None:
+            return
+        try:
+            if self._last_was_write:
+                self.write_filemarks(1)
+        finally:
+            self._cart.close()
+            self._cart = None
+            self._last_was_write = False
+
+    @property
+    def cart(self) -> Cartridge:
+        if self._cart is None:
+            raise NoMedium(f"{self.name}: not open")
+        return self._cart
+
+    # ------------------------------------------------------------ reading
+
+    def read_record(self, limit: int) -> bytes:
+        entry = self._next_entry()
+        data = self.cart.read_payload(entry, limit)
+        self._passed_record(entry)
+        return data
+
+    def read_record_into(self, buffer: memoryview) -> int:
+        self._last_was_write = False
+        entry, got = self.cart.read_into(self.offset, buffer)
+        if entry is None:
+            raise EndOfData(f"{self.name}: end of data")
+        if entry.is_filemark:
+            self._passed_filemark(entry)
+        self._passed_record(entry)
+        return got
+
+    def _next_entry(self) -> cartridge.Entry:
+        self._last_was_write = False
+        entry = self.cart.entry_at(self.offset)
+        if entry is None:
+            raise EndOfData(f"{self.name}: end of data")
+        if entry.is_filemark:
+            self._passed_filemark(entry)
+        return entry
+
+    def _passed_filemark(self, entry: cartridge.Entry) -> None:
+        self.offset = entry.end
+        self.file_num += 1
+        self.blockno = 0
+        raise FilemarkReached(f"{self.name}: filemark")
+
+    def _passed_record(self, entry: cartridge.Entry) -> None:
+        self.offset = entry.end
+        if self.blockno is not None:
+            self.blockno += 1
+
+    # ------------------------------------------------------------ writing
+
+    def _room(self, length: int, early_ok: bool) -> None:
+        cart = self.cart
+        if not cart.writable:
+            raise NotWritable(f"{self.name}: opened read-only")
+        after = self.offset - DATA_START + OVERHEAD + length
+        sb = cart.superblock
+        if after > sb.capacity:
+            raise EndOfMedium(early=False)
+        if after > sb.capacity - sb.early_warning and not early_ok:
+            if not self._warned:
+                self._warned = True
+                raise EndOfMedium(early=True)
+        elif after <= sb.capacity - sb.early_warning:
+            self._warned = False
+
+    def write_record(self, data: bytes | memoryview) -> None:
+        self._room(len(data), early_ok=False)
+        self.offset = self.cart.write_entry(self.offset, KIND_RECORD, data)
+        if self.blockno is not None:
+            self.blockno += 1
+        self._last_was_write = True
+
+    def write_filemarks(self, count: int) -> None:
+        for _ in range(count):
+            self._room(0, early_ok=True)
+            self.offset = self.cart.write_entry(self.offset, KIND_FILEMARK)
+            self.file_num += 1
+            self.blockno = 0
+        if count:
+            self.cart.sync()
+        self._last_was_write = False
+
+    # ------------------------------------------------------------ positioning
+
+    def space_records(self, count: int) -> SpaceResult:
+        self._last_was_write = False
+        cart = self.cart
+        for done in range(abs(count)):
+            if count > 0:
+                entry = cart.entry_at(self.offset)
+                if entry is None:
+                    return SpaceResult(count - done, Stop.EOD)
+                self.offset = entry.end
+                if entry.is_filemark:
+                    self.file_num += 1
+                    self.blockno = 0
+                    return SpaceResult(count - done, Stop.FILEMARK)
+                if self.blockno is not None:
+                    self.blockno += 1
+            else:
+                entry = cart.entry_before(self.offset)
+                if entry is None:
+                    self._at_bot()
+                    return SpaceResult(-count - done, Stop.BOT)
+                self.offset = entry.offset
+                if entry.is_filemark:
+                    self._before_filemark()
+                    return SpaceResult(-count - done, Stop.FILEMARK)
+                if self.blockno:
+                    self.blockno -= 1
+        return SpaceResult(0)
+
+    def space_filemarks(self, count: int) -> SpaceResult:
+        self._last_was_write = False
+        cart = self.cart
+        crossed = 0
+        while crossed < abs(count):
+            if count > 0:
+                entry = cart.entry_at(self.offset)
+                if entry is None:
+                    return SpaceResult(count - crossed, Stop.EOD)
+                self.offset = entry.end
+                if entry.is_filemark:
+                    crossed += 1
+                    self.file_num += 1
+                    self.blockno = 0
+                elif self.blockno is not None:
+                    self.blockno += 1
+            else:
+                entry = cart.entry_before(self.offset)
+                if entry is None:
+                    self._at_bot()
+                    return SpaceResult(-count - crossed, Stop.BOT)
+                self.offset = entry.offset
+                if entry.is_filemark:
+                    crossed += 1
+                    self._before_filemark()
+        return SpaceResult(0)
+
+    def _at_bot(self) -> None:
+        self.offset, self.file_num, self.blockno = DATA_START, 0, 0
+
+    def _before_filemark(self) -> None:
+        """st semantics: in front of a filemark the block number is unknown."""
+        self.file_num -= 1
+        self.blockno = None if self.offset > DATA_START else 0
+
+    def rewind(self) -> None:
+        self.cart      # raises when not open
+        self._rewound()
+
+    def status(self) -> TapeStatus:
+        if self._cart is None or self.path is None:
+            return TapeStatus(None, None, 0, None, None, False, loaded=self.loaded)
+        sb = self._cart.superblock
+        used = self.offset - DATA_START
+        return TapeStatus(self.file_num, self.blockno, 0, sb.capacity, max(0, sb.capacity - used),
+                          sb.write_protected)
