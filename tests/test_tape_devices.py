@@ -233,6 +233,7 @@ def test_corrupt_entry_is_a_media_error_and_earlier_records_read(tmp_path):
         f.seek(entries[1].offset + 4)
         f.write(b"\xff\xff")                     # length field of record 2
     d.open(write=False)
+    d.rewind()
     assert d.read_record(4096)[:2] == bytes([0, 0])
     with pytest.raises(MediaError):
         d.read_record(4096)
