@@ -55,6 +55,9 @@ class Tape:
     kind: str
     path: Path
     capacity: int              # bytes
+    early_warning: int | None = None   # virtual: size of the early-warning zone (None: 1/20, <= 64 MiB)
+    block_size: int = 0        # 0: variable block mode
+    max_block_size: int = 4 << 20      # largest record a TAPE_WRITE may carry
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,18 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
             if not path.parent.is_dir() and path.parent != settings.state_dir:
                 raise ConfigError(f"tape[{i}].path: directory {path.parent} does not exist")
         capacity = parse_size(t.get("capacity", (int, str), "10GiB"), f"tape[{i}].capacity")
-        tapes.append(Tape(name, kind, path, capacity))
+        early = t.get("early_warning", (int, str), None)
+        early = None if early is None else parse_size(early, f"tape[{i}].early_warning")
+        if early is not None and early >= capacity:
+            raise ConfigError(f"tape[{i}].early_warning: must be smaller than the capacity")
+        block_size = t.get("block_size", int, 0)
+        if block_size < 0 or block_size % 512 and block_size:
+            raise ConfigError(f"tape[{i}].block_size: 0 (variable) or a multiple of 512")
+        max_block = parse_size(t.get("max_block_size", (int, str), min(4 << 20, settings.max_record_size - 1024)),
+                               f"tape[{i}].max_block_size")
+        if max_block > settings.max_record_size - 1024:
+            raise ConfigError(f"tape[{i}].max_block_size: must fit in server.max_record_size")
+        tapes.append(Tape(name, kind, path, capacity, early, block_size, max_block))
         t.finish()
     _unique(tapes, "tape")
     top.finish()

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .config import Config
+from .devices.registry import DriveRegistry
 from .host import HostIdentity, host_identity
 from .services import HandlerTable, all_handlers
 
@@ -40,3 +41,8 @@ class ServerContext:
     product: str = PRODUCT
     revision: str = __version__
     sessions: set[Any] = field(default_factory=set)
+    drives: DriveRegistry | None = None     # built from config.tapes unless given
+
+    def __post_init__(self) -> None:
+        if self.drives is None:
+            self.drives = DriveRegistry(self.config.tapes)

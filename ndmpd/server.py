@@ -6,14 +6,50 @@ import asyncio
 import logging
 import signal
 import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
 
 from .config import Config, ListenAddress
 from .context import ServerContext
-from .session import Session
+from .session import Edge, Session
 
 log = logging.getLogger("ndmpd.server")
 READ_SIZE = 256 * 1024
 IDLE_WRITE_LIMIT = 4 << 20       # pause reading while this much output is unsent
+
+
+class AsyncioEdge(Edge):
+    """A session's I/O side: one worker thread for its blocking device calls, the loop for the rest."""
+
+    def __init__(self, session: Session, writer: asyncio.StreamWriter) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.session = session
+        self.writer = writer
+        self.wakeup = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        sockname = writer.get_extra_info("sockname")
+        self.local_host = sockname[0] if sockname else "127.0.0.1"
+
+    def run_blocking(self, work: Callable[[], Any], done: Callable[[Future], None]) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session {self.session.peer}")
+        self.loop.run_in_executor(self._executor, work).add_done_callback(done)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn)
+        except RuntimeError:            # loop closed: the server is gone
+            pass
+
+    def output_ready(self) -> None:
+        out = self.session.data_to_send()
+        if out and not self.writer.is_closing():
+            self.writer.write(out)
+        self.wakeup.set()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class NdmpServer:
@@ -54,6 +90,7 @@ class NdmpServer:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(self.ctx, name)
+        edge = session.edge = AsyncioEdge(session, writer)
         try:
             if len(self.ctx.sessions) >= self.config.server.max_sessions:
                 log.warning("%s: refused, %d sessions already", name, len(self.ctx.sessions))
@@ -63,10 +100,12 @@ class NdmpServer:
                 self._writers[session] = writer
                 log.info("%s: connected", name)
                 session.greet()
-            await self._pump(session, reader, writer)
+            await self._pump(session, edge, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("%s: connection lost: %s", name, exc)
         finally:
+            await asyncio.get_running_loop().run_in_executor(None, session.teardown)
+            edge.close()
             self.ctx.sessions.discard(session)
             self._writers.pop(session, None)
             writer.close()
@@ -78,14 +117,19 @@ class NdmpServer:
             if task:
                 self._tasks.discard(task)
 
-    async def _pump(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, session: Session, edge: AsyncioEdge, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
         while True:
             out = session.data_to_send()
             if out:
                 writer.write(out)
-                await writer.drain()
+            await writer.drain()
             if session.closed:
                 return
+            if session.busy:                # a device call is running: read no further meanwhile
+                edge.wakeup.clear()
+                await edge.wakeup.wait()
+                continue
             data = await reader.read(READ_SIZE)
             if not data:
                 return

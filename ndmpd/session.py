@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import deque
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from .context import ServerContext
 from .errors import HeaderError, NdmpError
+from .services import Blocking
+from .services.mover import Mover
+from .services.tape import TapeSlot
 from .wire import C, REPLY, REQUEST, T, Protocol, Translator, XdrError, protocol
 from .wire.message import Header, partial_header, unpack_header
 from .wire.records import OversizedRecord, RecordReader, frame
@@ -21,6 +26,29 @@ log = logging.getLogger("ndmpd.session")
 
 GREETING_TEXT = "ndmpd ready"
 MAX_AUTH_FAILURES = 3
+
+
+class Edge:
+    """What a session needs from the I/O side. This default runs everything inline, for
+    unit tests; the asyncio server supplies one that uses worker threads and the loop."""
+
+    local_host = "127.0.0.1"        # the control connection's local address
+
+    def run_blocking(self, work: Callable[[], Any], done: Callable[[Future], None]) -> None:
+        """Run ``work`` where it may block; then call ``done(future)`` on the session's thread."""
+        future: Future = Future()
+        try:
+            future.set_result(work())
+        except BaseException as exc:   # handed to done(), which re-raises through result()
+            future.set_exception(exc)
+        done(future)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the session's thread (called from worker threads)."""
+        fn()
+
+    def output_ready(self) -> None:
+        """Queued output (a reply or post) should be sent now."""
 
 
 class Session:
@@ -43,6 +71,11 @@ class Session:
         self._outbox: list[bytes] = []
         self._reader = RecordReader(ctx.config.server.max_record_size)
         self._after_reply: Callable[[], None] | None = None
+        self._busy = False                # a blocking reply is being computed
+        self._backlog: deque[bytes | OversizedRecord] = deque()
+        self.edge = Edge()
+        self.tape = TapeSlot()
+        self.mover = Mover(self)
         self.set_version(self.version)
 
     # ------------------------------------------------------------------ output
@@ -90,11 +123,20 @@ class Session:
     # ------------------------------------------------------------------- input
 
     def receive_data(self, data: bytes) -> None:
-        """Bytes from the peer; complete records are processed immediately."""
+        """Bytes from the peer; complete records are processed in order, at once unless a
+        blocking reply is outstanding."""
         for record in self._reader.feed(data):
             if self.closed:
                 return
-            self.receive_record(record)
+            if self._busy:
+                self._backlog.append(record)
+            else:
+                self.receive_record(record)
+
+    @property
+    def busy(self) -> bool:
+        """A reply is waiting on device I/O; the edge should stop reading meanwhile."""
+        return self._busy
 
     @property
     def buffered(self) -> int:
@@ -158,18 +200,39 @@ class Session:
             self._reply_header_error(header, C.XDR_DECODE_ERR)
             return
         request = self.translator.to_internal(code, REQUEST, wire_request)
+        self._answer(header, spec.name, lambda: handler.fn(self, request))
+
+    def _answer(self, header: Header, name: str, produce: Callable[[], Any]) -> None:
+        """Reply with what ``produce`` returns, or the error it raises (one place for both)."""
+        code = header.message_code
         try:
-            reply = handler.fn(self, request)
+            reply = produce()
+            if isinstance(reply, Blocking):
+                self._start_blocking(header, name, reply)
+                return
         except NdmpError as exc:
-            log.info("%s: %s -> %s %s", self.peer, spec.name, self.proto.error_name(exc.code), exc.message)
+            log.info("%s: %s -> %s %s", self.peer, name, self.proto.error_name(exc.code), exc.message)
             reply = self._error_reply(code, exc.code)
         except HeaderError as exc:
             self._reply_header_error(header, exc.code)
             return
         except Exception:   # a bug must cost one request, never the session
-            log.exception("%s: %s failed", self.peer, spec.name)
+            log.exception("%s: %s failed", self.peer, name)
             reply = self._error_reply(code, C.UNDEFINED_ERR)
         self._reply(header, reply)
+
+    def _start_blocking(self, header: Header, name: str, blocking: Blocking) -> None:
+        self._busy = True
+
+        def done(future: Future) -> None:
+            self._busy = False
+            if not self.closed:
+                self._answer(header, name, future.result)
+            while self._backlog and not self._busy and not self.closed:
+                self.receive_record(self._backlog.popleft())
+            self.edge.output_ready()
+
+        self.edge.run_blocking(blocking.work, done)
 
     def _error_reply(self, code: int, error: int) -> Any:
         """A zero-valued reply body (internal form where one exists) carrying ``error``."""
@@ -193,6 +256,12 @@ class Session:
     def after_reply(self, action: Callable[[], None]) -> None:
         """Run ``action`` once the current reply is queued (e.g. switch version after CONNECT_OPEN)."""
         self._after_reply = action
+
+    def teardown(self) -> None:
+        """The control connection is gone: stop the mover and give the tape back."""
+        self.closed = True
+        self.mover.connection_lost()
+        self.tape.release(self)
 
     def shutdown(self, reason: str = "server shutting down") -> None:
         """Tell the peer the server is going away (v3/v4 NOTIFY SHUTDOWN) and stop reading."""

@@ -17,6 +17,17 @@ class Handler:
     pre_auth: bool = False       # answered before CONNECT_CLIENT_AUTH succeeded
 
 
+@dataclass(frozen=True)
+class Blocking:
+    """A handler's answer when the reply needs blocking device I/O.
+
+    The session runs ``work`` off the event loop (through its edge) and replies with what
+    it returns or raises; requests that arrive meanwhile wait their turn.
+    """
+
+    work: Callable[[], Any]
+
+
 class HandlerTable(dict[int, Handler]):
     """Message code -> handler; a service module fills one with the ``on`` decorator."""
 
@@ -31,10 +42,10 @@ class HandlerTable(dict[int, Handler]):
 
 def all_handlers() -> HandlerTable:
     """Every service's handlers in one table."""
-    from . import config, connect
+    from . import config, connect, mover, tape
 
     table = HandlerTable()
-    for module in (connect, config):
+    for module in (connect, config, tape, mover):
         for code, handler in module.HANDLERS.items():
             if code in table:
                 raise ValueError(f"message 0x{code:x} handled twice")

@@ -1,0 +1,53 @@
+"""The server's tape drives, and which session holds each (the only shared device state)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from ..config import Tape
+from .st_tape import LinuxTape
+from .tape import DeviceBusy, TapeDevice
+from .virtual_tape import VirtualTape
+
+
+def make_drive(tape: Tape) -> TapeDevice:
+    """The backend for one configured ``[[tape]]``."""
+    if tape.kind == "st":
+        return LinuxTape(tape.name, str(tape.path), tape.block_size, tape.max_block_size)
+    return VirtualTape(tape.name, tape.path, tape.capacity, tape.early_warning)
+
+
+class DriveRegistry:
+    """Configured drives by name; a drive is held by at most one owner (a session) at a time."""
+
+    def __init__(self, tapes: tuple[Tape, ...], factory: Callable[[Tape], TapeDevice] = make_drive) -> None:
+        self.configs = {t.name: t for t in tapes}
+        self._drives = {t.name: factory(t) for t in tapes}
+        self._holders: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._drives
+
+    def acquire(self, name: str, owner: object) -> TapeDevice:
+        """Reserve drive ``name`` for ``owner`` (KeyError: no such drive; DeviceBusy: held)."""
+        drive = self._drives[name]
+        with self._lock:
+            holder = self._holders.get(name)
+            if holder is not None and holder is not owner:
+                raise DeviceBusy(f"{name} is in use by another session")
+            self._holders[name] = owner
+        return drive
+
+    def release(self, name: str, owner: object) -> None:
+        """Give the drive back. A standalone virtual drive gets its cartridge back after an unload."""
+        with self._lock:
+            if self._holders.get(name) is owner:
+                del self._holders[name]
+        drive, config = self._drives[name], self.configs[name]
+        if isinstance(drive, VirtualTape) and not drive.loaded:
+            drive.load(config.path)
+
+    def holder(self, name: str) -> object | None:
+        return self._holders.get(name)

@@ -1,0 +1,173 @@
+"""The mover's worker thread: moves records between the data connection and the tape.
+
+One thread per mover run, with blocking socket and device calls so the event loop never
+waits on them. It holds one record buffer (``record_size`` bytes) and talks to the
+session only through :class:`MoverControl`: pauses wait on its condition, halts end the
+thread. Aborts from the session shut the socket down, which wakes any blocked call.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+from typing import TYPE_CHECKING
+
+from ..devices.tape import EndOfData, EndOfMedium, FilemarkReached, TapeError
+from ..wire import C
+
+if TYPE_CHECKING:
+    from ..services.mover import Mover
+
+log = logging.getLogger("ndmpd.mover")
+IDLE_POLL = 0.25        # seconds between peer-closed checks while waiting for MOVER_READ
+
+
+class Halted(Exception):
+    """The mover left ACTIVE/PAUSED for good (abort, close, error)."""
+
+
+def accept(mover: "Mover", listener: socket.socket) -> socket.socket | None:
+    """Wait for the peer's connection, waking up regularly to notice an abort."""
+    while not mover.halted:
+        ready, _, _ = select.select([listener], [], [], IDLE_POLL)
+        if ready:
+            sock, _ = listener.accept()
+            return sock
+    return None
+
+
+def run_backup(mover: "Mover", sock: socket.socket) -> None:
+    """READ mode: bytes from the data connection become ``record_size`` tape records."""
+    size = mover.record_size
+    record = bytearray(size)
+    view = memoryview(record)
+    fill = 0
+    recv_into = sock.recv_into
+    while True:
+        try:
+            n = recv_into(view[fill:], size - fill)
+        except OSError as exc:
+            if mover.halted:
+                raise Halted from None
+            log.warning("mover: data connection failed: %s", exc)
+            mover.halt(C.MOVER_HALT_CONNECT_ERROR)
+            raise Halted from None
+        if n == 0:
+            if mover.halted:
+                raise Halted
+            if fill:
+                view[fill:] = bytes(size - fill)      # the last record is zero-padded
+                _write_record(mover, view, fill)
+            mover.halt(C.MOVER_HALT_CONNECT_CLOSED)
+            raise Halted
+        fill += n
+        if fill == size:
+            _write_record(mover, view, size)
+            fill = 0
+
+
+def _write_record(mover: "Mover", record: memoryview, data_bytes: int) -> None:
+    """Write one record, pausing at the end of the window and at end of medium."""
+    while True:
+        if mover.position >= mover.window_end:
+            mover.pause(C.MOVER_PAUSE_EOW)
+            continue
+        try:
+            with mover.device_lock:
+                mover.device.write_record(record)
+        except EndOfMedium:
+            mover.pause(C.MOVER_PAUSE_EOM)            # keep the record; retry on the next tape
+            continue
+        except TapeError as exc:
+            log.error("mover: tape write failed: %s", exc)
+            mover.halt(C.MOVER_HALT_MEDIA_ERROR)
+            raise Halted from None
+        mover.advanced(len(record), data_bytes)
+        return
+
+
+def run_recover(mover: "Mover", sock: socket.socket) -> None:
+    """WRITE mode: serve MOVER_READ requests from tape records, seeking inside the window."""
+    buffer = memoryview(bytearray(mover.record_size))
+    while True:
+        _wait_for_read(mover, sock)
+        _serve_read(mover, sock, buffer)
+
+
+def _wait_for_read(mover: "Mover", sock: socket.socket) -> None:
+    while not mover.wait_for_read(IDLE_POLL):
+        if _peer_closed(sock):
+            mover.halt(C.MOVER_HALT_CONNECT_CLOSED)
+            raise Halted
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+        return bool(ready) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None:
+    size = len(buffer)
+    while mover.bytes_left_to_read > 0:
+        offset = mover.seek_position
+        if not mover.window_offset <= offset < mover.window_end:
+            mover.pause(C.MOVER_PAUSE_SEEK)
+            continue
+        wanted = offset // size
+        try:
+            with mover.device_lock:
+                if not _position(mover, wanted):
+                    stopped = True
+                else:
+                    stopped = False
+                    n = mover.device.read_record_into(buffer)
+                    mover.head_record += 1
+        except FilemarkReached:
+            with mover.device_lock:
+                mover.device.space_filemarks(-1)     # stay in front of it, like NDMPv4
+            mover.pause(C.MOVER_PAUSE_EOF)
+            continue
+        except EndOfData:
+            mover.pause(C.MOVER_PAUSE_EOM)
+            continue
+        except TapeError as exc:
+            log.error("mover: tape read failed: %s", exc)
+            mover.halt(C.MOVER_HALT_MEDIA_ERROR)
+            raise Halted from None
+        if stopped:
+            mover.pause(C.MOVER_PAUSE_SEEK)
+            continue
+        skip = offset - wanted * size
+        chunk = buffer[skip:n][:mover.bytes_left_to_read]
+        if not chunk:
+            mover.pause(C.MOVER_PAUSE_EOF)            # a short record: the image ends here
+            continue
+        try:
+            sock.sendall(chunk)
+        except OSError as exc:
+            if not mover.halted:
+                log.warning("mover: data connection failed: %s", exc)
+                mover.halt(C.MOVER_HALT_CONNECT_ERROR)
+            raise Halted from None
+        mover.delivered(len(chunk))
+
+
+def _position(mover: "Mover", wanted: int) -> bool:
+    """Move the head to image record ``wanted`` (FSR/BSR); False if a filemark/BOT/EOD is in the way."""
+    delta = wanted - mover.head_record
+    if delta == 0:
+        return True
+    result = mover.device.space_records(delta)
+    moved = abs(delta) - result.resid
+    mover.head_record += moved if delta > 0 else -moved
+    if result.resid:
+        if result.stop.value == "filemark":          # undo the crossing: stay on this tape file
+            mover.device.space_filemarks(-1 if delta > 0 else 1)
+        return False
+    return True

@@ -1,0 +1,416 @@
+"""MOVER interface (v2/v3/v4): the state machine, windows, pauses and halts.
+
+The legal requests per state are the table ``ALLOWED``; the byte pumping runs in a worker
+thread (mover/pump.py) that reports back through :meth:`Mover.pause` and :meth:`Mover.halt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import NdmpError
+from ..mover import addresses, pump
+from ..wire import C, T
+from . import Blocking, HandlerTable
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+log = logging.getLogger("ndmpd.mover")
+HANDLERS = HandlerTable()
+
+IDLE, LISTEN, ACTIVE, PAUSED, HALTED = (C.MOVER_STATE_IDLE, C.MOVER_STATE_LISTEN, C.MOVER_STATE_ACTIVE,
+                                        C.MOVER_STATE_PAUSED, C.MOVER_STATE_HALTED)
+ALL_ONES = (1 << 64) - 1
+DEFAULT_RECORD_SIZE = 10240
+MAX_RECORD_SIZE = 16 << 20
+ANY = frozenset({IDLE, LISTEN, ACTIVE, PAUSED, HALTED})
+
+# request -> {version: states in which it is legal}; anything else is ILLEGAL_STATE_ERR
+ALLOWED: dict[str, dict[int, frozenset[int]]] = {
+    "LISTEN": {v: frozenset({IDLE}) for v in (2, 3, 4)},
+    "CONNECT": {v: frozenset({IDLE}) for v in (3, 4)},
+    "SET_RECORD_SIZE": {2: frozenset({IDLE, PAUSED}), 3: frozenset({IDLE, PAUSED}), 4: frozenset({IDLE})},
+    "SET_WINDOW": {2: frozenset({IDLE, LISTEN, PAUSED}), 3: frozenset({IDLE, LISTEN, PAUSED}),
+                   4: frozenset({IDLE, PAUSED})},
+    "READ": {v: frozenset({ACTIVE, PAUSED}) for v in (2, 3, 4)},
+    "CONTINUE": {v: frozenset({PAUSED}) for v in (2, 3, 4)},
+    "ABORT": {v: frozenset({LISTEN, ACTIVE, PAUSED}) for v in (2, 3, 4)},
+    "CLOSE": {v: frozenset({ACTIVE, PAUSED}) for v in (2, 3, 4)},
+    "STOP": {v: frozenset({HALTED}) for v in (2, 3, 4)},
+    "GET_STATE": {v: ANY for v in (2, 3, 4)},
+}
+
+
+class Mover:
+    """One session's mover. Fields are shared with the pump thread under ``_cond``."""
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._listener: socket.socket | None = None
+        self._data: socket.socket | None = None
+        self._local_peer: socket.socket | None = None
+        self.record_size = DEFAULT_RECORD_SIZE
+        self._reset()
+
+    def _reset(self) -> None:
+        self.state = IDLE
+        self.mode = C.MOVER_MODE_NOACTION
+        self.pause_reason = C.MOVER_PAUSE_NA
+        self.halt_reason = C.MOVER_HALT_NA
+        self.record_num = 0
+        self.bytes_moved = 0
+        self.position = 0              # image offset of the next byte to write (backup)
+        self.seek_position = 0
+        self.bytes_left_to_read = 0
+        self.window_offset = 0
+        self.window_length = ALL_ONES
+        self.head_record = 0           # image record number under the tape head (recover)
+        self.address: object = T.addr(addr_type=C.ADDR_LOCAL)
+
+    # ------------------------------------------------------------- shared with the pump
+
+    @property
+    def halted(self) -> bool:
+        return self.state in (HALTED, IDLE)
+
+    @property
+    def window_end(self) -> int:
+        if self.window_length >= ALL_ONES - self.window_offset:
+            return ALL_ONES
+        return self.window_offset + self.window_length
+
+    @property
+    def device(self):
+        return self.session.tape.device
+
+    @property
+    def device_lock(self) -> threading.Lock:
+        return self.session.tape.lock
+
+    def owns_tape(self) -> bool:
+        """While listening or moving data, the tape belongs to the mover."""
+        return self.state in (LISTEN, ACTIVE)
+
+    def advanced(self, record_bytes: int, data_bytes: int) -> None:
+        with self._cond:
+            self.position += record_bytes
+            self.record_num += 1
+            self.bytes_moved += data_bytes
+
+    def delivered(self, count: int) -> None:
+        with self._cond:
+            self.seek_position += count
+            self.bytes_moved += count
+            self.record_num = self.head_record
+            if self.bytes_left_to_read != ALL_ONES:
+                self.bytes_left_to_read -= count
+
+    def wait_for_read(self, timeout: float) -> bool:
+        """True once a MOVER_READ is outstanding; raises Halted when the mover stops."""
+        with self._cond:
+            if self.bytes_left_to_read == 0 and not self.halted:
+                self._cond.wait(timeout)
+            if self.halted:
+                raise pump.Halted
+            return self.bytes_left_to_read > 0
+
+    def pause(self, reason: int) -> None:
+        """Enter PAUSED, tell the DMA, and wait for CONTINUE (raises Halted on abort/close)."""
+        if reason == C.MOVER_PAUSE_EOW and self.session.version == 2:
+            reason = C.MOVER_PAUSE_EOF     # v2 has no EOW: ndmjob takes EOF as end of window
+        with self._cond:
+            if self.halted:
+                raise pump.Halted
+            self.state, self.pause_reason = PAUSED, reason
+            seek = self.seek_position if self.mode == C.MOVER_MODE_WRITE else self.position
+            self.seek_position = seek
+            log.info("%s: mover paused (reason %d) at %d", self.session.peer, reason, seek)
+            self._notify(C.NOTIFY_MOVER_PAUSED, T.notify_mover_paused_post(reason=reason, seek_position=seek))
+            while self.state == PAUSED:
+                self._cond.wait()
+            if self.halted:
+                raise pump.Halted
+
+    def halt(self, reason: int) -> None:
+        """Enter HALTED once (whoever comes first), wake the pump, tell the DMA."""
+        if reason == C.MOVER_HALT_MEDIA_ERROR and self.session.version < 4:
+            reason = C.MOVER_HALT_INTERNAL_ERROR
+        with self._cond:
+            if self.state in (IDLE, HALTED):
+                return
+            self.state, self.halt_reason, self.pause_reason = HALTED, reason, C.MOVER_PAUSE_NA
+            self._cond.notify_all()
+            log.info("%s: mover halted (reason %d), %d bytes moved", self.session.peer, reason, self.bytes_moved)
+            self._notify(C.NOTIFY_MOVER_HALTED, T.notify_mover_halted_post(reason=reason))
+        for sock in (self._data, self._local_peer):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _notify(self, code: int, body: object) -> None:
+        session = self.session
+
+        def send() -> None:
+            if not session.closed:
+                session.post(code, body)
+                session.edge.output_ready()
+        session.edge.call_soon(send)
+
+    # ------------------------------------------------------------- requests
+
+    def check(self, request: str) -> None:
+        if self.state not in ALLOWED[request][self.session.version]:
+            raise NdmpError(C.ILLEGAL_STATE_ERR, f"MOVER_{request} in state {self.state}")
+
+    def _check_tape_for(self, mode: int) -> None:
+        slot = self.session.tape
+        if not slot.is_open:
+            raise NdmpError(C.DEV_NOT_OPEN_ERR, "no tape open")
+        if mode == C.MOVER_MODE_READ and not slot.writable:
+            raise NdmpError(C.PERMISSION_ERR, "backup needs the tape opened RDWR")
+        if self.record_size > slot.max_block:
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, f"record size {self.record_size} exceeds the drive's max_block_size")
+
+    def listen(self, mode: int, addr_type: int) -> object:
+        self.check("LISTEN")
+        if mode not in (C.MOVER_MODE_READ, C.MOVER_MODE_WRITE):
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, f"mover mode {mode}")
+        if addr_type not in (C.ADDR_LOCAL, C.ADDR_TCP):
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, f"address type {addr_type}")
+        self._check_tape_for(mode)
+        if addr_type == C.ADDR_TCP:
+            host = addresses.listen_host(self.session.edge.local_host)
+            if ":" in host and self.session.version < 4:
+                raise NdmpError(C.ILLEGAL_ARGS_ERR, "an IPv6 data connection needs NDMPv4")
+            self._listener, endpoint = addresses.open_listener(host)
+            self.address = addresses.to_ndmp(endpoint)
+        else:
+            self._data, self._local_peer = socket.socketpair()
+            self.address = addresses.to_ndmp(None)
+        self.mode, self.state = mode, LISTEN
+        if addr_type == C.ADDR_TCP:
+            self._start(self._accept_then_run)
+        log.info("%s: mover listening (%s)", self.session.peer, "TCP" if addr_type == C.ADDR_TCP else "LOCAL")
+        return self.address
+
+    def accept_local(self) -> socket.socket:
+        """The data service's end of a LOCAL data connection; the mover becomes ACTIVE."""
+        if self.state != LISTEN or self._local_peer is None:
+            raise NdmpError(C.ILLEGAL_STATE_ERR, "mover is not listening for a LOCAL connection")
+        peer, self._local_peer = self._local_peer, None
+        self.state = ACTIVE
+        self._start(self._run_connected)
+        return peer
+
+    def connect(self, mode: int, addr: object) -> Blocking:
+        self.check("CONNECT")
+        if mode not in (C.MOVER_MODE_READ, C.MOVER_MODE_WRITE):
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, f"mover mode {mode}")
+        if addr.addr_type == C.ADDR_LOCAL:
+            raise NdmpError(C.ILLEGAL_STATE_ERR, "no LOCAL data listener in this session")
+        endpoints = addresses.from_ndmp(addr)
+        self._check_tape_for(mode)
+
+        def run() -> Any:
+            sock = addresses.connect(endpoints)
+            self._data, self.mode, self.state = sock, mode, ACTIVE
+            self.address = addr
+            self._start(self._run_connected)
+            return T.mover_connect_reply(error=C.NO_ERR)
+        return Blocking(run)
+
+    def set_window(self, offset: int, length: int) -> None:
+        self.check("SET_WINDOW")
+        if offset % self.record_size:
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, f"window offset {offset} is not a multiple of {self.record_size}")
+        with self._cond:
+            self.window_offset, self.window_length = offset, length
+            self.head_record = offset // self.record_size     # the tape head holds the window start
+            if self.mode == C.MOVER_MODE_READ and self.state == PAUSED:
+                self.position = max(self.position, offset)
+
+    def set_record_size(self, length: int) -> None:
+        self.check("SET_RECORD_SIZE")
+        if not 0 < length <= MAX_RECORD_SIZE:
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, f"record size {length}")
+        self.record_size = length
+
+    def read(self, offset: int, length: int) -> None:
+        self.check("READ")
+        if self.mode != C.MOVER_MODE_WRITE:
+            raise NdmpError(C.ILLEGAL_STATE_ERR, "MOVER_READ needs a mover in WRITE mode")
+        if length == 0:
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, "read length 0")
+        with self._cond:
+            if self.bytes_left_to_read:
+                raise NdmpError(C.READ_IN_PROGRESS_ERR if self.session.version >= 4 else C.ILLEGAL_STATE_ERR,
+                                f"{self.bytes_left_to_read} bytes of the last read are outstanding")
+            self.seek_position, self.bytes_left_to_read = offset, length
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        self.check("CONTINUE")
+        with self._cond:
+            self.state, self.pause_reason = ACTIVE, C.MOVER_PAUSE_NA
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        self.check("ABORT")
+        self.halt(C.MOVER_HALT_ABORTED)
+
+    def close(self) -> None:
+        self.check("CLOSE")
+        self.halt(C.MOVER_HALT_CONNECT_CLOSED)
+
+    def stop(self) -> None:
+        self.check("STOP")
+        self._join()
+        self._close_sockets()
+        with self._cond:
+            self._reset()
+        self.record_size = DEFAULT_RECORD_SIZE
+
+    def connection_lost(self) -> None:
+        """The control connection closed: stop everything, leave nothing running."""
+        self.halt(C.MOVER_HALT_ABORTED)
+        self._join()
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        for sock in (self._data, self._listener, self._local_peer):
+            if sock is not None:
+                sock.close()
+        self._data = self._listener = self._local_peer = None
+
+    # ------------------------------------------------------------- thread
+
+    def _start(self, target: Callable[[], None]) -> None:
+        self._thread = threading.Thread(target=self._guard, args=(target,), daemon=True,
+                                        name=f"mover {self.session.peer}")
+        self._thread.start()
+
+    def _guard(self, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except pump.Halted:
+            pass
+        except Exception:
+            log.exception("%s: mover failed", self.session.peer)
+            self.halt(C.MOVER_HALT_INTERNAL_ERROR)
+        finally:
+            self._close_sockets()
+
+    def _accept_then_run(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        try:
+            sock = pump.accept(self, listener)
+        except OSError as exc:
+            log.warning("%s: data connection accept failed: %s", self.session.peer, exc)
+            self.halt(C.MOVER_HALT_CONNECT_ERROR)
+            return
+        if sock is None:
+            return
+        addresses.tune(sock)
+        with self._cond:
+            if self.halted:
+                sock.close()
+                return
+            self._data, self.state = sock, ACTIVE
+        listener.close()
+        self._listener = None
+        self._run_connected()
+
+    def _run_connected(self) -> None:
+        sock = self._data
+        assert sock is not None
+        if self.mode == C.MOVER_MODE_READ:
+            pump.run_backup(self, sock)
+        else:
+            pump.run_recover(self, sock)
+
+    def _join(self) -> None:
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+            if thread.is_alive():
+                log.error("%s: mover thread did not stop", self.session.peer)
+        self._thread = None
+
+    def state_reply(self) -> object:
+        return T.mover_get_state_reply(
+            error=C.NO_ERR, mode=self.mode, state=self.state, pause_reason=self.pause_reason,
+            halt_reason=self.halt_reason, record_size=self.record_size, record_num=self.record_num & 0xFFFFFFFF,
+            bytes_moved=self.bytes_moved, seek_position=self.seek_position,
+            bytes_left_to_read=self.bytes_left_to_read, window_offset=self.window_offset,
+            window_length=self.window_length, data_connection_addr=self.address)
+
+
+def _ok(reply_type: Callable[..., Any]) -> Any:
+    return reply_type(error=C.NO_ERR)
+
+
+@HANDLERS.on(C.MOVER_GET_STATE)
+def mover_get_state(session: "Session", req: Any) -> Any:
+    return session.mover.state_reply()
+
+
+@HANDLERS.on(C.MOVER_LISTEN)
+def mover_listen(session: "Session", req: Any) -> Any:
+    address = session.mover.listen(req.mode, req.addr_type)
+    return T.mover_listen_reply(error=C.NO_ERR, connect_addr=address)
+
+
+@HANDLERS.on(C.MOVER_CONNECT)
+def mover_connect(session: "Session", req: Any) -> Any:
+    return session.mover.connect(req.mode, req.addr)
+
+
+@HANDLERS.on(C.MOVER_SET_WINDOW)
+def mover_set_window(session: "Session", req: Any) -> Any:
+    session.mover.set_window(req.offset, req.length)
+    return _ok(T.mover_set_window_reply)
+
+
+@HANDLERS.on(C.MOVER_SET_RECORD_SIZE)
+def mover_set_record_size(session: "Session", req: Any) -> Any:
+    session.mover.set_record_size(req.len)
+    return _ok(T.mover_set_record_size_reply)
+
+
+@HANDLERS.on(C.MOVER_READ)
+def mover_read(session: "Session", req: Any) -> Any:
+    session.mover.read(req.offset, req.length)
+    return _ok(T.mover_read_reply)
+
+
+@HANDLERS.on(C.MOVER_CONTINUE)
+def mover_continue(session: "Session", req: Any) -> Any:
+    session.mover.resume()
+    return _ok(T.mover_continue_reply)
+
+
+@HANDLERS.on(C.MOVER_ABORT)
+def mover_abort(session: "Session", req: Any) -> Any:
+    session.mover.abort()
+    return _ok(T.mover_abort_reply)
+
+
+@HANDLERS.on(C.MOVER_STOP)
+def mover_stop(session: "Session", req: Any) -> Any:
+    session.mover.stop()
+    return _ok(T.mover_stop_reply)
+
+
+@HANDLERS.on(C.MOVER_CLOSE)
+def mover_close(session: "Session", req: Any) -> Any:
+    session.mover.close()
+    return _ok(T.mover_close_reply)
