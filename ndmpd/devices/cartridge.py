@@ -158,6 +158,12 @@ class Cartridge:
             raise
         self._header = bytearray(HEADER_SIZE)
 
+    def __enter__(self) -> "Cartridge":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

@@ -36,7 +36,7 @@ ALLOWED: dict[str, dict[int, frozenset[int]]] = {
     "SET_RECORD_SIZE": {2: frozenset({IDLE, PAUSED}), 3: frozenset({IDLE, PAUSED}), 4: frozenset({IDLE})},
     "SET_WINDOW": {2: frozenset({IDLE, LISTEN, PAUSED}), 3: frozenset({IDLE, LISTEN, PAUSED}),
                    4: frozenset({IDLE, PAUSED})},
-    "READ": {v: frozenset({ACTIVE, PAUSED}) for v in (2, 3, 4)},
+    "READ": {v: frozenset({LISTEN, ACTIVE, PAUSED}) for v in (2, 3, 4)},   # LISTEN: served once connected
     "CONTINUE": {v: frozenset({PAUSED}) for v in (2, 3, 4)},
     "ABORT": {v: frozenset({LISTEN, ACTIVE, PAUSED}) for v in (2, 3, 4)},
     "CLOSE": {v: frozenset({ACTIVE, PAUSED}) for v in (2, 3, 4)},

@@ -111,6 +111,28 @@ def server_factory(tmp_path):
             server.stop()
 
 
+FIXES_SOURCE = Path(__file__).parent.parent / "tools" / "ndmjob-fixes.c"
+
+
+@pytest.fixture(scope="session")
+def ndmjob_suite(tmp_path_factory):
+    """Runs an ndmjob conformance series through the shared wrapper plus our client fixes
+    (tests/tools/ndmjob-fixes.c); returns run(series, agent, version, *args)."""
+    if not NDMJOB.exists():
+        pytest.skip("ndmjob not installed (apt-get install amanda-common)")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler for the ndmjob client fixes")
+    shim = tmp_path_factory.mktemp("fixes") / "ndmjob-fixes.so"
+    subprocess.run([cc, "-std=gnu11", "-shared", "-fPIC", "-O2", "-o", str(shim), str(FIXES_SOURCE)], check=True)
+
+    def run_series(series: str, agent: str, version: str, *args: str, timeout: int = 300):
+        env = dict(os.environ, LD_PRELOAD=str(shim), NDMJOB_FIX_TAPE_VERSION=version)
+        return subprocess.run([str(NDMJOB_WRAPPER), "-v", "-o", series, "-T", agent, *args],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    return run_series
+
+
 def run(cmd: list[str], timeout: int = 60) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
 

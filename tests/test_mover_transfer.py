@@ -1,0 +1,232 @@
+"""The mover moving real bytes: TCP and LOCAL data connections into a virtual cartridge and
+back, direct-access reads inside the window, SEEK pauses outside it, and tape spanning."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import socket
+import threading
+
+import pytest
+
+from ndmpd.config import build
+from ndmpd.devices.cartridge import Cartridge
+from ndmpd.dma.client import NdmpReplyError
+from ndmpd.wire import C
+
+from .server_thread import ServerThread
+
+ALL = (1 << 64) - 1
+MiB = 1 << 20
+
+
+def config(tmp_path, **tape):
+    data = {
+        "server": {"listen": ["127.0.0.1:0"], "state_dir": str(tmp_path / "state"), "auth": ["md5", "text"]},
+        "user": [{"name": "ndmp", "password": "secret"}],
+        "tape": [{"name": "vtape0", "path": str(tmp_path / "c0.img"), **tape},
+                 {"name": "vtape1", "path": str(tmp_path / "c1.img"), **tape}],
+    }
+    (tmp_path / "state").mkdir(exist_ok=True)
+    return build(data, "<test>", tmp_path)
+
+
+@pytest.fixture
+def server(request, tmp_path):
+    tape = getattr(request, "param", {"capacity": "4GiB"})
+    s = ServerThread(config(tmp_path, **tape))
+    yield s
+    s.stop()
+
+
+def endpoint(addr) -> tuple[str, int]:
+    entry = addr.tcp_addr[0]
+    return str(ipaddress.IPv4Address(entry.ip_addr)), entry.port
+
+
+def stream_chunks(total: int, chunk: int = 4 * MiB):
+    """Deterministic, non-repeating test data."""
+    block = bytearray(hashlib.sha256(b"seed").digest() * (chunk // 32))
+    sent = 0
+    n = 0
+    while sent < total:
+        size = min(chunk, total - sent)
+        block[:8] = n.to_bytes(8, "big")
+        yield memoryview(block)[:size]
+        sent += size
+        n += 1
+
+
+def send_stream(addr: tuple[str, int], total: int) -> str:
+    digest = hashlib.sha256()
+    with socket.create_connection(addr) as sock:
+        for chunk in stream_chunks(total):
+            digest.update(chunk)
+            sock.sendall(chunk)
+    return digest.hexdigest()
+
+
+def backup(dma, total: int, record_size: int) -> str:
+    dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+    dma.call("MOVER_SET_RECORD_SIZE", len=record_size)
+    dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+    reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+    digest = send_stream(endpoint(reply.connect_addr), total)
+    halted = dma.wait_post(C.NOTIFY_MOVER_HALTED, timeout=300)
+    assert halted.reason == C.MOVER_HALT_CONNECT_CLOSED
+    state = dma.call("MOVER_GET_STATE")
+    assert state.bytes_moved == total and state.record_num == -(-total // record_size)
+    dma.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)
+    dma.call("MOVER_STOP")
+    return digest
+
+
+def start_recover(dma, record_size: int) -> socket.socket:
+    dma.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1)
+    dma.call("MOVER_SET_RECORD_SIZE", len=record_size)
+    dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+    reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_WRITE, addr_type=C.ADDR_TCP)
+    return socket.create_connection(endpoint(reply.connect_addr))
+
+
+def receive(sock: socket.socket, length: int) -> bytes:
+    out = bytearray()
+    while len(out) < length:
+        data = sock.recv(min(4 * MiB, length - len(out)))
+        assert data, "data connection closed early"
+        out += data
+    return bytes(out)
+
+
+def test_one_gib_through_tcp_into_a_cartridge_and_back(server):
+    total = 1 << 30
+    record = 256 << 10
+    with server.client() as dma:
+        sent = backup(dma, total, record)
+        sock = start_recover(dma, record)
+        dma.call("MOVER_READ", offset=0, length=total)
+        digest = hashlib.sha256()
+        left = total
+        while left:
+            data = sock.recv(min(4 * MiB, left))
+            assert data
+            digest.update(data)
+            left -= len(data)
+        assert digest.hexdigest() == sent
+        state = dma.call("MOVER_GET_STATE")
+        assert state.bytes_left_to_read == 0 and state.bytes_moved == total
+        sock.close()
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
+
+
+def test_direct_access_reads_seek_inside_the_window_and_pause_outside(server):
+    record = 4096
+    total = 300 * record + 1000                 # the last record is padded
+    expected = b"".join(bytes(c) for c in stream_chunks(total))
+    with server.client() as dma:
+        backup(dma, total, record)
+        sock = start_recover(dma, record)
+        for offset, length in [(150 * record + 17, 5000), (10, 100), (299 * record, 1000), (0, record * 2)]:
+            dma.call("MOVER_READ", offset=offset, length=length)
+            assert receive(sock, length) == expected[offset:offset + length]
+        with pytest.raises(NdmpReplyError) as exc:     # a second read while one is outstanding
+            dma.call("MOVER_READ", offset=0, length=ALL)
+            dma.call("MOVER_READ", offset=0, length=10)
+        assert exc.value.code == C.READ_IN_PROGRESS_ERR
+        receive(sock, record)                   # drain some of the first
+        sock.close()
+        dma.wait_post(C.NOTIFY_MOVER_HALTED)
+        dma.call("MOVER_STOP")
+
+        # a window covering only records 100..199: reads outside it pause with SEEK
+        dma.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1)
+        dma.call("TAPE_MTIO", tape_op=C.MTIO_FSR, count=100)
+        dma.call("MOVER_SET_RECORD_SIZE", len=record)
+        dma.call("MOVER_SET_WINDOW", offset=100 * record, length=100 * record)
+        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_WRITE, addr_type=C.ADDR_TCP)
+        sock = socket.create_connection(endpoint(reply.connect_addr))
+        dma.call("MOVER_READ", offset=120 * record + 5, length=100)
+        assert receive(sock, 100) == expected[120 * record + 5:120 * record + 105]
+        dma.call("MOVER_READ", offset=20 * record, length=100)
+        paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
+        assert (paused.reason, paused.seek_position) == (C.MOVER_PAUSE_SEEK, 20 * record)
+        state = dma.call("MOVER_GET_STATE")
+        assert state.state == C.MOVER_STATE_PAUSED and state.bytes_left_to_read == 100
+        # the DMA positions the tape at the right place and widens the window
+        dma.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        dma.call("MOVER_CONTINUE")
+        assert receive(sock, 100) == expected[20 * record:20 * record + 100]
+        sock.close()
+        dma.wait_post(C.NOTIFY_MOVER_HALTED)
+
+
+def test_local_data_connection(server):
+    total = 8 * MiB + 123
+    with server.client() as dma:
+        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_RECORD_SIZE", len=65536)
+        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_LOCAL)
+        assert reply.connect_addr.addr_type == C.ADDR_LOCAL
+        session = server.only_session()
+        peer = server.on_loop(session.mover.accept_local)        # what DATA_CONNECT(LOCAL) will do
+        assert dma.call("MOVER_GET_STATE").state == C.MOVER_STATE_ACTIVE
+        digest = hashlib.sha256()
+        for chunk in stream_chunks(total):
+            digest.update(chunk)
+            peer.sendall(chunk)
+        peer.close()
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
+        dma.call("MOVER_STOP")
+        dma.call("TAPE_CLOSE")
+    with Cartridge(server.ctx.config.tapes[0].path, False) as cart:
+        data = b"".join(cart.read_payload(e, 1 << 20) for e in cart.entries() if not e.is_filemark)
+    assert hashlib.sha256(data[:total]).hexdigest() == digest.hexdigest()
+    assert data[total:] == bytes(len(data) - total)           # zero padding of the last record
+
+
+@pytest.mark.parametrize("server", [{"capacity": "1MiB", "early_warning": "128KiB"}], indirect=True)
+def test_backup_spans_two_cartridges_on_eom(server):
+    total = 1536 * 1024 + 999                   # more than one cartridge holds
+    record = 32768
+    with server.client() as dma:
+        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_RECORD_SIZE", len=record)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+        result = {}
+        sender = threading.Thread(target=lambda: result.update(d=send_stream(endpoint(reply.connect_addr), total)))
+        sender.start()
+        paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
+        assert paused.reason == C.MOVER_PAUSE_EOM
+        state = dma.call("MOVER_GET_STATE")
+        assert state.state == C.MOVER_STATE_PAUSED and state.pause_reason == C.MOVER_PAUSE_EOM
+        with pytest.raises(NdmpReplyError) as exc:        # v4: the record size is fixed once started
+            dma.call("MOVER_SET_RECORD_SIZE", len=record)
+        assert exc.value.code == C.ILLEGAL_STATE_ERR
+        with pytest.raises(NdmpReplyError) as exc:        # the mover owns the tape... only while ACTIVE
+            dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+        assert exc.value.code == C.DEVICE_OPENED_ERR
+        first_part = state.seek_position
+        assert first_part % record == 0 and 0 < first_part < total
+        # the DMA's tape change: close this cartridge with a filemark, load the next one
+        dma.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)
+        dma.call("TAPE_CLOSE")
+        dma.call("TAPE_OPEN", device="vtape1", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_WINDOW", offset=first_part, length=ALL)
+        dma.call("MOVER_CONTINUE")
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
+        sender.join(timeout=30)
+        assert dma.call("MOVER_GET_STATE").bytes_moved == total
+        dma.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)
+        dma.call("MOVER_STOP")
+        dma.call("TAPE_CLOSE")
+    parts = []
+    for tape in server.ctx.config.tapes:
+        with Cartridge(tape.path, False) as cart:
+            parts.append(b"".join(cart.read_payload(e, record) for e in cart.entries() if not e.is_filemark))
+    assert len(parts[0]) == first_part
+    stream = b"".join(parts)
+    assert hashlib.sha256(stream[:total]).hexdigest() == result["d"]
+    assert stream[total:] == bytes(len(stream) - total)
