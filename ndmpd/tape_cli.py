@@ -1,0 +1,108 @@
+"""``ndmpd tape``: create, inspect, extract from and protect virtual cartridges by hand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+from .config import ConfigError, parse_size
+from .devices import cartridge
+from .devices.tape import TapeError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    tape = sub.add_parser("tape", help="manage virtual tape cartridges")
+    cmds = tape.add_subparsers(dest="tape_command", required=True)
+    create = cmds.add_parser("create", help="write a blank cartridge")
+    create.add_argument("path", type=Path)
+    create.add_argument("--capacity", default="10GiB", help="e.g. 10GiB (default)")
+    create.add_argument("--early-warning", help="size of the early-warning zone (default capacity/20, <= 64MiB)")
+    create.add_argument("--barcode", default="", help="volume tag, up to 32 bytes")
+    create.add_argument("--write-protect", action="store_true")
+    info = cmds.add_parser("info", help="list the tape files: records and bytes of each")
+    info.add_argument("path", type=Path)
+    extract = cmds.add_parser("extract", help="write tape file N (0 = first) to stdout")
+    extract.add_argument("path", type=Path)
+    extract.add_argument("file", type=int)
+    protect = cmds.add_parser("protect", help="set or clear write protection")
+    protect.add_argument("path", type=Path)
+    protect.add_argument("state", choices=["on", "off"])
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.tape_command == "create":
+            return _create(args)
+        with cartridge.Cartridge(args.path, writable=args.tape_command == "protect") as cart:
+            if args.tape_command == "info":
+                return _info(cart, sys.stdout)
+            if args.tape_command == "extract":
+                return extract_file(cart, args.file, sys.stdout.buffer)
+            cart.set_write_protected(args.state == "on")
+            return 0
+    except (TapeError, OSError) as exc:
+        print(f"ndmpd tape: {exc}", file=sys.stderr)
+        return 1
+
+
+def _create(args: argparse.Namespace) -> int:
+    try:
+        capacity = parse_size(args.capacity, "--capacity")
+        early = parse_size(args.early_warning, "--early-warning") if args.early_warning else None
+    except ConfigError as exc:
+        print(f"ndmpd tape: {exc}", file=sys.stderr)
+        return 2
+    if len(args.barcode.encode()) > 32:
+        print("ndmpd tape: --barcode: at most 32 bytes", file=sys.stderr)
+        return 2
+    sb = cartridge.create(args.path, capacity, early, args.barcode, args.write_protect)
+    print(f"{args.path}: blank cartridge, {sb.capacity} bytes, early warning {sb.early_warning} bytes before the end")
+    return 0
+
+
+def tape_files(cart: cartridge.Cartridge) -> list[tuple[int, int]]:
+    """(records, bytes) of every tape file; a last file without a closing filemark is included."""
+    files: list[tuple[int, int]] = []
+    records = size = 0
+    for entry in cart.entries():
+        if entry.is_filemark:
+            files.append((records, size))
+            records = size = 0
+        else:
+            records += 1
+            size += entry.length
+    if records:
+        files.append((records, size))
+    return files
+
+
+def _info(cart: cartridge.Cartridge, out) -> int:
+    sb = cart.superblock
+    print(f"cartridge  {cart.path}", file=out)
+    print(f"barcode    {sb.barcode or '-'}", file=out)
+    print(f"capacity   {sb.capacity} bytes (early warning {sb.early_warning} bytes before the end)", file=out)
+    print(f"used       {cart.used} bytes{'  write-protected' if sb.write_protected else ''}", file=out)
+    for number, (records, size) in enumerate(tape_files(cart)):
+        print(f"file {number:<5} {records:>10} records {size:>15} bytes", file=out)
+    return 0
+
+
+def extract_file(cart: cartridge.Cartridge, number: int, out: BinaryIO) -> int:
+    """Copy the records of tape file ``number`` to ``out``; 1 when there is no such file."""
+    current = 0
+    found = False
+    for entry in cart.entries():
+        if entry.is_filemark:
+            if current == number:
+                return 0
+            current += 1
+            continue
+        if current == number:
+            found = True
+            out.write(cart.read_payload(entry, entry.length))
+    if not found:
+        print(f"ndmpd tape: no file {number} on {cart.path}", file=sys.stderr)
+        return 1
+    return 0
