@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Mover throughput: a data stream into a virtual cartridge over TCP and LOCAL, against
+``cat FILE > CARTRIDGE_DIR/copy`` on the same data in the same run (target: ratio >= 0.8).
+
+    python benchmarks/mover_bench.py [--size 1GiB] [--record-size 256KiB] [--rounds 3] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ndmpd.config import build, parse_size          # noqa: E402
+from ndmpd.wire import C                            # noqa: E402
+from tests.server_thread import ServerThread        # noqa: E402
+
+ALL = (1 << 64) - 1
+
+
+def make_data(path: Path, size: int) -> None:
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(size >> 20):
+            f.write(block)
+        f.write(block[:size & ((1 << 20) - 1)])
+    with open(path, "rb") as f:                     # warm the page cache
+        while f.read(8 << 20):
+            pass
+
+
+def time_cat(data: Path, workdir: Path) -> float:
+    copy = workdir / "copy"
+    start = time.perf_counter()
+    subprocess.run(f"cat '{data}' > '{copy}'", shell=True, check=True)
+    elapsed = time.perf_counter() - start
+    copy.unlink()
+    return elapsed
+
+
+def send_file(sock: socket.socket, data: Path) -> None:
+    with open(data, "rb") as f:
+        sock.sendfile(f)
+
+
+def time_mover(server: ServerThread, data: Path, cart: Path, record_size: int, local: bool) -> float:
+    with server.client() as dma:
+        dma.call("TAPE_OPEN", device="bench", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_RECORD_SIZE", len=record_size)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ,
+                         addr_type=C.ADDR_LOCAL if local else C.ADDR_TCP)
+        start = time.perf_counter()
+        if local:
+            session = server.only_session()
+            sock = server.on_loop(session.mover.accept_local)
+        else:
+            entry = reply.connect_addr.tcp_addr[0]
+            sock = socket.create_connection((socket.inet_ntoa(entry.ip_addr.to_bytes(4, "big")), entry.port))
+        send_file(sock, data)
+        sock.close()
+        dma.wait_post(C.NOTIFY_MOVER_HALTED, timeout=600)
+        elapsed = time.perf_counter() - start
+        moved = dma.call("MOVER_GET_STATE").bytes_moved
+        assert moved == data.stat().st_size, (moved, data.stat().st_size)
+        dma.call("MOVER_STOP")
+        dma.call("TAPE_CLOSE")
+    cart.unlink()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1GiB")
+    parser.add_argument("--record-size", default="256KiB")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", type=Path, help="where the data and the cartridge go (default: a temp dir)")
+    args = parser.parse_args()
+    size = parse_size(args.size, "--size")
+    record_size = parse_size(args.record_size, "--record-size")
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        make_data(data, size)
+        cart = work / "bench.img"
+        config = build({
+            "server": {"listen": ["127.0.0.1:0"], "state_dir": str(work), "auth": ["md5"]},
+            "user": [{"name": "ndmp", "password": "secret"}],
+            "tape": [{"name": "bench", "path": str(cart), "capacity": size * 2 + (64 << 20)}],
+        }, "<bench>", work)
+        server = ServerThread(config)
+        results: dict[str, list[float]] = {"cat": [], "TCP": [], "LOCAL": []}
+        try:
+            runs = {"cat": lambda: time_cat(data, work),
+                    "TCP": lambda: time_mover(server, data, cart, record_size, local=False),
+                    "LOCAL": lambda: time_mover(server, data, cart, record_size, local=True)}
+            order = list(runs)
+            for _ in range(args.rounds):
+                for name in order:          # rotate the order: page-cache writeback hits whoever runs late
+                    results[name].append(runs[name]())
+                    time.sleep(1)
+                order = order[1:] + order[:1]
+        finally:
+            server.stop()
+    mb = size / 1e6
+    cat = statistics.median(results["cat"])
+    print(f"data {size} bytes, record size {record_size}, {args.rounds} rounds (median)")
+    print(f"{'cat FILE > copy':18} {mb / cat:8.0f} MB/s")
+    for name in ("TCP", "LOCAL"):
+        t = statistics.median(results[name])
+        print(f"{'mover ' + name:18} {mb / t:8.0f} MB/s   ratio vs cat {cat / t:.2f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
