@@ -1,6 +1,6 @@
 """Virtual tape cartridges: a file that keeps records, filemarks and end of data.
 
-Format (all integers big-endian; see ``docs/cartridge-format.md``)::
+Format (all integers big-endian; see ``ndmpd/devices/CARTRIDGE-FORMAT.md``)::
 
     offset 0      superblock (SUPERBLOCK), padded to DATA_START = 4096 bytes
     offset 4096   entries, back to back, up to the end of data (= end of file):
