@@ -230,3 +230,62 @@ def test_backup_spans_two_cartridges_on_eom(server):
     stream = b"".join(parts)
     assert hashlib.sha256(stream[:total]).hexdigest() == result["d"]
     assert stream[total:] == bytes(len(stream) - total)
+
+
+def test_mover_connect_backs_up_from_a_listening_data_agent(server):
+    """MOVER_CONNECT (v3/v4): the mover dials the data side (as in DATA_LISTEN + MOVER_CONNECT)."""
+    from ndmpd.mover.addresses import Endpoint, to_ndmp
+    total = 3 * MiB + 5
+    listener = socket.create_server(("127.0.0.1", 0))
+    with server.client(version=3) as dma:
+        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_RECORD_SIZE", len=65536)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        dma.call("MOVER_CONNECT", mode=C.MOVER_MODE_READ, addr=to_ndmp(Endpoint("127.0.0.1", listener.getsockname()[1])))
+        conn, _ = listener.accept()
+        digest = hashlib.sha256()
+        for chunk in stream_chunks(total):
+            digest.update(chunk)
+            conn.sendall(chunk)
+        conn.close()
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
+        assert dma.call("MOVER_GET_STATE").bytes_moved == total
+        dma.call("MOVER_STOP")
+        listener.close()
+        with pytest.raises(NdmpReplyError) as exc:          # nobody listens there any more
+            dma.call("MOVER_CONNECT", mode=C.MOVER_MODE_READ,
+                     addr=to_ndmp(Endpoint("127.0.0.1", listener.getsockname()[1])))
+        assert exc.value.code == C.CONNECT_ERR
+        assert dma.call("MOVER_GET_STATE").state == C.MOVER_STATE_IDLE
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_ipv6_session_listens_on_ipv6(tmp_path):
+    data = {
+        "server": {"listen": ["[::1]:0"], "state_dir": str(tmp_path), "auth": ["md5"]},
+        "user": [{"name": "ndmp", "password": "secret"}],
+        "tape": [{"name": "vtape0", "path": str(tmp_path / "c.img")}],
+    }
+    try:
+        srv = ServerThread(build(data, "<test>", tmp_path))
+    except OSError:
+        pytest.skip("cannot bind ::1")
+    try:
+        with srv.client() as dma:
+            dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+            addr = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP).connect_addr
+            entry = addr.tcp_addr[0]
+            env = {p.name: p.value for p in entry.addr_env}
+            assert env == {"AF": "INET6", "ADDR": "::1"} and entry.ip_addr == 0
+            with socket.create_connection(("::1", entry.port)) as sock:
+                sock.sendall(b"v6" * 1000)
+            assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
+            assert dma.call("MOVER_GET_STATE").bytes_moved == 2000
+            dma.call("MOVER_STOP")
+        with srv.client(version=3) as dma:                     # v3 addresses cannot carry IPv6
+            dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+            with pytest.raises(NdmpReplyError) as exc:
+                dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+            assert exc.value.code == C.ILLEGAL_ARGS_ERR
+    finally:
+        srv.stop()
