@@ -148,6 +148,7 @@ def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None
         if not chunk:
             mover.pause(C.MOVER_PAUSE_EOF)            # a short record: the image ends here
             continue
+        mover.delivered(len(chunk))       # before sending: once the peer has it, the next MOVER_READ may come
         try:
             sock.sendall(chunk)
         except OSError as exc:
@@ -155,7 +156,6 @@ def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None
                 log.warning("mover: data connection failed: %s", exc)
                 mover.halt(C.MOVER_HALT_CONNECT_ERROR)
             raise Halted from None
-        mover.delivered(len(chunk))
 
 
 def _position(mover: "Mover", wanted: int) -> bool:
