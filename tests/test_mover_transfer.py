@@ -237,11 +237,12 @@ def test_mover_connect_backs_up_from_a_listening_data_agent(server):
     from ndmpd.mover.addresses import Endpoint, to_ndmp
     total = 3 * MiB + 5
     listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     with server.client(version=3) as dma:
         dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
         dma.call("MOVER_SET_RECORD_SIZE", len=65536)
         dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
-        dma.call("MOVER_CONNECT", mode=C.MOVER_MODE_READ, addr=to_ndmp(Endpoint("127.0.0.1", listener.getsockname()[1])))
+        dma.call("MOVER_CONNECT", mode=C.MOVER_MODE_READ, addr=to_ndmp(Endpoint("127.0.0.1", port)))
         conn, _ = listener.accept()
         digest = hashlib.sha256()
         for chunk in stream_chunks(total):
@@ -253,8 +254,7 @@ def test_mover_connect_backs_up_from_a_listening_data_agent(server):
         dma.call("MOVER_STOP")
         listener.close()
         with pytest.raises(NdmpReplyError) as exc:          # nobody listens there any more
-            dma.call("MOVER_CONNECT", mode=C.MOVER_MODE_READ,
-                     addr=to_ndmp(Endpoint("127.0.0.1", listener.getsockname()[1])))
+            dma.call("MOVER_CONNECT", mode=C.MOVER_MODE_READ, addr=to_ndmp(Endpoint("127.0.0.1", port)))
         assert exc.value.code == C.CONNECT_ERR
         assert dma.call("MOVER_GET_STATE").state == C.MOVER_STATE_IDLE
 
