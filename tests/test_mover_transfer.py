@@ -58,13 +58,18 @@ def stream_chunks(total: int, chunk: int = 4 * MiB):
         n += 1
 
 
-def send_stream(addr: tuple[str, int], total: int) -> str:
+def send_over(sock: socket.socket, total: int) -> str:
+    """Send ``total`` bytes of test data, close the connection; returns their SHA-256."""
     digest = hashlib.sha256()
-    with socket.create_connection(addr) as sock:
+    with sock:
         for chunk in stream_chunks(total):
             digest.update(chunk)
             sock.sendall(chunk)
     return digest.hexdigest()
+
+
+def send_stream(addr: tuple[str, int], total: int) -> str:
+    return send_over(socket.create_connection(addr), total)
 
 
 def backup(dma, total: int, record_size: int) -> str:
@@ -172,17 +177,13 @@ def test_local_data_connection(server):
         session = server.only_session()
         peer = server.on_loop(session.mover.accept_local)        # what DATA_CONNECT(LOCAL) will do
         assert dma.call("MOVER_GET_STATE").state == C.MOVER_STATE_ACTIVE
-        digest = hashlib.sha256()
-        for chunk in stream_chunks(total):
-            digest.update(chunk)
-            peer.sendall(chunk)
-        peer.close()
+        sent = send_over(peer, total)
         assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
         dma.call("MOVER_STOP")
         dma.call("TAPE_CLOSE")
     with Cartridge(server.ctx.config.tapes[0].path, False) as cart:
         data = b"".join(cart.read_payload(e, 1 << 20) for e in cart.entries() if not e.is_filemark)
-    assert hashlib.sha256(data[:total]).hexdigest() == digest.hexdigest()
+    assert hashlib.sha256(data[:total]).hexdigest() == sent
     assert data[total:] == bytes(len(data) - total)           # zero padding of the last record
 
 
@@ -243,12 +244,7 @@ def test_mover_connect_backs_up_from_a_listening_data_agent(server):
         dma.call("MOVER_SET_RECORD_SIZE", len=65536)
         dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
         dma.call("MOVER_CONNECT", mode=C.MOVER_MODE_READ, addr=to_ndmp(Endpoint("127.0.0.1", port)))
-        conn, _ = listener.accept()
-        digest = hashlib.sha256()
-        for chunk in stream_chunks(total):
-            digest.update(chunk)
-            conn.sendall(chunk)
-        conn.close()
+        send_over(listener.accept()[0], total)
         assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
         assert dma.call("MOVER_GET_STATE").bytes_moved == total
         dma.call("MOVER_STOP")

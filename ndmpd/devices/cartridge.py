@@ -257,17 +257,13 @@ class Cartridge:
     # ------------------------------------------------------------ open/recovery
 
     def _find_end_of_data(self) -> int:
+        """The end of the file when its last entry verifies (the usual case), else a scan."""
         size = os.fstat(self.fd).st_size
         if size == DATA_START:
             return size
         try:
-            if size > DATA_START + OVERHEAD:
-                length, kind = _TRAILER.unpack(os.pread(self.fd, TRAILER_SIZE, size - TRAILER_SIZE))
-                start = size - OVERHEAD - length
-                if start >= DATA_START:
-                    entry = self._verify(os.pread(self.fd, HEADER_SIZE, start), start, size)
-                    if entry.end == size and entry.kind == kind:
-                        return size
+            if self.entry_before(size) is not None:
+                return size
         except MediaError:
             pass
         return self._scan_for_end(size)

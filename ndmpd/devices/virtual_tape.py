@@ -91,40 +91,58 @@ class VirtualTape(TapeDevice):
     # ------------------------------------------------------------ reading
 
     def read_record(self, limit: int) -> bytes:
-        entry = self._next_entry()
+        self._last_was_write = False
+        entry = self._entry_or_end(self.cart.entry_at(self.offset))
         data = self.cart.read_payload(entry, limit)
-        self._passed_record(entry)
+        self._forward_over(entry)
         return data
 
     def read_record_into(self, buffer: memoryview) -> int:
         self._last_was_write = False
         entry, got = self.cart.read_into(self.offset, buffer)
-        if entry is None:
-            raise EndOfData(f"{self.name}: end of data")
-        if entry.is_filemark:
-            self._passed_filemark(entry)
-        self._passed_record(entry)
+        self._forward_over(self._entry_or_end(entry))
         return got
 
-    def _next_entry(self) -> cartridge.Entry:
-        self._last_was_write = False
-        entry = self.cart.entry_at(self.offset)
+    def _entry_or_end(self, entry: cartridge.Entry | None) -> cartridge.Entry:
+        """The record a read met; a filemark is crossed and reported, end of data reported."""
         if entry is None:
             raise EndOfData(f"{self.name}: end of data")
         if entry.is_filemark:
-            self._passed_filemark(entry)
+            self._forward_over(entry)
+            raise FilemarkReached(f"{self.name}: filemark")
         return entry
 
-    def _passed_filemark(self, entry: cartridge.Entry) -> None:
+    def _forward_over(self, entry: cartridge.Entry) -> None:
+        """The head moved forward over ``entry``."""
         self.offset = entry.end
-        self.file_num += 1
-        self.blockno = 0
-        raise FilemarkReached(f"{self.name}: filemark")
-
-    def _passed_record(self, entry: cartridge.Entry) -> None:
-        self.offset = entry.end
-        if self.blockno is not None:
+        if entry.is_filemark:
+            self.file_num += 1
+            self.blockno = 0
+        elif self.blockno is not None:
             self.blockno += 1
+
+    def _backward_over(self, entry: cartridge.Entry) -> None:
+        """The head moved backward over ``entry``."""
+        self.offset = entry.offset
+        if entry.is_filemark:
+            self.file_num -= 1
+            self.blockno = None if self.offset > DATA_START else 0   # st: unknown in front of a filemark
+        elif self.blockno:
+            self.blockno -= 1
+
+    def _step(self, forward: bool) -> cartridge.Entry | None:
+        """Move over one entry; None (and BOT position) when there is none that way."""
+        if forward:
+            entry = self.cart.entry_at(self.offset)
+            if entry is not None:
+                self._forward_over(entry)
+            return entry
+        entry = self.cart.entry_before(self.offset)
+        if entry is None:
+            self.offset, self.file_num, self.blockno = DATA_START, 0, 0
+        else:
+            self._backward_over(entry)
+        return entry
 
     # ------------------------------------------------------------ writing
 
@@ -164,66 +182,25 @@ class VirtualTape(TapeDevice):
 
     def space_records(self, count: int) -> SpaceResult:
         self._last_was_write = False
-        cart = self.cart
+        edge = Stop.EOD if count > 0 else Stop.BOT
         for done in range(abs(count)):
-            if count > 0:
-                entry = cart.entry_at(self.offset)
-                if entry is None:
-                    return SpaceResult(count - done, Stop.EOD)
-                self.offset = entry.end
-                if entry.is_filemark:
-                    self.file_num += 1
-                    self.blockno = 0
-                    return SpaceResult(count - done, Stop.FILEMARK)
-                if self.blockno is not None:
-                    self.blockno += 1
-            else:
-                entry = cart.entry_before(self.offset)
-                if entry is None:
-                    self._at_bot()
-                    return SpaceResult(-count - done, Stop.BOT)
-                self.offset = entry.offset
-                if entry.is_filemark:
-                    self._before_filemark()
-                    return SpaceResult(-count - done, Stop.FILEMARK)
-                if self.blockno:
-                    self.blockno -= 1
+            entry = self._step(count > 0)
+            if entry is None:
+                return SpaceResult(abs(count) - done, edge)
+            if entry.is_filemark:
+                return SpaceResult(abs(count) - done, Stop.FILEMARK)
         return SpaceResult(0)
 
     def space_filemarks(self, count: int) -> SpaceResult:
         self._last_was_write = False
-        cart = self.cart
+        edge = Stop.EOD if count > 0 else Stop.BOT
         crossed = 0
         while crossed < abs(count):
-            if count > 0:
-                entry = cart.entry_at(self.offset)
-                if entry is None:
-                    return SpaceResult(count - crossed, Stop.EOD)
-                self.offset = entry.end
-                if entry.is_filemark:
-                    crossed += 1
-                    self.file_num += 1
-                    self.blockno = 0
-                elif self.blockno is not None:
-                    self.blockno += 1
-            else:
-                entry = cart.entry_before(self.offset)
-                if entry is None:
-                    self._at_bot()
-                    return SpaceResult(-count - crossed, Stop.BOT)
-                self.offset = entry.offset
-                if entry.is_filemark:
-                    crossed += 1
-                    self._before_filemark()
+            entry = self._step(count > 0)
+            if entry is None:
+                return SpaceResult(abs(count) - crossed, edge)
+            crossed += entry.is_filemark
         return SpaceResult(0)
-
-    def _at_bot(self) -> None:
-        self.offset, self.file_num, self.blockno = DATA_START, 0, 0
-
-    def _before_filemark(self) -> None:
-        """st semantics: in front of a filemark the block number is unknown."""
-        self.file_num -= 1
-        self.blockno = None if self.offset > DATA_START else 0
 
     def rewind(self) -> None:
         self.cart      # raises when not open

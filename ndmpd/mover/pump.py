@@ -13,7 +13,7 @@ import select
 import socket
 from typing import TYPE_CHECKING
 
-from ..devices.tape import EndOfData, EndOfMedium, FilemarkReached, TapeError
+from ..devices.tape import EndOfData, EndOfMedium, FilemarkReached, Stop, TapeError
 from ..wire import C
 
 if TYPE_CHECKING:
@@ -122,12 +122,7 @@ def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None
         wanted = offset // size
         try:
             with mover.device_lock:
-                if not _position(mover, wanted):
-                    stopped = True
-                else:
-                    stopped = False
-                    n = mover.device.read_record_into(buffer)
-                    mover.head_record += 1
+                n = mover.device.read_record_into(buffer) if _position(mover, wanted) else None
         except FilemarkReached:
             with mover.device_lock:
                 mover.device.space_filemarks(-1)     # stay in front of it, like NDMPv4
@@ -140,9 +135,10 @@ def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None
             log.error("mover: tape read failed: %s", exc)
             mover.halt(C.MOVER_HALT_MEDIA_ERROR)
             raise Halted from None
-        if stopped:
+        if n is None:                                # a filemark, BOT or EOD is in the way
             mover.pause(C.MOVER_PAUSE_SEEK)
             continue
+        mover.head_record += 1
         skip = offset - wanted * size
         chunk = buffer[skip:n][:mover.bytes_left_to_read]
         if not chunk:
@@ -167,7 +163,7 @@ def _position(mover: "Mover", wanted: int) -> bool:
     moved = abs(delta) - result.resid
     mover.head_record += moved if delta > 0 else -moved
     if result.resid:
-        if result.stop.value == "filemark":          # undo the crossing: stay on this tape file
+        if result.stop is Stop.FILEMARK:             # undo the crossing: stay on this tape file
             mover.device.space_filemarks(-1 if delta > 0 else 1)
         return False
     return True

@@ -95,17 +95,18 @@ def _usable_device(session: "Session") -> TapeDevice:
     return device
 
 
-def _device_call(session: "Session", work: Callable[[TapeDevice], Any]) -> Blocking:
-    """Run ``work(device)`` off the loop, with device errors turned into NDMP errors."""
+def _device_call(session: "Session", work: Callable[[TapeDevice], Any], reply: Callable[[Any], Any]) -> Blocking:
+    """Run ``work(device)`` off the loop and answer ``reply(result)``; device errors become NDMP errors."""
     device = _usable_device(session)
     slot = session.tape
 
     def run() -> Any:
         with slot.lock:
             try:
-                return work(device)
+                result = work(device)
             except TapeError as exc:
                 raise device_error(exc) from None
+        return reply(result)
     return Blocking(run)
 
 
@@ -231,17 +232,15 @@ def tape_mtio(session: "Session", req: Any) -> Any:
     if req.tape_op == C.MTIO_EOF and not session.tape.writable:
         _usable_device(session)
         raise NdmpError(C.PERMISSION_ERR, "tape opened read-only")
-    call = _device_call(session, work)
 
-    def run() -> Any:
+    def counted(d: TapeDevice) -> tuple[int, int]:
+        """(error, resid): a failed op reports every repetition as not performed."""
         try:
-            resid = call.work()
-        except NdmpError as exc:
-            reply = T.tape_mtio_reply(error=exc.code, resid_count=req.count)
-            log.info("%s: MTIO op %d: %s", session.peer, req.tape_op, exc.message)
-            return reply
-        return T.tape_mtio_reply(error=C.NO_ERR, resid_count=resid)
-    return Blocking(run)
+            return C.NO_ERR, work(d)
+        except TapeError as exc:
+            log.info("%s: MTIO op %d: %s", session.peer, req.tape_op, exc)
+            return device_error(exc).code, req.count
+    return _device_call(session, counted, lambda r: T.tape_mtio_reply(error=r[0], resid_count=r[1]))
 
 
 @HANDLERS.on(C.TAPE_WRITE)
@@ -255,12 +254,8 @@ def tape_write(session: "Session", req: Any) -> Any:
         return T.tape_write_reply(error=C.NO_ERR, count=0)
     if len(data) > slot.max_block:
         raise NdmpError(C.ILLEGAL_ARGS_ERR, f"record of {len(data)} bytes exceeds max_block_size {slot.max_block}")
-    call = _device_call(session, lambda d: d.write_record(data))
-
-    def run() -> Any:
-        call.work()
-        return T.tape_write_reply(error=C.NO_ERR, count=len(data))
-    return Blocking(run)
+    return _device_call(session, lambda d: d.write_record(data),
+                        lambda _: T.tape_write_reply(error=C.NO_ERR, count=len(data)))
 
 
 @HANDLERS.on(C.TAPE_READ)
@@ -282,11 +277,7 @@ def tape_read(session: "Session", req: Any) -> Any:
             raise
         except EndOfData:
             raise NdmpError(C.EOM_ERR if v4 else C.EOF_ERR, "end of data") from None
-    call = _device_call(session, read)
-
-    def run() -> Any:
-        return T.tape_read_reply(error=C.NO_ERR, data_in=call.work())
-    return Blocking(run)
+    return _device_call(session, read, lambda data: T.tape_read_reply(error=C.NO_ERR, data_in=data))
 
 
 @HANDLERS.on(C.TAPE_EXECUTE_CDB)
