@@ -114,10 +114,13 @@ def _peer_closed(sock: socket.socket) -> bool:
 
 def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None:
     size = len(buffer)
+
+    def hung_up() -> bool:
+        return _peer_closed(sock)
     while mover.bytes_left_to_read > 0:
         offset = mover.seek_position
         if not mover.window_offset <= offset < mover.window_end:
-            mover.pause(C.MOVER_PAUSE_SEEK)
+            mover.pause(C.MOVER_PAUSE_SEEK, hung_up)
             continue
         wanted = offset // size
         try:
@@ -126,23 +129,23 @@ def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None
         except FilemarkReached:
             with mover.device_lock:
                 mover.device.space_filemarks(-1)     # stay in front of it, like NDMPv4
-            mover.pause(C.MOVER_PAUSE_EOF)
+            mover.pause(C.MOVER_PAUSE_EOF, hung_up)
             continue
         except EndOfData:
-            mover.pause(C.MOVER_PAUSE_EOM)
+            mover.pause(C.MOVER_PAUSE_EOM, hung_up)
             continue
         except TapeError as exc:
             log.error("mover: tape read failed: %s", exc)
             mover.halt(C.MOVER_HALT_MEDIA_ERROR)
             raise Halted from None
         if n is None:                                # a filemark, BOT or EOD is in the way
-            mover.pause(C.MOVER_PAUSE_SEEK)
+            mover.pause(C.MOVER_PAUSE_SEEK, hung_up)
             continue
         mover.head_record += 1
         skip = offset - wanted * size
         chunk = buffer[skip:n][:mover.bytes_left_to_read]
         if not chunk:
-            mover.pause(C.MOVER_PAUSE_EOF)            # a short record: the image ends here
+            mover.pause(C.MOVER_PAUSE_EOF, hung_up)            # a short record: the image ends here
             continue
         mover.delivered(len(chunk))       # before sending: once the peer has it, the next MOVER_READ may come
         try:

@@ -120,8 +120,12 @@ class Mover:
                 raise pump.Halted
             return self.bytes_left_to_read > 0
 
-    def pause(self, reason: int) -> None:
-        """Enter PAUSED, tell the DMA, and wait for CONTINUE (raises Halted on abort/close)."""
+    def pause(self, reason: int, peer_closed: Callable[[], bool] | None = None) -> None:
+        """Enter PAUSED, tell the DMA, and wait for CONTINUE (raises Halted on abort/close).
+
+        ``peer_closed`` (recover mode) is polled meanwhile: once the data side has hung up
+        there is nothing left to continue, so the mover halts with CONNECT_CLOSED.
+        """
         if reason == C.MOVER_PAUSE_EOW and self.session.version == 2:
             reason = C.MOVER_PAUSE_EOF     # v2 has no EOW: ndmjob takes EOF as end of window
         with self._cond:
@@ -133,7 +137,9 @@ class Mover:
             log.info("%s: mover paused (reason %d) at %d", self.session.peer, reason, seek)
             self._notify(C.NOTIFY_MOVER_PAUSED, T.notify_mover_paused_post(reason=reason, seek_position=seek))
             while self.state == PAUSED:
-                self._cond.wait()
+                self._cond.wait(pump.IDLE_POLL if peer_closed else None)
+                if self.state == PAUSED and peer_closed is not None and peer_closed():
+                    self.halt(C.MOVER_HALT_CONNECT_CLOSED)
             if self.halted:
                 raise pump.Halted
 
