@@ -181,6 +181,26 @@ def test_st_fixed_block_mode_sets_block_size():
     assert drive.status().block_size == 512
 
 
+def test_st_ioctl_failures_are_media_errors_and_open_leaves_nothing_open():
+    import errno
+
+    class Failing(FakeStKernel):
+        def ioctl(self, fd, request, arg):
+            from ndmpd.devices import st_ioctl
+            if request == st_ioctl.MTIOCTOP and st_ioctl.MTOP.parse(arg).op in (st_ioctl.MTOFFL, st_ioctl.MTSETBLK):
+                raise OSError(errno.EIO, "Input/output error")
+            return super().ioctl(fd, request, arg)
+    kernel = Failing()
+    drive = LinuxTape("st", "/dev/nst0", sys=kernel)
+    drive.open(write=True)
+    with pytest.raises(MediaError):
+        drive.unload()
+    drive.close()
+    with pytest.raises(MediaError):
+        LinuxTape("st", "/dev/nst0", block_size=512, sys=kernel).open(write=True)
+    assert not kernel.fd_open
+
+
 # ---------------------------------------------------------------- cartridge format
 
 def test_position_survives_close_and_reopen_of_a_new_drive_object(tmp_path):

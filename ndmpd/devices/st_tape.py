@@ -107,7 +107,11 @@ class LinuxTape(TapeDevice):
             self.close()
             raise WriteProtected(f"{self.name}: tape is write-protected")
         if self.block_size != state.block_size:
-            self._op(io.MTSETBLK, self.block_size)
+            try:
+                self._checked_op(io.MTSETBLK, self.block_size)
+            except MediaError:
+                self.close()
+                raise
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -116,7 +120,7 @@ class LinuxTape(TapeDevice):
 
     def unload(self) -> None:
         self._need_open()
-        self._op(io.MTOFFL, 1)
+        self._checked_op(io.MTOFFL, 1)
 
     # ---------------------------------------------------------------- data
 
