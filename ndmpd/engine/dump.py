@@ -1,0 +1,339 @@
+"""The dump: walk a (snapshot) tree and write it as a pax stream.
+
+One ``lstat`` per entry (from ``scandir`` on a directory fd), names as raw bytes, every
+open relative to its directory fd with O_NOFOLLOW, data by ``sendfile`` or one ``preadv``
+into the sink's buffer. Directories are written before their contents, each with a GNU
+dumpdir (the names it holds), so an incremental restore reproduces deletions and renames;
+GNU tar reads the same records with ``-G``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import pax, sparse, xattrs
+from .history import HistoryEntry
+from .select import Excluder
+from .sink import FdSink
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_PROGRESS_EVERY = 512
+_KEPT_WARNINGS = 1000
+
+
+class DumpAborted(Exception):
+    """The job was cancelled; the stream is incomplete."""
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    """What to dump and how."""
+
+    since_ns: int | None = None                 # incremental: what changed at or after this time
+    known_dirs: dict[int, bytes] | None = None  # dir inode -> path at the base dump (renames)
+    excludes: tuple[str, ...] = ()
+    live: bool = False                          # no snapshot: report files changing while read
+    xattrs: bool = True
+    one_filesystem: bool = True
+    skip_root_names: frozenset[bytes] = frozenset()   # never dumped (the snapshot directory)
+    labels: dict[str, str] = field(default_factory=dict)  # NDMPD.* global records
+
+
+@dataclass
+class DumpResult:
+    bytes_written: int = 0
+    entries: int = 0
+    files: int = 0
+    warnings: list[str] = field(default_factory=list)
+    warning_count: int = 0
+    dir_index: dict[int, bytes] = field(default_factory=dict)
+
+
+HistoryCallback = Callable[[HistoryEntry], None]
+ProgressCallback = Callable[[int, int], None]
+
+
+class _Frame:
+    """A directory being written: its fd, archive prefix and the children still to go."""
+
+    __slots__ = ("fd", "rel", "ino", "children", "next", "full")
+
+    def __init__(self, fd: int, rel: bytes, ino: int, children: list, full: bool) -> None:
+        self.fd, self.rel, self.ino, self.children, self.next, self.full = fd, rel, ino, children, 0, full
+
+
+class Dumper:
+    """Writes one tree as a pax stream into a sink; runs in the calling (worker) thread."""
+
+    def __init__(self, root: str | bytes, sink: FdSink, options: DumpOptions = DumpOptions(),
+                 history: HistoryCallback | None = None, progress: ProgressCallback | None = None,
+                 warn: Callable[[str], None] | None = None,
+                 cancel: threading.Event | None = None) -> None:
+        self.root = os.fsencode(root)
+        self.sink = sink
+        self.options = options
+        self.history = history
+        self.progress = progress
+        self.warn_hook = warn
+        self.cancel = cancel or threading.Event()
+        self.result = DumpResult()
+        self._headers = pax.HeaderWriter()
+        self._excluder = Excluder(options.excludes)
+        self._links: dict[tuple[int, int], bytes] = {}
+        self._since = options.since_ns
+        self._xattrs = options.xattrs
+        self._noatime = os.O_NOATIME
+
+    # -- driver --------------------------------------------------------------------------
+
+    def run(self) -> DumpResult:
+        """Write the whole tree and the end-of-archive blocks."""
+        root_fd = os.open(self.root, _DIR_FLAGS)
+        root_st = os.fstat(root_fd)
+        self._root_dev = root_st.st_dev
+        if self.options.labels:
+            records = b"".join(pax.pax_record(f"NDMPD.{k}".encode(), str(v).encode())
+                               for k, v in sorted(self.options.labels.items()))
+            self.sink.write(pax.extended_header(records, pax.XGLTYPE))
+        stack: list[_Frame] = []
+        try:
+            self._enter(stack, root_fd, b"", root_st, root_st.st_ino, full=self._since is None)
+            while stack:
+                self._step(stack)
+            self.sink.write(pax.ZERO_BLOCK * 2)
+            self.sink.drain()
+        finally:
+            for frame in stack:
+                os.close(frame.fd)
+        self.result.bytes_written = self.sink.offset
+        if self.progress:
+            self.progress(self.sink.offset, self.result.entries)
+        return self.result
+
+    def _step(self, stack: list[_Frame]) -> None:
+        frame = stack[-1]
+        if frame.next == len(frame.children):
+            os.close(frame.fd)
+            stack.pop()
+            return
+        name, st, include = frame.children[frame.next]
+        frame.next += 1
+        if self.cancel.is_set():
+            raise DumpAborted("dump aborted")
+        rel = frame.rel + name
+        if stat.S_ISDIR(st.st_mode):
+            self._directory(stack, frame, name, rel, st)
+        elif include:
+            try:
+                self._member(frame.fd, name, rel, st, frame.ino)
+            except FileNotFoundError:
+                self.warn(f"{self._show(rel)}: vanished before it was read; not archived")
+        if self.progress and self.result.entries % _PROGRESS_EVERY == 0:
+            self.progress(self.sink.offset, self.result.entries)
+
+    def _directory(self, stack: list[_Frame], frame: _Frame, name: bytes, rel: bytes,
+                   st: os.stat_result) -> None:
+        if self.options.one_filesystem and st.st_dev != self._root_dev:
+            self._write_dir(rel, st, frame.ino, [], b"")
+            self.warn(f"{self._show(rel)}: mount point of another file system; its contents are not dumped")
+            return
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=frame.fd)
+        except (FileNotFoundError, NotADirectoryError):
+            self.warn(f"{self._show(rel)}: vanished before it was read; not archived")
+            return
+        except PermissionError as exc:
+            self.warn(f"{self._show(rel)}: cannot open: {exc.strerror}; not archived")
+            return
+        full = frame.full or self._moved_or_new(st.st_ino, rel)
+        self._enter(stack, fd, rel, st, frame.ino, full)
+
+    def _moved_or_new(self, ino: int, rel: bytes) -> bool:
+        known = self.options.known_dirs
+        if known is None:
+            return False
+        return known.get(ino) != rel
+
+    def _enter(self, stack: list[_Frame], fd: int, rel: bytes, st: os.stat_result, parent_ino: int,
+               full: bool) -> None:
+        """List a directory, write its header with the dumpdir, and queue its children."""
+        children, dumpdir = self._list(fd, rel, full)
+        self.result.dir_index[st.st_ino] = rel
+        try:
+            xattr_records = xattrs.read_records(fd) if self._xattrs else b""
+        except OSError:
+            xattr_records = b""
+        self._write_dir(rel, st, parent_ino, dumpdir, xattr_records)
+        stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full))
+
+    def _list(self, fd: int, rel: bytes, full: bool) -> tuple[list, list[bytes]]:
+        children = []
+        dumpdir = []
+        excluder = self._excluder
+        since = self._since
+        prefix = rel + b"/" if rel else b""
+        skip = self.options.skip_root_names if not rel else ()
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                name = os.fsencode(entry.name)
+                if name in skip:
+                    continue
+                if excluder and excluder.excluded(name, prefix + name):
+                    dumpdir.append(b"N" + name)
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    children.append((name, st, True))
+                    dumpdir.append(b"D" + name)
+                    continue
+                include = full or since is None or st.st_mtime_ns >= since or st.st_ctime_ns >= since
+                children.append((name, st, include))
+                dumpdir.append((b"Y" if include else b"N") + name)
+        children.sort(key=_first)
+        dumpdir.sort(key=_after_code)
+        return children, dumpdir
+
+    # -- members -------------------------------------------------------------------------
+
+    def _write_dir(self, rel: bytes, st: os.stat_result, parent_ino: int, dumpdir: list[bytes],
+                   xattr_records: bytes) -> None:
+        listing = b"".join(entry + b"\0" for entry in dumpdir) + b"\0"
+        records = xattr_records + pax.pax_record(b"GNU.dumpdir", listing)
+        name = b"./" + rel + b"/" if rel else b"./"
+        self._emit_header(rel, st, parent_ino, name, pax.DIRTYPE, 0, records)
+
+    def _member(self, dir_fd: int, name: bytes, rel: bytes, st: os.stat_result, parent_ino: int) -> None:
+        mode = st.st_mode
+        arcname = b"./" + rel
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self._links.get(key)
+            if first is not None:
+                self._emit_header(rel, st, parent_ino, arcname, pax.LNKTYPE, 0, b"", linkname=first)
+                return
+            self._links[key] = arcname
+        if stat.S_ISREG(mode):
+            self._regular(dir_fd, name, rel, arcname, st, parent_ino)
+            return
+        records = self._path_xattrs(dir_fd, name)
+        if stat.S_ISLNK(mode):
+            target = os.readlink(name, dir_fd=dir_fd)
+            self._emit_header(rel, st, parent_ino, arcname, pax.SYMTYPE, 0, records, linkname=target)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            kind = pax.CHRTYPE if stat.S_ISCHR(mode) else pax.BLKTYPE
+            self._emit_header(rel, st, parent_ino, arcname, kind, 0, records,
+                              devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev))
+        elif stat.S_ISFIFO(mode):
+            self._emit_header(rel, st, parent_ino, arcname, pax.FIFOTYPE, 0, records)
+        else:
+            self.warn(f"{self._show(rel)}: socket skipped (tar cannot archive sockets)")
+
+    def _path_xattrs(self, dir_fd: int, name: bytes) -> bytes:
+        if not self._xattrs:
+            return b""
+        try:
+            return xattrs.read_records(f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}")
+        except OSError:
+            return b""
+
+    def _regular(self, dir_fd: int, name: bytes, rel: bytes, arcname: bytes, st: os.stat_result,
+                 parent_ino: int) -> None:
+        try:
+            fd = os.open(name, _FILE_FLAGS | self._noatime, dir_fd=dir_fd)
+        except PermissionError:
+            if not self._noatime:
+                raise
+            self._noatime = 0              # O_NOATIME needs ownership or CAP_FOWNER
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        try:
+            records = xattrs.read_records(fd) if self._xattrs else b""
+            size = st.st_size
+            if sparse.looks_sparse(st.st_blocks, size):
+                extents = sparse.data_extents(fd, size)
+                if not sparse.is_dense(extents, size):
+                    self._sparse(fd, rel, arcname, st, parent_ino, records, extents)
+                    self._check_unchanged(fd, rel, st)
+                    return
+            self._emit_header(rel, st, parent_ino, arcname, pax.REGTYPE, size, records)
+            self.result.files += 1
+            if size:
+                self._copy(fd, rel, 0, size)
+                self.sink.zeros(-size % pax.BLOCK)
+            self._check_unchanged(fd, rel, st)
+        finally:
+            os.close(fd)
+
+    def _sparse(self, fd: int, rel: bytes, arcname: bytes, st: os.stat_result, parent_ino: int,
+                records: bytes, extents: list[sparse.Extent]) -> None:
+        mapping = sparse.encode_map(extents)
+        stored = len(mapping) + sum(length for _, length in extents)
+        head, _, base = arcname.rpartition(b"/")
+        placeholder = head + b"/GNUSparseFile.0/" + (base if len(base) < 60 and base.isascii() else b"file")
+        records += (pax.pax_record(b"GNU.sparse.major", b"1") + pax.pax_record(b"GNU.sparse.minor", b"0")
+                    + pax.pax_record(b"GNU.sparse.name", arcname)
+                    + pax.pax_record(b"GNU.sparse.realsize", b"%d" % st.st_size))
+        self._emit_header(rel, st, parent_ino, placeholder, pax.REGTYPE, stored, records)
+        self.result.files += 1
+        self.sink.write(mapping)
+        for offset, length in extents:
+            if length:
+                self._copy(fd, rel, offset, length)
+        self.sink.zeros(-stored % pax.BLOCK)
+
+    def _copy(self, fd: int, rel: bytes, offset: int, length: int) -> None:
+        copied = self.sink.copy_from(fd, offset, length)
+        if copied < length:
+            self.sink.zeros(length - copied)
+            self.warn(f"{self._show(rel)}: shrank while being read; {length - copied} bytes archived as zeros")
+
+    def _check_unchanged(self, fd: int, rel: bytes, st: os.stat_result) -> None:
+        if not self.options.live:
+            return
+        now = os.fstat(fd)
+        if now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns:
+            grew = " (it grew; the archived copy stops at the size it had)" if now.st_size > st.st_size else ""
+            self.warn(f"{self._show(rel)}: changed while being read; the archived copy may be torn{grew}")
+
+    def _emit_header(self, rel: bytes, st: os.stat_result, parent_ino: int, arcname: bytes,
+                     typeflag: bytes, size: int, records: bytes, linkname: bytes = b"",
+                     devmajor: int = 0, devminor: int = 0) -> None:
+        offset = self.sink.offset
+        self.sink.write(self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size,
+                                          st.st_mtime_ns, typeflag, linkname, devmajor, devminor, records))
+        self.result.entries += 1
+        if self.history is not None:
+            self.history(HistoryEntry(rel, st, parent_ino, offset))
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def warn(self, message: str) -> None:
+        self.result.warning_count += 1
+        if len(self.result.warnings) < _KEPT_WARNINGS:
+            self.result.warnings.append(message)
+        if self.warn_hook:
+            self.warn_hook(message)
+
+    @staticmethod
+    def _show(rel: bytes) -> str:
+        return os.fsdecode(rel) or "."
+
+
+def _first(child: tuple) -> bytes:
+    return child[0]
+
+
+def _after_code(entry: bytes) -> bytes:
+    return entry[1:]
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,318 @@
+"""POSIX pax headers: ustar blocks plus extended-header records, both ways.
+
+The layout of a ustar block is declared once (construct) and packed through a derived
+``struct`` on the hot path. Anything a ustar field cannot hold (long or non-ASCII names,
+nanosecond times, big sizes and ids, xattrs, sparse maps, dumpdirs) goes into a pax
+record, which GNU tar, bsdtar and Python's tarfile all read.
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+from dataclasses import dataclass, field
+
+from construct import Bytes, Struct
+
+from ..devices.layouts import fast_packer
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+
+REGTYPE, AREGTYPE, LNKTYPE, SYMTYPE = b"0", b"\0", b"1", b"2"
+CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE, CONTTYPE = b"3", b"4", b"5", b"6", b"7"
+XHDTYPE, XGLTYPE, GNU_LONGNAME, GNU_LONGLINK = b"x", b"g", b"L", b"K"
+
+USTAR_LAYOUT = Struct(
+    "name" / Bytes(100), "mode" / Bytes(8), "uid" / Bytes(8), "gid" / Bytes(8),
+    "size" / Bytes(12), "mtime" / Bytes(12), "chksum" / Bytes(8), "typeflag" / Bytes(1),
+    "linkname" / Bytes(100), "magic" / Bytes(6), "version" / Bytes(2),
+    "uname" / Bytes(32), "gname" / Bytes(32), "devmajor" / Bytes(8), "devminor" / Bytes(8),
+    "prefix" / Bytes(155), "pad" / Bytes(12),
+)
+_USTAR = fast_packer(USTAR_LAYOUT)
+_CHKSUM_AT = 148
+_SPACES = b" " * 8
+_MAX_OCTAL = {w: 8 ** (w - 1) - 1 for w in (8, 12)}
+
+
+def round_up(n: int) -> int:
+    """Bytes ``n`` takes in the stream, padded to whole blocks."""
+    return (n + BLOCK - 1) & ~(BLOCK - 1)
+
+
+def numeric_field(value: int, width: int) -> bytes:
+    """Octal when it fits, else GNU base-256 (read by GNU tar, bsdtar and tarfile)."""
+    if 0 <= value <= _MAX_OCTAL[width]:
+        return b"%0*o\0" % (width - 1, value)
+    return _base256(value, width)
+
+
+def _base256(value: int, width: int) -> bytes:
+    raw = (value & ((1 << (8 * (width - 1))) - 1)).to_bytes(width - 1, "big")
+    return (b"\xff" if value < 0 else b"\x80") + raw
+
+
+def parse_numeric(raw: bytes) -> int:
+    """Read an octal or base-256 numeric field."""
+    if raw and raw[0] & 0x80:
+        value = int.from_bytes(raw[1:], "big")
+        return value - (1 << (8 * (len(raw) - 1))) if raw[0] == 0xFF else value
+    text = raw.split(b"\0", 1)[0].strip(b" ")
+    return int(text, 8) if text else 0
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    """One ``"LEN key=value\\n"`` record; LEN counts its own digits."""
+    body = b" " + key + b"=" + value + b"\n"
+    digits = len(str(len(body)))
+    length = len(body) + digits
+    if len(str(length)) > digits:
+        length += 1
+    return b"%d" % length + body
+
+
+def format_time(ns: int) -> bytes:
+    """A pax time value with nanoseconds (``-1.5`` is half a second before -1)."""
+    sign = b"-" if ns < 0 else b""
+    sec, frac = divmod(abs(ns), 1_000_000_000)
+    return sign + (b"%d.%09d" % (sec, frac) if frac else b"%d" % sec)
+
+
+def parse_time(value: bytes) -> int:
+    """Nanoseconds from a pax time value."""
+    text = value.decode("ascii").strip()
+    negative = text.startswith("-")
+    whole, _, frac = text.lstrip("-").partition(".")
+    ns = int(whole or 0) * 1_000_000_000 + int((frac + "000000000")[:9])
+    return -ns if negative else ns
+
+
+def ustar_block(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
+                linkname: bytes = b"", uname: bytes = b"", gname: bytes = b"", devmajor: int = 0,
+                devminor: int = 0, prefix: bytes = b"") -> bytes:
+    """One ustar header block with its checksum."""
+    block = bytearray(_USTAR.pack(
+        name, b"%07o\0" % (mode & 0o7777), numeric_field(uid, 8), numeric_field(gid, 8),
+        numeric_field(size, 12), numeric_field(mtime, 12), _SPACES, typeflag, linkname,
+        b"ustar\0", b"00", uname, gname, numeric_field(devmajor, 8), numeric_field(devminor, 8),
+        prefix, b""))
+    block[_CHKSUM_AT:_CHKSUM_AT + 8] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def extended_header(records: bytes, typeflag: bytes = XHDTYPE) -> bytes:
+    """A pax extended header (its block plus padded records)."""
+    head = ustar_block(b"././@PaxHeader", 0o644, 0, 0, len(records), 0, typeflag)
+    return head + records + bytes(round_up(len(records)) - len(records))
+
+
+def split_name(name: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, name) for the ustar fields, or None when only a pax path can hold it."""
+    if len(name) <= 100:
+        return b"", name
+    cut = name.find(b"/", len(name) - 101, len(name) - 1)
+    if 0 < cut <= 155:
+        return name[:cut], name[cut + 1:]
+    return None
+
+
+@dataclass
+class Owners:
+    """uid/gid -> user/group name, looked up once each."""
+
+    users: dict[int, bytes] = field(default_factory=dict)
+    groups: dict[int, bytes] = field(default_factory=dict)
+
+    def user(self, uid: int) -> bytes:
+        name = self.users.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name.encode("utf-8", "surrogateescape")
+            except KeyError:
+                name = b""
+            self.users[uid] = name
+        return name
+
+    def group(self, gid: int) -> bytes:
+        name = self.groups.get(gid)
+        if name is None:
+            try:
+                name = grp.getgrgid(gid).gr_name.encode("utf-8", "surrogateescape")
+            except KeyError:
+                name = b""
+            self.groups[gid] = name
+        return name
+
+
+def _needs_pax_text(value: bytes, width: int) -> bool:
+    return len(value) > width or not value.isascii()
+
+
+def _charset_records(value: bytes) -> bytes:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return pax_record(b"hdrcharset", b"BINARY")
+    return b""
+
+
+class HeaderWriter:
+    """Builds the header blocks of members; the common case comes from cached templates.
+
+    Most members differ only in name, size and mtime, so the fields that depend on
+    mode/owner/type are packed once per combination with their checksum share, and the pax
+    header block that carries a nanosecond mtime is cached per record length.
+    """
+
+    def __init__(self) -> None:
+        self.owners = Owners()
+        self._templates: dict[tuple[int, int, int, bytes], tuple[bytes, bytes, int]] = {}
+        self._pax_blocks: dict[int, bytes] = {}
+
+    def headers(self, name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+                typeflag: bytes, linkname: bytes = b"", devmajor: int = 0, devminor: int = 0,
+                extra: bytes = b"") -> bytes:
+        """A pax header when needed, then the ustar block; ``extra`` holds ready pax records."""
+        sec, frac = divmod(mtime_ns, 1_000_000_000)
+        if (len(name) <= 100 and not linkname and not devmajor and not devminor and size <= _MAX_SIZE
+                and 0 <= sec <= _MAX_SIZE and name.isascii()):
+            template = self._templates.get((mode, uid, gid, typeflag))
+            if template is None:
+                template = self._template(mode, uid, gid, typeflag)
+            if template[0]:
+                size_field = b"%011o\0" % size
+                time_field = b"%011o\0" % sec
+                checksum = template[2] + sum(name) + sum(size_field) + sum(time_field)
+                block = b"".join((name, _NULS[100 - len(name)], template[0], size_field, time_field,
+                                  b"%06o\0 " % checksum, template[1]))
+                if frac:
+                    extra += pax_record(b"mtime", format_time(mtime_ns))
+                return self._extended(extra) + block if extra else block
+        return self._general(name, mode, uid, gid, size, mtime_ns, typeflag, linkname, devmajor,
+                             devminor, extra)
+
+    def _extended(self, records: bytes) -> bytes:
+        size = len(records)
+        block = self._pax_blocks.get(size)
+        if block is None:
+            block = ustar_block(b"././@PaxHeader", 0o644, 0, 0, size, 0, XHDTYPE)
+            if len(self._pax_blocks) < 4096:
+                self._pax_blocks[size] = block
+        return block + records + _NULS[-size % BLOCK]
+
+    def _template(self, mode: int, uid: int, gid: int, typeflag: bytes) -> tuple[bytes, bytes, int]:
+        uname, gname = self.owners.user(uid), self.owners.group(gid)
+        if not (0 <= uid <= _MAX_OCTAL[8] and 0 <= gid <= _MAX_OCTAL[8]) \
+                or _needs_pax_text(uname, 32) or _needs_pax_text(gname, 32):
+            template = (b"", b"", 0)          # never fast: ids or names need pax records
+        else:
+            head = b"%07o\0" % (mode & 0o7777) + numeric_field(uid, 8) + numeric_field(gid, 8)
+            tail = (typeflag + bytes(100) + b"ustar\0" + b"00" + uname.ljust(32, b"\0")
+                    + gname.ljust(32, b"\0") + b"0000000\0" * 2 + bytes(167))
+            template = (head, tail, sum(head) + sum(tail) + sum(_SPACES))
+        if len(self._templates) < 4096:
+            self._templates[(mode, uid, gid, typeflag)] = template
+        return template
+
+    def _general(self, name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+                 typeflag: bytes, linkname: bytes, devmajor: int, devminor: int, records: bytes) -> bytes:
+        sec, frac = divmod(mtime_ns, 1_000_000_000)
+        if frac or not 0 <= sec <= _MAX_OCTAL[12]:
+            records += pax_record(b"mtime", format_time(mtime_ns))
+        split = split_name(name) if name.isascii() else None
+        if split is None:
+            records += _charset_records(name) + pax_record(b"path", name)
+            split = b"", name[-100:].lstrip(b"/") if name.isascii() else b"non-ascii-name"
+        if _needs_pax_text(linkname, 100):
+            records += _charset_records(linkname) + pax_record(b"linkpath", linkname)
+            linkname = linkname[:100] if linkname.isascii() else b""
+        if size > _MAX_OCTAL[12]:
+            records += pax_record(b"size", b"%d" % size)
+        if not 0 <= uid <= _MAX_OCTAL[8]:
+            records += pax_record(b"uid", b"%d" % uid)
+        if not 0 <= gid <= _MAX_OCTAL[8]:
+            records += pax_record(b"gid", b"%d" % gid)
+        uname, gname = self.owners.user(uid), self.owners.group(gid)
+        if _needs_pax_text(uname, 32):
+            records += pax_record(b"uname", uname)
+            uname = b""
+        if _needs_pax_text(gname, 32):
+            records += pax_record(b"gname", gname)
+            gname = b""
+        block = ustar_block(split[1], mode, uid, gid, size, sec, typeflag, linkname, uname, gname,
+                            devmajor, devminor, split[0])
+        return self._extended(records) + block if records else block
+
+
+_MAX_SIZE = _MAX_OCTAL[12]
+_NULS = [bytes(n) for n in range(BLOCK + 1)]
+
+
+@dataclass
+class RawHeader:
+    """One ustar block as read, before pax overrides."""
+
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    typeflag: bytes
+    linkname: bytes
+    uname: bytes
+    gname: bytes
+    devmajor: int
+    devminor: int
+
+
+class HeaderError(ValueError):
+    """A block that is not a tar header (bad checksum or fields)."""
+
+
+def parse_ustar(block: bytes | memoryview) -> RawHeader:
+    """Decode one header block, checking its checksum."""
+    block = bytes(block)
+    stored = parse_numeric(block[_CHKSUM_AT:_CHKSUM_AT + 8])
+    unsigned = sum(block[:_CHKSUM_AT]) + sum(block[_CHKSUM_AT + 8:]) + 256
+    if stored != unsigned:
+        signed = unsigned - 2 * sum(b for b in block if b >= 0x80)
+        if stored != signed:
+            raise HeaderError("header checksum mismatch")
+    (name, mode, uid, gid, size, mtime, _chk, typeflag, linkname, magic, _ver, uname, gname,
+     devmajor, devminor, prefix, _pad) = _USTAR.unpack(block)
+    try:
+        name = name.split(b"\0", 1)[0]
+        if magic == b"ustar\0":
+            prefix = prefix.split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        return RawHeader(name, parse_numeric(mode), parse_numeric(uid), parse_numeric(gid),
+                         parse_numeric(size), parse_numeric(mtime), typeflag,
+                         linkname.split(b"\0", 1)[0], uname.split(b"\0", 1)[0],
+                         gname.split(b"\0", 1)[0], parse_numeric(devmajor), parse_numeric(devminor))
+    except ValueError as exc:
+        raise HeaderError(f"bad numeric field: {exc}") from None
+
+
+def parse_records(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (key, value) records of a pax extended header; raises HeaderError when malformed."""
+    records, pos = [], 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos, pos + 24)
+        if space < 0:
+            raise HeaderError("pax record without a length")
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise HeaderError("pax record length is not a number") from None
+        end = pos + length
+        if length <= 0 or end > len(data) or data[end - 1:end] != b"\n":
+            raise HeaderError("pax record overruns its header")
+        key, eq, value = data[space + 1:end - 1].partition(b"=")
+        if not eq:
+            raise HeaderError("pax record without '='")
+        records.append((key, value))
+        pos = end
+    return records

@@ -1,0 +1,373 @@
+"""The restore: a tar stream back into a directory, entry by entry, confined to it.
+
+Each entry is placed through the selection (``PATH`` or ``PATH=NEW``), checked against
+the existing-file policy, and written through :class:`Target` (directory fds, O_NOFOLLOW),
+so no name, link or planted symlink leads outside the target. Refused entries are reported
+and the rest goes on. Directory metadata is applied last, deepest first, so adding
+children does not disturb restored times. An incremental's dumpdirs replay deletions.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import grp
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import pax, sparse, xattrs
+from .reader import Member, StreamReader, TruncatedStream
+from .select import Pick, Selection, clean_path
+from .target import Refused, Target, split_safe
+
+POLICIES = ("overwrite", "keep", "newer")
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_KEPT = 1000
+
+
+class RestoreAborted(Exception):
+    """The job was cancelled."""
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    picks: tuple[Pick, ...] = ()
+    existing: str = "overwrite"            # overwrite | keep | newer
+    incremental: bool | None = None        # replay dumpdir deletions; None: when the stream is one
+    owners: bool | None = None             # restore uid/gid; None: when running as root
+    xattrs: bool = True
+    stop_when_done: bool = False           # direct access: stop once every pick is restored
+
+
+@dataclass
+class RestoreResult:
+    entries: int = 0
+    files: int = 0
+    bytes_read: int = 0
+    refused: list[str] = field(default_factory=list)
+    refused_count: int = 0
+    warnings: list[str] = field(default_factory=list)
+    warning_count: int = 0
+    restored: list[bytes] = field(default_factory=list)   # placed paths of the picks found
+    complete: bool = True
+
+
+@dataclass
+class _DirMeta:
+    parts: tuple[bytes, ...]
+    member: Member
+
+
+class Restorer:
+    """Reads one stream from a file descriptor into a target directory."""
+
+    def __init__(self, target: str | bytes, source: int, options: RestoreOptions = RestoreOptions(),
+                 report: Callable[[str], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None,
+                 entry_done: Callable[[Member, bytes, str | None], None] | None = None) -> None:
+        self.target_path = target
+        self.source = source
+        self.options = options
+        self.report_hook = report
+        self.progress = progress
+        self.cancel = cancel or threading.Event()
+        self.entry_done = entry_done
+        self.selection = Selection(list(options.picks))
+        self.result = RestoreResult()
+        self._root = os.geteuid() == 0
+        self._owners = options.owners if options.owners is not None else self._root
+        self._owner_skips = 0
+        self._dirs: list[_DirMeta] = []
+        self._labels: dict[str, str] = {}
+        self._uid_by_name: dict[bytes, int | None] = {}
+        self._gid_by_name: dict[bytes, int | None] = {}
+        self._pending = {pick.source for pick in self.selection.picks}
+        self._open_dir_picks: set[bytes] = set()
+
+    def run(self, offset: int = 0) -> RestoreResult:
+        """Restore the stream, which starts at stream ``offset`` (a header boundary)."""
+        if offset:
+            self._seek(offset)
+        target = Target(self.target_path)
+        reader = StreamReader(self.source, offset, warn=self.warn)
+        self._labels = reader.labels
+        try:
+            for member in reader.members():
+                if self.cancel.is_set():
+                    raise RestoreAborted("restore aborted")
+                self._one(target, reader, member)
+                if self.progress and self.result.entries % 512 == 0:
+                    self.progress(reader.offset, self.result.entries)
+                if self.options.stop_when_done and self.selection and self._all_done(member):
+                    break
+        except TruncatedStream as exc:
+            self.result.complete = False
+            self.warn(f"truncated stream: {exc}")
+        finally:
+            self.result.bytes_read = reader.offset - offset
+            self._finish_dirs(target)
+            target.close()
+        if self._owner_skips:
+            self.warn(f"ownership not restored for {self._owner_skips} entries (not running as root)")
+        return self.result
+
+    def _seek(self, offset: int) -> None:
+        try:
+            os.lseek(self.source, offset, os.SEEK_SET)
+        except OSError:
+            left = offset
+            while left:
+                got = len(os.read(self.source, min(left, 1 << 20)))
+                if not got:
+                    raise TruncatedStream(f"stream ends before offset {offset}") from None
+                left -= got
+
+    # -- one member ----------------------------------------------------------------------
+
+    def _one(self, target: Target, reader: StreamReader, member: Member) -> None:
+        path = clean_path(member.name)
+        try:
+            if member.name.startswith(b"/"):
+                raise Refused("absolute path")
+            split_safe(member.name)
+            placed = self.selection.place(path)
+            if placed is None:
+                return
+            self._mark(path)
+            parts = tuple(split_safe(placed))
+            self._extract(target, reader, member, path, parts)
+        except Refused as exc:
+            self.refuse(member.name, str(exc))
+            self._done(member, b"", str(exc))
+            return
+        except OSError as exc:
+            self.refuse(member.name, exc.strerror or str(exc))
+            self._done(member, b"", exc.strerror or str(exc))
+            return
+        self.result.entries += 1
+        self._done(member, b"/".join(parts), None)
+
+    def _done(self, member: Member, placed: bytes, error: str | None) -> None:
+        if self.entry_done:
+            self.entry_done(member, placed, error)
+
+    def _extract(self, target: Target, reader: StreamReader, member: Member, path: bytes,
+                 parts: tuple[bytes, ...]) -> None:
+        kind = member.typeflag
+        if not parts:                       # the root of the dump: the target itself
+            if kind == pax.DIRTYPE:
+                self._directory(target, member, path, parts)
+            return
+        if kind == pax.DIRTYPE:
+            self._directory(target, member, path, parts)
+            return
+        dir_fd = target.directory(parts[:-1])
+        name = parts[-1]
+        if not self._make_room(target, parts, dir_fd, name, member):
+            return
+        if kind in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE):
+            self._regular(reader, member, dir_fd, name, b"/".join(parts))
+        elif kind == pax.LNKTYPE:
+            self._hard_link(target, member, dir_fd, name)
+        elif kind == pax.SYMTYPE:
+            os.symlink(member.linkname, name, dir_fd=dir_fd)
+            self._metadata_path(dir_fd, name, member)
+        elif kind in (pax.CHRTYPE, pax.BLKTYPE):
+            if not self._root:
+                raise Refused("device node (only root may create device nodes)")
+            mode = member.mode | (stat.S_IFCHR if kind == pax.CHRTYPE else stat.S_IFBLK)
+            os.mknod(name, mode, os.makedev(member.devmajor, member.devminor), dir_fd=dir_fd)
+            self._metadata_path(dir_fd, name, member)
+        elif kind == pax.FIFOTYPE:
+            os.mkfifo(name, member.mode, dir_fd=dir_fd)
+            self._metadata_path(dir_fd, name, member)
+        else:
+            raise Refused(f"unknown member type {kind!r}")
+
+    def _make_room(self, target: Target, parts: tuple[bytes, ...], dir_fd: int, name: bytes,
+                   member: Member) -> bool:
+        """Apply the existing-file policy; True when the entry should be written."""
+        existing = target.lstat(dir_fd, name)
+        if existing is None:
+            return True
+        policy = self.options.existing
+        if policy == "keep":
+            self.warn(f"{os.fsdecode(b'/'.join(parts))}: exists; kept")
+            return False
+        if policy == "newer" and existing.st_mtime_ns >= member.mtime_ns:
+            self.warn(f"{os.fsdecode(b'/'.join(parts))}: existing copy is as new; kept")
+            return False
+        target.remove(parts, dir_fd, name, existing)
+        return True
+
+    # -- kinds ---------------------------------------------------------------------------
+
+    def _directory(self, target: Target, member: Member, path: bytes, parts: tuple[bytes, ...]) -> None:
+        if parts:
+            parent = target.directory(parts[:-1])
+            existing = target.lstat(parent, parts[-1])
+            if existing is not None and not stat.S_ISDIR(existing.st_mode):
+                if not self._make_room(target, parts, parent, parts[-1], member):
+                    return
+        fd = target.directory(parts)
+        if member.dumpdir is not None and self._replay_deletions(path):
+            self._delete_missing(target, parts, fd, member.dumpdir)
+        self._dirs.append(_DirMeta(parts, member))
+
+    def _replay_deletions(self, path: bytes) -> bool:
+        wanted = self.options.incremental
+        if wanted is None:
+            wanted = int(self._labels.get("level", "0") or 0) > 0
+        return wanted and self.selection.covers_whole(path)
+
+    def _delete_missing(self, target: Target, parts: tuple[bytes, ...], fd: int, dumpdir: list[bytes]) -> None:
+        keep = {entry[1:] for entry in dumpdir}
+        with os.scandir(fd) as entries:
+            gone = [os.fsencode(e.name) for e in entries if os.fsencode(e.name) not in keep]
+        for name in gone:
+            st = target.lstat(fd, name)
+            if st is not None:
+                target.remove(parts + (name,), fd, name, st)
+
+    def _regular(self, reader: StreamReader, member: Member, dir_fd: int, name: bytes, placed: bytes) -> None:
+        fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
+        try:
+            if member.is_sparse:
+                self._sparse_data(reader, member, fd)
+            else:
+                for chunk in reader.chunks(member.size):
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk):]
+            self._metadata_fd(fd, member)
+        except BaseException:
+            os.close(fd)
+            os.unlink(name, dir_fd=dir_fd)   # never leave a half-written file behind
+            raise
+        os.close(fd)
+        self.result.files += 1
+
+    def _sparse_data(self, reader: StreamReader, member: Member, fd: int) -> None:
+        left = member.size
+        if member.sparse_map is not None:
+            extents = member.sparse_map
+        else:
+            try:
+                extents, used = sparse.decode_map(reader.read_block)
+            except ValueError as exc:
+                raise Refused(f"bad sparse map: {exc}") from None
+            left -= used
+        for offset, length in extents:
+            if length > left:
+                raise Refused("sparse map larger than the member")
+            position = offset
+            for chunk in reader.chunks(length):
+                position += os.pwrite(fd, chunk, position)
+            left -= length
+        os.ftruncate(fd, member.realsize or 0)
+
+    def _hard_link(self, target: Target, member: Member, dir_fd: int, name: bytes) -> None:
+        source = clean_path(member.linkname)
+        placed = self.selection.place(source)
+        if placed is None:
+            raise Refused(f"hard link to {os.fsdecode(source)}, which this restore does not include")
+        src_parts = tuple(split_safe(placed))
+        if not src_parts:
+            raise Refused("hard link to the target directory")
+        src_dir = target.directory(src_parts[:-1], create=False)
+        existing = target.lstat(src_dir, src_parts[-1])
+        if existing is None or stat.S_ISDIR(existing.st_mode):
+            raise Refused(f"hard link to {os.fsdecode(source)}, which is not a restored file")
+        os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def _ids(self, member: Member) -> tuple[int, int]:
+        uid = self._lookup(self._uid_by_name, member.uname, lambda n: pwd.getpwnam(n).pw_uid)
+        gid = self._lookup(self._gid_by_name, member.gname, lambda n: grp.getgrnam(n).gr_gid)
+        return (member.uid if uid is None else uid), (member.gid if gid is None else gid)
+
+    @staticmethod
+    def _lookup(cache: dict, name: bytes, find) -> int | None:
+        if not name:
+            return None
+        if name not in cache:
+            try:
+                cache[name] = find(os.fsdecode(name))
+            except KeyError:
+                cache[name] = None
+        return cache[name]
+
+    def _metadata_fd(self, fd: int, member: Member) -> None:
+        if self._owners:
+            os.fchown(fd, *self._ids(member))
+        else:
+            self._owner_skips += 1
+        os.fchmod(fd, member.mode)
+        if member.xattrs and self.options.xattrs:
+            for message in xattrs.apply(fd, member.xattrs):
+                self.warn(f"{os.fsdecode(member.name)}: {message}")
+        os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
+
+    def _metadata_path(self, dir_fd: int, name: bytes, member: Member) -> None:
+        is_link = member.typeflag == pax.SYMTYPE
+        if self._owners:
+            os.chown(name, *self._ids(member), dir_fd=dir_fd, follow_symlinks=False)
+        else:
+            self._owner_skips += 1
+        if not is_link:
+            os.chmod(name, member.mode, dir_fd=dir_fd, follow_symlinks=False)
+        if member.xattrs and self.options.xattrs and not is_link:
+            for message in xattrs.apply(f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}", member.xattrs):
+                self.warn(f"{os.fsdecode(member.name)}: {message}")
+        os.utime(name, ns=(member.mtime_ns, member.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _finish_dirs(self, target: Target) -> None:
+        """Directory modes, owners and times last, deepest first."""
+        target.forget()
+        for meta in sorted(self._dirs, key=lambda d: len(d.parts), reverse=True):
+            try:
+                fd = target.directory(meta.parts, create=False) if meta.parts else target.fd
+                self._metadata_fd(fd, meta.member)
+            except (OSError, Refused) as exc:
+                self.warn(f"{os.fsdecode(b'/'.join(meta.parts)) or '.'}: directory metadata not "
+                          f"restored: {getattr(exc, 'strerror', None) or exc}")
+        target.forget()
+
+    # -- selection progress ----------------------------------------------------------------
+
+    def _mark(self, path: bytes) -> None:
+        for source in list(self._pending):
+            if path == source:
+                self._pending.discard(source)
+                self._open_dir_picks.add(source)
+                self.result.restored.append(path)
+
+    def _all_done(self, member: Member) -> bool:
+        """Direct access: every pick seen, and every picked directory left behind."""
+        path = clean_path(member.name)
+        for source in list(self._open_dir_picks):
+            inside = not source or path == source or path.startswith(source + b"/")
+            if not inside or (path == source and member.typeflag != pax.DIRTYPE):
+                self._open_dir_picks.discard(source)
+        return not self._pending and not self._open_dir_picks
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def refuse(self, name: bytes, why: str) -> None:
+        message = f"{os.fsdecode(name)}: refused: {why}"
+        self.result.refused_count += 1
+        if len(self.result.refused) < _KEPT:
+            self.result.refused.append(message)
+        if self.report_hook:
+            self.report_hook(message)
+
+    def warn(self, message: str) -> None:
+        self.result.warning_count += 1
+        if len(self.result.warnings) < _KEPT:
+            self.result.warnings.append(message)
+        if self.report_hook:
+            self.report_hook(message)

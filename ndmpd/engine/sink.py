@@ -1,0 +1,166 @@
+"""Where a dump stream goes: a file descriptor (pipe, socket, file) behind one large buffer.
+
+Headers and small files are gathered in a 1 MiB buffer and leave in one ``write``; large
+files go straight from the page cache with ``sendfile`` (no copy through Python). The sink
+counts every byte, which is how file history learns each entry's stream offset.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import queue
+import stat
+import threading
+
+BUFFER_SIZE = 1 << 20
+SENDFILE_MIN = 256 << 10      # below this, one preadv into the buffer beats flush + sendfile
+_SENDFILE_CHUNK = 64 << 20
+
+
+PIPE_SIZE = 1 << 20
+
+
+def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
+    """Give a pipe room for a whole buffer, so a write rarely waits for the reader."""
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            with open("/proc/sys/fs/pipe-max-size") as limit:
+                size = min(size, int(limit.read()))
+            if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < size:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (OSError, ValueError):
+        pass
+
+
+class FdSink:
+    """A buffered, position-counting writer to a file descriptor.
+
+    Full buffers are written by a background thread while the dump fills the next one
+    (``write`` releases the GIL), so the walk never waits for a slow pipe or socket unless
+    both spare buffers are in flight.
+    """
+
+    def __init__(self, fd: int, buffer_size: int = BUFFER_SIZE, use_sendfile: bool = True) -> None:
+        self.fd = fd
+        widen_pipe(fd)
+        self._buffer = bytearray(buffer_size)
+        self._view = memoryview(self._buffer)
+        self._fill = 0
+        self._flushed = 0
+        self._sendfile = use_sendfile
+        self._spare: queue.Queue[bytearray] = queue.Queue()
+        self._spare.put(bytearray(buffer_size))
+        self._pending: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="dump-writer", daemon=True)
+        self._writer.start()
+
+    @property
+    def offset(self) -> int:
+        """Bytes of stream produced so far."""
+        return self._flushed + self._fill
+
+    def write(self, data: bytes) -> None:
+        size = len(data)
+        if self._fill + size > len(self._buffer):
+            self.flush()
+            if size > len(self._buffer):
+                self.drain()
+                self._write_all(memoryview(data))
+                self._flushed += size
+                return
+        self._buffer[self._fill:self._fill + size] = data
+        self._fill += size
+
+    def zeros(self, count: int) -> None:
+        """Append ``count`` zero bytes (block padding, or the rest of a file that shrank)."""
+        while count:
+            if self._fill == len(self._buffer):
+                self.flush()
+            step = min(count, len(self._buffer) - self._fill)
+            self._buffer[self._fill:self._fill + step] = bytes(step)
+            self._fill += step
+            count -= step
+
+    def copy_from(self, source: int, offset: int, count: int) -> int:
+        """Copy ``count`` bytes of ``source`` from ``offset``; fewer only at its end of file."""
+        if self._sendfile and count >= SENDFILE_MIN:
+            try:
+                return self._send(source, offset, count)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                self._sendfile = False
+        done = 0
+        while done < count:
+            if self._fill == len(self._buffer):
+                self.flush()
+            step = min(count - done, len(self._buffer) - self._fill)
+            got = os.preadv(source, [self._view[self._fill:self._fill + step]], offset + done)
+            if got == 0:
+                break
+            self._fill += got
+            done += got
+        return done
+
+    def _send(self, source: int, offset: int, count: int) -> int:
+        self.drain()
+        done = 0
+        while done < count:
+            sent = os.sendfile(self.fd, source, offset + done, min(count - done, _SENDFILE_CHUNK))
+            if sent == 0:
+                break
+            done += sent
+        self._flushed += done
+        return done
+
+    def flush(self) -> None:
+        """Hand the filled buffer to the writer thread and continue in a spare one."""
+        if self._error:
+            raise self._error
+        if self._fill:
+            self._pending.put((self._buffer, self._fill))
+            self._flushed += self._fill
+            self._fill = 0
+            self._buffer = self._spare.get()
+            self._view = memoryview(self._buffer)
+            if self._error:
+                raise self._error
+
+    def drain(self) -> None:
+        """Flush and wait until every byte has reached the file descriptor."""
+        self.flush()
+        self._pending.join()
+        if self._error:
+            raise self._error
+
+    def close(self) -> None:
+        """Drain and stop the writer thread (the fd stays open: it belongs to the caller)."""
+        try:
+            self.drain()
+        finally:
+            self._pending.put(None)
+            self._writer.join()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._pending.get()
+            if item is None:
+                self._pending.task_done()
+                return
+            buffer, fill = item
+            try:
+                if self._error is None:
+                    self._write_all(memoryview(buffer)[:fill])
+            except BaseException as exc:     # reported to the dump thread at its next flush
+                self._error = exc
+            finally:
+                self._spare.put(buffer)
+                self._pending.task_done()
+
+    def _write_all(self, data: memoryview) -> None:
+        while data:
+            written = os.write(self.fd, data)
+            data = data[written:]

@@ -1,0 +1,109 @@
+"""The restore target: every path is reached from the target's directory fd, one component at a
+time, with O_NOFOLLOW. Nothing a stream plants (a symlink, a ``..``) can lead outside.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CACHE_LIMIT = 64
+
+
+class Refused(Exception):
+    """This entry may not be written where it asks to be."""
+
+
+def split_safe(path: bytes) -> list[bytes]:
+    """The components of an archive path; refuses absolute paths and ``..``."""
+    if path.startswith(b"/"):
+        raise Refused("absolute path")
+    parts = [part for part in path.split(b"/") if part and part != b"."]
+    if b".." in parts:
+        raise Refused("path contains '..'")
+    return parts
+
+
+class Target:
+    """A directory that restores write into, and only into."""
+
+    def __init__(self, path: str | bytes) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.fd = os.open(path, _DIR_FLAGS)
+        self._dirs: dict[tuple[bytes, ...], int] = {}
+
+    def close(self) -> None:
+        self.forget()
+        os.close(self.fd)
+
+    def forget(self, under: tuple[bytes, ...] | None = None) -> None:
+        """Drop cached directory fds (all, or those at and below ``under``)."""
+        for key in list(self._dirs):
+            if under is None or key[:len(under)] == under:
+                os.close(self._dirs.pop(key))
+
+    def directory(self, parts: tuple[bytes, ...], create: bool = True) -> int:
+        """An fd of the directory ``parts`` below the target (made when missing and ``create``).
+
+        A component that exists as anything but a real directory is refused, never followed.
+        """
+        if not parts:
+            return self.fd
+        fd = self._dirs.get(parts)
+        if fd is not None:
+            return fd
+        parent = self.directory(parts[:-1], create)
+        name = parts[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise Refused(f"directory {os.fsdecode(b'/'.join(parts))} does not exist") from None
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent)
+            except FileExistsError:
+                pass
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise Refused(f"{os.fsdecode(b'/'.join(parts))} is not a directory "
+                              "(a symlink or file in the way is never followed)") from None
+            raise
+        if len(self._dirs) >= _CACHE_LIMIT:
+            self.forget()
+        self._dirs[parts] = fd
+        return fd
+
+    def lstat(self, dir_fd: int, name: bytes) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def remove(self, parts: tuple[bytes, ...], dir_fd: int, name: bytes, st: os.stat_result) -> None:
+        """Remove whatever is at ``name`` (a directory with all it holds)."""
+        if stat.S_ISDIR(st.st_mode):
+            self.forget(parts)
+            self._remove_tree(dir_fd, name)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+
+    def _remove_tree(self, dir_fd: int, name: bytes) -> None:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        try:
+            with os.scandir(fd) as entries:
+                children = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in entries]
+            for child, is_dir in children:
+                if is_dir:
+                    self._remove_tree(fd, child)
+                else:
+                    os.unlink(child, dir_fd=fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=dir_fd)
+
+    def proc_path(self, dir_fd: int, name: bytes) -> str:
+        """A path that names ``name`` in ``dir_fd`` without resolving any parent again."""
+        return f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}"
