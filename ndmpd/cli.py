@@ -1,4 +1,4 @@
-"""The ``ndmpd`` command: serve, check-config, tape."""
+"""The ``ndmpd`` command: serve, check-config, tape, dump, restore."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__, tape_cli
+from . import __version__, dump_cli, tape_cli
 from .config import Config, ConfigError, embedded_default, load
 from .context import ServerContext
 from .server import NdmpServer
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", type=Path)
     tape_cli.add_parser(sub)
+    dump_cli.add_parsers(sub)
     return parser
 
 
@@ -78,7 +79,9 @@ def check_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"serve": serve, "check-config": check_config, "tape": tape_cli.run}[args.command](args)
+        commands = {"serve": serve, "check-config": check_config, "tape": tape_cli.run,
+                    "dump": dump_cli.dump, "restore": dump_cli.restore}
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"ndmpd: config error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +51,7 @@ class DumpResult:
     files: int = 0
     warnings: list[str] = field(default_factory=list)
     warning_count: int = 0
+    changed: int = 0                 # files that changed while being read (live dumps)
     dir_index: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -151,14 +151,21 @@ class Dumper:
         except PermissionError as exc:
             self.warn(f"{self._show(rel)}: cannot open: {exc.strerror}; not archived")
             return
-        full = frame.full or self._moved_or_new(st.st_ino, rel)
+        full = frame.full or self._moved_or_new(st, rel)
         self._enter(stack, fd, rel, st, frame.ino, full)
 
-    def _moved_or_new(self, ino: int, rel: bytes) -> bool:
+    def _moved_or_new(self, st: os.stat_result, rel: bytes) -> bool:
+        """A directory that is new or was renamed since the base: everything in it is dumped.
+
+        Without the base's directory index, any directory whose ctime moved is taken whole
+        (larger, never wrong).
+        """
+        if self._since is None:
+            return True
         known = self.options.known_dirs
         if known is None:
-            return False
-        return known.get(ino) != rel
+            return st.st_ctime_ns >= self._since
+        return known.get(st.st_ino) != rel
 
     def _enter(self, stack: list[_Frame], fd: int, rel: bytes, st: os.stat_result, parent_ino: int,
                full: bool) -> None:
@@ -293,6 +300,7 @@ class Dumper:
         copied = self.sink.copy_from(fd, offset, length)
         if copied < length:
             self.sink.zeros(length - copied)
+            self.result.changed += 1
             self.warn(f"{self._show(rel)}: shrank while being read; {length - copied} bytes archived as zeros")
 
     def _check_unchanged(self, fd: int, rel: bytes, st: os.stat_result) -> None:
@@ -300,6 +308,7 @@ class Dumper:
             return
         now = os.fstat(fd)
         if now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns:
+            self.result.changed += 1
             grew = " (it grew; the archived copy stops at the size it had)" if now.st_size > st.st_size else ""
             self.warn(f"{self._show(rel)}: changed while being read; the archived copy may be torn{grew}")
 
@@ -334,6 +343,3 @@ def _first(child: tuple) -> bytes:
 def _after_code(entry: bytes) -> bytes:
     return entry[1:]
 
-
-def now_ns() -> int:
-    return time.time_ns()

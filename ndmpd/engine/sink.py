@@ -34,6 +34,10 @@ def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
         pass
 
 
+class _Closed(Exception):
+    """Marks a sink whose writer has stopped: queued buffers are dropped."""
+
+
 class FdSink:
     """A buffered, position-counting writer to a file descriptor.
 
@@ -136,11 +140,13 @@ class FdSink:
         if self._error:
             raise self._error
 
-    def close(self) -> None:
-        """Drain and stop the writer thread (the fd stays open: it belongs to the caller)."""
+    def close(self, drain: bool = True) -> None:
+        """Stop the writer thread, first draining unless the job failed (the fd stays the caller's)."""
         try:
-            self.drain()
+            if drain:
+                self.drain()
         finally:
+            self._error = self._error or _Closed()
             self._pending.put(None)
             self._writer.join()
 

@@ -1,0 +1,132 @@
+"""What incrementals are measured against: the dump-dates record and dump-date tokens.
+
+Like dump(8)'s /etc/dumpdates, the state directory keeps, per volume and level, the date
+of the last dump made with UPDATE; a level-N dump takes everything changed since the most
+recent dump of a lower level (any number of levels: no cap at 9). A token (NDMP's
+DUMP_DATE out, BASE_DATE in) is that date in nanoseconds. Each recorded dump also keeps
+its directory index (inode -> path), so the next incremental can tell a renamed or new
+directory, whose contents must all go into the incremental, from one that only changed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+_INDEX_ENTRY = struct.Struct("<QI")
+_KEEP_INDEXES = 32
+
+
+@dataclass(frozen=True)
+class Base:
+    """What an incremental dump is taken against."""
+
+    level: int
+    since_ns: int | None                   # None: a full dump
+    known_dirs: dict[int, bytes] | None    # None: no index (renamed directories dumped whole by ctime)
+    note: str = ""                         # why, for the log
+
+
+def parse_token(token: str) -> int:
+    """A BASE_DATE/DUMP_DATE token as nanoseconds (plain seconds are accepted too)."""
+    value = int(token.strip(), 0)
+    if value < 0:
+        raise ValueError("negative dump date")
+    return value * 1_000_000_000 if value < 10 ** 12 else value
+
+
+def make_token(date_ns: int) -> str:
+    return str(date_ns)
+
+
+class DumpDates:
+    """The dump-dates record and directory indexes under a state directory."""
+
+    def __init__(self, state_dir: str | os.PathLike) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / "dumpdates.json"
+        self.index_dir = self.dir / "dirindex"
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "dumpdates.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                data = json.loads(self.path.read_text()) if self.path.exists() else {}
+            except (OSError, ValueError):
+                data = {}
+            yield data
+
+    def levels(self, key: str) -> dict[int, int]:
+        """level -> date (ns) of the last recorded dump of each level for ``key``."""
+        with self._locked() as data:
+            return {int(level): int(date) for level, date in data.get(key, {}).items()}
+
+    def base_for(self, key: str, level: int) -> Base:
+        """The base of a level-``level`` dump of ``key``: the latest recorded lower level."""
+        if level <= 0:
+            return Base(0, None, None, "level 0: full dump")
+        lower = [(date, lvl) for lvl, date in self.levels(key).items() if lvl < level]
+        if not lower:
+            return Base(level, None, None,
+                        f"no dump of a level below {level} is recorded for {key}; taking a full dump")
+        date, base_level = max(lower)
+        return Base(level, date, self.load_index(key, date), f"changes since the level {base_level} dump")
+
+    def base_from_token(self, key: str, token: str, level: int = 1) -> Base:
+        date = parse_token(token)
+        return Base(level, date, self.load_index(key, date), f"changes since dump date {token}")
+
+    def record(self, key: str, level: int, date_ns: int, dir_index: dict[int, bytes]) -> None:
+        """Remember a finished dump (UPDATE=y); higher levels stay (they no longer act as bases)."""
+        self.save_index(key, date_ns, dir_index)
+        with self._locked() as data:
+            data.setdefault(key, {})[str(level)] = date_ns
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+            referenced = {int(d) for d in data.get(key, {}).values()}
+        self._prune(key, referenced)
+
+    # -- directory indexes ------------------------------------------------------------------
+
+    def _index_path(self, key: str, date_ns: int) -> Path:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        return self.index_dir / digest / f"{date_ns}.idx"
+
+    def save_index(self, key: str, date_ns: int, dir_index: dict[int, bytes]) -> None:
+        path = self._index_path(key, date_ns)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            for ino, rel in dir_index.items():
+                out.write(_INDEX_ENTRY.pack(ino, len(rel)) + rel)
+        os.replace(tmp, path)
+
+    def load_index(self, key: str, date_ns: int) -> dict[int, bytes] | None:
+        try:
+            raw = self._index_path(key, date_ns).read_bytes()
+        except OSError:
+            return None
+        index, pos = {}, 0
+        while pos + _INDEX_ENTRY.size <= len(raw):
+            ino, length = _INDEX_ENTRY.unpack_from(raw, pos)
+            pos += _INDEX_ENTRY.size
+            index[ino] = raw[pos:pos + length]
+            pos += length
+        return index
+
+    def _prune(self, key: str, referenced: set[int]) -> None:
+        folder = self._index_path(key, 0).parent
+        dates = sorted((int(p.stem) for p in folder.glob("*.idx")), reverse=True)
+        for date in dates[_KEEP_INDEXES:]:
+            if date not in referenced:
+                (folder / f"{date}.idx").unlink(missing_ok=True)

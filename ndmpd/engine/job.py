@@ -1,0 +1,87 @@
+"""One dump job from start to end: pick the base, take the snapshot, write the stream, record it.
+
+The snapshot is removed whatever happens (error, abort, broken pipe); the dump date is
+recorded only after a dump that completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..snapshots import SNAPSHOT_DIR, choose
+from .dump import DumpOptions, Dumper, DumpResult, HistoryCallback, ProgressCallback
+from .dumpdates import Base, DumpDates, make_token
+from .sink import FdSink
+
+log = logging.getLogger("ndmpd.engine")
+
+
+@dataclass(frozen=True)
+class DumpRequest:
+    """A dump of one volume (or any directory)."""
+
+    source: Path
+    key: str                                 # dump dates are recorded under this (volume name)
+    state_dir: Path
+    level: int = 0
+    base_token: str | None = None            # token-based incremental (NDMP BASE_DATE)
+    update: bool = False                     # record this dump's date for later levels
+    snapshot: str = "auto"
+    excludes: tuple[str, ...] = ()
+    xattrs: bool = True
+
+
+@dataclass
+class DumpOutcome:
+    result: DumpResult
+    level: int
+    dump_date: str                           # the token a later BASE_DATE names this dump by
+    base: Base
+    snapshot_mode: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def plan_base(request: DumpRequest, dates: DumpDates) -> Base:
+    if request.base_token:
+        return dates.base_from_token(request.key, request.base_token, max(request.level, 1))
+    return dates.base_for(request.key, request.level)
+
+
+def dump_volume(request: DumpRequest, out_fd: int, history: HistoryCallback | None = None,
+                progress: ProgressCallback | None = None, warn: Callable[[str], None] | None = None,
+                cancel: threading.Event | None = None) -> DumpOutcome:
+    """Dump ``request.source`` as a pax stream into ``out_fd``; raises on failure."""
+    if not request.source.is_dir():
+        raise NotADirectoryError(f"{request.source} is not a directory")
+    dates = DumpDates(request.state_dir)
+    base = plan_base(request, dates)
+    if request.level > 0 and base.since_ns is None and warn:
+        warn(base.note)
+    snapshotter = choose(request.snapshot, request.source, request.state_dir, request.key)
+    date_ns = time.time_ns()
+    snapshot = snapshotter.take(request.source)
+    log.info("dumping %s (level %d, %s) from %s", request.key, base.level, base.note, snapshot.path)
+    try:
+        options = DumpOptions(
+            since_ns=base.since_ns, known_dirs=base.known_dirs, excludes=request.excludes,
+            live=snapshot.live, xattrs=request.xattrs, skip_root_names=frozenset({SNAPSHOT_DIR.encode()}),
+            labels={"volume": request.key, "level": str(base.level), "date": make_token(date_ns),
+                    "base": make_token(base.since_ns) if base.since_ns is not None else "",
+                    "snapshot": snapshotter.mode})
+        sink = FdSink(out_fd)
+        ok = False
+        try:
+            result = Dumper(snapshot.path, sink, options, history, progress, warn, cancel).run()
+            ok = True
+        finally:
+            sink.close(drain=ok)
+    finally:
+        snapshot.remove()
+    if request.update:
+        dates.record(request.key, base.level, date_ns, result.dir_index)
+    return DumpOutcome(result, base.level, make_token(date_ns), base, snapshotter.mode)

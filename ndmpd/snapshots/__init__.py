@@ -1,0 +1,60 @@
+"""Snapshot providers behind one small interface: btrfs, LVM, or none (live)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from .base import Snapshot, SnapshotError, Snapshotter
+from .btrfs import SNAPSHOT_DIR, BtrfsSnapshotter, is_subvolume
+from .live import LiveSnapshotter
+from .lvm import LvmSnapshotter, logical_volume, lvm_available
+from .mounts import mount_of
+
+__all__ = ["Snapshot", "SnapshotError", "Snapshotter", "choose", "remove_stale", "SNAPSHOT_DIR"]
+
+log = logging.getLogger("ndmpd.snapshots")
+
+
+def _on_lvm(volume: Path) -> bool:
+    if lvm_available():
+        return False
+    try:
+        return logical_volume(mount_of(volume)) is not None
+    except (OSError, SnapshotError):
+        return False
+
+
+def choose(mode: str, volume: Path, state_dir: Path, name: str | None = None) -> Snapshotter:
+    """The snapshotter for a volume's mode; ``auto`` falls back to ``none`` with a warning."""
+    if mode == "btrfs":
+        return BtrfsSnapshotter()
+    if mode == "lvm":
+        return LvmSnapshotter(state_dir)
+    if mode == "none":
+        return LiveSnapshotter()
+    if is_subvolume(volume):
+        return BtrfsSnapshotter()
+    if _on_lvm(volume):
+        return LvmSnapshotter(state_dir)
+    log.warning("volume %s (%s) cannot be snapshotted (not a btrfs subvolume, not on LVM); "
+                "dumping it live: files changing during the dump are reported", name or volume, volume)
+    return LiveSnapshotter()
+
+
+def remove_stale(volumes: Iterable[tuple[Path, str]], state_dir: Path) -> list[str]:
+    """Remove snapshots left behind by a killed server or dump; called at start-up."""
+    removed: list[str] = []
+    for path, mode in volumes:
+        providers = [BtrfsSnapshotter()] if mode in ("auto", "btrfs") else []
+        if mode in ("auto", "lvm"):
+            providers.append(LvmSnapshotter(state_dir))
+        for provider in providers:
+            try:
+                removed += provider.remove_stale(path)
+            except (OSError, SnapshotError) as exc:
+                log.warning("could not clean stale snapshots of %s: %s", path, exc)
+    for item in removed:
+        log.warning("removed stale snapshot %s", item)
+    return removed

@@ -1,0 +1,24 @@
+"""Running the snapshot tools (btrfs-progs, LVM, mount) with errors that say what failed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from .base import SnapshotError
+
+TIMEOUT = 300
+
+
+def run(argv: list[str], what: str) -> str:
+    """Run a tool; its stdout, or SnapshotError carrying its stderr."""
+    if shutil.which(argv[0]) is None:
+        raise SnapshotError(f"{what}: the '{argv[0]}' command is not installed")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise SnapshotError(f"{what}: '{' '.join(argv)}' did not finish in {TIMEOUT} s") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise SnapshotError(f"{what}: {detail[-1] if detail else f'exit status {done.returncode}'}")
+    return done.stdout
