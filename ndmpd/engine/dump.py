@@ -261,6 +261,7 @@ class Dumper:
                 raise
             self._noatime = 0              # O_NOATIME needs ownership or CAP_FOWNER
             fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        changed_before = self.result.changed
         try:
             records = xattrs.read_records(fd) if self._xattrs else b""
             size = st.st_size
@@ -268,14 +269,14 @@ class Dumper:
                 extents = sparse.data_extents(fd, size)
                 if not sparse.is_dense(extents, size):
                     self._sparse(fd, rel, arcname, st, parent_ino, records, extents)
-                    self._check_unchanged(fd, rel, st)
+                    self._check_unchanged(fd, rel, st, changed_before)
                     return
             self._emit_header(rel, st, parent_ino, arcname, pax.REGTYPE, size, records)
             self.result.files += 1
             if size:
                 self._copy(fd, rel, 0, size)
                 self.sink.zeros(-size % pax.BLOCK)
-            self._check_unchanged(fd, rel, st)
+            self._check_unchanged(fd, rel, st, changed_before)
         finally:
             os.close(fd)
 
@@ -303,9 +304,9 @@ class Dumper:
             self.result.changed += 1
             self.warn(f"{self._show(rel)}: shrank while being read; {length - copied} bytes archived as zeros")
 
-    def _check_unchanged(self, fd: int, rel: bytes, st: os.stat_result) -> None:
-        if not self.options.live:
-            return
+    def _check_unchanged(self, fd: int, rel: bytes, st: os.stat_result, changed_before: int) -> None:
+        if not self.options.live or self.result.changed != changed_before:
+            return            # already reported (it shrank)
         now = os.fstat(fd)
         if now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns:
             self.result.changed += 1

@@ -274,7 +274,10 @@ class HeaderError(ValueError):
 def parse_ustar(block: bytes | memoryview) -> RawHeader:
     """Decode one header block, checking its checksum."""
     block = bytes(block)
-    stored = parse_numeric(block[_CHKSUM_AT:_CHKSUM_AT + 8])
+    try:
+        stored = parse_numeric(block[_CHKSUM_AT:_CHKSUM_AT + 8])
+    except ValueError:
+        raise HeaderError("checksum field is not a number") from None
     unsigned = sum(block[:_CHKSUM_AT]) + sum(block[_CHKSUM_AT + 8:]) + 256
     if stored != unsigned:
         signed = unsigned - 2 * sum(b for b in block if b >= 0x80)

@@ -38,6 +38,7 @@ class RestoreOptions:
     existing: str = "overwrite"            # overwrite | keep | newer
     incremental: bool | None = None        # replay dumpdir deletions; None: when the stream is one
     owners: bool | None = None             # restore uid/gid; None: when running as root
+    devices: bool | None = None            # create device nodes; None: when running as root
     xattrs: bool = True
     stop_when_done: bool = False           # direct access: stop once every pick is restored
 
@@ -80,6 +81,7 @@ class Restorer:
         self.result = RestoreResult()
         self._root = os.geteuid() == 0
         self._owners = options.owners if options.owners is not None else self._root
+        self._devices = options.devices if options.devices is not None else self._root
         self._owner_skips = 0
         self._dirs: list[_DirMeta] = []
         self._labels: dict[str, str] = {}
@@ -177,7 +179,7 @@ class Restorer:
             os.symlink(member.linkname, name, dir_fd=dir_fd)
             self._metadata_path(dir_fd, name, member)
         elif kind in (pax.CHRTYPE, pax.BLKTYPE):
-            if not self._root:
+            if not self._devices:
                 raise Refused("device node (only root may create device nodes)")
             mode = member.mode | (stat.S_IFCHR if kind == pax.CHRTYPE else stat.S_IFBLK)
             os.mknod(name, mode, os.makedev(member.devmajor, member.devminor), dir_fd=dir_fd)
