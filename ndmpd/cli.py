@@ -12,6 +12,7 @@ from . import __version__, dump_cli, tape_cli
 from .config import Config, ConfigError, embedded_default, load
 from .context import ServerContext
 from .server import NdmpServer
+from .snapshots import remove_stale
 
 log = logging.getLogger("ndmpd")
 
@@ -55,6 +56,7 @@ def serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _setup_logging(args.log_level or config.server.log_level)
     config.server.state_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale([(volume.path, volume.snapshot) for volume in config.volumes], config.server.state_dir)
 
     async def run() -> None:
         server = NdmpServer(ServerContext(config))

@@ -1,0 +1,69 @@
+"""``ndmpd dump`` / ``ndmpd restore`` as an admin runs them: pipes, history file, offsets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.engine_helpers import build_every_case
+from tests.trees import describe, differences
+
+NDMPD = [sys.executable, "-m", "ndmpd"]
+
+
+def _config(tmp_path: Path, src: Path) -> Path:
+    conf = tmp_path / "ndmpd.toml"
+    conf.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\nauth = ["none"]\n\n'
+                    f'[[volume]]\nname = "data"\npath = "{src}"\nsnapshot = "none"\n')
+    return conf
+
+
+def test_dump_pipe_to_restore_with_history_and_a_direct_access_restore(tmp_path):
+    src = build_every_case(tmp_path / "src")
+    conf = _config(tmp_path, src)
+    history = tmp_path / "history.txt"
+    stream = tmp_path / "data.tar"
+    with open(stream, "wb") as out:
+        dumped = subprocess.run(NDMPD + ["dump", "data", "--config", str(conf), "--history", str(history),
+                                         "--update"], stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert dumped.returncode == 0, dumped.stderr
+    assert "DUMP_DATE=" in dumped.stderr and "\r" not in dumped.stderr     # no progress when not a terminal
+    with open(stream, "rb") as source:
+        restored = subprocess.run(NDMPD + ["restore", str(tmp_path / "out")], stdin=source,
+                                  capture_output=True, text=True, timeout=120)
+    assert restored.returncode == 0, restored.stderr
+    assert differences(describe(src), describe(tmp_path / "out")) == []
+
+    lines = {line.rsplit("\t", 1)[1]: line.split("\t") for line in history.read_text().splitlines()}
+    assert lines["caf\\351-latin1"][3] == "100644"
+    offset = int(lines["dir/file"][0])
+    with open(stream, "rb") as source:
+        one = subprocess.run(NDMPD + ["restore", str(tmp_path / "one"), "--offset", str(offset),
+                                      "--select", "dir/file=restored-file"], stdin=source,
+                             capture_output=True, text=True, timeout=60)
+    assert one.returncode == 0, one.stderr
+    assert os.listdir(tmp_path / "one") == ["restored-file"]
+    assert (tmp_path / "one" / "restored-file").read_bytes() == (src / "dir" / "file").read_bytes()
+
+
+def test_level_one_through_the_command_line_and_errors(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    conf = _config(tmp_path, src)
+    subprocess.run(NDMPD + ["dump", "data", "--config", str(conf), "--update"], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True, timeout=60)
+    (src / "b").write_text("b")
+    level1 = subprocess.run(NDMPD + ["dump", "data", "--config", str(conf), "--level", "1"],
+                            capture_output=True, timeout=60)
+    assert level1.returncode == 0
+    listing = subprocess.run(["tar", "-tf", "-"], input=level1.stdout, capture_output=True, check=True).stdout
+    assert listing.split() == [b"./", b"./b"]
+    missing = subprocess.run(NDMPD + ["dump", "nosuch", "--config", str(conf)], capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode != 0 and "volumes: data" in missing.stderr
+    absent = subprocess.run(NDMPD + ["restore", str(tmp_path / "x"), "--select", "nothing"],
+                            input=level1.stdout, capture_output=True, timeout=60)
+    assert absent.returncode == 1 and b"nothing: not found in the stream" in absent.stderr
