@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 
 from . import __version__, dump_cli, tape_cli
 from .config import Config, ConfigError, embedded_default, load
-from .context import ServerContext
-from .server import NdmpServer
-from .snapshots import remove_stale
 
 log = logging.getLogger("ndmpd")
 
@@ -53,6 +49,11 @@ def _load(path: Path | None) -> Config:
 
 
 def serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .context import ServerContext      # imported here: dump/restore start faster without them
+    from .server import NdmpServer
+    from .snapshots import remove_stale
     config = _load(args.config)
     _setup_logging(args.log_level or config.server.log_level)
     config.server.state_dir.mkdir(parents=True, exist_ok=True)

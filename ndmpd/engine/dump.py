@@ -265,7 +265,7 @@ class Dumper:
         try:
             records = xattrs.read_records(fd) if self._xattrs else b""
             size = st.st_size
-            if sparse.looks_sparse(st.st_blocks, size):
+            if size > pax.BLOCK and st.st_blocks * 512 < size:
                 extents = sparse.data_extents(fd, size)
                 if not sparse.is_dense(extents, size):
                     self._sparse(fd, rel, arcname, st, parent_ino, records, extents)
@@ -274,8 +274,9 @@ class Dumper:
             self._emit_header(rel, st, parent_ino, arcname, pax.REGTYPE, size, records)
             self.result.files += 1
             if size:
-                self._copy(fd, rel, 0, size)
-                self.sink.zeros(-size % pax.BLOCK)
+                copied = self.sink.copy_padded(fd, size)
+                if copied < size:
+                    self._shrank(rel, size - copied)
             self._check_unchanged(fd, rel, st, changed_before)
         finally:
             os.close(fd)
@@ -301,8 +302,11 @@ class Dumper:
         copied = self.sink.copy_from(fd, offset, length)
         if copied < length:
             self.sink.zeros(length - copied)
-            self.result.changed += 1
-            self.warn(f"{self._show(rel)}: shrank while being read; {length - copied} bytes archived as zeros")
+            self._shrank(rel, length - copied)
+
+    def _shrank(self, rel: bytes, missing: int) -> None:
+        self.result.changed += 1
+        self.warn(f"{self._show(rel)}: shrank while being read; {missing} bytes archived as zeros")
 
     def _check_unchanged(self, fd: int, rel: bytes, st: os.stat_result, changed_before: int) -> None:
         if not self.options.live or self.result.changed != changed_before:

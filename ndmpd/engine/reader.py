@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from . import pax, sparse
 
+_META_TYPES = (pax.XHDTYPE, pax.XGLTYPE, pax.GNU_LONGNAME, pax.GNU_LONGLINK)
 MAX_META = 1 << 20          # largest pax header / GNU long name accepted
 READ_SIZE = 1 << 20
 
@@ -109,11 +110,26 @@ class StreamReader:
             yield view
 
     def read_exact(self, count: int) -> bytes:
+        if self._end - self._pos >= count:           # usually all in the buffer already
+            data = bytes(self._view[self._pos:self._pos + count])
+            self._pos += count
+            self._consumed += count
+            self._data_left -= count
+            return data
         return b"".join(bytes(chunk) for chunk in self.chunks(count))
 
     def skip(self, count: int) -> None:
-        for _ in self.chunks(count):
-            pass
+        while count:
+            available = self._end - self._pos
+            if not available:
+                if not self._fill():
+                    raise TruncatedStream("stream ends inside a member's data")
+                continue
+            step = min(count, available)
+            self._pos += step
+            self._consumed += step
+            self._data_left -= step
+            count -= step
 
     def read_block(self) -> bytes:
         block = self._take(pax.BLOCK)
@@ -150,24 +166,29 @@ class StreamReader:
             if not any(block):
                 self.ended_cleanly = True
                 return None
+            block = bytes(block)
+            kind = block[156:157]
             try:
-                raw = pax.parse_ustar(block)
+                if kind in _META_TYPES:
+                    pax.check_block(block)
+                    size = pax.meta_size(block)
+                else:
+                    raw = pax.parse_ustar(block)
             except pax.HeaderError as exc:
                 self._resync(exc)
                 local, xattrs, long_name, long_link, first_offset, refused = {}, [], None, None, None, False
                 continue
             if first_offset is None:
                 first_offset = offset
-            kind = raw.typeflag
-            if kind in (pax.XHDTYPE, pax.XGLTYPE, pax.GNU_LONGNAME, pax.GNU_LONGLINK):
-                if raw.size > MAX_META:
-                    self._warn(f"refused a {raw.size}-byte extended header (limit {MAX_META}); "
+            if kind in _META_TYPES:
+                if size > MAX_META:
+                    self._warn(f"refused a {size}-byte extended header (limit {MAX_META}); "
                                "its member is skipped")
-                    self.skip(pax.round_up(raw.size))
+                    self.skip(pax.round_up(size))
                     refused = True
                     continue
-                data = self.read_exact(raw.size)
-                self.skip(pax.round_up(raw.size) - raw.size)
+                data = self.read_exact(size)
+                self.skip(pax.round_up(size) - size)
                 if kind == pax.GNU_LONGNAME:
                     long_name = data.split(b"\0", 1)[0]
                 elif kind == pax.GNU_LONGLINK:
@@ -190,7 +211,7 @@ class StreamReader:
                         self._note_labels(records)
                         first_offset = None
                 continue
-            member = self._member(raw, {**self._globals, **local}, xattrs, long_name, long_link,
+            member = self._member(raw, {**self._globals, **local} if self._globals else local, xattrs, long_name, long_link,
                                   first_offset)
             if refused:
                 self._data_left = pax.round_up(member.size)

@@ -131,16 +131,15 @@ class Restorer:
     # -- one member ----------------------------------------------------------------------
 
     def _one(self, target: Target, reader: StreamReader, member: Member) -> None:
-        path = clean_path(member.name)
         try:
-            if member.name.startswith(b"/"):
-                raise Refused("absolute path")
-            split_safe(member.name)
-            placed = self.selection.place(path)
-            if placed is None:
-                return
-            self._mark(path)
-            parts = tuple(split_safe(placed))
+            parts = tuple(split_safe(member.name))
+            path = b"/".join(parts)
+            if self.selection:
+                placed = self.selection.place(path)
+                if placed is None:
+                    return
+                self._mark(path)
+                parts = tuple(split_safe(placed))
             self._extract(target, reader, member, path, parts)
         except Refused as exc:
             self.refuse(member.name, str(exc))
@@ -169,11 +168,18 @@ class Restorer:
             return
         dir_fd = target.directory(parts[:-1])
         name = parts[-1]
+        if kind in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE):
+            try:                            # the common case first: nothing there yet
+                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
+            except FileExistsError:
+                if not self._make_room(target, parts, dir_fd, name, member):
+                    return
+                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
+            self._regular(reader, member, fd, dir_fd, name)
+            return
         if not self._make_room(target, parts, dir_fd, name, member):
             return
-        if kind in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE):
-            self._regular(reader, member, dir_fd, name, b"/".join(parts))
-        elif kind == pax.LNKTYPE:
+        if kind == pax.LNKTYPE:
             self._hard_link(target, member, dir_fd, name)
         elif kind == pax.SYMTYPE:
             os.symlink(member.linkname, name, dir_fd=dir_fd)
@@ -235,8 +241,7 @@ class Restorer:
             if st is not None:
                 target.remove(parts + (name,), fd, name, st)
 
-    def _regular(self, reader: StreamReader, member: Member, dir_fd: int, name: bytes, placed: bytes) -> None:
-        fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
+    def _regular(self, reader: StreamReader, member: Member, fd: int, dir_fd: int, name: bytes) -> None:
         try:
             if member.is_sparse:
                 self._sparse_data(reader, member, fd)

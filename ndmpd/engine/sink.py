@@ -20,6 +20,7 @@ _SENDFILE_CHUNK = 64 << 20
 
 
 PIPE_SIZE = 1 << 20
+_ZEROS = bytes(SENDFILE_MIN)
 
 
 def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
@@ -87,6 +88,20 @@ class FdSink:
             self._buffer[self._fill:self._fill + step] = bytes(step)
             self._fill += step
             count -= step
+
+    def copy_padded(self, source: int, count: int) -> int:
+        """``copy_from(source, 0, count)`` plus the zero padding to the next block, in one call
+        for the common small file that fits the buffer."""
+        padded = (count + 511) & ~511
+        fill = self._fill
+        if count >= SENDFILE_MIN or fill + padded > len(self._buffer):
+            copied = self.copy_from(source, 0, count)
+            self.zeros(padded - copied)
+            return copied
+        copied = os.preadv(source, [self._view[fill:fill + count]], 0)   # short only at end of file
+        self._buffer[fill + copied:fill + padded] = _ZEROS[:padded - copied]
+        self._fill = fill + padded
+        return copied
 
     def copy_from(self, source: int, offset: int, count: int) -> int:
         """Copy ``count`` bytes of ``source`` from ``offset``; fewer only at its end of file."""
