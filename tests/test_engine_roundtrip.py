@@ -161,3 +161,33 @@ def test_files_changing_size_while_read_are_padded_or_cut_and_reported(tmp_path)
     assert (out / "a-shrinks").read_bytes() == b"A" * 10_000 + bytes(90_000)
     assert (out / "b-grows").read_bytes() == b"B" * 5000
     assert (out / "c-after").read_bytes() == b"C" * 3000
+
+
+def test_sizes_over_8_gib_go_into_pax_and_base_256(tmp_path):
+    from ndmpd.engine import pax
+    from ndmpd.engine.reader import StreamReader
+
+    size = 9 << 30
+    headers = pax.HeaderWriter().headers(b"./huge", 0o100644, 0, 0, size, 1_700_000_000 * 10**9, pax.REGTYPE)
+    assert b" size=%d\n" % size in headers
+    info = tarfile.TarInfo.frombuf(headers[-512:], "utf-8", "surrogateescape")
+    assert info.size == size                                     # base-256 in the ustar field too
+    stream = tmp_path / "huge-header.tar"
+    stream.write_bytes(headers)
+    with open(stream, "rb") as source:
+        member = next(StreamReader(source.fileno()).members())
+    assert (member.name, member.size) == (b"./huge", size)
+
+
+def test_sparse_file_over_8_gib_round_trips(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big-sparse", "wb") as f:
+        f.seek(9 << 30)
+        f.write(b"end of a 9 GiB file")
+    stream = tmp_path / "s.tar"
+    dump_to(src, stream)
+    assert stream.stat().st_size < 1 << 20
+    out = tmp_path / "out"
+    restore_from(stream, out)
+    assert differences(describe(src), describe(out)) == []

@@ -42,10 +42,17 @@ def describe(root: str | bytes, times: bool = True, owners: bool = True, dir_tim
                 entry["mtime_ns"] = st.st_mtime_ns
             if stat.S_ISREG(st.st_mode):
                 digest = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
+                with open(path, "rb") as f:       # holes read as zeros: hash the data extents only
                     holes = sparse.data_extents(f.fileno(), st.st_size)
+                    for offset, length in holes:
+                        digest.update(b"@%d:" % offset)
+                        f.seek(offset)
+                        while length:
+                            block = f.read(min(length, 1 << 20))
+                            if not block:
+                                break
+                            digest.update(block.rstrip(b"\0") and block)
+                            length -= len(block)
                 entry.update(size=st.st_size, sha=digest.hexdigest(),
                              sparse=not sparse.is_dense(holes, st.st_size) and st.st_blocks * 512 < st.st_size)
                 if st.st_nlink > 1:
