@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from . import pax, sparse, xattrs
 from .history import HistoryEntry
+from .report import Messages
 from .select import Excluder
 from .sink import FdSink
+from .target import DIR_FLAGS, fd_path
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PROGRESS_EVERY = 512
-_KEPT_WARNINGS = 1000
 
 
 class DumpAborted(Exception):
@@ -49,10 +49,13 @@ class DumpResult:
     bytes_written: int = 0
     entries: int = 0
     files: int = 0
-    warnings: list[str] = field(default_factory=list)
-    warning_count: int = 0
+    warnings: Messages = field(default_factory=Messages)
     changed: int = 0                 # files that changed while being read (live dumps)
     dir_index: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def warning_count(self) -> int:
+        return self.warnings.count
 
 
 HistoryCallback = Callable[[HistoryEntry], None]
@@ -94,7 +97,7 @@ class Dumper:
 
     def run(self) -> DumpResult:
         """Write the whole tree and the end-of-archive blocks."""
-        root_fd = os.open(self.root, _DIR_FLAGS)
+        root_fd = os.open(self.root, DIR_FLAGS)
         root_st = os.fstat(root_fd)
         self._root_dev = root_st.st_dev
         if self.options.labels:
@@ -144,7 +147,7 @@ class Dumper:
             self.warn(f"{self._show(rel)}: mount point of another file system; its contents are not dumped")
             return
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=frame.fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=frame.fd)
         except (FileNotFoundError, NotADirectoryError):
             self.warn(f"{self._show(rel)}: vanished before it was read; not archived")
             return
@@ -248,7 +251,7 @@ class Dumper:
         if not self._xattrs:
             return b""
         try:
-            return xattrs.read_records(f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}")
+            return xattrs.read_records(fd_path(dir_fd, name))
         except OSError:
             return b""
 
@@ -265,7 +268,7 @@ class Dumper:
         try:
             records = xattrs.read_records(fd) if self._xattrs else b""
             size = st.st_size
-            if size > pax.BLOCK and st.st_blocks * 512 < size:
+            if sparse.looks_sparse(st.st_blocks, size):
                 extents = sparse.data_extents(fd, size)
                 if not sparse.is_dense(extents, size):
                     self._sparse(fd, rel, arcname, st, parent_ino, records, extents)
@@ -330,9 +333,7 @@ class Dumper:
     # -- reporting -------------------------------------------------------------------------
 
     def warn(self, message: str) -> None:
-        self.result.warning_count += 1
-        if len(self.result.warnings) < _KEPT_WARNINGS:
-            self.result.warnings.append(message)
+        self.result.warnings.add(message)
         if self.warn_hook:
             self.warn_hook(message)
 

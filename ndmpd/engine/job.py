@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..snapshots import SNAPSHOT_DIR, choose
@@ -43,7 +43,6 @@ class DumpOutcome:
     dump_date: str                           # the token a later BASE_DATE names this dump by
     base: Base
     snapshot_mode: str
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def plan_base(request: DumpRequest, dates: DumpDates) -> Base:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import grp
 import pwd
 import zlib
+from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 from construct import Bytes, Struct
@@ -127,6 +129,16 @@ def split_name(name: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
+def lookup_once(cache: dict, key: Any, find: Callable[[Any], Any], missing: Any) -> Any:
+    """``find(key)`` remembered in ``cache``; ``missing`` when it raises KeyError (no such entry)."""
+    if key not in cache:
+        try:
+            cache[key] = find(key)
+        except KeyError:
+            cache[key] = missing
+    return cache[key]
+
+
 @dataclass
 class Owners:
     """uid/gid -> user/group name, looked up once each."""
@@ -135,24 +147,10 @@ class Owners:
     groups: dict[int, bytes] = field(default_factory=dict)
 
     def user(self, uid: int) -> bytes:
-        name = self.users.get(uid)
-        if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name.encode("utf-8", "surrogateescape")
-            except KeyError:
-                name = b""
-            self.users[uid] = name
-        return name
+        return lookup_once(self.users, uid, lambda u: pwd.getpwuid(u).pw_name.encode("utf-8", "surrogateescape"), b"")
 
     def group(self, gid: int) -> bytes:
-        name = self.groups.get(gid)
-        if name is None:
-            try:
-                name = grp.getgrgid(gid).gr_name.encode("utf-8", "surrogateescape")
-            except KeyError:
-                name = b""
-            self.groups[gid] = name
-        return name
+        return lookup_once(self.groups, gid, lambda g: grp.getgrgid(g).gr_name.encode("utf-8", "surrogateescape"), b"")
 
 
 def _needs_pax_text(value: bytes, width: int) -> bool:

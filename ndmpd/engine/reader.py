@@ -64,7 +64,6 @@ class StreamReader:
         self._warn = warn or (lambda message: None)
         self._globals: dict[bytes, bytes] = {}
         self._data_left = 0             # unread data + padding of the current member
-        self.ended_cleanly = False
         self.labels: dict[str, str] = {}
 
     @property
@@ -164,7 +163,6 @@ class StreamReader:
                 self._warn("stream ends without the end-of-archive blocks")
                 return None
             if not any(block):
-                self.ended_cleanly = True
                 return None
             block = bytes(block)
             kind = block[156:157]
@@ -211,8 +209,8 @@ class StreamReader:
                         self._note_labels(records)
                         first_offset = None
                 continue
-            member = self._member(raw, {**self._globals, **local} if self._globals else local, xattrs, long_name, long_link,
-                                  first_offset)
+            records = {**self._globals, **local} if self._globals else local
+            member = self._member(raw, records, xattrs, long_name, long_link, first_offset)
             if refused:
                 self._data_left = pax.round_up(member.size)
                 self.skip(self._data_left)

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from . import pax, sparse, xattrs
 from .reader import Member, StreamReader, TruncatedStream
 from .select import Pick, Selection, clean_path
-from .target import Refused, Target, split_safe
+from .report import Messages
+from .target import Refused, Target, fd_path, split_safe
 
 POLICIES = ("overwrite", "keep", "newer")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_KEPT = 1000
 
 
 class RestoreAborted(Exception):
@@ -48,12 +47,18 @@ class RestoreResult:
     entries: int = 0
     files: int = 0
     bytes_read: int = 0
-    refused: list[str] = field(default_factory=list)
-    refused_count: int = 0
-    warnings: list[str] = field(default_factory=list)
-    warning_count: int = 0
+    refused: Messages = field(default_factory=Messages)
+    warnings: Messages = field(default_factory=Messages)
     restored: list[bytes] = field(default_factory=list)   # placed paths of the picks found
     complete: bool = True
+
+    @property
+    def refused_count(self) -> int:
+        return self.refused.count
+
+    @property
+    def warning_count(self) -> int:
+        return self.warnings.count
 
 
 @dataclass
@@ -141,13 +146,10 @@ class Restorer:
                 self._mark(path)
                 parts = tuple(split_safe(placed))
             self._extract(target, reader, member, path, parts)
-        except Refused as exc:
-            self.refuse(member.name, str(exc))
-            self._done(member, b"", str(exc))
-            return
-        except OSError as exc:
-            self.refuse(member.name, exc.strerror or str(exc))
-            self._done(member, b"", exc.strerror or str(exc))
+        except (Refused, OSError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            self.refuse(member.name, why)
+            self._done(member, b"", why)
             return
         self.result.entries += 1
         self._done(member, b"/".join(parts), None)
@@ -293,20 +295,12 @@ class Restorer:
     # -- metadata ------------------------------------------------------------------------
 
     def _ids(self, member: Member) -> tuple[int, int]:
-        uid = self._lookup(self._uid_by_name, member.uname, lambda n: pwd.getpwnam(n).pw_uid)
-        gid = self._lookup(self._gid_by_name, member.gname, lambda n: grp.getgrnam(n).gr_gid)
+        """The local ids of the archived user/group names, else the archived numbers (as tar -p)."""
+        uid = pax.lookup_once(self._uid_by_name, member.uname,
+                              lambda n: pwd.getpwnam(os.fsdecode(n)).pw_uid, None) if member.uname else None
+        gid = pax.lookup_once(self._gid_by_name, member.gname,
+                              lambda n: grp.getgrnam(os.fsdecode(n)).gr_gid, None) if member.gname else None
         return (member.uid if uid is None else uid), (member.gid if gid is None else gid)
-
-    @staticmethod
-    def _lookup(cache: dict, name: bytes, find) -> int | None:
-        if not name:
-            return None
-        if name not in cache:
-            try:
-                cache[name] = find(os.fsdecode(name))
-            except KeyError:
-                cache[name] = None
-        return cache[name]
 
     def _metadata_fd(self, fd: int, member: Member) -> None:
         if self._owners:
@@ -328,7 +322,7 @@ class Restorer:
         if not is_link:
             os.chmod(name, member.mode, dir_fd=dir_fd, follow_symlinks=False)
         if member.xattrs and self.options.xattrs and not is_link:
-            for message in xattrs.apply(f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}", member.xattrs):
+            for message in xattrs.apply(fd_path(dir_fd, name), member.xattrs):
                 self.warn(f"{os.fsdecode(member.name)}: {message}")
         os.utime(name, ns=(member.mtime_ns, member.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
@@ -366,15 +360,11 @@ class Restorer:
 
     def refuse(self, name: bytes, why: str) -> None:
         message = f"{os.fsdecode(name)}: refused: {why}"
-        self.result.refused_count += 1
-        if len(self.result.refused) < _KEPT:
-            self.result.refused.append(message)
+        self.result.refused.add(message)
         if self.report_hook:
             self.report_hook(message)
 
     def warn(self, message: str) -> None:
-        self.result.warning_count += 1
-        if len(self.result.warnings) < _KEPT:
-            self.result.warnings.append(message)
+        self.result.warnings.add(message)
         if self.report_hook:
             self.report_hook(message)

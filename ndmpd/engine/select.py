@@ -70,11 +70,5 @@ class Selection:
         return not self.picks or any(not p.source or path == p.source or path.startswith(p.source + b"/")
                                      for p in self.picks)
 
-    def may_follow(self, path: bytes) -> bool:
-        """True when a selected path can still come after ``path`` in depth-first order."""
-        return any(not p.source or p.source.startswith(path + b"/") or path.startswith(p.source + b"/")
-                   or p.source == path or path == b"" for p in self.picks)
-
-
 def _join(base: bytes, rest: bytes) -> bytes:
     return base + b"/" + rest if base and rest else base or rest

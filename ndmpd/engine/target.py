@@ -8,12 +8,18 @@ import errno
 import os
 import stat
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CACHE_LIMIT = 64
 
 
 class Refused(Exception):
     """This entry may not be written where it asks to be."""
+
+
+def fd_path(dir_fd: int, name: bytes) -> str:
+    """A path naming ``name`` in ``dir_fd`` without resolving any parent again (for the calls,
+    such as the xattr ones, that take no ``dir_fd``)."""
+    return f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}"
 
 
 def split_safe(path: bytes) -> list[bytes]:
@@ -31,7 +37,7 @@ class Target:
 
     def __init__(self, path: str | bytes) -> None:
         os.makedirs(path, exist_ok=True)
-        self.fd = os.open(path, _DIR_FLAGS)
+        self.fd = os.open(path, DIR_FLAGS)
         self._dirs: dict[tuple[bytes, ...], int] = {}
 
     def close(self) -> None:
@@ -57,7 +63,7 @@ class Target:
         parent = self.directory(parts[:-1], create)
         name = parts[-1]
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             if not create:
                 raise Refused(f"directory {os.fsdecode(b'/'.join(parts))} does not exist") from None
@@ -65,7 +71,7 @@ class Target:
                 os.mkdir(name, 0o700, dir_fd=parent)
             except FileExistsError:
                 pass
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise Refused(f"{os.fsdecode(b'/'.join(parts))} is not a directory "
@@ -91,7 +97,7 @@ class Target:
             os.unlink(name, dir_fd=dir_fd)
 
     def _remove_tree(self, dir_fd: int, name: bytes) -> None:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
         try:
             with os.scandir(fd) as entries:
                 children = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in entries]
@@ -103,7 +109,3 @@ class Target:
         finally:
             os.close(fd)
         os.rmdir(name, dir_fd=dir_fd)
-
-    def proc_path(self, dir_fd: int, name: bytes) -> str:
-        """A path that names ``name`` in ``dir_fd`` without resolving any parent again."""
-        return f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -10,12 +11,18 @@ from .base import SnapshotError
 TIMEOUT = 300
 
 
+def find_tool(name: str) -> str | None:
+    """Where a tool is, looking in the sbin directories too (LVM lives there; PATH may omit them)."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
 def run(argv: list[str], what: str) -> str:
     """Run a tool; its stdout, or SnapshotError carrying its stderr."""
-    if shutil.which(argv[0]) is None:
+    tool = find_tool(argv[0])
+    if tool is None:
         raise SnapshotError(f"{what}: the '{argv[0]}' command is not installed")
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        done = subprocess.run([tool, *argv[1:]], capture_output=True, text=True, timeout=TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
         raise SnapshotError(f"{what}: '{' '.join(argv)}' did not finish in {TIMEOUT} s") from None
     if done.returncode != 0:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from .base import Snapshot, SnapshotError, Snapshotter, job_tag, owner_alive
-from .commands import run
+from .commands import find_tool, run
 from .mounts import Mount, mount_of, mounts
 
 PREFIX = "ndmpd-snap-"
@@ -23,7 +23,7 @@ def lvm_available() -> str | None:
     if not os.path.exists(DM_CONTROL):
         return f"device-mapper is not available ({DM_CONTROL} is missing)"
     for tool in ("lvs", "lvcreate", "lvremove"):
-        if not any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/sbin"]):
+        if find_tool(tool) is None:
             return f"the LVM tools are not installed ('{tool}' is missing)"
     return None
 
