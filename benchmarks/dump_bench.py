@@ -80,6 +80,8 @@ def timed(argv: list[str], stdin=None, stdout=None, cwd=None) -> tuple[float, in
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - start
+    if os.environ.get("BENCH_CPU"):
+        print(f"    user {usage.ru_utime:.2f} sys {usage.ru_stime:.2f}", file=sys.stderr)
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(argv)} failed with status {proc.returncode}")
     try:
@@ -97,8 +99,9 @@ def bench_dump(tree: Path) -> dict:
 
 def bench_restore(stream: Path, work: Path) -> dict:
     def fresh(name: str) -> Path:
+        for old in ("tar-out", "ndmpd-out"):    # both: every run starts with the same free memory
+            shutil.rmtree(work / old, ignore_errors=True)
         out = work / name
-        shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
         subprocess.run(["sync"], check=False)
         return out
@@ -123,6 +126,7 @@ def main() -> int:
     parser.add_argument("--restore-dir", type=Path, default=Path("/dev/shm") if os.path.isdir("/dev/shm") else None,
                         help="where restores write (default /dev/shm: the disk's writeback would "
                              "otherwise decide both times)")
+    parser.add_argument("--verbose", action="store_true", help="print every timed run")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     trees = {"large": args.dir / "large", "small": args.dir / "small"}
@@ -142,10 +146,14 @@ def main() -> int:
             times: dict[str, list[float]] = {"tar": [], "ndmpd": []}
             rss = 0
             order = ["tar", "ndmpd"]
+            for name in order:      # warm-up, not timed: a VM's first touch of guest memory
+                runners[name]()     # (tmpfs pages for the restored tree) costs the host, not us
             for _ in range(args.rounds):
                 for name in order:
                     seconds, peak = runners[name]()
                     times[name].append(seconds)
+                    if args.verbose:
+                        print(f"  {job} {kind} {name}: {seconds:.2f} s", file=sys.stderr)
                     if name == "ndmpd":
                         rss = max(rss, peak)
                 order.reverse()

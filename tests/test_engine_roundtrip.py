@@ -191,3 +191,35 @@ def test_sparse_file_over_8_gib_round_trips(tmp_path):
     out = tmp_path / "out"
     restore_from(stream, out)
     assert differences(describe(src), describe(out)) == []
+
+
+def test_modes_and_owners_hold_whatever_the_umask_and_directory_group(tmp_path):
+    """Files whose owner is already right skip fchown/fchmod on restore; modes the umask would
+    drop, set-id bits and a setgid parent directory's group must still come out exact."""
+    src = tmp_path / "src"
+    (src / "shared").mkdir(parents=True)
+    for name, mode in (("plain", 0o644), ("open", 0o666), ("private", 0o600), ("tool", 0o4755)):
+        (src / name).write_bytes(name.encode())
+        os.chmod(src / name, mode)
+    (src / "shared" / "inside").write_bytes(b"x")
+    if IS_ROOT:
+        os.chown(src / "tool", 1234, 0)
+        os.chmod(src / "tool", 0o4755)
+        os.chown(src / "shared", 0, 4242)
+        os.chmod(src / "shared", 0o2775)          # a new file inside would get group 4242
+    stream = tmp_path / "s.tar"
+    dump_to(src, stream)
+    out = tmp_path / "out"
+    old = os.umask(0o077)
+    try:
+        result = restore_from(stream, out)
+        os.umask(0o022)                            # the fast path, into an existing setgid directory
+        again = restore_from(stream, out)
+    finally:
+        os.umask(old)
+    assert result.refused == [] and result.complete and again.refused == []
+    assert differences(describe(src), describe(out)) == []
+    assert os.stat(out / "open").st_mode & 0o7777 == 0o666
+    if IS_ROOT:
+        assert os.stat(out / "tool").st_mode & 0o7777 == 0o4755
+        assert os.stat(out / "shared" / "inside").st_gid == 0

@@ -93,10 +93,12 @@ def format_time(ns: int) -> bytes:
 
 def parse_time(value: bytes) -> int:
     """Nanoseconds from a pax time value."""
-    text = value.decode("ascii").strip()
-    negative = text.startswith("-")
-    whole, _, frac = text.lstrip("-").partition(".")
-    ns = int(whole or 0) * 1_000_000_000 + int((frac + "000000000")[:9])
+    text = value.strip()
+    negative = text.startswith(b"-")
+    whole, _, frac = text.lstrip(b"-").partition(b".")
+    if not (whole or frac) or (whole and not whole.isdigit()) or (frac and not frac.isdigit()):
+        raise ValueError(f"not a pax time: {value[:40]!r}")
+    ns = int(whole or b"0") * 1_000_000_000 + int((frac + b"000000000")[:9])
     return -ns if negative else ns
 
 
@@ -257,7 +259,7 @@ _MAX_SIZE = _MAX_OCTAL[12]
 _NULS = [bytes(n) for n in range(BLOCK + 1)]
 
 
-@dataclass
+@dataclass(slots=True)
 class RawHeader:
     """One ustar block as read, before pax overrides."""
 
@@ -281,14 +283,21 @@ class HeaderError(ValueError):
 
 def meta_size(block: bytes) -> int:
     """The size field of a checked extended-header block (pax or GNU long name)."""
-    return parse_numeric(block[124:136])
+    field = block[124:136]
+    try:
+        return int(field.rstrip(b"\0"), 8)
+    except ValueError:
+        return parse_numeric(field)
 
 
 def check_block(block: bytes) -> None:
     """Raise HeaderError unless the block's checksum holds (unsigned, or the old signed sum)."""
     field = block[_CHKSUM_AT:_CHKSUM_AT + 8]
     try:
-        stored = parse_numeric(field)
+        try:
+            stored = int(field.rstrip(b"\0 "), 8)   # the usual "012345\0 "
+        except ValueError:
+            stored = parse_numeric(field)
     except ValueError:
         raise HeaderError("checksum field is not a number") from None
     unsigned = block_sum(block) - sum(field) + 256
@@ -298,23 +307,37 @@ def check_block(block: bytes) -> None:
             raise HeaderError("header checksum mismatch")
 
 
-def parse_ustar(block: bytes | memoryview) -> RawHeader:
-    """Decode one header block, checking its checksum."""
+def parse_ustar(block: bytes | memoryview, seen: dict[bytes, tuple] | None = None) -> RawHeader:
+    """Decode one header block, checking its checksum.
+
+    ``seen`` (owned by one reader) remembers decoded owner fields, which repeat from member
+    to member: a dict lookup instead of three octal parses and two splits."""
     block = bytes(block)
     check_block(block)
-    (name, mode, uid, gid, size, mtime, _chk, typeflag, linkname, magic, _ver, uname, gname,
+    (name, _mode, _uid, _gid, size, mtime, _chk, typeflag, linkname, magic, _ver, _uname, _gname,
      devmajor, devminor, prefix, _pad) = _USTAR.unpack(block)
+    if b"\0" in name:
+        name = name[:name.index(b"\0")]
+    if magic == b"ustar\0" and prefix[0]:
+        name = prefix.split(b"\0", 1)[0] + b"/" + name
+    owner_key = block[100:124] + block[265:329]     # mode, uid, gid, uname, gname
     try:
-        if b"\0" in name:
-            name = name[:name.index(b"\0")]
-        if magic == b"ustar\0" and prefix[0]:
-            name = prefix.split(b"\0", 1)[0] + b"/" + name
+        owner = seen.get(owner_key) if seen is not None else None
+        if owner is None:
+            owner = (parse_numeric(_mode), parse_numeric(_uid), parse_numeric(_gid),
+                     _uname.split(b"\0", 1)[0], _gname.split(b"\0", 1)[0])
+            if seen is not None:
+                if len(seen) >= 4096:
+                    seen.clear()
+                seen[owner_key] = owner
+        try:                                # the common case: NUL-terminated octal
+            size, mtime = int(size.rstrip(b"\0"), 8), int(mtime.rstrip(b"\0"), 8)
+        except ValueError:                  # base-256, space-padded or empty fields
+            size, mtime = parse_numeric(size), parse_numeric(mtime)
         device = typeflag in (CHRTYPE, BLKTYPE)
-        return RawHeader(name, parse_numeric(mode), parse_numeric(uid), parse_numeric(gid),
-                         parse_numeric(size), parse_numeric(mtime), typeflag,
-                         linkname.split(b"\0", 1)[0] if linkname[0] else b"", uname.split(b"\0", 1)[0],
-                         gname.split(b"\0", 1)[0], parse_numeric(devmajor) if device else 0,
-                         parse_numeric(devminor) if device else 0)
+        return RawHeader(name, owner[0], owner[1], owner[2], size, mtime, typeflag,
+                         linkname.split(b"\0", 1)[0] if linkname[0] else b"", owner[3], owner[4],
+                         parse_numeric(devmajor) if device else 0, parse_numeric(devminor) if device else 0)
     except ValueError as exc:
         raise HeaderError(f"bad numeric field: {exc}") from None
 

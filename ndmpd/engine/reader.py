@@ -23,7 +23,7 @@ class TruncatedStream(Exception):
     """The stream ended inside a member."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Member:
     """One archive member with its pax overrides applied."""
 
@@ -65,6 +65,7 @@ class StreamReader:
         self._globals: dict[bytes, bytes] = {}
         self._data_left = 0             # unread data + padding of the current member
         self.labels: dict[str, str] = {}
+        self._owners_seen: dict[bytes, tuple] = {}
 
     @property
     def offset(self) -> int:
@@ -171,7 +172,7 @@ class StreamReader:
                     pax.check_block(block)
                     size = pax.meta_size(block)
                 else:
-                    raw = pax.parse_ustar(block)
+                    raw = pax.parse_ustar(block, self._owners_seen)
             except pax.HeaderError as exc:
                 self._resync(exc)
                 local, xattrs, long_name, long_link, first_offset, refused = {}, [], None, None, None, False
@@ -203,7 +204,7 @@ class StreamReader:
                         if key.startswith(b"SCHILY.xattr."):
                             if kind == pax.XHDTYPE:
                                 xattrs.append((key[len(b"SCHILY.xattr."):], value))
-                        else:
+                        elif kind == pax.XHDTYPE or not key.startswith(b"NDMPD."):   # labels: below
                             target[key] = value
                     if kind == pax.XGLTYPE:
                         self._note_labels(records)

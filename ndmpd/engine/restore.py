@@ -27,6 +27,19 @@ POLICIES = ("overwrite", "keep", "newer")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it (os.umask would race other threads);
+    where it cannot be read, assume every bit is masked so modes are always set explicitly."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
+
+
 class RestoreAborted(Exception):
     """The job was cancelled."""
 
@@ -84,7 +97,9 @@ class Restorer:
         self.entry_done = entry_done
         self.selection = Selection(list(options.picks))
         self.result = RestoreResult()
-        self._root = os.geteuid() == 0
+        self._euid = os.geteuid()
+        self._root = self._euid == 0
+        self._umask = current_umask()
         self._owners = options.owners if options.owners is not None else self._root
         self._devices = options.devices if options.devices is not None else self._root
         self._owner_skips = 0
@@ -171,13 +186,15 @@ class Restorer:
         dir_fd = target.directory(parts[:-1])
         name = parts[-1]
         if kind in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE):
+            settled = self._created_settled(target, dir_fd, member)
+            create_mode = member.mode if settled else 0o600
             try:                            # the common case first: nothing there yet
-                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
+                fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
             except FileExistsError:
                 if not self._make_room(target, parts, dir_fd, name, member):
                     return
-                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
-            self._regular(reader, member, fd, dir_fd, name)
+                fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
+            self._regular(reader, member, fd, dir_fd, name, settled)
             return
         if not self._make_room(target, parts, dir_fd, name, member):
             return
@@ -197,6 +214,16 @@ class Restorer:
             self._metadata_path(dir_fd, name, member)
         else:
             raise Refused(f"unknown member type {kind!r}")
+
+    def _created_settled(self, target: Target, dir_fd: int, member: Member) -> bool:
+        """True when a file created with the member's mode already has its final owner and
+        mode (the usual case: root restoring root's files), so fchown and fchmod can be
+        skipped. Never for set-id bits (fchown would clear them) or bits the umask drops."""
+        if member.mode & ~0o777 or member.mode & self._umask:
+            return False
+        if not self._owners:
+            return True
+        return self._ids(member) == (self._euid, target.new_file_gid(dir_fd))
 
     def _make_room(self, target: Target, parts: tuple[bytes, ...], dir_fd: int, name: bytes,
                    member: Member) -> bool:
@@ -243,7 +270,8 @@ class Restorer:
             if st is not None:
                 target.remove(parts + (name,), fd, name, st)
 
-    def _regular(self, reader: StreamReader, member: Member, fd: int, dir_fd: int, name: bytes) -> None:
+    def _regular(self, reader: StreamReader, member: Member, fd: int, dir_fd: int, name: bytes,
+                 settled: bool) -> None:
         try:
             if member.is_sparse:
                 self._sparse_data(reader, member, fd)
@@ -251,7 +279,7 @@ class Restorer:
                 for chunk in reader.chunks(member.size):
                     while chunk:
                         chunk = chunk[os.write(fd, chunk):]
-            self._metadata_fd(fd, member)
+            self._metadata_fd(fd, member, settled)
         except BaseException:
             os.close(fd)
             os.unlink(name, dir_fd=dir_fd)   # never leave a half-written file behind
@@ -302,12 +330,13 @@ class Restorer:
                               lambda n: grp.getgrnam(os.fsdecode(n)).gr_gid, None) if member.gname else None
         return (member.uid if uid is None else uid), (member.gid if gid is None else gid)
 
-    def _metadata_fd(self, fd: int, member: Member) -> None:
-        if self._owners:
-            os.fchown(fd, *self._ids(member))
-        else:
+    def _metadata_fd(self, fd: int, member: Member, settled: bool = False) -> None:
+        if not self._owners:
             self._owner_skips += 1
-        os.fchmod(fd, member.mode)
+        if not settled:
+            if self._owners:
+                os.fchown(fd, *self._ids(member))
+            os.fchmod(fd, member.mode)
         if member.xattrs and self.options.xattrs:
             for message in xattrs.apply(fd, member.xattrs):
                 self.warn(f"{os.fsdecode(member.name)}: {message}")

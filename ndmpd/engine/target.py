@@ -39,6 +39,7 @@ class Target:
         os.makedirs(path, exist_ok=True)
         self.fd = os.open(path, DIR_FLAGS)
         self._dirs: dict[tuple[bytes, ...], int] = {}
+        self._new_file_gids: dict[int, int] = {}
 
     def close(self) -> None:
         self.forget()
@@ -46,6 +47,7 @@ class Target:
 
     def forget(self, under: tuple[bytes, ...] | None = None) -> None:
         """Drop cached directory fds (all, or those at and below ``under``)."""
+        self._new_file_gids.clear()
         for key in list(self._dirs):
             if under is None or key[:len(under)] == under:
                 os.close(self._dirs.pop(key))
@@ -81,6 +83,15 @@ class Target:
             self.forget()
         self._dirs[parts] = fd
         return fd
+
+    def new_file_gid(self, dir_fd: int) -> int:
+        """The group a file created in ``dir_fd`` gets: the directory's when it is setgid."""
+        gid = self._new_file_gids.get(dir_fd)
+        if gid is None:
+            st = os.fstat(dir_fd)
+            gid = st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
+            self._new_file_gids[dir_fd] = gid
+        return gid
 
     def lstat(self, dir_fd: int, name: bytes) -> os.stat_result | None:
         try:
