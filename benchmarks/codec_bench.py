@@ -39,7 +39,7 @@ def best_rate(fn, n: int, rounds: int) -> float:
 
 def construct_reference(n: int, rounds: int) -> tuple[float, float] | None:
     try:
-        from construct import Array, Int32sb, Int32ub, Int64ub, PrefixedArray, Struct
+        from construct import Int32sb, Int32ub, Int64ub, PrefixedArray, Struct
     except ImportError:
         return None
     stat = Struct("unsupported" / Int32ub, "fs_type" / Int32sb, "ftype" / Int32sb, "mtime" / Int32ub,

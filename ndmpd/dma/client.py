@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any
 
 from ..services.connect import md5_digest
-from ..wire import C, REPLY, REQUEST, T, Translator, protocol
+from ..wire import C, REQUEST, T, Translator, protocol
 from ..wire.message import Header, unpack_header
 from ..wire.records import RecordReader, frame
 

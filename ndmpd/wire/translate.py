@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .schema import Protocol, protocol
-from .xdr_codec import Array, Bytes, Prim, Ref, XdrStruct
+from .xdr_codec import Array, Bytes, Prim, XdrStruct
 
 INTERNAL_VERSION = 4
 

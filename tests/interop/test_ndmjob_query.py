@@ -19,12 +19,12 @@ def query(ndmjob, agent: str) -> str:
 
 
 def check_query_output(out: str, version: str, auths: str = "MD5 TEXT") -> None:
-    assert f"Data Agent" in out and f"NDMPv{version}" in out, out
+    assert "Data Agent" in out and f"NDMPv{version}" in out, out
     assert "hostname" in out and "os_type    Linux" in out
     assert "err " not in out, out
     if version == "2":
         # v2 has no SERVER_INFO/FS_INFO: host info carries the auth types, butypes go by GET_BUTYPE_ATTR
-        assert f"NDMP2_AUTH_MD5" in out and "Mover types" in out
+        assert "NDMP2_AUTH_MD5" in out and "Mover types" in out
         assert "get_butype_attr 'tar'" in out
     else:
         listed = " ".join(f"NDMP{version}_AUTH_{a}" for a in auths.split())
