@@ -27,13 +27,19 @@ class Butype:
     v2_attrs: int              # v2 negative-sense bits
 
 
+def data_butypes() -> tuple[Butype, ...]:
+    """The formats the data service offers (imported late: the service imports this module)."""
+    from .services.data import BUTYPES
+    return BUTYPES
+
+
 @dataclass
 class ServerContext:
     """Shared, explicitly passed server state (there are no globals)."""
 
     config: Config
     handlers: HandlerTable = field(default_factory=all_handlers)
-    butypes: tuple[Butype, ...] = ()        # the data service registers its formats here
+    butypes: tuple[Butype, ...] = field(default_factory=lambda: data_butypes())
     identity: HostIdentity = field(default_factory=host_identity)
     clock: Callable[[], float] = time.time
     random_bytes: Callable[[int], bytes] = os.urandom

@@ -41,6 +41,13 @@ class AsyncioEdge(Edge):
         except RuntimeError:            # loop closed: the server is gone
             pass
 
+    def when_drained(self, fn: Callable[[], None]) -> None:
+        transport = self.writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size() < IDLE_WRITE_LIMIT:
+            fn()
+        else:
+            self.loop.call_later(0.01, self.when_drained, fn)
+
     def output_ready(self) -> None:
         out = self.session.data_to_send()
         if out and not self.writer.is_closing():

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .context import ServerContext
 from .errors import HeaderError, NdmpError
 from .services import Blocking
+from .services.data import Data
 from .services.mover import Mover
 from .services.tape import TapeSlot
 from .wire import C, REPLY, REQUEST, T, Protocol, Translator, XdrError, protocol
@@ -47,6 +48,10 @@ class Edge:
         """Run ``fn`` on the session's thread (called from worker threads)."""
         fn()
 
+    def when_drained(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the session's thread once unsent output is below the bound."""
+        fn()
+
     def output_ready(self) -> None:
         """Queued output (a reply or post) should be sent now."""
 
@@ -74,8 +79,10 @@ class Session:
         self._busy = False                # a blocking reply is being computed
         self._backlog: deque[bytes | OversizedRecord] = deque()
         self.edge = Edge()
+        self.wire_request: Any = None
         self.tape = TapeSlot()
         self.mover = Mover(self)
+        self.data = Data(self)
         self.set_version(self.version)
 
     # ------------------------------------------------------------------ output
@@ -200,6 +207,7 @@ class Session:
             self._reply_header_error(header, C.XDR_DECODE_ERR)
             return
         request = self.translator.to_internal(code, REQUEST, wire_request)
+        self.wire_request = wire_request      # fields only an older version has (v2's mover address)
         self._answer(header, spec.name, lambda: handler.fn(self, request))
 
     def _answer(self, header: Header, name: str, produce: Callable[[], Any]) -> None:
@@ -260,6 +268,7 @@ class Session:
     def teardown(self) -> None:
         """The control connection is gone: stop the mover and give the tape back."""
         self.closed = True
+        self.data.connection_lost()
         self.mover.connection_lost()
         self.tape.release(self)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import pax, sparse
 
@@ -51,11 +52,18 @@ class Member:
         return self.realsize is not None
 
 
-class StreamReader:
-    """Members of a tar stream read from a file descriptor (pipe, socket or file)."""
+class ByteSource(Protocol):
+    """Anything a stream can be read from besides a plain fd (a direct-access data connection)."""
 
-    def __init__(self, fd: int, start: int = 0, warn: Callable[[str], None] | None = None) -> None:
+    def readinto(self, view: memoryview) -> int: ...
+
+
+class StreamReader:
+    """Members of a tar stream read from a file descriptor (pipe, socket or file) or a ByteSource."""
+
+    def __init__(self, fd: "int | ByteSource", start: int = 0, warn: Callable[[str], None] | None = None) -> None:
         self.fd = fd
+        self._readinto = fd.readinto if not isinstance(fd, int) else (lambda view: os.readv(fd, [view]))
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
         self._pos = 0
@@ -80,7 +88,7 @@ class StreamReader:
             remaining = self._end - self._pos
             self._buffer[:remaining] = self._buffer[self._pos:self._end]
             self._pos, self._end = 0, remaining
-        got = os.readv(self.fd, [self._view[self._end:]])
+        got = self._readinto(self._view[self._end:])
         self._end += got
         return got > 0
 

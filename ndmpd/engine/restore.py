@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import pax, sparse, xattrs
-from .reader import Member, StreamReader, TruncatedStream
+from .reader import ByteSource, Member, StreamReader, TruncatedStream
 from .select import Pick, Selection, clean_path
 from .report import Messages
 from .target import Refused, Target, fd_path, split_safe
@@ -83,7 +83,7 @@ class _DirMeta:
 class Restorer:
     """Reads one stream from a file descriptor into a target directory."""
 
-    def __init__(self, target: str | bytes, source: int, options: RestoreOptions = RestoreOptions(),
+    def __init__(self, target: str | bytes, source: "int | ByteSource", options: RestoreOptions = RestoreOptions(),
                  report: Callable[[str], None] | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  cancel: threading.Event | None = None,
@@ -138,6 +138,9 @@ class Restorer:
         return self.result
 
     def _seek(self, offset: int) -> None:
+        if not isinstance(self.source, int):
+            self.source.seek(offset)
+            return
         try:
             os.lseek(self.source, offset, os.SEEK_SET)
         except OSError:

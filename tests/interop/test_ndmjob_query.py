@@ -29,7 +29,8 @@ def check_query_output(out: str, version: str, auths: str = "MD5 TEXT") -> None:
     else:
         listed = " ".join(f"NDMP{version}_AUTH_{a}" for a in auths.split())
         assert "product    ndmpd" in out and listed in out
-        assert "backup type info" in out           # empty until the data service registers formats
+        assert "Backup type info of tar format" in out and "Backup type info of dump format" in out
+        assert "set        HIST=f" in out and "set        HIST=d" in out
         assert "File system /export/data" in out and "status     online" in out
 
 

@@ -1,0 +1,1 @@
+"""The DATA service's parts: environment, destinations, file history, image reads, jobs."""

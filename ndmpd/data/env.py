@@ -1,0 +1,146 @@
+"""The DATA service's environment: what a DMA sends in DATA_START_*, checked and normalised.
+
+Names are case-sensitive as NDMP defines them; values of yes/no variables accept y/yes/t/true/1
+in any case. Variables we do not know are kept, in order, and handed back by DATA_GET_ENV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Volume
+
+YES = {"y", "yes", "t", "true", "1", "on"}
+NO = {"n", "no", "f", "false", "0", "off", ""}
+HIST_MODES = {"y", "n", "f", "d"}           # y: the butype's own kind; f: paths; d: directories + nodes
+SNAPSHOT_MODES = ("auto", "btrfs", "lvm", "none")
+KNOWN = {"FILESYSTEM", "TYPE", "LEVEL", "BASE_DATE", "DUMP_DATE", "UPDATE", "HIST", "DIRECT", "EXCLUDE",
+         "FILES", "PREFIX", "RECURSIVE", "SNAPSHOT"}
+
+
+class EnvError(ValueError):
+    """An environment value the DMA must fix (answered with ILLEGAL_ARGS and a LOG_MESSAGE)."""
+
+
+@dataclass
+class JobEnv:
+    """A DATA_START_* environment, checked."""
+
+    pairs: list[tuple[str, str]]                 # everything as sent
+    butype: str
+    volume: Volume | None = None
+    level: int = 0
+    base_token: str | None = None
+    update: bool = False
+    hist: str = "n"                              # n, f (paths) or d (dirs + nodes)
+    direct: bool = False
+    excludes: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    prefix: str = ""
+    recursive: bool = True
+    snapshot: str | None = None
+    effective: list[tuple[str, str]] = field(default_factory=list)   # for DATA_GET_ENV
+
+    def value(self, name: str, default: str | None = None) -> str | None:
+        """The last value sent for ``name``."""
+        found = default
+        for key, value in self.pairs:
+            if key == name:
+                found = value
+        return found
+
+    def values(self, name: str) -> list[str]:
+        return [value for key, value in self.pairs if key == name]
+
+
+def _flag(env: JobEnv, name: str, default: bool) -> bool:
+    raw = env.value(name)
+    if raw is None:
+        return default
+    text = raw.strip().lower()
+    if text in YES:
+        return True
+    if text in NO:
+        return False
+    raise EnvError(f"{name}={raw!r}: expected y or n")
+
+
+def find_volume(name: str, volumes: tuple[Volume, ...]) -> Volume | None:
+    """The volume a DMA means by ``name``: its configured name or its path."""
+    for volume in volumes:
+        if name == volume.name:
+            return volume
+    wanted = name.rstrip("/") or "/"
+    for volume in volumes:
+        if wanted == str(volume.path).rstrip("/") or wanted == str(Path(volume.path).resolve()):
+            return volume
+    return None
+
+
+def volume_list(volumes: tuple[Volume, ...]) -> str:
+    return ", ".join(f"{v.name} ({v.path})" for v in volumes) or "none configured"
+
+
+def parse(pairs: list[tuple[str, str]], butype: str, default_hist: str, volumes: tuple[Volume, ...],
+          need_volume: bool) -> JobEnv:
+    """Check an environment; raises EnvError saying what is wrong and what would be right."""
+    env = JobEnv(pairs=list(pairs), butype=butype)      # defaults first: the last value wins
+    fs = env.value("FILESYSTEM")
+    if fs is not None:
+        env.volume = find_volume(fs, volumes)
+        if env.volume is None:
+            raise EnvError(f"FILESYSTEM={fs!r} is not a configured volume; volumes: {volume_list(volumes)}")
+    elif need_volume:
+        raise EnvError(f"FILESYSTEM is required; volumes: {volume_list(volumes)}")
+    level = env.value("LEVEL", "0") or "0"
+    try:
+        env.level = int(level)
+    except ValueError:
+        raise EnvError(f"LEVEL={level!r} is not a number") from None
+    if env.level < 0:
+        raise EnvError(f"LEVEL={level!r} must be 0 or more")
+    base = env.value("BASE_DATE")
+    if base not in (None, "", "0", "-1"):
+        env.base_token = base
+    env.update = _flag(env, "UPDATE", False)
+    hist = (env.value("HIST", "n") or "n").strip().lower()
+    if hist in YES:
+        hist = "y"
+    elif hist in NO:
+        hist = "n"
+    if hist not in HIST_MODES:
+        raise EnvError(f"HIST={hist!r}: expected y, n, f or d")
+    env.hist = default_hist if hist == "y" else hist
+    env.direct = _flag(env, "DIRECT", False)
+    env.recursive = _flag(env, "RECURSIVE", True)
+    env.excludes = tuple(p.strip() for raw in env.values("EXCLUDE") for p in raw.split(",") if p.strip())
+    env.files = tuple(f for raw in env.values("FILES") for f in raw.split(",") if f.strip())
+    env.prefix = env.value("PREFIX", "") or ""
+    snapshot = env.value("SNAPSHOT")
+    if snapshot is not None:
+        if snapshot.strip().lower() not in SNAPSHOT_MODES:
+            raise EnvError(f"SNAPSHOT={snapshot!r}: expected one of {', '.join(SNAPSHOT_MODES)}")
+        env.snapshot = snapshot.strip().lower()
+    return env
+
+
+def effective(env: JobEnv, **results: str) -> list[tuple[str, str]]:
+    """What DATA_GET_ENV returns: the values the job really used, then the DMA's other variables."""
+    out: list[tuple[str, str]] = []
+    if env.volume is not None:
+        out.append(("FILESYSTEM", env.value("FILESYSTEM") or env.volume.name))
+    out.append(("TYPE", env.butype))
+    out += [(name, value) for name, value in results.items() if value is not None]
+    out.append(("HIST", env.hist if env.hist != "n" else "n"))
+    out.append(("DIRECT", "y" if env.direct else "n"))
+    out += [("EXCLUDE", pattern) for pattern in env.excludes]
+    if env.prefix:
+        out.append(("PREFIX", env.prefix))
+    named = {name for name, _ in out} | KNOWN
+    seen = set()
+    for key, value in env.pairs:
+        if key not in named and (key, value) not in seen:
+            seen.add((key, value))
+            out.append((key, value))
+    return out

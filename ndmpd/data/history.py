@@ -1,0 +1,165 @@
+"""File history posts: entries from the engine, batched into FH_ADD_* messages for the DMA.
+
+Two kinds, chosen by HIST: paths (``f``: FH_ADD_FILE, v2 FH_ADD_UNIX_PATH; the ``tar`` butype)
+and directories plus nodes (``d``: FH_ADD_DIR then FH_ADD_NODE, "." first; the ``dump``
+butype, as Bareos and NetBackup expect). ``fh_info`` is the entry's byte offset in the image.
+
+Batches leave the worker thread through ``send``; the worker waits (bounded) while too many
+are still queued for the control connection, so history never grows without bound and the
+stream itself is never written from here.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as st
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..wire import C, T, protocol
+
+BATCH = 512                        # entries per post
+MAX_QUEUED = 8                     # posts handed to the session and not yet sent
+U32 = 0xFFFFFFFF
+
+
+@dataclass(slots=True)
+class FhRecord:
+    """One entry as history describes it."""
+
+    path: bytes                    # relative to the dumped root; b"" is the root
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    atime: int
+    ctime: int
+    links: int
+    node: int
+    parent: int
+    fh_info: int
+
+
+def from_stat(path: bytes, s: os.stat_result, parent: int, offset: int) -> FhRecord:
+    return FhRecord(path, s.st_mode, s.st_uid, s.st_gid, s.st_size if not st.S_ISDIR(s.st_mode) else 0,
+                    int(s.st_mtime), int(s.st_atime), int(s.st_ctime), s.st_nlink, s.st_ino, parent, offset)
+
+
+_FTYPES = ((st.S_ISDIR, "FILE_DIR"), (st.S_ISREG, "FILE_REG"), (st.S_ISLNK, "FILE_SLINK"),
+           (st.S_ISFIFO, "FILE_FIFO"), (st.S_ISCHR, "FILE_CSPEC"), (st.S_ISBLK, "FILE_BSPEC"),
+           (st.S_ISSOCK, "FILE_SOCK"))
+
+
+def ftype(mode: int) -> int:
+    for test, name in _FTYPES:
+        if test(mode):
+            return getattr(C, name)
+    return C.FILE_OTHER
+
+
+def _name(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+class FileHistory:
+    """Collects records on the worker thread and posts them in batches."""
+
+    def __init__(self, version: int, kind: str, send: Callable[[int, object, Callable[[], None]], None],
+                 cancel: threading.Event) -> None:
+        self.version = version
+        self.kind = kind                       # "f" or "d"
+        self._send = send
+        self._cancel = cancel
+        self._files: list[FhRecord] = []
+        self._dirs: list[FhRecord] = []
+        self._nodes: list[FhRecord] = []
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._root_sent = False
+        self.entries = 0
+
+    def add(self, record: FhRecord) -> None:
+        self.entries += 1
+        if self.kind == "f":
+            self._files.append(record)
+            if len(self._files) >= BATCH:
+                self.flush()
+            return
+        if not self._root_sent:
+            self._root_sent = True
+            if record.path:                     # the root was not the first entry: invent "."
+                self._dirs.append(FhRecord(b".", 0, 0, 0, 0, 0, 0, 0, 0, record.parent, record.parent, 0))
+        if record.path:
+            self._dirs.append(record)
+        else:
+            self._dirs.append(FhRecord(b".", 0, 0, 0, 0, 0, 0, 0, 0, record.node, record.node, 0))
+        self._nodes.append(record)
+        if len(self._nodes) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Post what is collected (directories before the nodes that follow them)."""
+        if self._files:
+            self._post(*self._file_post(self._files))
+            self._files = []
+        if self._dirs:
+            self._post(*self._dir_post(self._dirs))
+            self._dirs = []
+        if self._nodes:
+            self._post(*self._node_post(self._nodes))
+            self._nodes = []
+
+    def _post(self, code: int, body: object) -> None:
+        while True:
+            with self._lock:
+                if self._queued < MAX_QUEUED or self._cancel.is_set():
+                    self._queued += 1
+                    break
+            time.sleep(0.005)
+        self._send(code, body, self._sent)
+
+    def _sent(self) -> None:
+        with self._lock:
+            self._queued -= 1
+
+    # -- bodies, per version -----------------------------------------------------------
+
+    def _v2_stat(self, r: FhRecord):
+        v2 = protocol(2).types
+        return v2.unix_file_stat(ftype(r.mode), r.mtime & U32, r.atime & U32, r.ctime & U32, r.uid & U32,
+                                 r.gid & U32, r.mode & 0o7777, r.size, r.fh_info)
+
+    def _stat(self, r: FhRecord):
+        return T.file_stat(unsupported=0, fs_type=C.FS_UNIX, ftype=ftype(r.mode), mtime=r.mtime & U32,
+                           atime=r.atime & U32, ctime=r.ctime & U32, owner=r.uid & U32, group=r.gid & U32,
+                           fattr=r.mode & 0o7777, size=r.size, links=r.links & U32)
+
+    def _file_post(self, records: list[FhRecord]) -> tuple[int, object]:
+        if self.version == 2:
+            v2 = protocol(2)
+            paths = [v2.types.fh_unix_path("/" + _name(r.path), self._v2_stat(r)) for r in records]
+            return v2.by_name["FH_ADD_UNIX_PATH"].code, v2.types.fh_add_unix_path_post(paths)
+        files = [T.file(names=[T.file_name(fs_type=C.FS_UNIX, unix_name="/" + _name(r.path))],
+                        stats=[self._stat(r)], node=r.node, fh_info=r.fh_info) for r in records]
+        return C.FH_ADD_FILE, T.fh_add_file_post(files)
+
+    def _dir_post(self, records: list[FhRecord]) -> tuple[int, object]:
+        if self.version == 2:
+            v2 = protocol(2)
+            dirs = [v2.types.fh_unix_dir(_name(os.path.basename(r.path)), r.node & U32, r.parent & U32)
+                    for r in records]
+            return v2.by_name["FH_ADD_UNIX_DIR"].code, v2.types.fh_add_unix_dir_post(dirs)
+        dirs = [T.dir(names=[T.file_name(fs_type=C.FS_UNIX, unix_name=_name(os.path.basename(r.path)))],
+                      node=r.node, parent=r.parent) for r in records]
+        return C.FH_ADD_DIR, T.fh_add_dir_post(dirs)
+
+    def _node_post(self, records: list[FhRecord]) -> tuple[int, object]:
+        if self.version == 2:
+            v2 = protocol(2)
+            nodes = [v2.types.fh_unix_node(self._v2_stat(r), r.node & U32) for r in records]
+            return v2.by_name["FH_ADD_UNIX_NODE"].code, v2.types.fh_add_unix_node_post(nodes)
+        nodes = [T.node(stats=[self._stat(r)], node=r.node, fh_info=r.fh_info) for r in records]
+        return C.FH_ADD_NODE, T.fh_add_node_post(nodes)

@@ -1,0 +1,258 @@
+"""The DATA service's jobs, run on a worker thread: backup, recover, recover-filehist.
+
+Each job gets a connected data socket and a :class:`JobHost` (the session side: posts,
+log messages, reads); it returns the halt reason. The engine does the work; this module
+only joins it to NDMP: environment in, file history and log messages out, direct access
+through NOTIFY_DATA_READ.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat as st
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..engine.dump import DumpAborted
+from ..engine.history import HistoryEntry
+from ..engine.job import DumpRequest, dump_volume
+from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
+from ..engine.reader import Member, StreamReader, TruncatedStream
+from ..engine.restore import RestoreAborted, RestoreOptions, Restorer
+from ..engine.select import Pick, clean_path
+from ..wire import C
+from .env import JobEnv, effective
+from .history import FhRecord, FileHistory, from_stat
+from .places import Place
+from .source import DataReadSource, SourceClosed
+
+log = logging.getLogger("ndmpd.data")
+DELIVERY_POLL = 0.25
+IMAGE_SIZE_VAR = "NDMPD_IMAGE_SIZE"
+
+
+class JobHost(Protocol):
+    """What a job needs from its session."""
+
+    version: int
+    cancel: threading.Event
+
+    def post(self, code: int, body: object, on_sent: Callable[[], None] | None = None) -> None: ...
+    def log_message(self, text: str, level: str = "normal") -> None: ...
+    def log_file(self, name: str, ok: bool, why: str = "") -> None: ...
+    def request_read(self, offset: int, length: int) -> None: ...
+    def progress(self, processed: int) -> None: ...
+
+
+@dataclass
+class Outcome:
+    reason: int
+    env: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _history(host: JobHost, env: JobEnv) -> FileHistory | None:
+    if env.hist == "n":
+        return None
+    return FileHistory(host.version, env.hist, host.post, host.cancel)
+
+
+def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path) -> Outcome:
+    """Dump the volume into the data connection; SUCCESSFUL only once the peer has every byte."""
+    volume = env.volume
+    assert volume is not None
+    if env.files:
+        host.log_message("FILES is not supported yet: the whole volume is dumped", "warning")
+    request = DumpRequest(source=Path(volume.path), key=volume.name, state_dir=state_dir, level=env.level,
+                          base_token=env.base_token, update=env.update,
+                          snapshot=env.snapshot or volume.snapshot, excludes=env.excludes)
+    history = _history(host, env)
+
+    def add(entry: HistoryEntry) -> None:
+        history.add(from_stat(entry.path, entry.stat, entry.parent_ino, entry.offset))
+
+    warn = lambda text: host.log_message(text, "warning")      # noqa: E731
+    try:
+        outcome = dump_volume(request, sock.fileno(), add if history else None,
+                              lambda done, entries: host.progress(done), warn, host.cancel)
+    except DumpAborted:
+        return Outcome(C.DATA_HALT_ABORTED)
+    except OSError as exc:
+        if host.cancel.is_set():
+            return Outcome(C.DATA_HALT_ABORTED)
+        host.log_message(f"backup of {volume.name} failed: {exc.strerror or exc}", "error")
+        return Outcome(C.DATA_HALT_CONNECT_ERROR if isinstance(exc, (BrokenPipeError, ConnectionError))
+                       else C.DATA_HALT_INTERNAL_ERROR)
+    if history:
+        history.flush()
+    result = outcome.result
+    host.progress(result.bytes_written)
+    host.log_message(f"backup of {volume.name}: level {outcome.level}, {result.entries} entries, "
+                     f"{result.bytes_written} bytes ({outcome.base.note})")
+    if not _delivered(sock, host.cancel):
+        return Outcome(C.DATA_HALT_ABORTED if host.cancel.is_set() else C.DATA_HALT_CONNECT_ERROR)
+    extra = {"LEVEL": str(outcome.level), "DUMP_DATE": outcome.dump_date,
+             "BASE_DATE": env.base_token or None, "UPDATE": "y" if env.update else "n",
+             "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written)}
+    return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra))
+
+
+def _delivered(sock: socket.socket, cancel: threading.Event) -> bool:
+    """Half-close, then wait for the peer to close: only then has it read every byte."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return False
+    sock.settimeout(DELIVERY_POLL)
+    while not cancel.is_set():
+        try:
+            if not sock.recv(65536):
+                return True
+        except socket.timeout:
+            continue
+        except OSError:
+            return False
+    return False
+
+
+# -- recover ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One nlist entry: what to restore, where, and where in the image it starts."""
+
+    name: str                        # as the DMA named it (for LOG_FILE)
+    source: bytes                    # archive path, relative; b"" is the whole image
+    place: Place
+    fh_info: int | None              # None: unknown, read sequentially
+
+
+def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socket) -> Outcome:
+    """Restore the nlist (or the whole image) from the data connection."""
+    sock.settimeout(DELIVERY_POLL)
+    image_size = _image_size(env)
+    direct = env.direct and wanted and all(w.fh_info is not None and w.source for w in wanted)
+    source = DataReadSource(sock, host.request_read, host.cancel, image_size, sequential=not direct)
+    warn = lambda text: host.log_message(text, "warning")      # noqa: E731
+    root = wanted[0].place.root
+    found: set[bytes] = set()
+    failed: dict[bytes, str] = {}
+
+    def done(member: Member, placed: bytes, error: str | None) -> None:
+        path = clean_path(member.name)
+        if error is not None:
+            failed[path] = error
+
+    try:
+        if direct:
+            for item in sorted(wanted, key=lambda w: w.fh_info):
+                picks = (Pick(item.source, _placed(item)),)
+                result = _restore(root, source, picks, True, warn, host, done, item.fh_info)
+                found.update(result.restored)
+        else:
+            picks = tuple(Pick(w.source, _placed(w)) for w in wanted)
+            result = _restore(root, source, picks, False, warn, host, done, 0)
+            found.update(result.restored)
+            if not result.complete:
+                host.log_message("the image ended early; what it held was restored", "error")
+    except (RestoreAborted, SourceClosed) as exc:
+        if host.cancel.is_set():
+            return Outcome(C.DATA_HALT_ABORTED)
+        host.log_message(f"restore failed: {exc}", "error")
+        _log_files(host, wanted, found, failed)
+        return Outcome(C.DATA_HALT_CONNECT_ERROR)
+    _finish(source)
+    _log_files(host, wanted, found, failed)
+    host.progress(source.bytes_received)
+    return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env))
+
+
+def _placed(item: Wanted) -> bytes:
+    return item.place.relative
+
+
+def _restore(root: bytes, source: DataReadSource, picks: tuple[Pick, ...], stop: bool, warn, host: JobHost,
+             done, offset: int):
+    whole = len(picks) == 1 and not picks[0].source and not picks[0].target
+    options = RestoreOptions(picks=() if whole else picks, stop_when_done=stop)
+    restorer = Restorer(root, source, options, report=warn,
+                        progress=lambda at, entries: host.progress(source.bytes_received),
+                        cancel=host.cancel, entry_done=done)
+    return restorer.run(offset)
+
+
+def _log_files(host: JobHost, wanted: list[Wanted], found: set[bytes], failed: dict[bytes, str]) -> None:
+    for item in wanted:
+        if not item.source:
+            host.log_file(item.name, not failed, "; ".join(list(failed.values())[:3]))
+        elif item.source in failed:
+            host.log_file(item.name, False, failed[item.source])
+        else:
+            ok = item.source in found
+            host.log_file(item.name, ok, "" if ok else "not in the image")
+
+
+def _image_size(env: JobEnv) -> int | None:
+    raw = env.value(IMAGE_SIZE_VAR)
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        return None
+
+
+# -- recover file history --------------------------------------------------------------------
+
+_MODE_OF = {DIRTYPE: st.S_IFDIR, SYMTYPE: st.S_IFLNK, CHRTYPE: st.S_IFCHR, BLKTYPE: st.S_IFBLK,
+            FIFOTYPE: st.S_IFIFO}
+
+
+def recover_filehist(host: JobHost, env: JobEnv, sock: socket.socket) -> Outcome:
+    """List the image as file history without writing anything."""
+    sock.settimeout(DELIVERY_POLL)
+    source = DataReadSource(sock, host.request_read, host.cancel, _image_size(env))
+    history = _history(host, env if env.hist != "n" else _with_hist(env))
+    nodes: dict[bytes, int] = {b"": 1}
+    warn = lambda text: host.log_message(text, "warning")      # noqa: E731
+    reader = StreamReader(source, 0, warn)
+    try:
+        for member in reader.members():
+            if host.cancel.is_set():
+                return Outcome(C.DATA_HALT_ABORTED)
+            path = clean_path(member.name)
+            node = nodes.setdefault(path, len(nodes) + 1)
+            parent = nodes.get(os.path.dirname(path), 1)
+            kind = member.typeflag
+            mode = member.mode | _MODE_OF.get(kind, st.S_IFREG)
+            size = member.realsize if member.realsize is not None else member.size
+            history.add(FhRecord(path, mode, member.uid, member.gid, 0 if kind in (DIRTYPE, LNKTYPE) else size,
+                                 member.mtime_ns // 1_000_000_000, member.mtime_ns // 1_000_000_000,
+                                 member.mtime_ns // 1_000_000_000, 1, node, parent, member.offset))
+            host.progress(reader.offset)
+    except TruncatedStream as exc:
+        host.log_message(f"the image ended early: {exc}", "error")
+    except SourceClosed as exc:
+        if host.cancel.is_set():
+            return Outcome(C.DATA_HALT_ABORTED)
+        host.log_message(f"listing failed: {exc}", "error")
+        return Outcome(C.DATA_HALT_CONNECT_ERROR)
+    history.flush()
+    _finish(source)
+    return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env))
+
+
+def _finish(source: DataReadSource) -> None:
+    try:
+        source.finish()
+    except SourceClosed:
+        pass
+
+
+def _with_hist(env: JobEnv) -> JobEnv:
+    env.hist = "d" if env.butype == "dump" else "f"
+    return env
+

@@ -1,0 +1,104 @@
+"""The image as the restore reads it: bytes from the data connection, asked for with NOTIFY_DATA_READ.
+
+A sequential restore asks once for everything from offset 0. Direct access asks for a
+first slice at an entry's offset and further slices as the reader needs them, so only the
+part of the image holding the selected entries crosses the data connection. A read is
+always consumed to its end before the next is asked for (the mover serves one at a time).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+ALL_ONES = (1 << 64) - 1
+FIRST_SLICE = 64 << 10             # an entry's headers and small data; at least one record of
+                                   # the usual sizes (ndmjob's mover never serves less than a record)
+NEXT_SLICE = 8 << 20
+DRAIN_CHUNK = 1 << 20
+
+
+class SourceClosed(Exception):
+    """The data connection ended before the bytes asked for arrived."""
+
+
+class DataReadSource:
+    """A ByteSource over a data connection that issues NOTIFY_DATA_READ on demand."""
+
+    def __init__(self, sock: socket.socket, request_read: Callable[[int, int], None],
+                 cancel: threading.Event, image_size: int | None = None, sequential: bool = True) -> None:
+        self.sock = sock
+        self._request = request_read
+        self._cancel = cancel
+        self.image_size = image_size
+        self.sequential = sequential
+        self.position = 0              # image offset of the next byte the reader gets
+        self.left = 0                  # bytes of the current read still to arrive
+        self.bytes_received = 0
+        self.read_offset = 0           # the last read asked for (DATA_GET_STATE)
+        self.read_length = 0
+
+    def _ask(self, offset: int, length: int) -> None:
+        if self.image_size is not None and length != ALL_ONES:
+            length = max(1, min(length, self.image_size - offset)) if offset < self.image_size else length
+        self.read_offset, self.read_length = offset, length
+        self.left = length
+        self.position = offset
+        self._request(offset, length)
+
+    def seek(self, offset: int) -> None:
+        """Continue reading at ``offset``: skip ahead inside the current read, else drain it and ask anew."""
+        if self.left and self.position <= offset < self.position + self.left:
+            self._discard(offset - self.position)
+            return
+        if self.left and self.left != ALL_ONES:
+            self._discard(self.left)
+        elif self.left == ALL_ONES and offset >= self.position:
+            self._discard(offset - self.position)
+            return
+        self._ask(offset, self._whole(offset) if self.sequential else FIRST_SLICE)
+
+    def _whole(self, offset: int) -> int:
+        """The rest of the image: its size when the backup told us, else unbounded."""
+        return self.image_size - offset if self.image_size and offset < self.image_size else ALL_ONES
+
+    def finish(self) -> None:
+        """Take the rest of the current read, so the mover is idle (not mid-write) when we hang up."""
+        if self.left and self.left != ALL_ONES:
+            self._discard(self.left)
+
+    def _discard(self, count: int) -> None:
+        buffer = bytearray(min(count, DRAIN_CHUNK) or 1)
+        view = memoryview(buffer)
+        while count:
+            got = self._recv(view[:min(count, len(buffer))])
+            count -= got
+
+    def readinto(self, view: memoryview) -> int:
+        if not self.left:
+            if self.image_size and self.position >= self.image_size:
+                return 0
+            self._ask(self.position, self._whole(self.position) if self.sequential else NEXT_SLICE)
+        want = len(view) if self.left == ALL_ONES else min(len(view), self.left)
+        return self._recv(view[:want])
+
+    def _recv(self, view: memoryview) -> int:
+        while True:
+            if self._cancel.is_set():
+                raise SourceClosed("restore aborted")
+            try:
+                got = self.sock.recv_into(view)
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                raise SourceClosed(f"data connection failed: {exc}") from None
+            if not got:
+                if self.left == ALL_ONES:
+                    return 0           # a sequential image ends where the mover stops
+                raise SourceClosed("data connection closed before the requested bytes arrived")
+            self.position += got
+            self.bytes_received += got
+            if self.left != ALL_ONES:
+                self.left -= got
+            return got

@@ -1,0 +1,444 @@
+"""DATA interface (v2/v3/v4): the state machine, data connections, and the job thread.
+
+The legal requests per state are the table ``ALLOWED``. A job (backup, recover, listing)
+runs on its own thread through ``data/jobs.py``; it reaches the DMA only through posts
+queued on the session's thread, so file history, log messages and the final
+NOTIFY_DATA_HALTED go out in order. An abort or a lost control connection sets the job's
+cancel event and shuts the data socket down; the engine removes its snapshot on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..context import Butype
+from ..data import jobs
+from ..data.env import EnvError, JobEnv, parse, volume_list
+from ..data.places import PlaceError, resolve
+from ..engine.select import clean_path
+from ..errors import NdmpError
+from ..host import fs_usage
+from ..mover import addresses, pump
+from ..wire import C, T, protocol
+from ..wire.translate import convert_struct
+from . import Blocking, HandlerTable
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+log = logging.getLogger("ndmpd.data")
+HANDLERS = HandlerTable()
+
+IDLE, ACTIVE, HALTED, LISTEN, CONNECTED = (C.DATA_STATE_IDLE, C.DATA_STATE_ACTIVE, C.DATA_STATE_HALTED,
+                                           C.DATA_STATE_LISTEN, C.DATA_STATE_CONNECTED)
+ANY = frozenset({IDLE, ACTIVE, HALTED, LISTEN, CONNECTED})
+START_STATES = {2: frozenset({IDLE}), 3: frozenset({CONNECTED, LISTEN}), 4: frozenset({CONNECTED, LISTEN})}
+ALLOWED: dict[str, dict[int, frozenset[int]]] = {
+    "LISTEN": {3: frozenset({IDLE}), 4: frozenset({IDLE})},
+    "CONNECT": {3: frozenset({IDLE}), 4: frozenset({IDLE})},
+    "START": START_STATES,
+    "ABORT": {v: frozenset({LISTEN, CONNECTED, ACTIVE}) for v in (2, 3, 4)},
+    "STOP": {v: frozenset({HALTED}) for v in (2, 3, 4)},
+    "GET_ENV": {v: frozenset({ACTIVE, HALTED}) for v in (2, 3, 4)},
+    "GET_STATE": {v: ANY for v in (2, 3, 4)},
+}
+ALL_ONES = (1 << 64) - 1
+U32 = 0xFFFFFFFF
+
+# attribute bits both butypes really have (FILES, a backup file list, is not one of them)
+_ATTRS = (C.BUTYPE_RECOVER_FILELIST | C.BUTYPE_BACKUP_DIRECT | C.BUTYPE_RECOVER_DIRECT
+          | C.BUTYPE_BACKUP_INCREMENTAL | C.BUTYPE_RECOVER_INCREMENTAL | C.BUTYPE_BACKUP_UTF8
+          | C.BUTYPE_RECOVER_UTF8 | C.BUTYPE_RECOVER_FILEHIST)
+_V2_NO_BACKUP_FILELIST, _V2_NO_RECOVER_SSID = 0x1, 0x10     # v2 attributes are "cannot" bits
+BUTYPES = (
+    Butype("tar", (("HIST", "f"), ("LEVEL", "0"), ("UPDATE", "y"), ("DIRECT", "y"), ("SNAPSHOT", "auto")),
+           _ATTRS | C.BUTYPE_BACKUP_FH_FILE | C.BUTYPE_RECOVER_FH_FILE, _V2_NO_BACKUP_FILELIST | _V2_NO_RECOVER_SSID),
+    Butype("dump", (("HIST", "d"), ("LEVEL", "0"), ("UPDATE", "y"), ("DIRECT", "y"), ("SNAPSHOT", "auto")),
+           _ATTRS | C.BUTYPE_BACKUP_FH_DIR | C.BUTYPE_RECOVER_FH_DIR, _V2_NO_BACKUP_FILELIST | _V2_NO_RECOVER_SSID),
+)
+DEFAULT_HIST = {"tar": "f", "dump": "d"}
+
+
+class Data:
+    """One session's data service."""
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+        self._thread: threading.Thread | None = None
+        self._listener: socket.socket | None = None
+        self._sock: socket.socket | None = None
+        self._mover_end: socket.socket | None = None     # LOCAL listen: the end the mover takes
+        self._reset()
+
+    def _reset(self) -> None:
+        self.state = IDLE
+        self.operation = C.DATA_OP_NOACTION
+        self.halt_reason = C.DATA_HALT_NA
+        self.bytes_processed = 0
+        self.estimate: int | None = None
+        self.started = 0.0
+        self.read_offset = self.read_length = 0
+        self.address: object = T.addr(addr_type=C.ADDR_LOCAL)
+        self.env_out: list[tuple[str, str]] = []
+        self.cancel = threading.Event()
+
+    @property
+    def version(self) -> int:
+        return self.session.version
+
+    def check(self, request: str) -> None:
+        allowed = ALLOWED[request].get(self.version)
+        if allowed is None or self.state not in allowed:
+            raise NdmpError(C.ILLEGAL_STATE_ERR, f"DATA_{request} in state {self.state}")
+
+    # -- data connection ---------------------------------------------------------------
+
+    def listen(self, addr_type: int) -> object:
+        self.check("LISTEN")
+        if addr_type == C.ADDR_TCP:
+            host = addresses.listen_host(self.session.edge.local_host)
+            if ":" in host and self.version < 4:
+                raise NdmpError(C.ILLEGAL_ARGS_ERR, "an IPv6 data connection needs NDMPv4")
+            self._listener, endpoint = addresses.open_listener(host)
+            self.address = addresses.to_ndmp(endpoint)
+        elif addr_type == C.ADDR_LOCAL:
+            self._sock, self._mover_end = socket.socketpair()
+            self.address = addresses.to_ndmp(None)
+        else:
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, f"address type {addr_type}")
+        self.state = LISTEN
+        return self.address
+
+    def mover_end(self) -> socket.socket:
+        """The mover's end of a LOCAL data connection this service listens for (MOVER_CONNECT LOCAL)."""
+        if self.state != LISTEN or self._mover_end is None:
+            raise NdmpError(C.ILLEGAL_STATE_ERR, "the data service is not listening for a LOCAL connection")
+        end, self._mover_end = self._mover_end, None
+        self.state = CONNECTED
+        return end
+
+    def connect(self, addr: Any) -> Any:
+        self.check("CONNECT")
+        if addr.addr_type == C.ADDR_LOCAL:
+            self._sock = self.session.mover.accept_local()
+            self.address = addr
+            self.state = CONNECTED
+            return T.data_connect_reply(error=C.NO_ERR)
+        endpoints = addresses.from_ndmp(addr)
+
+        def run() -> Any:
+            self._sock = addresses.connect(endpoints)
+            self.address, self.state = addr, CONNECTED
+            return T.data_connect_reply(error=C.NO_ERR)
+        return Blocking(run)
+
+    def _v2_connect(self, v2_addr: Any) -> None:
+        """v2 has no DATA_CONNECT: the mover address comes with DATA_START_*."""
+        addr = convert_struct(v2_addr, T.addr, protocol(4).codec.classes)
+        if addr.addr_type == C.ADDR_LOCAL:
+            self._sock = self.session.mover.accept_local()
+        else:
+            self._sock = addresses.connect(addresses.from_ndmp(addr))
+        self.address = addr
+
+    def _connected_socket(self) -> socket.socket:
+        """The data socket, waiting for the peer when still listening on TCP."""
+        if self._sock is None and self._listener is not None:
+            listener = self._listener
+            listener.settimeout(pump.IDLE_POLL)
+            while not self.cancel.is_set():
+                try:
+                    sock, _ = listener.accept()
+                except socket.timeout:
+                    continue
+                addresses.tune(sock)
+                sock.settimeout(None)
+                self._sock = sock
+                break
+            listener.close()
+            self._listener = None
+        if self._sock is None:
+            raise ConnectionError("no data connection")
+        return self._sock
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def start(self, operation: int, req: Any, butype_name: str) -> Any:
+        self.check("START")
+        butype = next((b for b in self.session.ctx.butypes if b.name == butype_name), None)
+        if butype is None:
+            names = ", ".join(b.name for b in self.session.ctx.butypes)
+            self.log_message(f"unknown backup type {butype_name!r}; this server offers {names}", "error")
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, f"butype {butype_name!r}")
+        volumes = self.session.ctx.config.volumes
+        pairs = [(p.name, p.value) for p in req.env or []]
+        try:
+            env = parse(list(butype.default_env) + pairs, butype.name, DEFAULT_HIST[butype.name], volumes,
+                        need_volume=operation == C.DATA_OP_BACKUP)
+            wanted = self._wanted(env, req.nlist or []) if operation == C.DATA_OP_RECOVER else []
+        except (EnvError, PlaceError) as exc:
+            self.log_message(str(exc), "error")
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, str(exc)) from None
+        if self.version == 2:
+            self._v2_connect(self.session.wire_request.mover_addr)
+        if operation == C.DATA_OP_BACKUP:
+            self.estimate = self._estimate(env)
+            work = lambda sock: jobs.backup(self, env, sock, Path(self.session.ctx.config.server.state_dir))  # noqa: E731
+        elif operation == C.DATA_OP_RECOVER:
+            work = lambda sock: jobs.recover(self, env, wanted, sock)   # noqa: E731
+        else:
+            work = lambda sock: jobs.recover_filehist(self, env, sock)  # noqa: E731
+        self.operation, self.state, self.started = operation, ACTIVE, time.monotonic()
+        self.env_out = list(pairs)
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True,
+                                        name=f"data {self.session.peer}")
+        self._thread.start()
+
+    def _wanted(self, env: JobEnv, nlist: list[Any]) -> list[jobs.Wanted]:
+        """The nlist as (archive path, destination inside a volume, offset); empty: the whole image."""
+        volumes = self.session.ctx.config.volumes
+        default = env.prefix or (str(env.volume.path) if env.volume else "")
+        if not nlist:
+            if not default:
+                raise EnvError(f"nowhere to restore: give PREFIX or FILESYSTEM; volumes: {volume_list(volumes)}")
+            return [jobs.Wanted(default, b"", resolve(default, volumes), None)]
+        wanted = []
+        for entry in nlist:
+            source = clean_path(entry.original_path.encode("utf-8", "surrogateescape"))
+            destination = self._destination(entry, default)
+            if not destination:
+                raise EnvError(f"no destination for {entry.original_path!r}: give destination_path or PREFIX")
+            fh = entry.fh_info
+            wanted.append(jobs.Wanted(entry.original_path or destination, source, resolve(destination, volumes),
+                                      None if fh in (0, ALL_ONES) else fh))
+        roots = {w.place.volume.name for w in wanted}
+        if len(roots) > 1:
+            raise PlaceError(f"one restore writes into one volume; destinations span {', '.join(sorted(roots))}")
+        return wanted
+
+    def _destination(self, entry: Any, default: str) -> str:
+        if self.version == 3:               # v3: destination_dir + (new_name or original_path)
+            directory, new_name = entry.destination_path, entry.name
+            tail = new_name or entry.original_path
+            if directory:
+                return directory.rstrip("/") + "/" + tail.lstrip("/")
+            if new_name:
+                return new_name
+        elif entry.destination_path:
+            return entry.destination_path
+        if default and entry.original_path:
+            return default.rstrip("/") + "/" + entry.original_path.lstrip("/")
+        return default
+
+    def _estimate(self, env: JobEnv) -> int | None:
+        """A full dump of a volume that is its own filesystem is about its used space; else unknown."""
+        if env.level or env.base_token or env.volume is None or not os.path.ismount(env.volume.path):
+            return None
+        try:
+            return fs_usage(Path(env.volume.path)).used_size
+        except OSError:
+            return None
+
+    def _run(self, work: Callable[[Any], jobs.Outcome]) -> None:
+        reason = C.DATA_HALT_INTERNAL_ERROR
+        env: list[tuple[str, str]] | None = None
+        try:
+            outcome = work(self._connected_socket())
+            reason, env = outcome.reason, outcome.env
+        except ConnectionError as exc:
+            reason = C.DATA_HALT_ABORTED if self.cancel.is_set() else C.DATA_HALT_CONNECT_ERROR
+            if not self.cancel.is_set():
+                self.log_message(f"data connection failed: {exc}", "error")
+        except Exception as exc:   # the job failed; say so and halt, never take the server down
+            log.exception("%s: data job failed", self.session.peer)
+            self.log_message(f"data operation failed: {exc}", "error")
+        finally:
+            self._close_sockets()
+        self._halted(reason, env)
+
+    def _halted(self, reason: int, env: list[tuple[str, str]] | None) -> None:
+        if self.cancel.is_set() and reason == C.DATA_HALT_SUCCESSFUL:
+            reason = C.DATA_HALT_ABORTED
+
+        def apply() -> None:
+            if env is not None:
+                self.env_out = env
+            if self.state != HALTED:
+                self.state, self.halt_reason = HALTED, reason
+                log.info("%s: data halted (reason %d), %d bytes", self.session.peer, reason, self.bytes_processed)
+                self._post_now(C.NOTIFY_DATA_HALTED, T.notify_data_halted_post(reason=reason))
+        self.session.edge.call_soon(apply)
+
+    def abort(self) -> None:
+        self.check("ABORT")
+        self.cancel.set()
+        if self._thread is None:            # listening or connected, no job: halt here
+            self._close_sockets()
+            self.state, self.halt_reason = HALTED, C.DATA_HALT_ABORTED
+            self.after_reply(lambda: self._post_now(C.NOTIFY_DATA_HALTED,
+                                                    T.notify_data_halted_post(reason=C.DATA_HALT_ABORTED)))
+            return
+        self._shutdown_socket()
+
+    def after_reply(self, action: Callable[[], None]) -> None:
+        self.session.after_reply(action)
+
+    def stop(self) -> None:
+        self.check("STOP")
+        self._join()
+        self._close_sockets()
+        self._reset()
+
+    def connection_lost(self) -> None:
+        """The control connection is gone: stop the job and leave nothing behind."""
+        self.cancel.set()
+        self._shutdown_socket()
+        self._join(timeout=60)
+        self._close_sockets()
+
+    def _join(self, timeout: float = 30) -> None:
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("%s: data job did not stop", self.session.peer)
+        self._thread = None
+
+    def _shutdown_socket(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _close_sockets(self) -> None:
+        for sock in (self._sock, self._listener, self._mover_end):
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        self._sock = self._listener = self._mover_end = None
+
+    # -- what jobs call (worker thread) ---------------------------------------------------
+
+    def post(self, code: int, body: object, on_sent: Callable[[], None] | None = None) -> None:
+        def send() -> None:
+            self._post_now(code, body)
+            if on_sent:
+                self.session.edge.when_drained(on_sent)
+        self.session.edge.call_soon(send)
+
+    def _post_now(self, code: int, body: object) -> None:
+        session = self.session
+        if not session.closed:
+            session.post(code, body)
+            session.edge.output_ready()
+
+    def log_message(self, text: str, level: str = "normal") -> None:
+        log.log(logging.WARNING if level in ("warning", "error") else logging.INFO, "%s: %s", self.session.peer, text)
+        if self.version == 2:
+            v2 = protocol(2)
+            self.post(v2.by_name["LOG_LOG"].code, v2.types.log_log_post(text))
+            return
+        kind = {"normal": C.LOG_NORMAL, "warning": C.LOG_WARNING, "error": C.LOG_ERROR}.get(level, C.LOG_NORMAL)
+        self.post(C.LOG_MESSAGE, T.log_message_post(log_type=kind, message_id=0, entry=text,
+                                                    associated_message_valid=C.NO_ASSOCIATED_MESSAGE,
+                                                    associated_message_sequence=0))
+
+    def log_file(self, name: str, ok: bool, why: str = "") -> None:
+        if not ok:
+            self.log_message(f"{name}: not restored: {why}", "warning")
+        if self.version == 4:
+            status = C.RECOVERY_SUCCESSFUL if ok else C.RECOVERY_FAILED_NOT_FOUND
+            self.post(C.LOG_FILE, T.log_file_post(name=name, recovery_status=status))
+            return
+        proto = protocol(self.version)
+        error = proto.const.NO_ERR if ok else proto.const.FILE_NOT_FOUND_ERR
+        body = proto.types.log_file_post(name, 0, error) if self.version == 2 else proto.types.log_file_post(name, error)
+        self.post(C.LOG_FILE, body)
+
+    def request_read(self, offset: int, length: int) -> None:
+        self.read_offset, self.read_length = offset, length
+        self.post(C.NOTIFY_DATA_READ, T.notify_data_read_post(offset=offset, length=length))
+
+    def progress(self, processed: int) -> None:
+        self.bytes_processed = processed
+
+    # -- replies -----------------------------------------------------------------------
+
+    def state_reply(self) -> Any:
+        unsupported = C.DATA_STATE_EST_BYTES_REMAIN_UNS | C.DATA_STATE_EST_TIME_REMAIN_UNS
+        remain = seconds = 0
+        if self.estimate is not None and self.state == ACTIVE:
+            remain = max(0, self.estimate - self.bytes_processed)
+            elapsed = time.monotonic() - self.started
+            unsupported = 0
+            rate = self.bytes_processed / elapsed if elapsed > 1 and self.bytes_processed else 0
+            seconds = int(remain / rate) if rate else 0
+            if not rate:
+                unsupported = C.DATA_STATE_EST_TIME_REMAIN_UNS
+        return T.data_get_state_reply(
+            unsupported=unsupported, error=C.NO_ERR, operation=self.operation, state=self.state,
+            halt_reason=self.halt_reason, bytes_processed=self.bytes_processed, est_bytes_remain=remain,
+            est_time_remain=min(seconds, U32), data_connection_addr=self.address,
+            read_offset=self.read_offset, read_length=self.read_length)
+
+
+@HANDLERS.on(C.DATA_GET_STATE)
+def data_get_state(session: "Session", req: Any) -> Any:
+    return session.data.state_reply()
+
+
+@HANDLERS.on(C.DATA_LISTEN)
+def data_listen(session: "Session", req: Any) -> Any:
+    address = session.data.listen(req.addr_type)
+    return T.data_listen_reply(error=C.NO_ERR, connect_addr=address)
+
+
+@HANDLERS.on(C.DATA_CONNECT)
+def data_connect(session: "Session", req: Any) -> Any:
+    return session.data.connect(req.addr)
+
+
+@HANDLERS.on(C.DATA_START_BACKUP)
+def data_start_backup(session: "Session", req: Any) -> Any:
+    session.data.start(C.DATA_OP_BACKUP, req, req.butype_name)
+    return T.data_start_backup_reply(error=C.NO_ERR)
+
+
+@HANDLERS.on(C.DATA_START_RECOVER)
+def data_start_recover(session: "Session", req: Any) -> Any:
+    session.data.start(C.DATA_OP_RECOVER, req, req.butype_name)
+    return T.data_start_recover_reply(error=C.NO_ERR)
+
+
+@HANDLERS.on(C.DATA_START_RECOVER_FILEHIST)
+def data_start_recover_filehist(session: "Session", req: Any) -> Any:
+    session.data.start(C.DATA_OP_RECOVER_FILEHIST, req, req.butype_name)
+    return T.data_start_recover_filehist_reply(error=C.NO_ERR)
+
+
+@HANDLERS.on(C.DATA_ABORT)
+def data_abort(session: "Session", req: Any) -> Any:
+    session.data.abort()
+    return T.data_abort_reply(error=C.NO_ERR)
+
+
+@HANDLERS.on(C.DATA_STOP)
+def data_stop(session: "Session", req: Any) -> Any:
+    session.data.stop()
+    return T.data_stop_reply(error=C.NO_ERR)
+
+
+@HANDLERS.on(C.DATA_GET_ENV)
+def data_get_env(session: "Session", req: Any) -> Any:
+    session.data.check("GET_ENV")
+    return T.data_get_env_reply(error=C.NO_ERR, env=[T.pval(name=k, value=v) for k, v in session.data.env_out])
