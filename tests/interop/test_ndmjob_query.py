@@ -25,7 +25,7 @@ def check_query_output(out: str, version: str, auths: str = "MD5 TEXT") -> None:
     if version == "2":
         # v2 has no SERVER_INFO/FS_INFO: host info carries the auth types, butypes go by GET_BUTYPE_ATTR
         assert "NDMP2_AUTH_MD5" in out and "Mover types" in out
-        assert "get_butype_attr 'tar'" in out
+        assert "Backup type attributes of tar format" in out and "backup-fhinfo     yes" in out
     else:
         listed = " ".join(f"NDMP{version}_AUTH_{a}" for a in auths.split())
         assert "product    ndmpd" in out and listed in out
