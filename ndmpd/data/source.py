@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 ALL_ONES = (1 << 64) - 1
+RECORD = 10240                     # reads start and end on these boundaries (the image is padded to them)
 FIRST_SLICE = 64 << 10             # an entry's headers and small data; at least one record of
                                    # the usual sizes (ndmjob's mover never serves less than a record)
 NEXT_SLICE = 8 << 20
 DRAIN_CHUNK = 1 << 20
+FINISH_PATIENCE = 2.0
 
 
 class SourceClosed(Exception):
@@ -40,12 +43,19 @@ class DataReadSource:
         self.read_length = 0
 
     def _ask(self, offset: int, length: int) -> None:
-        if self.image_size is not None and length != ALL_ONES:
-            length = max(1, min(length, self.image_size - offset)) if offset < self.image_size else length
-        self.read_offset, self.read_length = offset, length
+        """Ask for whole 10 KiB records around ``offset`` (some movers serve nothing less than a
+        record) and skip the head before ``offset``."""
+        start = offset - offset % RECORD
+        if length != ALL_ONES:
+            length = -(-(length + offset - start) // RECORD) * RECORD
+            if self.image_size is not None and start < self.image_size:
+                length = min(length, -(-(self.image_size - start) // RECORD) * RECORD)
+        self.read_offset, self.read_length = start, length
         self.left = length
-        self.position = offset
-        self._request(offset, length)
+        self.position = start
+        self._request(start, length)
+        if offset > start:
+            self._discard(offset - start)
 
     def seek(self, offset: int) -> None:
         """Continue reading at ``offset``: skip ahead inside the current read, else drain it and ask anew."""
@@ -57,16 +67,27 @@ class DataReadSource:
         elif self.left == ALL_ONES and offset >= self.position:
             self._discard(offset - self.position)
             return
-        self._ask(offset, self._whole(offset) if self.sequential else FIRST_SLICE)
+        self._ask(offset, ALL_ONES if self.sequential else FIRST_SLICE)
 
-    def _whole(self, offset: int) -> int:
-        """The rest of the image: its size when the backup told us, else unbounded."""
-        return self.image_size - offset if self.image_size and offset < self.image_size else ALL_ONES
-
-    def finish(self) -> None:
-        """Take the rest of the current read, so the mover is idle (not mid-write) when we hang up."""
-        if self.left and self.left != ALL_ONES:
-            self._discard(self.left)
+    def finish(self, patience: float = FINISH_PATIENCE) -> None:
+        """Take the rest of the current read, so the mover is idle (not mid-write) when we hang up;
+        give up once the mover sends nothing for ``patience`` seconds (it stopped at a filemark)."""
+        if not self.left or self.left == ALL_ONES:
+            return
+        buffer = memoryview(bytearray(DRAIN_CHUNK))
+        quiet_since = time.monotonic()
+        while self.left and time.monotonic() - quiet_since < patience and not self._cancel.is_set():
+            try:
+                got = self.sock.recv_into(buffer[:min(self.left, DRAIN_CHUNK)])
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not got:
+                return
+            self.left -= got
+            self.position += got
+            quiet_since = time.monotonic()
 
     def _discard(self, count: int) -> None:
         buffer = bytearray(min(count, DRAIN_CHUNK) or 1)
@@ -79,7 +100,7 @@ class DataReadSource:
         if not self.left:
             if self.image_size and self.position >= self.image_size:
                 return 0
-            self._ask(self.position, self._whole(self.position) if self.sequential else NEXT_SLICE)
+            self._ask(self.position, ALL_ONES if self.sequential else NEXT_SLICE)
         want = len(view) if self.left == ALL_ONES else min(len(view), self.left)
         return self._recv(view[:want])
 

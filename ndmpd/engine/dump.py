@@ -26,6 +26,9 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PROGRESS_EVERY = 512
 
 
+TAR_RECORD = 10240                 # GNU tar's default record (blocking factor 20)
+
+
 class DumpAborted(Exception):
     """The job was cancelled; the stream is incomplete."""
 
@@ -110,6 +113,7 @@ class Dumper:
             while stack:
                 self._step(stack)
             self.sink.write(pax.ZERO_BLOCK * 2)
+            self.sink.zeros(-self.sink.offset % TAR_RECORD)   # whole 10 KiB records, as GNU tar writes
             self.sink.drain()
         finally:
             for frame in stack:

@@ -221,7 +221,11 @@ class Mover:
         if mode not in (C.MOVER_MODE_READ, C.MOVER_MODE_WRITE):
             raise NdmpError(C.ILLEGAL_ARGS_ERR, f"mover mode {mode}")
         if addr.addr_type == C.ADDR_LOCAL:
-            raise NdmpError(C.ILLEGAL_STATE_ERR, "no LOCAL data listener in this session")
+            self._check_tape_for(mode)
+            self._data = self.session.data.mover_end()     # ILLEGAL_STATE unless DATA listens LOCAL
+            self.mode, self.state, self.address = mode, ACTIVE, addr
+            self._start(self._run_connected)
+            return T.mover_connect_reply(error=C.NO_ERR)
         endpoints = addresses.from_ndmp(addr)
         self._check_tape_for(mode)
 
