@@ -68,7 +68,7 @@ def parse_numeric(raw: bytes) -> int:
         value = int.from_bytes(raw[1:], "big")
         return value - (1 << (8 * (len(raw) - 1))) if raw[0] == 0xFF else value
     try:
-        return int(raw.rstrip(b"\0"), 8)      # the common "0000644\0" (int() allows spaces)
+        return int(raw.rstrip(b"\0 "), 8)     # the common "0000644\0" and checksum "012345\0 "
     except ValueError:
         text = raw.split(b"\0", 1)[0].strip(b" ")
         return int(text, 8) if text else 0
@@ -283,21 +283,14 @@ class HeaderError(ValueError):
 
 def meta_size(block: bytes) -> int:
     """The size field of a checked extended-header block (pax or GNU long name)."""
-    field = block[124:136]
-    try:
-        return int(field.rstrip(b"\0"), 8)
-    except ValueError:
-        return parse_numeric(field)
+    return parse_numeric(block[124:136])
 
 
 def check_block(block: bytes) -> None:
     """Raise HeaderError unless the block's checksum holds (unsigned, or the old signed sum)."""
     field = block[_CHKSUM_AT:_CHKSUM_AT + 8]
     try:
-        try:
-            stored = int(field.rstrip(b"\0 "), 8)   # the usual "012345\0 "
-        except ValueError:
-            stored = parse_numeric(field)
+        stored = parse_numeric(field)
     except ValueError:
         raise HeaderError("checksum field is not a number") from None
     unsigned = block_sum(block) - sum(field) + 256
@@ -330,12 +323,8 @@ def parse_ustar(block: bytes | memoryview, seen: dict[bytes, tuple] | None = Non
                 if len(seen) >= 4096:
                     seen.clear()
                 seen[owner_key] = owner
-        try:                                # the common case: NUL-terminated octal
-            size, mtime = int(size.rstrip(b"\0"), 8), int(mtime.rstrip(b"\0"), 8)
-        except ValueError:                  # base-256, space-padded or empty fields
-            size, mtime = parse_numeric(size), parse_numeric(mtime)
         device = typeflag in (CHRTYPE, BLKTYPE)
-        return RawHeader(name, owner[0], owner[1], owner[2], size, mtime, typeflag,
+        return RawHeader(name, owner[0], owner[1], owner[2], parse_numeric(size), parse_numeric(mtime), typeflag,
                          linkname.split(b"\0", 1)[0] if linkname[0] else b"", owner[3], owner[4],
                          parse_numeric(devmajor) if device else 0, parse_numeric(devminor) if device else 0)
     except ValueError as exc:
