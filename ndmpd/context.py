@@ -39,7 +39,7 @@ class ServerContext:
 
     config: Config
     handlers: HandlerTable = field(default_factory=all_handlers)
-    butypes: tuple[Butype, ...] = field(default_factory=lambda: data_butypes())
+    butypes: tuple[Butype, ...] = field(default_factory=data_butypes)
     identity: HostIdentity = field(default_factory=host_identity)
     clock: Callable[[], float] = time.time
     random_bytes: Callable[[int], bytes] = os.urandom

@@ -6,7 +6,7 @@ in any case. Variables we do not know are kept, in order, and handed back by DAT
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Volume
@@ -40,7 +40,6 @@ class JobEnv:
     prefix: str = ""
     recursive: bool = True
     snapshot: str | None = None
-    effective: list[tuple[str, str]] = field(default_factory=list)   # for DATA_GET_ENV
 
     def value(self, name: str, default: str | None = None) -> str | None:
         """The last value sent for ``name``."""
@@ -132,7 +131,7 @@ def effective(env: JobEnv, **results: str) -> list[tuple[str, str]]:
         out.append(("FILESYSTEM", env.value("FILESYSTEM") or env.volume.name))
     out.append(("TYPE", env.butype))
     out += [(name, value) for name, value in results.items() if value is not None]
-    out.append(("HIST", env.hist if env.hist != "n" else "n"))
+    out.append(("HIST", env.hist))
     out.append(("DIRECT", "y" if env.direct else "n"))
     out += [("EXCLUDE", pattern) for pattern in env.excludes]
     if env.prefix:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import stat as st
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,10 +59,6 @@ def ftype(mode: int) -> int:
     return C.FILE_OTHER
 
 
-def _name(path: bytes) -> str:
-    return os.fsdecode(path)
-
-
 class FileHistory:
     """Collects records on the worker thread and posts them in batches."""
 
@@ -76,8 +71,7 @@ class FileHistory:
         self._files: list[FhRecord] = []
         self._dirs: list[FhRecord] = []
         self._nodes: list[FhRecord] = []
-        self._queued = 0
-        self._lock = threading.Lock()
+        self._room = threading.Semaphore(MAX_QUEUED)
         self._root_sent = False
         self.entries = 0
 
@@ -113,17 +107,10 @@ class FileHistory:
             self._nodes = []
 
     def _post(self, code: int, body: object) -> None:
-        while True:
-            with self._lock:
-                if self._queued < MAX_QUEUED or self._cancel.is_set():
-                    self._queued += 1
-                    break
-            time.sleep(0.005)
-        self._send(code, body, self._sent)
-
-    def _sent(self) -> None:
-        with self._lock:
-            self._queued -= 1
+        while not self._room.acquire(timeout=0.25):      # at most MAX_QUEUED posts not yet sent
+            if self._cancel.is_set():
+                break
+        self._send(code, body, self._room.release)
 
     # -- bodies, per version -----------------------------------------------------------
 
@@ -140,19 +127,19 @@ class FileHistory:
     def _file_post(self, records: list[FhRecord]) -> tuple[int, object]:
         if self.version == 2:
             v2 = protocol(2)
-            paths = [v2.types.fh_unix_path("/" + _name(r.path), self._v2_stat(r)) for r in records]
+            paths = [v2.types.fh_unix_path("/" + os.fsdecode(r.path), self._v2_stat(r)) for r in records]
             return v2.by_name["FH_ADD_UNIX_PATH"].code, v2.types.fh_add_unix_path_post(paths)
-        files = [T.file(names=[T.file_name(fs_type=C.FS_UNIX, unix_name="/" + _name(r.path))],
+        files = [T.file(names=[T.file_name(fs_type=C.FS_UNIX, unix_name="/" + os.fsdecode(r.path))],
                         stats=[self._stat(r)], node=r.node, fh_info=r.fh_info) for r in records]
         return C.FH_ADD_FILE, T.fh_add_file_post(files)
 
     def _dir_post(self, records: list[FhRecord]) -> tuple[int, object]:
         if self.version == 2:
             v2 = protocol(2)
-            dirs = [v2.types.fh_unix_dir(_name(os.path.basename(r.path)), r.node & U32, r.parent & U32)
+            dirs = [v2.types.fh_unix_dir(os.fsdecode(os.path.basename(r.path)), r.node & U32, r.parent & U32)
                     for r in records]
             return v2.by_name["FH_ADD_UNIX_DIR"].code, v2.types.fh_add_unix_dir_post(dirs)
-        dirs = [T.dir(names=[T.file_name(fs_type=C.FS_UNIX, unix_name=_name(os.path.basename(r.path)))],
+        dirs = [T.dir(names=[T.file_name(fs_type=C.FS_UNIX, unix_name=os.fsdecode(os.path.basename(r.path)))],
                       node=r.node, parent=r.parent) for r in records]
         return C.FH_ADD_DIR, T.fh_add_dir_post(dirs)
 

@@ -55,6 +55,11 @@ class Outcome:
     env: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _warner(host: JobHost) -> Callable[[str], None]:
+    """The engine's warnings, as LOG_MESSAGE warnings to the DMA."""
+    return lambda text: host.log_message(text, "warning")
+
+
 def _history(host: JobHost, env: JobEnv) -> FileHistory | None:
     if env.hist == "n":
         return None
@@ -75,7 +80,7 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path) -> 
     def add(entry: HistoryEntry) -> None:
         history.add(from_stat(entry.path, entry.stat, entry.parent_ino, entry.offset))
 
-    warn = lambda text: host.log_message(text, "warning")      # noqa: E731
+    warn = _warner(host)
     try:
         outcome = dump_volume(request, sock.fileno(), add if history else None,
                               lambda done, entries: host.progress(done), warn, host.cancel)
@@ -138,7 +143,6 @@ def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socke
     image_size = _image_size(env)
     direct = env.direct and wanted and all(w.fh_info is not None and w.source for w in wanted)
     source = DataReadSource(sock, host.request_read, host.cancel, image_size, sequential=not direct)
-    warn = lambda text: host.log_message(text, "warning")      # noqa: E731
     root = wanted[0].place.root
     found: set[bytes] = set()
     failed: dict[bytes, str] = {}
@@ -151,12 +155,12 @@ def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socke
     try:
         if direct:
             for item in sorted(wanted, key=lambda w: w.fh_info):
-                picks = (Pick(item.source, _placed(item)),)
-                result = _restore(root, source, picks, True, warn, host, done, item.fh_info)
+                picks = (Pick(item.source, item.place.relative),)
+                result = _restore(root, source, picks, True, host, done, item.fh_info)
                 found.update(result.restored)
         else:
-            picks = tuple(Pick(w.source, _placed(w)) for w in wanted)
-            result = _restore(root, source, picks, False, warn, host, done, 0)
+            picks = tuple(Pick(w.source, w.place.relative) for w in wanted)
+            result = _restore(root, source, picks, False, host, done, 0)
             found.update(result.restored)
             if not result.complete:
                 host.log_message("the image ended early; what it held was restored", "error")
@@ -166,21 +170,17 @@ def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socke
         host.log_message(f"restore failed: {exc}", "error")
         _log_files(host, wanted, found, failed)
         return Outcome(C.DATA_HALT_CONNECT_ERROR)
-    _finish(source)
+    source.finish()
     _log_files(host, wanted, found, failed)
     host.progress(source.bytes_received)
     return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env))
 
 
-def _placed(item: Wanted) -> bytes:
-    return item.place.relative
-
-
-def _restore(root: bytes, source: DataReadSource, picks: tuple[Pick, ...], stop: bool, warn, host: JobHost,
+def _restore(root: bytes, source: DataReadSource, picks: tuple[Pick, ...], stop: bool, host: JobHost,
              done, offset: int):
     whole = len(picks) == 1 and not picks[0].source and not picks[0].target
     options = RestoreOptions(picks=() if whole else picks, stop_when_done=stop)
-    restorer = Restorer(root, source, options, report=warn,
+    restorer = Restorer(root, source, options, report=_warner(host),
                         progress=lambda at, entries: host.progress(source.bytes_received),
                         cancel=host.cancel, entry_done=done)
     return restorer.run(offset)
@@ -215,9 +215,11 @@ def recover_filehist(host: JobHost, env: JobEnv, sock: socket.socket) -> Outcome
     """List the image as file history without writing anything."""
     sock.settimeout(DELIVERY_POLL)
     source = DataReadSource(sock, host.request_read, host.cancel, _image_size(env))
-    history = _history(host, env if env.hist != "n" else _with_hist(env))
+    if env.hist == "n":                         # a listing is file history, whatever HIST says
+        env.hist = "d" if env.butype == "dump" else "f"
+    history = _history(host, env)
     nodes: dict[bytes, int] = {b"": 1}
-    warn = lambda text: host.log_message(text, "warning")      # noqa: E731
+    warn = _warner(host)
     reader = StreamReader(source, 0, warn)
     try:
         for member in reader.members():
@@ -241,18 +243,7 @@ def recover_filehist(host: JobHost, env: JobEnv, sock: socket.socket) -> Outcome
         host.log_message(f"listing failed: {exc}", "error")
         return Outcome(C.DATA_HALT_CONNECT_ERROR)
     history.flush()
-    _finish(source)
+    source.finish()
     return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env))
 
-
-def _finish(source: DataReadSource) -> None:
-    try:
-        source.finish()
-    except SourceClosed:
-        pass
-
-
-def _with_hist(env: JobEnv) -> JobEnv:
-    env.hist = "d" if env.butype == "dump" else "f"
-    return env
 

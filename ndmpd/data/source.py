@@ -71,29 +71,21 @@ class DataReadSource:
 
     def finish(self, patience: float = FINISH_PATIENCE) -> None:
         """Take the rest of the current read, so the mover is idle (not mid-write) when we hang up;
-        give up once the mover sends nothing for ``patience`` seconds (it stopped at a filemark)."""
+        give up once the mover sends nothing for ``patience`` seconds (it stopped at a filemark).
+        Never raises: the job is over either way."""
         if not self.left or self.left == ALL_ONES:
             return
-        buffer = memoryview(bytearray(DRAIN_CHUNK))
-        quiet_since = time.monotonic()
-        while self.left and time.monotonic() - quiet_since < patience and not self._cancel.is_set():
-            try:
-                got = self.sock.recv_into(buffer[:min(self.left, DRAIN_CHUNK)])
-            except socket.timeout:
-                continue
-            except OSError:
-                return
+        try:
+            self._discard(self.left, patience)
+        except SourceClosed:
+            pass
+
+    def _discard(self, count: int, patience: float | None = None) -> None:
+        view = memoryview(bytearray(min(count, DRAIN_CHUNK) or 1))
+        while count:
+            got = self._recv(view[:min(count, len(view))], patience)
             if not got:
                 return
-            self.left -= got
-            self.position += got
-            quiet_since = time.monotonic()
-
-    def _discard(self, count: int) -> None:
-        buffer = bytearray(min(count, DRAIN_CHUNK) or 1)
-        view = memoryview(buffer)
-        while count:
-            got = self._recv(view[:min(count, len(buffer))])
             count -= got
 
     def readinto(self, view: memoryview) -> int:
@@ -104,13 +96,17 @@ class DataReadSource:
         want = len(view) if self.left == ALL_ONES else min(len(view), self.left)
         return self._recv(view[:want])
 
-    def _recv(self, view: memoryview) -> int:
+    def _recv(self, view: memoryview, patience: float | None = None) -> int:
+        """Some bytes; 0 at the end of a sequential image, or after ``patience`` quiet seconds."""
+        waiting_since = time.monotonic()
         while True:
             if self._cancel.is_set():
                 raise SourceClosed("restore aborted")
             try:
                 got = self.sock.recv_into(view)
             except socket.timeout:
+                if patience is not None and time.monotonic() - waiting_since >= patience:
+                    return 0
                 continue
             except OSError as exc:
                 raise SourceClosed(f"data connection failed: {exc}") from None

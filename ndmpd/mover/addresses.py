@@ -8,13 +8,16 @@ the same IPv6 address and advertises it in the v4 address's ``addr_env`` as
 from __future__ import annotations
 
 import ipaddress
+import select
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import NdmpError
 from ..wire import C, T
 
 CONNECT_TIMEOUT = 30.0
+ACCEPT_POLL = 0.25          # seconds between checks for an abort while waiting for the peer
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,26 @@ def open_listener(host: str) -> tuple[socket.socket, Endpoint]:
     sock.bind((host, 0))
     sock.listen(1)
     return sock, Endpoint(host, sock.getsockname()[1])
+
+
+def open_data_listener(control_local_host: str, version: int) -> tuple[socket.socket, object]:
+    """A TCP data listener on the control connection's address, and the NDMP address to announce."""
+    host = listen_host(control_local_host)
+    if ":" in host and version < 4:
+        raise NdmpError(C.ILLEGAL_ARGS_ERR, "an IPv6 data connection needs NDMPv4")
+    listener, endpoint = open_listener(host)
+    return listener, to_ndmp(endpoint)
+
+
+def accept(listener: socket.socket, stopped: Callable[[], bool], poll: float = ACCEPT_POLL) -> socket.socket | None:
+    """The peer's connection, tuned; None once ``stopped()`` (checked every ``poll`` seconds)."""
+    while not stopped():
+        ready, _, _ = select.select([listener], [], [], poll)
+        if ready:
+            sock, _ = listener.accept()
+            tune(sock)
+            return sock
+    return None
 
 
 def to_ndmp(endpoint: Endpoint | None) -> object:

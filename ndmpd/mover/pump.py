@@ -27,16 +27,6 @@ class Halted(Exception):
     """The mover left ACTIVE/PAUSED for good (abort, close, error)."""
 
 
-def accept(mover: "Mover", listener: socket.socket) -> socket.socket | None:
-    """Wait for the peer's connection, waking up regularly to notice an abort."""
-    while not mover.halted:
-        ready, _, _ = select.select([listener], [], [], IDLE_POLL)
-        if ready:
-            sock, _ = listener.accept()
-            return sock
-    return None
-
-
 def run_backup(mover: "Mover", sock: socket.socket) -> None:
     """READ mode: bytes from the data connection become ``record_size`` tape records."""
     size = mover.record_size

@@ -24,7 +24,7 @@ from ..data.places import PlaceError, resolve
 from ..engine.select import clean_path
 from ..errors import NdmpError
 from ..host import fs_usage
-from ..mover import addresses, pump
+from ..mover import addresses
 from ..wire import C, T, protocol
 from ..wire.translate import convert_struct
 from . import Blocking, HandlerTable
@@ -102,11 +102,8 @@ class Data:
     def listen(self, addr_type: int) -> object:
         self.check("LISTEN")
         if addr_type == C.ADDR_TCP:
-            host = addresses.listen_host(self.session.edge.local_host)
-            if ":" in host and self.version < 4:
-                raise NdmpError(C.ILLEGAL_ARGS_ERR, "an IPv6 data connection needs NDMPv4")
-            self._listener, endpoint = addresses.open_listener(host)
-            self.address = addresses.to_ndmp(endpoint)
+            self._listener, self.address = addresses.open_data_listener(self.session.edge.local_host,
+                                                                        self.version)
         elif addr_type == C.ADDR_LOCAL:
             self._sock, self._mover_end = socket.socketpair()
             self.address = addresses.to_ndmp(None)
@@ -150,18 +147,8 @@ class Data:
     def _connected_socket(self) -> socket.socket:
         """The data socket, waiting for the peer when still listening on TCP."""
         if self._sock is None and self._listener is not None:
-            listener = self._listener
-            listener.settimeout(pump.IDLE_POLL)
-            while not self.cancel.is_set():
-                try:
-                    sock, _ = listener.accept()
-                except socket.timeout:
-                    continue
-                addresses.tune(sock)
-                sock.settimeout(None)
-                self._sock = sock
-                break
-            listener.close()
+            self._sock = addresses.accept(self._listener, self.cancel.is_set)
+            self._listener.close()
             self._listener = None
         if self._sock is None:
             raise ConnectionError("no data connection")
@@ -281,13 +268,10 @@ class Data:
         if self._thread is None:            # listening or connected, no job: halt here
             self._close_sockets()
             self.state, self.halt_reason = HALTED, C.DATA_HALT_ABORTED
-            self.after_reply(lambda: self._post_now(C.NOTIFY_DATA_HALTED,
-                                                    T.notify_data_halted_post(reason=C.DATA_HALT_ABORTED)))
+            self.session.after_reply(lambda: self._post_now(
+                C.NOTIFY_DATA_HALTED, T.notify_data_halted_post(reason=C.DATA_HALT_ABORTED)))
             return
         self._shutdown_socket()
-
-    def after_reply(self, action: Callable[[], None]) -> None:
-        self.session.after_reply(action)
 
     def stop(self) -> None:
         self.check("STOP")

@@ -193,11 +193,8 @@ class Mover:
             raise NdmpError(C.ILLEGAL_ARGS_ERR, f"address type {addr_type}")
         self._check_tape_for(mode)
         if addr_type == C.ADDR_TCP:
-            host = addresses.listen_host(self.session.edge.local_host)
-            if ":" in host and self.session.version < 4:
-                raise NdmpError(C.ILLEGAL_ARGS_ERR, "an IPv6 data connection needs NDMPv4")
-            self._listener, endpoint = addresses.open_listener(host)
-            self.address = addresses.to_ndmp(endpoint)
+            self._listener, self.address = addresses.open_data_listener(self.session.edge.local_host,
+                                                                        self.session.version)
         else:
             self._data, self._local_peer = socket.socketpair()
             self.address = addresses.to_ndmp(None)
@@ -322,14 +319,13 @@ class Mover:
         listener = self._listener
         assert listener is not None
         try:
-            sock = pump.accept(self, listener)
+            sock = addresses.accept(listener, lambda: self.halted)
         except OSError as exc:
             log.warning("%s: data connection accept failed: %s", self.session.peer, exc)
             self.halt(C.MOVER_HALT_CONNECT_ERROR)
             return
         if sock is None:
             return
-        addresses.tune(sock)
         with self._cond:
             if self.halted:
                 sock.close()
