@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -62,6 +63,7 @@ def serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         server = NdmpServer(ServerContext(config))
         await server.start()
+        gc.freeze()     # start-up objects (codecs, config) live forever: keep them out of every collection
         await server.serve_until_stopped()
 
     try:

@@ -169,6 +169,7 @@ def test_direct_access_reads_seek_inside_the_window_and_pause_outside(server):
 
 
 def test_local_data_connection(server):
+    """LOCAL: the data side hands its buffers over; buffers that split records are joined."""
     total = 8 * MiB + 123
     with server.client() as dma:
         dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
@@ -176,10 +177,19 @@ def test_local_data_connection(server):
         reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_LOCAL)
         assert reply.connect_addr.addr_type == C.ADDR_LOCAL
         session = server.only_session()
-        peer = server.on_loop(session.mover.accept_local)        # what DATA_CONNECT(LOCAL) will do
+        peer, handoff = server.on_loop(session.mover.accept_local)    # what DATA_CONNECT(LOCAL) does
         assert dma.call("MOVER_GET_STATE").state == C.MOVER_STATE_ACTIVE
-        sent = send_over(peer, total)
+        digest = hashlib.sha256()
+        for chunk in stream_chunks(total, chunk=1_000_032):           # not a multiple of the record
+            digest.update(chunk)
+            handoff.put(chunk)
+        sent = digest.hexdigest()
+        handoff.end()
+        assert handoff.wait_finished(threading.Event())
         assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
+        with pytest.raises(BrokenPipeError):                          # the mover is gone
+            handoff.put(memoryview(b"late"))
+        peer.close()
         dma.call("MOVER_STOP")
         dma.call("TAPE_CLOSE")
     with Cartridge(server.ctx.config.tapes[0].path, False) as cart:
@@ -232,6 +242,35 @@ def test_backup_spans_two_cartridges_on_eom(server):
     stream = b"".join(parts)
     assert hashlib.sha256(stream[:total]).hexdigest() == result["d"]
     assert stream[total:] == bytes(len(stream) - total)
+
+
+def test_backup_pauses_exactly_at_the_window_end_with_small_records(server):
+    """The mover writes records in batches; a window ending mid-batch still pauses on its edge."""
+    record, total = 10240, 12 * 10240 + 77
+    with server.client() as dma:
+        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_RECORD_SIZE", len=record)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=5 * record)
+        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+        result = {}
+        sender = threading.Thread(target=lambda: result.update(d=send_stream(endpoint(reply.connect_addr), total)))
+        sender.start()
+        assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOW
+        state = dma.call("MOVER_GET_STATE")
+        assert (state.record_num, state.bytes_moved) == (5, 5 * record)
+        assert dma.call("TAPE_GET_STATE").blockno == 5
+        dma.call("MOVER_SET_WINDOW", offset=5 * record, length=ALL)
+        dma.call("MOVER_CONTINUE")
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
+        sender.join(timeout=30)
+        state = dma.call("MOVER_GET_STATE")
+        assert (state.record_num, state.bytes_moved) == (13, total)
+        dma.call("MOVER_STOP")
+        dma.call("TAPE_CLOSE")
+    with Cartridge(server.ctx.config.tapes[0].path, False) as cart:
+        records = [cart.read_payload(e, 1 << 20) for e in cart.entries() if not e.is_filemark]
+    assert [len(r) for r in records] == [record] * 13
+    assert hashlib.sha256(b"".join(records)[:total]).hexdigest() == result["d"]
 
 
 def test_mover_connect_backs_up_from_a_listening_data_agent(server):

@@ -131,6 +131,30 @@ def test_early_warning_then_trailer_then_physical_end(drive):
     drive.close()
 
 
+def test_batched_writes_stop_at_early_warning_and_read_back_as_single_records(drive):
+    """write_records (the mover's batch path) gives the same tape as one write_record per record."""
+    drive.open(write=True)
+    size = 10240
+    batch = memoryview(b"".join(bytes([k]) * size for k in range(40)))
+    expected: list[int] = []
+    with pytest.raises(EndOfMedium) as eom:
+        while True:
+            written = drive.write_records(batch, size)
+            assert 0 < written <= 40
+            expected += range(written)
+    total = len(expected)
+    assert eom.value.early                                    # reported once, not skipped by a batch
+    assert CAPACITY - EARLY - 2 * size <= total * size < CAPACITY
+    assert position(drive) == (0, total)
+    drive.write_filemarks(1)
+    drive.rewind()
+    for k in expected:
+        assert drive.read_record(1 << 20) == bytes([k]) * size
+    with pytest.raises(FilemarkReached):
+        drive.read_record(size)
+    drive.close()
+
+
 def test_read_only_open_refuses_writes(drive):
     drive.open(write=True)
     drive.write_record(b"x")

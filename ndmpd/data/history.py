@@ -47,16 +47,15 @@ def from_stat(path: bytes, s: os.stat_result, parent: int, offset: int) -> FhRec
                     int(s.st_mtime), int(s.st_atime), int(s.st_ctime), s.st_nlink, s.st_ino, parent, offset)
 
 
-_FTYPES = ((st.S_ISDIR, "FILE_DIR"), (st.S_ISREG, "FILE_REG"), (st.S_ISLNK, "FILE_SLINK"),
-           (st.S_ISFIFO, "FILE_FIFO"), (st.S_ISCHR, "FILE_CSPEC"), (st.S_ISBLK, "FILE_BSPEC"),
-           (st.S_ISSOCK, "FILE_SOCK"))
+_FTYPES = {st.S_IFDIR: C.FILE_DIR, st.S_IFREG: C.FILE_REG, st.S_IFLNK: C.FILE_SLINK, st.S_IFIFO: C.FILE_FIFO,
+           st.S_IFCHR: C.FILE_CSPEC, st.S_IFBLK: C.FILE_BSPEC, st.S_IFSOCK: C.FILE_SOCK}
 
 
 def ftype(mode: int) -> int:
-    for test, name in _FTYPES:
-        if test(mode):
-            return getattr(C, name)
-    return C.FILE_OTHER
+    return _FTYPES.get(st.S_IFMT(mode), C.FILE_OTHER)
+
+
+_FILE, _FILE_NAME, _FILE_STAT = T.file, T.file_name, T.file_stat
 
 
 class FileHistory:
@@ -69,11 +68,27 @@ class FileHistory:
         self._send = send
         self._cancel = cancel
         self._files: list[FhRecord] = []
+        self._built: list[object] = []           # FH_ADD_FILE entries made straight from a stat
         self._dirs: list[FhRecord] = []
         self._nodes: list[FhRecord] = []
         self._room = threading.Semaphore(MAX_QUEUED)
         self._root_sent = False
         self.entries = 0
+
+    def add_stat(self, path: bytes, s: os.stat_result, parent: int, offset: int) -> None:
+        """An entry the dump wrote (the hot path: one call per file of a backup)."""
+        if self.kind != "f" or self.version == 2:
+            self.add(from_stat(path, s, parent, offset))
+            return
+        self.entries += 1
+        mode = s.st_mode
+        size = s.st_size if mode & 0o170000 != st.S_IFDIR else 0
+        stat = _FILE_STAT(0, C.FS_UNIX, _FTYPES.get(mode & 0o170000, C.FILE_OTHER), int(s.st_mtime) & U32,
+                          int(s.st_atime) & U32, int(s.st_ctime) & U32, s.st_uid & U32, s.st_gid & U32,
+                          mode & 0o7777, size, s.st_nlink & U32)
+        self._built.append(_FILE([_FILE_NAME(C.FS_UNIX, "/" + os.fsdecode(path))], [stat], s.st_ino, offset))
+        if len(self._built) >= BATCH:
+            self.flush()
 
     def add(self, record: FhRecord) -> None:
         self.entries += 1
@@ -99,6 +114,9 @@ class FileHistory:
         if self._files:
             self._post(*self._file_post(self._files))
             self._files = []
+        if self._built:
+            self._post(C.FH_ADD_FILE, T.fh_add_file_post(self._built))
+            self._built = []
         if self._dirs:
             self._post(*self._dir_post(self._dirs))
             self._dirs = []

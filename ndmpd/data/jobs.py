@@ -25,9 +25,10 @@ from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
 from ..engine.reader import Member, StreamReader, TruncatedStream
 from ..engine.restore import RestoreAborted, RestoreOptions, Restorer
 from ..engine.select import Pick, clean_path
+from ..mover.handoff import Handoff
 from ..wire import C
 from .env import JobEnv, effective
-from .history import FhRecord, FileHistory, from_stat
+from .history import FhRecord, FileHistory
 from .places import Place
 from .source import DataReadSource, SourceClosed
 
@@ -66,8 +67,10 @@ def _history(host: JobHost, env: JobEnv) -> FileHistory | None:
     return FileHistory(host.version, env.hist, host.post, host.cancel)
 
 
-def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path) -> Outcome:
-    """Dump the volume into the data connection; SUCCESSFUL only once the peer has every byte."""
+def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
+           handoff: Handoff | None = None) -> Outcome:
+    """Dump the volume into the data connection (or, LOCAL, hand the buffers to the mover);
+    SUCCESSFUL only once the peer has every byte."""
     volume = env.volume
     assert volume is not None
     if env.files:
@@ -78,11 +81,11 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path) -> 
     history = _history(host, env)
 
     def add(entry: HistoryEntry) -> None:
-        history.add(from_stat(entry.path, entry.stat, entry.parent_ino, entry.offset))
+        history.add_stat(entry.path, entry.stat, entry.parent_ino, entry.offset)
 
     warn = _warner(host)
     try:
-        outcome = dump_volume(request, sock.fileno(), add if history else None,
+        outcome = dump_volume(request, handoff.put if handoff else sock.fileno(), add if history else None,
                               lambda done, entries: host.progress(done), warn, host.cancel)
     except DumpAborted:
         return Outcome(C.DATA_HALT_ABORTED)
@@ -98,7 +101,7 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path) -> 
     host.progress(result.bytes_written)
     host.log_message(f"backup of {volume.name}: level {outcome.level}, {result.entries} entries, "
                      f"{result.bytes_written} bytes ({outcome.base.note})")
-    if not _delivered(sock, host.cancel):
+    if not (_delivered(sock, host.cancel) if handoff is None else _handed_over(handoff, host.cancel)):
         return Outcome(C.DATA_HALT_ABORTED if host.cancel.is_set() else C.DATA_HALT_CONNECT_ERROR)
     extra = {"LEVEL": str(outcome.level), "DUMP_DATE": outcome.dump_date,
              "BASE_DATE": env.base_token or None, "UPDATE": "y" if env.update else "n",
@@ -122,6 +125,12 @@ def _delivered(sock: socket.socket, cancel: threading.Event) -> bool:
         except OSError:
             return False
     return False
+
+
+def _handed_over(handoff: Handoff, cancel: threading.Event) -> bool:
+    """LOCAL: the end of the stream, then wait until the mover has taken every buffer."""
+    handoff.end()
+    return handoff.wait_finished(cancel)
 
 
 # -- recover ---------------------------------------------------------------------------------

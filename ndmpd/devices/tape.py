@@ -114,6 +114,22 @@ class TapeDevice(ABC):
     def write_record(self, data: bytes | memoryview) -> None:
         """Write one record at the head; everything after it is lost (tape semantics)."""
 
+    def write_records(self, data: memoryview, size: int) -> int:
+        """Write ``len(data) // size`` records of ``size`` bytes; returns how many went out.
+
+        Stops early, without raising, at the first record that meets end of medium; raises
+        EndOfMedium only when not even the first one was written (the mover's hot path:
+        backends may write a whole batch with one system call)."""
+        count = len(data) // size
+        for done in range(count):
+            try:
+                self.write_record(data[done * size:(done + 1) * size])
+            except EndOfMedium:
+                if done == 0:
+                    raise
+                return done
+        return count
+
     @abstractmethod
     def write_filemarks(self, count: int) -> None:
         """Write ``count`` filemarks (never refused for early warning)."""

@@ -168,6 +168,22 @@ class VirtualTape(TapeDevice):
             self.blockno += 1
         self._last_was_write = True
 
+    def write_records(self, data: memoryview, size: int) -> int:
+        """The records that end before the early-warning zone go out in one batch; the
+        first one that would not is left to write_record's end-of-medium rules."""
+        cart = self.cart
+        sb = cart.superblock
+        room = sb.capacity - sb.early_warning - (self.offset - DATA_START)
+        fits = min(len(data) // size, max(0, room) // (OVERHEAD + size))
+        if fits == 0 or not cart.writable:
+            return super().write_records(data[:size], size)
+        self.offset = cart.write_records(self.offset, data[:fits * size], size)
+        if self.blockno is not None:
+            self.blockno += fits
+        self._warned = False
+        self._last_was_write = True
+        return fits
+
     def write_filemarks(self, count: int) -> None:
         for _ in range(count):
             self._room(0, early_ok=True)

@@ -51,10 +51,11 @@ def plan_base(request: DumpRequest, dates: DumpDates) -> Base:
     return dates.base_for(request.key, request.level)
 
 
-def dump_volume(request: DumpRequest, out_fd: int, history: HistoryCallback | None = None,
+def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], history: HistoryCallback | None = None,
                 progress: ProgressCallback | None = None, warn: Callable[[str], None] | None = None,
                 cancel: threading.Event | None = None) -> DumpOutcome:
-    """Dump ``request.source`` as a pax stream into ``out_fd``; raises on failure."""
+    """Dump ``request.source`` as a pax stream into ``out`` (a file descriptor, or a consumer
+    of full buffers: see FdSink); raises on failure."""
     if not request.source.is_dir():
         raise NotADirectoryError(f"{request.source} is not a directory")
     dates = DumpDates(request.state_dir)
@@ -72,7 +73,7 @@ def dump_volume(request: DumpRequest, out_fd: int, history: HistoryCallback | No
             labels={"volume": request.key, "level": str(base.level), "date": make_token(date_ns),
                     "base": make_token(base.since_ns) if base.since_ns is not None else "",
                     "snapshot": snapshotter.mode})
-        sink = FdSink(out_fd)
+        sink = FdSink(out)
         ok = False
         try:
             result = Dumper(snapshot.path, sink, options, history, progress, warn, cancel).run()

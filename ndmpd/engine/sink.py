@@ -13,6 +13,7 @@ import os
 import queue
 import stat
 import threading
+from collections.abc import Callable
 
 BUFFER_SIZE = 1 << 20
 SENDFILE_MIN = 256 << 10      # below this, one preadv into the buffer beats flush + sendfile
@@ -40,16 +41,23 @@ class _Closed(Exception):
 
 
 class FdSink:
-    """A buffered, position-counting writer to a file descriptor.
+    """A buffered, position-counting writer to a file descriptor, or to a consumer in this
+    process (a callable taking each full buffer, which it may not keep once it returns).
 
     Full buffers are written by a background thread while the dump fills the next one
     (``write`` releases the GIL), so the walk never waits for a slow pipe or socket unless
     both spare buffers are in flight.
     """
 
-    def __init__(self, fd: int, buffer_size: int = BUFFER_SIZE, use_sendfile: bool = True) -> None:
-        self.fd = fd
-        widen_pipe(fd)
+    def __init__(self, out: int | Callable[[memoryview], None], buffer_size: int = BUFFER_SIZE,
+                 use_sendfile: bool = True) -> None:
+        if callable(out):
+            self.fd = -1
+            self._write_all = out           # type: ignore[method-assign]
+            use_sendfile = False            # everything passes through the buffers
+        else:
+            self.fd = out
+            widen_pipe(out)
         self._buffer = bytearray(buffer_size)
         self._view = memoryview(self._buffer)
         self._fill = 0

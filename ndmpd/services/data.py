@@ -25,6 +25,7 @@ from ..engine.select import clean_path
 from ..errors import NdmpError
 from ..host import fs_usage
 from ..mover import addresses
+from ..mover.handoff import Handoff
 from ..wire import C, T, protocol
 from ..wire.translate import convert_struct
 from . import Blocking, HandlerTable
@@ -74,6 +75,7 @@ class Data:
         self._listener: socket.socket | None = None
         self._sock: socket.socket | None = None
         self._mover_end: socket.socket | None = None     # LOCAL listen: the end the mover takes
+        self._handoff: Handoff | None = None             # LOCAL: a backup's buffers go to the mover here
         self._reset()
 
     def _reset(self) -> None:
@@ -106,24 +108,25 @@ class Data:
                                                                         self.version)
         elif addr_type == C.ADDR_LOCAL:
             self._sock, self._mover_end = socket.socketpair()
+            self._handoff = Handoff()
             self.address = addresses.to_ndmp(None)
         else:
             raise NdmpError(C.ILLEGAL_ARGS_ERR, f"address type {addr_type}")
         self.state = LISTEN
         return self.address
 
-    def mover_end(self) -> socket.socket:
+    def mover_end(self) -> tuple[socket.socket, Handoff]:
         """The mover's end of a LOCAL data connection this service listens for (MOVER_CONNECT LOCAL)."""
-        if self.state != LISTEN or self._mover_end is None:
+        if self.state != LISTEN or self._mover_end is None or self._handoff is None:
             raise NdmpError(C.ILLEGAL_STATE_ERR, "the data service is not listening for a LOCAL connection")
         end, self._mover_end = self._mover_end, None
         self.state = CONNECTED
-        return end
+        return end, self._handoff
 
     def connect(self, addr: Any) -> Any:
         self.check("CONNECT")
         if addr.addr_type == C.ADDR_LOCAL:
-            self._sock = self.session.mover.accept_local()
+            self._sock, self._handoff = self.session.mover.accept_local()
             self.address = addr
             self.state = CONNECTED
             return T.data_connect_reply(error=C.NO_ERR)
@@ -139,7 +142,7 @@ class Data:
         """v2 has no DATA_CONNECT: the mover address comes with DATA_START_*."""
         addr = convert_struct(v2_addr, T.addr, protocol(4).codec.classes)
         if addr.addr_type == C.ADDR_LOCAL:
-            self._sock = self.session.mover.accept_local()
+            self._sock, self._handoff = self.session.mover.accept_local()
         else:
             self._sock = addresses.connect(addresses.from_ndmp(addr))
         self.address = addr
@@ -176,7 +179,8 @@ class Data:
             self._v2_connect(self.session.wire_request.mover_addr)
         if operation == C.DATA_OP_BACKUP:
             self.estimate = self._estimate(env)
-            work = lambda sock: jobs.backup(self, env, sock, Path(self.session.ctx.config.server.state_dir))  # noqa: E731
+            work = lambda sock: jobs.backup(self, env, sock, Path(self.session.ctx.config.server.state_dir),
+                                           self._handoff)  # noqa: E731
         elif operation == C.DATA_OP_RECOVER:
             work = lambda sock: jobs.recover(self, env, wanted, sock)   # noqa: E731
         else:
@@ -295,6 +299,8 @@ class Data:
         self._thread = None
 
     def _shutdown_socket(self) -> None:
+        if self._handoff is not None:
+            self._handoff.close()
         sock = self._sock
         if sock is not None:
             try:
@@ -309,7 +315,9 @@ class Data:
                     sock.close()
                 except OSError:
                     pass
-        self._sock = self._listener = self._mover_end = None
+        if self._handoff is not None:
+            self._handoff.close()
+        self._sock = self._listener = self._mover_end = self._handoff = None
 
     # -- what jobs call (worker thread) ---------------------------------------------------
 

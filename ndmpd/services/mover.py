@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import NdmpError
 from ..mover import addresses, pump
+from ..mover.handoff import Handoff
 from ..wire import C, T
 from . import Blocking, HandlerTable
 
@@ -55,6 +56,7 @@ class Mover:
         self._listener: socket.socket | None = None
         self._data: socket.socket | None = None
         self._local_peer: socket.socket | None = None
+        self.handoff: Handoff | None = None          # LOCAL: how a backup's buffers reach us
         self.record_size = DEFAULT_RECORD_SIZE
         self._reset()
 
@@ -97,10 +99,10 @@ class Mover:
         """While listening or moving data, the tape belongs to the mover."""
         return self.state in (LISTEN, ACTIVE)
 
-    def advanced(self, record_bytes: int, data_bytes: int) -> None:
+    def advanced(self, record_bytes: int, data_bytes: int, records: int = 1) -> None:
         with self._cond:
             self.position += record_bytes
-            self.record_num += 1
+            self.record_num += records
             self.bytes_moved += data_bytes
 
     def delivered(self, count: int) -> None:
@@ -197,6 +199,7 @@ class Mover:
                                                                         self.session.version)
         else:
             self._data, self._local_peer = socket.socketpair()
+            self.handoff = Handoff()
             self.address = addresses.to_ndmp(None)
         self.mode, self.state = mode, LISTEN
         if addr_type == C.ADDR_TCP:
@@ -204,14 +207,14 @@ class Mover:
         log.info("%s: mover listening (%s)", self.session.peer, "TCP" if addr_type == C.ADDR_TCP else "LOCAL")
         return self.address
 
-    def accept_local(self) -> socket.socket:
+    def accept_local(self) -> tuple[socket.socket, Handoff]:
         """The data service's end of a LOCAL data connection; the mover becomes ACTIVE."""
-        if self.state != LISTEN or self._local_peer is None:
+        if self.state != LISTEN or self._local_peer is None or self.handoff is None:
             raise NdmpError(C.ILLEGAL_STATE_ERR, "mover is not listening for a LOCAL connection")
         peer, self._local_peer = self._local_peer, None
         self.state = ACTIVE
         self._start(self._run_connected)
-        return peer
+        return peer, self.handoff
 
     def connect(self, mode: int, addr: object) -> Blocking:
         self.check("CONNECT")
@@ -219,7 +222,7 @@ class Mover:
             raise NdmpError(C.ILLEGAL_ARGS_ERR, f"mover mode {mode}")
         if addr.addr_type == C.ADDR_LOCAL:
             self._check_tape_for(mode)
-            self._data = self.session.data.mover_end()     # ILLEGAL_STATE unless DATA listens LOCAL
+            self._data, self.handoff = self.session.data.mover_end()   # ILLEGAL_STATE unless DATA listens LOCAL
             self.mode, self.state, self.address = mode, ACTIVE, addr
             self._start(self._run_connected)
             return T.mover_connect_reply(error=C.NO_ERR)
@@ -295,7 +298,9 @@ class Mover:
         for sock in (self._data, self._listener, self._local_peer):
             if sock is not None:
                 sock.close()
-        self._data = self._listener = self._local_peer = None
+        if self.handoff is not None:
+            self.handoff.close()
+        self._data = self._listener = self._local_peer = self.handoff = None
 
     # ------------------------------------------------------------- thread
 
@@ -338,7 +343,9 @@ class Mover:
     def _run_connected(self) -> None:
         sock = self._data
         assert sock is not None
-        if self.mode == C.MOVER_MODE_READ:
+        if self.mode == C.MOVER_MODE_READ and self.handoff is not None:
+            pump.run_backup_handed(self, self.handoff)
+        elif self.mode == C.MOVER_MODE_READ:
             pump.run_backup(self, sock)
         else:
             pump.run_recover(self, sock)

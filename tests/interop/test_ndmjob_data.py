@@ -208,9 +208,9 @@ def test_incremental_level_1_holds_the_changes_and_replays_deletions(data_server
 
 def test_killed_dma_mid_backup_leaves_the_server_clean(data_server, tmp_path):
     server, vol = data_server
-    with open(vol / "large.bin", "wb") as out:          # 1 GiB of real data: the dump takes a while
+    with open(vol / "large.bin", "wb") as out:          # 2 GiB of real data: the dump takes a while
         block = os.urandom(1 << 20)
-        for _ in range(1024):
+        for _ in range(2048):
             out.write(block)
     tasks = lambda: len(os.listdir(f"/proc/{server.proc.pid}/task"))   # noqa: E731
     idle_threads = tasks()
@@ -219,7 +219,7 @@ def test_killed_dma_mid_backup_leaves_the_server_clean(data_server, tmp_path):
     deadline = time.monotonic() + 30
     while tasks() <= idle_threads and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.2)
     assert dma.poll() is None, "the backup ended before it could be interrupted"
     dma.kill()
     dma.wait()

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""A two-way NDMP backup driven by a real DMA, against GNU tar writing the same tree to the same disk.
+
+Starts an ndmpd server on 127.0.0.N:10000 whose volumes are the benchmark trees of
+dump_bench.py (4 x 512 MiB; 100,000 files of 0-40 KB) and whose tape is a virtual cartridge
+in CARTRIDGE_DIR, then over several rounds, rotating the order, times
+
+    ndmjob -c -D AGENT -f vtape0 -B tar -C VOLUME [-I INDEX]   (LOCAL mover, file history on)
+    tar -cf CARTRIDGE_DIR/x.tar TREE
+
+and prints the median time ratio. Target (issue 5): <= 1.3x on both trees. Both outputs are
+removed before every run, so each starts with the same free space and page cache pressure.
+
+ndmpd makes a cartridge durable at each filemark (fdatasync, as a drive flushes its buffer
+on WFM), which plain ``tar -cf`` never does; the disk's speed is then part of our time and
+not of tar's. ``--durable`` adds a third column, ``tar -cf x.tar TREE && sync``, the same
+work as ours.
+
+    python benchmarks/ndmp_backup_bench.py [--dir /var/tmp/ndmpd-bench] [--rounds 3] [--no-index]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dump_bench import build_large, build_small      # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+NDMJOB = REPO.parent / "shared" / "tools" / "ndmjob"
+if not NDMJOB.exists():
+    NDMJOB = Path("/usr/lib/amanda/ndmjob")
+PASSWORD = "bench-pw"
+TARGET = 1.3
+
+
+def free_loopback_address() -> str:
+    """An address in 127/8 whose port 10000 is free (NDMP's port, so tshark could dissect it too)."""
+    for n in range(200, 250):
+        with socket.socket() as s:
+            try:
+                s.bind((f"127.0.0.{n}", 10000))
+                return f"127.0.0.{n}"
+            except OSError:
+                continue
+    raise SystemExit("no free 127.0.0.N:10000")
+
+
+def write_config(work: Path, host: str, trees: dict[str, Path], cartridge: Path) -> Path:
+    volumes = "".join(f'\n[[volume]]\nname = "/bench/{kind}"\npath = "{tree}"\nsnapshot = "none"\n'
+                      for kind, tree in trees.items())
+    config = work / "ndmpd.toml"
+    config.write_text(f"""
+[server]
+listen = ["{host}:10000"]
+state_dir = "{work / 'state'}"
+auth = ["md5", "text"]
+log_level = "warning"
+
+[[user]]
+name = "ndmp"
+password = "{PASSWORD}"
+{volumes}
+[[tape]]
+name = "vtape0"
+path = "{cartridge}"
+capacity = "64GiB"
+""")
+    config.chmod(0o600)
+    (work / "state").mkdir(exist_ok=True)
+    return config
+
+
+class Server:
+    def __init__(self, config: Path, host: str, log: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "ndmpd", "serve", "--config", str(config)],
+                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"ndmpd exited: {log.read_text()}")
+            try:
+                with socket.create_connection((host, 10000), timeout=1) as s:
+                    if s.recv(4):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit("ndmpd did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def timed(argv: list[str], cwd: Path | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    return time.perf_counter() - start, done.stdout + done.stderr
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/ndmpd-bench"))
+    parser.add_argument("--cartridge-dir", type=Path, help="where the cartridge and x.tar go (default: DIR)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=["large", "small"])
+    parser.add_argument("--no-index", action="store_true", help="HIST=n: no -I file history index")
+    parser.add_argument("--verbose", action="store_true", help="print every timed run")
+    parser.add_argument("--durable", action="store_true", help="also time tar followed by sync")
+    args = parser.parse_args()
+    if not os.access(NDMJOB, os.X_OK):
+        raise SystemExit("ndmjob not installed (apt-get install amanda-common)")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    carts = args.cartridge_dir or args.dir
+    carts.mkdir(parents=True, exist_ok=True)
+    trees = {"large": args.dir / "large", "small": args.dir / "small"}
+    print("building trees (once) ...", file=sys.stderr)
+    build_large(trees["large"])
+    build_small(trees["small"])
+    cartridge, tar_out = carts / "bench-vtape0.img", carts / "x.tar"
+    work = Path(tempfile.mkdtemp(prefix="ndmpd-bench-"))
+    host = free_loopback_address()
+    server = Server(write_config(work, host, trees, cartridge), host, work / "ndmpd.log")
+    agent = f"{host}:10000/4,ndmp,{PASSWORD}"
+    failed = False
+    try:
+        print(f"{'case':16} {'tar s':>8} {'ndmpd s':>8} {'ratio':>6} {'target':>6}")
+        for kind, tree in trees.items():
+            if args.only and kind != args.only:
+                continue
+            index = work / "backup.idx"
+
+            def fresh() -> None:
+                for old in (cartridge, tar_out, index):
+                    old.unlink(missing_ok=True)
+                subprocess.run(["sync"], check=False)
+
+            def run_tar() -> float:
+                fresh()
+                seconds, out = timed(["tar", "-cf", str(tar_out), tree.name], cwd=tree.parent)
+                return seconds
+
+            def run_tar_sync() -> float:
+                fresh()
+                seconds, out = timed(["sh", "-c", f"tar -cf '{tar_out}' '{tree.name}' && sync"], cwd=tree.parent)
+                return seconds
+
+            def run_ndmp() -> float:
+                fresh()
+                argv = [str(NDMJOB), "-c", "-D", agent, "-f", "vtape0", "-B", "tar", "-C", f"/bench/{kind}"]
+                if not args.no_index:
+                    argv += ["-I", str(index)]
+                seconds, out = timed(argv)
+                if "Operation ended OKAY" not in out:
+                    raise SystemExit(f"backup of {kind} failed:\n{out[-3000:]}")
+                return seconds
+            runners = {"tar": run_tar, "ndmpd": run_ndmp}
+            if args.durable:
+                runners["tar+sync"] = run_tar_sync
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            order = list(runners)
+            for name in order:                  # warm-up, not timed (page cache, VM first touch)
+                runners[name]()
+            for _ in range(args.rounds):
+                for name in order:
+                    seconds = runners[name]()
+                    times[name].append(seconds)
+                    if args.verbose:
+                        print(f"  backup {kind} {name}: {seconds:.2f} s", file=sys.stderr)
+                order.reverse()
+            tar_s, ours = statistics.median(times["tar"]), statistics.median(times["ndmpd"])
+            ratio = ours / tar_s
+            ok = ratio <= TARGET
+            failed |= not ok
+            durable = ""
+            if args.durable:
+                synced = statistics.median(times["tar+sync"])
+                durable = f"   (tar+sync {synced:.2f} s: ratio {ours / synced:.2f})"
+            print(f"{'backup ' + kind:16} {tar_s:8.2f} {ours:8.2f} {ratio:6.2f} {TARGET:6.1f} "
+                  f"{'ok' if ok else 'MISSED'}{durable}", flush=True)
+    finally:
+        server.stop()
+        for old in (cartridge, tar_out):
+            old.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
