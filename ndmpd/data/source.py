@@ -4,6 +4,11 @@ A sequential restore asks once for everything from offset 0. Direct access asks 
 first slice at an entry's offset and further slices as the reader needs them, so only the
 part of the image holding the selected entries crosses the data connection. A read is
 always consumed to its end before the next is asked for (the mover serves one at a time).
+
+Direct access never asks for a record it has already received: small entries share
+records, and some movers (ndmjob's) stall when asked again for the record they just sent.
+The last TAIL_KEEP bytes received are kept, and a pick that starts inside them is served
+from there, the next read starting where the last one ended.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..engine.reader import READ_SIZE
+
 ALL_ONES = (1 << 64) - 1
 RECORD = 10240                     # reads start and end on these boundaries (the image is padded to them)
 FIRST_SLICE = 64 << 10             # an entry's headers and small data; at least one record of
                                    # the usual sizes (ndmjob's mover never serves less than a record)
 NEXT_SLICE = 8 << 20
+TAIL_KEEP = READ_SIZE + FIRST_SLICE  # direct access: bytes kept to serve a pick inside the last
+                                     # read (the stream reader may have read this far past its entry)
 DRAIN_CHUNK = 1 << 20
 FINISH_PATIENCE = 2.0
 
@@ -41,29 +50,48 @@ class DataReadSource:
         self.bytes_received = 0
         self.read_offset = 0           # the last read asked for (DATA_GET_STATE)
         self.read_length = 0
+        self._tail = bytearray()       # direct access: the last bytes received, ending at position
+        self._replay = memoryview(b"")   # bytes from _tail the reader gets before the socket's
+
+    def _replayable(self, offset: int) -> bool:
+        """The bytes from ``offset`` on were received already and are still in the tail, and
+        the next read can start where the last one ended (a record boundary)."""
+        end = self.position + len(self._replay)
+        return (not self.sequential and not self.left and end % RECORD == 0
+                and end - len(self._tail) <= offset < end)
 
     def _ask(self, offset: int, length: int) -> None:
         """Ask for whole 10 KiB records around ``offset`` (some movers serve nothing less than a
-        record) and skip the head before ``offset``."""
+        record) and skip the head before ``offset``; bytes already received are replayed."""
         start = offset - offset % RECORD
-        if length != ALL_ONES:
-            length = -(-(length + offset - start) // RECORD) * RECORD
-            if self.image_size is not None and start < self.image_size:
-                length = min(length, -(-(self.image_size - start) // RECORD) * RECORD)
+        end = ALL_ONES if length == ALL_ONES else -(-(offset + length) // RECORD) * RECORD
+        if end != ALL_ONES and self.image_size is not None and start < self.image_size:
+            end = min(end, -(-self.image_size // RECORD) * RECORD)    # never past the image's last record
+        if self._replayable(offset):
+            received = self.position + len(self._replay)
+            self._replay = memoryview(bytes(self._tail[len(self._tail) - (received - offset):]))
+            self.position, start = offset, received
+            if end != ALL_ONES and end <= start:
+                return                                  # all of it is in the tail
+        else:
+            self._tail.clear()
+            self._replay = memoryview(b"")
+            self.position = start
+        length = ALL_ONES if end == ALL_ONES else end - start
         self.read_offset, self.read_length = start, length
         self.left = length
-        self.position = start
         self._request(start, length)
-        if offset > start:
-            self._discard(offset - start)
+        if offset > self.position:
+            self._discard(offset - self.position)
 
     def seek(self, offset: int) -> None:
         """Continue reading at ``offset``: skip ahead inside the current read, else drain it and ask anew."""
-        if self.left and self.position <= offset < self.position + self.left:
+        ahead = len(self._replay) + self.left
+        if ahead and self.position <= offset < self.position + ahead:
             self._discard(offset - self.position)
             return
         if self.left and self.left != ALL_ONES:
-            self._discard(self.left)
+            self._discard(ahead)
         elif self.left == ALL_ONES and offset >= self.position:
             self._discard(offset - self.position)
             return
@@ -73,6 +101,7 @@ class DataReadSource:
         """Take the rest of the current read, so the mover is idle (not mid-write) when we hang up;
         give up once the mover sends nothing for ``patience`` seconds (it stopped at a filemark).
         Never raises: the job is over either way."""
+        self._replay = memoryview(b"")
         if not self.left or self.left == ALL_ONES:
             return
         try:
@@ -89,6 +118,8 @@ class DataReadSource:
             count -= got
 
     def readinto(self, view: memoryview) -> int:
+        if self._replay:
+            return self._recv(view)
         if not self.left:
             if self.image_size and self.position >= self.image_size:
                 return 0
@@ -98,6 +129,12 @@ class DataReadSource:
 
     def _recv(self, view: memoryview, patience: float | None = None) -> int:
         """Some bytes; 0 at the end of a sequential image, or after ``patience`` quiet seconds."""
+        if self._replay:
+            got = min(len(view), len(self._replay))
+            view[:got] = self._replay[:got]
+            self._replay = self._replay[got:]
+            self.position += got
+            return got
         waiting_since = time.monotonic()
         while True:
             if self._cancel.is_set():
@@ -118,4 +155,12 @@ class DataReadSource:
             self.bytes_received += got
             if self.left != ALL_ONES:
                 self.left -= got
+            if not self.sequential:
+                self._keep(view[:got])
             return got
+
+    def _keep(self, data: memoryview) -> None:
+        tail = self._tail
+        tail += data
+        if len(tail) > TAIL_KEEP:
+            del tail[:len(tail) - TAIL_KEEP]

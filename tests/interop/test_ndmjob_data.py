@@ -163,8 +163,6 @@ def test_three_way_with_ndmjob_tape_agent(data_server, tape_daemon, tmp_path, ve
     assert (picked / "src" / "big.bin").read_bytes() == (vol / "src" / "big.bin").read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: DAR of several small entries through ndmjob's tape "
-                                       "agent stalls (its mover waits on a read we never finish)")
 def test_three_way_direct_access_of_small_entries(data_server, tape_daemon, tmp_path):
     server, vol = data_server
     tape_agent, tape = tape_daemon
