@@ -136,6 +136,26 @@ def test_excluded_names_are_left_out_and_kept_on_incremental_restore(tree, tmp_p
     assert "./dir/file" in names and result.entries == len(names)
 
 
+def test_only_selected_paths_and_the_directories_leading_to_them_are_dumped(tree, tmp_path):
+    """FILES: the chosen entries (a directory with all it holds), their parent directories, nothing
+    else; the parents' dumpdirs still name their other entries, so an incremental restore keeps them."""
+    stream = tmp_path / "some.tar"
+    result = dump_to(tree, stream, DumpOptions(only=(b"dir/sub", b"zero", b"/deep/" + b"d" * 60)))
+    with tarfile.open(stream) as archive:
+        names = set(archive.getnames())
+    deep = "./deep/" + "d" * 60
+    assert {"./dir/sub/hard", "./zero", deep + "/" + "d" * 60} <= names
+    assert not {n for n in names if n.startswith("./dir/") and not n.startswith("./dir/sub")}
+    assert "./sparse" not in names and "./empty/" not in names and "./dir/file" not in names
+    assert result.entries == len(names)
+    target = tmp_path / "back"
+    target.mkdir()
+    (target / "sparse").write_bytes(b"already here")
+    restore_from(stream, target, RestoreOptions(incremental=True))
+    assert (target / "sparse").read_bytes() == b"already here"     # named in the root's dumpdir: kept
+    assert (target / "dir" / "sub" / "hard").read_bytes() == (tree / "dir" / "sub" / "hard").read_bytes()
+
+
 def test_files_changing_size_while_read_are_padded_or_cut_and_reported(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

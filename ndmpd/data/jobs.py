@@ -73,11 +73,15 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
     SUCCESSFUL only once the peer has every byte."""
     volume = env.volume
     assert volume is not None
-    if env.files:
-        host.log_message("FILES is not supported yet: the whole volume is dumped", "warning")
+    only = _selected_files(host, env)
+    if only is None:
+        host.log_message(f"none of FILES={','.join(env.files)} is in {volume.name}: nothing to back up", "error")
+        return Outcome(C.DATA_HALT_INTERNAL_ERROR)
+    if only and env.update:
+        host.log_message("FILES dumps part of the volume: its dump date is not recorded (UPDATE=n)", "warning")
     request = DumpRequest(source=Path(volume.path), key=volume.name, state_dir=state_dir, level=env.level,
-                          base_token=env.base_token, update=env.update,
-                          snapshot=env.snapshot or volume.snapshot, excludes=env.excludes)
+                          base_token=env.base_token, update=env.update and not only,
+                          snapshot=env.snapshot or volume.snapshot, excludes=env.excludes, only=only)
     history = _history(host, env)
 
     def add(entry: HistoryEntry) -> None:
@@ -107,6 +111,27 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
              "BASE_DATE": env.base_token or None, "UPDATE": "y" if env.update else "n",
              "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written)}
     return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra))
+
+
+def _selected_files(host: JobHost, env: JobEnv) -> tuple[bytes, ...] | None:
+    """FILES as paths relative to the volume: given as in the index ("/dir/file"), relative, or
+    as a host path inside the volume; () for the whole volume, None when nothing listed exists.
+    Entries that do not exist (or climb out with "..") are reported and skipped."""
+    assert env.volume is not None
+    root = str(env.volume.path).rstrip("/")
+    chosen = []
+    for name in env.files:
+        name = name.strip()
+        if name == root or name.startswith(root + "/"):
+            name = name[len(root):]
+        rel = clean_path(name.encode("utf-8", "surrogateescape"))
+        if not rel:
+            return ()                                     # the volume's root: all of it
+        if b".." in rel.split(b"/") or not os.path.lexists(os.path.join(root.encode(), rel)):
+            host.log_message(f"FILES entry {name!r} is not in {env.volume.name}; skipped", "warning")
+            continue
+        chosen.append(rel)
+    return tuple(chosen) if chosen or not env.files else None
 
 
 def _delivered(sock: socket.socket, cancel: threading.Event) -> bool:

@@ -40,6 +40,7 @@ class DumpOptions:
     since_ns: int | None = None                 # incremental: what changed at or after this time
     known_dirs: dict[int, bytes] | None = None  # dir inode -> path at the base dump (renames)
     excludes: tuple[str, ...] = ()
+    only: tuple[bytes, ...] = ()                # FILES: just these paths (relative) and what is under them
     live: bool = False                          # no snapshot: report files changing while read
     xattrs: bool = True
     one_filesystem: bool = True
@@ -68,10 +69,12 @@ ProgressCallback = Callable[[int, int], None]
 class _Frame:
     """A directory being written: its fd, archive prefix and the children still to go."""
 
-    __slots__ = ("fd", "rel", "ino", "children", "next", "full")
+    __slots__ = ("fd", "rel", "ino", "children", "next", "full", "inside")
 
-    def __init__(self, fd: int, rel: bytes, ino: int, children: list, full: bool) -> None:
-        self.fd, self.rel, self.ino, self.children, self.next, self.full = fd, rel, ino, children, 0, full
+    def __init__(self, fd: int, rel: bytes, ino: int, children: list, full: bool, inside: bool) -> None:
+        self.fd, self.rel, self.ino, self.children, self.next = fd, rel, ino, children, 0
+        self.full = full
+        self.inside = inside        # in what FILES selects (always, without FILES)
 
 
 class Dumper:
@@ -91,6 +94,9 @@ class Dumper:
         self.result = DumpResult()
         self._headers = pax.HeaderWriter()
         self._excluder = Excluder(options.excludes)
+        self._only = frozenset(p.strip(b"/") for p in options.only)
+        self._on_the_way = frozenset(b"/".join(p.split(b"/")[:n]) for p in self._only
+                                     for n in range(1, p.count(b"/") + 1))    # their parent directories
         self._links: dict[tuple[int, int], bytes] = {}
         self._since = options.since_ns
         self._xattrs = options.xattrs
@@ -109,7 +115,8 @@ class Dumper:
             self.sink.write(pax.extended_header(records, pax.XGLTYPE))
         stack: list[_Frame] = []
         try:
-            self._enter(stack, root_fd, b"", root_st, root_st.st_ino, full=self._since is None)
+            self._enter(stack, root_fd, b"", root_st, root_st.st_ino, full=self._since is None,
+                        inside=not self._only)
             while stack:
                 self._step(stack)
             self.sink.write(pax.ZERO_BLOCK * 2)
@@ -135,7 +142,7 @@ class Dumper:
             raise DumpAborted("dump aborted")
         rel = frame.rel + name
         if stat.S_ISDIR(st.st_mode):
-            self._directory(stack, frame, name, rel, st)
+            self._directory(stack, frame, name, rel, st, inside=include)
         elif include:
             try:
                 self._member(frame.fd, name, rel, st, frame.ino)
@@ -145,7 +152,7 @@ class Dumper:
             self.progress(self.sink.offset, self.result.entries)
 
     def _directory(self, stack: list[_Frame], frame: _Frame, name: bytes, rel: bytes,
-                   st: os.stat_result) -> None:
+                   st: os.stat_result, inside: bool) -> None:
         if self.options.one_filesystem and st.st_dev != self._root_dev:
             self._write_dir(rel, st, frame.ino, [], b"")
             self.warn(f"{self._show(rel)}: mount point of another file system; its contents are not dumped")
@@ -159,7 +166,7 @@ class Dumper:
             self.warn(f"{self._show(rel)}: cannot open: {exc.strerror}; not archived")
             return
         full = frame.full or self._moved_or_new(st, rel)
-        self._enter(stack, fd, rel, st, frame.ino, full)
+        self._enter(stack, fd, rel, st, frame.ino, full, inside)
 
     def _moved_or_new(self, st: os.stat_result, rel: bytes) -> bool:
         """A directory that is new or was renamed since the base: everything in it is dumped.
@@ -175,18 +182,21 @@ class Dumper:
         return known.get(st.st_ino) != rel
 
     def _enter(self, stack: list[_Frame], fd: int, rel: bytes, st: os.stat_result, parent_ino: int,
-               full: bool) -> None:
-        """List a directory, write its header with the dumpdir, and queue its children."""
-        children, dumpdir = self._list(fd, rel, full)
+               full: bool, inside: bool) -> None:
+        """List a directory, write its header with the dumpdir, and queue its children.
+
+        A directory only on the way to what FILES selects (not ``inside``) is written with
+        the entries it leads to; its dumpdir still names the others, as not dumped."""
+        children, dumpdir = self._list(fd, rel, full, inside)
         self.result.dir_index[st.st_ino] = rel
         try:
             xattr_records = xattrs.read_records(fd) if self._xattrs else b""
         except OSError:
             xattr_records = b""
         self._write_dir(rel, st, parent_ino, dumpdir, xattr_records)
-        stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full))
+        stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full, inside))
 
-    def _list(self, fd: int, rel: bytes, full: bool) -> tuple[list, list[bytes]]:
+    def _list(self, fd: int, rel: bytes, full: bool, inside: bool = True) -> tuple[list, list[bytes]]:
         children = []
         dumpdir = []
         excluder = self._excluder
@@ -205,8 +215,13 @@ class Dumper:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if stat.S_ISDIR(st.st_mode):
-                    children.append((name, st, True))
+                is_dir = stat.S_ISDIR(st.st_mode)
+                chosen = inside or prefix + name in self._only
+                if not chosen and not (is_dir and prefix + name in self._on_the_way):
+                    dumpdir.append((b"D" if is_dir else b"N") + name)
+                    continue
+                if is_dir:
+                    children.append((name, st, chosen))      # for a directory: inside FILES or not
                     dumpdir.append(b"D" + name)
                     continue
                 include = full or since is None or st.st_mtime_ns >= since or st.st_ctime_ns >= since

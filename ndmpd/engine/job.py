@@ -33,6 +33,7 @@ class DumpRequest:
     update: bool = False                     # record this dump's date for later levels
     snapshot: str = "auto"
     excludes: tuple[str, ...] = ()
+    only: tuple[bytes, ...] = ()             # just these paths (relative to source) and what is under them
     xattrs: bool = True
 
 
@@ -68,7 +69,7 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
     log.info("dumping %s (level %d, %s) from %s", request.key, base.level, base.note, snapshot.path)
     try:
         options = DumpOptions(
-            since_ns=base.since_ns, known_dirs=base.known_dirs, excludes=request.excludes,
+            since_ns=base.since_ns, known_dirs=base.known_dirs, excludes=request.excludes, only=request.only,
             live=snapshot.live, xattrs=request.xattrs, skip_root_names=frozenset({SNAPSHOT_DIR.encode()}),
             labels={"volume": request.key, "level": str(base.level), "date": make_token(date_ns),
                     "base": make_token(base.since_ns) if base.since_ns is not None else "",

@@ -52,16 +52,16 @@ ALLOWED: dict[str, dict[int, frozenset[int]]] = {
 ALL_ONES = (1 << 64) - 1
 U32 = 0xFFFFFFFF
 
-# attribute bits both butypes really have (FILES, a backup file list, is not one of them)
-_ATTRS = (C.BUTYPE_RECOVER_FILELIST | C.BUTYPE_BACKUP_DIRECT | C.BUTYPE_RECOVER_DIRECT
+# attribute bits both butypes really have
+_ATTRS = (C.BUTYPE_BACKUP_FILELIST | C.BUTYPE_RECOVER_FILELIST | C.BUTYPE_BACKUP_DIRECT | C.BUTYPE_RECOVER_DIRECT
           | C.BUTYPE_BACKUP_INCREMENTAL | C.BUTYPE_RECOVER_INCREMENTAL | C.BUTYPE_BACKUP_UTF8
           | C.BUTYPE_RECOVER_UTF8 | C.BUTYPE_RECOVER_FILEHIST)
-_V2_NO_BACKUP_FILELIST, _V2_NO_RECOVER_SSID = 0x1, 0x10     # v2 attributes are "cannot" bits
+_V2_NO_RECOVER_SSID = 0x10     # v2 attributes are "cannot" bits
 BUTYPES = (
     Butype("tar", (("HIST", "f"), ("LEVEL", "0"), ("UPDATE", "y"), ("DIRECT", "y"), ("SNAPSHOT", "auto")),
-           _ATTRS | C.BUTYPE_BACKUP_FH_FILE | C.BUTYPE_RECOVER_FH_FILE, _V2_NO_BACKUP_FILELIST | _V2_NO_RECOVER_SSID),
+           _ATTRS | C.BUTYPE_BACKUP_FH_FILE | C.BUTYPE_RECOVER_FH_FILE, _V2_NO_RECOVER_SSID),
     Butype("dump", (("HIST", "d"), ("LEVEL", "0"), ("UPDATE", "y"), ("DIRECT", "y"), ("SNAPSHOT", "auto")),
-           _ATTRS | C.BUTYPE_BACKUP_FH_DIR | C.BUTYPE_RECOVER_FH_DIR, _V2_NO_BACKUP_FILELIST | _V2_NO_RECOVER_SSID),
+           _ATTRS | C.BUTYPE_BACKUP_FH_DIR | C.BUTYPE_RECOVER_FH_DIR, _V2_NO_RECOVER_SSID),
 )
 DEFAULT_HIST = {"tar": "f", "dump": "d"}
 

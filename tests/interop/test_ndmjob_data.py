@@ -230,3 +230,22 @@ def test_killed_dma_mid_backup_leaves_the_server_clean(data_server, tmp_path):
     assert children == []
     assert "Data Agent" in ndmjob("-q", "-D", server.agent("4")), "the server stopped serving"
     assert "aborted" in server.log.read_text().lower() or "halted (reason 2)" in server.log.read_text()
+
+
+def test_files_backs_up_only_the_listed_paths(data_server, tmp_path):
+    """ndmjob's file arguments become FILES: the image holds those paths (a directory whole)."""
+    server, vol = data_server
+    agent = server.agent("4")
+    index = tmp_path / "files.idx"
+    out = ndmjob("-c", "-D", agent, "-f", "vtape0", "-B", "tar", "-C", "/export/data", "-I", str(index),
+                 "/src/dir", "/src/zero", "/src/no-such-file")
+    assert "Operation ended OKAY" in out, out
+    assert "/src/no-such-file" in out and "skipped" in out, out
+    files = {p for p in index_paths(index) if not p.endswith("/")}
+    assert {"/src/dir/file", "/src/dir/sub/hard", "/src/zero"} <= files
+    assert not files & {"/src/big.bin", "/src/sparse", "/src/top-hard"}, files
+    target = vol / "some"
+    assert "Operation ended OKAY" in ndmjob("-x", "-D", agent, "-f", "vtape0", "-B", "tar", "-C", str(target),
+                                            "-J", str(index))
+    restored = sorted(str(p.relative_to(target)) for p in target.rglob("*") if not p.is_dir())
+    assert restored == ["src/dir/file", "src/dir/sub/hard", "src/zero"]
