@@ -140,26 +140,26 @@ def tape_daemon(tmp_path):
     proc.wait()
 
 
-@pytest.mark.parametrize("version", ["3", "4"])
-def test_three_way_with_ndmjob_tape_agent(data_server, tape_daemon, tmp_path, version):
+@pytest.mark.parametrize("version,butype", [("4", "tar"), ("4", "dump"), ("3", "tar"), ("3", "dump")])
+def test_three_way_with_ndmjob_tape_agent(data_server, tape_daemon, tmp_path, version, butype):
     server, vol = data_server
     tape_agent, tape = tape_daemon
     agent = server.agent(version)
     assert "Operation complete" in ndmjob("-o", "init-labels", "-T", tape_agent, "-f", str(tape), "-m", "THREEWAY")
     index = tmp_path / "3w.idx"
-    out = ndmjob("-c", "-D", agent, "-T", tape_agent, "-f", str(tape), "-m", "THREEWAY", "-B", "tar",
+    out = ndmjob("-c", "-D", agent, "-T", tape_agent, "-f", str(tape), "-m", "THREEWAY", "-B", butype,
                  "-C", "/export/data", "-I", str(index))
     assert "Operation ended OKAY" in out, out
-    out = ndmjob("-x", "-D", agent, "-T", tape_agent, "-f", str(tape), "-B", "tar", "-C", str(vol / "r3w"),
+    out = ndmjob("-x", "-D", agent, "-T", tape_agent, "-f", str(tape), "-B", butype, "-C", str(vol / "r3w"),
                  "-J", str(index))
     assert "Operation ended OKAY" in out, out
     assert differences(describe(vol / "src"), describe(vol / "r3w" / "src")) == []
     picked = vol / "p3w"
-    out = ndmjob("-x", "-D", agent, "-T", tape_agent, "-f", str(tape), "-B", "tar", "-C", str(picked),
-                 "-J", str(index), "/src/big.bin", "/src/renamed=/src/dir/file")
-    assert "Operation ended OKAY" in out and out.count('DLF "OK') == 2, out
+    out = ndmjob("-x", "-D", agent, "-T", tape_agent, "-f", str(tape), "-B", butype, "-C", str(picked),
+                 "-J", str(index), "/src/big.bin", "/src/zero", "/src/renamed=/src/dir/file")
+    assert "Operation ended OKAY" in out and out.count('DLF "OK') == 3, out
     assert sorted(str(p.relative_to(picked)) for p in picked.rglob("*") if not p.is_dir()) == \
-        ["src/big.bin", "src/renamed"]
+        ["src/big.bin", "src/renamed", "src/zero"]
     assert (picked / "src" / "big.bin").read_bytes() == (vol / "src" / "big.bin").read_bytes()
 
 
@@ -177,6 +177,7 @@ def test_three_way_direct_access_of_small_entries(data_server, tape_daemon, tmp_
     except subprocess.TimeoutExpired:
         out = ""
     assert "Operation ended OKAY" in out and out.count('DLF "OK') == 3, out
+    assert mover_read_kb(out) < tape.stat().st_size // 1024 / 4, out        # direct access: a fraction
 
 
 def test_incremental_level_1_holds_the_changes_and_replays_deletions(data_server, tmp_path):
