@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dump_bench import build_large, build_small      # noqa: E402
+from tests.server_process import ServerProcess, free_loopback_address   # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 NDMJOB = REPO.parent / "shared" / "tools" / "ndmjob"
@@ -44,18 +43,6 @@ if not NDMJOB.exists():
     NDMJOB = Path("/usr/lib/amanda/ndmjob")
 PASSWORD = "bench-pw"
 TARGET = 1.3
-
-
-def free_loopback_address() -> str:
-    """An address in 127/8 whose port 10000 is free (NDMP's port, so tshark could dissect it too)."""
-    for n in range(200, 250):
-        with socket.socket() as s:
-            try:
-                s.bind((f"127.0.0.{n}", 10000))
-                return f"127.0.0.{n}"
-            except OSError:
-                continue
-    raise SystemExit("no free 127.0.0.N:10000")
 
 
 def write_config(work: Path, host: str, trees: dict[str, Path], cartridge: Path) -> Path:
@@ -81,30 +68,6 @@ capacity = "64GiB"
     config.chmod(0o600)
     (work / "state").mkdir(exist_ok=True)
     return config
-
-
-class Server:
-    def __init__(self, config: Path, host: str, log: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "ndmpd", "serve", "--config", str(config)],
-                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"ndmpd exited: {log.read_text()}")
-            try:
-                with socket.create_connection((host, 10000), timeout=1) as s:
-                    if s.recv(4):
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("ndmpd did not start")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def timed(argv: list[str], cwd: Path | None = None) -> tuple[float, str]:
@@ -135,8 +98,10 @@ def main() -> int:
     cartridge, tar_out = carts / "bench-vtape0.img", carts / "x.tar"
     work = Path(tempfile.mkdtemp(prefix="ndmpd-bench-"))
     host = free_loopback_address()
-    server = Server(write_config(work, host, trees, cartridge), host, work / "ndmpd.log")
-    agent = f"{host}:10000/4,ndmp,{PASSWORD}"
+    if host is None:
+        raise SystemExit("no free 127.0.0.N:10000")
+    server = ServerProcess(host, write_config(work, host, trees, cartridge), work / "ndmpd.log", PASSWORD)
+    agent = server.agent("4")
     failed = False
     try:
         print(f"{'case':16} {'tar s':>8} {'ndmpd s':>8} {'ratio':>6} {'target':>6}")

@@ -42,8 +42,13 @@ class FhRecord:
     fh_info: int
 
 
+def _size(s: os.stat_result) -> int:
+    """History gives directories no size."""
+    return s.st_size if not st.S_ISDIR(s.st_mode) else 0
+
+
 def from_stat(path: bytes, s: os.stat_result, parent: int, offset: int) -> FhRecord:
-    return FhRecord(path, s.st_mode, s.st_uid, s.st_gid, s.st_size if not st.S_ISDIR(s.st_mode) else 0,
+    return FhRecord(path, s.st_mode, s.st_uid, s.st_gid, _size(s),
                     int(s.st_mtime), int(s.st_atime), int(s.st_ctime), s.st_nlink, s.st_ino, parent, offset)
 
 
@@ -56,6 +61,17 @@ def ftype(mode: int) -> int:
 
 
 _FILE, _FILE_NAME, _FILE_STAT = T.file, T.file_name, T.file_stat
+
+
+def _file_stat(mode: int, uid: int, gid: int, size: int, mtime: int, atime: int, ctime: int, links: int):
+    """The v3/v4 ``file_stat`` of an entry (times in whole seconds)."""
+    return _FILE_STAT(0, C.FS_UNIX, ftype(mode), mtime & U32, atime & U32, ctime & U32, uid & U32, gid & U32,
+                      mode & 0o7777, size, links & U32)
+
+
+def _file_entry(path: bytes, stat: object, node: int, fh_info: int):
+    """One FH_ADD_FILE entry; ``path`` is relative to the dumped root."""
+    return _FILE([_FILE_NAME(C.FS_UNIX, "/" + os.fsdecode(path))], [stat], node, fh_info)
 
 
 class FileHistory:
@@ -81,12 +97,9 @@ class FileHistory:
             self.add(from_stat(path, s, parent, offset))
             return
         self.entries += 1
-        mode = s.st_mode
-        size = s.st_size if mode & 0o170000 != st.S_IFDIR else 0
-        stat = _FILE_STAT(0, C.FS_UNIX, _FTYPES.get(mode & 0o170000, C.FILE_OTHER), int(s.st_mtime) & U32,
-                          int(s.st_atime) & U32, int(s.st_ctime) & U32, s.st_uid & U32, s.st_gid & U32,
-                          mode & 0o7777, size, s.st_nlink & U32)
-        self._built.append(_FILE([_FILE_NAME(C.FS_UNIX, "/" + os.fsdecode(path))], [stat], s.st_ino, offset))
+        stat = _file_stat(s.st_mode, s.st_uid, s.st_gid, _size(s), int(s.st_mtime), int(s.st_atime),
+                          int(s.st_ctime), s.st_nlink)
+        self._built.append(_file_entry(path, stat, s.st_ino, offset))
         if len(self._built) >= BATCH:
             self.flush()
 
@@ -138,17 +151,14 @@ class FileHistory:
                                  r.gid & U32, r.mode & 0o7777, r.size, r.fh_info)
 
     def _stat(self, r: FhRecord):
-        return T.file_stat(unsupported=0, fs_type=C.FS_UNIX, ftype=ftype(r.mode), mtime=r.mtime & U32,
-                           atime=r.atime & U32, ctime=r.ctime & U32, owner=r.uid & U32, group=r.gid & U32,
-                           fattr=r.mode & 0o7777, size=r.size, links=r.links & U32)
+        return _file_stat(r.mode, r.uid, r.gid, r.size, r.mtime, r.atime, r.ctime, r.links)
 
     def _file_post(self, records: list[FhRecord]) -> tuple[int, object]:
         if self.version == 2:
             v2 = protocol(2)
             paths = [v2.types.fh_unix_path("/" + os.fsdecode(r.path), self._v2_stat(r)) for r in records]
             return v2.by_name["FH_ADD_UNIX_PATH"].code, v2.types.fh_add_unix_path_post(paths)
-        files = [T.file(names=[T.file_name(fs_type=C.FS_UNIX, unix_name="/" + os.fsdecode(r.path))],
-                        stats=[self._stat(r)], node=r.node, fh_info=r.fh_info) for r in records]
+        files = [_file_entry(r.path, self._stat(r), r.node, r.fh_info) for r in records]
         return C.FH_ADD_FILE, T.fh_add_file_post(files)
 
     def _dir_post(self, records: list[FhRecord]) -> tuple[int, object]:

@@ -292,8 +292,9 @@ class Cartridge:
         end = self.eod - self.eod % WRITE_BEHIND
         _sync_range(self.fd, self._flushed, end - self._flushed, SYNC_WRITE)
         if self._previous < self._flushed:
-            _sync_range(self.fd, self._previous, self._flushed - self._previous, SYNC_WAIT_BEFORE | SYNC_WRITE | SYNC_WAIT_AFTER)
-            os.posix_fadvise(self.fd, self._previous, self._flushed - self._previous, os.POSIX_FADV_DONTNEED)
+            done = self._flushed - self._previous
+            _sync_range(self.fd, self._previous, done, SYNC_WAIT_BEFORE | SYNC_WRITE | SYNC_WAIT_AFTER)
+            os.posix_fadvise(self.fd, self._previous, done, os.POSIX_FADV_DONTNEED)
         self._previous, self._flushed = self._flushed, end
 
     def _pwrite_all(self, parts: list, offset: int, total: int) -> None:

@@ -69,12 +69,10 @@ ProgressCallback = Callable[[int, int], None]
 class _Frame:
     """A directory being written: its fd, archive prefix and the children still to go."""
 
-    __slots__ = ("fd", "rel", "ino", "children", "next", "full", "inside")
+    __slots__ = ("fd", "rel", "ino", "children", "next", "full")
 
-    def __init__(self, fd: int, rel: bytes, ino: int, children: list, full: bool, inside: bool) -> None:
-        self.fd, self.rel, self.ino, self.children, self.next = fd, rel, ino, children, 0
-        self.full = full
-        self.inside = inside        # in what FILES selects (always, without FILES)
+    def __init__(self, fd: int, rel: bytes, ino: int, children: list, full: bool) -> None:
+        self.fd, self.rel, self.ino, self.children, self.next, self.full = fd, rel, ino, children, 0, full
 
 
 class Dumper:
@@ -194,7 +192,7 @@ class Dumper:
         except OSError:
             xattr_records = b""
         self._write_dir(rel, st, parent_ino, dumpdir, xattr_records)
-        stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full, inside))
+        stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full))
 
     def _list(self, fd: int, rel: bytes, full: bool, inside: bool = True) -> tuple[list, list[bytes]]:
         children = []

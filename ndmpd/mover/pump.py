@@ -51,15 +51,7 @@ def run_backup(mover: "Mover", sock: socket.socket) -> None:
             mover.halt(C.MOVER_HALT_CONNECT_ERROR)
             raise Halted from None
         if n == 0:
-            if mover.halted:
-                raise Halted
-            whole = fill - fill % size
-            _write_records(mover, view[:whole], size)
-            if fill > whole:
-                view[fill:whole + size] = bytes(whole + size - fill)      # the last record is zero-padded
-                _write_records(mover, view[whole:whole + size], size, fill - whole)
-            mover.halt(C.MOVER_HALT_CONNECT_CLOSED)
-            raise Halted
+            _end_of_stream(mover, view[:size], fill)          # whole records never wait in the buffer
         fill += n
         if fill >= size:
             whole = fill - fill % size
@@ -77,13 +69,7 @@ def run_backup_handed(mover: "Mover", handoff: Handoff) -> None:
     while True:
         data = handoff.take()
         if data is None:                                  # the end, or the data side is gone
-            if mover.halted:
-                raise Halted
-            if fill:
-                carry[fill:] = bytes(size - fill)                # the last record is zero-padded
-                _write_records(mover, carry, size, fill)
-            mover.halt(C.MOVER_HALT_CONNECT_CLOSED)
-            raise Halted
+            _end_of_stream(mover, carry, fill)
         try:
             if fill:
                 step = min(size - fill, len(data))
@@ -100,6 +86,18 @@ def run_backup_handed(mover: "Mover", handoff: Handoff) -> None:
             fill += rest
         finally:
             handoff.release()
+
+
+def _end_of_stream(mover: "Mover", record: memoryview, fill: int) -> None:
+    """The data side closed: write the partial last ``record`` (``fill`` bytes of data,
+    zero-padded) and halt CONNECT_CLOSED; just leave if the mover was halted already."""
+    if mover.halted:
+        raise Halted
+    if fill:
+        record[fill:] = bytes(len(record) - fill)
+        _write_records(mover, record, len(record), fill)
+    mover.halt(C.MOVER_HALT_CONNECT_CLOSED)
+    raise Halted
 
 
 def _write_records(mover: "Mover", records: memoryview, size: int, data_bytes: int | None = None) -> None:

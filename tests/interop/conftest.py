@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.server_process import ServerProcess, free_loopback_address as find_loopback_address
 
 REPO = Path(__file__).resolve().parents[2]
 NDMJOB = Path("/usr/lib/amanda/ndmjob")
@@ -21,45 +21,10 @@ PASSWORD = "s3cret-pw"
 
 def free_loopback_address() -> str:
     """An address in 127/8 whose port 10000 is free (tshark only dissects port 10000)."""
-    start = 10 + os.getpid() % 200
-    for n in list(range(start, 250)) + list(range(10, start)):
-        host = f"127.0.0.{n}"
-        with socket.socket() as s:
-            try:
-                s.bind((host, 10000))
-                return host
-            except OSError:
-                continue
-    pytest.skip("no free 127.0.0.N:10000")
-
-
-class ServerProcess:
-    def __init__(self, host: str, config: Path, log: Path) -> None:
-        self.host, self.config, self.log = host, config, log
-        self.proc = subprocess.Popen([sys.executable, "-m", "ndmpd", "serve", "--config", str(config)],
-                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ndmpd exited: {log.read_text()}")
-            try:
-                with socket.create_connection((host, 10000), timeout=1) as s:
-                    if s.recv(4):
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("ndmpd did not start")
-
-    def agent(self, version: str) -> str:
-        return f"{self.host}:10000/{version},ndmp,{PASSWORD}"
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return -9
+    host = find_loopback_address()
+    if host is None:
+        pytest.skip("no free 127.0.0.N:10000")
+    return host
 
 
 def write_config(tmp: Path, host: str, auth: list[str]) -> Path:
@@ -102,7 +67,7 @@ def server_factory(tmp_path):
 
     def start(auth: list[str] = ["md5", "text"]) -> ServerProcess:
         host = free_loopback_address()
-        server = ServerProcess(host, write_config(tmp_path, host, auth), tmp_path / "ndmpd.log")
+        server = ServerProcess(host, write_config(tmp_path, host, auth), tmp_path / "ndmpd.log", PASSWORD)
         started.append(server)
         return server
     yield start
