@@ -108,7 +108,7 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
     if not (_delivered(sock, host.cancel) if handoff is None else _handed_over(handoff, host.cancel)):
         return Outcome(C.DATA_HALT_ABORTED if host.cancel.is_set() else C.DATA_HALT_CONNECT_ERROR)
     extra = {"LEVEL": str(outcome.level), "DUMP_DATE": outcome.dump_date,
-             "BASE_DATE": env.base_token or None, "UPDATE": "y" if env.update else "n",
+             "BASE_DATE": env.base_token or None, "UPDATE": "y" if request.update else "n",
              "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written)}
     return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra))
 

@@ -242,6 +242,7 @@ def test_files_backs_up_only_the_listed_paths(data_server, tmp_path):
                  "/src/dir", "/src/zero", "/src/no-such-file")
     assert "Operation ended OKAY" in out, out
     assert "/src/no-such-file" in out and "skipped" in out, out
+    assert "DE UPDATE=n" in index.read_text()                 # a partial dump records no dump date
     files = {p for p in index_paths(index) if not p.endswith("/")}
     assert {"/src/dir/file", "/src/dir/sub/hard", "/src/zero"} <= files
     assert not files & {"/src/big.bin", "/src/sparse", "/src/top-hard"}, files
