@@ -109,8 +109,15 @@ class Session:
 
     def post(self, code: int, body: Any) -> None:
         """Send a NOTIFY/LOG/FH post; ``body`` is in internal (v4) form."""
-        wire_body = self.translator.from_internal(code, REQUEST, body)
-        self._send(REQUEST, code, 0, 0, self.proto.encode_body(code, REQUEST, wire_body))
+        self._send(REQUEST, code, 0, 0, self.encode_post(code, body))
+
+    def encode_post(self, code: int, body: Any) -> bytes:
+        """A post's body on the wire (pure: worker threads call it too)."""
+        return self.proto.encode_body(code, REQUEST, self.translator.from_internal(code, REQUEST, body))
+
+    def post_encoded(self, code: int, body: bytes) -> None:
+        """Send a post whose body :meth:`encode_post` made."""
+        self._send(REQUEST, code, 0, 0, body)
 
     def _post_connection_status(self, reason: int, version: int, text: str) -> None:
         self.post(C.NOTIFY_CONNECTION_STATUS, T.notify_connection_status_post(reason, version, text))

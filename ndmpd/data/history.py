@@ -4,9 +4,10 @@ Two kinds, chosen by HIST: paths (``f``: FH_ADD_FILE, v2 FH_ADD_UNIX_PATH; the `
 and directories plus nodes (``d``: FH_ADD_DIR then FH_ADD_NODE, "." first; the ``dump``
 butype, as Bareos and NetBackup expect). ``fh_info`` is the entry's byte offset in the image.
 
-Batches leave the worker thread through ``send``; the worker waits (bounded) while too many
-are still queued for the control connection, so history never grows without bound and the
-stream itself is never written from here.
+Batches are encoded on the worker thread and leave it through ``send``. At most MAX_QUEUED
+are in flight on the control connection; when the DMA reads slowly the rest wait in a
+:class:`Spill` file, so history never stalls the data stream and never grows in memory.
+Only :meth:`FileHistory.finish`, after the stream has ended, waits for the DMA.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..wire import C, T, protocol
+from .spill import Spill
 
 BATCH = 512                        # entries per post
 MAX_QUEUED = 8                     # posts handed to the session and not yet sent
@@ -77,12 +79,14 @@ def _file_entry(path: bytes, stat: object, node: int, fh_info: int):
 class FileHistory:
     """Collects records on the worker thread and posts them in batches."""
 
-    def __init__(self, version: int, kind: str, send: Callable[[int, object, Callable[[], None]], None],
-                 cancel: threading.Event) -> None:
+    def __init__(self, version: int, kind: str, encode: Callable[[int, object], bytes],
+                 send: Callable[[int, bytes, Callable[[], None]], None], cancel: threading.Event) -> None:
         self.version = version
         self.kind = kind                       # "f" or "d"
+        self._encode = encode
         self._send = send
         self._cancel = cancel
+        self._spill = Spill()
         self._files: list[FhRecord] = []
         self._built: list[object] = []           # FH_ADD_FILE entries made straight from a stat
         self._dirs: list[FhRecord] = []
@@ -137,11 +141,31 @@ class FileHistory:
             self._post(*self._node_post(self._nodes))
             self._nodes = []
 
+    def finish(self) -> None:
+        """Post the rest and wait (the stream has ended) until the spill is sent or the job
+        is cancelled; then free the spill."""
+        self.flush()
+        try:
+            while self._spill.count and not self._cancel.is_set():
+                if self._room.acquire(timeout=0.25):
+                    self._send(*self._spill.pop(), self._room.release)
+        finally:
+            self._spill.close()
+
+    @property
+    def spilled_bytes(self) -> int:
+        return self._spill.spilled_bytes
+
     def _post(self, code: int, body: object) -> None:
-        while not self._room.acquire(timeout=0.25):      # at most MAX_QUEUED posts not yet sent
-            if self._cancel.is_set():
-                break
-        self._send(code, body, self._room.release)
+        """Send now if the window has room and nothing older waits; else spill (never wait)."""
+        data = self._encode(code, body)
+        spill = self._spill
+        while spill.count and self._room.acquire(blocking=False):
+            self._send(*spill.pop(), self._room.release)
+        if not spill.count and self._room.acquire(blocking=False):
+            self._send(code, data, self._room.release)
+        else:
+            spill.push(code, data)
 
     # -- bodies, per version -----------------------------------------------------------
 

@@ -43,7 +43,9 @@ class JobHost(Protocol):
     version: int
     cancel: threading.Event
 
-    def post(self, code: int, body: object, on_sent: Callable[[], None] | None = None) -> None: ...
+    def post(self, code: int, body: object) -> None: ...
+    def encode_post(self, code: int, body: object) -> bytes: ...
+    def post_encoded(self, code: int, body: bytes, on_sent: Callable[[], None]) -> None: ...
     def log_message(self, text: str, level: str = "normal") -> None: ...
     def log_file(self, name: str, ok: bool, why: str = "") -> None: ...
     def request_read(self, offset: int, length: int) -> None: ...
@@ -64,7 +66,7 @@ def _warner(host: JobHost) -> Callable[[str], None]:
 def _history(host: JobHost, env: JobEnv) -> FileHistory | None:
     if env.hist == "n":
         return None
-    return FileHistory(host.version, env.hist, host.post, host.cancel)
+    return FileHistory(host.version, env.hist, host.encode_post, host.post_encoded, host.cancel)
 
 
 def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
@@ -100,7 +102,9 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
         return Outcome(C.DATA_HALT_CONNECT_ERROR if isinstance(exc, (BrokenPipeError, ConnectionError))
                        else C.DATA_HALT_INTERNAL_ERROR)
     if history:
-        history.flush()
+        history.finish()
+        if history.spilled_bytes:
+            log.info("file history waited on disk for the DMA: %d bytes", history.spilled_bytes)
     result = outcome.result
     host.progress(result.bytes_written)
     host.log_message(f"backup of {volume.name}: level {outcome.level}, {result.entries} entries, "
@@ -276,7 +280,7 @@ def recover_filehist(host: JobHost, env: JobEnv, sock: socket.socket) -> Outcome
             return Outcome(C.DATA_HALT_ABORTED)
         host.log_message(f"listing failed: {exc}", "error")
         return Outcome(C.DATA_HALT_CONNECT_ERROR)
-    history.flush()
+    history.finish()
     source.finish()
     return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env))
 

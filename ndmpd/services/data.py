@@ -321,18 +321,27 @@ class Data:
 
     # -- what jobs call (worker thread) ---------------------------------------------------
 
-    def post(self, code: int, body: object, on_sent: Callable[[], None] | None = None) -> None:
-        def send() -> None:
-            self._post_now(code, body)
-            if on_sent:
-                self.session.edge.when_drained(on_sent)
-        self.session.edge.call_soon(send)
+    def post(self, code: int, body: object) -> None:
+        self.session.edge.call_soon(lambda: self._post_now(code, body))
 
     def _post_now(self, code: int, body: object) -> None:
         session = self.session
         if not session.closed:
             session.post(code, body)
             session.edge.output_ready()
+
+    def encode_post(self, code: int, body: object) -> bytes:
+        return self.session.encode_post(code, body)
+
+    def post_encoded(self, code: int, body: bytes, on_sent: Callable[[], None]) -> None:
+        """Send an encoded post; ``on_sent`` once the control connection has taken it."""
+        def send() -> None:
+            session = self.session
+            if not session.closed:
+                session.post_encoded(code, body)
+                session.edge.output_ready()
+            session.edge.when_drained(on_sent)
+        self.session.edge.call_soon(send)
 
     def log_message(self, text: str, level: str = "normal") -> None:
         log.log(logging.WARNING if level in ("warning", "error") else logging.INFO, "%s: %s", self.session.peer, text)
