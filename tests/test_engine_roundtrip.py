@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from ndmpd.engine.dump import DumpOptions
-from ndmpd.engine.restore import RestoreOptions
+from ndmpd.engine.restore import RestoreOptions, Restorer
 from ndmpd.engine.select import Pick
 from tests.engine_helpers import IS_ROOT, build_every_case, dump_to, gnu_tar, restore_from
 from tests.trees import describe, differences
@@ -243,3 +243,35 @@ def test_modes_and_owners_hold_whatever_the_umask_and_directory_group(tmp_path):
     if IS_ROOT:
         assert os.stat(out / "tool").st_mode & 0o7777 == 0o4755
         assert os.stat(out / "shared" / "inside").st_gid == 0
+
+
+def test_hard_links_selected_without_their_first_link_get_its_contents(tree, tmp_path):
+    """The first link (dir/file) is not selected: the two other names still come back with the
+    contents, as one inode, by a scan and by direct access; GNU tar ignores the offset record."""
+    stream = tmp_path / "ours.tar"
+    seen = []
+    dump_to(tree, stream, history=seen.append)
+    assert "comment" not in gnu_tar("-tvf", str(stream)).stderr
+    want = (tree / "dir" / "file").read_bytes()
+    out = tmp_path / "scan"
+    result = restore_from(stream, out, RestoreOptions(picks=(Pick.parse("top-hard"), Pick.parse("dir/sub/hard=x"))))
+    assert result.refused == []
+    assert (out / "top-hard").read_bytes() == want == (out / "x").read_bytes()
+    assert (out / "top-hard").stat().st_ino == (out / "x").stat().st_ino
+    assert (out / "top-hard").stat().st_mtime_ns == (tree / "dir" / "file").stat().st_mtime_ns
+    assert not (out / "dir" / "file").exists()
+    offset = next(e.offset for e in seen if e.path == b"top-hard")
+    out = tmp_path / "direct"
+    result = restore_from(stream, out, RestoreOptions(picks=(Pick.parse("top-hard=copy"),), stop_when_done=True),
+                          offset=offset)
+    assert (out / "copy").read_bytes() == want and result.refused == []
+
+
+def test_a_lone_hard_link_from_an_unseekable_stream_is_refused_with_the_way_out(tree, tmp_path):
+    stream = tmp_path / "ours.tar"
+    dump_to(tree, stream)
+    out = tmp_path / "out"
+    with subprocess.Popen(["cat", str(stream)], stdout=subprocess.PIPE) as cat:
+        result = Restorer(str(out), cat.stdout.fileno(), RestoreOptions(picks=(Pick.parse("top-hard"),))).run()
+    assert len(result.refused) == 1 and "select that name too" in str(result.refused)
+    assert not (out / "top-hard").exists()

@@ -53,6 +53,12 @@ class DataReadSource:
         self._tail = bytearray()       # direct access: the last bytes received, ending at position
         self._replay = memoryview(b"")   # bytes from _tail the reader gets before the socket's
 
+    @property
+    def seekable(self) -> bool:
+        """Direct access can go back (a restore fetching a hard link's contents); a sequential
+        read of the whole image cannot."""
+        return not self.sequential
+
     def _replayable(self, offset: int) -> bool:
         """The bytes from ``offset`` on were received already and are still in the tail, and
         the next read can start where the last one ended (a record boundary)."""

@@ -95,7 +95,7 @@ class Dumper:
         self._only = frozenset(p.strip(b"/") for p in options.only)
         self._on_the_way = frozenset(b"/".join(p.split(b"/")[:n]) for p in self._only
                                      for n in range(1, p.count(b"/") + 1))    # their parent directories
-        self._links: dict[tuple[int, int], bytes] = {}
+        self._links: dict[tuple[int, int], tuple[bytes, int]] = {}   # inode: first name, its offset
         self._since = options.since_ns
         self._xattrs = options.xattrs
         self._noatime = os.O_NOATIME
@@ -245,9 +245,10 @@ class Dumper:
             key = (st.st_dev, st.st_ino)
             first = self._links.get(key)
             if first is not None:
-                self._emit_header(rel, st, parent_ino, arcname, pax.LNKTYPE, 0, b"", linkname=first)
+                self._emit_header(rel, st, parent_ino, arcname, pax.LNKTYPE, 0, pax.link_offset_record(first[1]),
+                                  linkname=first[0])
                 return
-            self._links[key] = arcname
+            self._links[key] = (arcname, self.sink.offset)
         if stat.S_ISREG(mode):
             self._regular(dir_fd, name, rel, arcname, st, parent_ino)
             return

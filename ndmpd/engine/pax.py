@@ -167,6 +167,25 @@ def _charset_records(value: bytes) -> bytes:
     return b""
 
 
+LINK_OFFSET = b"ndmpd.link-offset="
+
+
+def link_offset_record(offset: int) -> bytes:
+    """A hard link's pointer to its first link's header, so a restore that selects only this
+    name can still fetch the contents. A pax ``comment``: every pax reader ignores it."""
+    return pax_record(b"comment", LINK_OFFSET + b"%d" % offset)
+
+
+def parse_link_offset(comment: bytes | None) -> int | None:
+    if comment is None or not comment.startswith(LINK_OFFSET):
+        return None
+    try:
+        value = int(comment[len(LINK_OFFSET):])
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
 class HeaderWriter:
     """Builds the header blocks of members; the common case comes from cached templates.
 

@@ -46,6 +46,7 @@ class Member:
     realsize: int | None = None     # sparse: the file's real size
     sparse_major: int | None = None
     sparse_map: list[sparse.Extent] | None = None   # sparse 0.x: map from the headers
+    link_offset: int | None = None  # a hard link: where its first link's header is (ndmpd images)
 
     @property
     def is_sparse(self) -> bool:
@@ -258,6 +259,8 @@ class StreamReader:
                         gname=records.get(b"gname", raw.gname), mtime_ns=raw.mtime * 1_000_000_000,
                         size=raw.size, linkname=linkname, devmajor=raw.devmajor, devminor=raw.devminor,
                         offset=offset, xattrs=xattrs)
+        if raw.typeflag == pax.LNKTYPE:
+            member.link_offset = pax.parse_link_offset(records.get(b"comment"))
         try:
             if b"mtime" in records:
                 member.mtime_ns = pax.parse_time(records[b"mtime"])

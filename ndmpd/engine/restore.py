@@ -109,6 +109,7 @@ class Restorer:
         self._gid_by_name: dict[bytes, int | None] = {}
         self._pending = {pick.source for pick in self.selection.picks}
         self._open_dir_picks: set[bytes] = set()
+        self._lone_links: dict[int, list[tuple[Member, tuple[bytes, ...]]]] = {}   # first link's offset
 
     def run(self, offset: int = 0) -> RestoreResult:
         """Restore the stream, which starts at stream ``offset`` (a header boundary)."""
@@ -126,6 +127,7 @@ class Restorer:
                     self.progress(reader.offset, self.result.entries)
                 if self.options.stop_when_done and self.selection and self._all_done(member):
                     break
+            self._restore_lone_links(target)
         except TruncatedStream as exc:
             self.result.complete = False
             self.warn(f"truncated stream: {exc}")
@@ -202,7 +204,7 @@ class Restorer:
         if not self._make_room(target, parts, dir_fd, name, member):
             return
         if kind == pax.LNKTYPE:
-            self._hard_link(target, member, dir_fd, name)
+            self._hard_link(target, member, dir_fd, name, parts)
         elif kind == pax.SYMTYPE:
             os.symlink(member.linkname, name, dir_fd=dir_fd)
             self._metadata_path(dir_fd, name, member)
@@ -309,19 +311,58 @@ class Restorer:
             left -= length
         os.ftruncate(fd, member.realsize or 0)
 
-    def _hard_link(self, target: Target, member: Member, dir_fd: int, name: bytes) -> None:
+    def _hard_link(self, target: Target, member: Member, dir_fd: int, name: bytes,
+                   parts: tuple[bytes, ...]) -> None:
         source = clean_path(member.linkname)
         placed = self.selection.place(source)
-        if placed is None:
-            raise Refused(f"hard link to {os.fsdecode(source)}, which this restore does not include")
-        src_parts = tuple(split_safe(placed))
-        if not src_parts:
-            raise Refused("hard link to the target directory")
-        src_dir = target.directory(src_parts[:-1], create=False)
-        existing = target.lstat(src_dir, src_parts[-1])
-        if existing is None or stat.S_ISDIR(existing.st_mode):
-            raise Refused(f"hard link to {os.fsdecode(source)}, which is not a restored file")
-        os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+        existing = None
+        if placed is not None:
+            src_parts = tuple(split_safe(placed))
+            if not src_parts:
+                raise Refused("hard link to the target directory")
+            src_dir = target.directory(src_parts[:-1], create=False)
+            existing = target.lstat(src_dir, src_parts[-1])
+        if existing is not None and not stat.S_ISDIR(existing.st_mode):
+            os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+            return
+        if member.link_offset is None or member.link_offset >= member.offset or not self._can_seek_back():
+            raise Refused(f"hard link to {os.fsdecode(source)}, which this restore does not include "
+                          "(select that name too, or restore with direct access)")
+        self._lone_links.setdefault(member.link_offset, []).append((member, parts))   # fetched at the end
+
+    def _can_seek_back(self) -> bool:
+        if not isinstance(self.source, int):
+            return bool(getattr(self.source, "seekable", False))
+        try:
+            os.lseek(self.source, 0, os.SEEK_CUR)
+        except OSError:
+            return False
+        return True
+
+    def _restore_lone_links(self, target: Target) -> None:
+        """Hard links selected without their first link: their contents are fetched from the
+        first link's member (found through the link's offset record) after the scan."""
+        for offset, links in sorted(self._lone_links.items()):
+            try:
+                self._seek(offset)
+                reader = StreamReader(self.source, offset, warn=self.warn)
+                first = next(reader.members(), None)
+                if (first is None or first.typeflag not in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE)
+                        or clean_path(first.name) != clean_path(links[0][0].linkname)):
+                    raise Refused("its first link is not where the image says")
+                _, parts = links[0]
+                dir_fd = target.directory(parts[:-1])
+                fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=dir_fd)
+                self._regular(reader, first, fd, dir_fd, parts[-1], False)
+                for _, more in links[1:]:
+                    os.link(parts[-1], more[-1], src_dir_fd=dir_fd, dst_dir_fd=target.directory(more[:-1]),
+                            follow_symlinks=False)
+            except (Refused, OSError, TruncatedStream) as exc:
+                why = getattr(exc, "strerror", None) or str(exc)
+                for member, _ in links:
+                    self.refuse(member.name, why)
+                    self._done(member, b"", why)
+        self._lone_links.clear()
 
     # -- metadata ------------------------------------------------------------------------
 

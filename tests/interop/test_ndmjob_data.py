@@ -76,12 +76,14 @@ def test_two_way_backup_list_restore_and_direct_access(data_server, tmp_path, ve
 
     picked = vol / "picked"
     dar = ndmjob("-x", "-D", agent, "-f", "vtape0", "-B", butype, "-C", str(picked), "-J", str(index),
-                 "/src/dir/file", "/src/zero", "/src/renamed=/src/hole-at-end")
+                 "/src/dir/file", "/src/zero", "/src/renamed=/src/hole-at-end", "/src/top-hard")
     assert "Operation ended OKAY" in dar, dar
-    assert dar.count('DLF "OK') == 3, dar
+    assert dar.count('DLF "OK') == 4, dar
     restored = sorted(str(p.relative_to(picked)) for p in picked.rglob("*") if not p.is_dir())
-    assert restored == ["src/dir/file", "src/renamed", "src/zero"]
+    assert restored == ["src/dir/file", "src/renamed", "src/top-hard", "src/zero"]
     assert (picked / "src" / "renamed").read_bytes() == (vol / "src" / "hole-at-end").read_bytes()
+    # a hard link whose first link (dir/file) comes earlier in the image: its contents, fetched back
+    assert (picked / "src" / "top-hard").read_bytes() == (vol / "src" / "dir" / "file").read_bytes()
     image_kb = (vol.parent / "state" / "vtape0.img").stat().st_size // 1024
     assert mover_read_kb(dar) < image_kb / 4, (mover_read_kb(dar), image_kb)
 
