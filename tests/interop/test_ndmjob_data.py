@@ -253,3 +253,28 @@ def test_files_backs_up_only_the_listed_paths(data_server, tmp_path):
                                             "-J", str(index))
     restored = sorted(str(p.relative_to(target)) for p in target.rglob("*") if not p.is_dir())
     assert restored == ["src/dir/file", "src/dir/sub/hard", "src/zero"]
+
+
+@pytest.mark.parametrize("version,butype", [("4", "tar"), ("3", "dump")])
+def test_tshark_decodes_data_sessions_without_malformed_packets(data_server, tshark_capture, tmp_path,
+                                                              version, butype):
+    """Backup with file history, then a direct-access restore: every DATA, FH, LOG and NOTIFY
+    message on the control connection dissects cleanly."""
+    server, vol = data_server
+    agent = server.agent(version)
+    stop = tshark_capture(server.host)
+    index = tmp_path / "backup.idx"
+    assert "ended OKAY" in ndmjob("-c", "-D", agent, "-f", "vtape0", "-B", butype, "-C", "/export/data",
+                                  "-I", str(index))
+    assert "ended OKAY" in ndmjob("-x", "-D", agent, "-f", "vtape0", "-B", butype, "-C", str(vol / "p"),
+                                  "-J", str(index), "/src/dir/file", "/src/zero")
+    pcap = stop()
+    summary = subprocess.run(["tshark", "-r", str(pcap), "-Y", "ndmp"], capture_output=True, text=True).stdout
+    history = ("FH_ADD_FILE",) if butype == "tar" else ("FH_ADD_DIR", "FH_ADD_NODE")
+    for message in ("DATA_START_BACKUP", "DATA_START_RECOVER", "DATA_GET_STATE", "DATA_GET_ENV",
+                    "NOTIFY_DATA_HALTED", "NOTIFY_DATA_READ", "LOG_FILE", *history):
+        assert message in summary, (message, summary[-3000:])
+    malformed = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "_ws.malformed && !(ndmp.msg_type == 1 && tcp.len == 28)"],
+        capture_output=True, text=True).stdout
+    assert malformed.strip() == "", malformed
