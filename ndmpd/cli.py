@@ -1,4 +1,4 @@
-"""The ``ndmpd`` command: serve, check-config, tape, dump, restore."""
+"""The ``ndmpd`` command: serve, check-config, tape, library, dump, restore."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__, dump_cli, tape_cli
+from . import __version__, dump_cli, library_cli, tape_cli
 from .config import Config, ConfigError, embedded_default, load
 
 log = logging.getLogger("ndmpd")
@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", type=Path)
     tape_cli.add_parser(sub)
+    library_cli.add_parser(sub)
     dump_cli.add_parsers(sub)
     return parser
 
@@ -84,7 +85,7 @@ def check_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"serve": serve, "check-config": check_config, "tape": tape_cli.run,
+        commands = {"serve": serve, "check-config": check_config, "tape": tape_cli.run, "library": library_cli.run,
                     "dump": dump_cli.dump, "restore": dump_cli.restore}
         return commands[args.command](args)
     except ConfigError as exc:

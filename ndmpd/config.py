@@ -14,11 +14,12 @@ import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 AUTH_METHODS = ("md5", "text", "none")
 SNAPSHOT_MODES = ("auto", "btrfs", "lvm", "none")
 TAPE_KINDS = ("virtual", "st")
+CHANGER_KINDS = ("virtual", "sg")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_PORT = 10000
 
@@ -53,11 +54,21 @@ class Volume:
 class Tape:
     name: str                  # the device name a DMA opens
     kind: str
-    path: Path
+    path: Path | None          # None: a library's drive, empty until the library loads it
     capacity: int              # bytes
     early_warning: int | None = None   # virtual: size of the early-warning zone (None: 1/20, <= 64 MiB)
     block_size: int = 0        # 0: variable block mode
     max_block_size: int = 4 << 20      # largest record a TAPE_WRITE may carry
+
+
+@dataclass(frozen=True)
+class Changer:
+    name: str                  # the SCSI device name a DMA opens
+    kind: str                  # virtual | sg
+    path: Path                 # virtual: directory of cartridges and state; sg: /dev/sgN
+    drives: tuple[str, ...] = ()   # [[tape]] names, in data transfer element order
+    slots: int = 8
+    import_export: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class Config:
     users: tuple[User, ...]
     volumes: tuple[Volume, ...]
     tapes: tuple[Tape, ...]
+    changers: tuple[Changer, ...] = ()
     source: str = "<embedded default>"
 
     def user(self, name: str) -> User | None:
@@ -252,13 +264,22 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         t.finish()
     _unique(volumes, "volume")
 
+    changers = [_changer(raw, i, rel) for i, raw in enumerate(top.get("changer", list, []))]
+    _unique(changers, "changer")
+    fed = {drive: c for c in changers if c.kind == "virtual" for drive in c.drives}
     tapes = []
     for i, raw in enumerate(top.get("tape", list, [])):
         t = _Table(raw, f"tape[{i}]")
         name = t.get("name", str, required=True)
         kind = t.choice("kind", TAPE_KINDS, "virtual")
+        path: Path | None
         if kind == "st":
             path = rel(t.get("path", str, required=True))
+        elif name in fed:
+            if "path" in t.data:
+                raise ConfigError(f"tape[{i}].path: {name} is a drive of library {fed[name].name}, "
+                                  "which loads its cartridges; leave path out")
+            path = None
         else:
             path = rel(t.get("path", str, str(settings.state_dir / f"{name}.img")))
             if not path.parent.is_dir() and path.parent != settings.state_dir:
@@ -278,8 +299,41 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         tapes.append(Tape(name, kind, path, capacity, early, block_size, max_block))
         t.finish()
     _unique(tapes, "tape")
+    kinds = {t.name: t.kind for t in tapes}
+    for i, changer in enumerate(changers):
+        for drive in changer.drives:
+            if drive not in kinds:
+                raise ConfigError(f"changer[{i}].drives: no [[tape]] named {drive!r}")
+            if changer.kind == "virtual" and kinds[drive] != "virtual":
+                raise ConfigError(f"changer[{i}].drives: {drive} is not a virtual tape")
+    every_drive = [drive for c in changers for drive in c.drives]
+    if len(set(every_drive)) != len(every_drive):
+        raise ConfigError("changer: a drive belongs to one library only")
     top.finish()
-    return Config(settings, tuple(users), tuple(volumes), tuple(tapes), source)
+    return Config(settings, tuple(users), tuple(volumes), tuple(tapes), tuple(changers), source)
+
+
+def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:
+    t = _Table(raw, f"changer[{i}]")
+    name = t.get("name", str, required=True)
+    kind = t.choice("kind", CHANGER_KINDS, "virtual")
+    path = rel(t.get("path", str, required=True))
+    drives = t.get("drives", list, [])
+    if not all(isinstance(d, str) for d in drives) or len(set(drives)) != len(drives):
+        raise ConfigError(f"changer[{i}].drives: a list of distinct [[tape]] names")
+    slots = t.get("slots", int, 8)
+    import_export = t.get("import_export", int, 1)
+    if kind == "virtual":
+        if not 1 <= slots <= 4096:
+            raise ConfigError(f"changer[{i}].slots: 1 to 4096")
+        if not 0 <= import_export <= 64:
+            raise ConfigError(f"changer[{i}].import_export: 0 to 64")
+        if not 0 < len(drives) <= 64:
+            raise ConfigError(f"changer[{i}].drives: a virtual library needs 1 to 64 drives")
+        if not path.parent.is_dir():
+            raise ConfigError(f"changer[{i}].path: directory {path.parent} does not exist")
+    t.finish()
+    return Changer(name, kind, path, tuple(drives), slots, import_export)
 
 
 def load(path: Path) -> Config:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .config import Config
+from .changer.registry import ChangerRegistry
 from .devices.registry import DriveRegistry
 from .host import HostIdentity, host_identity
 from .services import HandlerTable, all_handlers
@@ -48,7 +49,11 @@ class ServerContext:
     revision: str = __version__
     sessions: set[Any] = field(default_factory=set)
     drives: DriveRegistry | None = None     # built from config.tapes unless given
+    changers: ChangerRegistry | None = None   # built from config.changers unless given
 
     def __post_init__(self) -> None:
         if self.drives is None:
             self.drives = DriveRegistry(self.config.tapes)
+        if self.changers is None:
+            self.changers = ChangerRegistry(self.config.changers, self.drives)
+            self.changers.start()

@@ -18,6 +18,7 @@ from .errors import HeaderError, NdmpError
 from .services import Blocking
 from .services.data import Data
 from .services.mover import Mover
+from .services.scsi import ScsiSlot
 from .services.tape import TapeSlot
 from .wire import C, REPLY, REQUEST, T, Protocol, Translator, XdrError, protocol
 from .wire.message import Header, partial_header, unpack_header
@@ -81,6 +82,7 @@ class Session:
         self.edge = Edge()
         self.wire_request: Any = None
         self.tape = TapeSlot()
+        self.scsi = ScsiSlot()
         self.mover = Mover(self)
         self.data = Data(self)
         self.set_version(self.version)
@@ -278,6 +280,7 @@ class Session:
         self.data.connection_lost()
         self.mover.connection_lost()
         self.tape.release(self)
+        self.scsi.release(self)
 
     def shutdown(self, reason: str = "server shutting down") -> None:
         """Tell the peer the server is going away (v3/v4 NOTIFY SHUTDOWN) and stop reading."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Callable
 
 from ..config import Tape
@@ -46,8 +47,21 @@ class DriveRegistry:
             if self._holders.get(name) is owner:
                 del self._holders[name]
         drive, config = self._drives[name], self.configs[name]
-        if isinstance(drive, VirtualTape) and not drive.loaded:
+        if isinstance(drive, VirtualTape) and not drive.loaded and config.path is not None:
             drive.load(config.path)
 
     def holder(self, name: str) -> object | None:
         return self._holders.get(name)
+
+    def drive(self, name: str) -> TapeDevice:
+        return self._drives[name]
+
+    def change_cartridge(self, name: str, path: Path | None) -> None:
+        """A library moved a cartridge into (``path``) or out of (None) virtual drive ``name``."""
+        drive = self._drives[name]
+        if not isinstance(drive, VirtualTape) or drive.path == path:
+            return
+        if path is None:
+            drive.unload()
+        else:
+            drive.load(path)

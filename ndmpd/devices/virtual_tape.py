@@ -26,6 +26,7 @@ class VirtualTape(TapeDevice):
         self.capacity = capacity
         self.early_warning = early_warning
         self._cart: Cartridge | None = None
+        self._open_mode: bool | None = None   # open(write=...) by a session, until close()
         self._rewound()
 
     def _rewound(self) -> None:
@@ -42,17 +43,22 @@ class VirtualTape(TapeDevice):
         return self.path is not None
 
     def load(self, path: Path) -> None:
-        """Insert the cartridge at ``path`` (a library's MOVE MEDIUM, or an operator)."""
-        self.close()
+        """Insert the cartridge at ``path`` (a library's MOVE MEDIUM, or an operator). A session
+        that has the drive open keeps it open and reaches the new cartridge, as with st."""
+        self._release_cartridge()
         self.path = path
         self._rewound()
 
     def unload(self) -> None:
-        self.close()
+        self._release_cartridge()
         self.path = None
         self._rewound()
 
     def open(self, write: bool) -> None:
+        self._open_cartridge(write)
+        self._open_mode = write
+
+    def _open_cartridge(self, write: bool) -> None:
         if self.path is None:
             raise NoMedium(f"{self.name}: no cartridge loaded")
         if not self.path.exists():
@@ -72,6 +78,10 @@ class VirtualTape(TapeDevice):
             self._rewound()
 
     def close(self) -> None:
+        self._open_mode = None
+        self._release_cartridge()
+
+    def _release_cartridge(self) -> None:
         if self._cart is None:
             return
         try:
@@ -85,7 +95,10 @@ class VirtualTape(TapeDevice):
     @property
     def cart(self) -> Cartridge:
         if self._cart is None:
-            raise NoMedium(f"{self.name}: not open")
+            if self._open_mode is None or self.path is None:
+                raise NoMedium(f"{self.name}: {'no cartridge loaded' if self._open_mode is not None else 'not open'}")
+            self._open_cartridge(self._open_mode)        # a library loaded a cartridge meanwhile
+        assert self._cart is not None
         return self._cart
 
     # ------------------------------------------------------------ reading

@@ -115,7 +115,15 @@ def get_tape_info(session: "Session", req: Any) -> Any:
 
 @HANDLERS.on(C.CONFIG_GET_SCSI_INFO)
 def get_scsi_info(session: "Session", req: Any) -> Any:
-    return T.config_get_scsi_info_reply(C.NO_ERR, [])    # no changers exist yet
+    infos = []
+    for changer in session.ctx.config.changers:
+        caps = [T.pval("DEVICE_PATH", str(changer.path)), T.pval("KIND", changer.kind)]
+        if changer.kind == "virtual":
+            caps += [T.pval("DRIVES", ",".join(changer.drives)), T.pval("SLOTS", str(changer.slots)),
+                     T.pval("IMPORT_EXPORT", str(changer.import_export))]
+        model = "ndmpd virtual library" if changer.kind == "virtual" else "SCSI media changer (sg)"
+        infos.append(T.device_info(model, [T.device_capability(changer.name, 0, caps)]))
+    return T.config_get_scsi_info_reply(C.NO_ERR, infos)
 
 
 @HANDLERS.on(C.CONFIG_GET_EXT_LIST)

@@ -113,8 +113,8 @@ def _device_call(session: "Session", work: Callable[[TapeDevice], Any], reply: C
 @HANDLERS.on(C.TAPE_OPEN)
 def tape_open(session: "Session", req: Any) -> Any:
     slot = session.tape
-    if slot.is_open:
-        raise NdmpError(C.DEVICE_OPENED_ERR, f"{slot.name} is already open")
+    if slot.is_open or session.scsi.is_open:
+        raise NdmpError(C.DEVICE_OPENED_ERR, f"{slot.name or session.scsi.name} is already open")
     if req.mode not in OPEN_MODES[session.version]:
         raise NdmpError(C.ILLEGAL_ARGS_ERR, f"open mode {req.mode}")
     drives = session.ctx.drives

@@ -27,7 +27,7 @@ def free_loopback_address() -> str:
     return host
 
 
-def write_config(tmp: Path, host: str, auth: list[str]) -> Path:
+def write_config(tmp: Path, host: str, auth: list[str], extra: str = "") -> Path:
     (tmp / "vol").mkdir(exist_ok=True)
     (tmp / "state").mkdir(exist_ok=True)
     config = tmp / "ndmpd.toml"
@@ -49,7 +49,7 @@ path = "{tmp / 'vol'}"
 [[tape]]
 name = "vtape0"
 path = "{tmp / 'state' / 'vtape0.img'}"
-""".replace("'", '"'))
+""".replace("'", '"') + extra)
     config.chmod(0o600)
     return config
 
@@ -65,9 +65,9 @@ def ndmjob() -> Path:
 def server_factory(tmp_path):
     started: list[ServerProcess] = []
 
-    def start(auth: list[str] = ["md5", "text"]) -> ServerProcess:
+    def start(auth: list[str] = ["md5", "text"], extra: str = "") -> ServerProcess:
         host = free_loopback_address()
-        server = ServerProcess(host, write_config(tmp_path, host, auth), tmp_path / "ndmpd.log", PASSWORD)
+        server = ServerProcess(host, write_config(tmp_path, host, auth, extra), tmp_path / "ndmpd.log", PASSWORD)
         started.append(server)
         return server
     yield start

@@ -1,0 +1,78 @@
+"""The server's changers by name, and which session holds each (one at a time)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from ..config import Changer
+from ..devices.registry import DriveRegistry
+from ..devices.tape import DeviceBusy
+from .library import VirtualLibrary
+from .sense import CdbResult
+from .sg import SgDevice
+from .smc import SmcEmulator
+
+
+class ChangerDevice(Protocol):
+    def execute(self, cdb: bytes, datain_len: int = 0, data_out: bytes = b"", timeout_ms: int = 0) -> CdbResult: ...
+    def reset(self, bus: bool = False) -> None: ...
+    def address(self) -> tuple[int, int, int]: ...
+    def close(self) -> None: ...
+
+
+class ChangerRegistry:
+    """Virtual libraries live as long as the server; a real changer is opened per holder."""
+
+    def __init__(self, changers: tuple[Changer, ...], drives: DriveRegistry,
+                 open_sg: Callable[[str], ChangerDevice] = SgDevice) -> None:
+        self.configs = {c.name: c for c in changers}
+        self._drives = drives
+        self._open_sg = open_sg
+        self.libraries: dict[str, VirtualLibrary] = {}
+        self._emulators: dict[str, SmcEmulator] = {}
+        for c in changers:
+            if c.kind == "virtual":
+                library = VirtualLibrary(c.name, c.path, c.drives, c.slots, c.import_export,
+                                         drives.change_cartridge)
+                self.libraries[c.name] = library
+                self._emulators[c.name] = SmcEmulator(library, self._drive_busy)
+        self._holders: dict[str, object] = {}
+        self._open: dict[str, ChangerDevice] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Load every library drive with the cartridge the saved state puts there."""
+        for library in self.libraries.values():
+            library.sync_drives()
+
+    def _drive_busy(self, name: str) -> bool:
+        holder = self._drives.holder(name)
+        mover = getattr(holder, "mover", None)
+        return bool(mover is not None and mover.owns_tape())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.configs
+
+    def acquire(self, name: str, owner: object) -> ChangerDevice:
+        """Reserve changer ``name`` (KeyError: none such; DeviceBusy: held; OSError: cannot open)."""
+        config = self.configs[name]
+        with self._lock:
+            holder = self._holders.get(name)
+            if holder is not None and holder is not owner:
+                raise DeviceBusy(f"{name} is in use by another session")
+            device = self._emulators.get(name) or self._open.get(name) or self._open_sg(str(config.path))
+            if config.kind == "sg":
+                self._open[name] = device
+            self._holders[name] = owner
+        return device
+
+    def release(self, name: str, owner: object) -> None:
+        with self._lock:
+            if self._holders.get(name) is not owner:
+                return
+            del self._holders[name]
+            device = self._open.pop(name, None)
+        if device is not None:
+            device.close()
