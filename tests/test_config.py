@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,3 +124,29 @@ def test_example_configuration_in_conf_is_valid(tmp_path):
     copy.write_text(patched)
     config = load(copy)
     assert config.volumes and config.tapes and config.users
+
+
+def test_the_shipped_example_with_a_library_is_valid(tmp_path):
+    """conf/ndmpd.toml, with its host paths moved under a temporary directory."""
+    text = (Path(__file__).parents[1] / "conf" / "ndmpd.toml").read_text()
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "pw").write_text("secret\n")
+    (tmp_path / "pw").chmod(0o600)
+    text = (text.replace("/etc/ndmpd/ndmp.password", str(tmp_path / "pw")).replace("/srv/data", str(tmp_path / "srv"))
+            .replace("/var/lib/ndmpd", str(tmp_path)))
+    config = load(write(tmp_path, text))
+    changer = config.changers[0]
+    assert (changer.name, changer.drives, changer.slots, changer.import_export) == ("vlib0", ("ltape0",), 8, 1)
+    assert next(t for t in config.tapes if t.name == "ltape0").path is None
+
+
+@pytest.mark.parametrize("changer,message", [
+    ('drives = ["nope"]', "no [[tape]] named 'nope'"),
+    ('drives = ["vtape0"]\nslots = 0', "changer[0].slots"),
+    ('drives = []', "1 to 64 drives"),
+    ('drives = ["vtape0"]\nkind = "robot"', "changer[0].kind"),
+])
+def test_bad_changers_are_refused_naming_the_key(tmp_path, changer, message):
+    text = GOOD + f'\n[[changer]]\nname = "vlib0"\npath = "{tmp_path / "lib"}"\n{changer}\n'
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(write(tmp_path, text))
