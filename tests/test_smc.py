@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ndmpd.changer.library import VirtualLibrary
+from ndmpd.changer.library import LibraryError, VirtualLibrary
 from ndmpd.changer.sense import CHECK_CONDITION, GOOD
 from ndmpd.changer.smc import SmcEmulator
 from ndmpd.devices import cartridge
@@ -142,7 +142,6 @@ def test_prevent_medium_removal_locks_the_ports_for_the_operator(changer):
     library = emulator.library
     assert emulator.execute(move(1024, 0)).status == GOOD
     assert emulator.execute(bytes([0x1E, 0, 0, 0, 1, 0])).status == GOOD
-    from ndmpd.changer.library import LibraryError
     with pytest.raises(LibraryError, match="removal prevented"):
         library.remove("A1")
     emulator.reset()                                                            # RESET DEVICE releases it

@@ -183,16 +183,14 @@ class VirtualLibrary:
             raise CheckCondition(REMOVAL_PREVENTED, f"{element.drive} is in use")
 
     def _take(self, state: State, element: Element) -> None:
-        element.barcode, element.source, element.by_operator = None, None, False
-        state.changed = True
-        if element.kind == DRIVE and element.drive and self._on_drive_change:
-            self._on_drive_change(element.drive, None)
+        self._put(state, element, None, None)
 
-    def _put(self, state: State, element: Element, barcode: str, source: int | None) -> None:
+    def _put(self, state: State, element: Element, barcode: str | None, source: int | None) -> None:
+        """Fill (or, with None, empty) ``element``; a drive loads or unloads with it."""
         element.barcode, element.source, element.by_operator = barcode, source, False
         state.changed = True
         if element.kind == DRIVE and element.drive and self._on_drive_change:
-            self._on_drive_change(element.drive, self.cartridge_path(barcode))
+            self._on_drive_change(element.drive, self.cartridge_path(barcode) if barcode else None)
 
     def sync_drives(self) -> None:
         """Load each drive with what the state says it holds (server start)."""

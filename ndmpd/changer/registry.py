@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
 from ..config import Changer
 from ..devices.registry import DriveRegistry
-from ..devices.tape import DeviceBusy
+from ..devices.holders import Holders
 from .library import VirtualLibrary
 from .sense import CdbResult
 from .sg import SgDevice
@@ -38,9 +37,8 @@ class ChangerRegistry:
                                          drives.change_cartridge)
                 self.libraries[c.name] = library
                 self._emulators[c.name] = SmcEmulator(library, self._drive_busy)
-        self._holders: dict[str, object] = {}
-        self._open: dict[str, ChangerDevice] = {}
-        self._lock = threading.Lock()
+        self._holders = Holders()
+        self._open: dict[str, ChangerDevice] = {}      # real changers, open while held
 
     def start(self) -> None:
         """Load every library drive with the cartridge the saved state puts there."""
@@ -58,21 +56,21 @@ class ChangerRegistry:
     def acquire(self, name: str, owner: object) -> ChangerDevice:
         """Reserve changer ``name`` (KeyError: none such; DeviceBusy: held; OSError: cannot open)."""
         config = self.configs[name]
-        with self._lock:
-            holder = self._holders.get(name)
-            if holder is not None and holder is not owner:
-                raise DeviceBusy(f"{name} is in use by another session")
-            device = self._emulators.get(name) or self._open.get(name) or self._open_sg(str(config.path))
-            if config.kind == "sg":
-                self._open[name] = device
-            self._holders[name] = owner
+        self._holders.claim(name, owner)
+        if config.kind == "virtual":
+            return self._emulators[name]
+        device = self._open.get(name)            # only the holder gets here
+        if device is None:
+            try:
+                device = self._open[name] = self._open_sg(str(config.path))
+            except OSError:
+                self._holders.let_go(name, owner)
+                raise
         return device
 
     def release(self, name: str, owner: object) -> None:
-        with self._lock:
-            if self._holders.get(name) is not owner:
-                return
-            del self._holders[name]
-            device = self._open.pop(name, None)
+        if not self._holders.let_go(name, owner):
+            return
+        device = self._open.pop(name, None)
         if device is not None:
             device.close()

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 
 from .library import DRIVE, DRIVE_BASE, IE_BASE, IMPORT_EXPORT, SLOT_BASE, STORAGE, TRANSPORT, TRANSPORT_BASE
-from .library import Element, State, VirtualLibrary  # noqa: F401 (Element: type of descriptors)
+from .library import Element, State, VirtualLibrary
 from .sense import (CHECK_CONDITION, GOOD, INVALID_ELEMENT, INVALID_FIELD, INVALID_OPCODE, NO_ADDITIONAL,
                     CdbResult, CheckCondition, Sense)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Callable
 
 from ..config import Tape
 from .st_tape import LinuxTape
-from .tape import DeviceBusy, TapeDevice
+from .holders import Holders
+from .tape import TapeDevice
 from .virtual_tape import VirtualTape
 
 
@@ -25,8 +25,7 @@ class DriveRegistry:
     def __init__(self, tapes: tuple[Tape, ...], factory: Callable[[Tape], TapeDevice] = make_drive) -> None:
         self.configs = {t.name: t for t in tapes}
         self._drives = {t.name: factory(t) for t in tapes}
-        self._holders: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self._holders = Holders()
 
     def __contains__(self, name: str) -> bool:
         return name in self._drives
@@ -34,24 +33,18 @@ class DriveRegistry:
     def acquire(self, name: str, owner: object) -> TapeDevice:
         """Reserve drive ``name`` for ``owner`` (KeyError: no such drive; DeviceBusy: held)."""
         drive = self._drives[name]
-        with self._lock:
-            holder = self._holders.get(name)
-            if holder is not None and holder is not owner:
-                raise DeviceBusy(f"{name} is in use by another session")
-            self._holders[name] = owner
+        self._holders.claim(name, owner)
         return drive
 
     def release(self, name: str, owner: object) -> None:
         """Give the drive back. A standalone virtual drive gets its cartridge back after an unload."""
-        with self._lock:
-            if self._holders.get(name) is owner:
-                del self._holders[name]
+        self._holders.let_go(name, owner)
         drive, config = self._drives[name], self.configs[name]
         if isinstance(drive, VirtualTape) and not drive.loaded and config.path is not None:
             drive.load(config.path)
 
     def holder(self, name: str) -> object | None:
-        return self._holders.get(name)
+        return self._holders.holder(name)
 
     def drive(self, name: str) -> TapeDevice:
         return self._drives[name]

@@ -325,9 +325,12 @@ class Data:
         self.session.edge.call_soon(lambda: self._post_now(code, body))
 
     def _post_now(self, code: int, body: object) -> None:
+        self._post_encoded_now(code, self.session.encode_post(code, body))
+
+    def _post_encoded_now(self, code: int, body: bytes) -> None:
         session = self.session
         if not session.closed:
-            session.post(code, body)
+            session.post_encoded(code, body)
             session.edge.output_ready()
 
     def encode_post(self, code: int, body: object) -> bytes:
@@ -336,11 +339,8 @@ class Data:
     def post_encoded(self, code: int, body: bytes, on_sent: Callable[[], None]) -> None:
         """Send an encoded post; ``on_sent`` once the control connection has taken it."""
         def send() -> None:
-            session = self.session
-            if not session.closed:
-                session.post_encoded(code, body)
-                session.edge.output_ready()
-            session.edge.when_drained(on_sent)
+            self._post_encoded_now(code, body)
+            self.session.edge.when_drained(on_sent)
         self.session.edge.call_soon(send)
 
     def log_message(self, text: str, level: str = "normal") -> None:

@@ -135,7 +135,7 @@ def scsi_execute_cdb(session: "Session", req: Any) -> Any:
 
 
 def execute_cdb(device: ChangerDevice, req: Any, reply: Any) -> Blocking:
-    """EXECUTE_CDB on ``device`` (the SCSI and TAPE interfaces share it)."""
+    """EXECUTE_CDB on ``device``, answered with ``reply`` (the interface's reply type)."""
     if not req.cdb:
         raise NdmpError(C.ILLEGAL_ARGS_ERR, "empty CDB")
     data_in, data_out = req.flags & C.SCSI_DATA_IN, req.flags & C.SCSI_DATA_OUT
