@@ -118,7 +118,7 @@ class Session:
         return self.proto.encode_body(code, REQUEST, self.translator.from_internal(code, REQUEST, body))
 
     def post_encoded(self, code: int, body: bytes) -> None:
-        """Send a post whose body :meth:`encode_post` made."""
+        """Send a post whose body is already encoded for this version (file history)."""
         self._send(REQUEST, code, 0, 0, body)
 
     def _post_connection_status(self, reason: int, version: int, text: str) -> None:

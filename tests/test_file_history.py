@@ -21,9 +21,6 @@ class SlowDma:
         self.lock = threading.Lock()
         self.reading = False
 
-    def encode(self, code: int, body: object) -> bytes:
-        return V4.encode_body(code, REQUEST, body)
-
     def send(self, code: int, body: bytes, on_sent) -> None:
         with self.lock:
             self.sent.append((code, body))
@@ -57,7 +54,7 @@ def _add(history: FileHistory, count: int) -> None:
 def test_history_spills_instead_of_stalling_and_sends_everything_in_order() -> None:
     dma = SlowDma()
     cancel = threading.Event()
-    history = FileHistory(4, "f", dma.encode, dma.send, cancel)
+    history = FileHistory(4, "f", dma.send, cancel)
     count = BATCH * (MAX_QUEUED * 4) + 7
     started = time.monotonic()
     _add(history, count)                       # the DMA reads nothing meanwhile
@@ -78,7 +75,7 @@ def test_history_spills_instead_of_stalling_and_sends_everything_in_order() -> N
 def test_a_cancelled_job_stops_waiting_for_a_dma_that_never_reads() -> None:
     dma = SlowDma()
     cancel = threading.Event()
-    history = FileHistory(4, "f", dma.encode, dma.send, cancel)
+    history = FileHistory(4, "f", dma.send, cancel)
     _add(history, BATCH * (MAX_QUEUED + 3))
     finisher = threading.Thread(target=history.finish)
     finisher.start()

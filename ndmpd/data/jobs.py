@@ -44,7 +44,6 @@ class JobHost(Protocol):
     cancel: threading.Event
 
     def post(self, code: int, body: object) -> None: ...
-    def encode_post(self, code: int, body: object) -> bytes: ...
     def post_encoded(self, code: int, body: bytes, on_sent: Callable[[], None]) -> None: ...
     def log_message(self, text: str, level: str = "normal") -> None: ...
     def log_file(self, name: str, ok: bool, why: str = "") -> None: ...
@@ -66,7 +65,7 @@ def _warner(host: JobHost) -> Callable[[str], None]:
 def _history(host: JobHost, env: JobEnv) -> FileHistory | None:
     if env.hist == "n":
         return None
-    return FileHistory(host.version, env.hist, host.encode_post, host.post_encoded, host.cancel)
+    return FileHistory(host.version, env.hist, host.post_encoded, host.cancel)
 
 
 def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,

@@ -333,11 +333,8 @@ class Data:
             session.post_encoded(code, body)
             session.edge.output_ready()
 
-    def encode_post(self, code: int, body: object) -> bytes:
-        return self.session.encode_post(code, body)
-
     def post_encoded(self, code: int, body: bytes, on_sent: Callable[[], None]) -> None:
-        """Send an encoded post; ``on_sent`` once the control connection has taken it."""
+        """Send a post already encoded for this session's version; ``on_sent`` once the control connection has taken it."""
         def send() -> None:
             self._post_encoded_now(code, body)
             self.session.edge.when_drained(on_sent)
