@@ -212,11 +212,12 @@ class HeaderWriter:
             if template[0]:
                 size_field = b"%011o\0" % size
                 time_field = b"%011o\0" % sec
-                checksum = template[2] + sum(name) + sum(size_field) + sum(time_field)
+                checksum = template[2] + sum(name + size_field + time_field)
                 block = b"".join((name, _NULS[100 - len(name)], template[0], size_field, time_field,
                                   b"%06o\0 " % checksum, template[1]))
                 if frac:
-                    extra += pax_record(b"mtime", format_time(mtime_ns))
+                    extra += (b"30 mtime=%d.%09d\n" % (sec, frac) if 1_000_000_000 <= sec < 10_000_000_000
+                              else pax_record(b"mtime", format_time(mtime_ns)))   # the record of 2001-2286
                 return self._extended(extra) + block if extra else block
         return self._general(name, mode, uid, gid, size, mtime_ns, typeflag, linkname, devmajor,
                              devminor, extra)
