@@ -86,7 +86,7 @@ class FileHistory:
             self._root_sent = True
             if path:                            # the root was not the first entry: invent "."
                 self._dirs.append(encoder.dir(b".", parent, parent))
-        self._dirs.append(encoder.dir(os.path.basename(path) if path else b".", node, parent if path else node))
+        self._dirs.append(encoder.dir(path.rpartition(b"/")[2] if path else b".", node, parent if path else node))
         self._nodes.append(encoder.node(mode, uid, gid, size, mtime, atime, ctime, links, node, fh_info))
         if len(self._nodes) >= BATCH:
             self.flush()
