@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 
 import pytest
 
@@ -11,6 +12,7 @@ from ndmpd.changer.sg import SG_DXFER_FROM_DEV, SG_DXFER_NONE, SG_GET_SCSI_ID, S
     TransportError
 from ndmpd.config import build
 from ndmpd.context import ServerContext
+from ndmpd.devices import cartridge
 from ndmpd.wire import C
 
 from .test_tape_service import err, open_session
@@ -58,6 +60,36 @@ def test_open_execute_and_the_one_device_rules(ctx):
     assert err(other_dma.call("SCSI_OPEN", device="vlib0")) == C.NO_ERR
     other.teardown()                                               # a lost connection lets go
     assert err(dma.call("SCSI_OPEN", device="vlib0")) == C.NO_ERR
+
+
+def _move(dma, source: int, destination: int):
+    cdb = bytes([0xA5, 0]) + struct.pack(">HHH", 0, source, destination) + bytes(4)
+    return dma.call("SCSI_EXECUTE_CDB", flags=0, timeout=0, datain_len=0, cdb=cdb, dataout=b"")
+
+
+def test_a_robot_waits_for_a_tape_call_in_progress_and_the_reader_then_finds_no_tape(ctx):
+    library = ctx.changers.libraries["vlib0"]
+    cartridge.create(library.cartridge_path("R1"), 1 << 20, None, "R1")
+    library.place("R1", None, (2,))
+    robot, robot_dma = open_session(ctx)
+    assert err(robot_dma.call("SCSI_OPEN", device="vlib0")) == C.NO_ERR
+    assert _move(robot_dma, 1024, 128).body.status == 0
+    reader, reader_dma = open_session(ctx)
+    assert err(reader_dma.call("TAPE_OPEN", device="ltape0", mode=C.TAPE_RDWR_MODE)) == C.NO_ERR
+    assert err(reader_dma.call("TAPE_WRITE", data_out=b"r" * 512)) == C.NO_ERR
+    drive_lock, drive = ctx.drives.lock("ltape0"), ctx.drives.drive("ltape0")
+    assert reader.tape.lock is drive_lock
+    replies = []
+    with drive_lock:                        # the reader's session is in the middle of a tape call
+        robot_thread = threading.Thread(target=lambda: replies.append(_move(robot_dma, 128, 1024)))
+        robot_thread.start()
+        robot_thread.join(0.3)
+        assert robot_thread.is_alive() and drive.loaded and not replies
+    robot_thread.join(5)
+    assert replies[0].body.status == 0 and not drive.loaded
+    assert err(reader_dma.call("TAPE_READ", count=512)) == C.NO_TAPE_LOADED_ERR
+    assert err(reader_dma.call("TAPE_CLOSE")) == C.NO_ERR
+    assert cartridge.Cartridge(library.cartridge_path("R1"), writable=False).eod > cartridge.DATA_START
 
 
 def test_v3_set_target_and_v2_reset_bus(ctx):

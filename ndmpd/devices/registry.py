@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ class DriveRegistry:
     def __init__(self, tapes: tuple[Tape, ...], factory: Callable[[Tape], TapeDevice] = make_drive) -> None:
         self.configs = {t.name: t for t in tapes}
         self._drives = {t.name: factory(t) for t in tapes}
+        self._locks = {t.name: threading.Lock() for t in tapes}
         self._holders = Holders()
 
     def __contains__(self, name: str) -> bool:
@@ -49,12 +51,20 @@ class DriveRegistry:
     def drive(self, name: str) -> TapeDevice:
         return self._drives[name]
 
+    def lock(self, name: str) -> threading.Lock:
+        """Held around every call on drive ``name``: its holder's TAPE_* requests, its mover,
+        and a library swapping its cartridge, so a robot never pulls a tape mid-record."""
+        return self._locks[name]
+
     def change_cartridge(self, name: str, path: Path | None) -> None:
         """A library moved a cartridge into (``path``) or out of (None) virtual drive ``name``."""
         drive = self._drives[name]
-        if not isinstance(drive, VirtualTape) or drive.path == path:
+        if not isinstance(drive, VirtualTape):
             return
-        if path is None:
-            drive.unload()
-        else:
-            drive.load(path)
+        with self._locks[name]:
+            if drive.path == path:
+                return
+            if path is None:
+                drive.unload()
+            else:
+                drive.load(path)

@@ -57,7 +57,7 @@ class TapeSlot:
         self.device: TapeDevice | None = None
         self.mode = C.TAPE_READ_MODE
         self.max_block = 0
-        self.lock = threading.Lock()          # device calls: session worker vs. mover thread
+        self.lock = threading.Lock()          # device calls; the drive's own lock once one is open
 
     @property
     def is_open(self) -> bool:
@@ -125,6 +125,7 @@ def tape_open(session: "Session", req: Any) -> Any:
     except DeviceBusy as exc:
         raise NdmpError(C.DEVICE_BUSY_ERR, str(exc)) from None
     config = drives.configs[req.device]
+    slot.lock = drives.lock(req.device)       # shared with the mover and with a library's moves
 
     def run() -> Any:
         try:
