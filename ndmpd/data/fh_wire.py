@@ -86,9 +86,9 @@ class FhV2:
         self._proto = proto = protocol(2)
         self._t = t = proto.types
         self._ftypes, self._other = _file_types(proto.const)
-        self._posts = {"file": ("FH_ADD_UNIX_PATH", t.fh_add_unix_path_post),
-                       "dir": ("FH_ADD_UNIX_DIR", t.fh_add_unix_dir_post),
-                       "node": ("FH_ADD_UNIX_NODE", t.fh_add_unix_node_post)}
+        self._posts = {"file": (proto.by_name["FH_ADD_UNIX_PATH"].code, t.fh_add_unix_path_post),
+                       "dir": (proto.by_name["FH_ADD_UNIX_DIR"].code, t.fh_add_unix_dir_post),
+                       "node": (proto.by_name["FH_ADD_UNIX_NODE"].code, t.fh_add_unix_node_post)}
 
     def _stat(self, mode: int, uid: int, gid: int, size: int, mtime: int, atime: int, ctime: int,
               fh_info: int) -> object:
@@ -107,8 +107,7 @@ class FhV2:
         return self._t.fh_unix_node(self._stat(mode, uid, gid, size, mtime, atime, ctime, fh_info), node & U32)
 
     def post(self, kind: str, entries: list) -> tuple[int, bytes]:
-        name, body = self._posts[kind]
-        code = self._proto.by_name[name].code
+        code, body = self._posts[kind]
         return code, self._proto.encode_body(code, REQUEST, body(entries))
 
 

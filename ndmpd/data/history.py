@@ -6,8 +6,9 @@ butype, as Bareos and NetBackup expect). ``fh_info`` is the entry's byte offset 
 
 Entries are encoded as they arrive, on the worker thread (:mod:`.fh_wire`), and each batch
 leaves it through ``send``. At most MAX_QUEUED are in flight on the control connection;
-when the DMA reads slowly the rest wait in a :class:`Spill` file, so history never stalls the data stream and never grows in memory.
-Only :meth:`FileHistory.finish`, after the stream has ended, waits for the DMA.
+when the DMA reads slowly the rest wait in a :class:`Spill` file, so history never stalls
+the data stream and never grows in memory. Only :meth:`FileHistory.finish`, after the
+stream has ended, waits for the DMA.
 """
 
 from __future__ import annotations

@@ -334,7 +334,8 @@ class Data:
             session.edge.output_ready()
 
     def post_encoded(self, code: int, body: bytes, on_sent: Callable[[], None]) -> None:
-        """Send a post already encoded for this session's version; ``on_sent`` once the control connection has taken it."""
+        """Send a post already encoded for this session's version; ``on_sent`` once the
+        control connection has taken it."""
         def send() -> None:
             self._post_encoded_now(code, body)
             self.session.edge.when_drained(on_sent)
