@@ -53,10 +53,11 @@ class ChangerRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self.configs
 
-    def acquire(self, name: str, owner: object) -> ChangerDevice:
-        """Reserve changer ``name`` (KeyError: none such; DeviceBusy: held; OSError: cannot open)."""
+    def acquire(self, name: str, owner: object, patience: float = 0.0) -> ChangerDevice:
+        """Reserve changer ``name`` (KeyError: none such; DeviceBusy: held; OSError: cannot open).
+        ``patience``: how long to wait for a closed session still giving it back."""
         config = self.configs[name]
-        self._holders.claim(name, owner)
+        self._holders.claim(name, owner, patience)
         if config.kind == "virtual":
             return self._emulators[name]
         device = self._open.get(name)            # only the holder gets here

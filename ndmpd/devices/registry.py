@@ -32,10 +32,11 @@ class DriveRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self._drives
 
-    def acquire(self, name: str, owner: object) -> TapeDevice:
-        """Reserve drive ``name`` for ``owner`` (KeyError: no such drive; DeviceBusy: held)."""
+    def acquire(self, name: str, owner: object, patience: float = 0.0) -> TapeDevice:
+        """Reserve drive ``name`` for ``owner`` (KeyError: no such drive; DeviceBusy: held).
+        ``patience``: how long to wait for a closed session still giving it back."""
         drive = self._drives[name]
-        self._holders.claim(name, owner)
+        self._holders.claim(name, owner, patience)
         return drive
 
     def release(self, name: str, owner: object) -> None:

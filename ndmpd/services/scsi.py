@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..changer.registry import ChangerDevice
 from ..changer.sense import CdbResult
+from ..devices.holders import HANDOVER_PATIENCE
 from ..devices.tape import DeviceBusy
 from ..errors import NdmpError
 from ..wire import C, T, protocol
@@ -65,7 +66,7 @@ def scsi_open(session: "Session", req: Any) -> Any:
 
     def run() -> Any:
         try:
-            device = changers.acquire(req.device, session)
+            device = changers.acquire(req.device, session, HANDOVER_PATIENCE)
         except DeviceBusy as exc:
             raise NdmpError(C.DEVICE_BUSY_ERR, str(exc)) from None
         except OSError as exc:

@@ -12,6 +12,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..devices.holders import HANDOVER_PATIENCE
 from ..devices.tape import (DeviceBusy, EndOfData, EndOfMedium, FilemarkReached, MediaError, NoMedium,
                             NotWritable, Stop, TapeDevice, TapeError, WriteProtected)
 from ..errors import NdmpError
@@ -120,14 +121,14 @@ def tape_open(session: "Session", req: Any) -> Any:
     drives = session.ctx.drives
     if req.device not in drives:
         raise NdmpError(C.NO_DEVICE_ERR, f"no tape drive {req.device!r}")
-    try:
-        device = drives.acquire(req.device, session)
-    except DeviceBusy as exc:
-        raise NdmpError(C.DEVICE_BUSY_ERR, str(exc)) from None
     config = drives.configs[req.device]
-    slot.lock = drives.lock(req.device)       # shared with the mover and with a library's moves
 
     def run() -> Any:
+        try:            # on the worker thread: it may wait for a closed session's teardown
+            device = drives.acquire(req.device, session, HANDOVER_PATIENCE)
+        except DeviceBusy as exc:
+            raise NdmpError(C.DEVICE_BUSY_ERR, str(exc)) from None
+        slot.lock = drives.lock(req.device)       # shared with the mover and with a library's moves
         try:
             with slot.lock:
                 device.open(write=req.mode != C.TAPE_READ_MODE)
