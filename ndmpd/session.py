@@ -13,8 +13,10 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
 
+from . import trace
 from .context import ServerContext
 from .errors import HeaderError, NdmpError
+from .logtext import peer_text
 from .services import Blocking
 from .services.data import Data
 from .services.mover import Mover
@@ -28,6 +30,9 @@ log = logging.getLogger("ndmpd.session")
 
 GREETING_TEXT = "ndmpd ready"
 MAX_AUTH_FAILURES = 3
+# Before authentication only CONNECT and CONFIG queries of a few hundred bytes are legal:
+# an unauthenticated peer may make the session hold this much, not max_record_size.
+PRE_AUTH_MAX_RECORD = 16 << 10
 
 
 class Edge:
@@ -66,7 +71,8 @@ class Session:
         self.offered_version = ctx.config.server.max_version
         self.version = self.offered_version
         self.version_locked = False
-        self.authenticated = False
+        self._reader = RecordReader(min(PRE_AUTH_MAX_RECORD, ctx.config.server.max_record_size))
+        self._authenticated = False
         self.auth_user: str | None = None
         self.auth_failures = 0
         self.max_auth_failures = MAX_AUTH_FAILURES
@@ -75,7 +81,6 @@ class Session:
         self.closed = False               # no more input is processed; close after flushing
         self._sequence = 0
         self._outbox: list[bytes] = []
-        self._reader = RecordReader(ctx.config.server.max_record_size)
         self._after_reply: Callable[[], None] | None = None
         self._busy = False                # a blocking reply is being computed
         self._backlog: deque[bytes | OversizedRecord] = deque()
@@ -86,6 +91,17 @@ class Session:
         self.mover = Mover(self)
         self.data = Data(self)
         self.set_version(self.version)
+
+    @property
+    def authenticated(self) -> bool:
+        """Has the peer authenticated? The record limit follows: small before, full after."""
+        return self._authenticated
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        self._authenticated = value
+        limit = self.ctx.config.server.max_record_size
+        self._reader.max_record = limit if value else min(PRE_AUTH_MAX_RECORD, limit)
 
     # ------------------------------------------------------------------ output
 
@@ -99,9 +115,15 @@ class Session:
         self._sequence = (self._sequence + 1) & 0xFFFFFFFF or 1
         return self._sequence
 
-    def _send(self, message_type: int, code: int, reply_to: int, error: int, body: bytes) -> None:
-        header = Header(self._next_sequence(), int(self.ctx.clock()), message_type, code, reply_to, error)
+    def _send(self, message_type: int, code: int, reply_to: int, error: int, body: bytes) -> int:
+        sequence = self._next_sequence()
+        header = Header(sequence, int(self.ctx.clock()), message_type, code, reply_to, error)
         self._outbox.append(frame(header.pack() + body))
+        return sequence
+
+    def _message_name(self, code: int) -> str:
+        spec = self.proto.message(code)
+        return spec.name if spec is not None else f"0x{code:x}"
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call, record-marked."""
@@ -111,7 +133,9 @@ class Session:
 
     def post(self, code: int, body: Any) -> None:
         """Send a NOTIFY/LOG/FH post; ``body`` is in internal (v4) form."""
-        self._send(REQUEST, code, 0, 0, self.encode_post(code, body))
+        sequence = self._send(REQUEST, code, 0, 0, self.encode_post(code, body))
+        if trace.enabled():
+            trace.post(self.peer, sequence, self._message_name(code), body)
 
     def encode_post(self, code: int, body: Any) -> bytes:
         """A post's body on the wire (pure: worker threads call it too)."""
@@ -119,13 +143,16 @@ class Session:
 
     def post_encoded(self, code: int, body: bytes) -> None:
         """Send a post whose body is already encoded for this version (file history)."""
-        self._send(REQUEST, code, 0, 0, body)
+        sequence = self._send(REQUEST, code, 0, 0, body)
+        if trace.enabled():
+            trace.post(self.peer, sequence, self._message_name(code), None, with_body=False)
 
     def _post_connection_status(self, reason: int, version: int, text: str) -> None:
         self.post(C.NOTIFY_CONNECTION_STATUS, T.notify_connection_status_post(reason, version, text))
 
     def greet(self) -> None:
         """The server speaks first: NOTIFY_CONNECTION_STATUS(CONNECTED, highest version)."""
+        self.ctx.metrics.session_started()
         self._post_connection_status(C.CONNECTED, self.offered_version, GREETING_TEXT)
 
     def refuse(self, reason: str) -> None:
@@ -134,7 +161,19 @@ class Session:
         self.closed = True
 
     def _reply_header_error(self, request: Header, error: int) -> None:
-        self._send(REPLY, request.message_code, request.sequence, error, b"")
+        sequence = self._send(REPLY, request.message_code, request.sequence, error, b"")
+        self._replied(request, sequence, error, None)
+
+    def _replied(self, request: Header, sequence: int, error: int, body: Any) -> None:
+        """Count and trace one reply sent (``error``: the header's, else the body's)."""
+        code = request.message_code
+        if error == C.NO_ERR and body is not None:
+            error = getattr(body, "error", C.NO_ERR)
+        if error != C.NO_ERR:
+            self.ctx.metrics.error_reply(self.proto.error_name(error), code == C.CONNECT_CLIENT_AUTH)
+        if trace.enabled():
+            trace.reply(self.peer, sequence, request.sequence, self._message_name(code),
+                        self.proto.error_name(error), body)
 
     # ------------------------------------------------------------------- input
 
@@ -169,7 +208,7 @@ class Session:
         except struct.error:
             sequence, code = partial_header(record)
             log.warning("%s: record of %d bytes is shorter than a header", self.peer, len(record))
-            self._send(REPLY, code, sequence, C.XDR_DECODE_ERR, b"")
+            self._reply_header_error(Header(sequence, 0, REQUEST, code, 0, 0), C.XDR_DECODE_ERR)
             return
         if header.message_type == REPLY:
             log.warning("%s: unexpected reply to 0x%x ignored", self.peer, header.message_code)
@@ -180,8 +219,12 @@ class Session:
         self._dispatch(header, record)
 
     def _oversized(self, record: OversizedRecord) -> None:
-        log.warning("%s: %d-byte message exceeds max_record_size %d; refused", self.peer,
-                    record.length, self.ctx.config.server.max_record_size)
+        if self.authenticated:
+            log.warning("%s: %d-byte message exceeds server.max_record_size %d; refused", self.peer,
+                        record.length, self.ctx.config.server.max_record_size)
+        else:
+            log.warning("%s: %d-byte message before authentication exceeds %d bytes; refused", self.peer,
+                        record.length, self._reader.max_record)
         try:
             header = unpack_header(record.head)
         except struct.error:
@@ -199,23 +242,27 @@ class Session:
         handler = self.ctx.handlers.get(code)
         if code == C.CONNECT_CLOSE and spec is not None:
             log.info("%s: CONNECT_CLOSE", self.peer)
+            if trace.enabled():
+                trace.request(self.peer, header.sequence, spec.name, None)
             self.closed = True
             return
         if spec is None or spec.post is not None or handler is None:
             log.info("%s: message 0x%x not supported in NDMPv%d", self.peer, code, self.version)
-            self._reply_header_error(header, C.NOT_SUPPORTED_ERR)
+            self._refuse(header, C.NOT_SUPPORTED_ERR, "not supported")
             return
         if not handler.pre_auth and not self.authenticated:
             log.info("%s: %s before authentication refused", self.peer, spec.name)
-            self._reply_header_error(header, C.NOT_AUTHORIZED_ERR)
+            self._refuse(header, C.NOT_AUTHORIZED_ERR, "before authentication")
             return
         try:
             wire_request = self.proto.decode_body(code, REQUEST, record)
         except XdrError as exc:
-            log.warning("%s: undecodable %s: %s", self.peer, spec.name, exc)
-            self._reply_header_error(header, C.XDR_DECODE_ERR)
+            log.warning("%s: undecodable %s: %s", self.peer, spec.name, peer_text(exc))
+            self._refuse(header, C.XDR_DECODE_ERR, "undecodable body")
             return
         request = self.translator.to_internal(code, REQUEST, wire_request)
+        if trace.enabled():
+            trace.request(self.peer, header.sequence, spec.name, request)
         self.wire_request = wire_request      # fields only an older version has (v2's mover address)
         self._answer(header, spec.name, lambda: handler.fn(self, request))
 
@@ -228,7 +275,7 @@ class Session:
                 self._start_blocking(header, name, reply)
                 return
         except NdmpError as exc:
-            log.info("%s: %s -> %s %s", self.peer, name, self.proto.error_name(exc.code), exc.message)
+            log.info("%s: %s -> %s %s", self.peer, name, self.proto.error_name(exc.code), peer_text(exc.message))
             reply = self._error_reply(code, exc.code)
         except HeaderError as exc:
             self._reply_header_error(header, exc.code)
@@ -251,6 +298,13 @@ class Session:
 
         self.edge.run_blocking(blocking.work, done)
 
+    def _refuse(self, header: Header, error: int, why: str) -> None:
+        """Answer a request with a header error before its body is decoded."""
+        if trace.enabled():
+            trace.refused(self.peer, header.sequence, header.message_code,
+                          self._message_name(header.message_code), self.proto.error_name(error), why)
+        self._reply_header_error(header, error)
+
     def _error_reply(self, code: int, error: int) -> Any:
         """A zero-valued reply body (internal form where one exists) carrying ``error``."""
         body = self.translator.new_internal_body(code, REPLY)
@@ -262,10 +316,11 @@ class Session:
         try:
             body = self.proto.encode_body(code, REPLY, self.translator.from_internal(code, REPLY, reply))
         except XdrError as exc:
-            log.error("%s: cannot encode reply to 0x%x: %s", self.peer, code, exc)
+            log.error("%s: cannot encode reply to 0x%x: %s", self.peer, code, peer_text(exc))
             self._reply_header_error(header, C.XDR_ENCODE_ERR)
             return
-        self._send(REPLY, code, header.sequence, C.NO_ERR, body)
+        sequence = self._send(REPLY, code, header.sequence, C.NO_ERR, body)
+        self._replied(header, sequence, C.NO_ERR, reply)
         if self._after_reply:
             action, self._after_reply = self._after_reply, None
             action()
