@@ -33,6 +33,11 @@ MAX_AUTH_FAILURES = 3
 # Before authentication only CONNECT and CONFIG queries of a few hundred bytes are legal:
 # an unauthenticated peer may make the session hold this much, not max_record_size.
 PRE_AUTH_MAX_RECORD = 16 << 10
+# v4 errors NDMPv2/v3 lack, as the error of theirs that means the same to a DMA of that version
+OLDER_ERRORS = {C.CONNECT_ERR: C.IO_ERR, C.SEQUENCE_NUM_ERR: C.ILLEGAL_ARGS_ERR,
+                C.READ_IN_PROGRESS_ERR: C.ILLEGAL_STATE_ERR, C.PRECONDITION_ERR: C.ILLEGAL_STATE_ERR,
+                C.CLASS_NOT_SUPPORTED_ERR: C.NOT_SUPPORTED_ERR, C.VERSION_NOT_SUPPORTED_ERR: C.NOT_SUPPORTED_ERR,
+                C.EXT_DUPL_CLASSES_ERR: C.ILLEGAL_ARGS_ERR, C.EXT_DANDN_ILLEGAL_ERR: C.ILLEGAL_STATE_ERR}
 
 
 class Edge:
@@ -161,6 +166,7 @@ class Session:
         self.closed = True
 
     def _reply_header_error(self, request: Header, error: int) -> None:
+        error = self._known_error(error)
         sequence = self._send(REPLY, request.message_code, request.sequence, error, b"")
         self._replied(request, sequence, error, None)
 
@@ -314,16 +320,25 @@ class Session:
     def _reply(self, header: Header, reply: Any) -> None:
         code = header.message_code
         try:
-            body = self.proto.encode_body(code, REPLY, self.translator.from_internal(code, REPLY, reply))
+            wire = self.translator.from_internal(code, REPLY, reply)
+            if wire is not None and getattr(wire, "error", C.NO_ERR) not in self.proto.error_names:
+                wire.error = self._known_error(wire.error)
+            body = self.proto.encode_body(code, REPLY, wire)
         except XdrError as exc:
             log.error("%s: cannot encode reply to 0x%x: %s", self.peer, code, peer_text(exc))
             self._reply_header_error(header, C.XDR_ENCODE_ERR)
             return
         sequence = self._send(REPLY, code, header.sequence, C.NO_ERR, body)
-        self._replied(header, sequence, C.NO_ERR, reply)
+        self._replied(header, sequence, C.NO_ERR, wire)
         if self._after_reply:
             action, self._after_reply = self._after_reply, None
             action()
+
+    def _known_error(self, error: int) -> int:
+        """``error`` as this version knows it: a v4-only error becomes its nearest older one."""
+        if error in self.proto.error_names:
+            return error
+        return OLDER_ERRORS.get(error, C.UNDEFINED_ERR)
 
     def after_reply(self, action: Callable[[], None]) -> None:
         """Run ``action`` once the current reply is queued (e.g. switch version after CONNECT_OPEN)."""
