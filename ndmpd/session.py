@@ -150,7 +150,19 @@ class Session:
         """Send a post whose body is already encoded for this version (file history)."""
         sequence = self._send(REQUEST, code, 0, 0, body)
         if trace.enabled():
-            trace.post(self.peer, sequence, self._message_name(code), None, with_body=False)
+            self._trace_encoded_post(sequence, code, body)
+
+    def _trace_encoded_post(self, sequence: int, code: int, body: bytes) -> None:
+        """File history posts (many, large) by name only; others decoded back for their summary."""
+        name = self._message_name(code)
+        if name.startswith("FH_"):
+            trace.post(self.peer, sequence, name, None, with_body=False)
+            return
+        try:
+            decoded = self.proto.decode_body(code, REQUEST, body, 0)
+        except (XdrError, KeyError):
+            decoded = None
+        trace.post(self.peer, sequence, name, decoded)
 
     def _post_connection_status(self, reason: int, version: int, text: str) -> None:
         self.post(C.NOTIFY_CONNECTION_STATUS, T.notify_connection_status_post(reason, version, text))
@@ -266,11 +278,12 @@ class Session:
             log.warning("%s: undecodable %s: %s", self.peer, spec.name, peer_text(exc))
             self._refuse(header, C.XDR_DECODE_ERR, "undecodable body")
             return
-        request = self.translator.to_internal(code, REQUEST, wire_request)
         if trace.enabled():
-            trace.request(self.peer, header.sequence, spec.name, request)
+            trace.request(self.peer, header.sequence, spec.name, wire_request)
         self.wire_request = wire_request      # fields only an older version has (v2's mover address)
-        self._answer(header, spec.name, lambda: handler.fn(self, request))
+        # translated inside _answer: a value that has no v4 form costs this request, not the session
+        self._answer(header, spec.name,
+                     lambda: handler.fn(self, self.translator.to_internal(code, REQUEST, wire_request)))
 
     def _answer(self, header: Header, name: str, produce: Callable[[], Any]) -> None:
         """Reply with what ``produce`` returns, or the error it raises (one place for both)."""

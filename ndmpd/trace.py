@@ -68,7 +68,7 @@ def _render(value: Any, out: list[str], depth: int) -> None:
         for i, item in enumerate(value[:LIST_ITEMS]):
             if i:
                 out.append(" ")
-            _render(item, out, depth - 1)
+            _render(item, out, depth)
         if len(value) > LIST_ITEMS:
             out.append(f" +{len(value) - LIST_ITEMS} more")
         out.append("]")

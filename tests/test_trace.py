@@ -82,3 +82,15 @@ def test_info_level_does_no_trace_work(tmp_path, caplog, monkeypatch):
     assert dma.call("CONFIG_GET_HOST_INFO").body.error == C4.NO_ERR
     assert dma.call("TAPE_OPEN", device="x", mode=0).body.error == C4.NO_DEVICE_ERR
     assert not trace_lines(caplog)
+
+
+def test_posts_are_traced_with_their_body_but_file_history_by_name_only(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="ndmpd")
+    session, dma = new_session(make_config(tmp_path))
+    session.data.log_message("cannot restore /vol/a\nb")
+    session.post_encoded(C4.FH_ADD_FILE, b"\x00\x00\x00\x00")
+    lines = trace_lines(caplog)
+    log_post = [line for line in lines if "post LOG_MESSAGE" in line]
+    assert len(log_post) == 1 and 'entry="cannot restore /vol/a\\nb"' in log_post[0]
+    fh = [line for line in lines if "FH_ADD_FILE" in line]
+    assert len(fh) == 1 and fh[0].rstrip().endswith("post FH_ADD_FILE")
