@@ -88,6 +88,7 @@ class Session:
         self._outbox: list[bytes] = []
         self._after_reply: Callable[[], None] | None = None
         self._busy = False                # a blocking reply is being computed
+        self._tracing = False             # --log-level debug: trace this message and its reply
         self._backlog: deque[bytes | OversizedRecord] = deque()
         self.edge = Edge()
         self.wire_request: Any = None
@@ -189,7 +190,7 @@ class Session:
             error = getattr(body, "error", C.NO_ERR)
         if error != C.NO_ERR:
             self.ctx.metrics.error_reply(self.proto.error_name(error), code == C.CONNECT_CLIENT_AUTH)
-        if trace.enabled():
+        if self._tracing:
             trace.reply(self.peer, sequence, request.sequence, self._message_name(code),
                         self.proto.error_name(error), body)
 
@@ -218,6 +219,7 @@ class Session:
 
     def receive_record(self, record: bytes | OversizedRecord) -> None:
         """Process one complete record (one message)."""
+        self._tracing = trace.enabled()         # the one level check per message
         if isinstance(record, OversizedRecord):
             self._oversized(record)
             return
@@ -260,7 +262,7 @@ class Session:
         handler = self.ctx.handlers.get(code)
         if code == C.CONNECT_CLOSE and spec is not None:
             log.info("%s: CONNECT_CLOSE", self.peer)
-            if trace.enabled():
+            if self._tracing:
                 trace.request(self.peer, header.sequence, spec.name, None)
             self.closed = True
             return
@@ -268,7 +270,7 @@ class Session:
             log.info("%s: message 0x%x not supported in NDMPv%d", self.peer, code, self.version)
             self._refuse(header, C.NOT_SUPPORTED_ERR, "not supported")
             return
-        if not handler.pre_auth and not self.authenticated:
+        if not handler.pre_auth and not self._authenticated:
             log.info("%s: %s before authentication refused", self.peer, spec.name)
             self._refuse(header, C.NOT_AUTHORIZED_ERR, "before authentication")
             return
@@ -278,7 +280,7 @@ class Session:
             log.warning("%s: undecodable %s: %s", self.peer, spec.name, peer_text(exc))
             self._refuse(header, C.XDR_DECODE_ERR, "undecodable body")
             return
-        if trace.enabled():
+        if self._tracing:
             trace.request(self.peer, header.sequence, spec.name, wire_request)
         self.wire_request = wire_request      # fields only an older version has (v2's mover address)
         # translated inside _answer: a value that has no v4 form costs this request, not the session
@@ -319,7 +321,7 @@ class Session:
 
     def _refuse(self, header: Header, error: int, why: str) -> None:
         """Answer a request with a header error before its body is decoded."""
-        if trace.enabled():
+        if self._tracing:
             trace.refused(self.peer, header.sequence, header.message_code,
                           self._message_name(header.message_code), self.proto.error_name(error), why)
         self._reply_header_error(header, error)
@@ -334,7 +336,7 @@ class Session:
         code = header.message_code
         try:
             wire = self.translator.from_internal(code, REPLY, reply)
-            if wire is not None and getattr(wire, "error", C.NO_ERR) not in self.proto.error_names:
+            if wire is not reply and getattr(wire, "error", C.NO_ERR) not in self.proto.error_names:
                 wire.error = self._known_error(wire.error)
             body = self.proto.encode_body(code, REPLY, wire)
         except XdrError as exc:
