@@ -14,6 +14,7 @@ and, when the stream is still in step, a valid request afterwards is still answe
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import random
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 from ndmpd.config import build
 from ndmpd.context import ServerContext
 from ndmpd.mover import addresses
-from ndmpd.session import Session
+from ndmpd.session import Edge, Session
 from ndmpd.wire import REPLY, REQUEST, protocol
 from ndmpd.wire.message import Header
 from ndmpd.wire.records import LAST_FRAGMENT, RecordReader, frame
@@ -204,6 +205,9 @@ class Input:
     authenticated: bool
     locked: bool = True                                     # False: CONNECT_OPEN may still switch
     tape_open: bool = False                                 # vtape0 opened RDWR first (post-auth)
+    deferred: bool = False                                  # device calls finish later (pipelining)
+    flushes: list[bool] = field(default_factory=list)       # deferred: finish them after record i
+    sequences: list[int | None] = field(default_factory=list)   # each record's header sequence
     records: list[bytes] = field(default_factory=list)     # as sent (framed)
     answers: list[int | None] = field(default_factory=list)  # sequence a reply must echo, or None
     garbage: bytes = b""                                    # raw bytes sent after the records
@@ -213,13 +217,15 @@ def draw_input(src: Source) -> Input:
     version = pick(src, [2, 3, 4])
     authenticated = bool(src.int(0, 1))
     case = Input(version, authenticated, locked=bool(src.int(0, 3)),
-                 tape_open=authenticated and not src.int(0, 2))
+                 tape_open=authenticated and not src.int(0, 2), deferred=not src.int(0, 2))
     gen = Generator(version)
     for n in range(src.int(1, 5)):
         record = gen.message(src, n + 1)
         roll = src.int(0, 19)
         case.records.append(oversized(src, record) if roll == 0 else fragments(src, record))
         case.answers.append(_expects_reply(gen, record, oversize=roll == 0))
+        case.flushes.append(not src.int(0, 2))
+        case.sequences.append(struct.unpack_from(">I", record)[0] if len(record) >= 4 else None)
     if not src.int(0, 4):
         case.garbage = src.bytes(src.int(1, 64))
     return case
@@ -237,6 +243,22 @@ def _expects_reply(gen: Generator, record: bytes, oversize: bool) -> int | None:
     if spec is not None and not spec.has_reply:
         return None              # posts are refused, CONNECT_CLOSE closes
     return sequence
+
+
+class DeferredEdge(Edge):
+    """An edge whose blocking calls finish only when flushed, as a slow device's would: the
+    requests a DMA pipelines meanwhile wait in the session's backlog."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Any]] = []
+
+    def run_blocking(self, work, done) -> None:
+        self.pending.append((work, done))
+
+    def flush(self) -> None:
+        while self.pending:
+            work, done = self.pending.pop(0)
+            Edge.run_blocking(self, work, done)
 
 
 class Failure(AssertionError):
@@ -266,6 +288,7 @@ class Harness:
     def run(self, case: Input) -> str:
         """Feed one input; raises :class:`Failure`; returns what happened (for counts)."""
         session = Session(self.ctx, "fuzz")
+        edge = session.edge = DeferredEdge() if case.deferred else Edge()
         session.greet()
         if case.version != 4:
             session.set_version(case.version)
@@ -278,24 +301,18 @@ class Harness:
             body = proto.codec.encode(spec.request, proto.codec.classes[spec.request](
                 device="vtape0", mode=proto.const.TAPE_RDWR_MODE))
             session.receive_data(frame(Header(1, 1, REQUEST, spec.code, 0, 0).pack() + body))
+            if isinstance(edge, DeferredEdge):
+                edge.flush()
             if _replies(session.data_to_send(), case.version, case.version) != [1]:
                 raise Failure("TAPE_OPEN vtape0 was not answered")
         session.data_to_send()
-        outcome = "answered"
         try:
-            for record, expected in zip(case.records, case.answers):
-                if session.closed:
-                    return "closed"
-                before = session.version
-                session.receive_data(record)
-                replies = _replies(session.data_to_send(), before, session.version)
-                if session.closed:
-                    outcome = "closed"
-                    continue
-                if expected is not None:
-                    echoed = [r for r in replies if r == expected]
-                    if len(echoed) != 1:
-                        raise Failure(f"request seq {expected} got {len(echoed)} replies ({replies})")
+            if isinstance(edge, DeferredEdge):
+                outcome = self._pipelined(session, edge, case)
+            else:
+                outcome = self._in_turn(session, case)
+            if outcome == "closed":
+                return outcome
             if case.garbage and not session.closed:     # after this the stream is out of step
                 session.receive_data(case.garbage)
                 _replies(session.data_to_send(), session.version, session.version)
@@ -306,6 +323,51 @@ class Harness:
         finally:
             session.teardown()
 
+    def _in_turn(self, session: Session, case: Input) -> str:
+        """One record at a time: each request's reply must come at once."""
+        for record, expected in zip(case.records, case.answers):
+            if session.closed:
+                return "closed"
+            before = session.version
+            session.receive_data(record)
+            replies = _replies(session.data_to_send(), before, session.version)
+            if session.closed:
+                return "closed"
+            if session.buffered > MAX_RECORD + 4096:
+                raise Failure(f"{session.buffered} bytes buffered")
+            if expected is not None:
+                echoed = [r for r in replies if r == expected]
+                if len(echoed) != 1:
+                    raise Failure(f"request seq {expected} got {len(echoed)} replies ({replies})")
+        return "answered"
+
+    def _pipelined(self, session: Session, edge: "DeferredEdge", case: Input) -> str:
+        """Records arrive while device calls are outstanding: all answered, in the end, once."""
+        replies: list[int] = []
+        for record, flush in zip(case.records, case.flushes):
+            if session.closed:
+                break
+            before = session.version
+            session.receive_data(record)
+            if flush:
+                edge.flush()
+            replies += _replies(session.data_to_send(), before, session.version)
+        edge.flush()
+        replies += _replies(session.data_to_send(), session.version, session.version)
+        if session.closed:
+            return "closed"
+        wanted = collections.Counter(a for a in case.answers if a is not None)
+        got = collections.Counter(replies)
+        for sequence, count in wanted.items():
+            if got[sequence] < count:
+                raise Failure(f"pipelined request seq {sequence} got {got[sequence]} of {count} replies")
+        # replies come in request order (judged on sequences no other record of the input uses)
+        unique = {q for q, n in collections.Counter(case.sequences).items() if n == 1 and q is not None}
+        order = [a for a in case.answers if a in unique]
+        if [r for r in replies if r in order] != order:
+            raise Failure(f"pipelined replies out of order: {replies} for {order}")
+        return "pipelined"
+
     def _still_works(self, session: Session) -> None:
         proto = protocol(session.version)
         if session.authenticated:
@@ -314,6 +376,8 @@ class Harness:
             name, body = "CONNECT_OPEN", struct.pack(">I", session.version)
         spec = proto.by_name[name]
         session.receive_data(frame(Header(0xABCDEF, 1, REQUEST, spec.code, 0, 0).pack() + body))
+        if isinstance(session.edge, DeferredEdge):
+            session.edge.flush()
         out = RecordReader(1 << 24).feed(session.data_to_send())
         answers = [r for r in out if struct.unpack_from(">iiI", r, 8)[0::2] == (REPLY, 0xABCDEF)]
         if session.closed:
