@@ -207,7 +207,7 @@ class Input:
     tape_open: bool = False                                 # vtape0 opened RDWR first (post-auth)
     deferred: bool = False                                  # device calls finish later (pipelining)
     flushes: list[bool] = field(default_factory=list)       # deferred: finish them after record i
-    sequences: list[int | None] = field(default_factory=list)   # each record's header sequence
+    sequences: list[int] = field(default_factory=list)      # each record's header sequence (as read)
     records: list[bytes] = field(default_factory=list)     # as sent (framed)
     answers: list[int | None] = field(default_factory=list)  # sequence a reply must echo, or None
     garbage: bytes = b""                                    # raw bytes sent after the records
@@ -225,7 +225,7 @@ def draw_input(src: Source) -> Input:
         case.records.append(oversized(src, record) if roll == 0 else fragments(src, record))
         case.answers.append(_expects_reply(gen, record, oversize=roll == 0))
         case.flushes.append(not src.int(0, 2))
-        case.sequences.append(struct.unpack_from(">I", record)[0] if len(record) >= 4 else None)
+        case.sequences.append(struct.unpack_from(">I", record[:4].ljust(4, b"\0"))[0])
     if not src.int(0, 4):
         case.garbage = src.bytes(src.int(1, 64))
     return case
