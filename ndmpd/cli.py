@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__, dump_cli, library_cli, tape_cli
 from .config import Config, ConfigError, embedded_default, load
+from .logtext import bound_handlers
 
 log = logging.getLogger("ndmpd")
 
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_logging(level: str) -> None:
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bound_handlers()        # one event, one bounded line, whatever a peer sent
 
 
 def _load(path: Path | None) -> Config:

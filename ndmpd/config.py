@@ -80,6 +80,7 @@ class ServerSettings:
     max_record_size: int = 8 << 20
     max_sessions: int = 64
     max_version: int = 4
+    metrics_listen: ListenAddress | None = None    # Prometheus endpoint; None: off
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,15 @@ def parse_listen(value: Any, key: str) -> ListenAddress:
     if not 0 <= port < 65536:           # 0: any free port (tests)
         raise ConfigError(f"{key}: port {port} out of range")
     return ListenAddress(host, port)
+
+
+def _metrics_listen(value: str) -> ListenAddress | None:
+    """``server.metrics_listen``: "" (off) or ADDRESS:PORT; a bare address has no default port."""
+    if not value:
+        return None
+    if not re.fullmatch(r"\[[^\]]+\]:\d+|[^:\[\]]+:\d+", value):
+        raise ConfigError(f"server.metrics_listen: give ADDRESS:PORT, such as \"127.0.0.1:9100\", got {value!r}")
+    return parse_listen(value, "server.metrics_listen")
 
 
 class _Table:
@@ -229,6 +239,7 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         max_record_size=max_record,
         max_sessions=max_sessions,
         max_version=max_version,
+        metrics_listen=_metrics_listen(srv.get("metrics_listen", str, "")),
     )
     srv.finish()
 

@@ -12,6 +12,7 @@ from .config import Config
 from .changer.registry import ChangerRegistry
 from .devices.registry import DriveRegistry
 from .host import HostIdentity, host_identity
+from .metrics import Metrics
 from .services import HandlerTable, all_handlers
 
 VENDOR = "ndmpd project"
@@ -50,8 +51,10 @@ class ServerContext:
     sessions: set[Any] = field(default_factory=set)
     drives: DriveRegistry | None = None     # built from config.tapes unless given
     changers: ChangerRegistry | None = None   # built from config.changers unless given
+    metrics: Metrics = field(default_factory=Metrics)   # this server's own registry
 
     def __post_init__(self) -> None:
+        self.metrics.watch(self)
         if self.drives is None:
             self.drives = DriveRegistry(self.config.tapes)
         if self.changers is None:

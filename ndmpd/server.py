@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from .config import Config, ListenAddress
 from .context import ServerContext
+from .metrics import MetricsEndpoint
 from .session import Edge, Session
 
 log = logging.getLogger("ndmpd.server")
@@ -68,6 +69,8 @@ class NdmpServer:
         self._tasks: set[asyncio.Task] = set()
         self._writers: dict[Session, asyncio.StreamWriter] = {}
         self._stopping = asyncio.Event()
+        self._metrics: MetricsEndpoint | None = None
+        self.metrics_address: tuple[str, int] | None = None
 
     @property
     def config(self) -> Config:
@@ -85,6 +88,9 @@ class NdmpServer:
                 host, port = sock.getsockname()[:2]
                 bound.append((host, port))
                 log.info("listening on %s", ListenAddress(host, port))
+        if self.config.server.metrics_listen is not None:
+            self._metrics = MetricsEndpoint(self.ctx.metrics)
+            self.metrics_address = await self._metrics.start(self.config.server.metrics_listen)
         return bound
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -163,6 +169,8 @@ class NdmpServer:
             await asyncio.wait(self._tasks, timeout=5)
         for server in self._servers:
             await server.wait_closed()
+        if self._metrics is not None:
+            await self._metrics.close()
 
     def stop(self) -> None:
         self._stopping.set()

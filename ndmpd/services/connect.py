@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HeaderError, NdmpError
+from ..logtext import peer_text
 from ..wire import C, SUPPORTED_VERSIONS, T
 from . import HandlerTable
 
@@ -80,14 +81,14 @@ def connect_client_auth(session: "Session", req: Any) -> Any:
         _failed(session, f"wrong credentials for user {user!r}")
     session.authenticated = True
     session.auth_user = user
-    log.info("%s: authenticated%s", session.peer, f" as {user!r}" if user else " (none)")
+    log.info("%s: authenticated%s", session.peer, f" as '{peer_text(user)}'" if user else " (none)")
     return T.connect_client_auth_reply(C.NO_ERR)
 
 
 def _failed(session: "Session", why: str) -> None:
     session.authenticated = False
     session.auth_failures += 1
-    log.warning("%s: authentication refused: %s", session.peer, why)
+    log.warning("%s: authentication refused: %s", session.peer, peer_text(why))
     if session.auth_failures >= session.max_auth_failures:
         log.warning("%s: %d failed authentications, closing", session.peer, session.auth_failures)
         session.after_reply(session.shutdown)

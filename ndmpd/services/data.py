@@ -24,6 +24,7 @@ from ..data.places import PlaceError, resolve
 from ..engine.select import clean_path
 from ..errors import NdmpError
 from ..host import fs_usage
+from ..logtext import peer_text
 from ..mover import addresses
 from ..mover.handoff import Handoff
 from ..wire import C, T, protocol
@@ -50,6 +51,7 @@ ALLOWED: dict[str, dict[int, frozenset[int]]] = {
     "GET_STATE": {v: ANY for v in (2, 3, 4)},
 }
 ALL_ONES = (1 << 64) - 1
+MESSAGE_LOG_LIMIT = 1024       # characters of one LOG_MESSAGE text kept in the server log (paths)
 U32 = 0xFFFFFFFF
 
 # attribute bits both butypes really have
@@ -263,6 +265,7 @@ class Data:
             if self.state != HALTED:
                 self.state, self.halt_reason = HALTED, reason
                 log.info("%s: data halted (reason %d), %d bytes", self.session.peer, reason, self.bytes_processed)
+                self.session.ctx.metrics.data_halted(self.operation, reason, self.bytes_processed)
                 self._post_now(C.NOTIFY_DATA_HALTED, T.notify_data_halted_post(reason=reason))
         self.session.edge.call_soon(apply)
 
@@ -342,7 +345,8 @@ class Data:
         self.session.edge.call_soon(send)
 
     def log_message(self, text: str, level: str = "normal") -> None:
-        log.log(logging.WARNING if level in ("warning", "error") else logging.INFO, "%s: %s", self.session.peer, text)
+        log.log(logging.WARNING if level in ("warning", "error") else logging.INFO, "%s: %s", self.session.peer,
+                peer_text(text, MESSAGE_LOG_LIMIT))
         if self.version == 2:
             v2 = protocol(2)
             self.post(v2.by_name["LOG_LOG"].code, v2.types.log_log_post(text))

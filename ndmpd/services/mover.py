@@ -152,9 +152,12 @@ class Mover:
         with self._cond:
             if self.state in (IDLE, HALTED):
                 return
+            moving = self.state in (ACTIVE, PAUSED)
             self.state, self.halt_reason, self.pause_reason = HALTED, reason, C.MOVER_PAUSE_NA
             self._cond.notify_all()
             log.info("%s: mover halted (reason %d), %d bytes moved", self.session.peer, reason, self.bytes_moved)
+            if moving:
+                self.session.ctx.metrics.mover_halted(self.mode, reason, self.bytes_moved)
             self._notify(C.NOTIFY_MOVER_HALTED, T.notify_mover_halted_post(reason=reason))
         for sock in (self._data, self._local_peer):
             if sock is not None:

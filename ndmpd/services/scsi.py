@@ -15,6 +15,7 @@ from ..changer.sense import CdbResult
 from ..devices.holders import HANDOVER_PATIENCE
 from ..devices.tape import DeviceBusy
 from ..errors import NdmpError
+from ..logtext import peer_text
 from ..wire import C, T, protocol
 from . import Blocking, HandlerTable
 
@@ -73,7 +74,7 @@ def scsi_open(session: "Session", req: Any) -> Any:
             raise NdmpError(C.PERMISSION_ERR if exc.errno in (1, 13) else C.IO_ERR,
                             f"{req.device}: {exc.strerror or exc}") from None
         session.scsi.name, session.scsi.device = req.device, device
-        log.info("%s: opened changer %s", session.peer, req.device)
+        log.info("%s: opened changer %s", session.peer, peer_text(req.device))
         return T.scsi_open_reply(error=C.NO_ERR)
     return Blocking(run)
 

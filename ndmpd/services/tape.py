@@ -16,6 +16,7 @@ from ..devices.holders import HANDOVER_PATIENCE
 from ..devices.tape import (DeviceBusy, EndOfData, EndOfMedium, FilemarkReached, MediaError, NoMedium,
                             NotWritable, Stop, TapeDevice, TapeError, WriteProtected)
 from ..errors import NdmpError
+from ..logtext import peer_text
 from ..wire import C, T
 from . import Blocking, HandlerTable
 
@@ -141,7 +142,7 @@ def tape_open(session: "Session", req: Any) -> Any:
             raise device_error(exc) from None
         slot.name, slot.device, slot.mode = req.device, device, req.mode
         slot.max_block = config.max_block_size
-        log.info("%s: opened %s (%s)", session.peer, req.device, "READ" if req.mode == 0 else "RDWR/RAW")
+        log.info("%s: opened %s (%s)", session.peer, peer_text(req.device), "READ" if req.mode == 0 else "RDWR/RAW")
         return T.tape_open_reply(error=C.NO_ERR)
     return Blocking(run)
 
