@@ -80,6 +80,13 @@ class ServerSettings:
     max_record_size: int = 8 << 20
     max_sessions: int = 64
     max_version: int = 4
+    login_timeout: float = 30.0          # seconds an unauthenticated connection may stay
+    idle_timeout: float = 3600.0         # seconds an authenticated session may sit idle (0: never cut)
+    max_logins_per_address: int = 8      # unauthenticated connections from one address
+    max_pending_logins: int = 128        # unauthenticated connections in all (the oldest is cut for a new one)
+    auth_failure_rate: float = 10.0      # failed logins per minute, per address and per user
+    auth_failure_burst: int = 3          # failed logins allowed before the rate applies
+    shutdown_timeout: float = 10.0       # seconds jobs get to stop on SIGTERM before ndmpd exits anyway
 
 
 @dataclass(frozen=True)
@@ -229,6 +236,7 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         max_record_size=max_record,
         max_sessions=max_sessions,
         max_version=max_version,
+        **_service_settings(srv),
     )
     srv.finish()
 
@@ -311,6 +319,37 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         raise ConfigError("changer: a drive belongs to one library only")
     top.finish()
     return Config(settings, tuple(users), tuple(volumes), tuple(tapes), tuple(changers), source)
+
+
+def _seconds(table: _Table, key: str, default: float, minimum: float) -> float:
+    value = table.get(key, (int, float), default)
+    if value < minimum:
+        raise ConfigError(f"{table.key(key)}: must be at least {minimum:g} seconds")
+    return float(value)
+
+
+def _count(table: _Table, key: str, default: int, minimum: int) -> int:
+    value = table.get(key, int, default)
+    if value < minimum:
+        raise ConfigError(f"{table.key(key)}: must be at least {minimum}")
+    return value
+
+
+def _service_settings(srv: _Table) -> dict[str, Any]:
+    """The daemon's limits (timeouts, login slots, throttling), as ServerSettings fields."""
+    idle = _seconds(srv, "idle_timeout", 3600.0, 0.0)
+    rate = srv.get("auth_failure_rate", (int, float), 10.0)
+    if rate <= 0:
+        raise ConfigError("server.auth_failure_rate: failed logins per minute, more than 0")
+    return {
+        "login_timeout": _seconds(srv, "login_timeout", 30.0, 1.0),
+        "idle_timeout": idle,
+        "max_logins_per_address": _count(srv, "max_logins_per_address", 8, 1),
+        "max_pending_logins": _count(srv, "max_pending_logins", 128, 1),
+        "auth_failure_rate": float(rate),
+        "auth_failure_burst": _count(srv, "auth_failure_burst", 3, 1),
+        "shutdown_timeout": _seconds(srv, "shutdown_timeout", 10.0, 0.0),
+    }
 
 
 def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:

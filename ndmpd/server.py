@@ -6,11 +6,19 @@ import asyncio
 import logging
 import signal
 import socket
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .config import Config, ListenAddress
 from .context import ServerContext
+from .guard import ConnectionGuard
+from .reload import reload_context, summary
+from .sdnotify import Notifier
+from .services.data import HALTED as DATA_HALTED, IDLE as DATA_IDLE
+from .services.mover import HALTED as MOVER_HALTED, IDLE as MOVER_IDLE
 from .session import Edge, Session
 
 log = logging.getLogger("ndmpd.server")
@@ -59,19 +67,47 @@ class AsyncioEdge(Edge):
             self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class NdmpServer:
-    """Accepts control connections and runs a :class:`Session` for each."""
+@dataclass
+class _Connection:
+    """One control connection as the server tracks it: its session, I/O and watchdog."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    session: Session
+    edge: AsyncioEdge
+    writer: asyncio.StreamWriter
+    last_input: float = field(default_factory=time.monotonic)
+    timer: asyncio.TimerHandle | None = None
+
+
+def job_running(session: Session) -> bool:
+    """A job or device call is under way: no timeout may cut this session."""
+    return (session.busy or session.data.state not in (DATA_IDLE, DATA_HALTED)
+            or session.mover.state not in (MOVER_IDLE, MOVER_HALTED))
+
+
+class NdmpServer:
+    """Accepts control connections and runs a :class:`Session` for each.
+
+    ``reload`` (SIGHUP) swaps :attr:`ctx` for new sessions; ``notifier`` tells systemd.
+    """
+
+    def __init__(self, ctx: ServerContext, reload_config: Callable[[], Config] | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.ctx = ctx
+        self.reload_config = reload_config
+        self.notifier = notifier or Notifier({})
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
-        self._writers: dict[Session, asyncio.StreamWriter] = {}
+        self._connections: dict[Session, _Connection] = {}
         self._stopping = asyncio.Event()
+        self.stuck = 0                  # sessions that did not stop within server.shutdown_timeout
 
     @property
     def config(self) -> Config:
         return self.ctx.config
+
+    @property
+    def guard(self) -> ConnectionGuard:
+        return self.ctx.guard
 
     async def start(self) -> list[tuple[str, int]]:
         """Bind every listen address; returns the bound (host, port) pairs."""
@@ -96,36 +132,57 @@ class NdmpServer:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = Session(self.ctx, name)
+        ctx = self.ctx                  # this session's configuration, for its whole life
+        session = Session(ctx, name)
         edge = session.edge = AsyncioEdge(session, writer)
+        conn = _Connection(session, edge, writer)
         try:
-            if len(self.ctx.sessions) >= self.config.server.max_sessions:
-                log.warning("%s: refused, %d sessions already", name, len(self.ctx.sessions))
-                session.refuse("too many sessions")
+            verdict = ctx.guard.arrive(session, peer[0] if peer else "?")
+            if self._stopping.is_set():
+                session.refuse("server shutting down")
+            elif verdict.refusal:
+                log.warning("%s: refused: %s", name, verdict.refusal)
+                session.refuse(verdict.refusal)
             else:
-                self.ctx.sessions.add(session)
-                self._writers[session] = writer
+                for other in verdict.evict:
+                    self._cut(self._connections.get(other), f"too many logins in progress "
+                              f"(server.max_pending_logins = {ctx.guard.settings.max_pending_logins})")
+                ctx.sessions.add(session)
+                self._connections[session] = conn
                 log.info("%s: connected", name)
                 session.greet()
-            await self._pump(session, edge, reader, writer)
+                self._watch(conn)
+            await self._pump(conn, reader)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("%s: connection lost: %s", name, exc)
+        except asyncio.CancelledError:      # only stop() cancels, once a session outlived shutdown_timeout
+            log.error("%s: did not stop within server.shutdown_timeout; left behind", name)
+            _in_daemon_thread(session.teardown, f"teardown {name}")
+            return
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, session.teardown)
-            edge.close()
-            self.ctx.sessions.discard(session)
-            self._writers.pop(session, None)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
-            log.info("%s: closed", name)
+            if conn.timer:
+                conn.timer.cancel()
+            ctx.guard.leave(session)
+            ctx.sessions.discard(session)
+            self._connections.pop(session, None)
             if task:
                 self._tasks.discard(task)
+        try:
+            await asyncio.shield(_in_daemon_thread(session.teardown, f"teardown {name}"))
+        except asyncio.CancelledError:
+            log.error("%s: teardown did not finish within server.shutdown_timeout", name)
+            return
+        finally:
+            edge.close()
+            writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+        log.info("%s: closed", name)
 
-    async def _pump(self, session: Session, edge: AsyncioEdge, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+        session, edge, writer = conn.session, conn.edge, conn.writer
         while True:
             out = session.data_to_send()
             if out:
@@ -140,32 +197,131 @@ class NdmpServer:
             data = await reader.read(READ_SIZE)
             if not data:
                 return
+            conn.last_input = time.monotonic()
             session.receive_data(data)
 
+    # --------------------------------------------------------------- timeouts
+
+    def _watch(self, conn: _Connection, delay: float | None = None) -> None:
+        """Check this connection's deadline after ``delay`` seconds (default: its login deadline)."""
+        if delay is None:               # the login deadline, or sooner when idle sessions are cut sooner
+            delay = max(0.0, self.guard.login_time_left(conn.session))
+            delay = min(delay, self.guard.settings.idle_timeout or delay)
+        conn.timer = asyncio.get_running_loop().call_later(delay, self._check, conn)
+
+    def _check(self, conn: _Connection) -> None:
+        """Cut a connection past its deadline: the login one before authentication (however
+        many bytes trickle in), the idle one after, never while a job runs."""
+        session, settings = conn.session, self.guard.settings
+        if session.closed:
+            return
+        if not session.authenticated:
+            left = self.guard.login_time_left(session)
+            if left > 0:
+                return self._watch(conn, min(left, settings.idle_timeout or left))
+            return self._cut(conn, f"no login within {settings.login_timeout:g} s (server.login_timeout)")
+        idle_limit = settings.idle_timeout
+        if not idle_limit or job_running(session):
+            return self._watch(conn, idle_limit or 60.0)
+        idle = time.monotonic() - conn.last_input
+        if idle < idle_limit:
+            return self._watch(conn, idle_limit - idle)
+        self._cut(conn, f"idle for {idle:.0f} s (server.idle_timeout = {idle_limit:g})")
+
+    def _cut(self, conn: _Connection | None, reason: str) -> None:
+        """Close one connection: tell the peer why, flush, close (its pump then ends)."""
+        if conn is None or conn.session.closed:
+            return
+        log.warning("%s: closing: %s", conn.session.peer, reason)
+        conn.session.shutdown(reason)
+        out = conn.session.data_to_send()
+        if out and not conn.writer.is_closing():
+            conn.writer.write(out)
+        conn.writer.close()
+        conn.edge.wakeup.set()
+
+    # ------------------------------------------------------- signals, reload
+
+    def reload(self) -> bool:
+        """SIGHUP: new sessions get the configuration read again; a bad one is refused and
+        the running one stays. Returns whether the new one took effect."""
+        if self.reload_config is None:
+            log.warning("reload: no configuration file to read again")
+            return False
+        self.notifier.reloading()
+        try:
+            outcome = reload_context(self.ctx, self.reload_config)
+            if outcome.ctx is None:
+                log.error("reload refused, configuration unchanged: %s", outcome.error)
+                return False
+            for note in outcome.notes:
+                log.warning("reload: %s", note)
+            self.ctx = outcome.ctx
+            log.info("reloaded %s: %s (running sessions keep theirs)", outcome.ctx.config.source,
+                     summary(outcome.ctx.config))
+            return True
+        except Exception as exc:            # a reload must never take the server down
+            log.error("reload failed, configuration unchanged: %s", exc)
+            return False
+        finally:
+            self.notifier.ready()
+
     async def serve_until_stopped(self) -> None:
-        """Run until SIGTERM/SIGINT (or :meth:`stop`), then close every session cleanly."""
+        """Run until SIGTERM/SIGINT (or :meth:`stop`), SIGHUP reloading; then close every
+        session cleanly, waiting at most ``server.shutdown_timeout`` for their jobs."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, action in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
             try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, action)
+            except (NotImplementedError, RuntimeError, ValueError):
                 pass
+        self.notifier.ready(f"listening on {', '.join(map(str, self.config.server.listen))}")
         await self._stopping.wait()
+        self.notifier.stopping()
         log.info("stopping")
         for server in self._servers:
             server.close()
-        for session, writer in list(self._writers.items()):
-            session.shutdown()
-            writer.write(session.data_to_send())
-        for task in list(self._tasks):
-            task.cancel()
+        for conn in list(self._connections.values()):
+            conn.session.shutdown()
+            out = conn.session.data_to_send()
+            if out and not conn.writer.is_closing():
+                conn.writer.write(out)
+            conn.writer.close()         # the pump sees EOF; a device call in progress finishes first
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+            done, pending = await asyncio.wait(self._tasks, timeout=self.guard.settings.shutdown_timeout)
+            self.stuck = len(pending)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
         for server in self._servers:
             await server.wait_closed()
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _in_daemon_thread(fn: Callable[[], Any], name: str) -> asyncio.Future:
+    """Run blocking ``fn`` on a daemon thread: unlike the loop's default executor, a call that
+    never returns cannot keep the process from exiting."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(exc) if exc else future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, exc = fn(), None
+        except BaseException as error:  # handed to the awaiting task
+            result, exc = None, error
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:            # the loop is gone: nobody waits any more
+            pass
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def _family(addr: ListenAddress) -> int:

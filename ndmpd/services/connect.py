@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HeaderError, NdmpError
 from ..wire import C, SUPPORTED_VERSIONS, T
-from . import HandlerTable
+from ..guard import UNKNOWN_USER
+from . import Blocking, HandlerTable
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -63,6 +65,30 @@ def connect_client_auth(session: "Session", req: Any) -> Any:
     if kind not in allowed_auth_types(session):
         _failed(session, f"auth type {kind} not enabled")
     if kind == C.AUTH_NONE:
+        return _check(session, data)
+    user = data.auth_text.auth_id if kind == C.AUTH_TEXT else data.auth_md5.auth_id
+    guard = session.ctx.guard
+    keys = (("address", guard.host(session, session.peer.rpartition(":")[0])),
+            ("user", user if session.ctx.config.user(user) else UNKNOWN_USER))
+    wait = guard.throttle.reserve(keys, max(0.0, guard.login_time_left(session)))
+    if wait is None:
+        _failed(session, f"too many failed logins; retry later "
+                         f"(server.auth_failure_rate = {session.ctx.config.server.auth_failure_rate:g})")
+
+    def attempt() -> Any:
+        reply = _check(session, data)
+        guard.throttle.refund(keys)
+        return reply
+    if not wait:
+        return attempt()
+    log.info("%s: login throttled %.1f s", session.peer, wait)
+    return Blocking(lambda: (time.sleep(wait), attempt())[1])     # the reply waits, not the event loop
+
+
+def _check(session: "Session", data: Any) -> Any:
+    """Verify the credentials; a success takes a session slot."""
+    kind = data.auth_type
+    if kind == C.AUTH_NONE:
         ok, user = True, ""
     elif kind == C.AUTH_TEXT:
         user = data.auth_text.auth_id
@@ -78,6 +104,11 @@ def connect_client_auth(session: "Session", req: Any) -> Any:
         ok = hmac.compare_digest(md5_digest(password, challenge), bytes(data.auth_md5.auth_digest)) and known
     if not ok:
         _failed(session, f"wrong credentials for user {user!r}")
+    full = session.ctx.guard.authenticate(session)
+    if full:
+        log.warning("%s: refused: %s", session.peer, full)
+        session.after_reply(lambda: session.shutdown(full))
+        raise NdmpError(C.NOT_AUTHORIZED_ERR, full)
     session.authenticated = True
     session.auth_user = user
     log.info("%s: authenticated%s", session.peer, f" as {user!r}" if user else " (none)")
