@@ -375,8 +375,9 @@ def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:
     return Changer(name, kind, path, tuple(drives), slots, import_export)
 
 
-def load(path: Path) -> Config:
-    """Load and validate a configuration file."""
+def load(path: Path, server_overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a configuration file; ``server_overrides`` replace keys of its
+    [server] table before validation (``ndmpd serve --listen/--state-dir``)."""
     try:
         raw = path.read_bytes()
         world_readable = _is_world_readable(path)
@@ -386,6 +387,9 @@ def load(path: Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if server_overrides:
+        server = data.get("server", {})
+        data["server"] = {**server, **server_overrides} if isinstance(server, dict) else server
     return build(data, str(path), path.resolve().parent, world_readable)
 
 
@@ -395,7 +399,21 @@ def default_state_dir() -> Path:
     return Path(base) / "ndmpd"
 
 
-def embedded_default(state_dir: Path | None = None) -> tuple[Config, str | None]:
+def new_secret_file(path: Path) -> str | None:
+    """Create ``path`` (mode 600) holding a generated password; the password, or None when
+    the file already exists (it is never overwritten)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    password = secrets.token_urlsafe(18)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
+def embedded_default(state_dir: Path | None = None,
+                     listen: list[str] | None = None) -> tuple[Config, str | None]:
     """The configuration used without --config: loopback, one virtual drive, no volumes.
 
     The password of user ``ndmp`` is generated on first use and kept (mode 600) in the
@@ -404,14 +422,9 @@ def embedded_default(state_dir: Path | None = None) -> tuple[Config, str | None]
     state = state_dir or default_state_dir()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret_file = state / "ndmp.password"
-    new_password = None
-    if not secret_file.exists():
-        new_password = secrets.token_urlsafe(18)
-        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(new_password + "\n")
+    new_password = new_secret_file(secret_file)
     data = {
-        "server": {"listen": ["127.0.0.1:10000"], "state_dir": str(state), "auth": ["md5", "text"]},
+        "server": {"listen": listen or ["127.0.0.1:10000"], "state_dir": str(state), "auth": ["md5", "text"]},
         "user": [{"name": "ndmp", "password_file": str(secret_file)}],
         "tape": [{"name": "vtape0", "kind": "virtual", "path": str(state / "vtape0.img"), "capacity": "10GiB"}],
     }
