@@ -76,6 +76,7 @@ class _Connection:
     writer: asyncio.StreamWriter
     last_input: float = field(default_factory=time.monotonic)
     timer: asyncio.TimerHandle | None = None
+    torn_down: bool = False             # its teardown has been started
 
 
 def job_running(session: Session) -> bool:
@@ -129,15 +130,29 @@ class NdmpServer:
             self._tasks.add(task)
         peer = writer.get_extra_info("peername")
         name = ListenAddress(peer[0], peer[1]).__str__() if peer else "?"
+        ctx = self.ctx                  # this session's configuration, for its whole life
+        session = Session(ctx, name)
+        conn = _Connection(session, AsyncioEdge(session, writer), writer)
+        session.edge = conn.edge
+        try:
+            await self._serve(conn, reader, peer[0] if peer else "?")
+        except asyncio.CancelledError:      # only stop() cancels, once a session outlived shutdown_timeout
+            log.error("%s: did not stop within server.shutdown_timeout; left behind", name)
+            if not conn.torn_down:
+                _in_daemon_thread(session.teardown, f"teardown {name}")
+        finally:
+            if task:
+                self._tasks.discard(task)
+
+    async def _serve(self, conn: _Connection, reader: asyncio.StreamReader, host: str) -> None:
+        """One connection from admission to close; the session is torn down off the loop."""
+        session, writer, ctx = conn.session, conn.writer, conn.session.ctx
+        name = session.peer
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ctx = self.ctx                  # this session's configuration, for its whole life
-        session = Session(ctx, name)
-        edge = session.edge = AsyncioEdge(session, writer)
-        conn = _Connection(session, edge, writer)
         try:
-            verdict = ctx.guard.arrive(session, peer[0] if peer else "?")
+            verdict = ctx.guard.arrive(session, host)
             if self._stopping.is_set():
                 session.refuse("server shutting down")
             elif verdict.refusal:
@@ -155,25 +170,17 @@ class NdmpServer:
             await self._pump(conn, reader)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("%s: connection lost: %s", name, exc)
-        except asyncio.CancelledError:      # only stop() cancels, once a session outlived shutdown_timeout
-            log.error("%s: did not stop within server.shutdown_timeout; left behind", name)
-            _in_daemon_thread(session.teardown, f"teardown {name}")
-            return
         finally:
             if conn.timer:
                 conn.timer.cancel()
             ctx.guard.leave(session)
             ctx.sessions.discard(session)
             self._connections.pop(session, None)
-            if task:
-                self._tasks.discard(task)
+        conn.torn_down = True
         try:
             await asyncio.shield(_in_daemon_thread(session.teardown, f"teardown {name}"))
-        except asyncio.CancelledError:
-            log.error("%s: teardown did not finish within server.shutdown_timeout", name)
-            return
         finally:
-            edge.close()
+            conn.edge.close()
             writer.close()
         try:
             await writer.wait_closed()
