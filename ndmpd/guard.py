@@ -158,9 +158,10 @@ class ConnectionGuard:
         with self._lock:
             self._peers.pop(conn, None)
 
-    def host(self, conn: object, default: str = "?") -> str:
+    def host(self, conn: object) -> str | None:
+        """The peer address of an admitted connection (None: not admitted here, e.g. a unit test)."""
         peer = self._peers.get(conn)
-        return peer.host if peer else default
+        return peer.host if peer else None
 
     def login_time_left(self, conn: object) -> float:
         """Seconds until a pending connection's login deadline (``server.login_timeout``)."""

@@ -68,8 +68,10 @@ def connect_client_auth(session: "Session", req: Any) -> Any:
         return _check(session, data)
     user = data.auth_text.auth_id if kind == C.AUTH_TEXT else data.auth_md5.auth_id
     guard = session.ctx.guard
-    keys = (("address", guard.host(session, session.peer.rpartition(":")[0])),
-            ("user", user if session.ctx.config.user(user) else UNKNOWN_USER))
+    host = guard.host(session)
+    if host is None:                    # not admitted by a server (a sans-IO test): nothing to throttle
+        return _check(session, data)
+    keys = (("address", host), ("user", user if session.ctx.config.user(user) else UNKNOWN_USER))
     wait = guard.throttle.reserve(keys, max(0.0, guard.login_time_left(session)))
     if wait is None:
         _failed(session, f"too many failed logins; retry later "

@@ -157,6 +157,8 @@ def test_idle_and_slowloris_peers_never_keep_a_dma_out(ndmjob, tmp_path):
                     peak = max(peak, rss_kib(server.proc.pid))
                 rounds += 1
             opened, lifetimes = peers.opened, list(peers.lifetimes)
+        print(f"RSS idle {idle_rss} KiB, peak {peak} KiB; {rounds} backup+query rounds; {opened} hostile "
+              f"connections opened; slow ones lived at most {max(lifetimes, default=0):.1f} s")
         assert rounds >= 2 and opened >= 200
         assert lifetimes and max(lifetimes) < 10 + 5 + 3     # cut at the login deadline, trickle or not
         assert peak <= 2 * idle_rss, (peak, idle_rss)
