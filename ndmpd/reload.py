@@ -41,10 +41,10 @@ def reload_context(old: ServerContext, load: Callable[[], Config]) -> Reloaded:
     drives = old.drives.reconfigured(config.tapes)
     changers = old.changers.reconfigured(config.changers, drives)
     changers.start()
-    old.guard.reconfigure(config.server)
     ctx = ServerContext(config, handlers=old.handlers, butypes=old.butypes, identity=old.identity,
                         clock=old.clock, random_bytes=old.random_bytes, sessions=old.sessions,
                         drives=drives, changers=changers, guard=old.guard)
+    old.guard.reconfigure(config.server)          # last: nothing changes unless all of it is built
     return Reloaded(ctx, None, tuple(notes))
 
 
