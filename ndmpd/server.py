@@ -24,6 +24,7 @@ from .session import Edge, Session
 log = logging.getLogger("ndmpd.server")
 READ_SIZE = 256 * 1024
 IDLE_WRITE_LIMIT = 4 << 20       # pause reading while this much output is unsent
+LOGIN_INPUT_LIMIT = 64 << 10     # unauthenticated input held at once (a login message is < 1 KiB)
 
 
 class AsyncioEdge(Edge):
@@ -206,6 +207,9 @@ class NdmpServer:
                 return
             conn.last_input = time.monotonic()
             session.receive_data(data)
+            if not session.authenticated and session.buffered > LOGIN_INPUT_LIMIT:
+                self._cut(conn, f"{session.buffered} bytes of an unfinished message before login "
+                                f"(at most {LOGIN_INPUT_LIMIT >> 10} KiB)")
 
     # --------------------------------------------------------------- timeouts
 

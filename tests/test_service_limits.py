@@ -155,3 +155,19 @@ def test_throttle_reserves_one_token_per_attempt_and_success_refunds():
     for _ in range(10):                                       # a DMA that logs in right is never slowed
         assert throttle.reserve(fresh, 30) == 0
         throttle.refund(fresh)
+
+
+async def test_an_unauthenticated_peer_cannot_make_the_server_buffer_a_huge_message(tmp_path, caplog):
+    srv, (host, port) = await start(tmp_path)
+    reader, writer, _, _ = await greeting(host, port)
+    writer.write(struct.pack(">I", 0x80000000 | (7 << 20)) + bytes(1 << 20))    # 1 MiB of a 7 MiB record
+    try:
+        while await asyncio.wait_for(reader.read(65536), 5):    # closed: EOF, or a reset (input unread)
+            pass
+    except ConnectionResetError:
+        pass
+    assert any("before login" in r.getMessage() for r in caplog.records)
+    client = await asyncio.to_thread(login, host, port)      # a DMA's login is unaffected
+    await asyncio.to_thread(client.close)
+    writer.close()
+    await stop(srv)
