@@ -85,6 +85,7 @@ class _Peer:
     host: str
     since: float
     authenticated: bool = False
+    gone: threading.Event = field(default_factory=threading.Event)    # set when the connection leaves
 
 
 @dataclass
@@ -156,7 +157,15 @@ class ConnectionGuard:
 
     def leave(self, conn: object) -> None:
         with self._lock:
-            self._peers.pop(conn, None)
+            peer = self._peers.pop(conn, None)
+        if peer is not None:
+            peer.gone.set()
+
+    def hold(self, conn: object, seconds: float) -> bool:
+        """Block (on a worker thread) for a throttled login's wait; False when the connection
+        left meanwhile (closed, cut, or the server stopping), which ends the wait at once."""
+        peer = self._peers.get(conn)
+        return peer is not None and not peer.gone.wait(seconds)
 
     def host(self, conn: object) -> str | None:
         """The peer address of an admitted connection (None: not admitted here, e.g. a unit test)."""

@@ -42,7 +42,8 @@ class AsyncioEdge(Edge):
     def run_blocking(self, work: Callable[[], Any], done: Callable[[Future], None]) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session {self.session.peer}")
-        self.loop.run_in_executor(self._executor, work).add_done_callback(done)
+        self.loop.run_in_executor(self._executor, work).add_done_callback(
+            lambda future: _retrieved(future) and done(future))
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         try:
@@ -298,6 +299,8 @@ class NdmpServer:
             if out and not conn.writer.is_closing():
                 conn.writer.write(out)
             conn.writer.close()         # the pump sees EOF; a device call in progress finishes first
+            if not conn.session.authenticated:
+                conn.edge.wakeup.set()  # a throttled login has nothing to finish
         if self._tasks:
             done, pending = await asyncio.wait(self._tasks, timeout=self.guard.settings.shutdown_timeout)
             self.stuck = len(pending)
@@ -310,6 +313,14 @@ class NdmpServer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _retrieved(future: asyncio.Future) -> bool:
+    """Mark a worker's outcome as seen: a session closed meanwhile never asks for it, and asyncio
+    would log an unretrieved exception (with a traceback) for an expected error."""
+    if not future.cancelled():
+        future.exception()
+    return True
 
 
 def _in_daemon_thread(fn: Callable[[], Any], name: str) -> asyncio.Future:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 
@@ -171,3 +172,20 @@ async def test_an_unauthenticated_peer_cannot_make_the_server_buffer_a_huge_mess
     await asyncio.to_thread(client.close)
     writer.close()
     await stop(srv)
+
+
+async def test_a_throttled_login_does_not_hold_up_shutdown(tmp_path, caplog):
+    srv, (host, port) = await start(tmp_path, auth_failure_rate=2, auth_failure_burst=1, login_timeout=60)
+    client = await asyncio.to_thread(NdmpClient, host, port, 4, 30)
+    with pytest.raises(NdmpReplyError):
+        await asyncio.to_thread(client.login, "ndmp", "wrong", "text")
+    guess = asyncio.ensure_future(asyncio.to_thread(client.login, "ndmp", "again", "text"))   # waits ~30 s
+    await asyncio.sleep(0.5)
+    assert not guess.done()
+    started = time.monotonic()
+    srv.stop()
+    await srv.serve_until_stopped()
+    assert time.monotonic() - started < 2 and srv.stuck == 0
+    with pytest.raises((ConnectionError, NdmpReplyError, OSError)):
+        await asyncio.wait_for(guess, 5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HeaderError, NdmpError
@@ -84,7 +83,12 @@ def connect_client_auth(session: "Session", req: Any) -> Any:
     if not wait:
         return attempt()
     log.info("%s: login throttled %.1f s", session.peer, wait)
-    return Blocking(lambda: (time.sleep(wait), attempt())[1])     # the reply waits, not the event loop
+
+    def wait_then_attempt() -> Any:     # on the session's worker: the reply waits, not the event loop
+        if not guard.hold(session, wait):
+            raise NdmpError(C.NOT_AUTHORIZED_ERR, "connection closed while throttled")
+        return attempt()
+    return Blocking(wait_then_attempt)
 
 
 def _check(session: "Session", data: Any) -> Any:
