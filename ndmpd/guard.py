@@ -178,6 +178,23 @@ class ConnectionGuard:
         since = peer.since if peer else self.clock()
         return since + self.settings.login_timeout - self.clock()
 
+    def deadline(self, conn: object, authenticated: bool, job_running: bool, last_input: float) -> tuple[float, str | None]:
+        """When to look at a connection again, or why to cut it now: the login deadline before
+        authentication (however many bytes trickle in), the idle one after, never during a job."""
+        s = self.settings
+        idle_limit = s.idle_timeout
+        if not authenticated:
+            left = self.login_time_left(conn)
+            if left <= 0:
+                return 0.0, f"no login within {s.login_timeout:g} s (server.login_timeout)"
+            return min(left, idle_limit or left), None
+        if not idle_limit or job_running:
+            return idle_limit or 60.0, None          # 60 s: a reload may set a limit
+        idle = self.clock() - last_input
+        if idle >= idle_limit:
+            return 0.0, f"idle for {idle:.0f} s (server.idle_timeout = {idle_limit:g})"
+        return idle_limit - idle, None
+
     def counts(self) -> tuple[int, int]:
         """(pending logins, authenticated sessions)."""
         with self._lock:

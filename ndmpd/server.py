@@ -214,31 +214,16 @@ class NdmpServer:
 
     # --------------------------------------------------------------- timeouts
 
-    def _watch(self, conn: _Connection, delay: float | None = None) -> None:
-        """Check this connection's deadline after ``delay`` seconds (default: its login deadline)."""
-        if delay is None:               # the login deadline, or sooner when idle sessions are cut sooner
-            delay = max(0.0, self.guard.login_time_left(conn.session))
-            delay = min(delay, self.guard.settings.idle_timeout or delay)
-        conn.timer = asyncio.get_running_loop().call_later(delay, self._check, conn)
-
-    def _check(self, conn: _Connection) -> None:
-        """Cut a connection past its deadline: the login one before authentication (however
-        many bytes trickle in), the idle one after, never while a job runs."""
-        session, settings = conn.session, self.guard.settings
+    def _watch(self, conn: _Connection) -> None:
+        """Cut the connection at its deadline (see :meth:`ConnectionGuard.deadline`), or look again then."""
+        session = conn.session
         if session.closed:
             return
-        if not session.authenticated:
-            left = self.guard.login_time_left(session)
-            if left > 0:
-                return self._watch(conn, min(left, settings.idle_timeout or left))
-            return self._cut(conn, f"no login within {settings.login_timeout:g} s (server.login_timeout)")
-        idle_limit = settings.idle_timeout
-        if not idle_limit or job_running(session):
-            return self._watch(conn, idle_limit or 60.0)
-        idle = time.monotonic() - conn.last_input
-        if idle < idle_limit:
-            return self._watch(conn, idle_limit - idle)
-        self._cut(conn, f"idle for {idle:.0f} s (server.idle_timeout = {idle_limit:g})")
+        delay, reason = self.guard.deadline(session, session.authenticated, job_running(session), conn.last_input)
+        if reason:
+            self._cut(conn, reason)
+        else:
+            conn.timer = asyncio.get_running_loop().call_later(delay, self._watch, conn)
 
     def _cut(self, conn: _Connection | None, reason: str) -> None:
         """Close one connection: tell the peer why, flush, close (its pump then ends)."""

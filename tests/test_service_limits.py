@@ -11,7 +11,7 @@ import pytest
 
 from ndmpd.context import ServerContext
 from ndmpd.dma.client import NdmpClient, NdmpReplyError
-from ndmpd.guard import AuthThrottle
+from ndmpd.guard import AuthThrottle, ConnectionGuard
 from ndmpd.server import NdmpServer
 from ndmpd.wire import C
 from ndmpd.wire.records import RecordReader
@@ -189,3 +189,22 @@ async def test_a_throttled_login_does_not_hold_up_shutdown(tmp_path, caplog):
     with pytest.raises((ConnectionError, NdmpReplyError, OSError)):
         await asyncio.wait_for(guess, 5)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_deadlines_login_before_auth_idle_after_never_during_a_job(tmp_path):
+    now = [100.0]
+    settings = make_config(tmp_path, login_timeout=30, idle_timeout=600).server
+    guard = ConnectionGuard(settings, clock=lambda: now[0])
+    conn = object()
+    assert guard.arrive(conn, "10.0.0.1").refusal is None
+    now[0] = 129.0
+    assert guard.deadline(conn, False, False, last_input=129.0) == (pytest.approx(1.0), None)
+    now[0] = 130.5                                       # bytes kept coming: the login deadline holds
+    delay, reason = guard.deadline(conn, False, False, last_input=130.4)
+    assert reason == "no login within 30 s (server.login_timeout)"
+    assert guard.authenticate(conn) is None
+    assert guard.deadline(conn, True, False, last_input=130.0) == (pytest.approx(599.5), None)
+    now[0] = 800.0
+    assert guard.deadline(conn, True, True, last_input=130.0) == (600.0, None)     # a job runs: never cut
+    delay, reason = guard.deadline(conn, True, False, last_input=130.0)
+    assert reason == "idle for 670 s (server.idle_timeout = 600)"
