@@ -178,7 +178,8 @@ class ConnectionGuard:
         since = peer.since if peer else self.clock()
         return since + self.settings.login_timeout - self.clock()
 
-    def deadline(self, conn: object, authenticated: bool, job_running: bool, last_input: float) -> tuple[float, str | None]:
+    def deadline(self, conn: object, authenticated: bool, job_running: bool,
+                 last_input: float) -> tuple[float, str | None]:
         """When to look at a connection again, or why to cut it now: the login deadline before
         authentication (however many bytes trickle in), the idle one after, never during a job."""
         s = self.settings

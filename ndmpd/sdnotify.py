@@ -65,13 +65,11 @@ class JournalFormatter(logging.Formatter):
 
 
 def under_journald(environ: Mapping[str, str] = os.environ, stream=None) -> bool:
-    """True when stderr is the journal stream systemd set up ($JOURNAL_STREAM is its dev:inode)."""
-    value = environ.get("JOURNAL_STREAM", "")
-    if ":" not in value:
+    """True when systemd connected stderr to the journal: it then sets $JOURNAL_STREAM (to the
+    stream's device:inode). A terminal is never the journal, whatever the environment says."""
+    if not environ.get("JOURNAL_STREAM"):
         return False
     try:
-        st = os.fstat((stream or sys.stderr).fileno())
+        return not (stream or sys.stderr).isatty()
     except (OSError, ValueError, AttributeError):
-        return False
-    device, _, inode = value.partition(":")
-    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+        return True
