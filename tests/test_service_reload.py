@@ -122,3 +122,36 @@ async def test_sighup_reloads_instead_of_killing_the_server(tmp_path):
     srv.stop()
     await stopped
     asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+
+LIBRARY = """
+[[tape]]
+name = "ltape0"
+[[changer]]
+name = "vlib0"
+path = "{lib}"
+drives = ["ltape0"]
+"""
+
+
+async def test_a_library_survives_a_reload_and_stays_held_by_its_session(tmp_path):
+    path = write(tmp_path)
+    path.write_text(path.read_text() + LIBRARY.format(lib=tmp_path / "vlib0"))
+    srv = NdmpServer(ServerContext(load(path)), reload_config=lambda: load(path))
+    host, port = (await srv.start())[0]
+    old = await asyncio.to_thread(session, host, port)
+    await asyncio.to_thread(old.call, "SCSI_OPEN", device="vlib0")
+    library = srv.ctx.changers.libraries["vlib0"]
+    path.write_text(path.read_text().replace('name = "/export/data"', 'name = "/export/renamed"'))
+    assert srv.reload()
+    assert srv.ctx.changers.libraries["vlib0"] is library        # unchanged: the same library, not a second
+    new = await asyncio.to_thread(session, host, port)
+    with pytest.raises(NdmpReplyError, match="DEVICE_BUSY"):
+        await asyncio.to_thread(new.call, "SCSI_OPEN", device="vlib0")
+    await asyncio.to_thread(old.call, "SCSI_CLOSE")
+    await asyncio.to_thread(new.call, "SCSI_OPEN", device="vlib0")
+    await asyncio.to_thread(new.call, "SCSI_CLOSE")
+    for client in (old, new):
+        await asyncio.to_thread(client.close)
+    srv.stop()
+    await srv.serve_until_stopped()
