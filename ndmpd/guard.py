@@ -8,6 +8,7 @@ bookkeeping: the server asks, and does the closing itself.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,20 @@ from .config import ServerSettings
 
 UNKNOWN_USER = "\0unknown"      # every name that is no configured user shares one bucket (bounded memory)
 MAX_BUCKETS = 4096              # past this, buckets that have refilled are forgotten
+
+
+def address_key(host: str) -> str:
+    """What one peer is counted as: its IPv4 address, or its IPv6 /64 (a single host usually has
+    the whole /64, so counting addresses there would cap nothing)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 4 or ip.is_loopback:
+        return host
+    if ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 @dataclass
@@ -118,6 +133,7 @@ class ConnectionGuard:
     def arrive(self, conn: object, host: str) -> Verdict:
         """A new connection from ``host``: admit it as pending, or say why not."""
         s = self.settings
+        host = address_key(host)
         with self._lock:
             if self._count(authenticated=True) >= s.max_sessions:
                 return Verdict(f"too many sessions (server.max_sessions = {s.max_sessions})")

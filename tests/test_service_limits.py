@@ -208,3 +208,15 @@ def test_deadlines_login_before_auth_idle_after_never_during_a_job(tmp_path):
     assert guard.deadline(conn, True, True, last_input=130.0) == (600.0, None)     # a job runs: never cut
     delay, reason = guard.deadline(conn, True, False, last_input=130.0)
     assert reason == "idle for 670 s (server.idle_timeout = 600)"
+
+
+def test_peers_are_counted_per_ipv4_address_and_per_ipv6_slash_64(tmp_path):
+    guard = ConnectionGuard(make_config(tmp_path, max_logins_per_address=2).server)
+    for n in (1, 2):
+        assert guard.arrive(object(), f"2001:db8:1:2::{n}").refusal is None
+    refused = guard.arrive(object(), "2001:db8:1:2:ffff::9").refusal      # same /64, another address
+    assert refused and "2001:db8:1:2::/64" in refused and "server.max_logins_per_address = 2" in refused
+    assert guard.arrive(object(), "2001:db8:1:3::1").refusal is None
+    assert guard.arrive(object(), "::ffff:10.0.0.1").refusal is None
+    assert guard.arrive(object(), "10.0.0.1").refusal is None           # the same IPv4 peer, twice now
+    assert "from 10.0.0.1 " in guard.arrive(object(), "10.0.0.1").refusal
