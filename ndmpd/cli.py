@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from . import __version__, dump_cli, library_cli, tape_cli
-from .config import Config, ConfigError, embedded_default, load
-from .logtext import bound_handlers
+from . import __version__, dump_cli, init_config, library_cli, tape_cli
+from .config import Config, ConfigError, embedded_default, load, parse_listen
+from .logtext import BoundedFormatter
+from .sdnotify import JournalFormatter, Notifier, under_journald
+
+if TYPE_CHECKING:
+    from .server import NdmpServer
 
 log = logging.getLogger("ndmpd")
 
@@ -19,12 +26,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ndmpd", description="NDMP v2/v3/v4 server for Linux")
     parser.add_argument("--version", action="version", version=f"ndmpd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the server in the foreground")
-    serve.add_argument("--config", type=Path, help="configuration file (default: the embedded default)")
+    serve = sub.add_parser("serve", help="run the server in the foreground (SIGHUP reloads, SIGTERM stops)")
+    serve.add_argument("--config", type=Path,
+                       help="configuration file (default: the embedded default: 127.0.0.1:10000, user ndmp "
+                            "with a generated password, one virtual tape, no volumes)")
+    serve.add_argument("--listen", action="append", metavar="ADDR:PORT",
+                       help="serve here instead of server.listen (repeatable; embedded default 127.0.0.1:10000)")
+    serve.add_argument("--state-dir", type=Path, metavar="DIR",
+                       help="instead of server.state_dir (embedded default: ~/.local/share/ndmpd)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                       help="override server.log_level")
+                       help="override server.log_level (default info)")
     check = sub.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("path", type=Path)
+    check.add_argument("path", type=Path, help="the configuration file to check")
+    init_config.add_parser(sub)
     tape_cli.add_parser(sub)
     library_cli.add_parser(sub)
     dump_cli.add_parsers(sub)
@@ -32,15 +46,45 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    bound_handlers()        # one event, one bounded line, whatever a peer sent
+    """To stderr, one bounded line per event whatever a peer sent; under systemd's journal
+    ``<N>``-prefixed and without a timestamp."""
+    handler = logging.StreamHandler(sys.stderr)
+    if under_journald():
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(BoundedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
 
 
-def _load(path: Path | None) -> Config:
-    if path is not None:
-        return load(path)
-    config, new_password = embedded_default()
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """--listen / --state-dir as [server] keys (validated like the file's)."""
+    overrides: dict[str, object] = {}
+    if args.listen:
+        for i, address in enumerate(args.listen):
+            parse_listen(address, f"--listen[{i}]")
+        overrides["listen"] = list(args.listen)
+    if args.state_dir:
+        overrides["state_dir"] = str(args.state_dir.expanduser().resolve())
+    return overrides
+
+
+def _loader(args: argparse.Namespace) -> Callable[[], Config]:
+    """Reads the configuration (again, on SIGHUP) with the command line's overrides."""
+    overrides = _overrides(args)
+    if args.config is not None:
+        return lambda: load(args.config, overrides)
+    state_dir = args.state_dir.expanduser().resolve() if args.state_dir else None
+    return lambda: embedded_default(state_dir, args.listen)[0]
+
+
+def _load(args: argparse.Namespace) -> Config:
+    if args.config is not None:
+        return load(args.config, _overrides(args))
+    _overrides(args)                    # validates --listen
+    state_dir = args.state_dir.expanduser().resolve() if args.state_dir else None
+    config, new_password = embedded_default(state_dir, args.listen)
     user = config.users[0]
     if new_password:
         print(f"ndmpd: generated password for user '{user.name}': {new_password}", file=sys.stderr)
@@ -58,13 +102,16 @@ def serve(args: argparse.Namespace) -> int:
     from .context import ServerContext      # imported here: dump/restore start faster without them
     from .server import NdmpServer
     from .snapshots import remove_stale
-    config = _load(args.config)
+    config = _load(args)
     _setup_logging(args.log_level or config.server.log_level)
     config.server.state_dir.mkdir(parents=True, exist_ok=True)
     remove_stale([(volume.path, volume.snapshot) for volume in config.volumes], config.server.state_dir)
+    notifier = Notifier()
+    holder: list[NdmpServer] = []
 
     async def run() -> None:
-        server = NdmpServer(ServerContext(config))
+        server = NdmpServer(ServerContext(config), reload_config=_loader(args), notifier=notifier)
+        holder.append(server)
         await server.start()
         gc.freeze()     # start-up objects (codecs, config) live forever: keep them out of every collection
         await server.serve_until_stopped()
@@ -74,7 +121,29 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ndmpd: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if holder:
+        _exit_despite_stuck_jobs(holder[0], remove_stale)
     return 0
+
+
+def _exit_despite_stuck_jobs(server: "NdmpServer", remove_stale: Callable) -> None:
+    """A job thread stuck past server.shutdown_timeout (e.g. in a device call) would keep the
+    interpreter waiting at exit for ever: remove what jobs leave behind and exit now."""
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
+             and not t.daemon]
+    for thread in stuck:
+        thread.join(0.5)
+    stuck = [t for t in stuck if t.is_alive()]
+    if not stuck and not server.stuck:
+        return
+    ctx = server.ctx
+    remove_stale([(volume.path, volume.snapshot) for volume in ctx.config.volumes], ctx.config.server.state_dir)
+    log.error("%d sessions and %d threads did not stop within server.shutdown_timeout "
+              "(%g s); exiting anyway", server.stuck, len(stuck), ctx.config.server.shutdown_timeout)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -88,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"serve": serve, "check-config": check_config, "tape": tape_cli.run, "library": library_cli.run,
-                    "dump": dump_cli.dump, "restore": dump_cli.restore}
+                    "dump": dump_cli.dump, "restore": dump_cli.restore, "init-config": init_config.run}
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"ndmpd: config error: {exc}", file=sys.stderr)

@@ -81,6 +81,13 @@ class ServerSettings:
     max_sessions: int = 64
     max_version: int = 4
     metrics_listen: ListenAddress | None = None    # Prometheus endpoint; None: off
+    login_timeout: float = 30.0          # seconds an unauthenticated connection may stay
+    idle_timeout: float = 3600.0         # seconds an authenticated session may sit idle (0: never cut)
+    max_logins_per_address: int = 8      # unauthenticated connections from one address
+    max_pending_logins: int = 128        # unauthenticated connections in all (the oldest is cut for a new one)
+    auth_failure_rate: float = 10.0      # failed logins per minute, per address and per user
+    auth_failure_burst: int = 3          # failed logins allowed before the rate applies
+    shutdown_timeout: float = 10.0       # seconds jobs get to stop on SIGTERM before ndmpd exits anyway
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,7 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         max_sessions=max_sessions,
         max_version=max_version,
         metrics_listen=_metrics_listen(srv.get("metrics_listen", str, "")),
+        **_service_settings(srv),
     )
     srv.finish()
 
@@ -324,6 +332,37 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
     return Config(settings, tuple(users), tuple(volumes), tuple(tapes), tuple(changers), source)
 
 
+def _seconds(table: _Table, key: str, default: float, minimum: float) -> float:
+    value = table.get(key, (int, float), default)
+    if value < minimum:
+        raise ConfigError(f"{table.key(key)}: must be at least {minimum:g} seconds")
+    return float(value)
+
+
+def _count(table: _Table, key: str, default: int, minimum: int) -> int:
+    value = table.get(key, int, default)
+    if value < minimum:
+        raise ConfigError(f"{table.key(key)}: must be at least {minimum}")
+    return value
+
+
+def _service_settings(srv: _Table) -> dict[str, Any]:
+    """The daemon's limits (timeouts, login slots, throttling), as ServerSettings fields."""
+    idle = _seconds(srv, "idle_timeout", 3600.0, 0.0)
+    rate = srv.get("auth_failure_rate", (int, float), 10.0)
+    if rate <= 0:
+        raise ConfigError("server.auth_failure_rate: failed logins per minute, more than 0")
+    return {
+        "login_timeout": _seconds(srv, "login_timeout", 30.0, 1.0),
+        "idle_timeout": idle,
+        "max_logins_per_address": _count(srv, "max_logins_per_address", 8, 1),
+        "max_pending_logins": _count(srv, "max_pending_logins", 128, 1),
+        "auth_failure_rate": float(rate),
+        "auth_failure_burst": _count(srv, "auth_failure_burst", 3, 1),
+        "shutdown_timeout": _seconds(srv, "shutdown_timeout", 10.0, 0.0),
+    }
+
+
 def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:
     t = _Table(raw, f"changer[{i}]")
     name = t.get("name", str, required=True)
@@ -347,8 +386,9 @@ def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:
     return Changer(name, kind, path, tuple(drives), slots, import_export)
 
 
-def load(path: Path) -> Config:
-    """Load and validate a configuration file."""
+def load(path: Path, server_overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a configuration file; ``server_overrides`` replace keys of its
+    [server] table before validation (``ndmpd serve --listen/--state-dir``)."""
     try:
         raw = path.read_bytes()
         world_readable = _is_world_readable(path)
@@ -358,6 +398,9 @@ def load(path: Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if server_overrides:
+        server = data.get("server", {})
+        data["server"] = {**server, **server_overrides} if isinstance(server, dict) else server
     return build(data, str(path), path.resolve().parent, world_readable)
 
 
@@ -367,7 +410,21 @@ def default_state_dir() -> Path:
     return Path(base) / "ndmpd"
 
 
-def embedded_default(state_dir: Path | None = None) -> tuple[Config, str | None]:
+def new_secret_file(path: Path) -> str | None:
+    """Create ``path`` (mode 600) holding a generated password; the password, or None when
+    the file already exists (it is never overwritten)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    password = secrets.token_urlsafe(18)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
+def embedded_default(state_dir: Path | None = None,
+                     listen: list[str] | None = None) -> tuple[Config, str | None]:
     """The configuration used without --config: loopback, one virtual drive, no volumes.
 
     The password of user ``ndmp`` is generated on first use and kept (mode 600) in the
@@ -376,14 +433,9 @@ def embedded_default(state_dir: Path | None = None) -> tuple[Config, str | None]
     state = state_dir or default_state_dir()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret_file = state / "ndmp.password"
-    new_password = None
-    if not secret_file.exists():
-        new_password = secrets.token_urlsafe(18)
-        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(new_password + "\n")
+    new_password = new_secret_file(secret_file)
     data = {
-        "server": {"listen": ["127.0.0.1:10000"], "state_dir": str(state), "auth": ["md5", "text"]},
+        "server": {"listen": listen or ["127.0.0.1:10000"], "state_dir": str(state), "auth": ["md5", "text"]},
         "user": [{"name": "ndmp", "password_file": str(secret_file)}],
         "tape": [{"name": "vtape0", "kind": "virtual", "path": str(state / "vtape0.img"), "capacity": "10GiB"}],
     }

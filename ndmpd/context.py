@@ -11,6 +11,7 @@ from . import __version__
 from .config import Config
 from .changer.registry import ChangerRegistry
 from .devices.registry import DriveRegistry
+from .guard import ConnectionGuard
 from .host import HostIdentity, host_identity
 from .metrics import Metrics
 from .services import HandlerTable, all_handlers
@@ -51,7 +52,8 @@ class ServerContext:
     sessions: set[Any] = field(default_factory=set)
     drives: DriveRegistry | None = None     # built from config.tapes unless given
     changers: ChangerRegistry | None = None   # built from config.changers unless given
-    metrics: Metrics = field(default_factory=Metrics)   # this server's own registry
+    metrics: Metrics = field(default_factory=Metrics)   # this server's own registry; kept across reloads
+    guard: ConnectionGuard | None = None      # login/session slots and throttling; kept across reloads
 
     def __post_init__(self) -> None:
         self.metrics.watch(self)
@@ -60,3 +62,5 @@ class ServerContext:
         if self.changers is None:
             self.changers = ChangerRegistry(self.config.changers, self.drives)
             self.changers.start()
+        if self.guard is None:
+            self.guard = ConnectionGuard(self.config.server)

@@ -32,7 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       help="write one line per entry: offset, inode, parent, mode, size, mtime, path")
     dump.add_argument("--no-xattrs", action="store_true", help="do not archive extended attributes")
     restore = sub.add_parser("restore", help="extract a pax (tar) stream from stdin into a directory")
-    restore.add_argument("target", type=Path)
+    restore.add_argument("target", type=Path, help="directory to restore into")
     restore.add_argument("--select", action="append", default=[], metavar="PATH[=NEW]",
                          help="restore only PATH (a file or directory), optionally as NEW (repeatable)")
     restore.add_argument("--offset", type=int, default=0,

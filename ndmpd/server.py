@@ -6,12 +6,20 @@ import asyncio
 import logging
 import signal
 import socket
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .config import Config, ListenAddress
 from .context import ServerContext
+from .guard import ConnectionGuard
 from .metrics import MetricsEndpoint
+from .reload import reload_context, summary
+from .sdnotify import Notifier
+from .services.data import HALTED as DATA_HALTED, IDLE as DATA_IDLE
+from .services.mover import HALTED as MOVER_HALTED, IDLE as MOVER_IDLE
 from .session import Edge, Session
 
 log = logging.getLogger("ndmpd.server")
@@ -34,7 +42,8 @@ class AsyncioEdge(Edge):
     def run_blocking(self, work: Callable[[], Any], done: Callable[[Future], None]) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session {self.session.peer}")
-        self.loop.run_in_executor(self._executor, work).add_done_callback(done)
+        self.loop.run_in_executor(self._executor, work).add_done_callback(
+            lambda future: _retrieved(future) and done(future))
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         try:
@@ -60,21 +69,50 @@ class AsyncioEdge(Edge):
             self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class NdmpServer:
-    """Accepts control connections and runs a :class:`Session` for each."""
+@dataclass
+class _Connection:
+    """One control connection as the server tracks it: its session, I/O and watchdog."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    session: Session
+    edge: AsyncioEdge
+    writer: asyncio.StreamWriter
+    last_input: float = field(default_factory=time.monotonic)
+    timer: asyncio.TimerHandle | None = None
+    torn_down: bool = False             # its teardown has been started
+
+
+def job_running(session: Session) -> bool:
+    """A job or device call is under way: no timeout may cut this session."""
+    return (session.busy or session.data.state not in (DATA_IDLE, DATA_HALTED)
+            or session.mover.state not in (MOVER_IDLE, MOVER_HALTED))
+
+
+class NdmpServer:
+    """Accepts control connections and runs a :class:`Session` for each.
+
+    ``reload`` (SIGHUP) swaps :attr:`ctx` for new sessions; ``notifier`` tells systemd.
+    """
+
+    def __init__(self, ctx: ServerContext, reload_config: Callable[[], Config] | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.ctx = ctx
+        self.reload_config = reload_config
+        self.notifier = notifier or Notifier({})
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
-        self._writers: dict[Session, asyncio.StreamWriter] = {}
+        self._connections: dict[Session, _Connection] = {}
         self._stopping = asyncio.Event()
         self._metrics: MetricsEndpoint | None = None
         self.metrics_address: tuple[str, int] | None = None
+        self.stuck = 0                  # sessions that did not stop within server.shutdown_timeout
 
     @property
     def config(self) -> Config:
         return self.ctx.config
+
+    @property
+    def guard(self) -> ConnectionGuard:
+        return self.ctx.guard
 
     async def start(self) -> list[tuple[str, int]]:
         """Bind every listen address; returns the bound (host, port) pairs."""
@@ -99,39 +137,66 @@ class NdmpServer:
             self._tasks.add(task)
         peer = writer.get_extra_info("peername")
         name = ListenAddress(peer[0], peer[1]).__str__() if peer else "?"
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = Session(self.ctx, name)
-        edge = session.edge = AsyncioEdge(session, writer)
+        ctx = self.ctx                  # this session's configuration, for its whole life
+        session = Session(ctx, name)
+        conn = _Connection(session, AsyncioEdge(session, writer), writer)
+        session.edge = conn.edge
         try:
-            if len(self.ctx.sessions) >= self.config.server.max_sessions:
-                log.warning("%s: refused, %d sessions already", name, len(self.ctx.sessions))
-                session.refuse("too many sessions")
-            else:
-                self.ctx.sessions.add(session)
-                self._writers[session] = writer
-                log.info("%s: connected", name)
-                session.greet()
-            await self._pump(session, edge, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            log.info("%s: connection lost: %s", name, exc)
+            await self._serve(conn, reader, peer[0] if peer else "?")
+        except asyncio.CancelledError:      # only stop() cancels, once a session outlived shutdown_timeout
+            log.error("%s: did not stop within server.shutdown_timeout; left behind", name)
+            if not conn.torn_down:
+                _in_daemon_thread(session.teardown, f"teardown {name}")
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, session.teardown)
-            edge.close()
-            self.ctx.sessions.discard(session)
-            self._writers.pop(session, None)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
-            log.info("%s: closed", name)
             if task:
                 self._tasks.discard(task)
 
-    async def _pump(self, session: Session, edge: AsyncioEdge, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, conn: _Connection, reader: asyncio.StreamReader, host: str) -> None:
+        """One connection from admission to close; the session is torn down off the loop."""
+        session, writer, ctx = conn.session, conn.writer, conn.session.ctx
+        name = session.peer
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            verdict = ctx.guard.arrive(session, host)
+            if self._stopping.is_set():
+                session.refuse("server shutting down")
+            elif verdict.refusal:
+                log.warning("%s: refused: %s", name, verdict.refusal)
+                session.refuse(verdict.refusal)
+            else:
+                for other in verdict.evict:
+                    self._cut(self._connections.get(other), f"too many logins in progress "
+                              f"(server.max_pending_logins = {ctx.guard.settings.max_pending_logins})")
+                ctx.sessions.add(session)
+                self._connections[session] = conn
+                log.info("%s: connected", name)
+                session.greet()
+                self._watch(conn)
+            await self._pump(conn, reader)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("%s: connection lost: %s", name, exc)
+        finally:
+            if conn.timer:
+                conn.timer.cancel()
+            ctx.guard.leave(session)
+            ctx.sessions.discard(session)
+            self._connections.pop(session, None)
+        conn.torn_down = True
+        try:
+            await asyncio.shield(_in_daemon_thread(session.teardown, f"teardown {name}"))
+        finally:
+            conn.edge.close()
+            writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+        log.info("%s: closed", name)
+
+    async def _pump(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+        session, edge, writer = conn.session, conn.edge, conn.writer
         while True:
             out = session.data_to_send()
             if out:
@@ -146,27 +211,90 @@ class NdmpServer:
             data = await reader.read(READ_SIZE)
             if not data:
                 return
-            session.receive_data(data)
+            conn.last_input = time.monotonic()
+            session.receive_data(data)          # before login it holds at most PRE_AUTH_MAX_RECORD
+
+    # --------------------------------------------------------------- timeouts
+
+    def _watch(self, conn: _Connection) -> None:
+        """Cut the connection at its deadline (see :meth:`ConnectionGuard.deadline`), or look again then."""
+        session = conn.session
+        if session.closed:
+            return
+        delay, reason = self.guard.deadline(session, session.authenticated, job_running(session), conn.last_input)
+        if reason:
+            self._cut(conn, reason)
+        else:
+            conn.timer = asyncio.get_running_loop().call_later(delay, self._watch, conn)
+
+    def _cut(self, conn: _Connection | None, reason: str) -> None:
+        """Close one connection: tell the peer why, flush, close (its pump then ends)."""
+        if conn is None or conn.session.closed:
+            return
+        log.warning("%s: closing: %s", conn.session.peer, reason)
+        conn.session.shutdown(reason)
+        out = conn.session.data_to_send()
+        if out and not conn.writer.is_closing():
+            conn.writer.write(out)
+        conn.writer.close()
+        conn.edge.wakeup.set()
+
+    # ------------------------------------------------------- signals, reload
+
+    def reload(self) -> bool:
+        """SIGHUP: new sessions get the configuration read again; a bad one is refused and
+        the running one stays. Returns whether the new one took effect."""
+        if self.reload_config is None:
+            log.warning("reload: no configuration file to read again")
+            return False
+        self.notifier.reloading()
+        try:
+            outcome = reload_context(self.ctx, self.reload_config)
+            if outcome.ctx is None:
+                log.error("reload refused, configuration unchanged: %s", outcome.error)
+                return False
+            for note in outcome.notes:
+                log.warning("reload: %s", note)
+            self.ctx = outcome.ctx
+            log.info("reloaded %s: %s (running sessions keep theirs)", outcome.ctx.config.source,
+                     summary(outcome.ctx.config))
+            return True
+        except Exception as exc:            # a reload must never take the server down
+            log.error("reload failed, configuration unchanged: %s", exc)
+            return False
+        finally:
+            self.notifier.ready()
 
     async def serve_until_stopped(self) -> None:
-        """Run until SIGTERM/SIGINT (or :meth:`stop`), then close every session cleanly."""
+        """Run until SIGTERM/SIGINT (or :meth:`stop`), SIGHUP reloading; then close every
+        session cleanly, waiting at most ``server.shutdown_timeout`` for their jobs."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, action in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
             try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, action)
+            except (NotImplementedError, RuntimeError, ValueError):
                 pass
+        self.notifier.ready(f"listening on {', '.join(map(str, self.config.server.listen))}")
         await self._stopping.wait()
+        self.notifier.stopping()
         log.info("stopping")
         for server in self._servers:
             server.close()
-        for session, writer in list(self._writers.items()):
-            session.shutdown()
-            writer.write(session.data_to_send())
-        for task in list(self._tasks):
-            task.cancel()
+        for conn in list(self._connections.values()):
+            conn.session.shutdown()
+            out = conn.session.data_to_send()
+            if out and not conn.writer.is_closing():
+                conn.writer.write(out)
+            conn.writer.close()         # the pump sees EOF; a device call in progress finishes first
+            if not conn.session.authenticated:
+                conn.edge.wakeup.set()  # a throttled login has nothing to finish
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+            done, pending = await asyncio.wait(self._tasks, timeout=self.guard.settings.shutdown_timeout)
+            self.stuck = len(pending)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
         for server in self._servers:
             await server.wait_closed()
         if self._metrics is not None:
@@ -174,6 +302,37 @@ class NdmpServer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _retrieved(future: asyncio.Future) -> bool:
+    """Mark a worker's outcome as seen: a session closed meanwhile never asks for it, and asyncio
+    would log an unretrieved exception (with a traceback) for an expected error."""
+    if not future.cancelled():
+        future.exception()
+    return True
+
+
+def _in_daemon_thread(fn: Callable[[], Any], name: str) -> asyncio.Future:
+    """Run blocking ``fn`` on a daemon thread: unlike the loop's default executor, a call that
+    never returns cannot keep the process from exiting."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(exc) if exc else future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, exc = fn(), None
+        except BaseException as error:  # handed to the awaiting task
+            result, exc = None, error
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:            # the loop is gone: nobody waits any more
+            pass
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def _family(addr: ListenAddress) -> int:

@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from ndmpd.context import ServerContext
+from ndmpd.dma.client import NdmpClient
 from ndmpd.server import NdmpServer
 from ndmpd.wire.message import Header
 from ndmpd.wire.records import RecordReader, frame
@@ -60,14 +61,15 @@ async def test_every_listen_address_greets_and_answers(tmp_path):
 async def test_sessions_over_the_limit_are_refused(tmp_path):
     srv, bound = await start(tmp_path, max_sessions=1)
     host, port = bound[0]
-    first_r, first_w = await asyncio.open_connection(host, port)
-    await read_message(first_r, RecordReader(1 << 20))
+    first = await asyncio.to_thread(NdmpClient, host, port)
+    await asyncio.to_thread(first.login, "ndmp", "secret")
     second_r, second_w = await asyncio.open_connection(host, port)
     refused = await read_message(second_r, RecordReader(1 << 20))
     assert struct.unpack_from(">iI", refused, 12) == (0x502, 0)
     assert struct.unpack_from(">i", refused, 24)[0] == 2          # REFUSED
+    assert b"server.max_sessions = 1" in refused                  # names the setting to change
     assert await asyncio.wait_for(second_r.read(), 10) == b""      # then closed
-    first_w.close()
+    await asyncio.to_thread(first.close)
     srv.stop()
     await srv.serve_until_stopped()
 

@@ -40,6 +40,21 @@ class ChangerRegistry:
         self._holders = Holders()
         self._open: dict[str, ChangerDevice] = {}      # real changers, open while held
 
+    def reconfigured(self, changers: tuple[Changer, ...], drives: DriveRegistry) -> "ChangerRegistry":
+        """The registry for a reloaded configuration, sharing this one's holders (a changer a
+        running session holds stays held). A virtual library whose definition and drives are
+        unchanged is kept as it is; call :meth:`start` on the result to load new libraries' drives."""
+        kept = {c.name for c in changers if self.configs.get(c.name) == c and c.kind == "virtual"
+                and all(drives.configs.get(d) == self._drives.configs.get(d) for d in c.drives)}
+        new = ChangerRegistry(tuple(c for c in changers if c.name not in kept), drives, self._open_sg)
+        new.configs = {c.name: c for c in changers}
+        for name in kept:
+            new.libraries[name] = self.libraries[name]
+            new._emulators[name] = self._emulators[name]
+        new._holders = self._holders
+        new._open = self._open
+        return new
+
     def start(self) -> None:
         """Load every library drive with the cartridge the saved state puts there."""
         for library in self.libraries.values():

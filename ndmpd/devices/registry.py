@@ -24,6 +24,7 @@ class DriveRegistry:
     """Configured drives by name; a drive is held by at most one owner (a session) at a time."""
 
     def __init__(self, tapes: tuple[Tape, ...], factory: Callable[[Tape], TapeDevice] = make_drive) -> None:
+        self._factory = factory
         self.configs = {t.name: t for t in tapes}
         self._drives = {t.name: factory(t) for t in tapes}
         self._locks = {t.name: threading.Lock() for t in tapes}
@@ -31,6 +32,19 @@ class DriveRegistry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._drives
+
+    def reconfigured(self, tapes: tuple[Tape, ...]) -> "DriveRegistry":
+        """The registry for a reloaded configuration. It shares this one's holders, so a drive a
+        running session holds stays held; drives whose definition is unchanged keep their device
+        and lock (a session of either configuration sees one drive), others get a fresh device."""
+        new = DriveRegistry((), self._factory)
+        new.configs = {t.name: t for t in tapes}
+        for tape in tapes:
+            same = self.configs.get(tape.name) == tape
+            new._drives[tape.name] = self._drives[tape.name] if same else self._factory(tape)
+            new._locks[tape.name] = self._locks[tape.name] if same else threading.Lock()
+        new._holders = self._holders
+        return new
 
     def acquire(self, name: str, owner: object, patience: float = 0.0) -> TapeDevice:
         """Reserve drive ``name`` for ``owner`` (KeyError: no such drive; DeviceBusy: held).

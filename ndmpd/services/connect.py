@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import HeaderError, NdmpError
 from ..logtext import peer_text
 from ..wire import C, SUPPORTED_VERSIONS, T
-from . import HandlerTable
+from ..guard import UNKNOWN_USER
+from . import Blocking, HandlerTable
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -64,6 +65,37 @@ def connect_client_auth(session: "Session", req: Any) -> Any:
     if kind not in allowed_auth_types(session):
         _failed(session, f"auth type {kind} not enabled")
     if kind == C.AUTH_NONE:
+        return _check(session, data)
+    user = data.auth_text.auth_id if kind == C.AUTH_TEXT else data.auth_md5.auth_id
+    guard = session.ctx.guard
+    host = guard.host(session)
+    if host is None:                    # not admitted by a server (a sans-IO test): nothing to throttle
+        return _check(session, data)
+    keys = (("address", host), ("user", user if session.ctx.config.user(user) else UNKNOWN_USER))
+    wait = guard.throttle.reserve(keys, max(0.0, guard.login_time_left(session)))
+    if wait is None:
+        _failed(session, f"too many failed logins; retry later "
+                         f"(server.auth_failure_rate = {session.ctx.config.server.auth_failure_rate:g})")
+
+    def attempt() -> Any:
+        reply = _check(session, data)
+        guard.throttle.refund(keys)
+        return reply
+    if not wait:
+        return attempt()
+    log.info("%s: login throttled %.1f s", session.peer, wait)
+
+    def wait_then_attempt() -> Any:     # on the session's worker: the reply waits, not the event loop
+        if not guard.hold(session, wait):
+            raise NdmpError(C.NOT_AUTHORIZED_ERR, "connection closed while throttled")
+        return attempt()
+    return Blocking(wait_then_attempt)
+
+
+def _check(session: "Session", data: Any) -> Any:
+    """Verify the credentials; a success takes a session slot."""
+    kind = data.auth_type
+    if kind == C.AUTH_NONE:
         ok, user = True, ""
     elif kind == C.AUTH_TEXT:
         user = data.auth_text.auth_id
@@ -79,6 +111,11 @@ def connect_client_auth(session: "Session", req: Any) -> Any:
         ok = hmac.compare_digest(md5_digest(password, challenge), bytes(data.auth_md5.auth_digest)) and known
     if not ok:
         _failed(session, f"wrong credentials for user {user!r}")
+    full = session.ctx.guard.authenticate(session)
+    if full:
+        log.warning("%s: refused: %s", session.peer, full)
+        session.after_reply(lambda: session.shutdown(full))
+        raise NdmpError(C.NOT_AUTHORIZED_ERR, full)
     session.authenticated = True
     session.auth_user = user
     log.info("%s: authenticated%s", session.peer, f" as '{peer_text(user)}'" if user else " (none)")

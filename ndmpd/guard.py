@@ -1,0 +1,218 @@
+"""Who may hold a control connection, and for how long: login slots, session slots, login throttling.
+
+Unauthenticated connections live in their own small pool (per address and in all) so that any
+number of idle or slow peers can never take the ``max_sessions`` slots that authenticated DMAs
+use; failed logins are rate-limited per address and per user across connections. Pure
+bookkeeping: the server asks, and does the closing itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+from .config import ServerSettings
+
+UNKNOWN_USER = "\0unknown"      # every name that is no configured user shares one bucket (bounded memory)
+MAX_BUCKETS = 4096              # past this, buckets that have refilled are forgotten
+
+
+def address_key(host: str) -> str:
+    """What one peer is counted as: its IPv4 address, or its IPv6 /64 (a single host usually has
+    the whole /64, so counting addresses there would cap nothing)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 4 or ip.is_loopback:
+        return host
+    if ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class AuthThrottle:
+    """A token bucket per address and per user: ``burst`` attempts at once, then ``rate`` per minute.
+
+    Every attempt takes a token from both its buckets *before* the credentials are checked (so a
+    short client timeout learns nothing); an empty bucket means waiting for the next token, which
+    parallel attempts reserve one after another, so the delay grows with the guessing. A success
+    gives its tokens back: a DMA that logs in correctly is never slowed.
+    """
+
+    def __init__(self, rate_per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate_per_minute / 60.0
+        self.burst = float(burst)
+        self.clock = clock
+        self._buckets: dict[Hashable, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def _bucket(self, key: Hashable, now: float) -> _Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._forget_full(now)
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+        return bucket
+
+    def _forget_full(self, now: float) -> None:
+        for key, bucket in list(self._buckets.items()):
+            if bucket.tokens + (now - bucket.stamp) * self.rate >= self.burst:
+                del self._buckets[key]
+
+    def reserve(self, keys: tuple[Hashable, ...], limit: float) -> float | None:
+        """Take one token from each key's bucket; the seconds to wait first, or None (nothing
+        taken) when the wait would exceed ``limit``."""
+        with self._lock:
+            now = self.clock()
+            buckets = [self._bucket(key, now) for key in keys]
+            wait = max((1.0 - b.tokens) / self.rate for b in buckets)
+            wait = max(wait, 0.0)
+            if wait > limit:
+                return None
+            for bucket in buckets:
+                bucket.tokens -= 1.0
+            return wait
+
+    def refund(self, keys: tuple[Hashable, ...]) -> None:
+        """The attempt succeeded: give its tokens back."""
+        with self._lock:
+            now = self.clock()
+            for key in keys:
+                bucket = self._bucket(key, now)
+                bucket.tokens = min(self.burst, bucket.tokens + 1.0)
+
+
+@dataclass
+class _Peer:
+    host: str
+    since: float
+    authenticated: bool = False
+    gone: threading.Event = field(default_factory=threading.Event)    # set when the connection leaves
+
+
+@dataclass
+class Verdict:
+    """What the guard decided about a new connection: a refusal text, and connections to cut."""
+
+    refusal: str | None = None
+    evict: list[object] = field(default_factory=list)
+
+
+class ConnectionGuard:
+    """Counts connections: pending (unauthenticated) per address and in all, and authenticated
+    sessions against ``server.max_sessions``; one instance lives as long as the server."""
+
+    def __init__(self, settings: ServerSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.settings = settings
+        self.throttle = AuthThrottle(settings.auth_failure_rate, settings.auth_failure_burst, clock)
+        self._peers: dict[object, _Peer] = {}
+        self._lock = threading.Lock()
+
+    def reconfigure(self, settings: ServerSettings) -> None:
+        """New limits (a reload); connections already counted stay counted."""
+        with self._lock:
+            if (settings.auth_failure_rate, settings.auth_failure_burst) != \
+                    (self.settings.auth_failure_rate, self.settings.auth_failure_burst):
+                self.throttle = AuthThrottle(settings.auth_failure_rate, settings.auth_failure_burst, self.clock)
+            self.settings = settings
+
+    def arrive(self, conn: object, host: str) -> Verdict:
+        """A new connection from ``host``: admit it as pending, or say why not."""
+        s = self.settings
+        host = address_key(host)
+        with self._lock:
+            if self._count(authenticated=True) >= s.max_sessions:
+                return Verdict(f"too many sessions (server.max_sessions = {s.max_sessions})")
+            pending = [c for c, p in self._peers.items() if not p.authenticated]
+            if sum(1 for c in pending if self._peers[c].host == host) >= s.max_logins_per_address:
+                return Verdict(f"too many logins in progress from {host} "
+                               f"(server.max_logins_per_address = {s.max_logins_per_address})")
+            evict = []
+            if len(pending) >= s.max_pending_logins:
+                evict.append(self._oldest_of_busiest(pending))
+            self._peers[conn] = _Peer(host, self.clock())
+            return Verdict(None, evict)
+
+    def _count(self, authenticated: bool) -> int:
+        return sum(1 for p in self._peers.values() if p.authenticated == authenticated)
+
+    def _oldest_of_busiest(self, pending: list[object]) -> object:
+        per_host: dict[str, int] = {}
+        for conn in pending:
+            host = self._peers[conn].host
+            per_host[host] = per_host.get(host, 0) + 1
+        busiest = max(per_host.values())
+        return min((c for c in pending if per_host[self._peers[c].host] == busiest),
+                   key=lambda c: self._peers[c].since)
+
+    def authenticate(self, conn: object) -> str | None:
+        """The connection proved its credentials: count it as a session, or say why not."""
+        s = self.settings
+        with self._lock:
+            peer = self._peers.get(conn)
+            if peer is None or peer.authenticated:
+                return None
+            if self._count(authenticated=True) >= s.max_sessions:
+                return f"too many sessions (server.max_sessions = {s.max_sessions})"
+            peer.authenticated = True
+            return None
+
+    def leave(self, conn: object) -> None:
+        with self._lock:
+            peer = self._peers.pop(conn, None)
+        if peer is not None:
+            peer.gone.set()
+
+    def hold(self, conn: object, seconds: float) -> bool:
+        """Block (on a worker thread) for a throttled login's wait; False when the connection
+        left meanwhile (closed, cut, or the server stopping), which ends the wait at once."""
+        peer = self._peers.get(conn)
+        return peer is not None and not peer.gone.wait(seconds)
+
+    def host(self, conn: object) -> str | None:
+        """The peer address of an admitted connection (None: not admitted here, e.g. a unit test)."""
+        peer = self._peers.get(conn)
+        return peer.host if peer else None
+
+    def login_time_left(self, conn: object) -> float:
+        """Seconds until a pending connection's login deadline (``server.login_timeout``)."""
+        peer = self._peers.get(conn)
+        since = peer.since if peer else self.clock()
+        return since + self.settings.login_timeout - self.clock()
+
+    def deadline(self, conn: object, authenticated: bool, job_running: bool,
+                 last_input: float) -> tuple[float, str | None]:
+        """When to look at a connection again, or why to cut it now: the login deadline before
+        authentication (however many bytes trickle in), the idle one after, never during a job."""
+        s = self.settings
+        idle_limit = s.idle_timeout
+        if not authenticated:
+            left = self.login_time_left(conn)
+            if left <= 0:
+                return 0.0, f"no login within {s.login_timeout:g} s (server.login_timeout)"
+            return min(left, idle_limit or left), None
+        if not idle_limit or job_running:
+            return idle_limit or 60.0, None          # 60 s: a reload may set a limit
+        idle = self.clock() - last_input
+        if idle >= idle_limit:
+            return 0.0, f"idle for {idle:.0f} s (server.idle_timeout = {idle_limit:g})"
+        return idle_limit - idle, None
+
+    def counts(self) -> tuple[int, int]:
+        """(pending logins, authenticated sessions)."""
+        with self._lock:
+            return self._count(authenticated=False), self._count(authenticated=True)

@@ -1,0 +1,220 @@
+"""Running as a service: login slots, deadlines and the failed-login throttle (issue 15)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+
+import pytest
+
+from ndmpd.context import ServerContext
+from ndmpd.session import PRE_AUTH_MAX_RECORD
+from ndmpd.dma.client import NdmpClient, NdmpReplyError
+from ndmpd.guard import AuthThrottle, ConnectionGuard
+from ndmpd.server import NdmpServer
+from ndmpd.wire import C
+from ndmpd.wire.records import RecordReader
+
+from .helpers import make_config
+
+
+async def start(tmp_path, **server):
+    srv = NdmpServer(ServerContext(make_config(tmp_path, listen=["127.0.0.1:0"], **server)))
+    bound = await srv.start()
+    return srv, bound[0]
+
+
+async def stop(srv: NdmpServer) -> None:
+    srv.stop()
+    await srv.serve_until_stopped()
+
+
+async def greeting(host, port, source="127.0.0.2"):
+    """Connect from ``source``; returns (reader, writer, greeting reason, greeting record)."""
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+    records = RecordReader(1 << 20)
+    while True:
+        got = records.feed(await asyncio.wait_for(reader.read(65536), 10))
+        if got:
+            return reader, writer, struct.unpack_from(">i", got[0], 24)[0], got[0]
+
+
+def login(host, port, password="secret", version=4):
+    client = NdmpClient(host, port, version, timeout=30)
+    client.login("ndmp", password, "text")
+    return client
+
+
+async def test_idle_unauthenticated_connections_leave_session_slots_to_dmas(tmp_path):
+    srv, (host, port) = await start(tmp_path, max_sessions=2)
+    idle = [await greeting(host, port, f"127.0.0.{n}") for n in range(2, 12)]
+    assert all(reason == C.CONNECTED for _, _, reason, _ in idle)
+    first = await asyncio.to_thread(login, host, port)
+    second = await asyncio.to_thread(login, host, port)
+    third = await greeting(host, port, "127.0.0.1")
+    assert third[2] == C.REFUSED and b"server.max_sessions = 2" in third[3]
+    for client in (first, second):
+        await asyncio.to_thread(client.close)
+    for _, writer, _, _ in idle + [third]:
+        writer.close()
+    await stop(srv)
+
+
+async def test_logins_in_progress_are_capped_per_address(tmp_path):
+    srv, (host, port) = await start(tmp_path, max_logins_per_address=3)
+    held = [await greeting(host, port) for _ in range(3)]
+    over = await greeting(host, port)
+    assert over[2] == C.REFUSED and b"server.max_logins_per_address = 3" in over[3]
+    client = await asyncio.to_thread(login, host, port)       # another address is not affected
+    await asyncio.to_thread(client.close)
+    for _, writer, _, _ in held + [over]:
+        writer.close()
+    await stop(srv)
+
+
+async def test_a_full_login_pool_cuts_the_oldest_pending_connection(tmp_path):
+    srv, (host, port) = await start(tmp_path, max_pending_logins=3)
+    held = [await greeting(host, port, f"127.0.0.{n}") for n in (2, 3, 4)]
+    newest = await greeting(host, port, "127.0.0.5")
+    assert newest[2] == C.CONNECTED
+    told = await asyncio.wait_for(held[0][0].read(), 5)          # SHUTDOWN post, then EOF
+    assert b"server.max_pending_logins = 3" in told
+    for _, writer, _, _ in held + [newest]:
+        writer.close()
+    await stop(srv)
+
+
+async def test_a_trickling_unauthenticated_connection_is_cut_at_its_login_deadline(tmp_path):
+    srv, (host, port) = await start(tmp_path, login_timeout=1)
+    reader, writer, _, _ = await greeting(host, port)
+    started = time.monotonic()
+    closed_after = None
+    for _ in range(40):                       # one byte of a record every 0.1 s (slowloris)
+        writer.write(b"\x80")
+        try:
+            if await asyncio.wait_for(reader.read(65536), 0.1) == b"":
+                closed_after = time.monotonic() - started
+                break
+        except asyncio.TimeoutError:
+            continue
+        except ConnectionError:
+            closed_after = time.monotonic() - started
+            break
+    assert closed_after is not None and closed_after < 2.5
+    writer.close()
+    await stop(srv)
+
+
+async def test_an_idle_session_is_cut_but_not_one_with_a_job(tmp_path):
+    srv, (host, port) = await start(tmp_path, idle_timeout=1)
+    idle = await asyncio.to_thread(login, host, port)
+    busy = await asyncio.to_thread(login, host, port)
+    await asyncio.to_thread(busy.call, "TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+    await asyncio.to_thread(busy.call, "MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+    await asyncio.sleep(2.5)
+    with pytest.raises((ConnectionError, NdmpReplyError, OSError)):
+        await asyncio.to_thread(idle.call, "CONFIG_GET_HOST_INFO")
+    state = await asyncio.to_thread(busy.call, "MOVER_GET_STATE")     # still served
+    assert state.state == C.MOVER_STATE_LISTEN
+    await asyncio.to_thread(busy.call, "MOVER_ABORT")
+    await asyncio.to_thread(busy.close)
+    idle.sock.close()
+    await stop(srv)
+
+
+async def test_failed_logins_are_slowed_to_the_configured_rate_across_connections(tmp_path):
+    srv, (host, port) = await start(tmp_path, auth_failure_rate=120, auth_failure_burst=2)   # 2 per second
+
+    def guess(n: int) -> float:
+        started, done = time.monotonic(), 0
+        while done < n:
+            client = NdmpClient(host, port, 4, timeout=30)
+            for _ in range(min(2, n - done)):       # a new connection every two guesses
+                with pytest.raises(NdmpReplyError):
+                    client.login("ndmp", f"guess{done}", "text")
+                done += 1
+            client.sock.close()
+        return time.monotonic() - started
+    elapsed = await asyncio.to_thread(guess, 8)
+    assert 2.7 <= elapsed < 6.0             # 2 free, then 6 at 2/s: about 3 s
+    await stop(srv)
+
+
+def test_throttle_reserves_one_token_per_attempt_and_success_refunds():
+    now = [0.0]
+    throttle = AuthThrottle(60, 2, clock=lambda: now[0])     # one per second after two
+    keys = (("address", "10.0.0.1"), ("user", "ndmp"))
+    assert throttle.reserve(keys, 30) == 0 and throttle.reserve(keys, 30) == 0
+    assert throttle.reserve(keys, 30) == pytest.approx(1)     # waits for the next token
+    assert throttle.reserve(keys, 30) == pytest.approx(2)     # parallel guesses queue up
+    assert throttle.reserve(keys, 1.5) is None                # past the limit: refused, nothing taken
+    other = (("address", "10.0.0.2"), ("user", "ndmp"))
+    assert throttle.reserve(other, 30) == pytest.approx(3)    # the user's bucket is shared
+    now[0] = 100.0
+    fresh = (("address", "10.0.0.3"), ("user", "other"))
+    for _ in range(10):                                       # a DMA that logs in right is never slowed
+        assert throttle.reserve(fresh, 30) == 0
+        throttle.refund(fresh)
+
+
+async def test_an_unauthenticated_peer_cannot_make_the_server_buffer_a_huge_message(tmp_path, caplog):
+    srv, (host, port) = await start(tmp_path)
+    reader, writer, _, _ = await greeting(host, port)
+    writer.write(struct.pack(">I", 0x80000000 | (7 << 20)) + bytes(1 << 20))    # 1 MiB of a 7 MiB record
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    assert srv.ctx.sessions and all(s.buffered <= PRE_AUTH_MAX_RECORD for s in srv.ctx.sessions)
+    client = await asyncio.to_thread(login, host, port)      # a DMA's login is unaffected
+    await asyncio.to_thread(client.close)
+    writer.close()
+    await stop(srv)
+
+
+async def test_a_throttled_login_does_not_hold_up_shutdown(tmp_path, caplog):
+    srv, (host, port) = await start(tmp_path, auth_failure_rate=2, auth_failure_burst=1, login_timeout=60)
+    client = await asyncio.to_thread(NdmpClient, host, port, 4, 30)
+    with pytest.raises(NdmpReplyError):
+        await asyncio.to_thread(client.login, "ndmp", "wrong", "text")
+    guess = asyncio.ensure_future(asyncio.to_thread(client.login, "ndmp", "again", "text"))   # waits ~30 s
+    await asyncio.sleep(0.5)
+    assert not guess.done()
+    started = time.monotonic()
+    srv.stop()
+    await srv.serve_until_stopped()
+    assert time.monotonic() - started < 2 and srv.stuck == 0
+    with pytest.raises((ConnectionError, NdmpReplyError, OSError)):
+        await asyncio.wait_for(guess, 5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_deadlines_login_before_auth_idle_after_never_during_a_job(tmp_path):
+    now = [100.0]
+    settings = make_config(tmp_path, login_timeout=30, idle_timeout=600).server
+    guard = ConnectionGuard(settings, clock=lambda: now[0])
+    conn = object()
+    assert guard.arrive(conn, "10.0.0.1").refusal is None
+    now[0] = 129.0
+    assert guard.deadline(conn, False, False, last_input=129.0) == (pytest.approx(1.0), None)
+    now[0] = 130.5                                       # bytes kept coming: the login deadline holds
+    delay, reason = guard.deadline(conn, False, False, last_input=130.4)
+    assert reason == "no login within 30 s (server.login_timeout)"
+    assert guard.authenticate(conn) is None
+    assert guard.deadline(conn, True, False, last_input=130.0) == (pytest.approx(599.5), None)
+    now[0] = 800.0
+    assert guard.deadline(conn, True, True, last_input=130.0) == (600.0, None)     # a job runs: never cut
+    delay, reason = guard.deadline(conn, True, False, last_input=130.0)
+    assert reason == "idle for 670 s (server.idle_timeout = 600)"
+
+
+def test_peers_are_counted_per_ipv4_address_and_per_ipv6_slash_64(tmp_path):
+    guard = ConnectionGuard(make_config(tmp_path, max_logins_per_address=2).server)
+    for n in (1, 2):
+        assert guard.arrive(object(), f"2001:db8:1:2::{n}").refusal is None
+    refused = guard.arrive(object(), "2001:db8:1:2:ffff::9").refusal      # same /64, another address
+    assert refused and "2001:db8:1:2::/64" in refused and "server.max_logins_per_address = 2" in refused
+    assert guard.arrive(object(), "2001:db8:1:3::1").refusal is None
+    assert guard.arrive(object(), "::ffff:10.0.0.1").refusal is None
+    assert guard.arrive(object(), "10.0.0.1").refusal is None           # the same IPv4 peer, twice now
+    assert "from 10.0.0.1 " in guard.arrive(object(), "10.0.0.1").refusal
