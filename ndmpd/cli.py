@@ -59,7 +59,7 @@ def serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _setup_logging(args.log_level or config.server.log_level)
     config.server.state_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale([(volume.path, volume.snapshot) for volume in config.volumes], config.server.state_dir)
+    remove_stale([volume.path for volume in config.volumes], config.server.state_dir)
 
     async def run() -> None:
         server = NdmpServer(ServerContext(config))

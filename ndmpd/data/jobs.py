@@ -26,6 +26,7 @@ from ..engine.reader import Member, StreamReader, TruncatedStream
 from ..engine.restore import RestoreAborted, RestoreOptions, Restorer
 from ..engine.select import Pick, clean_path
 from ..mover.handoff import Handoff
+from ..snapshots import SnapshotError
 from ..wire import C
 from .env import JobEnv, effective
 from .history import FhRecord, FileHistory
@@ -94,6 +95,9 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
                               lambda done, entries: host.progress(done), warn, host.cancel)
     except DumpAborted:
         return Outcome(C.DATA_HALT_ABORTED)
+    except SnapshotError as exc:        # the volume's (or the DMA's) snapshot mode cannot work here
+        host.log_message(f"backup of {volume.name} not started: {exc}", "error")
+        return Outcome(C.DATA_HALT_INTERNAL_ERROR)
     except OSError as exc:
         if host.cancel.is_set():
             return Outcome(C.DATA_HALT_ABORTED)

@@ -169,8 +169,8 @@ class Data:
         volumes = self.session.ctx.config.volumes
         pairs = [(p.name, p.value) for p in req.env or []]
         try:
-            env = parse(list(butype.default_env) + pairs, butype.name, DEFAULT_HIST[butype.name], volumes,
-                        need_volume=operation == C.DATA_OP_BACKUP)
+            env = parse(pairs, butype.name, DEFAULT_HIST[butype.name], volumes,
+                        need_volume=operation == C.DATA_OP_BACKUP, defaults=butype.default_env)
             wanted = self._wanted(env, req.nlist or []) if operation == C.DATA_OP_RECOVER else []
         except (EnvError, PlaceError) as exc:
             self.log_message(str(exc), "error")
