@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..engine.dump import DumpAborted
+from ..engine.dump import DumpAborted, DumpMeter
 from ..engine.history import HistoryEntry
 from ..engine.job import DumpRequest, dump_volume
 from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
@@ -50,6 +50,7 @@ class JobHost(Protocol):
     def log_file(self, name: str, ok: bool, why: str = "") -> None: ...
     def request_read(self, offset: int, length: int) -> None: ...
     def progress(self, processed: int) -> None: ...
+    def follow(self, meter: DumpMeter) -> None: ...
 
 
 @dataclass
@@ -90,9 +91,11 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
         history.add_stat(entry.path, entry.stat, entry.parent_ino, entry.offset)
 
     warn = _warner(host)
+    meter = DumpMeter()
+    host.follow(meter)            # DATA_GET_STATE reads the bytes as they go, not per record
     try:
         outcome = dump_volume(request, handoff.put if handoff else sock.fileno(), add if history else None,
-                              lambda done, entries: host.progress(done), warn, host.cancel)
+                              None, warn, host.cancel, meter)
     except DumpAborted:
         return Outcome(C.DATA_HALT_ABORTED)
     except SnapshotError as exc:        # the volume's (or the DMA's) snapshot mode cannot work here
@@ -109,7 +112,7 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
         if history.spilled_bytes:
             log.info("file history waited on disk for the DMA: %d bytes", history.spilled_bytes)
     result = outcome.result
-    host.progress(result.bytes_written)
+    meter.finish(result.bytes_written)
     host.log_message(f"backup of {volume.name}: level {outcome.level}, {result.entries} entries, "
                      f"{result.bytes_written} bytes ({outcome.base.note})")
     if not (_delivered(sock, host.cancel) if handoff is None else _handed_over(handoff, host.cancel)):

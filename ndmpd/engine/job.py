@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..snapshots import SNAPSHOT_DIR, choose
-from .dump import DumpOptions, Dumper, DumpResult, HistoryCallback, ProgressCallback
+from .dump import DumpMeter, DumpOptions, Dumper, DumpResult, HistoryCallback, ProgressCallback
 from .dumpdates import Base, DumpDates, make_token
 from .sink import FdSink
 
@@ -54,9 +54,9 @@ def plan_base(request: DumpRequest, dates: DumpDates) -> Base:
 
 def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], history: HistoryCallback | None = None,
                 progress: ProgressCallback | None = None, warn: Callable[[str], None] | None = None,
-                cancel: threading.Event | None = None) -> DumpOutcome:
+                cancel: threading.Event | None = None, meter: DumpMeter | None = None) -> DumpOutcome:
     """Dump ``request.source`` as a pax stream into ``out`` (a file descriptor, or a consumer
-    of full buffers: see FdSink); raises on failure."""
+    of full buffers: see FdSink); raises on failure. ``meter`` follows the bytes as they go."""
     if not request.source.is_dir():
         raise NotADirectoryError(f"{request.source} is not a directory")
     dates = DumpDates(request.state_dir)
@@ -77,7 +77,10 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
         sink = FdSink(out)
         ok = False
         try:
-            result = Dumper(snapshot.path, sink, options, history, progress, warn, cancel).run()
+            dumper = Dumper(snapshot.path, sink, options, history, progress, warn, cancel)
+            if meter is not None:
+                meter.attach(dumper)
+            result = dumper.run()
             ok = True
         finally:
             sink.close(drain=ok)

@@ -21,6 +21,7 @@ from ..context import Butype
 from ..data import jobs
 from ..data.env import EnvError, JobEnv, parse, volume_list
 from ..data.places import PlaceError, resolve
+from ..engine.dump import TAR_RECORD, DumpMeter
 from ..engine.select import clean_path
 from ..errors import NdmpError
 from ..host import fs_usage
@@ -83,6 +84,7 @@ class Data:
         self.operation = C.DATA_OP_NOACTION
         self.halt_reason = C.DATA_HALT_NA
         self.bytes_processed = 0
+        self.meter: DumpMeter | None = None               # a backup's live byte count
         self.estimate: int | None = None
         self.started = 0.0
         self.read_offset = self.read_length = 0
@@ -262,7 +264,7 @@ class Data:
                 self.env_out = env
             if self.state != HALTED:
                 self.state, self.halt_reason = HALTED, reason
-                log.info("%s: data halted (reason %d), %d bytes", self.session.peer, reason, self.bytes_processed)
+                log.info("%s: data halted (reason %d), %d bytes", self.session.peer, reason, self.processed())
                 self._post_now(C.NOTIFY_DATA_HALTED, T.notify_data_halted_post(reason=reason))
         self.session.edge.call_soon(apply)
 
@@ -371,22 +373,44 @@ class Data:
     def progress(self, processed: int) -> None:
         self.bytes_processed = processed
 
+    def follow(self, meter: DumpMeter) -> None:
+        """A backup's progress: read from ``meter`` whenever the DMA asks."""
+        self.meter = meter
+
+    def processed(self) -> int:
+        """Bytes processed so far: the backup's live count, or what the job last reported."""
+        meter = self.meter
+        return max(self.bytes_processed, meter.processed()) if meter is not None else self.bytes_processed
+
+    def _remaining(self, processed: int) -> int | None:
+        """Estimated bytes still to come, None when unknown. A backup's is the larger of the
+        volume's used bytes and what its walk has listed so far, less what went; while the
+        dump runs, at least its last record is still to come (never 0 while work remains)."""
+        meter = self.meter
+        if meter is None:
+            return None if self.estimate is None else max(0, self.estimate - processed)
+        if meter.finished:
+            return 0
+        known = max(self.estimate or 0, meter.discovered())
+        return max(known - processed, TAR_RECORD)
+
     # -- replies -----------------------------------------------------------------------
 
     def state_reply(self) -> Any:
         unsupported = C.DATA_STATE_EST_BYTES_REMAIN_UNS | C.DATA_STATE_EST_TIME_REMAIN_UNS
-        remain = seconds = 0
-        if self.estimate is not None and self.state == ACTIVE:
-            remain = max(0, self.estimate - self.bytes_processed)
+        seconds = 0
+        processed = self.processed()
+        remain = self._remaining(processed) if self.state == ACTIVE else None
+        if remain is not None:
             elapsed = time.monotonic() - self.started
             unsupported = 0
-            rate = self.bytes_processed / elapsed if elapsed > 1 and self.bytes_processed else 0
+            rate = processed / elapsed if elapsed > 1 and processed else 0
             seconds = int(remain / rate) if rate else 0
             if not rate:
                 unsupported = C.DATA_STATE_EST_TIME_REMAIN_UNS
         return T.data_get_state_reply(
             unsupported=unsupported, error=C.NO_ERR, operation=self.operation, state=self.state,
-            halt_reason=self.halt_reason, bytes_processed=self.bytes_processed, est_bytes_remain=remain,
+            halt_reason=self.halt_reason, bytes_processed=processed, est_bytes_remain=remain or 0,
             est_time_remain=min(seconds, U32), data_connection_addr=self.address,
             read_offset=self.read_offset, read_length=self.read_length)
 
