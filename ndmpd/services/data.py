@@ -27,7 +27,7 @@ from ..errors import NdmpError
 from ..host import fs_usage
 from ..mover import addresses
 from ..mover.handoff import Handoff
-from ..wire import C, T, protocol
+from ..wire import REQUEST, C, T, protocol
 from ..wire.translate import convert_struct
 from . import Blocking, HandlerTable
 
@@ -241,9 +241,10 @@ class Data:
     def _run(self, work: Callable[[Any], jobs.Outcome]) -> None:
         reason = C.DATA_HALT_INTERNAL_ERROR
         env: list[tuple[str, str]] | None = None
+        why = ""
         try:
             outcome = work(self._connected_socket())
-            reason, env = outcome.reason, outcome.env
+            reason, env, why = outcome.reason, outcome.env, outcome.why
         except ConnectionError as exc:
             reason = C.DATA_HALT_ABORTED if self.cancel.is_set() else C.DATA_HALT_CONNECT_ERROR
             if not self.cancel.is_set():
@@ -253,9 +254,9 @@ class Data:
             self.log_message(f"data operation failed: {exc}", "error")
         finally:
             self._close_sockets()
-        self._halted(reason, env)
+        self._halted(reason, env, why)
 
-    def _halted(self, reason: int, env: list[tuple[str, str]] | None) -> None:
+    def _halted(self, reason: int, env: list[tuple[str, str]] | None, why: str = "") -> None:
         if self.cancel.is_set() and reason == C.DATA_HALT_SUCCESSFUL:
             reason = C.DATA_HALT_ABORTED
 
@@ -264,9 +265,17 @@ class Data:
                 self.env_out = env
             if self.state != HALTED:
                 self.state, self.halt_reason = HALTED, reason
-                log.info("%s: data halted (reason %d), %d bytes", self.session.peer, reason, self.processed())
-                self._post_now(C.NOTIFY_DATA_HALTED, T.notify_data_halted_post(reason=reason))
+                log.info("%s: data halted (reason %d), %d bytes%s", self.session.peer, reason, self.processed(),
+                         f": {why}" if why else "")
+                self._post_encoded_now(C.NOTIFY_DATA_HALTED, self._halted_post(reason, why))
         self.session.edge.call_soon(apply)
+
+    def _halted_post(self, reason: int, why: str) -> bytes:
+        """NOTIFY_DATA_HALTED; v2 and v3 carry the reason as text too (v4 has LOG_MESSAGE only)."""
+        if self.version == 4:
+            return self.session.encode_post(C.NOTIFY_DATA_HALTED, T.notify_data_halted_post(reason=reason))
+        proto = protocol(self.version)
+        return proto.encode_body(C.NOTIFY_DATA_HALTED, REQUEST, proto.types.notify_data_halted_post(reason, why))
 
     def abort(self) -> None:
         self.check("ABORT")
@@ -376,6 +385,13 @@ class Data:
     def follow(self, meter: DumpMeter) -> None:
         """A backup's progress: read from ``meter`` whenever the DMA asks."""
         self.meter = meter
+
+    def medium_end(self) -> str:
+        """Why this session's mover ended the transfer at its medium, with how far it got; ""
+        when it did not (or the mover is another agent's, which this side cannot see)."""
+        mover = self.session.mover
+        cause = mover.ended_by_medium()
+        return f"{cause} after {mover.bytes_moved} bytes were written to it" if cause else ""
 
     def processed(self) -> int:
         """Bytes processed so far: the backup's live count, or what the job last reported."""
