@@ -63,4 +63,53 @@ def test_a_full_medium_ends_the_backup_as_incomplete(server, version, image):
         dma.call("DATA_STOP")
         dma.call("MOVER_STOP")
     dates = state / "dumpdates.json"
-    assert not dates.exists() or "/vol" not in json.loads(dates.read_text())
+    assert not dates.exists() or not json.loads(dates.read_text()).get("/vol")
+
+
+def test_a_local_stream_is_delivered_only_once_its_last_record_is_on_the_medium(server):
+    """The last, partial record of a LOCAL backup hits the end of the medium: the data side must
+    not take the stream as delivered (on main it did, as soon as the mover saw the end)."""
+    import threading
+    srv, _, _ = server
+    with srv.client() as dma:
+        dma.call("TAPE_OPEN", device="small", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_RECORD_SIZE", len=64 * KiB)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_LOCAL)
+        session = srv.only_session()
+        peer, handoff = srv.on_loop(session.mover.accept_local)
+        # 14 whole records (64 KiB + 24 bytes of framing each) stay below the early warning at
+        # 960 KiB; the 15th, the partial last one, crosses it
+        writer = threading.Thread(target=lambda: (handoff.put(memoryview(bytes(14 * 64 * KiB + 100))),
+                                                  handoff.end()), daemon=True)
+        writer.start()
+        assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOM
+        assert not handoff.finished
+        dma.call("MOVER_ABORT")
+        writer.join(10)
+        assert not handoff.wait_finished(threading.Event(), poll=0.05)
+        assert session.mover.ended_by_medium() == "the medium is full"
+        peer.close()
+        dma.call("MOVER_STOP")
+
+
+def test_a_backup_whose_last_record_does_not_fit_is_not_successful_and_records_no_date(server):
+    srv, vol, state = server
+    (vol / "data.bin").write_bytes(os.urandom(920_000))      # an image of 14 whole 64 KiB records and a part
+    with srv.client() as dma:
+        dma.call("TAPE_OPEN", device="small", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_RECORD_SIZE", len=64 * KiB)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_LOCAL)
+        dma.call("DATA_CONNECT", addr=T.addr(addr_type=C.ADDR_LOCAL))
+        dma.call("DATA_START_BACKUP", butype_name="tar",
+                 env=[T.pval(name="FILESYSTEM", value="/vol"), T.pval(name="UPDATE", value="y")])
+        assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOM
+        dma.call("MOVER_ABORT")
+        halted = dma.wait_post(C.NOTIFY_DATA_HALTED)
+        assert halted.reason != C.DATA_HALT_SUCCESSFUL
+        assert any("incomplete: the medium is full" in m for m in messages(dma)), messages(dma)
+        dma.call("DATA_STOP")
+        dma.call("MOVER_STOP")
+    dates = state / "dumpdates.json"
+    assert not dates.exists() or not json.loads(dates.read_text()).get("/vol")

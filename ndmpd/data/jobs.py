@@ -59,6 +59,7 @@ class Outcome:
     reason: int
     env: list[tuple[str, str]] = field(default_factory=list)
     why: str = ""                     # the halt's text reason (v2/v3 NOTIFY_DATA_HALTED carry it)
+    summary: str = ""                 # a LOG_MESSAGE sent right before NOTIFY_DATA_HALTED, with it
 
 
 def _warner(host: JobHost) -> Callable[[str], None]:
@@ -97,7 +98,7 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
     host.follow(meter)            # DATA_GET_STATE reads the bytes as they go, not per record
     try:
         outcome = dump_volume(request, handoff.put if handoff else sock.fileno(), add if history else None,
-                              None, warn, host.cancel, meter, record_now=False)
+                              None, warn, host.cancel, meter)
     except DumpAborted:
         return _undelivered(host, volume.name, "") or Outcome(C.DATA_HALT_ABORTED)
     except SnapshotError as exc:        # the volume's (or the DMA's) snapshot mode cannot work here
@@ -120,15 +121,15 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
     result = outcome.result
     meter.finish(result.bytes_written)
     if not (_delivered(sock, host.cancel) if handoff is None else _handed_over(handoff, host.cancel)):
+        outcome.revert_date()
         return (_undelivered(host, volume.name, "the peer did not take the whole image")
                 or Outcome(C.DATA_HALT_ABORTED))
-    outcome.record_date()
-    host.log_message(f"backup of {volume.name} complete: level {outcome.level}, {result.entries} entries, "
-                     f"{result.bytes_written} bytes ({outcome.base.note})")
+    summary = (f"backup of {volume.name} complete: level {outcome.level}, {result.entries} entries, "
+               f"{result.bytes_written} bytes ({outcome.base.note})")
     extra = {"LEVEL": str(outcome.level), "DUMP_DATE": outcome.dump_date,
              "BASE_DATE": env.base_token or None, "UPDATE": "y" if request.update else "n",
              "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written)}
-    return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra))
+    return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra), summary=summary)
 
 
 def _undelivered(host: JobHost, name: str, failure: str) -> Outcome | None:

@@ -44,7 +44,7 @@ class DumpOutcome:
     dump_date: str                           # the token a later BASE_DATE names this dump by
     base: Base
     snapshot_mode: str
-    record_date: Callable[[], None] = lambda: None   # with record_now=False: once the image is safe
+    revert_date: Callable[[], None] = lambda: None   # the image did not reach its medium: forget it
 
 
 def plan_base(request: DumpRequest, dates: DumpDates) -> Base:
@@ -55,14 +55,13 @@ def plan_base(request: DumpRequest, dates: DumpDates) -> Base:
 
 def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], history: HistoryCallback | None = None,
                 progress: ProgressCallback | None = None, warn: Callable[[str], None] | None = None,
-                cancel: threading.Event | None = None, meter: DumpMeter | None = None,
-                record_now: bool = True) -> DumpOutcome:
+                cancel: threading.Event | None = None, meter: DumpMeter | None = None) -> DumpOutcome:
     """Dump ``request.source`` as a pax stream into ``out`` (a file descriptor, or a consumer
     of full buffers: see FdSink); raises on failure. ``meter`` follows the bytes as they go.
 
-    With ``request.update`` the dump date is recorded at the end, or, with ``record_now=False``,
-    when the caller calls ``outcome.record_date()`` (once the peer has every byte: a later
-    incremental must never build on an image that did not reach its medium)."""
+    With ``request.update`` the dump date is recorded once the stream is written; a caller
+    that then learns the image never reached its medium calls ``outcome.revert_date()``, so
+    no later incremental builds on it."""
     if not request.source.is_dir():
         raise NotADirectoryError(f"{request.source} is not a directory")
     dates = DumpDates(request.state_dir)
@@ -92,10 +91,8 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
             sink.close(drain=ok)
     finally:
         snapshot.remove()
-    def record() -> None:
-        if request.update:
-            dates.record(request.key, base.level, date_ns, result.dir_index)
-    if record_now:
-        record()
-    return DumpOutcome(result, base.level, make_token(date_ns), base, snapshotter.mode,
-                       record if not record_now else (lambda: None))
+    revert: Callable[[], None] = lambda: None
+    if request.update:
+        previous = dates.record(request.key, base.level, date_ns, result.dir_index)
+        revert = lambda: dates.revert(request.key, base.level, date_ns, previous)   # noqa: E731
+    return DumpOutcome(result, base.level, make_token(date_ns), base, snapshotter.mode, revert)

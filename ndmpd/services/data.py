@@ -241,10 +241,10 @@ class Data:
     def _run(self, work: Callable[[Any], jobs.Outcome]) -> None:
         reason = C.DATA_HALT_INTERNAL_ERROR
         env: list[tuple[str, str]] | None = None
-        why = ""
+        why = summary = ""
         try:
             outcome = work(self._connected_socket())
-            reason, env, why = outcome.reason, outcome.env, outcome.why
+            reason, env, why, summary = outcome.reason, outcome.env, outcome.why, outcome.summary
         except ConnectionError as exc:
             reason = C.DATA_HALT_ABORTED if self.cancel.is_set() else C.DATA_HALT_CONNECT_ERROR
             if not self.cancel.is_set():
@@ -254,7 +254,10 @@ class Data:
             self.log_message(f"data operation failed: {exc}", "error")
         finally:
             self._close_sockets()
-        self._halted(reason, env, why)
+        if summary and not self.cancel.is_set():
+            self.log_message(summary)       # queued right before the halt: nothing comes between
+        self._halted(reason, env, why)      # (ndmjob, seeing a LOG_MESSAGE after the mover halted,
+                                            # looks at DATA_GET_STATE and, still ACTIVE, waits 2 s)
 
     def _halted(self, reason: int, env: list[tuple[str, str]] | None, why: str = "") -> None:
         if self.cancel.is_set() and reason == C.DATA_HALT_SUCCESSFUL:
