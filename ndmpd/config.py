@@ -117,6 +117,8 @@ def parse_size(value: Any, key: str, minimum: int = 1) -> int:
             raise ConfigError(f"{key}: expected a size such as \"10GiB\" or \"10GB\", got {value!r}")
         number, letter, iec, si = m.groups()
         scale = 1
+        if not letter and "." in number:
+            raise ConfigError(f"{key}: {value.strip()!r} is not a whole number of bytes; give a unit (\"1.5GiB\")")
         if letter:
             scale = (1000 if si and not iec else 1024) ** _POWERS[letter.lower()]
         size, written = int(float(number) * scale), value.strip()

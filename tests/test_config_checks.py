@@ -74,6 +74,7 @@ def test_sizes_mean_what_is_written(tmp_path, written, size):
 @pytest.mark.parametrize("key,value", [
     ("capacity", 20), ("capacity", "20"), ("capacity", "20kB"), ("capacity", "0"), ("early_warning", 100),
     ("max_block_size", "100B"), ("capacity", "lots"), ("capacity", "20XB"), ("capacity", True),
+    ("capacity", "2000000.5"),
 ])
 def test_sizes_below_the_minimum_or_unreadable_are_refused(tmp_path, key, value):
     data = base(tmp_path)
