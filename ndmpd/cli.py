@@ -105,7 +105,7 @@ def serve(args: argparse.Namespace) -> int:
     config = _load(args)
     _setup_logging(args.log_level or config.server.log_level)
     config.server.state_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale([(volume.path, volume.snapshot) for volume in config.volumes], config.server.state_dir)
+    remove_stale([volume.path for volume in config.volumes], config.server.state_dir)
     notifier = Notifier()
     holder: list[NdmpServer] = []
 
@@ -137,7 +137,7 @@ def _exit_despite_stuck_jobs(server: "NdmpServer", remove_stale: Callable) -> No
     if not stuck and not server.stuck:
         return
     ctx = server.ctx
-    remove_stale([(volume.path, volume.snapshot) for volume in ctx.config.volumes], ctx.config.server.state_dir)
+    remove_stale([volume.path for volume in ctx.config.volumes], ctx.config.server.state_dir)
     log.error("%d sessions and %d threads did not stop within server.shutdown_timeout "
               "(%g s); exiting anyway", server.stuck, len(stuck), ctx.config.server.shutdown_timeout)
     logging.shutdown()

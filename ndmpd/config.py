@@ -6,13 +6,14 @@ so ``ndmpd serve`` and ``ndmpd check-config`` can fail with a clear message and 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import secrets
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,10 @@ TAPE_KINDS = ("virtual", "st")
 CHANGER_KINDS = ("virtual", "sg")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_PORT = 10000
+MIN_RECORD_SIZE = 64 << 10         # server.max_record_size
+MIN_CAPACITY = 1 << 20             # tape.capacity: smaller is a typo (a bare 20 is 20 bytes)
+MIN_EARLY_WARNING = 64 << 10       # tape.early_warning: room for a DMA's trailer records
+MIN_BLOCK_LIMIT = 10 << 10         # tape.max_block_size: tar's record; less refuses every usual DMA
 
 
 class ConfigError(ValueError):
@@ -103,22 +108,39 @@ class Config:
         return next((u for u in self.users if u.name == name), None)
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)B?\s*$", re.I)
-_UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgtpe])(i)?(b)?|b)?\s*$", re.I)
+_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 
 
-def parse_size(value: Any, key: str) -> int:
-    """'10GiB', '512M', '4096' or an integer, as bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    m = _SIZE.match(str(value)) if isinstance(value, str) else None
-    if not m:
-        raise ConfigError(f"{key}: expected a size such as \"10GiB\", got {value!r}")
-    number, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
-    size = int(number * ((1024 if binary or unit else 1000) ** _UNITS[unit]))
-    if size <= 0:
-        raise ConfigError(f"{key}: size must be positive")
+def parse_size(value: Any, key: str, minimum: int = 1) -> int:
+    """A size in bytes, written as a number of bytes or with a unit, as written:
+    SI "kB", "MB", "GB", "TB" are powers of 1000; IEC "KiB", "MiB", "GiB", "TiB" powers of 1024;
+    a bare letter ("20G", "512M") is IEC, as in dd, truncate and sort. Below ``minimum`` is
+    refused (``capacity = 20`` is 20 bytes, almost surely not what was meant)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size, written = value, str(value)
+    else:
+        m = _SIZE.match(value) if isinstance(value, str) else None
+        if not m:
+            raise ConfigError(f"{key}: expected a size such as \"10GiB\" or \"10GB\", got {value!r}")
+        number, letter, iec, si = m.groups()
+        scale = 1
+        if not letter and "." in number:
+            raise ConfigError(f"{key}: {value.strip()!r} is not a whole number of bytes; give a unit (\"1.5GiB\")")
+        if letter:
+            scale = (1000 if si and not iec else 1024) ** _POWERS[letter.lower()]
+        size, written = int(float(number) * scale), value.strip()
+    if size < minimum:
+        hint = f"; did you mean \"{written}GiB\"?" if written.isdigit() and size else ""
+        raise ConfigError(f"{key}: {written} is {size} bytes, below the minimum of {_show_size(minimum)}{hint}")
     return size
+
+
+def _show_size(size: int) -> str:
+    for unit, power in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << power and size % (1 << power) == 0:
+            return f"{size >> power}{unit}"
+    return f"{size} bytes"
 
 
 def parse_listen(value: Any, key: str) -> ListenAddress:
@@ -150,12 +172,17 @@ def _metrics_listen(value: str) -> ListenAddress | None:
 
 
 class _Table:
-    """Reads one TOML table, remembering which keys were used to reject unknown ones."""
+    """Reads one TOML table, remembering which keys were used to reject unknown ones.
 
-    def __init__(self, data: Any, where: str) -> None:
+    ``known`` names the table's keys: a key outside them is reported before any missing
+    key (a typo ``pasword_file`` is named as unknown, with the close known key, rather than
+    surfacing as ``password: missing``)."""
+
+    def __init__(self, data: Any, where: str, known: frozenset[str] = frozenset()) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a table")
         self.data, self.where, self.used = data, where, set()
+        self.known = known
 
     def key(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
@@ -164,6 +191,7 @@ class _Table:
         self.used.add(key)
         if key not in self.data:
             if required or default is ...:
+                self.reject_unknown()
                 raise ConfigError(f"{self.key(key)}: missing")
             return default
         value = self.data[key]
@@ -178,10 +206,25 @@ class _Table:
             raise ConfigError(f"{self.key(key)}: {value!r} is not one of {', '.join(choices)}")
         return value
 
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
+    def reject_unknown(self) -> None:
+        """A key that is neither known nor read so far: one line naming it and the likely key."""
+        valid = self.known | self.used
+        unknown = sorted(k for k in self.data if k not in valid)
         if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+            close = difflib.get_close_matches(unknown[0], sorted(valid), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key{hint}")
+
+    def finish(self) -> None:
+        self.reject_unknown()
+
+
+def _keys(cls: type, *extra: str) -> frozenset[str]:
+    """A table's keys: its dataclass's fields (new settings are known by adding the field)."""
+    return frozenset(f.name for f in fields(cls)) | frozenset(extra)
+
+
+TOP_KEYS = frozenset({"server", "user", "volume", "tape", "changer"})
 
 
 def _is_world_readable(path: Path) -> bool:
@@ -209,16 +252,49 @@ def _unique(items: list[Any], what: str) -> None:
         seen[item.name] = i
 
 
+def _real(path: Path) -> str:
+    """The path as the kernel will reach it: symlinks and ".." resolved (missing parts too)."""
+    return os.path.realpath(path)
+
+
+def _separate_volumes(volumes: list[Volume]) -> None:
+    """No two volumes on one directory, and none inside another: a restore picks its volume
+    by path, so overlapping volumes make that choice ambiguous, and a snapshot of the outer
+    one would not even hold an inner btrfs subvolume (files silently missing from its dumps)."""
+    seen: list[tuple[str, int]] = []
+    for i, volume in enumerate(volumes):
+        real = _real(volume.path)
+        for other, j in seen:
+            if real == other:
+                raise ConfigError(f"volume[{i}].path: {volume.path} is the same directory as volume[{j}].path")
+            inner, outer = (real, other) if len(real) > len(other) else (other, real)
+            if inner.startswith(outer.rstrip("/") + "/"):
+                raise ConfigError(f"volume[{i}].path: {volume.path} and volume[{j}].path ({volumes[j].path}) "
+                                  "overlap; a directory belongs to one volume")
+        seen.append((real, i))
+
+
+def _one_device_per_path(paths: list[tuple[str, Path]]) -> None:
+    """Two drives (or libraries) on one cartridge file or device would write over each other."""
+    seen: dict[str, str] = {}
+    for key, path in paths:
+        real = _real(path)
+        if real in seen:
+            raise ConfigError(f"{key}: {path} is also {seen[real]}")
+        seen[real] = key
+
+
 def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bool = False) -> Config:
     """Validate parsed TOML data; relative paths are taken from ``base``."""
-    top = _Table(data, "")
+    top = _Table(data, "", TOP_KEYS)
+    top.reject_unknown()
 
     def rel(p: str) -> Path:
         path = Path(p).expanduser()
         return path if path.is_absolute() else (base / path)
 
-    srv = _Table(top.get("server", dict, {}), "server")
-    top.used.add("server")
+    srv = _Table(top.get("server", dict, {}), "server", _keys(ServerSettings))
+    srv.reject_unknown()
     listen = srv.get("listen", list, ["127.0.0.1:10000"])
     if not listen:
         raise ConfigError("server.listen: needs at least one address")
@@ -235,12 +311,14 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
     max_sessions = srv.get("max_sessions", int, 64)
     if max_sessions < 1:
         raise ConfigError("server.max_sessions: must be at least 1")
-    max_record = parse_size(srv.get("max_record_size", (int, str), 8 << 20), "server.max_record_size")
-    if max_record < 65536:
-        raise ConfigError("server.max_record_size: must be at least 64KiB")
+    max_record = parse_size(srv.get("max_record_size", (int, str), 8 << 20), "server.max_record_size",
+                            MIN_RECORD_SIZE)
+    state_dir = rel(srv.get("state_dir", str, "/var/lib/ndmpd"))
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(f"server.state_dir: {state_dir} is not a directory")
     settings = ServerSettings(
         listen=addresses,
-        state_dir=rel(srv.get("state_dir", str, "/var/lib/ndmpd")),
+        state_dir=state_dir,
         auth=tuple(dict.fromkeys(auth)),
         log_level=srv.choice("log_level", LOG_LEVELS, "info"),
         max_record_size=max_record,
@@ -253,7 +331,8 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
 
     users = []
     for i, raw in enumerate(top.get("user", list, [])):
-        t = _Table(raw, f"user[{i}]")
+        t = _Table(raw, f"user[{i}]", _keys(User, "password_file"))
+        t.reject_unknown()
         name = t.get("name", str, required=True)
         if "password" in t.data and "password_file" in t.data:
             raise ConfigError(f"user[{i}]: give password or password_file, not both")
@@ -274,7 +353,8 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
 
     volumes = []
     for i, raw in enumerate(top.get("volume", list, [])):
-        t = _Table(raw, f"volume[{i}]")
+        t = _Table(raw, f"volume[{i}]", _keys(Volume))
+        t.reject_unknown()
         name = t.get("name", str, required=True)
         path = rel(t.get("path", str, required=True))
         if not path.is_dir():
@@ -282,18 +362,23 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         volumes.append(Volume(name, path, t.choice("snapshot", SNAPSHOT_MODES, "auto")))
         t.finish()
     _unique(volumes, "volume")
+    _separate_volumes(volumes)
 
     changers = [_changer(raw, i, rel) for i, raw in enumerate(top.get("changer", list, []))]
     _unique(changers, "changer")
     fed = {drive: c for c in changers if c.kind == "virtual" for drive in c.drives}
     tapes = []
     for i, raw in enumerate(top.get("tape", list, [])):
-        t = _Table(raw, f"tape[{i}]")
+        t = _Table(raw, f"tape[{i}]", _keys(Tape))
+        t.reject_unknown()
         name = t.get("name", str, required=True)
         kind = t.choice("kind", TAPE_KINDS, "virtual")
         path: Path | None
         if kind == "st":
             path = rel(t.get("path", str, required=True))
+            if not path.is_char_device():
+                raise ConfigError(f"tape[{i}].path: {path} is not a tape device (a character device "
+                                  "such as /dev/nst0)" if path.exists() else f"tape[{i}].path: {path} does not exist")
         elif name in fed:
             if "path" in t.data:
                 raise ConfigError(f"tape[{i}].path: {name} is a drive of library {fed[name].name}, "
@@ -303,21 +388,30 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
             path = rel(t.get("path", str, str(settings.state_dir / f"{name}.img")))
             if not path.parent.is_dir() and path.parent != settings.state_dir:
                 raise ConfigError(f"tape[{i}].path: directory {path.parent} does not exist")
-        capacity = parse_size(t.get("capacity", (int, str), "10GiB"), f"tape[{i}].capacity")
+            if path.exists() and not path.is_file():
+                raise ConfigError(f"tape[{i}].path: {path} is not a cartridge file "
+                                  f"({'a directory' if path.is_dir() else 'not a regular file'}); "
+                                  "name a file (created blank on first use)")
+        capacity = parse_size(t.get("capacity", (int, str), "10GiB"), f"tape[{i}].capacity", MIN_CAPACITY)
         early = t.get("early_warning", (int, str), None)
-        early = None if early is None else parse_size(early, f"tape[{i}].early_warning")
+        early = None if early is None else parse_size(early, f"tape[{i}].early_warning", MIN_EARLY_WARNING)
         if early is not None and early >= capacity:
             raise ConfigError(f"tape[{i}].early_warning: must be smaller than the capacity")
-        block_size = t.get("block_size", int, 0)
-        if block_size < 0 or block_size % 512 and block_size:
+        block_size = t.get("block_size", (int, str), 0)
+        block_size = block_size if block_size == 0 else parse_size(block_size, f"tape[{i}].block_size", 512)
+        if block_size % 512:
             raise ConfigError(f"tape[{i}].block_size: 0 (variable) or a multiple of 512")
         max_block = parse_size(t.get("max_block_size", (int, str), min(4 << 20, settings.max_record_size - 1024)),
-                               f"tape[{i}].max_block_size")
+                               f"tape[{i}].max_block_size", MIN_BLOCK_LIMIT)
         if max_block > settings.max_record_size - 1024:
             raise ConfigError(f"tape[{i}].max_block_size: must fit in server.max_record_size")
+        if block_size > max_block:
+            raise ConfigError(f"tape[{i}].block_size: larger than max_block_size")
         tapes.append(Tape(name, kind, path, capacity, early, block_size, max_block))
         t.finish()
     _unique(tapes, "tape")
+    _one_device_per_path([(f"tape[{i}].path", t.path) for i, t in enumerate(tapes) if t.path is not None]
+                         + [(f"changer[{i}].path", c.path) for i, c in enumerate(changers)])
     kinds = {t.name: t.kind for t in tapes}
     for i, changer in enumerate(changers):
         for drive in changer.drives:
@@ -364,7 +458,8 @@ def _service_settings(srv: _Table) -> dict[str, Any]:
 
 
 def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:
-    t = _Table(raw, f"changer[{i}]")
+    t = _Table(raw, f"changer[{i}]", _keys(Changer))
+    t.reject_unknown()
     name = t.get("name", str, required=True)
     kind = t.choice("kind", CHANGER_KINDS, "virtual")
     path = rel(t.get("path", str, required=True))
@@ -382,6 +477,12 @@ def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:
             raise ConfigError(f"changer[{i}].drives: a virtual library needs 1 to 64 drives")
         if not path.parent.is_dir():
             raise ConfigError(f"changer[{i}].path: directory {path.parent} does not exist")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"changer[{i}].path: {path} is not a directory (a virtual library's "
+                              "cartridges and state live in one)")
+    elif not path.is_char_device():
+        raise ConfigError(f"changer[{i}].path: {path} is not a SCSI generic device (such as /dev/sg3)"
+                          if path.exists() else f"changer[{i}].path: {path} does not exist")
     t.finish()
     return Changer(name, kind, path, tuple(drives), slots, import_export)
 

@@ -108,7 +108,7 @@ def running_jobs(session: Any) -> Iterator[tuple[str, str, int]]:
     """(kind, service, bytes so far) of each job a session is running."""
     data = session.data
     if data.state == C.DATA_STATE_ACTIVE and data.operation in DATA_KINDS:
-        yield DATA_KINDS[data.operation], "data", data.bytes_processed
+        yield DATA_KINDS[data.operation], "data", data.processed()
     mover = session.mover
     if mover.state in (C.MOVER_STATE_ACTIVE, C.MOVER_STATE_PAUSED) and mover.mode in MOVER_KINDS:
         yield MOVER_KINDS[mover.mode], "mover", mover.bytes_moved

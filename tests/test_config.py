@@ -105,7 +105,7 @@ def test_check_config_cli_reports_ok_and_errors_without_traceback(tmp_path):
     assert good.returncode == 0 and "OK" in good.stdout
     bad = run_cli("check-config", str(write(tmp_path, GOOD.replace("snapshot", "snapshoot"))))
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "ndmpd: config error: volume[0].snapshoot: unknown key"
+    assert bad.stderr.strip() == "ndmpd: config error: volume[0].snapshoot: unknown key (did you mean 'snapshot'?)"
     missing = run_cli("check-config", str(tmp_path / "absent.toml"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
 

@@ -67,7 +67,7 @@ async def test_a_bad_configuration_is_refused_in_one_line_and_the_old_stays(tmp_
     with caplog.at_level(logging.ERROR, "ndmpd.server"):
         assert not srv.reload()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == ["reload refused, configuration unchanged: volume[0].snapshoot: unknown key"]
+    assert errors == ["reload refused, configuration unchanged: volume[0].snapshoot: unknown key (did you mean 'snapshot'?)"]
     path.write_text("not = [toml")
     assert not srv.reload()
     client = await asyncio.to_thread(session, host, port)

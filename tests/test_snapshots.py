@@ -101,7 +101,7 @@ def test_stale_snapshots_of_a_dead_process_are_removed_at_start_up(btrfs_volume,
     assert _sh("btrfs", "subvolume", "snapshot", "-r", str(vol), str(dead)).returncode == 0
     mine = BtrfsSnapshotter().take(vol)           # a live job's snapshot must survive
     try:
-        removed = remove_stale([(vol, "auto")], tmp_path / "state")
+        removed = remove_stale([vol], tmp_path / "state")
         assert removed == [str(dead)]
         assert os.listdir(vol / SNAPSHOT_DIR) == [mine.path.name]
     finally:

@@ -6,7 +6,8 @@ in any case. Variables we do not know are kept, in order, and handed back by DAT
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Volume
@@ -29,6 +30,7 @@ class JobEnv:
 
     pairs: list[tuple[str, str]]                 # everything as sent
     butype: str
+    defaults: dict[str, str] = field(default_factory=dict)   # butype defaults neither DMA nor config set
     volume: Volume | None = None
     level: int = 0
     base_token: str | None = None
@@ -42,8 +44,8 @@ class JobEnv:
     snapshot: str | None = None
 
     def value(self, name: str, default: str | None = None) -> str | None:
-        """The last value sent for ``name``."""
-        found = default
+        """The last value sent for ``name``, else the butype's default, else ``default``."""
+        found = self.defaults.get(name, default)
         for key, value in self.pairs:
             if key == name:
                 found = value
@@ -81,10 +83,32 @@ def volume_list(volumes: tuple[Volume, ...]) -> str:
     return ", ".join(f"{v.name} ({v.path})" for v in volumes) or "none configured"
 
 
+# Variables the configuration also sets, per volume: there a butype default must give way.
+CONFIGURED: dict[str, Callable[[Volume], str]] = {"SNAPSHOT": lambda volume: volume.snapshot}
+
+
+def fill_defaults(pairs: list[tuple[str, str]], defaults: tuple[tuple[str, str], ...],
+                  volume: Volume | None) -> dict[str, str]:
+    """The butype defaults that apply: only for what neither the DMA sent nor the volume's
+    configuration says (the precedence is DMA, then configuration, then butype default)."""
+    sent = {name for name, _ in pairs}
+    filled: dict[str, str] = {}
+    for name, value in defaults:
+        if name in sent:
+            continue
+        if volume is not None and name in CONFIGURED:
+            value = CONFIGURED[name](volume)
+        filled[name] = value
+    return filled
+
+
 def parse(pairs: list[tuple[str, str]], butype: str, default_hist: str, volumes: tuple[Volume, ...],
-          need_volume: bool) -> JobEnv:
-    """Check an environment; raises EnvError saying what is wrong and what would be right."""
-    env = JobEnv(pairs=list(pairs), butype=butype)      # defaults first: the last value wins
+          need_volume: bool, defaults: tuple[tuple[str, str], ...] = ()) -> JobEnv:
+    """Check an environment; raises EnvError saying what is wrong and what would be right.
+
+    ``defaults`` (the butype's) fill in only what the DMA did not send and the volume's
+    configuration does not set."""
+    env = JobEnv(pairs=list(pairs), butype=butype)
     fs = env.value("FILESYSTEM")
     if fs is not None:
         env.volume = find_volume(fs, volumes)
@@ -92,6 +116,7 @@ def parse(pairs: list[tuple[str, str]], butype: str, default_hist: str, volumes:
             raise EnvError(f"FILESYSTEM={fs!r} is not a configured volume; volumes: {volume_list(volumes)}")
     elif need_volume:
         raise EnvError(f"FILESYSTEM is required; volumes: {volume_list(volumes)}")
+    env.defaults = fill_defaults(env.pairs, defaults, env.volume)
     level = env.value("LEVEL", "0") or "0"
     try:
         env.level = int(level)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..engine.dump import DumpAborted
+from ..engine.dump import DumpAborted, DumpMeter
 from ..engine.history import HistoryEntry
 from ..engine.job import DumpRequest, dump_volume
 from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
@@ -26,6 +26,7 @@ from ..engine.reader import Member, StreamReader, TruncatedStream
 from ..engine.restore import RestoreAborted, RestoreOptions, Restorer
 from ..engine.select import Pick, clean_path
 from ..mover.handoff import Handoff
+from ..snapshots import SnapshotError
 from ..wire import C
 from .env import JobEnv, effective
 from .history import FhRecord, FileHistory
@@ -49,12 +50,16 @@ class JobHost(Protocol):
     def log_file(self, name: str, ok: bool, why: str = "") -> None: ...
     def request_read(self, offset: int, length: int) -> None: ...
     def progress(self, processed: int) -> None: ...
+    def follow(self, meter: DumpMeter) -> None: ...
+    def medium_end(self) -> str: ...
 
 
 @dataclass
 class Outcome:
     reason: int
     env: list[tuple[str, str]] = field(default_factory=list)
+    why: str = ""                     # the halt's text reason (v2/v3 NOTIFY_DATA_HALTED carry it)
+    summary: str = ""                 # a LOG_MESSAGE sent right before NOTIFY_DATA_HALTED, with it
 
 
 def _warner(host: JobHost) -> Callable[[str], None]:
@@ -89,31 +94,61 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
         history.add_stat(entry.path, entry.stat, entry.parent_ino, entry.offset)
 
     warn = _warner(host)
+    meter = DumpMeter()
+    host.follow(meter)            # DATA_GET_STATE reads the bytes as they go, not per record
     try:
         outcome = dump_volume(request, handoff.put if handoff else sock.fileno(), add if history else None,
-                              lambda done, entries: host.progress(done), warn, host.cancel)
+                              None, warn, host.cancel, meter)
     except DumpAborted:
-        return Outcome(C.DATA_HALT_ABORTED)
+        return _undelivered(host, volume.name, "") or Outcome(C.DATA_HALT_ABORTED)
+    except SnapshotError as exc:        # the volume's (or the DMA's) snapshot mode cannot work here
+        host.log_message(f"backup of {volume.name} not started: {exc}", "error")
+        return Outcome(C.DATA_HALT_INTERNAL_ERROR, why=str(exc))
     except OSError as exc:
+        broken = isinstance(exc, (BrokenPipeError, ConnectionError))
+        ended = _undelivered(host, volume.name, str(exc.strerror or exc)) if broken else None
+        if ended is not None:
+            return ended
         if host.cancel.is_set():
             return Outcome(C.DATA_HALT_ABORTED)
-        host.log_message(f"backup of {volume.name} failed: {exc.strerror or exc}", "error")
-        return Outcome(C.DATA_HALT_CONNECT_ERROR if isinstance(exc, (BrokenPipeError, ConnectionError))
-                       else C.DATA_HALT_INTERNAL_ERROR)
+        why = f"backup of {volume.name} failed: {exc.strerror or exc}"
+        host.log_message(why, "error")
+        return Outcome(C.DATA_HALT_INTERNAL_ERROR, why=why)
     if history:
         history.finish()
         if history.spilled_bytes:
             log.info("file history waited on disk for the DMA: %d bytes", history.spilled_bytes)
     result = outcome.result
-    host.progress(result.bytes_written)
-    host.log_message(f"backup of {volume.name}: level {outcome.level}, {result.entries} entries, "
-                     f"{result.bytes_written} bytes ({outcome.base.note})")
+    meter.finish(result.bytes_written)
     if not (_delivered(sock, host.cancel) if handoff is None else _handed_over(handoff, host.cancel)):
-        return Outcome(C.DATA_HALT_ABORTED if host.cancel.is_set() else C.DATA_HALT_CONNECT_ERROR)
+        outcome.revert_date()
+        return (_undelivered(host, volume.name, "the peer did not take the whole image")
+                or Outcome(C.DATA_HALT_ABORTED))
+    summary = (f"backup of {volume.name} complete: level {outcome.level}, {result.entries} entries, "
+               f"{result.bytes_written} bytes ({outcome.base.note})")
     extra = {"LEVEL": str(outcome.level), "DUMP_DATE": outcome.dump_date,
              "BASE_DATE": env.base_token or None, "UPDATE": "y" if request.update else "n",
              "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written)}
-    return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra))
+    return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra), summary=summary)
+
+
+def _undelivered(host: JobHost, name: str, failure: str) -> Outcome | None:
+    """The image did not all reach the peer: why, said once to the DMA. None: the job was
+    aborted and nothing else went wrong (the caller answers ABORTED without a word).
+
+    When this session's mover ended the transfer at the end of its medium (no next tape, or a
+    media error), that is the reason, and the halt is ABORTED (the DMA stopped the mover there,
+    nothing failed on the data side); else the data connection broke (CONNECT_ERROR)."""
+    cause = host.medium_end()
+    if cause:
+        why = f"backup of {name} incomplete: {cause}; the image on that medium is not usable"
+        host.log_message(why, "error")
+        return Outcome(C.DATA_HALT_ABORTED, why=why)
+    if host.cancel.is_set() or not failure:
+        return None
+    why = f"backup of {name} incomplete: {failure}"
+    host.log_message(why, "error")
+    return Outcome(C.DATA_HALT_CONNECT_ERROR, why=why)
 
 
 def _selected_files(host: JobHost, env: JobEnv) -> tuple[bytes, ...] | None:

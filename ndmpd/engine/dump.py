@@ -33,6 +33,37 @@ class DumpAborted(Exception):
     """The job was cancelled; the stream is incomplete."""
 
 
+class DumpMeter:
+    """A running dump's progress, read from any thread at any time (DATA_GET_STATE).
+
+    It reads the sink's byte count and the walk's running total when asked, so the dump
+    pays nothing per record or per file for it; figures never go backwards."""
+
+    def __init__(self) -> None:
+        self._dumper: "Dumper | None" = None
+        self._high = 0
+        self.finished = False
+
+    def attach(self, dumper: "Dumper") -> None:
+        self._dumper = dumper
+
+    def processed(self) -> int:
+        """Stream bytes produced so far (handed to the data connection or the mover)."""
+        dumper = self._dumper
+        if dumper is not None:
+            self._high = max(self._high, dumper.sink.offset)
+        return self._high
+
+    def discovered(self) -> int:
+        """About how many stream bytes the entries listed so far make (a lower bound of the
+        whole stream while the walk goes on)."""
+        dumper = self._dumper
+        return dumper.discovered if dumper is not None else 0
+
+    def finish(self, total: int) -> None:
+        self._high, self.finished = max(self._high, total), True
+
+
 @dataclass(frozen=True)
 class DumpOptions:
     """What to dump and how."""
@@ -99,6 +130,7 @@ class Dumper:
         self._since = options.since_ns
         self._xattrs = options.xattrs
         self._noatime = os.O_NOATIME
+        self.discovered = 0            # stream bytes of the entries listed so far (DumpMeter)
 
     # -- driver --------------------------------------------------------------------------
 
@@ -201,6 +233,7 @@ class Dumper:
         since = self._since
         prefix = rel + b"/" if rel else b""
         skip = self.options.skip_root_names if not rel else ()
+        listed = 0                     # header + data bytes of what this directory will write
         with os.scandir(fd) as entries:
             for entry in entries:
                 name = os.fsencode(entry.name)
@@ -225,6 +258,9 @@ class Dumper:
                 include = full or since is None or st.st_mtime_ns >= since or st.st_ctime_ns >= since
                 children.append((name, st, include))
                 dumpdir.append((b"Y" if include else b"N") + name)
+                if include:
+                    listed += st.st_size
+        self.discovered += listed + 1024 * len(children)      # data, plus about a header per entry
         children.sort(key=_first)
         dumpdir.sort(key=_after_code)
         return children, dumpdir

@@ -85,16 +85,36 @@ class DumpDates:
         date = parse_token(token)
         return Base(level, date, self.load_index(key, date), f"changes since dump date {token}")
 
-    def record(self, key: str, level: int, date_ns: int, dir_index: dict[int, bytes]) -> None:
-        """Remember a finished dump (UPDATE=y); higher levels stay (they no longer act as bases)."""
+    def record(self, key: str, level: int, date_ns: int, dir_index: dict[int, bytes]) -> int | None:
+        """Remember a finished dump (UPDATE=y); higher levels stay (they no longer act as bases).
+        Returns the date it replaced at that level (for :meth:`revert`)."""
         self.save_index(key, date_ns, dir_index)
         with self._locked() as data:
-            data.setdefault(key, {})[str(level)] = date_ns
+            previous = data.setdefault(key, {}).get(str(level))
+            data[key][str(level)] = date_ns
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
             referenced = {int(d) for d in data.get(key, {}).values()}
         self._prune(key, referenced)
+        return previous
+
+    def revert(self, key: str, level: int, date_ns: int, previous: int | None) -> None:
+        """Take back :meth:`record` of ``date_ns`` (its image never reached the medium), unless
+        a later dump has been recorded at that level since."""
+        with self._locked() as data:
+            dates = data.get(key, {})
+            if dates.get(str(level)) != date_ns:
+                return
+            if previous is None:
+                del dates[str(level)]
+                if not dates:
+                    del data[key]
+            else:
+                dates[str(level)] = previous
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
 
     # -- directory indexes ------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..snapshots import SNAPSHOT_DIR, choose
-from .dump import DumpOptions, Dumper, DumpResult, HistoryCallback, ProgressCallback
+from .dump import DumpMeter, DumpOptions, Dumper, DumpResult, HistoryCallback, ProgressCallback
 from .dumpdates import Base, DumpDates, make_token
 from .sink import FdSink
 
@@ -44,6 +44,7 @@ class DumpOutcome:
     dump_date: str                           # the token a later BASE_DATE names this dump by
     base: Base
     snapshot_mode: str
+    revert_date: Callable[[], None] = lambda: None   # the image did not reach its medium: forget it
 
 
 def plan_base(request: DumpRequest, dates: DumpDates) -> Base:
@@ -54,9 +55,13 @@ def plan_base(request: DumpRequest, dates: DumpDates) -> Base:
 
 def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], history: HistoryCallback | None = None,
                 progress: ProgressCallback | None = None, warn: Callable[[str], None] | None = None,
-                cancel: threading.Event | None = None) -> DumpOutcome:
+                cancel: threading.Event | None = None, meter: DumpMeter | None = None) -> DumpOutcome:
     """Dump ``request.source`` as a pax stream into ``out`` (a file descriptor, or a consumer
-    of full buffers: see FdSink); raises on failure."""
+    of full buffers: see FdSink); raises on failure. ``meter`` follows the bytes as they go.
+
+    With ``request.update`` the dump date is recorded once the stream is written; a caller
+    that then learns the image never reached its medium calls ``outcome.revert_date()``, so
+    no later incremental builds on it."""
     if not request.source.is_dir():
         raise NotADirectoryError(f"{request.source} is not a directory")
     dates = DumpDates(request.state_dir)
@@ -77,12 +82,17 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
         sink = FdSink(out)
         ok = False
         try:
-            result = Dumper(snapshot.path, sink, options, history, progress, warn, cancel).run()
+            dumper = Dumper(snapshot.path, sink, options, history, progress, warn, cancel)
+            if meter is not None:
+                meter.attach(dumper)
+            result = dumper.run()
             ok = True
         finally:
             sink.close(drain=ok)
     finally:
         snapshot.remove()
+    revert: Callable[[], None] = lambda: None
     if request.update:
-        dates.record(request.key, base.level, date_ns, result.dir_index)
-    return DumpOutcome(result, base.level, make_token(date_ns), base, snapshotter.mode)
+        previous = dates.record(request.key, base.level, date_ns, result.dir_index)
+        revert = lambda: dates.revert(request.key, base.level, date_ns, previous)   # noqa: E731
+    return DumpOutcome(result, base.level, make_token(date_ns), base, snapshotter.mode, revert)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 BUFFER_SIZE = 1 << 20
 SENDFILE_MIN = 256 << 10      # below this, one preadv into the buffer beats flush + sendfile
-_SENDFILE_CHUNK = 64 << 20
+_SENDFILE_CHUNK = 8 << 20       # the byte count (progress) moves at least this often
 
 
 PIPE_SIZE = 1 << 20
@@ -140,7 +140,7 @@ class FdSink:
             if sent == 0:
                 break
             done += sent
-        self._flushed += done
+            self._flushed += sent      # counted as it goes: another thread reads offset for progress
         return done
 
     def flush(self) -> None:

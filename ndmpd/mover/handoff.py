@@ -24,7 +24,7 @@ class Handoff:
         self._cond = threading.Condition()
         self._buffer: memoryview | None = None
         self._ended = False          # the writer sent everything
-        self._finished = False       # the reader saw the end
+        self._finished = False       # the reader saw the end and has stored everything
         self._closed = False
 
     # -- writer --------------------------------------------------------------------------
@@ -64,10 +64,15 @@ class Handoff:
                 self._cond.wait()
             if self._buffer is not None and not self._closed:
                 return self._buffer
+            return None
+
+    def finish(self) -> None:
+        """The reader has stored every byte up to the end (the last record is on the medium
+        too): only now may the writer call its stream delivered."""
+        with self._cond:
             if self._ended and not self._closed:
                 self._finished = True
                 self._cond.notify_all()
-            return None
 
     def release(self) -> None:
         """The reader is done with the buffer ``take`` gave it."""

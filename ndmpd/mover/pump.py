@@ -69,7 +69,7 @@ def run_backup_handed(mover: "Mover", handoff: Handoff) -> None:
     while True:
         data = handoff.take()
         if data is None:                                  # the end, or the data side is gone
-            _end_of_stream(mover, carry, fill)
+            _end_of_stream(mover, carry, fill, handoff)
         try:
             if fill:
                 step = min(size - fill, len(data))
@@ -88,14 +88,17 @@ def run_backup_handed(mover: "Mover", handoff: Handoff) -> None:
             handoff.release()
 
 
-def _end_of_stream(mover: "Mover", record: memoryview, fill: int) -> None:
+def _end_of_stream(mover: "Mover", record: memoryview, fill: int, handoff: Handoff | None = None) -> None:
     """The data side closed: write the partial last ``record`` (``fill`` bytes of data,
-    zero-padded) and halt CONNECT_CLOSED; just leave if the mover was halted already."""
+    zero-padded), tell a LOCAL writer its stream is stored, and halt CONNECT_CLOSED; just
+    leave if the mover was halted already (then the stream is not delivered)."""
     if mover.halted:
         raise Halted
     if fill:
         record[fill:] = bytes(len(record) - fill)
         _write_records(mover, record, len(record), fill)
+    if handoff is not None:
+        handoff.finish()
     mover.halt(C.MOVER_HALT_CONNECT_CLOSED)
     raise Halted
 

@@ -21,13 +21,14 @@ from ..context import Butype
 from ..data import jobs
 from ..data.env import EnvError, JobEnv, parse, volume_list
 from ..data.places import PlaceError, resolve
+from ..engine.dump import TAR_RECORD, DumpMeter
 from ..engine.select import clean_path
 from ..errors import NdmpError
 from ..host import fs_usage
 from ..logtext import peer_text
 from ..mover import addresses
 from ..mover.handoff import Handoff
-from ..wire import C, T, protocol
+from ..wire import REQUEST, C, T, protocol
 from ..wire.translate import convert_struct
 from . import Blocking, HandlerTable
 
@@ -85,6 +86,7 @@ class Data:
         self.operation = C.DATA_OP_NOACTION
         self.halt_reason = C.DATA_HALT_NA
         self.bytes_processed = 0
+        self.meter: DumpMeter | None = None               # a backup's live byte count
         self.estimate: int | None = None
         self.started = 0.0
         self.read_offset = self.read_length = 0
@@ -171,8 +173,8 @@ class Data:
         volumes = self.session.ctx.config.volumes
         pairs = [(p.name, p.value) for p in req.env or []]
         try:
-            env = parse(list(butype.default_env) + pairs, butype.name, DEFAULT_HIST[butype.name], volumes,
-                        need_volume=operation == C.DATA_OP_BACKUP)
+            env = parse(pairs, butype.name, DEFAULT_HIST[butype.name], volumes,
+                        need_volume=operation == C.DATA_OP_BACKUP, defaults=butype.default_env)
             wanted = self._wanted(env, req.nlist or []) if operation == C.DATA_OP_RECOVER else []
         except (EnvError, PlaceError) as exc:
             self.log_message(str(exc), "error")
@@ -241,9 +243,10 @@ class Data:
     def _run(self, work: Callable[[Any], jobs.Outcome]) -> None:
         reason = C.DATA_HALT_INTERNAL_ERROR
         env: list[tuple[str, str]] | None = None
+        why = summary = ""
         try:
             outcome = work(self._connected_socket())
-            reason, env = outcome.reason, outcome.env
+            reason, env, why, summary = outcome.reason, outcome.env, outcome.why, outcome.summary
         except ConnectionError as exc:
             reason = C.DATA_HALT_ABORTED if self.cancel.is_set() else C.DATA_HALT_CONNECT_ERROR
             if not self.cancel.is_set():
@@ -253,9 +256,12 @@ class Data:
             self.log_message(f"data operation failed: {exc}", "error")
         finally:
             self._close_sockets()
-        self._halted(reason, env)
+        if summary and not self.cancel.is_set():
+            self.log_message(summary)       # queued right before the halt: nothing comes between
+        self._halted(reason, env, why)      # (ndmjob, seeing a LOG_MESSAGE after the mover halted,
+                                            # looks at DATA_GET_STATE and, still ACTIVE, waits 2 s)
 
-    def _halted(self, reason: int, env: list[tuple[str, str]] | None) -> None:
+    def _halted(self, reason: int, env: list[tuple[str, str]] | None, why: str = "") -> None:
         if self.cancel.is_set() and reason == C.DATA_HALT_SUCCESSFUL:
             reason = C.DATA_HALT_ABORTED
 
@@ -264,10 +270,18 @@ class Data:
                 self.env_out = env
             if self.state != HALTED:
                 self.state, self.halt_reason = HALTED, reason
-                log.info("%s: data halted (reason %d), %d bytes", self.session.peer, reason, self.bytes_processed)
-                self.session.ctx.metrics.data_halted(self.operation, reason, self.bytes_processed)
-                self._post_now(C.NOTIFY_DATA_HALTED, T.notify_data_halted_post(reason=reason))
+                log.info("%s: data halted (reason %d), %d bytes%s", self.session.peer, reason, self.processed(),
+                         f": {why}" if why else "")
+                self.session.ctx.metrics.data_halted(self.operation, reason, self.processed())
+                self._post_encoded_now(C.NOTIFY_DATA_HALTED, self._halted_post(reason, why))
         self.session.edge.call_soon(apply)
+
+    def _halted_post(self, reason: int, why: str) -> bytes:
+        """NOTIFY_DATA_HALTED; v2 and v3 carry the reason as text too (v4 has LOG_MESSAGE only)."""
+        if self.version == 4:
+            return self.session.encode_post(C.NOTIFY_DATA_HALTED, T.notify_data_halted_post(reason=reason))
+        proto = protocol(self.version)
+        return proto.encode_body(C.NOTIFY_DATA_HALTED, REQUEST, proto.types.notify_data_halted_post(reason, why))
 
     def abort(self) -> None:
         self.check("ABORT")
@@ -375,22 +389,51 @@ class Data:
     def progress(self, processed: int) -> None:
         self.bytes_processed = processed
 
+    def follow(self, meter: DumpMeter) -> None:
+        """A backup's progress: read from ``meter`` whenever the DMA asks."""
+        self.meter = meter
+
+    def medium_end(self) -> str:
+        """Why this session's mover ended the transfer at its medium, with how far it got; ""
+        when it did not (or the mover is another agent's, which this side cannot see)."""
+        mover = self.session.mover
+        cause = mover.ended_by_medium()
+        return f"{cause} after {mover.bytes_moved} bytes were written to it" if cause else ""
+
+    def processed(self) -> int:
+        """Bytes processed so far: the backup's live count, or what the job last reported."""
+        meter = self.meter
+        return max(self.bytes_processed, meter.processed()) if meter is not None else self.bytes_processed
+
+    def _remaining(self, processed: int) -> int | None:
+        """Estimated bytes still to come, None when unknown. A backup's is the larger of the
+        volume's used bytes and what its walk has listed so far, less what went; while the
+        dump runs, at least its last record is still to come (never 0 while work remains)."""
+        meter = self.meter
+        if meter is None:
+            return None if self.estimate is None else max(0, self.estimate - processed)
+        if meter.finished:
+            return 0
+        known = max(self.estimate or 0, meter.discovered())
+        return max(known - processed, TAR_RECORD)
+
     # -- replies -----------------------------------------------------------------------
 
     def state_reply(self) -> Any:
         unsupported = C.DATA_STATE_EST_BYTES_REMAIN_UNS | C.DATA_STATE_EST_TIME_REMAIN_UNS
-        remain = seconds = 0
-        if self.estimate is not None and self.state == ACTIVE:
-            remain = max(0, self.estimate - self.bytes_processed)
+        seconds = 0
+        processed = self.processed()
+        remain = self._remaining(processed) if self.state == ACTIVE else None
+        if remain is not None:
             elapsed = time.monotonic() - self.started
             unsupported = 0
-            rate = self.bytes_processed / elapsed if elapsed > 1 and self.bytes_processed else 0
+            rate = processed / elapsed if elapsed > 1 and processed else 0
             seconds = int(remain / rate) if rate else 0
             if not rate:
                 unsupported = C.DATA_STATE_EST_TIME_REMAIN_UNS
         return T.data_get_state_reply(
             unsupported=unsupported, error=C.NO_ERR, operation=self.operation, state=self.state,
-            halt_reason=self.halt_reason, bytes_processed=self.bytes_processed, est_bytes_remain=remain,
+            halt_reason=self.halt_reason, bytes_processed=processed, est_bytes_remain=remain or 0,
             est_time_remain=min(seconds, U32), data_connection_addr=self.address,
             read_offset=self.read_offset, read_length=self.read_length)
 

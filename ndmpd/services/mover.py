@@ -46,6 +46,9 @@ ALLOWED: dict[str, dict[int, frozenset[int]]] = {
 }
 
 
+MEDIUM_FULL = "the medium is full"
+
+
 class Mover:
     """One session's mover. Fields are shared with the pump thread under ``_cond``."""
 
@@ -65,6 +68,7 @@ class Mover:
         self.mode = C.MOVER_MODE_NOACTION
         self.pause_reason = C.MOVER_PAUSE_NA
         self.halt_reason = C.MOVER_HALT_NA
+        self.medium_end = ""           # why the medium ended the transfer ("" while it has not)
         self.record_num = 0
         self.bytes_moved = 0
         self.position = 0              # image offset of the next byte to write (backup)
@@ -145,14 +149,27 @@ class Mover:
             if self.halted:
                 raise pump.Halted
 
+    def ended_by_medium(self) -> str:
+        """Why the tape ended this transfer ("the medium is full", a media error), or "":
+        halted from an end-of-medium pause (no next tape) or paused there still."""
+        with self._cond:
+            if self.state == PAUSED and self.pause_reason == C.MOVER_PAUSE_EOM:
+                return MEDIUM_FULL
+            return self.medium_end
+
     def halt(self, reason: int) -> None:
         """Enter HALTED once (whoever comes first), wake the pump, tell the DMA."""
-        if reason == C.MOVER_HALT_MEDIA_ERROR and self.session.version < 4:
+        media_error = reason == C.MOVER_HALT_MEDIA_ERROR
+        if media_error and self.session.version < 4:
             reason = C.MOVER_HALT_INTERNAL_ERROR
         with self._cond:
             if self.state in (IDLE, HALTED):
                 return
             moving = self.state in (ACTIVE, PAUSED)
+            if self.state == PAUSED and self.pause_reason == C.MOVER_PAUSE_EOM:
+                self.medium_end = MEDIUM_FULL
+            elif media_error:
+                self.medium_end = "the tape reported a media error"
             self.state, self.halt_reason, self.pause_reason = HALTED, reason, C.MOVER_PAUSE_NA
             self._cond.notify_all()
             log.info("%s: mover halted (reason %d), %d bytes moved", self.session.peer, reason, self.bytes_moved)

@@ -43,18 +43,22 @@ def choose(mode: str, volume: Path, state_dir: Path, name: str | None = None) ->
     return LiveSnapshotter()
 
 
-def remove_stale(volumes: Iterable[tuple[Path, str]], state_dir: Path) -> list[str]:
-    """Remove snapshots left behind by a killed server or dump; called at start-up."""
+def remove_stale(volumes: Iterable[Path], state_dir: Path) -> list[str]:
+    """Remove snapshots left behind by a killed server or dump; called at start-up.
+
+    Every provider looks at every volume, whatever its configured mode: a DMA's SNAPSHOT=
+    may have taken a snapshot of a volume configured "none" (and a mode may have changed
+    since). Each provider only removes what it made (its own names, owner process gone)."""
     removed: list[str] = []
-    for path, mode in volumes:
-        providers = [BtrfsSnapshotter()] if mode in ("auto", "btrfs") else []
-        if mode in ("auto", "lvm"):
-            providers.append(LvmSnapshotter(state_dir))
-        for provider in providers:
-            try:
-                removed += provider.remove_stale(path)
-            except (OSError, SnapshotError) as exc:
-                log.warning("could not clean stale snapshots of %s: %s", path, exc)
+    paths = list(volumes)
+    work: list[tuple[Snapshotter, Path]] = [(BtrfsSnapshotter(), path) for path in paths]
+    if paths:
+        work.append((LvmSnapshotter(state_dir), paths[0]))     # LVM's snapshots are host-wide: once
+    for provider, path in work:
+        try:
+            removed += provider.remove_stale(path)
+        except (OSError, SnapshotError) as exc:
+            log.warning("could not clean stale snapshots of %s: %s", path, exc)
     for item in removed:
         log.warning("removed stale snapshot %s", item)
     return removed

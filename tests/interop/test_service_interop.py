@@ -213,5 +213,5 @@ def test_sighup_during_a_backup_reloads_without_touching_it(ndmjob, tmp_path):
     finally:
         server.stop()
     log = (tmp_path / "ndmpd.log").read_text()
-    assert "reload refused, configuration unchanged: volume[1].name: missing" in log
+    assert "reload refused, configuration unchanged: volume[1].nmae: unknown key (did you mean 'name'?)" in log
     assert "Traceback" not in log
