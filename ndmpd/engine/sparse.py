@@ -51,6 +51,16 @@ def encode_map(extents: list[Extent]) -> bytes:
 MAX_EXTENTS = 1 << 20
 
 
+def check_extents(extents: list[Extent], realsize: int) -> None:
+    """Raise ValueError unless every extent lies inside a file of ``realsize`` bytes, in order
+    (so no offset from an image can seek a write beyond the file the image describes)."""
+    end = 0
+    for offset, length in extents:
+        if offset < end or length < 0 or offset + length > realsize:
+            raise ValueError(f"extent ({offset}, {length}) is outside the file or out of order")
+        end = offset + length
+
+
 def decode_map(read_block) -> tuple[list[Extent], int]:
     """Parse a sparse 1.0 map with ``read_block()`` giving the next 512 bytes.
 
@@ -67,6 +77,8 @@ def decode_map(read_block) -> tuple[list[Extent], int]:
         lines = (pending + block).split(b"\n")
         pending = lines.pop()
         for line in lines:
+            if not (line.isdigit() and line.isascii()) or len(line) > 20:
+                raise ValueError(f"not a number in the map: {line[:40]!r}")
             numbers.append(int(line))
             if wanted is None:
                 if not 0 <= numbers[0] <= MAX_EXTENTS:
@@ -78,6 +90,4 @@ def decode_map(read_block) -> tuple[list[Extent], int]:
             raise ValueError("sparse map line too long")
     pairs = numbers[1:]
     extents = [(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)]
-    if any(offset < 0 or length < 0 for offset, length in extents):
-        raise ValueError("negative sparse extent")
     return extents, consumed
