@@ -74,6 +74,7 @@ class Member:
     sparse_major: int | None = None
     sparse_map: list[sparse.Extent] | None = None   # sparse 0.x: map from the headers
     link_offset: int | None = None  # a hard link: where its first link's header is (ndmpd images)
+    bad: str | None = None          # a pax record that makes no sense (the member is not to be restored)
 
     @property
     def is_sparse(self) -> bool:
@@ -337,12 +338,11 @@ class StreamReader:
                 try:
                     apply(member, value)
                 except ValueError as exc:
-                    self._warn(f"{os.fsdecode(name)}: bad pax {key.decode('ascii')} record ({exc}); "
-                               "the header's value is used")
+                    member.bad = member.bad or f"bad pax {key.decode('ascii')} record ({exc})"
         try:
             self._sparse_records(member, records)
         except ValueError as exc:
-            self._warn(f"{os.fsdecode(name)}: bad sparse records ({exc}); restored as a plain file")
+            member.bad = member.bad or f"bad sparse records ({exc})"
             member.realsize = member.sparse_major = member.sparse_map = None
         return member
 
@@ -398,6 +398,8 @@ def member_problem(member: Member) -> str | None:
     """Why this member cannot be restored as the image gives it (garbage in a field), or None.
 
     Checked per member before anything is written, so one bad field refuses that member only."""
+    if member.bad:
+        return member.bad
     if (b"\0" in member.name or b"\0" in member.linkname or b"\0" in member.uname
             or b"\0" in member.gname):
         which = next(label for label, value in (("name", member.name), ("link target", member.linkname),
