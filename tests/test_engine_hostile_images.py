@@ -20,6 +20,7 @@ from ndmpd.engine.job import DumpRequest, dump_volume
 from ndmpd.engine.reader import StreamReader
 from ndmpd.engine.restore import RestoreOptions
 from ndmpd.engine.select import Pick
+from ndmpd.engine.target import Target
 from tests.engine_helpers import IS_ROOT, restore_from
 
 TREE = Path(__file__).resolve().parent.parent
@@ -189,6 +190,11 @@ def test_a_path_a_thousand_directories_deep_does_not_end_the_restore(tmp_path):
     assert (tmp_path / "out" / "after").read_bytes() == b"a"
     assert result.complete and result.refused_count == 0, result.refused
     assert os.path.exists(os.fsdecode(bytes(tmp_path / "out") + b"/" + deep))
+    target = Target(str(tmp_path / "out"))          # too deep for pytest's recursive clean-up
+    try:
+        target.remove((b"d",), target.fd, b"d", os.lstat(tmp_path / "out" / "d"))
+    finally:
+        target.close()
 
 
 def test_any_failure_inside_a_member_is_its_own(tmp_path, monkeypatch):

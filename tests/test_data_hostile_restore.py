@@ -1,0 +1,149 @@
+"""Hostile images over NDMP, with the in-process server and the test as the mover side of a TCP
+data connection: DATA_ABORT stops a restore or listing whatever the reader is stuck in, and
+LOG_FILE carries the status of the failure that kept a file out (not always "not found")."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from ndmpd.config import build
+from ndmpd.engine import pax
+from ndmpd.wire import C, T
+
+from .server_thread import ServerThread
+from .test_engine_hostile_images import END, member, negative_size_header
+from .engine_helpers import IS_ROOT
+
+
+def _config(tmp_path, volume):
+    data = {
+        "server": {"listen": ["127.0.0.1:0"], "state_dir": str(tmp_path / "state"), "auth": ["md5", "text"]},
+        "user": [{"name": "ndmp", "password": "secret"}],
+        "volume": [{"name": "vol", "path": str(volume)}],
+        "tape": [{"name": "vtape0", "path": str(tmp_path / "c0.img")}],
+    }
+    (tmp_path / "state").mkdir(exist_ok=True)
+    return build(data, "<test>", tmp_path)
+
+
+@pytest.fixture
+def volume(tmp_path):
+    path = tmp_path / "vol"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def server(tmp_path, volume):
+    s = ServerThread(_config(tmp_path, volume))
+    yield s
+    s.stop()
+
+
+def _start(dma, operation: str, volume) -> socket.socket:
+    reply = dma.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
+    entry = reply.connect_addr.tcp_addr[0]
+    sock = socket.create_connection((str(ipaddress.IPv4Address(entry.ip_addr)), entry.port), timeout=10)
+    env = [T.pval(name="FILESYSTEM", value=str(volume)), T.pval(name="PREFIX", value=str(volume / "restore"))]
+    dma.call(operation, env=env, nlist=[], butype_name="tar")
+    return sock
+
+
+def _endless_garbage(sock: socket.socket, stop: threading.Event) -> None:
+    """Blocks no header parses in, until the data side goes away: the reader resyncs forever."""
+    junk = bytes(range(1, 256)) * 4112
+    try:
+        while not stop.is_set():
+            sock.sendall(junk)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("operation", ["DATA_START_RECOVER", "DATA_START_RECOVER_FILEHIST"])
+@pytest.mark.parametrize("image", ["negative-size-then-silence", "endless-garbage"])
+def test_data_abort_stops_a_job_on_a_hostile_image(server, volume, operation, image):
+    stop = threading.Event()
+    with server.client() as dma:
+        sock = _start(dma, operation, volume)
+        sender = None
+        try:
+            if image == "endless-garbage":
+                sender = threading.Thread(target=_endless_garbage, args=(sock, stop), daemon=True)
+                sender.start()
+            else:
+                sock.sendall(negative_size_header(pax.XHDTYPE) + member(b"after", b"x"))   # and then nothing
+            time.sleep(0.5)
+            assert dma.call("DATA_GET_STATE").state == C.DATA_STATE_ACTIVE
+            started = time.monotonic()
+            dma.call("DATA_ABORT")
+            halted = dma.wait_post(C.NOTIFY_DATA_HALTED, timeout=5)
+            assert halted.reason == C.DATA_HALT_ABORTED
+            assert time.monotonic() - started < 5
+            state = dma.call("DATA_GET_STATE")
+            assert (state.state, state.halt_reason) == (C.DATA_STATE_HALTED, C.DATA_HALT_ABORTED)
+            dma.call("DATA_STOP")
+        finally:
+            stop.set()
+            sock.close()
+            if sender:
+                sender.join(timeout=5)
+
+
+def _log_files(dma) -> list:
+    return [body for code, body in dma.posts if code == C.LOG_FILE]
+
+
+def _restore_image(dma, volume, image: bytes) -> None:
+    sock = _start(dma, "DATA_START_RECOVER", volume)
+    with sock:
+        sock.sendall(image)
+    assert dma.wait_post(C.NOTIFY_DATA_HALTED, timeout=30).reason == C.DATA_HALT_SUCCESSFUL
+    dma.call("DATA_STOP")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounts a small tmpfs as the volume")
+@pytest.mark.parametrize("version", [3, 4])
+def test_log_file_says_a_full_disk_is_an_io_error_not_not_found(tmp_path, version, monkeypatch):
+    from ndmpd.services.data import Data
+    sent = []                       # the bodies as posted in the session's version (the client
+    real_post = Data.post           # shows v2/v3 bodies in the v4 form, which has no "error")
+
+    def post(self, code, body):
+        sent.append((code, body))
+        return real_post(self, code, body)
+
+    monkeypatch.setattr(Data, "post", post)
+    volume = tmp_path / "small"
+    volume.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(volume)], check=True)
+    try:
+        s = ServerThread(_config(tmp_path, volume))
+        try:
+            with s.client(version) as dma:
+                _restore_image(dma, volume, member(b"large/big1.bin", bytes(1 << 20)) + END)
+                (post,) = [body for code, body in sent if code == C.LOG_FILE]
+                messages = [body.entry for code, body in dma.posts if code == C.LOG_MESSAGE]
+        finally:
+            s.stop()
+    finally:
+        subprocess.run(["umount", str(volume)], check=True)
+    if version == 4:
+        assert post.recovery_status == C.RECOVERY_FAILED_IO_ERROR
+    else:
+        assert post.error == C.IO_ERR
+    assert any("No space left on device" in m for m in messages), messages
+
+
+def test_log_file_says_a_file_in_the_way_of_a_directory_is_no_directory(server, volume):
+    (volume / "restore").mkdir()
+    (volume / "restore" / "sub").write_text("a file where the image has a directory")
+    with server.client(4) as dma:
+        _restore_image(dma, volume, member(b"sub/file", b"x") + END)
+        (post,) = _log_files(dma)
+    assert post.recovery_status == C.RECOVERY_FAILED_NO_DIRECTORY
