@@ -372,7 +372,12 @@ class Restorer:
             src_dir = target.directory(src_parts[:-1], create=False)
             existing = target.lstat(src_dir, src_parts[-1])
         if existing is not None and not stat.S_ISDIR(existing.st_mode):
-            os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+            src_dir = os.dup(src_dir)       # finding it may have evicted dir_fd from the cache: both anew
+            try:
+                os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=target.directory(parts[:-1]),
+                        follow_symlinks=False)
+            finally:
+                os.close(src_dir)
             return
         if member.link_offset is None or member.link_offset >= member.offset or not self._can_seek_back():
             raise Refused(f"hard link to {os.fsdecode(source)}, which this restore does not include "
@@ -400,12 +405,15 @@ class Restorer:
                         or clean_path(first.name) != clean_path(links[0][0].linkname)):
                     raise Refused("its first link is not where the image says")
                 _, parts = links[0]
-                dir_fd = target.directory(parts[:-1])
-                fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=dir_fd)
-                self._regular(reader, first, fd, dir_fd, parts[-1], False)
-                for _, more in links[1:]:
-                    os.link(parts[-1], more[-1], src_dir_fd=dir_fd, dst_dir_fd=target.directory(more[:-1]),
-                            follow_symlinks=False)
+                dir_fd = os.dup(target.directory(parts[:-1]))    # stays open whatever the cache evicts
+                try:
+                    fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=dir_fd)
+                    self._regular(reader, first, fd, dir_fd, parts[-1], False)
+                    for _, more in links[1:]:
+                        os.link(parts[-1], more[-1], src_dir_fd=dir_fd, dst_dir_fd=target.directory(more[:-1]),
+                                follow_symlinks=False)
+                finally:
+                    os.close(dir_fd)
             except StreamError as exc:
                 for member, _ in links:
                     self.refuse(member.name, str(exc))
