@@ -353,3 +353,64 @@ def test_a_full_disk_is_reported_as_no_space(tmp_path):
         assert result.refused_count == 1
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+# -- more of each class ---------------------------------------------------------------------
+
+
+def test_an_absurd_sparse_map_is_refused_without_reading_past_its_member(tmp_path):
+    claims = b"1048576\n" + b"0\n1\n" * 10       # a million extents announced, ten given, then the next member
+    stream = write(tmp_path / "s.tar", member(b"x", claims, records=pax.pax_record(b"GNU.sparse.major", b"1")
+                                              + pax.pax_record(b"GNU.sparse.realsize", b"1000"))
+                   + member(b"after", b"a") + END)
+    result = restore_from(stream, tmp_path / "out")
+    assert (tmp_path / "out" / "after").read_bytes() == b"a"
+    assert result.refused_count == 1 and "sparse map" in result.refused[0]
+
+
+def test_a_long_sparse_map_stays_small_in_memory(tmp_path):
+    count = 1 << 17
+    text = b"%d\n" % count + b"".join(b"%d\n1\n" % (2 * n) for n in range(count))
+    text += bytes(pax.round_up(len(text)) - len(text))
+    data = text + b"x" * count
+    records = (pax.pax_record(b"GNU.sparse.major", b"1") + pax.pax_record(b"GNU.sparse.minor", b"0")
+               + pax.pax_record(b"GNU.sparse.realsize", b"%d" % (2 * count)))
+    head = pax.extended_header(records) + pax.ustar_block(b"many", 0o644, 0, 0, len(data), 0, pax.REGTYPE)
+    stream = write(tmp_path / "s.tar", head + data + bytes(pax.round_up(len(data)) - len(data)) + END)
+    tracemalloc.start()
+    try:
+        result = restore_from(stream, tmp_path / "out")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.refused == []
+    assert os.path.getsize(tmp_path / "out" / "many") == 2 * count
+    assert peak < 8 << 20, f"{peak} bytes held for the map"     # as tuples it took 18 MiB
+
+
+def test_a_huge_pax_size_ends_the_stream_clearly_and_keeps_what_came_before(tmp_path):
+    stream = write(tmp_path / "s.tar", member(b"before", b"b")
+                   + member(b"liar", b"x", records=pax.pax_record(b"size", b"%d" % (1 << 62)))
+                   + member(b"after", b"a") + END)
+    result = restore_from(stream, tmp_path / "out")
+    assert not result.complete and any("truncated" in w for w in result.warnings)
+    assert sorted(os.listdir(tmp_path / "out")) == ["before"]      # no half-written "liar"
+
+
+@pytest.mark.parametrize("path", [b"../up", b"a/../../up", b"/abs", b"a/b/../../../up", b"./../up"])
+def test_pax_paths_climbing_out_are_refused(tmp_path, path):
+    (tmp_path / "up").mkdir()
+    stream = write(tmp_path / "s.tar", member(b"decoy", b"x", records=pax.pax_record(b"path", path))
+                   + member(b"after", b"a") + END)
+    result = restore_from(stream, tmp_path / "out")
+    assert result.refused_count == 1
+    assert os.listdir(tmp_path / "up") == [] and (tmp_path / "out" / "after").exists()
+
+
+def test_repeated_names_end_as_the_last_member_says(tmp_path):
+    stream = write(tmp_path / "s.tar", member(b"n", b"file") + member(b"n", typeflag=pax.DIRTYPE)
+                   + member(b"n/inside", b"i") + member(b"n", b"file again")
+                   + member(b"n", typeflag=pax.SYMTYPE, linkname=b"elsewhere") + END)
+    result = restore_from(stream, tmp_path / "out")
+    assert result.refused == []
+    assert os.readlink(tmp_path / "out" / "n") == "elsewhere"
