@@ -5,7 +5,9 @@ LOG_FILE carries the status of the failure that kept a file out (not always "not
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -46,12 +48,12 @@ def server(tmp_path, volume):
     s.stop()
 
 
-def _start(dma, operation: str, volume) -> socket.socket:
+def _start(dma, operation: str, volume, nlist: list | None = None) -> socket.socket:
     reply = dma.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
     entry = reply.connect_addr.tcp_addr[0]
     sock = socket.create_connection((str(ipaddress.IPv4Address(entry.ip_addr)), entry.port), timeout=10)
     env = [T.pval(name="FILESYSTEM", value=str(volume)), T.pval(name="PREFIX", value=str(volume / "restore"))]
-    dma.call(operation, env=env, nlist=[], butype_name="tar")
+    dma.call(operation, env=env, nlist=nlist or [], butype_name="tar")
     return sock
 
 
@@ -99,8 +101,8 @@ def _log_files(dma) -> list:
     return [body for code, body in dma.posts if code == C.LOG_FILE]
 
 
-def _restore_image(dma, volume, image: bytes) -> None:
-    sock = _start(dma, "DATA_START_RECOVER", volume)
+def _restore_image(dma, volume, image: bytes, nlist: list | None = None) -> None:
+    sock = _start(dma, "DATA_START_RECOVER", volume, nlist)
     with sock:
         sock.sendall(image)
     assert dma.wait_post(C.NOTIFY_DATA_HALTED, timeout=30).reason == C.DATA_HALT_SUCCESSFUL
@@ -147,3 +149,36 @@ def test_log_file_says_a_file_in_the_way_of_a_directory_is_no_directory(server, 
         _restore_image(dma, volume, member(b"sub/file", b"x") + END)
         (post,) = _log_files(dma)
     assert post.recovery_status == C.RECOVERY_FAILED_NO_DIRECTORY
+
+
+def _name(source: str, destination: str):
+    return T.name(original_path=source, destination_path=destination, name="", other_name="", node=0,
+                  fh_info=0)
+
+
+def _level1_image() -> bytes:
+    """A level-1 image whose sub/ directory lists just "kept" (and holds it)."""
+    return (pax.extended_header(pax.pax_record(b"NDMPD.level", b"1"), pax.XGLTYPE)
+            + member(b"./", typeflag=pax.DIRTYPE, mode=0o755, records=pax.pax_record(b"GNU.dumpdir", b"Dsub\0\0"))
+            + member(b"./sub/", typeflag=pax.DIRTYPE, mode=0o755, records=pax.pax_record(b"GNU.dumpdir", b"Ykept\0\0"))
+            + member(b"./sub/kept", b"kept") + END)
+
+
+def test_an_nlist_subdirectory_of_an_incremental_onto_the_volume_deletes_nothing_there(server, volume):
+    (volume / "precious").write_text("the volume's own data")
+    (volume / "other-dir").mkdir()
+    with server.client(4) as dma:
+        _restore_image(dma, volume, _level1_image(), [_name("/sub", str(volume))])
+    assert (volume / "precious").read_text() == "the volume's own data"
+    assert (volume / "other-dir").is_dir() and (volume / "kept").read_text() == "kept"
+
+
+def test_an_nlist_file_gets_its_directories_with_the_images_modes(server, volume):
+    image = (member(b"./", typeflag=pax.DIRTYPE, mode=0o755) + member(b"./dir/", typeflag=pax.DIRTYPE, mode=0o755)
+             + member(b"./dir/sub/", typeflag=pax.DIRTYPE, mode=0o751) + member(b"./dir/sub/file", b"f") + END)
+    with server.client(4) as dma:
+        _restore_image(dma, volume, image, [_name("/dir/sub/file", str(volume / "restore" / "dir" / "sub" / "file"))])
+    out = volume / "restore"
+    assert (out / "dir" / "sub" / "file").read_bytes() == b"f"
+    assert stat.S_IMODE(os.stat(out / "dir").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(out / "dir" / "sub").st_mode) == 0o751

@@ -269,16 +269,21 @@ def test_a_selective_restore_gives_the_directories_it_creates_the_images_modes(t
     assert not (out / "dir" / "other").exists()
 
 
-def test_directories_made_for_a_renamed_pick_get_the_mkdir_mode(tmp_path):
+def test_directories_made_above_a_moved_pick_stand_for_those_above_its_source(tmp_path):
+    """As an NDMP nlist under a prefix places it: the directories above the destination take,
+    height for height, the modes of those above the source; any higher one the mkdir mode."""
     out = tmp_path / "out"
-    old = os.umask(0o022)
+    old = os.umask(0o027)
     try:
-        restore_from(_dir_image(tmp_path), out, RestoreOptions(picks=(Pick.parse("dir/sub/file=new/place/f"),)))
+        restore_from(_dir_image(tmp_path), out,
+                     RestoreOptions(picks=(Pick.parse("dir/sub/file=restore/x/dir/sub/file"),)))
     finally:
         os.umask(old)
-    assert (out / "new" / "place" / "f").read_bytes() == b"f"
-    assert stat.S_IMODE(os.stat(out / "new").st_mode) == 0o755
-    assert stat.S_IMODE(os.stat(out / "new" / "place").st_mode) == 0o755
+    assert (out / "restore" / "x" / "dir" / "sub" / "file").read_bytes() == b"f"
+    assert stat.S_IMODE(os.stat(out / "restore").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(out / "restore" / "x").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(out / "restore" / "x" / "dir").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(out / "restore" / "x" / "dir" / "sub").st_mode) == 0o751
 
 
 # -- deletions: only what the image itself restored there -----------------------------------

@@ -128,6 +128,7 @@ class Restorer:
         self._target_existed = False
         self._ancestors: dict[bytes, Member] = {}     # unselected image directories above a pick
         self._pick_sources = tuple(pick.source for pick in self.selection.picks if pick.source)
+        self._stands_for = _directories_above(self.selection.picks)
 
     def run(self, offset: int = 0) -> RestoreResult:
         """Restore the stream, which starts at stream ``offset`` (a header boundary)."""
@@ -464,11 +465,13 @@ class Restorer:
 
     def _finish_dirs(self, target: Target) -> None:
         """Directory modes, owners and times last, deepest first: the image's directories, then
-        those the restore created on the way (image metadata when the image has that directory
-        above a pick, else the ``mkdir -p`` mode). An existing target only gets its time."""
+        those the restore created on the way (the metadata of the image directory each stands
+        for, see _directories_above, else the ``mkdir -p`` mode). An existing target only
+        gets its time."""
         target.forget()
         restored = {meta.parts for meta in self._dirs}
-        made = [(parts, self._ancestors.get(b"/".join(parts))) for parts in target.created - restored]
+        made = [(parts, self._ancestors.get(self._stands_for.get(b"/".join(parts), b"\0")))
+                for parts in target.created - restored]
         work = [(meta.parts, meta.member) for meta in self._dirs] + made
         for parts, member in sorted(work, key=lambda item: len(item[0]), reverse=True):
             try:
@@ -514,3 +517,18 @@ class Restorer:
         self.result.warnings.add(message)
         if self.report_hook:
             self.report_hook(message)
+
+
+def _directories_above(picks: list[Pick]) -> dict[bytes, bytes]:
+    """Placed directory -> the image directory it stands for: the directories above a pick's
+    destination stand, height for height, for those above its source (``dir/sub/file`` restored
+    as ``prefix/dir/sub/file``: ``prefix/dir/sub`` is ``dir/sub``, ``prefix/dir`` is ``dir``, and
+    ``prefix`` stands for nothing in the image)."""
+    above: dict[bytes, bytes] = {}
+    for pick in picks:
+        source = pick.source.split(b"/")[:-1] if pick.source else []
+        placed = pick.target.split(b"/")[:-1] if pick.target else []
+        while source and placed:
+            above.setdefault(b"/".join(placed), b"/".join(source))
+            source, placed = source[:-1], placed[:-1]
+    return above
