@@ -419,3 +419,43 @@ def test_repeated_names_end_as_the_last_member_says(tmp_path):
     result = restore_from(stream, tmp_path / "out")
     assert result.refused == []
     assert os.readlink(tmp_path / "out" / "n") == "elsewhere"
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+
+class _EndlessGarbage:
+    """A source that never ends: one member, then blocks that never parse as a header."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+        self.junk = bytes(range(1, 256)) * 4112
+
+    def readinto(self, view: memoryview) -> int:
+        data = self.head or self.junk
+        self.head = b""
+        got = min(len(view), len(data))
+        view[:got] = data[:got]
+        return got
+
+
+@pytest.mark.parametrize("after", [b"", negative_size_header(pax.XHDTYPE)])
+def test_cancel_stops_a_restore_stuck_inside_the_reader(tmp_path, after):
+    import threading
+    from ndmpd.engine.restore import RestoreAborted, Restorer
+    cancel = threading.Event()
+    outcome = []
+
+    def run():
+        try:
+            Restorer(str(tmp_path / "out"), _EndlessGarbage(member(b"first", b"1") + after), cancel=cancel,
+                     entry_done=lambda m, placed, f: cancel.set()).run()
+            outcome.append("finished")
+        except RestoreAborted:
+            outcome.append("aborted")
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert outcome == ["aborted"]
+    assert (tmp_path / "out" / "first").read_bytes() == b"1"

@@ -196,7 +196,7 @@ class Restorer:
                 self._mark(path)
                 parts = tuple(split_safe(placed))
             self._extract(target, reader, member, path, parts)
-        except StreamError:
+        except (StreamError, RestoreAborted):
             raise
         except Exception as exc:                       # this member's own failure, whatever it is
             failure = failure_of(exc)
