@@ -19,7 +19,7 @@ from ndmpd.engine import pax
 from ndmpd.wire import C, T
 
 from .server_thread import ServerThread
-from .test_engine_hostile_images import END, member, negative_size_header
+from .test_engine_hostile_images import BAD_MEMBERS, END, member, negative_size_header
 from .engine_helpers import IS_ROOT
 
 
@@ -182,3 +182,20 @@ def test_an_nlist_file_gets_its_directories_with_the_images_modes(server, volume
     assert (out / "dir" / "sub" / "file").read_bytes() == b"f"
     assert stat.S_IMODE(os.stat(out / "dir").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(out / "dir" / "sub").st_mode) == 0o751
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MEMBERS))
+@pytest.mark.parametrize("operation", ["DATA_START_RECOVER", "DATA_START_RECOVER_FILEHIST"])
+def test_a_bad_member_over_ndmp_is_refused_and_the_job_succeeds(server, volume, case, operation):
+    image = member(b"before", b"b") + BAD_MEMBERS[case] + member(b"after", b"a") + END
+    with server.client(4) as dma:
+        sock = _start(dma, operation, volume)
+        with sock:
+            sock.sendall(image)
+        halted = dma.wait_post(C.NOTIFY_DATA_HALTED, timeout=30)
+        messages = [body.entry for code, body in dma.posts if code == C.LOG_MESSAGE]
+        dma.call("DATA_STOP")
+    assert halted.reason == C.DATA_HALT_SUCCESSFUL, messages
+    if operation == "DATA_START_RECOVER":
+        assert (volume / "restore" / "after").read_bytes() == b"a"
+        assert any("refused" in m for m in messages), messages

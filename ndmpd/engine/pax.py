@@ -193,10 +193,9 @@ def parse_link_offset(comment: bytes | None) -> int | None:
     if comment is None or not comment.startswith(LINK_OFFSET):
         return None
     try:
-        value = int(comment[len(LINK_OFFSET):])
+        return parse_decimal(comment[len(LINK_OFFSET):], 0, (1 << 63) - 1)
     except ValueError:
         return None
-    return value if value >= 0 else None
 
 
 class HeaderWriter:

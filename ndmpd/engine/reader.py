@@ -406,6 +406,8 @@ def member_problem(member: Member) -> str | None:
                                                 ("user name", member.uname), ("group name", member.gname))
                      if b"\0" in value)
         return f"NUL byte in its {which}"
+    if member.size > MAX_SIZE:
+        return f"size {member.size} out of range"
     if not (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID):
         return f"owner {member.uid}:{member.gid} out of range"
     if not -MAX_TIME_NS <= member.mtime_ns <= MAX_TIME_NS:
