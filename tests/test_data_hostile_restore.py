@@ -199,3 +199,40 @@ def test_a_bad_member_over_ndmp_is_refused_and_the_job_succeeds(server, volume, 
     if operation == "DATA_START_RECOVER":
         assert (volume / "restore" / "after").read_bytes() == b"a"
         assert any("refused" in m for m in messages), messages
+
+
+class _DataStub:
+    """Just what Data.log_file uses: the session's version, posts and log messages."""
+
+    def __init__(self, version: int) -> None:
+        self.version, self.posts, self.messages = version, [], []
+
+    def post(self, code, body):
+        self.posts.append((code, body))
+
+    def log_message(self, text, level="normal"):
+        self.messages.append(text)
+
+
+@pytest.mark.parametrize("kind, v4, older", [
+    ("no-space", "RECOVERY_FAILED_IO_ERROR", "IO_ERR"), ("io-error", "RECOVERY_FAILED_IO_ERROR", "IO_ERR"),
+    ("permission", "RECOVERY_FAILED_PERMISSION", "PERMISSION_ERR"),
+    ("not-found", "RECOVERY_FAILED_NOT_FOUND", "FILE_NOT_FOUND_ERR"),
+    ("no-directory", "RECOVERY_FAILED_NO_DIRECTORY", "FILE_NOT_FOUND_ERR"),
+    ("no-memory", "RECOVERY_FAILED_OUT_OF_MEMORY", "NO_MEM_ERR"),
+    ("exists", "RECOVERY_FAILED_FILE_PATH_EXISTS", "UNDEFINED_ERR"),
+    ("invalid", "RECOVERY_FAILED_UNDEFINED_ERROR", "UNDEFINED_ERR"),
+])
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_log_file_status_follows_the_failure_kind_in_every_version(version, kind, v4, older):
+    from ndmpd.services.data import Data
+    from ndmpd.wire import protocol
+    stub = _DataStub(version)
+    Data.log_file(stub, "/large/big1.bin", False, "the cause, in words", kind)
+    ((code, body),) = stub.posts
+    assert code == C.LOG_FILE
+    if version == 4:
+        assert body.recovery_status == getattr(C, v4)
+    else:
+        assert body.error == getattr(protocol(version).const, older)
+    assert stub.messages == ["/large/big1.bin: not restored: the cause, in words"]
