@@ -242,6 +242,15 @@ def test_the_images_root_entry_does_not_widen_an_existing_target(tmp_path):
     assert (target / "file").read_bytes() == b"f"
 
 
+def test_the_images_root_placed_in_an_existing_directory_does_not_widen_it(tmp_path):
+    (tmp_path / "out" / "prefix").mkdir(parents=True)
+    os.chmod(tmp_path / "out" / "prefix", 0o700)
+    stream = write(tmp_path / "s.tar", member(b"./", typeflag=pax.DIRTYPE, mode=0o777) + member(b"./f", b"f") + END)
+    restore_from(stream, tmp_path / "out", RestoreOptions(picks=(Pick.parse("=prefix"),)))
+    assert stat.S_IMODE(os.stat(tmp_path / "out" / "prefix").st_mode) == 0o700
+    assert (tmp_path / "out" / "prefix" / "f").read_bytes() == b"f"
+
+
 def test_the_images_root_entry_sets_a_target_the_restore_creates(tmp_path):
     stream = write(tmp_path / "s.tar", member(b"./", typeflag=pax.DIRTYPE, mode=0o751) + END)
     restore_from(stream, tmp_path / "new")

@@ -93,6 +93,7 @@ class RestoreResult:
 class _DirMeta:
     parts: tuple[bytes, ...]
     member: Member
+    keep_own: bool = False          # a restore target that was there before: only its time is set
 
 
 class Restorer:
@@ -287,16 +288,21 @@ class Restorer:
     # -- kinds ---------------------------------------------------------------------------
 
     def _directory(self, target: Target, member: Member, path: bytes, parts: tuple[bytes, ...]) -> None:
+        existed = self._target_existed
         if parts:
             parent = target.directory(parts[:-1])
             existing = target.lstat(parent, parts[-1])
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
                 if not self._make_room(target, parts, parent, parts[-1], member):
                     return
+                existing = None
+            existed = existing is not None and parts not in target.created
         fd = target.directory(parts)
         if member.dumpdir is not None and self._replay_deletions(path):
             self._delete_missing(target, parts, fd, member.dumpdir)
-        self._dirs.append(_DirMeta(parts, member))
+        # where the restore goes (the target, or where the image's root is placed) keeps its own
+        # mode, owner and xattrs when it was there before: the image must not widen access to it
+        self._dirs.append(_DirMeta(parts, member, existed and (not parts or not path)))
 
     def _replay_deletions(self, path: bytes) -> bool:
         """Only in a restore of the whole image (see the module's docstring for why)."""
@@ -466,19 +472,19 @@ class Restorer:
     def _finish_dirs(self, target: Target) -> None:
         """Directory modes, owners and times last, deepest first: the image's directories, then
         those the restore created on the way (the metadata of the image directory each stands
-        for, see _directories_above, else the ``mkdir -p`` mode). An existing target only
-        gets its time."""
+        for, see _directories_above, else the ``mkdir -p`` mode). A restore target that was
+        there before only gets its time."""
         target.forget()
         restored = {meta.parts for meta in self._dirs}
         made = [(parts, self._ancestors.get(self._stands_for.get(b"/".join(parts), b"\0")))
                 for parts in target.created - restored]
-        work = [(meta.parts, meta.member) for meta in self._dirs] + made
-        for parts, member in sorted(work, key=lambda item: len(item[0]), reverse=True):
+        work = [(meta.parts, meta.member, meta.keep_own) for meta in self._dirs] + [m + (False,) for m in made]
+        for parts, member, keep_own in sorted(work, key=lambda item: len(item[0]), reverse=True):
             try:
                 fd = target.directory(parts, create=False) if parts else target.fd
                 if member is None:
                     os.fchmod(fd, 0o777 & ~self._umask)
-                elif not parts and self._target_existed:
+                elif keep_own:
                     os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
                 else:
                     self._metadata_fd(fd, member)
