@@ -406,7 +406,7 @@ class Restorer:
         for offset, links in sorted(self._lone_links.items()):
             try:
                 self._seek(offset)
-                reader = StreamReader(self.source, offset, warn=self.warn)
+                reader = StreamReader(self.source, offset, warn=self.warn, cancel=self.cancel)
                 first = next(reader.members(), None)
                 if (first is None or first.typeflag not in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE)
                         or clean_path(first.name) != clean_path(links[0][0].linkname)):

@@ -372,7 +372,8 @@ class Data:
         if not ok:
             self.log_message(f"{name}: not restored: {why}", "warning")
         if self.version == 4:
-            status = C.RECOVERY_SUCCESSFUL if ok else getattr(C, _V4_RECOVERY.get(kind, "RECOVERY_FAILED_UNDEFINED_ERROR"))
+            failed_as = _V4_RECOVERY.get(kind, "RECOVERY_FAILED_UNDEFINED_ERROR")
+            status = C.RECOVERY_SUCCESSFUL if ok else getattr(C, failed_as)
             self.post(C.LOG_FILE, T.log_file_post(name=name, recovery_status=status))
             return
         proto = protocol(self.version)
