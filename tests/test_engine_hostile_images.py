@@ -468,3 +468,12 @@ def test_cancel_stops_a_restore_stuck_inside_the_reader(tmp_path, after):
     worker.join(timeout=10)
     assert outcome == ["aborted"]
     assert (tmp_path / "out" / "first").read_bytes() == b"1"
+
+
+def test_refusals_of_megabyte_names_stay_small(tmp_path):
+    name = b"../" + b"n" * 1_000_000
+    stream = write(tmp_path / "s.tar", member(b"x", b"1", records=pax.pax_record(b"path", name)) * 20 + END)
+    reported = []
+    result = restore_from(stream, tmp_path / "out", report=reported.append)
+    assert result.refused_count == 20
+    assert max(len(m) for m in reported) < 2000 and max(len(m) for m in result.refused) < 2000

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 KEPT = 1000
 
 
+MESSAGE_LIMIT = 1000        # characters of one message (names in an image can be a megabyte long)
+
+
+def bounded(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 class Messages(list):
     """A list of messages that keeps at most ``KEPT`` of them but counts them all."""
 

@@ -33,7 +33,7 @@ from . import pax, sparse, xattrs
 from .reader import (ByteSource, Member, ReadCancelled, StreamError, StreamReader, TruncatedStream,
                      member_problem)
 from .select import Pick, Selection, clean_path
-from .report import INVALID, Failure, Messages, failure_of
+from .report import INVALID, Failure, Messages, bounded, failure_of
 from .target import Refused, Target, fd_path, split_safe
 
 POLICIES = ("overwrite", "keep", "newer")
@@ -514,12 +514,13 @@ class Restorer:
     # -- reporting -----------------------------------------------------------------------
 
     def refuse(self, name: bytes, why: str) -> None:
-        message = f"{os.fsdecode(name)}: refused: {why}"
+        message = bounded(f"{os.fsdecode(name)}: refused: {why}")
         self.result.refused.add(message)
         if self.report_hook:
             self.report_hook(message)
 
     def warn(self, message: str) -> None:
+        message = bounded(message)
         self.result.warnings.add(message)
         if self.report_hook:
             self.report_hook(message)
