@@ -280,17 +280,18 @@ class Sandbox:
         return seen
 
     def reset_target(self) -> None:
-        def unlock(function, path, _exc):
-            os.chmod(os.path.dirname(path), 0o700)
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.chmod(path, 0o700)
-            function(path)
-        if os.path.lexists(self.target):
-            if not os.path.isdir(self.target) or os.path.islink(self.target):
-                os.unlink(self.target)
-            else:
-                os.chmod(self.target, 0o700)
-                shutil.rmtree(self.target, onerror=unlock)
+        """Empty the target, whatever modes the restore left on its directories (an unprivileged
+        user cannot remove entries of a directory restored read-only until it is opened up)."""
+        if os.path.lexists(self.target) and (os.path.islink(self.target) or not os.path.isdir(self.target)):
+            os.unlink(self.target)
+        elif os.path.lexists(self.target):
+            pending = [str(self.target)]
+            while pending:
+                directory = pending.pop()
+                os.chmod(directory, 0o700)
+                with os.scandir(directory) as entries:
+                    pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+            shutil.rmtree(self.target)
         self.target.mkdir()
 
 
