@@ -397,7 +397,14 @@ def _check_count(count: int) -> None:
 def member_problem(member: Member) -> str | None:
     """Why this member cannot be restored as the image gives it (garbage in a field), or None.
 
-    Checked per member before anything is written, so one bad field refuses that member only."""
+    Checked per member before anything is written, so one bad field refuses that member only.
+    The usual member (no link, device, xattrs or sparse map) passes in one expression."""
+    if (member.bad is None and 0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID
+            and -MAX_TIME_NS <= member.mtime_ns <= MAX_TIME_NS and member.size <= MAX_SIZE
+            and not (member.linkname or member.devmajor or member.devminor or member.xattrs
+                     or member.sparse_map) and b"\0" not in member.name
+            and b"\0" not in member.uname and b"\0" not in member.gname):
+        return None
     if member.bad:
         return member.bad
     if (b"\0" in member.name or b"\0" in member.linkname or b"\0" in member.uname
