@@ -23,7 +23,7 @@ from ..engine.history import HistoryEntry
 from ..engine.job import DumpRequest, dump_volume
 from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
 from ..engine.reader import Member, ReadCancelled, StreamError, StreamReader, TruncatedStream, member_problem
-from ..engine.report import NOT_FOUND, Failure
+from ..engine.report import NOT_FOUND, Failure, bounded
 from ..engine.restore import RestoreAborted, RestoreOptions, Restorer
 from ..engine.select import Pick, clean_path
 from ..mover.handoff import Handoff
@@ -185,9 +185,14 @@ def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socke
     found: set[bytes] = set()
     failed: dict[bytes, Failure] = {}
 
+    named = {w.source for w in wanted}
+
     def done(member: Member, placed: bytes, failure: Failure | None) -> None:
-        if failure is not None and len(failed) < 10_000:
-            failed[clean_path(member.name)] = failure
+        """Keep the failures LOG_FILE reports: those of named entries, and the first few."""
+        if failure is not None:
+            path = clean_path(member.name)
+            if path in named or len(failed) < 3:
+                failed[path] = failure
 
     try:
         if direct:
@@ -269,7 +274,7 @@ def recover_filehist(host: JobHost, env: JobEnv, sock: socket.socket) -> Outcome
                 return Outcome(C.DATA_HALT_ABORTED)
             problem = member_problem(member)
             if problem:                         # garbage in a field: left out of the listing, said why
-                warn(f"{os.fsdecode(member.name.replace(bytes(1), b'?'))}: not listed: {problem}")
+                warn(bounded(f"{os.fsdecode(member.name.replace(bytes(1), b'?'))}: not listed: {problem}"))
                 continue
             path = clean_path(member.name)
             node = nodes.setdefault(path, len(nodes) + 1)
