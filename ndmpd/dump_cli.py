@@ -13,6 +13,7 @@ from typing import TextIO
 from .config import SNAPSHOT_MODES, Config, default_state_dir, load
 from .engine.history import HistoryEntry
 from .engine.job import DumpRequest, dump_volume
+from .engine.reader import StreamError
 from .engine.restore import POLICIES, RestoreOptions, Restorer
 from .engine.select import Pick
 from .snapshots import SnapshotError
@@ -40,7 +41,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     restore.add_argument("--existing", choices=POLICIES, default="overwrite",
                          help="what to do with files already there (default: overwrite)")
     restore.add_argument("--incremental", action=argparse.BooleanOptionalAction, default=None,
-                         help="replay deletions recorded in directory lists (default: when the stream is an incremental)")
+                         help="replay deletions recorded in directory lists (default: when the stream is an "
+                              "incremental; never in a selective restore)")
     restore.add_argument("--no-xattrs", action="store_true", help="do not restore extended attributes")
 
 
@@ -159,7 +161,7 @@ def restore(args: argparse.Namespace) -> int:
         result = Restorer(args.target, sys.stdin.fileno(), options,
                           report=lambda m: print(f"ndmpd restore: {m}", file=sys.stderr),
                           progress=progress).run(args.offset)
-    except OSError as exc:
+    except (OSError, StreamError) as exc:       # the target cannot be opened, or stdin fails
         progress.finish()
         print(f"ndmpd restore: failed: {exc}", file=sys.stderr)
         return 2

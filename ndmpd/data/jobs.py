@@ -22,7 +22,8 @@ from ..engine.dump import DumpAborted, DumpMeter
 from ..engine.history import HistoryEntry
 from ..engine.job import DumpRequest, dump_volume
 from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
-from ..engine.reader import Member, StreamReader, TruncatedStream
+from ..engine.reader import Member, ReadCancelled, StreamError, StreamReader, TruncatedStream, member_problem
+from ..engine.report import NOT_FOUND, Failure, bounded
 from ..engine.restore import RestoreAborted, RestoreOptions, Restorer
 from ..engine.select import Pick, clean_path
 from ..mover.handoff import Handoff
@@ -47,7 +48,7 @@ class JobHost(Protocol):
     def post(self, code: int, body: object) -> None: ...
     def post_encoded(self, code: int, body: bytes, on_sent: Callable[[], None]) -> None: ...
     def log_message(self, text: str, level: str = "normal") -> None: ...
-    def log_file(self, name: str, ok: bool, why: str = "") -> None: ...
+    def log_file(self, name: str, ok: bool, why: str = "", kind: str = NOT_FOUND) -> None: ...
     def request_read(self, offset: int, length: int) -> None: ...
     def progress(self, processed: int) -> None: ...
     def follow(self, meter: DumpMeter) -> None: ...
@@ -217,12 +218,16 @@ def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socke
     source = DataReadSource(sock, host.request_read, host.cancel, image_size, sequential=not direct)
     root = wanted[0].place.root
     found: set[bytes] = set()
-    failed: dict[bytes, str] = {}
+    failed: dict[bytes, Failure] = {}
 
-    def done(member: Member, placed: bytes, error: str | None) -> None:
-        path = clean_path(member.name)
-        if error is not None:
-            failed[path] = error
+    named = {w.source for w in wanted}
+
+    def done(member: Member, placed: bytes, failure: Failure | None) -> None:
+        """Keep the failures LOG_FILE reports: those of named entries, and the first few."""
+        if failure is not None:
+            path = clean_path(member.name)
+            if path in named or len(failed) < 3:
+                failed[path] = failure
 
     try:
         if direct:
@@ -236,7 +241,7 @@ def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socke
             found.update(result.restored)
             if not result.complete:
                 host.log_message("the image ended early; what it held was restored", "error")
-    except (RestoreAborted, SourceClosed) as exc:
+    except (RestoreAborted, StreamError, SourceClosed) as exc:
         if host.cancel.is_set():
             return Outcome(C.DATA_HALT_ABORTED)
         host.log_message(f"restore failed: {exc}", "error")
@@ -258,15 +263,20 @@ def _restore(root: bytes, source: DataReadSource, picks: tuple[Pick, ...], stop:
     return restorer.run(offset)
 
 
-def _log_files(host: JobHost, wanted: list[Wanted], found: set[bytes], failed: dict[bytes, str]) -> None:
+def _log_files(host: JobHost, wanted: list[Wanted], found: set[bytes], failed: dict[bytes, Failure]) -> None:
+    """One LOG_FILE per nlist entry, with the kind of the failure that kept it out (the first
+    one, for the whole image) and the text of up to three."""
     for item in wanted:
         if not item.source:
-            host.log_file(item.name, not failed, "; ".join(list(failed.values())[:3]))
+            first = next(iter(failed.values()), None)
+            host.log_file(item.name, first is None, "; ".join(f.text for f in list(failed.values())[:3]),
+                          first.kind if first else NOT_FOUND)
         elif item.source in failed:
-            host.log_file(item.name, False, failed[item.source])
+            failure = failed[item.source]
+            host.log_file(item.name, False, failure.text, failure.kind)
         else:
             ok = item.source in found
-            host.log_file(item.name, ok, "" if ok else "not in the image")
+            host.log_file(item.name, ok, "" if ok else "not in the image", NOT_FOUND)
 
 
 def _image_size(env: JobEnv) -> int | None:
@@ -292,11 +302,15 @@ def recover_filehist(host: JobHost, env: JobEnv, sock: socket.socket) -> Outcome
     history = _history(host, env)
     nodes: dict[bytes, int] = {b"": 1}
     warn = _warner(host)
-    reader = StreamReader(source, 0, warn)
+    reader = StreamReader(source, 0, warn, cancel=host.cancel)
     try:
         for member in reader.members():
             if host.cancel.is_set():
                 return Outcome(C.DATA_HALT_ABORTED)
+            problem = member_problem(member)
+            if problem:                         # garbage in a field: left out of the listing, said why
+                warn(bounded(f"{os.fsdecode(member.name.replace(bytes(1), b'?'))}: not listed: {problem}"))
+                continue
             path = clean_path(member.name)
             node = nodes.setdefault(path, len(nodes) + 1)
             parent = nodes.get(os.path.dirname(path), 1)
@@ -309,8 +323,8 @@ def recover_filehist(host: JobHost, env: JobEnv, sock: socket.socket) -> Outcome
             host.progress(reader.offset)
     except TruncatedStream as exc:
         host.log_message(f"the image ended early: {exc}", "error")
-    except SourceClosed as exc:
-        if host.cancel.is_set():
+    except (StreamError, SourceClosed) as exc:
+        if host.cancel.is_set() or isinstance(exc, ReadCancelled):
             return Outcome(C.DATA_HALT_ABORTED)
         host.log_message(f"listing failed: {exc}", "error")
         return Outcome(C.DATA_HALT_CONNECT_ERROR)

@@ -91,12 +91,25 @@ def format_time(ns: int) -> bytes:
     return sign + (b"%d.%09d" % (sec, frac) if frac else b"%d" % sec)
 
 
+def parse_decimal(value: bytes, low: int, high: int) -> int:
+    """A decimal pax value within [low, high]; ValueError otherwise (``int()`` alone would also
+    take signs, spaces, underscores and numbers of any size)."""
+    digits = value[1:] if value[:1] == b"-" else value
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 20:
+        raise ValueError(f"not a decimal number: {value[:40]!r}")
+    number = int(value)
+    if not low <= number <= high:
+        raise ValueError(f"{number} is out of range")
+    return number
+
+
 def parse_time(value: bytes) -> int:
     """Nanoseconds from a pax time value."""
     text = value.strip()
     negative = text.startswith(b"-")
-    whole, _, frac = text.lstrip(b"-").partition(b".")
-    if not (whole or frac) or (whole and not whole.isdigit()) or (frac and not frac.isdigit()):
+    whole, _, frac = text[1:].partition(b".") if negative else text.partition(b".")
+    if (not (whole or frac) or (whole and not (whole.isdigit() and whole.isascii()))
+            or (frac and not (frac.isdigit() and frac.isascii())) or len(whole) > 20):
         raise ValueError(f"not a pax time: {value[:40]!r}")
     ns = int(whole or b"0") * 1_000_000_000 + int((frac + b"000000000")[:9])
     return -ns if negative else ns
@@ -180,10 +193,9 @@ def parse_link_offset(comment: bytes | None) -> int | None:
     if comment is None or not comment.startswith(LINK_OFFSET):
         return None
     try:
-        value = int(comment[len(LINK_OFFSET):])
+        return parse_decimal(comment[len(LINK_OFFSET):], 0, (1 << 63) - 1)
     except ValueError:
         return None
-    return value if value >= 0 else None
 
 
 class HeaderWriter:
@@ -303,7 +315,13 @@ class HeaderError(ValueError):
 
 def meta_size(block: bytes) -> int:
     """The size field of a checked extended-header block (pax or GNU long name)."""
-    return parse_numeric(block[124:136])
+    try:
+        size = parse_numeric(block[124:136])
+    except ValueError:
+        raise HeaderError("size field is not a number") from None
+    if size < 0:
+        raise HeaderError(f"negative size {size}")
+    return size
 
 
 def check_block(block: bytes) -> None:
@@ -344,7 +362,10 @@ def parse_ustar(block: bytes | memoryview, seen: dict[bytes, tuple] | None = Non
                     seen.clear()
                 seen[owner_key] = owner
         device = typeflag in (CHRTYPE, BLKTYPE)
-        return RawHeader(name, owner[0], owner[1], owner[2], parse_numeric(size), parse_numeric(mtime), typeflag,
+        size = parse_numeric(size)
+        if size < 0:
+            raise HeaderError(f"negative size {size}")
+        return RawHeader(name, owner[0], owner[1], owner[2], size, parse_numeric(mtime), typeflag,
                          linkname.split(b"\0", 1)[0] if linkname[0] else b"", owner[3], owner[4],
                          parse_numeric(devmajor) if device else 0, parse_numeric(devminor) if device else 0)
     except ValueError as exc:

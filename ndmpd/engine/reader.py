@@ -1,14 +1,24 @@
 """Reading a tar stream member by member: ustar, pax (local and global), GNU long names, sparse.
 
 Every length an untrusted stream gives is bounded before anything is allocated: an extended
-header or long name over ``MAX_META`` bytes is refused (its member is skipped), sparse maps
-are capped, and a bad checksum makes the reader search block by block for the next header,
-as GNU tar does. A stream that ends early raises :class:`TruncatedStream`.
+header or long name over ``MAX_META`` bytes is refused (its member is skipped), the extended
+headers in front of one member may hold ``MAX_META_TOTAL`` bytes together and the global
+records ``MAX_META``, sparse maps are capped, and a bad checksum (or a size no stream can
+have, such as a negative one) makes the reader search block by block for the next header,
+as GNU tar does. Every step consumes at least one block, so the reader always moves forward.
+
+Only stream-level faults raise, all as :class:`StreamError`: a stream that ends early
+(:class:`TruncatedStream`), a source that fails (:class:`SourceFailed`), a cancelled read
+(:class:`ReadCancelled`, checked at every refill). A member whose fields are garbage is
+still returned; :func:`member_problem` says what is wrong with it, so a restore can refuse
+that member alone.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections import ChainMap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,11 +27,28 @@ from . import pax, sparse
 
 _META_TYPES = (pax.XHDTYPE, pax.XGLTYPE, pax.GNU_LONGNAME, pax.GNU_LONGLINK)
 MAX_META = 1 << 20          # largest pax header / GNU long name accepted
+MAX_META_TOTAL = 4 << 20    # all the extended headers in front of one member, together
+MAX_SIZE = (1 << 63) - 1    # largest member size or offset (off_t)
+MAX_ID = (1 << 32) - 2      # uid/gid (-1, 0xFFFFFFFF, means "leave unchanged" to chown)
+MAX_DEVICE = (1 << 32) - 1
+MAX_TIME_NS = (1 << 63) - 1
 READ_SIZE = 1 << 20
 
 
-class TruncatedStream(Exception):
+class StreamError(Exception):
+    """The stream itself cannot be read on: nothing after this point can be restored."""
+
+
+class TruncatedStream(StreamError):
     """The stream ended inside a member."""
+
+
+class SourceFailed(StreamError):
+    """Reading the source raised (a failed pipe, tape or data connection); ``__cause__`` is why."""
+
+
+class ReadCancelled(StreamError):
+    """The job's cancel event was set while the stream was being read."""
 
 
 @dataclass(slots=True)
@@ -47,6 +74,7 @@ class Member:
     sparse_major: int | None = None
     sparse_map: list[sparse.Extent] | None = None   # sparse 0.x: map from the headers
     link_offset: int | None = None  # a hard link: where its first link's header is (ndmpd images)
+    bad: str | None = None          # a pax record that makes no sense (the member is not to be restored)
 
     @property
     def is_sparse(self) -> bool:
@@ -62,8 +90,10 @@ class ByteSource(Protocol):
 class StreamReader:
     """Members of a tar stream read from a file descriptor (pipe, socket or file) or a ByteSource."""
 
-    def __init__(self, fd: "int | ByteSource", start: int = 0, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, fd: "int | ByteSource", start: int = 0, warn: Callable[[str], None] | None = None,
+                 cancel: threading.Event | None = None) -> None:
         self.fd = fd
+        self._cancel = cancel
         self._readinto = fd.readinto if not isinstance(fd, int) else (lambda view: os.readv(fd, [view]))
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
@@ -72,6 +102,7 @@ class StreamReader:
         self._consumed = start          # stream offset of _buffer[_pos]
         self._warn = warn or (lambda message: None)
         self._globals: dict[bytes, bytes] = {}
+        self._globals_size = 0          # bytes of global records in force
         self._data_left = 0             # unread data + padding of the current member
         self.labels: dict[str, str] = {}
         self._owners_seen: dict[bytes, tuple] = {}
@@ -83,13 +114,20 @@ class StreamReader:
     # -- raw bytes -------------------------------------------------------------------------
 
     def _fill(self) -> bool:
+        if self._cancel is not None and self._cancel.is_set():
+            raise ReadCancelled("the job was cancelled")
         if self._pos == self._end:
             self._pos = self._end = 0
         elif self._end == len(self._buffer):
             remaining = self._end - self._pos
             self._buffer[:remaining] = self._buffer[self._pos:self._end]
             self._pos, self._end = 0, remaining
-        got = self._readinto(self._view[self._end:])
+        try:
+            got = self._readinto(self._view[self._end:])
+        except StreamError:
+            raise
+        except Exception as exc:
+            raise SourceFailed(f"reading the stream failed: {exc}") from exc
         self._end += got
         return got > 0
 
@@ -107,6 +145,7 @@ class StreamReader:
 
     def chunks(self, count: int) -> Iterator[memoryview]:
         """Up to ``count`` data bytes as views into the read buffer (valid until the next call)."""
+        _check_count(count)
         while count:
             if self._pos == self._end and not self._fill():
                 raise TruncatedStream("stream ends inside a member's data")
@@ -119,6 +158,7 @@ class StreamReader:
             yield view
 
     def read_exact(self, count: int) -> bytes:
+        _check_count(count)
         if self._end - self._pos >= count:           # usually all in the buffer already
             data = bytes(self._view[self._pos:self._pos + count])
             self._pos += count
@@ -128,6 +168,7 @@ class StreamReader:
         return b"".join(bytes(chunk) for chunk in self.chunks(count))
 
     def skip(self, count: int) -> None:
+        _check_count(count)
         while count:
             available = self._end - self._pos
             if not available:
@@ -166,6 +207,7 @@ class StreamReader:
         long_name = long_link = None
         first_offset = None
         refused = False
+        meta_total = 0                  # extended-header bytes in front of this member so far
         while True:
             offset = self._consumed
             block = self._take(pax.BLOCK)
@@ -185,14 +227,20 @@ class StreamReader:
             except pax.HeaderError as exc:
                 self._resync(exc)
                 local, xattrs, long_name, long_link, first_offset, refused = {}, [], None, None, None, False
+                meta_total = 0
+                continue
+            if kind == pax.XGLTYPE:
+                self._global_header(offset, size)
                 continue
             if first_offset is None:
                 first_offset = offset
             if kind in _META_TYPES:
-                if size > MAX_META:
-                    self._warn(f"refused a {size}-byte extended header (limit {MAX_META}); "
-                               "its member is skipped")
-                    self.skip(pax.round_up(size))
+                meta_total += size
+                if refused or size > MAX_META or meta_total > MAX_META_TOTAL:
+                    if not refused:
+                        self._warn(f"refused a {size}-byte extended header at offset {offset} (limits: "
+                                   f"{MAX_META} bytes each, {MAX_META_TOTAL} per member); its member is skipped")
+                    self.skip(pax.round_up(size))      # never read into memory
                     refused = True
                     continue
                 data = self.read_exact(size)
@@ -208,32 +256,56 @@ class StreamReader:
                         self._warn(f"malformed pax header at offset {offset}: {exc}; its member is skipped")
                         refused = True
                         continue
-                    target = self._globals if kind == pax.XGLTYPE else local
                     for key, value in records:
                         if key.startswith(b"SCHILY.xattr."):
-                            if kind == pax.XHDTYPE:
-                                xattrs.append((key[len(b"SCHILY.xattr."):], value))
-                        elif kind == pax.XHDTYPE or not key.startswith(b"NDMPD."):   # labels: below
-                            target[key] = value
-                    if kind == pax.XGLTYPE:
-                        self._note_labels(records)
-                        first_offset = None
+                            xattrs.append((key[len(b"SCHILY.xattr."):], value))
+                        else:
+                            local[key] = value
                 continue
-            records = {**self._globals, **local} if self._globals else local
+            # globals apply through a view, never copied per member
+            records = ChainMap(local, self._globals) if self._globals else local
             member = self._member(raw, records, xattrs, long_name, long_link, first_offset)
             if refused:
                 self._data_left = pax.round_up(member.size)
                 self.skip(self._data_left)
                 local, xattrs, long_name, long_link, first_offset, refused = {}, [], None, None, None, False
+                meta_total = 0
                 continue
             return member
 
+    def _global_header(self, offset: int, size: int) -> None:
+        """Merge a pax global header into the records every later member gets, keeping all of
+        them together under ``MAX_META`` bytes (a header that would pass it is ignored)."""
+        if size > MAX_META:
+            self._warn(f"ignored a {size}-byte global pax header at offset {offset} (limit {MAX_META})")
+            self.skip(pax.round_up(size))
+            return
+        data = self.read_exact(size)
+        self.skip(pax.round_up(size) - size)
+        try:
+            records = pax.parse_records(data)
+        except pax.HeaderError as exc:
+            self._warn(f"ignored a malformed global pax header at offset {offset}: {exc}")
+            return
+        self._note_labels(records)
+        merged = {key: value for key, value in records
+                  if not key.startswith(b"NDMPD.") and not key.startswith(b"SCHILY.xattr.")}
+        grown = sum(len(key) + len(value) - (len(key) + len(self._globals[key]) if key in self._globals else 0)
+                    for key, value in merged.items())
+        if self._globals_size + grown > MAX_META:
+            self._warn(f"ignored a global pax header at offset {offset}: the global records would pass "
+                       f"{MAX_META} bytes")
+            return
+        self._globals.update(merged)
+        self._globals_size += grown
+
     def _note_labels(self, records: list[tuple[bytes, bytes]]) -> None:
         for key, value in records:
-            if key.startswith(b"NDMPD."):
+            if key.startswith(b"NDMPD.") and len(self.labels) < 64:
                 self.labels[key[6:].decode("ascii", "replace")] = value.decode("utf-8", "replace")
 
     def _resync(self, exc: Exception) -> None:
+        """After a damaged header (already consumed): skip to the next block that parses."""
         start = self._consumed - pax.BLOCK
         skipped = 0
         while True:
@@ -250,8 +322,7 @@ class StreamReader:
             break
         self._warn(f"damaged header at offset {start} ({exc}); skipped {skipped + 1} blocks to the next header")
 
-    def _member(self, raw: pax.RawHeader, records: dict[bytes, bytes], xattrs, long_name, long_link,
-                offset: int) -> Member:
+    def _member(self, raw: pax.RawHeader, records, xattrs, long_name, long_link, offset: int) -> Member:
         name = records.get(b"path", long_name if long_name is not None else raw.name)
         linkname = records.get(b"linkpath", long_link if long_link is not None else raw.linkname)
         member = Member(name=name, typeflag=raw.typeflag, mode=raw.mode & 0o7777,
@@ -261,33 +332,102 @@ class StreamReader:
                         offset=offset, xattrs=xattrs)
         if raw.typeflag == pax.LNKTYPE:
             member.link_offset = pax.parse_link_offset(records.get(b"comment"))
+        for key, apply in _OVERRIDES:
+            value = records.get(key)
+            if value is not None:
+                try:
+                    apply(member, value)
+                except ValueError as exc:
+                    member.bad = member.bad or f"bad pax {key.decode('ascii')} record ({exc})"
         try:
-            if b"mtime" in records:
-                member.mtime_ns = pax.parse_time(records[b"mtime"])
-            if b"size" in records:
-                member.size = int(records[b"size"])
-            if b"uid" in records:
-                member.uid = int(records[b"uid"])
-            if b"gid" in records:
-                member.gid = int(records[b"gid"])
-            if b"GNU.dumpdir" in records:
-                member.dumpdir = [entry for entry in records[b"GNU.dumpdir"].split(b"\0") if entry]
             self._sparse_records(member, records)
         except ValueError as exc:
-            self._warn(f"{os.fsdecode(name)}: bad pax value ({exc}); header fields used instead")
-        if member.size < 0:
-            member.size = 0
+            member.bad = member.bad or f"bad sparse records ({exc})"
+            member.realsize = member.sparse_major = member.sparse_map = None
         return member
 
     @staticmethod
-    def _sparse_records(member: Member, records: dict[bytes, bytes]) -> None:
+    def _sparse_records(member: Member, records) -> None:
         if b"GNU.sparse.major" in records or b"GNU.sparse.map" in records or b"GNU.sparse.size" in records:
-            member.sparse_major = int(records.get(b"GNU.sparse.major", b"0"))
-            member.realsize = int(records.get(b"GNU.sparse.realsize", records.get(b"GNU.sparse.size", b"0")))
-            if b"GNU.sparse.name" in records:
-                member.name = records[b"GNU.sparse.name"]
-            if member.sparse_major == 0 and b"GNU.sparse.map" in records:
-                numbers = [int(n) for n in records[b"GNU.sparse.map"].split(b",") if n]
+            major = pax.parse_decimal(records.get(b"GNU.sparse.major", b"0"), 0, 1)
+            realsize = pax.parse_decimal(records.get(b"GNU.sparse.realsize", records.get(b"GNU.sparse.size", b"0")),
+                                         0, MAX_SIZE)
+            extents = None
+            if major == 0 and b"GNU.sparse.map" in records:
+                numbers = [pax.parse_decimal(n, 0, MAX_SIZE) for n in records[b"GNU.sparse.map"].split(b",") if n]
                 if len(numbers) % 2 or len(numbers) > 2 * sparse.MAX_EXTENTS:
                     raise ValueError("odd sparse map")
-                member.sparse_map = list(zip(numbers[::2], numbers[1::2]))
+                extents = list(zip(numbers[::2], numbers[1::2]))
+                sparse.check_extents(extents, realsize)
+            member.sparse_major, member.realsize, member.sparse_map = major, realsize, extents
+            if b"GNU.sparse.name" in records:
+                member.name = records[b"GNU.sparse.name"]
+
+
+def _set_mtime(member: Member, value: bytes) -> None:
+    member.mtime_ns = pax.parse_time(value)
+
+
+def _set_size(member: Member, value: bytes) -> None:
+    member.size = pax.parse_decimal(value, 0, MAX_SIZE)
+
+
+def _set_uid(member: Member, value: bytes) -> None:
+    member.uid = pax.parse_decimal(value, 0, MAX_ID)
+
+
+def _set_gid(member: Member, value: bytes) -> None:
+    member.gid = pax.parse_decimal(value, 0, MAX_ID)
+
+
+def _set_dumpdir(member: Member, value: bytes) -> None:
+    member.dumpdir = [entry for entry in value.split(b"\0") if entry]
+
+
+_OVERRIDES = ((b"mtime", _set_mtime), (b"size", _set_size), (b"uid", _set_uid), (b"gid", _set_gid),
+              (b"GNU.dumpdir", _set_dumpdir))
+
+
+def _check_count(count: int) -> None:
+    """Every length the reader moves by is a count forward: never back over what it read."""
+    if count < 0:
+        raise ValueError(f"negative byte count {count}")
+
+
+def member_problem(member: Member) -> str | None:
+    """Why this member cannot be restored as the image gives it (garbage in a field), or None.
+
+    Checked per member before anything is written, so one bad field refuses that member only.
+    The usual member (no link, device, xattrs or sparse map) passes in one expression."""
+    if (member.bad is None and 0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID
+            and -MAX_TIME_NS <= member.mtime_ns <= MAX_TIME_NS and member.size <= MAX_SIZE
+            and not (member.linkname or member.devmajor or member.devminor or member.xattrs
+                     or member.sparse_map) and b"\0" not in member.name
+            and b"\0" not in member.uname and b"\0" not in member.gname):
+        return None
+    if member.bad:
+        return member.bad
+    if (b"\0" in member.name or b"\0" in member.linkname or b"\0" in member.uname
+            or b"\0" in member.gname):
+        which = next(label for label, value in (("name", member.name), ("link target", member.linkname),
+                                                ("user name", member.uname), ("group name", member.gname))
+                     if b"\0" in value)
+        return f"NUL byte in its {which}"
+    if member.size > MAX_SIZE:
+        return f"size {member.size} out of range"
+    if not (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID):
+        return f"owner {member.uid}:{member.gid} out of range"
+    if not -MAX_TIME_NS <= member.mtime_ns <= MAX_TIME_NS:
+        return "modification time out of range"
+    if member.devmajor or member.devminor:
+        if not (0 <= member.devmajor <= MAX_DEVICE and 0 <= member.devminor <= MAX_DEVICE):
+            return f"device number {member.devmajor},{member.devminor} out of range"
+    for key, _ in member.xattrs:
+        if not key or b"\0" in key:
+            return "empty xattr name or NUL byte in one"
+    if member.realsize is not None and member.sparse_map is not None:
+        try:
+            sparse.check_extents(member.sparse_map, member.realsize)
+        except ValueError as exc:
+            return f"bad sparse map: {exc}"
+    return None

@@ -2,9 +2,21 @@
 
 Each entry is placed through the selection (``PATH`` or ``PATH=NEW``), checked against
 the existing-file policy, and written through :class:`Target` (directory fds, O_NOFOLLOW),
-so no name, link or planted symlink leads outside the target. Refused entries are reported
-and the rest goes on. Directory metadata is applied last, deepest first, so adding
-children does not disturb restored times. An incremental's dumpdirs replay deletions.
+so no name, link or planted symlink leads outside the target. A member is one unit of
+failure: whatever goes wrong with it (garbage in a field, an OS error, a refusal) is
+reported with its :class:`Failure` and the rest goes on; only a stream that cannot be read
+on (:class:`StreamError`) or an abort ends the run. Directory metadata is applied last,
+deepest first, so adding children does not disturb restored times; directories the
+restore had to create get the image's metadata when the image has them, else the mode
+``mkdir -p`` would give. A target that existed before the restore keeps its own mode,
+owner and xattrs (the image's root entry must never widen access to it).
+
+Deletions recorded in an incremental's dumpdirs are replayed only when the whole image is
+restored (no selection, or one pick of the image root): then every directory lands on its
+own image path below where the image root goes, and what the dumpdir does not list there is
+what the chain restored and later removed. A selective restore never deletes: a picked
+subtree placed elsewhere (``sub=``, an nlist ``/sub`` -> ``/vol``) would otherwise wipe the
+unrelated contents of its destination.
 """
 
 from __future__ import annotations
@@ -18,12 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import pax, sparse, xattrs
-from .reader import ByteSource, Member, StreamReader, TruncatedStream
+from .reader import (ByteSource, Member, ReadCancelled, StreamError, StreamReader, TruncatedStream,
+                     member_problem)
 from .select import Pick, Selection, clean_path
-from .report import Messages
+from .report import INVALID, Failure, Messages, bounded, failure_of
 from .target import Refused, Target, fd_path, split_safe
 
 POLICIES = ("overwrite", "keep", "newer")
+_KINDS = {pax.REGTYPE: "file", pax.AREGTYPE: "file", pax.CONTTYPE: "file", pax.LNKTYPE: "hard link",
+          pax.SYMTYPE: "symlink", pax.CHRTYPE: "device", pax.BLKTYPE: "device", pax.FIFOTYPE: "FIFO"}
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -78,6 +93,7 @@ class RestoreResult:
 class _DirMeta:
     parts: tuple[bytes, ...]
     member: Member
+    keep_own: bool = False          # a restore target that was there before: only its time is set
 
 
 class Restorer:
@@ -87,7 +103,7 @@ class Restorer:
                  report: Callable[[str], None] | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  cancel: threading.Event | None = None,
-                 entry_done: Callable[[Member, bytes, str | None], None] | None = None) -> None:
+                 entry_done: Callable[[Member, bytes, Failure | None], None] | None = None) -> None:
         self.target_path = target
         self.source = source
         self.options = options
@@ -110,13 +126,20 @@ class Restorer:
         self._pending = {pick.source for pick in self.selection.picks}
         self._open_dir_picks: set[bytes] = set()
         self._lone_links: dict[int, list[tuple[Member, tuple[bytes, ...]]]] = {}   # first link's offset
+        self._target_existed = False
+        self._ancestors: dict[bytes, Member] = {}     # unselected image directories above a pick
+        self._pick_sources = tuple(pick.source for pick in self.selection.picks if pick.source)
+        self._stands_for = _directories_above(self.selection.picks)
 
     def run(self, offset: int = 0) -> RestoreResult:
         """Restore the stream, which starts at stream ``offset`` (a header boundary)."""
         if offset:
             self._seek(offset)
+        self._target_existed = os.path.isdir(self.target_path)
+        if self.options.incremental and not self.selection.whole_image():
+            self.warn("a selective restore replays no deletions (only a restore of the whole image does)")
         target = Target(self.target_path)
-        reader = StreamReader(self.source, offset, warn=self.warn)
+        reader = StreamReader(self.source, offset, warn=self.warn, cancel=self.cancel)
         self._labels = reader.labels
         try:
             for member in reader.members():
@@ -131,6 +154,8 @@ class Restorer:
         except TruncatedStream as exc:
             self.result.complete = False
             self.warn(f"truncated stream: {exc}")
+        except ReadCancelled:
+            raise RestoreAborted("restore aborted") from None
         finally:
             self.result.bytes_read = reader.offset - offset
             self._finish_dirs(target)
@@ -156,34 +181,48 @@ class Restorer:
     # -- one member ----------------------------------------------------------------------
 
     def _one(self, target: Target, reader: StreamReader, member: Member) -> None:
+        """One member, start to end; any failure of its own is reported and ends only it."""
         try:
+            problem = member_problem(member)
+            if problem:
+                raise Refused(problem, INVALID)
             parts = tuple(split_safe(member.name))
             path = b"/".join(parts)
             if self.selection:
                 placed = self.selection.place(path)
                 if placed is None:
+                    if member.typeflag == pax.DIRTYPE and self._above_a_pick(path):
+                        self._ancestors[path] = member
                     return
                 self._mark(path)
                 parts = tuple(split_safe(placed))
             self._extract(target, reader, member, path, parts)
-        except (Refused, OSError) as exc:
-            why = getattr(exc, "strerror", None) or str(exc)
-            self.refuse(member.name, why)
-            self._done(member, b"", why)
+        except (StreamError, RestoreAborted):
+            raise
+        except Exception as exc:                       # this member's own failure, whatever it is
+            failure = failure_of(exc)
+            self.refuse(member.name, failure.text)
+            self._done(member, b"", failure)
             return
         self.result.entries += 1
         self._done(member, b"/".join(parts), None)
 
-    def _done(self, member: Member, placed: bytes, error: str | None) -> None:
+    def _above_a_pick(self, path: bytes) -> bool:
+        prefix = path + b"/" if path else b""
+        return any(source.startswith(prefix) for source in self._pick_sources)
+
+    def _done(self, member: Member, placed: bytes, failure: Failure | None) -> None:
         if self.entry_done:
-            self.entry_done(member, placed, error)
+            self.entry_done(member, placed, failure)
 
     def _extract(self, target: Target, reader: StreamReader, member: Member, path: bytes,
                  parts: tuple[bytes, ...]) -> None:
         kind = member.typeflag
         if not parts:                       # the root of the dump: the target itself
-            if kind == pax.DIRTYPE:
-                self._directory(target, member, path, parts)
+            if kind != pax.DIRTYPE:
+                raise Refused(f"a {_KINDS.get(kind, 'non-directory')} entry named "
+                              f"{os.fsdecode(member.name)!r} would be the restore target itself", INVALID)
+            self._directory(target, member, path, parts)
             return
         if kind == pax.DIRTYPE:
             self._directory(target, member, path, parts)
@@ -249,22 +288,31 @@ class Restorer:
     # -- kinds ---------------------------------------------------------------------------
 
     def _directory(self, target: Target, member: Member, path: bytes, parts: tuple[bytes, ...]) -> None:
+        existed = self._target_existed
         if parts:
             parent = target.directory(parts[:-1])
             existing = target.lstat(parent, parts[-1])
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
                 if not self._make_room(target, parts, parent, parts[-1], member):
                     return
+                existing = None
+            existed = existing is not None and parts not in target.created
         fd = target.directory(parts)
         if member.dumpdir is not None and self._replay_deletions(path):
             self._delete_missing(target, parts, fd, member.dumpdir)
-        self._dirs.append(_DirMeta(parts, member))
+        # where the restore goes (the target, or where the image's root is placed) keeps its own
+        # mode, owner and xattrs when it was there before: the image must not widen access to it
+        self._dirs.append(_DirMeta(parts, member, existed and (not parts or not path)))
 
     def _replay_deletions(self, path: bytes) -> bool:
+        """Only in a restore of the whole image (see the module's docstring for why)."""
+        if not self.selection.whole_image():
+            return False
         wanted = self.options.incremental
         if wanted is None:
-            wanted = int(self._labels.get("level", "0") or 0) > 0
-        return wanted and self.selection.covers_whole(path)
+            level = self._labels.get("level", "0") or "0"
+            wanted = level.isdigit() and int(level) > 0
+        return wanted
 
     def _delete_missing(self, target: Target, parts: tuple[bytes, ...], fd: int, dumpdir: list[bytes]) -> None:
         keep = {entry[1:] for entry in dumpdir}
@@ -297,12 +345,20 @@ class Restorer:
         if member.sparse_map is not None:
             extents = member.sparse_map
         else:
+            def map_block() -> bytes:            # the map lies inside the member's data, never past it
+                nonlocal left
+                if left < pax.BLOCK:
+                    raise ValueError("the map runs past the member's data")
+                left -= pax.BLOCK
+                return reader.read_block()
             try:
-                extents, used = sparse.decode_map(reader.read_block)
+                extents, _ = sparse.decode_map(map_block)
+                sparse.check_extents(extents, member.realsize or 0)
             except ValueError as exc:
-                raise Refused(f"bad sparse map: {exc}") from None
-            left -= used
+                raise Refused(f"bad sparse map: {exc}", INVALID) from None
         for offset, length in extents:
+            if self.cancel.is_set():
+                raise RestoreAborted("restore aborted")
             if length > left:
                 raise Refused("sparse map larger than the member")
             position = offset
@@ -323,7 +379,12 @@ class Restorer:
             src_dir = target.directory(src_parts[:-1], create=False)
             existing = target.lstat(src_dir, src_parts[-1])
         if existing is not None and not stat.S_ISDIR(existing.st_mode):
-            os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+            src_dir = os.dup(src_dir)       # finding it may have evicted dir_fd from the cache: both anew
+            try:
+                os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=target.directory(parts[:-1]),
+                        follow_symlinks=False)
+            finally:
+                os.close(src_dir)
             return
         if member.link_offset is None or member.link_offset >= member.offset or not self._can_seek_back():
             raise Refused(f"hard link to {os.fsdecode(source)}, which this restore does not include "
@@ -345,23 +406,32 @@ class Restorer:
         for offset, links in sorted(self._lone_links.items()):
             try:
                 self._seek(offset)
-                reader = StreamReader(self.source, offset, warn=self.warn)
+                reader = StreamReader(self.source, offset, warn=self.warn, cancel=self.cancel)
                 first = next(reader.members(), None)
                 if (first is None or first.typeflag not in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE)
                         or clean_path(first.name) != clean_path(links[0][0].linkname)):
                     raise Refused("its first link is not where the image says")
                 _, parts = links[0]
-                dir_fd = target.directory(parts[:-1])
-                fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=dir_fd)
-                self._regular(reader, first, fd, dir_fd, parts[-1], False)
-                for _, more in links[1:]:
-                    os.link(parts[-1], more[-1], src_dir_fd=dir_fd, dst_dir_fd=target.directory(more[:-1]),
-                            follow_symlinks=False)
-            except (Refused, OSError, TruncatedStream) as exc:
-                why = getattr(exc, "strerror", None) or str(exc)
+                dir_fd = os.dup(target.directory(parts[:-1]))    # stays open whatever the cache evicts
+                try:
+                    fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=dir_fd)
+                    self._regular(reader, first, fd, dir_fd, parts[-1], False)
+                    for _, more in links[1:]:
+                        os.link(parts[-1], more[-1], src_dir_fd=dir_fd, dst_dir_fd=target.directory(more[:-1]),
+                                follow_symlinks=False)
+                finally:
+                    os.close(dir_fd)
+            except StreamError as exc:
                 for member, _ in links:
-                    self.refuse(member.name, why)
-                    self._done(member, b"", why)
+                    self.refuse(member.name, str(exc))
+                    self._done(member, b"", Failure(str(exc)))
+                if isinstance(exc, ReadCancelled):
+                    raise RestoreAborted("restore aborted") from None
+            except Exception as exc:
+                failure = failure_of(exc)
+                for member, _ in links:
+                    self.refuse(member.name, failure.text)
+                    self._done(member, b"", failure)
         self._lone_links.clear()
 
     # -- metadata ------------------------------------------------------------------------
@@ -400,15 +470,27 @@ class Restorer:
         os.utime(name, ns=(member.mtime_ns, member.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def _finish_dirs(self, target: Target) -> None:
-        """Directory modes, owners and times last, deepest first."""
+        """Directory modes, owners and times last, deepest first: the image's directories, then
+        those the restore created on the way (the metadata of the image directory each stands
+        for, see _directories_above, else the ``mkdir -p`` mode). A restore target that was
+        there before only gets its time."""
         target.forget()
-        for meta in sorted(self._dirs, key=lambda d: len(d.parts), reverse=True):
+        restored = {meta.parts for meta in self._dirs}
+        made = [(parts, self._ancestors.get(self._stands_for.get(b"/".join(parts), b"\0")))
+                for parts in target.created - restored]
+        work = [(meta.parts, meta.member, meta.keep_own) for meta in self._dirs] + [m + (False,) for m in made]
+        for parts, member, keep_own in sorted(work, key=lambda item: len(item[0]), reverse=True):
             try:
-                fd = target.directory(meta.parts, create=False) if meta.parts else target.fd
-                self._metadata_fd(fd, meta.member)
-            except (OSError, Refused) as exc:
-                self.warn(f"{os.fsdecode(b'/'.join(meta.parts)) or '.'}: directory metadata not "
-                          f"restored: {getattr(exc, 'strerror', None) or exc}")
+                fd = target.directory(parts, create=False) if parts else target.fd
+                if member is None:
+                    os.fchmod(fd, 0o777 & ~self._umask)
+                elif keep_own:
+                    os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
+                else:
+                    self._metadata_fd(fd, member)
+            except Exception as exc:
+                self.warn(f"{os.fsdecode(b'/'.join(parts)) or '.'}: directory metadata not "
+                          f"restored: {failure_of(exc).text}")
         target.forget()
 
     # -- selection progress ----------------------------------------------------------------
@@ -432,12 +514,28 @@ class Restorer:
     # -- reporting -----------------------------------------------------------------------
 
     def refuse(self, name: bytes, why: str) -> None:
-        message = f"{os.fsdecode(name)}: refused: {why}"
+        message = bounded(f"{os.fsdecode(name)}: refused: {why}")
         self.result.refused.add(message)
         if self.report_hook:
             self.report_hook(message)
 
     def warn(self, message: str) -> None:
+        message = bounded(message)
         self.result.warnings.add(message)
         if self.report_hook:
             self.report_hook(message)
+
+
+def _directories_above(picks: list[Pick]) -> dict[bytes, bytes]:
+    """Placed directory -> the image directory it stands for: the directories above a pick's
+    destination stand, height for height, for those above its source (``dir/sub/file`` restored
+    as ``prefix/dir/sub/file``: ``prefix/dir/sub`` is ``dir/sub``, ``prefix/dir`` is ``dir``, and
+    ``prefix`` stands for nothing in the image)."""
+    above: dict[bytes, bytes] = {}
+    for pick in picks:
+        source = pick.source.split(b"/")[:-1] if pick.source else []
+        placed = pick.target.split(b"/")[:-1] if pick.target else []
+        while source and placed:
+            above.setdefault(b"/".join(placed), b"/".join(source))
+            source, placed = source[:-1], placed[:-1]
+    return above

@@ -65,10 +65,11 @@ class Selection:
                 return _join(pick.target, path[len(pick.source) + 1:])
         return None
 
-    def covers_whole(self, path: bytes) -> bool:
-        """True when ``path`` lies inside a selected subtree (so its deletions may be replayed)."""
-        return not self.picks or any(not p.source or path == p.source or path.startswith(p.source + b"/")
-                                     for p in self.picks)
+    def whole_image(self) -> bool:
+        """True when the whole image is restored (no picks, or just one of the image root), so
+        every directory lands on its own image path below where the root goes."""
+        return not self.picks or (len(self.picks) == 1 and not self.picks[0].source)
+
 
 def _join(base: bytes, rest: bytes) -> bytes:
     return base + b"/" + rest if base and rest else base or rest

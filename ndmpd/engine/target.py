@@ -8,12 +8,18 @@ import errno
 import os
 import stat
 
+from .report import NO_DIRECTORY, NOT_FOUND, PERMISSION
+
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CACHE_LIMIT = 64
 
 
 class Refused(Exception):
-    """This entry may not be written where it asks to be."""
+    """This entry may not be written where it asks to be; ``kind`` classifies why (report.py)."""
+
+    def __init__(self, message: str, kind: str = PERMISSION) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def fd_path(dir_fd: int, name: bytes) -> str:
@@ -40,6 +46,7 @@ class Target:
         self.fd = os.open(path, DIR_FLAGS)
         self._dirs: dict[tuple[bytes, ...], int] = {}
         self._new_file_gids: dict[int, int] = {}
+        self.created: set[tuple[bytes, ...]] = set()     # directories this restore made (at 0700)
 
     def close(self) -> None:
         self.forget()
@@ -56,31 +63,43 @@ class Target:
         """An fd of the directory ``parts`` below the target (made when missing and ``create``).
 
         A component that exists as anything but a real directory is refused, never followed.
+        Walked from the deepest cached ancestor one component at a time (no recursion, so any
+        depth works, and at most the cache's fds are open).
         """
         if not parts:
             return self.fd
         fd = self._dirs.get(parts)
         if fd is not None:
             return fd
-        parent = self.directory(parts[:-1], create)
+        depth = len(parts) - 1
+        while depth and parts[:depth] not in self._dirs:
+            depth -= 1
+        fd = self._dirs[parts[:depth]] if depth else self.fd
+        while depth < len(parts):
+            depth += 1
+            fd = self._open_child(fd, parts[:depth], create)
+        return fd
+
+    def _open_child(self, parent: int, parts: tuple[bytes, ...], create: bool) -> int:
         name = parts[-1]
         try:
             fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             if not create:
-                raise Refused(f"directory {os.fsdecode(b'/'.join(parts))} does not exist") from None
+                raise Refused(f"directory {os.fsdecode(b'/'.join(parts))} does not exist", NOT_FOUND) from None
             try:
                 os.mkdir(name, 0o700, dir_fd=parent)
+                self.created.add(parts)
             except FileExistsError:
                 pass
             fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise Refused(f"{os.fsdecode(b'/'.join(parts))} is not a directory "
-                              "(a symlink or file in the way is never followed)") from None
+                              "(a symlink or file in the way is never followed)", NO_DIRECTORY) from None
             raise
         if len(self._dirs) >= _CACHE_LIMIT:
-            self.forget()
+            self.forget()            # the parent may be closed now: it is not used again
         self._dirs[parts] = fd
         return fd
 
@@ -108,15 +127,32 @@ class Target:
             os.unlink(name, dir_fd=dir_fd)
 
     def _remove_tree(self, dir_fd: int, name: bytes) -> None:
-        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        """Remove a directory and everything below it, depth first without recursion."""
+        stack = [self._emptied(dir_fd, name)]          # (parent fd, name, fd, subdirectories left)
+        try:
+            while stack:
+                parent, current, fd, subdirs = stack[-1]
+                if subdirs:
+                    stack.append(self._emptied(fd, subdirs.pop()))
+                    continue
+                stack.pop()
+                os.close(fd)
+                os.rmdir(current, dir_fd=parent)
+        finally:
+            for _, _, fd, _ in stack:
+                os.close(fd)
+
+    @staticmethod
+    def _emptied(parent: int, name: bytes) -> tuple[int, bytes, int, list[bytes]]:
+        """Open ``name``, unlink what is not a directory in it, and list its subdirectories."""
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         try:
             with os.scandir(fd) as entries:
                 children = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in entries]
             for child, is_dir in children:
-                if is_dir:
-                    self._remove_tree(fd, child)
-                else:
+                if not is_dir:
                     os.unlink(child, dir_fd=fd)
-        finally:
+        except BaseException:
             os.close(fd)
-        os.rmdir(name, dir_fd=dir_fd)
+            raise
+        return parent, name, fd, [child for child, is_dir in children if is_dir]

@@ -21,6 +21,7 @@ from ..context import Butype
 from ..data import jobs
 from ..data.env import EnvError, JobEnv, parse, volume_list
 from ..data.places import PlaceError, resolve
+from ..engine import report
 from ..engine.dump import TAR_RECORD, DumpMeter
 from ..engine.select import clean_path
 from ..errors import NdmpError
@@ -67,6 +68,19 @@ BUTYPES = (
            _ATTRS | C.BUTYPE_BACKUP_FH_DIR | C.BUTYPE_RECOVER_FH_DIR, _V2_NO_RECOVER_SSID),
 )
 DEFAULT_HIST = {"tar": "f", "dump": "d"}
+# LOG_FILE: the engine's failure kinds as v4 recovery statuses and as v2/v3 errors (they have no
+# "no space" or "no directory"; the log message's text says which it was)
+_V4_RECOVERY = {
+    report.PERMISSION: "RECOVERY_FAILED_PERMISSION", report.NOT_FOUND: "RECOVERY_FAILED_NOT_FOUND",
+    report.NO_DIRECTORY: "RECOVERY_FAILED_NO_DIRECTORY", report.NO_SPACE: "RECOVERY_FAILED_IO_ERROR",
+    report.IO_ERROR: "RECOVERY_FAILED_IO_ERROR", report.NO_MEMORY: "RECOVERY_FAILED_OUT_OF_MEMORY",
+    report.EXISTS: "RECOVERY_FAILED_FILE_PATH_EXISTS", report.INVALID: "RECOVERY_FAILED_UNDEFINED_ERROR",
+}
+_V2_V3_ERROR = {
+    report.PERMISSION: "PERMISSION_ERR", report.NOT_FOUND: "FILE_NOT_FOUND_ERR",
+    report.NO_DIRECTORY: "FILE_NOT_FOUND_ERR", report.NO_SPACE: "IO_ERR", report.IO_ERROR: "IO_ERR",
+    report.NO_MEMORY: "NO_MEM_ERR", report.EXISTS: "UNDEFINED_ERR", report.INVALID: "UNDEFINED_ERR",
+}
 
 
 class Data:
@@ -370,15 +384,18 @@ class Data:
                                                     associated_message_valid=C.NO_ASSOCIATED_MESSAGE,
                                                     associated_message_sequence=0))
 
-    def log_file(self, name: str, ok: bool, why: str = "") -> None:
+    def log_file(self, name: str, ok: bool, why: str = "", kind: str = report.NOT_FOUND) -> None:
+        """LOG_FILE for one nlist entry: the status (v4) or error (v2/v3) that matches ``kind``
+        (engine/report.py), and a warning whose text names the cause."""
         if not ok:
             self.log_message(f"{name}: not restored: {why}", "warning")
         if self.version == 4:
-            status = C.RECOVERY_SUCCESSFUL if ok else C.RECOVERY_FAILED_NOT_FOUND
+            failed_as = _V4_RECOVERY.get(kind, "RECOVERY_FAILED_UNDEFINED_ERROR")
+            status = C.RECOVERY_SUCCESSFUL if ok else getattr(C, failed_as)
             self.post(C.LOG_FILE, T.log_file_post(name=name, recovery_status=status))
             return
         proto = protocol(self.version)
-        error = proto.const.NO_ERR if ok else proto.const.FILE_NOT_FOUND_ERR
+        error = proto.const.NO_ERR if ok else getattr(proto.const, _V2_V3_ERROR.get(kind, "UNDEFINED_ERR"))
         body = proto.types.log_file_post(name, 0, error) if self.version == 2 else proto.types.log_file_post(name, error)
         self.post(C.LOG_FILE, body)
 
