@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .changer.library import (DRIVE, IMPORT_EXPORT, KIND_NAMES, STORAGE, LibraryError, VirtualLibrary,
                               check_barcode)
-from .config import Config, ConfigError, load, parse_size
+from .config import MIN_CAPACITY, MIN_EARLY_WARNING, Config, ConfigError, load, parse_size
 from .devices import cartridge
 
 
@@ -71,8 +71,8 @@ def _create(args: argparse.Namespace, config: Config, library: VirtualLibrary) -
     if args.slot is not None and len(args.barcodes) != 1:
         raise LibraryError("--slot takes one barcode")
     drive = next(t for t in config.tapes if t.name == library.drives[0])
-    capacity = parse_size(args.capacity, "--capacity") if args.capacity else drive.capacity
-    early = parse_size(args.early_warning, "--early-warning") if args.early_warning else drive.early_warning
+    capacity = parse_size(args.capacity, "--capacity", MIN_CAPACITY) if args.capacity else drive.capacity
+    early = parse_size(args.early_warning, "--early-warning", MIN_EARLY_WARNING) if args.early_warning else drive.early_warning
     library.directory.mkdir(parents=True, exist_ok=True)
     for barcode in args.barcodes:
         path = library.cartridge_path(check_barcode(barcode))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from .config import ConfigError, parse_size
+from .config import MIN_CAPACITY, MIN_EARLY_WARNING, ConfigError, parse_size
 from .devices import cartridge
 from .devices.tape import TapeError
 
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _create(args: argparse.Namespace) -> int:
     try:
-        capacity = parse_size(args.capacity, "--capacity")
-        early = parse_size(args.early_warning, "--early-warning") if args.early_warning else None
+        capacity = parse_size(args.capacity, "--capacity", MIN_CAPACITY)
+        early = parse_size(args.early_warning, "--early-warning", MIN_EARLY_WARNING) if args.early_warning else None
     except ConfigError as exc:
         print(f"ndmpd tape: {exc}", file=sys.stderr)
         return 2

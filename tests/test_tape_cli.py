@@ -66,3 +66,12 @@ def test_protect_and_corrupt_cartridge_messages(tmp_path):
     junk.write_bytes(b"x" * 5000)
     result = ndmpd("info", junk, text=True)
     assert result.returncode == 1 and "not an ndmpd cartridge" in result.stderr
+
+
+def test_a_tiny_capacity_on_the_command_line_is_refused_like_in_the_config(tmp_path):
+    path = tmp_path / "c.img"
+    result = ndmpd("create", path, "--capacity", "20", text=True)
+    assert result.returncode != 0 and "--capacity: 20 is 20 bytes, below the minimum" in result.stderr
+    assert not path.exists()
+    assert ndmpd("create", path, "--capacity", "20GB").returncode == 0
+    assert "20000000000" in ndmpd("info", path, text=True).stdout.replace(",", "")
