@@ -7,40 +7,19 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 from ndmpd.dma.client import NdmpClient
 from ndmpd.wire import C
+from tests.interop.conftest import PASSWORD, write_config as interop_config
 from tests.server_process import ServerProcess, free_loopback_address
 
 REPO = Path(__file__).resolve().parents[1]
-PASSWORD = "s3cret-pw"
 
 
-def write_config(tmp: Path, host: str, extra: str = "") -> Path:
-    (tmp / "vol").mkdir(exist_ok=True)
-    (tmp / "state").mkdir(exist_ok=True)
-    config = tmp / "ndmpd.toml"
-    config.write_text(textwrap.dedent(f"""
-        [server]
-        listen = ["{host}:10000"]
-        state_dir = "{tmp / 'state'}"
-        log_level = "debug"
-        {extra}
-        [[user]]
-        name = "ndmp"
-        password = "{PASSWORD}"
-        [[volume]]
-        name = "/export/data"
-        path = "{tmp / 'vol'}"
-        [[tape]]
-        name = "vtape0"
-        path = "{tmp / 'state' / 'vtape0.img'}"
-        """))
-    config.chmod(0o600)
-    return config
+def write_config(tmp: Path, host: str, server_extra: str = "") -> Path:
+    return interop_config(tmp, host, ["md5", "text"], server_extra=server_extra)
 
 
 def test_sigterm_with_sessions_connected_logs_no_traceback(tmp_path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import tarfile
 import threading
 from pathlib import Path
@@ -19,35 +17,17 @@ from ndmpd.snapshots import SNAPSHOT_DIR, SnapshotError, choose, remove_stale
 from ndmpd.snapshots.btrfs import BtrfsSnapshotter
 from ndmpd.snapshots.live import LiveSnapshotter
 from ndmpd.snapshots.lvm import LvmSnapshotter, lvm_available
-
-
-def _sh(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+from tests.loopfs import btrfs_subvolume, sh
 
 
 @pytest.fixture
 def btrfs_volume(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("btrfs snapshots need root (loop device, mount)")
-    if not shutil.which("mkfs.btrfs"):
-        pytest.skip("btrfs-progs is not installed")
-    image, mnt = tmp_path / "btrfs.img", tmp_path / "mnt"
-    with open(image, "wb") as f:
-        f.truncate(320 << 20)
-    mnt.mkdir()
-    assert _sh("mkfs.btrfs", "-q", str(image)).returncode == 0
-    mounted = _sh("mount", "-o", "loop", str(image), str(mnt))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
-    try:
-        assert _sh("btrfs", "subvolume", "create", str(mnt / "vol")).returncode == 0
-        yield mnt / "vol"
-    finally:
-        _sh("umount", "-l", str(mnt))
+    with btrfs_subvolume(tmp_path) as vol:
+        yield vol
 
 
 def _subvolumes(volume: Path) -> list[str]:
-    out = _sh("btrfs", "subvolume", "list", str(volume.parent)).stdout
+    out = sh("btrfs", "subvolume", "list", str(volume.parent)).stdout
     return [line.split()[-1] for line in out.splitlines()]
 
 
@@ -98,7 +78,7 @@ def test_stale_snapshots_of_a_dead_process_are_removed_at_start_up(btrfs_volume,
     vol = btrfs_volume
     (vol / SNAPSHOT_DIR).mkdir()
     dead = vol / SNAPSHOT_DIR / "999999999-1-abcdef"
-    assert _sh("btrfs", "subvolume", "snapshot", "-r", str(vol), str(dead)).returncode == 0
+    assert sh("btrfs", "subvolume", "snapshot", "-r", str(vol), str(dead)).returncode == 0
     mine = BtrfsSnapshotter().take(vol)           # a live job's snapshot must survive
     try:
         removed = remove_stale([vol], tmp_path / "state")

@@ -27,7 +27,9 @@ def free_loopback_address() -> str:
     return host
 
 
-def write_config(tmp: Path, host: str, auth: list[str], extra: str = "") -> Path:
+def write_config(tmp: Path, host: str, auth: list[str], extra: str = "", server_extra: str = "") -> Path:
+    """A server configuration on ``host``:10000 with one volume and one virtual drive;
+    ``server_extra`` goes into [server], ``extra`` (more tables) at the end."""
     (tmp / "vol").mkdir(exist_ok=True)
     (tmp / "state").mkdir(exist_ok=True)
     config = tmp / "ndmpd.toml"
@@ -37,7 +39,7 @@ listen = ["{host}:10000"]
 state_dir = "{tmp / 'state'}"
 auth = {auth!r}
 log_level = "debug"
-
+{server_extra}
 [[user]]
 name = "ndmp"
 password = "{PASSWORD}"

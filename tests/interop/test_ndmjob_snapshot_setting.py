@@ -5,20 +5,15 @@ says which mode was used. Stale snapshots are cleaned whatever the configured mo
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from ndmpd.snapshots import SNAPSHOT_DIR
 from tests.interop.conftest import NDMJOB, NDMJOB_WRAPPER, run
+from tests.loopfs import btrfs_subvolume as loop_btrfs, sh
 
 PROGRAM = NDMJOB_WRAPPER if NDMJOB_WRAPPER.exists() else NDMJOB
-
-
-def _sh(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
 def run_ndmjob(*args: str) -> str:
@@ -37,27 +32,11 @@ def volume_entry(name: str, path: Path, snapshot: str) -> str:
 @pytest.fixture
 def btrfs_subvolume(tmp_path):
     """A btrfs subvolume on a loop device (root only), with a few files in it."""
-    if os.geteuid() != 0:
-        pytest.skip("btrfs on a loop device needs root")
-    if not shutil.which("mkfs.btrfs"):
-        pytest.skip("btrfs-progs is not installed")
-    image, mnt = tmp_path / "btrfs.img", tmp_path / "mnt"
-    with open(image, "wb") as f:
-        f.truncate(320 << 20)
-    mnt.mkdir()
-    assert _sh("mkfs.btrfs", "-q", str(image)).returncode == 0
-    mounted = _sh("mount", "-o", "loop", str(image), str(mnt))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
-    try:
-        vol = mnt / "vol"
-        assert _sh("btrfs", "subvolume", "create", str(vol)).returncode == 0
+    with loop_btrfs(tmp_path) as vol:
         (vol / "a.txt").write_text("a" * 1000)
         (vol / "dir").mkdir()
         (vol / "dir" / "b.bin").write_bytes(os.urandom(100_000))
         yield vol
-    finally:
-        _sh("umount", "-l", str(mnt))
 
 
 def test_a_none_volume_on_btrfs_is_dumped_live_unless_the_dma_asks(ndmjob, server_factory, btrfs_subvolume,
@@ -93,7 +72,7 @@ def test_stale_snapshot_of_a_none_volume_is_removed_at_start(ndmjob, server_fact
     folder = btrfs_subvolume / SNAPSHOT_DIR
     folder.mkdir()
     stale = folder / "999999999-1-abcdef"          # a killed server's (taken for an explicit SNAPSHOT=)
-    assert _sh("btrfs", "subvolume", "snapshot", "-r", str(btrfs_subvolume), str(stale)).returncode == 0
+    assert sh("btrfs", "subvolume", "snapshot", "-r", str(btrfs_subvolume), str(stale)).returncode == 0
     server = server_factory(extra=volume_entry("/live", btrfs_subvolume, "none"))
     assert os.listdir(folder) == []
     assert "removed stale snapshot" in server.log.read_text()

@@ -1,0 +1,39 @@
+"""Real filesystems on loop devices for tests (root only; skips with the reason elsewhere)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def sh(*argv: str) -> subprocess.CompletedProcess:
+    """Run a command, capturing its text output, bounded in time."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+@contextlib.contextmanager
+def btrfs_subvolume(tmp_path: Path, size: int = 320 << 20) -> Iterator[Path]:
+    """A fresh btrfs on a loop device with one subvolume ``vol``, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("btrfs on a loop device needs root (loop device, mount)")
+    if not shutil.which("mkfs.btrfs"):
+        pytest.skip("btrfs-progs is not installed")
+    image, mnt = tmp_path / "btrfs.img", tmp_path / "mnt"
+    with open(image, "wb") as f:
+        f.truncate(size)
+    mnt.mkdir()
+    assert sh("mkfs.btrfs", "-q", str(image)).returncode == 0
+    mounted = sh("mount", "-o", "loop", str(image), str(mnt))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
+    try:
+        assert sh("btrfs", "subvolume", "create", str(mnt / "vol")).returncode == 0
+        yield mnt / "vol"
+    finally:
+        sh("umount", "-l", str(mnt))
