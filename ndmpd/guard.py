@@ -40,13 +40,25 @@ class _Bucket:
     stamp: float
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One login attempt's reservation: how long it waits, and the buckets it took a token from."""
+
+    wait: float
+    taken: tuple[Hashable, ...]
+
+
 class AuthThrottle:
     """A token bucket per address and per user: ``burst`` attempts at once, then ``rate`` per minute.
 
-    Every attempt takes a token from both its buckets *before* the credentials are checked (so a
-    short client timeout learns nothing); an empty bucket means waiting for the next token, which
-    parallel attempts reserve one after another, so the delay grows with the guessing. A success
-    gives its tokens back: a DMA that logs in correctly is never slowed.
+    Every attempt takes a token from its address's bucket *before* the credentials are checked (so
+    a short client timeout learns nothing); an empty bucket means waiting for the next token, which
+    parallel attempts reserve one after another, so the delay grows with the guessing. The user's
+    bucket counts the guesses at that user from every address, and holds up attempts from
+    addresses that have failed lately; an address with no recent failure (its bucket full) is not
+    held up by it, only uses up its free attempts: guessing elsewhere must never lock the
+    account's owner out. A success gives its tokens back: a DMA that logs in correctly is never
+    slowed.
     """
 
     def __init__(self, rate_per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -72,25 +84,29 @@ class AuthThrottle:
             if bucket.tokens + (now - bucket.stamp) * self.rate >= self.burst:
                 del self._buckets[key]
 
-    def reserve(self, keys: tuple[Hashable, ...], limit: float) -> float | None:
-        """Take one token from each key's bucket; the seconds to wait first, or None (nothing
-        taken) when the wait would exceed ``limit``."""
+    def reserve(self, address: Hashable, user: Hashable, limit: float) -> Attempt | None:
+        """Reserve one attempt from ``address`` at ``user``: the seconds to wait first and the
+        tokens taken, or None (nothing taken) when the wait would exceed ``limit``."""
         with self._lock:
             now = self.clock()
-            buckets = [self._bucket(key, now) for key in keys]
-            wait = max((1.0 - b.tokens) / self.rate for b in buckets)
-            wait = max(wait, 0.0)
+            own, account = self._bucket(address, now), self._bucket(user, now)
+            clean = own.tokens >= self.burst
+            holding = (own,) if clean else (own, account)
+            wait = max(0.0, max((1.0 - b.tokens) / self.rate for b in holding))
             if wait > limit:
                 return None
-            for bucket in buckets:
-                bucket.tokens -= 1.0
-            return wait
+            own.tokens -= 1.0
+            taken: tuple[Hashable, ...] = (address,)
+            if not clean or account.tokens >= 1.0:      # a clean address never queues on the user
+                account.tokens -= 1.0
+                taken += (user,)
+            return Attempt(wait, taken)
 
-    def refund(self, keys: tuple[Hashable, ...]) -> None:
+    def refund(self, attempt: Attempt) -> None:
         """The attempt succeeded: give its tokens back."""
         with self._lock:
             now = self.clock()
-            for key in keys:
+            for key in attempt.taken:
                 bucket = self._bucket(key, now)
                 bucket.tokens = min(self.burst, bucket.tokens + 1.0)
 

@@ -145,18 +145,55 @@ async def test_failed_logins_are_slowed_to_the_configured_rate_across_connection
 def test_throttle_reserves_one_token_per_attempt_and_success_refunds():
     now = [0.0]
     throttle = AuthThrottle(60, 2, clock=lambda: now[0])     # one per second after two
-    keys = (("address", "10.0.0.1"), ("user", "ndmp"))
-    assert throttle.reserve(keys, 30) == 0 and throttle.reserve(keys, 30) == 0
-    assert throttle.reserve(keys, 30) == pytest.approx(1)     # waits for the next token
-    assert throttle.reserve(keys, 30) == pytest.approx(2)     # parallel guesses queue up
-    assert throttle.reserve(keys, 1.5) is None                # past the limit: refused, nothing taken
-    other = (("address", "10.0.0.2"), ("user", "ndmp"))
-    assert throttle.reserve(other, 30) == pytest.approx(3)    # the user's bucket is shared
+    address, user = ("address", "10.0.0.1"), ("user", "ndmp")
+    assert throttle.reserve(address, user, 30).wait == 0 and throttle.reserve(address, user, 30).wait == 0
+    assert throttle.reserve(address, user, 30).wait == pytest.approx(1)     # waits for the next token
+    assert throttle.reserve(address, user, 30).wait == pytest.approx(2)     # parallel guesses queue up
+    assert throttle.reserve(address, user, 1.5) is None                     # past the limit: refused, nothing taken
+    failed_once = ("address", "10.0.0.2")
+    throttle.reserve(failed_once, ("user", "other"), 30)                    # fails, its bucket is no longer full
+    assert throttle.reserve(failed_once, user, 30).wait == pytest.approx(3)  # the user's bucket is shared
     now[0] = 100.0
-    fresh = (("address", "10.0.0.3"), ("user", "other"))
+    fresh = ("address", "10.0.0.3")
     for _ in range(10):                                       # a DMA that logs in right is never slowed
-        assert throttle.reserve(fresh, 30) == 0
-        throttle.refund(fresh)
+        attempt = throttle.reserve(fresh, ("user", "other"), 30)
+        assert attempt.wait == 0
+        throttle.refund(attempt)
+
+
+def test_guessing_a_user_from_elsewhere_never_holds_up_a_clean_address():
+    now = [0.0]
+    throttle = AuthThrottle(60, 2, clock=lambda: now[0])
+    user = ("user", "ndmp")
+    for n in range(2, 40):                                    # one guess from each of many addresses
+        throttle.reserve(("address", f"10.0.0.{n}"), user, 30)
+    again = throttle.reserve(("address", "10.0.0.2"), user, 30)     # a guesser that failed: held by the user too
+    assert again is not None and again.wait >= 1
+    owner = throttle.reserve(("address", "10.0.1.1"), user, 0)      # the owner's first attempt: no wait
+    assert owner is not None and owner.wait == 0
+
+
+async def test_a_correct_login_is_not_locked_out_by_guessing_from_other_addresses(tmp_path, caplog):
+    srv, (host, port) = await start(tmp_path, auth_failure_rate=6, auth_failure_burst=2, login_timeout=5)
+
+    def guess(source: str, n: int) -> None:
+        client = NdmpClient(host, port, 4, timeout=30, source=source)
+        for i in range(n):
+            with pytest.raises(NdmpReplyError):
+                client.login("ndmp", f"guess{i}", "text")
+        client.sock.close()
+
+    for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):     # the user's own bucket is drained
+        await asyncio.to_thread(guess, source, 2)
+    started = time.monotonic()
+    client = await asyncio.to_thread(NdmpClient, host, port, 4, 30, "127.0.0.5")
+    await asyncio.to_thread(client.login, "ndmp", "secret", "text")      # the owner, from a clean address
+    assert time.monotonic() - started < 1.0
+    await asyncio.to_thread(client.close)
+    caplog.clear()
+    await asyncio.to_thread(guess, "127.0.0.2", 1)                 # while the guessers stay throttled
+    assert "too many failed logins" in caplog.text
+    await stop(srv)
 
 
 async def test_an_unauthenticated_peer_cannot_make_the_server_buffer_a_huge_message(tmp_path, caplog):
