@@ -18,6 +18,7 @@ from .config import ServerSettings
 
 UNKNOWN_USER = "\0unknown"      # every name that is no configured user shares one bucket (bounded memory)
 MAX_BUCKETS = 4096              # past this, buckets that have refilled are forgotten
+JOB_LOOK = 1.0                  # seconds between looks at a session whose job runs
 
 
 def address_key(host: str) -> str:
@@ -213,7 +214,9 @@ class ConnectionGuard:
     def deadline(self, conn: object, authenticated: bool, job_running: bool,
                  last_input: float) -> tuple[float, str | None]:
         """When to look at a connection again, or why to cut it now: the login deadline before
-        authentication (however many bytes trickle in), the idle one after, never during a job."""
+        authentication (however many bytes trickle in), the idle one after, never during a job.
+        ``last_input`` is the session's last activity: its last request, or the last look that
+        saw its job running (so a session gets its whole idle time after its job ends)."""
         s = self.settings
         idle_limit = s.idle_timeout
         if not authenticated:
@@ -221,8 +224,10 @@ class ConnectionGuard:
             if left <= 0:
                 return 0.0, f"no login within {s.login_timeout:g} s (server.login_timeout)"
             return min(left, idle_limit or left), None
-        if not idle_limit or job_running:
-            return idle_limit or 60.0, None          # 60 s: a reload may set a limit
+        if not idle_limit:
+            return 60.0, None                        # a reload may set a limit
+        if job_running:                              # look often: idle time starts when the job stops
+            return min(JOB_LOOK, idle_limit / 4), None
         idle = self.clock() - last_input
         if idle >= idle_limit:
             return 0.0, f"idle for {idle:.0f} s (server.idle_timeout = {idle_limit:g})"

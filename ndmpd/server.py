@@ -76,7 +76,7 @@ class _Connection:
     session: Session
     edge: AsyncioEdge
     writer: asyncio.StreamWriter
-    last_input: float = field(default_factory=time.monotonic)
+    last_input: float = field(default_factory=time.monotonic)    # last request, or a job seen running
     timer: asyncio.TimerHandle | None = None
     torn_down: bool = False             # its teardown has been started
 
@@ -221,7 +221,10 @@ class NdmpServer:
         session = conn.session
         if session.closed:
             return
-        delay, reason = self.guard.deadline(session, session.authenticated, job_running(session), conn.last_input)
+        running = job_running(session)
+        if running:
+            conn.last_input = time.monotonic()      # a running job is activity: idle starts when it stops
+        delay, reason = self.guard.deadline(session, session.authenticated, running, conn.last_input)
         if reason:
             self._cut(conn, reason)
         else:

@@ -240,7 +240,7 @@ def test_deadlines_login_before_auth_idle_after_never_during_a_job(tmp_path):
     assert guard.authenticate(conn) is None
     assert guard.deadline(conn, True, False, last_input=130.0) == (pytest.approx(599.5), None)
     now[0] = 800.0
-    assert guard.deadline(conn, True, True, last_input=130.0) == (600.0, None)     # a job runs: never cut
+    assert guard.deadline(conn, True, True, last_input=130.0) == (1.0, None)       # a job runs: never cut
     delay, reason = guard.deadline(conn, True, False, last_input=130.0)
     assert reason == "idle for 670 s (server.idle_timeout = 600)"
 
@@ -255,3 +255,27 @@ def test_peers_are_counted_per_ipv4_address_and_per_ipv6_slash_64(tmp_path):
     assert guard.arrive(object(), "::ffff:10.0.0.1").refusal is None
     assert guard.arrive(object(), "10.0.0.1").refusal is None           # the same IPv4 peer, twice now
     assert "from 10.0.0.1 " in guard.arrive(object(), "10.0.0.1").refusal
+
+
+async def test_a_session_gets_its_whole_idle_timeout_after_its_job_ends(tmp_path):
+    """A DMA that only listens while its job runs must not be cut the moment the job halts: its
+    idle time starts when the job stops running, not at its last request before the job."""
+    import socket
+
+    from .test_mover_transfer import endpoint
+
+    srv, (host, port) = await start(tmp_path, idle_timeout=2)
+    connected = time.monotonic()                # the watchdog looks at t0 + 2 k (job running meanwhile)
+    dma = await asyncio.to_thread(login, host, port)
+    await asyncio.to_thread(dma.call, "TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+    reply = await asyncio.to_thread(dma.call, "MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+    await asyncio.sleep(connected + 5.7 - time.monotonic())     # silent through ticks at t0 + 2 and + 4
+    data = socket.create_connection(endpoint(reply.connect_addr))
+    data.close()                                # the data side ends: the mover halts, just before a tick
+    await asyncio.to_thread(dma.wait_post, C.NOTIFY_MOVER_HALTED, 5)
+    await asyncio.sleep(0.8)                    # the DMA takes a moment to react
+    state = await asyncio.to_thread(dma.call, "MOVER_GET_STATE")
+    assert state.state == C.MOVER_STATE_HALTED
+    await asyncio.to_thread(dma.call, "MOVER_STOP")
+    await asyncio.to_thread(dma.close)
+    await stop(srv)
