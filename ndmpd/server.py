@@ -25,6 +25,7 @@ from .session import Edge, Session
 log = logging.getLogger("ndmpd.server")
 READ_SIZE = 256 * 1024
 IDLE_WRITE_LIMIT = 4 << 20       # pause reading while this much output is unsent
+CLOSE_GRACE = 5.0                # seconds a closing connection's unsent output gets; then it is dropped
 
 
 class AsyncioEdge(Edge):
@@ -188,7 +189,7 @@ class NdmpServer:
             await asyncio.shield(_in_daemon_thread(session.teardown, f"teardown {name}"))
         finally:
             conn.edge.close()
-            writer.close()
+            _close(writer)
         try:
             await writer.wait_closed()
         except (ConnectionError, OSError):
@@ -201,9 +202,9 @@ class NdmpServer:
             out = session.data_to_send()
             if out:
                 writer.write(out)
-            await writer.drain()
-            if session.closed:
+            if session.closed:              # the rest is flushed while closing, within CLOSE_GRACE
                 return
+            await writer.drain()            # a peer that does not read stops our reading
             if session.busy:                # a device call is running: read no further meanwhile
                 edge.wakeup.clear()
                 await edge.wakeup.wait()
@@ -239,7 +240,7 @@ class NdmpServer:
         out = conn.session.data_to_send()
         if out and not conn.writer.is_closing():
             conn.writer.write(out)
-        conn.writer.close()
+        _close(conn.writer)
         conn.edge.wakeup.set()
 
     # ------------------------------------------------------- signals, reload
@@ -288,7 +289,7 @@ class NdmpServer:
             out = conn.session.data_to_send()
             if out and not conn.writer.is_closing():
                 conn.writer.write(out)
-            conn.writer.close()         # the pump sees EOF; a device call in progress finishes first
+            _close(conn.writer)         # the pump sees EOF; a device call in progress finishes first
             if not conn.session.authenticated:
                 conn.edge.wakeup.set()  # a throttled login has nothing to finish
         if self._tasks:
@@ -305,6 +306,14 @@ class NdmpServer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    """Close once the unsent output is flushed, but drop the connection if the peer has not read
+    it within CLOSE_GRACE: a peer that never reads must not keep its slot, descriptor and
+    buffers (nor hold up a shutdown) after it is cut."""
+    writer.close()
+    asyncio.get_running_loop().call_later(CLOSE_GRACE, writer.transport.abort)
 
 
 def _retrieved(future: asyncio.Future) -> bool:

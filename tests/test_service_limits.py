@@ -279,3 +279,33 @@ async def test_a_session_gets_its_whole_idle_timeout_after_its_job_ends(tmp_path
     await asyncio.to_thread(dma.call, "MOVER_STOP")
     await asyncio.to_thread(dma.close)
     await stop(srv)
+
+
+async def test_a_peer_that_never_reads_its_replies_loses_its_slot_when_cut(tmp_path, monkeypatch):
+    """Pipelined requests whose replies are never read fill the output buffer; once the idle
+    deadline cuts the session, its slot must be free again and a shutdown must not wait for it."""
+    from ndmpd import server as server_module
+    from ndmpd.wire.message import Header
+    from ndmpd.wire.records import frame
+
+    monkeypatch.setattr(server_module, "CLOSE_GRACE", 0.5, raising=False)
+    srv, (host, port) = await start(tmp_path, idle_timeout=1, max_sessions=1)
+    hog = await asyncio.to_thread(login, host, port)
+    hog.sock.setblocking(False)
+    requests = b"".join(frame(Header(n, 0, 0, C.CONFIG_GET_HOST_INFO, 0, 0).pack()) for n in range(1, 200001))
+    sent, started = 0, time.monotonic()
+    while time.monotonic() - started < 3 and sent < len(requests):      # it sends, and never reads
+        try:
+            sent += hog.sock.send(requests[sent:sent + 65536])
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+    for _ in range(60):                         # cut at its idle deadline, then its grace to flush
+        if srv.guard.counts() == (0, 0):
+            break
+        await asyncio.sleep(0.1)
+    dma = await asyncio.to_thread(login, host, port)     # the slot is free
+    await asyncio.to_thread(dma.close)
+    started = time.monotonic()
+    await stop(srv)
+    assert time.monotonic() - started < 3 and srv.stuck == 0
+    hog.sock.close()
