@@ -119,9 +119,12 @@ class NdmpServer:
         """Bind every listen address; returns the bound (host, port) pairs."""
         bound = []
         for addr in self.config.server.listen:
-            server = await asyncio.start_server(self._on_connection, host=addr.host, port=addr.port,
-                                                family=_family(addr), reuse_address=True,
-                                                limit=READ_SIZE)
+            try:
+                server = await asyncio.start_server(self._on_connection, host=addr.host, port=addr.port,
+                                                    family=_family(addr), reuse_address=True,
+                                                    limit=READ_SIZE)
+            except OSError as exc:          # which address could not be used, in the one-line error
+                raise OSError(exc.errno, f"{addr}: {exc.strerror or exc}") from None
             self._servers.append(server)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
@@ -129,7 +132,11 @@ class NdmpServer:
                 log.info("listening on %s", ListenAddress(host, port))
         if self.config.server.metrics_listen is not None:
             self._metrics = MetricsEndpoint(self.ctx.metrics)
-            self.metrics_address = await self._metrics.start(self.config.server.metrics_listen)
+            try:
+                self.metrics_address = await self._metrics.start(self.config.server.metrics_listen)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{self.config.server.metrics_listen} (server.metrics_listen): "
+                                         f"{exc.strerror or exc}") from None
         return bound
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

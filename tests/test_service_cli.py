@@ -118,3 +118,24 @@ async def test_init_config_writes_a_configuration_that_checks_and_serves(tmp_pat
 def test_init_config_refuses_a_volume_that_is_not_a_directory(tmp_path):
     result = ndmpd("init-config", "--volume", f"data={tmp_path / 'absent'}", "--state-dir", str(tmp_path))
     assert result.returncode == 2 and "--volume[0]" in result.stderr and not result.stdout
+
+
+def test_serve_refuses_a_state_dir_it_cannot_create_in_one_line(tmp_path):
+    result = ndmpd("serve", "--listen", "127.0.0.1:0", "--state-dir", "/proc/no-such-dir/ndmpd")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("ndmpd: config error: server.state_dir: cannot keep state in "
+                                     "/proc/no-such-dir/ndmpd: No such file or directory (give another with --state-dir)")
+
+
+def test_serve_names_the_address_it_cannot_listen_on(tmp_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for listen in (f"127.0.0.1:{port}", "999.1.1.1:10000"):
+            result = ndmpd("serve", "--listen", listen, "--state-dir", str(tmp_path / "state"),
+                           env=dict(os.environ, HOME=str(tmp_path)))
+            lines = [line for line in result.stderr.splitlines() if "cannot listen" in line]
+            assert result.returncode == 1 and "Traceback" not in result.stderr
+            assert len(lines) == 1 and listen in lines[0], result.stderr
