@@ -104,7 +104,11 @@ def serve(args: argparse.Namespace) -> int:
     from .snapshots import remove_stale
     config = _load(args)
     _setup_logging(args.log_level or config.server.log_level)
-    config.server.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.server.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"server.state_dir: cannot keep state in {config.server.state_dir}: "
+                          f"{exc.strerror or exc}") from None
     remove_stale([(volume.path, volume.snapshot) for volume in config.volumes], config.server.state_dir)
     notifier = Notifier()
     holder: list[NdmpServer] = []

@@ -139,3 +139,13 @@ def test_serve_names_the_address_it_cannot_listen_on(tmp_path):
             lines = [line for line in result.stderr.splitlines() if "cannot listen" in line]
             assert result.returncode == 1 and "Traceback" not in result.stderr
             assert len(lines) == 1 and listen in lines[0], result.stderr
+
+
+def test_serve_refuses_a_configured_state_dir_it_cannot_create_in_one_line(tmp_path):
+    config = tmp_path / "ndmpd.toml"
+    config.write_text('[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "/proc/no-such-dir/ndmpd"\n'
+                      '[[user]]\nname = "ndmp"\npassword = "secret"\n')
+    config.chmod(0o600)
+    result = ndmpd("serve", "--config", str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().startswith("ndmpd: config error: server.state_dir:")
