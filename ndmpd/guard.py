@@ -8,7 +8,9 @@ bookkeeping: the server asks, and does the closing itself.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Callable, Hashable
 
 from .config import ServerSettings
 
-UNKNOWN_USER = "\0unknown"      # every name that is no configured user shares one bucket (bounded memory)
+USER_SLOTS = 4096               # user names are counted in this many buckets (bounded memory)
 MAX_BUCKETS = 4096              # past this, buckets that have refilled are forgotten
 JOB_LOOK = 1.0                  # seconds between looks at a session whose job runs
 
@@ -68,6 +70,14 @@ class AuthThrottle:
         self.clock = clock
         self._buckets: dict[Hashable, _Bucket] = {}
         self._lock = threading.Lock()
+        self._salt = secrets.token_bytes(16)
+
+    def account(self, name: str) -> Hashable:
+        """The bucket of user ``name``, configured or not: every name is counted alike, so how
+        long an attempt waits never tells whether a user exists; a keyed hash into
+        :data:`USER_SLOTS` buckets bounds the memory any number of names can take."""
+        digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), key=self._salt, digest_size=8).digest()
+        return ("user", int.from_bytes(digest, "big") % USER_SLOTS)
 
     def _bucket(self, key: Hashable, now: float) -> _Bucket:
         bucket = self._buckets.get(key)

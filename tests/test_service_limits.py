@@ -309,3 +309,26 @@ async def test_a_peer_that_never_reads_its_replies_loses_its_slot_when_cut(tmp_p
     await stop(srv)
     assert time.monotonic() - started < 3 and srv.stuck == 0
     hog.sock.close()
+
+
+async def test_how_long_a_login_waits_does_not_tell_whether_the_user_exists(tmp_path):
+    """From an address that has failed before, guessing at an unknown name waits no longer than
+    at a configured one, however many other unknown names were tried meanwhile."""
+    srv, (host, port) = await start(tmp_path, auth_failure_rate=6, auth_failure_burst=2, login_timeout=30)
+
+    def attempt(source: str, user: str) -> float:
+        client = NdmpClient(host, port, 4, timeout=30, source=source)
+        started = time.monotonic()
+        with pytest.raises(NdmpReplyError):
+            client.login(user, "wrong", "text")
+        client.sock.close()
+        return time.monotonic() - started
+
+    for n in range(4):                              # unknown names tried from elsewhere
+        await asyncio.to_thread(attempt, f"127.0.0.{2 + n}", f"nobody{n}")
+    for source in ("127.0.0.10", "127.0.0.11"):     # two addresses that failed once each
+        await asyncio.to_thread(attempt, source, "someone")
+    known = await asyncio.to_thread(attempt, "127.0.0.10", "ndmp")
+    unknown = await asyncio.to_thread(attempt, "127.0.0.11", "nosuchuser")
+    assert known < 1.0 and unknown < 1.0
+    await stop(srv)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import HeaderError, NdmpError
 from ..logtext import peer_text
 from ..wire import C, SUPPORTED_VERSIONS, T
-from ..guard import UNKNOWN_USER
 from . import Blocking, HandlerTable
 
 if TYPE_CHECKING:
@@ -71,8 +70,8 @@ def connect_client_auth(session: "Session", req: Any) -> Any:
     host = guard.host(session)
     if host is None:                    # not admitted by a server (a sans-IO test): nothing to throttle
         return _check(session, data)
-    account = ("user", user if session.ctx.config.user(user) else UNKNOWN_USER)
-    reservation = guard.throttle.reserve(("address", host), account, max(0.0, guard.login_time_left(session)))
+    reservation = guard.throttle.reserve(("address", host), guard.throttle.account(user),
+                                         max(0.0, guard.login_time_left(session)))
     if reservation is None:
         _failed(session, f"too many failed logins; retry later "
                          f"(server.auth_failure_rate = {session.ctx.config.server.auth_failure_rate:g})")
