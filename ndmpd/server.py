@@ -266,6 +266,10 @@ class NdmpServer:
                 return False
             for note in outcome.notes:
                 log.warning("reload: %s", note)
+            level = outcome.ctx.config.server.log_level
+            if level != self.config.server.log_level:
+                logging.getLogger().setLevel(level.upper())
+                log.warning("reload: log level now %s (server.log_level)", level)
             self.ctx = outcome.ctx
             log.info("reloaded %s: %s (running sessions keep theirs)", outcome.ctx.config.source,
                      summary(outcome.ctx.config))

@@ -155,3 +155,25 @@ async def test_a_library_survives_a_reload_and_stays_held_by_its_session(tmp_pat
         await asyncio.to_thread(client.close)
     srv.stop()
     await srv.serve_until_stopped()
+
+
+async def test_a_reload_applies_server_log_level_unless_the_command_line_set_one(tmp_path):
+    from ndmpd import cli, trace
+
+    root = logging.getLogger()
+    before = root.level
+    path = write(tmp_path, extra='log_level = "info"')
+    try:
+        root.setLevel(logging.INFO)
+        srv = NdmpServer(ServerContext(load(path)), reload_config=cli._loader(cli._parser().parse_args(
+            ["serve", "--config", str(path)])))
+        write(tmp_path, extra='log_level = "debug"')
+        assert srv.reload() and trace.enabled()          # an admin turns tracing on without a restart
+        write(tmp_path, extra='log_level = "warning"')
+        assert srv.reload() and not logging.getLogger("ndmpd.server").isEnabledFor(logging.INFO)
+        pinned = NdmpServer(ServerContext(load(path)), reload_config=cli._loader(cli._parser().parse_args(
+            ["serve", "--config", str(path), "--log-level", "warning"])))
+        write(tmp_path, extra='log_level = "debug"')
+        assert pinned.reload() and not trace.enabled()   # --log-level keeps its word across reloads
+    finally:
+        root.setLevel(before)
