@@ -271,6 +271,10 @@ class NdmpServer:
                 logging.getLogger().setLevel(level.upper())
                 log.warning("reload: log level now %s (server.log_level)", level)
             self.ctx = outcome.ctx
+            for conn in list(self._connections.values()):     # new deadlines apply to every connection now
+                if conn.timer:
+                    conn.timer.cancel()
+                self._watch(conn)
             log.info("reloaded %s: %s (running sessions keep theirs)", outcome.ctx.config.source,
                      summary(outcome.ctx.config))
             return True

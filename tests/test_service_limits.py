@@ -332,3 +332,19 @@ async def test_how_long_a_login_waits_does_not_tell_whether_the_user_exists(tmp_
     unknown = await asyncio.to_thread(attempt, "127.0.0.11", "nosuchuser")
     assert known < 1.0 and unknown < 1.0
     await stop(srv)
+
+
+async def test_a_reload_that_shortens_the_timeouts_applies_to_connected_peers(tmp_path):
+    srv, (host, port) = await start(tmp_path, idle_timeout=3600, login_timeout=600)
+    srv.reload_config = lambda: make_config(tmp_path, listen=["127.0.0.1:0"], idle_timeout=1, login_timeout=1)
+    idle = await asyncio.to_thread(login, host, port)
+    reader, writer, _, _ = await greeting(host, port)           # never logs in
+    assert srv.reload()
+    await asyncio.sleep(2.5)
+    with pytest.raises((ConnectionError, NdmpReplyError, OSError)):
+        await asyncio.to_thread(idle.call, "CONFIG_GET_HOST_INFO")
+    await asyncio.wait_for(reader.read(), 5)                     # the pending one was cut too (EOF)
+    assert srv.guard.counts() == (0, 0)
+    idle.sock.close()
+    writer.close()
+    await stop(srv)
