@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ndmpd.cli import _parser
 from ndmpd.config import load
 from ndmpd.context import ServerContext
@@ -149,3 +151,27 @@ def test_serve_refuses_a_configured_state_dir_it_cannot_create_in_one_line(tmp_p
     result = ndmpd("serve", "--config", str(config))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().startswith("ndmpd: config error: server.state_dir:")
+
+
+@pytest.mark.parametrize("existing", ["world-readable", "empty"])
+def test_init_config_never_prints_a_configuration_check_config_would_refuse(tmp_path, existing):
+    secret = tmp_path / "ndmp.password"
+    secret.write_text("" if existing == "empty" else "hunter2\n")
+    secret.chmod(0o644 if existing == "world-readable" else 0o600)
+    result = ndmpd("init-config", "--state-dir", str(tmp_path / "state"), "--password-file", str(secret))
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.startswith("ndmpd: config error: user[0].password_file:")
+    assert secret.read_text() == ("" if existing == "empty" else "hunter2\n")      # kept as it was
+    secret.write_text("hunter2\n")
+    secret.chmod(0o600)
+    result = ndmpd("init-config", "--state-dir", str(tmp_path / "state"), "--password-file", str(secret))
+    assert result.returncode == 0 and "kept the existing password" in result.stderr
+    (tmp_path / "ndmpd.toml").write_text(result.stdout)
+    (tmp_path / "ndmpd.toml").chmod(0o600)
+    assert ndmpd("check-config", str(tmp_path / "ndmpd.toml")).returncode == 0
+
+
+def test_init_config_refuses_a_state_dir_it_cannot_create_in_one_line(tmp_path):
+    result = ndmpd("init-config", "--state-dir", "/proc/no-such-dir/ndmpd")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.startswith("ndmpd: config error: cannot create /proc/no-such-dir")
