@@ -77,7 +77,7 @@ class _Connection:
     session: Session
     edge: AsyncioEdge
     writer: asyncio.StreamWriter
-    last_input: float = field(default_factory=time.monotonic)    # last request, or a job seen running
+    last_input: float = field(default_factory=time.monotonic)    # last message, or a job seen running
     timer: asyncio.TimerHandle | None = None
     torn_down: bool = False             # its teardown has been started
 
@@ -219,8 +219,10 @@ class NdmpServer:
             data = await reader.read(READ_SIZE)
             if not data:
                 return
-            conn.last_input = time.monotonic()
+            received = session.messages_received
             session.receive_data(data)          # before login it holds at most PRE_AUTH_MAX_RECORD
+            if session.messages_received != received:  # a message, not a trickle of bytes, is activity
+                conn.last_input = time.monotonic()
 
     # --------------------------------------------------------------- timeouts
 

@@ -348,3 +348,29 @@ async def test_a_reload_that_shortens_the_timeouts_applies_to_connected_peers(tm
     idle.sock.close()
     writer.close()
     await stop(srv)
+
+
+async def test_an_authenticated_session_trickling_bytes_of_a_message_is_idle(tmp_path):
+    """Bytes that never make a message are not activity: a session that logs in and then sends
+    one byte at a time is cut at its idle deadline, its slot given back."""
+    srv, (host, port) = await start(tmp_path, idle_timeout=1, max_sessions=1)
+    client = await asyncio.to_thread(login, host, port)
+    client.sock.settimeout(0.3)
+
+    def trickle() -> bool:
+        for _ in range(12):                      # one byte of a record header every 0.3 s
+            try:
+                client.sock.send(b"\x80")
+                if client.sock.recv(65536) == b"":
+                    return True
+            except TimeoutError:
+                continue
+            except OSError:
+                return True
+        return False
+    cut = await asyncio.to_thread(trickle)
+    assert cut
+    dma = await asyncio.to_thread(login, host, port)
+    await asyncio.to_thread(dma.close)
+    client.sock.close()
+    await stop(srv)
