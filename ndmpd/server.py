@@ -274,6 +274,8 @@ class NdmpServer:
                 log.warning("reload: log level now %s (server.log_level)", level)
             self.ctx = outcome.ctx
             for conn in list(self._connections.values()):     # new deadlines apply to every connection now
+                if not conn.session.authenticated:            # not logged in yet: under the new users and methods
+                    conn.session.ctx = outcome.ctx
                 if conn.timer:
                     conn.timer.cancel()
                 self._watch(conn)

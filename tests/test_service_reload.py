@@ -177,3 +177,17 @@ async def test_a_reload_applies_server_log_level_unless_the_command_line_set_one
         assert pinned.reload() and not trace.enabled()   # --log-level keeps its word across reloads
     finally:
         root.setLevel(before)
+
+
+async def test_a_user_removed_by_a_reload_cannot_log_in_on_a_connection_opened_before(tmp_path):
+    srv, path, host, port = await serve(tmp_path)
+    early = await asyncio.to_thread(NdmpClient, host, port, 4)          # connected, not logged in yet
+    path.write_text(path.read_text().replace('name = "ndmp"\npassword = "secret"',
+                                             'name = "other"\npassword = "new-secret"'))
+    assert srv.reload()
+    with pytest.raises(NdmpReplyError):                                  # the revoked account is refused
+        await asyncio.to_thread(early.login, "ndmp", "secret")
+    await asyncio.to_thread(early.login, "other", "new-secret")
+    await asyncio.to_thread(early.close)
+    srv.stop()
+    await srv.serve_until_stopped()
