@@ -127,6 +127,7 @@ class _Peer:
     host: str
     since: float
     authenticated: bool = False
+    evicted: bool = False               # cut for a newer one: no longer counted, even before it leaves
     gone: threading.Event = field(default_factory=threading.Event)    # set when the connection leaves
 
 
@@ -164,18 +165,20 @@ class ConnectionGuard:
         with self._lock:
             if self._count(authenticated=True) >= s.max_sessions:
                 return Verdict(f"too many sessions (server.max_sessions = {s.max_sessions})")
-            pending = [c for c, p in self._peers.items() if not p.authenticated]
+            pending = [c for c, p in self._peers.items() if not p.authenticated and not p.evicted]
             if sum(1 for c in pending if self._peers[c].host == host) >= s.max_logins_per_address:
                 return Verdict(f"too many logins in progress from {host} "
                                f"(server.max_logins_per_address = {s.max_logins_per_address})")
             evict = []
             if len(pending) >= s.max_pending_logins:
-                evict.append(self._oldest_of_busiest(pending))
+                victim = self._oldest_of_busiest(pending)
+                self._peers[victim].evicted = True
+                evict.append(victim)
             self._peers[conn] = _Peer(host, self.clock())
             return Verdict(None, evict)
 
     def _count(self, authenticated: bool) -> int:
-        return sum(1 for p in self._peers.values() if p.authenticated == authenticated)
+        return sum(1 for p in self._peers.values() if p.authenticated == authenticated and not p.evicted)
 
     def _oldest_of_busiest(self, pending: list[object]) -> object:
         per_host: dict[str, int] = {}
@@ -191,6 +194,8 @@ class ConnectionGuard:
         s = self.settings
         with self._lock:
             peer = self._peers.get(conn)
+            if peer is not None and peer.evicted:
+                return f"too many logins in progress (server.max_pending_logins = {s.max_pending_logins})"
             if peer is None or peer.authenticated:
                 return None
             if self._count(authenticated=True) >= s.max_sessions:

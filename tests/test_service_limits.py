@@ -374,3 +374,40 @@ async def test_an_authenticated_session_trickling_bytes_of_a_message_is_idle(tmp
     await asyncio.to_thread(dma.close)
     client.sock.close()
     await stop(srv)
+
+
+async def test_a_burst_of_connections_never_holds_more_than_max_pending_logins(tmp_path):
+    """Connections arriving together (one accept batch) each cut one older pending login, not
+    all the same one: the pool stays within server.max_pending_logins at once."""
+    import socket
+
+    srv, (host, port) = await start(tmp_path, max_pending_logins=8)
+    burst = []
+    for n in range(60):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.bind((f"127.0.0.{2 + n % 30}", 0))
+        try:
+            sock.connect((host, port))
+        except BlockingIOError:
+            pass
+        burst.append(sock)
+    await asyncio.sleep(1.0)
+    assert srv.guard.counts()[0] <= 8
+
+    def still_open() -> int:
+        alive = 0
+        for sock in burst:
+            sock.settimeout(0.02)
+            try:
+                while sock.recv(65536):
+                    pass
+            except TimeoutError:
+                alive += 1
+            except OSError:
+                pass
+        return alive
+    assert await asyncio.to_thread(still_open) <= 8
+    for sock in burst:
+        sock.close()
+    await stop(srv)
