@@ -13,13 +13,14 @@ import ipaddress
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
 from .config import ServerSettings
 
 USER_SLOTS = 4096               # user names are counted in this many buckets (bounded memory)
-MAX_BUCKETS = 4096              # past this, buckets that have refilled are forgotten
+MAX_ADDRESSES = 16384           # address buckets kept; past this the least recently seen is forgotten
 JOB_LOOK = 1.0                  # seconds between looks at a session whose job runs
 
 
@@ -45,10 +46,12 @@ class _Bucket:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One login attempt's reservation: how long it waits, and the buckets it took a token from."""
+    """One login attempt's reservation: how long it waits, and the buckets it took a token from
+    (``user`` None: the user's was left alone)."""
 
     wait: float
-    taken: tuple[Hashable, ...]
+    address: Hashable
+    user: Hashable | None
 
 
 class AuthThrottle:
@@ -68,7 +71,8 @@ class AuthThrottle:
         self.rate = rate_per_minute / 60.0
         self.burst = float(burst)
         self.clock = clock
-        self._buckets: dict[Hashable, _Bucket] = {}
+        self._addresses: OrderedDict[Hashable, _Bucket] = OrderedDict()    # least recently seen first
+        self._users: dict[Hashable, _Bucket] = {}       # at most USER_SLOTS keys (see account)
         self._lock = threading.Lock()
         self._salt = secrets.token_bytes(16)
 
@@ -79,46 +83,44 @@ class AuthThrottle:
         digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), key=self._salt, digest_size=8).digest()
         return ("user", int.from_bytes(digest, "big") % USER_SLOTS)
 
-    def _bucket(self, key: Hashable, now: float) -> _Bucket:
-        bucket = self._buckets.get(key)
+    def _bucket(self, table: dict[Hashable, _Bucket], key: Hashable, now: float) -> _Bucket:
+        bucket = table.get(key)
         if bucket is None:
-            if len(self._buckets) >= MAX_BUCKETS:
-                self._forget_full(now)
-            bucket = self._buckets[key] = _Bucket(self.burst, now)
+            bucket = table[key] = _Bucket(self.burst, now)
+            if table is self._addresses and len(table) > MAX_ADDRESSES:
+                self._addresses.popitem(last=False)     # O(1) however many addresses a flood uses
         else:
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
             bucket.stamp = now
+            if table is self._addresses:
+                self._addresses.move_to_end(key)
         return bucket
-
-    def _forget_full(self, now: float) -> None:
-        for key, bucket in list(self._buckets.items()):
-            if bucket.tokens + (now - bucket.stamp) * self.rate >= self.burst:
-                del self._buckets[key]
 
     def reserve(self, address: Hashable, user: Hashable, limit: float) -> Attempt | None:
         """Reserve one attempt from ``address`` at ``user``: the seconds to wait first and the
         tokens taken, or None (nothing taken) when the wait would exceed ``limit``."""
         with self._lock:
             now = self.clock()
-            own, account = self._bucket(address, now), self._bucket(user, now)
+            own, account = self._bucket(self._addresses, address, now), self._bucket(self._users, user, now)
             clean = own.tokens >= self.burst
             holding = (own,) if clean else (own, account)
             wait = max(0.0, max((1.0 - b.tokens) / self.rate for b in holding))
             if wait > limit:
                 return None
             own.tokens -= 1.0
-            taken: tuple[Hashable, ...] = (address,)
-            if not clean or account.tokens >= 1.0:      # a clean address never queues on the user
+            took_user = not clean or account.tokens >= 1.0      # a clean address never queues on the user
+            if took_user:
                 account.tokens -= 1.0
-                taken += (user,)
-            return Attempt(wait, taken)
+            return Attempt(wait, address, user if took_user else None)
 
     def refund(self, attempt: Attempt) -> None:
         """The attempt succeeded: give its tokens back."""
         with self._lock:
             now = self.clock()
-            for key in attempt.taken:
-                bucket = self._bucket(key, now)
+            taken = [self._bucket(self._addresses, attempt.address, now)]
+            if attempt.user is not None:
+                taken.append(self._bucket(self._users, attempt.user, now))
+            for bucket in taken:
                 bucket.tokens = min(self.burst, bucket.tokens + 1.0)
 
 

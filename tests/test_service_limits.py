@@ -173,6 +173,21 @@ def test_guessing_a_user_from_elsewhere_never_holds_up_a_clean_address():
     assert owner is not None and owner.wait == 0
 
 
+def test_failures_from_a_flood_of_addresses_cost_constant_time_each():
+    """Every address that fails gets a bucket; a flood of new addresses (an IPv6 host has 2**64,
+    loopback 2**24) must cost each attempt the same small time, not a scan of all the others."""
+    throttle = AuthThrottle(10, 3, clock=lambda: 0.0)           # nothing refills meanwhile
+    user = throttle.account("ndmp")
+    started = time.monotonic()
+    for n in range(40000):
+        throttle.reserve(("address", f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}"), user, 30)
+    assert time.monotonic() - started < 3.0
+    own = ("address", "10.200.0.1")                              # one address's own count still holds
+    for _ in range(3):
+        throttle.reserve(own, throttle.account("x"), 30)
+    assert throttle.reserve(own, throttle.account("y"), 0) is None
+
+
 async def test_a_correct_login_is_not_locked_out_by_guessing_from_other_addresses(tmp_path, caplog):
     srv, (host, port) = await start(tmp_path, auth_failure_rate=6, auth_failure_burst=2, login_timeout=5)
 
