@@ -130,6 +130,7 @@ class _Peer:
     since: float
     authenticated: bool = False
     evicted: bool = False               # cut for a newer one: no longer counted, even before it leaves
+    spoke: bool = False                 # has sent a complete message (a DMA's CONNECT_OPEN comes at once)
     gone: threading.Event = field(default_factory=threading.Event)    # set when the connection leaves
 
 
@@ -183,13 +184,22 @@ class ConnectionGuard:
         return sum(1 for p in self._peers.values() if p.authenticated == authenticated and not p.evicted)
 
     def _oldest_of_busiest(self, pending: list[object]) -> object:
+        """Whom a new arrival cuts: from the address with most pending logins, a silent one
+        before one that has spoken, the oldest first."""
         per_host: dict[str, int] = {}
         for conn in pending:
             host = self._peers[conn].host
             per_host[host] = per_host.get(host, 0) + 1
         busiest = max(per_host.values())
         return min((c for c in pending if per_host[self._peers[c].host] == busiest),
-                   key=lambda c: self._peers[c].since)
+                   key=lambda c: (self._peers[c].spoke, self._peers[c].since))
+
+    def spoke(self, conn: object) -> None:
+        """The connection sent its first complete message: a login under way, which a new
+        arrival cuts only after every silent one from an address as busy."""
+        peer = self._peers.get(conn)
+        if peer is not None:
+            peer.spoke = True
 
     def authenticate(self, conn: object) -> str | None:
         """The connection proved its credentials: count it as a session, or say why not."""

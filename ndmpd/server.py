@@ -223,6 +223,8 @@ class NdmpServer:
             session.receive_data(data)          # before login it holds at most PRE_AUTH_MAX_RECORD
             if session.messages_received != received:  # a message, not a trickle of bytes, is activity
                 conn.last_input = time.monotonic()
+                if not received:
+                    session.ctx.guard.spoke(session)
 
     # --------------------------------------------------------------- timeouts
 

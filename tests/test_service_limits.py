@@ -426,3 +426,15 @@ async def test_a_burst_of_connections_never_holds_more_than_max_pending_logins(t
     for sock in burst:
         sock.close()
     await stop(srv)
+
+
+def test_a_full_login_pool_cuts_a_silent_connection_before_a_login_under_way(tmp_path):
+    now = [0.0]
+    guard = ConnectionGuard(make_config(tmp_path, max_pending_logins=2).server, clock=lambda: now[0])
+    dma, silent, newcomer = object(), object(), object()
+    assert guard.arrive(dma, "10.0.0.1").refusal is None
+    guard.spoke(dma)                                   # its CONNECT_OPEN arrived
+    now[0] = 1.0
+    assert guard.arrive(silent, "10.0.0.2").refusal is None
+    now[0] = 2.0
+    assert guard.arrive(newcomer, "10.0.0.3").evict == [silent]     # not the older DMA
