@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
 import os
@@ -74,9 +75,16 @@ def _loader(args: argparse.Namespace) -> Callable[[], Config]:
     """Reads the configuration (again, on SIGHUP) with the command line's overrides."""
     overrides = _overrides(args)
     if args.config is not None:
-        return lambda: load(args.config, overrides)
+        return lambda: _cli_level(load(args.config, overrides), args)
     state_dir = args.state_dir.expanduser().resolve() if args.state_dir else None
-    return lambda: embedded_default(state_dir, args.listen)[0]
+    return lambda: _cli_level(embedded_default(state_dir, args.listen)[0], args)
+
+
+def _cli_level(config: Config, args: argparse.Namespace) -> Config:
+    """--log-level wins over server.log_level, at start and at every reload."""
+    if not getattr(args, "log_level", None):
+        return config
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, log_level=args.log_level))
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -102,9 +110,13 @@ def serve(args: argparse.Namespace) -> int:
     from .context import ServerContext      # imported here: dump/restore start faster without them
     from .server import NdmpServer
     from .snapshots import remove_stale
-    config = _load(args)
-    _setup_logging(args.log_level or config.server.log_level)
-    config.server.state_dir.mkdir(parents=True, exist_ok=True)
+    config = _cli_level(_load(args), args)
+    _setup_logging(config.server.log_level)
+    try:
+        config.server.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"server.state_dir: cannot keep state in {config.server.state_dir}: "
+                          f"{exc.strerror or exc}") from None
     remove_stale([volume.path for volume in config.volumes], config.server.state_dir)
     notifier = Notifier()
     holder: list[NdmpServer] = []

@@ -532,9 +532,13 @@ def embedded_default(state_dir: Path | None = None,
     state directory; the second value is the password when it was just generated.
     """
     state = state_dir or default_state_dir()
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret_file = state / "ndmp.password"
-    new_password = new_secret_file(secret_file)
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        new_password = new_secret_file(secret_file)
+    except OSError as exc:
+        raise ConfigError(f"server.state_dir: cannot keep state in {state}: {exc.strerror or exc} "
+                          f"(give another with --state-dir)") from None
     data = {
         "server": {"listen": listen or ["127.0.0.1:10000"], "state_dir": str(state), "auth": ["md5", "text"]},
         "user": [{"name": "ndmp", "password_file": str(secret_file)}],

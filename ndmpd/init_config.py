@@ -7,9 +7,10 @@ import argparse
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 
-from .config import ConfigError, default_state_dir, new_secret_file, parse_listen
+from .config import ConfigError, build, default_state_dir, new_secret_file, parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:10000"
 
@@ -74,11 +75,20 @@ def run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ConfigError("--volume: two volumes with one name")
     state_dir = (args.state_dir or service_state_dir()).expanduser().resolve()
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     password_file = (args.password_file or state_dir / "ndmp.password").expanduser().resolve()
-    password_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    created = new_secret_file(password_file)
-    sys.stdout.write(render(volumes, listen, state_dir, args.user, password_file))
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        password_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        created = new_secret_file(password_file)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {exc.filename or state_dir}: {exc.strerror or exc} "
+                          f"(give another --state-dir or --password-file)") from None
+    text = render(volumes, listen, state_dir, args.user, password_file)
+    try:                                # what it writes must pass check-config (an existing file may not)
+        build(tomllib.loads(text), "<init-config>", state_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (init-config keeps an existing password file as it is)") from None
+    sys.stdout.write(text)
     said = "generated" if created else "kept the existing"
     print(f"ndmpd: {said} password for user '{args.user}' in {password_file} (mode 600)", file=sys.stderr)
     return 0

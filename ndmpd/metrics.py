@@ -163,15 +163,23 @@ class LiveCollector:
 
 
 HEAD_LIMIT = 8192
-HEAD_TIMEOUT = 5.0
+HEAD_TIMEOUT = 5.0           # seconds for the request head to arrive
+EXCHANGE_TIMEOUT = 10.0      # seconds for the whole exchange, the response's sending included
+MAX_CLIENTS = 16             # connections held at once; a new one cuts the oldest
 
 
 class MetricsEndpoint:
-    """``GET /metrics`` over HTTP/1.0 on the asyncio loop (one response per connection)."""
+    """``GET /metrics`` over HTTP/1.0 on the asyncio loop (one response per connection).
+
+    Whatever scrapers do, the endpoint holds at most :data:`MAX_CLIENTS` connections, each for at
+    most :data:`EXCHANGE_TIMEOUT`: idle, slow or non-reading clients cannot use up the file
+    descriptors the NDMP listener needs, nor memory, and the newest scrape always gets in.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._server: asyncio.base_events.Server | None = None
+        self._clients: dict[asyncio.StreamWriter, None] = {}      # oldest first
 
     async def start(self, address: ListenAddress) -> tuple[str, int]:
         """Listen on ``address``; returns the bound (host, port)."""
@@ -182,6 +190,20 @@ class MetricsEndpoint:
         return host, port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._clients) >= MAX_CLIENTS:
+            oldest = next(iter(self._clients))
+            del self._clients[oldest]
+            oldest.transport.abort()                 # its exchange then ends at once
+        self._clients[writer] = None
+        try:
+            await asyncio.wait_for(self._exchange(reader, writer), EXCHANGE_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError):
+            writer.transport.abort()                 # unsent output is dropped, not kept
+        finally:
+            self._clients.pop(writer, None)
+            writer.close()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
             parts = head.split(b"\r\n", 1)[0].split()
@@ -198,8 +220,6 @@ class MetricsEndpoint:
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             pass
-        finally:
-            writer.close()
 
     async def close(self) -> None:
         if self._server is not None:

@@ -25,6 +25,7 @@ from .session import Edge, Session
 log = logging.getLogger("ndmpd.server")
 READ_SIZE = 256 * 1024
 IDLE_WRITE_LIMIT = 4 << 20       # pause reading while this much output is unsent
+CLOSE_GRACE = 5.0                # seconds a closing connection's unsent output gets; then it is dropped
 
 
 class AsyncioEdge(Edge):
@@ -76,7 +77,7 @@ class _Connection:
     session: Session
     edge: AsyncioEdge
     writer: asyncio.StreamWriter
-    last_input: float = field(default_factory=time.monotonic)
+    last_input: float = field(default_factory=time.monotonic)    # last message, or a job seen running
     timer: asyncio.TimerHandle | None = None
     torn_down: bool = False             # its teardown has been started
 
@@ -118,9 +119,12 @@ class NdmpServer:
         """Bind every listen address; returns the bound (host, port) pairs."""
         bound = []
         for addr in self.config.server.listen:
-            server = await asyncio.start_server(self._on_connection, host=addr.host, port=addr.port,
-                                                family=_family(addr), reuse_address=True,
-                                                limit=READ_SIZE)
+            try:
+                server = await asyncio.start_server(self._on_connection, host=addr.host, port=addr.port,
+                                                    family=_family(addr), reuse_address=True,
+                                                    limit=READ_SIZE)
+            except OSError as exc:          # which address could not be used, in the one-line error
+                raise OSError(exc.errno, f"{addr}: {exc.strerror or exc}") from None
             self._servers.append(server)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
@@ -128,7 +132,11 @@ class NdmpServer:
                 log.info("listening on %s", ListenAddress(host, port))
         if self.config.server.metrics_listen is not None:
             self._metrics = MetricsEndpoint(self.ctx.metrics)
-            self.metrics_address = await self._metrics.start(self.config.server.metrics_listen)
+            try:
+                self.metrics_address = await self._metrics.start(self.config.server.metrics_listen)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{self.config.server.metrics_listen} (server.metrics_listen): "
+                                         f"{exc.strerror or exc}") from None
         return bound
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -188,7 +196,7 @@ class NdmpServer:
             await asyncio.shield(_in_daemon_thread(session.teardown, f"teardown {name}"))
         finally:
             conn.edge.close()
-            writer.close()
+            _close(writer)
         try:
             await writer.wait_closed()
         except (ConnectionError, OSError):
@@ -201,9 +209,9 @@ class NdmpServer:
             out = session.data_to_send()
             if out:
                 writer.write(out)
-            await writer.drain()
-            if session.closed:
+            if session.closed:              # the rest is flushed while closing, within CLOSE_GRACE
                 return
+            await writer.drain()            # a peer that does not read stops our reading
             if session.busy:                # a device call is running: read no further meanwhile
                 edge.wakeup.clear()
                 await edge.wakeup.wait()
@@ -211,8 +219,12 @@ class NdmpServer:
             data = await reader.read(READ_SIZE)
             if not data:
                 return
-            conn.last_input = time.monotonic()
+            received = session.messages_received
             session.receive_data(data)          # before login it holds at most PRE_AUTH_MAX_RECORD
+            if session.messages_received != received:  # a message, not a trickle of bytes, is activity
+                conn.last_input = time.monotonic()
+                if not received:
+                    session.ctx.guard.spoke(session)
 
     # --------------------------------------------------------------- timeouts
 
@@ -221,7 +233,10 @@ class NdmpServer:
         session = conn.session
         if session.closed:
             return
-        delay, reason = self.guard.deadline(session, session.authenticated, job_running(session), conn.last_input)
+        running = job_running(session)
+        if running:
+            conn.last_input = time.monotonic()      # a running job is activity: idle starts when it stops
+        delay, reason = self.guard.deadline(session, session.authenticated, running, conn.last_input)
         if reason:
             self._cut(conn, reason)
         else:
@@ -236,7 +251,7 @@ class NdmpServer:
         out = conn.session.data_to_send()
         if out and not conn.writer.is_closing():
             conn.writer.write(out)
-        conn.writer.close()
+        _close(conn.writer)
         conn.edge.wakeup.set()
 
     # ------------------------------------------------------- signals, reload
@@ -255,7 +270,17 @@ class NdmpServer:
                 return False
             for note in outcome.notes:
                 log.warning("reload: %s", note)
+            level = outcome.ctx.config.server.log_level
+            if level != self.config.server.log_level:
+                logging.getLogger().setLevel(level.upper())
+                log.warning("reload: log level now %s (server.log_level)", level)
             self.ctx = outcome.ctx
+            for conn in list(self._connections.values()):     # new deadlines apply to every connection now
+                if not conn.session.authenticated:            # not logged in yet: under the new users and methods
+                    conn.session.ctx = outcome.ctx
+                if conn.timer:
+                    conn.timer.cancel()
+                self._watch(conn)
             log.info("reloaded %s: %s (running sessions keep theirs)", outcome.ctx.config.source,
                      summary(outcome.ctx.config))
             return True
@@ -285,7 +310,7 @@ class NdmpServer:
             out = conn.session.data_to_send()
             if out and not conn.writer.is_closing():
                 conn.writer.write(out)
-            conn.writer.close()         # the pump sees EOF; a device call in progress finishes first
+            _close(conn.writer)         # the pump sees EOF; a device call in progress finishes first
             if not conn.session.authenticated:
                 conn.edge.wakeup.set()  # a throttled login has nothing to finish
         if self._tasks:
@@ -302,6 +327,14 @@ class NdmpServer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    """Close once the unsent output is flushed, but drop the connection if the peer has not read
+    it within CLOSE_GRACE: a peer that never reads must not keep its slot, descriptor and
+    buffers (nor hold up a shutdown) after it is cut."""
+    writer.close()
+    asyncio.get_running_loop().call_later(CLOSE_GRACE, writer.transport.abort)
 
 
 def _retrieved(future: asyncio.Future) -> bool:

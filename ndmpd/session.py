@@ -88,6 +88,7 @@ class Session:
         self._outbox: list[bytes] = []
         self._after_reply: Callable[[], None] | None = None
         self._busy = False                # a blocking reply is being computed
+        self.messages_received = 0        # complete records: a peer is idle unless this grows
         self._tracing = False             # --log-level debug: trace this message and its reply
         self._backlog: deque[bytes | OversizedRecord] = deque()
         self.edge = Edge()
@@ -202,6 +203,7 @@ class Session:
         for record in self._reader.feed(data):
             if self.closed:
                 return
+            self.messages_received += 1
             if self._busy:
                 self._backlog.append(record)
             else:

@@ -90,3 +90,38 @@ def test_metrics_listen_is_off_unless_set(tmp_path):
     assert make_config(tmp_path).server.metrics_listen is None
     listen = make_config(tmp_path, metrics_listen="[::1]:9100").server.metrics_listen
     assert (listen.host, listen.port) == ("::1", 9100)
+
+
+async def test_idle_scrapers_cannot_hold_more_than_a_few_connections(tmp_path):
+    """A flood of idle HTTP clients must not pile up descriptors the NDMP listener needs;
+    a real scrape still gets its answer at once."""
+    import asyncio
+    import time
+
+    from ndmpd.server import NdmpServer
+
+    held_at_most = 32                       # a few scrapers at once is all a Prometheus needs
+
+    srv = NdmpServer(ServerContext(make_config(tmp_path, listen=["127.0.0.1:0"], metrics_listen="127.0.0.1:0")))
+    await srv.start()
+    host, port = srv.metrics_address
+    idle = [await asyncio.open_connection(host, port) for _ in range(held_at_most * 2)]
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 2)
+    assert answer.startswith(b"HTTP/1.0 200") and b"ndmpd_sessions_total" in answer
+    closed = 0
+    for idle_reader, _ in idle:             # all but the newest few were cut, long before HEAD_TIMEOUT
+        try:
+            closed += await asyncio.wait_for(idle_reader.read(), 0.05) == b""
+        except ConnectionError:
+            closed += 1
+        except asyncio.TimeoutError:
+            pass
+    assert closed >= len(idle) - held_at_most and time.monotonic() - started < 3
+    for _, idle_writer in idle:
+        idle_writer.close()
+    writer.close()
+    srv.stop()
+    await srv.serve_until_stopped()

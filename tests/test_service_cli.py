@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ndmpd.cli import _parser
 from ndmpd.config import load
 from ndmpd.context import ServerContext
@@ -118,3 +120,58 @@ async def test_init_config_writes_a_configuration_that_checks_and_serves(tmp_pat
 def test_init_config_refuses_a_volume_that_is_not_a_directory(tmp_path):
     result = ndmpd("init-config", "--volume", f"data={tmp_path / 'absent'}", "--state-dir", str(tmp_path))
     assert result.returncode == 2 and "--volume[0]" in result.stderr and not result.stdout
+
+
+def test_serve_refuses_a_state_dir_it_cannot_create_in_one_line(tmp_path):
+    result = ndmpd("serve", "--listen", "127.0.0.1:0", "--state-dir", "/proc/no-such-dir/ndmpd")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("ndmpd: config error: server.state_dir: cannot keep state in "
+                                     "/proc/no-such-dir/ndmpd: No such file or directory (give another with --state-dir)")
+
+
+def test_serve_names_the_address_it_cannot_listen_on(tmp_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for listen in (f"127.0.0.1:{port}", "999.1.1.1:10000"):
+            result = ndmpd("serve", "--listen", listen, "--state-dir", str(tmp_path / "state"),
+                           env=dict(os.environ, HOME=str(tmp_path)))
+            lines = [line for line in result.stderr.splitlines() if "cannot listen" in line]
+            assert result.returncode == 1 and "Traceback" not in result.stderr
+            assert len(lines) == 1 and listen in lines[0], result.stderr
+
+
+def test_serve_refuses_a_configured_state_dir_it_cannot_create_in_one_line(tmp_path):
+    config = tmp_path / "ndmpd.toml"
+    config.write_text('[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "/proc/no-such-dir/ndmpd"\n'
+                      '[[user]]\nname = "ndmp"\npassword = "secret"\n')
+    config.chmod(0o600)
+    result = ndmpd("serve", "--config", str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().startswith("ndmpd: config error: server.state_dir:")
+
+
+@pytest.mark.parametrize("existing", ["world-readable", "empty"])
+def test_init_config_never_prints_a_configuration_check_config_would_refuse(tmp_path, existing):
+    secret = tmp_path / "ndmp.password"
+    secret.write_text("" if existing == "empty" else "hunter2\n")
+    secret.chmod(0o644 if existing == "world-readable" else 0o600)
+    result = ndmpd("init-config", "--state-dir", str(tmp_path / "state"), "--password-file", str(secret))
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.startswith("ndmpd: config error: user[0].password_file:")
+    assert secret.read_text() == ("" if existing == "empty" else "hunter2\n")      # kept as it was
+    secret.write_text("hunter2\n")
+    secret.chmod(0o600)
+    result = ndmpd("init-config", "--state-dir", str(tmp_path / "state"), "--password-file", str(secret))
+    assert result.returncode == 0 and "kept the existing password" in result.stderr
+    (tmp_path / "ndmpd.toml").write_text(result.stdout)
+    (tmp_path / "ndmpd.toml").chmod(0o600)
+    assert ndmpd("check-config", str(tmp_path / "ndmpd.toml")).returncode == 0
+
+
+def test_init_config_refuses_a_state_dir_it_cannot_create_in_one_line(tmp_path):
+    result = ndmpd("init-config", "--state-dir", "/proc/no-such-dir/ndmpd")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.startswith("ndmpd: config error: cannot create /proc/no-such-dir")

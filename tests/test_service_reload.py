@@ -155,3 +155,39 @@ async def test_a_library_survives_a_reload_and_stays_held_by_its_session(tmp_pat
         await asyncio.to_thread(client.close)
     srv.stop()
     await srv.serve_until_stopped()
+
+
+async def test_a_reload_applies_server_log_level_unless_the_command_line_set_one(tmp_path):
+    from ndmpd import cli, trace
+
+    root = logging.getLogger()
+    before = root.level
+    path = write(tmp_path, extra='log_level = "info"')
+    try:
+        root.setLevel(logging.INFO)
+        srv = NdmpServer(ServerContext(load(path)), reload_config=cli._loader(cli._parser().parse_args(
+            ["serve", "--config", str(path)])))
+        write(tmp_path, extra='log_level = "debug"')
+        assert srv.reload() and trace.enabled()          # an admin turns tracing on without a restart
+        write(tmp_path, extra='log_level = "warning"')
+        assert srv.reload() and not logging.getLogger("ndmpd.server").isEnabledFor(logging.INFO)
+        pinned = NdmpServer(ServerContext(load(path)), reload_config=cli._loader(cli._parser().parse_args(
+            ["serve", "--config", str(path), "--log-level", "warning"])))
+        write(tmp_path, extra='log_level = "debug"')
+        assert pinned.reload() and not trace.enabled()   # --log-level keeps its word across reloads
+    finally:
+        root.setLevel(before)
+
+
+async def test_a_user_removed_by_a_reload_cannot_log_in_on_a_connection_opened_before(tmp_path):
+    srv, path, host, port = await serve(tmp_path)
+    early = await asyncio.to_thread(NdmpClient, host, port, 4)          # connected, not logged in yet
+    path.write_text(path.read_text().replace('name = "ndmp"\npassword = "secret"',
+                                             'name = "other"\npassword = "new-secret"'))
+    assert srv.reload()
+    with pytest.raises(NdmpReplyError):                                  # the revoked account is refused
+        await asyncio.to_thread(early.login, "ndmp", "secret")
+    await asyncio.to_thread(early.login, "other", "new-secret")
+    await asyncio.to_thread(early.close)
+    srv.stop()
+    await srv.serve_until_stopped()

@@ -28,8 +28,10 @@ class NdmpReplyError(Exception):
 class NdmpClient:
     """Connects, negotiates ``version`` and authenticates; then :meth:`call` and :meth:`wait_post`."""
 
-    def __init__(self, host: str, port: int = 10000, version: int = 4, timeout: float = 60.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int = 10000, version: int = 4, timeout: float = 60.0,
+                 source: str | None = None) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = RecordReader(1 << 30)
         self.posts: deque[tuple[int, Any]] = deque()

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import HeaderError, NdmpError
 from ..logtext import peer_text
 from ..wire import C, SUPPORTED_VERSIONS, T
-from ..guard import UNKNOWN_USER
 from . import Blocking, HandlerTable
 
 if TYPE_CHECKING:
@@ -71,16 +70,17 @@ def connect_client_auth(session: "Session", req: Any) -> Any:
     host = guard.host(session)
     if host is None:                    # not admitted by a server (a sans-IO test): nothing to throttle
         return _check(session, data)
-    keys = (("address", host), ("user", user if session.ctx.config.user(user) else UNKNOWN_USER))
-    wait = guard.throttle.reserve(keys, max(0.0, guard.login_time_left(session)))
-    if wait is None:
+    reservation = guard.throttle.reserve(("address", host), guard.throttle.account(user),
+                                         max(0.0, guard.login_time_left(session)))
+    if reservation is None:
         _failed(session, f"too many failed logins; retry later "
                          f"(server.auth_failure_rate = {session.ctx.config.server.auth_failure_rate:g})")
 
     def attempt() -> Any:
         reply = _check(session, data)
-        guard.throttle.refund(keys)
+        guard.throttle.refund(reservation)
         return reply
+    wait = reservation.wait
     if not wait:
         return attempt()
     log.info("%s: login throttled %.1f s", session.peer, wait)

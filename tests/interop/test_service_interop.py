@@ -165,7 +165,9 @@ def test_idle_and_slowloris_peers_never_keep_a_dma_out(ndmjob, tmp_path):
     finally:
         server.stop()
     log = (tmp_path / "ndmpd.log").read_text()
-    assert "server.login_timeout" in log and "Traceback" not in log
+    # 220 hostile peers overflow the 128-login pool: each is cut, at its login deadline or for a
+    # newer one, and the log names the setting either way
+    assert ("server.login_timeout" in log or "server.max_pending_logins" in log) and "Traceback" not in log
 
 
 def test_sighup_during_a_backup_reloads_without_touching_it(ndmjob, tmp_path):
