@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Run the whole ndmpd test suite on a fresh Debian machine: installs the real peers
-# (ndmjob from amanda-common, tshark, btrfs-progs), a virtualenv with the project and its
-# test extras, then pytest. Extra arguments go to pytest.
+# (ndmjob from amanda-common, tshark, btrfs-progs; systemd for systemd-analyze), a virtualenv
+# with the project and its test extras, then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(amanda-common tshark btrfs-progs)
+packages=(amanda-common tshark btrfs-progs systemd)   # systemd: systemd-analyze verify of conf/ndmpd.service
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
