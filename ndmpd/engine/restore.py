@@ -147,6 +147,7 @@ class Restorer:
         self._pick_sources = tuple(pick.source for pick in self.selection.picks if pick.source)
         self._stands_for = _directories_above(self.selection.picks)
         self._journals: dict[tuple[bytes, ...], _Journal] = {}
+        self._renames: list[tuple[bytes, bytes]] = []   # (from, to) image paths this restore replayed
         self._no_records = ""                          # why records cannot be kept (warned once)
 
     def run(self, offset: int = 0) -> RestoreResult:
@@ -347,12 +348,16 @@ class Restorer:
         longer lists and this image directory's earlier restores put there."""
         owner = self._owner(path)
         listed = frozenset(entry[1:] for entry in dumpdir if entry[:1] in b"YND")
+        replay = self._replays_deletions()
+        if replay and any(entry[:1] == b"R" for entry in dumpdir):
+            self._replay_renames(target, dumpdir)
+            fd = target.directory(parts)
         before = None if fresh else self._record(fd)
-        if before is not None and before.owner != owner:
+        if before is not None and before.owner not in (owner, self._owner(self._original(path))):
             before = None                   # another image directory's: none of its names are ours
         earlier = self._journals.get(parts)
         self._journals[parts] = _Journal(owner, listed, before, earlier.written if earlier else set())
-        if before is None or not self._replays_deletions():
+        if before is None or not replay:
             return
         with os.scandir(fd) as entries:
             unlisted = [os.fsencode(e.name) for e in entries]
@@ -366,6 +371,61 @@ class Restorer:
             except OSError as exc:
                 self.warn(f"{os.fsdecode(b'/'.join(parts + (name,)))}: no longer in the image, but not "
                           f"deleted: {failure_of(exc).text}")
+
+    def _original(self, path: bytes) -> bytes:
+        """The image path ``path`` had before the renames this restore replayed."""
+        for source, moved in reversed(self._renames):
+            if path == moved or path.startswith(moved + b"/"):
+                path = source + path[len(moved):]
+        return path
+
+    def _replay_renames(self, target: Target, dumpdir: list[bytes]) -> None:
+        """GNU tar's rename commands (``R`` from, ``T`` to, ``X`` a temporary name for empty
+        ones; image paths), replayed under the deletion rule: only what this image directory's
+        earlier restores put there (or this restore moved) is moved, never onto anything."""
+        temporary = b""
+        moved_here: set[bytes] = set()
+        entries = iter(dumpdir)
+        for entry in entries:
+            if entry[:1] == b"X":
+                temporary = clean_path(entry[1:])
+                continue
+            if entry[:1] != b"R":
+                continue
+            follow = next(entries, b"")
+            if follow[:1] != b"T":
+                continue
+            source = clean_path(entry[1:]) or temporary
+            moved = clean_path(follow[1:]) or temporary
+            try:
+                self._rename(target, source, moved, source in moved_here)
+                moved_here.add(moved)
+                self._renames.append((source, moved))
+            except (Refused, OSError, ValueError) as exc:
+                self.warn(f"rename {os.fsdecode(source)} -> {os.fsdecode(moved)} not replayed: "
+                          f"{failure_of(exc).text}")
+
+    def _rename(self, target: Target, source: bytes, moved: bytes, ours: bool) -> None:
+        placed = [self.selection.place(path) if self.selection else path for path in (source, moved)]
+        if None in placed:
+            raise Refused("outside what this restore places")
+        src, dst = (tuple(split_safe(path)) for path in placed)
+        if not src or not dst or dst[:len(src)] == src:
+            raise Refused("not a rename of one entry to another place")
+        src_dir = os.dup(target.directory(src[:-1], create=False))
+        try:
+            if not ours:
+                parent = self._original(source.rpartition(b"/")[0])
+                record = self._record(src_dir)
+                if record is None or record.owner != self._owner(parent) or src[-1] not in record:
+                    raise Refused("no restore of this image put it there")
+            dst_dir = target.directory(dst[:-1], create=False)
+            if target.lstat(dst_dir, dst[-1]) is not None:
+                raise Refused("something is already there")
+            target.forget(src)
+            os.rename(src[-1], dst[-1], src_dir_fd=src_dir, dst_dir_fd=target.directory(dst[:-1], create=False))
+        finally:
+            os.close(src_dir)
 
     def _record(self, fd: int) -> restored.Record | None:
         try:
