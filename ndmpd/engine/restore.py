@@ -100,9 +100,10 @@ class _Journal:
     """One directory restored from a member with a dumpdir: what its record will say."""
 
     owner: bytes
-    listed: frozenset[bytes]                 # the names the dumpdir lists
+    dumpdir: list[bytes]
     before: restored.Record | None           # the record found there, when it is this owner's
-    written: set[bytes] = field(default_factory=set)    # names this restore placed there
+    written: set[bytes] | None               # names this restore placed there; None: a directory this
+                                             # restore made, where all it holds at the end is the image's
 
 
 @dataclass
@@ -233,7 +234,7 @@ class Restorer:
         """``parts`` now holds what the image put there: its directory's record will say so."""
         if parts:
             journal = self._journals.get(parts[:-1])
-            if journal is not None:
+            if journal is not None and journal.written is not None:
                 journal.written.add(parts[-1])
 
     def _done(self, member: Member, placed: bytes, failure: Failure | None) -> None:
@@ -347,7 +348,6 @@ class Restorer:
         """Start the record of a directory with a dumpdir, first deleting what the dumpdir no
         longer lists and this image directory's earlier restores put there."""
         owner = self._owner(path)
-        listed = frozenset(entry[1:] for entry in dumpdir if entry[:1] in b"YND")
         replay = self._replays_deletions()
         if replay and any(entry[:1] == b"R" for entry in dumpdir):
             self._replay_renames(target, dumpdir)
@@ -356,9 +356,11 @@ class Restorer:
         if before is not None and before.owner not in (owner, self._owner(self._original(path))):
             before = None                   # another image directory's: none of its names are ours
         earlier = self._journals.get(parts)
-        self._journals[parts] = _Journal(owner, listed, before, earlier.written if earlier else set())
+        written = earlier.written if earlier else (None if fresh else set())
+        self._journals[parts] = _Journal(owner, dumpdir, before, written)
         if before is None or not replay:
             return
+        listed = _listed(dumpdir)
         with os.scandir(fd) as entries:
             unlisted = [os.fsencode(e.name) for e in entries]
         for name in unlisted:
@@ -675,12 +677,19 @@ class Restorer:
 
     def _write_record(self, fd: int, parts: tuple[bytes, ...], journal: _Journal) -> None:
         """The names this owner's restores have put here and the image still lists, plus what
-        this restore placed (what was deleted is no longer listed, so it drops out)."""
-        names = set(journal.written)
-        if journal.before is not None:
-            names.update(name for name in journal.listed if name in journal.before)
+        this restore placed (what was deleted is no longer listed, so it drops out). In a
+        directory this restore made, that is what it holds now of what the image lists: no
+        per-file bookkeeping (nor its memory) for the common restore into a new place."""
         if self._no_records:
             return
+        listed = _listed(journal.dumpdir)
+        if journal.written is None:
+            with os.scandir(fd) as entries:
+                names = {name for name in map(os.fsencode, (e.name for e in entries)) if name in listed}
+        else:
+            names = set(journal.written)
+            if journal.before is not None:
+                names.update(name for name in listed if name in journal.before)
         try:
             if not restored.write(fd, journal.owner, names):
                 self.warn(f"{os.fsdecode(b'/'.join(parts)) or '.'}: {len(names)} restored names do not fit "
@@ -719,6 +728,11 @@ class Restorer:
         self.result.warnings.add(message)
         if self.report_hook:
             self.report_hook(message)
+
+
+def _listed(dumpdir: list[bytes]) -> set[bytes]:
+    """The names a dumpdir lists (its ``R``/``T``/``X`` entries are commands, not names)."""
+    return {entry[1:] for entry in dumpdir if entry[:1] in b"YND"}
 
 
 def _child_path(path: bytes, name: bytes) -> bytes:
