@@ -262,3 +262,25 @@ def test_a_rename_command_cannot_move_a_foreign_file(tmp_path):
     result = restore_from(write(tmp_path / "r.tar", image), dest)
     assert (dest / "secret").read_text() == "the admin's" and not (dest / "stolen").exists()
     assert any("not replayed" in w for w in result.warnings)
+
+
+def test_a_file_added_after_the_level_0_restore_survives_the_level_1(tmp_path, chain):
+    dest = tmp_path / "dest"
+    restore_from(chain[0], dest)
+    (dest / "sub" / "note").write_text("written by the admin after the restore")
+    (dest / "later").mkdir()
+    restore_from(chain[1], dest)
+    assert (dest / "sub" / "note").exists() and (dest / "later").is_dir()
+    assert not (dest / "sub" / "removed").exists() and not (dest / "top").exists()
+    restore_from(chain[1], dest)                 # and again: the record did not take them in
+    assert (dest / "sub" / "note").exists() and (dest / "later").is_dir()
+
+
+def test_an_image_file_replacing_a_foreign_one_is_the_chains_from_then_on(tmp_path, chain):
+    dest = tmp_path / "dest"
+    (dest / "sub").mkdir(parents=True)
+    (dest / "sub" / "removed").write_text("the admin's, replaced by the image's")
+    restore_from(chain[0], dest)
+    assert (dest / "sub" / "removed").read_text() == "removed later"
+    restore_from(chain[1], dest)
+    assert not (dest / "sub" / "removed").exists()

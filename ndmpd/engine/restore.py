@@ -100,10 +100,7 @@ class _Journal:
     """One directory restored from a member with a dumpdir: what its record will say."""
 
     owner: bytes
-    dumpdir: list[bytes]
-    before: restored.Record | None           # the record found there, when it is this owner's
-    written: set[bytes] | None               # names this restore placed there; None: a directory this
-                                             # restore made, where all it holds at the end is the image's
+    foreign: set[bytes]     # what was there that no restore of this owner put there, nor this one yet
 
 
 @dataclass
@@ -234,8 +231,8 @@ class Restorer:
         """``parts`` now holds what the image put there: its directory's record will say so."""
         if parts:
             journal = self._journals.get(parts[:-1])
-            if journal is not None and journal.written is not None:
-                journal.written.add(parts[-1])
+            if journal is not None and journal.foreign:
+                journal.foreign.discard(parts[-1])      # the image's now
 
     def _done(self, member: Member, placed: bytes, failure: Failure | None) -> None:
         if self.entry_done:
@@ -355,15 +352,17 @@ class Restorer:
         before = None if fresh else self._record(fd)
         if before is not None and before.owner not in (owner, self._owner(self._original(path))):
             before = None                   # another image directory's: none of its names are ours
+        on_disk = [] if fresh else _names_in(fd)
         earlier = self._journals.get(parts)
-        written = earlier.written if earlier else (None if fresh else set())
-        self._journals[parts] = _Journal(owner, dumpdir, before, written)
+        if earlier is not None:             # the same directory again: what it had is known
+            earlier.owner = owner
+        else:
+            foreign = {name for name in on_disk if before is None or name not in before}
+            self._journals[parts] = _Journal(owner, foreign)
         if before is None or not replay:
             return
         listed = _listed(dumpdir)
-        with os.scandir(fd) as entries:
-            unlisted = [os.fsencode(e.name) for e in entries]
-        for name in unlisted:
+        for name in on_disk:
             if name in listed or name not in before:
                 continue
             try:
@@ -676,20 +675,13 @@ class Restorer:
         target.forget()
 
     def _write_record(self, fd: int, parts: tuple[bytes, ...], journal: _Journal) -> None:
-        """The names this owner's restores have put here and the image still lists, plus what
-        this restore placed (what was deleted is no longer listed, so it drops out). In a
-        directory this restore made, that is what it holds now of what the image lists: no
-        per-file bookkeeping (nor its memory) for the common restore into a new place."""
+        """What the directory holds now but what was there before from elsewhere: this
+        owner's earlier restores (less what was deleted) and this restore. Only foreign names are
+        tracked while restoring (usually none), never every file placed."""
         if self._no_records:
             return
-        listed = _listed(journal.dumpdir)
-        if journal.written is None:
-            with os.scandir(fd) as entries:
-                names = {name for name in map(os.fsencode, (e.name for e in entries)) if name in listed}
-        else:
-            names = set(journal.written)
-            if journal.before is not None:
-                names.update(name for name in listed if name in journal.before)
+        foreign = journal.foreign
+        names = {name for name in _names_in(fd) if name not in foreign}
         try:
             if not restored.write(fd, journal.owner, names):
                 self.warn(f"{os.fsdecode(b'/'.join(parts)) or '.'}: {len(names)} restored names do not fit "
@@ -728,6 +720,11 @@ class Restorer:
         self.result.warnings.add(message)
         if self.report_hook:
             self.report_hook(message)
+
+
+def _names_in(fd: int) -> list[bytes]:
+    with os.scandir(fd) as entries:
+        return [os.fsencode(entry.name) for entry in entries]
 
 
 def _listed(dumpdir: list[bytes]) -> set[bytes]:
