@@ -20,9 +20,10 @@ else is inside. The admin's own files, another volume's restores, and a subtree 
 (``sub=``, an nlist ``/sub`` -> ``/vol``: its destination's record, if any, belongs to another
 image directory) are never touched, so selective restores replay deletions under the same rule,
 and nothing above the directories the restore itself places is ever looked at. Without xattrs
-nothing is deleted (one warning says so). Renames need nothing more: our incrementals dump a
-renamed directory whole under its new name and list the old one no more, so the old one goes by
-the same rule; GNU tar's rename commands in a dumpdir (``R``/``T``/``X``) are not replayed.
+nothing is deleted (one warning says so). Renames: our incrementals dump a renamed directory
+whole under its new name and list the old one no more, so the old one goes by the same rule;
+GNU tar's rename commands in a dumpdir (``R``/``T``/``X``) move only what the record of the
+source's directory holds, and never onto an existing entry.
 """
 
 from __future__ import annotations
@@ -481,7 +482,8 @@ class Restorer:
         fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         try:
             record = self._record(fd)
-            if record is None or record.owner != self._owner(image_path):
+            if record is None or record.owner not in (self._owner(image_path),
+                                                      self._owner(self._original(image_path))):
                 return [parent, name, fd, image_path, shown, [], True]
             subdirs, kept = [], False
             with os.scandir(fd) as entries:
