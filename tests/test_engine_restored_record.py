@@ -284,3 +284,47 @@ def test_an_image_file_replacing_a_foreign_one_is_the_chains_from_then_on(tmp_pa
     assert (dest / "sub" / "removed").read_text() == "removed later"
     restore_from(chain[1], dest)
     assert not (dest / "sub" / "removed").exists()
+
+
+def _flat_image(level: int, listed: dict[bytes, bool], subdir: bytes = b"") -> bytes:
+    """An image of one directory (the root, or ``subdir`` in it) whose dumpdir lists ``listed``
+    (name -> whether this image holds it)."""
+    labels = pax.extended_header(pax.pax_record(b"NDMPD.level", b"%d" % level)
+                                 + pax.pax_record(b"NDMPD.volume", b"vol"), pax.XGLTYPE)
+    entries = b"".join((b"Y" if held else b"N") + name + b"\0" for name, held in sorted(listed.items()))
+    head = b"./" + subdir + b"/" if subdir else b"./"
+    image = labels
+    if subdir:
+        image += member(b"./", typeflag=pax.DIRTYPE, mode=0o755,
+                        records=pax.pax_record(b"GNU.dumpdir", b"D" + subdir + b"\0\0"))
+    image += member(head, typeflag=pax.DIRTYPE, mode=0o755, records=pax.pax_record(b"GNU.dumpdir", entries + b"\0"))
+    return image + b"".join(member(head + name, name) for name, held in sorted(listed.items()) if held) + END
+
+
+def test_any_chain_removes_exactly_what_it_restored_and_later_dropped(tmp_path):
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    name = st.binary(min_size=1, max_size=8).filter(lambda n: b"/" not in n and b"\0" not in n
+                                                    and n not in (b".", b".."))
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(image=st.sets(name, max_size=8), dropped=st.sets(name, max_size=8), foreign=st.sets(name, max_size=6),
+           subdir=st.sampled_from([b"", b"sub"]))
+    def chain(image, dropped, foreign, subdir):
+        image, foreign = image | dropped, foreign - image - dropped
+        case = Path(tempfile_dir(tmp_path))
+        dest = case / "dest"
+        (dest / os.fsdecode(subdir)).mkdir(parents=True, exist_ok=True)
+        where = dest / os.fsdecode(subdir)
+        for n in foreign:
+            (where / os.fsdecode(n)).write_bytes(b"foreign")
+        restore_from(write(case / "l0.tar", _flat_image(0, {n: True for n in image}, subdir)), dest)
+        restore_from(write(case / "l1.tar", _flat_image(1, {n: False for n in image - dropped}, subdir)), dest)
+        on_disk = {os.fsencode(n) for n in os.listdir(where)}
+        assert on_disk == (image - dropped) | foreign
+        assert all((where / os.fsdecode(n)).read_bytes() == b"foreign" for n in foreign)
+    chain()
+
+
+def tempfile_dir(base: Path) -> str:
+    import tempfile
+    return tempfile.mkdtemp(dir=base)
