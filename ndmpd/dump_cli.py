@@ -41,8 +41,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     restore.add_argument("--existing", choices=POLICIES, default="overwrite",
                          help="what to do with files already there (default: overwrite)")
     restore.add_argument("--incremental", action=argparse.BooleanOptionalAction, default=None,
-                         help="replay deletions recorded in directory lists (default: when the stream is an "
-                              "incremental; never in a selective restore)")
+                         help="replay deletions and renames recorded in directory lists, of what earlier "
+                              "restores of the same image directories put there only (default: when the "
+                              "stream is an incremental)")
     restore.add_argument("--no-xattrs", action="store_true", help="do not restore extended attributes")
 
 

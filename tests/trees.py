@@ -7,6 +7,7 @@ import os
 import stat
 
 from ndmpd.engine import sparse
+from ndmpd.engine.xattrs import RESERVED_PREFIX
 
 
 def _xattrs(path: bytes) -> dict:
@@ -16,6 +17,8 @@ def _xattrs(path: bytes) -> dict:
         return {}
     out = {}
     for name in names:
+        if name.startswith(RESERVED_PREFIX):
+            continue                 # ndmpd's own bookkeeping (the restore's record), not the tree's
         try:
             out[name] = os.getxattr(path, name, follow_symlinks=False)
         except OSError:

@@ -11,12 +11,19 @@ restore had to create get the image's metadata when the image has them, else the
 ``mkdir -p`` would give. A target that existed before the restore keeps its own mode,
 owner and xattrs (the image's root entry must never widen access to it).
 
-Deletions recorded in an incremental's dumpdirs are replayed only when the whole image is
-restored (no selection, or one pick of the image root): then every directory lands on its
-own image path below where the image root goes, and what the dumpdir does not list there is
-what the chain restored and later removed. A selective restore never deletes: a picked
-subtree placed elsewhere (``sub=``, an nlist ``/sub`` -> ``/vol``) would otherwise wipe the
-unrelated contents of its destination.
+Deletions recorded in an incremental's dumpdirs remove only what an earlier restore of the
+same image directory put into that very directory: every directory restored from a member with
+a dumpdir gets a record of the names this chain placed there (restored.py, an xattr on the
+directory), and a name on disk the dumpdir no longer lists is deleted only when that record
+holds it; a directory so deleted loses only what its own record holds, so it stays when anything
+else is inside. The admin's own files, another volume's restores, and a subtree placed elsewhere
+(``sub=``, an nlist ``/sub`` -> ``/vol``: its destination's record, if any, belongs to another
+image directory) are never touched, so selective restores replay deletions under the same rule,
+and nothing above the directories the restore itself places is ever looked at. Without xattrs
+nothing is deleted (one warning says so). Renames: our incrementals dump a renamed directory
+whole under its new name and list the old one no more, so the old one goes by the same rule;
+GNU tar's rename commands in a dumpdir (``R``/``T``/``X``) move only what the record of the
+source's directory holds, and never onto an existing entry.
 """
 
 from __future__ import annotations
@@ -29,12 +36,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import pax, sparse, xattrs
+from . import pax, restored, sparse, xattrs
 from .reader import (ByteSource, Member, ReadCancelled, StreamError, StreamReader, TruncatedStream,
                      member_problem)
 from .select import Pick, Selection, clean_path
 from .report import INVALID, Failure, Messages, bounded, failure_of
-from .target import Refused, Target, fd_path, split_safe
+from .target import DIR_FLAGS, Refused, Target, fd_path, split_safe
 
 POLICIES = ("overwrite", "keep", "newer")
 _KINDS = {pax.REGTYPE: "file", pax.AREGTYPE: "file", pax.CONTTYPE: "file", pax.LNKTYPE: "hard link",
@@ -90,6 +97,14 @@ class RestoreResult:
 
 
 @dataclass
+class _Journal:
+    """One directory restored from a member with a dumpdir: what its record will say."""
+
+    owner: bytes
+    foreign: set[bytes]     # what was there that no restore of this owner put there, nor this one yet
+
+
+@dataclass
 class _DirMeta:
     parts: tuple[bytes, ...]
     member: Member
@@ -130,14 +145,15 @@ class Restorer:
         self._ancestors: dict[bytes, Member] = {}     # unselected image directories above a pick
         self._pick_sources = tuple(pick.source for pick in self.selection.picks if pick.source)
         self._stands_for = _directories_above(self.selection.picks)
+        self._journals: dict[tuple[bytes, ...], _Journal] = {}
+        self._renames: list[tuple[bytes, bytes]] = []   # (from, to) image paths this restore replayed
+        self._no_records = ""                          # why records cannot be kept (warned once)
 
     def run(self, offset: int = 0) -> RestoreResult:
         """Restore the stream, which starts at stream ``offset`` (a header boundary)."""
         if offset:
             self._seek(offset)
         self._target_existed = os.path.isdir(self.target_path)
-        if self.options.incremental and not self.selection.whole_image():
-            self.warn("a selective restore replays no deletions (only a restore of the whole image does)")
         target = Target(self.target_path)
         reader = StreamReader(self.source, offset, warn=self.warn, cancel=self.cancel)
         self._labels = reader.labels
@@ -196,7 +212,8 @@ class Restorer:
                     return
                 self._mark(path)
                 parts = tuple(split_safe(placed))
-            self._extract(target, reader, member, path, parts)
+            if self._extract(target, reader, member, path, parts):
+                self._note_written(parts)
         except (StreamError, RestoreAborted):
             raise
         except Exception as exc:                       # this member's own failure, whatever it is
@@ -211,22 +228,29 @@ class Restorer:
         prefix = path + b"/" if path else b""
         return any(source.startswith(prefix) for source in self._pick_sources)
 
+    def _note_written(self, parts: tuple[bytes, ...]) -> None:
+        """``parts`` now holds what the image put there: its directory's record will say so."""
+        if parts:
+            journal = self._journals.get(parts[:-1])
+            if journal is not None and journal.foreign:
+                journal.foreign.discard(parts[-1])      # the image's now
+
     def _done(self, member: Member, placed: bytes, failure: Failure | None) -> None:
         if self.entry_done:
             self.entry_done(member, placed, failure)
 
     def _extract(self, target: Target, reader: StreamReader, member: Member, path: bytes,
-                 parts: tuple[bytes, ...]) -> None:
+                 parts: tuple[bytes, ...]) -> bool:
+        """Place one member; True when it is now at ``parts`` (False: kept out by the policy,
+        or a hard link fetched at the end)."""
         kind = member.typeflag
         if not parts:                       # the root of the dump: the target itself
             if kind != pax.DIRTYPE:
                 raise Refused(f"a {_KINDS.get(kind, 'non-directory')} entry named "
                               f"{os.fsdecode(member.name)!r} would be the restore target itself", INVALID)
-            self._directory(target, member, path, parts)
-            return
+            return self._directory(target, member, path, parts)
         if kind == pax.DIRTYPE:
-            self._directory(target, member, path, parts)
-            return
+            return self._directory(target, member, path, parts)
         dir_fd = target.directory(parts[:-1])
         name = parts[-1]
         if kind in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE):
@@ -236,15 +260,15 @@ class Restorer:
                 fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
             except FileExistsError:
                 if not self._make_room(target, parts, dir_fd, name, member):
-                    return
+                    return False
                 fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
             self._regular(reader, member, fd, dir_fd, name, settled)
-            return
+            return True
         if not self._make_room(target, parts, dir_fd, name, member):
-            return
+            return False
         if kind == pax.LNKTYPE:
-            self._hard_link(target, member, dir_fd, name, parts)
-        elif kind == pax.SYMTYPE:
+            return self._hard_link(target, member, dir_fd, name, parts)
+        if kind == pax.SYMTYPE:
             os.symlink(member.linkname, name, dir_fd=dir_fd)
             self._metadata_path(dir_fd, name, member)
         elif kind in (pax.CHRTYPE, pax.BLKTYPE):
@@ -258,6 +282,7 @@ class Restorer:
             self._metadata_path(dir_fd, name, member)
         else:
             raise Refused(f"unknown member type {kind!r}")
+        return True
 
     def _created_settled(self, target: Target, dir_fd: int, member: Member) -> bool:
         """True when a file created with the member's mode already has its final owner and
@@ -287,41 +312,193 @@ class Restorer:
 
     # -- kinds ---------------------------------------------------------------------------
 
-    def _directory(self, target: Target, member: Member, path: bytes, parts: tuple[bytes, ...]) -> None:
+    def _directory(self, target: Target, member: Member, path: bytes, parts: tuple[bytes, ...]) -> bool:
         existed = self._target_existed
         if parts:
             parent = target.directory(parts[:-1])
             existing = target.lstat(parent, parts[-1])
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
                 if not self._make_room(target, parts, parent, parts[-1], member):
-                    return
+                    return False
                 existing = None
             existed = existing is not None and parts not in target.created
         fd = target.directory(parts)
-        if member.dumpdir is not None and self._replay_deletions(path):
-            self._delete_missing(target, parts, fd, member.dumpdir)
+        if member.dumpdir is not None:
+            self._journal(target, parts, path, fd, member.dumpdir, fresh=not existed)
         # where the restore goes (the target, or where the image's root is placed) keeps its own
         # mode, owner and xattrs when it was there before: the image must not widen access to it
         self._dirs.append(_DirMeta(parts, member, existed and (not parts or not path)))
+        return True
 
-    def _replay_deletions(self, path: bytes) -> bool:
-        """Only in a restore of the whole image (see the module's docstring for why)."""
-        if not self.selection.whole_image():
-            return False
+    def _replays_deletions(self) -> bool:
+        """An incremental (by the option, else by the image's level) replays its deletions."""
         wanted = self.options.incremental
         if wanted is None:
             level = self._labels.get("level", "0") or "0"
             wanted = level.isdigit() and int(level) > 0
         return wanted
 
-    def _delete_missing(self, target: Target, parts: tuple[bytes, ...], fd: int, dumpdir: list[bytes]) -> None:
-        keep = {entry[1:] for entry in dumpdir}
-        with os.scandir(fd) as entries:
-            gone = [os.fsencode(e.name) for e in entries if os.fsencode(e.name) not in keep]
-        for name in gone:
-            st = target.lstat(fd, name)
-            if st is not None:
-                target.remove(parts + (name,), fd, name, st)
+    def _owner(self, path: bytes) -> bytes:
+        return restored.owner_of(self._labels.get("volume", ""), path)
+
+    def _journal(self, target: Target, parts: tuple[bytes, ...], path: bytes, fd: int,
+                 dumpdir: list[bytes], fresh: bool) -> None:
+        """Start the record of a directory with a dumpdir, first deleting what the dumpdir no
+        longer lists and this image directory's earlier restores put there."""
+        owner = self._owner(path)
+        replay = self._replays_deletions()
+        if replay and any(entry[:1] == b"R" for entry in dumpdir):
+            self._replay_renames(target, dumpdir)
+            fd = target.directory(parts)
+        before = None if fresh else self._record(fd)
+        if before is not None and before.owner not in (owner, self._owner(self._original(path))):
+            before = None                   # another image directory's: none of its names are ours
+        on_disk = [] if fresh else _names_in(fd)
+        earlier = self._journals.get(parts)
+        if earlier is not None:             # the same directory again: what it had is known
+            earlier.owner = owner
+        else:
+            foreign = {name for name in on_disk if before is None or name not in before}
+            self._journals[parts] = _Journal(owner, foreign)
+        if before is None or not replay:
+            return
+        listed = _listed(dumpdir)
+        for name in on_disk:
+            if name in listed or name not in before:
+                continue
+            try:
+                st = target.lstat(fd, name)
+                if st is not None:
+                    self._remove_restored(target, parts + (name,), fd, name, st, path)
+            except OSError as exc:
+                self.warn(f"{os.fsdecode(b'/'.join(parts + (name,)))}: no longer in the image, but not "
+                          f"deleted: {failure_of(exc).text}")
+
+    def _original(self, path: bytes) -> bytes:
+        """The image path ``path`` had before the renames this restore replayed."""
+        for source, moved in reversed(self._renames):
+            if path == moved or path.startswith(moved + b"/"):
+                path = source + path[len(moved):]
+        return path
+
+    def _replay_renames(self, target: Target, dumpdir: list[bytes]) -> None:
+        """GNU tar's rename commands (``R`` from, ``T`` to, ``X`` a temporary name for empty
+        ones; image paths), replayed under the deletion rule: only what this image directory's
+        earlier restores put there (or this restore moved) is moved, never onto anything."""
+        temporary = b""
+        moved_here: set[bytes] = set()
+        entries = iter(dumpdir)
+        for entry in entries:
+            if entry[:1] == b"X":
+                temporary = clean_path(entry[1:])
+                continue
+            if entry[:1] != b"R":
+                continue
+            follow = next(entries, b"")
+            if follow[:1] != b"T":
+                continue
+            source = clean_path(entry[1:]) or temporary
+            moved = clean_path(follow[1:]) or temporary
+            try:
+                self._rename(target, source, moved, source in moved_here)
+                moved_here.add(moved)
+                self._renames.append((source, moved))
+            except (Refused, OSError, ValueError) as exc:
+                self.warn(f"rename {os.fsdecode(source)} -> {os.fsdecode(moved)} not replayed: "
+                          f"{failure_of(exc).text}")
+
+    def _rename(self, target: Target, source: bytes, moved: bytes, ours: bool) -> None:
+        placed = [self.selection.place(path) if self.selection else path for path in (source, moved)]
+        if None in placed:
+            raise Refused("outside what this restore places")
+        src, dst = (tuple(split_safe(path)) for path in placed)
+        if not src or not dst or dst[:len(src)] == src:
+            raise Refused("not a rename of one entry to another place")
+        src_dir = os.dup(target.directory(src[:-1], create=False))
+        try:
+            if not ours:
+                parent = self._original(source.rpartition(b"/")[0])
+                record = self._record(src_dir)
+                if record is None or record.owner != self._owner(parent) or src[-1] not in record:
+                    raise Refused("no restore of this image put it there")
+            dst_dir = target.directory(dst[:-1], create=False)
+            if target.lstat(dst_dir, dst[-1]) is not None:
+                raise Refused("something is already there")
+            target.forget(src)
+            os.rename(src[-1], dst[-1], src_dir_fd=src_dir, dst_dir_fd=target.directory(dst[:-1], create=False))
+        finally:
+            os.close(src_dir)
+
+    def _record(self, fd: int) -> restored.Record | None:
+        try:
+            return restored.read(fd)
+        except restored.Unsupported as exc:
+            self._cannot_record(exc)
+            return None
+
+    def _cannot_record(self, exc: Exception) -> None:
+        if not self._no_records:
+            self._no_records = str(exc)
+            self.warn(f"cannot keep the record of restored names here ({exc}): incrementals restored "
+                      "here delete nothing")
+
+    def _remove_restored(self, target: Target, parts: tuple[bytes, ...], fd: int, name: bytes,
+                         st: os.stat_result, path: bytes) -> None:
+        """Remove what this image directory's restores put at ``name``: anything but a directory
+        outright; a directory only as far as its own records reach, iteratively (any depth)."""
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=fd)
+            return
+        target.forget(parts)
+        stack = [self._emptied_by_record(fd, name, _child_path(path, name), b"/".join(parts))]
+        try:
+            while stack:
+                parent, current, dir_fd, image_path, shown, subdirs, kept = stack[-1]
+                if subdirs:
+                    child = subdirs.pop()
+                    stack.append(self._emptied_by_record(dir_fd, child, _child_path(image_path, child),
+                                                         shown + b"/" + child))
+                    continue
+                stack.pop()
+                os.close(dir_fd)
+                if not kept:
+                    try:
+                        os.rmdir(current, dir_fd=parent)
+                    except OSError:
+                        kept = True
+                if kept:
+                    self.warn(f"{os.fsdecode(shown)}: no longer in the image, but kept: it holds what "
+                              "no restore of it put there")
+                    if stack:
+                        stack[-1][6] = True
+        finally:
+            for frame in stack:
+                os.close(frame[2])
+
+    def _emptied_by_record(self, parent: int, name: bytes, image_path: bytes, shown: bytes) -> list:
+        """Open directory ``name``, unlink the non-directories its record holds, and list the
+        subdirectories it holds: [parent, name, fd, image path, shown path, subdirectories,
+        whether something stays]."""
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        try:
+            record = self._record(fd)
+            if record is None or record.owner not in (self._owner(image_path),
+                                                      self._owner(self._original(image_path))):
+                return [parent, name, fd, image_path, shown, [], True]
+            subdirs, kept = [], False
+            with os.scandir(fd) as entries:
+                children = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in entries]
+            for child, is_dir in children:
+                if child not in record:
+                    kept = True
+                elif is_dir:
+                    subdirs.append(child)
+                else:
+                    os.unlink(child, dir_fd=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return [parent, name, fd, image_path, shown, subdirs, kept]
 
     def _regular(self, reader: StreamReader, member: Member, fd: int, dir_fd: int, name: bytes,
                  settled: bool) -> None:
@@ -368,7 +545,7 @@ class Restorer:
         os.ftruncate(fd, member.realsize or 0)
 
     def _hard_link(self, target: Target, member: Member, dir_fd: int, name: bytes,
-                   parts: tuple[bytes, ...]) -> None:
+                   parts: tuple[bytes, ...]) -> bool:
         source = clean_path(member.linkname)
         placed = self.selection.place(source)
         existing = None
@@ -385,11 +562,12 @@ class Restorer:
                         follow_symlinks=False)
             finally:
                 os.close(src_dir)
-            return
+            return True
         if member.link_offset is None or member.link_offset >= member.offset or not self._can_seek_back():
             raise Refused(f"hard link to {os.fsdecode(source)}, which this restore does not include "
                           "(select that name too, or restore with direct access)")
         self._lone_links.setdefault(member.link_offset, []).append((member, parts))   # fetched at the end
+        return False
 
     def _can_seek_back(self) -> bool:
         if not isinstance(self.source, int):
@@ -416,9 +594,11 @@ class Restorer:
                 try:
                     fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=dir_fd)
                     self._regular(reader, first, fd, dir_fd, parts[-1], False)
+                    self._note_written(parts)
                     for _, more in links[1:]:
                         os.link(parts[-1], more[-1], src_dir_fd=dir_fd, dst_dir_fd=target.directory(more[:-1]),
                                 follow_symlinks=False)
+                        self._note_written(more)
                 finally:
                     os.close(dir_fd)
             except StreamError as exc:
@@ -482,6 +662,9 @@ class Restorer:
         for parts, member, keep_own in sorted(work, key=lambda item: len(item[0]), reverse=True):
             try:
                 fd = target.directory(parts, create=False) if parts else target.fd
+                journal = self._journals.get(parts)
+                if journal is not None:
+                    self._write_record(fd, parts, journal)
                 if member is None:
                     os.fchmod(fd, 0o777 & ~self._umask)
                 elif keep_own:
@@ -492,6 +675,21 @@ class Restorer:
                 self.warn(f"{os.fsdecode(b'/'.join(parts)) or '.'}: directory metadata not "
                           f"restored: {failure_of(exc).text}")
         target.forget()
+
+    def _write_record(self, fd: int, parts: tuple[bytes, ...], journal: _Journal) -> None:
+        """What the directory holds now but what was there before from elsewhere: this
+        owner's earlier restores (less what was deleted) and this restore. Only foreign names are
+        tracked while restoring (usually none), never every file placed."""
+        if self._no_records:
+            return
+        foreign = journal.foreign
+        names = {name for name in _names_in(fd) if name not in foreign}
+        try:
+            if not restored.write(fd, journal.owner, names):
+                self.warn(f"{os.fsdecode(b'/'.join(parts)) or '.'}: {len(names)} restored names do not fit "
+                          "in an xattr here: incrementals restored here will delete nothing in it")
+        except restored.Unsupported as exc:
+            self._cannot_record(exc)
 
     # -- selection progress ----------------------------------------------------------------
 
@@ -524,6 +722,20 @@ class Restorer:
         self.result.warnings.add(message)
         if self.report_hook:
             self.report_hook(message)
+
+
+def _names_in(fd: int) -> list[bytes]:
+    with os.scandir(fd) as entries:
+        return [os.fsencode(entry.name) for entry in entries]
+
+
+def _listed(dumpdir: list[bytes]) -> set[bytes]:
+    """The names a dumpdir lists (its ``R``/``T``/``X`` entries are commands, not names)."""
+    return {entry[1:] for entry in dumpdir if entry[:1] in b"YND"}
+
+
+def _child_path(path: bytes, name: bytes) -> bytes:
+    return path + b"/" + name if path else name
 
 
 def _directories_above(picks: list[Pick]) -> dict[bytes, bytes]:

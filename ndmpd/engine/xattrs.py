@@ -1,4 +1,7 @@
-"""Extended attributes (POSIX ACLs included, as ``system.posix_acl_*``) in ``SCHILY.xattr.*`` records."""
+"""Extended attributes (POSIX ACLs included, as ``system.posix_acl_*``) in ``SCHILY.xattr.*`` records.
+
+Names under ``user.ndmpd.`` are ndmpd's own bookkeeping (restored.py): dumps leave them out and
+restores refuse them, so no image can claim that a restore put something somewhere."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import os
 from .pax import pax_record
 
 PREFIX = b"SCHILY.xattr."
+RESERVED_PREFIX = "user.ndmpd."
+_RESERVED = RESERVED_PREFIX.encode()
 _UNSUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA, errno.EPERM, errno.EACCES)
 
 
@@ -22,6 +27,8 @@ def read_records(target: int | str, follow: bool = False) -> bytes:
         raise
     records = b""
     for name in sorted(names):
+        if name.startswith(RESERVED_PREFIX):
+            continue
         try:
             value = os.getxattr(target, name, follow_symlinks=follow) if isinstance(target, str) \
                 else os.getxattr(target, name)
@@ -38,6 +45,9 @@ def apply(target: int | str, xattrs: list[tuple[bytes, bytes]], follow: bool = F
     refused = []
     for key, value in xattrs:
         name = key.decode("utf-8", "surrogateescape")
+        if key.startswith(_RESERVED):
+            refused.append(f"xattr {name}: reserved for ndmpd's own bookkeeping; not restored")
+            continue
         try:
             if isinstance(target, str):
                 os.setxattr(target, name, value, follow_symlinks=follow)
