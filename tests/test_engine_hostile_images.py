@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -23,6 +25,7 @@ from ndmpd.engine.select import Pick
 from ndmpd.engine.target import Target
 from tests.engine_helpers import IS_ROOT, restore_from
 
+T = TypeVar("T")
 TREE = Path(__file__).resolve().parent.parent
 WRITER = pax.HeaderWriter()
 END = bytes(1024)
@@ -44,6 +47,16 @@ def negative_size_header(typeflag: bytes) -> bytes:
     block[148:156] = b" " * 8
     block[148:156] = b"%06o\0 " % pax.block_sum(bytes(block))
     return bytes(block)
+
+
+def peak_memory(work: Callable[[], T]) -> tuple[T, int]:
+    """What ``work`` returns, and the most memory Python held while it ran."""
+    tracemalloc.start()
+    try:
+        result = work()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def write(path: Path, stream: bytes) -> Path:
@@ -89,12 +102,7 @@ def test_consecutive_extended_headers_are_capped_in_total(tmp_path):
     chunk = b"x" * ((1 << 20) - 64)
     heads = b"".join(pax.extended_header(pax.pax_record(b"k%d" % n, chunk)) for n in range(24))
     stream = write(tmp_path / "many.tar", heads + member(b"victim", b"v") + member(b"survivor", b"s") + END)
-    tracemalloc.start()
-    try:
-        result = restore_from(stream, tmp_path / "out")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    result, peak = peak_memory(lambda: restore_from(stream, tmp_path / "out"))
     assert peak < 12 << 20, f"{peak} bytes held"
     assert sorted(os.listdir(tmp_path / "out")) == ["survivor"]
     assert any("extended header" in w for w in result.warnings)
@@ -106,12 +114,7 @@ def test_global_headers_are_capped_in_total(tmp_path):
     stream = write(tmp_path / "globals.tar", globals_ + member(b"file", b"f") + END)
     with open(stream, "rb") as source:
         reader = StreamReader(source.fileno())
-        tracemalloc.start()
-        try:
-            names = [m.name for m in reader.members()]
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        names, peak = peak_memory(lambda: [m.name for m in reader.members()])
     assert names == [b"file"]
     assert peak < 8 << 20, f"{peak} bytes held"
 
@@ -393,12 +396,7 @@ def test_a_long_sparse_map_stays_small_in_memory(tmp_path):
                + pax.pax_record(b"GNU.sparse.realsize", b"%d" % (2 * count)))
     head = pax.extended_header(records) + pax.ustar_block(b"many", 0o644, 0, 0, len(data), 0, pax.REGTYPE)
     stream = write(tmp_path / "s.tar", head + data + bytes(pax.round_up(len(data)) - len(data)) + END)
-    tracemalloc.start()
-    try:
-        result = restore_from(stream, tmp_path / "out")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    result, peak = peak_memory(lambda: restore_from(stream, tmp_path / "out"))
     assert result.refused == []
     assert os.path.getsize(tmp_path / "out" / "many") == 2 * count
     assert peak < 8 << 20, f"{peak} bytes held for the map"     # as tuples it took 18 MiB
