@@ -71,13 +71,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return overrides
 
 
-def _loader(args: argparse.Namespace) -> Callable[[], Config]:
-    """Reads the configuration (again, on SIGHUP) with the command line's overrides."""
-    overrides = _overrides(args)
+def _read(args: argparse.Namespace) -> tuple[Config, str | None]:
+    """The file (or the embedded default) with the command line's overrides and --log-level;
+    the second value is the embedded default's password when it was just generated."""
+    overrides = _overrides(args)            # validates --listen either way
     if args.config is not None:
-        return lambda: _cli_level(load(args.config, overrides), args)
-    state_dir = args.state_dir.expanduser().resolve() if args.state_dir else None
-    return lambda: _cli_level(embedded_default(state_dir, args.listen)[0], args)
+        config, new_password = load(args.config, overrides), None
+    else:
+        state_dir = args.state_dir.expanduser().resolve() if args.state_dir else None
+        config, new_password = embedded_default(state_dir, args.listen)
+    return _cli_level(config, args), new_password
+
+
+def _loader(args: argparse.Namespace) -> Callable[[], Config]:
+    """Reads the configuration again on SIGHUP, as at start."""
+    return lambda: _read(args)[0]
 
 
 def _cli_level(config: Config, args: argparse.Namespace) -> Config:
@@ -88,11 +96,9 @@ def _cli_level(config: Config, args: argparse.Namespace) -> Config:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    config, new_password = _read(args)
     if args.config is not None:
-        return load(args.config, _overrides(args))
-    _overrides(args)                    # validates --listen
-    state_dir = args.state_dir.expanduser().resolve() if args.state_dir else None
-    config, new_password = embedded_default(state_dir, args.listen)
+        return config
     user = config.users[0]
     if new_password:
         print(f"ndmpd: generated password for user '{user.name}': {new_password}", file=sys.stderr)
@@ -109,15 +115,14 @@ def serve(args: argparse.Namespace) -> int:
 
     from .context import ServerContext      # imported here: dump/restore start faster without them
     from .server import NdmpServer
-    from .snapshots import remove_stale
-    config = _cli_level(_load(args), args)
+    config = _load(args)
     _setup_logging(config.server.log_level)
     try:
         config.server.state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"server.state_dir: cannot keep state in {config.server.state_dir}: "
                           f"{exc.strerror or exc}") from None
-    remove_stale([volume.path for volume in config.volumes], config.server.state_dir)
+    _remove_stale(config)
     notifier = Notifier()
     holder: list[NdmpServer] = []
 
@@ -134,11 +139,17 @@ def serve(args: argparse.Namespace) -> int:
         print(f"ndmpd: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if holder:
-        _exit_despite_stuck_jobs(holder[0], remove_stale)
+        _exit_despite_stuck_jobs(holder[0])
     return 0
 
 
-def _exit_despite_stuck_jobs(server: "NdmpServer", remove_stale: Callable) -> None:
+def _remove_stale(config: Config) -> None:
+    """Snapshots a killed or stuck job left in any volume (whatever its mode: a DMA may ask)."""
+    from .snapshots import remove_stale
+    remove_stale([volume.path for volume in config.volumes], config.server.state_dir)
+
+
+def _exit_despite_stuck_jobs(server: "NdmpServer") -> None:
     """A job thread stuck past server.shutdown_timeout (e.g. in a device call) would keep the
     interpreter waiting at exit for ever: remove what jobs leave behind and exit now."""
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
@@ -149,7 +160,7 @@ def _exit_despite_stuck_jobs(server: "NdmpServer", remove_stale: Callable) -> No
     if not stuck and not server.stuck:
         return
     ctx = server.ctx
-    remove_stale([volume.path for volume in ctx.config.volumes], ctx.config.server.state_dir)
+    _remove_stale(ctx.config)
     log.error("%d sessions and %d threads did not stop within server.shutdown_timeout "
               "(%g s); exiting anyway", server.stuck, len(stuck), ctx.config.server.shutdown_timeout)
     logging.shutdown()

@@ -247,11 +247,7 @@ class NdmpServer:
         if conn is None or conn.session.closed:
             return
         log.warning("%s: closing: %s", conn.session.peer, reason)
-        conn.session.shutdown(reason)
-        out = conn.session.data_to_send()
-        if out and not conn.writer.is_closing():
-            conn.writer.write(out)
-        _close(conn.writer)
+        _say_goodbye(conn, reason)
         conn.edge.wakeup.set()
 
     # ------------------------------------------------------- signals, reload
@@ -306,11 +302,7 @@ class NdmpServer:
         for server in self._servers:
             server.close()
         for conn in list(self._connections.values()):
-            conn.session.shutdown()
-            out = conn.session.data_to_send()
-            if out and not conn.writer.is_closing():
-                conn.writer.write(out)
-            _close(conn.writer)         # the pump sees EOF; a device call in progress finishes first
+            _say_goodbye(conn)          # the pump sees EOF; a device call in progress finishes first
             if not conn.session.authenticated:
                 conn.edge.wakeup.set()  # a throttled login has nothing to finish
         if self._tasks:
@@ -366,6 +358,19 @@ def _in_daemon_thread(fn: Callable[[], Any], name: str) -> asyncio.Future:
             pass
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+def _say_goodbye(conn: _Connection, reason: str | None = None) -> None:
+    """Tell the peer why (NOTIFY_CONNECTION_STATUS SHUTDOWN; by default the server is going
+    away), flush what is queued, close."""
+    if reason is None:
+        conn.session.shutdown()
+    else:
+        conn.session.shutdown(reason)
+    out = conn.session.data_to_send()
+    if out and not conn.writer.is_closing():
+        conn.writer.write(out)
+    _close(conn.writer)
 
 
 def _family(addr: ListenAddress) -> int:
