@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(amanda-common tshark btrfs-progs systemd)   # systemd: systemd-analyze verify of conf/ndmpd.service
+# systemd: systemd-analyze verify of conf/ndmpd.service; amanda-server and libencode-locale-perl:
+# Amanda's ndmp: device, chg-ndmp and amtape/amlabel (tests/interop/test_amanda_*.py)
+packages=(amanda-common amanda-server libencode-locale-perl tshark btrfs-progs systemd)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -138,3 +138,6 @@ def tshark_capture(tmp_path):
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
+
+
+from tests.interop.amanda import amanda  # noqa: E402,F401  (fixture for test_amanda_*.py)
