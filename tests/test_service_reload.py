@@ -134,7 +134,7 @@ drives = ["ltape0"]
 """
 
 
-async def test_a_library_survives_a_reload_and_stays_held_by_its_session(tmp_path):
+async def test_a_library_survives_a_reload_and_stays_open_in_its_session(tmp_path):
     path = write(tmp_path)
     path.write_text(path.read_text() + LIBRARY.format(lib=tmp_path / "vlib0"))
     srv = NdmpServer(ServerContext(load(path)), reload_config=lambda: load(path))
@@ -146,11 +146,11 @@ async def test_a_library_survives_a_reload_and_stays_held_by_its_session(tmp_pat
     assert srv.reload()
     assert srv.ctx.changers.libraries["vlib0"] is library        # unchanged: the same library, not a second
     new = await asyncio.to_thread(session, host, port)
-    with pytest.raises(NdmpReplyError, match="DEVICE_BUSY"):
-        await asyncio.to_thread(new.call, "SCSI_OPEN", device="vlib0")
+    await asyncio.to_thread(new.call, "SCSI_OPEN", device="vlib0")       # shared, as a real changer
+    assert srv.ctx.changers.open_count("vlib0") == 2                      # both registries see both
     await asyncio.to_thread(old.call, "SCSI_CLOSE")
-    await asyncio.to_thread(new.call, "SCSI_OPEN", device="vlib0")
     await asyncio.to_thread(new.call, "SCSI_CLOSE")
+    assert srv.ctx.changers.open_count("vlib0") == 0
     for client in (old, new):
         await asyncio.to_thread(client.close)
     srv.stop()

@@ -1,13 +1,21 @@
-"""The server's changers by name, and which session holds each (one at a time)."""
+"""The server's changers by name, shared by every session that opens one.
+
+A real changer behind ``sg`` accepts several openers, so SCSI_OPEN of a changer never
+refuses for another session: each changer has one lock, and every CDB (and reset) on it
+runs under that lock, so a MOVE MEDIUM is never interleaved with another session's
+command and the library's state never sees interleaved writes. Each session gets its own
+handle (its own sense data, as each initiator has its own on a real bus); a real changer's
+device is opened once, for the first opener, and closed after the last.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Protocol
 
 from ..config import Changer
 from ..devices.registry import DriveRegistry
-from ..devices.holders import Holders
 from .library import VirtualLibrary
 from .sense import CdbResult
 from .sg import SgDevice
@@ -21,8 +29,46 @@ class ChangerDevice(Protocol):
     def close(self) -> None: ...
 
 
+class SerialisedChanger:
+    """One session's handle on a changer: its calls run one at a time with every other
+    session's on the same changer (``lock``). Closing the handle leaves the device open."""
+
+    def __init__(self, device: ChangerDevice, lock: threading.Lock) -> None:
+        self._device, self._lock = device, lock
+
+    def execute(self, cdb: bytes, datain_len: int = 0, data_out: bytes = b"", timeout_ms: int = 0) -> CdbResult:
+        with self._lock:
+            return self._device.execute(cdb, datain_len, data_out, timeout_ms)
+
+    def reset(self, bus: bool = False) -> None:
+        with self._lock:
+            self._device.reset(bus)
+
+    def address(self) -> tuple[int, int, int]:
+        with self._lock:
+            return self._device.address()
+
+    def close(self) -> None:
+        """The registry closes the device itself after its last opener."""
+
+
+class Openers:
+    """Who has each changer open, each changer's lock, and the real changers' open devices;
+    shared by a registry and the ones reloads make from it."""
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.sessions: dict[str, set[object]] = {}
+        self.locks: dict[str, threading.Lock] = {}
+        self.devices: dict[str, ChangerDevice] = {}
+
+    def lock(self, name: str) -> threading.Lock:
+        with self.guard:
+            return self.locks.setdefault(name, threading.Lock())
+
+
 class ChangerRegistry:
-    """Virtual libraries live as long as the server; a real changer is opened per holder."""
+    """Virtual libraries live as long as the server; a real changer is open while any session has it open."""
 
     def __init__(self, changers: tuple[Changer, ...], drives: DriveRegistry,
                  open_sg: Callable[[str], ChangerDevice] = SgDevice) -> None:
@@ -30,29 +76,24 @@ class ChangerRegistry:
         self._drives = drives
         self._open_sg = open_sg
         self.libraries: dict[str, VirtualLibrary] = {}
-        self._emulators: dict[str, SmcEmulator] = {}
         for c in changers:
             if c.kind == "virtual":
-                library = VirtualLibrary(c.name, c.path, c.drives, c.slots, c.import_export,
-                                         drives.change_cartridge)
-                self.libraries[c.name] = library
-                self._emulators[c.name] = SmcEmulator(library, self._drive_busy)
-        self._holders = Holders()
-        self._open: dict[str, ChangerDevice] = {}      # real changers, open while held
+                self.libraries[c.name] = VirtualLibrary(c.name, c.path, c.drives, c.slots, c.import_export,
+                                                        drives.change_cartridge)
+        self._openers = Openers()
 
     def reconfigured(self, changers: tuple[Changer, ...], drives: DriveRegistry) -> "ChangerRegistry":
-        """The registry for a reloaded configuration, sharing this one's holders (a changer a
-        running session holds stays held). A virtual library whose definition and drives are
-        unchanged is kept as it is; call :meth:`start` on the result to load new libraries' drives."""
+        """The registry for a reloaded configuration, sharing this one's openers and locks (a
+        changer a running session has open stays open, and its CDBs stay serialised with the
+        new sessions'). A virtual library whose definition and drives are unchanged is kept as
+        it is; call :meth:`start` on the result to load new libraries' drives."""
         kept = {c.name for c in changers if self.configs.get(c.name) == c and c.kind == "virtual"
                 and all(drives.configs.get(d) == self._drives.configs.get(d) for d in c.drives)}
         new = ChangerRegistry(tuple(c for c in changers if c.name not in kept), drives, self._open_sg)
         new.configs = {c.name: c for c in changers}
         for name in kept:
             new.libraries[name] = self.libraries[name]
-            new._emulators[name] = self._emulators[name]
-        new._holders = self._holders
-        new._open = self._open
+        new._openers = self._openers
         return new
 
     def start(self) -> None:
@@ -68,25 +109,36 @@ class ChangerRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self.configs
 
-    def acquire(self, name: str, owner: object, patience: float = 0.0) -> ChangerDevice:
-        """Reserve changer ``name`` (KeyError: none such; DeviceBusy: held; OSError: cannot open).
-        ``patience``: how long to wait for a closed session still giving it back."""
+    def acquire(self, name: str, owner: object) -> ChangerDevice:
+        """Open changer ``name`` for ``owner``, alongside any other session that has it open
+        (KeyError: none such; OSError: the real changer cannot be opened)."""
         config = self.configs[name]
-        self._holders.claim(name, owner, patience)
-        if config.kind == "virtual":
-            return self._emulators[name]
-        device = self._open.get(name)            # only the holder gets here
-        if device is None:
-            try:
-                device = self._open[name] = self._open_sg(str(config.path))
-            except OSError:
-                self._holders.let_go(name, owner)
-                raise
-        return device
+        openers = self._openers
+        lock = openers.lock(name)
+        with openers.guard:
+            if config.kind == "virtual":
+                device: ChangerDevice = SmcEmulator(self.libraries[name], self._drive_busy)
+            else:
+                device = openers.devices.get(name) or self._open_sg(str(config.path))
+                openers.devices[name] = device
+            openers.sessions.setdefault(name, set()).add(owner)
+        return SerialisedChanger(device, lock)
 
     def release(self, name: str, owner: object) -> None:
-        if not self._holders.let_go(name, owner):
-            return
-        device = self._open.pop(name, None)
+        """``owner`` closes changer ``name``; a real changer's device closes after its last opener."""
+        openers = self._openers
+        with openers.guard:
+            sessions = openers.sessions.get(name, set())
+            if owner not in sessions:
+                return
+            sessions.discard(owner)
+            device = openers.devices.pop(name, None) if not sessions else None
+            lock = openers.locks[name]
         if device is not None:
-            device.close()
+            with lock:              # after a command another session still had running
+                device.close()
+
+    def open_count(self, name: str) -> int:
+        """How many sessions have changer ``name`` open."""
+        with self._openers.guard:
+            return len(self._openers.sessions.get(name, ()))

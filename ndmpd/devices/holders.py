@@ -1,4 +1,4 @@
-"""Which session holds each named device (a tape drive, a changer): one at a time."""
+"""Which session holds each tape drive: one at a time (changers are shared, see changer/registry.py)."""
 
 from __future__ import annotations
 

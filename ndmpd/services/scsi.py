@@ -1,8 +1,11 @@
 """SCSI interface (v2/v3/v4): a media changer opened by name, CDBs executed on it.
 
-A session holds at most one device, a tape or a changer (DEVICE_OPENED_ERR otherwise), and
-a changer is held by one session at a time (DEVICE_BUSY_ERR). CHECK CONDITION is not an
-NDMP error: it comes back as the reply's status with the sense data.
+A session holds at most one device, a tape or a changer (DEVICE_OPENED_ERR otherwise). A
+changer, like a real one behind ``sg``, can be open in any number of sessions at once (Amanda's
+chg-ndmp opens a second connection for the inventory while it holds the first); their CDBs
+run one at a time per changer (changer/registry.py), so a move is never interleaved with
+another session's command. A tape drive stays with one session (DEVICE_BUSY_ERR). CHECK
+CONDITION is not an NDMP error: it comes back as the reply's status with the sense data.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..changer.registry import ChangerDevice
 from ..changer.sense import CdbResult
-from ..devices.holders import HANDOVER_PATIENCE
-from ..devices.tape import DeviceBusy
 from ..errors import NdmpError
 from ..logtext import peer_text
 from ..wire import C, T, protocol
@@ -67,9 +68,7 @@ def scsi_open(session: "Session", req: Any) -> Any:
 
     def run() -> Any:
         try:
-            device = changers.acquire(req.device, session, HANDOVER_PATIENCE)
-        except DeviceBusy as exc:
-            raise NdmpError(C.DEVICE_BUSY_ERR, str(exc)) from None
+            device = changers.acquire(req.device, session)
         except OSError as exc:
             raise NdmpError(C.PERMISSION_ERR if exc.errno in (1, 13) else C.IO_ERR,
                             f"{req.device}: {exc.strerror or exc}") from None

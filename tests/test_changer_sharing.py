@@ -1,0 +1,131 @@
+"""A changer is open in several sessions at once, as a real one behind ``sg``; its CDBs run
+one at a time; a tape drive stays with one session."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+
+from ndmpd.changer.registry import ChangerRegistry
+from ndmpd.changer.sense import CdbResult
+from ndmpd.config import build
+from ndmpd.devices import cartridge
+from ndmpd.devices.registry import DriveRegistry
+from ndmpd.wire import C
+
+from .test_scsi_service import INQUIRY, ctx  # noqa: F401  (the fixture)
+from .test_tape_service import err, open_session
+
+READ_ELEMENT_STATUS = bytes([0xB8, 0x10, 0, 0, 0xFF, 0xFF, 0, 0, 0x10, 0, 0, 0])
+
+
+def cdb(dma, command: bytes, datain_len: int = 0):
+    return dma.call("SCSI_EXECUTE_CDB", flags=C.SCSI_DATA_IN if datain_len else 0, timeout=1000,
+                    datain_len=datain_len, cdb=command, dataout=b"")
+
+
+def move(dma, source: int, destination: int):
+    return cdb(dma, bytes([0xA5, 0]) + struct.pack(">HHH", 0, source, destination) + bytes(4))
+
+
+def full(reply, address: int) -> bool:
+    """Whether READ ELEMENT STATUS shows element ``address`` full."""
+    data = reply.body.datain
+    at = 8
+    while at < len(data):
+        size, length = struct.unpack_from(">H", data, at + 2)[0], int.from_bytes(data[at + 5:at + 8], "big")
+        for start in range(at + 8, at + 8 + length, size):
+            if struct.unpack_from(">H", data, start)[0] == address:
+                return bool(data[start + 2] & 1)
+        at += 8 + length
+    raise AssertionError(f"no element {address}")
+
+
+def test_a_second_session_opens_the_changer_held_by_the_first_and_sees_its_moves(ctx):
+    library = ctx.changers.libraries["vlib0"]
+    cartridge.create(library.cartridge_path("S1"), 1 << 20, None, "S1")
+    library.place("S1", 1024, (2,))
+    holder, holder_dma = open_session(ctx)
+    inventory, inventory_dma = open_session(ctx)
+    assert err(holder_dma.call("SCSI_OPEN", device="vlib0")) == C.NO_ERR
+    assert err(inventory_dma.call("SCSI_OPEN", device="vlib0")) == C.NO_ERR     # DEVICE_BUSY_ERR before
+    assert move(holder_dma, 1024, 1025).body.status == 0
+    status = cdb(inventory_dma, READ_ELEMENT_STATUS, 4096)
+    assert status.body.status == 0 and full(status, 1025) and not full(status, 1024)
+    assert err(holder_dma.call("SCSI_CLOSE")) == C.NO_ERR
+    assert move(inventory_dma, 1025, 1024).body.status == 0                     # still open for the other
+    inventory.teardown()                                                          # a lost connection closes it
+    assert ctx.changers.open_count("vlib0") == 0
+
+
+def test_each_session_keeps_its_own_sense_on_a_shared_changer(ctx):
+    first, first_dma = open_session(ctx)
+    second, second_dma = open_session(ctx)
+    for dma in (first_dma, second_dma):
+        assert err(dma.call("SCSI_OPEN", device="vlib0")) == C.NO_ERR
+    assert move(first_dma, 1024, 1025).body.status == 2                        # slot 1024 is empty
+    assert cdb(second_dma, INQUIRY, 96).body.status == 0                        # another initiator's command
+    sense = cdb(first_dma, bytes([0x03, 0, 0, 0, 18, 0]), 18)
+    assert sense.body.status == 0 and sense.body.datain[12:14] == bytes([0x3B, 0x0E])   # source empty
+
+
+def test_a_tape_drive_stays_with_one_session(ctx):
+    first, first_dma = open_session(ctx)
+    second, second_dma = open_session(ctx)
+    assert err(first_dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_READ_MODE)) == C.NO_ERR
+    assert err(second_dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_READ_MODE)) == C.DEVICE_BUSY_ERR
+
+
+class SlowChanger:
+    """A real changer's stand-in: each command takes a while; counts how many run at once."""
+
+    def __init__(self) -> None:
+        self.running = self.most = self.opened = self.closed = 0
+        self.count = threading.Lock()
+
+    def __call__(self, path: str) -> "SlowChanger":
+        self.opened += 1
+        return self
+
+    def execute(self, cdb: bytes, datain_len: int = 0, data_out: bytes = b"", timeout_ms: int = 0) -> CdbResult:
+        with self.count:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.01)
+        with self.count:
+            self.running -= 1
+        return CdbResult(0, b"")
+
+    def reset(self, bus: bool = False) -> None:
+        self.execute(b"")
+
+    def address(self) -> tuple[int, int, int]:
+        return 0, 3, 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_real_changer_opens_once_for_all_sessions_and_runs_their_cdbs_one_at_a_time(tmp_path):
+    config = build({"server": {"listen": ["127.0.0.1:10000"], "state_dir": str(tmp_path / "state")},
+                    "user": [{"name": "ndmp", "password": "secret"}],
+                    "changer": [{"name": "robot", "kind": "sg", "path": "/dev/null"}]}, "<test>", tmp_path)
+    fake = SlowChanger()
+    registry = ChangerRegistry(config.changers, DriveRegistry(()), open_sg=fake)
+    owners = [object() for _ in range(4)]
+    handles = [registry.acquire("robot", owner) for owner in owners]
+    assert fake.opened == 1 and registry.open_count("robot") == 4
+    threads = [threading.Thread(target=lambda h=h: [h.execute(bytes(6)) for _ in range(10)]) for h in handles]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert fake.most == 1
+    for owner in owners[:3]:
+        registry.release("robot", owner)
+    assert fake.closed == 0                                       # one opener is left
+    registry.release("robot", owners[3])
+    assert fake.closed == 1 and registry.open_count("robot") == 0
+    registry.acquire("robot", owners[0])
+    assert fake.opened == 2                                       # opened again for the next session
