@@ -203,7 +203,7 @@ class Mover:
         if not slot.is_open:
             raise NdmpError(C.DEV_NOT_OPEN_ERR, "no tape open")
         if mode == C.MOVER_MODE_READ and not slot.writable:
-            raise NdmpError(C.PERMISSION_ERR, "backup needs the tape opened RDWR")
+            raise slot.write_refusal()
         if self.record_size > slot.max_block:
             raise NdmpError(C.ILLEGAL_ARGS_ERR, f"record size {self.record_size} exceeds the drive's max_block_size")
 

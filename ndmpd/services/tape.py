@@ -58,6 +58,7 @@ class TapeSlot:
         self.name: str | None = None
         self.device: TapeDevice | None = None
         self.mode = C.TAPE_READ_MODE
+        self.protected = False                # RAW on a write-protected cartridge: open for reading only
         self.max_block = 0
         self.lock = threading.Lock()          # device calls; the drive's own lock once one is open
 
@@ -67,7 +68,13 @@ class TapeSlot:
 
     @property
     def writable(self) -> bool:
-        return self.mode != C.TAPE_READ_MODE
+        return self.mode != C.TAPE_READ_MODE and not self.protected
+
+    def write_refusal(self) -> NdmpError:
+        """Why a write (a record, filemarks, a mover backup) is refused when not :attr:`writable`."""
+        if self.protected:
+            return NdmpError(C.WRITE_PROTECT_ERR, f"{self.name}: the cartridge is write-protected (opened RAW, read-only)")
+        return NdmpError(C.PERMISSION_ERR, "tape opened read-only")
 
     def release(self, session: "Session") -> None:
         """Close the device (connection lost) and hand the drive back."""
@@ -130,9 +137,16 @@ def tape_open(session: "Session", req: Any) -> Any:
         except DeviceBusy as exc:
             raise NdmpError(C.DEVICE_BUSY_ERR, str(exc)) from None
         slot.lock = drives.lock(req.device)       # shared with the mover and with a library's moves
+        protected = False
         try:
             with slot.lock:
-                device.open(write=req.mode != C.TAPE_READ_MODE)
+                try:
+                    device.open(write=req.mode != C.TAPE_READ_MODE)
+                except WriteProtected:
+                    if req.mode != C.TAPE_RAW_MODE:
+                        raise
+                    device.open(write=False)      # RAW reads a protected cartridge; writes get WRITE_PROTECT_ERR
+                    protected = True
         except NoMedium:
             if req.mode != C.TAPE_RAW_MODE:
                 drives.release(req.device, session)
@@ -140,9 +154,10 @@ def tape_open(session: "Session", req: Any) -> Any:
         except TapeError as exc:
             drives.release(req.device, session)
             raise device_error(exc) from None
-        slot.name, slot.device, slot.mode = req.device, device, req.mode
+        slot.name, slot.device, slot.mode, slot.protected = req.device, device, req.mode, protected
         slot.max_block = config.max_block_size
-        log.info("%s: opened %s (%s)", session.peer, peer_text(req.device), "READ" if req.mode == 0 else "RDWR/RAW")
+        log.info("%s: opened %s (%s)", session.peer, peer_text(req.device),
+                 "READ" if req.mode == 0 else "RAW, read-only: write-protected" if protected else "RDWR/RAW")
         return T.tape_open_reply(error=C.NO_ERR)
     return Blocking(run)
 
@@ -234,7 +249,7 @@ def tape_mtio(session: "Session", req: Any) -> Any:
     work = _mtio(session, req.tape_op, req.count)
     if req.tape_op == C.MTIO_EOF and not session.tape.writable:
         _usable_device(session)
-        raise NdmpError(C.PERMISSION_ERR, "tape opened read-only")
+        raise session.tape.write_refusal()
 
     def counted(d: TapeDevice) -> tuple[int, int]:
         """(error, resid): a failed op reports every repetition as not performed."""
@@ -251,7 +266,7 @@ def tape_write(session: "Session", req: Any) -> Any:
     _usable_device(session)
     slot = session.tape
     if not slot.writable:
-        raise NdmpError(C.PERMISSION_ERR, "tape opened read-only")
+        raise slot.write_refusal()
     data = req.data_out
     if not data:
         return T.tape_write_reply(error=C.NO_ERR, count=0)
