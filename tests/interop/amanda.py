@@ -2,7 +2,9 @@
 (Debian amanda-common + amanda-server) run against an ndmpd server process.
 
 A test hands :func:`AmandaPeer.perl` a script body; ``use NdmpdAmanda;`` (tests/interop/amanda/)
-gives it ``open_device``, ``write_random``, ``read_check`` and ``say_json``."""
+gives it ``open_device``, ``open_changer``, ``wait_for``, ``write_random``, ``read_check`` and
+``say_json``; :func:`write_amanda_conf` writes the amanda.conf the changer and the
+amanda-server tools (:meth:`AmandaPeer.tool`) need."""
 
 from __future__ import annotations
 
@@ -16,6 +18,42 @@ import pytest
 
 AMANDA_PERL = Path("/usr/lib/x86_64-linux-gnu/amanda/perl")
 HELPERS = Path(__file__).parent / "amanda"
+
+
+def write_amanda_conf(directory: Path, host: str, password: str, changer: str, drives: dict[int, str],
+                      extra: str = "") -> Path:
+    """A minimal amanda.conf in ``directory`` for the amanda-server tools and Amanda::Changer:
+    changer ``robot`` is ``chg-ndmp:HOST:10000@CHANGER`` with Amanda's drive numbers mapped to
+    ``ndmp:HOST:10000@DRIVE`` (``tape-device``), labels ``TEST-NN``, state files beside it. The
+    dump user is whoever runs the tests (Amanda's tools insist on running as it)."""
+    import pwd
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tapelist").touch()
+    devices = "\n".join(f'    property {"append " if i else ""}"tape-device" "{number}=ndmp:{host}:10000@{drive}"'
+                        for i, (number, drive) in enumerate(sorted(drives.items())))
+    conf = directory / "amanda.conf"
+    conf.write_text(f"""org "ndmpd-test"
+dumpuser "{pwd.getpwuid(os.getuid()).pw_name}"
+mailto ""
+tapelist "tapelist"
+infofile "curinfo"
+logdir "log"
+indexdir "index"
+labelstr "^TEST-[0-9][0-9]*$"
+define tapetype ndmpd-vtape {{
+    length 16 mbytes
+}}
+tapetype "ndmpd-vtape"
+tpchanger "robot"
+define changer robot {{
+    tpchanger "chg-ndmp:{host}:10000@{changer}"
+    changerfile "chg-state"
+    property "ndmp-username" "ndmp"
+    property "ndmp-password" "{password}"
+{devices}
+}}
+{extra}""")
+    return conf
 
 
 def amanda_missing() -> str | None:
@@ -39,15 +77,36 @@ class AmandaPeer:
         self.host, self.password, self.workdir = host, password, workdir
 
     def perl(self, body: str, timeout: float = 120, check: bool = True,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """Runs ``body`` (NdmpdAmanda already loaded); with ``check``, a non-zero exit fails the test."""
-        script = self.workdir / "amanda-test.pl"
+             env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        """Runs ``body`` (NdmpdAmanda already loaded); with ``check``, a non-zero exit fails the test.
+        ``cwd``: where it runs (a directory with an amanda.conf for ``open_changer``)."""
+        return self._finish(subprocess.run(["perl", str(self.script(body))], capture_output=True, text=True,
+                                           timeout=timeout, env=self.environment(env), cwd=cwd or self.workdir),
+                            check)
+
+    def start_perl(self, body: str, cwd: Path | None = None) -> subprocess.Popen:
+        """Starts ``body`` in the background (stdin and stdout are pipes); the caller stops it."""
+        return subprocess.Popen(["perl", str(self.script(body, "amanda-background.pl"))], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=self.environment(None), cwd=cwd or self.workdir)
+
+    def script(self, body: str, name: str = "amanda-test.pl") -> Path:
+        script = self.workdir / name
         script.write_text(f"use lib '{HELPERS}';\nuse strict;\nuse warnings;\nuse NdmpdAmanda;\n"
                           "use Amanda::Device qw( :constants );\n" + body)
-        environment = dict(os.environ, NDMPD_HOST=self.host, NDMPD_USER="ndmp", NDMPD_PASSWORD=self.password,
-                           **(env or {}))
-        done = subprocess.run(["perl", str(script)], capture_output=True, text=True, timeout=timeout,
-                              env=environment, cwd=self.workdir)
+        return script
+
+    def environment(self, env: dict[str, str] | None) -> dict[str, str]:
+        return dict(os.environ, NDMPD_HOST=self.host, NDMPD_USER="ndmp", NDMPD_PASSWORD=self.password, **(env or {}))
+
+    def tool(self, config_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Runs an amanda-server tool (``amtape``, ``amlabel``, ...) on the amanda.conf in ``config_dir``
+        (config name ".": Amanda reads the one in its working directory)."""
+        program = shutil.which(args[0], path="/usr/sbin:/usr/bin") or args[0]
+        return subprocess.run([program, ".", *args[1:]], capture_output=True, text=True, timeout=timeout,
+                              cwd=config_dir, env=self.environment(None))
+
+    def _finish(self, done: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
         if check:
             assert done.returncode == 0, f"Amanda script failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
         return done

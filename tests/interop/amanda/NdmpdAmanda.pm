@@ -15,7 +15,8 @@ use Amanda::Xfer qw( :constants );
 use Amanda::XferServer;
 use Amanda::MainLoop;
 
-our @EXPORT = qw( device_url open_device dump_header run_xfer write_random read_check say_json );
+our @EXPORT = qw( device_url open_device open_changer wait_for dump_header run_xfer write_random read_check
+                  say_json );
 
 # Amanda's device layer needs an initialised configuration; a client one needs no amanda.conf.
 Amanda::Debug::dbopen("ndmpd-test");
@@ -39,6 +40,29 @@ sub open_device {
         $dev->property_set($name, $props{$name}) or die "property $name: " . $dev->error_or_status();
     }
     return $dev;
+}
+
+# Amanda::Changer for changer NAME (default "robot") of the amanda.conf in the working directory
+# (config name "."; tests/interop/amanda.py's write_amanda_conf writes one).
+sub open_changer {
+    my ($name) = @_;
+    require Amanda::Changer;
+    config_init($CONFIG_INIT_EXPLICIT_NAME, ".");
+    my ($level, @errors) = Amanda::Config::config_errors();
+    die "amanda.conf: @errors\n" if $level >= $CFGERR_ERRORS;
+    my $chg = Amanda::Changer->new($name // "robot");
+    die "changer: $chg\n" if $chg->isa("Amanda::Changer::Error");
+    return $chg;
+}
+
+# Runs one callback-style Amanda call to completion; returns what its callback got.
+#   my ($err, $inventory) = wait_for(sub { $chg->inventory(inventory_cb => $_[0]) });
+sub wait_for {
+    my ($start) = @_;
+    my @result;
+    Amanda::MainLoop::call_later(sub { $start->(sub { @result = @_; Amanda::MainLoop::quit(); }) });
+    Amanda::MainLoop::run();
+    return @result;
 }
 
 # An Amanda dump-file header for host/disk.
