@@ -101,10 +101,11 @@ class AmandaPeer:
 
     def tool(self, config_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Runs an amanda-server tool (``amtape``, ``amlabel``, ...) on the amanda.conf in ``config_dir``
-        (config name ".": Amanda reads the one in its working directory)."""
+        (config name ".": Amanda reads the one in its working directory). A tool that asks the
+        operator to insert a volume reads end of file and gives up."""
         program = shutil.which(args[0], path="/usr/sbin:/usr/bin") or args[0]
         return subprocess.run([program, ".", *args[1:]], capture_output=True, text=True, timeout=timeout,
-                              cwd=config_dir, env=self.environment(None))
+                              cwd=config_dir, env=self.environment(None), stdin=subprocess.DEVNULL)
 
     def _finish(self, done: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
         if check:

@@ -183,3 +183,42 @@ $chg->quit();
     assert read == {"what": "read", "ok": 1}
     assert write["ok"] == 0 and "protect" in write["error"].lower(), write
     assert cartridge.read_bytes() == before                    # the archive is untouched
+
+
+def drive_holds(server) -> str:
+    """The barcode in the library's drive element (128), or "-"."""
+    listing = ndmpd(server, "library", "--config", str(server.config), "list", "vlib0")
+    return next(line.split()[-1] if "from" not in line else line.split()[-3]
+                for line in listing.splitlines() if line.split()[:1] == ["128"])
+
+
+def test_amtape_and_amlabel_with_a_minimal_amanda_conf(library):
+    server, peer, config_dir = library
+
+    def tool(*args: str, status: int = 0) -> str:
+        done = peer.tool(config_dir, *args)
+        assert done.returncode == status, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    inventory = tool("amtape", "inventory")
+    for slot, barcode in enumerate(BARCODES, 1):
+        assert f"slot {slot}: unknown state barcode {barcode}" in inventory, inventory
+    assert "slot 5: empty (import/export slot)" in inventory
+
+    out = tool("amlabel", "TEST-02", "slot", "2")
+    assert "Writing label 'TEST-02'" in out and "Success!" in out, out
+    assert "slot 2: label TEST-02 barcode BC0002 (in drive 0)" in tool("amtape", "inventory")
+    assert drive_holds(server) == "BC0002"
+
+    assert "changed to slot 3" in tool("amtape", "slot", "3")
+    assert drive_holds(server) == "BC0003"
+    assert "label TEST-02 is now loaded from slot 2" in tool("amtape", "label", "TEST-02")
+    assert drive_holds(server) == "BC0002"
+    assert "drive ejected" in tool("amtape", "eject")
+    assert drive_holds(server) == "-"
+    assert "slot 2: label TEST-02 barcode BC0002" in tool("amtape", "inventory")
+
+    assert "already on a volume" in tool("amlabel", "TEST-02", "slot", "3", status=1)
+    assert "doesn't match the labelstr" in tool("amlabel", "OTHER-1", "slot", "3", status=1)
+    assert "invalid slot '9'" in tool("amtape", "slot", "9", status=1)
+    assert (config_dir / "tapelist").read_text().split()[1] == "TEST-02"
