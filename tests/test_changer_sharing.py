@@ -7,6 +7,9 @@ import struct
 import threading
 import time
 
+import pytest
+
+from ndmpd.changer.library import LibraryError
 from ndmpd.changer.registry import ChangerRegistry
 from ndmpd.changer.sense import CdbResult
 from ndmpd.config import build
@@ -129,3 +132,37 @@ def test_a_real_changer_opens_once_for_all_sessions_and_runs_their_cdbs_one_at_a
     assert fake.closed == 1 and registry.open_count("robot") == 0
     registry.acquire("robot", owners[0])
     assert fake.opened == 2                                       # opened again for the next session
+
+
+PREVENT, ALLOW = bytes([0x1E, 0, 0, 0, 1, 0]), bytes([0x1E, 0, 0, 0, 0, 0])
+
+
+def test_removal_stays_prevented_while_any_session_prevents_it(ctx):
+    library = ctx.changers.libraries["vlib0"]
+    cartridge.create(library.cartridge_path("P1"), 1 << 20, None, "P1")
+    library.place("P1", None, (3,))                                               # in the mail slot
+    first, first_dma = open_session(ctx)
+    second, second_dma = open_session(ctx)
+    for dma in (first_dma, second_dma):
+        assert err(dma.call("SCSI_OPEN", device="vlib0")) == C.NO_ERR
+    assert cdb(first_dma, PREVENT).body.status == 0
+    assert cdb(second_dma, ALLOW).body.status == 0                                # only its own lock
+    with pytest.raises(LibraryError, match="removal prevented"):
+        library.remove("P1")
+    first.teardown()                                                              # its session ends: so does its lock
+    assert library.remove("P1") == "P1"
+
+
+def test_a_restart_forgets_removal_locks_of_sessions_that_are_gone(ctx, tmp_path):
+    library = ctx.changers.libraries["vlib0"]
+    cartridge.create(library.cartridge_path("P2"), 1 << 20, None, "P2")
+    library.place("P2", None, (3,))
+    session, dma = open_session(ctx)
+    assert err(dma.call("SCSI_OPEN", device="vlib0")) == C.NO_ERR
+    assert cdb(dma, PREVENT).body.status == 0
+    ctx.changers.start()                                                          # a reload: the session lives on
+    with pytest.raises(LibraryError, match="removal prevented"):
+        library.remove("P2")
+    restarted = ChangerRegistry(ctx.config.changers, ctx.drives)                  # the server ran again
+    restarted.start()
+    assert library.remove("P2") == "P2"

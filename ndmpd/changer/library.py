@@ -44,8 +44,24 @@ class Element:
 @dataclass
 class State:
     elements: dict[int, Element]
-    prevent: bool = False              # PREVENT MEDIUM REMOVAL: the import/export ports stay shut
+    preventers: set[str] = field(default_factory=set)   # initiators that sent PREVENT MEDIUM REMOVAL
     changed: bool = field(default=False, compare=False)
+
+    @property
+    def prevent(self) -> bool:
+        """The import/export ports stay shut while any initiator prevents removal (SPC-3)."""
+        return bool(self.preventers)
+
+    def set_prevent(self, initiator: str, prevent: bool) -> None:
+        if (initiator in self.preventers) != prevent:
+            (self.preventers.add if prevent else self.preventers.discard)(initiator)
+            self.changed = True
+
+    def keep_preventers(self, alive: set[str]) -> None:
+        """Forget the prevention of initiators that are gone (their session closed: nexus loss)."""
+        if not self.preventers <= alive:
+            self.preventers &= alive
+            self.changed = True
 
     def of_kind(self, kind: int) -> list[Element]:
         return [e for e in self.elements.values() if e.kind == kind]
@@ -119,7 +135,7 @@ class VirtualLibrary:
             return state
         except (OSError, ValueError) as exc:
             raise LibraryError(f"{self.directory / STATE_FILE}: unreadable ({exc})") from None
-        state.prevent = bool(raw.get("prevent", False))
+        state.preventers = {str(p) for p in raw.get("preventers", ["unknown"] if raw.get("prevent") else [])}
         present = set(self.cartridges())
         for key, saved in raw.get("elements", {}).items():
             element = state.elements.get(int(key))
@@ -132,7 +148,7 @@ class VirtualLibrary:
         return state
 
     def _write(self, state: State) -> None:
-        data = {"prevent": state.prevent,
+        data = {"prevent": state.prevent, "preventers": sorted(state.preventers),
                 "elements": {str(e.address): {"barcode": e.barcode, "source": e.source, "by_operator": e.by_operator}
                              for e in state.elements.values() if e.barcode}}
         temporary = self.directory / (STATE_FILE + ".new")

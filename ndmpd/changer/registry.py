@@ -4,8 +4,9 @@ A real changer behind ``sg`` accepts several openers, so SCSI_OPEN of a changer 
 refuses for another session: each changer has one lock, and every CDB (and reset) on it
 runs under that lock, so a MOVE MEDIUM is never interleaved with another session's
 command and the library's state never sees interleaved writes. Each session gets its own
-handle (its own sense data, as each initiator has its own on a real bus); a real changer's
-device is opened once, for the first opener, and closed after the last.
+handle; on a virtual library it is its own initiator (its own sense data and removal lock,
+see changer/smc.py), and a real changer's device is opened once, for the first opener, and
+closed after the last.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Openers:
 
     def __init__(self) -> None:
         self.guard = threading.Lock()
-        self.sessions: dict[str, set[object]] = {}
+        self.sessions: dict[str, dict[object, ChangerDevice]] = {}     # changer -> opener -> its device
         self.locks: dict[str, threading.Lock] = {}
         self.devices: dict[str, ChangerDevice] = {}
 
@@ -97,9 +98,14 @@ class ChangerRegistry:
         return new
 
     def start(self) -> None:
-        """Load every library drive with the cartridge the saved state puts there."""
-        for library in self.libraries.values():
+        """Load every library drive with the cartridge the saved state puts there, and end the
+        removal locks of initiators no longer connected (a previous run's sessions)."""
+        for name, library in self.libraries.items():
             library.sync_drives()
+            with self._openers.guard:
+                alive = {getattr(d, "initiator", "") for d in self._openers.sessions.get(name, {}).values()}
+            with self._openers.lock(name), library.state() as state:
+                state.keep_preventers(alive)
 
     def _drive_busy(self, name: str) -> bool:
         holder = self._drives.holder(name)
@@ -116,23 +122,27 @@ class ChangerRegistry:
         openers = self._openers
         lock = openers.lock(name)
         with openers.guard:
-            if config.kind == "virtual":
-                device: ChangerDevice = SmcEmulator(self.libraries[name], self._drive_busy)
-            else:
+            sessions = openers.sessions.setdefault(name, {})
+            device = sessions.get(owner)
+            if device is None and config.kind == "virtual":
+                device = SmcEmulator(self.libraries[name], self._drive_busy)
+            elif device is None:
                 device = openers.devices.get(name) or self._open_sg(str(config.path))
                 openers.devices[name] = device
-            openers.sessions.setdefault(name, set()).add(owner)
+            sessions[owner] = device
         return SerialisedChanger(device, lock)
 
     def release(self, name: str, owner: object) -> None:
-        """``owner`` closes changer ``name``; a real changer's device closes after its last opener."""
+        """``owner`` closes changer ``name``: a virtual library forgets its initiator's state, a
+        real changer's device closes after its last opener."""
         openers = self._openers
         with openers.guard:
-            sessions = openers.sessions.get(name, set())
+            sessions = openers.sessions.get(name, {})
             if owner not in sessions:
                 return
-            sessions.discard(owner)
-            device = openers.devices.pop(name, None) if not sessions else None
+            device: ChangerDevice | None = sessions.pop(owner)
+            if device is openers.devices.get(name):
+                device = openers.devices.pop(name) if not sessions else None
             lock = openers.locks[name]
         if device is not None:
             with lock:              # after a command another session still had running

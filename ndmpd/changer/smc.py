@@ -6,11 +6,17 @@ element address assignment, transport geometry and device capabilities pages, RE
 ELEMENT STATUS (volume tags, device identifiers, allocation length), MOVE MEDIUM,
 EXCHANGE MEDIUM, INITIALIZE ELEMENT STATUS (with range), POSITION TO ELEMENT and
 PREVENT/ALLOW MEDIUM REMOVAL. A command that fails leaves the library as it was.
+
+One emulator per initiator (a session with the changer open): its sense data and its
+PREVENT MEDIUM REMOVAL are its own, as SPC-3 keeps them per I_T nexus. The ports stay shut
+while any initiator prevents removal; ALLOW ends only the sender's, closing the session ends
+it too, and a reset ends everyone's.
 """
 
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Callable
 
 from .library import DRIVE, DRIVE_BASE, IE_BASE, IMPORT_EXPORT, SLOT_BASE, STORAGE, TRANSPORT, TRANSPORT_BASE
@@ -30,9 +36,11 @@ def cdb_length(opcode: int) -> int:
 class SmcEmulator:
     """Executes CDBs against one :class:`VirtualLibrary`."""
 
-    def __init__(self, library: VirtualLibrary, drive_busy: Callable[[str], bool] = lambda name: False) -> None:
+    def __init__(self, library: VirtualLibrary, drive_busy: Callable[[str], bool] = lambda name: False,
+                 initiator: str | None = None) -> None:
         self.library = library
         self.drive_busy = drive_busy
+        self.initiator = initiator or uuid.uuid4().hex[:16]      # whose PREVENT MEDIUM REMOVAL this is
         self._last_sense: Sense = NO_ADDITIONAL
         self._commands: dict[int, Callable[[bytes, int], bytes]] = {
             0x00: self._test_unit_ready, 0x03: self._request_sense, 0x12: self._inquiry,
@@ -64,13 +72,14 @@ class SmcEmulator:
         return 0, 0, 0
 
     def close(self) -> None:
-        """Nothing to release: the state is on disk after every command."""
+        """The session is gone (an I_T nexus loss): its PREVENT MEDIUM REMOVAL ends with it."""
+        with self.library.state() as state:
+            state.set_prevent(self.initiator, False)
 
     def reset(self, bus: bool = False) -> None:
-        """RESET DEVICE / RESET BUS: the removal lock is released, sense cleared."""
+        """RESET DEVICE / RESET BUS: every initiator's removal lock is released, sense cleared."""
         with self.library.state() as state:
-            if state.prevent:
-                state.prevent, state.changed = False, True
+            state.keep_preventers(set())
         self._last_sense = NO_ADDITIONAL
 
     # -- identification ----------------------------------------------------------------------
@@ -241,7 +250,6 @@ class SmcEmulator:
         if prevent > 1:
             raise CheckCondition(INVALID_FIELD, "PREVENT field 2 and 3 are for ADC devices")
         with self.library.state() as state:
-            if state.prevent != bool(prevent):
-                state.prevent, state.changed = bool(prevent), True
+            state.set_prevent(self.initiator, bool(prevent))
         return b""
 
