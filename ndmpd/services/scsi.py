@@ -81,8 +81,11 @@ def scsi_open(session: "Session", req: Any) -> Any:
 @HANDLERS.on(C.SCSI_CLOSE)
 def scsi_close(session: "Session", req: Any) -> Any:
     _device(session)
-    session.scsi.release(session)
-    return T.scsi_close_reply(error=C.NO_ERR)
+
+    def run() -> Any:           # off the loop: closing may wait for another session's command
+        session.scsi.release(session)
+        return T.scsi_close_reply(error=C.NO_ERR)
+    return Blocking(run)
 
 
 @HANDLERS.on(C.SCSI_GET_STATE)
