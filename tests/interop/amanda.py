@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,7 +27,6 @@ def write_amanda_conf(directory: Path, host: str, password: str, changer: str, d
     changer ``robot`` is ``chg-ndmp:HOST:10000@CHANGER`` with Amanda's drive numbers mapped to
     ``ndmp:HOST:10000@DRIVE`` (``tape-device``), labels ``TEST-NN``, state files beside it. The
     dump user is whoever runs the tests (Amanda's tools insist on running as it)."""
-    import pwd
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tapelist").touch()
     devices = "\n".join(f'    property {"append " if i else ""}"tape-device" "{number}=ndmp:{host}:10000@{drive}"'
