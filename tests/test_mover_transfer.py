@@ -325,3 +325,35 @@ def test_ipv6_session_listens_on_ipv6(tmp_path):
             assert exc.value.code == C.ILLEGAL_ARGS_ERR
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("server", [{"capacity": "1MiB", "early_warning": "128KiB"}], indirect=True)
+def test_a_mover_that_continues_past_the_early_warning_pauses_again_at_the_physical_end(server):
+    """The mover and TAPE_WRITE agree: the early warning is one EOM pause, the records after it
+    go on the same tape until the physical end, which is another EOM pause with the record
+    that did not fit kept (no partial record), and a CONTINUE on that full tape pauses again
+    at once, without writing: one pause per CONTINUE, never a loop or a lost record."""
+    record = 32768
+    with server.client() as dma:
+        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_RECORD_SIZE", len=record)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+        sender = threading.Thread(target=lambda: send_stream(endpoint(reply.connect_addr), 2 * MiB), daemon=True)
+        sender.start()
+        positions = []
+        for _ in range(3):
+            assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOM
+            state = dma.call("MOVER_GET_STATE")
+            assert state.pause_reason == C.MOVER_PAUSE_EOM
+            positions.append(state.bytes_moved)
+            dma.call("MOVER_CONTINUE")                    # same tape: write on into the zone
+        early, full, again = positions
+        assert 0 < early < full == again < MiB
+        dma.call("MOVER_ABORT")
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_ABORTED
+        dma.call("MOVER_STOP")
+        dma.call("TAPE_CLOSE")
+    with Cartridge(server.ctx.config.tapes[0].path, False) as cart:
+        records = [e.length for e in cart.entries() if not e.is_filemark]
+    assert records == [record] * (full // record)
