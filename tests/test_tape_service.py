@@ -192,6 +192,7 @@ def test_the_physical_end_is_final_and_keeps_everything_before_it(tmp_path, vers
     assert set(errors[first_io:]) == {C.IO_ERR}                 # final: no retry gets through
     assert 20 < len(written) < 32
     assert err(dma.call("TAPE_WRITE", data_out=b"tiny")) == C.IO_ERR
+    assert dma.call("TAPE_GET_STATE").body.space_remain == 0        # full, though a few bytes are left
     assert err(dma.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)) == 0
     assert read_all(dma) == written
     assert err(dma.call("TAPE_CLOSE")) == 0

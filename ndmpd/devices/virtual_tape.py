@@ -58,6 +58,7 @@ class VirtualTape(TapeDevice):
     def open(self, write: bool) -> None:
         self._open_cartridge(write)
         self._open_mode = write
+        self._warned = False                # a new opener is told of the zone again
 
     def _open_cartridge(self, write: bool) -> None:
         if self.path is None:
@@ -138,7 +139,7 @@ class VirtualTape(TapeDevice):
     def _backward_over(self, entry: cartridge.Entry) -> None:
         """The head moved backward over ``entry``."""
         self.offset = entry.offset
-        self._full = False                  # moving back makes room again
+        self._full = self._warned = False   # moving back makes room, and warns anew in the zone
         if entry.is_filemark:
             self.file_num -= 1
             self.blockno = None if self.offset > DATA_START else 0   # st: unknown in front of a filemark
@@ -250,5 +251,5 @@ class VirtualTape(TapeDevice):
             return TapeStatus(None, None, 0, None, None, False, loaded=self.loaded)
         sb = self._cart.superblock
         used = self.offset - DATA_START
-        return TapeStatus(self.file_num, self.blockno, 0, sb.capacity, max(0, sb.capacity - used),
-                          sb.write_protected)
+        remain = 0 if self._full else max(0, sb.capacity - used)
+        return TapeStatus(self.file_num, self.blockno, 0, sb.capacity, remain, sb.write_protected)
