@@ -426,3 +426,23 @@ def test_st_at_the_physical_end_refuses_without_touching_the_drive_again():
             st.write_record(bytes(size))
     assert kernel.writes_tried == tried
     st.close()
+
+
+def test_a_cartridge_too_full_for_its_closing_filemark_still_closes_and_unloads(tmp_path):
+    """Closing (or a library unloading) after a write adds a filemark; when not even that fits
+    the drive still lets go of the cartridge, and every record on it reads back."""
+    drive = VirtualTape("vt", tmp_path / "cart.img", CAPACITY, EARLY)
+    drive.open(write=True)
+    record = CAPACITY // 4 - cartridge.OVERHEAD
+    for _ in range(5):
+        try:
+            drive.write_record(bytes(record))
+        except EarlyWarning:
+            pass
+    drive.unload()
+    drive.load(tmp_path / "cart.img")
+    drive.open(write=False)
+    assert [len(drive.read_record(record)) for _ in range(4)] == [record] * 4
+    with pytest.raises(EndOfData):
+        drive.read_record(record)
+    drive.close()

@@ -89,6 +89,8 @@ class VirtualTape(TapeDevice):
         try:
             if self._last_was_write:
                 self.write_filemarks(1)
+        except PhysicalEnd:             # not even a filemark fits: the file ends at end of data
+            log.warning("%s: no room for the closing filemark on %s", self.name, self.path)
         finally:
             self._cart.close()
             self._cart = None
