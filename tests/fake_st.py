@@ -2,9 +2,10 @@
 
 It follows st's documented behaviour: reading a filemark returns 0 bytes and leaves the
 head after it; spacing records stops after crossing a filemark (EIO, mt_resid set);
-spacing backward over a filemark leaves the head before it with mt_blkno -1; a write in
-the early-warning zone fails once with ENOSPC, the next goes through; closing after a
-write adds a filemark.
+spacing backward over a filemark leaves the head before it with mt_blkno -1; past the
+early-warning mark st refuses every other write with ENOSPC (writing nothing) and lets the
+next through, and at the physical end the write it tries fails with ENOSPC as well
+(st.rst "EOM Behaviour When Writing", st.c st_write); closing after a write adds a filemark.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class FakeStKernel:
 
     def _reset_position(self) -> None:
         self.pos, self.fileno, self.blkno = 0, 0, 0
-        self.resid, self.last_write, self.warned, self.eof_hit = 0, False, False, False
+        self.resid, self.last_write, self.eom_pending, self.eof_hit = 0, False, False, False
+        self.writes_tried = 0            # write(2) calls that reached the drive
 
     def _used(self) -> int:
         return sum(len(i) for i in self.items[:self.pos] if i is not None)
@@ -67,16 +69,19 @@ class FakeStKernel:
         if not self.writable:
             raise OSError(errno.EBADF, "Bad file descriptor")
         del self.items[self.pos:]
-        after = self._used() + len(data)
-        if after > self.capacity:
+        if self.eom_pending:                     # st's ST_EOM_OK: refuse this one, try the next
+            self.eom_pending = False
             raise OSError(errno.ENOSPC, "No space left on device")
-        if after > self.capacity - self.early_warning and not self.warned:
-            self.warned = True
+        self.writes_tried += 1
+        after = self._used() + len(data)
+        if after > self.capacity:                # VOLUME OVERFLOW: nothing written
+            self.eom_pending = True
             raise OSError(errno.ENOSPC, "No space left on device")
         self.items.append(bytes(data))
         self.pos += 1
         self.blkno = self.blkno + 1 if self.blkno >= 0 else -1
         self.last_write = True
+        self.eom_pending = after > self.capacity - self.early_warning
         return len(data)
 
     def _write_fm(self, count: int) -> None:
@@ -97,6 +102,7 @@ class FakeStKernel:
         self.calls.append((op.op, op.count))
         self.resid = 0
         self.last_write = False
+        self.eom_pending = False
         handler = {io.MTFSR: self._fsr, io.MTBSR: self._bsr, io.MTFSF: self._fsf, io.MTBSF: self._bsf}.get(op.op)
         if handler:
             handler(op.count)

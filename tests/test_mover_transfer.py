@@ -12,9 +12,12 @@ import pytest
 
 from ndmpd.config import build
 from ndmpd.devices.cartridge import Cartridge
+from ndmpd.devices.st_tape import LinuxTape
 from ndmpd.dma.client import NdmpReplyError
+from ndmpd.mover import pump
 from ndmpd.wire import C
 
+from .fake_st import FakeStKernel
 from .server_thread import ServerThread
 
 ALL = (1 << 64) - 1
@@ -325,3 +328,70 @@ def test_ipv6_session_listens_on_ipv6(tmp_path):
             assert exc.value.code == C.ILLEGAL_ARGS_ERR
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("server", [{"capacity": "1MiB", "early_warning": "128KiB"}], indirect=True)
+def test_a_mover_that_continues_past_the_early_warning_pauses_again_at_the_physical_end(server):
+    """The mover and TAPE_WRITE agree: the early warning is one EOM pause, the records after it
+    go on the same tape until the physical end, which is another EOM pause with the record
+    that did not fit kept (no partial record), and a CONTINUE on that full tape pauses again
+    at once, without writing: one pause per CONTINUE, never a loop or a lost record."""
+    record = 32768
+    with server.client() as dma:
+        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+        dma.call("MOVER_SET_RECORD_SIZE", len=record)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+        sender = threading.Thread(target=lambda: send_stream(endpoint(reply.connect_addr), 2 * MiB), daemon=True)
+        sender.start()
+        positions = []
+        for _ in range(3):
+            assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOM
+            state = dma.call("MOVER_GET_STATE")
+            assert state.pause_reason == C.MOVER_PAUSE_EOM
+            positions.append(state.bytes_moved)
+            dma.call("MOVER_CONTINUE")                    # same tape: write on into the zone
+        early, full, again = positions
+        assert 0 < early < full == again < MiB
+        dma.call("MOVER_ABORT")
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_ABORTED
+        dma.call("MOVER_STOP")
+        dma.call("TAPE_CLOSE")
+    with Cartridge(server.ctx.config.tapes[0].path, False) as cart:
+        records = [e.length for e in cart.entries() if not e.is_filemark]
+    assert records == [record] * (full // record)
+
+
+class _MoverStub:
+    """Just what the pump's record writer uses of a mover: position, window, lock, pauses."""
+
+    def __init__(self, device) -> None:
+        self.device, self.device_lock = device, threading.Lock()
+        self.position, self.window_end, self.records, self.pauses = 0, ALL, 0, []
+
+    def advanced(self, record_bytes: int, data_bytes: int, records: int = 1) -> None:
+        self.position += record_bytes
+        self.records += records
+
+    def pause(self, reason: int) -> None:
+        self.pauses.append((reason, self.records))
+        if len(self.pauses) > 3:
+            raise pump.Halted                       # the DMA gives up
+
+
+def test_an_st_drive_early_warning_inside_a_batch_pauses_the_mover_and_keeps_every_record():
+    """st takes a batch one write(2) per record; the early warning met in the middle of one
+    must still pause the mover (EOM) with the records before it counted, not vanish into a
+    short batch, and at the physical end nothing that did not fit is counted as written."""
+    kernel = FakeStKernel(1 << 20, 128 << 10)
+    st = LinuxTape("st", "/dev/nst0", sys=kernel)
+    st.open(write=True)
+    mover = _MoverStub(st)
+    record = 32 << 10
+    with pytest.raises(pump.Halted):
+        pump._write_records(mover, memoryview(bytes(64 * record)), record)
+    early, *full = mover.pauses
+    assert early == (C.MOVER_PAUSE_EOM, (1024 - 128) // 32 + 1)    # the one that crossed the mark went out
+    assert [reason for reason, _ in full] == [C.MOVER_PAUSE_EOM] * 3
+    assert {records for _, records in full} == {32}              # the cartridge holds 32 of them
+    assert len([item for item in kernel.items if item]) == mover.records == 32

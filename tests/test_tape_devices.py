@@ -13,8 +13,8 @@ import pytest
 
 from ndmpd.devices import cartridge
 from ndmpd.devices.st_tape import LinuxTape
-from ndmpd.devices.tape import (EndOfData, EndOfMedium, FilemarkReached, MediaError, NoMedium, NotWritable,
-                                Stop, WriteProtected)
+from ndmpd.devices.tape import (EarlyWarning, EndOfData, EndOfMedium, FilemarkReached, MediaError, NoMedium,
+                                NotWritable, PhysicalEnd, Stop, WriteProtected)
 from ndmpd.devices.virtual_tape import VirtualTape
 
 from .fake_st import FakeStKernel
@@ -131,6 +131,48 @@ def test_early_warning_then_trailer_then_physical_end(drive):
     drive.close()
 
 
+def test_early_warning_comes_once_and_the_physical_end_is_final(drive):
+    """EarlyWarning once (st refuses every other write in the zone: the backend hides that),
+    then writes go through up to the physical end, where that write and every later one,
+    smaller ones too, raise PhysicalEnd and write nothing; a filemark still closes the file,
+    and moving back makes room again."""
+    drive.open(write=True)
+    record = 32 << 10
+    outcomes = []
+    for k in range(40):                                       # 40 x 32 KiB: more than 1 MiB
+        try:
+            drive.write_record(bytes([k]) * record)
+            outcomes.append(k)
+        except EndOfMedium as exc:
+            outcomes.append(type(exc))
+    assert outcomes.count(EarlyWarning) == 1
+    first_end = outcomes.index(PhysicalEnd)
+    assert outcomes.index(EarlyWarning) < first_end
+    assert set(outcomes[first_end:]) == {PhysicalEnd}
+    written = [k for k in outcomes if isinstance(k, int)]
+    with pytest.raises(PhysicalEnd):
+        drive.write_record(b"tiny")
+    with pytest.raises(PhysicalEnd):
+        drive.write_records(memoryview(bytes(1024)), 512)
+    drive.write_filemarks(1)
+    drive.rewind()
+    assert [drive.read_record(1 << 20) for _ in written] == [bytes([k]) * record for k in written]
+    with pytest.raises(FilemarkReached):
+        drive.read_record(record)
+    with pytest.raises(EndOfData):
+        drive.read_record(record)
+    drive.space_filemarks(-1)
+    drive.space_records(-1)                                   # back over the filemark and a record
+    try:
+        drive.write_record(b"again")                          # room again: tape semantics
+    except EarlyWarning:                                      # (in the zone: warned anew)
+        drive.write_record(b"again")
+    drive.rewind()
+    assert drive.space_records(len(written) - 1).resid == 0
+    assert drive.read_record(record) == b"again"
+    drive.close()
+
+
 def test_batched_writes_stop_at_early_warning_and_read_back_as_single_records(drive):
     """write_records (the mover's batch path) gives the same tape as one write_record per record."""
     drive.open(write=True)
@@ -142,6 +184,7 @@ def test_batched_writes_stop_at_early_warning_and_read_back_as_single_records(dr
             written = drive.write_records(batch, size)
             assert 0 < written <= 40
             expected += range(written)
+    expected += range(eom.value.written)                      # the batch's records before it
     total = len(expected)
     assert eom.value.early                                    # reported once, not skipped by a batch
     assert CAPACITY - EARLY - 2 * size <= total * size < CAPACITY
@@ -363,3 +406,43 @@ def test_layouts_are_the_declared_sizes():
     assert cartridge.HEADER_SIZE == 16 and cartridge.TRAILER_SIZE == 8
     assert (st_ioctl.MTOP.sizeof(), st_ioctl.MTGET.sizeof(), st_ioctl.MTPOS.sizeof()) == (8, 48, 8)
     assert (st_ioctl.MTIOCTOP, st_ioctl.MTIOCGET, st_ioctl.MTIOCPOS) == (0x40086D01, 0x80306D02, 0x80086D03)
+
+
+def test_st_at_the_physical_end_refuses_without_touching_the_drive_again():
+    """st answers ENOSPC both at the early warning and at the physical end; two in a row mean
+    a write was really tried and did not fit. From then on nothing reaches the drive."""
+    kernel = FakeStKernel(CAPACITY, EARLY)
+    st = LinuxTape("st", "/dev/nst0", sys=kernel)
+    st.open(write=True)
+    with pytest.raises(PhysicalEnd):
+        for _ in range(100):
+            try:
+                st.write_record(bytes(32 << 10))
+            except EarlyWarning:
+                pass
+    tried = kernel.writes_tried
+    for size in (32 << 10, 10):
+        with pytest.raises(PhysicalEnd):
+            st.write_record(bytes(size))
+    assert kernel.writes_tried == tried
+    st.close()
+
+
+def test_a_cartridge_too_full_for_its_closing_filemark_still_closes_and_unloads(tmp_path):
+    """Closing (or a library unloading) after a write adds a filemark; when not even that fits
+    the drive still lets go of the cartridge, and every record on it reads back."""
+    drive = VirtualTape("vt", tmp_path / "cart.img", CAPACITY, EARLY)
+    drive.open(write=True)
+    record = CAPACITY // 4 - cartridge.OVERHEAD
+    for _ in range(5):
+        try:
+            drive.write_record(bytes(record))
+        except EarlyWarning:
+            pass
+    drive.unload()
+    drive.load(tmp_path / "cart.img")
+    drive.open(write=False)
+    assert [len(drive.read_record(record)) for _ in range(4)] == [record] * 4
+    with pytest.raises(EndOfData):
+        drive.read_record(record)
+    drive.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ndmpd.config import build
 from ndmpd.context import ServerContext
 from ndmpd.devices import cartridge
 from ndmpd.session import Session
@@ -162,3 +163,39 @@ def test_mover_state_rules(ctx):
     assert err(dma.call("MOVER_STOP")) == 0
     assert dma.call("MOVER_GET_STATE").body.state == C.MOVER_STATE_IDLE
     assert err(dma.call("TAPE_CLOSE")) == 0
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_the_physical_end_is_final_and_keeps_everything_before_it(tmp_path, version):
+    """TAPE_WRITE into the early-warning zone: EOM_ERR once, then the writes go through; at the
+    physical end IO_ERR for that write and every later one, smaller ones too, with nothing of
+    them on tape (a DMA that retries EOM_ERR, as Amanda does, would otherwise never stop).
+    Filemarks that fit still close the file, and everything before reads back."""
+    data = {"server": {"listen": ["127.0.0.1:10000"], "state_dir": str(tmp_path / "state")},
+            "user": [{"name": "ndmp", "password": "secret"}],
+            "volume": [{"name": "/export/data", "path": str(tmp_path)}],
+            "tape": [{"name": "small", "path": str(tmp_path / "small.img"), "capacity": "1MiB",
+                      "early_warning": "256KiB"}]}
+    session, dma = open_session(ServerContext(build(data, "<test>", tmp_path)), version)
+    assert err(dma.call("TAPE_OPEN", device="small", mode=C.TAPE_RDWR_MODE)) == 0
+    record = 32 << 10
+    errors, written = [], []
+    for k in range(40):                        # 40 records of 32 KiB: more than 1 MiB
+        payload = bytes([k]) * record
+        code = err(dma.call("TAPE_WRITE", data_out=payload))
+        errors.append(code)
+        if code == 0:
+            written.append(payload)
+    assert errors.count(C.EOM_ERR) == 1
+    first_io = errors.index(C.IO_ERR)
+    assert errors.index(C.EOM_ERR) < first_io
+    assert set(errors[first_io:]) == {C.IO_ERR}                 # final: no retry gets through
+    assert 20 < len(written) < 32
+    assert err(dma.call("TAPE_WRITE", data_out=b"tiny")) == C.IO_ERR
+    assert dma.call("TAPE_GET_STATE").body.space_remain == 0        # full, though a few bytes are left
+    assert err(dma.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)) == 0
+    assert read_all(dma) == written
+    assert err(dma.call("TAPE_CLOSE")) == 0
+    with cartridge.Cartridge(tmp_path / "small.img", False) as cart:
+        kinds = [e.is_filemark for e in cart.entries()]
+    assert kinds == [False] * len(written) + [True]

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 
 from . import st_ioctl as io
-from .tape import (DeviceBusy, EndOfData, EndOfMedium, FilemarkReached, MediaError, NoMedium, NotWritable,
-                   SpaceResult, Stop, TapeDevice, TapeStatus, WriteProtected)
+from .tape import (DeviceBusy, EarlyWarning, EndOfData, FilemarkReached, MediaError, NoMedium, NotWritable,
+                   PhysicalEnd, SpaceResult, Stop, TapeDevice, TapeStatus, WriteProtected)
 
 
 class StIo:
@@ -52,7 +52,15 @@ class DriveState:
 
 
 class LinuxTape(TapeDevice):
-    """A Linux SCSI tape drive in variable (block_size 0) or fixed block mode."""
+    """A Linux SCSI tape drive in variable (block_size 0) or fixed block mode.
+
+    End of medium (Documentation/scsi/st.rst, "EOM Behaviour When Writing"; drivers/scsi/st.c
+    st_write): past the early-warning mark st refuses every other write with ENOSPC, writing
+    nothing, and lets the next one through; at the physical end (VOLUME OVERFLOW) the write
+    that is tried fails with ENOSPC too. So an ENOSPC is the early warning the first time;
+    after that a refused write is tried once more, and a second ENOSPC in a row means a real
+    attempt failed: the physical end, final until the head moves.
+    """
 
     def __init__(self, name: str, path: str, block_size: int = 0, max_block: int = 1 << 24,
                  sys: StIo | None = None) -> None:
@@ -63,6 +71,12 @@ class LinuxTape(TapeDevice):
         self.sys = sys or StIo()
         self.fd = -1
         self.writable = False
+        self._moved()
+
+    def _moved(self) -> None:
+        """The head is somewhere new: end-of-medium state starts over."""
+        self._warned = False
+        self._full = False
 
     # ---------------------------------------------------------------- plumbing
 
@@ -99,6 +113,7 @@ class LinuxTape(TapeDevice):
                 raise NoMedium(f"{self.name}: no tape") from None
             raise MediaError(f"{self.name}: {self.path}: {exc.strerror}") from None
         self.writable = write
+        self._moved()
         state = self.drive_state()
         if state.has(io.GMT_DR_OPEN) or not state.has(io.GMT_ONLINE):
             self.close()
@@ -120,6 +135,7 @@ class LinuxTape(TapeDevice):
 
     def unload(self) -> None:
         self._need_open()
+        self._moved()
         self._checked_op(io.MTOFFL, 1)
 
     # ---------------------------------------------------------------- data
@@ -140,14 +156,29 @@ class LinuxTape(TapeDevice):
         self._need_open()
         if not self.writable:
             raise NotWritable(f"{self.name}: opened read-only")
+        if self._full:
+            raise PhysicalEnd(f"{self.name}: physical end of medium")
+        if self._write(data):
+            return
+        if not self._warned:
+            self._warned = True
+            raise EarlyWarning(f"{self.name}: early warning: logical end of medium")
+        if not self._write(data):                     # st let this one through: it did not fit
+            self._full = True
+            raise PhysicalEnd(f"{self.name}: physical end of medium")
+
+    def _write(self, data: bytes | memoryview) -> bool:
+        """One write(2) of the whole record; False when st answered ENOSPC (nothing written)."""
         try:
             written = self.sys.write(self.fd, data)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise EndOfMedium(early=True) from None
+                return False
             raise MediaError(f"{self.name}: write: {exc.strerror}") from None
         if written != len(data):
-            raise EndOfMedium(early=False)
+            self._full = True
+            raise PhysicalEnd(f"{self.name}: physical end of medium ({written} of {len(data)} bytes written)")
+        return True
 
     def write_filemarks(self, count: int) -> None:
         self._need_open()
@@ -167,6 +198,7 @@ class LinuxTape(TapeDevice):
         self._need_open()
         if count == 0:
             return SpaceResult(0)
+        self._moved()
         try:
             self._op(forward_op if count > 0 else backward_op, abs(count))
             return SpaceResult(0)
@@ -188,6 +220,7 @@ class LinuxTape(TapeDevice):
 
     def rewind(self) -> None:
         self._need_open()
+        self._moved()
         self._checked_op(io.MTREW, 1)
 
     def status(self) -> TapeStatus:

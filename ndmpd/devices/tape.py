@@ -43,15 +43,35 @@ class EndOfData(TapeError):
 
 
 class EndOfMedium(TapeError):
-    """A write did not happen: the medium is full (``early``: the early-warning zone).
+    """A write did not happen because of the end of the medium: :class:`EarlyWarning` or
+    :class:`PhysicalEnd` say which (``early`` tells them apart without importing both).
 
-    After an early warning the next write goes through, so a DMA can close the tape with
-    a trailer; only the physical end refuses every write.
-    """
+    ``written``: the records of a :meth:`TapeDevice.write_records` batch that went out
+    before it (the warning is the caller's to act on, never lost inside a batch)."""
 
-    def __init__(self, early: bool) -> None:
-        super().__init__("early warning: logical end of medium" if early else "physical end of medium")
-        self.early = early
+    early = False
+    written = 0
+
+
+class EarlyWarning(EndOfMedium):
+    """The write would enter the early-warning zone (logical end of medium).
+
+    Reported once per zone; the writes after it go through, so a DMA can close the tape
+    with a trailer, until the physical end."""
+
+    early = True
+
+    def __init__(self, detail: str = "early warning: logical end of medium") -> None:
+        super().__init__(detail)
+
+
+class PhysicalEnd(EndOfMedium):
+    """The record does not fit on the medium: nothing of it was written, and every later
+    write at this position is refused too (only a rewind, a backward space or another
+    cartridge makes room again). Filemarks that still fit may close the tape file."""
+
+    def __init__(self, detail: str = "physical end of medium: the cartridge is full") -> None:
+        super().__init__(detail)
 
 
 class MediaError(TapeError):
@@ -117,17 +137,16 @@ class TapeDevice(ABC):
     def write_records(self, data: memoryview, size: int) -> int:
         """Write ``len(data) // size`` records of ``size`` bytes; returns how many went out.
 
-        Stops early, without raising, at the first record that meets end of medium; raises
-        EndOfMedium only when not even the first one was written (the mover's hot path:
-        backends may write a whole batch with one system call)."""
+        At the first record that meets end of medium it raises that EndOfMedium with
+        ``written`` set to the records before it (the mover's hot path: backends may write
+        a whole batch with one system call)."""
         count = len(data) // size
         for done in range(count):
             try:
                 self.write_record(data[done * size:(done + 1) * size])
-            except EndOfMedium:
-                if done == 0:
-                    raise
-                return done
+            except EndOfMedium as exc:
+                exc.written = done
+                raise
         return count
 
     @abstractmethod

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import cartridge
 from .cartridge import DATA_START, KIND_FILEMARK, KIND_RECORD, OVERHEAD, Cartridge
-from .tape import (EndOfData, EndOfMedium, FilemarkReached, MediaError, NoMedium, NotWritable,
+from .tape import (EarlyWarning, EndOfData, FilemarkReached, MediaError, NoMedium, NotWritable, PhysicalEnd,
                    SpaceResult, Stop, TapeDevice, TapeStatus, WriteProtected)
 
 log = logging.getLogger("ndmpd.tape")
@@ -35,6 +35,7 @@ class VirtualTape(TapeDevice):
         self.blockno: int | None = 0
         self._last_was_write = False
         self._warned = False
+        self._full = False          # a record met the physical end here: see PhysicalEnd
 
     # ------------------------------------------------------------ medium
 
@@ -57,6 +58,7 @@ class VirtualTape(TapeDevice):
     def open(self, write: bool) -> None:
         self._open_cartridge(write)
         self._open_mode = write
+        self._warned = False                # a new opener is told of the zone again
 
     def _open_cartridge(self, write: bool) -> None:
         if self.path is None:
@@ -87,6 +89,8 @@ class VirtualTape(TapeDevice):
         try:
             if self._last_was_write:
                 self.write_filemarks(1)
+        except PhysicalEnd:             # not even a filemark fits: the file ends at end of data
+            log.warning("%s: no room for the closing filemark on %s", self.name, self.path)
         finally:
             self._cart.close()
             self._cart = None
@@ -137,6 +141,7 @@ class VirtualTape(TapeDevice):
     def _backward_over(self, entry: cartridge.Entry) -> None:
         """The head moved backward over ``entry``."""
         self.offset = entry.offset
+        self._full = self._warned = False   # moving back makes room, and warns anew in the zone
         if entry.is_filemark:
             self.file_num -= 1
             self.blockno = None if self.offset > DATA_START else 0   # st: unknown in front of a filemark
@@ -159,23 +164,31 @@ class VirtualTape(TapeDevice):
 
     # ------------------------------------------------------------ writing
 
-    def _room(self, length: int, early_ok: bool) -> None:
+    def _room(self, length: int, record: bool) -> None:
+        """Refuse a write that does not fit: a record that would enter the early-warning
+        zone once (EarlyWarning), any write past the physical end (PhysicalEnd), and every
+        record after one met the physical end, even a smaller one that would fit, as a
+        drive does. Filemarks never meet the early warning."""
         cart = self.cart
         if not cart.writable:
             raise NotWritable(f"{self.name}: opened read-only")
         after = self.offset - DATA_START + OVERHEAD + length
         sb = cart.superblock
-        if after > sb.capacity:
-            raise EndOfMedium(early=False)
-        if after > sb.capacity - sb.early_warning and not early_ok:
+        if record and self._full or after > sb.capacity:
+            self._full = self._full or record
+            raise PhysicalEnd(f"{self.name}: physical end of medium: the cartridge is full "
+                              f"({sb.capacity} bytes)")
+        if not record:
+            return
+        if after > sb.capacity - sb.early_warning:
             if not self._warned:
                 self._warned = True
-                raise EndOfMedium(early=True)
-        elif after <= sb.capacity - sb.early_warning:
+                raise EarlyWarning(f"{self.name}: early warning: logical end of medium")
+        else:
             self._warned = False
 
     def write_record(self, data: bytes | memoryview) -> None:
-        self._room(len(data), early_ok=False)
+        self._room(len(data), record=True)
         self.offset = self.cart.write_entry(self.offset, KIND_RECORD, data)
         if self.blockno is not None:
             self.blockno += 1
@@ -188,7 +201,7 @@ class VirtualTape(TapeDevice):
         sb = cart.superblock
         room = sb.capacity - sb.early_warning - (self.offset - DATA_START)
         fits = min(len(data) // size, max(0, room) // (OVERHEAD + size))
-        if fits == 0 or not cart.writable:
+        if fits == 0 or not cart.writable or self._full:
             return super().write_records(data[:size], size)
         self.offset = cart.write_records(self.offset, data[:fits * size], size)
         if self.blockno is not None:
@@ -199,7 +212,7 @@ class VirtualTape(TapeDevice):
 
     def write_filemarks(self, count: int) -> None:
         for _ in range(count):
-            self._room(0, early_ok=True)
+            self._room(0, record=False)
             self.offset = self.cart.write_entry(self.offset, KIND_FILEMARK)
             self.file_num += 1
             self.blockno = 0
@@ -240,5 +253,5 @@ class VirtualTape(TapeDevice):
             return TapeStatus(None, None, 0, None, None, False, loaded=self.loaded)
         sb = self._cart.superblock
         used = self.offset - DATA_START
-        return TapeStatus(self.file_num, self.blockno, 0, sb.capacity, max(0, sb.capacity - used),
-                          sb.write_protected)
+        remain = 0 if self._full else max(0, sb.capacity - used)
+        return TapeStatus(self.file_num, self.blockno, 0, sb.capacity, remain, sb.write_protected)

@@ -116,8 +116,17 @@ def _write_records(mover: "Mover", records: memoryview, size: int, data_bytes: i
         try:
             with mover.device_lock:
                 written = mover.device.write_records(batch, size)
-        except EndOfMedium:
-            mover.pause(C.MOVER_PAUSE_EOM)            # keep the records; retry on the next tape
+        except EndOfMedium as exc:
+            # the early warning and the physical end alike: the records before ``exc.written``
+            # are on tape, nothing of the next one is, so pause EOM with it kept and retry after
+            # CONTINUE (on the next tape, or in the zone); a DMA with no next tape aborts.
+            # Never a halt, which would lose the records
+            log.info("mover: %s", exc)
+            if exc.written:
+                moved = exc.written * size
+                mover.advanced(moved, moved, exc.written)
+                records = records[moved:]
+            mover.pause(C.MOVER_PAUSE_EOM)
             continue
         except TapeError as exc:
             log.error("mover: tape write failed: %s", exc)

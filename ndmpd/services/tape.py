@@ -4,6 +4,11 @@ Devices have Linux st position semantics (see devices/tape.py); the NDMPv4 rules
 at filemarks and are applied here: a v4 READ or FSR that meets a filemark leaves the head
 in front of it, a v4 BSR stays behind it, and reading at end of data is EOM_ERR in v4
 (EOF_ERR in v2/v3).
+
+End of medium, in every version: the write that enters the early-warning zone is refused
+once with EOM_ERR (NDMP's "logical end of medium"; the next writes go through), and at the
+physical end that write and every later one get IO_ERR, which DMAs take as final (Amanda's
+ndmp device: "no space"); see ndmpd/devices/CARTRIDGE-FORMAT.md, "End of medium".
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..devices.holders import HANDOVER_PATIENCE
-from ..devices.tape import (DeviceBusy, EndOfData, EndOfMedium, FilemarkReached, MediaError, NoMedium,
-                            NotWritable, Stop, TapeDevice, TapeError, WriteProtected)
+from ..devices.tape import (DeviceBusy, EarlyWarning, EndOfData, FilemarkReached, MediaError, NoMedium,
+                            NotWritable, PhysicalEnd, Stop, TapeDevice, TapeError, WriteProtected)
 from ..errors import NdmpError
 from ..logtext import peer_text
 from ..wire import C, T
@@ -37,7 +42,8 @@ DEVICE_ERRORS: dict[type, int] = {
     WriteProtected: C.WRITE_PROTECT_ERR,
     NotWritable: C.PERMISSION_ERR,
     DeviceBusy: C.DEVICE_BUSY_ERR,
-    EndOfMedium: C.EOM_ERR,
+    EarlyWarning: C.EOM_ERR,        # once per early-warning zone; the next write goes through
+    PhysicalEnd: C.IO_ERR,          # final, as ndmjob's tape agent and a drive's VOLUME OVERFLOW
     FilemarkReached: C.EOF_ERR,
     MediaError: C.IO_ERR,
 }
