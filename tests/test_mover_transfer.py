@@ -3,6 +3,7 @@ back, direct-access reads inside the window, SEEK pauses outside it, and tape sp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import socket
@@ -75,8 +76,9 @@ def send_stream(addr: tuple[str, int], total: int) -> str:
     return send_over(socket.create_connection(addr), total)
 
 
-def backup(dma, total: int, record_size: int) -> str:
-    dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+def backup(dma, total: int, record_size: int, open_tape: bool = True) -> str:
+    if open_tape:
+        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
     dma.call("MOVER_SET_RECORD_SIZE", len=record_size)
     dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
     reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
@@ -363,11 +365,15 @@ def test_a_mover_that_continues_past_the_early_warning_pauses_again_at_the_physi
 
 
 class _MoverStub:
-    """Just what the pump's record writer uses of a mover: position, window, lock, pauses."""
+    """Just what the pump's record writer uses of a mover: position, window, tape, pauses."""
 
     def __init__(self, device) -> None:
-        self.device, self.device_lock = device, threading.Lock()
+        self.device = device
         self.position, self.window_end, self.records, self.pauses = 0, ALL, 0, []
+
+    @contextlib.contextmanager
+    def tape(self):
+        yield self.device
 
     def advanced(self, record_bytes: int, data_bytes: int, records: int = 1) -> None:
         self.position += record_bytes
@@ -395,3 +401,48 @@ def test_an_st_drive_early_warning_inside_a_batch_pauses_the_mover_and_keeps_eve
     assert [reason for reason, _ in full] == [C.MOVER_PAUSE_EOM] * 3
     assert {records for _, records in full} == {32}              # the cartridge holds 32 of them
     assert len([item for item in kernel.items if item]) == mover.records == 32
+
+
+def pause_posts(dma) -> list:
+    """The NOTIFY_MOVER_PAUSED posts received so far (taken off the queue)."""
+    taken = [body for code, body in dma.posts if code == C.NOTIFY_MOVER_PAUSED]
+    dma.posts = type(dma.posts)((c, b) for c, b in dma.posts if c != C.NOTIFY_MOVER_PAUSED)
+    return taken
+
+
+def test_a_continue_that_runs_back_into_the_filemark_notifies_before_its_reply(server):
+    """Amanda's restore flow (ndmp-device.c): MOVER_READ(0, all) at once, so part 1 may be
+    streamed and paused at its filemark before Amanda starts the part; Amanda then sends
+    SET_WINDOW + CONTINUE without moving the tape and waits for one notification. The pause
+    that CONTINUE leads into must be posted before the reply (Amanda latches one pending
+    notification), with reason EOF, so it is not taken for the end of the next part."""
+    record = 8192
+    first, second = 20 * record, 12 * record
+    with server.client() as dma:
+        backup(dma, first, record)
+        backup(dma, second, record, open_tape=False)
+        expected = b"".join(bytes(c) for c in stream_chunks(second))
+        sock = start_recover(dma, record)
+        dma.call("MOVER_READ", offset=0, length=ALL)
+        receive(sock, first)
+        paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
+        assert (paused.reason, paused.seek_position) == (C.MOVER_PAUSE_EOF, first)
+
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)        # the tape did not move
+        dma.call("MOVER_CONTINUE")
+        again = pause_posts(dma)
+        assert [(p.reason, p.seek_position) for p in again] == [(C.MOVER_PAUSE_EOF, first)]
+        state = dma.call("MOVER_GET_STATE")
+        assert (state.state, state.bytes_moved) == (C.MOVER_STATE_PAUSED, first)
+
+        # the next part: the DMA positions the tape, binds the window there and continues
+        dma.call("TAPE_MTIO", tape_op=C.MTIO_FSF, count=1)
+        dma.call("MOVER_SET_WINDOW", offset=first, length=ALL - first)
+        dma.call("MOVER_CONTINUE")
+        assert receive(sock, second) == expected
+        paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
+        assert (paused.reason, paused.seek_position) == (C.MOVER_PAUSE_EOF, first + second)
+        assert pause_posts(dma) == []
+        dma.call("MOVER_CLOSE")
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
+        sock.close()

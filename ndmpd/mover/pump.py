@@ -114,8 +114,8 @@ def _write_records(mover: "Mover", records: memoryview, size: int, data_bytes: i
         allowed = -(-(mover.window_end - mover.position) // size)        # records starting inside it
         batch = records[:allowed * size]
         try:
-            with mover.device_lock:
-                written = mover.device.write_records(batch, size)
+            with mover.tape() as device:
+                written = device.write_records(batch, size)
         except EndOfMedium as exc:
             # the early warning and the physical end alike: the records before ``exc.written``
             # are on tape, nothing of the next one is, so pause EOM with it kept and retry after
@@ -172,27 +172,17 @@ def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None
         if not mover.window_offset <= offset < mover.window_end:
             mover.pause(C.MOVER_PAUSE_SEEK, hung_up)
             continue
-        wanted = offset // size
         try:
-            with mover.device_lock:
-                n = mover.device.read_record_into(buffer) if _position(mover, wanted) else None
-        except FilemarkReached:
-            with mover.device_lock:
-                mover.device.space_filemarks(-1)     # stay in front of it, like NDMPv4
-            mover.pause(C.MOVER_PAUSE_EOF, hung_up)
-            continue
-        except EndOfData:
-            mover.pause(C.MOVER_PAUSE_EOM, hung_up)
-            continue
+            with mover.tape() as device:
+                n, blocked = _read_image_record(mover, device, offset // size, buffer)
         except TapeError as exc:
             log.error("mover: tape read failed: %s", exc)
             mover.halt(C.MOVER_HALT_MEDIA_ERROR)
             raise Halted from None
-        if n is None:                                # a filemark, BOT or EOD is in the way
-            mover.pause(C.MOVER_PAUSE_SEEK, hung_up)
+        if blocked:
+            mover.pause(blocked, hung_up)
             continue
-        mover.head_record += 1
-        skip = offset - wanted * size
+        skip = offset % size
         chunk = buffer[skip:n][:mover.bytes_left_to_read]
         if not chunk:
             mover.pause(C.MOVER_PAUSE_EOF, hung_up)            # a short record: the image ends here
@@ -207,16 +197,32 @@ def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None
             raise Halted from None
 
 
-def _position(mover: "Mover", wanted: int) -> bool:
-    """Move the head to image record ``wanted`` (FSR/BSR); False if a filemark/BOT/EOD is in the way."""
+# why the head cannot reach a record: a filemark ahead ends this tape file's part of the
+# image (EOF, as ndmjob's tape agent says, and what Amanda takes as end of part); end of
+# data is the end of the medium; a filemark or BOT behind means the image starts later (SEEK)
+_BLOCKED_AHEAD = {Stop.FILEMARK: C.MOVER_PAUSE_EOF, Stop.EOD: C.MOVER_PAUSE_EOM}
+
+
+def _read_image_record(mover: "Mover", device, wanted: int, buffer: memoryview) -> tuple[int, int]:
+    """With the tape held: move the head to image record ``wanted`` (FSR/BSR) and read it.
+
+    Returns (bytes read, 0), or (0, pause reason) when a filemark, BOT or end of data is in
+    the way; the head is then left on this side of a filemark, like NDMPv4 TAPE_READ."""
     delta = wanted - mover.head_record
-    if delta == 0:
-        return True
-    result = mover.device.space_records(delta)
-    moved = abs(delta) - result.resid
-    mover.head_record += moved if delta > 0 else -moved
-    if result.resid:
-        if result.stop is Stop.FILEMARK:             # undo the crossing: stay on this tape file
-            mover.device.space_filemarks(-1 if delta > 0 else 1)
-        return False
-    return True
+    if delta:
+        result = device.space_records(delta)
+        moved = abs(delta) - result.resid
+        mover.head_record += moved if delta > 0 else -moved
+        if result.resid:
+            if result.stop is Stop.FILEMARK:         # undo the crossing: stay on this tape file
+                device.space_filemarks(-1 if delta > 0 else 1)
+            return 0, _BLOCKED_AHEAD.get(result.stop, C.MOVER_PAUSE_SEEK) if delta > 0 else C.MOVER_PAUSE_SEEK
+    try:
+        n = device.read_record_into(buffer)
+    except FilemarkReached:
+        device.space_filemarks(-1)                   # stay in front of it, like NDMPv4
+        return 0, C.MOVER_PAUSE_EOF
+    except EndOfData:
+        return 0, C.MOVER_PAUSE_EOM
+    mover.head_record += 1
+    return n, 0

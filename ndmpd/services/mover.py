@@ -2,6 +2,12 @@
 
 The legal requests per state are the table ``ALLOWED``; the byte pumping runs in a worker
 thread (mover/pump.py) that reports back through :meth:`Mover.pause` and :meth:`Mover.halt`.
+
+MOVER_CONTINUE is answered only once the pump has taken its first step after resuming: it
+moved a record, waits for a MOVER_READ, or paused/halted again. A pause the CONTINUE leads
+straight into (a filemark still in the way) is thus posted *before* the reply, so a DMA
+that latches one pending notification (Amanda's ndmlib does) can never mistake it for the
+pause of the next part.
 """
 
 from __future__ import annotations
@@ -9,7 +15,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import NdmpError
 from ..mover import addresses, pump
@@ -47,6 +54,7 @@ ALLOWED: dict[str, dict[int, frozenset[int]]] = {
 
 
 MEDIUM_FULL = "the medium is full"
+SETTLE_TIMEOUT = 2.0     # seconds a MOVER_CONTINUE reply waits for the pump's first step
 
 
 class Mover:
@@ -78,6 +86,7 @@ class Mover:
         self.window_length = ALL_ONES
         self.head_record = 0           # image record number under the tape head (recover)
         self.address: object = T.addr(addr_type=C.ADDR_LOCAL)
+        self._resuming = False         # CONTINUEd, and the pump has not taken a step since
 
     # ------------------------------------------------------------- shared with the pump
 
@@ -103,11 +112,28 @@ class Mover:
         """While listening or moving data, the tape belongs to the mover."""
         return self.state in (LISTEN, ACTIVE)
 
+    @contextmanager
+    def tape(self) -> Iterator[Any]:
+        """The device, for the pump's device calls: under the drive's lock and only while the
+        mover still runs, so once it halts the DMA alone moves the tape (no late read-ahead
+        or filemark undo lands after the DMA's own positioning)."""
+        with self.device_lock:
+            if self.halted:
+                raise pump.Halted
+            yield self.device
+
+    def _stepped(self) -> None:
+        """The pump took its first step after a CONTINUE (call under ``_cond``)."""
+        if self._resuming:
+            self._resuming = False
+            self._cond.notify_all()
+
     def advanced(self, record_bytes: int, data_bytes: int, records: int = 1) -> None:
         with self._cond:
             self.position += record_bytes
             self.record_num += records
             self.bytes_moved += data_bytes
+            self._stepped()
 
     def delivered(self, count: int) -> None:
         with self._cond:
@@ -116,11 +142,13 @@ class Mover:
             self.record_num = self.head_record
             if self.bytes_left_to_read != ALL_ONES:
                 self.bytes_left_to_read -= count
+            self._stepped()
 
     def wait_for_read(self, timeout: float) -> bool:
         """True once a MOVER_READ is outstanding; raises Halted when the mover stops."""
         with self._cond:
             if self.bytes_left_to_read == 0 and not self.halted:
+                self._stepped()
                 self._cond.wait(timeout)
             if self.halted:
                 raise pump.Halted
@@ -286,11 +314,21 @@ class Mover:
             self.seek_position, self.bytes_left_to_read = offset, length
             self._cond.notify_all()
 
-    def resume(self) -> None:
+    def resume(self) -> Blocking:
+        """Leave PAUSED; the reply waits (off the loop) for the pump's first step, so a pause
+        it runs straight back into is notified before the CONTINUE is answered."""
         self.check("CONTINUE")
         with self._cond:
             self.state, self.pause_reason = ACTIVE, C.MOVER_PAUSE_NA
+            self._resuming = True
             self._cond.notify_all()
+
+        def settled() -> Any:
+            with self._cond:
+                self._cond.wait_for(lambda: not self._resuming or self.state != ACTIVE, SETTLE_TIMEOUT)
+                self._resuming = False
+            return T.mover_continue_reply(error=C.NO_ERR)
+        return Blocking(settled)
 
     def abort(self) -> None:
         self.check("ABORT")
@@ -379,6 +417,10 @@ class Mover:
         self._thread = None
 
     def state_reply(self) -> object:
+        with self._cond:              # a PAUSED state is never seen before its notification is queued
+            return self._state_reply()
+
+    def _state_reply(self) -> object:
         return T.mover_get_state_reply(
             error=C.NO_ERR, mode=self.mode, state=self.state, pause_reason=self.pause_reason,
             halt_reason=self.halt_reason, record_size=self.record_size, record_num=self.record_num & 0xFFFFFFFF,
@@ -427,8 +469,7 @@ def mover_read(session: "Session", req: Any) -> Any:
 
 @HANDLERS.on(C.MOVER_CONTINUE)
 def mover_continue(session: "Session", req: Any) -> Any:
-    session.mover.resume()
-    return _ok(T.mover_continue_reply)
+    return session.mover.resume()
 
 
 @HANDLERS.on(C.MOVER_ABORT)
