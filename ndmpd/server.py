@@ -21,6 +21,7 @@ from .sdnotify import Notifier
 from .services.data import HALTED as DATA_HALTED, IDLE as DATA_IDLE
 from .services.mover import HALTED as MOVER_HALTED, IDLE as MOVER_IDLE
 from .session import Edge, Session
+from .tcp import acknowledge_now, send_without_delay
 
 log = logging.getLogger("ndmpd.server")
 READ_SIZE = 256 * 1024
@@ -165,7 +166,7 @@ class NdmpServer:
         name = session.peer
         sock = writer.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            send_without_delay(sock)
         try:
             verdict = ctx.guard.arrive(session, host)
             if self._stopping.is_set():
@@ -205,6 +206,7 @@ class NdmpServer:
 
     async def _pump(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         session, edge, writer = conn.session, conn.edge, conn.writer
+        sock = writer.get_extra_info("socket")
         while True:
             out = session.data_to_send()
             if out:
@@ -221,6 +223,8 @@ class NdmpServer:
                 return
             received = session.messages_received
             session.receive_data(data)          # before login it holds at most PRE_AUTH_MAX_RECORD
+            if session.buffered and sock is not None:   # mid-message: the peer may wait for our ACK
+                acknowledge_now(sock)
             if session.messages_received != received:  # a message, not a trickle of bytes, is activity
                 conn.last_input = time.monotonic()
                 if not received:
