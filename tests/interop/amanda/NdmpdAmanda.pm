@@ -37,7 +37,8 @@ sub open_device {
     $dev->property_set("ndmp_username", $ENV{NDMPD_USER} // "ndmp");
     $dev->property_set("ndmp_password", $ENV{NDMPD_PASSWORD} // "ndmp");
     for my $name (keys %props) {
-        $dev->property_set($name, $props{$name}) or die "property $name: " . $dev->error_or_status();
+        my $refusal = $dev->property_set($name, $props{$name});      # undef on success
+        die "property $name: $refusal\n" if defined $refusal;
     }
     return $dev;
 }
