@@ -166,3 +166,39 @@ def test_a_restart_forgets_removal_locks_of_sessions_that_are_gone(ctx, tmp_path
     restarted = ChangerRegistry(ctx.config.changers, ctx.drives)                  # the server ran again
     restarted.start()
     assert library.remove("P2") == "P2"
+
+
+class PathChangers:
+    """Opens a :class:`SlowChanger` per path and remembers which path each came from."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[str, SlowChanger]] = []
+
+    def __call__(self, path: str) -> SlowChanger:
+        device = SlowChanger()
+        self.opened.append((path, device))
+        return device
+
+
+def sg_config(tmp_path, path: str):
+    return build({"server": {"listen": ["127.0.0.1:10000"], "state_dir": str(tmp_path / "state")},
+                  "user": [{"name": "ndmp", "password": "secret"}],
+                  "changer": [{"name": "robot", "kind": "sg", "path": path}]}, "<test>", tmp_path)
+
+
+def test_a_reload_that_moves_a_real_changer_opens_the_new_device_for_new_sessions(tmp_path):
+    """A session keeps the device it opened; a session after the reload gets the new path's, not
+    the old one's; each closes when its last opener goes."""
+    opener = PathChangers()
+    before = ChangerRegistry(sg_config(tmp_path, "/dev/null").changers, DriveRegistry(()), open_sg=opener)
+    old_session, new_session = object(), object()
+    before.acquire("robot", old_session)
+    after = before.reconfigured(sg_config(tmp_path, "/dev/zero").changers, DriveRegistry(()))
+    after.start()
+    after.acquire("robot", new_session).execute(bytes(6))
+    assert [path for path, _ in opener.opened] == ["/dev/null", "/dev/zero"]
+    (_, old_device), (_, new_device) = opener.opened
+    before.release("robot", old_session)
+    assert (old_device.closed, new_device.closed) == (1, 0)                    # the new one is still open
+    after.release("robot", new_session)
+    assert new_device.closed == 1
