@@ -4,6 +4,8 @@ WRITE_PROTECT_ERR and nothing on the cartridge changes. RDWR stays refused."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from ndmpd.context import ServerContext
@@ -65,3 +67,32 @@ def test_raw_open_of_a_protected_tape_in_an_st_drive_reads_and_refuses_writes(tm
     assert err(dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RAW_MODE)) == C.NO_ERR
     assert read_all(dma)[0] == b"z" * 1024
     refuses_every_write(dma)
+
+
+@pytest.fixture
+def immutable():
+    """Makes files immutable (chattr +i: not even root may write them), undone afterwards."""
+    made = []
+
+    def make(path) -> None:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not supported here")
+        made.append(path)
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_tape_get_state_reports_write_protection_of_a_cartridge_file_that_cannot_be_written(tmp_path, immutable):
+    """A cartridge whose file cannot be opened for writing opens RAW read-only, like a
+    protected one, and TAPE_GET_STATE says so: a DMA learns it before it tries to write."""
+    config = make_config(tmp_path)
+    session, dma = open_session(ServerContext(config), 4)
+    write_reference_tape(dma)
+    dma.call("TAPE_CLOSE")
+    immutable(config.tapes[0].path)
+    assert err(dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RAW_MODE)) == C.NO_ERR
+    assert dma.call("TAPE_GET_STATE").body.flags & C.TAPE_STATE_WR_PROT
+    assert read_all(dma) == [bytes([k]) * 1000 for k in range(3)]
+    refuses_every_write(dma)
+    assert err(dma.call("TAPE_CLOSE")) == C.NO_ERR
