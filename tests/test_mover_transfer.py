@@ -92,6 +92,20 @@ def backup(dma, total: int, record_size: int, open_tape: bool = True) -> str:
     return digest
 
 
+def start_backup(dma, record_size: int, total: int, window: int = ALL) -> tuple[threading.Thread, dict]:
+    """Open vtape0, start a TCP backup of ``total`` bytes with its sender in a thread; the
+    dict gets the stream's digest as "d" once it is sent."""
+    dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+    dma.call("MOVER_SET_RECORD_SIZE", len=record_size)
+    dma.call("MOVER_SET_WINDOW", offset=0, length=window)
+    reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+    result: dict = {}
+    sender = threading.Thread(target=lambda: result.update(d=send_stream(endpoint(reply.connect_addr), total)),
+                              daemon=True)
+    sender.start()
+    return sender, result
+
+
 def start_recover(dma, record_size: int) -> socket.socket:
     dma.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1)
     dma.call("MOVER_SET_RECORD_SIZE", len=record_size)
@@ -208,13 +222,7 @@ def test_backup_spans_two_cartridges_on_eom(server):
     total = 1536 * 1024 + 999                   # more than one cartridge holds
     record = 32768
     with server.client() as dma:
-        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
-        dma.call("MOVER_SET_RECORD_SIZE", len=record)
-        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
-        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
-        result = {}
-        sender = threading.Thread(target=lambda: result.update(d=send_stream(endpoint(reply.connect_addr), total)))
-        sender.start()
+        sender, result = start_backup(dma, record, total)
         paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
         assert paused.reason == C.MOVER_PAUSE_EOM
         state = dma.call("MOVER_GET_STATE")
@@ -253,13 +261,7 @@ def test_backup_pauses_exactly_at_the_window_end_with_small_records(server):
     """The mover writes records in batches; a window ending mid-batch still pauses on its edge."""
     record, total = 10240, 12 * 10240 + 77
     with server.client() as dma:
-        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
-        dma.call("MOVER_SET_RECORD_SIZE", len=record)
-        dma.call("MOVER_SET_WINDOW", offset=0, length=5 * record)
-        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
-        result = {}
-        sender = threading.Thread(target=lambda: result.update(d=send_stream(endpoint(reply.connect_addr), total)))
-        sender.start()
+        sender, result = start_backup(dma, record, total, 5 * record)
         assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOW
         state = dma.call("MOVER_GET_STATE")
         assert (state.record_num, state.bytes_moved) == (5, 5 * record)
@@ -340,12 +342,7 @@ def test_a_mover_that_continues_past_the_early_warning_pauses_again_at_the_physi
     at once, without writing: one pause per CONTINUE, never a loop or a lost record."""
     record = 32768
     with server.client() as dma:
-        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
-        dma.call("MOVER_SET_RECORD_SIZE", len=record)
-        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
-        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
-        sender = threading.Thread(target=lambda: send_stream(endpoint(reply.connect_addr), 2 * MiB), daemon=True)
-        sender.start()
+        start_backup(dma, record, 2 * MiB)
         positions = []
         for _ in range(3):
             assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOM
