@@ -22,7 +22,7 @@ BOUND = 2.0                     # seconds; 13 ms a request leaves a loaded machi
 RECORD = 32768
 READS = 300                     # MOVER_READs of READ_LENGTH: ~9 ms each with Nagle (2.7 s), 0.2 ms without
 READ_LENGTH = 3 * RECORD        # not a multiple of loopback's 65483-byte MSS: each read ends in a short segment
-READ_BOUND = 1.0
+READ_BOUND = 1.5                # seconds: 3.3 s with Nagle (measured), 0.1-0.3 s without; room for a loaded 2-core CI
 
 
 class XdrrecClient(NdmpClient):
