@@ -17,6 +17,8 @@ from ndmpd.devices import cartridge
 from ndmpd.devices.registry import DriveRegistry
 from ndmpd.wire import C
 
+from .server_thread import ServerThread
+
 from .test_scsi_service import INQUIRY, ctx  # noqa: F401  (the fixture)
 from .test_tape_service import err, open_session
 
@@ -180,8 +182,8 @@ class PathChangers:
         return device
 
 
-def sg_config(tmp_path, path: str):
-    return build({"server": {"listen": ["127.0.0.1:10000"], "state_dir": str(tmp_path / "state")},
+def sg_config(tmp_path, path: str, listen: str = "127.0.0.1:10000"):
+    return build({"server": {"listen": [listen], "state_dir": str(tmp_path / "state")},
                   "user": [{"name": "ndmp", "password": "secret"}],
                   "changer": [{"name": "robot", "kind": "sg", "path": path}]}, "<test>", tmp_path)
 
@@ -202,3 +204,45 @@ def test_a_reload_that_moves_a_real_changer_opens_the_new_device_for_new_session
     assert (old_device.closed, new_device.closed) == (1, 0)                    # the new one is still open
     after.release("robot", new_session)
     assert new_device.closed == 1
+
+
+class GatedChanger(SlowChanger):
+    """A real changer whose command (a robot's MOVE MEDIUM takes seconds) runs until ``gate`` opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.started = threading.Event(), threading.Event()
+
+    def execute(self, cdb: bytes, datain_len: int = 0, data_out: bytes = b"", timeout_ms: int = 0) -> CdbResult:
+        self.started.set()
+        self.gate.wait(10)
+        return CdbResult(0, b"")
+
+
+def test_the_changer_state_is_answered_while_another_session_moves_a_cartridge(tmp_path):
+    """SCSI_GET_STATE and SCSI_SET_TARGET only identify the device: they wait neither for
+    another session's command nor hold up the server meanwhile."""
+    config = sg_config(tmp_path, "/dev/null", listen="127.0.0.1:0")
+    changer = GatedChanger()
+    server = ServerThread(config)
+    server.ctx.changers = ChangerRegistry(config.changers, server.ctx.drives, open_sg=changer)
+    try:
+        with server.client(version=3) as mover_dma, server.client(version=3) as asking:
+            for dma in (mover_dma, asking):
+                dma.login("ndmp", "secret")
+                dma.call("SCSI_OPEN", device="robot")
+            moving = threading.Thread(target=lambda: mover_dma.call(
+                "SCSI_EXECUTE_CDB", flags=0, timeout=60000, datain_len=0, cdb=bytes(12), dataout=b""))
+            moving.start()
+            assert changer.started.wait(10)
+            start = time.monotonic()
+            state = asking.call("SCSI_GET_STATE")
+            asking.call("SCSI_SET_TARGET", device="robot", target_controller=0, target_id=3, target_lun=0)
+            answered = time.monotonic() - start
+            changer.gate.set()
+            moving.join(30)
+        assert (state.target_controller, state.target_id, state.target_lun) == (0, 3, 0)
+        assert answered < 5, f"SCSI_GET_STATE waited {answered:.1f} s for the other session's command"
+    finally:
+        changer.gate.set()
+        server.stop()

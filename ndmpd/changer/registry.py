@@ -47,8 +47,9 @@ class SerialisedChanger:
             self._device.reset(bus)
 
     def address(self) -> tuple[int, int, int]:
-        with self._lock:
-            return self._device.address()
+        """Not under the lock: identifying the device is no command on it, and SCSI_GET_STATE
+        asks on the event loop, which must not wait for another session's MOVE MEDIUM."""
+        return self._device.address()
 
     def close(self) -> None:
         """The registry closes the device itself after its last opener."""
