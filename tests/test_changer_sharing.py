@@ -246,3 +246,36 @@ def test_the_changer_state_is_answered_while_another_session_moves_a_cartridge(t
     finally:
         changer.gate.set()
         server.stop()
+
+
+def library_config(tmp_path, slots: int):
+    return build({"server": {"listen": ["127.0.0.1:10000"], "state_dir": str(tmp_path / "state")},
+                  "user": [{"name": "ndmp", "password": "secret"}],
+                  "tape": [{"name": "ltape0"}],
+                  "changer": [{"name": "vlib0", "path": str(tmp_path / "lib"), "drives": ["ltape0"], "slots": slots}]},
+                 "<test>", tmp_path)
+
+
+def move_cdb(source: int, destination: int) -> bytes:
+    return bytes([0xA5, 0]) + struct.pack(">HHH", 0, source, destination) + bytes(4)
+
+
+def test_a_session_of_the_old_geometry_loses_no_cartridge_that_a_reload_added_slots_for(tmp_path):
+    """A reload grows a library while a session has it open: that session's moves (in the
+    slots it knows) keep the cartridges the new sessions put in the new slots."""
+    first = library_config(tmp_path, 2)
+    before = ChangerRegistry(first.changers, DriveRegistry(first.tapes))
+    library = before.libraries["vlib0"]
+    library.directory.mkdir()
+    for barcode in ("G1", "G2"):
+        cartridge.create(library.cartridge_path(barcode), 1 << 20, None, barcode)
+        library.place(barcode, None, (2,))                                       # slots 1024, 1025
+    old = before.acquire("vlib0", "old session")
+    second = library_config(tmp_path, 4)
+    after = before.reconfigured(second.changers, DriveRegistry(second.tapes))
+    after.start()
+    new = after.acquire("vlib0", "new session")
+    assert new.execute(move_cdb(1025, 1027)).status == 0                         # into a new slot
+    assert old.execute(move_cdb(1024, 1025)).status == 0                         # the old geometry moves
+    with after.libraries["vlib0"].state() as state:
+        assert {e.address: e.barcode for e in state.elements.values() if e.barcode} == {1025: "G1", 1027: "G2"}
