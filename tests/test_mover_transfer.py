@@ -8,6 +8,7 @@ import hashlib
 import ipaddress
 import socket
 import threading
+import time
 
 import pytest
 
@@ -443,3 +444,48 @@ def test_a_continue_that_runs_back_into_the_filemark_notifies_before_its_reply(s
         dma.call("MOVER_CLOSE")
         assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
         sock.close()
+
+
+REPAUSE_BOUND = 1.0     # seconds for three CONTINUEs that pause again at once (on main up to 2 s each)
+
+
+def continue_into_the_same_pause(dma, reason: int, times: int = 3) -> float:
+    """CONTINUE ``times`` on a mover that can only pause again with ``reason``; each pause is
+    posted before the reply. Returns the seconds they took."""
+    start = time.monotonic()
+    for _ in range(times):
+        dma.posts.clear()
+        dma.call("MOVER_CONTINUE")
+        assert [body.reason for code, body in dma.posts if code == C.NOTIFY_MOVER_PAUSED] == [reason]  # before the reply
+        assert dma.call("MOVER_GET_STATE").pause_reason == reason
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("server", [{"capacity": "1MiB", "early_warning": "128KiB"}], indirect=True)
+def test_a_continue_on_a_full_tape_is_answered_as_soon_as_the_mover_pauses_again(server):
+    """The CONTINUE reply waits for the pump's first step, and pausing again is that step: on
+    main the reply waited out the settle timeout whenever its wait began before the pump paused
+    (a DMA retrying a full tape, or Amanda's restore running into a filemark, lost 2 s a CONTINUE)."""
+    with server.client() as dma:
+        start_backup(dma, 32768, 2 * MiB)
+        for _ in range(2):                                   # the early warning, then the physical end
+            assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOM
+            if _ == 0:
+                dma.call("MOVER_CONTINUE")
+        elapsed = continue_into_the_same_pause(dma, C.MOVER_PAUSE_EOM)
+        dma.call("MOVER_ABORT")
+    assert elapsed < REPAUSE_BOUND, f"3 CONTINUEs on a full tape took {elapsed:.1f} s"
+
+
+def test_a_continue_in_front_of_a_filemark_is_answered_as_soon_as_the_mover_pauses_again(server):
+    record = 4096
+    with server.client() as dma:
+        backup(dma, 10 * record, record)
+        sock = start_recover(dma, record)
+        dma.call("MOVER_READ", offset=0, length=20 * record)     # more than this tape file holds
+        assert len(receive(sock, 10 * record)) == 10 * record
+        assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOF
+        elapsed = continue_into_the_same_pause(dma, C.MOVER_PAUSE_EOF)
+        sock.close()
+        dma.call("MOVER_ABORT")
+    assert elapsed < REPAUSE_BOUND, f"3 CONTINUEs in front of a filemark took {elapsed:.1f} s"
