@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from ndmpd.config import build
 from ndmpd.context import ServerContext
 from ndmpd.devices import cartridge
 from ndmpd.devices.registry import DriveRegistry
@@ -96,3 +97,38 @@ def test_tape_get_state_reports_write_protection_of_a_cartridge_file_that_cannot
     assert read_all(dma) == [bytes([k]) * 1000 for k in range(3)]
     refuses_every_write(dma)
     assert err(dma.call("TAPE_CLOSE")) == C.NO_ERR
+
+
+def test_a_protected_cartridge_loaded_into_a_drive_open_for_writing_reads_and_refuses_writes(tmp_path):
+    """A library loads a protected cartridge into a drive a session has open RDWR (another
+    session's MOVE MEDIUM): as with st, the new cartridge reads and spaces, and only writes
+    are refused, with WRITE_PROTECT_ERR; on main every operation was refused."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    ctx = ServerContext(build({
+        "server": {"listen": ["127.0.0.1:10000"], "state_dir": str(tmp_path / "state")},
+        "user": [{"name": "ndmp", "password": "secret"}],
+        "volume": [{"name": "/export/data", "path": str(vol)}],
+        "tape": [{"name": "ltape0"}],
+        "changer": [{"name": "vlib0", "path": str(tmp_path / "lib"), "drives": ["ltape0"], "slots": 2}]},
+        "<test>", tmp_path))
+    library = ctx.changers.libraries["vlib0"]
+    library.directory.mkdir(exist_ok=True)
+    archive, scratch = library.cartridge_path("ARC001"), library.cartridge_path("SCR001")
+    session, dma = open_session(ctx)
+    ctx.drives.change_cartridge("ltape0", archive)
+    assert err(dma.call("TAPE_OPEN", device="ltape0", mode=C.TAPE_RDWR_MODE)) == C.NO_ERR
+    assert err(dma.call("TAPE_WRITE", data_out=b"a" * 1000)) == C.NO_ERR
+    assert err(dma.call("TAPE_CLOSE")) == C.NO_ERR
+    protect(archive)
+    before = archive.read_bytes()
+    ctx.drives.change_cartridge("ltape0", scratch)
+    assert err(dma.call("TAPE_OPEN", device="ltape0", mode=C.TAPE_RDWR_MODE)) == C.NO_ERR
+    ctx.drives.change_cartridge("ltape0", archive)                   # as a MOVE MEDIUM does
+    assert err(dma.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1)) == C.NO_ERR
+    assert dma.call("TAPE_GET_STATE").body.flags & C.TAPE_STATE_WR_PROT
+    assert read_all(dma) == [b"a" * 1000]
+    assert err(dma.call("TAPE_WRITE", data_out=b"x" * 512)) == C.WRITE_PROTECT_ERR
+    assert err(dma.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)) == C.WRITE_PROTECT_ERR
+    assert err(dma.call("TAPE_CLOSE")) == C.NO_ERR
+    assert archive.read_bytes() == before
