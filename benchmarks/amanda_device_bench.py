@@ -25,12 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.mover_bench import make_data, run_rotated, time_cat    # noqa: E402
+from benchmarks.ndmp_backup_bench import PASSWORD, server_config       # noqa: E402
 from ndmpd.config import parse_size                                  # noqa: E402
 from tests.interop.amanda import AmandaPeer, amanda_missing          # noqa: E402
 from tests.server_process import ServerProcess, free_loopback_address  # noqa: E402
 
 SHIM = Path(__file__).resolve().parent / "tools" / "nodelay.c"
-PASSWORD = "bench-pw"
 SLOWEST = 200e3                 # bytes/s a run may take before it is abandoned (0.7 MB/s was seen)
 
 WRITE_ONE_FILE = """
@@ -58,26 +58,12 @@ def build_shim(tmp: Path) -> Path:
 
 def write_config(work: Path, host: str, size: int) -> Path:
     """One virtual drive with room for the file, on ``work``'s disk; info logging, as in service."""
-    config = work / "ndmpd.toml"
-    config.write_text(f"""
-[server]
-listen = ["{host}:10000"]
-state_dir = "{work / 'state'}"
-auth = ["md5", "text"]
-log_level = "info"
-
-[[user]]
-name = "ndmp"
-password = "{PASSWORD}"
-
+    return server_config(work, host, "info", f"""
 [[tape]]
 name = "vtape0"
 path = "{work / 'state' / 'vtape0.img'}"
 capacity = {size + (256 << 20)}
 """)
-    config.chmod(0o600)
-    (work / "state").mkdir()
-    return config
 
 
 def time_amanda(peer: AmandaPeer, data: Path, block: int, preload: Path | None) -> float:
