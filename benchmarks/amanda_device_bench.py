@@ -20,18 +20,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.mover_bench import make_data                         # noqa: E402
+from benchmarks.mover_bench import make_data, run_rotated, time_cat    # noqa: E402
+from benchmarks.ndmp_backup_bench import PASSWORD, server_config       # noqa: E402
 from ndmpd.config import parse_size                                  # noqa: E402
 from tests.interop.amanda import AmandaPeer, amanda_missing          # noqa: E402
 from tests.server_process import ServerProcess, free_loopback_address  # noqa: E402
 
 SHIM = Path(__file__).resolve().parent / "tools" / "nodelay.c"
-PASSWORD = "bench-pw"
 SLOWEST = 200e3                 # bytes/s a run may take before it is abandoned (0.7 MB/s was seen)
 
 WRITE_ONE_FILE = """
@@ -59,35 +58,12 @@ def build_shim(tmp: Path) -> Path:
 
 def write_config(work: Path, host: str, size: int) -> Path:
     """One virtual drive with room for the file, on ``work``'s disk; info logging, as in service."""
-    config = work / "ndmpd.toml"
-    config.write_text(f"""
-[server]
-listen = ["{host}:10000"]
-state_dir = "{work / 'state'}"
-auth = ["md5", "text"]
-log_level = "info"
-
-[[user]]
-name = "ndmp"
-password = "{PASSWORD}"
-
+    return server_config(work, host, "info", f"""
 [[tape]]
 name = "vtape0"
 path = "{work / 'state' / 'vtape0.img'}"
 capacity = {size + (256 << 20)}
 """)
-    config.chmod(0o600)
-    (work / "state").mkdir()
-    return config
-
-
-def time_cat(data: Path, work: Path) -> float:
-    copy = work / "copy"
-    start = time.perf_counter()
-    subprocess.run(f"cat '{data}' > '{copy}' && sync", shell=True, check=True)
-    elapsed = time.perf_counter() - start
-    copy.unlink()
-    return elapsed
 
 
 def time_amanda(peer: AmandaPeer, data: Path, block: int, preload: Path | None) -> float:
@@ -118,18 +94,12 @@ def main() -> None:
         shim = build_shim(work)
         server = ServerProcess(host, write_config(work, host, size), work / "ndmpd.log", PASSWORD)
         peer = AmandaPeer(host, PASSWORD, work)
-        runs = {"cat FILE > copy && sync": lambda: time_cat(data, work),
+        runs = {"cat FILE > copy && sync": lambda: time_cat(data, work, sync=True),
                 "Amanda 32 KiB stock": lambda: time_amanda(peer, data, 32 << 10, None),
                 "Amanda 32 KiB NODELAY": lambda: time_amanda(peer, data, 32 << 10, shim),
                 "Amanda 1 MiB stock": lambda: time_amanda(peer, data, 1 << 20, None)}
-        results: dict[str, list[float]] = {name: [] for name in runs}
         try:
-            order = list(runs)
-            for _ in range(args.rounds):
-                for name in order:          # rotate the order: page-cache writeback hits whoever runs late
-                    results[name].append(runs[name]())
-                    time.sleep(1)
-                order = order[1:] + order[:1]
+            results = run_rotated(runs, args.rounds)
         finally:
             server.stop()
     mb = size / 1e6

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,10 +40,11 @@ def make_data(path: Path, size: int) -> None:
             pass
 
 
-def time_cat(data: Path, workdir: Path) -> float:
+def time_cat(data: Path, workdir: Path, sync: bool = False) -> float:
+    """Seconds to copy ``data`` with cat (and, with ``sync``, to get the copy onto the disk)."""
     copy = workdir / "copy"
     start = time.perf_counter()
-    subprocess.run(f"cat '{data}' > '{copy}'", shell=True, check=True)
+    subprocess.run(f"cat '{data}' > '{copy}'" + (" && sync" if sync else ""), shell=True, check=True)
     elapsed = time.perf_counter() - start
     copy.unlink()
     return elapsed
@@ -89,6 +91,19 @@ def time_mover(server: ServerThread, data: Path, cart: Path, record_size: int, l
     return elapsed
 
 
+def run_rotated(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Each run's times over ``rounds`` rounds, the order rotated every round: page-cache
+    writeback hits whoever runs late, so no run always pays for the one before."""
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+    for _ in range(rounds):
+        for name in order:
+            results[name].append(runs[name]())
+            time.sleep(1)
+        order = order[1:] + order[:1]
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1GiB")
@@ -109,17 +124,11 @@ def main() -> None:
             "tape": [{"name": "bench", "path": str(cart), "capacity": size * 2 + (64 << 20)}],
         }, "<bench>", work)
         server = ServerThread(config)
-        results: dict[str, list[float]] = {"cat": [], "TCP": [], "LOCAL": []}
         try:
-            runs = {"cat": lambda: time_cat(data, work),
-                    "TCP": lambda: time_mover(server, data, cart, record_size, local=False),
-                    "LOCAL": lambda: time_mover(server, data, cart, record_size, local=True)}
-            order = list(runs)
-            for _ in range(args.rounds):
-                for name in order:          # rotate the order: page-cache writeback hits whoever runs late
-                    results[name].append(runs[name]())
-                    time.sleep(1)
-                order = order[1:] + order[:1]
+            results = run_rotated({"cat": lambda: time_cat(data, work),
+                                   "TCP": lambda: time_mover(server, data, cart, record_size, local=False),
+                                   "LOCAL": lambda: time_mover(server, data, cart, record_size, local=True)},
+                                  args.rounds)
         finally:
             server.stop()
     mb = size / 1e6

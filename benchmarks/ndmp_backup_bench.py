@@ -45,29 +45,35 @@ PASSWORD = "bench-pw"
 TARGET = 1.3
 
 
-def write_config(work: Path, host: str, trees: dict[str, Path], cartridge: Path) -> Path:
-    volumes = "".join(f'\n[[volume]]\nname = "/bench/{kind}"\npath = "{tree}"\nsnapshot = "none"\n'
-                      for kind, tree in trees.items())
+def server_config(work: Path, host: str, log_level: str, rest: str) -> Path:
+    """``work``/ndmpd.toml: a benchmark server on ``host`` (user ndmp, PASSWORD, state in
+    ``work``/state) with ``rest`` (its volumes and tapes) after it."""
     config = work / "ndmpd.toml"
     config.write_text(f"""
 [server]
 listen = ["{host}:10000"]
 state_dir = "{work / 'state'}"
 auth = ["md5", "text"]
-log_level = "warning"
+log_level = "{log_level}"
 
 [[user]]
 name = "ndmp"
 password = "{PASSWORD}"
-{volumes}
+{rest}""")
+    config.chmod(0o600)
+    (work / "state").mkdir(exist_ok=True)
+    return config
+
+
+def write_config(work: Path, host: str, trees: dict[str, Path], cartridge: Path) -> Path:
+    volumes = "".join(f'\n[[volume]]\nname = "/bench/{kind}"\npath = "{tree}"\nsnapshot = "none"\n'
+                      for kind, tree in trees.items())
+    return server_config(work, host, "warning", f"""{volumes}
 [[tape]]
 name = "vtape0"
 path = "{cartridge}"
 capacity = "64GiB"
 """)
-    config.chmod(0o600)
-    (work / "state").mkdir(exist_ok=True)
-    return config
 
 
 def timed(argv: list[str], cwd: Path | None = None) -> tuple[float, str]:

@@ -1,6 +1,8 @@
-"""TCP options for the control connection, where the kernel's defaults can cost 40 ms a message.
+"""TCP options for the control and data connections, where the kernel's defaults can cost 40 ms a message.
 
-An option the platform lacks (``TCP_QUICKACK`` is Linux-only) is skipped, never an error.
+An option the platform lacks (``TCP_QUICKACK`` is Linux-only) or a socket refuses (reset or
+closed meanwhile, not TCP) is skipped, never an error: the connection's own I/O reports what
+is wrong with it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 def send_without_delay(sock: Any) -> None:
     """Replies leave at once (no Nagle): each is one write the peer waits for."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _set(sock, socket.TCP_NODELAY)
 
 
 def acknowledge_now(sock: Any) -> None:
@@ -28,7 +30,11 @@ def acknowledge_now(sock: Any) -> None:
     it once, or after sending a reply, does not help (measured).
     """
     if QUICKACK is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
-        except OSError:                 # closed meanwhile, or not TCP: nothing to acknowledge
-            pass
+        _set(sock, QUICKACK)
+
+
+def _set(sock: Any, option: int) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+    except OSError:                     # closed or reset meanwhile, or not TCP
+        pass

@@ -17,6 +17,8 @@ from ndmpd.devices import cartridge
 from ndmpd.devices.registry import DriveRegistry
 from ndmpd.wire import C
 
+from .server_thread import ServerThread
+
 from .test_scsi_service import INQUIRY, ctx  # noqa: F401  (the fixture)
 from .test_tape_service import err, open_session
 
@@ -166,3 +168,114 @@ def test_a_restart_forgets_removal_locks_of_sessions_that_are_gone(ctx, tmp_path
     restarted = ChangerRegistry(ctx.config.changers, ctx.drives)                  # the server ran again
     restarted.start()
     assert library.remove("P2") == "P2"
+
+
+class PathChangers:
+    """Opens a :class:`SlowChanger` per path and remembers which path each came from."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[str, SlowChanger]] = []
+
+    def __call__(self, path: str) -> SlowChanger:
+        device = SlowChanger()
+        self.opened.append((path, device))
+        return device
+
+
+def sg_config(tmp_path, path: str, listen: str = "127.0.0.1:10000"):
+    return build({"server": {"listen": [listen], "state_dir": str(tmp_path / "state")},
+                  "user": [{"name": "ndmp", "password": "secret"}],
+                  "changer": [{"name": "robot", "kind": "sg", "path": path}]}, "<test>", tmp_path)
+
+
+def test_a_reload_that_moves_a_real_changer_opens_the_new_device_for_new_sessions(tmp_path):
+    """A session keeps the device it opened; a session after the reload gets the new path's, not
+    the old one's; each closes when its last opener goes."""
+    opener = PathChangers()
+    before = ChangerRegistry(sg_config(tmp_path, "/dev/null").changers, DriveRegistry(()), open_sg=opener)
+    old_session, new_session = object(), object()
+    before.acquire("robot", old_session)
+    after = before.reconfigured(sg_config(tmp_path, "/dev/zero").changers, DriveRegistry(()))
+    after.start()
+    after.acquire("robot", new_session).execute(bytes(6))
+    assert [path for path, _ in opener.opened] == ["/dev/null", "/dev/zero"]
+    (_, old_device), (_, new_device) = opener.opened
+    before.release("robot", old_session)
+    assert (old_device.closed, new_device.closed) == (1, 0)                    # the new one is still open
+    after.release("robot", new_session)
+    assert new_device.closed == 1
+
+
+class GatedChanger(SlowChanger):
+    """A real changer whose command (a robot's MOVE MEDIUM takes seconds) runs until ``gate`` opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.started = threading.Event(), threading.Event()
+
+    def execute(self, cdb: bytes, datain_len: int = 0, data_out: bytes = b"", timeout_ms: int = 0) -> CdbResult:
+        self.started.set()
+        self.gate.wait(10)
+        return CdbResult(0, b"")
+
+
+def test_the_changer_state_is_answered_while_another_session_moves_a_cartridge(tmp_path):
+    """SCSI_GET_STATE and SCSI_SET_TARGET only identify the device: they wait neither for
+    another session's command nor hold up the server meanwhile."""
+    config = sg_config(tmp_path, "/dev/null", listen="127.0.0.1:0")
+    changer = GatedChanger()
+    server = ServerThread(config)
+    server.ctx.changers = ChangerRegistry(config.changers, server.ctx.drives, open_sg=changer)
+    try:
+        with server.client(version=3) as mover_dma, server.client(version=3) as asking:
+            for dma in (mover_dma, asking):
+                dma.login("ndmp", "secret")
+                dma.call("SCSI_OPEN", device="robot")
+            moving = threading.Thread(target=lambda: mover_dma.call(
+                "SCSI_EXECUTE_CDB", flags=0, timeout=60000, datain_len=0, cdb=bytes(12), dataout=b""))
+            moving.start()
+            assert changer.started.wait(10)
+            start = time.monotonic()
+            state = asking.call("SCSI_GET_STATE")
+            asking.call("SCSI_SET_TARGET", device="robot", target_controller=0, target_id=3, target_lun=0)
+            answered = time.monotonic() - start
+            changer.gate.set()
+            moving.join(30)
+        assert (state.target_controller, state.target_id, state.target_lun) == (0, 3, 0)
+        assert answered < 5, f"SCSI_GET_STATE waited {answered:.1f} s for the other session's command"
+    finally:
+        changer.gate.set()
+        server.stop()
+
+
+def library_config(tmp_path, slots: int):
+    return build({"server": {"listen": ["127.0.0.1:10000"], "state_dir": str(tmp_path / "state")},
+                  "user": [{"name": "ndmp", "password": "secret"}],
+                  "tape": [{"name": "ltape0"}],
+                  "changer": [{"name": "vlib0", "path": str(tmp_path / "lib"), "drives": ["ltape0"], "slots": slots}]},
+                 "<test>", tmp_path)
+
+
+def move_cdb(source: int, destination: int) -> bytes:
+    return bytes([0xA5, 0]) + struct.pack(">HHH", 0, source, destination) + bytes(4)
+
+
+def test_a_session_of_the_old_geometry_loses_no_cartridge_that_a_reload_added_slots_for(tmp_path):
+    """A reload grows a library while a session has it open: that session's moves (in the
+    slots it knows) keep the cartridges the new sessions put in the new slots."""
+    first = library_config(tmp_path, 2)
+    before = ChangerRegistry(first.changers, DriveRegistry(first.tapes))
+    library = before.libraries["vlib0"]
+    library.directory.mkdir()
+    for barcode in ("G1", "G2"):
+        cartridge.create(library.cartridge_path(barcode), 1 << 20, None, barcode)
+        library.place(barcode, None, (2,))                                       # slots 1024, 1025
+    old = before.acquire("vlib0", "old session")
+    second = library_config(tmp_path, 4)
+    after = before.reconfigured(second.changers, DriveRegistry(second.tapes))
+    after.start()
+    new = after.acquire("vlib0", "new session")
+    assert new.execute(move_cdb(1025, 1027)).status == 0                         # into a new slot
+    assert old.execute(move_cdb(1024, 1025)).status == 0                         # the old geometry moves
+    with after.libraries["vlib0"].state() as state:
+        assert {e.address: e.barcode for e in state.elements.values() if e.barcode} == {1025: "G1", 1027: "G2"}

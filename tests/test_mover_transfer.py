@@ -8,6 +8,7 @@ import hashlib
 import ipaddress
 import socket
 import threading
+import time
 
 import pytest
 
@@ -90,6 +91,20 @@ def backup(dma, total: int, record_size: int, open_tape: bool = True) -> str:
     dma.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)
     dma.call("MOVER_STOP")
     return digest
+
+
+def start_backup(dma, record_size: int, total: int, window: int = ALL) -> tuple[threading.Thread, dict]:
+    """Open vtape0, start a TCP backup of ``total`` bytes with its sender in a thread; the
+    dict gets the stream's digest as "d" once it is sent."""
+    dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+    dma.call("MOVER_SET_RECORD_SIZE", len=record_size)
+    dma.call("MOVER_SET_WINDOW", offset=0, length=window)
+    reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+    result: dict = {}
+    sender = threading.Thread(target=lambda: result.update(d=send_stream(endpoint(reply.connect_addr), total)),
+                              daemon=True)
+    sender.start()
+    return sender, result
 
 
 def start_recover(dma, record_size: int) -> socket.socket:
@@ -208,13 +223,7 @@ def test_backup_spans_two_cartridges_on_eom(server):
     total = 1536 * 1024 + 999                   # more than one cartridge holds
     record = 32768
     with server.client() as dma:
-        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
-        dma.call("MOVER_SET_RECORD_SIZE", len=record)
-        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
-        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
-        result = {}
-        sender = threading.Thread(target=lambda: result.update(d=send_stream(endpoint(reply.connect_addr), total)))
-        sender.start()
+        sender, result = start_backup(dma, record, total)
         paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
         assert paused.reason == C.MOVER_PAUSE_EOM
         state = dma.call("MOVER_GET_STATE")
@@ -253,13 +262,7 @@ def test_backup_pauses_exactly_at_the_window_end_with_small_records(server):
     """The mover writes records in batches; a window ending mid-batch still pauses on its edge."""
     record, total = 10240, 12 * 10240 + 77
     with server.client() as dma:
-        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
-        dma.call("MOVER_SET_RECORD_SIZE", len=record)
-        dma.call("MOVER_SET_WINDOW", offset=0, length=5 * record)
-        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
-        result = {}
-        sender = threading.Thread(target=lambda: result.update(d=send_stream(endpoint(reply.connect_addr), total)))
-        sender.start()
+        sender, result = start_backup(dma, record, total, 5 * record)
         assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOW
         state = dma.call("MOVER_GET_STATE")
         assert (state.record_num, state.bytes_moved) == (5, 5 * record)
@@ -340,12 +343,7 @@ def test_a_mover_that_continues_past_the_early_warning_pauses_again_at_the_physi
     at once, without writing: one pause per CONTINUE, never a loop or a lost record."""
     record = 32768
     with server.client() as dma:
-        dma.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
-        dma.call("MOVER_SET_RECORD_SIZE", len=record)
-        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
-        reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
-        sender = threading.Thread(target=lambda: send_stream(endpoint(reply.connect_addr), 2 * MiB), daemon=True)
-        sender.start()
+        start_backup(dma, record, 2 * MiB)
         positions = []
         for _ in range(3):
             assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOM
@@ -446,3 +444,48 @@ def test_a_continue_that_runs_back_into_the_filemark_notifies_before_its_reply(s
         dma.call("MOVER_CLOSE")
         assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
         sock.close()
+
+
+REPAUSE_BOUND = 1.0     # seconds for three CONTINUEs that pause again at once (on main up to 2 s each)
+
+
+def continue_into_the_same_pause(dma, reason: int, times: int = 3) -> float:
+    """CONTINUE ``times`` on a mover that can only pause again with ``reason``; each pause is
+    posted before the reply. Returns the seconds they took."""
+    start = time.monotonic()
+    for _ in range(times):
+        dma.posts.clear()
+        dma.call("MOVER_CONTINUE")
+        assert [body.reason for code, body in dma.posts if code == C.NOTIFY_MOVER_PAUSED] == [reason]  # before the reply
+        assert dma.call("MOVER_GET_STATE").pause_reason == reason
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("server", [{"capacity": "1MiB", "early_warning": "128KiB"}], indirect=True)
+def test_a_continue_on_a_full_tape_is_answered_as_soon_as_the_mover_pauses_again(server):
+    """The CONTINUE reply waits for the pump's first step, and pausing again is that step: on
+    main the reply waited out the settle timeout whenever its wait began before the pump paused
+    (a DMA retrying a full tape, or Amanda's restore running into a filemark, lost 2 s a CONTINUE)."""
+    with server.client() as dma:
+        start_backup(dma, 32768, 2 * MiB)
+        for _ in range(2):                                   # the early warning, then the physical end
+            assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOM
+            if _ == 0:
+                dma.call("MOVER_CONTINUE")
+        elapsed = continue_into_the_same_pause(dma, C.MOVER_PAUSE_EOM)
+        dma.call("MOVER_ABORT")
+    assert elapsed < REPAUSE_BOUND, f"3 CONTINUEs on a full tape took {elapsed:.1f} s"
+
+
+def test_a_continue_in_front_of_a_filemark_is_answered_as_soon_as_the_mover_pauses_again(server):
+    record = 4096
+    with server.client() as dma:
+        backup(dma, 10 * record, record)
+        sock = start_recover(dma, record)
+        dma.call("MOVER_READ", offset=0, length=20 * record)     # more than this tape file holds
+        assert len(receive(sock, 10 * record)) == 10 * record
+        assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOF
+        elapsed = continue_into_the_same_pause(dma, C.MOVER_PAUSE_EOF)
+        sock.close()
+        dma.call("MOVER_ABORT")
+    assert elapsed < REPAUSE_BOUND, f"3 CONTINUEs in front of a filemark took {elapsed:.1f} s"

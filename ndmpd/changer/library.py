@@ -46,6 +46,9 @@ class State:
     elements: dict[int, Element]
     preventers: set[str] = field(default_factory=set)   # initiators that sent PREVENT MEDIUM REMOVAL
     changed: bool = field(default=False, compare=False)
+    # saved elements at addresses this geometry lacks: another configuration's (a reload grew the
+    # library while a session of the old one has it open), written back as they were
+    others: dict[str, dict] = field(default_factory=dict, compare=False)
 
     @property
     def prevent(self) -> bool:
@@ -137,20 +140,30 @@ class VirtualLibrary:
             raise LibraryError(f"{self.directory / STATE_FILE}: unreadable ({exc})") from None
         state.preventers = {str(p) for p in raw.get("preventers", ["unknown"] if raw.get("prevent") else [])}
         present = set(self.cartridges())
+        elsewhere = []
         for key, saved in raw.get("elements", {}).items():
             element = state.elements.get(int(key))
             barcode = saved.get("barcode")
-            if element is None or element.kind == TRANSPORT or barcode not in present:
-                continue                # a slot no longer configured, or a cartridge file removed
+            if element is None:
+                elsewhere.append((key, saved))
+                continue
+            if element.kind == TRANSPORT or barcode not in present:
+                continue                # a cartridge file removed
             element.barcode, element.source = barcode, saved.get("source")
             element.by_operator = bool(saved.get("by_operator", False))
             present.discard(barcode)
+        for key, saved in elsewhere:    # kept only while this geometry does not hold the cartridge
+            if saved.get("barcode") in present:
+                state.others[key] = saved
+                present.discard(saved["barcode"])
         return state
 
     def _write(self, state: State) -> None:
-        data = {"prevent": state.prevent, "preventers": sorted(state.preventers),
-                "elements": {str(e.address): {"barcode": e.barcode, "source": e.source, "by_operator": e.by_operator}
-                             for e in state.elements.values() if e.barcode}}
+        held = {e.barcode for e in state.elements.values() if e.barcode}
+        elements = {key: saved for key, saved in state.others.items() if saved["barcode"] not in held}
+        elements.update({str(e.address): {"barcode": e.barcode, "source": e.source, "by_operator": e.by_operator}
+                         for e in state.elements.values() if e.barcode})
+        data = {"prevent": state.prevent, "preventers": sorted(state.preventers), "elements": elements}
         temporary = self.directory / (STATE_FILE + ".new")
         with open(temporary, "w") as out:
             json.dump(data, out, indent=1, sort_keys=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import Changer
@@ -46,26 +47,40 @@ class SerialisedChanger:
             self._device.reset(bus)
 
     def address(self) -> tuple[int, int, int]:
-        with self._lock:
-            return self._device.address()
+        """Not under the lock: identifying the device is no command on it, and SCSI_GET_STATE
+        asks on the event loop, which must not wait for another session's MOVE MEDIUM."""
+        return self._device.address()
 
     def close(self) -> None:
         """The registry closes the device itself after its last opener."""
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A session's open changer: the device it reaches and the path that was opened."""
+
+    device: ChangerDevice
+    path: str
+
+
 class Openers:
-    """Who has each changer open, each changer's lock, and the real changers' open devices;
+    """Who has each changer open, and per changer path (one physical changer or library
+    directory, whatever a reload names it) its lock and, for a real one, its open device;
     shared by a registry and the ones reloads make from it."""
 
     def __init__(self) -> None:
         self.guard = threading.Lock()
-        self.sessions: dict[str, dict[object, ChangerDevice]] = {}     # changer -> opener -> its device
-        self.locks: dict[str, threading.Lock] = {}
-        self.devices: dict[str, ChangerDevice] = {}
+        self.sessions: dict[str, dict[object, Opened]] = {}            # changer -> opener -> what it opened
+        self.locks: dict[str, threading.Lock] = {}                     # path -> lock
+        self.devices: dict[str, ChangerDevice] = {}                    # path -> open sg device
 
-    def lock(self, name: str) -> threading.Lock:
+    def lock(self, path: str) -> threading.Lock:
         with self.guard:
-            return self.locks.setdefault(name, threading.Lock())
+            return self.locks.setdefault(path, threading.Lock())
+
+    def in_use(self, path: str) -> bool:
+        """Whether any session still has the changer at ``path`` open (call under ``guard``)."""
+        return any(o.path == path for openers in self.sessions.values() for o in openers.values())
 
 
 class ChangerRegistry:
@@ -102,10 +117,14 @@ class ChangerRegistry:
         removal locks of initiators no longer connected (a previous run's sessions)."""
         for name, library in self.libraries.items():
             library.sync_drives()
-            with self._openers.guard:
-                alive = {getattr(d, "initiator", "") for d in self._openers.sessions.get(name, {}).values()}
-            with self._openers.lock(name), library.state() as state:
-                state.keep_preventers(alive)
+            with self._lock(name):          # no session opens and prevents between the two
+                with self._openers.guard:
+                    alive = {getattr(o.device, "initiator", "") for o in self._openers.sessions.get(name, {}).values()}
+                with library.state() as state:
+                    state.keep_preventers(alive)
+
+    def _lock(self, name: str) -> threading.Lock:
+        return self._openers.lock(str(self.configs[name].path))
 
     def _drive_busy(self, name: str) -> bool:
         holder = self._drives.holder(name)
@@ -119,34 +138,37 @@ class ChangerRegistry:
         """Open changer ``name`` for ``owner``, alongside any other session that has it open
         (KeyError: none such; OSError: the real changer cannot be opened)."""
         config = self.configs[name]
-        openers = self._openers
-        lock = openers.lock(name)
+        path, openers = str(config.path), self._openers
+        lock = openers.lock(path)
         with openers.guard:
             sessions = openers.sessions.setdefault(name, {})
-            device = sessions.get(owner)
-            if device is None and config.kind == "virtual":
-                device = SmcEmulator(self.libraries[name], self._drive_busy)
-            elif device is None:
-                device = openers.devices.get(name) or self._open_sg(str(config.path))
-                openers.devices[name] = device
-            sessions[owner] = device
-        return SerialisedChanger(device, lock)
+            opened = sessions.get(owner)
+            if opened is None and config.kind == "virtual":
+                opened = Opened(SmcEmulator(self.libraries[name], self._drive_busy), path)
+            elif opened is None:
+                opened = Opened(openers.devices.get(path) or self._open_sg(path), path)
+                openers.devices[path] = opened.device
+            sessions[owner] = opened
+        return SerialisedChanger(opened.device, lock)
 
     def release(self, name: str, owner: object) -> None:
         """``owner`` closes changer ``name``: a virtual library forgets its initiator's state, a
-        real changer's device closes after its last opener."""
+        real changer's device closes after its last opener (of the path it was opened at:
+        a reload may have moved the changer since)."""
         openers = self._openers
         with openers.guard:
             sessions = openers.sessions.get(name, {})
             if owner not in sessions:
                 return
-            device: ChangerDevice | None = sessions.pop(owner)
-            if device is openers.devices.get(name):
-                device = openers.devices.pop(name) if not sessions else None
-            lock = openers.locks[name]
-        if device is not None:
-            with lock:              # after a command another session still had running
-                device.close()
+            opened = sessions.pop(owner)
+            device, path = opened.device, opened.path
+            if openers.devices.get(path) is device:
+                if openers.in_use(path):
+                    return              # another session still has the real changer open
+                del openers.devices[path]
+            lock = openers.locks[path]
+        with lock:                  # after a command another session still had running
+            device.close()
 
     def open_count(self, name: str) -> int:
         """How many sessions have changer ``name`` open."""

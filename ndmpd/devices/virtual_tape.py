@@ -101,7 +101,12 @@ class VirtualTape(TapeDevice):
         if self._cart is None:
             if self._open_mode is None or self.path is None:
                 raise NoMedium(f"{self.name}: {'no cartridge loaded' if self._open_mode is not None else 'not open'}")
-            self._open_cartridge(self._open_mode)        # a library loaded a cartridge meanwhile
+            try:
+                self._open_cartridge(self._open_mode)    # a library loaded a cartridge meanwhile
+            except WriteProtected:
+                if not self._open_mode:
+                    raise
+                self._open_cartridge(False)              # as st: it reads; writes are refused
         assert self._cart is not None
         return self._cart
 
@@ -171,6 +176,8 @@ class VirtualTape(TapeDevice):
         drive does. Filemarks never meet the early warning."""
         cart = self.cart
         if not cart.writable:
+            if self._open_mode:                          # opened for writing, then a protected one loaded
+                raise WriteProtected(f"{self.name}: cartridge {self.path} is write-protected")
             raise NotWritable(f"{self.name}: opened read-only")
         after = self.offset - DATA_START + OVERHEAD + length
         sb = cart.superblock

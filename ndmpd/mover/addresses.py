@@ -125,7 +125,4 @@ def tune(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
         except OSError:
             pass
-    try:
-        send_without_delay(sock)
-    except OSError:                     # reset already: the transfer reports it
-        pass
+    send_without_delay(sock)

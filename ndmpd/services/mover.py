@@ -123,7 +123,8 @@ class Mover:
             yield self.device
 
     def _stepped(self) -> None:
-        """The pump took its first step after a CONTINUE (call under ``_cond``)."""
+        """The pump took its first step after a CONTINUE (moved data, waits for a MOVER_READ or
+        paused again): wake the CONTINUE's reply (call under ``_cond``)."""
         if self._resuming:
             self._resuming = False
             self._cond.notify_all()
@@ -170,6 +171,7 @@ class Mover:
             self.seek_position = seek
             log.info("%s: mover paused (reason %d) at %d", self.session.peer, reason, seek)
             self._notify(C.NOTIFY_MOVER_PAUSED, T.notify_mover_paused_post(reason=reason, seek_position=seek))
+            self._stepped()                # pausing again ends a CONTINUE's wait, after the notification
             while self.state == PAUSED:
                 self._cond.wait(pump.IDLE_POLL if peer_closed else None)
                 if self.state == PAUSED and peer_closed is not None and peer_closed():

@@ -196,7 +196,10 @@ def tape_get_state(session: "Session", req: Any) -> Any:
         unsupported |= C.TAPE_STATE_SPACE_REMAIN_UNS
     if session.version == 3:
         unsupported |= 0x40                   # v3 PARTITION_INVALID: no partitions here
-    flags = C.TAPE_STATE_NOREWIND | (C.TAPE_STATE_WR_PROT if status.write_protected else 0)
+    # write-protected: the cartridge says so, or this open could only read it (RAW on a
+    # cartridge whose file refuses writing), so a DMA knows before it tries to write
+    protected = status.write_protected or session.tape.protected
+    flags = C.TAPE_STATE_NOREWIND | (C.TAPE_STATE_WR_PROT if protected else 0)
     return T.tape_get_state_reply(
         unsupported=unsupported, error=C.NO_ERR, flags=flags,
         file_num=UNKNOWN if status.file_num is None else status.file_num,
