@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # systemd: systemd-analyze verify of conf/ndmpd.service; amanda-server and libencode-locale-perl:
-# Amanda's ndmp: device, chg-ndmp and amtape/amlabel (tests/interop/test_amanda_*.py)
-packages=(amanda-common amanda-server libencode-locale-perl tshark btrfs-progs systemd)
+# Amanda's ndmp: device, chg-ndmp and amtape/amlabel; amanda-client: amdump's local client
+# (amandad, amgtar) for the whole-run test (tests/interop/test_amanda_*.py)
+packages=(amanda-common amanda-server amanda-client libencode-locale-perl tshark btrfs-progs systemd)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -489,3 +489,60 @@ def test_a_continue_in_front_of_a_filemark_is_answered_as_soon_as_the_mover_paus
         sock.close()
         dma.call("MOVER_ABORT")
     assert elapsed < REPAUSE_BOUND, f"3 CONTINUEs in front of a filemark took {elapsed:.1f} s"
+
+
+def test_a_window_set_past_an_outstanding_read_continues_the_stream_at_the_window_start(server):
+    """Amanda's restore of a dump split across cartridges: one MOVER_READ(0, all) for the whole
+    dump; after the change the new Device counts the mover's bytes_moved from 0
+    (ndmp-device.c read_to_connection_impl), so its next window starts past the bytes already
+    sent. The DMA has positioned the tape and bound the window there, and it cannot re-aim a
+    read in progress (MOVER_READ is refused while bytes are outstanding): the stream goes on
+    at the window start, as illumos's mover does (SET_WINDOW sets its position), instead of a
+    SEEK pause that Amanda takes for the end of the part and silently loses the rest."""
+    record = 8192
+    first, second = 20 * record, 12 * record
+    with server.client() as dma:
+        backup(dma, first, record)
+        backup(dma, second, record, open_tape=False)
+        expected = b"".join(bytes(c) for c in stream_chunks(second))
+        sock = start_recover(dma, record)
+        sock.settimeout(10)                     # a mover that pauses instead fails, not hangs
+        dma.call("MOVER_READ", offset=0, length=ALL)
+        receive(sock, first)
+        assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOF
+
+        dma.call("TAPE_MTIO", tape_op=C.MTIO_FSF, count=1)
+        window = first + first                                     # past the first + bytes_moved
+        dma.call("MOVER_SET_WINDOW", offset=window, length=ALL - window)
+        dma.call("MOVER_CONTINUE")
+        assert receive(sock, second) == expected
+        paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
+        assert (paused.reason, paused.seek_position) == (C.MOVER_PAUSE_EOF, window + second)
+        state = dma.call("MOVER_GET_STATE")
+        assert (state.bytes_moved, state.bytes_left_to_read) == (first + second, ALL)
+        dma.call("MOVER_CLOSE")
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED).reason == C.MOVER_HALT_CONNECT_CLOSED
+        sock.close()
+
+
+def test_a_window_set_before_an_outstanding_read_still_seeks_to_the_read(server):
+    """The other side of the same rule: a window that starts at or before the byte the read
+    wants (ndmjob's DMA after a tape change) keeps the read's offset; the mover seeks to it."""
+    record = 8192
+    first = 20 * record
+    with server.client() as dma:
+        backup(dma, first, record)
+        expected = b"".join(bytes(c) for c in stream_chunks(first))
+        sock = start_recover(dma, record)
+        sock.settimeout(10)                     # a mover that pauses instead fails, not hangs
+        dma.call("MOVER_READ", offset=4 * record, length=ALL)
+        assert receive(sock, first - 4 * record) == expected[4 * record:]
+        assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOF
+        dma.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)        # the same image again from its start
+        dma.call("MOVER_CONTINUE")
+        paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
+        assert (paused.reason, paused.seek_position) == (C.MOVER_PAUSE_EOF, first)
+        assert dma.call("MOVER_GET_STATE").bytes_moved == first - 4 * record
+        dma.call("MOVER_CLOSE")
+        sock.close()

@@ -296,6 +296,10 @@ class Mover:
             self.head_record = offset // self.record_size     # the tape head holds the window start
             if self.mode == C.MOVER_MODE_READ and self.state == PAUSED:
                 self.position = max(self.position, offset)
+            elif self.state == PAUSED and self.bytes_left_to_read and offset > self.seek_position:
+                # a read in progress cannot be re-aimed (MOVER_READ is refused until it is done):
+                # the DMA has bound the tape to a window past it, so the stream goes on there
+                self.seek_position = offset
 
     def set_record_size(self, length: int) -> None:
         self.check("SET_RECORD_SIZE")

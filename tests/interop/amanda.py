@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,18 +23,20 @@ HELPERS = Path(__file__).parent / "amanda"
 
 
 def write_amanda_conf(directory: Path, host: str, password: str, changer: str, drives: dict[int, str],
-                      extra: str = "") -> Path:
+                      extra: str = "", dumpuser: str | None = None, tapetype: str = "length 16 mbytes") -> Path:
     """A minimal amanda.conf in ``directory`` for the amanda-server tools and Amanda::Changer:
     changer ``robot`` is ``chg-ndmp:HOST:10000@CHANGER`` with Amanda's drive numbers mapped to
-    ``ndmp:HOST:10000@DRIVE`` (``tape-device``), labels ``TEST-NN``, state files beside it. The
-    dump user is whoever runs the tests (Amanda's tools insist on running as it)."""
+    ``ndmp:HOST:10000@DRIVE`` (``tape-device``), labels ``TEST-NN``, state files beside it.
+    ``dumpuser``: by default whoever runs the tests (Amanda's server tools insist on running as
+    it; amdump's client side insists on Amanda's client user, see :func:`amanda_build`).
+    ``tapetype``: the body of tapetype ``ndmpd-vtape`` (length, part-size, ...)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tapelist").touch()
     devices = "\n".join(f'    property {"append " if i else ""}"tape-device" "{number}=ndmp:{host}:10000@{drive}"'
                         for i, (number, drive) in enumerate(sorted(drives.items())))
     conf = directory / "amanda.conf"
     conf.write_text(f"""org "ndmpd-test"
-dumpuser "{pwd.getpwuid(os.getuid()).pw_name}"
+dumpuser "{dumpuser or pwd.getpwuid(os.getuid()).pw_name}"
 mailto ""
 tapelist "tapelist"
 infofile "curinfo"
@@ -41,7 +44,7 @@ logdir "log"
 indexdir "index"
 labelstr "^TEST-[0-9][0-9]*$"
 define tapetype ndmpd-vtape {{
-    length 16 mbytes
+    {tapetype}
 }}
 tapetype "ndmpd-vtape"
 tpchanger "robot"
@@ -68,6 +71,16 @@ def amanda_missing() -> str | None:
         return f"Amanda's Perl libraries do not load ({probe.stderr.strip().splitlines()[0]}; " \
                "apt-get install amanda-server libencode-locale-perl)"
     return None
+
+
+def amanda_build() -> dict[str, str]:
+    """Amanda's compiled-in settings (CLIENT_LOGIN, CONFIG_DIR, AMANDA_DBGDIR, ...) from
+    ``amadmin x version``; empty when amadmin is missing."""
+    program = shutil.which("amadmin", path="/usr/sbin:/usr/bin")
+    if not program:
+        return {}
+    done = subprocess.run([program, "x", "version"], capture_output=True, text=True, timeout=30)
+    return dict(re.findall(r'(\w+)="([^"]*)"', done.stdout))
 
 
 class AmandaPeer:
@@ -99,13 +112,22 @@ class AmandaPeer:
     def environment(self, env: dict[str, str] | None) -> dict[str, str]:
         return dict(os.environ, NDMPD_HOST=self.host, NDMPD_USER="ndmp", NDMPD_PASSWORD=self.password, **(env or {}))
 
-    def tool(self, config_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def tool(self, config_dir: Path, *args: str, timeout: float = 120, config: str = ".",
+             user: str | None = None, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
         """Runs an amanda-server tool (``amtape``, ``amlabel``, ...) on the amanda.conf in ``config_dir``
-        (config name ".": Amanda reads the one in its working directory). A tool that asks the
-        operator to insert a volume reads end of file and gives up."""
+        (config name ".": Amanda reads the one in its working directory; tools that start others,
+        amcheck and amdump, need a real ``config`` name under Amanda's CONFIG_DIR). ``user``: run
+        as that user (needs root). A tool that asks the operator to insert a volume reads end of
+        file and gives up."""
         program = shutil.which(args[0], path="/usr/sbin:/usr/bin") or args[0]
-        return subprocess.run([program, ".", *args[1:]], capture_output=True, text=True, timeout=timeout,
-                              cwd=config_dir, env=self.environment(None), stdin=subprocess.DEVNULL)
+        env, identity = self.environment(None), {}
+        if user:
+            account = pwd.getpwnam(user)
+            env.update(HOME=account.pw_dir, USER=user, LOGNAME=user)
+            identity = dict(user=account.pw_uid, group=account.pw_gid,
+                            extra_groups=os.getgrouplist(user, account.pw_gid))
+        return subprocess.run([program, config, *args[1:]], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout, cwd=config_dir, env=env, stdin=subprocess.DEVNULL, **identity)
 
     def _finish(self, done: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
         if check:
