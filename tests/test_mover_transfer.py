@@ -408,6 +408,21 @@ def pause_posts(dma) -> list:
     return taken
 
 
+def read_first_of_two_parts(dma, record: int, first: int, second: int) -> tuple[socket.socket, bytes]:
+    """Amanda's restore start: two tape files of ``first`` and ``second`` bytes, then one
+    MOVER_READ(0, all) that streams the first and pauses EOF at its filemark. Returns the data
+    connection and the bytes the second part must bring."""
+    backup(dma, first, record)
+    backup(dma, second, record, open_tape=False)
+    sock = start_recover(dma, record)
+    sock.settimeout(10)                     # a mover that pauses instead fails, not hangs
+    dma.call("MOVER_READ", offset=0, length=ALL)
+    receive(sock, first)
+    paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
+    assert (paused.reason, paused.seek_position) == (C.MOVER_PAUSE_EOF, first)
+    return sock, b"".join(bytes(c) for c in stream_chunks(second))
+
+
 def test_a_continue_that_runs_back_into_the_filemark_notifies_before_its_reply(server):
     """Amanda's restore flow (ndmp-device.c): MOVER_READ(0, all) at once, so part 1 may be
     streamed and paused at its filemark before Amanda starts the part; Amanda then sends
@@ -417,14 +432,7 @@ def test_a_continue_that_runs_back_into_the_filemark_notifies_before_its_reply(s
     record = 8192
     first, second = 20 * record, 12 * record
     with server.client() as dma:
-        backup(dma, first, record)
-        backup(dma, second, record, open_tape=False)
-        expected = b"".join(bytes(c) for c in stream_chunks(second))
-        sock = start_recover(dma, record)
-        dma.call("MOVER_READ", offset=0, length=ALL)
-        receive(sock, first)
-        paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
-        assert (paused.reason, paused.seek_position) == (C.MOVER_PAUSE_EOF, first)
+        sock, expected = read_first_of_two_parts(dma, record, first, second)
 
         dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)        # the tape did not move
         dma.call("MOVER_CONTINUE")
@@ -502,14 +510,7 @@ def test_a_window_set_past_an_outstanding_read_continues_the_stream_at_the_windo
     record = 8192
     first, second = 20 * record, 12 * record
     with server.client() as dma:
-        backup(dma, first, record)
-        backup(dma, second, record, open_tape=False)
-        expected = b"".join(bytes(c) for c in stream_chunks(second))
-        sock = start_recover(dma, record)
-        sock.settimeout(10)                     # a mover that pauses instead fails, not hangs
-        dma.call("MOVER_READ", offset=0, length=ALL)
-        receive(sock, first)
-        assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOF
+        sock, expected = read_first_of_two_parts(dma, record, first, second)
 
         dma.call("TAPE_MTIO", tape_op=C.MTIO_FSF, count=1)
         window = first + first                                     # past the first + bytes_moved
