@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from ndmpd.context import Butype
-from ndmpd.services.connect import md5_digest
+from ndmpd.wire.auth import md5_digest
 from ndmpd.wire import protocol
 from ndmpd.wire.message import Header
 

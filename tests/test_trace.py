@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ndmpd import trace
-from ndmpd.services.connect import md5_digest
+from ndmpd.wire.auth import md5_digest
 from ndmpd.wire import protocol
 
 from .helpers import make_config, new_session

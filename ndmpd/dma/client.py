@@ -11,18 +11,13 @@ import time
 from collections import deque
 from typing import Any
 
-from ..services.connect import md5_digest
 from ..wire import C, REQUEST, T, Translator, protocol
+from ..wire.auth import md5_digest
 from ..wire.message import Header, unpack_header
 from ..wire.records import RecordReader, frame
+from .errors import NdmpReplyError
 
-
-class NdmpReplyError(Exception):
-    """A request failed: header error (``header``) or reply-body error."""
-
-    def __init__(self, message: str, code: int, header: bool) -> None:
-        super().__init__(f"{message}: {protocol(4).error_name(code)}{' (header)' if header else ''}")
-        self.message, self.code, self.header = message, code, header
+__all__ = ["NdmpClient", "NdmpReplyError"]
 
 
 class NdmpClient:

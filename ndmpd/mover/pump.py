@@ -2,7 +2,7 @@
 
 One thread per mover run, with blocking socket and device calls so the event loop never
 waits on them. It holds one record buffer (``record_size`` bytes) and talks to the
-session only through :class:`MoverControl`: pauses wait on its condition, halts end the
+session only through :class:`~.port.MoverPort`: pauses wait on its condition, halts end the
 thread. Aborts from the session shut the socket down, which wakes any blocked call.
 """
 
@@ -11,25 +11,18 @@ from __future__ import annotations
 import logging
 import select
 import socket
-from typing import TYPE_CHECKING
 
 from ..devices.tape import EndOfData, EndOfMedium, FilemarkReached, Stop, TapeError
 from ..wire import C
 from .handoff import Handoff
-
-if TYPE_CHECKING:
-    from ..services.mover import Mover
+from .port import Halted, MoverPort
 
 log = logging.getLogger("ndmpd.mover")
 IDLE_POLL = 0.25        # seconds between peer-closed checks while waiting for MOVER_READ
 BATCH_BYTES = 1 << 20   # a backup receives up to this much before writing its records
 
 
-class Halted(Exception):
-    """The mover left ACTIVE/PAUSED for good (abort, close, error)."""
-
-
-def run_backup(mover: "Mover", sock: socket.socket) -> None:
+def run_backup(mover: MoverPort, sock: socket.socket) -> None:
     """READ mode: bytes from the data connection become ``record_size`` tape records.
 
     Receives into a buffer of several records and writes every complete record it holds
@@ -60,7 +53,7 @@ def run_backup(mover: "Mover", sock: socket.socket) -> None:
             fill -= whole
 
 
-def run_backup_handed(mover: "Mover", handoff: Handoff) -> None:
+def run_backup_handed(mover: MoverPort, handoff: Handoff) -> None:
     """READ mode over a LOCAL connection: records are written straight from the data
     service's buffers; only a record split between two buffers is copied."""
     size = mover.record_size
@@ -88,7 +81,7 @@ def run_backup_handed(mover: "Mover", handoff: Handoff) -> None:
             handoff.release()
 
 
-def _end_of_stream(mover: "Mover", record: memoryview, fill: int, handoff: Handoff | None = None) -> None:
+def _end_of_stream(mover: MoverPort, record: memoryview, fill: int, handoff: Handoff | None = None) -> None:
     """The data side closed: write the partial last ``record`` (``fill`` bytes of data,
     zero-padded), tell a LOCAL writer its stream is stored, and halt CONNECT_CLOSED; just
     leave if the mover was halted already (then the stream is not delivered)."""
@@ -103,7 +96,7 @@ def _end_of_stream(mover: "Mover", record: memoryview, fill: int, handoff: Hando
     raise Halted
 
 
-def _write_records(mover: "Mover", records: memoryview, size: int, data_bytes: int | None = None) -> None:
+def _write_records(mover: MoverPort, records: memoryview, size: int, data_bytes: int | None = None) -> None:
     """Write whole records, pausing at the end of the window and at end of medium.
 
     ``data_bytes`` is how much of a single padded last record is real data."""
@@ -137,7 +130,7 @@ def _write_records(mover: "Mover", records: memoryview, size: int, data_bytes: i
         records = records[moved:]
 
 
-def run_recover(mover: "Mover", sock: socket.socket) -> None:
+def run_recover(mover: MoverPort, sock: socket.socket) -> None:
     """WRITE mode: serve MOVER_READ requests from tape records, seeking inside the window."""
     buffer = memoryview(bytearray(mover.record_size))
     while True:
@@ -145,7 +138,7 @@ def run_recover(mover: "Mover", sock: socket.socket) -> None:
         _serve_read(mover, sock, buffer)
 
 
-def _wait_for_read(mover: "Mover", sock: socket.socket) -> None:
+def _wait_for_read(mover: MoverPort, sock: socket.socket) -> None:
     while not mover.wait_for_read(IDLE_POLL):
         if _peer_closed(sock):
             mover.halt(C.MOVER_HALT_CONNECT_CLOSED)
@@ -162,7 +155,7 @@ def _peer_closed(sock: socket.socket) -> bool:
         return True
 
 
-def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None:
+def _serve_read(mover: MoverPort, sock: socket.socket, buffer: memoryview) -> None:
     size = len(buffer)
 
     def hung_up() -> bool:
@@ -203,7 +196,7 @@ def _serve_read(mover: "Mover", sock: socket.socket, buffer: memoryview) -> None
 _BLOCKED_AHEAD = {Stop.FILEMARK: C.MOVER_PAUSE_EOF, Stop.EOD: C.MOVER_PAUSE_EOM}
 
 
-def _read_image_record(mover: "Mover", device, wanted: int, buffer: memoryview) -> tuple[int, int]:
+def _read_image_record(mover: MoverPort, device, wanted: int, buffer: memoryview) -> tuple[int, int]:
     """With the tape held: move the head to image record ``wanted`` (FSR/BSR) and read it.
 
     Returns (bytes read, 0), or (0, pause reason) when a filemark, BOT or end of data is in

@@ -9,8 +9,9 @@ from ..config import Volume
 from ..errors import NdmpError
 from ..host import fs_usage, mount_of
 from ..wire import C, T, protocol
+from ..wire.auth import MD5_CHALLENGE_SIZE
 from . import HandlerTable
-from .connect import AUTH_CODES, MD5_CHALLENGE_SIZE, allowed_auth_types
+from .connect import AUTH_CODES, allowed_auth_types
 
 if TYPE_CHECKING:
     from ..session import Session

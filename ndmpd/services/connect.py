@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from typing import TYPE_CHECKING, Any
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import HeaderError, NdmpError
 from ..logtext import peer_text
 from ..wire import C, SUPPORTED_VERSIONS, T
+from ..wire.auth import md5_digest
 from . import Blocking, HandlerTable
 
 if TYPE_CHECKING:
@@ -18,15 +18,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ndmpd.connect")
 HANDLERS = HandlerTable()
 AUTH_CODES = {"none": C.AUTH_NONE, "text": C.AUTH_TEXT, "md5": C.AUTH_MD5}
-MD5_CHALLENGE_SIZE = 64
-
-
-def md5_digest(password: bytes, challenge: bytes) -> bytes:
-    """The NDMP MD5 digest: MD5(P ‖ zeros(64 − 2·len(P)) ‖ challenge ‖ P), P cut to 32 bytes."""
-    if len(challenge) != MD5_CHALLENGE_SIZE:
-        raise ValueError("NDMP MD5 challenge must be 64 bytes")
-    p = password[:32]
-    return hashlib.md5(p + bytes(64 - 2 * len(p)) + challenge + p).digest()
 
 
 def allowed_auth_types(session: "Session") -> list[int]:

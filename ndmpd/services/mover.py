@@ -1,7 +1,8 @@
 """MOVER interface (v2/v3/v4): the state machine, windows, pauses and halts.
 
 The legal requests per state are the table ``ALLOWED``; the byte pumping runs in a worker
-thread (mover/pump.py) that reports back through :meth:`Mover.pause` and :meth:`Mover.halt`.
+thread (mover/pump.py) that sees the Mover only as a :class:`~ndmpd.mover.port.MoverPort`
+and reports back through :meth:`Mover.pause` and :meth:`Mover.halt`.
 
 MOVER_CONTINUE is answered only once the pump has taken its first step after resuming: it
 moved a record, waits for a MOVER_READ, or paused/halted again. A pause the CONTINUE leads
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from ..errors import NdmpError
 from ..mover import addresses, pump
 from ..mover.handoff import Handoff
+from ..mover.port import Halted
 from ..wire import C, T
 from . import Blocking, HandlerTable
 
@@ -119,7 +121,7 @@ class Mover:
         or filemark undo lands after the DMA's own positioning)."""
         with self.device_lock:
             if self.halted:
-                raise pump.Halted
+                raise Halted
             yield self.device
 
     def _stepped(self) -> None:
@@ -152,7 +154,7 @@ class Mover:
                 self._stepped()
                 self._cond.wait(timeout)
             if self.halted:
-                raise pump.Halted
+                raise Halted
             return self.bytes_left_to_read > 0
 
     def pause(self, reason: int, peer_closed: Callable[[], bool] | None = None) -> None:
@@ -165,7 +167,7 @@ class Mover:
             reason = C.MOVER_PAUSE_EOF     # v2 has no EOW: ndmjob takes EOF as end of window
         with self._cond:
             if self.halted:
-                raise pump.Halted
+                raise Halted
             self.state, self.pause_reason = PAUSED, reason
             seek = self.seek_position if self.mode == C.MOVER_MODE_WRITE else self.position
             self.seek_position = seek
@@ -177,7 +179,7 @@ class Mover:
                 if self.state == PAUSED and peer_closed is not None and peer_closed():
                     self.halt(C.MOVER_HALT_CONNECT_CLOSED)
             if self.halted:
-                raise pump.Halted
+                raise Halted
 
     def ended_by_medium(self) -> str:
         """Why the tape ended this transfer ("the medium is full", a media error), or "":
@@ -376,7 +378,7 @@ class Mover:
     def _guard(self, target: Callable[[], None]) -> None:
         try:
             target()
-        except pump.Halted:
+        except Halted:
             pass
         except Exception:
             log.exception("%s: mover failed", self.session.peer)

@@ -1,0 +1,373 @@
+"""An asyncio NDMP client: one control connection to one NDMP server (DATA, TAPE, ROBOT).
+
+The DMA side of the same wire code the server uses (``ndmpd/wire``: the codec compiled from
+``protocol/*.x``, record marking, version translation). Bodies are the internal (v4) form
+whatever version was negotiated, so a job is written once.
+
+Requests may be in flight from several tasks at once (replies are matched by their
+reply_sequence), each with its own timeout. Posts (NOTIFY_*, LOG_*, FH_*) are read while
+requests wait: they go, in arrival order, to the handlers registered with :meth:`Agent.on`
+(plain or async functions; one dispatcher task runs them in order, so a handler may itself
+``await agent.call(...)``), or, for a message with no handler, into a queue that
+:meth:`Agent.wait_post` takes from. A lost connection fails every pending call and wait
+with :class:`NdmpConnectionLost`.
+
+Example::
+
+    from ndmpd.dma.agent import Agent
+    from ndmpd.wire import C
+
+    async def query():
+        async with Agent.connect("127.0.0.1", user="ndmp", password="secret") as agent:
+            print("NDMPv%d" % agent.version)
+            info = await agent.call("CONFIG_GET_HOST_INFO")
+            print(info.hostname, info.os_type)
+            agent.on(C.LOG_MESSAGE, lambda body: print(body.entry))
+            await agent.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_READ_MODE)
+            ...
+            halted = await agent.wait_post(C.NOTIFY_MOVER_HALTED, timeout=600)
+
+Several agents (a DATA and a TAPE server, or three hosts) are just several ``Agent``
+objects on the same event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import time
+from collections import deque
+from typing import Any, Awaitable, Callable, Iterable
+
+from ..wire import C, REPLY, REQUEST, T, Translator, XdrError, protocol
+from ..wire.auth import md5_digest
+from ..wire.message import Header, unpack_header
+from ..wire.records import OversizedRecord, RecordReader, frame
+from .errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpReplyError
+
+log = logging.getLogger("ndmpd.dma")
+MAX_RECORD = 1 << 30                 # what a reply (a big FS_INFO, an FH batch) may reach
+PostHandler = Callable[[Any], "Awaitable[None] | None"]
+
+
+class Agent:
+    """One negotiated, authenticated NDMP control connection; open with :meth:`connect`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
+                 timeout: float) -> None:
+        self.peer = peer
+        self.timeout = timeout
+        self.sequence = 0
+        self._reader, self._writer = reader, writer
+        self._records = RecordReader(MAX_RECORD)
+        self._replies: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
+        self._handlers: dict[int, list[PostHandler]] = {}
+        self._posts: deque[tuple[int, Any]] = deque()
+        self._post_waiters: list[tuple[int, asyncio.Future[Any]]] = []
+        self._dispatch: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
+        self._lost: NdmpConnectionLost | None = None
+        self._greeting: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
+        self._set_version(4)
+        self._read_task = asyncio.create_task(self._read_loop(), name=f"ndmp-read {peer}")
+        self._dispatch_task = asyncio.create_task(self._dispatch_loop(), name=f"ndmp-posts {peer}")
+
+    # ---------------------------------------------------------------- opening
+
+    @staticmethod
+    def connect(host: str, port: int = 10000, *, user: str, password: str,
+                versions: Iterable[int] = (4, 3), auth: Iterable[str] = ("md5", "text"),
+                timeout: float = 60.0, source: str | None = None) -> "_Opening":
+        """Connect, negotiate the first of ``versions`` the server accepts, and log in with the
+        first of ``auth`` it offers. Use as ``async with Agent.connect(...) as agent`` (closed
+        on exit) or ``agent = await Agent.connect(...)`` (then :meth:`close` it)."""
+        return _Opening(_open(host, port, user, password, tuple(versions), tuple(auth), timeout, source))
+
+    async def _negotiate(self, versions: tuple[int, ...]) -> None:
+        header, record = await self._wait(self._greeting, self.timeout, "greeting")
+        greeting = self._decode(header, record)
+        if greeting.reason != C.CONNECTED:
+            why = greeting.text_reason or ("shut down" if greeting.reason == C.SHUTDOWN else "refused")
+            raise NdmpConnectError(f"{self.peer}: the server refused the connection: {why}")
+        refusals = []
+        for version in versions:
+            try:
+                await self.call("CONNECT_OPEN", protocol_version=version)
+            except NdmpReplyError as exc:
+                refusals.append(f"v{version}: {protocol(4).error_name(exc.code)}")
+                continue
+            self._set_version(version)
+            return
+        raise NdmpConnectError(f"{self.peer}: no common NDMP version (server offers up to "
+                               f"v{greeting.protocol_version}; {', '.join(refusals) or 'none asked'})")
+
+    async def _login(self, user: str, password: str, methods: tuple[str, ...]) -> None:
+        for method in methods:
+            if method == "md5":
+                try:
+                    attr = await self.call("CONFIG_GET_AUTH_ATTR", auth_type=C.AUTH_MD5)
+                except NdmpReplyError:
+                    continue                 # MD5 not offered: the next method
+                digest = md5_digest(password.encode("utf-8"), bytes(attr.server_attr.challenge))
+                data = T.auth_data(auth_type=C.AUTH_MD5, auth_md5=T.auth_md5(auth_id=user, auth_digest=digest))
+            elif method == "text":
+                data = T.auth_data(auth_type=C.AUTH_TEXT,
+                                   auth_text=T.auth_text(auth_id=user, auth_password=password))
+            elif method == "none":
+                data = T.auth_data(auth_type=C.AUTH_NONE)
+            else:
+                raise ValueError(f"unknown auth method {method!r} (md5, text or none)")
+            try:
+                await self.call("CONNECT_CLIENT_AUTH", auth_data=data)
+            except NdmpReplyError as exc:
+                if exc.code == C.NOT_AUTHORIZED_ERR:
+                    raise NdmpAuthError(f"{self.peer}: authentication failed for user {user!r} "
+                                        f"({method.upper()}): wrong user or password") from None
+                if exc.code in (C.ILLEGAL_ARGS_ERR, C.NOT_SUPPORTED_ERR):
+                    continue
+                raise
+            self.auth = method
+            return
+        raise NdmpAuthError(f"{self.peer}: the server offers none of the auth methods {', '.join(methods)}")
+
+    # ---------------------------------------------------------------- use
+
+    @property
+    def closed(self) -> bool:
+        return self._lost is not None
+
+    def on(self, code: int, handler: PostHandler) -> None:
+        """Run ``handler(body)`` for every post ``code`` (a C.NOTIFY_/LOG_/FH_ value), in order.
+
+        Posts of that code already queued go to the handler first."""
+        self._handlers.setdefault(code, []).append(handler)
+        kept: deque[tuple[int, Any]] = deque()
+        for post in self._posts:
+            (self._dispatch.put_nowait(post) if post[0] == code else kept.append(post))
+        self._posts = kept
+
+    def off(self, code: int, handler: PostHandler) -> None:
+        """Stop sending posts ``code`` to ``handler``."""
+        handlers = self._handlers.get(code, [])
+        if handler in handlers:
+            handlers.remove(handler)
+
+    async def call(self, message: str, /, timeout: float | None = None, **fields: Any) -> Any:
+        """Send request ``message`` (e.g. "TAPE_OPEN", fields of its internal body as keywords)
+        and return its reply body; a header or reply error raises :class:`NdmpReplyError`,
+        no reply within ``timeout`` (default: the agent's) raises TimeoutError."""
+        if self._lost:
+            raise self._lost
+        spec = protocol(4).by_name.get(message) or self.proto.by_name.get(message)
+        if spec is None or spec.code not in self.proto.messages:
+            raise ValueError(f"{message} is not a message of NDMPv{self.version}")
+        body = None
+        if spec.request:
+            body = self.translator.new_internal_body(spec.code, REQUEST)
+            for name, value in fields.items():
+                setattr(body, name, value)
+        self.sequence += 1
+        sequence = self.sequence
+        reply: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
+        self._replies[sequence] = reply
+        try:
+            payload = b"" if body is None else self.proto.encode_body(
+                spec.code, REQUEST, self.translator.from_internal(spec.code, REQUEST, body))
+            header = Header(sequence, int(time.time()), REQUEST, spec.code, 0, 0)
+            self._writer.write(frame(header.pack() + payload))
+            await self._writer.drain()
+            header, record = await self._wait(reply, self.timeout if timeout is None else timeout, message)
+        except TimeoutError:                 # an OSError too, but not a lost connection
+            raise
+        except (ConnectionError, OSError) as exc:
+            raise self._lost or NdmpConnectionLost(f"{self.peer}: {message}: {exc}") from None
+        finally:
+            self._replies.pop(sequence, None)
+        if header.error_code:
+            raise NdmpReplyError(message, header.error_code, header=True)
+        body = self._decode(header, record)
+        if getattr(body, "error", 0):
+            raise NdmpReplyError(message, body.error, header=False)
+        return body
+
+    async def wait_post(self, code: int, timeout: float | None = 60.0) -> Any:
+        """The next post ``code`` that no handler takes (earlier ones first), waiting up to
+        ``timeout`` seconds (TimeoutError); posts of other codes stay queued."""
+        for i, (c, body) in enumerate(self._posts):
+            if c == code:
+                del self._posts[i]
+                return body
+        if self._lost:
+            raise self._lost
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        entry = (code, waiter)
+        self._post_waiters.append(entry)
+        try:
+            return await self._wait(waiter, timeout, f"post {protocol(4).messages[code].name}")
+        finally:
+            if entry in self._post_waiters:
+                self._post_waiters.remove(entry)
+
+    def posts(self) -> list[tuple[int, Any]]:
+        """The queued posts nobody took yet, as (code, body), oldest first (left queued)."""
+        return list(self._posts)
+
+    async def close(self) -> None:
+        """Say CONNECT_CLOSE and close; pending calls fail with NdmpConnectionLost."""
+        if self._lost is None:
+            try:
+                self._writer.write(frame(Header(self.sequence + 1, int(time.time()), REQUEST,
+                                                C.CONNECT_CLOSE, 0, 0).pack()))
+                self.sequence += 1
+                await asyncio.wait_for(self._writer.drain(), 5)
+            except (OSError, asyncio.TimeoutError, ConnectionError):
+                pass
+        self._fail(NdmpConnectionLost(f"{self.peer}: connection closed by this DMA"))
+        self._writer.close()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), 5)
+        except (OSError, asyncio.TimeoutError, ConnectionError):
+            pass
+        for task in (self._read_task, self._dispatch_task):
+            task.cancel()
+        await asyncio.gather(self._read_task, self._dispatch_task, return_exceptions=True)
+
+    async def __aenter__(self) -> "Agent":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- internals
+
+    def _set_version(self, version: int) -> None:
+        self.version = version
+        self.proto = protocol(version)
+        self.translator = Translator(self.proto)
+
+    def _decode(self, header: Header, record: bytes) -> Any:
+        body = self.proto.decode_body(header.message_code, header.message_type, record)
+        return self.translator.to_internal(header.message_code, header.message_type, body)
+
+    async def _wait(self, future: asyncio.Future, timeout: float | None, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"{self.peer}: {what}: no answer within {timeout:g} s") from None
+
+    async def _read_loop(self) -> None:
+        why = "the server closed the connection"
+        try:
+            while True:
+                data = await self._reader.read(1 << 20)
+                if not data:
+                    break
+                for record in self._records.feed(data):
+                    if isinstance(record, OversizedRecord):
+                        why = f"a message of {record.length} bytes exceeds {MAX_RECORD}"
+                        return
+                    self._received(record)
+        except (OSError, ConnectionError) as exc:
+            why = f"connection failed: {exc}"
+        except XdrError as exc:
+            why = f"undecodable message: {exc}"
+        finally:
+            self._fail(NdmpConnectionLost(f"{self.peer}: {why}"))
+
+    def _received(self, record: bytes) -> None:
+        header = unpack_header(record)
+        if header.message_type == REPLY:
+            reply = self._replies.get(header.reply_sequence)
+            if reply is not None and not reply.done():
+                reply.set_result((header, record))
+            return
+        if header.message_code == C.NOTIFY_CONNECTION_STATUS and not self._greeting.done():
+            self._greeting.set_result((header, record))
+            return
+        try:
+            body = self._decode(header, record)
+        except (XdrError, KeyError) as exc:
+            log.warning("%s: post 0x%x dropped: %s", self.peer, header.message_code, exc)
+            return
+        self._post(header.message_code, body)
+
+    def _post(self, code: int, body: Any) -> None:
+        if self._handlers.get(code):
+            self._dispatch.put_nowait((code, body))
+            return
+        for entry in self._post_waiters:
+            if entry[0] == code and not entry[1].done():
+                entry[1].set_result(body)
+                self._post_waiters.remove(entry)
+                return
+        self._posts.append((code, body))
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            item = await self._dispatch.get()
+            if item is None:
+                return
+            code, body = item
+            for handler in list(self._handlers.get(code, [])):
+                try:
+                    result = handler(body)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:                       # a handler's bug must not stop the others
+                    log.exception("%s: handler for post 0x%x failed", self.peer, code)
+
+    def _fail(self, error: NdmpConnectionLost) -> None:
+        if self._lost is not None:
+            return
+        self._lost = error
+        for future in [*self._replies.values(), self._greeting, *(w for _, w in self._post_waiters)]:
+            if not future.done():
+                future.set_exception(error)
+        self._dispatch.put_nowait(None)
+
+
+async def _open(host: str, port: int, user: str, password: str, versions: tuple[int, ...],
+                auth: tuple[str, ...], timeout: float, source: str | None) -> Agent:
+    peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, local_addr=(source, 0) if source else None), timeout)
+    except asyncio.TimeoutError:
+        raise NdmpConnectError(f"{peer}: no connection within {timeout:g} s") from None
+    except OSError as exc:
+        raise NdmpConnectError(f"{peer}: cannot connect: {exc.strerror or exc}") from None
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    agent = Agent(reader, writer, peer, timeout)
+    try:
+        await agent._negotiate(versions)
+        await agent._login(user, password, auth)
+    except NdmpConnectionLost as exc:
+        await agent.close()
+        raise NdmpConnectError(str(exc)) from None
+    except BaseException:
+        await agent.close()
+        raise
+    return agent
+
+
+class _Opening:
+    """What :meth:`Agent.connect` returns: awaitable, or an async context manager."""
+
+    def __init__(self, opening: Awaitable[Agent]) -> None:
+        self._opening = opening
+        self._agent: Agent | None = None
+
+    def __await__(self):
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> Agent:
+        self._agent = await self._opening
+        return self._agent
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._agent is not None:
+            await self._agent.close()

@@ -1,0 +1,25 @@
+"""What a DMA's requests can fail with: one exception per thing the caller decides on."""
+
+from __future__ import annotations
+
+from ..wire import protocol
+
+
+class NdmpReplyError(Exception):
+    """A request failed: header error (``header``) or reply-body error."""
+
+    def __init__(self, message: str, code: int, header: bool) -> None:
+        super().__init__(f"{message}: {protocol(4).error_name(code)}{' (header)' if header else ''}")
+        self.message, self.code, self.header = message, code, header
+
+
+class NdmpConnectError(ConnectionError):
+    """The connection could not be opened, negotiated or authenticated (one line for the user)."""
+
+
+class NdmpAuthError(NdmpConnectError):
+    """The server refused the credentials."""
+
+
+class NdmpConnectionLost(ConnectionError):
+    """The control connection closed or failed; every pending request fails with this."""

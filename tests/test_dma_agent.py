@@ -1,0 +1,214 @@
+"""The asyncio DMA library against a real ndmpd: versions, auth, posts while requests are in
+flight, concurrent calls, connection loss and several agents at once."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+from ndmpd.config import build
+from ndmpd.dma.agent import Agent
+from ndmpd.dma.errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpReplyError
+from ndmpd.wire import C
+
+from .server_thread import ServerThread
+
+ALL = (1 << 64) - 1
+
+
+def config(tmp_path, auth=("md5", "text"), name="a", max_version=4):
+    state = tmp_path / f"state-{name}"
+    state.mkdir(exist_ok=True)
+    data = {
+        "server": {"listen": ["127.0.0.1:0"], "state_dir": str(state), "auth": list(auth),
+                   "max_version": max_version},
+        "user": [{"name": "ndmp", "password": "secret"}],
+        "tape": [{"name": "vtape0", "path": str(tmp_path / f"{name}-c0.img"), "capacity": "1GiB"}],
+    }
+    return build(data, "<test>", tmp_path)
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = ServerThread(config(tmp_path))
+    yield s
+    s.stop()
+
+
+def run(coro, timeout: float = 60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def connect(server, **kw):
+    kw.setdefault("user", "ndmp")
+    kw.setdefault("password", "secret")
+    kw.setdefault("timeout", 20)
+    return Agent.connect(server.host, server.port, **kw)
+
+
+@pytest.mark.parametrize("versions,expected", [((4, 3), 4), ((3,), 3), ((2,), 2)])
+def test_negotiates_the_first_version_the_server_accepts(server, versions, expected):
+    async def go():
+        async with connect(server, versions=versions) as agent:
+            info = await agent.call("CONFIG_GET_HOST_INFO")
+            return agent.version, info.hostname
+    version, hostname = run(go())
+    assert version == expected and hostname
+
+
+def test_falls_back_to_v3_when_the_server_refuses_v4(tmp_path):
+    s = ServerThread(config(tmp_path, max_version=3))
+    try:
+        async def go():
+            async with connect(s) as agent:
+                return agent.version
+        assert run(go()) == 3
+
+        async def v2_only_when_asked():
+            async with connect(s, versions=(4, 2)) as agent:
+                return agent.version
+        assert run(v2_only_when_asked()) == 2
+        with pytest.raises(NdmpConnectError, match="no common NDMP version"):
+            run(connect(s, versions=(4,)).__aenter__())
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("auth,used", [(("md5", "text"), "md5"), (("text",), "text")])
+def test_logs_in_with_md5_then_text(tmp_path, auth, used):
+    s = ServerThread(config(tmp_path, auth=auth))
+    try:
+        async def go():
+            async with connect(s) as agent:
+                await agent.call("CONFIG_GET_FS_INFO")      # needs authentication
+                return agent.auth
+        assert run(go()) == used
+    finally:
+        s.stop()
+
+
+def test_a_wrong_password_is_one_clear_error(server):
+    with pytest.raises(NdmpAuthError, match="authentication failed for user 'ndmp'"):
+        run(connect(server, password="wrong").__aenter__())
+
+
+def test_a_refused_connection_is_one_clear_error():
+    with pytest.raises(NdmpConnectError, match="cannot connect"):
+        run(Agent.connect("127.0.0.1", 1, user="ndmp", password="x", timeout=5).__aenter__())
+
+
+def test_reply_errors_carry_the_ndmp_error(server):
+    async def go():
+        async with connect(server) as agent:
+            with pytest.raises(NdmpReplyError) as err:
+                await agent.call("TAPE_OPEN", device="no-such-drive", mode=C.TAPE_READ_MODE)
+            return err.value
+    error = run(go())
+    assert error.code in (C.NO_DEVICE_ERR, C.ILLEGAL_ARGS_ERR) and "TAPE_OPEN" in str(error)
+
+
+def test_concurrent_calls_from_several_tasks_get_their_own_replies(server):
+    async def go():
+        async with connect(server) as agent:
+            names = ["CONFIG_GET_HOST_INFO", "CONFIG_GET_SERVER_INFO", "CONFIG_GET_TAPE_INFO",
+                     "MOVER_GET_STATE", "DATA_GET_STATE"] * 4
+            replies = await asyncio.gather(*(agent.call(n) for n in names))
+            return names, replies
+    names, replies = run(go())
+    for name, reply in zip(names, replies):
+        expect = {"CONFIG_GET_HOST_INFO": "hostname", "CONFIG_GET_SERVER_INFO": "vendor_name",
+                  "CONFIG_GET_TAPE_INFO": "tape_info", "MOVER_GET_STATE": "window_length",
+                  "DATA_GET_STATE": "bytes_processed"}[name]
+        assert hasattr(reply, expect), (name, reply)
+
+
+async def _backup_over_tcp(agent: Agent, total: int) -> tuple[object, list]:
+    """A mover backup of ``total`` bytes; the HALTED post arrives while MOVER_GET_STATE
+    calls are in flight and goes to the registered handler."""
+    seen: list = []
+    halted = asyncio.get_running_loop().create_future()
+
+    async def on_halted(body):
+        seen.append(body.reason)
+        state = await agent.call("MOVER_GET_STATE")        # a handler may call the agent
+        if not halted.done():
+            halted.set_result(state)
+    agent.on(C.NOTIFY_MOVER_HALTED, on_halted)
+    await agent.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+    await agent.call("MOVER_SET_RECORD_SIZE", len=64 << 10)
+    await agent.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+    reply = await agent.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+    entry = reply.connect_addr.tcp_addr[0]
+    _, writer = await asyncio.open_connection(str(ipaddress.IPv4Address(entry.ip_addr)), entry.port)
+    writer.write(b"x" * total)
+    await writer.drain()
+    writer.close()
+    polls = 0
+    while not halted.done():
+        await agent.call("MOVER_GET_STATE")
+        polls += 1
+        await asyncio.sleep(0.01)
+    state = await halted
+    await agent.call("MOVER_STOP")
+    await agent.call("TAPE_CLOSE")
+    return state, seen
+
+
+def test_posts_are_dispatched_while_requests_are_in_flight(server):
+    async def go():
+        async with connect(server) as agent:
+            return await _backup_over_tcp(agent, 3 << 20)
+    state, seen = run(go())
+    assert seen == [C.MOVER_HALT_CONNECT_CLOSED]
+    assert state.bytes_moved == 3 << 20
+
+
+def test_wait_post_takes_queued_posts_in_order(server):
+    async def go():
+        async with connect(server) as agent:
+            await agent.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_RDWR_MODE)
+            await agent.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+            await agent.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+            await agent.call("MOVER_ABORT")
+            body = await agent.wait_post(C.NOTIFY_MOVER_HALTED, timeout=10)
+            with pytest.raises(TimeoutError):
+                await agent.wait_post(C.NOTIFY_DATA_HALTED, timeout=0.2)
+            return body
+    assert run(go()).reason == C.MOVER_HALT_ABORTED
+
+
+def test_a_lost_connection_fails_every_pending_call(server):
+    async def go():
+        async with connect(server) as agent:
+            waiting = asyncio.ensure_future(agent.wait_post(C.NOTIFY_DATA_HALTED, timeout=30))
+            await asyncio.sleep(0.05)
+            server.on_loop(lambda: server.only_session().edge.writer.transport.abort())
+            with pytest.raises(NdmpConnectionLost):
+                await waiting
+            with pytest.raises(NdmpConnectionLost, match=agent.peer):
+                await agent.call("CONFIG_GET_HOST_INFO")
+    run(go())
+
+
+def test_a_call_times_out_alone(server):
+    async def go():
+        async with connect(server) as agent:
+            with pytest.raises(TimeoutError, match="CONFIG_GET_HOST_INFO"):
+                await agent.call("CONFIG_GET_HOST_INFO", timeout=0)
+            return (await agent.call("CONFIG_GET_HOST_INFO")).hostname      # the agent still works
+    assert run(go())
+
+
+def test_two_agents_on_two_servers_at_once(tmp_path, server):
+    other = ServerThread(config(tmp_path, name="b"))
+    try:
+        async def go():
+            async with connect(server) as one, connect(other, versions=(3,)) as two:
+                (s1, _), (s2, _) = await asyncio.gather(_backup_over_tcp(one, 1 << 20),
+                                                        _backup_over_tcp(two, 2 << 20))
+                return one.version, two.version, s1.bytes_moved, s2.bytes_moved
+        assert run(go()) == (4, 3, 1 << 20, 2 << 20)
+    finally:
+        other.stop()
