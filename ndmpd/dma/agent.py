@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -337,7 +338,8 @@ async def _open(host: str, port: int, user: str, password: str, versions: tuple[
     except asyncio.TimeoutError:
         raise NdmpConnectError(f"{peer}: no connection within {timeout:g} s") from None
     except OSError as exc:
-        raise NdmpConnectError(f"{peer}: cannot connect: {exc.strerror or exc}") from None
+        why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise NdmpConnectError(f"{peer}: cannot connect: {why}") from None
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,7 @@
+"""``python -m ndmpd.dma``: the ``ndmp`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""The ``ndmp`` command: a DMA driving NDMP servers (this release: ``ndmp info``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, Callable
+
+from .agent import Agent
+from .errors import NdmpConnectError, NdmpConnectionLost, NdmpReplyError
+from .hosts import PASSWORD_ENV, Host, HostConfigError, config_path, load_hosts, resolve
+from .info import gather, render
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_EPILOG = f"""\
+HOST is a name from the configuration file ([host.NAME] tables: address, port, user,
+password_file of mode 600) or inline [user@]address[:port] (IPv6 in brackets) with the
+password in ${PASSWORD_ENV}.
+
+exit status:
+  0    done
+  1    the job failed (connection refused, authentication failed, a request failed)
+  2    usage or configuration error
+  130  interrupted
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors leave with status 2 and one line naming the command."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ndmp", description="A DMA for NDMP servers (ndmpd and others).",
+                     epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE",
+                        help="hosts file (default $XDG_CONFIG_HOME/ndmp/ndmp.toml or ~/.config/ndmp/ndmp.toml)")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="per-request timeout (default 60)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    info = sub.add_parser("info", help="what a server offers (like ndmjob -q)", epilog=_EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument("host", metavar="HOST")
+    info.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    info.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
+                      help="NDMP version to ask for (repeatable; default 4 then 3)")
+    return parser
+
+
+def _host(args: argparse.Namespace, text: str) -> Host:
+    path = config_path(args.config)
+    return resolve(text, load_hosts(path, required=bool(args.config)), path)
+
+
+async def _info(args: argparse.Namespace) -> int:
+    host = _host(args, args.host)
+    versions = tuple(args.versions) if args.versions else (4, 3)
+    async with Agent.connect(host.address, host.port, user=host.user, password=host.password,
+                             versions=versions, timeout=args.timeout) as agent:
+        report = await gather(agent)
+    report = {"host": host.name, "address": host.display, **report}
+    if args.json:
+        print(json.dumps(report, indent=None, sort_keys=False))
+    else:
+        print(render(report))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"info": _info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``ndmp`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except HostConfigError as exc:
+        print(f"ndmp: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (NdmpConnectError, NdmpConnectionLost, NdmpReplyError, TimeoutError) as exc:
+        print(f"ndmp: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("ndmp: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
