@@ -61,6 +61,7 @@ class Agent:
         self.peer = peer
         self.timeout = timeout
         self.sequence = 0
+        self.auth = ""                       # the auth method that logged in: "md5", "text" or "none"
         self._reader, self._writer = reader, writer
         self._records = RecordReader(MAX_RECORD)
         self._replies: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
