@@ -206,7 +206,8 @@ class Agent:
         entry = (code, waiter)
         self._post_waiters.append(entry)
         try:
-            return await self._wait(waiter, timeout, f"post {protocol(4).messages[code].name}")
+            spec = protocol(4).messages.get(code) or self.proto.messages.get(code)
+            return await self._wait(waiter, timeout, f"post {spec.name if spec else hex(code)}")
         finally:
             if entry in self._post_waiters:
                 self._post_waiters.remove(entry)

@@ -1,0 +1,74 @@
+"""The DMA library and ``ndmp info`` against another vendor's server: ndmjob's daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from ndmpd.dma.agent import Agent
+from ndmpd.dma.errors import NdmpAuthError
+from ndmpd.wire import C
+from tests.interop.conftest import NDMJOB, NDMJOB_WRAPPER
+from tests.interop.test_ndmp_info import ndmp
+
+pytestmark = pytest.mark.interop
+PROGRAM = NDMJOB_WRAPPER if NDMJOB_WRAPPER.exists() else NDMJOB
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """``ndmjob -o daemon`` on 127.0.0.1:<free port> (user ndmp, password ndmp)."""
+    if not NDMJOB.exists():
+        pytest.skip("ndmjob not installed (apt-get install amanda-common)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(PROGRAM), "-o", "daemon", "-p", str(port)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield port
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("versions", [(4, 3), (3,), (2,)])
+def test_agent_drives_ndmjobs_tape_agent(daemon, tmp_path, versions):
+    tape = tmp_path / "tape"
+    tape.touch()
+
+    async def go():
+        async with Agent.connect("127.0.0.1", daemon, user="ndmp", password="ndmp", versions=versions,
+                                 timeout=10) as agent:
+            host = await agent.call("CONFIG_GET_HOST_INFO")
+            await agent.call("TAPE_OPEN", device=str(tape), mode=C.TAPE_RDWR_MODE)
+            state = await agent.call("TAPE_GET_STATE")
+            await agent.call("TAPE_CLOSE")
+            return agent.version, agent.auth, host.os_type, state.file_num
+    version, auth, os_type, file_num = asyncio.run(asyncio.wait_for(go(), 30))
+    assert (version, auth, file_num) == (versions[0], "md5", 0) and "NDMJOB" in os_type
+
+
+def test_a_wrong_password_is_refused_by_ndmjob_too(daemon):
+    with pytest.raises(NdmpAuthError, match="authentication failed"):
+        asyncio.run(asyncio.wait_for(Agent.connect("127.0.0.1", daemon, user="ndmp", password="bad",
+                                                   timeout=10).__aenter__(), 30))
+
+
+def test_ndmp_info_on_ndmjobs_daemon(daemon, tmp_path):
+    result = ndmp("info", f"ndmp@127.0.0.1:{daemon}", "--json", env={"NDMP_PASSWORD": "ndmp"}, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["version"] == 4 and "md5" in report["server_info"]["auth_types"]
