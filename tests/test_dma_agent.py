@@ -212,3 +212,13 @@ def test_two_agents_on_two_servers_at_once(tmp_path, server):
         assert run(go()) == (4, 3, 1 << 20, 2 << 20)
     finally:
         other.stop()
+
+
+def test_without_login_only_pre_authentication_requests_work(server):
+    async def go():
+        async with connect(server, auth=()) as agent:
+            info = await agent.call("CONFIG_GET_SERVER_INFO")
+            with pytest.raises(NdmpReplyError) as err:
+                await agent.call("CONFIG_GET_FS_INFO")
+            return info.product_name, err.value.code
+    assert run(go()) == ("ndmpd", C.NOT_AUTHORIZED_ERR)

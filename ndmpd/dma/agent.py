@@ -82,7 +82,7 @@ class Agent:
                 versions: Iterable[int] = (4, 3), auth: Iterable[str] = ("md5", "text"),
                 timeout: float = 60.0, source: str | None = None) -> "_Opening":
         """Connect, negotiate the first of ``versions`` the server accepts, and log in with the
-        first of ``auth`` it offers. Use as ``async with Agent.connect(...) as agent`` (closed
+        first of ``auth`` it offers (``auth=()``: no login, for pre-authentication requests). Use as ``async with Agent.connect(...) as agent`` (closed
         on exit) or ``agent = await Agent.connect(...)`` (then :meth:`close` it)."""
         return _Opening(_open(host, port, user, password, tuple(versions), tuple(auth), timeout, source))
 
@@ -105,6 +105,8 @@ class Agent:
                                f"v{greeting.protocol_version}; {', '.join(refusals) or 'none asked'})")
 
     async def _login(self, user: str, password: str, methods: tuple[str, ...]) -> None:
+        if not methods:
+            return
         for method in methods:
             if method == "md5":
                 try:
@@ -328,6 +330,7 @@ class Agent:
         for future in [*self._replies.values(), self._greeting, *(w for _, w in self._post_waiters)]:
             if not future.done():
                 future.set_exception(error)
+                future.exception()           # retrieved: nobody may be left awaiting it (no warning)
         self._dispatch.put_nowait(None)
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -85,3 +88,20 @@ def test_help_documents_the_exit_codes():
     for line in ("0    done", "1    the job failed", "2    usage or configuration error", "130  interrupted"):
         assert line in result.stdout
     assert ndmp("info").returncode == 2
+
+
+def test_ctrl_c_is_exit_130_and_one_line(tmp_path):
+    """A server that accepts but never greets: SIGINT while ndmp waits ends it cleanly."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "info", f"ndmp@127.0.0.1:{port}"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "NDMP_PASSWORD": "x", "XDG_CONFIG_HOME": str(tmp_path)})
+        conn, _ = listener.accept()
+        with conn:
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and err == "ndmp: interrupted\n" and not out
