@@ -14,6 +14,7 @@ from .agent import Agent
 from .errors import NdmpReplyError
 
 _AUTH = {C.AUTH_NONE: "none", C.AUTH_TEXT: "text", C.AUTH_MD5: "md5"}
+V2_BUTYPES = ("dump", "tar")
 _ADDR = {C.ADDR_LOCAL: "local", C.ADDR_TCP: "tcp", C.ADDR_IPC: "ipc"}
 
 
@@ -54,7 +55,21 @@ async def gather(agent: Agent) -> dict[str, Any]:
             report[section] = {"error": protocol(4).error_name(exc.code)}
         except ValueError:                        # not a message of this version (v2)
             report[section] = {"error": f"not in NDMPv{agent.version}"}
+    if agent.version == 2:
+        report["butypes"] = await _v2_butypes(agent)
     return report
+
+
+async def _v2_butypes(agent: Agent) -> list[dict[str, Any]]:
+    """v2 has no BUTYPE_INFO: ask CONFIG_GET_BUTYPE_ATTR for the usual names, as ndmjob does."""
+    found = []
+    for name in V2_BUTYPES:
+        try:
+            reply = await agent.call("CONFIG_GET_BUTYPE_ATTR", name=name)
+        except NdmpReplyError:
+            continue
+        found.append({"name": name, "attrs": reply.attrs, "default_env": {}})
+    return found
 
 
 def _size(n: int) -> str:

@@ -72,3 +72,6 @@ def test_ndmp_info_on_ndmjobs_daemon(daemon, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["version"] == 4 and "md5" in report["server_info"]["auth_types"]
+    v2 = json.loads(ndmp("info", f"ndmp@127.0.0.1:{daemon}", "--json", "--version", "2",
+                         env={"NDMP_PASSWORD": "ndmp"}, home=tmp_path).stdout)
+    assert v2["version"] == 2 and v2["host_info"]["hostname"]      # (its v2 BUTYPE_ATTR refuses every name)

@@ -105,3 +105,14 @@ def test_ctrl_c_is_exit_130_and_one_line(tmp_path):
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and err == "ndmp: interrupted\n" and not out
+
+
+def test_info_over_v2_lists_butypes_by_attr(server_factory, tmp_path):
+    server = server_factory()
+    result = ndmp("info", f"ndmp@{server.host}", "--json", "--version", "2", env={"NDMP_PASSWORD": PASSWORD},
+                  home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["version"] == 2 and report["host_info"]["os_type"] == "Linux"
+    assert sorted(b["name"] for b in report["butypes"]) == ["dump", "tar"]
+    assert report["filesystems"] == {"error": "not in NDMPv2"}
