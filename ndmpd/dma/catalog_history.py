@@ -1,0 +1,246 @@
+"""File history from a backup's FH_* posts into the catalog, off the control path.
+
+:meth:`HistoryRecorder.post` only queues the decoded body (the client's internal v4 form:
+FH_ADD_FILE, FH_ADD_DIR, FH_ADD_NODE), so the connection that reads NOTIFY and LOG posts
+never waits for the disk. A worker thread turns bodies into rows and hands them to a writer
+in big all-or-nothing batches: a crash leaves whole batches and the backup still
+``running``, never half rows. A writer failure is kept and raised by :meth:`finish` (and
+by the next :meth:`post`), not dropped.
+
+``dump`` history comes as directory entries (name, node, parent; the root is the entry whose
+parent is itself, named ".") and nodes (stat, fh_info). A node's paths are resolved from
+the entries seen so far; a node that arrives before its entry waits until the end. A node
+with several entries (hard links) gives a row for each path.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import stat as st
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..wire import C
+from .catalog import as_path, split_path
+
+log = logging.getLogger("ndmpd.dma.catalog")
+
+BATCH_ROWS = 50_000
+_STOP = object()
+
+# NDMP v3/v4 file types (the same numbers in both) and the st_mode type bits they stand for
+_TYPE_BITS = {C.FILE_DIR: st.S_IFDIR, C.FILE_FIFO: st.S_IFIFO, C.FILE_CSPEC: st.S_IFCHR,
+              C.FILE_BSPEC: st.S_IFBLK, C.FILE_REG: st.S_IFREG, C.FILE_SLINK: st.S_IFLNK,
+              C.FILE_SOCK: st.S_IFSOCK}
+
+
+class FileWriter(Protocol):
+    """Where rows (dir, name, inode, size, mode, mtime, fh_info) go, each batch atomically."""
+
+    def write(self, rows: list[tuple]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class HistoryError(Exception):
+    """The catalog could not store a backup's file history (the cause is chained)."""
+
+
+def _name(names: list) -> bytes | None:
+    """The UNIX name of an entry (the first name if none says UNIX)."""
+    chosen = None
+    for n in names:
+        if n.fs_type == C.FS_UNIX:
+            chosen = n.unix_name
+            break
+    if chosen is None and names:
+        n = names[0]
+        chosen = getattr(n, "unix_name", None) or getattr(n, "other_name", None)
+        if chosen is None and getattr(n, "nt_name", None) is not None:
+            chosen = n.nt_name.nt_path
+    if chosen is None:
+        return None
+    return chosen.encode("utf-8", "surrogateescape") if isinstance(chosen, str) else chosen
+
+
+def _stat(stats: list) -> tuple[int | None, int | None, int | None]:
+    """(size, st_mode, mtime) of an entry's stat, None where it has none."""
+    if not stats:
+        return None, None, None
+    s = stats[0]
+    mode = _TYPE_BITS.get(s.ftype, 0) | (s.fattr & 0o7777)
+    return s.size, mode, s.mtime
+
+
+class _Paths:
+    """Turns FH_ADD_DIR entries and FH_ADD_NODE stats into full paths (the ``dump`` style)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, list[tuple[int, bytes]]] = {}   # node -> [(parent, name)]
+        self.root: int | None = None
+        self._path: dict[int, bytes] = {}
+        self.waiting: list[tuple[int, tuple]] = []
+
+    def add_dir(self, name: bytes, node: int, parent: int) -> None:
+        if node == parent or (self.root is None and name in (b".", b"")):
+            self.root = node
+            self._path[node] = b"/"
+            self.entries.setdefault(node, [])
+            return
+        self.entries.setdefault(node, []).append((parent, name))
+
+    def _dir_path(self, node: int, depth: int = 0) -> bytes | None:
+        known = self._path.get(node)
+        if known is not None or depth > 4096:
+            return known
+        links = self.entries.get(node)
+        if not links:
+            return None
+        parent, name = links[0]                   # a directory has one entry
+        above = self._dir_path(parent, depth + 1)
+        if above is None:
+            return None
+        path = (above if above != b"/" else b"") + b"/" + name
+        self._path[node] = path
+        return path
+
+    def paths(self, node: int) -> list[bytes] | None:
+        """Every path of ``node`` (several when hard-linked), or None if not yet resolvable."""
+        if node == self.root:
+            return [b"/"]
+        links = self.entries.get(node)
+        if not links:
+            return None
+        out = []
+        for parent, name in links:
+            above = self._dir_path(parent)
+            if above is None:
+                return None
+            out.append((above if above != b"/" else b"") + b"/" + name)
+        return out
+
+
+class HistoryRecorder:
+    """Records one backup's file history through ``writer`` on a worker thread."""
+
+    def __init__(self, writer: FileWriter, batch_rows: int = BATCH_ROWS) -> None:
+        self._writer = writer
+        self._batch_rows = batch_rows
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._paths = _Paths()
+        self._rows: list[tuple] = []
+        self.rows_written = 0
+        self.unresolved = 0                        # dump nodes no directory entry ever named
+
+    def start(self) -> "HistoryRecorder":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ndmp-catalog-history", daemon=True)
+            self._thread.start()
+        return self
+
+    def __enter__(self) -> "HistoryRecorder":
+        return self.start()
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        self.finish()
+
+    def handler(self) -> Callable[[int, Any], None]:
+        """``post`` as a callback for a client's FH_* posts."""
+        return self.post
+
+    def post(self, code: int, body: Any) -> None:
+        """Queue one FH_ADD_FILE/DIR/NODE body (the control path's only cost); others are ignored."""
+        if self._error is not None:
+            raise HistoryError("file history could not be stored") from self._error
+        if code in (C.FH_ADD_FILE, C.FH_ADD_DIR, C.FH_ADD_NODE):
+            self.start()
+            self._queue.put((code, body))
+
+    def finish(self) -> int:
+        """Write everything queued and wait for it; the number of rows written. Raises
+        :class:`HistoryError` if any batch failed."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        else:
+            self._writer.close()
+        if self._error is not None:
+            raise HistoryError("file history could not be stored") from self._error
+        return self.rows_written
+
+    close = finish
+
+    # ------------------------------------------------------------ worker
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                self._take(*item)
+                if len(self._rows) >= self._batch_rows:
+                    self._flush()
+            self._resolve_waiting(final=True)
+            self._flush()
+        except BaseException as exc:  # noqa: BLE001 - kept for finish() to raise
+            self._error = exc
+            log.error("catalog: file history not stored: %s", exc)
+            while self._queue.get() is not _STOP:   # drain so post() callers are never blocked
+                pass
+        finally:
+            self._writer.close()
+
+    def _flush(self) -> None:
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self._writer.write(rows)
+            self.rows_written += len(rows)
+
+    def _take(self, code: int, body: Any) -> None:
+        rows = self._rows
+        if code == C.FH_ADD_FILE:
+            for f in body.files:
+                name = _name(f.names)
+                if name is None:
+                    continue
+                size, mode, mtime = _stat(f.stats)
+                rows.append((*split_path(as_path(name)), f.node, size, mode, mtime, f.fh_info))
+        elif code == C.FH_ADD_DIR:
+            for d in body.dirs:
+                name = _name(d.names)
+                if name is not None:
+                    self._paths.add_dir(name, d.node, d.parent)
+            if self._paths.waiting:
+                self._resolve_waiting(final=False)
+        else:
+            paths = self._paths
+            for n in body.nodes:
+                size, mode, mtime = _stat(n.stats)
+                values = (n.node, size, mode, mtime, n.fh_info)
+                resolved = paths.paths(n.node)
+                if resolved is None:
+                    paths.waiting.append((n.node, values))
+                    continue
+                for path in resolved:
+                    rows.append((*split_path(path), *values))
+
+    def _resolve_waiting(self, final: bool) -> None:
+        waiting, self._paths.waiting = self._paths.waiting, []
+        for node, values in waiting:
+            resolved = self._paths.paths(node)
+            if resolved is None:
+                if final:
+                    self.unresolved += 1
+                else:
+                    self._paths.waiting.append((node, values))
+                continue
+            for path in resolved:
+                self._rows.append((*split_path(path), *values))
+        if final and self.unresolved:
+            log.warning("catalog: %d file history nodes had no directory entry", self.unresolved)
