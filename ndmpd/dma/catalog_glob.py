@@ -24,6 +24,7 @@ class Glob:
     regex: re.Pattern[bytes]
     head: bytes              # literal text every match starts with (path, or name when not whole)
     tail: bytes              # literal text every match's last name ends with
+    name_head: bytes = b""   # literal text every match's last name starts with (whole globs)
 
     def matches(self, path: bytes, name: bytes) -> bool:
         return self.regex.fullmatch(path if self.whole else name) is not None
@@ -80,4 +81,6 @@ def compile_glob(glob: str | bytes) -> Glob:
     tail = last[tail_cut + 1:] if tail_cut >= 0 else last
     if b"[" in tail:
         tail = b""
-    return Glob(whole, re.compile(_translate(pattern), re.DOTALL), _literal_head(pattern), tail)
+    # the pattern's last "/" can only match the path's last "/" (nothing after it crosses one)
+    name_head = _literal_head(last) if whole and b"**" not in last else b""
+    return Glob(whole, re.compile(_translate(pattern), re.DOTALL), _literal_head(pattern), tail, name_head)

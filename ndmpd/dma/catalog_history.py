@@ -133,6 +133,7 @@ class HistoryRecorder:
         self._error: BaseException | None = None
         self._paths = _Paths()
         self._rows: list[tuple] = []
+        self._batches: queue.Queue = queue.Queue(maxsize=2)   # rows being converted wait for the writer
         self.rows_written = 0
         self.unresolved = 0                        # dump nodes no directory entry ever named
 
@@ -178,39 +179,77 @@ class HistoryRecorder:
     # ------------------------------------------------------------ worker
 
     def _run(self) -> None:
+        """Turn bodies into rows (this thread) while the batch before is written (the writer's
+        thread: sqlite3 releases the GIL while it steps, so the two use two cores)."""
+        writer = threading.Thread(target=self._write_batches, name="ndmp-catalog-writer", daemon=True)
+        writer.start()
         try:
             while True:
                 item = self._queue.get()
                 if item is _STOP:
                     break
+                if self._error is not None:
+                    continue                         # drain: post() callers are never blocked
                 self._take(*item)
                 if len(self._rows) >= self._batch_rows:
-                    self._flush()
-            self._resolve_waiting(final=True)
-            self._flush()
+                    self._hand_over()
+            if self._error is None:
+                self._resolve_waiting(final=True)
+                self._hand_over()
         except BaseException as exc:  # noqa: BLE001 - kept for finish() to raise
-            self._error = exc
-            log.error("catalog: file history not stored: %s", exc)
-            while self._queue.get() is not _STOP:   # drain so post() callers are never blocked
-                pass
+            self._fail(exc)
         finally:
-            self._writer.close()
+            self._batches.put(_STOP)
+            writer.join()
 
-    def _flush(self) -> None:
+    def _hand_over(self) -> None:
         if self._rows:
             rows, self._rows = self._rows, []
-            self._writer.write(rows)
-            self.rows_written += len(rows)
+            self._batches.put(rows)
+
+    def _write_batches(self) -> None:
+        try:
+            while (rows := self._batches.get()) is not _STOP:
+                if self._error is None:
+                    try:
+                        self._writer.write(rows)
+                        self.rows_written += len(rows)
+                    except BaseException as exc:  # noqa: BLE001 - kept for finish() to raise
+                        self._fail(exc)
+        finally:
+            try:
+                self._writer.close()
+            except BaseException as exc:  # noqa: BLE001
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+            log.error("catalog: file history not stored: %s", exc)
 
     def _take(self, code: int, body: Any) -> None:
         rows = self._rows
         if code == C.FH_ADD_FILE:
+            append, type_bits, unix = rows.append, _TYPE_BITS, C.FS_UNIX
             for f in body.files:
-                name = _name(f.names)
+                names, stats = f.names, f.stats
+                # the usual entry (one UNIX name, a clean absolute path, one stat) without calls
+                if len(names) == 1 and names[0].fs_type == unix and len(stats) == 1:
+                    path = names[0].unix_name.encode("utf-8", "surrogateescape")
+                    if path[:1] != b"/" or b"//" in path or b"/." in path or path[-1:] == b"/":
+                        path = as_path(path)
+                    s = stats[0]
+                    parent, _, leaf = path.rpartition(b"/")
+                    append((parent or b"/", leaf, f.node, s.size, type_bits.get(s.ftype, 0) | (s.fattr & 0o7777),
+                            s.mtime, f.fh_info) if leaf else (b"", b"", f.node, s.size,
+                                                              type_bits.get(s.ftype, 0) | (s.fattr & 0o7777),
+                                                              s.mtime, f.fh_info))
+                    continue
+                name = _name(names)
                 if name is None:
                     continue
-                size, mode, mtime = _stat(f.stats)
-                rows.append((*split_path(as_path(name)), f.node, size, mode, mtime, f.fh_info))
+                size, mode, mtime = _stat(stats)
+                append((*split_path(as_path(name)), f.node, size, mode, mtime, f.fh_info))
         elif code == C.FH_ADD_DIR:
             for d in body.dirs:
                 name = _name(d.names)
