@@ -166,3 +166,27 @@ def test_a_writer_failure_surfaces_at_finish_and_on_the_next_post(served):
     assert writer.closed
     with pytest.raises(HistoryError):
         recorder.post(*posts[0])
+
+
+def test_v2_history_names_the_same_files(tmp_path):
+    """v2's FH_ADD_UNIX_PATH/DIR/NODE as ndmpd encodes them (a v2 backup needs a mover, not a
+    DATA_CONNECT, so the bodies come from the server's encoder, not a live backup)."""
+    from ndmpd.data.fh_wire import fh_encoder
+    from ndmpd.wire import REQUEST, protocol
+    v2, enc = protocol(2), fh_encoder(2)
+
+    def post(kind, entries):
+        code, body = enc.post(kind, entries)
+        return code, v2.decode_body(code, REQUEST, body, 0)
+    tar = [post("file", [enc.file(b"/", 0o40755, 0, 0, 0, 5, 5, 5, 2, 1, 0),
+                         enc.file(b"/d/x y", 0o100600, 0, 0, 7, 6, 6, 6, 1, 3, 1024)])]
+    dump = [post("dir", [enc.dir(b".", 1, 1), enc.dir(b"d", 2, 1), enc.dir(b"x y", 3, 2)]),
+            post("node", [enc.node(0o40755, 0, 0, 0, 5, 5, 5, 2, 1, 0), enc.node(0o40700, 0, 0, 0, 5, 5, 5, 2, 2, 512),
+                          enc.node(0o100600, 0, 0, 7, 6, 6, 6, 1, 3, 1024)])]
+    cat, tar_backup = record(tmp_path / "t", tar)
+    e = cat.lookup(tar_backup.id, "/d/x y")
+    assert (e.size, e.mode, e.mtime, e.fh_info, e.inode) == (7, 0o100600, 6, 1024, None)
+    cat2, dump_backup = record(tmp_path / "d", dump, "dump")
+    assert [x.path for x in cat2.entries(dump_backup.id)] == [b"/", b"/d", b"/d/x y"]
+    e = cat2.lookup(dump_backup.id, "/d/x y")
+    assert (e.size, e.mode, e.mtime, e.fh_info, e.inode) == (7, 0o100600, 6, 1024, 3)

@@ -29,6 +29,9 @@ log = logging.getLogger("ndmpd.dma.catalog")
 
 BATCH_ROWS = 50_000
 _STOP = object()
+# NDMP v2's own history messages (a client keeps v2-only messages in their v2 form)
+V2_UNIX_PATH, V2_UNIX_DIR, V2_UNIX_NODE = 0x700, 0x701, 0x702
+_CODES = (C.FH_ADD_FILE, C.FH_ADD_DIR, C.FH_ADD_NODE, V2_UNIX_PATH, V2_UNIX_DIR, V2_UNIX_NODE)
 
 # NDMP v3/v4 file types (the same numbers in both) and the st_mode type bits they stand for
 _TYPE_BITS = {C.FILE_DIR: st.S_IFDIR, C.FILE_FIFO: st.S_IFIFO, C.FILE_CSPEC: st.S_IFCHR,
@@ -157,7 +160,7 @@ class HistoryRecorder:
         """Queue one FH_ADD_FILE/DIR/NODE body (the control path's only cost); others are ignored."""
         if self._error is not None:
             raise HistoryError("file history could not be stored") from self._error
-        if code in (C.FH_ADD_FILE, C.FH_ADD_DIR, C.FH_ADD_NODE):
+        if code in _CODES:
             self.start()
             self._queue.put((code, body))
 
@@ -229,6 +232,9 @@ class HistoryRecorder:
 
     def _take(self, code: int, body: Any) -> None:
         rows = self._rows
+        if code >= V2_UNIX_PATH and code <= V2_UNIX_NODE:
+            self._take_v2(code, body)
+            return
         if code == C.FH_ADD_FILE:
             append, type_bits, unix = rows.append, _TYPE_BITS, C.FS_UNIX
             for f in body.files:
@@ -268,6 +274,28 @@ class HistoryRecorder:
                     continue
                 for path in resolved:
                     rows.append((*split_path(path), *values))
+
+    def _take_v2(self, code: int, body: Any) -> None:
+        """v2's FH_ADD_UNIX_PATH/DIR/NODE: the stat carries fh_info; a path has no node."""
+        def values(node: int | None, f: Any) -> tuple:
+            return node, f.size, _TYPE_BITS.get(f.ftype, 0) | (f.mode & 0o7777), f.mtime, f.fh_info
+        if code == V2_UNIX_PATH:
+            for p in body.paths:
+                path = as_path(p.name.encode("utf-8", "surrogateescape"))
+                self._rows.append((*split_path(path), *values(None, p.fstat)))
+        elif code == V2_UNIX_DIR:
+            for d in body.dirs:
+                self._paths.add_dir(d.name.encode("utf-8", "surrogateescape"), d.node, d.parent)
+            if self._paths.waiting:
+                self._resolve_waiting(final=False)
+        else:
+            for n in body.nodes:
+                resolved = self._paths.paths(n.node)
+                if resolved is None:
+                    self._paths.waiting.append((n.node, values(n.node, n.fstat)))
+                    continue
+                for path in resolved:
+                    self._rows.append((*split_path(path), *values(n.node, n.fstat)))
 
     def _resolve_waiting(self, final: bool) -> None:
         waiting, self._paths.waiting = self._paths.waiting, []
