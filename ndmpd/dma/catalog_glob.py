@@ -25,6 +25,7 @@ class Glob:
     head: bytes              # literal text every match starts with (path, or name when not whole)
     tail: bytes              # literal text every match's last name ends with
     name_head: bytes = b""   # literal text every match's last name starts with (whole globs)
+    exact: bool = False      # a name glob HEAD*TAIL or HEAD: head and tail decide it alone
 
     def matches(self, path: bytes, name: bytes) -> bool:
         return self.regex.fullmatch(path if self.whole else name) is not None
@@ -83,4 +84,7 @@ def compile_glob(glob: str | bytes) -> Glob:
         tail = b""
     # the pattern's last "/" can only match the path's last "/" (nothing after it crosses one)
     name_head = _literal_head(last) if whole and b"**" not in last else b""
-    return Glob(whole, re.compile(_translate(pattern), re.DOTALL), _literal_head(pattern), tail, name_head)
+    head = _literal_head(pattern)
+    rest = pattern[len(head):]
+    exact = not whole and (rest == b"" or (rest[:1] == b"*" and rest[1:] == tail and not any(m in tail for m in _META)))
+    return Glob(whole, re.compile(_translate(pattern), re.DOTALL), head, tail, name_head, exact)

@@ -11,6 +11,7 @@ own connection and thread.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -306,7 +307,14 @@ class SqliteCatalog:
         if g.tail:
             where.append("substr(f.name, ?) = ?")
             args += [-len(g.tail), g.tail]
-        where.append("ndmp_glob(f.dir, f.name)")
+        if g.exact and g.head == os.fsencode(glob):  # no wildcard: one name
+            where.append("f.name = ?")
+            args.append(g.head)
+        elif g.exact:
+            where.append("length(f.name) >= ?")
+            args.append(len(g.head) + len(g.tail))
+        else:
+            where.append("ndmp_glob(f.dir, f.name)")
         self._conn.create_function("ndmp_glob", 2, lambda d, name: g.matches(join_path(d, name), name),
                                    deterministic=True)
         sql = ("SELECT b.id, f.dir, f.name, f.inode, f.size, f.mode, f.mtime, f.fh_info FROM files f "
