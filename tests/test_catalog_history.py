@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from ndmpd.config import build
-from ndmpd.dma.catalog import as_path, open_catalog
+from ndmpd.dma.catalog import open_catalog
 from ndmpd.dma.catalog_history import HistoryError, HistoryRecorder
 from ndmpd.mover.addresses import Endpoint, to_ndmp
 from ndmpd.wire import C, T
@@ -190,3 +190,22 @@ def test_v2_history_names_the_same_files(tmp_path):
     assert [x.path for x in cat2.entries(dump_backup.id)] == [b"/", b"/d", b"/d/x y"]
     e = cat2.lookup(dump_backup.id, "/d/x y")
     assert (e.size, e.mode, e.mtime, e.fh_info, e.inode) == (7, 0o100600, 6, 1024, 3)
+
+
+def test_deep_dump_trees_resolve_and_a_loop_in_hostile_history_does_not_hang(tmp_path):
+    from ndmpd.data.fh_wire import FhWire
+    from ndmpd.wire import REQUEST, protocol
+    v4, wire = protocol(4), FhWire(4)
+
+    def post(kind, entries):
+        code, body = wire.post(kind, entries)
+        return code, v4.decode_body(code, REQUEST, body, 0)
+    depth = 3000                                   # deeper than Python's recursion limit
+    dirs = [wire.dir(b".", 1, 1)] + [wire.dir(b"d", n, n - 1) for n in range(2, depth + 2)]
+    dirs += [wire.dir(b"a", 90_001, 90_002), wire.dir(b"b", 90_002, 90_001)]   # a loop, never rooted
+    nodes = [wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, n, n) for n in range(1, depth + 2)]
+    nodes += [wire.node(0o100644, 0, 0, 1, 1, 1, 1, 1, 90_001, 7)]
+    cat, backup = record(tmp_path, [post("dir", dirs), post("node", nodes)], "dump")
+    deepest = b"/" + b"/".join([b"d"] * depth)
+    assert cat.lookup(backup.id, deepest).fh_info == depth + 1
+    assert cat.get(backup.id).entries == depth + 1      # the looped node is left out, not looped on

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -118,6 +119,8 @@ class Catalog(Protocol):
     def ls(self, backup_id: str, path: str | bytes = "/") -> list[FileEntry]: ...
 
     def lookup(self, backup_id: str, path: str | bytes) -> FileEntry | None: ...
+
+    def entries(self, backup_id: str) -> Iterable[FileEntry]: ...
 
     def find(self, glob: str | bytes, limit: int | None = None) -> list[FileEntry]: ...
 

@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass
 
 _META = b"*?["
-_CHAR = rb"(?:[\x00-\x2e\x30-\x7f]|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}|[\x80-\xff])"
+# one character of a name: ASCII but "/", a UTF-8 sequence, or else a single byte
+_CHAR = (rb"(?:[\x00-\x2e\x30-\x7f]|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}"
+         rb"|[\xf0-\xf4][\x80-\xbf]{3}|[\x80-\xff])")
 
 
 @dataclass(frozen=True, slots=True)

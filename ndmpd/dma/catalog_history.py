@@ -94,19 +94,22 @@ class _Paths:
             return
         self.entries.setdefault(node, []).append((parent, name))
 
-    def _dir_path(self, node: int, depth: int = 0) -> bytes | None:
-        known = self._path.get(node)
-        if known is not None or depth > 4096:
-            return known
-        links = self.entries.get(node)
-        if not links:
-            return None
-        parent, name = links[0]                   # a directory has one entry
-        above = self._dir_path(parent, depth + 1)
-        if above is None:
-            return None
-        path = (above if above != b"/" else b"") + b"/" + name
-        self._path[node] = path
+    def _dir_path(self, node: int) -> bytes | None:
+        """A directory's path, walking up its entries (iteratively: trees can be deep)."""
+        chain: list[tuple[int, bytes]] = []
+        seen: set[int] = set()
+        while (known := self._path.get(node)) is None:
+            links = self.entries.get(node)
+            if not links or node in seen:            # not named yet, or a loop in hostile history
+                return None
+            seen.add(node)
+            parent, name = links[0]                   # a directory has one entry
+            chain.append((node, name))
+            node = parent
+        path = known
+        for child, name in reversed(chain):
+            path = (path if path != b"/" else b"") + b"/" + name
+            self._path[child] = path
         return path
 
     def paths(self, node: int) -> list[bytes] | None:
@@ -197,7 +200,7 @@ class HistoryRecorder:
                 if len(self._rows) >= self._batch_rows:
                     self._hand_over()
             if self._error is None:
-                self._resolve_waiting(final=True)
+                self._resolve_waiting()
                 self._hand_over()
         except BaseException as exc:  # noqa: BLE001 - kept for finish() to raise
             self._fail(exc)
@@ -261,8 +264,6 @@ class HistoryRecorder:
                 name = _name(d.names)
                 if name is not None:
                     self._paths.add_dir(name, d.node, d.parent)
-            if self._paths.waiting:
-                self._resolve_waiting(final=False)
         else:
             paths = self._paths
             for n in body.nodes:
@@ -286,8 +287,6 @@ class HistoryRecorder:
         elif code == V2_UNIX_DIR:
             for d in body.dirs:
                 self._paths.add_dir(d.name.encode("utf-8", "surrogateescape"), d.node, d.parent)
-            if self._paths.waiting:
-                self._resolve_waiting(final=False)
         else:
             for n in body.nodes:
                 resolved = self._paths.paths(n.node)
@@ -297,17 +296,16 @@ class HistoryRecorder:
                 for path in resolved:
                     self._rows.append((*split_path(path), *values(n.node, n.fstat)))
 
-    def _resolve_waiting(self, final: bool) -> None:
+    def _resolve_waiting(self) -> None:
+        """At the end, the nodes that came before their names (not on each DIR post: with all
+        nodes first that would be quadratic)."""
         waiting, self._paths.waiting = self._paths.waiting, []
         for node, values in waiting:
             resolved = self._paths.paths(node)
             if resolved is None:
-                if final:
-                    self.unresolved += 1
-                else:
-                    self._paths.waiting.append((node, values))
+                self.unresolved += 1
                 continue
             for path in resolved:
                 self._rows.append((*split_path(path), *values))
-        if final and self.unresolved:
+        if self.unresolved:
             log.warning("catalog: %d file history nodes had no directory entry", self.unresolved)
