@@ -1,13 +1,13 @@
 """Catalog: the history recorder's insert rate, then ``ls``/``find``/DAR lookup latency on it.
 
 Records ``--entries`` file history entries (FH_ADD_FILE bodies as the DMA decodes them, 1,000
-per post, a tree of 1,000 directories) into a fresh catalog through
+per post, a tree of 1,000 directories; or the same tree as dump's DIR + NODE history) into a fresh catalog through
 :class:`~ndmpd.dma.catalog_history.HistoryRecorder`, timed from the first post to the end of
 ``finish()`` (the bodies are decoded beforehand: the client's work, not the catalog's).
 Then times the lookups the ``ndmp`` commands make, each the median of ``--rounds``.
 Targets (issue 17): >= 200,000 entries/s, lookups <= 50 ms.
 
-    python benchmarks/catalog_bench.py [--entries 1000000] [--rounds 7] [--keep DIR]
+    python benchmarks/catalog_bench.py [--entries 1000000] [--rounds 7] [--history tar|dump] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +50,34 @@ def make_posts(entries: int) -> list[tuple[int, object]]:
     return posts
 
 
+def make_dump_posts(entries: int) -> list[tuple[int, object]]:
+    """The same tree as FH_ADD_DIR then FH_ADD_NODE posts (the dump butype's history, as ndmpd
+    sends it: each batch's directory entries, then their nodes)."""
+    wire, v4 = FhWire(4), protocol(4)
+    posts: list[tuple[int, object]] = []
+    dirs = [wire.dir(b".", 2, 2), wire.dir(b"d0000", 10, 2)]
+    nodes = [wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 2, 0), wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 10, 512)]
+
+    def flush() -> None:
+        for kind, batch in (("dir", dirs), ("node", nodes)):
+            code, body = wire.post(kind, batch)
+            posts.append((code, v4.decode_body(code, REQUEST, body, 0)))
+            batch.clear()
+    for i in range(2, entries):
+        d, k = divmod(i, 1000)
+        if k == 0:
+            dirs.append(wire.dir(b"d%04d" % d, 10 + d, 2))
+            nodes.append(wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 10 + d, 512 * i))
+        else:
+            dirs.append(wire.dir(b"f%07d.dat" % i, 100_000 + i, 10 + d))
+            nodes.append(wire.node(0o100644, 1000, 1000, 4096 + i, 1_700_000_000 + i, 0, 0, 1, 100_000 + i, 512 * i))
+        if len(nodes) == PER_POST:
+            flush()
+    if nodes:
+        flush()
+    return posts
+
+
 def median_ms(fn, rounds: int) -> tuple[float, object]:
     times, result = [], None
     for _ in range(rounds):
@@ -63,6 +91,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--history", choices=("tar", "dump"), default="tar",
+                        help="FH_ADD_FILE paths (tar) or FH_ADD_DIR + FH_ADD_NODE (dump)")
     parser.add_argument("--keep", type=Path, help="build the catalog in this directory and keep it")
     args = parser.parse_args()
     n = args.entries
@@ -71,7 +101,7 @@ def main() -> int:
     path = workdir / "catalog.db"
     path.unlink(missing_ok=True)
     print(f"building {n:,} decoded entries ...", file=sys.stderr)
-    posts = make_posts(n)
+    posts = make_posts(n) if args.history == "tar" else make_dump_posts(n)
     ok = True
     with open_catalog(path) as cat:
         older = cat.begin_backup(host="bench", volume="/vol", butype="tar", level=0, started=1.0)

@@ -83,22 +83,22 @@ class _Paths:
     def __init__(self) -> None:
         self.entries: dict[int, list[tuple[int, bytes]]] = {}   # node -> [(parent, name)]
         self.root: int | None = None
-        self._path: dict[int, bytes] = {}
+        self.known: dict[int, bytes] = {}                       # directory node -> its path
         self.waiting: list[tuple[int, tuple]] = []
 
     def add_dir(self, name: bytes, node: int, parent: int) -> None:
         if node == parent or (self.root is None and name in (b".", b"")):
             self.root = node
-            self._path[node] = b"/"
+            self.known[node] = b"/"
             self.entries.setdefault(node, [])
             return
         self.entries.setdefault(node, []).append((parent, name))
 
-    def _dir_path(self, node: int) -> bytes | None:
+    def dir_path(self, node: int) -> bytes | None:
         """A directory's path, walking up its entries (iteratively: trees can be deep)."""
         chain: list[tuple[int, bytes]] = []
         seen: set[int] = set()
-        while (known := self._path.get(node)) is None:
+        while (known := self.known.get(node)) is None:
             links = self.entries.get(node)
             if not links or node in seen:            # not named yet, or a loop in hostile history
                 return None
@@ -109,7 +109,7 @@ class _Paths:
         path = known
         for child, name in reversed(chain):
             path = (path if path != b"/" else b"") + b"/" + name
-            self._path[child] = path
+            self.known[child] = path
         return path
 
     def paths(self, node: int) -> list[bytes] | None:
@@ -121,7 +121,7 @@ class _Paths:
             return None
         out = []
         for parent, name in links:
-            above = self._dir_path(parent)
+            above = self.dir_path(parent)
             if above is None:
                 return None
             out.append((above if above != b"/" else b"") + b"/" + name)
@@ -260,14 +260,36 @@ class HistoryRecorder:
                 size, mode, mtime = _stat(stats)
                 append((*split_path(as_path(name)), f.node, size, mode, mtime, f.fh_info))
         elif code == C.FH_ADD_DIR:
+            paths, unix = self._paths, C.FS_UNIX
+            entries = paths.entries
             for d in body.dirs:
-                name = _name(d.names)
+                names, node, parent = d.names, d.node, d.parent
+                if len(names) == 1 and names[0].fs_type == unix and node != parent:   # the usual entry
+                    name = names[0].unix_name.encode("utf-8", "surrogateescape")
+                    if name and name != b"." and b"/" not in name:
+                        links = entries.get(node)
+                        if links is None:
+                            entries[node] = [(parent, name)]
+                        else:
+                            links.append((parent, name))
+                        continue
+                name = _name(names)
                 if name is not None:
-                    self._paths.add_dir(name, d.node, d.parent)
+                    paths.add_dir(name, node, parent)
         else:
-            paths = self._paths
+            paths, type_bits = self._paths, _TYPE_BITS
+            entries, known, dir_path = paths.entries, paths.known, paths.dir_path
             for n in body.nodes:
-                size, mode, mtime = _stat(n.stats)
+                links, stats = entries.get(n.node), n.stats
+                if links is not None and len(links) == 1 and len(stats) == 1:   # one name: its directory
+                    parent, name = links[0]
+                    above = known.get(parent) or dir_path(parent)
+                    if above is not None:
+                        s = stats[0]
+                        rows.append((above, name, n.node, s.size, type_bits.get(s.ftype, 0) | (s.fattr & 0o7777),
+                                     s.mtime, n.fh_info))
+                        continue
+                size, mode, mtime = _stat(stats)
                 values = (n.node, size, mode, mtime, n.fh_info)
                 resolved = paths.paths(n.node)
                 if resolved is None:
