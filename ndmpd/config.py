@@ -12,10 +12,11 @@ import os
 import re
 import secrets
 import stat
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
+from .secret_file import read_secret
+from .tomlfile import parse_toml
 
 AUTH_METHODS = ("md5", "text", "none")
 SNAPSHOT_MODES = ("auto", "btrfs", "lvm", "none")
@@ -232,16 +233,8 @@ def _is_world_readable(path: Path) -> bool:
 
 
 def _read_secret(path: Path, key: str) -> str:
-    try:
-        if _is_world_readable(path):
-            raise ConfigError(f"{key}: {path} is world-readable; chmod o-r it")
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
-    secret = text.strip("\r\n")
-    if not secret:
-        raise ConfigError(f"{key}: {path} is empty")
-    return secret
+    return read_secret(path, key, ConfigError,
+                       lambda mode: "is world-readable; chmod o-r it" if mode & stat.S_IROTH else None)
 
 
 def _unique(items: list[Any], what: str) -> None:
@@ -495,10 +488,7 @@ def load(path: Path, server_overrides: dict[str, Any] | None = None) -> Config:
         world_readable = _is_world_readable(path)
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = parse_toml(raw, path, ConfigError)
     if server_overrides:
         server = data.get("server", {})
         data["server"] = {**server, **server_overrides} if isinstance(server, dict) else server

@@ -46,7 +46,7 @@ from ..wire import C, REPLY, REQUEST, T, Translator, XdrError, protocol
 from ..wire.auth import md5_digest
 from ..wire.message import Header, unpack_header
 from ..wire.records import OversizedRecord, RecordReader, frame
-from .errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpReplyError
+from .errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpReplyError, checked
 
 log = logging.getLogger("ndmpd.dma")
 MAX_RECORD = 1 << 30                 # what a reply (a big FS_INFO, an FH batch) may reach
@@ -188,12 +188,7 @@ class Agent:
             raise self._lost or NdmpConnectionLost(f"{self.peer}: {message}: {exc}") from None
         finally:
             self._replies.pop(sequence, None)
-        if header.error_code:
-            raise NdmpReplyError(message, header.error_code, header=True)
-        body = self._decode(header, record)
-        if getattr(body, "error", 0):
-            raise NdmpReplyError(message, body.error, header=False)
-        return body
+        return checked(message, header.error_code, lambda: self._decode(header, record))
 
     async def wait_post(self, code: int, timeout: float | None = 60.0) -> Any:
         """The next post ``code`` that no handler takes (earlier ones first), waiting up to

@@ -15,7 +15,7 @@ from ..wire import C, REQUEST, T, Translator, protocol
 from ..wire.auth import md5_digest
 from ..wire.message import Header, unpack_header
 from ..wire.records import RecordReader, frame
-from .errors import NdmpReplyError
+from .errors import NdmpReplyError, checked
 
 __all__ = ["NdmpClient", "NdmpReplyError"]
 
@@ -108,12 +108,7 @@ class NdmpClient:
                 continue
             if header.reply_sequence != self.sequence:
                 continue
-            if header.error_code:
-                raise NdmpReplyError(message, header.error_code, header=True)
-            reply = self._decode(header, record)
-            if getattr(reply, "error", 0):
-                raise NdmpReplyError(message, reply.error, header=False)
-            return reply
+            return checked(message, header.error_code, lambda: self._decode(header, record))
 
     def wait_post(self, code: int, timeout: float = 60.0) -> Any:
         """The next post with message ``code`` (others stay queued), waiting up to ``timeout``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from ..wire import protocol
 
 
@@ -11,6 +13,17 @@ class NdmpReplyError(Exception):
     def __init__(self, message: str, code: int, header: bool) -> None:
         super().__init__(f"{message}: {protocol(4).error_name(code)}{' (header)' if header else ''}")
         self.message, self.code, self.header = message, code, header
+
+
+def checked(message: str, header_error: int, decode: Callable[[], Any]) -> Any:
+    """The reply body, or NdmpReplyError for a header error or a body ``error`` (one rule for
+    the blocking client and the Agent)."""
+    if header_error:
+        raise NdmpReplyError(message, header_error, header=True)
+    body = decode()
+    if getattr(body, "error", 0):
+        raise NdmpReplyError(message, body.error, header=False)
+    return body
 
 
 class NdmpConnectError(ConnectionError):

@@ -22,10 +22,12 @@ import ipaddress
 import os
 import re
 import stat
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+
+from ..secret_file import read_secret
+from ..tomlfile import parse_toml
 
 DEFAULT_PORT = 10000
 DEFAULT_USER = "ndmp"
@@ -83,10 +85,7 @@ def load_hosts(path: Path, required: bool = False) -> dict[str, HostEntry]:
         return {}
     except OSError as exc:
         raise HostConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise HostConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = parse_toml(raw, path, HostConfigError)
     hosts = data.get("host", {})
     if not isinstance(hosts, dict):
         raise HostConfigError(f"{path}: host: must be tables [host.NAME]")
@@ -119,17 +118,8 @@ def _entry(path: Path, name: str, table: object) -> HostEntry:
 
 def read_password_file(path: Path, key: str) -> str:
     """The password in ``path``, refused unless only its owner may read it (mode 600/400)."""
-    try:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise HostConfigError(f"{key}: {path} has mode {stat.S_IMODE(mode):o}; chmod 600 it")
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise HostConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
-    secret = text.strip("\r\n")
-    if not secret:
-        raise HostConfigError(f"{key}: {path} is empty")
-    return secret
+    return read_secret(path, key, HostConfigError,
+                       lambda mode: f"has mode {mode:o}; chmod 600 it" if mode & (stat.S_IRWXG | stat.S_IRWXO) else None)
 
 
 def parse_inline(text: str) -> tuple[str | None, str, int | None]:

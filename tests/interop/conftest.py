@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -99,6 +101,30 @@ def ndmjob_suite(tmp_path_factory):
         return subprocess.run([str(program), "-v", "-o", series, "-T", agent, *args],
                               capture_output=True, text=True, timeout=timeout, env=env)
     return run_series
+
+
+@contextlib.contextmanager
+def ndmjob_daemon(cwd: Path):
+    """``ndmjob -o daemon`` (ndmjob's own agents, user ndmp, password ndmp) on 127.0.0.1:<free
+    port>, started in ``cwd`` and waited for; yields the port, kills its process group after."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    program = NDMJOB_WRAPPER if NDMJOB_WRAPPER.exists() else NDMJOB
+    proc = subprocess.Popen([str(program), "-o", "daemon", "-p", str(port)], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def run(cmd: list[str], timeout: int = 60) -> subprocess.CompletedProcess:

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 
 import pytest
 
 from ndmpd.dma.agent import Agent
 from ndmpd.dma.errors import NdmpAuthError
 from ndmpd.wire import C
-from tests.interop.conftest import NDMJOB, NDMJOB_WRAPPER
+from tests.interop.conftest import NDMJOB, ndmjob_daemon
 from tests.interop.test_ndmp_info import ndmp
 
 pytestmark = pytest.mark.interop
-PROGRAM = NDMJOB_WRAPPER if NDMJOB_WRAPPER.exists() else NDMJOB
 
 
 @pytest.fixture
@@ -27,21 +21,8 @@ def daemon(tmp_path):
     """``ndmjob -o daemon`` on 127.0.0.1:<free port> (user ndmp, password ndmp)."""
     if not NDMJOB.exists():
         pytest.skip("ndmjob not installed (apt-get install amanda-common)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(PROGRAM), "-o", "daemon", "-p", str(port)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield port
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with ndmjob_daemon(tmp_path) as port:
+        yield port
 
 
 @pytest.mark.parametrize("versions", [(4, 3), (3,), (2,)])

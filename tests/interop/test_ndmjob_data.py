@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine_helpers import build_every_case
-from tests.interop.conftest import NDMJOB, NDMJOB_WRAPPER, run
+from tests.interop.conftest import NDMJOB, NDMJOB_WRAPPER, ndmjob_daemon, run
 from tests.trees import describe, differences
 
 PROGRAM = NDMJOB_WRAPPER if NDMJOB_WRAPPER.exists() else NDMJOB
@@ -116,30 +114,13 @@ def test_swap_connect_two_way_and_two_connections(data_server, tmp_path):
         assert differences(describe(vol / "src"), describe(target / "src")) == []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def tape_daemon(tmp_path):
     """ndmjob's own daemon as another vendor's tape agent, on 127.0.0.1:<free port>."""
-    port = free_port()
     tape = tmp_path / "tape3w"
     tape.touch()
-    proc = subprocess.Popen([str(PROGRAM), "-o", "daemon", "-p", str(port)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield f"127.0.0.1:{port},ndmp,ndmp", tape
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with ndmjob_daemon(tmp_path) as port:
+        yield f"127.0.0.1:{port},ndmp,ndmp", tape
 
 
 @pytest.mark.parametrize("version,butype", [("4", "tar"), ("4", "dump"), ("3", "tar"), ("3", "dump")])
