@@ -1,4 +1,4 @@
-"""The ``ndmp`` command: a DMA driving NDMP servers (this release: ``ndmp info``)."""
+"""The ``ndmp`` command: a DMA driving NDMP servers (``ndmp info``, ``backup``, ``backups``, ``ls``, ``find``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any, Callable
 from .agent import Agent
 from .errors import NdmpConnectError, NdmpConnectionLost, NdmpReplyError
 from .hosts import PASSWORD_ENV, Host, HostConfigError, config_path, load_hosts, resolve
+from . import commands_backup
+from .catalog import CatalogError
 from .info import gather, render
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     info.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
                       help="NDMP version to ask for (repeatable; default 4 then 3)")
+    commands_backup.add_parsers(sub, _EPILOG)
     return parser
 
 
@@ -71,7 +74,7 @@ async def _info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"info": _info}
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"info": _info, **commands_backup.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ndmp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (NdmpConnectError, NdmpConnectionLost, NdmpReplyError, TimeoutError) as exc:
+        print(f"ndmp: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except CatalogError as exc:
         print(f"ndmp: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -1,0 +1,168 @@
+"""``ndmp backup``, ``ndmp backups``, ``ndmp ls`` and ``ndmp find``: the CLI side of the
+backup job and the catalog (argument parsing, output, exit codes; the work is elsewhere)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+from .agent import Agent
+from .catalog import Backup, FileEntry, open_catalog
+from .hosts import Host, HostConfigError, config_path, load_hosts, resolve, split_target
+from .jobs.backup import BackupFailed, BackupInterrupted, BackupJob, BackupRequest
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def add_parsers(sub: Any, epilog: str) -> None:
+    """The four commands' subparsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    b = sub.add_parser("backup", help="back a volume up to a drive (two-way or three-way)", epilog=epilog,
+                       formatter_class=fmt)
+    b.add_argument("source", metavar="HOST:VOLUME")
+    b.add_argument("--tape", required=True, metavar="HOST:DRIVE")
+    b.add_argument("--butype", default="tar", choices=("tar", "dump"))
+    b.add_argument("--level", type=int, default=0, metavar="N")
+    b.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the data server (repeatable)")
+    b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
+    b.add_argument("--json", action="store_true")
+    bs = sub.add_parser("backups", help="the backups in the catalog, newest first")
+    bs.add_argument("--volume", metavar="V")
+    bs.add_argument("--catalog", metavar="FILE")
+    bs.add_argument("--json", action="store_true")
+    ls = sub.add_parser("ls", help="the files of a directory in a backup")
+    ls.add_argument("backup", metavar="BACKUP", help="backup id or a unique prefix")
+    ls.add_argument("path", nargs="?", default="/", metavar="PATH")
+    ls.add_argument("--catalog", metavar="FILE")
+    ls.add_argument("--json", action="store_true")
+    find = sub.add_parser("find", help="files matching a glob in every backup")
+    find.add_argument("glob", metavar="GLOB")
+    find.add_argument("--catalog", metavar="FILE")
+    find.add_argument("--json", action="store_true")
+
+
+def _host(args: argparse.Namespace, text: str) -> Host:
+    path = config_path(args.config)
+    return resolve(text, load_hosts(path, required=bool(args.config)), path)
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise HostConfigError(f"-E {pair}: expected NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def _connect(host: Host, args: argparse.Namespace) -> Any:
+    return Agent.connect(host.address, host.port, user=host.user, password=host.password, timeout=args.timeout)
+
+
+async def backup(args: argparse.Namespace) -> int:
+    data_text, volume = split_target(args.source)
+    tape_text, drive = split_target(args.tape)
+    data_host, tape_host = _host(args, data_text), _host(args, tape_text)
+    request = BackupRequest(host_name=data_host.name, volume=volume, drive=drive, butype=args.butype,
+                            level=args.level, env=_env(args.env))
+    catalog = open_catalog(args.catalog)
+    try:
+        async with AsyncExitStack() as stack:
+            data = await stack.enter_async_context(_connect(data_host, args))
+            same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
+            tape = data if same else await stack.enter_async_context(_connect(tape_host, args))
+            try:
+                result = await BackupJob(data, tape, catalog, request).run()
+            except BackupFailed as exc:
+                print(f"ndmp: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            except BackupInterrupted as exc:
+                print(f"ndmp: {exc}", file=sys.stderr)
+                return EXIT_INTERRUPTED
+    finally:
+        catalog.close()
+    if args.json:
+        print(json.dumps({"id": result.id, "status": result.status, "bytes": result.bytes,
+                          "file_number": result.file_number, "entries": result.entries, "env": result.env}))
+    else:
+        print(f"backup {result.id} done: {result.bytes} bytes, {result.entries} files, "
+              f"{drive} file {result.file_number}")
+    return EXIT_OK
+
+
+def _backup_dict(b: Backup) -> dict[str, Any]:
+    return {"id": b.id, "host": b.host, "volume": b.volume, "butype": b.butype, "level": b.level,
+            "status": b.status, "started": b.started, "ended": b.ended, "bytes": b.bytes,
+            "entries": b.entries, "halt_reason": b.halt_reason, "env": b.env,
+            "media": [{"label": m.label, "file_number": m.file_number} for m in b.media]}
+
+
+async def backups(args: argparse.Namespace) -> int:
+    with _catalog(args) as cat:
+        rows = cat.backups(volume=args.volume)
+    if args.json:
+        print(json.dumps([_backup_dict(b) for b in rows]))
+        return EXIT_OK
+    for b in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.started))
+        why = f"  ({b.halt_reason})" if b.halt_reason else ""
+        print(f"{b.id}  {when}  {b.host}:{b.volume}  {b.butype} L{b.level}  {b.status}  "
+              f"{b.bytes} bytes  {b.entries} files{why}")
+    return EXIT_OK
+
+
+def _entry_dict(e: FileEntry) -> dict[str, Any]:
+    return {"backup": e.backup, "path": os.fsdecode(e.path), "inode": e.inode, "size": e.size,
+            "mode": e.mode, "mtime": e.mtime}
+
+
+def _entry_line(e: FileEntry) -> str:
+    mode = stat.filemode(e.mode) if e.mode is not None else "?" * 10
+    shown = os.fsdecode(e.path).encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+    return f"{mode} {e.size if e.size is not None else '-':>12} {shown}"
+
+
+async def ls(args: argparse.Namespace) -> int:
+    with _catalog(args) as cat:
+        rows = cat.ls(args.backup, args.path)
+    _print_entries(rows, args.json, with_backup=False)
+    return EXIT_OK
+
+
+async def find(args: argparse.Namespace) -> int:
+    with _catalog(args) as cat:
+        rows = cat.find(args.glob)
+    _print_entries(rows, args.json, with_backup=True)
+    return EXIT_OK if rows else EXIT_FAILED
+
+
+def _print_entries(rows: list[FileEntry], as_json: bool, with_backup: bool) -> None:
+    if as_json:
+        print(json.dumps([_entry_dict(e) for e in rows]))
+        return
+    for e in rows:
+        print((f"{e.backup}  " if with_backup else "") + _entry_line(e))
+
+
+class _catalog:
+    """The catalog of ``--catalog`` as a context manager (closed on exit)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.cat = open_catalog(args.catalog)
+
+    def __enter__(self) -> Any:
+        return self.cat
+
+    def __exit__(self, *exc: object) -> None:
+        self.cat.close()
+
+
+COMMANDS = {"backup": backup, "backups": backups, "ls": ls, "find": find}

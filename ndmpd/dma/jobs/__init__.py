@@ -1,0 +1,1 @@
+"""DMA jobs: each drives one or more Agents through one NDMP operation."""

@@ -1,0 +1,228 @@
+"""``ndmp backup``: one backup of a volume to a drive, two-way (one host) or three-way.
+
+The job opens the drive, sets the mover listening (LOCAL when data and tape are one
+server, TCP on the tape host otherwise), connects the data server to it and starts the
+backup with HIST on; FH posts go to the catalog. Every NOTIFY and a user's interrupt
+arrive as events in one queue, and :meth:`BackupJob._decide` is the one place that says
+what each means: done, keep waiting, or abort both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...wire import C, T
+from ..agent import Agent
+from ..catalog import Catalog, Media
+from ..errors import NdmpReplyError
+
+RECORD_SIZE = 64 * 1024
+WINDOW_ALL = (1 << 64) - 1
+FH_CODES = (C.FH_ADD_FILE, C.FH_ADD_DIR, C.FH_ADD_NODE)
+STEP_TIMEOUT = 30.0
+
+
+class BackupFailed(Exception):
+    """The backup ended without a complete image (the message is the one line for the user)."""
+
+
+class BackupInterrupted(Exception):
+    """The user stopped the backup (SIGINT/SIGTERM); both sides were aborted."""
+
+
+@dataclass
+class BackupRequest:
+    """What to back up, where to, and how."""
+
+    host_name: str
+    volume: str
+    drive: str
+    butype: str = "tar"
+    level: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BackupResult:
+    id: str
+    status: str
+    bytes: int
+    env: dict[str, str]
+    file_number: int | None
+    entries: int
+
+
+def backup_env(request: BackupRequest) -> dict[str, str]:
+    """The environment sent with DATA_START_BACKUP: the user's -E over our defaults."""
+    env = {"FILESYSTEM": request.volume, "HIST": "y", "LEVEL": str(request.level)}
+    if request.level == 0:
+        env.setdefault("UPDATE", "y")
+    env.update(request.env)
+    return env
+
+
+class BackupJob:
+    """One backup between a data agent and a tape agent (the same object when two-way)."""
+
+    def __init__(self, data: Agent, tape: Agent, catalog: Catalog, request: BackupRequest) -> None:
+        self.data, self.tape, self.catalog, self.request = data, tape, catalog, request
+        self.two_way = data is tape
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.logs: list[str] = []
+        self.data_halted: Any = None
+        self.mover_halted: Any = None
+
+    async def run(self) -> BackupResult:
+        """Run to the end; BackupFailed / BackupInterrupted once the catalog says so."""
+        req = self.request
+        env = backup_env(req)
+        backup = self.catalog.begin_backup(host=req.host_name, volume=req.volume, butype=req.butype,
+                                           level=req.level)
+        recorder = self.catalog.history(backup.id).start()
+        self._listen(recorder)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.events.put_nowait, ("interrupt", sig))
+        file_number = None
+        try:
+            try:
+                file_number = await self._start(env)
+                outcome, reason = await self._wait_end()
+            except NdmpReplyError as exc:
+                outcome, reason = "failed", str(exc)
+            if outcome != "done":
+                await self._abort()
+            data_bytes, server_env = await self._collect()
+            await self._stop(outcome == "done")
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            entries = recorder.finish()
+        if file_number is not None:
+            self.catalog.add_media(backup.id, Media(label=req.drive, file_number=file_number, first_byte=0,
+                                                    last_byte=data_bytes))
+        self.catalog.finish_backup(backup.id, outcome, bytes=data_bytes, env=server_env,
+                                   dump_date=server_env.get("DUMP_DATE"),
+                                   halt_reason=None if outcome == "done" else reason)
+        if outcome == "interrupted":
+            raise BackupInterrupted(f"backup {backup.id} interrupted")
+        if outcome == "failed":
+            raise BackupFailed(f"backup {backup.id} failed: {reason}")
+        return BackupResult(backup.id, outcome, data_bytes, server_env, file_number, entries)
+
+    # ------------------------------------------------------------ steps
+
+    def _listen(self, recorder: Any) -> None:
+        for code in FH_CODES:
+            self.data.on(code, lambda body, code=code: recorder.post(code, body))
+        for agent in {id(self.data): self.data, id(self.tape): self.tape}.values():
+            agent.on(C.LOG_MESSAGE, lambda body: self.logs.append(body.entry))
+        self.data.on(C.NOTIFY_DATA_HALTED, lambda body: self.events.put_nowait(("data_halted", body)))
+        self.tape.on(C.NOTIFY_MOVER_HALTED, lambda body: self.events.put_nowait(("mover_halted", body)))
+        self.tape.on(C.NOTIFY_MOVER_PAUSED, lambda body: self.events.put_nowait(("mover_paused", body)))
+
+    async def _start(self, env: dict[str, str]) -> int | None:
+        req = self.request
+        await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_RDWR_MODE)
+        state = await self.tape.call("TAPE_GET_STATE")
+        file_number = getattr(state, "file_num", None)
+        await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
+        await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
+        kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
+        listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=kind)
+        addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
+        await self.data.call("DATA_CONNECT", addr=addr)
+        await self.data.call("DATA_START_BACKUP", butype_name=req.butype,
+                             env=[T.pval(name=k, value=v) for k, v in env.items()])
+        return file_number
+
+    async def _wait_end(self) -> tuple[str, str]:
+        while True:
+            kind, body = await self.events.get()
+            verdict = self._decide(kind, body)
+            if verdict is not None:
+                return verdict
+
+    def _decide(self, kind: str, body: Any) -> tuple[str, str] | None:
+        """What one event means: (outcome, reason) to end the job, or None to keep waiting."""
+        if kind == "interrupt":
+            return "interrupted", f"interrupted by signal {signal.Signals(body).name}"
+        if kind == "mover_paused":
+            if body.reason == C.MOVER_PAUSE_EOM:
+                return "failed", f"the medium in {self.request.drive} is full (end of medium, no library to change it)"
+            return "failed", f"the mover paused ({_reason('MOVER_PAUSE', body.reason)})"
+        if kind == "mover_halted":
+            self.mover_halted = body
+            if body.reason not in (C.MOVER_HALT_CONNECT_CLOSED,):
+                return "failed", f"the mover halted: {_reason('MOVER_HALT', body.reason)}"
+            return self._both_halted()
+        if kind == "data_halted":
+            self.data_halted = body
+            if body.reason != C.DATA_HALT_SUCCESSFUL:
+                why = self.logs[-1] if self.logs else _reason("DATA_HALT", body.reason)
+                return "failed", f"the data server halted: {why}"
+            return self._both_halted()
+        return None
+
+    def _both_halted(self) -> tuple[str, str] | None:
+        if self.data_halted is not None and self.mover_halted is not None:
+            return "done", ""
+        return None
+
+    async def _abort(self) -> None:
+        """DATA_ABORT and MOVER_ABORT, each side left IDLE-able whatever state it was in."""
+        for agent, message in ((self.data, "DATA_ABORT"), (self.tape, "MOVER_ABORT")):
+            try:
+                await agent.call(message, timeout=STEP_TIMEOUT)
+            except (NdmpReplyError, TimeoutError):
+                pass
+
+    async def _collect(self) -> tuple[int, dict[str, str]]:
+        data_bytes, env = 0, {}
+        try:
+            state = await self.data.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
+            data_bytes = int(state.bytes_processed)
+        except (NdmpReplyError, TimeoutError):
+            pass
+        try:
+            reply = await self.data.call("DATA_GET_ENV", timeout=STEP_TIMEOUT)
+            env = {p.name: p.value for p in reply.env}
+        except (NdmpReplyError, TimeoutError):
+            pass
+        return data_bytes, env
+
+    async def _stop(self, done: bool) -> None:
+        """Both sides back to IDLE; on success a filemark ends the tape file; the drive closed."""
+        await self._wait_halted(self.data, "DATA_GET_STATE", C.DATA_STATE_HALTED, C.DATA_STATE_IDLE)
+        await self._quiet(self.data, "DATA_STOP")
+        await self._wait_halted(self.tape, "MOVER_GET_STATE", C.MOVER_STATE_HALTED, C.MOVER_STATE_IDLE)
+        await self._quiet(self.tape, "MOVER_STOP")
+        if done:
+            await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1, timeout=STEP_TIMEOUT)
+        await self._quiet(self.tape, "TAPE_CLOSE")
+
+    async def _wait_halted(self, agent: Agent, query: str, halted: int, idle: int) -> None:
+        for _ in range(100):
+            try:
+                state = (await agent.call(query, timeout=STEP_TIMEOUT)).state
+            except (NdmpReplyError, TimeoutError):
+                return
+            if state in (halted, idle):
+                return
+            await asyncio.sleep(0.1)
+
+    async def _quiet(self, agent: Agent, message: str) -> None:
+        try:
+            await agent.call(message, timeout=STEP_TIMEOUT)
+        except NdmpReplyError:
+            pass
+
+
+def _reason(prefix: str, value: int) -> str:
+    for name in dir(C):
+        if name.startswith(prefix + "_") and getattr(C, name) == value:
+            return name[len(prefix) + 1:].lower().replace("_", " ")
+    return str(value)
