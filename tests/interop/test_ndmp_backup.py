@@ -113,3 +113,66 @@ def test_an_unknown_volume_is_exit_1_one_line_and_marked_failed(server_factory, 
     assert "failed" in result.stderr
     [row] = backups(tmp_path, catalog)
     assert row["status"] == "failed" and row["halt_reason"]
+
+
+SMALL_TAPE = """
+[[tape]]
+name = "small"
+path = "{path}"
+capacity = "1MiB"
+early_warning = "64KiB"
+"""
+
+
+def test_a_full_medium_with_no_library_aborts_cleanly_and_is_marked_failed(server_factory, tmp_path):
+    server = server_factory(extra=SMALL_TAPE.format(path=tmp_path / "small.img"))
+    (tmp_path / "vol" / "big.bin").write_bytes(os.urandom(3 << 20))
+    catalog = tmp_path / "catalog.db"
+    spec = f"ndmp@{server.host}"
+    result = ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:small", "--catalog", str(catalog),
+                  home=tmp_path)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "full" in result.stderr, result.stderr
+    [row] = backups(tmp_path, catalog)
+    assert row["status"] == "failed" and "full" in row["halt_reason"]
+    again = ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:vtape0", "--catalog", str(catalog),
+                 home=tmp_path)                        # the server is left usable
+    assert again.returncode == 0, again.stderr
+
+
+def test_sigterm_aborts_both_sides_exit_130_and_marks_it_interrupted(server_factory, tmp_path):
+    import signal
+    import time
+    from ndmpd.dma.catalog import open_catalog
+    server = server_factory()
+    with open(tmp_path / "vol" / "big.bin", "wb") as f:
+        for _ in range(768):
+            f.write(os.urandom(1 << 20))
+    catalog = tmp_path / "catalog.db"
+    spec = f"ndmp@{server.host}"
+    env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "backup", f"{spec}:/export/data", "--tape",
+                             f"{spec}:vtape0", "--catalog", str(catalog)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if catalog.exists():
+                cat = open_catalog(catalog)
+                try:
+                    if any(b.status == "running" for b in cat.backups()):
+                        break
+                finally:
+                    cat.close()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err
+    [row] = backups(tmp_path, catalog)
+    assert row["status"] == "interrupted"
