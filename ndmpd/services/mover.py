@@ -426,15 +426,12 @@ class Mover:
 
     def state_reply(self) -> object:
         with self._cond:              # a PAUSED state is never seen before its notification is queued
-            return self._state_reply()
-
-    def _state_reply(self) -> object:
-        return T.mover_get_state_reply(
-            error=C.NO_ERR, mode=self.mode, state=self.state, pause_reason=self.pause_reason,
-            halt_reason=self.halt_reason, record_size=self.record_size, record_num=self.record_num & 0xFFFFFFFF,
-            bytes_moved=self.bytes_moved, seek_position=self.seek_position,
-            bytes_left_to_read=self.bytes_left_to_read, window_offset=self.window_offset,
-            window_length=self.window_length, data_connection_addr=self.address)
+            return T.mover_get_state_reply(
+                error=C.NO_ERR, mode=self.mode, state=self.state, pause_reason=self.pause_reason,
+                halt_reason=self.halt_reason, record_size=self.record_size, record_num=self.record_num & 0xFFFFFFFF,
+                bytes_moved=self.bytes_moved, seek_position=self.seek_position,
+                bytes_left_to_read=self.bytes_left_to_read, window_offset=self.window_offset,
+                window_length=self.window_length, data_connection_addr=self.address)
 
 
 def _ok(reply_type: Callable[..., Any]) -> Any:
