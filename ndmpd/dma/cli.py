@@ -9,13 +9,12 @@ import sys
 from typing import Any, Callable
 
 from .agent import Agent
-from .errors import NdmpConnectError, NdmpConnectionLost, NdmpReplyError
-from .hosts import PASSWORD_ENV, Host, HostConfigError, config_path, load_hosts, resolve
+from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NdmpConnectError, NdmpConnectionLost,
+                     NdmpReplyError)
+from .hosts import PASSWORD_ENV, HostConfigError, host_named
 from . import commands_backup
 from .catalog import CatalogError
 from .info import gather, render
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _EPILOG = f"""\
 HOST is a name from the configuration file ([host.NAME] tables: address, port, user,
@@ -55,13 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _host(args: argparse.Namespace, text: str) -> Host:
-    path = config_path(args.config)
-    return resolve(text, load_hosts(path, required=bool(args.config)), path)
-
-
 async def _info(args: argparse.Namespace) -> int:
-    host = _host(args, args.host)
+    host = host_named(args.host, args.config)
     versions = tuple(args.versions) if args.versions else (4, 3)
     async with Agent.connect(host.address, host.port, user=host.user, password=host.password,
                              versions=versions, timeout=args.timeout) as agent:
@@ -85,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except HostConfigError as exc:
         print(f"ndmp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (NdmpConnectError, NdmpConnectionLost, NdmpReplyError, TimeoutError) as exc:
-        print(f"ndmp: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except CatalogError as exc:
+    except (NdmpConnectError, NdmpConnectionLost, NdmpReplyError, TimeoutError, CatalogError) as exc:
         print(f"ndmp: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

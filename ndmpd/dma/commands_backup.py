@@ -14,10 +14,9 @@ from typing import Any
 
 from .agent import Agent
 from .catalog import Backup, FileEntry, open_catalog
-from .hosts import Host, HostConfigError, config_path, load_hosts, resolve, split_target
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .hosts import Host, HostConfigError, host_named, split_target
 from .jobs.backup import BackupFailed, BackupInterrupted, BackupJob, BackupRequest
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -48,11 +47,6 @@ def add_parsers(sub: Any, epilog: str) -> None:
     find.add_argument("--json", action="store_true")
 
 
-def _host(args: argparse.Namespace, text: str) -> Host:
-    path = config_path(args.config)
-    return resolve(text, load_hosts(path, required=bool(args.config)), path)
-
-
 def _env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
@@ -70,7 +64,7 @@ def _connect(host: Host, args: argparse.Namespace) -> Any:
 async def backup(args: argparse.Namespace) -> int:
     data_text, volume = split_target(args.source)
     tape_text, drive = split_target(args.tape)
-    data_host, tape_host = _host(args, data_text), _host(args, tape_text)
+    data_host, tape_host = host_named(data_text, args.config), host_named(tape_text, args.config)
     request = BackupRequest(host_name=data_host.name, volume=volume, drive=drive, butype=args.butype,
                             level=args.level, env=_env(args.env))
     catalog = open_catalog(args.catalog)

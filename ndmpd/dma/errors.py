@@ -15,6 +15,9 @@ class NdmpReplyError(Exception):
         self.message, self.code, self.header = message, code, header
 
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130     # the ``ndmp`` command's status
+
+
 def checked(message: str, header_error: int, decode: Callable[[], Any]) -> Any:
     """The reply body, or NdmpReplyError for a header error or a body ``error`` (one rule for
     the blocking client and the Agent)."""

@@ -190,3 +190,10 @@ def resolve(text: str, hosts: Mapping[str, HostEntry], config: Path,
     if not password:
         raise HostConfigError(f"{text}: no password: set {PASSWORD_ENV}, or name the host in {config}")
     return Host(text, address, port or DEFAULT_PORT, user or DEFAULT_USER, password)
+
+
+def host_named(text: str, config: str | os.PathLike | None = None) -> Host:
+    """The server ``text`` names, with the hosts file ``--config`` gives (which must then exist)
+    or the default one (which may be absent): what every ``ndmp`` command resolves HOST with."""
+    path = config_path(config)
+    return resolve(text, load_hosts(path, required=bool(config)), path)
