@@ -39,19 +39,29 @@ def messages(dma) -> list[str]:
     return [body.entry for code, body in dma.posts if code == C.LOG_MESSAGE]
 
 
+def listen_local(dma, record: int) -> None:
+    """The small drive opened for a backup, its mover listening LOCAL with ``record``-byte records."""
+    dma.call("TAPE_OPEN", device="small", mode=C.TAPE_RDWR_MODE)
+    dma.call("MOVER_SET_RECORD_SIZE", len=record)
+    dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+    dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_LOCAL)
+
+
+def start_local_backup(dma, record: int) -> None:
+    """A two-way tar backup of /vol (UPDATE=y) into the small drive."""
+    listen_local(dma, record)
+    dma.call("DATA_CONNECT", addr=T.addr(addr_type=C.ADDR_LOCAL))
+    dma.call("DATA_START_BACKUP", butype_name="tar",
+             env=[T.pval(name="FILESYSTEM", value="/vol"), T.pval(name="UPDATE", value="y")])
+
+
 @pytest.mark.parametrize("version", [3, 4])
 @pytest.mark.parametrize("image", [1200 * KiB, 3 * MiB])     # within the buffers in flight, and beyond
 def test_a_full_medium_ends_the_backup_as_incomplete(server, version, image):
     srv, vol, state = server
     (vol / "data.bin").write_bytes(os.urandom(image))
     with srv.client(version=version) as dma:
-        dma.call("TAPE_OPEN", device="small", mode=C.TAPE_RDWR_MODE)
-        dma.call("MOVER_SET_RECORD_SIZE", len=10 * KiB)
-        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
-        dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_LOCAL)
-        dma.call("DATA_CONNECT", addr=T.addr(addr_type=C.ADDR_LOCAL))
-        dma.call("DATA_START_BACKUP", butype_name="tar",
-                 env=[T.pval(name="FILESYSTEM", value="/vol"), T.pval(name="UPDATE", value="y")])
+        start_local_backup(dma, 10 * KiB)
         paused = dma.wait_post(C.NOTIFY_MOVER_PAUSED)
         assert paused.reason == C.MOVER_PAUSE_EOM
         dma.call("MOVER_ABORT")                       # a DMA with no next cartridge gives up
@@ -72,10 +82,7 @@ def test_a_local_stream_is_delivered_only_once_its_last_record_is_on_the_medium(
     import threading
     srv, _, _ = server
     with srv.client() as dma:
-        dma.call("TAPE_OPEN", device="small", mode=C.TAPE_RDWR_MODE)
-        dma.call("MOVER_SET_RECORD_SIZE", len=64 * KiB)
-        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
-        dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_LOCAL)
+        listen_local(dma, 64 * KiB)
         session = srv.only_session()
         peer, handoff = srv.on_loop(session.mover.accept_local)
         # 14 whole records (64 KiB + 24 bytes of framing each) stay below the early warning at
@@ -97,13 +104,7 @@ def test_a_backup_whose_last_record_does_not_fit_is_not_successful_and_records_n
     srv, vol, state = server
     (vol / "data.bin").write_bytes(os.urandom(920_000))      # an image of 14 whole 64 KiB records and a part
     with srv.client() as dma:
-        dma.call("TAPE_OPEN", device="small", mode=C.TAPE_RDWR_MODE)
-        dma.call("MOVER_SET_RECORD_SIZE", len=64 * KiB)
-        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
-        dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_LOCAL)
-        dma.call("DATA_CONNECT", addr=T.addr(addr_type=C.ADDR_LOCAL))
-        dma.call("DATA_START_BACKUP", butype_name="tar",
-                 env=[T.pval(name="FILESYSTEM", value="/vol"), T.pval(name="UPDATE", value="y")])
+        start_local_backup(dma, 64 * KiB)
         assert dma.wait_post(C.NOTIFY_MOVER_PAUSED).reason == C.MOVER_PAUSE_EOM
         dma.call("MOVER_ABORT")
         halted = dma.wait_post(C.NOTIFY_DATA_HALTED)

@@ -43,6 +43,14 @@ def session(host, port):
     return client
 
 
+async def shut_down(srv, *clients) -> None:
+    """Close the clients, then stop the server and wait for it."""
+    for client in clients:
+        await asyncio.to_thread(client.close)
+    srv.stop()
+    await srv.serve_until_stopped()
+
+
 def volumes(client) -> list[str]:
     return sorted(fs.fs_logical_device for fs in client.call("CONFIG_GET_FS_INFO").fs_info)
 
@@ -55,10 +63,7 @@ async def test_new_sessions_see_the_reloaded_configuration_and_running_ones_keep
     after = await asyncio.to_thread(session, host, port)
     assert await asyncio.to_thread(volumes, after) == ["/export/data", "/export/new"]
     assert await asyncio.to_thread(volumes, before) == ["/export/data"]
-    for client in (before, after):
-        await asyncio.to_thread(client.close)
-    srv.stop()
-    await srv.serve_until_stopped()
+    await shut_down(srv, before, after)
 
 
 async def test_a_bad_configuration_is_refused_in_one_line_and_the_old_stays(tmp_path, caplog):
@@ -72,9 +77,7 @@ async def test_a_bad_configuration_is_refused_in_one_line_and_the_old_stays(tmp_
     assert not srv.reload()
     client = await asyncio.to_thread(session, host, port)
     assert await asyncio.to_thread(volumes, client) == ["/export/data"]
-    await asyncio.to_thread(client.close)
-    srv.stop()
-    await srv.serve_until_stopped()
+    await shut_down(srv, client)
 
 
 async def test_a_drive_held_under_the_old_configuration_stays_held(tmp_path):
@@ -90,10 +93,7 @@ async def test_a_drive_held_under_the_old_configuration_stays_held(tmp_path):
     await asyncio.to_thread(old.call, "TAPE_CLOSE")
     await asyncio.to_thread(new.call, "TAPE_OPEN", device="vtape0", mode=C.TAPE_READ_MODE)
     await asyncio.to_thread(new.call, "TAPE_CLOSE")
-    for client in (old, new):
-        await asyncio.to_thread(client.close)
-    srv.stop()
-    await srv.serve_until_stopped()
+    await shut_down(srv, old, new)
 
 
 async def test_a_listen_change_waits_for_a_restart_and_says_so(tmp_path, caplog):
@@ -104,9 +104,7 @@ async def test_a_listen_change_waits_for_a_restart_and_says_so(tmp_path, caplog)
     assert any("server.listen changed" in r.getMessage() and "restart" in r.getMessage() for r in caplog.records)
     client = await asyncio.to_thread(session, host, port)      # still served where it was
     assert await asyncio.to_thread(volumes, client) == ["/export/b", "/export/data"]
-    await asyncio.to_thread(client.close)
-    srv.stop()
-    await srv.serve_until_stopped()
+    await shut_down(srv, client)
 
 
 async def test_sighup_reloads_instead_of_killing_the_server(tmp_path):
@@ -151,10 +149,7 @@ async def test_a_library_survives_a_reload_and_stays_open_in_its_session(tmp_pat
     await asyncio.to_thread(old.call, "SCSI_CLOSE")
     await asyncio.to_thread(new.call, "SCSI_CLOSE")
     assert srv.ctx.changers.open_count("vlib0") == 0
-    for client in (old, new):
-        await asyncio.to_thread(client.close)
-    srv.stop()
-    await srv.serve_until_stopped()
+    await shut_down(srv, old, new)
 
 
 async def test_a_reload_applies_server_log_level_unless_the_command_line_set_one(tmp_path):
@@ -188,6 +183,4 @@ async def test_a_user_removed_by_a_reload_cannot_log_in_on_a_connection_opened_b
     with pytest.raises(NdmpReplyError):                                  # the revoked account is refused
         await asyncio.to_thread(early.login, "ndmp", "secret")
     await asyncio.to_thread(early.login, "other", "new-secret")
-    await asyncio.to_thread(early.close)
-    srv.stop()
-    await srv.serve_until_stopped()
+    await shut_down(srv, early)
