@@ -253,3 +253,60 @@ def test_readers_query_while_a_backup_writes(tmp_path):
             final = reader.get(b.id).entries
         assert seen == sorted(seen) and any(0 < s < final for s in seen)
         assert final == 150_001
+
+
+def test_a_lower_level_replaces_a_higher_one_in_the_chain_as_dump_does(cat):
+    l0 = backup_with(cat, [b"/"], level=0, started=100.0)
+    l2 = backup_with(cat, [b"/"], level=2, started=200.0)
+    l1 = backup_with(cat, [b"/"], level=1, started=300.0)       # based on the level 0, not the 2
+    l3 = backup_with(cat, [b"/"], level=3, started=400.0)
+    l2b = backup_with(cat, [b"/"], level=2, started=500.0)      # based on the 1: replaces the 3
+    ids = lambda chain: [b.id for b in chain]      # noqa: E731
+    assert ids(cat.chain("nas", "/vol", as_of=250.0)) == [l0, l2]
+    assert ids(cat.chain("nas", "/vol", as_of=350.0)) == [l0, l1]
+    assert ids(cat.chain("nas", "/vol", as_of=450.0)) == [l0, l1, l3]
+    assert ids(cat.chain("nas", "/vol")) == [l0, l1, l2b]
+
+
+def test_the_base_of_an_incremental_is_the_newest_done_backup_below_its_level(cat):
+    assert cat.newest_done("nas", "/vol") is None
+    l0 = backup_with(cat, [b"/"], level=0, started=100.0)
+    l1 = backup_with(cat, [b"/"], level=1, started=200.0)
+    l2 = backup_with(cat, [b"/"], level=2, started=300.0)
+    backup_with(cat, [b"/"], level=3, started=400.0, status="failed")
+    assert cat.newest_done("nas", "/vol").id == l2                  # --incremental: level 3 on the 2
+    assert cat.newest_done("nas", "/vol", below_level=2).id == l1
+    assert cat.newest_done("nas", "/vol", below_level=1).id == l0
+    assert cat.newest_done("nas", "/vol", below_level=0) is None
+    assert cat.newest_done("nas", "/other") is None
+
+
+def test_copies_are_chains_of_their_own_and_stay_out_of_restore_chains(cat):
+    l0 = backup_with(cat, [b"/"], level=0, started=100.0)
+    c = cat.begin_backup(host="nas", volume="/vol", butype="tar", level=0, started=200.0, kind="copy",
+                         destination="nas2:/copy")
+    cat.finish_backup(c.id, "done", dump_date="42")
+    inc = cat.begin_backup(host="nas", volume="/vol", butype="tar", level=1, started=300.0, kind="copy",
+                           destination="nas2:/copy", base_token="42", base_backup=c.id)
+    cat.finish_backup(inc.id, "done")
+    got = cat.get(inc.id)
+    assert (got.kind, got.destination, got.base_token, got.base_backup) == ("copy", "nas2:/copy", "42", c.id)
+    assert [b.id for b in cat.chain("nas", "/vol")] == [l0]
+    assert cat.newest_done("nas", "/vol").id == l0
+    assert cat.newest_done("nas", "/vol", kind="copy", destination="nas2:/copy").id == inc.id
+    assert cat.newest_done("nas", "/vol", kind="copy", destination="nas2:/copy", below_level=1).id == c.id
+    assert cat.newest_done("nas", "/vol", kind="copy", destination="nas3:/copy") is None
+
+
+def test_a_version_1_catalog_is_migrated_keeping_its_backups(tmp_path):
+    from ndmpd.dma import catalog_sqlite
+    path = tmp_path / "catalog.db"
+    conn = catalog_sqlite.connect(path)
+    conn.executescript(catalog_sqlite._MIGRATIONS[1] + "PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO backups (id, host, volume, butype, level, started, status) "
+                 "VALUES ('0badcafe', 'nas', '/vol', 'tar', 0, 1.0, 'done')")
+    conn.close()
+    with open_catalog(path) as c:
+        old = c.get("0badcafe")
+        assert (old.kind, old.destination, old.base_backup) == ("backup", None, None)
+        assert [b.id for b in c.chain("nas", "/vol")] == ["0badcafe"]

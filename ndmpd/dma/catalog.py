@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .catalog_history import HistoryRecorder
 
 STATUSES = ("running", "done", "failed", "interrupted")
+KINDS = ("backup", "copy")          # to media, or data to data (``ndmp copy``) into a directory
 
 
 class CatalogError(Exception):
@@ -83,6 +84,9 @@ class Backup:
     halt_reason: str | None = None
     entries: int = 0
     media: list[Media] = field(default_factory=list)
+    kind: str = "backup"            # "copy": data to data, no media; ``destination`` says where
+    destination: str | None = None  # a copy's HOST:DIR
+    base_backup: str | None = None  # the id of the backup an incremental is based on
 
 
 @dataclass(slots=True)
@@ -102,7 +106,8 @@ class Catalog(Protocol):
     """What jobs and commands need from a catalog."""
 
     def begin_backup(self, *, host: str, volume: str, butype: str, level: int,
-                     base_token: str | None = None, started: float | None = None) -> Backup: ...
+                     base_token: str | None = None, started: float | None = None, kind: str = "backup",
+                     destination: str | None = None, base_backup: str | None = None) -> Backup: ...
 
     def finish_backup(self, backup_id: str, status: str, *, bytes: int | None = None,
                       env: dict[str, str] | None = None, dump_date: str | None = None,
@@ -125,6 +130,9 @@ class Catalog(Protocol):
     def find(self, glob: str | bytes, limit: int | None = None) -> list[FileEntry]: ...
 
     def chain(self, host: str, volume: str, as_of: float | None = None) -> list[Backup]: ...
+
+    def newest_done(self, host: str, volume: str, *, below_level: int | None = None, kind: str = "backup",
+                    destination: str | None = None) -> Backup | None: ...
 
     def prune(self, *, keep_last: int | None = None, older_than: float | None = None,
               now: float | None = None) -> list[Backup]: ...

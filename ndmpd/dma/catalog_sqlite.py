@@ -18,12 +18,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .catalog import (STATUSES, AmbiguousBackup, Backup, CatalogError, FileEntry, Media, UnknownBackup,
+from .catalog import (KINDS, STATUSES, AmbiguousBackup, Backup, CatalogError, FileEntry, Media, UnknownBackup,
                       as_path, join_path, split_path)
 from .catalog_glob import compile_glob
 from .catalog_history import HistoryRecorder
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 128 * 1024
 
@@ -71,10 +71,16 @@ CREATE TABLE files (
 ) WITHOUT ROWID;
 CREATE INDEX files_by_name ON files (name);
 """,
+    # copies (data to data, no tape) beside backups; an incremental names the backup it is based on
+    2: """
+ALTER TABLE backups ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup' CHECK (kind IN ('backup', 'copy'));
+ALTER TABLE backups ADD COLUMN destination TEXT;
+ALTER TABLE backups ADD COLUMN base_backup TEXT;
+""",
 }
 
 _BACKUP_COLUMNS = ("n, id, host, volume, butype, level, base_token, dump_date, env, started, ended, bytes, "
-                   "status, halt_reason, entries")
+                   "status, halt_reason, entries, kind, destination, base_backup")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -176,16 +182,20 @@ class SqliteCatalog:
     # ------------------------------------------------------------ backups
 
     def begin_backup(self, *, host: str, volume: str, butype: str, level: int,
-                     base_token: str | None = None, started: float | None = None) -> Backup:
-        """A new backup, status ``running``, with a fresh 8-character id."""
+                     base_token: str | None = None, started: float | None = None, kind: str = "backup",
+                     destination: str | None = None, base_backup: str | None = None) -> Backup:
+        """A new backup (``kind`` backup, or copy to ``destination``), status ``running``, with a
+        fresh 8-character id; ``base_backup`` is the id of the backup an incremental builds on."""
+        if kind not in KINDS:
+            raise ValueError(f"kind {kind!r} is not one of {KINDS}")
         started = time.time() if started is None else started
         for _ in range(100):
             short = secrets.token_hex(4)
             try:
                 self._conn.execute(
-                    "INSERT INTO backups (id, host, volume, butype, level, base_token, started, status) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
-                    (short, host, volume, butype, level, base_token, started))
+                    "INSERT INTO backups (id, host, volume, butype, level, base_token, started, status, kind, "
+                    "destination, base_backup) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                    (short, host, volume, butype, level, base_token, started, kind, destination, base_backup))
             except sqlite3.IntegrityError:
                 continue                                  # an id already taken: draw again
             return self.get(short)
@@ -238,12 +248,12 @@ class SqliteCatalog:
 
     def _backup(self, row: tuple) -> Backup:
         (n, short, host, volume, butype, level, base, dump_date, env, started, ended, size, status, halt,
-         entries) = row
+         entries, kind, destination, base_backup) = row
         media = [Media(*m) for m in self._conn.execute(
             "SELECT label, barcode, slot, file_number, first_byte, last_byte FROM media WHERE backup = ? "
             "ORDER BY seq", (n,))]
         return Backup(short, host, volume, butype, level, started, status, ended, size, base, dump_date,
-                      json.loads(env), halt, entries, media)
+                      json.loads(env), halt, entries, media, kind, destination, base_backup)
 
     def get(self, backup_id: str) -> Backup:
         n = self._n(backup_id)
@@ -329,11 +339,11 @@ class SqliteCatalog:
     def chain(self, host: str, volume: str, as_of: float | None = None) -> list[Backup]:
         """The backups a restore as of ``as_of`` (default now) applies, in order: the level 0,
         then each increment on top of the one before (a level-N backup is based on the newest
-        earlier backup of a lower level). Only successful backups count."""
+        earlier backup of a lower level). Only successful backups to media count (not copies)."""
         as_of = time.time() if as_of is None else as_of
         rows = self._conn.execute(
             f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE host = ? AND volume = ? AND status = 'done' "
-            "AND started <= ? ORDER BY started DESC, n DESC", (host, volume, as_of)).fetchall()
+            "AND kind = 'backup' AND started <= ? ORDER BY started DESC, n DESC", (host, volume, as_of)).fetchall()
         out: list[tuple] = []
         for row in rows:
             if not out or row[5] < out[-1][5]:
@@ -344,6 +354,19 @@ class SqliteCatalog:
             raise CatalogError(f"no level-0 backup of {host}:{volume} at or before "
                                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(as_of))}")
         return [self._backup(r) for r in reversed(out)]
+
+    def newest_done(self, host: str, volume: str, *, below_level: int | None = None, kind: str = "backup",
+                    destination: str | None = None) -> Backup | None:
+        """The newest successful backup (or copy to ``destination``) of host:volume, of a level
+        below ``below_level`` if given: what an incremental is based on (dump(8) semantics)."""
+        sql = (f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE host = ? AND volume = ? AND status = 'done' "
+               "AND kind = ? AND destination IS ?")
+        args: list = [host, volume, kind, destination]
+        if below_level is not None:
+            sql += " AND level < ?"
+            args.append(below_level)
+        row = self._conn.execute(sql + " ORDER BY started DESC, n DESC LIMIT 1", args).fetchone()
+        return self._backup(row) if row else None
 
     def _chain_rows(self, done: list[tuple], index: int) -> set[int]:
         """The ``n`` of every backup the restore of ``done[index]`` needs (``done`` newest first)."""
@@ -367,11 +390,11 @@ class SqliteCatalog:
             raise ValueError("keep_last must be at least 1")
         now = time.time() if now is None else now
         removed: list[Backup] = []
-        volumes = self._conn.execute("SELECT DISTINCT host, volume FROM backups").fetchall()
-        for host, volume in volumes:
+        chains = self._conn.execute("SELECT DISTINCT host, volume, kind, destination FROM backups").fetchall()
+        for host, volume, kind, destination in chains:        # copies to each place are a chain of their own
             rows = self._conn.execute(
-                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE host = ? AND volume = ? "
-                "ORDER BY started DESC, n DESC", (host, volume)).fetchall()
+                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE host = ? AND volume = ? AND kind = ? "
+                "AND destination IS ? ORDER BY started DESC, n DESC", (host, volume, kind, destination)).fetchall()
             done = [r for r in rows if r[12] == "done"]
             keep: set[int] = set()
             for i, row in enumerate(done):
