@@ -14,9 +14,10 @@ from typing import Any
 
 from .agent import Agent
 from .catalog import Backup, FileEntry, open_catalog
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .hosts import Host, HostConfigError, host_named, split_target
 from .jobs.backup import BackupFailed, BackupInterrupted, BackupJob, BackupRequest
+from .levels import LevelPlan, NoBase, plan_level
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -27,7 +28,11 @@ def add_parsers(sub: Any, epilog: str) -> None:
     b.add_argument("source", metavar="HOST:VOLUME")
     b.add_argument("--tape", required=True, metavar="HOST:DRIVE")
     b.add_argument("--butype", default="tar", choices=("tar", "dump"))
-    b.add_argument("--level", type=int, default=0, metavar="N")
+    levels = b.add_mutually_exclusive_group()
+    levels.add_argument("--level", type=int, default=None, metavar="N",
+                        help="dump level; N > 0 builds on the newest backup below level N in the catalog")
+    levels.add_argument("--incremental", action="store_true",
+                        help="one level above the newest backup of this volume in the catalog (else a level 0)")
     b.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
@@ -65,10 +70,21 @@ async def backup(args: argparse.Namespace) -> int:
     data_text, volume = split_target(args.source)
     tape_text, drive = split_target(args.tape)
     data_host, tape_host = host_named(data_text, args.config), host_named(tape_text, args.config)
-    request = BackupRequest(host_name=data_host.name, volume=volume, drive=drive, butype=args.butype,
-                            level=args.level, env=_env(args.env))
+    user_env = _env(args.env)
     catalog = open_catalog(args.catalog)
     try:
+        try:
+            plan = plan_level(catalog, data_host.name, volume, level=args.level, incremental=args.incremental)
+        except NoBase as exc:
+            if "BASE_DATE" not in user_env:       # the user's own token needs no base from the catalog
+                print(f"ndmp: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            plan = LevelPlan(args.level)
+        if plan.note:
+            print(f"ndmp: {plan.note}", file=sys.stderr)
+        request = BackupRequest(host_name=data_host.name, volume=volume, drive=drive, butype=args.butype,
+                                level=plan.level, env=user_env, base_token=plan.base_token,
+                                base_backup=plan.base.id if plan.base else None)
         async with AsyncExitStack() as stack:
             data = await stack.enter_async_context(_connect(data_host, args))
             same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
@@ -84,10 +100,12 @@ async def backup(args: argparse.Namespace) -> int:
     finally:
         catalog.close()
     if args.json:
-        print(json.dumps({"id": result.id, "status": result.status, "bytes": result.bytes,
+        print(json.dumps({"id": result.id, "status": result.status, "bytes": result.bytes, "level": plan.level,
+                          "base": request.base_backup,
                           "file_number": result.file_number, "entries": result.entries, "env": result.env}))
     else:
-        print(f"backup {result.id} done: {result.bytes} bytes, {result.entries} files, "
+        based = f" on {request.base_backup}" if request.base_backup else ""
+        print(f"backup {result.id} done: level {plan.level}{based}, {result.bytes} bytes, {result.entries} files, "
               f"{drive} file {result.file_number}")
     return EXIT_OK
 
@@ -95,7 +113,9 @@ async def backup(args: argparse.Namespace) -> int:
 def _backup_dict(b: Backup) -> dict[str, Any]:
     return {"id": b.id, "host": b.host, "volume": b.volume, "butype": b.butype, "level": b.level,
             "status": b.status, "started": b.started, "ended": b.ended, "bytes": b.bytes,
-            "entries": b.entries, "halt_reason": b.halt_reason, "env": b.env,
+            "entries": b.entries, "halt_reason": b.halt_reason, "env": b.env, "kind": b.kind,
+            "destination": b.destination, "base_backup": b.base_backup, "base_token": b.base_token,
+            "dump_date": b.dump_date,
             "media": [{"label": m.label, "file_number": m.file_number} for m in b.media]}
 
 

@@ -43,6 +43,8 @@ class BackupRequest:
     butype: str = "tar"
     level: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    base_token: str | None = None       # BASE_DATE: the DUMP_DATE of the backup this one builds on
+    base_backup: str | None = None      # that backup's catalog id
 
 
 @dataclass
@@ -60,6 +62,8 @@ def backup_env(request: BackupRequest) -> dict[str, str]:
     env = {"FILESYSTEM": request.volume, "HIST": "y", "LEVEL": str(request.level)}
     if request.level == 0:
         env.setdefault("UPDATE", "y")
+    if request.base_token:
+        env["BASE_DATE"] = request.base_token
     env.update(request.env)
     return env
 
@@ -79,8 +83,10 @@ class BackupJob:
         """Run to the end; BackupFailed / BackupInterrupted once the catalog says so."""
         req = self.request
         env = backup_env(req)
+        token = env.get("BASE_DATE")
         backup = self.catalog.begin_backup(host=req.host_name, volume=req.volume, butype=req.butype,
-                                           level=req.level)
+                                           level=req.level, base_token=token,
+                                           base_backup=req.base_backup if token == req.base_token else None)
         recorder = self.catalog.history(backup.id).start()
         self._listen(recorder)
         loop = asyncio.get_running_loop()
