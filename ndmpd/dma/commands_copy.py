@@ -1,0 +1,86 @@
+"""``ndmp copy SRC:VOLUME DST:DIR``: the CLI side of the copy job (arguments, the level from
+the catalog, output, exit codes; the work is in :mod:`.jobs.copy`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import AsyncExitStack
+from typing import Any
+
+from .agent import Agent
+from .catalog import open_catalog
+from .commands_backup import _env
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .hosts import Host, host_named, split_target
+from .jobs.copy import CopyFailed, CopyInterrupted, CopyJob, CopyRequest
+from .levels import LevelPlan, NoBase, plan_level
+from .progress import NullReporter
+
+
+def add_parsers(sub: Any, epilog: str) -> None:
+    """The ``copy`` subparser."""
+    c = sub.add_parser("copy", help="copy a volume into a directory of another server, data to data (no tape)",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("source", metavar="SRC:VOLUME")
+    c.add_argument("destination", metavar="DST:DIR", help="a directory inside a volume of the destination")
+    c.add_argument("--butype", default="tar", choices=("tar", "dump"))
+    levels = c.add_mutually_exclusive_group()
+    levels.add_argument("--level", type=int, default=None, metavar="N",
+                        help="N > 0: only what changed since the newest copy below level N to the same DST:DIR")
+    levels.add_argument("--incremental", action="store_true",
+                        help="one level above the newest copy to the same DST:DIR (else a level 0)")
+    c.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the source's data server (repeatable)")
+    c.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
+    c.add_argument("--json", action="store_true")
+
+
+def _connect(host: Host, args: argparse.Namespace) -> Any:
+    return Agent.connect(host.address, host.port, user=host.user, password=host.password, timeout=args.timeout)
+
+
+async def copy(args: argparse.Namespace) -> int:
+    src_text, volume = split_target(args.source)
+    dst_text, directory = split_target(args.destination)
+    src, dst = host_named(src_text, args.config), host_named(dst_text, args.config)
+    user_env = _env(args.env)
+    destination = f"{dst.name}:{directory}"
+    catalog = open_catalog(args.catalog)
+    try:
+        try:
+            plan = plan_level(catalog, src.name, volume, level=args.level, incremental=args.incremental,
+                              kind="copy", destination=destination)
+        except NoBase as exc:
+            if "BASE_DATE" not in user_env:
+                print(f"ndmp: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            plan = LevelPlan(args.level)
+        if plan.note:
+            print(f"ndmp: {plan.note}", file=sys.stderr)
+        request = CopyRequest(source_host=src.name, volume=volume, dest_host=dst.name, directory=directory,
+                              butype=args.butype, level=plan.level, env=user_env, base_token=plan.base_token,
+                              base_backup=plan.base.id if plan.base else None)
+        async with AsyncExitStack() as stack:
+            source = await stack.enter_async_context(_connect(src, args))
+            dest = await stack.enter_async_context(_connect(dst, args))
+            try:
+                result = await CopyJob(source, dest, catalog, request, NullReporter()).run()
+            except (CopyFailed, CopyInterrupted) as exc:
+                print(f"ndmp: {exc}", file=sys.stderr)
+                return EXIT_INTERRUPTED if isinstance(exc, CopyInterrupted) else EXIT_FAILED
+    finally:
+        catalog.close()
+    if args.json:
+        print(json.dumps({"id": result.id, "status": result.status, "level": plan.level,
+                          "base": request.base_backup, "bytes": result.bytes, "received": result.received,
+                          "entries": result.entries, "destination": destination, "env": result.env}))
+    else:
+        based = f" on {request.base_backup}" if request.base_backup else ""
+        print(f"copy {result.id} done: level {plan.level}{based}, {result.bytes} bytes, {result.entries} files "
+              f"to {destination}")
+    return EXIT_OK
+
+
+COMMANDS = {"copy": copy}

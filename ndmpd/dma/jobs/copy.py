@@ -1,0 +1,241 @@
+"""``ndmp copy``: a volume of one server into a directory of another, data server to data
+server, no tape (what NetApp's ndmpcopy does).
+
+The destination's data server listens (DATA_LISTEN, TCP), the source's connects to it
+(DATA_CONNECT), the destination starts recovering the whole image into the directory
+(DATA_START_RECOVER with PREFIX) and the source starts the backup with HIST on, its FH posts
+going to the catalog so it knows what was copied. An incremental copy sends the DUMP_DATE of
+the copy it builds on as BASE_DATE, and the destination's restore of it replays deletions
+and renames. Every NOTIFY_DATA_HALTED (of either side) and a user's interrupt arrive as events
+in one queue, and :meth:`CopyJob._decide` is the one place that says what each means: done,
+keep waiting, or abort both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...wire import C, T
+from ..agent import Agent
+from ..catalog import Catalog, Media
+from ..errors import NdmpReplyError
+from ..progress import NullReporter, Reporter
+from .backup import FH_CODES, STEP_TIMEOUT, _reason
+
+PROGRESS_EVERY = 1.0
+_LOG_LEVELS = {C.LOG_NORMAL: "normal", C.LOG_DEBUG: "debug", C.LOG_ERROR: "error", C.LOG_WARNING: "warning"}
+
+
+class CopyFailed(Exception):
+    """The copy did not complete (the message is the one line for the user)."""
+
+
+class CopyInterrupted(Exception):
+    """The user stopped the copy (SIGINT/SIGTERM); both data servers were aborted."""
+
+
+@dataclass
+class CopyRequest:
+    """What to copy (source host:volume) to where (destination host:directory), and how."""
+
+    source_host: str
+    volume: str
+    dest_host: str
+    directory: str
+    butype: str = "tar"
+    level: int = 0
+    env: dict[str, str] = field(default_factory=dict)     # the user's -E, for the source
+    base_token: str | None = None                         # BASE_DATE: the DUMP_DATE of the copy built on
+    base_backup: str | None = None                        # that copy's catalog id
+
+    @property
+    def destination(self) -> str:
+        """``DST:DIR``, as the catalog records where the copy went."""
+        return f"{self.dest_host}:{self.directory}"
+
+
+@dataclass
+class CopyResult:
+    id: str
+    status: str
+    bytes: int                  # what the source sent (the image size)
+    received: int               # what the destination read
+    env: dict[str, str]
+    entries: int
+
+
+def source_env(request: CopyRequest) -> dict[str, str]:
+    """The environment for the source's DATA_START_BACKUP: the user's -E over our defaults."""
+    env = {"FILESYSTEM": request.volume, "HIST": "y", "LEVEL": str(request.level)}
+    if request.level == 0:
+        env["UPDATE"] = "y"
+    if request.base_token:
+        env["BASE_DATE"] = request.base_token
+    env.update(request.env)
+    return env
+
+
+class CopyJob:
+    """One data-to-data copy between a source and a destination data server (two agents)."""
+
+    def __init__(self, source: Agent, dest: Agent, catalog: Catalog, request: CopyRequest,
+                 reporter: Reporter | None = None) -> None:
+        if source is dest:
+            raise ValueError("a copy needs two connections (one per data server), even to one host")
+        self.source, self.dest, self.catalog, self.request = source, dest, catalog, request
+        self.reporter: Reporter = reporter if reporter is not None else NullReporter()
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.logs: dict[str, list[str]] = {"source": [], "destination": []}
+        self.halted: dict[str, Any] = {}
+
+    async def run(self) -> CopyResult:
+        """Run to the end; CopyFailed / CopyInterrupted once the catalog says so."""
+        req = self.request
+        env = source_env(req)
+        token = env.get("BASE_DATE")
+        copy = self.catalog.begin_backup(host=req.source_host, volume=req.volume, butype=req.butype,
+                                         level=req.level, base_token=token, kind="copy",
+                                         destination=req.destination,
+                                         base_backup=req.base_backup if token == req.base_token else None)
+        recorder = self.catalog.history(copy.id).start()
+        self._listen(recorder)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.events.put_nowait, ("interrupt", sig))
+        ticker = None
+        try:
+            try:
+                await self._start(env)
+                ticker = asyncio.create_task(self._progress())
+                outcome, reason = await self._wait_end()
+            except NdmpReplyError as exc:
+                outcome, reason = "failed", self._why(str(exc))
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+            if outcome != "done":
+                await self._abort()
+            sent, server_env = await self._collect(self.source, env=True)
+            received, _ = await self._collect(self.dest, env=False)
+            await self._stop()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            entries = recorder.finish()
+        if outcome == "done":
+            self.catalog.add_media(copy.id, Media(label=req.destination, first_byte=0, last_byte=sent))
+        self.catalog.finish_backup(copy.id, outcome, bytes=sent, env=server_env,
+                                   dump_date=server_env.get("DUMP_DATE"),
+                                   halt_reason=None if outcome == "done" else reason)
+        self.reporter.summary({"id": copy.id, "status": outcome, "bytes": sent, "received": received,
+                               "entries": entries, "level": req.level, "destination": req.destination})
+        self.reporter.close()
+        if outcome == "interrupted":
+            raise CopyInterrupted(f"copy {copy.id} interrupted")
+        if outcome == "failed":
+            raise CopyFailed(f"copy {copy.id} failed: {reason}")
+        return CopyResult(copy.id, outcome, sent, received, server_env, entries)
+
+    # ------------------------------------------------------------ steps
+
+    def _listen(self, recorder: Any) -> None:
+        for code in FH_CODES:
+            self.source.on(code, lambda body, code=code: recorder.post(code, body))
+        for side, agent in (("source", self.source), ("destination", self.dest)):
+            agent.on(C.LOG_MESSAGE, lambda body, side=side: self._log(side, body))
+            agent.on(C.NOTIFY_DATA_HALTED, lambda body, side=side: self.events.put_nowait((side, body)))
+
+    def _log(self, side: str, body: Any) -> None:
+        level = _LOG_LEVELS.get(getattr(body, "log_type", C.LOG_NORMAL), "normal")
+        if level == "error":
+            self.logs[side].append(body.entry)
+        host = self.request.source_host if side == "source" else self.request.dest_host
+        self.reporter.log(host, level, body.entry)
+
+    async def _start(self, env: dict[str, str]) -> None:
+        req = self.request
+        listen = await self.dest.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
+        await self.source.call("DATA_CONNECT", addr=listen.connect_addr)
+        await self.dest.call("DATA_START_RECOVER", butype_name=req.butype, nlist=[],
+                             env=[T.pval(name="PREFIX", value=req.directory)])
+        await self.source.call("DATA_START_BACKUP", butype_name=req.butype,
+                               env=[T.pval(name=k, value=v) for k, v in env.items()])
+
+    async def _wait_end(self) -> tuple[str, str]:
+        while True:
+            kind, body = await self.events.get()
+            verdict = self._decide(kind, body)
+            if verdict is not None:
+                return verdict
+
+    def _decide(self, kind: str, body: Any) -> tuple[str, str] | None:
+        """What one event means: (outcome, reason) to end the job, or None to keep waiting."""
+        if kind == "interrupt":
+            return "interrupted", f"interrupted by signal {signal.Signals(body).name}"
+        self.halted[kind] = body
+        if body.reason != C.DATA_HALT_SUCCESSFUL:
+            logs = self.logs[kind]
+            why = logs[-1] if logs else _reason("DATA_HALT", body.reason)
+            return "failed", f"the {kind} data server halted: {why}"
+        if len(self.halted) == 2:
+            return "done", ""
+        return None
+
+    def _why(self, failure: str) -> str:
+        """A refused request, with the server's own error line when it logged one."""
+        said = self.logs["destination"][-1:] or self.logs["source"][-1:]
+        return f"{failure} ({said[0]})" if said else failure
+
+    async def _progress(self) -> None:
+        """The source's byte count and estimate, once a second, to the reporter."""
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            try:
+                state = await self.source.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
+            except (NdmpReplyError, TimeoutError):
+                continue
+            done = int(state.bytes_processed)
+            remain = None if state.unsupported & C.DATA_STATE_EST_BYTES_REMAIN_UNS else int(state.est_bytes_remain)
+            self.reporter.progress(done, done + remain if remain is not None else None)
+
+    async def _abort(self) -> None:
+        """DATA_ABORT on both data servers, whatever state each is in."""
+        for agent in (self.source, self.dest):
+            try:
+                await agent.call("DATA_ABORT", timeout=STEP_TIMEOUT)
+            except (NdmpReplyError, TimeoutError):
+                pass
+
+    async def _collect(self, agent: Agent, env: bool) -> tuple[int, dict[str, str]]:
+        count, values = 0, {}
+        try:
+            count = int((await agent.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)).bytes_processed)
+        except (NdmpReplyError, TimeoutError):
+            pass
+        if env:
+            try:
+                values = {p.name: p.value for p in (await agent.call("DATA_GET_ENV", timeout=STEP_TIMEOUT)).env}
+            except (NdmpReplyError, TimeoutError):
+                pass
+        return count, values
+
+    async def _stop(self) -> None:
+        """Both data servers back to IDLE."""
+        for agent in (self.source, self.dest):
+            for _ in range(100):
+                try:
+                    state = (await agent.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)).state
+                except (NdmpReplyError, TimeoutError):
+                    break
+                if state in (C.DATA_STATE_HALTED, C.DATA_STATE_IDLE):
+                    break
+                await asyncio.sleep(0.1)
+            try:
+                await agent.call("DATA_STOP", timeout=STEP_TIMEOUT)
+            except NdmpReplyError:
+                pass
