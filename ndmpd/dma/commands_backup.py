@@ -52,7 +52,8 @@ def add_parsers(sub: Any, epilog: str) -> None:
     find.add_argument("--json", action="store_true")
 
 
-def _env(pairs: list[str]) -> dict[str, str]:
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """``-E NAME=VALUE`` arguments as a dict (a malformed one is a usage error)."""
     env = {}
     for pair in pairs:
         name, eq, value = pair.partition("=")
@@ -70,7 +71,7 @@ async def backup(args: argparse.Namespace) -> int:
     data_text, volume = split_target(args.source)
     tape_text, drive = split_target(args.tape)
     data_host, tape_host = host_named(data_text, args.config), host_named(tape_text, args.config)
-    user_env = _env(args.env)
+    user_env = parse_env(args.env)
     catalog = open_catalog(args.catalog)
     try:
         try:

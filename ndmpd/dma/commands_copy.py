@@ -11,7 +11,7 @@ from typing import Any
 
 from .agent import Agent
 from .catalog import open_catalog
-from .commands_backup import _env
+from .commands_backup import parse_env
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .hosts import Host, host_named, split_target
 from .jobs.copy import CopyFailed, CopyInterrupted, CopyJob, CopyRequest
@@ -45,7 +45,7 @@ async def copy(args: argparse.Namespace) -> int:
     src_text, volume = split_target(args.source)
     dst_text, directory = split_target(args.destination)
     src, dst = host_named(src_text, args.config), host_named(dst_text, args.config)
-    user_env = _env(args.env)
+    user_env = parse_env(args.env)
     destination = f"{dst.name}:{directory}"
     catalog = open_catalog(args.catalog)
     try:

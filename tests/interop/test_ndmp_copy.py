@@ -58,7 +58,8 @@ def copied(src, dst, tmp_path, *flags: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_a_copy_is_identical_and_a_level_1_copy_brings_over_only_the_changes(two_servers, tmp_path):
+@pytest.mark.parametrize("butype", ["tar", "dump"])
+def test_a_copy_is_identical_and_a_level_1_copy_brings_over_only_the_changes(two_servers, tmp_path, butype):
     src, dst = two_servers
     vol, out = tmp_path / "src" / "vol", tmp_path / "dst" / "vol"
     build_every_case(vol)
@@ -67,7 +68,7 @@ def test_a_copy_is_identical_and_a_level_1_copy_brings_over_only_the_changes(two
     for name in ("a.txt", "b.txt", "c.txt"):
         (vol / "docs" / name).write_text(name * 100)
 
-    full = copied(src, dst, tmp_path)
+    full = copied(src, dst, tmp_path, "--butype", butype)
     assert full["status"] == "done" and full["level"] == 0 and full["entries"] > 10
     assert differences(describe(vol), describe(out)) == []
     [row] = backups(tmp_path, tmp_path / "catalog.db")
@@ -80,7 +81,7 @@ def test_a_copy_is_identical_and_a_level_1_copy_brings_over_only_the_changes(two
     (vol / "docs" / "b.txt").unlink()                              # delete
     (vol / "docs" / "c.txt").rename(vol / "docs" / "c-renamed.txt")  # rename
     shutil.rmtree(vol / "empty")                                   # a whole directory goes
-    one = copied(src, dst, tmp_path, "--level", "1")
+    one = copied(src, dst, tmp_path, "--butype", butype, "--level", "1")
     assert one["level"] == 1 and one["base"] == full["id"]
     assert one["bytes"] < full["bytes"] / 20, (one["bytes"], full["bytes"])
     assert differences(describe(vol), describe(out)) == []
@@ -91,7 +92,7 @@ def test_a_copy_is_identical_and_a_level_1_copy_brings_over_only_the_changes(two
         paths = {os.fsdecode(e.path) for e in cat.entries(one["id"])}
     assert {"/docs/new.txt", "/docs/a.txt", "/docs/c-renamed.txt"} <= paths and "/big.bin" not in paths
 
-    two = copied(src, dst, tmp_path, "--incremental")              # nothing changed: a level 2 on the 1
+    two = copied(src, dst, tmp_path, "--butype", butype, "--incremental")   # no change: a level 2 on the 1
     assert two["level"] == 2 and two["base"] == one["id"]
     assert differences(describe(vol), describe(out)) == []
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import os
 
-from .conftest import PASSWORD  # noqa: F401  (the server's password, through ndmp())
-from .test_ndmp_backup import backups, ndmp
-
 import pytest
+
+from .test_ndmp_backup import backups, ndmp
 
 pytestmark = pytest.mark.interop
 
