@@ -175,3 +175,36 @@ def test_an_interrupted_copy_job_leaves_both_of_its_data_servers_idle(two_server
                         row.status)
 
     assert asyncio.run(run()) == (C.DATA_STATE_IDLE, C.DATA_STATE_IDLE, "interrupted")
+
+
+def test_a_destination_that_dies_mid_copy_fails_the_copy_in_one_line(two_servers, tmp_path):
+    src, dst = two_servers
+    block = os.urandom(1 << 20)
+    with open(tmp_path / "src" / "vol" / "big.bin", "wb") as f:
+        for _ in range(1024):
+            f.write(block)
+    catalog = tmp_path / "catalog.db"
+    env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "copy", f"ndmp@{src.host}:/export/data",
+                             f"ndmp@{dst.host}:/export/data", "--catalog", str(catalog)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if catalog.exists():
+                with open_catalog(catalog) as cat:
+                    if any(b.status == "running" for b in cat.backups()):
+                        break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        dst.proc.kill()
+        dst.proc.wait(timeout=15)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert len(err.strip().splitlines()) == 1 and "failed" in err, err
+    [row] = backups(tmp_path, catalog)
+    assert row["status"] == "failed" and row["halt_reason"]

@@ -22,11 +22,12 @@ from typing import Any
 from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog, Media
-from ..errors import NdmpReplyError
+from ..errors import NdmpConnectionLost, NdmpReplyError
 from ..progress import NullReporter, Reporter
 from .backup import FH_CODES, STEP_TIMEOUT, _reason
 
 PROGRESS_EVERY = 1.0
+_GONE = (NdmpReplyError, NdmpConnectionLost, TimeoutError)   # a side that refuses or is gone: carry on
 _LOG_LEVELS = {C.LOG_NORMAL: "normal", C.LOG_DEBUG: "debug", C.LOG_ERROR: "error", C.LOG_WARNING: "warning"}
 
 
@@ -112,8 +113,8 @@ class CopyJob:
                 await self._start(env)
                 ticker = asyncio.create_task(self._progress())
                 outcome, reason = await self._wait_end()
-            except NdmpReplyError as exc:
-                outcome, reason = "failed", self._why(str(exc))
+            except (NdmpReplyError, NdmpConnectionLost, TimeoutError) as exc:
+                outcome, reason = "failed", self._why(str(exc) or type(exc).__name__)
             if ticker is not None:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -197,7 +198,7 @@ class CopyJob:
             await asyncio.sleep(PROGRESS_EVERY)
             try:
                 state = await self.source.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
-            except (NdmpReplyError, TimeoutError):
+            except _GONE:
                 continue
             done = int(state.bytes_processed)
             remain = None if state.unsupported & C.DATA_STATE_EST_BYTES_REMAIN_UNS else int(state.est_bytes_remain)
@@ -208,19 +209,19 @@ class CopyJob:
         for agent in (self.source, self.dest):
             try:
                 await agent.call("DATA_ABORT", timeout=STEP_TIMEOUT)
-            except (NdmpReplyError, TimeoutError):
+            except _GONE:
                 pass
 
     async def _collect(self, agent: Agent, env: bool) -> tuple[int, dict[str, str]]:
         count, values = 0, {}
         try:
             count = int((await agent.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)).bytes_processed)
-        except (NdmpReplyError, TimeoutError):
+        except _GONE:
             pass
         if env:
             try:
                 values = {p.name: p.value for p in (await agent.call("DATA_GET_ENV", timeout=STEP_TIMEOUT)).env}
-            except (NdmpReplyError, TimeoutError):
+            except _GONE:
                 pass
         return count, values
 
@@ -230,12 +231,12 @@ class CopyJob:
             for _ in range(100):
                 try:
                     state = (await agent.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)).state
-                except (NdmpReplyError, TimeoutError):
+                except _GONE:
                     break
                 if state in (C.DATA_STATE_HALTED, C.DATA_STATE_IDLE):
                     break
                 await asyncio.sleep(0.1)
             try:
                 await agent.call("DATA_STOP", timeout=STEP_TIMEOUT)
-            except NdmpReplyError:
+            except _GONE:
                 pass
