@@ -129,7 +129,8 @@ async def backups(args: argparse.Namespace) -> int:
     for b in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.started))
         why = f"  ({b.halt_reason})" if b.halt_reason else ""
-        print(f"{b.id}  {when}  {b.host}:{b.volume}  {b.butype} L{b.level}  {b.status}  "
+        copy = f" copy to {b.destination}" if b.kind == "copy" else ""
+        print(f"{b.id}  {when}  {b.host}:{b.volume}{copy}  {b.butype} L{b.level}  {b.status}  "
               f"{b.bytes} bytes  {b.entries} files{why}")
     return EXIT_OK
 

@@ -75,6 +75,8 @@ def test_a_copy_is_identical_and_a_level_1_copy_brings_over_only_the_changes(two
     assert row["kind"] == "copy" and row["destination"] == f"ndmp@{dst.host}:/export/data"
     assert row["media"] == [{"label": f"ndmp@{dst.host}:/export/data", "file_number": None}]
     assert row["dump_date"], "the source's DUMP_DATE is kept for the next copy"
+    listed = ndmp("backups", "--catalog", str(tmp_path / "catalog.db"), home=tmp_path).stdout
+    assert f"copy to ndmp@{dst.host}:/export/data" in listed
 
     (vol / "docs" / "new.txt").write_text("added")                 # add
     (vol / "docs" / "a.txt").write_text("modified")                # modify
