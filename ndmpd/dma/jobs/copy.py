@@ -27,6 +27,7 @@ from ..progress import NullReporter, Reporter
 from .backup import FH_CODES, STEP_TIMEOUT, _reason
 
 PROGRESS_EVERY = 1.0
+WHY_WAITS = 20                      # x 25 ms: how long a refusal waits for the server's reason
 _GONE = (NdmpReplyError, NdmpConnectionLost, TimeoutError)   # a side that refuses or is gone: carry on
 _LOG_LEVELS = {C.LOG_NORMAL: "normal", C.LOG_DEBUG: "debug", C.LOG_ERROR: "error", C.LOG_WARNING: "warning"}
 
@@ -114,7 +115,7 @@ class CopyJob:
                 ticker = asyncio.create_task(self._progress())
                 outcome, reason = await self._wait_end()
             except (NdmpReplyError, NdmpConnectionLost, TimeoutError) as exc:
-                outcome, reason = "failed", self._why(str(exc) or type(exc).__name__)
+                outcome, reason = "failed", await self._why(str(exc) or type(exc).__name__)
             if ticker is not None:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -187,10 +188,16 @@ class CopyJob:
             return "done", ""
         return None
 
-    def _why(self, failure: str) -> str:
-        """A refused request, with the server's own error line when it logged one."""
-        said = self.logs["destination"][-1:] or self.logs["source"][-1:]
-        return f"{failure} ({said[0]})" if said else failure
+    async def _why(self, failure: str) -> str:
+        """A refused request, with the server's own error line when it logged one. The server
+        logs before it replies, but posts reach their handlers on another task than replies:
+        give the line a moment to arrive."""
+        for _ in range(WHY_WAITS):
+            said = self.logs["destination"][-1:] or self.logs["source"][-1:]
+            if said:
+                return f"{failure} ({said[0]})"
+            await asyncio.sleep(0.025)
+        return failure
 
     async def _progress(self) -> None:
         """The source's byte count and estimate, once a second, to the reporter."""
