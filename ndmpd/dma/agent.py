@@ -42,10 +42,10 @@ import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterable
 
-from ..wire import C, REPLY, REQUEST, T, Translator, XdrError, protocol
-from ..wire.auth import md5_digest
+from ..wire import C, REPLY, REQUEST, XdrError, protocol
 from ..wire.message import Header, unpack_header
 from ..wire.records import OversizedRecord, RecordReader, frame
+from .messages import MessageCodec, auth_data
 from .errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpReplyError, checked
 
 log = logging.getLogger("ndmpd.dma")
@@ -71,6 +71,7 @@ class Agent:
         self._dispatch: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
         self._lost: NdmpConnectionLost | None = None
         self._greeting: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
+        self.codec = MessageCodec(4)
         self._set_version(4)
         self._read_task = asyncio.create_task(self._read_loop(), name=f"ndmp-read {peer}")
         self._dispatch_task = asyncio.create_task(self._dispatch_loop(), name=f"ndmp-posts {peer}")
@@ -108,20 +109,14 @@ class Agent:
         if not methods:
             return
         for method in methods:
+            challenge = b""
             if method == "md5":
                 try:
                     attr = await self.call("CONFIG_GET_AUTH_ATTR", auth_type=C.AUTH_MD5)
                 except NdmpReplyError:
                     continue                 # MD5 not offered: the next method
-                digest = md5_digest(password.encode("utf-8"), bytes(attr.server_attr.challenge))
-                data = T.auth_data(auth_type=C.AUTH_MD5, auth_md5=T.auth_md5(auth_id=user, auth_digest=digest))
-            elif method == "text":
-                data = T.auth_data(auth_type=C.AUTH_TEXT,
-                                   auth_text=T.auth_text(auth_id=user, auth_password=password))
-            elif method == "none":
-                data = T.auth_data(auth_type=C.AUTH_NONE)
-            else:
-                raise ValueError(f"unknown auth method {method!r} (md5, text or none)")
+                challenge = bytes(attr.server_attr.challenge)
+            data = auth_data(method, user, password, challenge)
             try:
                 await self.call("CONNECT_CLIENT_AUTH", auth_data=data)
             except NdmpReplyError as exc:
@@ -163,23 +158,13 @@ class Agent:
         no reply within ``timeout`` (default: the agent's) raises TimeoutError."""
         if self._lost:
             raise self._lost
-        spec = protocol(4).by_name.get(message) or self.proto.by_name.get(message)
-        if spec is None or spec.code not in self.proto.messages:
-            raise ValueError(f"{message} is not a message of NDMPv{self.version}")
-        body = None
-        if spec.request:
-            body = self.translator.new_internal_body(spec.code, REQUEST)
-            for name, value in fields.items():
-                setattr(body, name, value)
+        self.codec.spec(message)             # a message this version lacks fails here, before a sequence
         self.sequence += 1
         sequence = self.sequence
         reply: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
         self._replies[sequence] = reply
         try:
-            payload = b"" if body is None else self.proto.encode_body(
-                spec.code, REQUEST, self.translator.from_internal(spec.code, REQUEST, body))
-            header = Header(sequence, int(time.time()), REQUEST, spec.code, 0, 0)
-            self._writer.write(frame(header.pack() + payload))
+            self._writer.write(self.codec.request(message, sequence, fields))
             await self._writer.drain()
             header, record = await self._wait(reply, self.timeout if timeout is None else timeout, message)
         except TimeoutError:                 # an OSError too, but not a lost connection
@@ -242,13 +227,12 @@ class Agent:
     # ---------------------------------------------------------------- internals
 
     def _set_version(self, version: int) -> None:
+        self.codec.set_version(version)
         self.version = version
-        self.proto = protocol(version)
-        self.translator = Translator(self.proto)
+        self.proto = self.codec.proto
 
     def _decode(self, header: Header, record: bytes) -> Any:
-        body = self.proto.decode_body(header.message_code, header.message_type, record)
-        return self.translator.to_internal(header.message_code, header.message_type, body)
+        return self.codec.decode(header, record)
 
     async def _wait(self, future: asyncio.Future, timeout: float | None, what: str) -> Any:
         try:
