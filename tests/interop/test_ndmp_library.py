@@ -1,0 +1,103 @@
+"""``ndmp tape``, ``ndmp library``, spanning backups and ``ndmp prune`` as a user runs them against
+a real ``ndmpd serve`` with a virtual library of small (1 MiB) cartridges."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import PASSWORD, REPO, run
+
+pytestmark = pytest.mark.interop
+
+LIBRARY = """
+[[tape]]
+name = "ltape0"
+capacity = "1MiB"
+early_warning = "64KiB"
+
+[[changer]]
+name = "vlib0"
+path = "{path}"
+drives = ["ltape0"]
+slots = 4
+import_export = 1
+"""
+
+
+def ndmp(*args: str, home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(home), "XDG_DATA_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def ok_json(result: subprocess.CompletedProcess):
+    assert result.returncode == 0, result.stderr + result.stdout
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def lib(server_factory, tmp_path):
+    """A server whose library vlib0 holds blank cartridges TAPE01-03 in slots 1-3 (slot 4 empty)."""
+    server = server_factory(extra=LIBRARY.format(path=tmp_path / "lib"))
+    done = run([sys.executable, "-m", "ndmpd", "library", "--config", str(server.config), "create", "vlib0",
+                "TAPE01", "TAPE02", "TAPE03"])
+    assert done.returncode == 0, done.stderr
+    return server, f"ndmp@{server.host}"
+
+
+def slots(inventory: dict) -> dict[str, str | None]:
+    return {e["element"]: e["barcode"] for e in inventory["elements"]}
+
+
+def test_inventory_load_unload_move_round_trip(lib, tmp_path):
+    server, spec = lib
+    inv = ok_json(ndmp("library", f"{spec}:vlib0", "inventory", "--json", home=tmp_path))
+    assert slots(inv) == {"drive 1": None, "slot 1": "TAPE01", "slot 2": "TAPE02", "slot 3": "TAPE03",
+                          "slot 4": None, "ie 1": None}
+    [drive] = [e for e in inv["elements"] if e["kind"] == "drive"]
+    assert drive["identifier"].split()[-1] == "ltape0"          # how ndmp maps the element to the device
+
+    loaded = ok_json(ndmp("library", f"{spec}:vlib0", "load", "2", "--drive", "ltape0", "--json", home=tmp_path))
+    assert loaded == {"loaded": "TAPE02", "from": "slot 2", "into": "drive 1"}
+    again = ndmp("library", f"{spec}:vlib0", "load", "1", home=tmp_path)
+    assert again.returncode == 1 and "already holds TAPE02" in again.stderr and len(again.stderr.splitlines()) == 1
+    unloaded = ok_json(ndmp("library", f"{spec}:vlib0", "unload", "--json", home=tmp_path))
+    assert unloaded == {"unloaded": "TAPE02", "from": "drive 1", "into": "slot 2"}
+    moved = ok_json(ndmp("library", f"{spec}:vlib0", "move", "3", "ie1", "--json", home=tmp_path))
+    assert moved["into"] == "ie 1"
+    empty = ndmp("library", f"{spec}:vlib0", "move", "3", "4", home=tmp_path)
+    assert empty.returncode == 1 and "slot 3 is empty" in empty.stderr
+    inv = ok_json(ndmp("library", f"{spec}:vlib0", "inventory", "--json", home=tmp_path))
+    assert slots(inv)["ie 1"] == "TAPE03" and slots(inv)["slot 2"] == "TAPE02" and slots(inv)["slot 3"] is None
+    text = ndmp("library", f"{spec}:vlib0", "inventory", home=tmp_path).stdout
+    assert "slot 1" in text and "TAPE01" in text
+
+
+def test_labels_are_written_read_back_and_not_overwritten(lib, tmp_path):
+    server, spec = lib
+    done = ok_json(ndmp("library", f"{spec}:vlib0", "label", "1=MON", "2=TUE", "--json", home=tmp_path))
+    assert done["labelled"] == [{"slot": "slot 1", "barcode": "TAPE01", "label": "MON"},
+                                {"slot": "slot 2", "barcode": "TAPE02", "label": "TUE"}]
+    inv = ok_json(ndmp("library", f"{spec}:vlib0", "inventory", "--json", home=tmp_path))
+    assert slots(inv)["drive 1"] is None and slots(inv)["slot 2"] == "TAPE02"     # unloaded again
+
+    ok_json(ndmp("library", f"{spec}:vlib0", "load", "2", "--json", home=tmp_path))
+    read = ok_json(ndmp("tape", f"{spec}:ltape0", "read-label", "--json", home=tmp_path))
+    assert read["label"] == "TUE" and read["has_data"] is False
+    refused = ndmp("tape", f"{spec}:ltape0", "label", "WED", home=tmp_path)
+    assert refused.returncode == 1 and "holds label TUE" in refused.stderr and "--force" in refused.stderr
+    ok_json(ndmp("tape", f"{spec}:ltape0", "label", "WED", "--force", "--json", home=tmp_path))
+    assert ok_json(ndmp("tape", f"{spec}:ltape0", "read-label", "--json", home=tmp_path))["label"] == "WED"
+    status = ok_json(ndmp("tape", f"{spec}:ltape0", "status", "--json", home=tmp_path))
+    assert status["total_space"] == 1 << 20 and status["file_num"] == 0
+    assert ok_json(ndmp("tape", f"{spec}:ltape0", "rewind", "--json", home=tmp_path))["rewound"]
+    ok_json(ndmp("library", f"{spec}:vlib0", "unload", "--json", home=tmp_path))
+    ok_json(ndmp("library", f"{spec}:vlib0", "load", "3", "--json", home=tmp_path))
+    blank = ndmp("tape", f"{spec}:ltape0", "read-label", "--json", home=tmp_path)
+    assert blank.returncode == 1 and json.loads(blank.stdout) == {"drive": "ltape0", "label": None,
+                                                                  "created": None, "has_data": False}
