@@ -101,3 +101,56 @@ def test_labels_are_written_read_back_and_not_overwritten(lib, tmp_path):
     blank = ndmp("tape", f"{spec}:ltape0", "read-label", "--json", home=tmp_path)
     assert blank.returncode == 1 and json.loads(blank.stdout) == {"drive": "ltape0", "label": None,
                                                                   "created": None, "has_data": False}
+
+
+def fill_volume(root, size: int) -> None:
+    (root / "big").mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        (root / "big" / f"part{i}.bin").write_bytes(os.urandom(size // 3))
+    (root / "small.txt").write_text("after the big ones")
+
+
+def extract(cartridge, file_number: int) -> bytes:
+    return subprocess.run([sys.executable, "-m", "ndmpd", "tape", "extract", str(cartridge), str(file_number)],
+                          cwd=REPO, capture_output=True, timeout=60, check=True).stdout
+
+
+def test_a_backup_spans_two_cartridges_and_the_parts_make_one_image(lib, tmp_path):
+    server, spec = lib
+    fill_volume(tmp_path / "vol", 1_600_000)
+    catalog = tmp_path / "catalog.db"
+    ok_json(ndmp("library", f"{spec}:vlib0", "label", "2=SECOND", "--json", home=tmp_path))
+    result = ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:ltape0", "--library", f"{spec}:vlib0",
+                  "--slots", "1-3", "--catalog", str(catalog), "--json", home=tmp_path)
+    report = ok_json(result)
+    assert report["status"] == "done"
+    [row] = ok_json(ndmp("backups", "--catalog", str(catalog), "--json", home=tmp_path))
+    first, second = row["media"]
+    assert (first["barcode"], first["slot"], first["file_number"]) == ("TAPE01", 1, 0)
+    assert (second["barcode"], second["label"], second["slot"], second["file_number"]) == ("TAPE02", "SECOND", 2, 1)
+    assert first["first_byte"] == 0 and first["last_byte"] == second["first_byte"] > 0
+    assert second["last_byte"] == row["bytes"] == report["bytes"]
+
+    image = extract(tmp_path / "lib" / "TAPE01.img", 0)
+    assert len(image) == first["last_byte"]
+    image += extract(tmp_path / "lib" / "TAPE02.img", 1)
+    listing = subprocess.run(["tar", "-t"], input=image, capture_output=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert {b"big/part0.bin", b"big/part2.bin", b"small.txt"} <= {n.removeprefix(b"./") for n in listing.stdout.split()}
+    inv = ok_json(ndmp("library", f"{spec}:vlib0", "inventory", "--json", home=tmp_path))
+    assert slots(inv)["drive 1"] is None and slots(inv)["slot 2"] == "TAPE02"     # put back
+
+
+def test_a_full_cartridge_with_no_next_one_fails_in_one_line_and_leaves_the_drive_usable(lib, tmp_path):
+    server, spec = lib
+    fill_volume(tmp_path / "vol", 1_600_000)
+    catalog = tmp_path / "catalog.db"
+    result = ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:ltape0", "--library", f"{spec}:vlib0",
+                  "--slots", "1", "--catalog", str(catalog), home=tmp_path)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert "the medium is full" in line and "no next cartridge" in line
+    [row] = ok_json(ndmp("backups", "--catalog", str(catalog), "--json", home=tmp_path))
+    assert row["status"] == "failed" and "medium is full" in row["halt_reason"]
+    ok_json(ndmp("library", f"{spec}:vlib0", "load", "3", "--json", home=tmp_path))
+    assert ok_json(ndmp("tape", f"{spec}:ltape0", "status", "--json", home=tmp_path))["file_num"] == 0

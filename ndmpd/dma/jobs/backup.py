@@ -262,7 +262,10 @@ class BackupJob:
         if done:
             await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1, timeout=STEP_TIMEOUT)
         if self.media is not None:
-            await self.media.release()
+            try:
+                await self.media.release(unload=True)      # the cartridge back in its slot, the drive empty
+            except (NdmpReplyError, LibraryError, ScsiError) as exc:
+                self.logs.append(f"unloading the drive: {exc}")
         else:
             await self._quiet(self.tape, "TAPE_CLOSE")
 
