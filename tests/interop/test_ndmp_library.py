@@ -154,3 +154,72 @@ def test_a_full_cartridge_with_no_next_one_fails_in_one_line_and_leaves_the_driv
     assert row["status"] == "failed" and "medium is full" in row["halt_reason"]
     ok_json(ndmp("library", f"{spec}:vlib0", "load", "3", "--json", home=tmp_path))
     assert ok_json(ndmp("tape", f"{spec}:ltape0", "status", "--json", home=tmp_path))["file_num"] == 0
+
+
+def test_the_media_loader_loads_the_cartridge_holding_an_offset_of_a_spanning_backup(lib, tmp_path):
+    """The interface a restore uses: load_for(backup, offset) puts the right cartridge in the
+    drive, open at the start of that part's tape file."""
+    import asyncio
+
+    from ndmpd.dma.agent import Agent
+    from ndmpd.dma.catalog import open_catalog
+    from ndmpd.dma.jobs.media import MediaError, MediaLoader, part_length
+    from ndmpd.dma.library import Library
+
+    server, spec = lib
+    fill_volume(tmp_path / "vol", 1_600_000)
+    catalog_path = tmp_path / "catalog.db"
+    backup_id = ok_json(ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:ltape0", "--library",
+                             f"{spec}:vlib0", "--catalog", str(catalog_path), "--json", home=tmp_path))["id"]
+    image = extract(tmp_path / "lib" / "TAPE01.img", 0) + extract(tmp_path / "lib" / "TAPE02.img", 0)
+
+    async def scenario() -> None:
+        cat = open_catalog(catalog_path)
+        backup = cat.get(backup_id)
+        connect = dict(user="ndmp", password=PASSWORD)
+        async with Agent.connect(server.host, **connect) as robot, Agent.connect(server.host, **connect) as tape:
+            library = await Library.open(robot, "vlib0")
+            loader = MediaLoader(library, tape, "ltape0", cat)
+            second = backup.media[1]
+            part = await loader.load_for(backup, second.first_byte + 70_000)
+            assert (part.barcode, part.first_byte) == ("TAPE02", second.first_byte)
+            assert part_length(part) == second.last_byte - second.first_byte
+            inv = await library.inventory()
+            assert inv.drive("ltape0").barcode == "TAPE02"
+            record = bytes((await tape.call("TAPE_READ", count=65536)).data_in)
+            assert record == image[part.first_byte:part.first_byte + len(record)]
+            part = await loader.load_for(backup, 0)              # back to the first: TAPE02 goes home
+            assert part.barcode == "TAPE01"
+            inv = await library.inventory()
+            assert inv.drive("ltape0").barcode == "TAPE01" and inv.slot(2).barcode == "TAPE02"
+            record = bytes((await tape.call("TAPE_READ", count=65536)).data_in)
+            assert record == image[:len(record)]
+            with pytest.raises(MediaError, match="no medium of backup"):
+                await loader.load_for(backup, backup.bytes + 1)
+            await loader.release(unload=True)
+            assert not (await library.inventory()).drive("ltape0").full
+            await library.close()
+        cat.close()
+
+    asyncio.run(scenario())
+
+
+def test_prune_frees_a_cartridge_the_next_library_backup_reuses(lib, tmp_path):
+    server, spec = lib
+    (tmp_path / "vol" / "note.txt").write_text("small enough for one cartridge")
+    catalog = tmp_path / "catalog.db"
+
+    def backup() -> dict:
+        ok_json(ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:ltape0", "--library", f"{spec}:vlib0",
+                     "--slots", "1-2", "--catalog", str(catalog), "--json", home=tmp_path))
+        return ok_json(ndmp("backups", "--catalog", str(catalog), "--json", home=tmp_path))[0]
+
+    assert [m["barcode"] for m in backup()["media"]] == ["TAPE01"]
+    assert [m["barcode"] for m in backup()["media"]] == ["TAPE02"]          # TAPE01 holds a kept backup
+    full = ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:ltape0", "--library", f"{spec}:vlib0",
+                "--slots", "1-2", "--catalog", str(catalog), home=tmp_path)
+    assert full.returncode == 1 and "no writable cartridge" in full.stderr
+    report = ok_json(ndmp("prune", "--keep-last", "1", "--catalog", str(catalog), "--json", home=tmp_path))
+    assert report["reusable"] == ["TAPE01"]
+    newest = backup()
+    assert [m["barcode"] for m in newest["media"]] == ["TAPE01"] and newest["status"] == "done"
