@@ -223,3 +223,70 @@ def test_prune_frees_a_cartridge_the_next_library_backup_reuses(lib, tmp_path):
     assert report["reusable"] == ["TAPE01"]
     newest = backup()
     assert [m["barcode"] for m in newest["media"]] == ["TAPE01"] and newest["status"] == "done"
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_the_backup_job_changes_cartridges_in_ndmp_v3_and_v4(lib, tmp_path, version):
+    """EOM pauses, SET_WINDOW in PAUSED and CONTINUE mean the same in v3 and v4 (wire reference 5.3)."""
+    import asyncio
+
+    from ndmpd.dma.agent import Agent
+    from ndmpd.dma.catalog import open_catalog
+    from ndmpd.dma.jobs.backup import BackupJob, BackupRequest
+    from ndmpd.dma.jobs.media import MediaLoader
+    from ndmpd.dma.library import Library
+
+    server, spec = lib
+    fill_volume(tmp_path / "vol", 1_600_000)
+
+    async def scenario():
+        cat = open_catalog(tmp_path / "catalog.db")
+        connect = dict(user="ndmp", password=PASSWORD, versions=(version,))
+        async with Agent.connect(server.host, **connect) as robot, Agent.connect(server.host, **connect) as agent:
+            assert agent.version == version
+            library = await Library.open(robot, "vlib0")
+            loader = MediaLoader(library, agent, "ltape0", cat, slots=[3, 1])
+            request = BackupRequest(host_name=server.host, volume="/export/data", drive="ltape0")
+            result = await BackupJob(agent, agent, cat, request, media=loader).run()
+            await library.close()
+        backup = cat.get(result.id)
+        cat.close()
+        return result, backup
+
+    result, backup = asyncio.run(scenario())
+    assert result.status == "done"
+    assert [(m.barcode, m.slot) for m in backup.media] == [("TAPE03", 3), ("TAPE01", 1)]   # the order asked
+    assert backup.media[0].last_byte == backup.media[1].first_byte and backup.media[1].last_byte == backup.bytes
+
+
+def test_the_library_commands_drive_ndmjobs_simulated_robot(ndmjob, tmp_path):
+    """Another vendor's changer: ndmjob's daemon (two drives that do not identify themselves,
+    so --drive names the element and --tape-device the NDMP tape device)."""
+    from .conftest import ndmjob_daemon
+
+    (tmp_path / "robot").mkdir()
+    with ndmjob_daemon(tmp_path) as port:
+        env_home = tmp_path / "home"
+        spec = f"ndmp@127.0.0.1:{port}"
+        robot, drive0 = f"{spec}:{tmp_path}/robot", f"{spec}:{tmp_path}/robot/drive0"
+
+        def run_ndmp(*args: str) -> subprocess.CompletedProcess:
+            env = {**os.environ, "NDMP_PASSWORD": "ndmp", "XDG_CONFIG_HOME": str(env_home),
+                   "XDG_DATA_HOME": str(env_home)}
+            return subprocess.run([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, capture_output=True,
+                                  text=True, timeout=120, env=env)
+
+        inv = ok_json(run_ndmp("library", robot, "inventory", "--json"))
+        kinds = [e["kind"] for e in inv["elements"]]
+        assert kinds.count("drive") == 2 and kinds.count("slot") == 10 and slots(inv)["slot 1"] == "PTAG00XX"
+        ambiguous = run_ndmp("library", robot, "load", "1")
+        assert ambiguous.returncode == 1 and "2 drives" in ambiguous.stderr
+        ok_json(run_ndmp("library", robot, "load", "1", "--drive", "1", "--json"))
+        ok_json(run_ndmp("tape", drive0, "label", "NJ01", "--json"))
+        assert ok_json(run_ndmp("tape", drive0, "read-label", "--json"))["label"] == "NJ01"
+        assert ok_json(run_ndmp("library", robot, "unload", "--drive", "1", "--json"))["into"] == "slot 1"
+        done = ok_json(run_ndmp("library", robot, "label", "2=NJ02", "--drive", "1", "--tape-device",
+                                f"{tmp_path}/robot/drive0", "--json"))
+        assert done["labelled"] == [{"slot": "slot 2", "barcode": "PTAG01XX", "label": "NJ02"}]
+        ok_json(run_ndmp("library", robot, "move", "3", "ie1", "--json"))
+        assert slots(ok_json(run_ndmp("library", robot, "inventory", "--json")))["ie 1"] == "PTAG02XX"
