@@ -103,10 +103,15 @@ async def backup(args: argparse.Namespace) -> int:
         catalog.close()
     if args.json:
         print(json.dumps({"id": result.id, "status": result.status, "bytes": result.bytes,
-                          "file_number": result.file_number, "entries": result.entries, "env": result.env}))
+                          "file_number": result.file_number, "entries": result.entries, "env": result.env,
+                          "media": [_media_dict(m) for m in result.media]}))
     else:
-        print(f"backup {result.id} done: {result.bytes} bytes, {result.entries} files, "
-              f"{drive} file {result.file_number}")
+        if any(m.barcode for m in result.media):
+            where = ", ".join(f"{m.barcode} (slot {m.slot}, file {m.file_number}, bytes {m.first_byte}-{m.last_byte})"
+                              for m in result.media)
+        else:
+            where = f"{drive} file {result.file_number}"
+        print(f"backup {result.id} done: {result.bytes} bytes, {result.entries} files, {where}")
     return EXIT_OK
 
 

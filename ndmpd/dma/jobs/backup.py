@@ -65,6 +65,7 @@ class BackupResult:
     env: dict[str, str]
     file_number: int | None
     entries: int
+    media: list[Media] = field(default_factory=list)     # where the image lies, in image order
 
 
 def backup_env(request: BackupRequest) -> dict[str, str]:
@@ -118,13 +119,13 @@ class BackupJob:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             entries = recorder.finish()
-        for part in self.parts:
-            self.catalog.add_media(backup.id, part)
+        media = list(self.parts)
         if self.loaded is not None:
-            self.catalog.add_media(backup.id, self.loaded.media(self.part_start, data_bytes))
-        elif file_number is not None:
-            self.catalog.add_media(backup.id, Media(label=req.drive, file_number=file_number, first_byte=0,
-                                                    last_byte=data_bytes))
+            media.append(self.loaded.media(self.part_start, data_bytes))
+        elif file_number is not None and self.media is None:
+            media.append(Media(label=req.drive, file_number=file_number, first_byte=0, last_byte=data_bytes))
+        for part in media:
+            self.catalog.add_media(backup.id, part)
         self.catalog.finish_backup(backup.id, outcome, bytes=data_bytes, env=server_env,
                                    dump_date=server_env.get("DUMP_DATE"),
                                    halt_reason=None if outcome == "done" else reason)
@@ -132,7 +133,7 @@ class BackupJob:
             raise BackupInterrupted(f"backup {backup.id} interrupted")
         if outcome == "failed":
             raise BackupFailed(f"backup {backup.id} failed: {reason}")
-        return BackupResult(backup.id, outcome, data_bytes, server_env, file_number, entries)
+        return BackupResult(backup.id, outcome, data_bytes, server_env, file_number, entries, media)
 
     # ------------------------------------------------------------ steps
 
