@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from .conftest import PASSWORD, REPO, run
+from tests.server_process import ServerProcess
+
+from .conftest import PASSWORD, REPO, free_loopback_address, run, write_config
 
 pytestmark = pytest.mark.interop
 
@@ -290,3 +292,33 @@ def test_the_library_commands_drive_ndmjobs_simulated_robot(ndmjob, tmp_path):
         assert done["labelled"] == [{"slot": "slot 2", "barcode": "PTAG01XX", "label": "NJ02"}]
         ok_json(run_ndmp("library", robot, "move", "3", "ie1", "--json"))
         assert slots(ok_json(run_ndmp("library", robot, "inventory", "--json")))["ie 1"] == "PTAG02XX"
+
+
+def test_a_three_way_backup_spans_cartridges_of_the_tape_hosts_library(tmp_path):
+    """Data on one ndmpd; drive and library on another: the cartridge change is the tape host's."""
+    servers = []
+    try:
+        for side, extra in (("data", ""), ("tape", LIBRARY.format(path=tmp_path / "tape" / "lib"))):
+            root = tmp_path / side
+            root.mkdir()
+            host = free_loopback_address()
+            servers.append(ServerProcess(host, write_config(root, host, ["md5", "text"], extra),
+                                         root / "ndmpd.log", PASSWORD))
+        data, tape = servers
+        done = run([sys.executable, "-m", "ndmpd", "library", "--config", str(tape.config), "create", "vlib0",
+                    "TAPE01", "TAPE02"])
+        assert done.returncode == 0, done.stderr
+        fill_volume(tmp_path / "data" / "vol", 1_600_000)
+        catalog = tmp_path / "catalog.db"
+        report = ok_json(ndmp("backup", f"ndmp@{data.host}:/export/data", "--tape", f"ndmp@{tape.host}:ltape0",
+                              "--library", f"ndmp@{tape.host}:vlib0", "--catalog", str(catalog), "--json",
+                              home=tmp_path))
+        assert [m["barcode"] for m in report["media"]] == ["TAPE01", "TAPE02"]
+        assert report["media"][1]["last_byte"] == report["bytes"]
+        lib = tmp_path / "tape" / "lib"
+        image = extract(lib / "TAPE01.img", 0) + extract(lib / "TAPE02.img", 0)
+        listing = subprocess.run(["tar", "-t"], input=image, capture_output=True, timeout=60)
+        assert listing.returncode == 0 and b"./small.txt" in listing.stdout.split()
+    finally:
+        for server in servers:
+            server.stop()
