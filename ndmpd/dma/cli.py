@@ -1,4 +1,5 @@
-"""The ``ndmp`` command: a DMA driving NDMP servers (``info``, ``backup``, ``backups``, ``ls``, ``find``, ``tape``, ``library``, ``prune``)."""
+"""The ``ndmp`` command: a DMA driving NDMP servers (``info``, ``backup``, ``backups``, ``ls``, ``find``,
+``tape``, ``library``, ``prune``)."""
 
 from __future__ import annotations
 

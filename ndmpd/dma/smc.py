@@ -27,7 +27,8 @@ TRANSPORT, STORAGE, IMPORT_EXPORT, DRIVE = 1, 2, 3, 4
 KIND_NAMES = {TRANSPORT: "transport", STORAGE: "slot", IMPORT_EXPORT: "ie", DRIVE: "drive"}
 GOOD, CHECK_CONDITION = 0x00, 0x02
 CDB_TIMEOUT_MS = 300_000          # a real robot's move may take minutes
-ELEMENT_STATUS_ALLOC = 0x10000   # 64 KiB: a 4096-slot library with tags and identifiers is ~300 KiB; see read_element_status
+ELEMENT_STATUS_ALLOC = 0x10000    # 64 KiB a reply (about 1,000 elements with tags); bigger libraries: more reads
+MAX_STATUS_READS = 256
 
 SENSE_KEYS = ("no sense", "recovered error", "not ready", "medium error", "hardware error", "illegal request",
               "unit attention", "data protect", "blank check", "vendor specific", "copy aborted",
@@ -230,18 +231,30 @@ class ScsiChanger:
         return parse_element_address_page(await self.execute("MODE SENSE", mode_sense_element_address_cdb(), 255))
 
     async def read_element_status(self) -> list[Element]:
-        """Every element with volume tags and device identifiers; without them if refused."""
+        """Every element with volume tags and device identifiers (without them if the changer
+        refuses them), in as many replies of ELEMENT_STATUS_ALLOC bytes as a big library needs."""
         for voltag, dvcid in ((True, True), (True, False), (False, False)):
             try:
-                data = await self.execute("READ ELEMENT STATUS",
-                                          read_element_status_cdb(voltag=voltag, dvcid=dvcid), ELEMENT_STATUS_ALLOC)
+                return await self._read_all(voltag, dvcid)
             except ScsiError as exc:
                 fields = exc.key_asc_ascq
                 if fields is None or fields[0] != 0x5 or (voltag, dvcid) == (False, False):
                     raise
-                continue
-            return parse_element_status(data)
         return []
+
+    async def _read_all(self, voltag: bool, dvcid: bool) -> list[Element]:
+        out: dict[int, Element] = {}
+        start = 0
+        for _ in range(MAX_STATUS_READS):
+            data = await self.execute("READ ELEMENT STATUS", read_element_status_cdb(
+                start=start, voltag=voltag, dvcid=dvcid), ELEMENT_STATUS_ALLOC)
+            got = parse_element_status(data)
+            out.update((e.address, e) for e in got)
+            truncated = len(data) >= 8 and int.from_bytes(data[5:8], "big") > len(data) - 8
+            if not truncated or not got or max(e.address for e in got) + 1 > 0xFFFF:
+                break
+            start = max(e.address for e in got) + 1
+        return list(out.values())
 
     async def move_medium(self, transport: int, source: int, destination: int) -> None:
         await self.execute("MOVE MEDIUM", move_medium_cdb(transport, source, destination))

@@ -322,3 +322,17 @@ def test_a_three_way_backup_spans_cartridges_of_the_tape_hosts_library(tmp_path)
     finally:
         for server in servers:
             server.stop()
+
+
+def test_a_big_library_is_read_in_several_element_status_replies(server_factory, tmp_path):
+    big = LIBRARY.format(path=tmp_path / "lib").replace("slots = 4", "slots = 3000")
+    server = server_factory(extra=big)
+    done = run([sys.executable, "-m", "ndmpd", "library", "--config", str(server.config), "create", "vlib0",
+                "FIRST1", "SECOND"])
+    assert done.returncode == 0, done.stderr
+    spec = f"ndmp@{server.host}"
+    ok_json(ndmp("library", f"{spec}:vlib0", "move", "2", "3000", "--json", home=tmp_path))   # past 64 KiB
+    inv = ok_json(ndmp("library", f"{spec}:vlib0", "inventory", "--json", home=tmp_path))
+    found = slots(inv)
+    assert len([k for k in found if k.startswith("slot ")]) == 3000
+    assert found["slot 1"] == "FIRST1" and found["slot 3000"] == "SECOND" and found["slot 2"] is None
