@@ -181,6 +181,7 @@ def test_the_media_loader_loads_the_cartridge_holding_an_offset_of_a_spanning_ba
         connect = dict(user="ndmp", password=PASSWORD)
         async with Agent.connect(server.host, **connect) as robot, Agent.connect(server.host, **connect) as tape:
             library = await Library.open(robot, "vlib0")
+            await library.initialize()                          # INITIALIZE ELEMENT STATUS: accepted
             loader = MediaLoader(library, tape, "ltape0", cat)
             second = backup.media[1]
             part = await loader.load_for(backup, second.first_byte + 70_000)
