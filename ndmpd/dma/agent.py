@@ -152,10 +152,13 @@ class Agent:
         if handler in handlers:
             handlers.remove(handler)
 
-    async def call(self, message: str, /, timeout: float | None = None, **fields: Any) -> Any:
+    async def call(self, message: str, /, timeout: float | None = None, *,
+                   body_fields: dict[str, Any] | None = None, **fields: Any) -> Any:
         """Send request ``message`` (e.g. "TAPE_OPEN", fields of its internal body as keywords)
         and return its reply body; a header or reply error raises :class:`NdmpReplyError`,
-        no reply within ``timeout`` (default: the agent's) raises TimeoutError."""
+        no reply within ``timeout`` (default: the agent's) raises TimeoutError.
+        ``body_fields`` carries fields a keyword cannot (EXECUTE_CDB's own ``timeout``)."""
+        fields = {**fields, **(body_fields or {})}
         if self._lost:
             raise self._lost
         self.codec.spec(message)             # a message this version lacks fails here, before a sequence

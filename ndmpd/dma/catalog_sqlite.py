@@ -23,7 +23,7 @@ from .catalog import (STATUSES, AmbiguousBackup, Backup, CatalogError, FileEntry
 from .catalog_glob import compile_glob
 from .catalog_history import HistoryRecorder
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 128 * 1024
 
@@ -70,6 +70,12 @@ CREATE TABLE files (
     PRIMARY KEY (backup, dir, name)
 ) WITHOUT ROWID;
 CREATE INDEX files_by_name ON files (name);
+""",
+    2: """
+CREATE TABLE reusable_media (
+    barcode     TEXT PRIMARY KEY,
+    since       REAL NOT NULL
+);
 """,
 }
 
@@ -398,6 +404,23 @@ class SqliteCatalog:
                 self._conn.execute("ROLLBACK")
                 raise
         return removed
+
+    # ------------------------------------------------------------ media reuse
+
+    def media_in_use(self) -> set[str]:
+        """The barcode (else label) of every medium a backup still in the catalog has a part on."""
+        return {name for (name,) in self._conn.execute(
+            "SELECT DISTINCT COALESCE(barcode, label) FROM media WHERE COALESCE(barcode, label) IS NOT NULL")}
+
+    def mark_reusable(self, barcodes: Iterable[str], since: float | None = None) -> None:
+        """Remember that these cartridges hold only pruned backups: a job may overwrite them."""
+        when = time.time() if since is None else since
+        self._conn.executemany("INSERT OR REPLACE INTO reusable_media VALUES (?, ?)",
+                               [(b, when) for b in barcodes])
+
+    def reusable_media(self) -> set[str]:
+        """The cartridges marked reusable and not written to since (no backup has a part on them)."""
+        return {b for (b,) in self._conn.execute("SELECT barcode FROM reusable_media")} - self.media_in_use()
 
     def entries(self, backup_id: str) -> Iterable[FileEntry]:
         """Every file of a backup, by path (a whole listing, for ``ls -R`` or a restore plan)."""

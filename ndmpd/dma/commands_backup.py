@@ -17,6 +17,8 @@ from .catalog import Backup, FileEntry, open_catalog
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from .hosts import Host, HostConfigError, host_named, split_target
 from .jobs.backup import BackupFailed, BackupInterrupted, BackupJob, BackupRequest
+from .jobs.media import MediaLoader, parse_slots
+from .library import Library
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -26,6 +28,11 @@ def add_parsers(sub: Any, epilog: str) -> None:
                        formatter_class=fmt)
     b.add_argument("source", metavar="HOST:VOLUME")
     b.add_argument("--tape", required=True, metavar="HOST:DRIVE")
+    b.add_argument("--library", metavar="HOST:CHANGER",
+                   help="change cartridges through this changer at end of medium (the image may span them)")
+    b.add_argument("--slots", metavar="RANGE", help="the library's slots to write on, e.g. 1-4 (default: all)")
+    b.add_argument("--drive", metavar="ELEMENT",
+                   help="the changer's drive element that is DRIVE (number or @ADDR), if it does not say")
     b.add_argument("--butype", default="tar", choices=("tar", "dump"))
     b.add_argument("--level", type=int, default=0, metavar="N")
     b.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
@@ -67,14 +74,25 @@ async def backup(args: argparse.Namespace) -> int:
     data_host, tape_host = host_named(data_text, args.config), host_named(tape_text, args.config)
     request = BackupRequest(host_name=data_host.name, volume=volume, drive=drive, butype=args.butype,
                             level=args.level, env=_env(args.env))
+    slots = parse_slots(args.slots)
+    robot_host, changer = None, None
+    if args.library:
+        robot_text, changer = split_target(args.library)
+        robot_host = host_named(robot_text, args.config)
     catalog = open_catalog(args.catalog)
     try:
         async with AsyncExitStack() as stack:
             data = await stack.enter_async_context(_connect(data_host, args))
             same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
             tape = data if same else await stack.enter_async_context(_connect(tape_host, args))
+            media = None
+            if robot_host is not None and changer is not None:
+                robot = await stack.enter_async_context(_connect(robot_host, args))   # its own session: SCSI
+                library = await Library.open(robot, changer)
+                stack.push_async_callback(library.close)
+                media = MediaLoader(library, tape, drive, catalog, slots=slots, drive_element=args.drive)
             try:
-                result = await BackupJob(data, tape, catalog, request).run()
+                result = await BackupJob(data, tape, catalog, request, media=media).run()
             except BackupFailed as exc:
                 print(f"ndmp: {exc}", file=sys.stderr)
                 return EXIT_FAILED
@@ -85,10 +103,15 @@ async def backup(args: argparse.Namespace) -> int:
         catalog.close()
     if args.json:
         print(json.dumps({"id": result.id, "status": result.status, "bytes": result.bytes,
-                          "file_number": result.file_number, "entries": result.entries, "env": result.env}))
+                          "file_number": result.file_number, "entries": result.entries, "env": result.env,
+                          "media": [_media_dict(m) for m in result.media]}))
     else:
-        print(f"backup {result.id} done: {result.bytes} bytes, {result.entries} files, "
-              f"{drive} file {result.file_number}")
+        if any(m.barcode for m in result.media):
+            where = ", ".join(f"{m.barcode} (slot {m.slot}, file {m.file_number}, bytes {m.first_byte}-{m.last_byte})"
+                              for m in result.media)
+        else:
+            where = f"{drive} file {result.file_number}"
+        print(f"backup {result.id} done: {result.bytes} bytes, {result.entries} files, {where}")
     return EXIT_OK
 
 
@@ -96,7 +119,15 @@ def _backup_dict(b: Backup) -> dict[str, Any]:
     return {"id": b.id, "host": b.host, "volume": b.volume, "butype": b.butype, "level": b.level,
             "status": b.status, "started": b.started, "ended": b.ended, "bytes": b.bytes,
             "entries": b.entries, "halt_reason": b.halt_reason, "env": b.env,
-            "media": [{"label": m.label, "file_number": m.file_number} for m in b.media]}
+            "media": [_media_dict(m) for m in b.media]}
+
+
+def _media_dict(m: Any) -> dict[str, Any]:
+    """label and file_number always; barcode, slot and the byte range when a library wrote it."""
+    out = {"label": m.label, "file_number": m.file_number}
+    if m.barcode is not None:
+        out.update(barcode=m.barcode, slot=m.slot, first_byte=m.first_byte, last_byte=m.last_byte)
+    return out
 
 
 async def backups(args: argparse.Namespace) -> int:
