@@ -12,7 +12,7 @@ from .agent import Agent
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NdmpConnectError, NdmpConnectionLost,
                      NdmpReplyError)
 from .hosts import PASSWORD_ENV, HostConfigError, host_named
-from . import commands_backup
+from . import commands_backup, commands_restore
 from .catalog import CatalogError
 from .info import gather, render
 
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
                       help="NDMP version to ask for (repeatable; default 4 then 3)")
     commands_backup.add_parsers(sub, _EPILOG)
+    commands_restore.add_parsers(sub, _EPILOG)
     return parser
 
 
@@ -68,7 +69,8 @@ async def _info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"info": _info, **commands_backup.COMMANDS}
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"info": _info, **commands_backup.COMMANDS,
+                                                           **commands_restore.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
