@@ -77,3 +77,95 @@ def test_a_whole_restore_is_identical(tmp_path, version, butype):
                                    catalog=catalog, home=tmp_path))
         assert done["status"] == "done" and not done["direct"]
         assert differences(before, describe(tmp_path / "nas" / "out" / "r")) == []
+
+
+def small_files_and_a_big_one(vol: Path) -> dict[bytes, bytes]:
+    """Three small files around a 24 MiB one (so the image is large); returns path -> contents."""
+    (vol / "dir" / "sub").mkdir(parents=True)
+    (vol / "aaa.txt").write_bytes(b"first\n" * 100)
+    with open(vol / "dir" / "big.bin", "wb") as f:
+        for _ in range(24):
+            f.write(os.urandom(1 << 20))
+    (vol / "dir" / "sub" / "c.txt").write_bytes(b"third\n" * 3000)
+    (vol / "zzz.txt").write_bytes(b"last\n")
+    for name in ("aaa.txt", "dir/sub/c.txt", "zzz.txt"):
+        os.utime(vol / name, ns=(1_600_000_000_123_456_789, 1_600_000_000_987_654_321))
+    return describe(vol)
+
+
+@pytest.mark.parametrize("where", ["two-way", "three-way"])
+def test_a_dar_restore_reads_a_small_fraction_of_the_image(tmp_path, where):
+    with servers(tmp_path, "nas", "other") as [nas, other]:
+        before = small_files_and_a_big_one(tmp_path / "nas" / "vol")
+        catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
+        made = backup(spec, catalog, tmp_path)
+        target = nas if where == "two-way" else other
+        out = tmp_path / ("nas" if where == "two-way" else "other") / "out" / "d"
+        [done] = summaries(restore(made["id"], "/aaa.txt", "/dir/sub/c.txt", "/zzz.txt=renamed/last.txt",
+                                   "--to", f"ndmp@{target.host}:/export/out/d", "--json",
+                                   catalog=catalog, home=tmp_path))
+        assert done["status"] == "done" and done["direct"], done
+        assert done["files"] == {"/aaa.txt": True, "/dir/sub/c.txt": True, "/zzz.txt": True}
+        after = describe(out)
+        files = {p for p, e in after.items() if not e["mode"].startswith("d")}
+        assert files == {b"aaa.txt", b"dir/sub/c.txt", b"renamed/last.txt"}, "nothing else is created"
+        for old, new in ((b"aaa.txt", b"aaa.txt"), (b"dir/sub/c.txt", b"dir/sub/c.txt"),
+                         (b"zzz.txt", b"renamed/last.txt")):
+            assert after[new] == before[old], new
+        assert made["bytes"] > 24 << 20
+        assert 0 < done["bytes_moved"] < made["bytes"] * 0.05, done
+
+
+def test_a_three_way_backup_restored_onto_a_third_server(tmp_path):
+    with servers(tmp_path, "data", "tape", "dest") as [data, tape, dest]:
+        vol = build_every_case(tmp_path / "data" / "vol")
+        before = describe(vol)
+        catalog = tmp_path / "catalog.db"
+        made = backup(f"ndmp@{data.host}", catalog, tmp_path, tape=f"ndmp@{tape.host}")
+        [done] = summaries(restore(made["id"], "--to", f"ndmp@{dest.host}:/export/out/x",
+                                   "--tape", f"ndmp@{tape.host}:vtape0", "--json", catalog=catalog, home=tmp_path))
+        assert done["status"] == "done"
+        assert differences(before, describe(tmp_path / "dest" / "out" / "x")) == []
+
+
+def test_unknown_and_failed_backups_are_one_clear_line(tmp_path):
+    with servers(tmp_path, "nas") as [nas]:
+        catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
+        unknown = restore("deadbeef", "--to", f"{spec}:/export/out/u", catalog=catalog, home=tmp_path)
+        assert unknown.returncode in (1, 2)
+        assert len(unknown.stderr.strip().splitlines()) == 1 and "deadbeef" in unknown.stderr, unknown.stderr
+        failed = ndmp("backup", f"{spec}:/no/such", "--tape", f"{spec}:vtape0", "--catalog", str(catalog),
+                      home=tmp_path)
+        assert failed.returncode == 1
+        [row] = backups(tmp_path, catalog)
+        refused = restore(row["id"], "--to", f"{spec}:/export/out/u", catalog=catalog, home=tmp_path)
+        assert refused.returncode == 1
+        assert len(refused.stderr.strip().splitlines()) == 1 and "failed" in refused.stderr, refused.stderr
+        assert not (tmp_path / "nas" / "out" / "u").exists()
+
+
+@pytest.mark.parametrize("butype", ["dump", "tar"])
+def test_as_of_now_restores_the_level_0_then_the_increment(tmp_path, butype):
+    with servers(tmp_path, "nas") as [nas]:
+        vol = tmp_path / "nas" / "vol"
+        (vol / "keep").mkdir()
+        (vol / "keep" / "same.txt").write_text("unchanged")
+        (vol / "keep" / "doomed.txt").write_text("deleted at level 1")
+        (vol / "old-name").mkdir()
+        (vol / "old-name" / "inside.txt").write_text("renamed with its directory")
+        (vol / "was.txt").write_text("renamed file")
+        catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
+        backup(spec, catalog, tmp_path, "--butype", butype)
+        [level0] = backups(tmp_path, catalog)
+        assert level0["env"].get("DUMP_DATE"), level0
+        (vol / "keep" / "doomed.txt").unlink()
+        (vol / "old-name").rename(vol / "new-name")
+        (vol / "was.txt").rename(vol / "is.txt")
+        (vol / "keep" / "added.txt").write_text("new at level 1")
+        backup(spec, catalog, tmp_path, "--butype", butype, "--level", "1",
+               "-E", f"BASE_DATE={level0['env']['DUMP_DATE']}")
+        expected = describe(vol)
+        result = summaries(restore("--as-of", "now", f"{spec}:/export/data", "--to", f"{spec}:/export/out/t",
+                                   "--json", catalog=catalog, home=tmp_path))
+        assert [r["backup"] for r in result] == [b["id"] for b in reversed(backups(tmp_path, catalog))]
+        assert differences(expected, describe(tmp_path / "nas" / "out" / "t")) == []
