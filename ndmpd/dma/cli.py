@@ -1,4 +1,4 @@
-"""The ``ndmp`` command: a DMA driving NDMP servers (``ndmp info``, ``backup``, ``backups``, ``ls``, ``find``)."""
+"""The ``ndmp`` command: a DMA driving NDMP servers (``ndmp info``, ``backup``, ``backups``, ``ls``, ``find``, ``restore``)."""
 
 from __future__ import annotations
 

@@ -169,3 +169,66 @@ def test_as_of_now_restores_the_level_0_then_the_increment(tmp_path, butype):
                                    "--json", catalog=catalog, home=tmp_path))
         assert [r["backup"] for r in result] == [b["id"] for b in reversed(backups(tmp_path, catalog))]
         assert differences(expected, describe(tmp_path / "nas" / "out" / "t")) == []
+
+
+def test_a_refused_destination_fails_with_the_servers_reason(tmp_path):
+    with servers(tmp_path, "nas") as [nas]:
+        (tmp_path / "nas" / "vol" / "f.txt").write_text("x")
+        catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
+        made = backup(spec, catalog, tmp_path)
+        result = restore(made["id"], "--to", f"{spec}:/not/a/volume", catalog=catalog, home=tmp_path)
+        assert result.returncode == 1
+        [line] = result.stderr.strip().splitlines()
+        assert made["id"] in line and "/not/a/volume" in line, line     # the server's LOG_MESSAGE says why
+        assert idle(nas.host), "both sides back to IDLE"
+
+
+def idle(host: str) -> bool:
+    """DATA and MOVER of a new session on ``host`` are IDLE, and the drive opens (nobody holds it)."""
+    import asyncio
+    from ndmpd.dma.agent import Agent
+    from ndmpd.wire import C
+
+    async def ask() -> bool:
+        async with Agent.connect(host, 10000, user="ndmp", password=PASSWORD, timeout=10) as agent:
+            data = await agent.call("DATA_GET_STATE")
+            mover = await agent.call("MOVER_GET_STATE")
+            await agent.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_READ_MODE)
+            await agent.call("TAPE_CLOSE")
+            return data.state == C.DATA_STATE_IDLE and mover.state == C.MOVER_STATE_IDLE
+    return asyncio.run(ask())
+
+
+def test_sigint_mid_restore_aborts_both_sides_and_exits_130(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from .conftest import REPO
+    with servers(tmp_path, "nas") as [nas]:
+        with open(tmp_path / "nas" / "vol" / "big.bin", "wb") as f:
+            for _ in range(256):
+                f.write(os.urandom(1 << 20))
+        catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
+        made = backup(spec, catalog, tmp_path)
+        env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
+        proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "restore", made["id"], "--to",
+                                 f"{spec}:/export/out/s", "--catalog", str(catalog)], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        target = tmp_path / "nas" / "out" / "s" / "big.bin"
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and proc.poll() is None:
+                if target.exists() and target.stat().st_size > 0:
+                    break
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 130, err
+        assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+        assert idle(nas.host)
+        shutil.rmtree(tmp_path / "nas" / "vol")

@@ -33,6 +33,7 @@ from ..progress import NullReporter, Reporter
 from .backup import RECORD_SIZE, STEP_TIMEOUT, WINDOW_ALL, _reason
 
 ALL_ONES = (1 << 64) - 1
+ERROR_LINE_WAIT = 1.0          # seconds a refusal waits for the server's LOG_MESSAGE
 # Env the backup's DATA_GET_ENV returned that makes no sense to send back for a recover
 _NOT_FOR_RECOVER = {"HIST", "UPDATE", "DIRECT", "SNAPSHOT"}
 _LOG_LEVELS = {C.LOG_NORMAL: "normal", C.LOG_DEBUG: "debug", C.LOG_ERROR: "error", C.LOG_WARNING: "warning"}
@@ -146,6 +147,7 @@ class RecoverJob:
         self.two_way = data is tape
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.errors: list[str] = []
+        self.error_logged = asyncio.Event()
         self.files: dict[str, bool] = {}
         self.data_halted: Any = None
         self.mover_halted: Any = None
@@ -164,6 +166,7 @@ class RecoverJob:
                 await self._start()
                 end = await self._wait_end()
             except NdmpReplyError as exc:
+                await self._error_line()
                 end = _End("failed", self._why(str(exc)))
             except RecoverFailed as exc:
                 end = _End("failed", str(exc))
@@ -194,7 +197,7 @@ class RecoverJob:
     # ------------------------------------------------------------ steps
 
     def _listen(self) -> None:
-        for agent in {id(self.data): self.data, id(self.tape): self.tape}.values():
+        for agent in self._agents():
             agent.on(C.LOG_MESSAGE, lambda body, agent=agent: self._log(agent, body))
         self.data.on(C.LOG_FILE, self._log_file)
         self.data.on(C.NOTIFY_DATA_HALTED, lambda body: self.events.put_nowait(("data_halted", body)))
@@ -202,10 +205,14 @@ class RecoverJob:
         self.tape.on(C.NOTIFY_MOVER_HALTED, lambda body: self.events.put_nowait(("mover_halted", body)))
         self.tape.on(C.NOTIFY_MOVER_PAUSED, lambda body: self.events.put_nowait(("mover_paused", body)))
 
+    def _agents(self) -> list[Agent]:
+        return [self.data] if self.two_way else [self.data, self.tape]
+
     def _log(self, agent: Agent, body: Any) -> None:
         level = _LOG_LEVELS.get(getattr(body, "log_type", C.LOG_NORMAL), "normal")
         if level == "error":
             self.errors.append(body.entry)
+            self.error_logged.set()
         self.reporter.log(agent.peer, level, body.entry)
 
     def _log_file(self, body: Any) -> None:
@@ -306,9 +313,17 @@ class RecoverJob:
             return _End("failed", f"the data server halted: {self.errors[-1] if self.errors else why}")
         return None
 
+    async def _error_line(self) -> None:
+        """A server sends the LOG_MESSAGE saying why it refused a request just after the reply:
+        give it a moment to arrive, so the user reads the reason rather than an error code."""
+        try:
+            await asyncio.wait_for(self.error_logged.wait(), ERROR_LINE_WAIT)
+        except asyncio.TimeoutError:
+            pass
+
     def _why(self, fallback: str) -> str:
         """A refused request: the server's own error line says why better than the error code."""
-        return f"{fallback} ({self.errors[-1]})" if self.errors else fallback
+        return f"{self.errors[-1]} ({fallback})" if self.errors else fallback
 
     async def _abort(self) -> None:
         """DATA_ABORT and MOVER_ABORT, each side left IDLE-able whatever state it was in."""
