@@ -44,6 +44,9 @@ def add_parsers(sub: Any, epilog: str) -> None:
     r.add_argument("--tape", metavar="HOST:DRIVE",
                    help="where the cartridge is (default: the backup's drive on the backed-up host)")
     r.add_argument("--as-of", metavar="WHEN", help="ISO date and time, or 'now': restore the chain up to then")
+    r.add_argument("--no-direct", dest="direct", action="store_false",
+                   help="read the image from its start even when the catalog allows direct access (for a "
+                        "tape agent that cannot serve the data server's reads, e.g. ndmjob's)")
     r.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     r.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
@@ -85,7 +88,7 @@ def _under(directory: str, path: str) -> str:
 
 
 def plan(catalog: Catalog, backup: Backup, pairs: list[tuple[str, str | None]], directory: str, *,
-         drive: str, env: dict[str, str], missing_ok: bool = False) -> RecoverRequest | None:
+         drive: str, env: dict[str, str], missing_ok: bool = False, allow_direct: bool = True) -> RecoverRequest | None:
     """The recover of ``pairs`` (all of it when empty) from ``backup`` into ``directory``; DAR
     when the catalog knows every path's offset. None when ``missing_ok`` and it holds none of them."""
     selections = []
@@ -100,7 +103,7 @@ def plan(catalog: Catalog, backup: Backup, pairs: list[tuple[str, str | None]], 
         selections.append(Selection(shown, _under(directory, new or shown), fh))
     if pairs and not selections:
         return None
-    direct = bool(selections) and all(s.fh_info is not None for s in selections)
+    direct = allow_direct and bool(selections) and all(s.fh_info is not None for s in selections)
     return RecoverRequest(backup=backup, drive=drive, destination=directory, paths=selections, direct=direct,
                           env=env)
 
@@ -165,13 +168,19 @@ async def restore(args: argparse.Namespace) -> int:
             _restorable(backup)
             tape_host, drive = _tape(args, backup)
             request = plan(catalog, backup, pairs, directory, drive=drive, env=env,
-                           missing_ok=args.as_of is not None)
+                           missing_ok=args.as_of is not None, allow_direct=args.direct)
             if request is not None:
                 work.append((request, tape_host))
         if pairs and not work:
             raise RecoverFailed(f"none of {', '.join(p for p, _ in pairs)} is in the chain of {args.what}")
         for request, tape_host in work:
-            result = await _run_one(args, request, data_host, tape_host)
+            try:
+                result = await _run_one(args, request, data_host, tape_host)
+            except RecoverFailed as exc:
+                if args.tape is None and "TAPE_OPEN" in str(exc):
+                    raise RecoverFailed(f"{exc}; the drive defaulted to {tape_host.name}:{request.drive} "
+                                        "(the backed-up host): give --tape HOST:DRIVE") from None
+                raise
             _show(args, result, directory)
     except RecoverFailed as exc:
         print(f"ndmp: {exc}", file=sys.stderr)

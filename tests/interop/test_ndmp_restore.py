@@ -232,3 +232,43 @@ def test_sigint_mid_restore_aborts_both_sides_and_exits_130(tmp_path):
         assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
         assert idle(nas.host)
         shutil.rmtree(tmp_path / "nas" / "vol")
+
+
+def test_the_cartridge_on_ndmjobs_tape_agent(tmp_path):
+    """Another vendor's tape agent (ndmjob's daemon) holds the cartridge: a three-way backup
+    onto it, then a whole restore and a selective one (read from the start: ndmjob's mover
+    cannot serve reads shorter than a record, which direct access asks for)."""
+    from .conftest import NDMJOB, ndmjob_daemon
+    if not NDMJOB.exists():
+        pytest.skip("ndmjob not installed (apt-get install amanda-common)")
+    with servers(tmp_path, "nas") as [nas], ndmjob_daemon(tmp_path) as port:
+        before = describe(build_every_case(tmp_path / "nas" / "vol"))
+        conf = tmp_path / "ndmp"
+        conf.mkdir()
+        for name, password in (("nas", PASSWORD), ("jobd", "ndmp")):
+            (conf / f"{name}.pw").write_text(password)
+            (conf / f"{name}.pw").chmod(0o600)
+        (conf / "ndmp.toml").write_text(f'[host.nas]\naddress = "{nas.host}"\npassword_file = "nas.pw"\n'
+                                        f'[host.jobd]\naddress = "127.0.0.1"\nport = {port}\n'
+                                        'password_file = "jobd.pw"\n')
+        cartridge = tmp_path / "jobd.tape"
+        cartridge.touch()
+        catalog = tmp_path / "catalog.db"
+        made = ndmp("backup", "nas:/export/data", "--tape", f"jobd:{cartridge}", "--catalog", str(catalog),
+                    "--json", home=tmp_path)
+        assert made.returncode == 0, made.stderr
+        made = json.loads(made.stdout)
+        defaulted = restore(made["id"], "--to", "nas:/export/out/w", catalog=catalog, home=tmp_path)
+        assert defaulted.returncode == 1 and "--tape" in defaulted.stderr, defaulted.stderr   # not on nas
+        tape = f"jobd:{cartridge}"
+        [whole] = summaries(restore(made["id"], "--to", "nas:/export/out/w", "--tape", tape, "--json",
+                                    catalog=catalog, home=tmp_path))
+        assert whole["status"] == "done"
+        assert differences(before, describe(tmp_path / "nas" / "out" / "w")) == []
+        [some] = summaries(restore(made["id"], "/dir/file=renamed", "--no-direct", "--tape", tape,
+                                   "--to", "nas:/export/out/s",
+                                   "--json", catalog=catalog, home=tmp_path))
+        assert some["status"] == "done" and not some["direct"]
+        files = {p for p, e in describe(tmp_path / "nas" / "out" / "s").items() if not e["mode"].startswith("d")}
+        assert files == {b"renamed"}
+        assert (tmp_path / "nas" / "out" / "s" / "renamed").read_bytes() == b"hello\n" * 1000
