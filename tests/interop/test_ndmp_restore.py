@@ -272,3 +272,30 @@ def test_the_cartridge_on_ndmjobs_tape_agent(tmp_path):
         files = {p for p, e in describe(tmp_path / "nas" / "out" / "s").items() if not e["mode"].startswith("d")}
         assert files == {b"renamed"}
         assert (tmp_path / "nas" / "out" / "s" / "renamed").read_bytes() == b"hello\n" * 1000
+        stalled = dar_in_process(catalog, made["id"], nas.host, ("127.0.0.1", port), str(cartridge))
+        assert "nothing moved" in stalled and "--no-direct" in stalled, stalled
+        assert idle(nas.host), "the data side is back to IDLE after the stall"
+
+
+def dar_in_process(catalog: Path, backup_id: str, data_host: str, tape: tuple[str, int], drive: str) -> str:
+    """A DAR RecoverJob (the Python API) with a 2 s stall limit; returns its failure line."""
+    import asyncio
+    from ndmpd.dma.agent import Agent
+    from ndmpd.dma.catalog import open_catalog
+    from ndmpd.dma.commands_restore import plan
+    from ndmpd.dma.jobs.recover import RecoverFailed, RecoverJob
+
+    with open_catalog(catalog) as cat:
+        request = plan(cat, cat.get(backup_id), [("/dir/file", None)], "/export/out/dar", drive=drive, env={})
+    assert request is not None and request.direct
+    request.stall_timeout = 2.0
+
+    async def go() -> str:
+        async with Agent.connect(data_host, 10000, user="ndmp", password=PASSWORD, timeout=10) as data, \
+                Agent.connect(*tape, user="ndmp", password="ndmp", timeout=10) as mover:
+            try:
+                await RecoverJob(data, mover, request).run()
+            except RecoverFailed as exc:
+                return str(exc)
+            return "done"
+    return asyncio.run(asyncio.wait_for(go(), 60))

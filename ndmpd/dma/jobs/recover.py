@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from .backup import RECORD_SIZE, STEP_TIMEOUT, WINDOW_ALL, _reason
 
 ALL_ONES = (1 << 64) - 1
 ERROR_LINE_WAIT = 1.0          # seconds a refusal waits for the server's LOG_MESSAGE
+TICK = 1.0                     # seconds between the progress polls (DATA/MOVER_GET_STATE)
 # Env the backup's DATA_GET_ENV returned that makes no sense to send back for a recover
 _NOT_FOR_RECOVER = {"HIST", "UPDATE", "DIRECT", "SNAPSHOT"}
 _LOG_LEVELS = {C.LOG_NORMAL: "normal", C.LOG_DEBUG: "debug", C.LOG_ERROR: "error", C.LOG_WARNING: "warning"}
@@ -74,6 +76,7 @@ class RecoverRequest:
     paths: list[Selection] = field(default_factory=list)
     direct: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    stall_timeout: float = 300.0     # seconds with no byte moved before the job gives up
 
 
 @dataclass
@@ -154,6 +157,8 @@ class RecoverJob:
         self.parts = sorted(request.backup.media, key=lambda m: m.first_byte) or [Media(label=request.drive)]
         self.mounted: Media | None = None
         self.opened = False
+        self.progress = (0, 0)
+        self.progress_at = 0.0
 
     async def run(self) -> RecoverResult:
         """Run to the end; RecoverFailed / RecoverInterrupted with the one line for the user."""
@@ -164,7 +169,11 @@ class RecoverJob:
         try:
             try:
                 await self._start()
-                end = await self._wait_end()
+                ticker = asyncio.create_task(self._tick())
+                try:
+                    end = await self._wait_end()
+                finally:
+                    ticker.cancel()
             except NdmpReplyError as exc:
                 await self._error_line()
                 end = _End("failed", self._why(str(exc)))
@@ -267,6 +276,20 @@ class RecoverJob:
         await self.tape.call("MOVER_SET_WINDOW", offset=part.first_byte, length=length)
         self.mounted = part
 
+    async def _tick(self) -> None:
+        """Every TICK: the bytes moved and processed so far, as an event (progress, stall)."""
+        self.progress_at = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                mover = await self.tape.call("MOVER_GET_STATE", timeout=STEP_TIMEOUT)
+                data = await self.data.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
+            except (NdmpReplyError, TimeoutError):
+                continue
+            except ConnectionError:
+                return
+            self.events.put_nowait(("tick", (int(mover.bytes_moved), int(data.bytes_processed), time.monotonic())))
+
     async def _wait_end(self) -> _End:
         while True:
             kind, body = await self.events.get()
@@ -288,6 +311,16 @@ class RecoverJob:
         """What one event means: an end (outcome, reason), a step to take, or None to keep waiting."""
         if kind == "interrupt":
             return _End("interrupted", f"interrupted by signal {signal.Signals(body).name}")
+        if kind == "tick":
+            moved, processed, now = body
+            if (moved, processed) != self.progress:
+                self.progress, self.progress_at = (moved, processed), now
+                self.reporter.progress(processed, self.request.backup.bytes or None)
+            elif now - self.progress_at > self.request.stall_timeout:
+                hint = ("; the tape agent may not serve direct access reads: try --no-direct"
+                        if self.request.direct else "")
+                return _End("failed", f"nothing moved for {self.request.stall_timeout:g} s{hint}")
+            return None
         if kind == "data_read":
             return _Read(body.offset, body.length)
         if kind == "mover_paused":
