@@ -169,6 +169,12 @@ def test_as_of_now_restores_the_level_0_then_the_increment(tmp_path, butype):
                                    "--json", catalog=catalog, home=tmp_path))
         assert [r["backup"] for r in result] == [b["id"] for b in reversed(backups(tmp_path, catalog))]
         assert differences(expected, describe(tmp_path / "nas" / "out" / "t")) == []
+        some = summaries(restore("--as-of", "now", f"{spec}:/export/data", "/keep", "--to", f"{spec}:/export/out/k",
+                                 "--json", catalog=catalog, home=tmp_path))
+        assert len(some) == 2 and all(r["direct"] for r in some), "/keep is in both, by direct access"
+        # the increment's deletion in /keep is replayed by DAR too (the server reads the image's
+        # labels at its start, which DAR would skip, to know the image is an incremental)
+        assert differences(describe(vol / "keep"), describe(tmp_path / "nas" / "out" / "k" / "keep")) == []
 
 
 def test_a_refused_destination_fails_with_the_servers_reason(tmp_path):
