@@ -159,6 +159,7 @@ class RecoverJob:
         self.opened = False
         self.progress = (0, 0)
         self.progress_at = 0.0
+        self.handlers: list[tuple[Agent, int, Any]] = []
 
     async def run(self) -> RecoverResult:
         """Run to the end; RecoverFailed / RecoverInterrupted with the one line for the user."""
@@ -186,6 +187,7 @@ class RecoverJob:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            self._unlisten()
         if end.outcome == "done":
             missing = [name for name, ok in self.files.items() if not ok]
             if missing:
@@ -206,13 +208,22 @@ class RecoverJob:
     # ------------------------------------------------------------ steps
 
     def _listen(self) -> None:
+        def event(kind: str) -> Any:
+            return lambda body: self.events.put_nowait((kind, body))
         for agent in self._agents():
-            agent.on(C.LOG_MESSAGE, lambda body, agent=agent: self._log(agent, body))
-        self.data.on(C.LOG_FILE, self._log_file)
-        self.data.on(C.NOTIFY_DATA_HALTED, lambda body: self.events.put_nowait(("data_halted", body)))
-        self.data.on(C.NOTIFY_DATA_READ, lambda body: self.events.put_nowait(("data_read", body)))
-        self.tape.on(C.NOTIFY_MOVER_HALTED, lambda body: self.events.put_nowait(("mover_halted", body)))
-        self.tape.on(C.NOTIFY_MOVER_PAUSED, lambda body: self.events.put_nowait(("mover_paused", body)))
+            self.handlers.append((agent, C.LOG_MESSAGE, lambda body, agent=agent: self._log(agent, body)))
+        self.handlers += [(self.data, C.LOG_FILE, self._log_file),
+                          (self.data, C.NOTIFY_DATA_HALTED, event("data_halted")),
+                          (self.data, C.NOTIFY_DATA_READ, event("data_read")),
+                          (self.tape, C.NOTIFY_MOVER_HALTED, event("mover_halted")),
+                          (self.tape, C.NOTIFY_MOVER_PAUSED, event("mover_paused"))]
+        for agent, code, handler in self.handlers:
+            agent.on(code, handler)
+
+    def _unlisten(self) -> None:
+        """The agents may serve another job next: this one's handlers go."""
+        for agent, code, handler in self.handlers:
+            agent.off(code, handler)
 
     def _agents(self) -> list[Agent]:
         return [self.data] if self.two_way else [self.data, self.tape]
