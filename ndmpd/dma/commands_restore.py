@@ -130,7 +130,8 @@ def _connect(host: Host, args: argparse.Namespace) -> Any:
     return Agent.connect(host.address, host.port, user=host.user, password=host.password, timeout=args.timeout)
 
 
-async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host: Host, tape_host: Host) -> RecoverResult:
+async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host: Host,
+                   tape_host: Host) -> RecoverResult:
     async with AsyncExitStack() as stack:
         data = await stack.enter_async_context(_connect(data_host, args))
         same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
