@@ -26,6 +26,10 @@ OUT_VOLUME = """
 [[volume]]
 name = "/export/out"
 path = "{path}"
+
+[[tape]]
+name = "vtape1"
+path = "{state}/vtape1.img"
 """
 
 
@@ -38,7 +42,7 @@ def servers(tmp_path: Path, *sides: str, max_version: int = 4):
             root = tmp_path / side
             (root / "out").mkdir(parents=True)
             host = free_loopback_address()
-            config = write_config(root, host, ["md5", "text"], extra=OUT_VOLUME.format(path=root / "out"),
+            config = write_config(root, host, ["md5", "text"], extra=OUT_VOLUME.format(path=root / "out", state=root / "state"),
                                   server_extra=f"max_version = {max_version}")
             started.append(ServerProcess(host, config, root / "ndmpd.log", PASSWORD))
         yield started
@@ -305,3 +309,75 @@ def dar_in_process(catalog: Path, backup_id: str, data_host: str, tape: tuple[st
                 return str(exc)
             return "done"
     return asyncio.run(asyncio.wait_for(go(), 60))
+
+
+class RecordingLoader:
+    """The media seam as a library client would fill it; both "cartridges" are tape files of
+    one virtual drive here, so loading one only has to be noted."""
+
+    def __init__(self) -> None:
+        self.loaded: list[str | None] = []
+
+    async def load(self, part) -> None:
+        self.loaded.append(part.label)
+
+
+def test_an_image_in_two_parts_is_read_across_them_through_the_media_seam(tmp_path):
+    """A backup's image split over two tape files cataloged as two cartridges: the restore reads
+    the first to its filemark, asks the loader for the second and continues there."""
+    import asyncio
+    import subprocess
+    import sys
+    from ndmpd.dma.agent import Agent
+    from ndmpd.dma.catalog import Media, open_catalog
+    from ndmpd.dma.jobs.recover import RecoverFailed, RecoverJob, RecoverRequest
+    from ndmpd.wire import C
+    from .conftest import REPO
+    with servers(tmp_path, "nas") as [nas]:
+        vol = tmp_path / "nas" / "vol"
+        (vol / "d").mkdir()
+        for i in range(6):
+            (vol / "d" / f"f{i}.bin").write_bytes(os.urandom(100_000))
+        before = describe(vol)
+        catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
+        made = backup(spec, catalog, tmp_path)
+        image = subprocess.run([sys.executable, "-m", "ndmpd", "tape", "extract",
+                                str(tmp_path / "nas" / "state" / "vtape0.img"), "0"],
+                               cwd=REPO, capture_output=True, timeout=60, check=True).stdout
+        record = 64 << 10
+        image += bytes(-len(image) % record)
+        split = 3 * record
+        assert len(image) > split + record
+
+        async def write_two_tape_files() -> None:
+            async with Agent.connect(nas.host, 10000, user="ndmp", password=PASSWORD, timeout=10) as agent:
+                await agent.call("TAPE_OPEN", device="vtape1", mode=C.TAPE_RDWR_MODE)
+                for start, end in ((0, split), (split, len(image))):
+                    for at in range(start, end, record):
+                        await agent.call("TAPE_WRITE", data_out=image[at:at + record])
+                    await agent.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)
+                await agent.call("TAPE_CLOSE")
+        asyncio.run(write_two_tape_files())
+        with open_catalog(catalog) as cat:
+            original = cat.get(made["id"])
+            split_backup = cat.begin_backup(host=spec, volume="/export/data", butype="tar", level=0)
+            cat.add_media(split_backup.id, Media(label="A", file_number=0, first_byte=0, last_byte=split))
+            cat.add_media(split_backup.id, Media(label="B", file_number=1, first_byte=split, last_byte=None))
+            cat.finish_backup(split_backup.id, "done", bytes=original.bytes, env=original.env)
+            spanning = cat.get(split_backup.id)
+
+        async def restore_with(loader, where: str) -> str:
+            request = RecoverRequest(backup=spanning, drive="vtape1", destination=f"/export/out/{where}")
+            async with Agent.connect(nas.host, 10000, user="ndmp", password=PASSWORD, timeout=10) as agent:
+                try:
+                    result = await RecoverJob(agent, agent, request, media=loader).run()
+                except RecoverFailed as exc:
+                    return str(exc)
+                return result.status
+        loader = RecordingLoader()
+        assert asyncio.run(asyncio.wait_for(restore_with(loader, "span"), 60)) == "done"
+        assert loader.loaded == ["B"]
+        assert differences(before, describe(tmp_path / "nas" / "out" / "span")) == []
+        refused = asyncio.run(asyncio.wait_for(restore_with(None, "none"), 60))
+        assert "cartridge B" in refused and "no library" in refused, refused
+        assert idle(nas.host)
