@@ -1,5 +1,5 @@
 """The ``ndmp`` command: a DMA driving NDMP servers (``info``, ``backup``, ``backups``, ``ls``, ``find``,
-``tape``, ``library``, ``prune``)."""
+``restore``, ``tape``, ``library``, ``prune``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .agent import Agent
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NdmpConnectError, NdmpConnectionLost,
                      NdmpReplyError)
 from .hosts import PASSWORD_ENV, HostConfigError, host_named
-from . import commands_backup, commands_media, commands_prune
+from . import commands_backup, commands_media, commands_prune, commands_restore
 from .catalog import CatalogError
 from .jobs.media import MediaError, SlotsError
 from .library import LibraryError
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
                       help="NDMP version to ask for (repeatable; default 4 then 3)")
     commands_backup.add_parsers(sub, _EPILOG)
+    commands_restore.add_parsers(sub, _EPILOG)
     commands_media.add_parsers(sub, _EPILOG)
     commands_prune.add_parsers(sub, _EPILOG)
     return parser
@@ -76,6 +77,7 @@ async def _info(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"info": _info, **commands_backup.COMMANDS,
+                                                                  **commands_restore.COMMANDS,
                                                                   **commands_media.COMMANDS, **commands_prune.COMMANDS}
 
 
