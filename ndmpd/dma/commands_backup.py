@@ -14,9 +14,10 @@ from typing import Any
 
 from .agent import Agent
 from .catalog import Backup, FileEntry, open_catalog
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS
 from .hosts import Host, HostConfigError, host_named, split_target
 from .jobs.backup import BackupFailed, BackupInterrupted, BackupJob, BackupRequest
+from .progress import choose_reporter
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -31,7 +32,10 @@ def add_parsers(sub: Any, epilog: str) -> None:
     b.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout: progress, log, warning, then the summary")
+    b.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                   help="seconds between progress polls (default 0.5 behind the bar, 2 with --json)")
     bs = sub.add_parser("backups", help="the backups in the catalog, newest first")
     bs.add_argument("--volume", metavar="V")
     bs.add_argument("--catalog", metavar="FILE")
@@ -66,15 +70,17 @@ async def backup(args: argparse.Namespace) -> int:
     tape_text, drive = split_target(args.tape)
     data_host, tape_host = host_named(data_text, args.config), host_named(tape_text, args.config)
     request = BackupRequest(host_name=data_host.name, volume=volume, drive=drive, butype=args.butype,
-                            level=args.level, env=_env(args.env))
+                            level=args.level, env=_env(args.env), tape_host_name=tape_host.name)
     catalog = open_catalog(args.catalog)
     try:
         async with AsyncExitStack() as stack:
             data = await stack.enter_async_context(_connect(data_host, args))
             same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
             tape = data if same else await stack.enter_async_context(_connect(tape_host, args))
+            reporter = choose_reporter(args.json, sys.stdout.isatty() and sys.stderr.isatty(),
+                                       label=f"{data_host.name}:{volume}", interval=args.progress_interval)
             try:
-                result = await BackupJob(data, tape, catalog, request).run()
+                result = await BackupJob(data, tape, catalog, request, reporter).run()
             except BackupFailed as exc:
                 print(f"ndmp: {exc}", file=sys.stderr)
                 return EXIT_FAILED
@@ -83,13 +89,7 @@ async def backup(args: argparse.Namespace) -> int:
                 return EXIT_INTERRUPTED
     finally:
         catalog.close()
-    if args.json:
-        print(json.dumps({"id": result.id, "status": result.status, "bytes": result.bytes,
-                          "file_number": result.file_number, "entries": result.entries, "env": result.env}))
-    else:
-        print(f"backup {result.id} done: {result.bytes} bytes, {result.entries} files, "
-              f"{drive} file {result.file_number}")
-    return EXIT_OK
+    return EXIT_WARNINGS if result.warnings else EXIT_OK
 
 
 def _backup_dict(b: Backup) -> dict[str, Any]:
