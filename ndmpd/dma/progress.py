@@ -22,6 +22,7 @@ job's :class:`~ndmpd.dma.jobs.watch.ProgressWatcher` should poll for it (None: n
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any, Protocol, TextIO
@@ -180,8 +181,11 @@ class BarReporter(PlainReporter):
     def progress(self, done: int, total: int | None) -> None:
         if self._bar is None:
             from tqdm import tqdm           # only a terminal needs it
+            sized = _columns(self.err) > 0           # a terminal with no size (a bare pty): 80 columns
             self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=self.err,
-                             desc=self.label or None, dynamic_ncols=True, mininterval=0.2, leave=False)
+                             desc=self.label or None, dynamic_ncols=sized, ncols=None if sized else 80,
+                             nrows=None if sized else 24,
+                             mininterval=0.2, leave=False)
         bar = self._bar
         if total is not None and total != bar.total:
             bar.total = max(total, done)
@@ -201,6 +205,13 @@ class BarReporter(PlainReporter):
             super()._line(text)
             return
         self._bar.write(text, file=self.err)
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 class JsonLinesReporter:

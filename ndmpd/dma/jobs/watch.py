@@ -101,8 +101,11 @@ class ProgressWatcher:
 
     async def _run(self) -> None:
         assert self.interval is not None
+        first = True
         while True:
-            await asyncio.sleep(self.interval)
+            if not first:                     # the first right away: the bar shows the estimate at once
+                await asyncio.sleep(self.interval)
+            first = False
             try:
                 done, total = await self.poll()
             except (NdmpReplyError, TimeoutError):
