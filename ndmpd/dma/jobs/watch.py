@@ -83,6 +83,7 @@ class ProgressWatcher:
         self.interval = interval if interval is not None else getattr(reporter, "interval", None)
         self.polls = self.failures = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._last = 0
 
     def start(self) -> "ProgressWatcher":
@@ -92,7 +93,11 @@ class ProgressWatcher:
         return self
 
     async def stop(self) -> None:
-        """End the polling; a poll in flight is cancelled (its reply, when it comes, is dropped)."""
+        """End the polling; a poll in flight is cancelled (its reply, when it comes, is dropped).
+
+        The flag as well as the cancel: Python 3.11's ``wait_for`` (under ``Agent.call``) can
+        swallow a cancel that lands as its reply arrives, and the loop would poll on forever."""
+        self._stopping = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -102,7 +107,7 @@ class ProgressWatcher:
     async def _run(self) -> None:
         assert self.interval is not None
         first = True
-        while True:
+        while not self._stopping:
             if not first:                     # the first right away: the bar shows the estimate at once
                 await asyncio.sleep(self.interval)
             first = False
@@ -113,6 +118,8 @@ class ProgressWatcher:
                 continue
             except NdmpConnectionLost:
                 return                        # the job sees it too, and says so
+            if self._stopping:
+                return
             self.polls += 1
             done = max(done, self._last)      # the bar never goes back
             self._last = done
