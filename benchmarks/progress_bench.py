@@ -2,13 +2,13 @@
 """Does the progress bar cost the backup anything? ``ndmp backup`` of the same tree with the
 bar on a pseudo-terminal, with ``--json`` lines on a pipe, and plain on a pipe.
 
-Starts one ndmpd on 127.0.0.N:10000 whose volume holds 1 GiB of incompressible files and
-30,000 small files (the small ones make the backup long enough for the bar to redraw, and
+Starts one ndmpd on 127.0.0.N:10000 whose volume holds (by default) 1 GiB of incompressible
+files and 30,000 small files (the small ones make the backup long enough for the bar to redraw, and
 file history flows into the catalog), then over several rounds, rotating the order, times
 each mode end to end (process start to exit) and prints the medians and the bar's ratio to
 ``--json``. Goal: within ±10 % (the bar polls DATA_GET_STATE every 0.5 s, --json every 2 s).
 
-    python benchmarks/progress_bench.py [--dir /var/tmp/ndmp-progress-bench] [--rounds 3]
+    python benchmarks/progress_bench.py [--dir /var/tmp/ndmp-progress-bench] [--rounds 3] [--gib 1] [--files 30000]
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-pw"
 
 
-def build(vol: Path) -> None:
+def build(vol: Path, gib: int, files: int) -> None:
     chunk = os.urandom(1 << 20)
-    for n in range(4):
+    for n in range(gib * 4):
         with open(vol / f"big{n}.bin", "wb") as f:
             for i in range(256):
                 f.write(chunk[i:] + chunk[:i])
-    for d in range(30):
+    for d in range(files // 1000):
         (vol / f"d{d}").mkdir()
         for i in range(1000):
             (vol / f"d{d}" / f"f{i}").write_bytes(b"x" * (i * 7 % 4096))
@@ -104,11 +104,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default="/var/tmp/ndmp-progress-bench")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--gib", type=int, default=1, help="GiB of large files (default 1)")
+    parser.add_argument("--files", type=int, default=30_000, help="small files (default 30,000)")
     opts = parser.parse_args()
     root = Path(opts.dir)
     shutil.rmtree(root, ignore_errors=True)
     (root / "vol").mkdir(parents=True)
-    build(root / "vol")
+    build(root / "vol", opts.gib, opts.files)
     host = free_loopback_address()
     if host is None:
         raise SystemExit("no free 127.0.0.N:10000")

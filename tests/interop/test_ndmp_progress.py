@@ -215,3 +215,17 @@ def test_sigint_mid_three_way_backup_exit_130_both_servers_idle_catalog_interrup
     finally:
         for server in servers:
             server.stop()
+
+
+def test_a_failed_backup_with_json_ends_with_a_failed_summary_naming_the_servers_reason(server_factory, tmp_path):
+    server = server_factory()
+    spec = f"ndmp@{server.host}"
+    result = ndmp("backup", f"{spec}:/no/such", "--tape", f"{spec}:vtape0", "--catalog", str(tmp_path / "c.db"),
+                  "--json", home=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "not a configured volume" in line, line
+    lines = json_lines(result.stdout)
+    assert any(x["type"] == "log" and x["level"] == "error" for x in lines), "--json shows every server line"
+    assert lines[-1]["type"] == "summary" and lines[-1]["status"] == "failed"
+    assert "not a configured volume" in lines[-1]["reason"]
