@@ -143,6 +143,15 @@ class Catalog(Protocol):
     def close(self) -> None: ...
 
 
+def media_dict(m: Media) -> dict:
+    """A media row for ``--json``: label and file_number always; barcode, slot and the byte
+    range when a library wrote it."""
+    out = {"label": m.label, "file_number": m.file_number}
+    if m.barcode is not None:
+        out.update(barcode=m.barcode, slot=m.slot, first_byte=m.first_byte, last_byte=m.last_byte)
+    return out
+
+
 def default_path() -> Path:
     """``$XDG_DATA_HOME/ndmp/catalog.db``, else ``~/.local/share/ndmp/catalog.db``."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")

@@ -30,7 +30,10 @@ exit status:
   0    done
   1    the job failed (connection refused, authentication failed, a request failed)
   2    usage or configuration error
-  130  interrupted
+  3    finished with warnings: the job completed, but a server logged a warning or an
+       error on the way (a file vanished, changed or could not be read, a socket skipped);
+       they are shown on stderr (--json: "warning"/"log" lines) and the result is kept
+  130  interrupted (Ctrl-C, SIGTERM): both servers aborted and back to idle
 """
 
 

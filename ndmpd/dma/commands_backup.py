@@ -13,12 +13,13 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from .agent import Agent
-from .catalog import Backup, FileEntry, open_catalog
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .catalog import Backup, FileEntry, media_dict, open_catalog
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS
 from .hosts import Host, HostConfigError, host_named, split_target
 from .jobs.backup import BackupFailed, BackupInterrupted, BackupJob, BackupRequest
 from .jobs.media import MediaLoader, parse_slots
 from .library import Library
+from .progress import choose_reporter
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -38,7 +39,10 @@ def add_parsers(sub: Any, epilog: str) -> None:
     b.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout: progress, log, warning, then the summary")
+    b.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                   help="seconds between progress polls (default 0.5 behind the bar, 2 with --json)")
     bs = sub.add_parser("backups", help="the backups in the catalog, newest first")
     bs.add_argument("--volume", metavar="V")
     bs.add_argument("--catalog", metavar="FILE")
@@ -73,7 +77,7 @@ async def backup(args: argparse.Namespace) -> int:
     tape_text, drive = split_target(args.tape)
     data_host, tape_host = host_named(data_text, args.config), host_named(tape_text, args.config)
     request = BackupRequest(host_name=data_host.name, volume=volume, drive=drive, butype=args.butype,
-                            level=args.level, env=_env(args.env))
+                            level=args.level, env=_env(args.env), tape_host_name=tape_host.name)
     slots = parse_slots(args.slots)
     robot_host, changer = None, None
     if args.library:
@@ -91,8 +95,10 @@ async def backup(args: argparse.Namespace) -> int:
                 library = await Library.open(robot, changer)
                 stack.push_async_callback(library.close)
                 media = MediaLoader(library, tape, drive, catalog, slots=slots, drive_element=args.drive)
+            reporter = choose_reporter(args.json, sys.stdout.isatty() and sys.stderr.isatty(),
+                                       label=f"{data_host.name}:{volume}", interval=args.progress_interval)
             try:
-                result = await BackupJob(data, tape, catalog, request, media=media).run()
+                result = await BackupJob(data, tape, catalog, request, media=media, reporter=reporter).run()
             except BackupFailed as exc:
                 print(f"ndmp: {exc}", file=sys.stderr)
                 return EXIT_FAILED
@@ -101,33 +107,14 @@ async def backup(args: argparse.Namespace) -> int:
                 return EXIT_INTERRUPTED
     finally:
         catalog.close()
-    if args.json:
-        print(json.dumps({"id": result.id, "status": result.status, "bytes": result.bytes,
-                          "file_number": result.file_number, "entries": result.entries, "env": result.env,
-                          "media": [_media_dict(m) for m in result.media]}))
-    else:
-        if any(m.barcode for m in result.media):
-            where = ", ".join(f"{m.barcode} (slot {m.slot}, file {m.file_number}, bytes {m.first_byte}-{m.last_byte})"
-                              for m in result.media)
-        else:
-            where = f"{drive} file {result.file_number}"
-        print(f"backup {result.id} done: {result.bytes} bytes, {result.entries} files, {where}")
-    return EXIT_OK
+    return EXIT_WARNINGS if result.warnings else EXIT_OK
 
 
 def _backup_dict(b: Backup) -> dict[str, Any]:
     return {"id": b.id, "host": b.host, "volume": b.volume, "butype": b.butype, "level": b.level,
             "status": b.status, "started": b.started, "ended": b.ended, "bytes": b.bytes,
             "entries": b.entries, "halt_reason": b.halt_reason, "env": b.env,
-            "media": [_media_dict(m) for m in b.media]}
-
-
-def _media_dict(m: Any) -> dict[str, Any]:
-    """label and file_number always; barcode, slot and the byte range when a library wrote it."""
-    out = {"label": m.label, "file_number": m.file_number}
-    if m.barcode is not None:
-        out.update(barcode=m.barcode, slot=m.slot, first_byte=m.first_byte, last_byte=m.last_byte)
-    return out
+            "media": [media_dict(m) for m in b.media]}
 
 
 async def backups(args: argparse.Namespace) -> int:

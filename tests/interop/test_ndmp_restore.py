@@ -55,7 +55,7 @@ def backup(spec: str, catalog: Path, home: Path, *extra: str, tape: str | None =
     result = ndmp("backup", f"{spec}:/export/data", "--tape", f"{tape or spec}:vtape0", "--catalog", str(catalog),
                   "--json", *extra, home=home)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout.splitlines()[-1])       # the summary line ends a job's --json
 
 
 def restore(*args: str, catalog: Path, home: Path):
@@ -64,7 +64,8 @@ def restore(*args: str, catalog: Path, home: Path):
 
 def summaries(result) -> list[dict]:
     assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    return [line for line in lines if line.get("type") == "summary"]
 
 
 @pytest.mark.parametrize("version,butype", [(4, "tar"), (3, "dump"), (4, "dump"), (3, "tar")])
@@ -267,7 +268,7 @@ def test_the_cartridge_on_ndmjobs_tape_agent(tmp_path):
         made = ndmp("backup", "nas:/export/data", "--tape", f"jobd:{cartridge}", "--catalog", str(catalog),
                     "--json", home=tmp_path)
         assert made.returncode == 0, made.stderr
-        made = json.loads(made.stdout)
+        made = json.loads(made.stdout.splitlines()[-1])
         defaulted = restore(made["id"], "--to", "nas:/export/out/w", catalog=catalog, home=tmp_path)
         assert defaulted.returncode == 1 and "--tape" in defaulted.stderr, defaulted.stderr   # not on nas
         tape = f"jobd:{cartridge}"

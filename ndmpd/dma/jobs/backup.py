@@ -14,22 +14,30 @@ tape; ndmpd and illumos retry the record that met EOM on the new tape) and conti
 cartridge's part becomes a Media row with its byte range. Without a next cartridge EOM is a
 failure ("the medium is full"). An EOW pause (a window budget ran out) gets the next window on
 the same tape.
+
+Progress, the servers' log lines and the summary go to the ``reporter`` (see
+``dma/progress.py``; ``jobs/watch.py`` polls the byte counts while the backup runs). A backup
+that completes while a server logged a warning or an error (a file that vanished or changed
+while read, a socket skipped...) is still ``done``; its result lists them in ``warnings``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...wire import C, T
 from ..agent import Agent
-from ..catalog import Catalog, Media
+from ..catalog import Catalog, Media, media_dict
 from ..errors import NdmpReplyError
 from ..library import LibraryError
 from ..smc import ScsiError
 from .media import Loaded, MediaError, MediaLoader
+from ..progress import NullReporter, Reporter
+from .watch import LogForwarder, ProgressWatcher
 
 RECORD_SIZE = 64 * 1024
 WINDOW_ALL = (1 << 64) - 1
@@ -55,6 +63,7 @@ class BackupRequest:
     butype: str = "tar"
     level: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    tape_host_name: str = ""          # how log lines name the tape host (default: its address)
 
 
 @dataclass
@@ -66,6 +75,8 @@ class BackupResult:
     file_number: int | None
     entries: int
     media: list[Media] = field(default_factory=list)     # where the image lies, in image order
+    warnings: list[str] = field(default_factory=list)   # the servers' warning/error log lines
+    seconds: float = 0.0
 
 
 def backup_env(request: BackupRequest) -> dict[str, str]:
@@ -81,8 +92,9 @@ class BackupJob:
     """One backup between a data agent and a tape agent (the same object when two-way)."""
 
     def __init__(self, data: Agent, tape: Agent, catalog: Catalog, request: BackupRequest,
-                 media: MediaLoader | None = None) -> None:
+                 media: MediaLoader | None = None, reporter: Reporter | None = None) -> None:
         self.data, self.tape, self.catalog, self.request = data, tape, catalog, request
+        self.reporter: Reporter = reporter or NullReporter()
         self.media = media                       # a library to change cartridges through, or None
         self.parts: list[Media] = []             # the cartridges written before the current one
         self.loaded: Loaded | None = None
@@ -97,10 +109,13 @@ class BackupJob:
         """Run to the end; BackupFailed / BackupInterrupted once the catalog says so."""
         req = self.request
         env = backup_env(req)
+        began = time.monotonic()
         backup = self.catalog.begin_backup(host=req.host_name, volume=req.volume, butype=req.butype,
                                            level=req.level)
         recorder = self.catalog.history(backup.id).start()
         self._listen(recorder)
+        logs = LogForwarder(self.reporter, {req.host_name: self.data, req.tape_host_name or self.tape.peer: self.tape})
+        watcher = ProgressWatcher(self.reporter, data=self.data, mover=self.tape)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.events.put_nowait, ("interrupt", sig))
@@ -108,17 +123,26 @@ class BackupJob:
         try:
             try:
                 file_number = await self._start(env)
+                watcher.start()
                 outcome, reason = await self._wait_end()
             except (NdmpReplyError, LibraryError, MediaError, ScsiError) as exc:
-                outcome, reason = "failed", str(exc)
+                outcome, reason, refused = "failed", str(exc), True
+            else:
+                refused = False
+            await watcher.stop()
             if outcome != "done":
                 await self._abort()
             data_bytes, server_env = await self._collect()
             await self._stop(outcome == "done")
+            if refused and logs.errors:          # the server said why it refused: that is the reason
+                reason = f"{logs.errors[-1]} ({reason})"
         finally:
+            await watcher.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             entries = recorder.finish()
+            logs.close()
+            self.reporter.close()
         media = list(self.parts)
         if self.loaded is not None:
             media.append(self.loaded.media(self.part_start, data_bytes))
@@ -129,11 +153,25 @@ class BackupJob:
         self.catalog.finish_backup(backup.id, outcome, bytes=data_bytes, env=server_env,
                                    dump_date=server_env.get("DUMP_DATE"),
                                    halt_reason=None if outcome == "done" else reason)
+        result = BackupResult(backup.id, outcome, data_bytes, server_env, file_number, entries, media,
+                              logs.warnings, round(time.monotonic() - began, 3))
+        self.reporter.summary(self._summary(result, reason))
         if outcome == "interrupted":
             raise BackupInterrupted(f"backup {backup.id} interrupted")
         if outcome == "failed":
             raise BackupFailed(f"backup {backup.id} failed: {reason}")
-        return BackupResult(backup.id, outcome, data_bytes, server_env, file_number, entries, media)
+        return result
+
+    def _summary(self, result: BackupResult, reason: str) -> dict[str, Any]:
+        req = self.request
+        fields: dict[str, Any] = {
+            "job": "backup", "id": result.id, "status": result.status, "bytes": result.bytes,
+            "file_number": result.file_number, "entries": result.entries, "env": result.env,
+            "host": req.host_name, "volume": req.volume, "drive": req.drive, "seconds": result.seconds,
+            "warnings": result.warnings, "media": [media_dict(m) for m in result.media]}
+        if result.status != "done":
+            fields["reason"] = reason
+        return fields
 
     # ------------------------------------------------------------ steps
 
