@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -33,12 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from catalog_bench import make_dump_posts, make_posts, median_ms   # noqa: E402
+from catalog_bench import PER_POST, median_ms                      # noqa: E402
 from dump_bench import build_small                                  # noqa: E402
 from ndmp_backup_bench import NDMJOB, PASSWORD, server_config       # noqa: E402
 from tests.server_process import ServerProcess, free_loopback_address   # noqa: E402
 
+from ndmpd.data.fh_wire import FhWire        # noqa: E402
 from ndmpd.dma.catalog import open_catalog   # noqa: E402
+from ndmpd.wire import REQUEST               # noqa: E402
+from ndmpd.wire.message import Header        # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BACKUP_TARGET = 1.1
@@ -138,15 +142,61 @@ capacity = "64GiB"
     return ok
 
 
+def _record(code: int, body: bytes) -> bytes:
+    return Header(1, 0, REQUEST, code, 0, 0).pack() + body
+
+
+def tar_records(entries: int) -> list[tuple[int, int, bytes]]:
+    """FH_ADD_FILE records as an NDMPv4 server sends them (catalog_bench.py's tree: /dNNNN
+    directories of 999 files f<number>.dat), undecoded, as the DMA's recorder gets them."""
+    wire, posts, batch = FhWire(4), [], []
+    for i in range(entries):
+        d, k = divmod(i, 1000)
+        if k == 0:
+            batch.append(wire.file(b"/d%04d" % d, 0o40755, 0, 0, 0, 1_700_000_000, 0, 0, 2, 10 + d, 512 * i))
+        else:
+            batch.append(wire.file(b"/d%04d/f%07d.dat" % (d, i), 0o100644, 1000, 1000, 4096 + i, 1_700_000_000 + i,
+                                   0, 0, 1, 100_000 + i, 512 * i))
+        if len(batch) == PER_POST or i == entries - 1:
+            code, body = wire.post("file", batch)
+            posts.append((4, code, _record(code, body)))
+            batch = []
+    return posts
+
+
+def dump_records(entries: int) -> list[tuple[int, int, bytes]]:
+    """The same tree as FH_ADD_DIR then FH_ADD_NODE records (each batch's entries, then their nodes)."""
+    wire, posts = FhWire(4), []
+    dirs = [wire.dir(b".", 2, 2), wire.dir(b"d0000", 10, 2)]
+    nodes = [wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 2, 0), wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 10, 512)]
+    for i in range(2, entries):
+        d, k = divmod(i, 1000)
+        if k == 0:
+            dirs.append(wire.dir(b"d%04d" % d, 10 + d, 2))
+            nodes.append(wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 10 + d, 512 * i))
+        else:
+            dirs.append(wire.dir(b"f%07d.dat" % i, 100_000 + i, 10 + d))
+            nodes.append(wire.node(0o100644, 1000, 1000, 4096 + i, 1_700_000_000 + i, 0, 0, 1, 100_000 + i, 512 * i))
+        if len(nodes) == PER_POST or i == entries - 1:
+            for kind, batch in (("dir", dirs), ("node", nodes)):
+                code, body = wire.post(kind, batch)
+                posts.append((4, code, _record(code, body)))
+                batch.clear()
+    return posts
+
+
 def record(path: Path, posts: list, started: float = 2.0) -> tuple[str, int, float]:
-    """Record ``posts`` as one backup's history into the catalog at ``path``: (id, rows, seconds)."""
+    """Record ``posts`` (undecoded, through ``post_raw`` as ``ndmp backup`` does) as one backup's
+    history into the catalog at ``path``: (id, rows, seconds from the first post to the end)."""
     with open_catalog(path) as cat:
         backup = cat.begin_backup(host="bench", volume="/vol", butype="tar", level=0, started=started)
         recorder = cat.history(backup.id)
         start = time.perf_counter()
         recorder.start()
         for post in posts:
-            recorder.post(*post)
+            waiting = recorder.post_raw(*post)
+            if waiting is not None:           # the worker is HIGH_WATER bytes behind: as the agent does
+                asyncio.run(waiting)
         rows = recorder.finish()
         seconds = time.perf_counter() - start
         cat.finish_backup(backup.id, "done")
@@ -158,7 +208,7 @@ def bench_catalog(args: argparse.Namespace) -> bool:
     n, ok = args.entries, True
     work = Path(tempfile.mkdtemp(prefix="dma-bench-catalog-"))
     try:
-        for kind, make in (("dump", make_dump_posts), ("tar", make_posts)):
+        for kind, make in (("dump", dump_records), ("tar", tar_records)):
             print(f"building {n:,} decoded {kind} history entries ...", file=sys.stderr, flush=True)
             posts = make(n)
             path = work / f"{kind}.db"

@@ -17,11 +17,13 @@ from typing import Any
 from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog, Media
+from ..catalog_history import V2_UNIX_DIR, V2_UNIX_NODE, V2_UNIX_PATH
 from ..errors import NdmpReplyError
 
 RECORD_SIZE = 64 * 1024
 WINDOW_ALL = (1 << 64) - 1
 FH_CODES = (C.FH_ADD_FILE, C.FH_ADD_DIR, C.FH_ADD_NODE)
+V2_FH_CODES = (V2_UNIX_PATH, V2_UNIX_DIR, V2_UNIX_NODE)
 STEP_TIMEOUT = 30.0
 
 
@@ -116,8 +118,8 @@ class BackupJob:
     # ------------------------------------------------------------ steps
 
     def _listen(self, recorder: Any) -> None:
-        for code in FH_CODES:
-            self.data.on(code, lambda body, code=code: recorder.post(code, body))
+        for code in FH_CODES + V2_FH_CODES:         # undecoded: the recorder's worker reads them
+            self.data.on_raw(code, recorder.post_raw)
         for agent in {id(self.data): self.data, id(self.tape): self.tape}.values():
             agent.on(C.LOG_MESSAGE, lambda body: self.logs.append(body.entry))
         self.data.on(C.NOTIFY_DATA_HALTED, lambda body: self.events.put_nowait(("data_halted", body)))
