@@ -45,11 +45,13 @@ from typing import Any, Awaitable, Callable, Iterable
 from ..wire import C, REPLY, REQUEST, T, Translator, XdrError, protocol
 from ..wire.auth import md5_digest
 from ..wire.message import Header, unpack_header
+from ..wire.translate import convert_struct
 from ..wire.records import OversizedRecord, RecordReader, frame
 from .errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpReplyError, checked
 
 log = logging.getLogger("ndmpd.dma")
 MAX_RECORD = 1 << 30                 # what a reply (a big FS_INFO, an FH batch) may reach
+_MISSING = object()
 PostHandler = Callable[[Any], "Awaitable[None] | None"]
 RawHandler = Callable[[int, int, bytes], "Awaitable[None] | None"]
 
@@ -181,18 +183,22 @@ class Agent:
         spec = protocol(4).by_name.get(message) or self.proto.by_name.get(message)
         if spec is None or spec.code not in self.proto.messages:
             raise ValueError(f"{message} is not a message of NDMPv{self.version}")
-        body = None
+        body, own = None, {}
         if spec.request:
             body = self.translator.new_internal_body(spec.code, REQUEST)
             for name, value in fields.items():
-                setattr(body, name, value)
+                try:
+                    setattr(body, name, value)
+                except AttributeError:       # a field only this version has (v2's mover_addr)
+                    own[name] = value
         self.sequence += 1
         sequence = self.sequence
         reply: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
         self._replies[sequence] = reply
         try:
             payload = b"" if body is None else self.proto.encode_body(
-                spec.code, REQUEST, self.translator.from_internal(spec.code, REQUEST, body))
+                spec.code, REQUEST, self._own_fields(message, self.translator.from_internal(spec.code, REQUEST, body),
+                                                     own))
             header = Header(sequence, int(time.time()), REQUEST, spec.code, 0, 0)
             self._writer.write(frame(header.pack() + payload))
             await self._writer.drain()
@@ -260,6 +266,18 @@ class Agent:
         self.version = version
         self.proto = protocol(version)
         self.translator = Translator(self.proto)
+
+    def _own_fields(self, message: str, body: Any, own: dict[str, Any]) -> Any:
+        """``body`` (this version's form) with the fields v4 lacks set, each converted from
+        the internal form of its type (a v4 ``addr`` becomes v2's ``ndmp2_addr``)."""
+        for name, value in own.items():
+            default = getattr(body, name, _MISSING)
+            if default is _MISSING:
+                raise ValueError(f"{message} of NDMPv{self.version} has no field {name!r}")
+            if hasattr(type(default), "_xdr_types") and type(value) is not type(default):
+                value = convert_struct(value, type(default), self.proto.codec.classes)
+            setattr(body, name, value)
+        return body
 
     def _decode(self, header: Header, record: bytes) -> Any:
         body = self.proto.decode_body(header.message_code, header.message_type, record)

@@ -136,9 +136,13 @@ class BackupJob:
         kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
         listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=kind)
         addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
-        await self.data.call("DATA_CONNECT", addr=addr)
+        where: dict[str, Any] = {}
+        if self.data.version == 2:           # v2 has no DATA_CONNECT: the mover's address comes with the start
+            where["mover_addr"] = addr
+        else:
+            await self.data.call("DATA_CONNECT", addr=addr)
         await self.data.call("DATA_START_BACKUP", butype_name=req.butype,
-                             env=[T.pval(name=k, value=v) for k, v in env.items()])
+                             env=[T.pval(name=k, value=v) for k, v in env.items()], **where)
         return file_number
 
     async def _wait_end(self) -> tuple[str, str]:
