@@ -76,7 +76,8 @@ def source(tmp_path) -> ServerProcess:
     server.stop()
 
 
-def test_a_three_way_backup_to_ndmjobs_tape_daemon_is_one_gnu_tar_lists(ndmjob, source, tmp_path):
+@pytest.mark.parametrize("version", [4, 3, 2])
+def test_a_three_way_backup_to_ndmjobs_tape_daemon_is_one_gnu_tar_lists(ndmjob, source, tmp_path, version):
     daemon_dir = tmp_path / "daemon"
     daemon_dir.mkdir()
     tape = daemon_dir / "tape0"
@@ -85,8 +86,8 @@ def test_a_three_way_backup_to_ndmjobs_tape_daemon_is_one_gnu_tar_lists(ndmjob, 
     catalog = tmp_path / "catalog.db"
     with ndmjob_daemon(daemon_dir) as port:
         hosts_file(home, {"nas": (source.host, 10000, PASSWORD), "vendor": ("127.0.0.1", port, DAEMON_PASSWORD)})
-        result = ndmp("backup", "nas:/export/data", "--tape", f"vendor:{tape}", "--catalog", str(catalog),
-                      "--json", home=home)
+        result = ndmp("backup", "nas:/export/data", "--tape", f"vendor:{tape}", "--version", str(version),
+                      "--catalog", str(catalog), "--json", home=home)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["status"] == "done" and report["entries"] >= 52
@@ -115,3 +116,21 @@ def test_a_two_way_backup_at_an_older_version_is_cataloged(source, tmp_path, ver
     listing = ndmp("ls", report["id"], "/docs", "--catalog", str(catalog), "--json", home=tmp_path)
     entries = {e["path"]: e for e in json.loads(listing.stdout)}
     assert len(entries) == 50 and entries["/docs/note07.txt"]["size"] == len("note 7\n") * 8
+
+
+def test_a_three_way_backup_between_two_ndmpd_at_ndmpv2(source, tmp_path):
+    """v2 addresses a TCP mover as one IPv4 address and port (no v3/v4 address list): still fine."""
+    host = free_loopback_address()
+    root = tmp_path / "tape-side"
+    root.mkdir()
+    tape = ServerProcess(host, write_config(root, host, ["md5", "text"]), root / "ndmpd.log", PASSWORD)
+    try:
+        catalog = tmp_path / "catalog.db"
+        result = ndmp("backup", f"ndmp@{source.host}:/export/data", "--tape", f"ndmp@{tape.host}:vtape0",
+                      "--version", "2", "--catalog", str(catalog), "--json", home=tmp_path)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["status"] == "done" and report["entries"] == 53
+        assert (root / "state" / "vtape0.img").stat().st_size > report["bytes"] > 300_000
+    finally:
+        tape.stop()

@@ -132,9 +132,14 @@ class BackupJob:
         state = await self.tape.call("TAPE_GET_STATE")
         file_number = getattr(state, "file_num", None)
         await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
-        await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
+        # v4 sets the window in IDLE; v2/v3 movers (ndmjob's) want it in LISTEN, as their DMAs do
+        early = self.tape.version >= 4
+        if early:
+            await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
         kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
         listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=kind)
+        if not early:
+            await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
         addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
         where: dict[str, Any] = {}
         if self.data.version == 2:           # v2 has no DATA_CONNECT: the mover's address comes with the start
