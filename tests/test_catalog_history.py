@@ -253,3 +253,33 @@ def test_an_unusual_entry_in_a_raw_post_falls_back_to_the_codec(tmp_path):
     with cat.history(backup.id) as recorder:
         recorder.post_raw(*as_records([(C.FH_ADD_FILE, body)], 4)[0])
     assert {e.path: e.fh_info for e in cat.entries(backup.id)} == {b"/u.txt": 70, b"/C:\\nt.txt": 80}
+
+
+def test_the_writer_process_failure_is_raised_by_finish(tmp_path):
+    """History goes to a child process (catalog_writer.py); when it cannot store a batch the
+    recorder's finish() says so instead of the rows silently missing."""
+    from ndmpd.dma.catalog_writer import ProcessFileWriter
+    bad = tmp_path / "not-a-catalog.db"
+    bad.write_bytes(b"this is not an SQLite file" * 100)
+    recorder = HistoryRecorder(ProcessFileWriter(bad, 1), batch_rows=10).start()
+    for i in range(30):
+        recorder.post(C.FH_ADD_FILE, T.fh_add_file_post(files=[T.file(
+            names=[T.file_name(fs_type=C.FS_UNIX, unix_name=f"/f{i}")],
+            stats=[T.file_stat(ftype=C.FILE_REG, fattr=0o644, size=1, mtime=1)], node=i, fh_info=i)]))
+    with pytest.raises(HistoryError) as caught:
+        recorder.finish()
+    assert "not a database" in str(caught.value.__cause__)
+
+
+def test_the_writer_process_stores_every_batch_and_ends(tmp_path):
+    from ndmpd.dma.catalog_writer import ProcessFileWriter
+    cat = open_catalog(tmp_path / "catalog.db")
+    backup = cat.begin_backup(host="local", volume="/vol", butype="tar", level=0)
+    writer = ProcessFileWriter(tmp_path / "catalog.db", 1)
+    for batch in range(5):
+        writer.write([(b"/", b"f%d-%d" % (batch, i), i, 1, 0o100644, 1, i) for i in range(100)])
+    child = writer._child
+    writer.close()
+    assert child.returncode == 0
+    assert cat.get(backup.id).entries == 500 and cat.lookup(backup.id, "/f4-99").fh_info == 99
+    cat.close()
