@@ -38,6 +38,7 @@ from .catalog_fh import fh_reader
 log = logging.getLogger("ndmpd.dma.catalog")
 
 BATCH_ROWS = 50_000
+IDLE_ROWS = 10_000                    # a smaller batch goes as soon as no post waits: the writer keeps up
 HIGH_WATER = 64 << 20                 # raw history bytes queued before post_raw pushes back
 _STOP = object()
 # NDMP v2's own history messages (a client keeps v2-only messages in their v2 form)
@@ -240,8 +241,9 @@ class HistoryRecorder:
                     self._raw_done += len(item[2])
                 else:
                     self._take(*item)
-                if len(self._rows) >= self._batch_rows:
-                    self._hand_over()
+                rows = len(self._rows)
+                if rows >= self._batch_rows or (rows >= IDLE_ROWS and self._queue.empty()):
+                    self._hand_over()            # so finish() is left with one small batch, not a big one
             if self._error is None:
                 self._resolve_waiting()
                 self._hand_over()
