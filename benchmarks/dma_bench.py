@@ -135,10 +135,12 @@ capacity = "64GiB"
         shutil.rmtree(work, ignore_errors=True)
     ours, theirs = statistics.median(times["ndmp"]), statistics.median(times["ndmjob"])
     ratio = ours / theirs
+    best = min(times["ndmp"]) / min(times["ndmjob"])      # on a shared machine, the least disturbed runs
     ok = ratio <= BACKUP_TARGET
-    print(f"backup of 100,000 files, file history on: ndmp {ours:.2f} s ({', '.join(f'{t:.2f}' for t in times['ndmp'])}), "
-          f"ndmjob -I {theirs:.2f} s ({', '.join(f'{t:.2f}' for t in times['ndmjob'])}): ratio {ratio:.3f} "
-          f"(target <= {BACKUP_TARGET}) {'ok' if ok else 'MISSED'}", flush=True)
+    print(f"backup of 100,000 files, file history on: ndmp {ours:.2f} s "
+          f"({', '.join(f'{t:.2f}' for t in times['ndmp'])}), ndmjob -I {theirs:.2f} s "
+          f"({', '.join(f'{t:.2f}' for t in times['ndmjob'])}): ratio of medians {ratio:.3f}, of the fastest "
+          f"runs {best:.3f} (target <= {BACKUP_TARGET}) {'ok' if ok else 'MISSED'}", flush=True)
     return ok
 
 

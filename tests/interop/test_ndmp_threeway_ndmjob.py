@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,51 +14,16 @@ import pytest
 
 from tests.server_process import ServerProcess
 
-from .conftest import NDMJOB, PASSWORD, REPO, free_loopback_address, ndmjob_daemon, write_config
+from .conftest import PASSWORD, REPO, free_loopback_address, ndmjob_daemon, write_config
+from .ndmjob_daemon import DAEMON_PASSWORD, hosts_file, simulator_image
 
 pytestmark = pytest.mark.interop
-DAEMON_PASSWORD = "ndmp"                  # ndmjob's daemon takes user ndmp, password ndmp
-
-
-def hosts_file(home: Path, hosts: dict[str, tuple[str, int, str]]) -> Path:
-    """``home``/ndmp/ndmp.toml naming each host (address, port, password), passwords mode 600."""
-    folder = home / "ndmp"
-    folder.mkdir(parents=True, exist_ok=True)
-    text = ""
-    for name, (address, port, password) in hosts.items():
-        secret = folder / f"{name}.pw"
-        secret.write_text(password)
-        secret.chmod(0o600)
-        text += f'[host.{name}]\naddress = "{address}"\nport = {port}\nuser = "ndmp"\npassword_file = "{secret.name}"\n'
-    (folder / "ndmp.toml").write_text(text)
-    return folder / "ndmp.toml"
 
 
 def ndmp(*args: str, home: Path, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(home), "XDG_DATA_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env=env)
-
-
-def simulator_records(path: Path) -> list[bytes | None]:
-    """The records of an ndmjob simulated tape file, None for each filemark.
-
-    ndmjob's tape simulator puts a 32-byte header before each record (little-endian: magic
-    0x0BEEFEE0, 4 bytes, a type — BOT_, DATA, FILE (a filemark), EOT_ —, 4 bytes, the previous
-    record's size, this one's size; sizes 64-bit)."""
-    data, out, pos = path.read_bytes(), [], 0
-    while pos + 32 <= len(data):
-        magic, _, kind, _, _, size = struct.unpack_from("<II4sIQQ", data, pos)
-        assert magic == 0x0BEEFEE0, f"not a simulator header at {pos}: {data[pos:pos + 32]!r}"
-        pos += 32
-        if kind == b"DATA":
-            out.append(data[pos:pos + size])
-            pos += size
-        elif kind == b"FILE":
-            out.append(None)
-        elif kind == b"EOT_":
-            break
-    return out
 
 
 @pytest.fixture
@@ -94,8 +58,7 @@ def test_a_three_way_backup_to_ndmjobs_tape_daemon_is_one_gnu_tar_lists(ndmjob, 
     found = ndmp("find", "/docs/note4*.txt", "--catalog", str(catalog), "--json", home=home)
     assert {e["path"] for e in json.loads(found.stdout)} == {f"/docs/note{i}.txt" for i in range(40, 50)}
 
-    records = simulator_records(tape)
-    image = b"".join(r for r in records[:records.index(None)] if r)
+    image = simulator_image(tape, 0)
     assert len(image) >= report["bytes"] > 300_000
     listing = subprocess.run(["tar", "-tv"], input=image, capture_output=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
