@@ -159,10 +159,11 @@ class Agent:
         """Give every post ``code`` to ``handler(version, code, record)`` undecoded, from the read
         loop itself (None: stop). For the high-volume FH_* posts: the handler only queues the
         record (header included) for a worker, so the control path never decodes them. If it
-        returns an awaitable, nothing more is read until that is done: the handler's
-        back-pressure, for a worker that falls behind (replies wait behind it too, so it
-        must end once the worker has caught up). Posts with a raw handler are not queued
-        for :meth:`wait_post`; :meth:`on` handlers of the same code still get them decoded."""
+        returns an awaitable, nothing more is read until that is done — the handler's
+        back-pressure, for a worker that falls behind — except while a request waits for its
+        reply: then reading goes on (within 10 ms), so replies are never held back. Posts
+        with a raw handler are not queued for :meth:`wait_post`; :meth:`on` handlers of the
+        same code still get them decoded."""
         if handler is None:
             self._raw_handlers.pop(code, None)
         else:
@@ -303,13 +304,23 @@ class Agent:
                         return
                     waiting = self._received(record)
                     if waiting is not None:
-                        await waiting
+                        await self._hold(waiting)
         except (OSError, ConnectionError) as exc:
             why = f"connection failed: {exc}"
         except XdrError as exc:
             why = f"undecodable message: {exc}"
         finally:
             self._fail(NdmpConnectionLost(f"{self.peer}: {why}"))
+
+    async def _hold(self, waiting: Awaitable[None]) -> None:
+        """Read no further until ``waiting`` is done, or a request is waiting for its reply."""
+        task = asyncio.ensure_future(waiting)
+        try:
+            while not task.done() and not self._replies:
+                await asyncio.wait({task}, timeout=0.01)
+        finally:
+            if not task.done():
+                task.cancel()
 
     def _received(self, record: bytes) -> Awaitable[None] | None:
         header = unpack_header(record)
