@@ -51,6 +51,7 @@ from .errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpRep
 log = logging.getLogger("ndmpd.dma")
 MAX_RECORD = 1 << 30                 # what a reply (a big FS_INFO, an FH batch) may reach
 PostHandler = Callable[[Any], "Awaitable[None] | None"]
+RawHandler = Callable[[int, int, bytes], "Awaitable[None] | None"]
 
 
 class Agent:
@@ -66,6 +67,7 @@ class Agent:
         self._records = RecordReader(MAX_RECORD)
         self._replies: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
         self._handlers: dict[int, list[PostHandler]] = {}
+        self._raw_handlers: dict[int, RawHandler] = {}
         self._posts: deque[tuple[int, Any]] = deque()
         self._post_waiters: list[tuple[int, asyncio.Future[Any]]] = []
         self._dispatch: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
@@ -145,6 +147,20 @@ class Agent:
         for post in self._posts:
             (self._dispatch.put_nowait(post) if post[0] == code else kept.append(post))
         self._posts = kept
+
+    def on_raw(self, code: int, handler: RawHandler | None) -> None:
+        """Give every post ``code`` to ``handler(version, code, record)`` undecoded, from the read
+        loop itself (None: stop). For the high-volume FH_* posts: the handler only queues the
+        record (header included) for a worker, so the control path never decodes them. If it
+        returns an awaitable, nothing more is read until that is done — the handler's
+        back-pressure, for a worker that falls behind — except while a request waits for its
+        reply: then reading goes on (within 10 ms), so replies are never held back. Posts
+        with a raw handler are not queued for :meth:`wait_post`; :meth:`on` handlers of the
+        same code still get them decoded."""
+        if handler is None:
+            self._raw_handlers.pop(code, None)
+        else:
+            self._raw_handlers[code] = handler
 
     def off(self, code: int, handler: PostHandler) -> None:
         """Stop sending posts ``code`` to ``handler``."""
@@ -255,7 +271,9 @@ class Agent:
                     if isinstance(record, OversizedRecord):
                         why = f"a message of {record.length} bytes exceeds {MAX_RECORD}"
                         return
-                    self._received(record)
+                    waiting = self._received(record)
+                    if waiting is not None:
+                        await self._hold(waiting)
         except (OSError, ConnectionError) as exc:
             why = f"connection failed: {exc}"
         except XdrError as exc:
@@ -263,16 +281,37 @@ class Agent:
         finally:
             self._fail(NdmpConnectionLost(f"{self.peer}: {why}"))
 
-    def _received(self, record: bytes) -> None:
+    async def _hold(self, waiting: Awaitable[None]) -> None:
+        """Read no further until ``waiting`` is done, or a request is waiting for its reply."""
+        task = asyncio.ensure_future(waiting)
+        try:
+            while not task.done() and not self._replies:
+                await asyncio.wait({task}, timeout=0.01)
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _received(self, record: bytes) -> Awaitable[None] | None:
         header = unpack_header(record)
         if header.message_type == REPLY:
             reply = self._replies.get(header.reply_sequence)
             if reply is not None and not reply.done():
                 reply.set_result((header, record))
-            return
+            return None
         if header.message_code == C.NOTIFY_CONNECTION_STATUS and not self._greeting.done():
             self._greeting.set_result((header, record))
-            return
+            return None
+        raw = self._raw_handlers.get(header.message_code)
+        if raw is not None:
+            waiting = raw(self.version, header.message_code, record)
+            if not self._handlers.get(header.message_code):
+                return waiting
+            self._post_decoded(header, record)
+            return waiting
+        self._post_decoded(header, record)
+        return None
+
+    def _post_decoded(self, header: Header, record: bytes) -> None:
         try:
             body = self._decode(header, record)
         except (XdrError, KeyError) as exc:

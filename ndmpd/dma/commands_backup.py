@@ -39,6 +39,8 @@ def add_parsers(sub: Any, epilog: str) -> None:
     b.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
+    b.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
+                   help="NDMP version to ask both servers for (repeatable; default 4 then 3)")
     b.add_argument("--json", action="store_true",
                    help="JSON lines on stdout: progress, log, warning, then the summary")
     b.add_argument("--progress-interval", type=float, metavar="SECONDS",
@@ -69,7 +71,9 @@ def _env(pairs: list[str]) -> dict[str, str]:
 
 
 def _connect(host: Host, args: argparse.Namespace) -> Any:
-    return Agent.connect(host.address, host.port, user=host.user, password=host.password, timeout=args.timeout)
+    versions = tuple(getattr(args, "versions", None) or (4, 3))
+    return Agent.connect(host.address, host.port, user=host.user, password=host.password, versions=versions,
+                         timeout=args.timeout)
 
 
 async def backup(args: argparse.Namespace) -> int:

@@ -14,6 +14,9 @@ from ..wire import C, REQUEST, T, Translator, protocol
 from ..wire.auth import md5_digest
 from ..wire.message import Header
 from ..wire.records import frame
+from ..wire.translate import convert_struct
+
+_MISSING = object()
 
 
 class MessageCodec:
@@ -42,13 +45,28 @@ class MessageCodec:
         spec = self.spec(message)
         payload = b""
         if spec.request:
-            body = self.translator.new_internal_body(spec.code, REQUEST)
+            body, own = self.translator.new_internal_body(spec.code, REQUEST), {}
             for name, value in fields.items():
-                setattr(body, name, value)
-            payload = self.proto.encode_body(spec.code, REQUEST,
-                                             self.translator.from_internal(spec.code, REQUEST, body))
+                try:
+                    setattr(body, name, value)
+                except AttributeError:       # a field only this version has (v2's mover_addr)
+                    own[name] = value
+            wire_body = self._own_fields(message, self.translator.from_internal(spec.code, REQUEST, body), own)
+            payload = self.proto.encode_body(spec.code, REQUEST, wire_body)
         record = Header(sequence, int(time.time()), REQUEST, spec.code, 0, 0).pack() + payload
         return frame(record, max_fragment=max_fragment) if max_fragment else frame(record)
+
+    def _own_fields(self, message: str, body: Any, own: dict[str, Any]) -> Any:
+        """``body`` (this version's form) with the fields v4 lacks set, each converted from
+        the internal form of its type (a v4 ``addr`` becomes v2's ``ndmp2_addr``)."""
+        for name, value in own.items():
+            default = getattr(body, name, _MISSING)
+            if default is _MISSING:
+                raise ValueError(f"{message} of NDMPv{self.version} has no field {name!r}")
+            if hasattr(type(default), "_xdr_types") and type(value) is not type(default):
+                value = convert_struct(value, type(default), self.proto.codec.classes)
+            setattr(body, name, value)
+        return body
 
     def decode(self, header: Header, record: bytes) -> Any:
         """The v4-form body of a received message."""

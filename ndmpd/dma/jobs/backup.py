@@ -32,6 +32,7 @@ from typing import Any
 from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog, Media, media_dict
+from ..catalog_history import V2_UNIX_DIR, V2_UNIX_NODE, V2_UNIX_PATH
 from ..errors import NdmpReplyError
 from ..library import LibraryError
 from ..smc import ScsiError
@@ -42,6 +43,7 @@ from .watch import LogForwarder, ProgressWatcher
 RECORD_SIZE = 64 * 1024
 WINDOW_ALL = (1 << 64) - 1
 FH_CODES = (C.FH_ADD_FILE, C.FH_ADD_DIR, C.FH_ADD_NODE)
+V2_FH_CODES = (V2_UNIX_PATH, V2_UNIX_DIR, V2_UNIX_NODE)
 STEP_TIMEOUT = 30.0
 
 
@@ -176,8 +178,8 @@ class BackupJob:
     # ------------------------------------------------------------ steps
 
     def _listen(self, recorder: Any) -> None:
-        for code in FH_CODES:
-            self.data.on(code, lambda body, code=code: recorder.post(code, body))
+        for code in FH_CODES + V2_FH_CODES:         # undecoded: the recorder's worker reads them
+            self.data.on_raw(code, recorder.post_raw)
         for agent in {id(self.data): self.data, id(self.tape): self.tape}.values():
             agent.on(C.LOG_MESSAGE, lambda body: self.logs.append(body.entry))
         self.data.on(C.NOTIFY_DATA_HALTED, lambda body: self.events.put_nowait(("data_halted", body)))
@@ -196,13 +198,22 @@ class BackupJob:
             state = await self.tape.call("TAPE_GET_STATE")
             file_number = getattr(state, "file_num", None)
         await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
-        await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
+        # v4 sets the window in IDLE; v2/v3 movers (ndmjob's) want it in LISTEN, as their DMAs do
+        early = self.tape.version >= 4
+        if early:
+            await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
         kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
         listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=kind)
+        if not early:
+            await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
         addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
-        await self.data.call("DATA_CONNECT", addr=addr)
+        where: dict[str, Any] = {}
+        if self.data.version == 2:           # v2 has no DATA_CONNECT: the mover's address comes with the start
+            where["mover_addr"] = addr
+        else:
+            await self.data.call("DATA_CONNECT", addr=addr)
         await self.data.call("DATA_START_BACKUP", butype_name=req.butype,
-                             env=[T.pval(name=k, value=v) for k, v in env.items()])
+                             env=[T.pval(name=k, value=v) for k, v in env.items()], **where)
         return file_number
 
     async def _wait_end(self) -> tuple[str, str]:
