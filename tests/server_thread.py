@@ -7,7 +7,7 @@ import threading
 from typing import Any, Callable
 
 from ndmpd.context import ServerContext
-from ndmpd.dma.client import NdmpClient
+from tests.blocking_client import NdmpClient
 from ndmpd.server import NdmpServer
 
 

@@ -209,3 +209,77 @@ def test_deep_dump_trees_resolve_and_a_loop_in_hostile_history_does_not_hang(tmp
     deepest = b"/" + b"/".join([b"d"] * depth)
     assert cat.lookup(backup.id, deepest).fh_info == depth + 1
     assert cat.get(backup.id).entries == depth + 1      # the looped node is left out, not looped on
+
+
+def as_records(posts, version: int) -> list[tuple[int, int, bytes]]:
+    """Decoded posts back as the records the server sent (header and body, NDMPv``version``)."""
+    from ndmpd.wire import REQUEST, Translator, protocol
+    from ndmpd.wire.message import Header
+    proto = protocol(version)
+    translator = Translator(proto)
+    return [(version, code, Header(1, 0, REQUEST, code, 0, 0).pack() +
+             proto.encode_body(code, REQUEST, translator.from_internal(code, REQUEST, body)))
+            for code, body in posts]
+
+
+@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("butype", ["tar", "dump"])
+def test_undecoded_records_give_the_catalog_the_decoded_posts_give(served, tmp_path, butype, version):
+    """What ``ndmp backup`` does (Agent.on_raw → post_raw: the worker reads the bytes itself)
+    stores the same rows as the codec's objects would."""
+    server, _ = served
+    posts = backup_posts(server, butype, version)
+    decoded_cat, decoded = record(tmp_path / "a", posts, butype)
+    raw_cat = open_catalog(tmp_path / "b" / "catalog.db")
+    raw = raw_cat.begin_backup(host="local", volume="/vol", butype=butype, level=0)
+    with raw_cat.history(raw.id) as recorder:
+        for post in as_records(posts, version):
+            assert recorder.post_raw(*post) is None            # a small backup: never pushed back
+    want = {e.path: (e.inode, e.size, e.mode, e.mtime, e.fh_info) for e in decoded_cat.entries(decoded.id)}
+    got = {e.path: (e.inode, e.size, e.mode, e.mtime, e.fh_info) for e in raw_cat.entries(raw.id)}
+    assert got == want and len(got) > 20
+
+
+def test_an_unusual_entry_in_a_raw_post_falls_back_to_the_codec(tmp_path):
+    """An NT name (or any entry not one UNIX name and one stat) is read by the codec, not lost."""
+    nt = T.file_name(fs_type=C.FS_NT, nt_name=T.nt_path(nt_path="C:\\nt.txt", dos_path="NT.TXT"))
+    unix = T.file_name(fs_type=C.FS_UNIX, unix_name="/u.txt")
+    stat_ = T.file_stat(unsupported=0, fs_type=C.FS_UNIX, ftype=C.FILE_REG, mtime=5, atime=5, ctime=5, owner=0,
+                        group=0, fattr=0o644, size=3, links=1)
+    body = T.fh_add_file_post(files=[T.file(names=[unix], stats=[stat_], node=7, fh_info=70),
+                                        T.file(names=[nt], stats=[stat_], node=8, fh_info=80)])
+    cat = open_catalog(tmp_path / "catalog.db")
+    backup = cat.begin_backup(host="local", volume="/vol", butype="tar", level=0)
+    with cat.history(backup.id) as recorder:
+        recorder.post_raw(*as_records([(C.FH_ADD_FILE, body)], 4)[0])
+    assert {e.path: e.fh_info for e in cat.entries(backup.id)} == {b"/u.txt": 70, b"/C:\\nt.txt": 80}
+
+
+def test_the_writer_process_failure_is_raised_by_finish(tmp_path):
+    """History goes to a child process (catalog_writer.py); when it cannot store a batch the
+    recorder's finish() says so instead of the rows silently missing."""
+    from ndmpd.dma.catalog_writer import ProcessFileWriter
+    bad = tmp_path / "not-a-catalog.db"
+    bad.write_bytes(b"this is not an SQLite file" * 100)
+    recorder = HistoryRecorder(ProcessFileWriter(bad, 1), batch_rows=10).start()
+    for i in range(30):
+        recorder.post(C.FH_ADD_FILE, T.fh_add_file_post(files=[T.file(
+            names=[T.file_name(fs_type=C.FS_UNIX, unix_name=f"/f{i}")],
+            stats=[T.file_stat(ftype=C.FILE_REG, fattr=0o644, size=1, mtime=1)], node=i, fh_info=i)]))
+    with pytest.raises(HistoryError) as caught:
+        recorder.finish()
+    assert "not a database" in str(caught.value.__cause__)
+
+
+def test_the_writer_process_stores_every_batch_and_ends(tmp_path):
+    from ndmpd.dma.catalog_writer import ProcessFileWriter
+    cat = open_catalog(tmp_path / "catalog.db")
+    backup = cat.begin_backup(host="local", volume="/vol", butype="tar", level=0)
+    writer = ProcessFileWriter(tmp_path / "catalog.db", 1)
+    for batch in range(5):
+        writer.write([(b"/", b"f%d-%d" % (batch, i), i, 1, 0o100644, 1, i) for i in range(100)])
+    child = writer._child
+    writer.close()
+    assert child.returncode == 0
+    assert cat.get(backup.id).entries == 500 and cat.lookup(backup.id, "/f4-99").fh_info == 99
+    cat.close()

@@ -8,11 +8,9 @@ import os
 import socket
 import time
 
-from ndmpd.dma.client import NdmpClient
+from tests.blocking_client import NdmpClient
 from ndmpd.tcp import acknowledge_now, send_without_delay
-from ndmpd.wire import C, REQUEST
-from ndmpd.wire.message import Header
-from ndmpd.wire.records import frame
+from ndmpd.wire import C
 
 from .helpers import make_config
 from .server_thread import ServerThread
@@ -33,16 +31,12 @@ class XdrrecClient(NdmpClient):
         super().__init__(host, port, 4)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
 
-    def _send(self, code: int, body: object) -> None:
-        self.sequence += 1
-        payload = b""
-        if body is not None:
-            payload = self.proto.encode_body(code, REQUEST, self.translator.from_internal(code, REQUEST, body))
-        record = Header(self.sequence, int(time.time()), REQUEST, code, 0, 0).pack() + payload
-        wire = memoryview(frame(record, max_fragment=XDRREC_FRAGMENT))
-        step = XDRREC_FRAGMENT + 4
-        for start in range(0, len(wire), step):
-            self.sock.sendall(wire[start:start + step])
+    max_fragment = XDRREC_FRAGMENT
+
+    def _write(self, wire: bytes) -> None:
+        view, step = memoryview(wire), XDRREC_FRAGMENT + 4
+        for start in range(0, len(view), step):
+            self.sock.sendall(view[start:start + step])
 
 
 def test_a_client_without_nodelay_sending_fragments_is_answered_without_the_delayed_ack_stall(tmp_path):

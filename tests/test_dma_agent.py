@@ -222,3 +222,26 @@ def test_without_login_only_pre_authentication_requests_work(server):
                 await agent.call("CONFIG_GET_FS_INFO")
             return info.product_name, err.value.code
     assert run(go()) == ("ndmpd", C.NOT_AUTHORIZED_ERR)
+
+
+def test_a_raw_handler_gets_the_record_undecoded_and_its_hold_never_delays_a_reply(server):
+    """Agent.on_raw (how FH posts reach the catalog): the handler gets (version, code, record)
+    from the read loop; the awaitable it returns holds further reading, but not while a
+    request waits for its reply."""
+    raw: list = []
+
+    def on_raw(version, code, record):
+        raw.append((version, code, len(record)))
+        return asyncio.sleep(30)                     # a worker far behind
+
+    async def go():
+        async with connect(server) as agent:
+            agent.on_raw(C.NOTIFY_MOVER_HALTED, on_raw)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            state, seen = await _backup_over_tcp(agent, 1 << 20)   # polls MOVER_GET_STATE, then STOP, CLOSE
+            return state, seen, loop.time() - start
+    state, seen, seconds = run(go())
+    assert raw == [(4, C.NOTIFY_MOVER_HALTED, raw[0][2])] and raw[0][2] > 24    # header and body
+    assert seen == [C.MOVER_HALT_CONNECT_CLOSED]         # the on() handler still got it decoded
+    assert seconds < 10                                  # the calls after the post were not held

@@ -15,7 +15,7 @@ import pytest
 from ndmpd.config import build
 from ndmpd.devices.cartridge import Cartridge
 from ndmpd.devices.st_tape import LinuxTape
-from ndmpd.dma.client import NdmpReplyError
+from tests.blocking_client import NdmpReplyError
 from ndmpd.mover import pump
 from ndmpd.wire import C
 

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from ndmpd.context import ServerContext
-from ndmpd.dma.client import NdmpClient
+from tests.blocking_client import NdmpClient
 from ndmpd.server import NdmpServer
 from ndmpd.wire.message import Header
 from ndmpd.wire.records import RecordReader, frame

@@ -17,7 +17,7 @@ import pytest
 from ndmpd.cli import _parser
 from ndmpd.config import load
 from ndmpd.context import ServerContext
-from ndmpd.dma.client import NdmpClient
+from tests.blocking_client import NdmpClient
 from ndmpd.server import NdmpServer
 
 REPO = Path(__file__).resolve().parents[1]

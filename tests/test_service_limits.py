@@ -11,7 +11,7 @@ import pytest
 
 from ndmpd.context import ServerContext
 from ndmpd.session import PRE_AUTH_MAX_RECORD
-from ndmpd.dma.client import NdmpClient, NdmpReplyError
+from tests.blocking_client import NdmpClient, NdmpReplyError
 from ndmpd.guard import AuthThrottle, ConnectionGuard
 from ndmpd.server import NdmpServer
 from ndmpd.wire import C

@@ -12,7 +12,7 @@ import pytest
 
 from ndmpd.config import load
 from ndmpd.context import ServerContext
-from ndmpd.dma.client import NdmpClient, NdmpReplyError
+from tests.blocking_client import NdmpClient, NdmpReplyError
 from ndmpd.server import NdmpServer
 from ndmpd.wire import C
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ndmpd.dma.client import NdmpClient
+from tests.blocking_client import NdmpClient
 from ndmpd.wire import C
 from tests.interop.conftest import PASSWORD, write_config as interop_config
 from tests.server_process import ServerProcess, free_loopback_address
@@ -76,7 +76,7 @@ def test_sigterm_exits_within_shutdown_timeout_when_a_device_call_never_returns(
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
         client.login("ndmp", PASSWORD, "text")
-        client._send(C.CONFIG_GET_HOST_INFO, None)          # its reply never comes: the call is stuck
+        client._send("CONFIG_GET_HOST_INFO", {})          # its reply never comes: the call is stuck
         time.sleep(0.3)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

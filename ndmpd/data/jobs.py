@@ -231,9 +231,10 @@ def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socke
 
     try:
         if direct:
+            labels = _image_labels(source, host.cancel)
             for item in sorted(wanted, key=lambda w: w.fh_info):
                 picks = (Pick(item.source, item.place.relative),)
-                result = _restore(root, source, picks, True, host, done, item.fh_info)
+                result = _restore(root, source, picks, True, host, done, item.fh_info, labels)
                 found.update(result.restored)
         else:
             picks = tuple(Pick(w.source, w.place.relative) for w in wanted)
@@ -253,10 +254,23 @@ def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socke
     return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env))
 
 
+def _image_labels(source: DataReadSource, cancel: threading.Event) -> dict[str, str]:
+    """The image's labels, in the global header at its start: an incremental's level and the
+    volume decide which deletions its restore replays, and direct access starts past them.
+    Costs one first slice of the image."""
+    source.seek(0)
+    reader = StreamReader(source, 0, cancel=cancel)
+    try:
+        next(iter(reader.members()), None)
+    except (StreamError, TruncatedStream):
+        pass
+    return dict(reader.labels)
+
+
 def _restore(root: bytes, source: DataReadSource, picks: tuple[Pick, ...], stop: bool, host: JobHost,
-             done, offset: int):
+             done, offset: int, labels: dict[str, str] | None = None):
     whole = len(picks) == 1 and not picks[0].source and not picks[0].target
-    options = RestoreOptions(picks=() if whole else picks, stop_when_done=stop)
+    options = RestoreOptions(picks=() if whole else picks, stop_when_done=stop, labels=labels or {})
     restorer = Restorer(root, source, options, report=_warner(host),
                         progress=lambda at, entries: host.progress(source.bytes_received),
                         cancel=host.cancel, entry_done=done)

@@ -42,15 +42,16 @@ import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterable
 
-from ..wire import C, REPLY, REQUEST, T, Translator, XdrError, protocol
-from ..wire.auth import md5_digest
+from ..wire import C, REPLY, REQUEST, XdrError, protocol
 from ..wire.message import Header, unpack_header
 from ..wire.records import OversizedRecord, RecordReader, frame
+from .messages import MessageCodec, auth_data
 from .errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpReplyError, checked
 
 log = logging.getLogger("ndmpd.dma")
 MAX_RECORD = 1 << 30                 # what a reply (a big FS_INFO, an FH batch) may reach
 PostHandler = Callable[[Any], "Awaitable[None] | None"]
+RawHandler = Callable[[int, int, bytes], "Awaitable[None] | None"]
 
 
 class Agent:
@@ -66,11 +67,13 @@ class Agent:
         self._records = RecordReader(MAX_RECORD)
         self._replies: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
         self._handlers: dict[int, list[PostHandler]] = {}
+        self._raw_handlers: dict[int, RawHandler] = {}
         self._posts: deque[tuple[int, Any]] = deque()
         self._post_waiters: list[tuple[int, asyncio.Future[Any]]] = []
         self._dispatch: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
         self._lost: NdmpConnectionLost | None = None
         self._greeting: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
+        self.codec = MessageCodec(4)
         self._set_version(4)
         self._read_task = asyncio.create_task(self._read_loop(), name=f"ndmp-read {peer}")
         self._dispatch_task = asyncio.create_task(self._dispatch_loop(), name=f"ndmp-posts {peer}")
@@ -108,20 +111,14 @@ class Agent:
         if not methods:
             return
         for method in methods:
+            challenge = b""
             if method == "md5":
                 try:
                     attr = await self.call("CONFIG_GET_AUTH_ATTR", auth_type=C.AUTH_MD5)
                 except NdmpReplyError:
                     continue                 # MD5 not offered: the next method
-                digest = md5_digest(password.encode("utf-8"), bytes(attr.server_attr.challenge))
-                data = T.auth_data(auth_type=C.AUTH_MD5, auth_md5=T.auth_md5(auth_id=user, auth_digest=digest))
-            elif method == "text":
-                data = T.auth_data(auth_type=C.AUTH_TEXT,
-                                   auth_text=T.auth_text(auth_id=user, auth_password=password))
-            elif method == "none":
-                data = T.auth_data(auth_type=C.AUTH_NONE)
-            else:
-                raise ValueError(f"unknown auth method {method!r} (md5, text or none)")
+                challenge = bytes(attr.server_attr.challenge)
+            data = auth_data(method, user, password, challenge)
             try:
                 await self.call("CONNECT_CLIENT_AUTH", auth_data=data)
             except NdmpReplyError as exc:
@@ -151,35 +148,42 @@ class Agent:
             (self._dispatch.put_nowait(post) if post[0] == code else kept.append(post))
         self._posts = kept
 
+    def on_raw(self, code: int, handler: RawHandler | None) -> None:
+        """Give every post ``code`` to ``handler(version, code, record)`` undecoded, from the read
+        loop itself (None: stop). For the high-volume FH_* posts: the handler only queues the
+        record (header included) for a worker, so the control path never decodes them. If it
+        returns an awaitable, nothing more is read until that is done — the handler's
+        back-pressure, for a worker that falls behind — except while a request waits for its
+        reply: then reading goes on (within 10 ms), so replies are never held back. Posts
+        with a raw handler are not queued for :meth:`wait_post`; :meth:`on` handlers of the
+        same code still get them decoded."""
+        if handler is None:
+            self._raw_handlers.pop(code, None)
+        else:
+            self._raw_handlers[code] = handler
+
     def off(self, code: int, handler: PostHandler) -> None:
         """Stop sending posts ``code`` to ``handler``."""
         handlers = self._handlers.get(code, [])
         if handler in handlers:
             handlers.remove(handler)
 
-    async def call(self, message: str, /, timeout: float | None = None, **fields: Any) -> Any:
+    async def call(self, message: str, /, timeout: float | None = None, *,
+                   body_fields: dict[str, Any] | None = None, **fields: Any) -> Any:
         """Send request ``message`` (e.g. "TAPE_OPEN", fields of its internal body as keywords)
         and return its reply body; a header or reply error raises :class:`NdmpReplyError`,
-        no reply within ``timeout`` (default: the agent's) raises TimeoutError."""
+        no reply within ``timeout`` (default: the agent's) raises TimeoutError.
+        ``body_fields`` carries fields a keyword cannot (EXECUTE_CDB's own ``timeout``)."""
+        fields = {**fields, **(body_fields or {})}
         if self._lost:
             raise self._lost
-        spec = protocol(4).by_name.get(message) or self.proto.by_name.get(message)
-        if spec is None or spec.code not in self.proto.messages:
-            raise ValueError(f"{message} is not a message of NDMPv{self.version}")
-        body = None
-        if spec.request:
-            body = self.translator.new_internal_body(spec.code, REQUEST)
-            for name, value in fields.items():
-                setattr(body, name, value)
+        self.codec.spec(message)             # a message this version lacks fails here, before a sequence
         self.sequence += 1
         sequence = self.sequence
         reply: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
         self._replies[sequence] = reply
         try:
-            payload = b"" if body is None else self.proto.encode_body(
-                spec.code, REQUEST, self.translator.from_internal(spec.code, REQUEST, body))
-            header = Header(sequence, int(time.time()), REQUEST, spec.code, 0, 0)
-            self._writer.write(frame(header.pack() + payload))
+            self._writer.write(self.codec.request(message, sequence, fields))
             await self._writer.drain()
             header, record = await self._wait(reply, self.timeout if timeout is None else timeout, message)
         except TimeoutError:                 # an OSError too, but not a lost connection
@@ -242,13 +246,12 @@ class Agent:
     # ---------------------------------------------------------------- internals
 
     def _set_version(self, version: int) -> None:
+        self.codec.set_version(version)
         self.version = version
-        self.proto = protocol(version)
-        self.translator = Translator(self.proto)
+        self.proto = self.codec.proto
 
     def _decode(self, header: Header, record: bytes) -> Any:
-        body = self.proto.decode_body(header.message_code, header.message_type, record)
-        return self.translator.to_internal(header.message_code, header.message_type, body)
+        return self.codec.decode(header, record)
 
     async def _wait(self, future: asyncio.Future, timeout: float | None, what: str) -> Any:
         try:
@@ -268,7 +271,9 @@ class Agent:
                     if isinstance(record, OversizedRecord):
                         why = f"a message of {record.length} bytes exceeds {MAX_RECORD}"
                         return
-                    self._received(record)
+                    waiting = self._received(record)
+                    if waiting is not None:
+                        await self._hold(waiting)
         except (OSError, ConnectionError) as exc:
             why = f"connection failed: {exc}"
         except XdrError as exc:
@@ -276,16 +281,37 @@ class Agent:
         finally:
             self._fail(NdmpConnectionLost(f"{self.peer}: {why}"))
 
-    def _received(self, record: bytes) -> None:
+    async def _hold(self, waiting: Awaitable[None]) -> None:
+        """Read no further until ``waiting`` is done, or a request is waiting for its reply."""
+        task = asyncio.ensure_future(waiting)
+        try:
+            while not task.done() and not self._replies:
+                await asyncio.wait({task}, timeout=0.01)
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _received(self, record: bytes) -> Awaitable[None] | None:
         header = unpack_header(record)
         if header.message_type == REPLY:
             reply = self._replies.get(header.reply_sequence)
             if reply is not None and not reply.done():
                 reply.set_result((header, record))
-            return
+            return None
         if header.message_code == C.NOTIFY_CONNECTION_STATUS and not self._greeting.done():
             self._greeting.set_result((header, record))
-            return
+            return None
+        raw = self._raw_handlers.get(header.message_code)
+        if raw is not None:
+            waiting = raw(self.version, header.message_code, record)
+            if not self._handlers.get(header.message_code):
+                return waiting
+            self._post_decoded(header, record)
+            return waiting
+        self._post_decoded(header, record)
+        return None
+
+    def _post_decoded(self, header: Header, record: bytes) -> None:
         try:
             body = self._decode(header, record)
         except (XdrError, KeyError) as exc:

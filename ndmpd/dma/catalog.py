@@ -11,6 +11,11 @@ BLOBs, relative to the backed-up volume with a leading ``/`` (the volume itself 
 Commands take ``str`` paths and globs and encode them with ``os.fsencode`` (UTF-8,
 surrogateescape), so a name that is not UTF-8 round-trips.
 
+A **reusable** medium is a cartridge (by barcode) that ``prune`` freed: every backup with a
+part on it was removed, so nothing the catalog still knows needs what it holds. Prune marks
+it (``mark_reusable``); a spanning backup may then overwrite it, and writing a new part on
+it takes it out of :meth:`Catalog.reusable_media` again (``media_in_use`` wins).
+
 Example::
 
     with open_catalog() as cat:
@@ -137,7 +142,22 @@ class Catalog(Protocol):
     def prune(self, *, keep_last: int | None = None, older_than: float | None = None,
               now: float | None = None) -> list[Backup]: ...
 
+    def media_in_use(self) -> set[str]: ...
+
+    def mark_reusable(self, barcodes: Iterable[str], since: float | None = None) -> None: ...
+
+    def reusable_media(self) -> set[str]: ...
+
     def close(self) -> None: ...
+
+
+def media_dict(m: Media) -> dict:
+    """A media row for ``--json``: label and file_number always; barcode, slot and the byte
+    range when a library wrote it."""
+    out = {"label": m.label, "file_number": m.file_number}
+    if m.barcode is not None:
+        out.update(barcode=m.barcode, slot=m.slot, first_byte=m.first_byte, last_byte=m.last_byte)
+    return out
 
 
 def default_path() -> Path:

@@ -7,6 +7,13 @@ in big all-or-nothing batches: a crash leaves whole batches and the backup still
 ``running``, never half rows. A writer failure is kept and raised by :meth:`finish` (and
 by the next :meth:`post`), not dropped.
 
+:meth:`HistoryRecorder.post_raw` takes the undecoded record instead (``Agent.on_raw``): the
+worker reads v3/v4 history with :mod:`.catalog_fh` (no objects per entry) and decodes
+anything else with the general codec. The raw records waiting are bounded
+(:data:`HIGH_WATER` bytes): past that, ``post_raw`` hands the agent an awaitable that ends
+once the worker is back under half of it, so the server's posts are read no faster than the
+catalog stores them, but the event loop (signals, other agents) keeps running.
+
 ``dump`` history comes as directory entries (name, node, parent; the root is the entry whose
 parent is itself, named ".") and nodes (stat, fh_info). A node's paths are resolved from
 the entries seen so far; a node that arrives before its entry waits until the end. A node
@@ -15,19 +22,24 @@ with several entries (hard links) gives a row for each path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import stat as st
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from functools import cache
+from typing import Any, Awaitable, Protocol
 
-from ..wire import C
+from ..wire import C, REQUEST, Translator, protocol
 from .catalog import as_path, split_path
+from .catalog_fh import fh_reader
 
 log = logging.getLogger("ndmpd.dma.catalog")
 
 BATCH_ROWS = 50_000
+IDLE_ROWS = 10_000                    # a smaller batch goes as soon as no post waits: the writer keeps up
+HIGH_WATER = 64 << 20                 # raw history bytes queued before post_raw pushes back
 _STOP = object()
 # NDMP v2's own history messages (a client keeps v2-only messages in their v2 form)
 V2_UNIX_PATH, V2_UNIX_DIR, V2_UNIX_NODE = 0x700, 0x701, 0x702
@@ -37,6 +49,11 @@ _CODES = (C.FH_ADD_FILE, C.FH_ADD_DIR, C.FH_ADD_NODE, V2_UNIX_PATH, V2_UNIX_DIR,
 _TYPE_BITS = {C.FILE_DIR: st.S_IFDIR, C.FILE_FIFO: st.S_IFIFO, C.FILE_CSPEC: st.S_IFCHR,
               C.FILE_BSPEC: st.S_IFBLK, C.FILE_REG: st.S_IFREG, C.FILE_SLINK: st.S_IFLNK,
               C.FILE_SOCK: st.S_IFSOCK}
+
+
+@cache
+def _translator(version: int) -> Translator:
+    return Translator(protocol(version))
 
 
 class FileWriter(Protocol):
@@ -141,6 +158,8 @@ class HistoryRecorder:
         self._rows: list[tuple] = []
         self._batches: queue.Queue = queue.Queue(maxsize=2)   # rows being converted wait for the writer
         self.rows_written = 0
+        self._raw_queued = 0                       # bytes queued by post_raw (its caller's thread)
+        self._raw_done = 0                         # ... and taken by the worker (the worker's)
         self.unresolved = 0                        # dump nodes no directory entry ever named
 
     def start(self) -> "HistoryRecorder":
@@ -166,6 +185,25 @@ class HistoryRecorder:
         if code in _CODES:
             self.start()
             self._queue.put((code, body))
+
+    def post_raw(self, version: int, code: int, record: bytes) -> Awaitable[None] | None:
+        """Queue one undecoded FH_* record (header included) of an NDMPv``version`` connection;
+        an awaitable when the worker is :data:`HIGH_WATER` bytes behind (see the module)."""
+        if self._error is not None:
+            raise HistoryError("file history could not be stored") from self._error
+        if code not in _CODES:
+            return None
+        self.start()
+        self._raw_queued += len(record)
+        self._queue.put((version, code, record))
+        if self._raw_queued - self._raw_done > HIGH_WATER:
+            return self._caught_up()
+        return None
+
+    async def _caught_up(self) -> None:
+        while (self._raw_queued - self._raw_done > HIGH_WATER // 2 and self._error is None
+               and self._thread is not None and self._thread.is_alive()):
+            await asyncio.sleep(0.01)
 
     def finish(self) -> int:
         """Write everything queued and wait for it; the number of rows written. Raises
@@ -195,10 +233,17 @@ class HistoryRecorder:
                 if item is _STOP:
                     break
                 if self._error is not None:
+                    if len(item) == 3:
+                        self._raw_done += len(item[2])
                     continue                         # drain: post() callers are never blocked
-                self._take(*item)
-                if len(self._rows) >= self._batch_rows:
-                    self._hand_over()
+                if len(item) == 3:
+                    self._take_raw(*item)
+                    self._raw_done += len(item[2])
+                else:
+                    self._take(*item)
+                rows = len(self._rows)
+                if rows >= self._batch_rows or (rows >= IDLE_ROWS and self._queue.empty()):
+                    self._hand_over()            # so finish() is left with one small batch, not a big one
             if self._error is None:
                 self._resolve_waiting()
                 self._hand_over()
@@ -297,6 +342,73 @@ class HistoryRecorder:
                     continue
                 for path in resolved:
                     rows.append((*split_path(path), *values))
+
+    def _take_raw(self, version: int, code: int, record: bytes) -> None:
+        """One undecoded post: the fast readers for v3/v4's usual entries, else the codec."""
+        entries = None
+        if version in (3, 4):
+            reader = fh_reader(version)
+            if code == C.FH_ADD_FILE:
+                entries = reader.files(record)
+                if entries is not None:
+                    self._add_files(entries)
+            elif code == C.FH_ADD_DIR:
+                entries = reader.dirs(record)
+                if entries is not None:
+                    self._add_dirs(entries)
+            elif code == C.FH_ADD_NODE:
+                entries = reader.nodes(record)
+                if entries is not None:
+                    self._add_nodes(entries, reader)
+        if entries is None:
+            proto = protocol(version)
+            body = _translator(version).to_internal(code, REQUEST, proto.decode_body(code, REQUEST, record))
+            self._take(code, body)
+
+    def _add_files(self, entries: list[tuple]) -> None:
+        append, type_bits = self._rows.append, _TYPE_BITS
+        for path, node, ftype, fattr, size, mtime, fh_info in entries:
+            if path[:1] != b"/" or b"//" in path or b"/." in path or path[-1:] == b"/":
+                path = as_path(path)
+            parent, _, leaf = path.rpartition(b"/")
+            mode = type_bits.get(ftype, 0) | (fattr & 0o7777)
+            append((parent or b"/", leaf, node, size, mode, mtime, fh_info) if leaf
+                   else (b"", b"", node, size, mode, mtime, fh_info))
+
+    def _add_dirs(self, entries: list[tuple]) -> None:
+        paths = self._paths
+        links_of = paths.entries
+        for name, node, parent in entries:
+            if node != parent and name and name != b"." and b"/" not in name:
+                links = links_of.get(node)
+                if links is None:
+                    links_of[node] = [(parent, name)]
+                else:
+                    links.append((parent, name))
+            else:
+                paths.add_dir(name, node, parent)
+
+    def _add_nodes(self, entries: list[tuple], reader: Any) -> None:
+        paths, type_bits, append = self._paths, _TYPE_BITS, self._rows.append
+        links_of, known, dir_path = paths.entries, paths.known, paths.dir_path
+        i_ftype, i_mtime, i_fattr, i_size = reader.i_ftype, reader.i_mtime, reader.i_fattr, reader.i_size
+        for t in entries:
+            node = t[-2]
+            links = links_of.get(node)
+            mode = type_bits.get(t[i_ftype], 0) | (t[i_fattr] & 0o7777)
+            if links is not None and len(links) == 1:          # one name: its directory
+                parent, name = links[0]
+                above = known.get(parent) or dir_path(parent)
+                if above is not None:
+                    append((above, name, node, t[i_size], mode, t[i_mtime], t[-1]))
+                    continue
+            values = (node, t[i_size], mode, t[i_mtime], t[-1])
+            resolved = paths.paths(node)
+            if resolved is None:
+                paths.waiting.append((node, values))
+                continue
+            for path in resolved:
+                append((*split_path(path), *values))
 
     def _take_v2(self, code: int, body: Any) -> None:
         """v2's FH_ADD_UNIX_PATH/DIR/NODE: the stat carries fh_info; a path has no node."""

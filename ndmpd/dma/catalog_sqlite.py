@@ -5,7 +5,7 @@ lookups are one index range, and ``find`` with a literal path head (``/home/alic
 range per backup; ``name`` has its own index, so ``find report*`` reads only that range. (An
 index on ``dir`` alone would serve path heads too, but it halved the insert rate.) History is written by
 :class:`~ndmpd.dma.catalog_history.HistoryRecorder` through :class:`SqliteFileWriter` on its
-own connection and thread.
+own connection, in a child process (:mod:`.catalog_writer`: the insert runs beside the DMA).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from .catalog import (KINDS, STATUSES, AmbiguousBackup, Backup, CatalogError, Fi
                       as_path, join_path, split_path)
 from .catalog_glob import compile_glob
 from .catalog_history import HistoryRecorder
+from .catalog_writer import ProcessFileWriter
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 128 * 1024
 
@@ -71,8 +72,14 @@ CREATE TABLE files (
 ) WITHOUT ROWID;
 CREATE INDEX files_by_name ON files (name);
 """,
-    # copies (data to data, no tape) beside backups; an incremental names the backup it is based on
     2: """
+CREATE TABLE reusable_media (
+    barcode     TEXT PRIMARY KEY,
+    since       REAL NOT NULL
+);
+""",
+    # copies (data to data, no tape) beside backups; an incremental names the backup it is based on
+    3: """
 ALTER TABLE backups ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup' CHECK (kind IN ('backup', 'copy'));
 ALTER TABLE backups ADD COLUMN destination TEXT;
 ALTER TABLE backups ADD COLUMN base_backup TEXT;
@@ -142,6 +149,10 @@ class SqliteFileWriter:
             self._conn = connect(self._path)
             # index pages of a big backup stay in memory instead of being re-read (2x the rate)
             self._conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            # every row names this writer's own backup, which exists: checking that parent for
+            # each row cost 15% of the insert rate (deleting a backup still cascades: its
+            # connection has the checks on)
+            self._conn.execute("PRAGMA foreign_keys = OFF")
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -225,7 +236,7 @@ class SqliteCatalog:
 
     def history(self, backup_id: str) -> HistoryRecorder:
         """A recorder for this backup's FH_* posts (start it with ``with`` or :meth:`start`)."""
-        return HistoryRecorder(SqliteFileWriter(self.path, self._n(backup_id)))
+        return HistoryRecorder(ProcessFileWriter(self.path, self._n(backup_id)))
 
     def _n(self, backup_id: str) -> int:
         return self._resolve(backup_id)[0]
@@ -421,6 +432,23 @@ class SqliteCatalog:
                 self._conn.execute("ROLLBACK")
                 raise
         return removed
+
+    # ------------------------------------------------------------ media reuse
+
+    def media_in_use(self) -> set[str]:
+        """The barcode (else label) of every medium a backup still in the catalog has a part on."""
+        return {name for (name,) in self._conn.execute(
+            "SELECT DISTINCT COALESCE(barcode, label) FROM media WHERE COALESCE(barcode, label) IS NOT NULL")}
+
+    def mark_reusable(self, barcodes: Iterable[str], since: float | None = None) -> None:
+        """Remember that these cartridges hold only pruned backups: a job may overwrite them."""
+        when = time.time() if since is None else since
+        self._conn.executemany("INSERT OR REPLACE INTO reusable_media VALUES (?, ?)",
+                               [(b, when) for b in barcodes])
+
+    def reusable_media(self) -> set[str]:
+        """The cartridges marked reusable and not written to since (no backup has a part on them)."""
+        return {b for (b,) in self._conn.execute("SELECT barcode FROM reusable_media")} - self.media_in_use()
 
     def entries(self, backup_id: str) -> Iterable[FileEntry]:
         """Every file of a backup, by path (a whole listing, for ``ls -R`` or a restore plan)."""

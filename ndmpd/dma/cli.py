@@ -1,4 +1,5 @@
-"""The ``ndmp`` command: a DMA driving NDMP servers (``ndmp info``, ``backup``, ``backups``, ``ls``, ``find``)."""
+"""The ``ndmp`` command: a DMA driving NDMP servers (``info``, ``backup``, ``backups``, ``ls``, ``find``,
+``restore``, ``tape``, ``library``, ``prune``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from .agent import Agent
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NdmpConnectError, NdmpConnectionLost,
                      NdmpReplyError)
 from .hosts import PASSWORD_ENV, HostConfigError, host_named
-from . import commands_backup, commands_copy
+from . import commands_backup, commands_copy, commands_media, commands_prune, commands_restore
 from .catalog import CatalogError
+from .jobs.media import MediaError, SlotsError
+from .library import LibraryError
+from .smc import ScsiError
+from .tapes import TapeError
 from .info import gather, render
 
 _EPILOG = f"""\
@@ -25,7 +30,10 @@ exit status:
   0    done
   1    the job failed (connection refused, authentication failed, a request failed)
   2    usage or configuration error
-  130  interrupted
+  3    finished with warnings: the job completed, but a server logged a warning or an
+       error on the way (a file vanished, changed or could not be read, a socket skipped);
+       they are shown on stderr (--json: "warning"/"log" lines) and the result is kept
+  130  interrupted (Ctrl-C, SIGTERM): both servers aborted and back to idle
 """
 
 
@@ -51,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
                       help="NDMP version to ask for (repeatable; default 4 then 3)")
     commands_backup.add_parsers(sub, _EPILOG)
+    commands_restore.add_parsers(sub, _EPILOG)
     commands_copy.add_parsers(sub, _EPILOG)
+    commands_media.add_parsers(sub, _EPILOG)
+    commands_prune.add_parsers(sub, _EPILOG)
     return parser
 
 
@@ -70,7 +81,8 @@ async def _info(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"info": _info, **commands_backup.COMMANDS,
-                                                                   **commands_copy.COMMANDS}
+                                                                  **commands_restore.COMMANDS, **commands_copy.COMMANDS,
+                                                                  **commands_media.COMMANDS, **commands_prune.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(COMMANDS[args.command](args))
-    except HostConfigError as exc:
+    except (HostConfigError, SlotsError) as exc:
         print(f"ndmp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (NdmpConnectError, NdmpConnectionLost, NdmpReplyError, TimeoutError, CatalogError) as exc:
+    except (NdmpConnectError, NdmpConnectionLost, NdmpReplyError, TimeoutError, CatalogError, LibraryError,
+            MediaError, ScsiError, TapeError) as exc:
         print(f"ndmp: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

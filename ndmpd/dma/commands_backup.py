@@ -13,11 +13,14 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from .agent import Agent
-from .catalog import Backup, FileEntry, open_catalog
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .catalog import Backup, FileEntry, media_dict, open_catalog
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WARNINGS
 from .hosts import Host, HostConfigError, host_named, split_target
 from .jobs.backup import BackupFailed, BackupInterrupted, BackupJob, BackupRequest
 from .levels import LevelPlan, NoBase, plan_level
+from .jobs.media import MediaLoader, parse_slots
+from .library import Library
+from .progress import choose_reporter
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -27,6 +30,11 @@ def add_parsers(sub: Any, epilog: str) -> None:
                        formatter_class=fmt)
     b.add_argument("source", metavar="HOST:VOLUME")
     b.add_argument("--tape", required=True, metavar="HOST:DRIVE")
+    b.add_argument("--library", metavar="HOST:CHANGER",
+                   help="change cartridges through this changer at end of medium (the image may span them)")
+    b.add_argument("--slots", metavar="RANGE", help="the library's slots to write on, e.g. 1-4 (default: all)")
+    b.add_argument("--drive", metavar="ELEMENT",
+                   help="the changer's drive element that is DRIVE (number or @ADDR), if it does not say")
     b.add_argument("--butype", default="tar", choices=("tar", "dump"))
     levels = b.add_mutually_exclusive_group()
     levels.add_argument("--level", type=int, default=None, metavar="N",
@@ -36,7 +44,12 @@ def add_parsers(sub: Any, epilog: str) -> None:
     b.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
+                   help="NDMP version to ask both servers for (repeatable; default 4 then 3)")
+    b.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout: progress, log, warning, then the summary")
+    b.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                   help="seconds between progress polls (default 0.5 behind the bar, 2 with --json)")
     bs = sub.add_parser("backups", help="the backups in the catalog, newest first")
     bs.add_argument("--volume", metavar="V")
     bs.add_argument("--catalog", metavar="FILE")
@@ -64,7 +77,9 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 def _connect(host: Host, args: argparse.Namespace) -> Any:
-    return Agent.connect(host.address, host.port, user=host.user, password=host.password, timeout=args.timeout)
+    versions = tuple(getattr(args, "versions", None) or (4, 3))
+    return Agent.connect(host.address, host.port, user=host.user, password=host.password, versions=versions,
+                         timeout=args.timeout)
 
 
 async def backup(args: argparse.Namespace) -> int:
@@ -72,6 +87,11 @@ async def backup(args: argparse.Namespace) -> int:
     tape_text, drive = split_target(args.tape)
     data_host, tape_host = host_named(data_text, args.config), host_named(tape_text, args.config)
     user_env = parse_env(args.env)
+    slots = parse_slots(args.slots)
+    robot_host, changer = None, None
+    if args.library:
+        robot_text, changer = split_target(args.library)
+        robot_host = host_named(robot_text, args.config)
     catalog = open_catalog(args.catalog)
     try:
         try:
@@ -84,14 +104,22 @@ async def backup(args: argparse.Namespace) -> int:
         if plan.note:
             print(f"ndmp: {plan.note}", file=sys.stderr)
         request = BackupRequest(host_name=data_host.name, volume=volume, drive=drive, butype=args.butype,
-                                level=plan.level, env=user_env, base_token=plan.base_token,
-                                base_backup=plan.base.id if plan.base else None)
+                                level=plan.level, env=user_env, tape_host_name=tape_host.name,
+                                base_token=plan.base_token, base_backup=plan.base.id if plan.base else None)
         async with AsyncExitStack() as stack:
             data = await stack.enter_async_context(_connect(data_host, args))
             same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
             tape = data if same else await stack.enter_async_context(_connect(tape_host, args))
+            media = None
+            if robot_host is not None and changer is not None:
+                robot = await stack.enter_async_context(_connect(robot_host, args))   # its own session: SCSI
+                library = await Library.open(robot, changer)
+                stack.push_async_callback(library.close)
+                media = MediaLoader(library, tape, drive, catalog, slots=slots, drive_element=args.drive)
+            reporter = choose_reporter(args.json, sys.stdout.isatty() and sys.stderr.isatty(),
+                                       label=f"{data_host.name}:{volume}", interval=args.progress_interval)
             try:
-                result = await BackupJob(data, tape, catalog, request).run()
+                result = await BackupJob(data, tape, catalog, request, media=media, reporter=reporter).run()
             except BackupFailed as exc:
                 print(f"ndmp: {exc}", file=sys.stderr)
                 return EXIT_FAILED
@@ -100,15 +128,7 @@ async def backup(args: argparse.Namespace) -> int:
                 return EXIT_INTERRUPTED
     finally:
         catalog.close()
-    if args.json:
-        print(json.dumps({"id": result.id, "status": result.status, "bytes": result.bytes, "level": plan.level,
-                          "base": request.base_backup,
-                          "file_number": result.file_number, "entries": result.entries, "env": result.env}))
-    else:
-        based = f" on {request.base_backup}" if request.base_backup else ""
-        print(f"backup {result.id} done: level {plan.level}{based}, {result.bytes} bytes, {result.entries} files, "
-              f"{drive} file {result.file_number}")
-    return EXIT_OK
+    return EXIT_WARNINGS if result.warnings else EXIT_OK
 
 
 def _backup_dict(b: Backup) -> dict[str, Any]:
@@ -117,7 +137,7 @@ def _backup_dict(b: Backup) -> dict[str, Any]:
             "entries": b.entries, "halt_reason": b.halt_reason, "env": b.env, "kind": b.kind,
             "destination": b.destination, "base_backup": b.base_backup, "base_token": b.base_token,
             "dump_date": b.dump_date,
-            "media": [{"label": m.label, "file_number": m.file_number} for m in b.media]}
+            "media": [media_dict(m) for m in b.media]}
 
 
 async def backups(args: argparse.Namespace) -> int:

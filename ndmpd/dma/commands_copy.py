@@ -4,7 +4,6 @@ the catalog, output, exit codes; the work is in :mod:`.jobs.copy`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import AsyncExitStack
 from typing import Any
@@ -12,11 +11,11 @@ from typing import Any
 from .agent import Agent
 from .catalog import open_catalog
 from .commands_backup import parse_env
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WARNINGS
 from .hosts import Host, host_named, split_target
 from .jobs.copy import CopyFailed, CopyInterrupted, CopyJob, CopyRequest
 from .levels import LevelPlan, NoBase, plan_level
-from .progress import NullReporter
+from .progress import choose_reporter
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -34,7 +33,9 @@ def add_parsers(sub: Any, epilog: str) -> None:
     c.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the source's data server (repeatable)")
     c.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="JSON lines (progress, log, summary) instead of text")
+    c.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                   help="how often progress is polled and shown (default: the bar's or the JSON lines')")
 
 
 def _connect(host: Host, args: argparse.Namespace) -> Any:
@@ -65,22 +66,16 @@ async def copy(args: argparse.Namespace) -> int:
         async with AsyncExitStack() as stack:
             source = await stack.enter_async_context(_connect(src, args))
             dest = await stack.enter_async_context(_connect(dst, args))
+            reporter = choose_reporter(args.json, sys.stdout.isatty() and sys.stderr.isatty(),
+                                       label=f"{src.name}:{volume}", interval=args.progress_interval)
             try:
-                result = await CopyJob(source, dest, catalog, request, NullReporter()).run()
+                result = await CopyJob(source, dest, catalog, request, reporter).run()
             except (CopyFailed, CopyInterrupted) as exc:
                 print(f"ndmp: {exc}", file=sys.stderr)
                 return EXIT_INTERRUPTED if isinstance(exc, CopyInterrupted) else EXIT_FAILED
     finally:
         catalog.close()
-    if args.json:
-        print(json.dumps({"id": result.id, "status": result.status, "level": plan.level,
-                          "base": request.base_backup, "bytes": result.bytes, "received": result.received,
-                          "entries": result.entries, "destination": destination, "env": result.env}))
-    else:
-        based = f" on {request.base_backup}" if request.base_backup else ""
-        print(f"copy {result.id} done: level {plan.level}{based}, {result.bytes} bytes, {result.entries} files "
-              f"to {destination}")
-    return EXIT_OK
+    return EXIT_WARNINGS if result.warnings else EXIT_OK
 
 
 COMMANDS = {"copy": copy}

@@ -16,6 +16,7 @@ class NdmpReplyError(Exception):
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130     # the ``ndmp`` command's status
+EXIT_WARNINGS = 3          # the job completed, but a server logged a warning or an error on the way
 
 
 def checked(message: str, header_error: int, decode: Callable[[], Any]) -> Any:

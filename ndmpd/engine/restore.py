@@ -33,7 +33,7 @@ import pwd
 import grp
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import pax, restored, sparse, xattrs
@@ -75,6 +75,8 @@ class RestoreOptions:
     devices: bool | None = None            # create device nodes; None: when running as root
     xattrs: bool = True
     stop_when_done: bool = False           # direct access: stop once every pick is restored
+    labels: Mapping[str, str] = field(default_factory=dict)   # direct access: the image's labels
+                                           # (level, volume), read at its start, which the run skips
 
 
 @dataclass
@@ -157,6 +159,8 @@ class Restorer:
         target = Target(self.target_path)
         reader = StreamReader(self.source, offset, warn=self.warn, cancel=self.cancel)
         self._labels = reader.labels
+        if offset:
+            reader.labels.update(self.options.labels)   # they decide which deletions are replayed
         try:
             for member in reader.members():
                 if self.cancel.is_set():

@@ -25,6 +25,13 @@ def ndmp(*args: str, home) -> subprocess.CompletedProcess:
                           text=True, timeout=120, env=env)
 
 
+def summary(stdout: str) -> dict:
+    """The summary line of ``--json`` output (the last line; every line is one JSON object)."""
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert lines and lines[-1]["type"] == "summary", stdout
+    return lines[-1]
+
+
 def backups(home, catalog) -> list[dict]:
     result = ndmp("backups", "--catalog", str(catalog), "--json", home=home)
     assert result.returncode == 0, result.stderr
@@ -39,7 +46,7 @@ def test_a_two_way_tar_backup_is_cataloged_and_gnu_tar_lists_the_tape(server_fac
     result = ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:vtape0", "--catalog", str(catalog),
                   "--json", home=tmp_path)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = summary(result.stdout)
     assert report["status"] == "done" and report["bytes"] > 0 and report["file_number"] == 0
     [row] = backups(tmp_path, catalog)
     assert row["id"] == report["id"] and row["status"] == "done" and row["volume"] == "/export/data"

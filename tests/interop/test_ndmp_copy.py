@@ -6,7 +6,6 @@ are one line and exit 1; SIGINT leaves both data servers IDLE and the catalog sa
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from tests.server_process import ServerProcess
 from tests.trees import describe, differences
 
 from .conftest import PASSWORD, REPO, free_loopback_address, write_config
-from .test_ndmp_backup import backups, ndmp
+from .test_ndmp_backup import backups, ndmp, summary
 
 pytestmark = pytest.mark.interop
 
@@ -55,7 +54,7 @@ def copy(src, dst, tmp_path, *flags: str, target: str = "/export/data", volume: 
 def copied(src, dst, tmp_path, *flags: str) -> dict:
     result = copy(src, dst, tmp_path, "--json", *flags)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return summary(result.stdout)
 
 
 @pytest.mark.parametrize("butype", ["tar", "dump"])

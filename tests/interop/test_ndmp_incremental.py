@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from .test_ndmp_backup import backups, ndmp
+from .test_ndmp_backup import backups, ndmp, summary
 
 pytestmark = pytest.mark.interop
 
@@ -19,7 +19,7 @@ def run_backup(server, tmp_path, *flags: str) -> dict:
     result = ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:vtape0", "--catalog",
                   str(tmp_path / "catalog.db"), "--json", *flags, home=tmp_path)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = summary(result.stdout)
     report["stderr"] = result.stderr
     return report
 

@@ -4,24 +4,46 @@ The job opens the drive, sets the mover listening (LOCAL when data and tape are 
 server, TCP on the tape host otherwise), connects the data server to it and starts the
 backup with HIST on; FH posts go to the catalog. Every NOTIFY and a user's interrupt
 arrive as events in one queue, and :meth:`BackupJob._decide` is the one place that says
-what each means: done, keep waiting, or abort both sides.
+what each means: done, keep waiting, change the cartridge, or abort both sides.
+
+With a :class:`~ndmpd.dma.jobs.media.MediaLoader` (``--library``) the image may span
+cartridges: at NOTIFY_MOVER_PAUSED(EOM) the job ends the tape file with a filemark,
+has the loader put the next writable cartridge of the slot range in the drive, sets the
+window to start at the pause's seek_position (the image offset of the first byte not yet on
+tape; ndmpd and illumos retry the record that met EOM on the new tape) and continues. Each
+cartridge's part becomes a Media row with its byte range. Without a next cartridge EOM is a
+failure ("the medium is full"). An EOW pause (a window budget ran out) gets the next window on
+the same tape.
+
+Progress, the servers' log lines and the summary go to the ``reporter`` (see
+``dma/progress.py``; ``jobs/watch.py`` polls the byte counts while the backup runs). A backup
+that completes while a server logged a warning or an error (a file that vanished or changed
+while read, a socket skipped...) is still ``done``; its result lists them in ``warnings``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...wire import C, T
 from ..agent import Agent
-from ..catalog import Catalog, Media
+from ..catalog import Catalog, Media, media_dict
+from ..catalog_history import V2_UNIX_DIR, V2_UNIX_NODE, V2_UNIX_PATH
 from ..errors import NdmpReplyError
+from ..library import LibraryError
+from ..smc import ScsiError
+from .media import Loaded, MediaError, MediaLoader
+from ..progress import NullReporter, Reporter
+from .watch import LogForwarder, ProgressWatcher
 
 RECORD_SIZE = 64 * 1024
 WINDOW_ALL = (1 << 64) - 1
 FH_CODES = (C.FH_ADD_FILE, C.FH_ADD_DIR, C.FH_ADD_NODE)
+V2_FH_CODES = (V2_UNIX_PATH, V2_UNIX_DIR, V2_UNIX_NODE)
 STEP_TIMEOUT = 30.0
 
 
@@ -43,6 +65,7 @@ class BackupRequest:
     butype: str = "tar"
     level: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    tape_host_name: str = ""          # how log lines name the tape host (default: its address)
     base_token: str | None = None       # BASE_DATE: the DUMP_DATE of the backup this one builds on
     base_backup: str | None = None      # that backup's catalog id
 
@@ -55,6 +78,9 @@ class BackupResult:
     env: dict[str, str]
     file_number: int | None
     entries: int
+    media: list[Media] = field(default_factory=list)     # where the image lies, in image order
+    warnings: list[str] = field(default_factory=list)   # the servers' warning/error log lines
+    seconds: float = 0.0
 
 
 def backup_env(request: BackupRequest) -> dict[str, str]:
@@ -71,8 +97,14 @@ def backup_env(request: BackupRequest) -> dict[str, str]:
 class BackupJob:
     """One backup between a data agent and a tape agent (the same object when two-way)."""
 
-    def __init__(self, data: Agent, tape: Agent, catalog: Catalog, request: BackupRequest) -> None:
+    def __init__(self, data: Agent, tape: Agent, catalog: Catalog, request: BackupRequest,
+                 media: MediaLoader | None = None, reporter: Reporter | None = None) -> None:
         self.data, self.tape, self.catalog, self.request = data, tape, catalog, request
+        self.reporter: Reporter = reporter or NullReporter()
+        self.media = media                       # a library to change cartridges through, or None
+        self.parts: list[Media] = []             # the cartridges written before the current one
+        self.loaded: Loaded | None = None
+        self.part_start = 0
         self.two_way = data is tape
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.logs: list[str] = []
@@ -83,12 +115,15 @@ class BackupJob:
         """Run to the end; BackupFailed / BackupInterrupted once the catalog says so."""
         req = self.request
         env = backup_env(req)
+        began = time.monotonic()
         token = env.get("BASE_DATE")
         backup = self.catalog.begin_backup(host=req.host_name, volume=req.volume, butype=req.butype,
                                            level=req.level, base_token=token,
                                            base_backup=req.base_backup if token == req.base_token else None)
         recorder = self.catalog.history(backup.id).start()
         self._listen(recorder)
+        logs = LogForwarder(self.reporter, {req.host_name: self.data, req.tape_host_name or self.tape.peer: self.tape})
+        watcher = ProgressWatcher(self.reporter, data=self.data, mover=self.tape)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.events.put_nowait, ("interrupt", sig))
@@ -96,34 +131,62 @@ class BackupJob:
         try:
             try:
                 file_number = await self._start(env)
+                watcher.start()
                 outcome, reason = await self._wait_end()
-            except NdmpReplyError as exc:
-                outcome, reason = "failed", str(exc)
+            except (NdmpReplyError, LibraryError, MediaError, ScsiError) as exc:
+                outcome, reason, refused = "failed", str(exc), True
+            else:
+                refused = False
+            await watcher.stop()
             if outcome != "done":
                 await self._abort()
             data_bytes, server_env = await self._collect()
             await self._stop(outcome == "done")
+            if refused and logs.errors:          # the server said why it refused: that is the reason
+                reason = f"{logs.errors[-1]} ({reason})"
         finally:
+            await watcher.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             entries = recorder.finish()
-        if file_number is not None:
-            self.catalog.add_media(backup.id, Media(label=req.drive, file_number=file_number, first_byte=0,
-                                                    last_byte=data_bytes))
+            logs.close()
+            self.reporter.close()
+        media = list(self.parts)
+        if self.loaded is not None:
+            media.append(self.loaded.media(self.part_start, data_bytes))
+        elif file_number is not None and self.media is None:
+            media.append(Media(label=req.drive, file_number=file_number, first_byte=0, last_byte=data_bytes))
+        for part in media:
+            self.catalog.add_media(backup.id, part)
         self.catalog.finish_backup(backup.id, outcome, bytes=data_bytes, env=server_env,
                                    dump_date=server_env.get("DUMP_DATE"),
                                    halt_reason=None if outcome == "done" else reason)
+        result = BackupResult(backup.id, outcome, data_bytes, server_env, file_number, entries, media,
+                              logs.warnings, round(time.monotonic() - began, 3))
+        self.reporter.summary(self._summary(result, reason))
         if outcome == "interrupted":
             raise BackupInterrupted(f"backup {backup.id} interrupted")
         if outcome == "failed":
             raise BackupFailed(f"backup {backup.id} failed: {reason}")
-        return BackupResult(backup.id, outcome, data_bytes, server_env, file_number, entries)
+        return result
+
+    def _summary(self, result: BackupResult, reason: str) -> dict[str, Any]:
+        req = self.request
+        fields: dict[str, Any] = {
+            "job": "backup", "id": result.id, "status": result.status, "bytes": result.bytes,
+            "file_number": result.file_number, "entries": result.entries, "env": result.env,
+            "host": req.host_name, "volume": req.volume, "drive": req.drive, "seconds": result.seconds,
+            "level": req.level, "base": req.base_backup,
+            "warnings": result.warnings, "media": [media_dict(m) for m in result.media]}
+        if result.status != "done":
+            fields["reason"] = reason
+        return fields
 
     # ------------------------------------------------------------ steps
 
     def _listen(self, recorder: Any) -> None:
-        for code in FH_CODES:
-            self.data.on(code, lambda body, code=code: recorder.post(code, body))
+        for code in FH_CODES + V2_FH_CODES:         # undecoded: the recorder's worker reads them
+            self.data.on_raw(code, recorder.post_raw)
         for agent in {id(self.data): self.data, id(self.tape): self.tape}.values():
             agent.on(C.LOG_MESSAGE, lambda body: self.logs.append(body.entry))
         self.data.on(C.NOTIFY_DATA_HALTED, lambda body: self.events.put_nowait(("data_halted", body)))
@@ -132,23 +195,44 @@ class BackupJob:
 
     async def _start(self, env: dict[str, str]) -> int | None:
         req = self.request
-        await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_RDWR_MODE)
-        state = await self.tape.call("TAPE_GET_STATE")
-        file_number = getattr(state, "file_num", None)
+        if self.media is not None:
+            self.loaded = await self.media.next_for_backup()
+            if self.loaded is None:
+                raise MediaError(f"no writable cartridge in the library's slots for {req.drive}")
+            file_number: int | None = self.loaded.file_number
+        else:
+            await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_RDWR_MODE)
+            state = await self.tape.call("TAPE_GET_STATE")
+            file_number = getattr(state, "file_num", None)
         await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
-        await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
+        # v4 sets the window in IDLE; v2/v3 movers (ndmjob's) want it in LISTEN, as their DMAs do
+        early = self.tape.version >= 4
+        if early:
+            await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
         kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
         listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=kind)
+        if not early:
+            await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
         addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
-        await self.data.call("DATA_CONNECT", addr=addr)
+        where: dict[str, Any] = {}
+        if self.data.version == 2:           # v2 has no DATA_CONNECT: the mover's address comes with the start
+            where["mover_addr"] = addr
+        else:
+            await self.data.call("DATA_CONNECT", addr=addr)
         await self.data.call("DATA_START_BACKUP", butype_name=req.butype,
-                             env=[T.pval(name=k, value=v) for k, v in env.items()])
+                             env=[T.pval(name=k, value=v) for k, v in env.items()], **where)
         return file_number
 
     async def _wait_end(self) -> tuple[str, str]:
         while True:
             kind, body = await self.events.get()
             verdict = self._decide(kind, body)
+            if verdict is None:
+                continue
+            if verdict[0] == "change cartridge":
+                verdict = await self._change_cartridge(body.seek_position)
+            elif verdict[0] == "next window":
+                verdict = await self._next_window(body.seek_position)
             if verdict is not None:
                 return verdict
 
@@ -158,7 +242,11 @@ class BackupJob:
             return "interrupted", f"interrupted by signal {signal.Signals(body).name}"
         if kind == "mover_paused":
             if body.reason == C.MOVER_PAUSE_EOM:
+                if self.media is not None:
+                    return "change cartridge", ""
                 return "failed", f"the medium in {self.request.drive} is full (end of medium, no library to change it)"
+            if body.reason == C.MOVER_PAUSE_EOW:
+                return "next window", ""
             return "failed", f"the mover paused ({_reason('MOVER_PAUSE', body.reason)})"
         if kind == "mover_halted":
             self.mover_halted = body
@@ -176,6 +264,28 @@ class BackupJob:
     def _both_halted(self) -> tuple[str, str] | None:
         if self.data_halted is not None and self.mover_halted is not None:
             return "done", ""
+        return None
+
+    async def _change_cartridge(self, offset: int) -> tuple[str, str] | None:
+        """End this cartridge's part at image ``offset`` and continue on the next cartridge;
+        (failed, why) when there is none."""
+        assert self.media is not None and self.loaded is not None
+        await self._quiet(self.tape, "TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)
+        self.parts.append(self.loaded.media(self.part_start, offset))
+        full = self.loaded
+        self.loaded = None
+        nxt = await self.media.next_for_backup()
+        if nxt is None:
+            return "failed", (f"the medium is full ({full.barcode or self.request.drive} at {offset} bytes), "
+                              "no next cartridge in the library's slot range")
+        self.loaded, self.part_start = nxt, offset
+        await self.tape.call("MOVER_SET_WINDOW", offset=offset, length=WINDOW_ALL)
+        await self.tape.call("MOVER_CONTINUE")
+        return None
+
+    async def _next_window(self, offset: int) -> tuple[str, str] | None:
+        await self.tape.call("MOVER_SET_WINDOW", offset=offset, length=WINDOW_ALL)
+        await self.tape.call("MOVER_CONTINUE")
         return None
 
     async def _abort(self) -> None:
@@ -208,7 +318,13 @@ class BackupJob:
         await self._quiet(self.tape, "MOVER_STOP")
         if done:
             await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1, timeout=STEP_TIMEOUT)
-        await self._quiet(self.tape, "TAPE_CLOSE")
+        if self.media is not None:
+            try:
+                await self.media.release(unload=True)      # the cartridge back in its slot, the drive empty
+            except (NdmpReplyError, LibraryError, ScsiError) as exc:
+                self.logs.append(f"unloading the drive: {exc}")
+        else:
+            await self._quiet(self.tape, "TAPE_CLOSE")
 
     async def _wait_halted(self, agent: Agent, query: str, halted: int, idle: int) -> None:
         for _ in range(100):
@@ -220,9 +336,9 @@ class BackupJob:
                 return
             await asyncio.sleep(0.1)
 
-    async def _quiet(self, agent: Agent, message: str) -> None:
+    async def _quiet(self, agent: Agent, message: str, **fields: Any) -> None:
         try:
-            await agent.call(message, timeout=STEP_TIMEOUT)
+            await agent.call(message, timeout=STEP_TIMEOUT, **fields)
         except NdmpReplyError:
             pass
 

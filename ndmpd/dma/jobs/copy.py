@@ -14,8 +14,8 @@ keep waiting, or abort both sides.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +24,11 @@ from ..agent import Agent
 from ..catalog import Catalog, Media
 from ..errors import NdmpConnectionLost, NdmpReplyError
 from ..progress import NullReporter, Reporter
-from .backup import FH_CODES, STEP_TIMEOUT, _reason
+from .backup import FH_CODES, STEP_TIMEOUT, V2_FH_CODES, _reason
+from .watch import LogForwarder, ProgressWatcher
 
-PROGRESS_EVERY = 1.0
 WHY_WAITS = 20                      # x 25 ms: how long a refusal waits for the server's reason
 _GONE = (NdmpReplyError, NdmpConnectionLost, TimeoutError)   # a side that refuses or is gone: carry on
-_LOG_LEVELS = {C.LOG_NORMAL: "normal", C.LOG_DEBUG: "debug", C.LOG_ERROR: "error", C.LOG_WARNING: "warning"}
 
 
 class CopyFailed(Exception):
@@ -68,6 +67,8 @@ class CopyResult:
     received: int               # what the destination read
     env: dict[str, str]
     entries: int
+    warnings: list[str] = field(default_factory=list)   # the servers' warning/error lines (exit 3)
+    seconds: float = 0.0
 
 
 def source_env(request: CopyRequest) -> dict[str, str]:
@@ -91,13 +92,14 @@ class CopyJob:
         self.source, self.dest, self.catalog, self.request = source, dest, catalog, request
         self.reporter: Reporter = reporter if reporter is not None else NullReporter()
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.logs: dict[str, list[str]] = {"source": [], "destination": []}
+        self.logs: dict[str, LogForwarder] = {}
         self.halted: dict[str, Any] = {}
 
     async def run(self) -> CopyResult:
         """Run to the end; CopyFailed / CopyInterrupted once the catalog says so."""
         req = self.request
         env = source_env(req)
+        began = time.monotonic()
         token = env.get("BASE_DATE")
         copy = self.catalog.begin_backup(host=req.source_host, volume=req.volume, butype=req.butype,
                                          level=req.level, base_token=token, kind="copy",
@@ -105,22 +107,21 @@ class CopyJob:
                                          base_backup=req.base_backup if token == req.base_token else None)
         recorder = self.catalog.history(copy.id).start()
         self._listen(recorder)
+        watcher = ProgressWatcher(self.reporter, data=self.source)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.events.put_nowait, ("interrupt", sig))
-        ticker = None
         try:
             try:
                 await self._start(env)
-                ticker = asyncio.create_task(self._progress())
+                watcher.start()
                 outcome, reason = await self._wait_end()
             except (NdmpReplyError, NdmpConnectionLost, TimeoutError) as exc:
                 outcome, reason = "failed", await self._why(str(exc) or type(exc).__name__)
-            if ticker is not None:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
+            await watcher.stop()
             if outcome != "done":
+                for logs in self.logs.values():   # what the abort makes them say is no news
+                    logs.close()
                 await self._abort()
             sent, server_env = await self._collect(self.source, env=True)
             received, _ = await self._collect(self.dest, env=False)
@@ -128,36 +129,45 @@ class CopyJob:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            await watcher.stop()
+            for logs in self.logs.values():
+                logs.close()
+            for code in FH_CODES + V2_FH_CODES:
+                self.source.on_raw(code, None)
             entries = recorder.finish()
         if outcome == "done":
             self.catalog.add_media(copy.id, Media(label=req.destination, first_byte=0, last_byte=sent))
         self.catalog.finish_backup(copy.id, outcome, bytes=sent, env=server_env,
                                    dump_date=server_env.get("DUMP_DATE"),
                                    halt_reason=None if outcome == "done" else reason)
-        self.reporter.summary({"id": copy.id, "status": outcome, "bytes": sent, "received": received,
-                               "entries": entries, "level": req.level, "destination": req.destination})
+        warnings = [w for logs in self.logs.values() for w in logs.warnings]
+        result = CopyResult(copy.id, outcome, sent, received, server_env, entries, warnings,
+                            round(time.monotonic() - began, 3))
+        fields: dict[str, Any] = {
+            "job": "copy", "id": copy.id, "status": outcome, "bytes": sent, "received": received,
+            "entries": entries, "env": server_env, "host": req.source_host, "volume": req.volume,
+            "destination": req.destination, "level": req.level, "base": req.base_backup,
+            "seconds": result.seconds, "warnings": warnings}
+        if outcome != "done":
+            fields["reason"] = reason
+        self.reporter.summary(fields)
         self.reporter.close()
         if outcome == "interrupted":
             raise CopyInterrupted(f"copy {copy.id} interrupted")
         if outcome == "failed":
             raise CopyFailed(f"copy {copy.id} failed: {reason}")
-        return CopyResult(copy.id, outcome, sent, received, server_env, entries)
+        return result
 
     # ------------------------------------------------------------ steps
 
     def _listen(self, recorder: Any) -> None:
-        for code in FH_CODES:
-            self.source.on(code, lambda body, code=code: recorder.post(code, body))
-        for side, agent in (("source", self.source), ("destination", self.dest)):
-            agent.on(C.LOG_MESSAGE, lambda body, side=side: self._log(side, body))
+        for code in FH_CODES + V2_FH_CODES:         # undecoded: the recorder's worker reads them
+            self.source.on_raw(code, recorder.post_raw)
+        req = self.request
+        for side, host, agent in (("source", req.source_host, self.source),
+                                  ("destination", req.dest_host, self.dest)):
+            self.logs[side] = LogForwarder(self.reporter, {host: agent})
             agent.on(C.NOTIFY_DATA_HALTED, lambda body, side=side: self.events.put_nowait((side, body)))
-
-    def _log(self, side: str, body: Any) -> None:
-        level = _LOG_LEVELS.get(getattr(body, "log_type", C.LOG_NORMAL), "normal")
-        if level == "error":
-            self.logs[side].append(body.entry)
-        host = self.request.source_host if side == "source" else self.request.dest_host
-        self.reporter.log(host, level, body.entry)
 
     async def _start(self, env: dict[str, str]) -> None:
         req = self.request
@@ -181,8 +191,8 @@ class CopyJob:
             return "interrupted", f"interrupted by signal {signal.Signals(body).name}"
         self.halted[kind] = body
         if body.reason != C.DATA_HALT_SUCCESSFUL:
-            logs = self.logs[kind]
-            why = logs[-1] if logs else _reason("DATA_HALT", body.reason)
+            errors = self.logs[kind].errors
+            why = errors[-1] if errors else _reason("DATA_HALT", body.reason)
             return "failed", f"the {kind} data server halted: {why}"
         if len(self.halted) == 2:
             return "done", ""
@@ -193,23 +203,11 @@ class CopyJob:
         logs before it replies, but posts reach their handlers on another task than replies:
         give the line a moment to arrive."""
         for _ in range(WHY_WAITS):
-            said = self.logs["destination"][-1:] or self.logs["source"][-1:]
+            said = self.logs["destination"].errors[-1:] or self.logs["source"].errors[-1:]
             if said:
                 return f"{failure} ({said[0]})"
             await asyncio.sleep(0.025)
         return failure
-
-    async def _progress(self) -> None:
-        """The source's byte count and estimate, once a second, to the reporter."""
-        while True:
-            await asyncio.sleep(PROGRESS_EVERY)
-            try:
-                state = await self.source.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
-            except _GONE:
-                continue
-            done = int(state.bytes_processed)
-            remain = None if state.unsupported & C.DATA_STATE_EST_BYTES_REMAIN_UNS else int(state.est_bytes_remain)
-            self.reporter.progress(done, done + remain if remain is not None else None)
 
     async def _abort(self) -> None:
         """DATA_ABORT on both data servers, whatever state each is in."""

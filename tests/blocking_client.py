@@ -1,7 +1,9 @@
-"""A blocking NDMP client: one control connection, requests by message name, posts queued.
+"""A blocking NDMP client for tests that need a raw socket under their control (slowloris
+peers, half-sent records, fragmented requests): one connection, requests by name, posts queued.
 
-Bodies are the internal (v4) form whatever version is spoken, so callers write one code
-path; the client translates like the server does.
+Not a second codec: messages are built and read by the DMA's own
+:class:`~ndmpd.dma.messages.MessageCodec`; only the socket handling is blocking. The DMA
+itself is :class:`ndmpd.dma.agent.Agent`.
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ import time
 from collections import deque
 from typing import Any
 
-from ..wire import C, REQUEST, T, Translator, protocol
-from ..wire.auth import md5_digest
-from ..wire.message import Header, unpack_header
-from ..wire.records import RecordReader, frame
-from .errors import NdmpReplyError, checked
+from ndmpd.dma.errors import NdmpReplyError, checked
+from ndmpd.dma.messages import MessageCodec, auth_data
+from ndmpd.wire import C, REQUEST
+from ndmpd.wire.message import Header, unpack_header
+from ndmpd.wire.records import RecordReader
 
 __all__ = ["NdmpClient", "NdmpReplyError"]
 
 
 class NdmpClient:
-    """Connects, negotiates ``version`` and authenticates; then :meth:`call` and :meth:`wait_post`."""
+    """Connects, negotiates ``version``; then :meth:`login`, :meth:`call` and :meth:`wait_post`."""
+
+    max_fragment: int | None = None          # record fragments as sent (None: one per record)
 
     def __init__(self, host: str, port: int = 10000, version: int = 4, timeout: float = 60.0,
                  source: str | None = None) -> None:
@@ -32,23 +36,20 @@ class NdmpClient:
         self.posts: deque[tuple[int, Any]] = deque()
         self._pending: deque[bytes] = deque()
         self.sequence = 0
-        self.version = 4
-        self._set_version(4)
+        self.codec = MessageCodec(4)
         greeting = self._receive()
         if greeting[0].message_code != C.NOTIFY_CONNECTION_STATUS:
             raise ConnectionError("no NDMP greeting")
-        self.posts.clear()
         self.call("CONNECT_OPEN", protocol_version=version)
-        self._set_version(version)
+        self.codec.set_version(version)
 
-    def _set_version(self, version: int) -> None:
-        self.version = version
-        self.proto = protocol(version)
-        self.translator = Translator(self.proto)
+    @property
+    def version(self) -> int:
+        return self.codec.version
 
     def close(self) -> None:
         try:
-            self._send(C.CONNECT_CLOSE, None)
+            self._send("CONNECT_CLOSE", {})
         except OSError:
             pass
         self.sock.close()
@@ -60,23 +61,19 @@ class NdmpClient:
         self.close()
 
     def login(self, user: str, password: str, method: str = "md5") -> None:
+        challenge = b""
         if method == "md5":
-            attr = self.call("CONFIG_GET_AUTH_ATTR", auth_type=C.AUTH_MD5)
-            digest = md5_digest(password.encode(), attr.server_attr.challenge)
-            data = T.auth_data(auth_type=C.AUTH_MD5, auth_md5=T.auth_md5(auth_id=user, auth_digest=digest))
-        else:
-            data = T.auth_data(auth_type=C.AUTH_TEXT, auth_text=T.auth_text(auth_id=user, auth_password=password))
-        self.call("CONNECT_CLIENT_AUTH", auth_data=data)
+            challenge = bytes(self.call("CONFIG_GET_AUTH_ATTR", auth_type=C.AUTH_MD5).server_attr.challenge)
+        self.call("CONNECT_CLIENT_AUTH", auth_data=auth_data(method, user, password, challenge))
 
     # --------------------------------------------------------------- wire
 
-    def _send(self, code: int, body: Any) -> None:
+    def _send(self, message: str, fields: dict[str, Any]) -> None:
         self.sequence += 1
-        payload = b""
-        if body is not None:
-            payload = self.proto.encode_body(code, REQUEST, self.translator.from_internal(code, REQUEST, body))
-        header = Header(self.sequence, int(time.time()), REQUEST, code, 0, 0)
-        self.sock.sendall(frame(header.pack() + payload))
+        self._write(self.codec.request(message, self.sequence, fields, self.max_fragment))
+
+    def _write(self, wire: bytes) -> None:
+        self.sock.sendall(wire)
 
     def _receive(self) -> tuple[Header, bytes]:
         """The next complete message from the server."""
@@ -88,27 +85,17 @@ class NdmpClient:
         record = self._pending.popleft()
         return unpack_header(record), record
 
-    def _decode(self, header: Header, record: bytes) -> Any:
-        body = self.proto.decode_body(header.message_code, header.message_type, record)
-        return self.translator.to_internal(header.message_code, header.message_type, body)
-
     def call(self, message: str, /, **fields: Any) -> Any:
         """Send request ``message`` (e.g. "TAPE_OPEN") and return its reply body; errors raise."""
-        spec = protocol(4).by_name.get(message) or self.proto.by_name[message]
-        body = None
-        if spec.request:
-            body = self.translator.new_internal_body(spec.code, REQUEST)
-            for name, value in fields.items():
-                setattr(body, name, value)
-        self._send(spec.code, body)
+        self._send(message, fields)
         while True:
             header, record = self._receive()
             if header.message_type == REQUEST:
-                self.posts.append((header.message_code, self._decode(header, record)))
+                self.posts.append((header.message_code, self.codec.decode(header, record)))
                 continue
             if header.reply_sequence != self.sequence:
                 continue
-            return checked(message, header.error_code, lambda: self._decode(header, record))
+            return checked(message, header.error_code, lambda: self.codec.decode(header, record))
 
     def wait_post(self, code: int, timeout: float = 60.0) -> Any:
         """The next post with message ``code`` (others stay queued), waiting up to ``timeout``."""
@@ -127,4 +114,4 @@ class NdmpClient:
             finally:
                 self.sock.settimeout(None)
             if header.message_type == REQUEST:
-                self.posts.append((header.message_code, self._decode(header, record)))
+                self.posts.append((header.message_code, self.codec.decode(header, record)))

@@ -1,0 +1,197 @@
+"""``ndmp restore``: the CLI side of the recover job (arguments, the catalog's answers,
+output, exit codes; the work is in :mod:`ndmpd.dma.jobs.recover`).
+
+``ndmp restore BACKUP [PATH[=NEWPATH]]... --to HOST:DIR [--tape HOST:DRIVE]`` restores one
+backup: the whole image into DIR, or each PATH (a path in the backup, as ``ndmp ls`` shows
+it) to DIR/PATH, or to DIR/NEWPATH when renamed. When the catalog has the image offset
+(fh_info) of every asked path, the restore is a direct access one (DAR): the server reads
+only what it needs. The drive defaults to the one the backup was written to, on the host
+that was backed up.
+
+``ndmp restore --as-of WHEN HOST:VOLUME [PATH...] --to HOST:DIR`` restores the chain a
+restore at WHEN needs (the level 0, then each increment in order), so deletions and renames
+come out as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+
+from .agent import Agent
+from .catalog import Backup, Catalog, as_path, open_catalog
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .hosts import Host, HostConfigError, host_named, split_target
+from .jobs.recover import (ALL_ONES, RecoverFailed, RecoverInterrupted, RecoverJob, RecoverRequest, RecoverResult,
+                           Selection)
+
+
+def add_parsers(sub: Any, epilog: str) -> None:
+    """The ``restore`` subparser."""
+    r = sub.add_parser("restore", help="restore a backup (whole, some paths, or a chain as of a time)",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       usage="ndmp restore BACKUP [PATH[=NEWPATH]]... --to HOST:DIR [--tape HOST:DRIVE]\n"
+                             "       ndmp restore --as-of WHEN HOST:VOLUME [PATH...] --to HOST:DIR")
+    r.add_argument("what", metavar="BACKUP|HOST:VOLUME",
+                   help="a backup id or unique prefix; with --as-of, the backed-up HOST:VOLUME")
+    r.add_argument("paths", nargs="*", metavar="PATH[=NEWPATH]",
+                   help="paths in the backup (default: all); NEWPATH is where it lands, under DIR")
+    r.add_argument("--to", required=True, metavar="HOST:DIR", help="the data server and directory to restore into")
+    r.add_argument("--tape", metavar="HOST:DRIVE",
+                   help="where the cartridge is (default: the backup's drive on the backed-up host)")
+    r.add_argument("--as-of", metavar="WHEN", help="ISO date and time, or 'now': restore the chain up to then")
+    r.add_argument("--no-direct", dest="direct", action="store_false",
+                   help="read the image from its start even when the catalog allows direct access (for a "
+                        "tape agent that cannot serve the data server's reads, e.g. ndmjob's)")
+    r.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the data server (repeatable)")
+    r.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
+    r.add_argument("--json", action="store_true", help="one JSON line per recover")
+
+
+def parse_when(text: str) -> float | None:
+    """``now`` (None: the catalog's now) or an ISO date and time (local time unless it says)."""
+    if text == "now":
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise HostConfigError(f"--as-of {text}: expected an ISO date and time (2026-12-01T18:00) or 'now'") from None
+
+
+def _pairs(texts: list[str]) -> list[tuple[str, str | None]]:
+    out = []
+    for text in texts:
+        source, eq, new = text.partition("=")
+        if not source or (eq and not new):
+            raise HostConfigError(f"{text}: expected PATH or PATH=NEWPATH")
+        out.append((source, new or None))
+    return out
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise HostConfigError(f"-E {pair}: expected NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def _under(directory: str, path: str) -> str:
+    return directory.rstrip("/") + "/" + path.strip("/")
+
+
+def plan(catalog: Catalog, backup: Backup, pairs: list[tuple[str, str | None]], directory: str, *,
+         drive: str, env: dict[str, str], missing_ok: bool = False, allow_direct: bool = True) -> RecoverRequest | None:
+    """The recover of ``pairs`` (all of it when empty) from ``backup`` into ``directory``; DAR
+    when the catalog knows every path's offset. None when ``missing_ok`` and it holds none of them."""
+    selections = []
+    for source, new in pairs:
+        entry = catalog.lookup(backup.id, source)
+        if entry is None:
+            if missing_ok:
+                continue
+            raise RecoverFailed(f"{source}: not in backup {backup.id} (see ndmp ls {backup.id[:8]})")
+        fh = entry.fh_info if entry.fh_info not in (None, 0, ALL_ONES) else None
+        shown = as_path(source).decode("utf-8", "surrogateescape")
+        selections.append(Selection(shown, _under(directory, new or shown), fh))
+    if pairs and not selections:
+        return None
+    direct = allow_direct and bool(selections) and all(s.fh_info is not None for s in selections)
+    return RecoverRequest(backup=backup, drive=drive, destination=directory, paths=selections, direct=direct,
+                          env=env)
+
+
+def _restorable(backup: Backup) -> None:
+    if backup.status != "done":
+        why = f" ({backup.halt_reason})" if backup.halt_reason else ""
+        raise RecoverFailed(f"backup {backup.id} is {backup.status}{why}: only a complete backup can be restored")
+    if not backup.media:
+        raise RecoverFailed(f"backup {backup.id} has no media in the catalog; say where it is with --tape")
+
+
+def _tape(args: argparse.Namespace, backup: Backup) -> tuple[Host, str]:
+    if args.tape:
+        text, drive = split_target(args.tape)
+        return host_named(text, args.config), drive
+    label = backup.media[0].label
+    if not label:
+        raise RecoverFailed(f"backup {backup.id}'s media has no drive name; give --tape HOST:DRIVE")
+    return host_named(backup.host, args.config), label
+
+
+def _connect(host: Host, args: argparse.Namespace) -> Any:
+    return Agent.connect(host.address, host.port, user=host.user, password=host.password, timeout=args.timeout)
+
+
+async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host: Host,
+                   tape_host: Host) -> RecoverResult:
+    async with AsyncExitStack() as stack:
+        data = await stack.enter_async_context(_connect(data_host, args))
+        same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
+        tape = data if same else await stack.enter_async_context(_connect(tape_host, args))
+        return await RecoverJob(data, tape, request).run()
+
+
+def _show(args: argparse.Namespace, result: RecoverResult, destination: str) -> None:
+    if args.json:
+        print(json.dumps({"type": "summary", "backup": result.backup, "status": result.status,
+                          "destination": destination, "direct": result.direct, "bytes_moved": result.bytes_moved,
+                          "bytes_processed": result.bytes_processed, "image_bytes": result.image_bytes,
+                          "files": result.files}), flush=True)
+    else:
+        how = " (direct access)" if result.direct else ""
+        print(f"restored {result.backup} to {destination}{how}: {result.bytes_moved} of {result.image_bytes} "
+              f"image bytes read", flush=True)
+
+
+async def restore(args: argparse.Namespace) -> int:
+    to_text, directory = split_target(args.to)
+    data_host = host_named(to_text, args.config)
+    pairs, env = _pairs(args.paths), _env(args.env)
+    catalog = open_catalog(args.catalog)
+    try:
+        if args.as_of is not None:
+            if any(new for _, new in pairs):
+                raise HostConfigError("--as-of restores paths where they were: PATH=NEWPATH is for one backup")
+            host_text, volume = split_target(args.what)
+            chain = catalog.chain(host_named(host_text, args.config).name, volume, parse_when(args.as_of))
+        else:
+            chain = [catalog.get(args.what)]
+        work = []
+        for backup in chain:
+            _restorable(backup)
+            tape_host, drive = _tape(args, backup)
+            request = plan(catalog, backup, pairs, directory, drive=drive, env=env,
+                           missing_ok=args.as_of is not None, allow_direct=args.direct)
+            if request is not None:
+                work.append((request, tape_host))
+        if pairs and not work:
+            raise RecoverFailed(f"none of {', '.join(p for p, _ in pairs)} is in the chain of {args.what}")
+        for request, tape_host in work:
+            try:
+                result = await _run_one(args, request, data_host, tape_host)
+            except RecoverFailed as exc:
+                if args.tape is None and "TAPE_OPEN" in str(exc):
+                    raise RecoverFailed(f"{exc}; the drive defaulted to {tape_host.name}:{request.drive} "
+                                        "(the backed-up host): give --tape HOST:DRIVE") from None
+                raise
+            _show(args, result, directory)
+    except RecoverFailed as exc:
+        print(f"ndmp: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RecoverInterrupted as exc:
+        print(f"ndmp: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        catalog.close()
+    return EXIT_OK
+
+
+COMMANDS = {"restore": restore}

@@ -1,0 +1,424 @@
+"""``ndmp restore``: one recover of a cataloged backup image into a directory of a data server.
+
+Two-way (drive and data on one server, LOCAL mover) or three-way (the tape host's mover
+listens on TCP in WRITE mode and feeds the data server, which may be another host than
+the one backed up). The request is the whole image, or an nlist of paths (each to its own
+destination, so a file can come back under a new name); with DAR the nlist carries the
+catalog's fh_info and DIRECT=y, and the data server asks for just the byte ranges it needs.
+
+Every NOTIFY and a user's interrupt arrive as events in one queue, and
+:meth:`RecoverJob._decide` is the one place that says what each means: forward a
+NOTIFY_DATA_READ as MOVER_READ, reposition on a SEEK pause (or at the end of one tape
+file's part of the image), finish, or abort both sides.
+
+Media: the image lies in one or more parts (catalog :class:`~ndmpd.dma.catalog.Media`, each a
+tape file holding a byte range of the image). The job positions the drive on the part
+holding the offset it needs; a part on another cartridge is loaded through the optional
+``media`` object (:class:`MediaLoader`, e.g. a library client), or the job fails saying
+which cartridge it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ...wire import C, T
+from ..agent import Agent
+from ..catalog import Backup, Media
+from ..errors import NdmpReplyError
+from ..progress import NullReporter, Reporter
+from .backup import RECORD_SIZE, STEP_TIMEOUT, WINDOW_ALL, _reason
+
+ALL_ONES = (1 << 64) - 1
+ERROR_LINE_WAIT = 1.0          # seconds a refusal waits for the server's LOG_MESSAGE
+TICK = 1.0                     # seconds between the progress polls (DATA/MOVER_GET_STATE)
+# Env the backup's DATA_GET_ENV returned that makes no sense to send back for a recover
+_NOT_FOR_RECOVER = {"HIST", "UPDATE", "DIRECT", "SNAPSHOT"}
+_LOG_LEVELS = {C.LOG_NORMAL: "normal", C.LOG_DEBUG: "debug", C.LOG_ERROR: "error", C.LOG_WARNING: "warning"}
+
+
+class RecoverFailed(Exception):
+    """The recover did not restore what was asked (the message is the one line for the user)."""
+
+
+class RecoverInterrupted(Exception):
+    """The user stopped the recover (SIGINT/SIGTERM); both sides were aborted."""
+
+
+class MediaLoader(Protocol):
+    """Puts the cartridge holding one part of an image into the job's drive (a library client)."""
+
+    async def load(self, part: Media) -> None:
+        """Make ``part``'s cartridge the one in the drive; the drive is closed meanwhile."""
+
+
+@dataclass
+class Selection:
+    """One nlist entry: a path in the backup (``/dir/f``), where it goes on the data host,
+    and its fh_info from the catalog (None: unknown, no DAR)."""
+
+    source: str
+    destination: str
+    fh_info: int | None = None
+
+
+@dataclass
+class RecoverRequest:
+    """What to restore (a whole image when ``paths`` is empty), from which drive, to where."""
+
+    backup: Backup
+    drive: str
+    destination: str
+    paths: list[Selection] = field(default_factory=list)
+    direct: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    stall_timeout: float = 300.0     # seconds with no byte moved before the job gives up
+
+
+@dataclass
+class RecoverResult:
+    backup: str
+    status: str
+    bytes_moved: int           # what the mover sent from tape (MOVER_GET_STATE)
+    bytes_processed: int       # what the data server took in (DATA_GET_STATE)
+    image_bytes: int           # the image's size in the catalog
+    direct: bool
+    files: dict[str, bool]     # LOG_FILE outcomes by nlist name
+
+
+@dataclass
+class _End:
+    outcome: str
+    reason: str = ""
+
+
+@dataclass
+class _Read:
+    offset: int
+    length: int
+
+
+@dataclass
+class _Reposition:
+    offset: int
+
+
+@dataclass
+class _Close:
+    """The image has no more bytes to give: close the data connection (MOVER_CLOSE)."""
+
+
+def recover_env(request: RecoverRequest) -> dict[str, str]:
+    """The env of DATA_START_RECOVER: what the server returned with the backup (so it knows
+    its own image), DIRECT for DAR, then the user's -E."""
+    env = {k: v for k, v in request.backup.env.items() if k not in _NOT_FOR_RECOVER}
+    env.setdefault("FILESYSTEM", request.backup.volume)
+    env["DIRECT"] = "y" if request.direct else "n"
+    env.update(request.env)
+    return env
+
+
+def nlist(request: RecoverRequest, version: int) -> list[Any]:
+    """The nlist in the negotiated version's sense: v4 names the destination path, v3 its
+    directory and the new name in it. A whole image is ``/`` to the destination directory."""
+    wanted = request.paths or [Selection("/", request.destination)]
+    out = []
+    for item in wanted:
+        source = item.source.lstrip("/") or "/"
+        fh = item.fh_info if request.direct and item.fh_info is not None else ALL_ONES
+        if version == 3 and item.destination != request.destination:
+            directory, _, name = item.destination.rstrip("/").rpartition("/")
+            directory = directory or "/"
+        else:
+            directory, name = item.destination, ""
+        out.append(T.name(original_path=source, destination_path=directory, name=name, other_name="",
+                          node=ALL_ONES, fh_info=fh))
+    return out
+
+
+class RecoverJob:
+    """One recover between a data agent and a tape agent (the same object when two-way)."""
+
+    def __init__(self, data: Agent, tape: Agent, request: RecoverRequest, *,
+                 media: MediaLoader | None = None, reporter: Reporter | None = None) -> None:
+        self.data, self.tape, self.request = data, tape, request
+        self.media, self.reporter = media, reporter or NullReporter()
+        self.two_way = data is tape
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.errors: list[str] = []
+        self.error_logged = asyncio.Event()
+        self.files: dict[str, bool] = {}
+        self.data_halted: Any = None
+        self.mover_halted: Any = None
+        self.parts = sorted(request.backup.media, key=lambda m: m.first_byte) or [Media(label=request.drive)]
+        self.mounted: Media | None = None
+        self.opened = False
+        self.progress = (0, 0)
+        self.progress_at = 0.0
+        self.handlers: list[tuple[Agent, int, Any]] = []
+
+    async def run(self) -> RecoverResult:
+        """Run to the end; RecoverFailed / RecoverInterrupted with the one line for the user."""
+        self._listen()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.events.put_nowait, ("interrupt", sig))
+        try:
+            try:
+                await self._start()
+                ticker = asyncio.create_task(self._tick())
+                try:
+                    end = await self._wait_end()
+                finally:
+                    ticker.cancel()
+            except NdmpReplyError as exc:
+                await self._error_line()
+                end = _End("failed", self._why(str(exc)))
+            except RecoverFailed as exc:
+                end = _End("failed", str(exc))
+            if end.outcome != "done":
+                await self._abort()
+            moved, processed = await self._collect()
+            await self._stop()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            self._unlisten()
+        if end.outcome == "done":
+            missing = [name for name, ok in self.files.items() if not ok]
+            if missing:
+                end = _End("failed", f"not restored: {', '.join(missing)}" +
+                           (f" ({self.errors[-1]})" if self.errors else ""))
+        result = RecoverResult(self.request.backup.id, end.outcome, moved, processed, self.request.backup.bytes,
+                               self.request.direct, dict(self.files))
+        self.reporter.summary({"backup": result.backup, "status": result.status, "bytes_moved": moved,
+                               "bytes_processed": processed, "image_bytes": result.image_bytes,
+                               "direct": result.direct, "files": result.files})
+        self.reporter.close()
+        if end.outcome == "interrupted":
+            raise RecoverInterrupted(f"restore of {self.request.backup.id} interrupted")
+        if end.outcome == "failed":
+            raise RecoverFailed(f"restore of {self.request.backup.id} failed: {end.reason}")
+        return result
+
+    # ------------------------------------------------------------ steps
+
+    def _listen(self) -> None:
+        def event(kind: str) -> Any:
+            return lambda body: self.events.put_nowait((kind, body))
+        for agent in self._agents():
+            self.handlers.append((agent, C.LOG_MESSAGE, lambda body, agent=agent: self._log(agent, body)))
+        self.handlers += [(self.data, C.LOG_FILE, self._log_file),
+                          (self.data, C.NOTIFY_DATA_HALTED, event("data_halted")),
+                          (self.data, C.NOTIFY_DATA_READ, event("data_read")),
+                          (self.tape, C.NOTIFY_MOVER_HALTED, event("mover_halted")),
+                          (self.tape, C.NOTIFY_MOVER_PAUSED, event("mover_paused"))]
+        for agent, code, handler in self.handlers:
+            agent.on(code, handler)
+
+    def _unlisten(self) -> None:
+        """The agents may serve another job next: this one's handlers go."""
+        for agent, code, handler in self.handlers:
+            agent.off(code, handler)
+
+    def _agents(self) -> list[Agent]:
+        return [self.data] if self.two_way else [self.data, self.tape]
+
+    def _log(self, agent: Agent, body: Any) -> None:
+        level = _LOG_LEVELS.get(getattr(body, "log_type", C.LOG_NORMAL), "normal")
+        if level == "error":
+            self.errors.append(body.entry)
+            self.error_logged.set()
+        self.reporter.log(agent.peer, level, body.entry)
+
+    def _log_file(self, body: Any) -> None:
+        status = getattr(body, "recovery_status", None)
+        ok = (status == C.RECOVERY_SUCCESSFUL) if status is not None else getattr(body, "error", 1) == C.NO_ERR
+        self.files["/" + body.name.lstrip("/")] = ok
+
+    async def _start(self) -> None:
+        req = self.request
+        await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_READ_MODE)
+        self.opened = True
+        await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
+        await self._mount(self.parts[0])
+        kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
+        listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_WRITE, addr_type=kind)
+        addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
+        await self.data.call("DATA_CONNECT", addr=addr)
+        env = recover_env(req)
+        await self.data.call("DATA_START_RECOVER", butype_name=req.backup.butype,
+                             env=[T.pval(name=k, value=v) for k, v in env.items()],
+                             nlist=nlist(req, self.data.version))
+
+    def _part_for(self, offset: int) -> Media | None:
+        for part in self.parts:
+            if part.first_byte <= offset and (part.last_byte is None or offset < part.last_byte):
+                return part
+        return None
+
+    def _next_part(self) -> Media | None:
+        if self.mounted is None:
+            return None
+        later = [p for p in self.parts if p.first_byte > self.mounted.first_byte]
+        return later[0] if later else None
+
+    async def _mount(self, part: Media) -> None:
+        """The drive on ``part``'s tape file and the mover's window on its byte range (SET_WINDOW
+        binds the window start to where the head is)."""
+        if self.mounted is not None and _cartridge(part) != _cartridge(self.mounted):
+            if self.media is None:
+                raise RecoverFailed(f"the image continues on cartridge {part.label or part.barcode or part.slot}"
+                                    f" (bytes from {part.first_byte}); no library to load it")
+            await self.tape.call("TAPE_CLOSE", timeout=STEP_TIMEOUT)
+            self.opened = False
+            await self.media.load(part)
+            await self.tape.call("TAPE_OPEN", device=self.request.drive, mode=C.TAPE_READ_MODE)
+            self.opened = True
+        await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1, timeout=STEP_TIMEOUT)
+        if part.file_number:
+            await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_FSF, count=part.file_number, timeout=STEP_TIMEOUT)
+        last = part is self.parts[-1] or part.last_byte is None
+        length = WINDOW_ALL - part.first_byte if last else part.last_byte - part.first_byte
+        await self.tape.call("MOVER_SET_WINDOW", offset=part.first_byte, length=length)
+        self.mounted = part
+
+    async def _tick(self) -> None:
+        """Every TICK: the bytes moved and processed so far, as an event (progress, stall)."""
+        self.progress_at = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                mover = await self.tape.call("MOVER_GET_STATE", timeout=STEP_TIMEOUT)
+                data = await self.data.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
+            except (NdmpReplyError, TimeoutError):
+                continue
+            except ConnectionError:
+                return
+            self.events.put_nowait(("tick", (int(mover.bytes_moved), int(data.bytes_processed), time.monotonic())))
+
+    async def _wait_end(self) -> _End:
+        while True:
+            kind, body = await self.events.get()
+            step = self._decide(kind, body)
+            if isinstance(step, _End):
+                return step
+            if isinstance(step, _Read):
+                await self.tape.call("MOVER_READ", offset=step.offset, length=step.length)
+            elif isinstance(step, _Reposition):
+                part = self._part_for(step.offset)
+                if part is None:
+                    return _End("failed", f"the image has no byte {step.offset} on the cataloged media")
+                await self._mount(part)
+                await self.tape.call("MOVER_CONTINUE")
+            elif isinstance(step, _Close):
+                await self.tape.call("MOVER_CLOSE")
+
+    def _decide(self, kind: str, body: Any) -> _End | _Read | _Reposition | _Close | None:
+        """What one event means: an end (outcome, reason), a step to take, or None to keep waiting."""
+        if kind == "interrupt":
+            return _End("interrupted", f"interrupted by signal {signal.Signals(body).name}")
+        if kind == "tick":
+            moved, processed, now = body
+            if (moved, processed) != self.progress:
+                self.progress, self.progress_at = (moved, processed), now
+                self.reporter.progress(processed, self.request.backup.bytes or None)
+            elif now - self.progress_at > self.request.stall_timeout:
+                hint = ("; the tape agent may not serve direct access reads: try --no-direct"
+                        if self.request.direct else "")
+                return _End("failed", f"nothing moved for {self.request.stall_timeout:g} s{hint}")
+            return None
+        if kind == "data_read":
+            return _Read(body.offset, body.length)
+        if kind == "mover_paused":
+            if body.reason == C.MOVER_PAUSE_SEEK:
+                return _Reposition(body.seek_position)
+            if body.reason in (C.MOVER_PAUSE_EOF, C.MOVER_PAUSE_EOM, C.MOVER_PAUSE_EOW):
+                following = self._next_part()
+                if following is not None:                 # this tape file's part is over: the next one
+                    return _Reposition(following.first_byte)
+                return _Close()                           # the image ends here: the data server has it all
+            return _End("failed", f"the mover paused ({_reason('MOVER_PAUSE', body.reason)})")
+        if kind == "mover_halted":
+            self.mover_halted = body
+            return None                                   # the data server's halt says how it went
+        if kind == "data_halted":
+            self.data_halted = body
+            if body.reason == C.DATA_HALT_SUCCESSFUL:
+                return _End("done")
+            why = _reason("DATA_HALT", body.reason)
+            if self.mover_halted is not None and self.mover_halted.reason not in (C.MOVER_HALT_CONNECT_CLOSED,
+                                                                                  C.MOVER_HALT_ABORTED):
+                why = f"the mover halted: {_reason('MOVER_HALT', self.mover_halted.reason)}"
+            return _End("failed", f"the data server halted: {self.errors[-1] if self.errors else why}")
+        return None
+
+    async def _error_line(self) -> None:
+        """A server sends the LOG_MESSAGE saying why it refused a request just after the reply:
+        give it a moment to arrive, so the user reads the reason rather than an error code."""
+        try:
+            await asyncio.wait_for(self.error_logged.wait(), ERROR_LINE_WAIT)
+        except asyncio.TimeoutError:
+            pass
+
+    def _why(self, fallback: str) -> str:
+        """A refused request: the server's own error line says why better than the error code."""
+        return f"{self.errors[-1]} ({fallback})" if self.errors else fallback
+
+    async def _abort(self) -> None:
+        """DATA_ABORT and MOVER_ABORT, each side left IDLE-able whatever state it was in."""
+        for agent, message in ((self.data, "DATA_ABORT"), (self.tape, "MOVER_ABORT")):
+            try:
+                await agent.call(message, timeout=STEP_TIMEOUT)
+            except (NdmpReplyError, TimeoutError):
+                pass
+
+    async def _collect(self) -> tuple[int, int]:
+        moved = processed = 0
+        try:
+            state = await self.tape.call("MOVER_GET_STATE", timeout=STEP_TIMEOUT)
+            moved = int(state.bytes_moved)
+        except (NdmpReplyError, TimeoutError):
+            pass
+        try:
+            state = await self.data.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
+            processed = int(state.bytes_processed)
+        except (NdmpReplyError, TimeoutError):
+            pass
+        return moved, processed
+
+    async def _stop(self) -> None:
+        """Both sides back to IDLE and the drive closed, however the recover ended."""
+        if self.data_halted is None or self.mover_halted is None:
+            await self._quiet(self.tape, "MOVER_ABORT")   # the data side is done: the mover need not go on
+        await _wait_state(self.data, "DATA_GET_STATE", C.DATA_STATE_HALTED, C.DATA_STATE_IDLE)
+        await self._quiet(self.data, "DATA_STOP")
+        await _wait_state(self.tape, "MOVER_GET_STATE", C.MOVER_STATE_HALTED, C.MOVER_STATE_IDLE)
+        await self._quiet(self.tape, "MOVER_STOP")
+        if self.opened:
+            await self._quiet(self.tape, "TAPE_CLOSE")
+
+    async def _quiet(self, agent: Agent, message: str) -> None:
+        try:
+            await agent.call(message, timeout=STEP_TIMEOUT)
+        except (NdmpReplyError, TimeoutError):
+            pass
+
+
+def _cartridge(part: Media) -> tuple[Any, ...]:
+    return part.label, part.barcode, part.slot
+
+
+async def _wait_state(agent: Agent, query: str, *states: int) -> None:
+    for _ in range(100):
+        try:
+            state = (await agent.call(query, timeout=STEP_TIMEOUT)).state
+        except (NdmpReplyError, TimeoutError):
+            return
+        if state in states:
+            return
+        await asyncio.sleep(0.1)
