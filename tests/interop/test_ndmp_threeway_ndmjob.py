@@ -53,7 +53,7 @@ def test_a_three_way_backup_to_ndmjobs_tape_daemon_is_one_gnu_tar_lists(ndmjob, 
         result = ndmp("backup", "nas:/export/data", "--tape", f"vendor:{tape}", "--version", str(version),
                       "--catalog", str(catalog), "--json", home=home)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout.splitlines()[-1])     # the summary line
     assert report["status"] == "done" and report["entries"] >= 52
     found = ndmp("find", "/docs/note4*.txt", "--catalog", str(catalog), "--json", home=home)
     assert {e["path"] for e in json.loads(found.stdout)} == {f"/docs/note{i}.txt" for i in range(40, 50)}
@@ -74,7 +74,7 @@ def test_a_two_way_backup_at_an_older_version_is_cataloged(source, tmp_path, ver
     result = ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:vtape0", "--version", str(version),
                   "--butype", butype, "--catalog", str(catalog), "--json", home=tmp_path)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout.splitlines()[-1])     # the summary line
     assert report["status"] == "done" and report["entries"] == 53          # /, docs, 50 notes, big.bin
     listing = ndmp("ls", report["id"], "/docs", "--catalog", str(catalog), "--json", home=tmp_path)
     entries = {e["path"]: e for e in json.loads(listing.stdout)}
@@ -92,7 +92,7 @@ def test_a_three_way_backup_between_two_ndmpd_at_ndmpv2(source, tmp_path):
         result = ndmp("backup", f"ndmp@{source.host}:/export/data", "--tape", f"ndmp@{tape.host}:vtape0",
                       "--version", "2", "--catalog", str(catalog), "--json", home=tmp_path)
         assert result.returncode == 0, result.stderr
-        report = json.loads(result.stdout)
+        report = json.loads(result.stdout.splitlines()[-1])     # the summary line
         assert report["status"] == "done" and report["entries"] == 53
         assert (root / "state" / "vtape0.img").stat().st_size > report["bytes"] > 300_000
     finally:
