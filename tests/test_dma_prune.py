@@ -78,3 +78,17 @@ def test_prune_usage_errors_are_one_line_and_status_2(tmp_path):
     for args in ((), ("--older-than", "30 days"), ("--keep-last", "0")):
         result = ndmp("prune", *args, "--catalog", str(tmp_path / "c.db"), home=tmp_path)
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_pruned_copy_frees_no_medium(tmp_path):
+    path = tmp_path / "catalog.db"
+    with open_catalog(path) as cat:
+        ids = []
+        for days_ago in (3, 2):
+            c = cat.begin_backup(host="nas", volume="/vol", butype="tar", level=0, kind="copy",
+                                 destination="nas2:/mirror", started=time.time() - days_ago * 86400)
+            cat.add_media(c.id, Media(label="nas2:/mirror", first_byte=0, last_byte=10))
+            cat.finish_backup(c.id, "done", bytes=10)
+            ids.append(c.id)
+    report = prune(tmp_path, path, "--keep-last", "1")
+    assert [b["id"] for b in report["removed"]] == [ids[0]] and report["reusable"] == []

@@ -49,7 +49,8 @@ async def prune(args: argparse.Namespace) -> int:
     cat = open_catalog(args.catalog)
     try:
         removed = cat.prune(keep_last=args.keep_last, older_than=older)
-        freed = {m.barcode or m.label for b in removed for m in b.media if (m.barcode or m.label)}
+        freed = {m.barcode or m.label for b in removed if b.kind != "copy"      # a copy's "medium" is DST:DIR
+                 for m in b.media if (m.barcode or m.label)}
         reusable = sorted(freed - cat.media_in_use())
         barcodes = {m.barcode for b in removed for m in b.media if m.barcode}
         cat.mark_reusable([r for r in reusable if r in barcodes], since=time.time())
