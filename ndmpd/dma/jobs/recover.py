@@ -259,12 +259,10 @@ class RecoverJob:
                              nlist=nlist(req, self.data.version))
 
     def _first_part(self) -> Media:
-        """Where the data server starts reading: the image's start, or with DAR the part
-        holding the lowest offset asked (it SEEKs there first)."""
-        if self.request.direct:
-            offsets = [s.fh_info for s in self.request.paths if s.fh_info is not None]
-            if offsets:
-                return self._part_for(min(offsets)) or self.parts[0]
+        """Where the data server starts reading: the image's start, also with DAR, because
+        ndmpd's data server reads the image's global header (its labels: level, volume) before
+        it seeks to the first fh_info; a server that seeks straight there gets the part holding
+        it loaded on its first SEEK pause."""
         return self.parts[0]
 
     def _part_for(self, offset: int) -> Media | None:
@@ -306,6 +304,7 @@ class RecoverJob:
         name = part.barcode or part.label or f"slot {part.slot}"
         if not self.cartridges or self.cartridges[-1] != name:
             self.cartridges.append(name)
+            self.reporter.log(self.tape.peer, "normal", f"reading {name} (image bytes from {part.first_byte})")
 
     async def _tick(self) -> None:
         """Every TICK: the bytes moved and processed so far, as an event (progress, stall)."""
