@@ -241,7 +241,10 @@ class RecoverJob:
 
     async def _start(self) -> None:
         req = self.request
-        first = self._first_part()
+        # the image's first part, also for DAR: ndmpd's data server reads the image's global header
+        # (its labels: level, volume) before it seeks to the first fh_info; a server that seeks
+        # straight there has the part holding it loaded at its first SEEK pause
+        first = self.parts[0]
         if self.media is not None:
             await self._load(first)
         else:
@@ -257,13 +260,6 @@ class RecoverJob:
         await self.data.call("DATA_START_RECOVER", butype_name=req.backup.butype,
                              env=[T.pval(name=k, value=v) for k, v in env.items()],
                              nlist=nlist(req, self.data.version))
-
-    def _first_part(self) -> Media:
-        """Where the data server starts reading: the image's start, also with DAR, because
-        ndmpd's data server reads the image's global header (its labels: level, volume) before
-        it seeks to the first fh_info; a server that seeks straight there gets the part holding
-        it loaded on its first SEEK pause."""
-        return self.parts[0]
 
     def _part_for(self, offset: int) -> Media | None:
         for part in self.parts:
