@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def offsets(catalog, backup_id: str) -> tuple[int, dict[str, tuple[int, int]]]:
         return backup.media[1].first_byte, files
 
 
-def test_dar_loads_only_the_cartridge_holding_a_file_and_crosses_the_boundary_for_one_that_spans(lib, tmp_path):
+def test_dar_of_a_file_on_the_second_cartridge_reads_little_and_one_crossing_the_boundary_comes_whole(lib, tmp_path):
     server, spec = lib
     fill_volume(tmp_path / "vol", 1_600_000)
     catalog = tmp_path / "catalog.db"
@@ -165,7 +166,6 @@ def test_sigint_right_after_the_first_cartridge_change_exit_130_cartridge_back_i
     fill_volume(tmp_path / "vol", 3_600_000)                       # four cartridges' worth: time to stop it
     catalog = tmp_path / "catalog.db"
     env = {"NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path)}
-    import os
     proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "backup", f"{spec}:/export/data", "--tape",
                              f"{spec}:ltape0", "--library", f"{spec}:vlib0", "--catalog", str(catalog), "--json"],
                             cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
