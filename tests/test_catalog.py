@@ -68,6 +68,25 @@ def test_schema_is_versioned_wal_and_reopens_with_its_data(tmp_path):
         open_catalog(path)
 
 
+def test_a_schema_2_catalog_gains_the_media_library_and_drive_and_keeps_its_rows(tmp_path):
+    from ndmpd.dma.catalog_sqlite import _MIGRATIONS, connect
+    path = tmp_path / "catalog.db"
+    conn = connect(path)
+    for version in (1, 2):                                   # a catalog an older ndmp made
+        conn.executescript(_MIGRATIONS[version])
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO backups (id, host, volume, butype, level, started, status) "
+                 "VALUES ('00dd', 'h', '/v', 'tar', 0, 1.0, 'done')")
+    conn.execute("INSERT INTO media VALUES (1, 1, NULL, 'T1', 1, 0, 0, 10)")
+    conn.close()
+    with open_catalog(path) as c:
+        assert c.get("00dd").media == [Media(barcode="T1", slot=1, file_number=0, first_byte=0, last_byte=10)]
+        new = c.begin_backup(host="h", volume="/v", butype="tar", level=0)
+        c.add_media(new.id, Media(barcode="T2", slot=2, file_number=0, library="nas:vlib0", drive="nas:ltape0"))
+        [m] = c.get(new.id).media
+        assert (m.library, m.drive) == ("nas:vlib0", "nas:ltape0")
+
+
 def test_backup_record_media_and_list_newest_first(cat):
     old = backup_with(cat, [b"/"], started=100.0)
     other = backup_with(cat, [b"/"], volume="/other", started=150.0)

@@ -68,6 +68,8 @@ class Media:
     file_number: int | None = None
     first_byte: int = 0             # image offset of this part's first byte
     last_byte: int | None = None    # image offset one past this part's last byte; None: to the end
+    library: str | None = None      # ``HOST:CHANGER`` of the library the cartridge was loaded from
+    drive: str | None = None        # ``HOST:DRIVE`` it was written in (where a restore reads it by default)
 
 
 @dataclass(slots=True)
@@ -157,6 +159,8 @@ def media_dict(m: Media) -> dict:
     out = {"label": m.label, "file_number": m.file_number}
     if m.barcode is not None:
         out.update(barcode=m.barcode, slot=m.slot, first_byte=m.first_byte, last_byte=m.last_byte)
+        if m.library is not None:
+            out.update(library=m.library, drive=m.drive)
     return out
 
 

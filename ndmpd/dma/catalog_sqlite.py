@@ -24,7 +24,7 @@ from .catalog_glob import compile_glob
 from .catalog_history import HistoryRecorder
 from .catalog_writer import ProcessFileWriter
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 128 * 1024
 
@@ -78,8 +78,12 @@ CREATE TABLE reusable_media (
     since       REAL NOT NULL
 );
 """,
-    # copies (data to data, no tape) beside backups; an incremental names the backup it is based on
     3: """
+ALTER TABLE media ADD COLUMN library TEXT;
+ALTER TABLE media ADD COLUMN drive TEXT;
+""",
+    # copies (data to data, no tape) beside backups; an incremental names the backup it is based on
+    4: """
 ALTER TABLE backups ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup' CHECK (kind IN ('backup', 'copy'));
 ALTER TABLE backups ADD COLUMN destination TEXT;
 ALTER TABLE backups ADD COLUMN base_backup TEXT;
@@ -230,9 +234,10 @@ class SqliteCatalog:
         """One more medium of a backup, after those already recorded."""
         n = self._n(backup_id)
         self._conn.execute(
-            "INSERT INTO media VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM media WHERE backup = ?), "
-            "?, ?, ?, ?, ?, ?)",
-            (n, n, media.label, media.barcode, media.slot, media.file_number, media.first_byte, media.last_byte))
+            "INSERT INTO media (backup, seq, label, barcode, slot, file_number, first_byte, last_byte, library, "
+            "drive) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM media WHERE backup = ?), ?, ?, ?, ?, ?, ?, ?, ?)",
+            (n, n, media.label, media.barcode, media.slot, media.file_number, media.first_byte, media.last_byte,
+             media.library, media.drive))
 
     def history(self, backup_id: str) -> HistoryRecorder:
         """A recorder for this backup's FH_* posts (start it with ``with`` or :meth:`start`)."""
@@ -261,7 +266,7 @@ class SqliteCatalog:
         (n, short, host, volume, butype, level, base, dump_date, env, started, ended, size, status, halt,
          entries, kind, destination, base_backup) = row
         media = [Media(*m) for m in self._conn.execute(
-            "SELECT label, barcode, slot, file_number, first_byte, last_byte FROM media WHERE backup = ? "
+            "SELECT label, barcode, slot, file_number, first_byte, last_byte, library, drive FROM media WHERE backup = ? "
             "ORDER BY seq", (n,))]
         return Backup(short, host, volume, butype, level, started, status, ended, size, base, dump_date,
                       json.loads(env), halt, entries, media, kind, destination, base_backup)

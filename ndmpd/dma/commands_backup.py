@@ -115,7 +115,8 @@ async def backup(args: argparse.Namespace) -> int:
                 robot = await stack.enter_async_context(_connect(robot_host, args))   # its own session: SCSI
                 library = await Library.open(robot, changer)
                 stack.push_async_callback(library.close)
-                media = MediaLoader(library, tape, drive, catalog, slots=slots, drive_element=args.drive)
+                media = MediaLoader(library, tape, drive, catalog, slots=slots, drive_element=args.drive,
+                                    names=(args.library, args.tape))
             reporter = choose_reporter(args.json, sys.stdout.isatty() and sys.stderr.isatty(),
                                        label=f"{data_host.name}:{volume}", interval=args.progress_interval)
             try:

@@ -8,6 +8,11 @@ it) to DIR/PATH, or to DIR/NEWPATH when renamed. When the catalog has the image 
 only what it needs. The drive defaults to the one the backup was written to, on the host
 that was backed up.
 
+A backup a library wrote (its media rows carry barcodes) is restored through that library
+(``--library HOST:CHANGER``, by default the one the catalog recorded, and the drive it was
+written in): the restore loads the cartridge holding the first part it needs, changes to the
+next at the end of each part and puts the last one back in its slot.
+
 ``ndmp restore --as-of WHEN HOST:VOLUME [PATH...] --to HOST:DIR`` restores the chain a
 restore at WHEN needs (the level 0, then each increment in order), so deletions and renames
 come out as they were.
@@ -26,8 +31,10 @@ from .agent import Agent
 from .catalog import Backup, Catalog, as_path, open_catalog
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from .hosts import Host, HostConfigError, host_named, split_target
+from .jobs.media import MediaLoader
 from .jobs.recover import (ALL_ONES, RecoverFailed, RecoverInterrupted, RecoverJob, RecoverRequest, RecoverResult,
                            Selection)
+from .library import Library
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -43,6 +50,10 @@ def add_parsers(sub: Any, epilog: str) -> None:
     r.add_argument("--to", required=True, metavar="HOST:DIR", help="the data server and directory to restore into")
     r.add_argument("--tape", metavar="HOST:DRIVE",
                    help="where the cartridge is (default: the backup's drive on the backed-up host)")
+    r.add_argument("--library", metavar="HOST:CHANGER",
+                   help="load the backup's cartridges through this changer (default: the one that wrote them)")
+    r.add_argument("--drive", metavar="ELEMENT",
+                   help="the changer's drive element that is DRIVE (number or @ADDR), if it does not say")
     r.add_argument("--as-of", metavar="WHEN", help="ISO date and time, or 'now': restore the chain up to then")
     r.add_argument("--no-direct", dest="direct", action="store_false",
                    help="read the image from its start even when the catalog allows direct access (for a "
@@ -120,10 +131,29 @@ def _tape(args: argparse.Namespace, backup: Backup) -> tuple[Host, str]:
     if args.tape:
         text, drive = split_target(args.tape)
         return host_named(text, args.config), drive
-    label = backup.media[0].label
+    first = backup.media[0]
+    if first.drive:
+        text, drive = split_target(first.drive)
+        return host_named(text, args.config), drive
+    if first.barcode is not None:
+        raise RecoverFailed(f"backup {backup.id} was written through a library to a drive the catalog does not "
+                            "name; give --tape HOST:DRIVE")
+    label = first.label
     if not label:
         raise RecoverFailed(f"backup {backup.id}'s media has no drive name; give --tape HOST:DRIVE")
     return host_named(backup.host, args.config), label
+
+
+def _library(args: argparse.Namespace, backup: Backup) -> tuple[Host, str] | None:
+    """The changer to load the backup's cartridges through: --library, else the one that wrote
+    them (None: the cartridge is already in the drive, put there by hand)."""
+    text = args.library
+    if text is None and any(m.barcode for m in backup.media):
+        text = next((m.library for m in backup.media if m.library), None)
+    if text is None:
+        return None
+    host_text, changer = split_target(text)
+    return host_named(host_text, args.config), changer
 
 
 def _connect(host: Host, args: argparse.Namespace) -> Any:
@@ -131,12 +161,19 @@ def _connect(host: Host, args: argparse.Namespace) -> Any:
 
 
 async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host: Host,
-                   tape_host: Host) -> RecoverResult:
+                   tape_host: Host, library: tuple[Host, str] | None, catalog: Catalog) -> RecoverResult:
     async with AsyncExitStack() as stack:
         data = await stack.enter_async_context(_connect(data_host, args))
         same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
         tape = data if same else await stack.enter_async_context(_connect(tape_host, args))
-        return await RecoverJob(data, tape, request).run()
+        media = None
+        if library is not None:
+            robot_host, changer = library
+            robot = await stack.enter_async_context(_connect(robot_host, args))    # its own session: SCSI
+            changer_lib = await Library.open(robot, changer)
+            stack.push_async_callback(changer_lib.close)
+            media = MediaLoader(changer_lib, tape, request.drive, catalog, drive_element=args.drive)
+        return await RecoverJob(data, tape, request, media=media).run()
 
 
 def _show(args: argparse.Namespace, result: RecoverResult, destination: str) -> None:
@@ -144,11 +181,12 @@ def _show(args: argparse.Namespace, result: RecoverResult, destination: str) -> 
         print(json.dumps({"type": "summary", "backup": result.backup, "status": result.status,
                           "destination": destination, "direct": result.direct, "bytes_moved": result.bytes_moved,
                           "bytes_processed": result.bytes_processed, "image_bytes": result.image_bytes,
-                          "files": result.files}), flush=True)
+                          "files": result.files, "cartridges": result.cartridges}), flush=True)
     else:
         how = " (direct access)" if result.direct else ""
+        read = f" from {', '.join(result.cartridges)}" if result.cartridges else ""
         print(f"restored {result.backup} to {destination}{how}: {result.bytes_moved} of {result.image_bytes} "
-              f"image bytes read", flush=True)
+              f"image bytes read{read}", flush=True)
 
 
 async def restore(args: argparse.Namespace) -> int:
@@ -171,12 +209,12 @@ async def restore(args: argparse.Namespace) -> int:
             request = plan(catalog, backup, pairs, directory, drive=drive, env=env,
                            missing_ok=args.as_of is not None, allow_direct=args.direct)
             if request is not None:
-                work.append((request, tape_host))
+                work.append((request, tape_host, _library(args, backup)))
         if pairs and not work:
             raise RecoverFailed(f"none of {', '.join(p for p, _ in pairs)} is in the chain of {args.what}")
-        for request, tape_host in work:
+        for request, tape_host, library in work:
             try:
-                result = await _run_one(args, request, data_host, tape_host)
+                result = await _run_one(args, request, data_host, tape_host, library, catalog)
             except RecoverFailed as exc:
                 if args.tape is None and "TAPE_OPEN" in str(exc):
                     raise RecoverFailed(f"{exc}; the drive defaulted to {tape_host.name}:{request.drive} "

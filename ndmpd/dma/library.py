@@ -99,8 +99,11 @@ class Inventory:
                 return _nth(members, int(rest), name)
         raise LibraryError(f"{spec!r}: expected a slot number, slotN, driveN, ieN or @ADDR")
 
-    def by_barcode(self, barcode: str) -> Element | None:
+    def by_barcode(self, barcode: str, kinds: tuple[int, ...] | None = None) -> Element | None:
+        """The full element holding ``barcode`` (among ``kinds`` only, when given)."""
         for e in self.all():
+            if kinds is not None and e.kind not in kinds:
+                continue
             if e.full and e.barcode == barcode:
                 return e
         return None

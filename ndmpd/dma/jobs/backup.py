@@ -279,6 +279,9 @@ class BackupJob:
             return "failed", (f"the medium is full ({full.barcode or self.request.drive} at {offset} bytes), "
                               "no next cartridge in the library's slot range")
         self.loaded, self.part_start = nxt, offset
+        self.reporter.log(self.request.tape_host_name or self.tape.peer, "normal",
+                          f"continuing on {nxt.barcode or 'a cartridge without barcode'} (slot {nxt.slot}) "
+                          f"at image byte {offset}")
         await self.tape.call("MOVER_SET_WINDOW", offset=offset, length=WINDOW_ALL)
         await self.tape.call("MOVER_CONTINUE")
         return None

@@ -14,7 +14,7 @@ warning, never overwritten.
 
 Example (a restore that needs the second cartridge)::
 
-    loader = MediaLoader(library, tape_agent, "ltape0", catalog)
+    loader = MediaLoader(library, tape_agent, "ltape0", catalog, names=("nas:vlib0", "nas:ltape0"))
     part = await loader.load_for(backup, offset=window_wanted)   # drive open, at part.file_number
     await tape_agent.call("MOVER_SET_WINDOW", offset=part.first_byte, length=part_length(part))
 """
@@ -29,7 +29,8 @@ from ...wire import C
 from .. import tapes
 from ..catalog import Backup, Catalog, Media
 from ..errors import NdmpReplyError
-from ..library import Inventory, Library, LibraryError
+from ..library import Inventory, Library, LibraryError, element_name
+from ..smc import IMPORT_EXPORT, STORAGE
 from ..progress import NullReporter, Reporter
 
 WINDOW_ALL = (1 << 64) - 1
@@ -51,10 +52,13 @@ class Loaded:
     slot: int | None               # the user's slot number it came from
     label: tapes.Label | None
     file_number: int               # the tape file the drive is at (a new image starts here)
+    library: str | None = None     # HOST:CHANGER and HOST:DRIVE as the user named them, for the catalog
+    drive: str | None = None
 
     def media(self, first_byte: int, last_byte: int | None) -> Media:
         return Media(label=self.label.name if self.label else None, barcode=self.barcode, slot=self.slot,
-                     file_number=self.file_number, first_byte=first_byte, last_byte=last_byte)
+                     file_number=self.file_number, first_byte=first_byte, last_byte=last_byte,
+                     library=self.library, drive=self.drive)
 
 
 def parse_slots(text: str | None) -> list[int] | None:
@@ -92,8 +96,9 @@ class MediaLoader:
 
     def __init__(self, library: Library, tape: Any, drive: str, catalog: Catalog,
                  slots: Sequence[int] | None = None, drive_element: str | None = None,
-                 reporter: Reporter | None = None) -> None:
+                 reporter: Reporter | None = None, names: tuple[str, str] | None = None) -> None:
         self.library, self.tape, self.drive, self.catalog = library, tape, drive, catalog
+        self.names = names                           # (HOST:CHANGER, HOST:DRIVE) recorded on the media rows
         self.slots = list(slots) if slots is not None else None
         self.drive_element = drive_element           # the changer's element, if the mapping cannot tell
         self.reporter = reporter or NullReporter()
@@ -134,7 +139,7 @@ class MediaLoader:
                 inv = await self.library.inventory()
                 continue
             file_number = await tapes.position_for_writing(self.tape, found.label)
-            self.current = Loaded(slot.barcode, number, found.label, file_number)
+            self.current = Loaded(slot.barcode, number, found.label, file_number, *(self.names or (None, None)))
             return self.current
         return None
 
@@ -153,10 +158,12 @@ class MediaLoader:
             if element.full:
                 await self.library.unload(self._which())
                 inv = await self.library.inventory()
-            where = inv.by_barcode(part.barcode)
+            where = inv.by_barcode(part.barcode, (STORAGE,))      # an import/export port is outside
             if where is None:
-                raise MediaError(f"cartridge {part.barcode} (backup {backup.id}, bytes {part.first_byte}-"
-                                 f"{part.last_byte}) is not in the library")
+                port = inv.by_barcode(part.barcode, (IMPORT_EXPORT,))
+                there = f" (it is in {element_name(inv, port)}: move it to a slot)" if port is not None else ""
+                raise MediaError(f"cartridge {part.barcode} (backup {backup.id}, image bytes {part.first_byte}-"
+                                 f"{part.last_byte}) is not in the library's slots{there}")
             await self.library.load(where, self._which())
             self.current = Loaded(part.barcode, inv.slot_number(where.address), None, part.file_number or 0)
         if not self.is_open:

@@ -13,9 +13,10 @@ file's part of the image), finish, or abort both sides.
 
 Media: the image lies in one or more parts (catalog :class:`~ndmpd.dma.catalog.Media`, each a
 tape file holding a byte range of the image). The job positions the drive on the part
-holding the offset it needs; a part on another cartridge is loaded through the optional
-``media`` object (:class:`MediaLoader`, e.g. a library client), or the job fails saying
-which cartridge it needs.
+holding the offset it needs. With a :class:`~ndmpd.dma.jobs.media.MediaLoader` (``--library``)
+the loader puts each part's cartridge in the drive (the first one at the start, the next at
+the end of a part or on a SEEK into another part) and the last one back in its slot at the
+end; without one, a part on another cartridge fails the job saying which cartridge it needs.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ import asyncio
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Backup, Media
 from ..errors import NdmpReplyError
+from ..library import LibraryError
 from ..progress import NullReporter, Reporter
+from ..smc import ScsiError
 from .backup import RECORD_SIZE, STEP_TIMEOUT, WINDOW_ALL, _reason
+from .media import MediaError, MediaLoader
 
 ALL_ONES = (1 << 64) - 1
 ERROR_LINE_WAIT = 1.0          # seconds a refusal waits for the server's LOG_MESSAGE
@@ -47,13 +51,6 @@ class RecoverFailed(Exception):
 
 class RecoverInterrupted(Exception):
     """The user stopped the recover (SIGINT/SIGTERM); both sides were aborted."""
-
-
-class MediaLoader(Protocol):
-    """Puts the cartridge holding one part of an image into the job's drive (a library client)."""
-
-    async def load(self, part: Media) -> None:
-        """Make ``part``'s cartridge the one in the drive; the drive is closed meanwhile."""
 
 
 @dataclass
@@ -88,6 +85,7 @@ class RecoverResult:
     image_bytes: int           # the image's size in the catalog
     direct: bool
     files: dict[str, bool]     # LOG_FILE outcomes by nlist name
+    cartridges: list[str] = field(default_factory=list)   # barcodes the loader put in the drive, in order
 
 
 @dataclass
@@ -156,6 +154,7 @@ class RecoverJob:
         self.mover_halted: Any = None
         self.parts = sorted(request.backup.media, key=lambda m: m.first_byte) or [Media(label=request.drive)]
         self.mounted: Media | None = None
+        self.cartridges: list[str] = []
         self.opened = False
         self.progress = (0, 0)
         self.progress_at = 0.0
@@ -178,7 +177,7 @@ class RecoverJob:
             except NdmpReplyError as exc:
                 await self._error_line()
                 end = _End("failed", self._why(str(exc)))
-            except RecoverFailed as exc:
+            except (RecoverFailed, MediaError, LibraryError, ScsiError) as exc:
                 end = _End("failed", str(exc))
             if end.outcome != "done":
                 await self._abort()
@@ -194,10 +193,10 @@ class RecoverJob:
                 end = _End("failed", f"not restored: {', '.join(missing)}" +
                            (f" ({self.errors[-1]})" if self.errors else ""))
         result = RecoverResult(self.request.backup.id, end.outcome, moved, processed, self.request.backup.bytes,
-                               self.request.direct, dict(self.files))
+                               self.request.direct, dict(self.files), list(self.cartridges))
         self.reporter.summary({"backup": result.backup, "status": result.status, "bytes_moved": moved,
                                "bytes_processed": processed, "image_bytes": result.image_bytes,
-                               "direct": result.direct, "files": result.files})
+                               "direct": result.direct, "files": result.files, "cartridges": result.cartridges})
         self.reporter.close()
         if end.outcome == "interrupted":
             raise RecoverInterrupted(f"restore of {self.request.backup.id} interrupted")
@@ -242,10 +241,17 @@ class RecoverJob:
 
     async def _start(self) -> None:
         req = self.request
-        await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_READ_MODE)
-        self.opened = True
+        # the image's first part, also for DAR: ndmpd's data server reads the image's global header
+        # (its labels: level, volume) before it seeks to the first fh_info; a server that seeks
+        # straight there has the part holding it loaded at its first SEEK pause
+        first = self.parts[0]
+        if self.media is not None:
+            await self._load(first)
+        else:
+            await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_READ_MODE)
+            self.opened = True
         await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
-        await self._mount(self.parts[0])
+        await self._mount(first)
         kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
         listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_WRITE, addr_type=kind)
         addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
@@ -270,22 +276,31 @@ class RecoverJob:
     async def _mount(self, part: Media) -> None:
         """The drive on ``part``'s tape file and the mover's window on its byte range (SET_WINDOW
         binds the window start to where the head is)."""
-        if self.mounted is not None and _cartridge(part) != _cartridge(self.mounted):
-            if self.media is None:
-                raise RecoverFailed(f"the image continues on cartridge {part.label or part.barcode or part.slot}"
-                                    f" (bytes from {part.first_byte}); no library to load it")
-            await self.tape.call("TAPE_CLOSE", timeout=STEP_TIMEOUT)
-            self.opened = False
-            await self.media.load(part)
-            await self.tape.call("TAPE_OPEN", device=self.request.drive, mode=C.TAPE_READ_MODE)
-            self.opened = True
-        await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1, timeout=STEP_TIMEOUT)
-        if part.file_number:
-            await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_FSF, count=part.file_number, timeout=STEP_TIMEOUT)
+        if self.media is not None:
+            if self.mounted is not None:              # _start loaded the first part already
+                await self._load(part)
+        else:
+            if self.mounted is not None and _cartridge(part) != _cartridge(self.mounted):
+                raise RecoverFailed(f"the image continues on cartridge {part.barcode or part.label or part.slot}"
+                                    f" (bytes from {part.first_byte}); no library to load it (--library)")
+            await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1, timeout=STEP_TIMEOUT)
+            if part.file_number:
+                await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_FSF, count=part.file_number,
+                                     timeout=STEP_TIMEOUT)
         last = part is self.parts[-1] or part.last_byte is None
         length = WINDOW_ALL - part.first_byte if last else part.last_byte - part.first_byte
         await self.tape.call("MOVER_SET_WINDOW", offset=part.first_byte, length=length)
         self.mounted = part
+
+    async def _load(self, part: Media) -> None:
+        """The loader puts ``part``'s cartridge in the drive (unloading another), open and on its tape file."""
+        assert self.media is not None
+        await self.media.load_for(self.request.backup, part.first_byte)
+        self.opened = self.media.is_open
+        name = part.barcode or part.label or f"slot {part.slot}"
+        if not self.cartridges or self.cartridges[-1] != name:
+            self.cartridges.append(name)
+            self.reporter.log(self.tape.peer, "normal", f"reading {name} (image bytes from {part.first_byte})")
 
     async def _tick(self) -> None:
         """Every TICK: the bytes moved and processed so far, as an event (progress, stall)."""
@@ -399,7 +414,12 @@ class RecoverJob:
         await self._quiet(self.data, "DATA_STOP")
         await _wait_state(self.tape, "MOVER_GET_STATE", C.MOVER_STATE_HALTED, C.MOVER_STATE_IDLE)
         await self._quiet(self.tape, "MOVER_STOP")
-        if self.opened:
+        if self.media is not None:
+            try:
+                await self.media.release(unload=True)      # the cartridge back in its slot, the drive empty
+            except (NdmpReplyError, LibraryError, ScsiError, TimeoutError) as exc:
+                self.reporter.warning(f"unloading the drive: {exc}")
+        elif self.opened:
             await self._quiet(self.tape, "TAPE_CLOSE")
 
     async def _quiet(self, agent: Agent, message: str) -> None:
