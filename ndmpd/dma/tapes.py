@@ -117,6 +117,30 @@ async def position_for_writing(agent: Any, label: Label | None) -> int:
     return 1
 
 
+SPACE_ALL = 0x7FFFFFFF                   # an MTIO count past any tape's number of files
+
+
+async def position_at_end_of_data(agent: Any) -> int:
+    """Rewind and space past every tape file: the file number a new image starts at, so a
+    backup appends and never writes over the images the catalog knows. A last file cut
+    short (a backup that died before its filemark) gets its filemark first, so the new image
+    is a file of its own."""
+    await mtio(agent, C.MTIO_REW)
+    try:
+        files: int | None = SPACE_ALL - await mtio(agent, C.MTIO_FSF, SPACE_ALL)
+    except NdmpReplyError as exc:            # agents that answer end of data with an error
+        if exc.code not in END_OF_DATA:
+            raise
+        files = None
+    state = await status(agent)
+    if files is None:
+        files = state["file_num"] or 0
+    if state["blockno"]:                     # records after the last filemark
+        await mtio(agent, C.MTIO_EOF, 1)
+        files += 1
+    return files
+
+
 async def status(agent: Any) -> dict[str, Any]:
     """TAPE_GET_STATE as a plain dict (fields the server says it does not support are None)."""
     s = await agent.call("TAPE_GET_STATE")

@@ -36,6 +36,7 @@ from ..catalog_history import V2_UNIX_DIR, V2_UNIX_NODE, V2_UNIX_PATH
 from ..errors import NdmpReplyError
 from ..library import LibraryError
 from ..smc import ScsiError
+from .. import tapes
 from .media import Loaded, MediaError, MediaLoader
 from ..progress import NullReporter, Reporter
 from .watch import LogForwarder, ProgressWatcher
@@ -202,8 +203,7 @@ class BackupJob:
             file_number: int | None = self.loaded.file_number
         else:
             await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_RDWR_MODE)
-            state = await self.tape.call("TAPE_GET_STATE")
-            file_number = getattr(state, "file_num", None)
+            file_number = await tapes.position_at_end_of_data(self.tape)
         await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
         # v4 sets the window in IDLE; v2/v3 movers (ndmjob's) want it in LISTEN, as their DMAs do
         early = self.tape.version >= 4
