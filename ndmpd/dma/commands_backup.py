@@ -7,19 +7,18 @@ import argparse
 import json
 import os
 import stat
-import sys
 import time
 from contextlib import AsyncExitStack
 from typing import Any
 
 from .agent import Agent
 from .catalog import Backup, FileEntry, media_dict, open_catalog
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS
+from .errors import EXIT_FAILED, EXIT_OK
 from .hosts import Host, HostConfigError, host_named, split_target
-from .jobs.backup import BackupFailed, BackupInterrupted, BackupJob, BackupRequest
+from .job_cli import add_output_arguments, job_reporter, run_job
+from .jobs.backup import BackupJob, BackupRequest
 from .jobs.media import MediaLoader, parse_slots
 from .library import Library
-from .progress import choose_reporter
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -41,10 +40,7 @@ def add_parsers(sub: Any, epilog: str) -> None:
     b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
     b.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
                    help="NDMP version to ask both servers for (repeatable; default 4 then 3)")
-    b.add_argument("--json", action="store_true",
-                   help="JSON lines on stdout: progress, log, warning, then the summary")
-    b.add_argument("--progress-interval", type=float, metavar="SECONDS",
-                   help="seconds between progress polls (default 0.5 behind the bar, 2 with --json)")
+    add_output_arguments(b)
     bs = sub.add_parser("backups", help="the backups in the catalog, newest first")
     bs.add_argument("--volume", metavar="V")
     bs.add_argument("--catalog", metavar="FILE")
@@ -99,19 +95,12 @@ async def backup(args: argparse.Namespace) -> int:
                 library = await Library.open(robot, changer)
                 stack.push_async_callback(library.close)
                 media = MediaLoader(library, tape, drive, catalog, slots=slots, drive_element=args.drive)
-            reporter = choose_reporter(args.json, sys.stdout.isatty() and sys.stderr.isatty(),
-                                       label=f"{data_host.name}:{volume}", interval=args.progress_interval)
-            try:
-                result = await BackupJob(data, tape, catalog, request, media=media, reporter=reporter).run()
-            except BackupFailed as exc:
-                print(f"ndmp: {exc}", file=sys.stderr)
-                return EXIT_FAILED
-            except BackupInterrupted as exc:
-                print(f"ndmp: {exc}", file=sys.stderr)
-                return EXIT_INTERRUPTED
+            reporter = job_reporter(args, label=f"{data_host.name}:{volume}")
+            status, _ = await run_job(BackupJob(data, tape, catalog, request, media=media, reporter=reporter).run(),
+                                      reporter)
     finally:
         catalog.close()
-    return EXIT_WARNINGS if result.warnings else EXIT_OK
+    return status
 
 
 def _backup_dict(b: Backup) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog, Media, media_dict
 from ..catalog_history import V2_UNIX_DIR, V2_UNIX_NODE, V2_UNIX_PATH
-from ..errors import NdmpReplyError
+from ..errors import JobFailed, JobInterrupted, NdmpReplyError
 from ..library import LibraryError
 from ..smc import ScsiError
 from .media import Loaded, MediaError, MediaLoader
@@ -47,11 +47,11 @@ V2_FH_CODES = (V2_UNIX_PATH, V2_UNIX_DIR, V2_UNIX_NODE)
 STEP_TIMEOUT = 30.0
 
 
-class BackupFailed(Exception):
+class BackupFailed(JobFailed):
     """The backup ended without a complete image (the message is the one line for the user)."""
 
 
-class BackupInterrupted(Exception):
+class BackupInterrupted(JobInterrupted):
     """The user stopped the backup (SIGINT/SIGTERM); both sides were aborted."""
 
 

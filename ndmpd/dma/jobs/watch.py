@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import time
+from typing import Any, Callable
 
 from ...wire import C
 from ..agent import Agent
@@ -49,6 +50,7 @@ class LogForwarder:
         self.reporter = reporter
         self.warnings: list[str] = []
         self.errors: list[str] = []          # the error-level texts alone (a failure's reason)
+        self.error_logged = asyncio.Event()  # set at the first error line (a refusal waits for its reason)
         self._handlers: list[tuple[Agent, Any]] = []
         seen: set[int] = set()
         for host, agent in agents.items():
@@ -65,6 +67,7 @@ class LogForwarder:
             self.warnings.append(f"{host}: {text}")
         if level == "error":
             self.errors.append(text)
+            self.error_logged.set()
         self.reporter.log(host, level, text)
 
     def close(self) -> None:
@@ -75,12 +78,19 @@ class LogForwarder:
 
 
 class ProgressWatcher:
-    """A task polling the servers' byte counts for the reporter while a job runs."""
+    """A task polling the servers' byte counts for the reporter while a job runs.
+
+    A job that watches the counts itself (the recover's stall check) passes ``on_sample``: each
+    poll then reads both sides and hands it ``(bytes_moved, bytes_processed, monotonic time)``,
+    so the job and the reporter share one poll. ``total`` is the size shown when the data
+    server gives no estimate (a restore knows its image's size)."""
 
     def __init__(self, reporter: Reporter, *, data: Agent | None = None, mover: Agent | None = None,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None, total: int | None = None,
+                 on_sample: Callable[[int, int, float], None] | None = None) -> None:
         self.reporter, self.data, self.mover = reporter, data, mover
         self.interval = interval if interval is not None else getattr(reporter, "interval", None)
+        self.total, self.on_sample = total, on_sample
         self.polls = self.failures = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -127,14 +137,19 @@ class ProgressWatcher:
 
     async def poll(self) -> tuple[int, int | None]:
         """(bytes done, estimated total or None): the data server's count when there is one
-        (it knows the estimate), else the mover's bytes_moved."""
+        (it knows the estimate), else the mover's bytes_moved. With ``on_sample`` both sides
+        are read and handed to it."""
+        moved = processed = 0
+        total = self.total
+        if self.mover is not None and (self.data is None or self.on_sample is not None):
+            state = await self.mover.call("MOVER_GET_STATE", timeout=POLL_TIMEOUT)
+            moved = int(state.bytes_moved)
         if self.data is not None:
             state = await self.data.call("DATA_GET_STATE", timeout=POLL_TIMEOUT)
-            done = int(state.bytes_processed)
+            processed = int(state.bytes_processed)
             unknown = getattr(state, "unsupported", 0) & C.DATA_STATE_EST_BYTES_REMAIN_UNS
-            if unknown or state.state != C.DATA_STATE_ACTIVE:
-                return done, None
-            return done, done + int(state.est_bytes_remain)
-        assert self.mover is not None
-        state = await self.mover.call("MOVER_GET_STATE", timeout=POLL_TIMEOUT)
-        return int(state.bytes_moved), None
+            if not unknown and state.state == C.DATA_STATE_ACTIVE:
+                total = processed + int(state.est_bytes_remain)
+        if self.on_sample is not None and not self._stopping:
+            self.on_sample(moved, processed, time.monotonic())
+        return (processed if self.data is not None else moved), total
