@@ -173,7 +173,8 @@ class RecoverJob:
                                                         req.tape_host_name or self.tape.peer: self.tape})
         reporter_interval = getattr(self.reporter, "interval", None)
         watcher = ProgressWatcher(self.reporter, data=self.data, mover=self.tape,
-                                  interval=min(reporter_interval or TICK, TICK), total=req.backup.bytes or None,
+                                  interval=min(reporter_interval or TICK, TICK), by_mover=True,
+                                  total=None if req.direct else req.backup.bytes or None,   # DAR reads a part
                                   on_sample=lambda *sample: self.events.put_nowait(("tick", sample)))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -83,14 +83,16 @@ class ProgressWatcher:
     A job that watches the counts itself (the recover's stall check) passes ``on_sample``: each
     poll then reads both sides and hands it ``(bytes_moved, bytes_processed, monotonic time)``,
     so the job and the reporter share one poll. ``total`` is the size shown when the data
-    server gives no estimate (a restore knows its image's size)."""
+    server gives no estimate (a restore knows its image's size); ``by_mover`` counts the
+    mover's bytes_moved even with a data agent (a restore: what came off the tape, which a
+    data server may count only at the end)."""
 
     def __init__(self, reporter: Reporter, *, data: Agent | None = None, mover: Agent | None = None,
                  interval: float | None = None, total: int | None = None,
-                 on_sample: Callable[[int, int, float], None] | None = None) -> None:
+                 on_sample: Callable[[int, int, float], None] | None = None, by_mover: bool = False) -> None:
         self.reporter, self.data, self.mover = reporter, data, mover
         self.interval = interval if interval is not None else getattr(reporter, "interval", None)
-        self.total, self.on_sample = total, on_sample
+        self.total, self.on_sample, self.by_mover = total, on_sample, by_mover and mover is not None
         self.polls = self.failures = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -133,6 +135,8 @@ class ProgressWatcher:
             self.polls += 1
             done = max(done, self._last)      # the bar never goes back
             self._last = done
+            if total is not None:
+                total = max(total, done)      # a mover's count includes the last record's padding
             self.reporter.progress(done, total)
 
     async def poll(self) -> tuple[int, int | None]:
@@ -141,15 +145,15 @@ class ProgressWatcher:
         are read and handed to it."""
         moved = processed = 0
         total = self.total
-        if self.mover is not None and (self.data is None or self.on_sample is not None):
+        if self.mover is not None and (self.data is None or self.on_sample is not None or self.by_mover):
             state = await self.mover.call("MOVER_GET_STATE", timeout=POLL_TIMEOUT)
             moved = int(state.bytes_moved)
-        if self.data is not None:
+        if self.data is not None and (not self.by_mover or self.on_sample is not None):
             state = await self.data.call("DATA_GET_STATE", timeout=POLL_TIMEOUT)
             processed = int(state.bytes_processed)
             unknown = getattr(state, "unsupported", 0) & C.DATA_STATE_EST_BYTES_REMAIN_UNS
-            if not unknown and state.state == C.DATA_STATE_ACTIVE:
+            if not unknown and state.state == C.DATA_STATE_ACTIVE and not self.by_mover:
                 total = processed + int(state.est_bytes_remain)
         if self.on_sample is not None and not self._stopping:
             self.on_sample(moved, processed, time.monotonic())
-        return (processed if self.data is not None else moved), total
+        return (processed if self.data is not None and not self.by_mover else moved), total
