@@ -13,8 +13,8 @@ from typing import Any
 
 from .agent import Agent
 from .catalog import Backup, FileEntry, media_dict, open_catalog
-from .errors import EXIT_FAILED, EXIT_OK
-from .hosts import Host, HostConfigError, host_named, split_target
+from .errors import EXIT_FAILED, EXIT_OK, UsageError
+from .hosts import Host, host_named, split_target
 from .job_cli import add_output_arguments, job_reporter, run_job
 from .jobs.backup import BackupJob, BackupRequest
 from .jobs.media import MediaLoader, parse_slots
@@ -61,7 +61,7 @@ def _env(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, eq, value = pair.partition("=")
         if not eq or not name:
-            raise HostConfigError(f"-E {pair}: expected NAME=VALUE")
+            raise UsageError(f"-E {pair}: expected NAME=VALUE")
         env[name] = value
     return env
 

@@ -22,8 +22,8 @@ from typing import Any
 from ..wire import C
 from . import tapes
 from .agent import Agent
-from .errors import EXIT_FAILED, EXIT_OK
-from .hosts import Host, HostConfigError, host_named, split_target
+from .errors import EXIT_FAILED, EXIT_OK, UsageError
+from .hosts import Host, host_named, split_target
 from .library import Inventory, Library, LibraryError, element_name
 from .smc import Element
 
@@ -67,7 +67,7 @@ async def tape(args: argparse.Namespace) -> int:
     host_text, drive = split_target(args.target)
     host = host_named(host_text, args.config)
     if args.action == "label" and not args.name:
-        raise HostConfigError("tape label: give the label NAME")
+        raise UsageError("tape label: give the label NAME")
     async with _connect(host, args) as agent:
         mode = C.TAPE_RDWR_MODE if args.action == "label" else C.TAPE_READ_MODE
         await agent.call("TAPE_OPEN", device=drive, mode=mode)
@@ -154,9 +154,9 @@ async def library(args: argparse.Namespace) -> int:
 def _check_library_args(args: argparse.Namespace) -> None:
     wanted = {"inventory": 0, "load": 1, "unload": 0, "move": 2}
     if args.action in wanted and len(args.args) != wanted[args.action]:
-        raise HostConfigError(f"library {args.action}: expected {wanted[args.action]} argument(s)")
+        raise UsageError(f"library {args.action}: expected {wanted[args.action]} argument(s)")
     if args.action == "label" and (not args.args or any("=" not in a for a in args.args)):
-        raise HostConfigError("library label: expected SLOT=NAME...")
+        raise UsageError("library label: expected SLOT=NAME...")
 
 
 def _drive_spec(args: argparse.Namespace) -> str | int | None:
