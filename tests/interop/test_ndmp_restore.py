@@ -382,3 +382,27 @@ def test_an_image_in_two_parts_is_read_across_them_through_the_media_seam(tmp_pa
         refused = asyncio.run(asyncio.wait_for(restore_with(None, "none"), 60))
         assert "cartridge B" in refused and "no library" in refused, refused
         assert idle(nas.host)
+
+
+@pytest.mark.parametrize("where", ["two-way", "three-way"])
+def test_an_ndmpv2_restore_whole_and_by_direct_access(tmp_path, where):
+    """NDMPv2 has no DATA_CONNECT (the mover's address goes with DATA_START_RECOVER) and its
+    nlist entry names the destination path: a v2 backup restores whole and by DAR."""
+    with servers(tmp_path, "nas", "other") as [nas, other]:
+        before = small_files_and_a_big_one(tmp_path / "nas" / "vol")
+        catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
+        made = backup(spec, catalog, tmp_path, "--version", "2")
+        target = nas if where == "two-way" else other
+        out = tmp_path / ("nas" if where == "two-way" else "other") / "out"
+        [whole] = summaries(restore(made["id"], "--to", f"ndmp@{target.host}:/export/out/w", "--version", "2",
+                                    "--tape", f"{spec}:vtape0", "--json", catalog=catalog, home=tmp_path))
+        assert whole["status"] == "done" and not whole["direct"]
+        assert differences(before, describe(out / "w")) == []
+        [some] = summaries(restore(made["id"], "/dir/sub/c.txt", "/zzz.txt=renamed/last.txt", "--version", "2",
+                                   "--to", f"ndmp@{target.host}:/export/out/d", "--tape", f"{spec}:vtape0", "--json",
+                                   catalog=catalog, home=tmp_path))
+        assert some["status"] == "done" and some["direct"], some
+        after = describe(out / "d")
+        assert {p for p, e in after.items() if not e["mode"].startswith("d")} == {b"dir/sub/c.txt", b"renamed/last.txt"}
+        assert after[b"renamed/last.txt"] == before[b"zzz.txt"] and after[b"dir/sub/c.txt"] == before[b"dir/sub/c.txt"]
+        assert 0 < some["bytes_moved"] < made["bytes"] * 0.05, some

@@ -94,6 +94,12 @@ def test_a_restore_the_server_warns_about_is_kept_shown_with_level_and_host_and_
         assert lines[-1]["type"] == "summary" and lines[-1]["status"] == "done"
         assert any("gone" in w for w in lines[-1]["warnings"])
 
+        v2 = ndmp("restore", level1["id"], "--to", f"{spec}:/export/out/w", "--catalog", str(catalog),
+                  "--json", "--version", "2", home=tmp_path)
+        assert v2.returncode == 0, v2.stderr       # NDMPv2's LOG_LOG has no level: shown, but no exit 3
+        lines = json_lines(v2.stdout)
+        assert [x["level"] for x in lines if x["type"] == "log" and "gone" in x["text"]] == ["normal"], lines
+
 
 def test_as_of_gives_one_summary_per_recover_in_chain_order(tmp_path):
     with servers(tmp_path, "nas") as [nas]:

@@ -127,8 +127,9 @@ def recover_env(request: RecoverRequest) -> dict[str, str]:
 
 
 def nlist(request: RecoverRequest, version: int) -> list[Any]:
-    """The nlist in the negotiated version's sense: v4 names the destination path, v3 its
-    directory and the new name in it. A whole image is ``/`` to the destination directory."""
+    """The nlist in the negotiated version's sense: v4 (and v2, whose entry has no name field)
+    names the destination path, v3 its directory and the new name in it. A whole image is
+    ``/`` to the destination directory."""
     wanted = request.paths or [Selection("/", request.destination)]
     out = []
     for item in wanted:
@@ -259,11 +260,15 @@ class RecoverJob:
         kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
         listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_WRITE, addr_type=kind)
         addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
-        await self.data.call("DATA_CONNECT", addr=addr)
+        where: dict[str, Any] = {}
+        if self.data.version == 2:           # v2 has no DATA_CONNECT: the mover's address comes with the start
+            where["mover_addr"] = addr
+        else:
+            await self.data.call("DATA_CONNECT", addr=addr)
         env = recover_env(req)
         await self.data.call("DATA_START_RECOVER", butype_name=req.backup.butype,
                              env=[T.pval(name=k, value=v) for k, v in env.items()],
-                             nlist=nlist(req, self.data.version))
+                             nlist=nlist(req, self.data.version), **where)
 
     def _part_for(self, offset: int) -> Media | None:
         for part in self.parts:

@@ -4,7 +4,8 @@ Two helpers any job (backup, restore, copy) starts with one line each:
 
 - :class:`LogForwarder` hands every LOG_MESSAGE of its agents to the reporter with its level
   and host, and keeps the warning/error ones: a job that completes with any of them ends with
-  exit 3.
+  exit 3. An NDMPv2 session's LOG_LOG has no level: its lines show as normal (v2 cannot
+  tell a warning, so it cannot end with exit 3).
 - :class:`ProgressWatcher` polls DATA_GET_STATE (bytes_processed, est_bytes_remain) and/or
   MOVER_GET_STATE (bytes_moved) every ``reporter.interval`` seconds and reports. It never
   slows the job: one poll at a time (the next waits for the previous reply), none at all when
@@ -29,7 +30,7 @@ import contextlib
 import time
 from typing import Any, Callable
 
-from ...wire import C
+from ...wire import C, protocol
 from ..agent import Agent
 from ..errors import NdmpConnectionLost, NdmpReplyError
 from ..progress import WARNING_LEVELS, Reporter
@@ -51,7 +52,7 @@ class LogForwarder:
         self.warnings: list[str] = []
         self.errors: list[str] = []          # the error-level texts alone (a failure's reason)
         self.error_logged = asyncio.Event()  # set at the first error line (a refusal waits for its reason)
-        self._handlers: list[tuple[Agent, Any]] = []
+        self._handlers: list[tuple[Agent, int, Any]] = []
         seen: set[int] = set()
         for host, agent in agents.items():
             if id(agent) in seen:            # two-way: one agent, its lines once
@@ -59,7 +60,14 @@ class LogForwarder:
             seen.add(id(agent))
             handler = (lambda body, host=host: self._message(host, body.log_type, body.entry))
             agent.on(C.LOG_MESSAGE, handler)
-            self._handlers.append((agent, handler))
+            self._handlers.append((agent, C.LOG_MESSAGE, handler))
+            if agent.version == 2:           # v2 logs text with no level: LOG_LOG is shown as normal
+                v2 = protocol(2).by_name
+                for code, handler in (
+                        (v2["LOG_LOG"].code, lambda body, host=host: self._message(host, C.LOG_NORMAL, body.entry)),
+                        (v2["LOG_DEBUG"].code, lambda body, host=host: self._message(host, C.LOG_DEBUG, body.message))):
+                    agent.on(code, handler)
+                    self._handlers.append((agent, code, handler))
 
     def _message(self, host: str, log_type: int, text: str) -> None:
         level = log_level(log_type)
@@ -72,8 +80,8 @@ class LogForwarder:
 
     def close(self) -> None:
         """No more lines (the handlers come off the agents)."""
-        for agent, handler in self._handlers:
-            agent.off(C.LOG_MESSAGE, handler)
+        for agent, code, handler in self._handlers:
+            agent.off(code, handler)
         self._handlers.clear()
 
 
