@@ -39,6 +39,7 @@ ERROR_LINE_WAIT = 1.0          # seconds a refusal waits for the server's LOG_ME
 TICK = 1.0                     # longest time between the polls (DATA/MOVER_GET_STATE) the stall check reads
 # Env the backup's DATA_GET_ENV returned that makes no sense to send back for a recover
 _NOT_FOR_RECOVER = {"HIST", "UPDATE", "DIRECT", "SNAPSHOT"}
+RECORD_SIZE_ENV = "NDMPD_RECORD_SIZE"   # ndmpd's data server: the mover's record size (its DAR read grid)
 
 
 class RecoverFailed(JobFailed):
@@ -118,10 +119,13 @@ class _Close:
 
 def recover_env(request: RecoverRequest) -> dict[str, str]:
     """The env of DATA_START_RECOVER: what the server returned with the backup (so it knows
-    its own image), DIRECT for DAR, then the user's -E."""
+    its own image), DIRECT for DAR (with the mover's record size, so an ndmpd data server
+    asks only for whole records: ndmjob's mover serves nothing else), then the user's -E."""
     env = {k: v for k, v in request.backup.env.items() if k not in _NOT_FOR_RECOVER}
     env.setdefault("FILESYSTEM", request.backup.volume)
     env["DIRECT"] = "y" if request.direct else "n"
+    if request.direct:                   # ndmpd asks for whole records of this size: what any mover serves
+        env[RECORD_SIZE_ENV] = str(RECORD_SIZE)
     env.update(request.env)
     return env
 
