@@ -11,6 +11,10 @@ that was backed up.
 ``ndmp restore --as-of WHEN HOST:VOLUME [PATH...] --to HOST:DIR`` restores the chain a
 restore at WHEN needs (the level 0, then each increment in order), so deletions and renames
 come out as they were.
+
+Output is :mod:`ndmpd.dma.job_cli`'s, as for every job: the bar on a terminal, plain lines off
+it, ``--json`` lines; one summary per recover (a chain: level 0 first), the command stopping at
+the first that does not complete; exit 3 when all completed but a server logged a warning.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def add_parsers(sub: Any, epilog: str) -> None:
     r.add_argument("--as-of", metavar="WHEN", help="ISO date and time, or 'now': restore the chain up to then")
     r.add_argument("--no-direct", dest="direct", action="store_false",
                    help="read the image from its start even when the catalog allows direct access (for a "
-                        "tape agent that cannot serve the data server's reads, e.g. ndmjob's)")
+                        "tape agent that cannot serve the data server's reads)")
     r.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     r.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
