@@ -93,7 +93,9 @@ class ProgressWatcher:
     so the job and the reporter share one poll. ``total`` is the size shown when the data
     server gives no estimate (a restore knows its image's size); ``by_mover`` counts the
     mover's bytes_moved even with a data agent (a restore: what came off the tape, which a
-    data server may count only at the end)."""
+    data server may count only at the end). A job may poll more often than its reporter
+    shows progress (``interval`` below the reporter's): the reporter still gets a line no
+    more often than its own interval asks, none when it asks for none."""
 
     def __init__(self, reporter: Reporter, *, data: Agent | None = None, mover: Agent | None = None,
                  interval: float | None = None, total: int | None = None,
@@ -105,6 +107,8 @@ class ProgressWatcher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last = 0
+        self._report_every = getattr(reporter, "interval", None)
+        self._reported_at: float | None = None
 
     def start(self) -> "ProgressWatcher":
         """Begin polling (nothing when the reporter wants no progress or there is no agent)."""
@@ -145,6 +149,13 @@ class ProgressWatcher:
             self._last = done
             if total is not None:
                 total = max(total, done)      # a mover's count includes the last record's padding
+            now = time.monotonic()
+            if self._report_every is None and self.on_sample is not None:
+                continue                      # polled for the job alone: the reporter shows no progress
+            if (self._reported_at is not None and self._report_every is not None
+                    and now - self._reported_at < 0.95 * self._report_every):
+                continue                      # the job polls more often than the reporter wants lines
+            self._reported_at = now
             self.reporter.progress(done, total)
 
     async def poll(self) -> tuple[int, int | None]:
