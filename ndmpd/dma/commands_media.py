@@ -70,7 +70,7 @@ async def tape(args: argparse.Namespace) -> int:
         raise UsageError("tape label: give the label NAME")
     async with _connect(host, args) as agent:
         mode = C.TAPE_RDWR_MODE if args.action == "label" else C.TAPE_READ_MODE
-        await agent.call("TAPE_OPEN", device=drive, mode=mode)
+        await tapes.open_drive(agent, drive, mode)
         try:
             return await _tape_action(agent, args, drive)
         finally:
@@ -215,7 +215,7 @@ async def _label_slots(lib: Library, host: Host, args: argparse.Namespace, stack
             await lib.unload(f"@{drive.address}")
         await lib.load(slot, f"@{drive.address}")
         try:
-            await tape_agent.call("TAPE_OPEN", device=device, mode=C.TAPE_RDWR_MODE)
+            await tapes.open_drive(tape_agent, device, C.TAPE_RDWR_MODE)
             try:
                 label = await _label_here(tape_agent, name, args.force, f"{element_name(inv, slot)} "
                                           f"({slot.barcode or 'no barcode'})")

@@ -52,10 +52,10 @@ CASES = [
     (["backup", "{spec}:/export/data", "--tape", "{spec}:vtape0"], FAILED, "", "wrong password"),
     (["backup", "{dead}:/export/data", "--tape", "{dead}:vtape0"], FAILED, "", None),
     (["backup", "{spec}:/no/such/volume", "--tape", "{spec}:vtape0"], FAILED, "/no/such/volume", None),
-    (["backup", "{spec}:/export/data", "--tape", "{spec}:nodrive"], FAILED, "NO_DEVICE_ERR", None),
+    (["backup", "{spec}:/export/data", "--tape", "{spec}:nodrive"], FAILED, "TAPE_OPEN nodrive: NO_DEVICE_ERR", None),
     (["restore", "0123abcd", "--to", "{spec}:/export/out/x"], FAILED, "0123abcd", None),
     (["restore", "--as-of", "now", "{spec}:/export/data", "--to", "{spec}:/export/out/x"], FAILED, "", None),
-    (["tape", "{spec}:nodrive", "status"], FAILED, "NO_DEVICE_ERR", None),
+    (["tape", "{spec}:nodrive", "status"], FAILED, "TAPE_OPEN nodrive: NO_DEVICE_ERR", None),
     (["tape", "{dead}:vtape0", "status"], FAILED, "", None),
     (["ls", "0123abcd"], FAILED, "0123abcd", None),
 ]

@@ -36,6 +36,7 @@ from ..catalog_history import V2_UNIX_DIR, V2_UNIX_NODE, V2_UNIX_PATH
 from ..errors import JobFailed, JobInterrupted, NdmpReplyError
 from ..library import LibraryError
 from ..smc import ScsiError
+from ..tapes import open_drive
 from .media import Loaded, MediaError, MediaLoader
 from ..progress import NullReporter, Reporter
 from .watch import LogForwarder, ProgressWatcher
@@ -194,7 +195,7 @@ class BackupJob:
                 raise MediaError(f"no writable cartridge in the library's slots for {req.drive}")
             file_number: int | None = self.loaded.file_number
         else:
-            await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_RDWR_MODE)
+            await open_drive(self.tape, req.drive, C.TAPE_RDWR_MODE)
             state = await self.tape.call("TAPE_GET_STATE")
             file_number = getattr(state, "file_num", None)
         await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)

@@ -31,6 +31,7 @@ from ..agent import Agent
 from ..catalog import Backup, Media
 from ..errors import JobFailed, JobInterrupted, NdmpReplyError
 from ..progress import NullReporter, Reporter
+from ..tapes import open_drive
 from .backup import RECORD_SIZE, STEP_TIMEOUT, WINDOW_ALL, _reason
 from .watch import LogForwarder, ProgressWatcher
 
@@ -257,7 +258,7 @@ class RecoverJob:
 
     async def _start(self) -> None:
         req = self.request
-        await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_READ_MODE)
+        await open_drive(self.tape, req.drive, C.TAPE_READ_MODE)
         self.opened = True
         await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
         await self._mount(self.parts[0])
@@ -296,7 +297,7 @@ class RecoverJob:
             await self.tape.call("TAPE_CLOSE", timeout=STEP_TIMEOUT)
             self.opened = False
             await self.media.load(part)
-            await self.tape.call("TAPE_OPEN", device=self.request.drive, mode=C.TAPE_READ_MODE)
+            await open_drive(self.tape, self.request.drive, C.TAPE_READ_MODE)
             self.opened = True
         await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1, timeout=STEP_TIMEOUT)
         if part.file_number:
