@@ -51,3 +51,18 @@ def test_picks_sharing_records_are_served_without_asking_for_a_record_twice():
     assert all(offset % RECORD == 0 and length % RECORD == 0 for offset, length in mover.asked)
     assert max(offset + length for offset, length in mover.asked) <= len(image)   # never past the image
     assert read(source, 2 * RECORD, 700) == image[2 * RECORD:2 * RECORD + 700]     # far back: asked anew
+
+
+def test_reads_are_whole_records_of_the_movers_size_when_the_dma_says_it():
+    """NDMPD_RECORD_SIZE=65536: every read starts and ends on the mover's 64 KiB records (ndmjob's
+    mover serves nothing else), the last one ending at the image's padded last record."""
+    mover_record = 64 << 10
+    image = os.urandom(9 * mover_record)                   # the mover padded the image to its records
+    mover = OneShotMover(image)
+    source = DataReadSource(mover.ours, mover.request, threading.Event(), image_size=8 * mover_record + 700,
+                            sequential=False, record=mover_record)
+    for offset, count in ((3 * RECORD + 100, 2000), (5 * mover_record + 7, 70_000), (8 * mover_record + 10, 600)):
+        assert read(source, offset, count) == image[offset:offset + count]
+    assert mover.asked and all(offset % mover_record == 0 and length % mover_record == 0
+                               for offset, length in mover.asked), mover.asked
+    assert max(offset + length for offset, length in mover.asked) == 9 * mover_record

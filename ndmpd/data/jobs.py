@@ -32,11 +32,12 @@ from ..wire import C
 from .env import JobEnv, effective
 from .history import FhRecord, FileHistory
 from .places import Place
-from .source import DataReadSource, SourceClosed
+from .source import RECORD, DataReadSource, SourceClosed
 
 log = logging.getLogger("ndmpd.data")
 DELIVERY_POLL = 0.25
 IMAGE_SIZE_VAR = "NDMPD_IMAGE_SIZE"
+RECORD_SIZE_VAR = "NDMPD_RECORD_SIZE"    # recover: the mover's record size, the grid of direct access reads
 
 
 class JobHost(Protocol):
@@ -215,7 +216,8 @@ def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socke
     sock.settimeout(DELIVERY_POLL)
     image_size = _image_size(env)
     direct = env.direct and wanted and all(w.fh_info is not None and w.source for w in wanted)
-    source = DataReadSource(sock, host.request_read, host.cancel, image_size, sequential=not direct)
+    source = DataReadSource(sock, host.request_read, host.cancel, image_size, sequential=not direct,
+                            record=_positive(env.value(RECORD_SIZE_VAR)) or RECORD)
     root = wanted[0].place.root
     found: set[bytes] = set()
     failed: dict[bytes, Failure] = {}
@@ -299,6 +301,15 @@ def _image_size(env: JobEnv) -> int | None:
         return int(raw) if raw else None
     except ValueError:
         return None
+
+
+def _positive(raw: str | None) -> int | None:
+    """A positive integer env value, None when absent or not one."""
+    try:
+        value = int(raw) if raw else 0
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 # -- recover file history --------------------------------------------------------------------

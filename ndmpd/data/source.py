@@ -5,6 +5,11 @@ first slice at an entry's offset and further slices as the reader needs them, so
 part of the image holding the selected entries crosses the data connection. A read is
 always consumed to its end before the next is asked for (the mover serves one at a time).
 
+Reads are whole records of the mover's grid: 10 KiB (tar's record, to which the image is
+padded) unless the DMA says which record size its mover reads the tape in (``record``, from
+env NDMPD_RECORD_SIZE): a mover such as ndmjob's serves only whole records of its own size,
+so a read on any other grid would stall it.
+
 Direct access never asks for a record it has already received: small entries share
 records, and some movers (ndmjob's) stall when asked again for the record they just sent.
 The last TAIL_KEEP bytes received are kept, and a pick that starts inside them is served
@@ -39,8 +44,10 @@ class DataReadSource:
     """A ByteSource over a data connection that issues NOTIFY_DATA_READ on demand."""
 
     def __init__(self, sock: socket.socket, request_read: Callable[[int, int], None],
-                 cancel: threading.Event, image_size: int | None = None, sequential: bool = True) -> None:
+                 cancel: threading.Event, image_size: int | None = None, sequential: bool = True,
+                 record: int = RECORD) -> None:
         self.sock = sock
+        self.record = record if record > 0 else RECORD
         self._request = request_read
         self._cancel = cancel
         self.image_size = image_size
@@ -63,16 +70,17 @@ class DataReadSource:
         """The bytes from ``offset`` on were received already and are still in the tail, and
         the next read can start where the last one ended (a record boundary)."""
         end = self.position + len(self._replay)
-        return (not self.sequential and not self.left and end % RECORD == 0
+        return (not self.sequential and not self.left and end % self.record == 0
                 and end - len(self._tail) <= offset < end)
 
     def _ask(self, offset: int, length: int) -> None:
-        """Ask for whole 10 KiB records around ``offset`` (some movers serve nothing less than a
+        """Ask for whole records around ``offset`` (some movers serve nothing less than a
         record) and skip the head before ``offset``; bytes already received are replayed."""
-        start = offset - offset % RECORD
-        end = ALL_ONES if length == ALL_ONES else -(-(offset + length) // RECORD) * RECORD
+        record = self.record
+        start = offset - offset % record
+        end = ALL_ONES if length == ALL_ONES else -(-(offset + length) // record) * record
         if end != ALL_ONES and self.image_size is not None and start < self.image_size:
-            end = min(end, -(-self.image_size // RECORD) * RECORD)    # never past the image's last record
+            end = min(end, -(-self.image_size // record) * record)    # never past the image's last record
         if self._replayable(offset):
             received = self.position + len(self._replay)
             self._replay = memoryview(bytes(self._tail[len(self._tail) - (received - offset):]))

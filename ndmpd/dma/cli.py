@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from .agent import Agent
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NdmpConnectError, NdmpConnectionLost,
-                     NdmpReplyError)
+                     NdmpReplyError, UsageError)
 from .hosts import PASSWORD_ENV, HostConfigError, host_named
 from . import commands_backup, commands_copy, commands_media, commands_prune, commands_restore
 from .catalog import CatalogError
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(COMMANDS[args.command](args))
+    except UsageError as exc:
+        print(f"ndmp {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (HostConfigError, SlotsError) as exc:
         print(f"ndmp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

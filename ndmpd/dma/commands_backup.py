@@ -14,13 +14,13 @@ from typing import Any
 
 from .agent import Agent
 from .catalog import Backup, FileEntry, media_dict, open_catalog
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WARNINGS
-from .hosts import Host, HostConfigError, host_named, split_target
-from .jobs.backup import BackupFailed, BackupInterrupted, BackupJob, BackupRequest
+from .errors import EXIT_FAILED, EXIT_OK, UsageError
+from .hosts import Host, host_named, split_target
+from .job_cli import add_output_arguments, job_reporter, run_job
+from .jobs.backup import BackupJob, BackupRequest
 from .levels import LevelPlan, NoBase, plan_level
 from .jobs.media import MediaLoader, parse_slots
 from .library import Library
-from .progress import choose_reporter
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -46,10 +46,7 @@ def add_parsers(sub: Any, epilog: str) -> None:
     b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
     b.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
                    help="NDMP version to ask both servers for (repeatable; default 4 then 3)")
-    b.add_argument("--json", action="store_true",
-                   help="JSON lines on stdout: progress, log, warning, then the summary")
-    b.add_argument("--progress-interval", type=float, metavar="SECONDS",
-                   help="seconds between progress polls (default 0.5 behind the bar, 2 with --json)")
+    add_output_arguments(b)
     bs = sub.add_parser("backups", help="the backups in the catalog, newest first")
     bs.add_argument("--volume", metavar="V")
     bs.add_argument("--catalog", metavar="FILE")
@@ -71,7 +68,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, eq, value = pair.partition("=")
         if not eq or not name:
-            raise HostConfigError(f"-E {pair}: expected NAME=VALUE")
+            raise UsageError(f"-E {pair}: expected NAME=VALUE")
         env[name] = value
     return env
 
@@ -98,8 +95,7 @@ async def backup(args: argparse.Namespace) -> int:
             plan = plan_level(catalog, data_host.name, volume, level=args.level, incremental=args.incremental)
         except NoBase as exc:
             if "BASE_DATE" not in user_env:       # the user's own token needs no base from the catalog
-                print(f"ndmp: {exc}", file=sys.stderr)
-                return EXIT_USAGE
+                raise UsageError(str(exc)) from None
             plan = LevelPlan(args.level)
         if plan.note:
             print(f"ndmp: {plan.note}", file=sys.stderr)
@@ -117,19 +113,12 @@ async def backup(args: argparse.Namespace) -> int:
                 stack.push_async_callback(library.close)
                 media = MediaLoader(library, tape, drive, catalog, slots=slots, drive_element=args.drive,
                                     names=(args.library, args.tape))
-            reporter = choose_reporter(args.json, sys.stdout.isatty() and sys.stderr.isatty(),
-                                       label=f"{data_host.name}:{volume}", interval=args.progress_interval)
-            try:
-                result = await BackupJob(data, tape, catalog, request, media=media, reporter=reporter).run()
-            except BackupFailed as exc:
-                print(f"ndmp: {exc}", file=sys.stderr)
-                return EXIT_FAILED
-            except BackupInterrupted as exc:
-                print(f"ndmp: {exc}", file=sys.stderr)
-                return EXIT_INTERRUPTED
+            reporter = job_reporter(args, label=f"{data_host.name}:{volume}")
+            status, _ = await run_job(BackupJob(data, tape, catalog, request, media=media, reporter=reporter).run(),
+                                      reporter)
     finally:
         catalog.close()
-    return EXIT_WARNINGS if result.warnings else EXIT_OK
+    return status
 
 
 def _backup_dict(b: Backup) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from typing import Any
 from ..wire import C
 from . import tapes
 from .agent import Agent
-from .errors import EXIT_FAILED, EXIT_OK
-from .hosts import Host, HostConfigError, host_named, split_target
+from .errors import EXIT_FAILED, EXIT_OK, UsageError
+from .hosts import Host, host_named, split_target
 from .library import Inventory, Library, LibraryError, element_name
 from .smc import Element
 
@@ -67,10 +67,10 @@ async def tape(args: argparse.Namespace) -> int:
     host_text, drive = split_target(args.target)
     host = host_named(host_text, args.config)
     if args.action == "label" and not args.name:
-        raise HostConfigError("tape label: give the label NAME")
+        raise UsageError("tape label: give the label NAME")
     async with _connect(host, args) as agent:
         mode = C.TAPE_RDWR_MODE if args.action == "label" else C.TAPE_READ_MODE
-        await agent.call("TAPE_OPEN", device=drive, mode=mode)
+        await tapes.open_drive(agent, drive, mode)
         try:
             return await _tape_action(agent, args, drive)
         finally:
@@ -154,9 +154,9 @@ async def library(args: argparse.Namespace) -> int:
 def _check_library_args(args: argparse.Namespace) -> None:
     wanted = {"inventory": 0, "load": 1, "unload": 0, "move": 2}
     if args.action in wanted and len(args.args) != wanted[args.action]:
-        raise HostConfigError(f"library {args.action}: expected {wanted[args.action]} argument(s)")
+        raise UsageError(f"library {args.action}: expected {wanted[args.action]} argument(s)")
     if args.action == "label" and (not args.args or any("=" not in a for a in args.args)):
-        raise HostConfigError("library label: expected SLOT=NAME...")
+        raise UsageError("library label: expected SLOT=NAME...")
 
 
 def _drive_spec(args: argparse.Namespace) -> str | int | None:
@@ -215,7 +215,7 @@ async def _label_slots(lib: Library, host: Host, args: argparse.Namespace, stack
             await lib.unload(f"@{drive.address}")
         await lib.load(slot, f"@{drive.address}")
         try:
-            await tape_agent.call("TAPE_OPEN", device=device, mode=C.TAPE_RDWR_MODE)
+            await tapes.open_drive(tape_agent, device, C.TAPE_RDWR_MODE)
             try:
                 label = await _label_here(tape_agent, name, args.force, f"{element_name(inv, slot)} "
                                           f"({slot.barcode or 'no barcode'})")

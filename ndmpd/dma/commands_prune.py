@@ -16,18 +16,18 @@ import time
 from typing import Any
 
 from .catalog import open_catalog
-from .errors import EXIT_OK
-from .hosts import HostConfigError
+from .errors import EXIT_OK, UsageError
+
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
 
 def parse_age(text: str) -> float:
-    """``30d`` → seconds; HostConfigError (a usage error) otherwise."""
+    """``30d`` → seconds; UsageError otherwise."""
     match = AGE.match(text.lower())
     if not match:
-        raise HostConfigError(f"--older-than {text}: expected a number and a unit s, m, h, d or w (e.g. 30d)")
+        raise UsageError(f"--older-than {text}: expected a number and a unit s, m, h, d or w (e.g. 30d)")
     return float(match.group(1)) * UNITS[match.group(2)]
 
 
@@ -42,9 +42,9 @@ def add_parsers(sub: Any, epilog: str) -> None:
 
 async def prune(args: argparse.Namespace) -> int:
     if args.keep_last is None and args.older_than is None:
-        raise HostConfigError("prune: give --keep-last N or --older-than AGE")
+        raise UsageError("prune: give --keep-last N or --older-than AGE")
     if args.keep_last is not None and args.keep_last < 1:
-        raise HostConfigError("--keep-last: at least 1")
+        raise UsageError("--keep-last: at least 1")
     older = parse_age(args.older_than) if args.older_than is not None else None
     cat = open_catalog(args.catalog)
     try:

@@ -16,12 +16,15 @@ next at the end of each part and puts the last one back in its slot.
 ``ndmp restore --as-of WHEN HOST:VOLUME [PATH...] --to HOST:DIR`` restores the chain a
 restore at WHEN needs (the level 0, then each increment in order), so deletions and renames
 come out as they were.
+
+Output is :mod:`ndmpd.dma.job_cli`'s, as for every job: the bar on a terminal, plain lines off
+it, ``--json`` lines; one summary per recover (a chain: level 0 first), the command stopping at
+the first that does not complete; exit 3 when all completed but a server logged a warning.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -29,12 +32,13 @@ from typing import Any
 
 from .agent import Agent
 from .catalog import Backup, Catalog, as_path, open_catalog
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from .hosts import Host, HostConfigError, host_named, split_target
+from .errors import EXIT_FAILED, UsageError
+from .hosts import Host, host_named, split_target
+from .job_cli import add_output_arguments, completed_status, is_failure, job_reporter, run_job
 from .jobs.media import MediaLoader
-from .jobs.recover import (ALL_ONES, RecoverFailed, RecoverInterrupted, RecoverJob, RecoverRequest, RecoverResult,
-                           Selection)
+from .jobs.recover import ALL_ONES, RecoverFailed, RecoverJob, RecoverRequest, RecoverResult, Selection
 from .library import Library
+from .progress import Reporter
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -57,11 +61,13 @@ def add_parsers(sub: Any, epilog: str) -> None:
     r.add_argument("--as-of", metavar="WHEN", help="ISO date and time, or 'now': restore the chain up to then")
     r.add_argument("--no-direct", dest="direct", action="store_false",
                    help="read the image from its start even when the catalog allows direct access (for a "
-                        "tape agent that cannot serve the data server's reads, e.g. ndmjob's)")
+                        "tape agent that cannot serve the data server's reads)")
     r.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     r.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
-    r.add_argument("--json", action="store_true", help="one JSON line per recover")
+    r.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
+                   help="NDMP version to ask both servers for (repeatable; default 4 then 3)")
+    add_output_arguments(r)
 
 
 def parse_when(text: str) -> float | None:
@@ -71,7 +77,7 @@ def parse_when(text: str) -> float | None:
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise HostConfigError(f"--as-of {text}: expected an ISO date and time (2026-12-01T18:00) or 'now'") from None
+        raise UsageError(f"--as-of {text}: expected an ISO date and time (2026-12-01T18:00) or 'now'") from None
 
 
 def _pairs(texts: list[str]) -> list[tuple[str, str | None]]:
@@ -79,7 +85,7 @@ def _pairs(texts: list[str]) -> list[tuple[str, str | None]]:
     for text in texts:
         source, eq, new = text.partition("=")
         if not source or (eq and not new):
-            raise HostConfigError(f"{text}: expected PATH or PATH=NEWPATH")
+            raise UsageError(f"{text}: expected PATH or PATH=NEWPATH")
         out.append((source, new or None))
     return out
 
@@ -89,7 +95,7 @@ def _env(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, eq, value = pair.partition("=")
         if not eq or not name:
-            raise HostConfigError(f"-E {pair}: expected NAME=VALUE")
+            raise UsageError(f"-E {pair}: expected NAME=VALUE")
         env[name] = value
     return env
 
@@ -157,11 +163,14 @@ def _library(args: argparse.Namespace, backup: Backup) -> tuple[Host, str] | Non
 
 
 def _connect(host: Host, args: argparse.Namespace) -> Any:
-    return Agent.connect(host.address, host.port, user=host.user, password=host.password, timeout=args.timeout)
+    versions = tuple(args.versions or (4, 3))
+    return Agent.connect(host.address, host.port, user=host.user, password=host.password, versions=versions,
+                         timeout=args.timeout)
 
 
-async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host: Host,
-                   tape_host: Host, library: tuple[Host, str] | None, catalog: Catalog) -> RecoverResult:
+async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host: Host, tape_host: Host,
+                   library: tuple[Host, str] | None, catalog: Catalog, reporter: Reporter) -> RecoverResult:
+    request.data_host_name, request.tape_host_name = data_host.name, tape_host.name
     async with AsyncExitStack() as stack:
         data = await stack.enter_async_context(_connect(data_host, args))
         same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
@@ -172,64 +181,66 @@ async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host:
             robot = await stack.enter_async_context(_connect(robot_host, args))    # its own session: SCSI
             changer_lib = await Library.open(robot, changer)
             stack.push_async_callback(changer_lib.close)
-            media = MediaLoader(changer_lib, tape, request.drive, catalog, drive_element=args.drive)
-        return await RecoverJob(data, tape, request, media=media).run()
+            media = MediaLoader(changer_lib, tape, request.drive, catalog, drive_element=args.drive,
+                                reporter=reporter)
+        try:
+            return await RecoverJob(data, tape, request, media=media, reporter=reporter).run()
+        except RecoverFailed as exc:
+            if args.tape is None and "TAPE_OPEN" in str(exc):
+                raise RecoverFailed(f"{exc}; the drive defaulted to {tape_host.name}:{request.drive} "
+                                    "(the backed-up host): give --tape HOST:DRIVE") from None
+            raise
 
 
-def _show(args: argparse.Namespace, result: RecoverResult, destination: str) -> None:
-    if args.json:
-        print(json.dumps({"type": "summary", "backup": result.backup, "status": result.status,
-                          "destination": destination, "direct": result.direct, "bytes_moved": result.bytes_moved,
-                          "bytes_processed": result.bytes_processed, "image_bytes": result.image_bytes,
-                          "files": result.files, "cartridges": result.cartridges}), flush=True)
+def _work(args: argparse.Namespace, catalog: Catalog, pairs: list[tuple[str, str | None]], env: dict[str, str],
+          directory: str, when: float | None) -> list[tuple[RecoverRequest, Host, tuple[Host, str] | None]]:
+    """The recovers to run, in order, each with its tape host and library (RecoverFailed: nothing to restore)."""
+    if args.as_of is not None:
+        host_text, volume = split_target(args.what)
+        chain = catalog.chain(host_named(host_text, args.config).name, volume, when)
     else:
-        how = " (direct access)" if result.direct else ""
-        read = f" from {', '.join(result.cartridges)}" if result.cartridges else ""
-        print(f"restored {result.backup} to {destination}{how}: {result.bytes_moved} of {result.image_bytes} "
-              f"image bytes read{read}", flush=True)
+        chain = [catalog.get(args.what)]
+    work = []
+    for backup in chain:
+        _restorable(backup)
+        tape_host, drive = _tape(args, backup)
+        request = plan(catalog, backup, pairs, directory, drive=drive, env=env,
+                       missing_ok=args.as_of is not None, allow_direct=args.direct)
+        if request is not None:
+            work.append((request, tape_host, _library(args, backup)))
+    if pairs and not work:
+        raise RecoverFailed(f"none of {', '.join(p for p, _ in pairs)} is in the chain of {args.what}")
+    return work
 
 
 async def restore(args: argparse.Namespace) -> int:
+    """One recover per backup (a chain with --as-of: each its own summary, in order, through one
+    reporter); the first that does not complete ends the command with its status."""
     to_text, directory = split_target(args.to)
     data_host = host_named(to_text, args.config)
     pairs, env = _pairs(args.paths), _env(args.env)
+    if args.as_of is not None and any(new for _, new in pairs):
+        raise UsageError("--as-of restores paths where they were: PATH=NEWPATH is for one backup")
+    when = parse_when(args.as_of) if args.as_of is not None else None
     catalog = open_catalog(args.catalog)
     try:
-        if args.as_of is not None:
-            if any(new for _, new in pairs):
-                raise HostConfigError("--as-of restores paths where they were: PATH=NEWPATH is for one backup")
-            host_text, volume = split_target(args.what)
-            chain = catalog.chain(host_named(host_text, args.config).name, volume, parse_when(args.as_of))
-        else:
-            chain = [catalog.get(args.what)]
-        work = []
-        for backup in chain:
-            _restorable(backup)
-            tape_host, drive = _tape(args, backup)
-            request = plan(catalog, backup, pairs, directory, drive=drive, env=env,
-                           missing_ok=args.as_of is not None, allow_direct=args.direct)
-            if request is not None:
-                work.append((request, tape_host, _library(args, backup)))
-        if pairs and not work:
-            raise RecoverFailed(f"none of {', '.join(p for p, _ in pairs)} is in the chain of {args.what}")
-        for request, tape_host, library in work:
-            try:
-                result = await _run_one(args, request, data_host, tape_host, library, catalog)
-            except RecoverFailed as exc:
-                if args.tape is None and "TAPE_OPEN" in str(exc):
-                    raise RecoverFailed(f"{exc}; the drive defaulted to {tape_host.name}:{request.drive} "
-                                        "(the backed-up host): give --tape HOST:DRIVE") from None
-                raise
-            _show(args, result, directory)
-    except RecoverFailed as exc:
+        work = _work(args, catalog, pairs, env, directory, when)
+    except RecoverFailed as exc:          # the catalog's answer: nothing it can restore
         print(f"ndmp: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except RecoverInterrupted as exc:
-        print(f"ndmp: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     finally:
         catalog.close()
-    return EXIT_OK
+    reporter = job_reporter(args, label=f"{data_host.name}:{directory}")
+    for request, tape_host, library in work:
+        catalog = open_catalog(args.catalog)          # the loader reads the media rows
+        try:
+            status, _ = await run_job(_run_one(args, request, data_host, tape_host, library, catalog, reporter),
+                                      reporter)
+        finally:
+            catalog.close()
+        if is_failure(status):
+            return status
+    return completed_status(reporter)
 
 
 COMMANDS = {"restore": restore}

@@ -30,6 +30,20 @@ def checked(message: str, header_error: int, decode: Callable[[], Any]) -> Any:
     return body
 
 
+class JobFailed(Exception):
+    """A job (backup, restore, copy) ended without doing what was asked; the message is the
+    one line for the user (exit 1). Each job's own failure subclasses it."""
+
+
+class JobInterrupted(Exception):
+    """The user stopped a job (SIGINT/SIGTERM) and both sides were aborted (exit 130)."""
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be meant (exit 2, one line naming the
+    command, like argparse's own errors)."""
+
+
 class NdmpConnectError(ConnectionError):
     """The connection could not be opened, negotiated or authenticated (one line for the user)."""
 

@@ -103,13 +103,20 @@ def human_bytes(n: float) -> str:
 
 
 def summary_line(fields: dict[str, Any]) -> str:
-    """The one line a human reads at the end: ``backup ID done: 12.0 MiB, 34 files in 1.2 s, 2 warnings``."""
+    """The one line a human reads at the end: ``backup ID done: 12.0 MiB, 34 files in 1.2 s, 2 warnings``
+    (a restore: ``restore ID done: 65536 bytes read of an 81920-byte image (direct access) into
+    /export/out``; the bytes read count whole tape records, so a small image reads more than its size)."""
     head = " ".join(str(fields[k]) for k in ("job", "id", "status") if fields.get(k) is not None)
     parts = []
     if fields.get("bytes") is not None:
         parts.append(human_bytes(fields["bytes"]) + (f" ({fields['bytes']} bytes)" if fields["bytes"] >= 1024 else ""))
     if fields.get("entries") is not None:
         parts.append(f"{fields['entries']} files")
+    if fields.get("image_bytes") is not None:            # a restore: how much of the image it read, and where to
+        how = " (direct access)" if fields.get("direct") else ""
+        read = f" from {', '.join(fields['cartridges'])}" if fields.get("cartridges") else ""
+        parts.append(f"{fields.get('bytes_moved', 0)} bytes read{read} of a {fields['image_bytes']}-byte image{how} "
+                     f"into {fields.get('destination', '?')}")
     cartridges = [m for m in fields.get("media") or () if m.get("barcode")]
     if cartridges:
         parts.append(", ".join(f"{m['barcode']} (slot {m['slot']}, file {m['file_number']}, "

@@ -33,6 +33,15 @@ class TapeError(Exception):
     """A tape request that cannot be done as asked (one line for the user)."""
 
 
+async def open_drive(agent: Any, device: str, mode: int) -> None:
+    """TAPE_OPEN of ``device``; a refusal names the drive (``TAPE_OPEN vtape9: NO_DEVICE_ERR``),
+    so the user's one line says which one."""
+    try:
+        await agent.call("TAPE_OPEN", device=device, mode=mode)
+    except NdmpReplyError as exc:
+        raise NdmpReplyError(f"TAPE_OPEN {device}", exc.code, exc.header) from None
+
+
 @dataclass(frozen=True)
 class Label:
     name: str

@@ -247,13 +247,16 @@ def test_sigint_mid_restore_aborts_both_sides_and_exits_130(tmp_path):
 
 def test_the_cartridge_on_ndmjobs_tape_agent(tmp_path):
     """Another vendor's tape agent (ndmjob's daemon) holds the cartridge: a three-way backup
-    onto it, then a whole restore and a selective one (read from the start: ndmjob's mover
-    cannot serve reads shorter than a record, which direct access asks for)."""
+    onto it, then a whole restore, a selective one read from the start, and one by direct
+    access (ndmjob's mover serves only whole records of its size: the reads are on that grid)."""
     from .conftest import NDMJOB, ndmjob_daemon
     if not NDMJOB.exists():
         pytest.skip("ndmjob not installed (apt-get install amanda-common)")
     with servers(tmp_path, "nas") as [nas], ndmjob_daemon(tmp_path) as port:
-        before = describe(build_every_case(tmp_path / "nas" / "vol"))
+        vol = build_every_case(tmp_path / "nas" / "vol")
+        with open(vol / "big.bin", "wb") as f:        # so direct access has something to skip
+            f.write(os.urandom(4 << 20))
+        before = describe(vol)
         conf = tmp_path / "ndmp"
         conf.mkdir()
         for name, password in (("nas", PASSWORD), ("jobd", "ndmp")):
@@ -283,33 +286,21 @@ def test_the_cartridge_on_ndmjobs_tape_agent(tmp_path):
         files = {p for p, e in describe(tmp_path / "nas" / "out" / "s").items() if not e["mode"].startswith("d")}
         assert files == {b"renamed"}
         assert (tmp_path / "nas" / "out" / "s" / "renamed").read_bytes() == b"hello\n" * 1000
-        stalled = dar_in_process(catalog, made["id"], nas.host, ("127.0.0.1", port), str(cartridge))
-        assert "nothing moved" in stalled and "--no-direct" in stalled, stalled
-        assert idle(nas.host), "the data side is back to IDLE after the stall"
-
-
-def dar_in_process(catalog: Path, backup_id: str, data_host: str, tape: tuple[str, int], drive: str) -> str:
-    """A DAR RecoverJob (the Python API) with a 2 s stall limit; returns its failure line."""
-    import asyncio
-    from ndmpd.dma.agent import Agent
-    from ndmpd.dma.catalog import open_catalog
-    from ndmpd.dma.commands_restore import plan
-    from ndmpd.dma.jobs.recover import RecoverFailed, RecoverJob
-
-    with open_catalog(catalog) as cat:
-        request = plan(cat, cat.get(backup_id), [("/dir/file", None)], "/export/out/dar", drive=drive, env={})
-    assert request is not None and request.direct
-    request.stall_timeout = 2.0
-
-    async def go() -> str:
-        async with Agent.connect(data_host, 10000, user="ndmp", password=PASSWORD, timeout=10) as data, \
-                Agent.connect(*tape, user="ndmp", password="ndmp", timeout=10) as mover:
-            try:
-                await RecoverJob(data, mover, request).run()
-            except RecoverFailed as exc:
-                return str(exc)
-            return "done"
-    return asyncio.run(asyncio.wait_for(go(), 60))
+        # direct access: ndmpd's data server asks for whole records of the mover's size (the DMA
+        # says which in NDMPD_RECORD_SIZE), the only reads ndmjob's mover serves
+        [dar] = summaries(restore(made["id"], "/dir/file=renamed", "/dir/sub", "--tape", tape,
+                                  "--to", "nas:/export/out/dar", "--json", catalog=catalog, home=tmp_path))
+        assert dar["status"] == "done" and dar["direct"], dar
+        assert dar["files"] == {"/dir/file": True, "/dir/sub": True}, dar
+        assert 0 < dar["bytes_moved"] < dar["image_bytes"] * 0.2, dar
+        restored = describe(tmp_path / "nas" / "out" / "dar")
+        def alone(entry: dict) -> dict:            # a file restored without the rest of its hard links
+            return {k: v for k, v in entry.items() if k != "links"}
+        assert alone(restored[b"renamed"]) == alone(before[b"dir/file"])
+        sub = {p: e for p, e in before.items() if p.startswith(b"dir/sub")}
+        assert set(sub) == {p for p in restored if p.startswith(b"dir/sub")}
+        assert all(alone(restored[p]) == alone(e) for p, e in sub.items() if e["mode"][0] != "d")
+        assert idle(nas.host), "the data side is back to IDLE"
 
 
 def test_an_image_in_two_tape_files_is_read_across_them(tmp_path):
@@ -372,3 +363,27 @@ def test_an_image_in_two_tape_files_is_read_across_them(tmp_path):
         refused = asyncio.run(asyncio.wait_for(restore(two_cartridges, "none"), 60))
         assert "cartridge B" in refused and "no library" in refused, refused
         assert idle(nas.host)
+
+
+@pytest.mark.parametrize("where", ["two-way", "three-way"])
+def test_an_ndmpv2_restore_whole_and_by_direct_access(tmp_path, where):
+    """NDMPv2 has no DATA_CONNECT (the mover's address goes with DATA_START_RECOVER) and its
+    nlist entry names the destination path: a v2 backup restores whole and by DAR."""
+    with servers(tmp_path, "nas", "other") as [nas, other]:
+        before = small_files_and_a_big_one(tmp_path / "nas" / "vol")
+        catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
+        made = backup(spec, catalog, tmp_path, "--version", "2")
+        target = nas if where == "two-way" else other
+        out = tmp_path / ("nas" if where == "two-way" else "other") / "out"
+        [whole] = summaries(restore(made["id"], "--to", f"ndmp@{target.host}:/export/out/w", "--version", "2",
+                                    "--tape", f"{spec}:vtape0", "--json", catalog=catalog, home=tmp_path))
+        assert whole["status"] == "done" and not whole["direct"]
+        assert differences(before, describe(out / "w")) == []
+        [some] = summaries(restore(made["id"], "/dir/sub/c.txt", "/zzz.txt=renamed/last.txt", "--version", "2",
+                                   "--to", f"ndmp@{target.host}:/export/out/d", "--tape", f"{spec}:vtape0", "--json",
+                                   catalog=catalog, home=tmp_path))
+        assert some["status"] == "done" and some["direct"], some
+        after = describe(out / "d")
+        assert {p for p, e in after.items() if not e["mode"].startswith("d")} == {b"dir/sub/c.txt", b"renamed/last.txt"}
+        assert after[b"renamed/last.txt"] == before[b"zzz.txt"] and after[b"dir/sub/c.txt"] == before[b"dir/sub/c.txt"]
+        assert 0 < some["bytes_moved"] < made["bytes"] * 0.05, some

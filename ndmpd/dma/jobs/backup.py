@@ -33,10 +33,10 @@ from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog, Media, media_dict
 from ..catalog_history import V2_UNIX_DIR, V2_UNIX_NODE, V2_UNIX_PATH
-from ..errors import NdmpReplyError
+from ..errors import JobFailed, JobInterrupted, NdmpReplyError
 from ..library import LibraryError
 from ..smc import ScsiError
-from .. import tapes
+from ..tapes import open_drive, position_at_end_of_data
 from .media import Loaded, MediaError, MediaLoader
 from ..progress import NullReporter, Reporter
 from .watch import LogForwarder, ProgressWatcher
@@ -48,11 +48,11 @@ V2_FH_CODES = (V2_UNIX_PATH, V2_UNIX_DIR, V2_UNIX_NODE)
 STEP_TIMEOUT = 30.0
 
 
-class BackupFailed(Exception):
+class BackupFailed(JobFailed):
     """The backup ended without a complete image (the message is the one line for the user)."""
 
 
-class BackupInterrupted(Exception):
+class BackupInterrupted(JobInterrupted):
     """The user stopped the backup (SIGINT/SIGTERM); both sides were aborted."""
 
 
@@ -202,8 +202,8 @@ class BackupJob:
                 raise MediaError(f"no writable cartridge in the library's slots for {req.drive}")
             file_number: int | None = self.loaded.file_number
         else:
-            await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_RDWR_MODE)
-            file_number = await tapes.position_at_end_of_data(self.tape)
+            await open_drive(self.tape, req.drive, C.TAPE_RDWR_MODE)
+            file_number = await position_at_end_of_data(self.tape)
         await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
         # v4 sets the window in IDLE; v2/v3 movers (ndmjob's) want it in LISTEN, as their DMAs do
         early = self.tape.version >= 4

@@ -191,7 +191,7 @@ class MediaLoader:
             raise MediaError(str(exc)) from None
 
     async def _open(self, mode: int) -> None:
-        await self.tape.call("TAPE_OPEN", device=self.drive, mode=mode)
+        await tapes.open_drive(self.tape, self.drive, mode)
         self.is_open = True
 
     async def _close(self) -> None:

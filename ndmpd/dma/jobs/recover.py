@@ -30,26 +30,28 @@ from typing import Any
 from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Backup, Media
-from ..errors import NdmpReplyError
+from ..errors import JobFailed, JobInterrupted, NdmpReplyError
 from ..library import LibraryError
 from ..progress import NullReporter, Reporter
 from ..smc import ScsiError
+from ..tapes import open_drive
 from .backup import RECORD_SIZE, STEP_TIMEOUT, WINDOW_ALL, _reason
 from .media import MediaError, MediaLoader
+from .watch import LogForwarder, ProgressWatcher
 
 ALL_ONES = (1 << 64) - 1
 ERROR_LINE_WAIT = 1.0          # seconds a refusal waits for the server's LOG_MESSAGE
-TICK = 1.0                     # seconds between the progress polls (DATA/MOVER_GET_STATE)
+TICK = 1.0                     # longest time between the polls (DATA/MOVER_GET_STATE) the stall check reads
 # Env the backup's DATA_GET_ENV returned that makes no sense to send back for a recover
 _NOT_FOR_RECOVER = {"HIST", "UPDATE", "DIRECT", "SNAPSHOT"}
-_LOG_LEVELS = {C.LOG_NORMAL: "normal", C.LOG_DEBUG: "debug", C.LOG_ERROR: "error", C.LOG_WARNING: "warning"}
+RECORD_SIZE_ENV = "NDMPD_RECORD_SIZE"   # ndmpd's data server: the mover's record size (its DAR read grid)
 
 
-class RecoverFailed(Exception):
+class RecoverFailed(JobFailed):
     """The recover did not restore what was asked (the message is the one line for the user)."""
 
 
-class RecoverInterrupted(Exception):
+class RecoverInterrupted(JobInterrupted):
     """The user stopped the recover (SIGINT/SIGTERM); both sides were aborted."""
 
 
@@ -74,6 +76,8 @@ class RecoverRequest:
     direct: bool = False
     env: dict[str, str] = field(default_factory=dict)
     stall_timeout: float = 300.0     # seconds with no byte moved before the job gives up
+    data_host_name: str = ""         # the hosts as the user named them (log lines); default: the peer address
+    tape_host_name: str = ""
 
 
 @dataclass
@@ -85,6 +89,8 @@ class RecoverResult:
     image_bytes: int           # the image's size in the catalog
     direct: bool
     files: dict[str, bool]     # LOG_FILE outcomes by nlist name
+    warnings: list[str] = field(default_factory=list)   # the servers' warning/error log lines
+    seconds: float = 0.0
     cartridges: list[str] = field(default_factory=list)   # barcodes the loader put in the drive, in order
 
 
@@ -112,17 +118,21 @@ class _Close:
 
 def recover_env(request: RecoverRequest) -> dict[str, str]:
     """The env of DATA_START_RECOVER: what the server returned with the backup (so it knows
-    its own image), DIRECT for DAR, then the user's -E."""
+    its own image), DIRECT for DAR (with the mover's record size, so an ndmpd data server
+    asks only for whole records: ndmjob's mover serves nothing else), then the user's -E."""
     env = {k: v for k, v in request.backup.env.items() if k not in _NOT_FOR_RECOVER}
     env.setdefault("FILESYSTEM", request.backup.volume)
     env["DIRECT"] = "y" if request.direct else "n"
+    if request.direct:                   # ndmpd asks for whole records of this size: what any mover serves
+        env[RECORD_SIZE_ENV] = str(RECORD_SIZE)
     env.update(request.env)
     return env
 
 
 def nlist(request: RecoverRequest, version: int) -> list[Any]:
-    """The nlist in the negotiated version's sense: v4 names the destination path, v3 its
-    directory and the new name in it. A whole image is ``/`` to the destination directory."""
+    """The nlist in the negotiated version's sense: v4 (and v2, whose entry has no name field)
+    names the destination path, v3 its directory and the new name in it. A whole image is
+    ``/`` to the destination directory."""
     wanted = request.paths or [Selection("/", request.destination)]
     out = []
     for item in wanted:
@@ -147,8 +157,7 @@ class RecoverJob:
         self.media, self.reporter = media, reporter or NullReporter()
         self.two_way = data is tape
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.errors: list[str] = []
-        self.error_logged = asyncio.Event()
+        self.logs: LogForwarder | None = None
         self.files: dict[str, bool] = {}
         self.data_halted: Any = None
         self.mover_halted: Any = None
@@ -157,60 +166,78 @@ class RecoverJob:
         self.cartridges: list[str] = []
         self.opened = False
         self.progress = (0, 0)
-        self.progress_at = 0.0
+        self.progress_at = time.monotonic()
         self.handlers: list[tuple[Agent, int, Any]] = []
 
     async def run(self) -> RecoverResult:
         """Run to the end; RecoverFailed / RecoverInterrupted with the one line for the user."""
+        req = self.request
+        began = time.monotonic()
         self._listen()
+        logs = self.logs = LogForwarder(self.reporter, {req.data_host_name or self.data.peer: self.data,
+                                                        req.tape_host_name or self.tape.peer: self.tape})
+        reporter_interval = getattr(self.reporter, "interval", None)
+        watcher = ProgressWatcher(self.reporter, data=self.data, mover=self.tape,
+                                  interval=min(reporter_interval or TICK, TICK), by_mover=True,
+                                  total=None if req.direct else req.backup.bytes or None,   # DAR reads a part
+                                  on_sample=lambda *sample: self.events.put_nowait(("tick", sample)))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.events.put_nowait, ("interrupt", sig))
         try:
             try:
                 await self._start()
-                ticker = asyncio.create_task(self._tick())
-                try:
-                    end = await self._wait_end()
-                finally:
-                    ticker.cancel()
+                watcher.start()
+                end = await self._wait_end()
             except NdmpReplyError as exc:
                 await self._error_line()
                 end = _End("failed", self._why(str(exc)))
             except (RecoverFailed, MediaError, LibraryError, ScsiError) as exc:
                 end = _End("failed", str(exc))
+            await watcher.stop()
             if end.outcome != "done":
+                logs.close()                     # what the servers log now is the abort's echo, not news
                 await self._abort()
             moved, processed = await self._collect()
             await self._stop()
         finally:
+            await watcher.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             self._unlisten()
+            logs.close()
+            self.reporter.close()
         if end.outcome == "done":
             missing = [name for name, ok in self.files.items() if not ok]
             if missing:
                 end = _End("failed", f"not restored: {', '.join(missing)}" +
-                           (f" ({self.errors[-1]})" if self.errors else ""))
-        result = RecoverResult(self.request.backup.id, end.outcome, moved, processed, self.request.backup.bytes,
-                               self.request.direct, dict(self.files), list(self.cartridges))
-        self.reporter.summary({"backup": result.backup, "status": result.status, "bytes_moved": moved,
-                               "bytes_processed": processed, "image_bytes": result.image_bytes,
-                               "direct": result.direct, "files": result.files, "cartridges": result.cartridges})
-        self.reporter.close()
+                           (f" ({logs.errors[-1]})" if logs.errors else ""))
+        result = RecoverResult(req.backup.id, end.outcome, moved, processed, req.backup.bytes, req.direct,
+                               dict(self.files), list(logs.warnings), round(time.monotonic() - began, 3),
+                               list(self.cartridges))
+        self.reporter.summary(self._summary(result, end.reason))
         if end.outcome == "interrupted":
             raise RecoverInterrupted(f"restore of {self.request.backup.id} interrupted")
         if end.outcome == "failed":
             raise RecoverFailed(f"restore of {self.request.backup.id} failed: {end.reason}")
         return result
 
+    def _summary(self, result: RecoverResult, reason: str) -> dict[str, Any]:
+        """The summary a reporter shows (the --json line keeps these field names)."""
+        fields: dict[str, Any] = {
+            "job": "restore", "id": result.backup, "backup": result.backup, "status": result.status,
+            "destination": self.request.destination, "direct": result.direct, "bytes_moved": result.bytes_moved,
+            "bytes_processed": result.bytes_processed, "image_bytes": result.image_bytes, "files": result.files,
+            "seconds": result.seconds, "warnings": result.warnings, "cartridges": result.cartridges}
+        if result.status != "done":
+            fields["reason"] = reason
+        return fields
+
     # ------------------------------------------------------------ steps
 
     def _listen(self) -> None:
         def event(kind: str) -> Any:
             return lambda body: self.events.put_nowait((kind, body))
-        for agent in self._agents():
-            self.handlers.append((agent, C.LOG_MESSAGE, lambda body, agent=agent: self._log(agent, body)))
         self.handlers += [(self.data, C.LOG_FILE, self._log_file),
                           (self.data, C.NOTIFY_DATA_HALTED, event("data_halted")),
                           (self.data, C.NOTIFY_DATA_READ, event("data_read")),
@@ -223,16 +250,6 @@ class RecoverJob:
         """The agents may serve another job next: this one's handlers go."""
         for agent, code, handler in self.handlers:
             agent.off(code, handler)
-
-    def _agents(self) -> list[Agent]:
-        return [self.data] if self.two_way else [self.data, self.tape]
-
-    def _log(self, agent: Agent, body: Any) -> None:
-        level = _LOG_LEVELS.get(getattr(body, "log_type", C.LOG_NORMAL), "normal")
-        if level == "error":
-            self.errors.append(body.entry)
-            self.error_logged.set()
-        self.reporter.log(agent.peer, level, body.entry)
 
     def _log_file(self, body: Any) -> None:
         status = getattr(body, "recovery_status", None)
@@ -248,18 +265,22 @@ class RecoverJob:
         if self.media is not None:
             await self._load(first)
         else:
-            await self.tape.call("TAPE_OPEN", device=req.drive, mode=C.TAPE_READ_MODE)
+            await open_drive(self.tape, req.drive, C.TAPE_READ_MODE)
             self.opened = True
         await self.tape.call("MOVER_SET_RECORD_SIZE", len=RECORD_SIZE)
         await self._mount(first)
         kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
         listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_WRITE, addr_type=kind)
         addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
-        await self.data.call("DATA_CONNECT", addr=addr)
+        where: dict[str, Any] = {}
+        if self.data.version == 2:           # v2 has no DATA_CONNECT: the mover's address comes with the start
+            where["mover_addr"] = addr
+        else:
+            await self.data.call("DATA_CONNECT", addr=addr)
         env = recover_env(req)
         await self.data.call("DATA_START_RECOVER", butype_name=req.backup.butype,
                              env=[T.pval(name=k, value=v) for k, v in env.items()],
-                             nlist=nlist(req, self.data.version))
+                             nlist=nlist(req, self.data.version), **where)
 
     def _part_for(self, offset: int) -> Media | None:
         for part in self.parts:
@@ -302,20 +323,6 @@ class RecoverJob:
             self.cartridges.append(name)
             self.reporter.log(self.tape.peer, "normal", f"reading {name} (image bytes from {part.first_byte})")
 
-    async def _tick(self) -> None:
-        """Every TICK: the bytes moved and processed so far, as an event (progress, stall)."""
-        self.progress_at = time.monotonic()
-        while True:
-            await asyncio.sleep(TICK)
-            try:
-                mover = await self.tape.call("MOVER_GET_STATE", timeout=STEP_TIMEOUT)
-                data = await self.data.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
-            except (NdmpReplyError, TimeoutError):
-                continue
-            except ConnectionError:
-                return
-            self.events.put_nowait(("tick", (int(mover.bytes_moved), int(data.bytes_processed), time.monotonic())))
-
     async def _wait_end(self) -> _End:
         while True:
             kind, body = await self.events.get()
@@ -341,7 +348,6 @@ class RecoverJob:
             moved, processed, now = body
             if (moved, processed) != self.progress:
                 self.progress, self.progress_at = (moved, processed), now
-                self.reporter.progress(processed, self.request.backup.bytes or None)
             elif now - self.progress_at > self.request.stall_timeout:
                 hint = ("; the tape agent may not serve direct access reads: try --no-direct"
                         if self.request.direct else "")
@@ -369,20 +375,24 @@ class RecoverJob:
             if self.mover_halted is not None and self.mover_halted.reason not in (C.MOVER_HALT_CONNECT_CLOSED,
                                                                                   C.MOVER_HALT_ABORTED):
                 why = f"the mover halted: {_reason('MOVER_HALT', self.mover_halted.reason)}"
-            return _End("failed", f"the data server halted: {self.errors[-1] if self.errors else why}")
+            errors = self.logs.errors if self.logs is not None else []
+            return _End("failed", f"the data server halted: {errors[-1] if errors else why}")
         return None
 
     async def _error_line(self) -> None:
         """A server sends the LOG_MESSAGE saying why it refused a request just after the reply:
         give it a moment to arrive, so the user reads the reason rather than an error code."""
+        if self.logs is None:
+            return
         try:
-            await asyncio.wait_for(self.error_logged.wait(), ERROR_LINE_WAIT)
+            await asyncio.wait_for(self.logs.error_logged.wait(), ERROR_LINE_WAIT)
         except asyncio.TimeoutError:
             pass
 
     def _why(self, fallback: str) -> str:
         """A refused request: the server's own error line says why better than the error code."""
-        return f"{self.errors[-1]} ({fallback})" if self.errors else fallback
+        errors = self.logs.errors if self.logs is not None else []
+        return f"{errors[-1]} ({fallback})" if errors else fallback
 
     async def _abort(self) -> None:
         """DATA_ABORT and MOVER_ABORT, each side left IDLE-able whatever state it was in."""

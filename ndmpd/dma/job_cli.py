@@ -1,0 +1,65 @@
+"""What every job command (``backup``, ``restore``, ``copy``...) shares: its output options,
+the reporter they choose, and how a job's end becomes the exit status.
+
+A command adds the options with :func:`add_output_arguments`, builds one reporter with
+:func:`job_reporter` and runs each job through :func:`run_job`::
+
+    reporter = job_reporter(args, label="nas:/export/data")
+    status, result = await run_job(CopyJob(src, dst, request, reporter=reporter).run(), reporter)
+    return status
+
+so every job shows the bar on a terminal, plain lines off it, ``--json`` lines with
+``--json``, and ends with the same statuses: 0 done, 1 failed (:class:`JobFailed`, its
+one line on stderr), 3 done but a server logged a warning or an error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Awaitable, TypeVar
+
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS, JobFailed, JobInterrupted
+from .progress import Reporter, choose_reporter
+
+T = TypeVar("T")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--progress-interval``, the same on every job command."""
+    parser.add_argument("--json", action="store_true",
+                        help="JSON lines on stdout: progress, log, warning, then the summary")
+    parser.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                        help="seconds between progress polls (default 0.5 behind the bar, 2 with --json)")
+
+
+def job_reporter(args: argparse.Namespace, label: str = "") -> Reporter:
+    """The reporter the command line asks for: JSON lines, the bar on a terminal, or plain lines."""
+    return choose_reporter(args.json, sys.stdout.isatty() and sys.stderr.isatty(), label=label,
+                           interval=getattr(args, "progress_interval", None))
+
+
+def completed_status(reporter: Reporter) -> int:
+    """The status of a command whose jobs all completed: 3 when a server logged a warning or
+    an error on the way, else 0."""
+    return EXIT_WARNINGS if getattr(reporter, "warnings", None) else EXIT_OK
+
+
+async def run_job(job: Awaitable[T], reporter: Reporter) -> tuple[int, T | None]:
+    """Await one job: (status, its result). A failure or an interrupt prints the job's one
+    line on stderr and gives (1 or 130, None); a completed job (0 or 3, result)."""
+    try:
+        result = await job
+    except JobFailed as exc:
+        print(f"ndmp: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED, None
+    except JobInterrupted as exc:
+        print(f"ndmp: {exc}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED, None
+    return completed_status(reporter), result
+
+
+def is_failure(status: int) -> bool:
+    """The job did not complete (the command stops there)."""
+    return status not in (EXIT_OK, EXIT_WARNINGS)
+
