@@ -37,17 +37,20 @@ def test_json_lines_one_object_a_line_with_its_type():
     assert lines[3]["id"] == "ab12cd34" and len(r.warnings) == 2
 
 
-def test_plain_lines_log_levels_on_stderr_errors_held_to_the_end():
+def test_plain_lines_normal_on_stdout_errors_on_stderr_held_to_the_end():
     out, err = io.StringIO(), io.StringIO()
     r = PlainReporter(out, err)
     r.progress(1, 2)
     r.log("nas1", "normal", "backup started")
     r.log("nas1", "error", "cannot read x")
-    assert err.getvalue() == "ndmp: nas1 normal: backup started\n"
+    r.log("nas1", "warning", "x changed while read")
+    assert out.getvalue() == "ndmp: nas1 normal: backup started\n"
+    assert err.getvalue() == "ndmp: nas1 warning: x changed while read\n"
     r.summary({**DONE, "warnings": ["nas1: cannot read x"]})
     assert err.getvalue().splitlines()[-1] == "ndmp: nas1 error: cannot read x"
-    assert out.getvalue() == "backup ab12cd34 done: 3.0 MiB (3145728 bytes), 7 files, vtape0 file 0 in 1.2 s, 1 warning\n"
-    assert r.warnings == ["nas1: cannot read x"]
+    assert out.getvalue().splitlines()[-1] == \
+        "backup ab12cd34 done: 3.0 MiB (3145728 bytes), 7 files, vtape0 file 0 in 1.2 s, 1 warning"
+    assert r.warnings == ["nas1: x changed while read", "nas1: cannot read x"]
 
 
 def test_a_failed_job_has_no_plain_summary_and_its_error_lines_are_in_its_reason():

@@ -134,7 +134,9 @@ def summary_line(fields: dict[str, Any]) -> str:
 
 
 class PlainReporter:
-    """Off a terminal: no progress, server log lines and warnings on stderr, the summary on stdout.
+    """Off a terminal: no progress; the servers' normal and debug log lines and the summary on
+    stdout (what happened), their warnings and errors and the DMA's own on stderr (what went
+    wrong), so a failed job's stderr is its one line.
 
     A server's error lines are held to the end: when the job fails, the command's one line
     says why (the job puts the server's last error in its reason), so they are not shown
@@ -156,6 +158,8 @@ class PlainReporter:
         line = f"ndmp: {host} {level}: {text}"
         if level == "error":
             self._errors.append(line)
+        elif level in ("normal", "debug"):
+            self._line(line, self.out)
         else:
             self._line(line)
 
@@ -175,8 +179,8 @@ class PlainReporter:
     def close(self) -> None:
         pass
 
-    def _line(self, text: str) -> None:
-        print(text, file=self.err, flush=True)
+    def _line(self, text: str, stream: TextIO | None = None) -> None:
+        print(text, file=stream or self.err, flush=True)
 
 
 class BarReporter(PlainReporter):
@@ -211,11 +215,11 @@ class BarReporter(PlainReporter):
             self._bar.close()
             self._bar = None
 
-    def _line(self, text: str) -> None:
+    def _line(self, text: str, stream: TextIO | None = None) -> None:
         if self._bar is None:
-            super()._line(text)
+            super()._line(text, stream)
             return
-        self._bar.write(text, file=self.err)
+        self._bar.write(text, file=stream or self.err)
 
 
 def _columns(stream: TextIO) -> int:

@@ -150,7 +150,8 @@ def test_the_bar_draws_on_a_terminal_and_nothing_animated_goes_to_a_pipe(server_
     piped = ndmp(*backup_args(spec, tmp_path / "c.db", "--progress-interval", "0.05"), home=tmp_path)
     assert piped.returncode == 0, piped.stderr
     assert "\r" not in piped.stdout + piped.stderr and "B/s" not in piped.stderr
-    assert len(piped.stdout.splitlines()) == 1 and " done: " in piped.stdout
+    assert piped.stderr == "" and " done: " in piped.stdout.splitlines()[-1]
+    assert all(line.startswith("ndmp: ") for line in piped.stdout.splitlines()[:-1]), "server lines, then the summary"
 
 
 def test_a_bad_password_is_one_line_and_exit_1(server_factory, tmp_path):

@@ -148,6 +148,7 @@ def test_a_restore_whose_next_cartridge_left_the_library_fails_naming_it(lib, tm
     result = ndmp("restore", made["id"][:8], "--to", f"{spec}:/export/out/missing", "--library", f"{spec}:vlib0",
                   "--catalog", str(catalog), home=tmp_path)
     assert result.returncode == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     [line] = result.stderr.splitlines()
     assert "TAPE02" in line and "not in the library's slots" in line and "ie 1" in line, line
     assert both_idle(server.host)
