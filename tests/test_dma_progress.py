@@ -50,7 +50,7 @@ def test_plain_lines_normal_on_stdout_errors_on_stderr_held_to_the_end():
     assert err.getvalue().splitlines()[-1] == "ndmp: nas1 error: cannot read x"
     assert out.getvalue().splitlines()[-1] == \
         "backup ab12cd34 done: 3.0 MiB (3145728 bytes), 7 files, vtape0 file 0 in 1.2 s, 1 warning"
-    assert r.warnings == ["nas1: x changed while read", "nas1: cannot read x"]
+    assert r.warnings == ["nas1: cannot read x", "nas1: x changed while read"]
 
 
 def test_a_failed_job_has_no_plain_summary_and_its_error_lines_are_in_its_reason():
