@@ -12,11 +12,10 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
-from .agent import Agent
 from .catalog import Backup, FileEntry, media_dict, open_catalog
 from .errors import EXIT_FAILED, EXIT_OK, UsageError
-from .hosts import Host, host_named, split_target
-from .job_cli import add_output_arguments, job_reporter, run_job
+from .hosts import host_named, split_target
+from .job_cli import add_output_arguments, add_version_argument, connect, job_reporter, run_job
 from .jobs.backup import BackupJob, BackupRequest
 from .levels import LevelPlan, NoBase, plan_level
 from .jobs.media import MediaLoader, parse_slots
@@ -44,8 +43,7 @@ def add_parsers(sub: Any, epilog: str) -> None:
     b.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
-    b.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
-                   help="NDMP version to ask both servers for (repeatable; default 4 then 3)")
+    add_version_argument(b)
     add_output_arguments(b)
     bs = sub.add_parser("backups", help="the backups in the catalog, newest first")
     bs.add_argument("--volume", metavar="V")
@@ -73,12 +71,6 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def _connect(host: Host, args: argparse.Namespace) -> Any:
-    versions = tuple(getattr(args, "versions", None) or (4, 3))
-    return Agent.connect(host.address, host.port, user=host.user, password=host.password, versions=versions,
-                         timeout=args.timeout)
-
-
 async def backup(args: argparse.Namespace) -> int:
     data_text, volume = split_target(args.source)
     tape_text, drive = split_target(args.tape)
@@ -103,12 +95,12 @@ async def backup(args: argparse.Namespace) -> int:
                                 level=plan.level, env=user_env, tape_host_name=tape_host.name,
                                 base_token=plan.base_token, base_backup=plan.base.id if plan.base else None)
         async with AsyncExitStack() as stack:
-            data = await stack.enter_async_context(_connect(data_host, args))
+            data = await stack.enter_async_context(connect(data_host, args))
             same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
-            tape = data if same else await stack.enter_async_context(_connect(tape_host, args))
+            tape = data if same else await stack.enter_async_context(connect(tape_host, args))
             media = None
             if robot_host is not None and changer is not None:
-                robot = await stack.enter_async_context(_connect(robot_host, args))   # its own session: SCSI
+                robot = await stack.enter_async_context(connect(robot_host, args))   # its own session: SCSI
                 library = await Library.open(robot, changer)
                 stack.push_async_callback(library.close)
                 media = MediaLoader(library, tape, drive, catalog, slots=slots, drive_element=args.drive,

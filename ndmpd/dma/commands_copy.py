@@ -8,14 +8,13 @@ import sys
 from contextlib import AsyncExitStack
 from typing import Any
 
-from .agent import Agent
 from .catalog import open_catalog
 from .commands_backup import parse_env
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WARNINGS
-from .hosts import Host, host_named, split_target
-from .jobs.copy import CopyFailed, CopyInterrupted, CopyJob, CopyRequest
+from .errors import UsageError
+from .hosts import host_named, split_target
+from .jobs.copy import CopyJob, CopyRequest
 from .levels import LevelPlan, NoBase, plan_level
-from .progress import choose_reporter
+from .job_cli import add_output_arguments, add_version_argument, connect, job_reporter, run_job
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -33,13 +32,8 @@ def add_parsers(sub: Any, epilog: str) -> None:
     c.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the source's data server (repeatable)")
     c.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
-    c.add_argument("--json", action="store_true", help="JSON lines (progress, log, summary) instead of text")
-    c.add_argument("--progress-interval", type=float, metavar="SECONDS",
-                   help="how often progress is polled and shown (default: the bar's or the JSON lines')")
-
-
-def _connect(host: Host, args: argparse.Namespace) -> Any:
-    return Agent.connect(host.address, host.port, user=host.user, password=host.password, timeout=args.timeout)
+    add_version_argument(c)
+    add_output_arguments(c)
 
 
 async def copy(args: argparse.Namespace) -> int:
@@ -54,9 +48,8 @@ async def copy(args: argparse.Namespace) -> int:
             plan = plan_level(catalog, src.name, volume, level=args.level, incremental=args.incremental,
                               kind="copy", destination=destination)
         except NoBase as exc:
-            if "BASE_DATE" not in user_env:
-                print(f"ndmp: {exc}", file=sys.stderr)
-                return EXIT_USAGE
+            if "BASE_DATE" not in user_env:       # the user's own token needs no base from the catalog
+                raise UsageError(str(exc)) from None
             plan = LevelPlan(args.level)
         if plan.note:
             print(f"ndmp: {plan.note}", file=sys.stderr)
@@ -64,18 +57,13 @@ async def copy(args: argparse.Namespace) -> int:
                               butype=args.butype, level=plan.level, env=user_env, base_token=plan.base_token,
                               base_backup=plan.base.id if plan.base else None)
         async with AsyncExitStack() as stack:
-            source = await stack.enter_async_context(_connect(src, args))
-            dest = await stack.enter_async_context(_connect(dst, args))
-            reporter = choose_reporter(args.json, sys.stdout.isatty() and sys.stderr.isatty(),
-                                       label=f"{src.name}:{volume}", interval=args.progress_interval)
-            try:
-                result = await CopyJob(source, dest, catalog, request, reporter).run()
-            except (CopyFailed, CopyInterrupted) as exc:
-                print(f"ndmp: {exc}", file=sys.stderr)
-                return EXIT_INTERRUPTED if isinstance(exc, CopyInterrupted) else EXIT_FAILED
+            source = await stack.enter_async_context(connect(src, args))
+            dest = await stack.enter_async_context(connect(dst, args))
+            reporter = job_reporter(args, label=f"{src.name}:{volume}")
+            status, _ = await run_job(CopyJob(source, dest, catalog, request, reporter).run(), reporter)
     finally:
         catalog.close()
-    return EXIT_WARNINGS if result.warnings else EXIT_OK
+    return status
 
 
 COMMANDS = {"copy": copy}

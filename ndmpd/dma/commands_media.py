@@ -20,10 +20,11 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from ..wire import C
-from . import tapes
 from .agent import Agent
+from . import tapes
 from .errors import EXIT_FAILED, EXIT_OK, UsageError
 from .hosts import Host, host_named, split_target
+from .job_cli import connect
 from .library import Inventory, Library, LibraryError, element_name
 from .smc import Element
 
@@ -53,10 +54,6 @@ def add_parsers(sub: Any, epilog: str) -> None:
     lib.add_argument("--json", action="store_true")
 
 
-def _connect(host: Host, args: argparse.Namespace) -> Any:
-    return Agent.connect(host.address, host.port, user=host.user, password=host.password, timeout=args.timeout)
-
-
 def _emit(args: argparse.Namespace, report: dict[str, Any], text: str) -> None:
     print(json.dumps(report) if args.json else text)
 
@@ -68,7 +65,7 @@ async def tape(args: argparse.Namespace) -> int:
     host = host_named(host_text, args.config)
     if args.action == "label" and not args.name:
         raise UsageError("tape label: give the label NAME")
-    async with _connect(host, args) as agent:
+    async with connect(host, args) as agent:
         mode = C.TAPE_RDWR_MODE if args.action == "label" else C.TAPE_READ_MODE
         await tapes.open_drive(agent, drive, mode)
         try:
@@ -143,7 +140,7 @@ async def library(args: argparse.Namespace) -> int:
     host = host_named(host_text, args.config)
     _check_library_args(args)
     async with AsyncExitStack() as stack:
-        robot = await stack.enter_async_context(_connect(host, args))
+        robot = await stack.enter_async_context(connect(host, args))
         lib = await Library.open(robot, changer)
         stack.push_async_callback(lib.close)
         if args.action == "label":
@@ -208,7 +205,7 @@ async def _label_slots(lib: Library, host: Host, args: argparse.Namespace, stack
         where, _, name = pair.partition("=")
         pairs.append((inv.locate(where), name))
         tapes.label_record(name)
-    tape_agent = await stack.enter_async_context(_connect(host, args))
+    tape_agent = await stack.enter_async_context(connect(host, args))
     done = []
     for slot, name in pairs:
         if drive.full or (await lib.inventory()).element(drive.address).full:

@@ -30,11 +30,11 @@ from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
-from .agent import Agent
 from .catalog import Backup, Catalog, as_path, open_catalog
 from .errors import EXIT_FAILED, UsageError
 from .hosts import Host, host_named, split_target
-from .job_cli import add_output_arguments, completed_status, is_failure, job_reporter, run_job
+from .job_cli import (add_output_arguments, add_version_argument, completed_status, connect, is_failure,
+                      job_reporter, run_job)
 from .jobs.media import MediaLoader
 from .jobs.recover import ALL_ONES, RecoverFailed, RecoverJob, RecoverRequest, RecoverResult, Selection
 from .library import Library
@@ -65,8 +65,7 @@ def add_parsers(sub: Any, epilog: str) -> None:
     r.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     r.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
-    r.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
-                   help="NDMP version to ask both servers for (repeatable; default 4 then 3)")
+    add_version_argument(r)
     add_output_arguments(r)
 
 
@@ -162,23 +161,17 @@ def _library(args: argparse.Namespace, backup: Backup) -> tuple[Host, str] | Non
     return host_named(host_text, args.config), changer
 
 
-def _connect(host: Host, args: argparse.Namespace) -> Any:
-    versions = tuple(args.versions or (4, 3))
-    return Agent.connect(host.address, host.port, user=host.user, password=host.password, versions=versions,
-                         timeout=args.timeout)
-
-
 async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host: Host, tape_host: Host,
                    library: tuple[Host, str] | None, catalog: Catalog, reporter: Reporter) -> RecoverResult:
     request.data_host_name, request.tape_host_name = data_host.name, tape_host.name
     async with AsyncExitStack() as stack:
-        data = await stack.enter_async_context(_connect(data_host, args))
+        data = await stack.enter_async_context(connect(data_host, args))
         same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
-        tape = data if same else await stack.enter_async_context(_connect(tape_host, args))
+        tape = data if same else await stack.enter_async_context(connect(tape_host, args))
         media = None
         if library is not None:
             robot_host, changer = library
-            robot = await stack.enter_async_context(_connect(robot_host, args))    # its own session: SCSI
+            robot = await stack.enter_async_context(connect(robot_host, args))    # its own session: SCSI
             changer_lib = await Library.open(robot, changer)
             stack.push_async_callback(changer_lib.close)
             media = MediaLoader(changer_lib, tape, request.drive, catalog, drive_element=args.drive,

@@ -17,12 +17,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Awaitable, TypeVar
+from typing import Any, Awaitable, TypeVar
+
+from .agent import Agent
 
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS, JobFailed, JobInterrupted
+from .hosts import Host
 from .progress import Reporter, choose_reporter
 
 T = TypeVar("T")
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    """``--version 2|3|4``, repeatable, the same on every command that connects."""
+    parser.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
+                        help="NDMP version to ask the servers for (repeatable; default 4 then 3)")
+
+
+def connect(host: Host, args: argparse.Namespace) -> Any:
+    """An Agent to ``host`` with the command line's versions and timeout (``async with`` it)."""
+    versions = tuple(getattr(args, "versions", None) or (4, 3))
+    return Agent.connect(host.address, host.port, user=host.user, password=host.password, versions=versions,
+                         timeout=args.timeout)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

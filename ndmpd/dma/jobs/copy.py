@@ -22,7 +22,7 @@ from typing import Any
 from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog, Media
-from ..errors import NdmpConnectionLost, NdmpReplyError
+from ..errors import JobFailed, JobInterrupted, NdmpConnectionLost, NdmpReplyError
 from ..progress import NullReporter, Reporter
 from .backup import FH_CODES, STEP_TIMEOUT, V2_FH_CODES, _reason
 from .watch import LogForwarder, ProgressWatcher
@@ -31,11 +31,11 @@ WHY_WAITS = 20                      # x 25 ms: how long a refusal waits for the 
 _GONE = (NdmpReplyError, NdmpConnectionLost, TimeoutError)   # a side that refuses or is gone: carry on
 
 
-class CopyFailed(Exception):
+class CopyFailed(JobFailed):
     """The copy did not complete (the message is the one line for the user)."""
 
 
-class CopyInterrupted(Exception):
+class CopyInterrupted(JobInterrupted):
     """The user stopped the copy (SIGINT/SIGTERM); both data servers were aborted."""
 
 
