@@ -7,17 +7,16 @@ import argparse
 import json
 import os
 import stat
-import sys
 import time
 from contextlib import AsyncExitStack
 from typing import Any
 
 from .catalog import Backup, FileEntry, media_dict, open_catalog
-from .errors import EXIT_FAILED, EXIT_OK, UsageError
+from .errors import EXIT_FAILED, EXIT_OK
 from .hosts import host_named, split_target
-from .job_cli import add_output_arguments, add_version_argument, connect, job_reporter, run_job
+from .job_cli import (add_level_arguments, add_output_arguments, add_version_argument, connect, job_reporter,
+                      level_plan, parse_env, run_job)
 from .jobs.backup import BackupJob, BackupRequest
-from .levels import LevelPlan, NoBase, plan_level
 from .jobs.media import MediaLoader, parse_slots
 from .library import Library
 
@@ -35,11 +34,7 @@ def add_parsers(sub: Any, epilog: str) -> None:
     b.add_argument("--drive", metavar="ELEMENT",
                    help="the changer's drive element that is DRIVE (number or @ADDR), if it does not say")
     b.add_argument("--butype", default="tar", choices=("tar", "dump"))
-    levels = b.add_mutually_exclusive_group()
-    levels.add_argument("--level", type=int, default=None, metavar="N",
-                        help="dump level; N > 0 builds on the newest backup below level N in the catalog")
-    levels.add_argument("--incremental", action="store_true",
-                        help="one level above the newest backup of this volume in the catalog (else a level 0)")
+    add_level_arguments(b, "backup of the volume")
     b.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the data server (repeatable)")
     b.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
@@ -60,17 +55,6 @@ def add_parsers(sub: Any, epilog: str) -> None:
     find.add_argument("--json", action="store_true")
 
 
-def parse_env(pairs: list[str]) -> dict[str, str]:
-    """``-E NAME=VALUE`` arguments as a dict (a malformed one is a usage error)."""
-    env = {}
-    for pair in pairs:
-        name, eq, value = pair.partition("=")
-        if not eq or not name:
-            raise UsageError(f"-E {pair}: expected NAME=VALUE")
-        env[name] = value
-    return env
-
-
 async def backup(args: argparse.Namespace) -> int:
     data_text, volume = split_target(args.source)
     tape_text, drive = split_target(args.tape)
@@ -83,14 +67,7 @@ async def backup(args: argparse.Namespace) -> int:
         robot_host = host_named(robot_text, args.config)
     catalog = open_catalog(args.catalog)
     try:
-        try:
-            plan = plan_level(catalog, data_host.name, volume, level=args.level, incremental=args.incremental)
-        except NoBase as exc:
-            if "BASE_DATE" not in user_env:       # the user's own token needs no base from the catalog
-                raise UsageError(str(exc)) from None
-            plan = LevelPlan(args.level)
-        if plan.note:
-            print(f"ndmp: {plan.note}", file=sys.stderr)
+        plan = level_plan(args, catalog, data_host.name, volume, user_env)
         request = BackupRequest(host_name=data_host.name, volume=volume, drive=drive, butype=args.butype,
                                 level=plan.level, env=user_env, tape_host_name=tape_host.name,
                                 base_token=plan.base_token, base_backup=plan.base.id if plan.base else None)

@@ -4,17 +4,14 @@ the catalog, output, exit codes; the work is in :mod:`.jobs.copy`)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from contextlib import AsyncExitStack
 from typing import Any
 
 from .catalog import open_catalog
-from .commands_backup import parse_env
-from .errors import UsageError
 from .hosts import host_named, split_target
 from .jobs.copy import CopyJob, CopyRequest
-from .levels import LevelPlan, NoBase, plan_level
-from .job_cli import add_output_arguments, add_version_argument, connect, job_reporter, run_job
+from .job_cli import (add_level_arguments, add_output_arguments, add_version_argument, connect, job_reporter,
+                      level_plan, parse_env, run_job)
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -24,11 +21,7 @@ def add_parsers(sub: Any, epilog: str) -> None:
     c.add_argument("source", metavar="SRC:VOLUME")
     c.add_argument("destination", metavar="DST:DIR", help="a directory inside a volume of the destination")
     c.add_argument("--butype", default="tar", choices=("tar", "dump"))
-    levels = c.add_mutually_exclusive_group()
-    levels.add_argument("--level", type=int, default=None, metavar="N",
-                        help="N > 0: only what changed since the newest copy below level N to the same DST:DIR")
-    levels.add_argument("--incremental", action="store_true",
-                        help="one level above the newest copy to the same DST:DIR (else a level 0)")
+    add_level_arguments(c, "copy to the same DST:DIR")
     c.add_argument("-E", dest="env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the source's data server (repeatable)")
     c.add_argument("--catalog", metavar="FILE", help="catalog database (default ~/.local/share/ndmp/catalog.db)")
@@ -44,15 +37,7 @@ async def copy(args: argparse.Namespace) -> int:
     destination = f"{dst.name}:{directory}"
     catalog = open_catalog(args.catalog)
     try:
-        try:
-            plan = plan_level(catalog, src.name, volume, level=args.level, incremental=args.incremental,
-                              kind="copy", destination=destination)
-        except NoBase as exc:
-            if "BASE_DATE" not in user_env:       # the user's own token needs no base from the catalog
-                raise UsageError(str(exc)) from None
-            plan = LevelPlan(args.level)
-        if plan.note:
-            print(f"ndmp: {plan.note}", file=sys.stderr)
+        plan = level_plan(args, catalog, src.name, volume, user_env, kind="copy", destination=destination)
         request = CopyRequest(source_host=src.name, volume=volume, dest_host=dst.name, directory=directory,
                               butype=args.butype, level=plan.level, env=user_env, base_token=plan.base_token,
                               base_backup=plan.base.id if plan.base else None)

@@ -34,7 +34,7 @@ from .catalog import Backup, Catalog, as_path, open_catalog
 from .errors import EXIT_FAILED, UsageError
 from .hosts import Host, host_named, split_target
 from .job_cli import (add_output_arguments, add_version_argument, completed_status, connect, is_failure,
-                      job_reporter, run_job)
+                      job_reporter, parse_env, run_job)
 from .jobs.media import MediaLoader
 from .jobs.recover import ALL_ONES, RecoverFailed, RecoverJob, RecoverRequest, RecoverResult, Selection
 from .library import Library
@@ -87,16 +87,6 @@ def _pairs(texts: list[str]) -> list[tuple[str, str | None]]:
             raise UsageError(f"{text}: expected PATH or PATH=NEWPATH")
         out.append((source, new or None))
     return out
-
-
-def _env(pairs: list[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        name, eq, value = pair.partition("=")
-        if not eq or not name:
-            raise UsageError(f"-E {pair}: expected NAME=VALUE")
-        env[name] = value
-    return env
 
 
 def _under(directory: str, path: str) -> str:
@@ -211,7 +201,7 @@ async def restore(args: argparse.Namespace) -> int:
     reporter); the first that does not complete ends the command with its status."""
     to_text, directory = split_target(args.to)
     data_host = host_named(to_text, args.config)
-    pairs, env = _pairs(args.paths), _env(args.env)
+    pairs, env = _pairs(args.paths), parse_env(args.env)
     if args.as_of is not None and any(new for _, new in pairs):
         raise UsageError("--as-of restores paths where they were: PATH=NEWPATH is for one backup")
     when = parse_when(args.as_of) if args.as_of is not None else None

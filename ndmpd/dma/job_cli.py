@@ -21,8 +21,10 @@ from typing import Any, Awaitable, TypeVar
 
 from .agent import Agent
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS, JobFailed, JobInterrupted
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS, JobFailed, JobInterrupted, UsageError
+from .catalog import Catalog
 from .hosts import Host
+from .levels import LevelPlan, NoBase, plan_level
 from .progress import Reporter, choose_reporter
 
 T = TypeVar("T")
@@ -39,6 +41,41 @@ def connect(host: Host, args: argparse.Namespace) -> Any:
     versions = tuple(getattr(args, "versions", None) or (4, 3))
     return Agent.connect(host.address, host.port, user=host.user, password=host.password, versions=versions,
                          timeout=args.timeout)
+
+
+def add_level_arguments(parser: argparse.ArgumentParser, newest: str) -> None:
+    """``--level N | --incremental``; ``newest`` says what the base is chosen among."""
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("--level", type=int, default=None, metavar="N",
+                        help=f"dump level; N > 0 builds on the newest {newest} below level N in the catalog")
+    levels.add_argument("--incremental", action="store_true",
+                        help=f"one level above the newest {newest} in the catalog (else a level 0)")
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """``-E NAME=VALUE`` arguments as a dict (a malformed one is a usage error)."""
+    env = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise UsageError(f"-E {pair}: expected NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def level_plan(args: argparse.Namespace, catalog: Catalog, host: str, volume: str, env: dict[str, str],
+               **where: Any) -> LevelPlan:
+    """The level and base ``--level``/``--incremental`` ask for (a level with nothing below it is
+    a usage error, unless the user gave BASE_DATE); the plan's note, if any, on stderr."""
+    try:
+        plan = plan_level(catalog, host, volume, level=args.level, incremental=args.incremental, **where)
+    except NoBase as exc:
+        if "BASE_DATE" not in env:             # the user's own token needs no base from the catalog
+            raise UsageError(str(exc)) from None
+        plan = LevelPlan(args.level)
+    if plan.note:
+        print(f"ndmp: {plan.note}", file=sys.stderr)
+    return plan
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
