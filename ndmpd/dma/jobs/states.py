@@ -29,6 +29,7 @@ from ..progress import Reporter
 Kind = Literal["data", "mover"]
 STEP_TIMEOUT = 30.0
 HALT_WAIT = 50                       # x 0.1 s: how long the retry waits for ABORT to reach HALTED
+CLOSED = "closed"                    # the session is gone: its state machines went with it
 _GONE = (NdmpReplyError, NdmpConnectionLost, TimeoutError)
 _QUERY = {"data": ("DATA_GET_STATE", "DATA_ABORT", "DATA_STOP", "DATA_STATE"),
           "mover": ("MOVER_GET_STATE", "MOVER_ABORT", "MOVER_STOP", "MOVER_STATE")}
@@ -44,10 +45,14 @@ def state_name(kind: Kind, value: int) -> str:
 
 
 async def read_state(agent: Agent, kind: Kind) -> str:
-    """The side's state name, or ``unknown (why)`` when the session cannot say."""
+    """The side's state name; ``closed`` when its session is gone (the server ended it, and
+    with it the session's DATA/MOVER state: nothing is left running for it); ``unknown (why)``
+    when the session is there but cannot say."""
     try:
         reply = await agent.call(_QUERY[kind][0], timeout=STEP_TIMEOUT)
-    except _GONE as exc:
+    except NdmpConnectionLost:
+        return CLOSED
+    except (NdmpReplyError, TimeoutError) as exc:
         return f"unknown ({exc or type(exc).__name__})"
     return state_name(kind, reply.state)
 
@@ -79,21 +84,22 @@ async def settle(sides: dict[str, tuple[Agent, Kind]], reporter: Reporter,
 
     ``sides`` names each side (``data``, ``mover``; a copy's ``source``, ``destination``) with
     its agent and which state machine to read; ``hosts`` how log lines name the side's host.
-    Returns ``(states, trouble)``: the lower-case state names by side, and one phrase per side
-    still not IDLE after the retry (empty when all are IDLE)."""
+    Returns ``(states, trouble)``: the lower-case state names by side (``closed``: the session
+    was lost, which ends its state machines), and one phrase per side still neither IDLE nor
+    closed after the retry (empty when none)."""
     hosts = hosts or {}
     states: dict[str, str] = {}
     trouble: list[str] = []
     for side, (agent, kind) in sides.items():
         state = await read_state(agent, kind)
-        if state != "idle" and not state.startswith("unknown"):
+        if state not in ("idle", CLOSED) and not state.startswith("unknown"):
             await _retry(agent, kind)
             after = await read_state(agent, kind)
             reporter.log(hosts.get(side, agent.peer), "normal",
                          f"the {side} side was {state} after the stop: aborted and stopped again, now {after}")
             state = after
         states[side] = state
-        if state != "idle":
+        if state not in ("idle", CLOSED):
             trouble.append(f"the {side} side left {state}")
     for phrase in trouble:
         reporter.warning(f"{phrase} after the job's stop (not IDLE)")
