@@ -74,6 +74,20 @@ def test_summary_line_without_optional_fields():
     assert summary_line({"job": "copy", "id": "x", "status": "done"}) == "copy x done"
 
 
+def test_summary_line_names_a_server_the_job_left_busy_and_not_an_idle_or_closed_one():
+    busy = summary_line({**DONE, "states": {"data": "idle", "mover": "active"}})
+    assert busy.endswith(", not idle: mover active"), busy
+    assert "not idle" not in summary_line({**DONE, "states": {"source": "idle", "destination": "closed"}})
+
+
+def test_state_names_are_the_lower_case_ndmp_names():
+    from ndmpd.dma.jobs.states import state_name
+    from ndmpd.wire import C
+    assert state_name("data", C.DATA_STATE_IDLE) == "idle"
+    assert state_name("data", C.DATA_STATE_ACTIVE) == "active"
+    assert state_name("mover", C.MOVER_STATE_PAUSED) == "paused"
+
+
 def test_help_lists_every_exit_status():
     shown = subprocess.run([sys.executable, "-m", "ndmpd.dma", "--help"], capture_output=True, text=True,
                            timeout=60).stdout

@@ -127,6 +127,9 @@ def summary_line(fields: dict[str, Any]) -> str:
     text = head + (": " + ", ".join(parts) if parts else "")
     if fields.get("seconds") is not None:
         text += f" in {fields['seconds']:.1f} s"
+    stuck = {side: state for side, state in (fields.get("states") or {}).items() if state not in ("idle", "closed")}
+    if stuck:                                            # jobs/states.py: a server the stop left busy
+        text += ", not idle: " + ", ".join(f"{side} {state}" for side, state in stuck.items())
     warnings = len(fields.get("warnings") or ())
     if warnings:
         text += f", {warnings} warning{'s' if warnings > 1 else ''}"

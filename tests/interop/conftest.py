@@ -167,3 +167,23 @@ def tshark_capture(tmp_path):
 
 
 from tests.interop.amanda import amanda  # noqa: E402,F401  (fixture for test_amanda_*.py)
+
+
+def drive_is_free(host: str, drive: str, port: int = 10000) -> bool:
+    """A new session can TAPE_OPEN ``drive``: no session still holds it. (A new session's DATA
+    and MOVER are always IDLE, whatever a job left: a job reports its own, ``states`` in its
+    summary; the drive is shared, so this check does prove a job let it go.)"""
+    import asyncio
+    from ndmpd.dma.agent import Agent
+    from ndmpd.dma.errors import NdmpReplyError
+    from ndmpd.wire import C
+
+    async def ask() -> bool:
+        async with Agent.connect(host, port, user="ndmp", password=PASSWORD, timeout=10) as agent:
+            try:
+                await agent.call("TAPE_OPEN", device=drive, mode=C.TAPE_READ_MODE)
+            except NdmpReplyError:
+                return False
+            await agent.call("TAPE_CLOSE")
+            return True
+    return asyncio.run(ask())

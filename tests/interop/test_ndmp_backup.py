@@ -14,7 +14,7 @@ import pytest
 from tests.engine_helpers import build_every_case
 from tests.server_process import ServerProcess
 
-from .conftest import PASSWORD, REPO, free_loopback_address, write_config
+from .conftest import PASSWORD, REPO, drive_is_free, free_loopback_address, write_config
 
 pytestmark = pytest.mark.interop
 
@@ -159,7 +159,7 @@ def test_sigterm_aborts_both_sides_exit_130_and_marks_it_interrupted(server_fact
     spec = f"ndmp@{server.host}"
     env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "backup", f"{spec}:/export/data", "--tape",
-                             f"{spec}:vtape0", "--catalog", str(catalog)], cwd=REPO, env=env,
+                             f"{spec}:vtape0", "--catalog", str(catalog), "--json"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -174,12 +174,16 @@ def test_sigterm_aborts_both_sides_exit_130_and_marks_it_interrupted(server_fact
             time.sleep(0.05)
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err
+    ended = summary(out)
+    assert ended["status"] == "interrupted"
+    assert ended["states"] == {"data": "idle", "mover": "idle"}, "read on the job's own session"
+    assert drive_is_free(server.host, "vtape0"), "the job closed the drive"
     [row] = backups(tmp_path, catalog)
     assert row["status"] == "interrupted"

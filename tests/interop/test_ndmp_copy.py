@@ -6,6 +6,7 @@ are one line and exit 1; SIGINT leaves both data servers IDLE and the catalog sa
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -110,11 +111,6 @@ def test_an_unknown_volume_or_a_refused_destination_is_one_line_exit_1(two_serve
     assert copy(src, dst, tmp_path).returncode == 0, "both servers are left usable"
 
 
-async def data_state(server) -> int:
-    async with Agent.connect(server.host, 10000, user="ndmp", password=PASSWORD, timeout=10) as agent:
-        return (await agent.call("DATA_GET_STATE")).state
-
-
 def test_sigint_during_a_copy_aborts_both_data_servers_exit_130(two_servers, tmp_path):
     src, dst = two_servers
     block = os.urandom(1 << 20)
@@ -124,7 +120,7 @@ def test_sigint_during_a_copy_aborts_both_data_servers_exit_130(two_servers, tmp
     catalog = tmp_path / "catalog.db"
     env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "copy", f"ndmp@{src.host}:/export/data",
-                             f"ndmp@{dst.host}:/export/data", "--catalog", str(catalog)], cwd=REPO, env=env,
+                             f"ndmp@{dst.host}:/export/data", "--catalog", str(catalog), "--json"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -136,7 +132,7 @@ def test_sigint_during_a_copy_aborts_both_data_servers_exit_130(two_servers, tmp
             time.sleep(0.05)
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -145,8 +141,9 @@ def test_sigint_during_a_copy_aborts_both_data_servers_exit_130(two_servers, tmp
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err
     [row] = backups(tmp_path, catalog)
     assert row["status"] == "interrupted" and row["kind"] == "copy"
-    assert asyncio.run(data_state(src)) == C.DATA_STATE_IDLE
-    assert asyncio.run(data_state(dst)) == C.DATA_STATE_IDLE
+    ended = json.loads(out.splitlines()[-1])
+    assert ended["type"] == "summary" and ended["status"] == "interrupted"
+    assert ended["states"] == {"source": "idle", "destination": "idle"}, "read on the job's own sessions"
 
 
 def test_an_interrupted_copy_job_leaves_both_of_its_data_servers_idle(two_servers, tmp_path):
@@ -172,6 +169,7 @@ def test_an_interrupted_copy_job_leaves_both_of_its_data_servers_idle(two_server
                 with pytest.raises(CopyInterrupted):
                     await task
                 [row] = cat.backups()
+                assert job.states == {"source": "idle", "destination": "idle"}
                 return ((await source.call("DATA_GET_STATE")).state, (await dest.call("DATA_GET_STATE")).state,
                         row.status)
 

@@ -17,7 +17,7 @@ from tests.engine_helpers import build_every_case
 from tests.server_process import ServerProcess
 from tests.trees import describe, differences
 
-from .conftest import PASSWORD, free_loopback_address, write_config
+from .conftest import PASSWORD, drive_is_free, free_loopback_address, write_config
 from .test_ndmp_backup import backups, ndmp
 
 pytestmark = pytest.mark.interop
@@ -224,7 +224,7 @@ def test_sigint_mid_restore_aborts_both_sides_and_exits_130(tmp_path):
         made = backup(spec, catalog, tmp_path)
         env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
         proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "restore", made["id"], "--to",
-                                 f"{spec}:/export/out/s", "--catalog", str(catalog)], cwd=REPO, env=env,
+                                 f"{spec}:/export/out/s", "--catalog", str(catalog), "--json"], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         target = tmp_path / "nas" / "out" / "s" / "big.bin"
         try:
@@ -234,14 +234,17 @@ def test_sigint_mid_restore_aborts_both_sides_and_exits_130(tmp_path):
                     break
                 time.sleep(0.01)
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
         assert proc.returncode == 130, err
         assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
-        assert idle(nas.host)
+        ended = json.loads(out.splitlines()[-1])
+        assert ended["type"] == "summary" and ended["status"] == "interrupted"
+        assert ended["states"] == {"data": "idle", "mover": "idle"}, "read on the job's own session"
+        assert drive_is_free(nas.host, "vtape0"), "the job closed the drive"
         shutil.rmtree(tmp_path / "nas" / "vol")
 
 

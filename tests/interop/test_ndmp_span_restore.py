@@ -162,7 +162,6 @@ def test_a_restore_whose_next_cartridge_left_the_library_fails_naming_it(lib, tm
 
 
 def test_sigint_right_after_the_first_cartridge_change_exit_130_cartridge_back_in_its_slot(lib, tmp_path):
-    from ndmpd.wire import C
     server, spec = lib
     fill_volume(tmp_path / "vol", 3_600_000)                       # four cartridges' worth: time to stop it
     catalog = tmp_path / "catalog.db"
@@ -190,7 +189,7 @@ def test_sigint_right_after_the_first_cartridge_change_exit_130_cartridge_back_i
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
     summary = json.loads(rest.splitlines()[-1])
     assert summary["type"] == "summary" and summary["status"] == "interrupted"
-    assert states(server.host) == (C.DATA_STATE_IDLE, C.MOVER_STATE_IDLE)
+    assert summary["states"] == {"data": "idle", "mover": "idle"}, "read on the job's own session"
     [row] = ok_json(ndmp("backups", "--catalog", str(catalog), "--json", home=tmp_path))
     assert row["status"] == "interrupted" and "SIGINT" in row["halt_reason"]
     assert inventory(spec, tmp_path) == HOME                       # the cartridge it was writing went home

@@ -39,6 +39,7 @@ from ..smc import ScsiError
 from ..tapes import open_drive, position_at_end_of_data
 from .media import Loaded, MediaError, MediaLoader
 from ..progress import NullReporter, Reporter
+from .states import settle, with_trouble
 from .watch import LogForwarder, ProgressWatcher
 
 RECORD_SIZE = 64 * 1024
@@ -111,6 +112,8 @@ class BackupJob:
         self.logs: list[str] = []
         self.data_halted: Any = None
         self.mover_halted: Any = None
+        self.states: dict[str, str] = {}         # where the stop left DATA and MOVER (jobs/states.py)
+        self.trouble: list[str] = []             # the sides the stop could not bring back to IDLE
 
     async def run(self) -> BackupResult:
         """Run to the end; BackupFailed / BackupInterrupted once the catalog says so."""
@@ -152,6 +155,8 @@ class BackupJob:
             entries = recorder.finish()
             logs.close()
             self.reporter.close()
+        if self.trouble and outcome != "done":
+            reason = with_trouble(reason, self.trouble)
         media = list(self.parts)
         if self.loaded is not None:
             media.append(self.loaded.media(self.part_start, data_bytes))
@@ -178,7 +183,8 @@ class BackupJob:
             "file_number": result.file_number, "entries": result.entries, "env": result.env,
             "host": req.host_name, "volume": req.volume, "drive": req.drive, "seconds": result.seconds,
             "level": req.level, "base": req.base_backup,
-            "warnings": result.warnings, "media": [media_dict(m) for m in result.media]}
+            "warnings": result.warnings, "media": [media_dict(m) for m in result.media],
+            "states": dict(self.states)}
         if result.status != "done":
             fields["reason"] = reason
         return fields
@@ -314,11 +320,16 @@ class BackupJob:
         return data_bytes, env
 
     async def _stop(self, done: bool) -> None:
-        """Both sides back to IDLE; on success a filemark ends the tape file; the drive closed."""
+        """Both sides back to IDLE (checked on these sessions: :func:`settle`); on success a
+        filemark ends the tape file; the drive closed."""
         await self._wait_halted(self.data, "DATA_GET_STATE", C.DATA_STATE_HALTED, C.DATA_STATE_IDLE)
         await self._quiet(self.data, "DATA_STOP")
         await self._wait_halted(self.tape, "MOVER_GET_STATE", C.MOVER_STATE_HALTED, C.MOVER_STATE_IDLE)
         await self._quiet(self.tape, "MOVER_STOP")
+        req = self.request
+        self.states, self.trouble = await settle(
+            {"data": (self.data, "data"), "mover": (self.tape, "mover")}, self.reporter,
+            {"data": req.host_name, "mover": req.tape_host_name or self.tape.peer})
         if done:
             await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_EOF, count=1, timeout=STEP_TIMEOUT)
         if self.media is not None:

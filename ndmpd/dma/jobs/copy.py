@@ -25,6 +25,7 @@ from ..catalog import Catalog, Media
 from ..errors import JobFailed, JobInterrupted, NdmpConnectionLost, NdmpReplyError
 from ..progress import NullReporter, Reporter
 from .backup import FH_CODES, STEP_TIMEOUT, V2_FH_CODES, _reason
+from .states import settle, with_trouble
 from .watch import LogForwarder, ProgressWatcher
 
 WHY_WAITS = 20                      # x 25 ms: how long a refusal waits for the server's reason
@@ -94,6 +95,8 @@ class CopyJob:
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.logs: dict[str, LogForwarder] = {}
         self.halted: dict[str, Any] = {}
+        self.states: dict[str, str] = {}         # where the stop left the two data servers (jobs/states.py)
+        self.trouble: list[str] = []             # the sides the stop could not bring back to IDLE
 
     async def run(self) -> CopyResult:
         """Run to the end; CopyFailed / CopyInterrupted once the catalog says so."""
@@ -135,6 +138,8 @@ class CopyJob:
             for code in FH_CODES + V2_FH_CODES:
                 self.source.on_raw(code, None)
             entries = recorder.finish()
+        if self.trouble and outcome != "done":
+            reason = with_trouble(reason, self.trouble)
         if outcome == "done":
             self.catalog.add_media(copy.id, Media(label=req.destination, first_byte=0, last_byte=sent))
         self.catalog.finish_backup(copy.id, outcome, bytes=sent, env=server_env,
@@ -147,7 +152,7 @@ class CopyJob:
             "job": "copy", "id": copy.id, "status": outcome, "bytes": sent, "received": received,
             "entries": entries, "env": server_env, "host": req.source_host, "volume": req.volume,
             "destination": req.destination, "level": req.level, "base": req.base_backup,
-            "seconds": result.seconds, "warnings": warnings}
+            "seconds": result.seconds, "warnings": warnings, "states": dict(self.states)}
         if outcome != "done":
             fields["reason"] = reason
         self.reporter.summary(fields)
@@ -231,7 +236,7 @@ class CopyJob:
         return count, values
 
     async def _stop(self) -> None:
-        """Both data servers back to IDLE."""
+        """Both data servers back to IDLE (checked on these sessions: :func:`settle`)."""
         for agent in (self.source, self.dest):
             for _ in range(100):
                 try:
@@ -245,3 +250,7 @@ class CopyJob:
                 await agent.call("DATA_STOP", timeout=STEP_TIMEOUT)
             except _GONE:
                 pass
+        req = self.request
+        self.states, self.trouble = await settle(
+            {"source": (self.source, "data"), "destination": (self.dest, "data")}, self.reporter,
+            {"source": req.source_host, "destination": req.dest_host})

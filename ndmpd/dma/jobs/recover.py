@@ -37,6 +37,7 @@ from ..smc import ScsiError
 from ..tapes import open_drive
 from .backup import RECORD_SIZE, STEP_TIMEOUT, WINDOW_ALL, _reason
 from .media import MediaError, MediaLoader
+from .states import settle, with_trouble
 from .watch import LogForwarder, ProgressWatcher
 
 ALL_ONES = (1 << 64) - 1
@@ -168,6 +169,8 @@ class RecoverJob:
         self.progress = (0, 0)
         self.progress_at = time.monotonic()
         self.handlers: list[tuple[Agent, int, Any]] = []
+        self.states: dict[str, str] = {}         # where the stop left DATA and MOVER (jobs/states.py)
+        self.trouble: list[str] = []             # the sides the stop could not bring back to IDLE
 
     async def run(self) -> RecoverResult:
         """Run to the end; RecoverFailed / RecoverInterrupted with the one line for the user."""
@@ -212,6 +215,8 @@ class RecoverJob:
             if missing:
                 end = _End("failed", f"not restored: {', '.join(missing)}" +
                            (f" ({logs.errors[-1]})" if logs.errors else ""))
+        if self.trouble and end.outcome != "done":
+            end = _End(end.outcome, with_trouble(end.reason, self.trouble))
         result = RecoverResult(req.backup.id, end.outcome, moved, processed, req.backup.bytes, req.direct,
                                dict(self.files), list(logs.warnings), round(time.monotonic() - began, 3),
                                list(self.cartridges))
@@ -228,7 +233,8 @@ class RecoverJob:
             "job": "restore", "id": result.backup, "backup": result.backup, "status": result.status,
             "destination": self.request.destination, "direct": result.direct, "bytes_moved": result.bytes_moved,
             "bytes_processed": result.bytes_processed, "image_bytes": result.image_bytes, "files": result.files,
-            "seconds": result.seconds, "warnings": result.warnings, "cartridges": result.cartridges}
+            "seconds": result.seconds, "warnings": result.warnings, "cartridges": result.cartridges,
+            "states": dict(self.states)}
         if result.status != "done":
             fields["reason"] = reason
         return fields
@@ -424,6 +430,10 @@ class RecoverJob:
         await self._quiet(self.data, "DATA_STOP")
         await _wait_state(self.tape, "MOVER_GET_STATE", C.MOVER_STATE_HALTED, C.MOVER_STATE_IDLE)
         await self._quiet(self.tape, "MOVER_STOP")
+        req = self.request
+        self.states, self.trouble = await settle(
+            {"data": (self.data, "data"), "mover": (self.tape, "mover")}, self.reporter,
+            {"data": req.data_host_name or self.data.peer, "mover": req.tape_host_name or self.tape.peer})
         if self.media is not None:
             try:
                 await self.media.release(unload=True)      # the cartridge back in its slot, the drive empty
