@@ -76,7 +76,7 @@ def test_a_skipped_abort_is_caught_by_the_jobs_own_state_check_and_retried(serve
     server = server_factory()
     _big_volume(tmp_path)
     monkeypatch.setattr(BackupJob, "_abort", _noop)
-    monkeypatch.setattr(BackupJob, "_wait_halted", _noop)
+    monkeypatch.setattr(BackupJob, "_stop_sides", _noop)
     reporter, reason = _interrupted_backup(server, tmp_path)
     assert reporter.fields["states"] == {"data": "idle", "mover": "idle"}
     retried = [line for line in reporter.lines if "after the stop: aborted and stopped again, now idle" in line]
@@ -88,7 +88,7 @@ def test_without_the_retry_the_summary_and_the_reason_say_what_was_left(server_f
     server = server_factory()
     _big_volume(tmp_path)
     monkeypatch.setattr(BackupJob, "_abort", _noop)
-    monkeypatch.setattr(BackupJob, "_wait_halted", _noop)
+    monkeypatch.setattr(BackupJob, "_stop_sides", _noop)
     monkeypatch.setattr(states_module, "_retry", _noop)
     reporter, reason = _interrupted_backup(server, tmp_path)
     assert reporter.fields["states"]["data"] == "active", reporter.fields

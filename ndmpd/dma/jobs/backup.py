@@ -37,6 +37,8 @@ from ..errors import JobFailed, JobInterrupted, NdmpReplyError
 from ..library import LibraryError
 from ..smc import ScsiError
 from ..tapes import open_drive, position_at_end_of_data
+from . import steps
+from .steps import STEP_TIMEOUT, constant_name
 from .media import Loaded, MediaError, MediaLoader
 from ..progress import NullReporter, Reporter
 from .states import settle, with_trouble
@@ -46,7 +48,6 @@ RECORD_SIZE = 64 * 1024
 WINDOW_ALL = (1 << 64) - 1
 FH_CODES = (C.FH_ADD_FILE, C.FH_ADD_DIR, C.FH_ADD_NODE)
 V2_FH_CODES = (V2_UNIX_PATH, V2_UNIX_DIR, V2_UNIX_NODE)
-STEP_TIMEOUT = 30.0
 
 
 class BackupFailed(JobFailed):
@@ -253,16 +254,16 @@ class BackupJob:
                 return "failed", f"the medium in {self.request.drive} is full (end of medium, no library to change it)"
             if body.reason == C.MOVER_PAUSE_EOW:
                 return "next window", ""
-            return "failed", f"the mover paused ({_reason('MOVER_PAUSE', body.reason)})"
+            return "failed", f"the mover paused ({constant_name('MOVER_PAUSE', body.reason)})"
         if kind == "mover_halted":
             self.mover_halted = body
             if body.reason not in (C.MOVER_HALT_CONNECT_CLOSED,):
-                return "failed", f"the mover halted: {_reason('MOVER_HALT', body.reason)}"
+                return "failed", f"the mover halted: {constant_name('MOVER_HALT', body.reason)}"
             return self._both_halted()
         if kind == "data_halted":
             self.data_halted = body
             if body.reason != C.DATA_HALT_SUCCESSFUL:
-                why = self.logs[-1] if self.logs else _reason("DATA_HALT", body.reason)
+                why = self.logs[-1] if self.logs else constant_name("DATA_HALT", body.reason)
                 return "failed", f"the data server halted: {why}"
             return self._both_halted()
         return None
@@ -276,7 +277,7 @@ class BackupJob:
         """End this cartridge's part at image ``offset`` and continue on the next cartridge;
         (failed, why) when there is none."""
         assert self.media is not None and self.loaded is not None
-        await self._quiet(self.tape, "TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)
+        await steps.quietly(self.tape, "TAPE_MTIO", tape_op=C.MTIO_EOF, count=1)
         self.parts.append(self.loaded.media(self.part_start, offset))
         full = self.loaded
         self.loaded = None
@@ -299,33 +300,22 @@ class BackupJob:
 
     async def _abort(self) -> None:
         """DATA_ABORT and MOVER_ABORT, each side left IDLE-able whatever state it was in."""
-        for agent, message in ((self.data, "DATA_ABORT"), (self.tape, "MOVER_ABORT")):
-            try:
-                await agent.call(message, timeout=STEP_TIMEOUT)
-            except (NdmpReplyError, TimeoutError):
-                pass
+        await steps.abort([(self.data, "data"), (self.tape, "mover")])
+
+    async def _stop_sides(self) -> None:
+        """Each side from HALTED back to IDLE (DATA_STOP, MOVER_STOP)."""
+        await steps.stop(self.data, "data")
+        await steps.stop(self.tape, "mover")
 
     async def _collect(self) -> tuple[int, dict[str, str]]:
-        data_bytes, env = 0, {}
-        try:
-            state = await self.data.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
-            data_bytes = int(state.bytes_processed)
-        except (NdmpReplyError, TimeoutError):
-            pass
-        try:
-            reply = await self.data.call("DATA_GET_ENV", timeout=STEP_TIMEOUT)
-            env = {p.name: p.value for p in reply.env}
-        except (NdmpReplyError, TimeoutError):
-            pass
-        return data_bytes, env
+        state = await steps.quietly(self.data, "DATA_GET_STATE")
+        reply = await steps.quietly(self.data, "DATA_GET_ENV")
+        return (int(state.bytes_processed) if state else 0), ({p.name: p.value for p in reply.env} if reply else {})
 
     async def _stop(self, done: bool) -> None:
         """Both sides back to IDLE (checked on these sessions: :func:`settle`); on success a
         filemark ends the tape file; the drive closed."""
-        await self._wait_halted(self.data, "DATA_GET_STATE", C.DATA_STATE_HALTED, C.DATA_STATE_IDLE)
-        await self._quiet(self.data, "DATA_STOP")
-        await self._wait_halted(self.tape, "MOVER_GET_STATE", C.MOVER_STATE_HALTED, C.MOVER_STATE_IDLE)
-        await self._quiet(self.tape, "MOVER_STOP")
+        await self._stop_sides()
         req = self.request
         self.states, self.trouble = await settle(
             {"data": (self.data, "data"), "mover": (self.tape, "mover")}, self.reporter,
@@ -338,27 +328,4 @@ class BackupJob:
             except (NdmpReplyError, LibraryError, ScsiError) as exc:
                 self.logs.append(f"unloading the drive: {exc}")
         else:
-            await self._quiet(self.tape, "TAPE_CLOSE")
-
-    async def _wait_halted(self, agent: Agent, query: str, halted: int, idle: int) -> None:
-        for _ in range(100):
-            try:
-                state = (await agent.call(query, timeout=STEP_TIMEOUT)).state
-            except (NdmpReplyError, TimeoutError):
-                return
-            if state in (halted, idle):
-                return
-            await asyncio.sleep(0.1)
-
-    async def _quiet(self, agent: Agent, message: str, **fields: Any) -> None:
-        try:
-            await agent.call(message, timeout=STEP_TIMEOUT, **fields)
-        except NdmpReplyError:
-            pass
-
-
-def _reason(prefix: str, value: int) -> str:
-    for name in dir(C):
-        if name.startswith(prefix + "_") and getattr(C, name) == value:
-            return name[len(prefix) + 1:].lower().replace("_", " ")
-    return str(value)
+            await steps.quietly(self.tape, "TAPE_CLOSE")

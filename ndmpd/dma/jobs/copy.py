@@ -24,12 +24,13 @@ from ..agent import Agent
 from ..catalog import Catalog, Media
 from ..errors import JobFailed, JobInterrupted, NdmpConnectionLost, NdmpReplyError
 from ..progress import NullReporter, Reporter
-from .backup import FH_CODES, STEP_TIMEOUT, V2_FH_CODES, _reason
+from . import steps
+from .backup import FH_CODES, V2_FH_CODES
+from .steps import constant_name
 from .states import settle, with_trouble
 from .watch import LogForwarder, ProgressWatcher
 
 WHY_WAITS = 20                      # x 25 ms: how long a refusal waits for the server's reason
-_GONE = (NdmpReplyError, NdmpConnectionLost, TimeoutError)   # a side that refuses or is gone: carry on
 
 
 class CopyFailed(JobFailed):
@@ -197,7 +198,7 @@ class CopyJob:
         self.halted[kind] = body
         if body.reason != C.DATA_HALT_SUCCESSFUL:
             errors = self.logs[kind].errors
-            why = errors[-1] if errors else _reason("DATA_HALT", body.reason)
+            why = errors[-1] if errors else constant_name("DATA_HALT", body.reason)
             return "failed", f"the {kind} data server halted: {why}"
         if len(self.halted) == 2:
             return "done", ""
@@ -216,40 +217,17 @@ class CopyJob:
 
     async def _abort(self) -> None:
         """DATA_ABORT on both data servers, whatever state each is in."""
-        for agent in (self.source, self.dest):
-            try:
-                await agent.call("DATA_ABORT", timeout=STEP_TIMEOUT)
-            except _GONE:
-                pass
+        await steps.abort([(self.source, "data"), (self.dest, "data")])
 
     async def _collect(self, agent: Agent, env: bool) -> tuple[int, dict[str, str]]:
-        count, values = 0, {}
-        try:
-            count = int((await agent.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)).bytes_processed)
-        except _GONE:
-            pass
-        if env:
-            try:
-                values = {p.name: p.value for p in (await agent.call("DATA_GET_ENV", timeout=STEP_TIMEOUT)).env}
-            except _GONE:
-                pass
-        return count, values
+        state = await steps.quietly(agent, "DATA_GET_STATE")
+        reply = await steps.quietly(agent, "DATA_GET_ENV") if env else None
+        return (int(state.bytes_processed) if state else 0), ({p.name: p.value for p in reply.env} if reply else {})
 
     async def _stop(self) -> None:
         """Both data servers back to IDLE (checked on these sessions: :func:`settle`)."""
         for agent in (self.source, self.dest):
-            for _ in range(100):
-                try:
-                    state = (await agent.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)).state
-                except _GONE:
-                    break
-                if state in (C.DATA_STATE_HALTED, C.DATA_STATE_IDLE):
-                    break
-                await asyncio.sleep(0.1)
-            try:
-                await agent.call("DATA_STOP", timeout=STEP_TIMEOUT)
-            except _GONE:
-                pass
+            await steps.stop(agent, "data")
         req = self.request
         self.states, self.trouble = await settle(
             {"source": (self.source, "data"), "destination": (self.dest, "data")}, self.reporter,

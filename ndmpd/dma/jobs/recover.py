@@ -35,7 +35,9 @@ from ..library import LibraryError
 from ..progress import NullReporter, Reporter
 from ..smc import ScsiError
 from ..tapes import open_drive
-from .backup import RECORD_SIZE, STEP_TIMEOUT, WINDOW_ALL, _reason
+from . import steps
+from .backup import RECORD_SIZE, WINDOW_ALL
+from .steps import STEP_TIMEOUT, constant_name
 from .media import MediaError, MediaLoader
 from .states import settle, with_trouble
 from .watch import LogForwarder, ProgressWatcher
@@ -369,7 +371,7 @@ class RecoverJob:
                 if following is not None:                 # this tape file's part is over: the next one
                     return _Reposition(following.first_byte)
                 return _Close()                           # the image ends here: the data server has it all
-            return _End("failed", f"the mover paused ({_reason('MOVER_PAUSE', body.reason)})")
+            return _End("failed", f"the mover paused ({constant_name('MOVER_PAUSE', body.reason)})")
         if kind == "mover_halted":
             self.mover_halted = body
             return None                                   # the data server's halt says how it went
@@ -377,10 +379,10 @@ class RecoverJob:
             self.data_halted = body
             if body.reason == C.DATA_HALT_SUCCESSFUL:
                 return _End("done")
-            why = _reason("DATA_HALT", body.reason)
+            why = constant_name("DATA_HALT", body.reason)
             if self.mover_halted is not None and self.mover_halted.reason not in (C.MOVER_HALT_CONNECT_CLOSED,
                                                                                   C.MOVER_HALT_ABORTED):
-                why = f"the mover halted: {_reason('MOVER_HALT', self.mover_halted.reason)}"
+                why = f"the mover halted: {constant_name('MOVER_HALT', self.mover_halted.reason)}"
             errors = self.logs.errors if self.logs is not None else []
             return _End("failed", f"the data server halted: {errors[-1] if errors else why}")
         return None
@@ -402,34 +404,19 @@ class RecoverJob:
 
     async def _abort(self) -> None:
         """DATA_ABORT and MOVER_ABORT, each side left IDLE-able whatever state it was in."""
-        for agent, message in ((self.data, "DATA_ABORT"), (self.tape, "MOVER_ABORT")):
-            try:
-                await agent.call(message, timeout=STEP_TIMEOUT)
-            except (NdmpReplyError, TimeoutError):
-                pass
+        await steps.abort([(self.data, "data"), (self.tape, "mover")])
 
     async def _collect(self) -> tuple[int, int]:
-        moved = processed = 0
-        try:
-            state = await self.tape.call("MOVER_GET_STATE", timeout=STEP_TIMEOUT)
-            moved = int(state.bytes_moved)
-        except (NdmpReplyError, TimeoutError):
-            pass
-        try:
-            state = await self.data.call("DATA_GET_STATE", timeout=STEP_TIMEOUT)
-            processed = int(state.bytes_processed)
-        except (NdmpReplyError, TimeoutError):
-            pass
-        return moved, processed
+        mover = await steps.quietly(self.tape, "MOVER_GET_STATE")
+        data = await steps.quietly(self.data, "DATA_GET_STATE")
+        return (int(mover.bytes_moved) if mover else 0), (int(data.bytes_processed) if data else 0)
 
     async def _stop(self) -> None:
         """Both sides back to IDLE and the drive closed, however the recover ended."""
         if self.data_halted is None or self.mover_halted is None:
-            await self._quiet(self.tape, "MOVER_ABORT")   # the data side is done: the mover need not go on
-        await _wait_state(self.data, "DATA_GET_STATE", C.DATA_STATE_HALTED, C.DATA_STATE_IDLE)
-        await self._quiet(self.data, "DATA_STOP")
-        await _wait_state(self.tape, "MOVER_GET_STATE", C.MOVER_STATE_HALTED, C.MOVER_STATE_IDLE)
-        await self._quiet(self.tape, "MOVER_STOP")
+            await steps.quietly(self.tape, "MOVER_ABORT")   # the data side is done: the mover need not go on
+        await steps.stop(self.data, "data")
+        await steps.stop(self.tape, "mover")
         req = self.request
         self.states, self.trouble = await settle(
             {"data": (self.data, "data"), "mover": (self.tape, "mover")}, self.reporter,
@@ -440,25 +427,8 @@ class RecoverJob:
             except (NdmpReplyError, LibraryError, ScsiError, TimeoutError) as exc:
                 self.reporter.warning(f"unloading the drive: {exc}")
         elif self.opened:
-            await self._quiet(self.tape, "TAPE_CLOSE")
-
-    async def _quiet(self, agent: Agent, message: str) -> None:
-        try:
-            await agent.call(message, timeout=STEP_TIMEOUT)
-        except (NdmpReplyError, TimeoutError):
-            pass
+            await steps.quietly(self.tape, "TAPE_CLOSE")
 
 
 def _cartridge(part: Media) -> tuple[Any, ...]:
     return part.label, part.barcode, part.slot
-
-
-async def _wait_state(agent: Agent, query: str, *states: int) -> None:
-    for _ in range(100):
-        try:
-            state = (await agent.call(query, timeout=STEP_TIMEOUT)).state
-        except (NdmpReplyError, TimeoutError):
-            return
-        if state in states:
-            return
-        await asyncio.sleep(0.1)

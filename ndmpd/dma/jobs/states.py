@@ -18,30 +18,18 @@ and comes back in ``trouble`` (one phrase per side) for the job to add to its re
 
 from __future__ import annotations
 
-import asyncio
-from typing import Literal
-
-from ...wire import C
 from ..agent import Agent
 from ..errors import NdmpConnectionLost, NdmpReplyError
 from ..progress import Reporter
+from .steps import REQUESTS, STEP_TIMEOUT, Kind, abort, constant_name, stop
 
-Kind = Literal["data", "mover"]
-STEP_TIMEOUT = 30.0
 HALT_WAIT = 50                       # x 0.1 s: how long the retry waits for ABORT to reach HALTED
 CLOSED = "closed"                    # the session is gone: its state machines went with it
-_GONE = (NdmpReplyError, NdmpConnectionLost, TimeoutError)
-_QUERY = {"data": ("DATA_GET_STATE", "DATA_ABORT", "DATA_STOP", "DATA_STATE"),
-          "mover": ("MOVER_GET_STATE", "MOVER_ABORT", "MOVER_STOP", "MOVER_STATE")}
 
 
 def state_name(kind: Kind, value: int) -> str:
     """DATA_STATE_IDLE -> ``idle``, MOVER_STATE_ACTIVE -> ``active`` (the number if unknown)."""
-    prefix = _QUERY[kind][3] + "_"
-    for name in dir(C):
-        if name.startswith(prefix) and not name.endswith("_UNS") and getattr(C, name) == value:
-            return name[len(prefix):].lower()
-    return str(value)
+    return constant_name(REQUESTS[kind][3], value)
 
 
 async def read_state(agent: Agent, kind: Kind) -> str:
@@ -49,7 +37,7 @@ async def read_state(agent: Agent, kind: Kind) -> str:
     with it the session's DATA/MOVER state: nothing is left running for it); ``unknown (why)``
     when the session is there but cannot say."""
     try:
-        reply = await agent.call(_QUERY[kind][0], timeout=STEP_TIMEOUT)
+        reply = await agent.call(REQUESTS[kind][0], timeout=STEP_TIMEOUT)
     except NdmpConnectionLost:
         return CLOSED
     except (NdmpReplyError, TimeoutError) as exc:
@@ -59,23 +47,8 @@ async def read_state(agent: Agent, kind: Kind) -> str:
 
 async def _retry(agent: Agent, kind: Kind) -> None:
     """ABORT then STOP once more (each refusal is fine: the state read after says what is left)."""
-    query, abort, stop, _ = _QUERY[kind]
-    try:
-        await agent.call(abort, timeout=STEP_TIMEOUT)
-    except _GONE:
-        pass
-    for _ in range(HALT_WAIT):
-        try:
-            state = (await agent.call(query, timeout=STEP_TIMEOUT)).state
-        except _GONE:
-            break
-        if state_name(kind, state) in ("halted", "idle"):
-            break
-        await asyncio.sleep(0.1)
-    try:
-        await agent.call(stop, timeout=STEP_TIMEOUT)
-    except _GONE:
-        pass
+    await abort([(agent, kind)])
+    await stop(agent, kind, HALT_WAIT)
 
 
 async def settle(sides: dict[str, tuple[Agent, Kind]], reporter: Reporter,
