@@ -221,11 +221,7 @@ class BackupJob:
         if not early:
             await self.tape.call("MOVER_SET_WINDOW", offset=0, length=WINDOW_ALL)
         addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
-        where: dict[str, Any] = {}
-        if self.data.version == 2:           # v2 has no DATA_CONNECT: the mover's address comes with the start
-            where["mover_addr"] = addr
-        else:
-            await self.data.call("DATA_CONNECT", addr=addr)
+        where = await steps.connect_data(self.data, addr)
         await self.data.call("DATA_START_BACKUP", butype_name=req.butype,
                              env=[T.pval(name=k, value=v) for k, v in env.items()], **where)
         return file_number

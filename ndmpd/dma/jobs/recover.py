@@ -280,11 +280,7 @@ class RecoverJob:
         kind = C.ADDR_LOCAL if self.two_way else C.ADDR_TCP
         listen = await self.tape.call("MOVER_LISTEN", mode=C.MOVER_MODE_WRITE, addr_type=kind)
         addr = T.addr(addr_type=C.ADDR_LOCAL) if self.two_way else listen.connect_addr
-        where: dict[str, Any] = {}
-        if self.data.version == 2:           # v2 has no DATA_CONNECT: the mover's address comes with the start
-            where["mover_addr"] = addr
-        else:
-            await self.data.call("DATA_CONNECT", addr=addr)
+        where = await steps.connect_data(self.data, addr)
         env = recover_env(req)
         await self.data.call("DATA_START_RECOVER", butype_name=req.backup.butype,
                              env=[T.pval(name=k, value=v) for k, v in env.items()],

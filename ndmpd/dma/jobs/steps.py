@@ -29,6 +29,15 @@ def constant_name(prefix: str, value: int) -> str:
     return str(value)
 
 
+async def connect_data(data: Agent, addr: Any) -> dict[str, Any]:
+    """The data server connected to the mover's ``addr``: DATA_CONNECT, or for NDMPv2, which
+    has none, the field its DATA_START_BACKUP / DATA_START_RECOVER takes the address in."""
+    if data.version == 2:
+        return {"mover_addr": addr}
+    await data.call("DATA_CONNECT", addr=addr)
+    return {}
+
+
 async def quietly(agent: Agent, message: str, **fields: Any) -> Any | None:
     """``message``'s reply, or None when the side refuses it or is gone."""
     try:
