@@ -4,6 +4,7 @@ stopped mid-job by a signal (or by something else happening) once a condition ho
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
+
+import pytest
 
 from .conftest import PASSWORD, REPO
 
@@ -155,3 +158,15 @@ def assert_interrupted(stopped: Stopped, states: dict[str, str]) -> dict:
     assert ended["status"] == "interrupted"
     assert ended["states"] == states, "read on the job's own sessions"
     return ended
+
+
+async def sigint_once_bytes_flow(task: asyncio.Task, agent, interrupted: type[BaseException]) -> None:
+    """For a job run in this process: once DATA on ``agent`` has processed bytes (15 s at most),
+    SIGINT this process as a user's ^C would, and expect ``task`` to end raising ``interrupted``."""
+    for _ in range(300):
+        await asyncio.sleep(0.05)
+        if (await agent.call("DATA_GET_STATE")).bytes_processed > 0:
+            break
+    os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(interrupted):
+        await task

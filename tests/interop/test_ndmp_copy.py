@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 
 import pytest
 
@@ -19,7 +18,8 @@ from tests.engine_helpers import build_every_case
 from tests.trees import describe, differences
 
 from .conftest import PASSWORD, servers
-from .ndmp_cli import assert_interrupted, backups, ndmp, running_backup_in, stop_mid_job, summary
+from .ndmp_cli import (assert_interrupted, backups, ndmp, running_backup_in, sigint_once_bytes_flow, stop_mid_job,
+                       summary)
 
 pytestmark = pytest.mark.interop
 
@@ -125,14 +125,7 @@ def test_an_interrupted_copy_job_leaves_both_of_its_data_servers_idle(two_server
                 Agent.connect(dst.host, 10000, user="ndmp", password=PASSWORD, timeout=30) as dest:
             with open_catalog(tmp_path / "catalog.db") as cat:
                 job = CopyJob(source, dest, cat, CopyRequest("src", "/export/data", "dst", "/export/data"))
-                task = asyncio.create_task(job.run())
-                for _ in range(300):
-                    await asyncio.sleep(0.05)
-                    if (await source.call("DATA_GET_STATE")).bytes_processed > 0:
-                        break
-                os.kill(os.getpid(), signal.SIGINT)
-                with pytest.raises(CopyInterrupted):
-                    await task
+                await sigint_once_bytes_flow(asyncio.create_task(job.run()), source, CopyInterrupted)
                 [row] = cat.backups()
                 assert job.states == {"source": "idle", "destination": "idle"}
                 return ((await source.call("DATA_GET_STATE")).state, (await dest.call("DATA_GET_STATE")).state,
