@@ -28,11 +28,10 @@ LOOKUP_TARGET_MS = 50.0
 PER_POST = 1000
 
 
-def make_posts(entries: int) -> list[tuple[int, object]]:
-    """Decoded FH_ADD_FILE posts in a backup's order (a directory, then its files): /dNNNN
-    directories of 999 files each, f<global number>.dat, so every name is unique."""
-    wire, v4 = FhWire(4), protocol(4)
-    posts, batch = [], []
+def tar_posts(entries: int) -> list[tuple[int, bytes]]:
+    """FH_ADD_FILE posts (message code, encoded body) in a backup's order (a directory, then
+    its files): /dNNNN directories of 999 files each, f<global number>.dat, so every name is unique."""
+    wire, posts, batch = FhWire(4), [], []
     for i in range(entries):
         d, k = divmod(i, 1000)
         if k == 0:
@@ -41,27 +40,24 @@ def make_posts(entries: int) -> list[tuple[int, object]]:
             batch.append(wire.file(b"/d%04d/f%07d.dat" % (d, i), 0o100644, 1000, 1000, 4096 + i, 1_700_000_000 + i,
                                    0, 0, 1, 100_000 + i, 512 * i))
         if len(batch) == PER_POST:
-            code, body = wire.post("file", batch)
-            posts.append((code, v4.decode_body(code, REQUEST, body, 0)))
+            posts.append(wire.post("file", batch))
             batch = []
     if batch:
-        code, body = wire.post("file", batch)
-        posts.append((code, v4.decode_body(code, REQUEST, body, 0)))
+        posts.append(wire.post("file", batch))
     return posts
 
 
-def make_dump_posts(entries: int) -> list[tuple[int, object]]:
+def dump_posts(entries: int) -> list[tuple[int, bytes]]:
     """The same tree as FH_ADD_DIR then FH_ADD_NODE posts (the dump butype's history, as ndmpd
-    sends it: each batch's directory entries, then their nodes)."""
-    wire, v4 = FhWire(4), protocol(4)
-    posts: list[tuple[int, object]] = []
+    sends it: each batch's directory entries, then their nodes), encoded."""
+    wire = FhWire(4)
+    posts: list[tuple[int, bytes]] = []
     dirs = [wire.dir(b".", 2, 2), wire.dir(b"d0000", 10, 2)]
     nodes = [wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 2, 0), wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 10, 512)]
 
     def flush() -> None:
         for kind, batch in (("dir", dirs), ("node", nodes)):
-            code, body = wire.post(kind, batch)
-            posts.append((code, v4.decode_body(code, REQUEST, body, 0)))
+            posts.append(wire.post(kind, batch))
             batch.clear()
     for i in range(2, entries):
         d, k = divmod(i, 1000)
@@ -76,6 +72,21 @@ def make_dump_posts(entries: int) -> list[tuple[int, object]]:
     if nodes:
         flush()
     return posts
+
+
+def _decoded(posts: list[tuple[int, bytes]]) -> list[tuple[int, object]]:
+    v4 = protocol(4)
+    return [(code, v4.decode_body(code, REQUEST, body, 0)) for code, body in posts]
+
+
+def make_posts(entries: int) -> list[tuple[int, object]]:
+    """Decoded FH_ADD_FILE posts (tar_posts), as the DMA's recorder decodes them."""
+    return _decoded(tar_posts(entries))
+
+
+def make_dump_posts(entries: int) -> list[tuple[int, object]]:
+    """Decoded FH_ADD_DIR/FH_ADD_NODE posts (dump_posts)."""
+    return _decoded(dump_posts(entries))
 
 
 def median_ms(fn, rounds: int) -> tuple[float, object]:

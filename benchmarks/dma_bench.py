@@ -36,12 +36,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from catalog_bench import PER_POST, median_ms                      # noqa: E402
+from catalog_bench import dump_posts, median_ms, tar_posts            # noqa: E402
 from dump_bench import build_small                                  # noqa: E402
 from ndmp_backup_bench import NDMJOB, PASSWORD, server_config       # noqa: E402
 from tests.server_process import ServerProcess, free_loopback_address   # noqa: E402
 
-from ndmpd.data.fh_wire import FhWire        # noqa: E402
 from ndmpd.dma.catalog import open_catalog   # noqa: E402
 from ndmpd.wire import REQUEST               # noqa: E402
 from ndmpd.wire.message import Header        # noqa: E402
@@ -156,40 +155,12 @@ def _record(code: int, body: bytes) -> bytes:
 def tar_records(entries: int) -> list[tuple[int, int, bytes]]:
     """FH_ADD_FILE records as an NDMPv4 server sends them (catalog_bench.py's tree: /dNNNN
     directories of 999 files f<number>.dat), undecoded, as the DMA's recorder gets them."""
-    wire, posts, batch = FhWire(4), [], []
-    for i in range(entries):
-        d, k = divmod(i, 1000)
-        if k == 0:
-            batch.append(wire.file(b"/d%04d" % d, 0o40755, 0, 0, 0, 1_700_000_000, 0, 0, 2, 10 + d, 512 * i))
-        else:
-            batch.append(wire.file(b"/d%04d/f%07d.dat" % (d, i), 0o100644, 1000, 1000, 4096 + i, 1_700_000_000 + i,
-                                   0, 0, 1, 100_000 + i, 512 * i))
-        if len(batch) == PER_POST or i == entries - 1:
-            code, body = wire.post("file", batch)
-            posts.append((4, code, _record(code, body)))
-            batch = []
-    return posts
+    return [(4, code, _record(code, body)) for code, body in tar_posts(entries)]
 
 
 def dump_records(entries: int) -> list[tuple[int, int, bytes]]:
     """The same tree as FH_ADD_DIR then FH_ADD_NODE records (each batch's entries, then their nodes)."""
-    wire, posts = FhWire(4), []
-    dirs = [wire.dir(b".", 2, 2), wire.dir(b"d0000", 10, 2)]
-    nodes = [wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 2, 0), wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 10, 512)]
-    for i in range(2, entries):
-        d, k = divmod(i, 1000)
-        if k == 0:
-            dirs.append(wire.dir(b"d%04d" % d, 10 + d, 2))
-            nodes.append(wire.node(0o40755, 0, 0, 0, 1, 1, 1, 2, 10 + d, 512 * i))
-        else:
-            dirs.append(wire.dir(b"f%07d.dat" % i, 100_000 + i, 10 + d))
-            nodes.append(wire.node(0o100644, 1000, 1000, 4096 + i, 1_700_000_000 + i, 0, 0, 1, 100_000 + i, 512 * i))
-        if len(nodes) == PER_POST or i == entries - 1:
-            for kind, batch in (("dir", dirs), ("node", nodes)):
-                code, body = wire.post(kind, batch)
-                posts.append((4, code, _record(code, body)))
-                batch.clear()
-    return posts
+    return [(4, code, _record(code, body)) for code, body in dump_posts(entries)]
 
 
 def record(path: Path, posts: list, started: float = 2.0) -> tuple[str, int, float]:

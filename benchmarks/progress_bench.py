@@ -25,12 +25,13 @@ import termios
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ndmp_backup_bench import PASSWORD, server_config                  # noqa: E402
 from tests.server_process import ServerProcess, free_loopback_address   # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-PASSWORD = "bench-pw"
 
 
 def build(vol: Path, gib: int, files: int) -> None:
@@ -46,18 +47,7 @@ def build(vol: Path, gib: int, files: int) -> None:
 
 
 def config(root: Path, host: str) -> Path:
-    (root / "state").mkdir(exist_ok=True)
-    path = root / "ndmpd.toml"
-    path.write_text(f"""
-[server]
-listen = ["{host}:10000"]
-state_dir = "{root / 'state'}"
-auth = ["md5", "text"]
-
-[[user]]
-name = "ndmp"
-password = "{PASSWORD}"
-
+    return server_config(root, host, "info", f"""
 [[volume]]
 name = "/bench"
 path = "{root / 'vol'}"
@@ -66,8 +56,6 @@ path = "{root / 'vol'}"
 name = "vtape0"
 path = "{root / 'state' / 'vtape0.img'}"
 """)
-    path.chmod(0o600)
-    return path
 
 
 def run(mode: str, host: str, root: Path) -> float:

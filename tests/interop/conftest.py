@@ -58,6 +58,61 @@ path = "{tmp / 'state' / 'vtape0.img'}"
     return config
 
 
+OUT_VOLUME = """
+[[volume]]
+name = "/export/out"
+path = "{path}"
+
+[[tape]]
+name = "vtape1"
+path = "{state}/vtape1.img"
+"""
+
+
+@contextlib.contextmanager
+def servers(tmp_path: Path, *sides: str, max_version: int = 4, extra: dict[str, str] | None = None):
+    """One ndmpd per side on its own loopback address (its root tmp_path/SIDE: vol/ is
+    /export/data, out/ is /export/out; drives vtape0 and vtape1; ``extra[SIDE]``: more config
+    tables); each stopped after, unless the test already ended it."""
+    started: list[ServerProcess] = []
+    try:
+        for side in sides:
+            root = tmp_path / side
+            (root / "out").mkdir(parents=True)
+            host = free_loopback_address()
+            config = write_config(root, host, ["md5", "text"],
+                                  extra=OUT_VOLUME.format(path=root / "out", state=root / "state")
+                                  + (extra or {}).get(side, ""),
+                                  server_extra=f"max_version = {max_version}")
+            started.append(ServerProcess(host, config, root / "ndmpd.log", PASSWORD))
+        yield started
+    finally:
+        for server in started:
+            if server.proc.poll() is None:
+                server.stop()
+
+
+LIBRARY = """
+[[tape]]
+name = "ltape0"
+capacity = "{capacity}"
+early_warning = "{early_warning}"
+
+[[changer]]
+name = "vlib0"
+path = "{path}"
+drives = ["ltape0"]
+slots = 4
+import_export = 1
+"""
+
+
+def library_tables(path: Path, *, capacity: str = "1MiB", early_warning: str = "64KiB") -> str:
+    """Config tables for a virtual library vlib0 at ``path``: one drive ltape0 whose cartridges
+    hold ``capacity``, four slots, one import/export port."""
+    return LIBRARY.format(path=path, capacity=capacity, early_warning=early_warning)
+
+
 @pytest.fixture
 def ndmjob() -> Path:
     if not NDMJOB.exists():

@@ -13,21 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.interop.amanda import write_amanda_conf
-from tests.interop.conftest import run
+from tests.interop.conftest import library_tables, run
 
-LIBRARY = """
-[[tape]]
-name = "ltape0"
-capacity = "16MiB"
-early_warning = "1MiB"
-
-[[changer]]
-name = "vlib0"
-path = "{path}"
-drives = ["ltape0"]
-slots = 4
-import_export = 1
-"""
 BARCODES = ["BC0001", "BC0002", "BC0003", "BC0004"]
 AMANDA_LOGS = Path("/var/log/amanda")
 
@@ -46,7 +33,7 @@ def library(server_factory, amanda, tmp_path):
     if not os.access(AMANDA_LOGS, os.W_OK):
         pytest.skip(f"Amanda's tools write their debug logs to {AMANDA_LOGS}, which this user cannot "
                     "(run as root or as Amanda's user, backup on Debian)")
-    server = server_factory(extra=LIBRARY.format(path=tmp_path / "lib"))
+    server = server_factory(extra=library_tables(tmp_path / "lib", capacity="16MiB", early_warning="1MiB"))
     ndmpd(server, "library", "--config", str(server.config), "create", "vlib0", *BARCODES)
     config_dir = tmp_path / "amanda"
     write_amanda_conf(config_dir, server.host, server.password, "vlib0", {0: "ltape0"})

@@ -12,9 +12,9 @@ from ndmpd.dma.agent import Agent
 from ndmpd.wire import C
 from tests.trees import describe, differences
 
-from .conftest import PASSWORD
-from .test_ndmp_backup import backups
-from .test_ndmp_restore import backup, restore, servers, summaries
+from .conftest import PASSWORD, servers
+from .ndmp_cli import backups
+from .test_ndmp_restore import backup, restore, summaries
 
 pytestmark = pytest.mark.interop
 

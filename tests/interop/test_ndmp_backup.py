@@ -6,36 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from tests.engine_helpers import build_every_case
-from tests.server_process import ServerProcess
 
-from .conftest import PASSWORD, REPO, drive_is_free, free_loopback_address, write_config
+from .conftest import REPO, drive_is_free, servers
+from .ndmp_cli import assert_interrupted, backups, ndmp, running_backup_in, stop_mid_job, summary
 
 pytestmark = pytest.mark.interop
-
-
-def ndmp(*args: str, home) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(home), "XDG_DATA_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env=env)
-
-
-def summary(stdout: str) -> dict:
-    """The summary line of ``--json`` output (the last line; every line is one JSON object)."""
-    lines = [json.loads(line) for line in stdout.splitlines()]
-    assert lines and lines[-1]["type"] == "summary", stdout
-    return lines[-1]
-
-
-def backups(home, catalog) -> list[dict]:
-    result = ndmp("backups", "--catalog", str(catalog), "--json", home=home)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_a_two_way_tar_backup_is_cataloged_and_gnu_tar_lists_the_tape(server_factory, tmp_path):
@@ -85,17 +67,9 @@ def test_a_dump_backup_records_its_history(server_factory, tmp_path):
 
 
 def test_a_three_way_backup_between_two_servers(tmp_path):
-    servers = []
-    try:
-        for side in ("data", "tape"):
-            root = tmp_path / side
-            root.mkdir()
-            host = free_loopback_address()
-            servers.append(ServerProcess(host, write_config(root, host, ["md5", "text"]), root / "ndmpd.log",
-                                         PASSWORD))
+    with servers(tmp_path, "data", "tape") as [data, tape]:
         (tmp_path / "data" / "vol" / "only-on-data.txt").write_text("three-way")
         catalog = tmp_path / "catalog.db"
-        data, tape = servers
         result = ndmp("backup", f"ndmp@{data.host}:/export/data", "--tape", f"ndmp@{tape.host}:vtape0",
                       "--catalog", str(catalog), home=tmp_path)
         assert result.returncode == 0, result.stderr
@@ -104,9 +78,6 @@ def test_a_three_way_backup_between_two_servers(tmp_path):
         assert (tmp_path / "tape" / "state" / "vtape0.img").stat().st_size > 0
         assert not (tmp_path / "data" / "state" / "vtape0.img").exists() or \
             (tmp_path / "data" / "state" / "vtape0.img").stat().st_size < row["bytes"]
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_an_unknown_volume_is_exit_1_one_line_and_marked_failed(server_factory, tmp_path):
@@ -148,42 +119,15 @@ def test_a_full_medium_with_no_library_aborts_cleanly_and_is_marked_failed(serve
 
 
 def test_sigterm_aborts_both_sides_exit_130_and_marks_it_interrupted(server_factory, tmp_path):
-    import signal
-    import time
-    from ndmpd.dma.catalog import open_catalog
     server = server_factory()
     with open(tmp_path / "vol" / "big.bin", "wb") as f:
         for _ in range(768):
             f.write(os.urandom(1 << 20))
     catalog = tmp_path / "catalog.db"
     spec = f"ndmp@{server.host}"
-    env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "backup", f"{spec}:/export/data", "--tape",
-                             f"{spec}:vtape0", "--catalog", str(catalog), "--json"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if catalog.exists():
-                cat = open_catalog(catalog)
-                try:
-                    if any(b.status == "running" for b in cat.backups()):
-                        break
-                finally:
-                    cat.close()
-            time.sleep(0.05)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert len(err.strip().splitlines()) == 1 and "interrupted" in err
-    ended = summary(out)
-    assert ended["status"] == "interrupted"
-    assert ended["states"] == {"data": "idle", "mover": "idle"}, "read on the job's own session"
+    stopped = stop_mid_job(["backup", f"{spec}:/export/data", "--tape", f"{spec}:vtape0", "--catalog", str(catalog),
+                            "--json"], tmp_path, until=running_backup_in(catalog), stop=signal.SIGTERM, settle=0.3)
+    assert_interrupted(stopped, {"data": "idle", "mover": "idle"})
     assert drive_is_free(server.host, "vtape0"), "the job closed the drive"
     [row] = backups(tmp_path, catalog)
     assert row["status"] == "interrupted"

@@ -17,8 +17,9 @@ import pytest
 from tests.engine_helpers import build_every_case
 from tests.trees import describe, differences
 
-from .test_ndmp_backup import backups, ndmp
-from .test_ndmp_restore import backup, restore, servers, summaries
+from .conftest import servers
+from .ndmp_cli import backups, ndmp
+from .test_ndmp_restore import backup, restore, summaries
 
 pytestmark = pytest.mark.interop
 

@@ -6,13 +6,8 @@ are one line and exit 1; SIGINT leaves both data servers IDLE and the catalog sa
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -20,11 +15,11 @@ from ndmpd.dma.agent import Agent
 from ndmpd.dma.catalog import open_catalog
 from ndmpd.wire import C
 from tests.engine_helpers import build_every_case
-from tests.server_process import ServerProcess
 from tests.trees import describe, differences
 
-from .conftest import PASSWORD, REPO, free_loopback_address, write_config
-from .test_ndmp_backup import backups, ndmp, summary
+from .conftest import PASSWORD, servers
+from .ndmp_cli import (assert_interrupted, backups, ndmp, running_backup_in, sigint_once_bytes_flow, stop_mid_job,
+                       summary)
 
 pytestmark = pytest.mark.interop
 
@@ -32,19 +27,16 @@ pytestmark = pytest.mark.interop
 @pytest.fixture
 def two_servers(tmp_path):
     """(source, destination): ndmpd processes on two loopback addresses, each with /export/data."""
-    servers = []
-    try:
-        for side in ("src", "dst"):
-            root = tmp_path / side
-            root.mkdir()
-            host = free_loopback_address()
-            servers.append(ServerProcess(host, write_config(root, host, ["md5", "text"]), root / "ndmpd.log",
-                                         PASSWORD))
-        yield servers
-    finally:
-        for server in servers:
-            if server.proc.poll() is None:
-                server.stop()
+    with servers(tmp_path, "src", "dst") as started:
+        yield started
+
+
+def big_source(tmp_path) -> None:
+    """A 1 GiB file on the source, so a copy runs long enough to be stopped."""
+    block = os.urandom(1 << 20)
+    with open(tmp_path / "src" / "vol" / "big.bin", "wb") as f:
+        for _ in range(1024):
+            f.write(block)
 
 
 def copy(src, dst, tmp_path, *flags: str, target: str = "/export/data", volume: str = "/export/data"):
@@ -113,61 +105,27 @@ def test_an_unknown_volume_or_a_refused_destination_is_one_line_exit_1(two_serve
 
 def test_sigint_during_a_copy_aborts_both_data_servers_exit_130(two_servers, tmp_path):
     src, dst = two_servers
-    block = os.urandom(1 << 20)
-    with open(tmp_path / "src" / "vol" / "big.bin", "wb") as f:
-        for _ in range(1024):
-            f.write(block)
+    big_source(tmp_path)
     catalog = tmp_path / "catalog.db"
-    env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "copy", f"ndmp@{src.host}:/export/data",
-                             f"ndmp@{dst.host}:/export/data", "--catalog", str(catalog), "--json"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            if catalog.exists():
-                with open_catalog(catalog) as cat:
-                    if any(b.status == "running" for b in cat.backups()):
-                        break
-            time.sleep(0.05)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert len(err.strip().splitlines()) == 1 and "interrupted" in err
+    stopped = stop_mid_job(["copy", f"ndmp@{src.host}:/export/data", f"ndmp@{dst.host}:/export/data", "--catalog",
+                            str(catalog), "--json"], tmp_path, until=running_backup_in(catalog), settle=0.3)
+    assert_interrupted(stopped, {"source": "idle", "destination": "idle"})
     [row] = backups(tmp_path, catalog)
     assert row["status"] == "interrupted" and row["kind"] == "copy"
-    ended = json.loads(out.splitlines()[-1])
-    assert ended["type"] == "summary" and ended["status"] == "interrupted"
-    assert ended["states"] == {"source": "idle", "destination": "idle"}, "read on the job's own sessions"
 
 
 def test_an_interrupted_copy_job_leaves_both_of_its_data_servers_idle(two_servers, tmp_path):
     """The job's own sessions (a new session is always IDLE) are what must be back to IDLE."""
     from ndmpd.dma.jobs.copy import CopyInterrupted, CopyJob, CopyRequest
     src, dst = two_servers
-    block = os.urandom(1 << 20)
-    with open(tmp_path / "src" / "vol" / "big.bin", "wb") as f:
-        for _ in range(1024):
-            f.write(block)
+    big_source(tmp_path)
 
     async def run() -> tuple[int, int, str]:
         async with Agent.connect(src.host, 10000, user="ndmp", password=PASSWORD, timeout=30) as source, \
                 Agent.connect(dst.host, 10000, user="ndmp", password=PASSWORD, timeout=30) as dest:
             with open_catalog(tmp_path / "catalog.db") as cat:
                 job = CopyJob(source, dest, cat, CopyRequest("src", "/export/data", "dst", "/export/data"))
-                task = asyncio.create_task(job.run())
-                for _ in range(300):
-                    await asyncio.sleep(0.05)
-                    if (await source.call("DATA_GET_STATE")).bytes_processed > 0:
-                        break
-                os.kill(os.getpid(), signal.SIGINT)
-                with pytest.raises(CopyInterrupted):
-                    await task
+                await sigint_once_bytes_flow(asyncio.create_task(job.run()), source, CopyInterrupted)
                 [row] = cat.backups()
                 assert job.states == {"source": "idle", "destination": "idle"}
                 return ((await source.call("DATA_GET_STATE")).state, (await dest.call("DATA_GET_STATE")).state,
@@ -178,32 +136,16 @@ def test_an_interrupted_copy_job_leaves_both_of_its_data_servers_idle(two_server
 
 def test_a_destination_that_dies_mid_copy_fails_the_copy_in_one_line(two_servers, tmp_path):
     src, dst = two_servers
-    block = os.urandom(1 << 20)
-    with open(tmp_path / "src" / "vol" / "big.bin", "wb") as f:
-        for _ in range(1024):
-            f.write(block)
+    big_source(tmp_path)
     catalog = tmp_path / "catalog.db"
-    env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "copy", f"ndmp@{src.host}:/export/data",
-                             f"ndmp@{dst.host}:/export/data", "--catalog", str(catalog)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            if catalog.exists():
-                with open_catalog(catalog) as cat:
-                    if any(b.status == "running" for b in cat.backups()):
-                        break
-            time.sleep(0.05)
-        time.sleep(0.3)
+
+    def kill_destination() -> None:
         dst.proc.kill()
         dst.proc.wait(timeout=15)
-        _, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, err
-    assert len(err.strip().splitlines()) == 1 and "failed" in err, err
+    stopped = stop_mid_job(["copy", f"ndmp@{src.host}:/export/data", f"ndmp@{dst.host}:/export/data", "--catalog",
+                            str(catalog)], tmp_path, until=running_backup_in(catalog), stop=kill_destination,
+                           settle=0.3)
+    assert stopped.returncode == 1, stopped.stderr
+    assert len(stopped.stderr.strip().splitlines()) == 1 and "failed" in stopped.stderr, stopped.stderr
     [row] = backups(tmp_path, catalog)
     assert row["status"] == "failed" and row["halt_reason"]

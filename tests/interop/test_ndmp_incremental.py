@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from .test_ndmp_backup import backups, ndmp, summary
+from .ndmp_cli import backups, ndmp, summary
 
 pytestmark = pytest.mark.interop
 

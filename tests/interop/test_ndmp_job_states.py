@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 
 import pytest
 
@@ -18,6 +17,7 @@ from ndmpd.dma.jobs.backup import BackupInterrupted, BackupJob, BackupRequest
 from ndmpd.dma.progress import NullReporter
 
 from .conftest import PASSWORD
+from .ndmp_cli import sigint_once_bytes_flow
 
 pytestmark = pytest.mark.interop
 
@@ -52,14 +52,7 @@ def _interrupted_backup(server, tmp_path) -> tuple[Recording, str]:
             with open_catalog(tmp_path / "catalog.db") as cat:
                 job = BackupJob(agent, agent, cat, BackupRequest("nas", "/export/data", "vtape0"),
                                 reporter=reporter)
-                task = asyncio.create_task(job.run())
-                for _ in range(300):
-                    await asyncio.sleep(0.05)
-                    if (await agent.call("DATA_GET_STATE")).bytes_processed > 0:
-                        break
-                os.kill(os.getpid(), signal.SIGINT)
-                with pytest.raises(BackupInterrupted):
-                    await task
+                await sigint_once_bytes_flow(asyncio.create_task(job.run()), agent, BackupInterrupted)
                 [row] = cat.backups()
                 return row.halt_reason or ""
     return reporter, asyncio.run(run())

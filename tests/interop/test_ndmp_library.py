@@ -10,42 +10,16 @@ import sys
 
 import pytest
 
-from tests.server_process import ServerProcess
-
-from .conftest import PASSWORD, REPO, free_loopback_address, run, write_config
+from .conftest import PASSWORD, REPO, library_tables, run, servers
+from .ndmp_cli import ndmp, ok_json
 
 pytestmark = pytest.mark.interop
-
-LIBRARY = """
-[[tape]]
-name = "ltape0"
-capacity = "1MiB"
-early_warning = "64KiB"
-
-[[changer]]
-name = "vlib0"
-path = "{path}"
-drives = ["ltape0"]
-slots = 4
-import_export = 1
-"""
-
-
-def ndmp(*args: str, home) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(home), "XDG_DATA_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env=env)
-
-
-def ok_json(result: subprocess.CompletedProcess):
-    assert result.returncode == 0, result.stderr + result.stdout
-    return json.loads(result.stdout.splitlines()[-1])     # a job's --json ends with its summary line
 
 
 @pytest.fixture
 def lib(server_factory, tmp_path):
     """A server whose library vlib0 holds blank cartridges TAPE01-03 in slots 1-3 (slot 4 empty)."""
-    server = server_factory(extra=LIBRARY.format(path=tmp_path / "lib"))
+    server = server_factory(extra=library_tables(tmp_path / "lib"))
     done = run([sys.executable, "-m", "ndmpd", "library", "--config", str(server.config), "create", "vlib0",
                 "TAPE01", "TAPE02", "TAPE03"])
     assert done.returncode == 0, done.stderr
@@ -274,10 +248,7 @@ def test_the_library_commands_drive_ndmjobs_simulated_robot(ndmjob, tmp_path):
         robot, drive0 = f"{spec}:{tmp_path}/robot", f"{spec}:{tmp_path}/robot/drive0"
 
         def run_ndmp(*args: str) -> subprocess.CompletedProcess:
-            env = {**os.environ, "NDMP_PASSWORD": "ndmp", "XDG_CONFIG_HOME": str(env_home),
-                   "XDG_DATA_HOME": str(env_home)}
-            return subprocess.run([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, capture_output=True,
-                                  text=True, timeout=120, env=env)
+            return ndmp(*args, home=env_home, password="ndmp", timeout=120)
 
         inv = ok_json(run_ndmp("library", robot, "inventory", "--json"))
         kinds = [e["kind"] for e in inv["elements"]]
@@ -297,15 +268,7 @@ def test_the_library_commands_drive_ndmjobs_simulated_robot(ndmjob, tmp_path):
 
 def test_a_three_way_backup_spans_cartridges_of_the_tape_hosts_library(tmp_path):
     """Data on one ndmpd; drive and library on another: the cartridge change is the tape host's."""
-    servers = []
-    try:
-        for side, extra in (("data", ""), ("tape", LIBRARY.format(path=tmp_path / "tape" / "lib"))):
-            root = tmp_path / side
-            root.mkdir()
-            host = free_loopback_address()
-            servers.append(ServerProcess(host, write_config(root, host, ["md5", "text"], extra),
-                                         root / "ndmpd.log", PASSWORD))
-        data, tape = servers
+    with servers(tmp_path, "data", "tape", extra={"tape": library_tables(tmp_path / "tape" / "lib")}) as [data, tape]:
         done = run([sys.executable, "-m", "ndmpd", "library", "--config", str(tape.config), "create", "vlib0",
                     "TAPE01", "TAPE02"])
         assert done.returncode == 0, done.stderr
@@ -320,13 +283,10 @@ def test_a_three_way_backup_spans_cartridges_of_the_tape_hosts_library(tmp_path)
         image = extract(lib / "TAPE01.img", 0) + extract(lib / "TAPE02.img", 0)
         listing = subprocess.run(["tar", "-t"], input=image, capture_output=True, timeout=60)
         assert listing.returncode == 0 and b"./small.txt" in listing.stdout.split()
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_a_big_library_is_read_in_several_element_status_replies(server_factory, tmp_path):
-    big = LIBRARY.format(path=tmp_path / "lib").replace("slots = 4", "slots = 3000")
+    big = library_tables(tmp_path / "lib").replace("slots = 4", "slots = 3000")
     server = server_factory(extra=big)
     done = run([sys.executable, "-m", "ndmpd", "library", "--config", str(server.config), "create", "vlib0",
                 "FIRST1", "SECOND"])

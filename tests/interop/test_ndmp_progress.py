@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import select
-import signal
 import socket
 import struct
 import subprocess
@@ -19,25 +18,10 @@ import time
 
 import pytest
 
-from tests.server_process import ServerProcess
-
-from .conftest import PASSWORD, REPO, free_loopback_address, write_config
+from .conftest import REPO, servers
+from .ndmp_cli import assert_interrupted, json_lines, ndmp, ndmp_env, progress_then_summary, stop_mid_job
 
 pytestmark = pytest.mark.interop
-
-
-def _env(home, password: str = PASSWORD) -> dict[str, str]:
-    return {**os.environ, "NDMP_PASSWORD": password, "XDG_CONFIG_HOME": str(home), "XDG_DATA_HOME": str(home),
-            "COLUMNS": "100"}
-
-
-def ndmp(*args: str, home, password: str = PASSWORD) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=_env(home, password))
-
-
-def json_lines(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines()]
 
 
 def big_file(path, mib: int) -> None:
@@ -59,16 +43,10 @@ def test_json_lines_progress_grows_and_the_summary_ends_them(server_factory, tmp
     result = ndmp(*backup_args(f"ndmp@{server.host}", tmp_path / "c.db", "--json", "--progress-interval",
                                "0.05"), home=tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = json_lines(result.stdout)
-    assert {line["type"] for line in lines} <= {"progress", "log", "warning", "summary"}
-    assert [line["type"] for line in lines].count("summary") == 1 and lines[-1]["type"] == "summary"
-    progress = [line for line in lines if line["type"] == "progress"]
-    assert len(progress) >= 2, result.stdout
+    progress, summary = progress_then_summary(result.stdout)
     done = [p["bytes"] for p in progress]
-    assert done == sorted(done) and done[-1] > 0
     assert all(set(p) >= {"bytes", "total", "rate", "eta", "elapsed"} for p in progress)
     assert any(p["total"] is not None and p["total"] >= p["bytes"] for p in progress), "the server's estimate"
-    summary = lines[-1]
     assert set(summary) >= {"id", "status", "bytes", "file_number", "entries", "env", "warnings"}
     assert summary["status"] == "done" and summary["bytes"] >= done[-1] > 0 and summary["warnings"] == []
     assert summary["entries"] >= 2 and summary["env"]
@@ -109,7 +87,7 @@ def _run_on_pty(args: list[str], home) -> tuple[int, bytes]:
     """Run ``ndmp`` with stdout and stderr on a pseudo-terminal; its exit status and all it wrote."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))    # a 100x24 terminal
-    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, env=_env(home),
+    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, env=ndmp_env(home),
                             stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
     os.close(slave)
     out = bytearray()
@@ -162,48 +140,18 @@ def test_a_bad_password_is_one_line_and_exit_1(server_factory, tmp_path):
 
 
 def test_sigint_mid_three_way_backup_exit_130_both_servers_idle_catalog_interrupted(tmp_path):
-    servers = []
-    try:
-        for side in ("data", "tape"):
-            root = tmp_path / side
-            root.mkdir()
-            host = free_loopback_address()
-            servers.append(ServerProcess(host, write_config(root, host, ["md5", "text"]), root / "ndmpd.log",
-                                         PASSWORD))
-        data, tape = servers
+    with servers(tmp_path, "data", "tape") as [data, tape]:
         for i in range(4):
             big_file(tmp_path / "data" / "vol" / f"part{i}.bin", 192)
         catalog = tmp_path / "c.db"
-        proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "backup", f"ndmp@{data.host}:/export/data",
-                                 "--tape", f"ndmp@{tape.host}:vtape0", "--catalog", str(catalog), "--json",
-                                 "--progress-interval", "0.1"], cwd=REPO, env=_env(tmp_path),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            first = None
-            for raw in proc.stdout:                    # until the bytes are flowing
-                line = json.loads(raw)
-                if line["type"] == "progress" and line["bytes"] > 0:
-                    first = line
-                    break
-            assert first is not None, proc.stderr.read()
-            proc.send_signal(signal.SIGINT)
-            rest, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == 130, err
-        assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
-        summary = json_lines(rest)[-1]
-        assert summary["type"] == "summary" and summary["status"] == "interrupted"
+        stopped = stop_mid_job(["backup", f"ndmp@{data.host}:/export/data", "--tape", f"ndmp@{tape.host}:vtape0",
+                                "--catalog", str(catalog), "--json", "--progress-interval", "0.1"], tmp_path,
+                               line=lambda line: line["type"] == "progress" and line["bytes"] > 0)   # bytes flow
+        summary = assert_interrupted(stopped, {"data": "idle", "mover": "idle"})
         assert summary["bytes"] < 4 * 192 << 20, "it stopped before the end"
-        assert summary["states"] == {"data": "idle", "mover": "idle"}, "read on the job's own sessions"
         shown = ndmp("backups", "--catalog", str(catalog), "--json", home=tmp_path)
         [row] = json.loads(shown.stdout)
         assert row["status"] == "interrupted" and "SIGINT" in row["halt_reason"]
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_a_failed_backup_with_json_ends_with_a_failed_summary_naming_the_servers_reason(server_factory, tmp_path):

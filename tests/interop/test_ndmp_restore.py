@@ -5,7 +5,6 @@ another server, and as of a time through a level 0 and its increment. Identity i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -14,48 +13,18 @@ from pathlib import Path
 import pytest
 
 from tests.engine_helpers import build_every_case
-from tests.server_process import ServerProcess
 from tests.trees import describe, differences
 
-from .conftest import PASSWORD, drive_is_free, free_loopback_address, write_config
-from .test_ndmp_backup import backups, ndmp
+from .conftest import PASSWORD, drive_is_free, servers
+from .ndmp_cli import assert_interrupted, backups, file_grows, json_lines, ndmp, stop_mid_job, summary
 
 pytestmark = pytest.mark.interop
-
-OUT_VOLUME = """
-[[volume]]
-name = "/export/out"
-path = "{path}"
-
-[[tape]]
-name = "vtape1"
-path = "{state}/vtape1.img"
-"""
-
-
-@contextlib.contextmanager
-def servers(tmp_path: Path, *sides: str, max_version: int = 4):
-    """One ndmpd per side (its root tmp_path/SIDE: vol/ is /export/data, out/ is /export/out)."""
-    started = []
-    try:
-        for side in sides:
-            root = tmp_path / side
-            (root / "out").mkdir(parents=True)
-            host = free_loopback_address()
-            config = write_config(root, host, ["md5", "text"], extra=OUT_VOLUME.format(path=root / "out", state=root / "state"),
-                                  server_extra=f"max_version = {max_version}")
-            started.append(ServerProcess(host, config, root / "ndmpd.log", PASSWORD))
-        yield started
-    finally:
-        for server in started:
-            server.stop()
-
 
 def backup(spec: str, catalog: Path, home: Path, *extra: str, tape: str | None = None) -> dict:
     result = ndmp("backup", f"{spec}:/export/data", "--tape", f"{tape or spec}:vtape0", "--catalog", str(catalog),
                   "--json", *extra, home=home)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])       # the summary line ends a job's --json
+    return summary(result.stdout)
 
 
 def restore(*args: str, catalog: Path, home: Path):
@@ -64,8 +33,7 @@ def restore(*args: str, catalog: Path, home: Path):
 
 def summaries(result) -> list[dict]:
     assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    return [line for line in lines if line.get("type") == "summary"]
+    return [line for line in json_lines(result.stdout) if line.get("type") == "summary"]
 
 
 @pytest.mark.parametrize("version,butype", [(4, "tar"), (3, "dump"), (4, "dump"), (3, "tar")])
@@ -211,39 +179,15 @@ def idle(host: str) -> bool:
 
 
 def test_sigint_mid_restore_aborts_both_sides_and_exits_130(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-    from .conftest import REPO
     with servers(tmp_path, "nas") as [nas]:
         with open(tmp_path / "nas" / "vol" / "big.bin", "wb") as f:
             for _ in range(256):
                 f.write(os.urandom(1 << 20))
         catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
         made = backup(spec, catalog, tmp_path)
-        env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
-        proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "restore", made["id"], "--to",
-                                 f"{spec}:/export/out/s", "--catalog", str(catalog), "--json"], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        target = tmp_path / "nas" / "out" / "s" / "big.bin"
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and proc.poll() is None:
-                if target.exists() and target.stat().st_size > 0:
-                    break
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == 130, err
-        assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
-        ended = json.loads(out.splitlines()[-1])
-        assert ended["type"] == "summary" and ended["status"] == "interrupted"
-        assert ended["states"] == {"data": "idle", "mover": "idle"}, "read on the job's own session"
+        stopped = stop_mid_job(["restore", made["id"], "--to", f"{spec}:/export/out/s", "--catalog", str(catalog),
+                                "--json"], tmp_path, until=file_grows(tmp_path / "nas" / "out" / "s" / "big.bin"))
+        assert_interrupted(stopped, {"data": "idle", "mover": "idle"})
         assert drive_is_free(nas.host, "vtape0"), "the job closed the drive"
         shutil.rmtree(tmp_path / "nas" / "vol")
 
@@ -274,7 +218,7 @@ def test_the_cartridge_on_ndmjobs_tape_agent(tmp_path):
         made = ndmp("backup", "nas:/export/data", "--tape", f"jobd:{cartridge}", "--catalog", str(catalog),
                     "--json", home=tmp_path)
         assert made.returncode == 0, made.stderr
-        made = json.loads(made.stdout.splitlines()[-1])
+        made = summary(made.stdout)
         defaulted = restore(made["id"], "--to", "nas:/export/out/w", catalog=catalog, home=tmp_path)
         assert defaulted.returncode == 1 and "--tape" in defaulted.stderr, defaulted.stderr   # not on nas
         tape = f"jobd:{cartridge}"

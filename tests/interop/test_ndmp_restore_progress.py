@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from .test_ndmp_progress import _run_on_pty, big_file, json_lines, ndmp
-from .test_ndmp_restore import servers
+from .conftest import servers
+from .ndmp_cli import json_lines, ndmp, progress_then_summary
+from .test_ndmp_progress import _run_on_pty, big_file
 
 pytestmark = pytest.mark.interop
 
@@ -31,15 +32,8 @@ def test_restore_json_progress_grows_and_one_summary_ends_it_then_bar_and_plain(
         result = ndmp("restore", made["id"], "--to", f"{spec}:/export/out/j", "--catalog", str(catalog), "--json",
                       "--progress-interval", "0.05", home=tmp_path)
         assert result.returncode == 0, result.stderr
-        lines = json_lines(result.stdout)
-        assert {line["type"] for line in lines} <= {"progress", "log", "warning", "summary"}
-        assert [line["type"] for line in lines].count("summary") == 1 and lines[-1]["type"] == "summary"
-        progress = [line for line in lines if line["type"] == "progress"]
-        assert len(progress) >= 2, result.stdout
-        done = [p["bytes"] for p in progress]
-        assert done == sorted(done) and done[-1] > 0
+        progress, summary = progress_then_summary(result.stdout)
         assert all(p["total"] is not None and p["total"] >= p["bytes"] for p in progress), "a total to show"
-        summary = lines[-1]
         assert summary["job"] == "restore" and summary["status"] == "done" and summary["warnings"] == []
         assert summary["backup"] == made["id"] and summary["image_bytes"] == made["bytes"]
         assert summary["bytes_moved"] >= made["bytes"] and not summary["direct"]

@@ -6,9 +6,6 @@ loads the cartridge holding the first part it needs, changes cartridges at the e
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import subprocess
 import sys
 
@@ -16,8 +13,9 @@ import pytest
 
 from tests.trees import describe, differences
 
-from .conftest import PASSWORD, REPO, run
-from .test_ndmp_library import LIBRARY, fill_volume, ndmp, ok_json, slots
+from .conftest import PASSWORD, library_tables, run
+from .ndmp_cli import assert_interrupted, json_lines, ndmp, ok_json, stop_mid_job
+from .test_ndmp_library import fill_volume, slots
 
 pytestmark = pytest.mark.interop
 
@@ -32,7 +30,7 @@ path = "{path}"
 def lib(server_factory, tmp_path):
     """A server whose library vlib0 holds blank cartridges TAPE01-04 in slots 1-4 (ie 1 empty)."""
     (tmp_path / "out").mkdir()
-    server = server_factory(extra=LIBRARY.format(path=tmp_path / "lib") + OUT.format(path=tmp_path / "out"))
+    server = server_factory(extra=library_tables(tmp_path / "lib") + OUT.format(path=tmp_path / "out"))
     done = run([sys.executable, "-m", "ndmpd", "library", "--config", str(server.config), "create", "vlib0",
                 "TAPE01", "TAPE02", "TAPE03", "TAPE04"])
     assert done.returncode == 0, done.stderr
@@ -165,31 +163,12 @@ def test_sigint_right_after_the_first_cartridge_change_exit_130_cartridge_back_i
     server, spec = lib
     fill_volume(tmp_path / "vol", 3_600_000)                       # four cartridges' worth: time to stop it
     catalog = tmp_path / "catalog.db"
-    env = {"NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "backup", f"{spec}:/export/data", "--tape",
-                             f"{spec}:ltape0", "--library", f"{spec}:vlib0", "--catalog", str(catalog), "--json"],
-                            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        changed = None
-        for raw in proc.stdout:
-            line = json.loads(raw)
-            if line["type"] == "log" and line["text"].startswith("continuing on"):
-                changed = line
-                break
-        assert changed is not None, proc.stderr.read()
-        proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    stopped = stop_mid_job(["backup", f"{spec}:/export/data", "--tape", f"{spec}:ltape0", "--library",
+                            f"{spec}:vlib0", "--catalog", str(catalog), "--json"], tmp_path,
+                           line=lambda line: line["type"] == "log" and line["text"].startswith("continuing on"))
+    changed = next(x for x in json_lines(stopped.stdout) if x["type"] == "log" and x["text"].startswith("continuing on"))
     assert "TAPE02" in changed["text"]
-    assert proc.returncode == 130, err
-    assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
-    summary = json.loads(rest.splitlines()[-1])
-    assert summary["type"] == "summary" and summary["status"] == "interrupted"
-    assert summary["states"] == {"data": "idle", "mover": "idle"}, "read on the job's own session"
+    assert_interrupted(stopped, {"data": "idle", "mover": "idle"})
     [row] = ok_json(ndmp("backups", "--catalog", str(catalog), "--json", home=tmp_path))
     assert row["status"] == "interrupted" and "SIGINT" in row["halt_reason"]
     assert inventory(spec, tmp_path) == HOME                       # the cartridge it was writing went home

@@ -7,23 +7,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.server_process import ServerProcess
 
-from .conftest import PASSWORD, REPO, free_loopback_address, ndmjob_daemon, write_config
+from .conftest import PASSWORD, free_loopback_address, ndmjob_daemon, write_config
 from .ndmjob_daemon import DAEMON_PASSWORD, hosts_file, simulator_image
+from .ndmp_cli import ndmp
 
 pytestmark = pytest.mark.interop
-
-
-def ndmp(*args: str, home: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NDMP_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(home), "XDG_DATA_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "ndmpd.dma", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture
