@@ -214,10 +214,10 @@ class Wanted:
 def recover(host: JobHost, env: JobEnv, wanted: list[Wanted], sock: socket.socket) -> Outcome:
     """Restore the nlist (or the whole image) from the data connection."""
     sock.settimeout(DELIVERY_POLL)
-    image_size = _image_size(env)
+    image_size = _env_count(env, IMAGE_SIZE_VAR)
     direct = env.direct and wanted and all(w.fh_info is not None and w.source for w in wanted)
     source = DataReadSource(sock, host.request_read, host.cancel, image_size, sequential=not direct,
-                            record=_positive(env.value(RECORD_SIZE_VAR)) or RECORD)
+                            record=_env_count(env, RECORD_SIZE_VAR, least=1) or RECORD)
     root = wanted[0].place.root
     found: set[bytes] = set()
     failed: dict[bytes, Failure] = {}
@@ -295,21 +295,14 @@ def _log_files(host: JobHost, wanted: list[Wanted], found: set[bytes], failed: d
             host.log_file(item.name, ok, "" if ok else "not in the image", NOT_FOUND)
 
 
-def _image_size(env: JobEnv) -> int | None:
-    raw = env.value(IMAGE_SIZE_VAR)
+def _env_count(env: JobEnv, name: str, least: int = 0) -> int | None:
+    """An integer env value of at least ``least``; None when absent or not one."""
+    raw = env.value(name)
     try:
-        return int(raw) if raw else None
+        value = int(raw) if raw else None
     except ValueError:
         return None
-
-
-def _positive(raw: str | None) -> int | None:
-    """A positive integer env value, None when absent or not one."""
-    try:
-        value = int(raw) if raw else 0
-    except ValueError:
-        return None
-    return value if value > 0 else None
+    return value if value is not None and value >= least else None
 
 
 # -- recover file history --------------------------------------------------------------------
@@ -321,7 +314,7 @@ _MODE_OF = {DIRTYPE: st.S_IFDIR, SYMTYPE: st.S_IFLNK, CHRTYPE: st.S_IFCHR, BLKTY
 def recover_filehist(host: JobHost, env: JobEnv, sock: socket.socket) -> Outcome:
     """List the image as file history without writing anything."""
     sock.settimeout(DELIVERY_POLL)
-    source = DataReadSource(sock, host.request_read, host.cancel, _image_size(env))
+    source = DataReadSource(sock, host.request_read, host.cancel, _env_count(env, IMAGE_SIZE_VAR))
     if env.hist == "n":                         # a listing is file history, whatever HIST says
         env.hist = "d" if env.butype == "dump" else "f"
     history = _history(host, env)

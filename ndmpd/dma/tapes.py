@@ -117,13 +117,19 @@ async def write_label(agent: Any, name: str) -> Label:
     return label
 
 
+async def to_file(agent: Any, file_number: int | None) -> None:
+    """The head at the start of tape file ``file_number`` (counted from 0): rewind, then space
+    forward that many filemarks."""
+    await mtio(agent, C.MTIO_REW)
+    if file_number:
+        await mtio(agent, C.MTIO_FSF, file_number)
+
+
 async def position_for_writing(agent: Any, label: Label | None) -> int:
     """Rewind and step past the label: the tape file number a new image starts at."""
-    await mtio(agent, C.MTIO_REW)
-    if label is None:
-        return 0
-    await mtio(agent, C.MTIO_FSF, 1)
-    return 1
+    first = 0 if label is None else 1
+    await to_file(agent, first)
+    return first
 
 
 SPACE_ALL = 0x7FFFFFFF                   # an MTIO count past any tape's number of files

@@ -168,9 +168,7 @@ class MediaLoader:
             self.current = Loaded(part.barcode, inv.slot_number(where.address), None, part.file_number or 0)
         if not self.is_open:
             await self._open(mode)
-        await tapes.mtio(self.tape, C.MTIO_REW)
-        if part.file_number:
-            await tapes.mtio(self.tape, C.MTIO_FSF, part.file_number)
+        await tapes.to_file(self.tape, part.file_number)
         return part
 
     # ------------------------------------------------------------ the drive

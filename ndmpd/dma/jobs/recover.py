@@ -34,10 +34,10 @@ from ..errors import JobFailed, JobInterrupted, NdmpReplyError
 from ..library import LibraryError
 from ..progress import NullReporter, Reporter
 from ..smc import ScsiError
-from ..tapes import open_drive
+from ..tapes import open_drive, to_file
 from . import steps
 from .backup import RECORD_SIZE, WINDOW_ALL
-from .steps import STEP_TIMEOUT, constant_name
+from .steps import constant_name
 from .media import MediaError, MediaLoader
 from .states import settle, with_trouble
 from .watch import LogForwarder, ProgressWatcher
@@ -308,10 +308,7 @@ class RecoverJob:
             if self.mounted is not None and _cartridge(part) != _cartridge(self.mounted):
                 raise RecoverFailed(f"the image continues on cartridge {part.barcode or part.label or part.slot}"
                                     f" (bytes from {part.first_byte}); no library to load it (--library)")
-            await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1, timeout=STEP_TIMEOUT)
-            if part.file_number:
-                await self.tape.call("TAPE_MTIO", tape_op=C.MTIO_FSF, count=part.file_number,
-                                     timeout=STEP_TIMEOUT)
+            await to_file(self.tape, part.file_number)
         last = part is self.parts[-1] or part.last_byte is None
         length = WINDOW_ALL - part.first_byte if last else part.last_byte - part.first_byte
         await self.tape.call("MOVER_SET_WINDOW", offset=part.first_byte, length=length)
