@@ -155,27 +155,14 @@ def test_a_refused_destination_fails_with_the_servers_reason(tmp_path):
         (tmp_path / "nas" / "vol" / "f.txt").write_text("x")
         catalog, spec = tmp_path / "catalog.db", f"ndmp@{nas.host}"
         made = backup(spec, catalog, tmp_path)
-        result = restore(made["id"], "--to", f"{spec}:/not/a/volume", catalog=catalog, home=tmp_path)
+        result = restore(made["id"], "--to", f"{spec}:/not/a/volume", "--json", catalog=catalog, home=tmp_path)
         assert result.returncode == 1
         [line] = result.stderr.strip().splitlines()
         assert made["id"] in line and "/not/a/volume" in line, line     # the server's LOG_MESSAGE says why
-        assert idle(nas.host), "both sides back to IDLE"
-
-
-def idle(host: str) -> bool:
-    """DATA and MOVER of a new session on ``host`` are IDLE, and the drive opens (nobody holds it)."""
-    import asyncio
-    from ndmpd.dma.agent import Agent
-    from ndmpd.wire import C
-
-    async def ask() -> bool:
-        async with Agent.connect(host, 10000, user="ndmp", password=PASSWORD, timeout=10) as agent:
-            data = await agent.call("DATA_GET_STATE")
-            mover = await agent.call("MOVER_GET_STATE")
-            await agent.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_READ_MODE)
-            await agent.call("TAPE_CLOSE")
-            return data.state == C.DATA_STATE_IDLE and mover.state == C.MOVER_STATE_IDLE
-    return asyncio.run(ask())
+        ended = summary(result.stdout)
+        assert ended["status"] == "failed"
+        assert ended["states"] == {"data": "idle", "mover": "idle"}, "read on the job's own sessions"
+        assert drive_is_free(nas.host, "vtape0"), "the job let the drive go"
 
 
 def test_sigint_mid_restore_aborts_both_sides_and_exits_130(tmp_path):
@@ -247,7 +234,7 @@ def test_the_cartridge_on_ndmjobs_tape_agent(tmp_path):
         sub = {p: e for p, e in before.items() if p.startswith(b"dir/sub")}
         assert set(sub) == {p for p in restored if p.startswith(b"dir/sub")}
         assert all(alone(restored[p]) == alone(e) for p, e in sub.items() if e["mode"][0] != "d")
-        assert idle(nas.host), "the data side is back to IDLE"
+        assert dar["states"] == {"data": "idle", "mover": "idle"}, "read on the job's own sessions"
 
 
 def test_an_image_in_two_tape_files_is_read_across_them(tmp_path):
@@ -297,19 +284,21 @@ def test_an_image_in_two_tape_files_is_read_across_them(tmp_path):
                 return cat.get(made.id)
             one_cartridge, two_cartridges = split_backup("A"), split_backup("B")
 
-        async def restore(spanning, where: str) -> str:
+        async def restore(spanning, where: str) -> tuple[str, dict[str, str]]:
             request = RecoverRequest(backup=spanning, drive="vtape1", destination=f"/export/out/{where}")
             async with Agent.connect(nas.host, 10000, user="ndmp", password=PASSWORD, timeout=10) as agent:
+                job = RecoverJob(agent, agent, request)
                 try:
-                    result = await RecoverJob(agent, agent, request).run()
+                    return (await job.run()).status, job.states
                 except RecoverFailed as exc:
-                    return str(exc)
-                return result.status
-        assert asyncio.run(asyncio.wait_for(restore(one_cartridge, "span"), 60)) == "done"
+                    return str(exc), job.states
+        done, _ = asyncio.run(asyncio.wait_for(restore(one_cartridge, "span"), 60))
+        assert done == "done"
         assert differences(before, describe(tmp_path / "nas" / "out" / "span")) == []
-        refused = asyncio.run(asyncio.wait_for(restore(two_cartridges, "none"), 60))
+        refused, states = asyncio.run(asyncio.wait_for(restore(two_cartridges, "none"), 60))
         assert "cartridge B" in refused and "no library" in refused, refused
-        assert idle(nas.host)
+        assert states == {"data": "idle", "mover": "idle"}, "read on the job's own session"
+        assert drive_is_free(nas.host, "vtape1"), "the job let the drive go"
 
 
 @pytest.mark.parametrize("where", ["two-way", "three-way"])
