@@ -9,7 +9,6 @@ import json
 import sys
 from typing import Any, Callable
 
-from .agent import Agent
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NdmpConnectError, NdmpConnectionLost,
                      NdmpReplyError, UsageError)
 from .hosts import PASSWORD_ENV, HostConfigError, host_named
@@ -20,6 +19,7 @@ from .library import LibraryError
 from .smc import ScsiError
 from .tapes import TapeError
 from .info import gather, render
+from .job_cli import add_version_argument, connect
 
 _EPILOG = f"""\
 HOST is a name from the configuration file ([host.NAME] tables: address, port, user,
@@ -56,8 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     info.add_argument("host", metavar="HOST")
     info.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    info.add_argument("--version", dest="versions", type=int, choices=(2, 3, 4), action="append",
-                      help="NDMP version to ask for (repeatable; default 4 then 3)")
+    add_version_argument(info)
     commands_backup.add_parsers(sub, _EPILOG)
     commands_restore.add_parsers(sub, _EPILOG)
     commands_copy.add_parsers(sub, _EPILOG)
@@ -68,9 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _info(args: argparse.Namespace) -> int:
     host = host_named(args.host, args.config)
-    versions = tuple(args.versions) if args.versions else (4, 3)
-    async with Agent.connect(host.address, host.port, user=host.user, password=host.password,
-                             versions=versions, timeout=args.timeout) as agent:
+    async with connect(host, args) as agent:
         report = await gather(agent)
     report = {"host": host.name, "address": host.display, **report}
     if args.json:
