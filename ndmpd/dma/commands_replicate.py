@@ -27,7 +27,7 @@ from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS, Ndmp
 from .hosts import host_named
 from .job_cli import add_version_argument, connect
 from .jobs.replicate import (ReplicaUpdateJob, UpdateFailed, UpdateRequest, UpdateResult, butype_for,
-                             release_hold, volume_env)
+                             release_hold, volume_env, volume_fs)
 from .progress import JsonLinesReporter, PlainReporter, Reporter, human_bytes
 from .replication_lock import ReplicationBusy, is_locked, replication_lock
 
@@ -164,15 +164,17 @@ async def create(args: argparse.Namespace) -> int:
         async with AsyncExitStack() as stack:
             master = await _connect(m_text, args)
             stack.push_async_callback(master.close)
-            env = await volume_env(master, m_volume, master_host)
+            env, fs_type = await volume_fs(master, m_volume, master_host)
         volume_id = env.get("NDMPD_VOLUME_ID")
         if not volume_id:
             raise CatalogError(f"{master_host} reports no NDMPD_VOLUME_ID for {m_volume}: not an ndmpd "
                                "that can replicate")
-        if env.get("NDMPD_REPLICA") == "y":
-            raise CatalogError(f"{master_host}:{m_volume} is a replica volume: it cannot be a master")
+        if env.get("NDMPD_REPLICA") == "y" and env.get("NDMPD_REPLICA_OF") and \
+                env.get("NDMPD_REPLICA_ROLE", "replica") == "replica":
+            raise CatalogError(f"{master_host}:{m_volume} is a replica of {env['NDMPD_REPLICA_OF']}: "
+                               "it cannot be a master (promote it first)")
         rep = catalog.create_replication(args.name, master_host=master_host, master_volume=m_volume,
-                                         master_id=volume_id, butype=butype_for(volume_id), replicas=replicas)
+                                         master_id=volume_id, butype=butype_for(env, fs_type), replicas=replicas)
     finally:
         catalog.close()
     if args.json:

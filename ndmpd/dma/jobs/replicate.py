@@ -76,19 +76,29 @@ class UpdateResult:
     warnings: list[str] = field(default_factory=list)
 
 
-async def volume_env(agent: Agent, volume: str, host: str) -> dict[str, str]:
-    """The fs_env CONFIG_GET_FS_INFO gives for ``volume`` (UpdateFailed when it has none)."""
+async def volume_fs(agent: Agent, volume: str, host: str) -> tuple[dict[str, str], str]:
+    """(fs_env, fs_type) CONFIG_GET_FS_INFO gives for ``volume`` (UpdateFailed when it has none)."""
     reply = await agent.call("CONFIG_GET_FS_INFO")
     for fs in reply.fs_info:
         if fs.fs_logical_device == volume:
-            return {p.name: p.value for p in fs.fs_env}
+            return {p.name: p.value for p in fs.fs_env}, fs.fs_type
     names = ", ".join(fs.fs_logical_device for fs in reply.fs_info) or "none"
     raise UpdateFailed(f"{host} has no volume {volume} (its volumes: {names})")
 
 
-def butype_for(volume_id: str) -> str:
-    """btrfs streams for a btrfs subvolume master, the dump engine's token incrementals otherwise."""
-    return "btrfs" if volume_id.startswith("btrfs:") else "dump"
+async def volume_env(agent: Agent, volume: str, host: str) -> dict[str, str]:
+    """The fs_env CONFIG_GET_FS_INFO gives for ``volume``."""
+    return (await volume_fs(agent, volume, host))[0]
+
+
+def butype_for(env: dict[str, str], fs_type: str = "") -> str:
+    """btrfs streams for a btrfs subvolume master (``btrfs:`` volume id, or a ``replica = true``
+    volume, always a subvolume on btrfs, whose id is ``ndmpd:``), the dump engine's token
+    incrementals otherwise."""
+    volume_id = env.get("NDMPD_VOLUME_ID", "")
+    if volume_id.startswith("btrfs:") or (env.get("NDMPD_REPLICA") == "y" and fs_type == "btrfs"):
+        return "btrfs"
+    return "dump"
 
 
 class _Refused(Exception):
