@@ -64,6 +64,12 @@ def _check_path(raw: bytes, what: str, root_allowed: bool) -> None:
         raise HostileStream(f"{what}: a path with a NUL byte {raw[:200]!r}")
 
 
+def _padding(rest: memoryview | bytes) -> None:
+    with memoryview(rest) as view:
+        if view.tobytes().strip(b"\0"):
+            raise HostileStream("data after the END command")
+
+
 class StreamGuard:
     """Fed the stream in any chunking; raises :class:`HostileStream` at the first bad byte."""
 
@@ -75,11 +81,13 @@ class StreamGuard:
         self.commands = 0
         self._buffer = bytearray()
 
-    def feed(self, chunk: memoryview | bytes) -> None:
-        """Take the next bytes; every complete command in them is checked now."""
-        self.bytes += len(chunk)
-        if self.ended and len(chunk):
-            raise HostileStream("data after the END command")
+    def feed(self, chunk: memoryview | bytes) -> int:
+        """Take the next bytes; every complete command in them is checked now. Returns how
+        many of them are the stream's: after END only zeros may follow (a tape record's
+        padding), and they are not the stream's."""
+        if self.ended:
+            _padding(chunk)
+            return 0
         self._buffer += chunk
         at = 0
         buf = self._buffer
@@ -87,7 +95,8 @@ class StreamGuard:
             if len(buf) < Header.sizeof():
                 if not MAGIC.startswith(bytes(buf[:len(MAGIC)])):
                     raise HostileStream("not a btrfs send stream (bad magic)")
-                return
+                self.bytes += len(chunk)
+                return len(chunk)
             if bytes(buf[:len(MAGIC)]) != MAGIC:
                 raise HostileStream("not a btrfs send stream (bad magic)")
             version = Header.parse(bytes(buf[:Header.sizeof()])).version
@@ -104,9 +113,15 @@ class StreamGuard:
                 break
             self._command(head.cmd, memoryview(buf)[at + head_size:at + head_size + head.length])
             at += head_size + head.length
-            if self.ended and at != len(buf):
-                raise HostileStream("data after the END command")
+            if self.ended:
+                rest = len(buf) - at
+                _padding(memoryview(buf)[at:])
+                buf.clear()
+                self.bytes += len(chunk) - rest
+                return len(chunk) - rest
         del buf[:at]
+        self.bytes += len(chunk)
+        return len(chunk)
 
     def _command(self, cmd: int, body: memoryview) -> None:
         assert self.version is not None
