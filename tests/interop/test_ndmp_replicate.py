@@ -46,6 +46,11 @@ def run_once(home: Path, catalog: Path, name: str = "web") -> tuple[int, dict[st
     return result.returncode, updates, result.stderr
 
 
+def errors(stderr: str, updates: dict[str, dict]) -> str:
+    """What a failed run says, for an assertion's message."""
+    return stderr + "".join(f"\n{t}: {u.get('error')}" for t, u in updates.items())
+
+
 def status(home: Path, catalog: Path, name: str = "web") -> dict:
     result = ndmp("replicate", "status", name, "--json", "--catalog", str(catalog), home=home)
     assert result.returncode == 0, result.stderr
@@ -95,7 +100,7 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
         t1, t2 = target(r1, REPLICA), target(r2, REPLICA)
 
         code, updates, err = run_once(home, catalog)
-        assert code == 0, err
+        assert code == 0, errors(err, updates)
         assert updates[t1]["full"] and updates[t1]["bytes"] > BIG
         for root in ("r1", "r2"):
             same(data, btrfs / root / "rep" / "data")
@@ -108,7 +113,7 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
         (data / "zero").unlink()
         (data / "added").write_bytes(b"new file\n")
         code, updates, err = run_once(home, catalog)
-        assert code == 0, err
+        assert code == 0, errors(err, updates)
         assert not updates[t1]["full"] and updates[t1]["bytes"] < full / 20
         for root in ("r1", "r2"):
             same(data, btrfs / root / "rep" / "data")
@@ -132,7 +137,7 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
         back = ServerProcess(r2.host, r2.config, r2.log, PASSWORD)   # r2 returns
         try:
             code, updates, err = run_once(home, catalog)
-            assert code == 0, err
+            assert code == 0, errors(err, updates)
             assert not updates[t2]["full"] and updates[t2]["bytes"] < full / 20
             same(data, btrfs / "r2" / "rep" / "data")
         finally:
@@ -160,7 +165,7 @@ def test_promote_reverse_cuts_over_and_replicates_back(tmp_path, btrfs):
         assert ndmp("replicate", "create", "web", target(m, MASTER), target(r1, REPLICA), "--catalog",
                     str(catalog), home=home).returncode == 0
         code, updates, err = run_once(home, catalog)
-        assert code == 0, err
+        assert code == 0, errors(err, updates)
         full = updates[target(r1, REPLICA)]["bytes"]
 
         (data / "last").write_bytes(b"written just before the cut-over\n")
@@ -178,7 +183,7 @@ def test_promote_reverse_cuts_over_and_replicates_back(tmp_path, btrfs):
             [target(m, MASTER)]
 
         code, updates, err = run_once(home, catalog)
-        assert code == 0, err
+        assert code == 0, errors(err, updates)
         back = updates[target(m, MASTER)]
         assert not back["full"] and back["bytes"] < full / 20
         same(replica_data, master_vol / "data")

@@ -170,7 +170,7 @@ class ReplicaUpdateJob:
                     outcome=outcome if outcome != "done" else "failed", base_id=base,
                     error=reason or "interrupted")
         if result is None or outcome != "done":
-            raise UpdateFailed(f"{self.target}: {reason}")
+            raise UpdateFailed(reason)
         result.seconds = round(time.monotonic() - began, 3)
         result.warnings = self.warnings + [w for logs in self.logs.values() for w in logs.warnings]
         return result
