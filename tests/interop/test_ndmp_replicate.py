@@ -13,6 +13,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +26,8 @@ from tests.loopfs import btrfs_subvolume
 from tests.server_process import ServerProcess
 from tests.trees import describe, differences
 
-from .conftest import PASSWORD, servers
-from .ndmp_cli import json_lines, ndmp
+from .conftest import PASSWORD, REPO, servers
+from .ndmp_cli import json_lines, ndmp, ndmp_env
 
 pytestmark = pytest.mark.interop
 
@@ -143,6 +147,9 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
         finally:
             back.stop()
 
+        run_every_until_sigint(home, catalog, data, [t1, t2], btrfs / "r1" / "rep" / "data",
+                               target(r1, REPLICA))
+
         held = master_vol / ".ndmpd-snapshots" / "held"
         assert any(held.glob("ndmp-web-*/*"))
         deleted = ndmp("replicate", "delete", "web", "--catalog", str(catalog), home=home)
@@ -150,6 +157,35 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
         assert not any(held.glob("ndmp-web-*/*"))
         same(data, btrfs / "r1" / "rep" / "data")          # the replicas keep their data
         assert ndmp("replicate", "status", "web", "--catalog", str(catalog), home=home).returncode == 1
+
+
+def run_every_until_sigint(home: Path, catalog: Path, data: Path, targets: list[str], replica_data: Path,
+                           promote_target: str) -> None:
+    """``run --every 1s`` keeps every replica updating (each in its own task); promote refuses
+    while it runs; SIGINT ends it with 130 and frees the lock."""
+    before = {r["replica"]: r["updates"] for r in status(home, catalog)["replicas"]}
+    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "replicate", "run", "web", "--every", "1s",
+                             "--json", "--catalog", str(catalog)], cwd=REPO, env=ndmp_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        (data / "while-running").write_bytes(b"picked up by the next update\n")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = {r["replica"]: r for r in status(home, catalog)["replicas"]}
+            if all(rows[t]["updates"] >= before[t] + 2 for t in targets):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"run --every made no progress: {rows}")
+        assert status(home, catalog)["running"] is True
+        refused = ndmp("replicate", "promote", "web", promote_target, "--catalog", str(catalog), home=home)
+        assert refused.returncode == 1 and "is active" in refused.stderr, refused.stderr
+        same(data, replica_data)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert status(home, catalog)["running"] is False
 
 
 def test_promote_reverse_cuts_over_and_replicates_back(tmp_path, btrfs):
