@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..context import Butype
-from ..data import jobs
+from ..data import jobs, replica_jobs
 from ..data.env import EnvError, JobEnv, parse, volume_list
 from ..data.places import PlaceError, resolve
 from ..engine import report
@@ -29,6 +29,8 @@ from ..host import fs_usage
 from ..logtext import peer_text
 from ..mover import addresses
 from ..mover.handoff import Handoff
+from ..replica.state import ReplicaError
+from ..snapshots.base import SnapshotError
 from ..wire import REQUEST, C, T, protocol
 from ..wire.translate import convert_struct
 from . import Blocking, HandlerTable
@@ -189,13 +191,17 @@ class Data:
         try:
             env = parse(pairs, butype.name, DEFAULT_HIST[butype.name], volumes,
                         need_volume=operation == C.DATA_OP_BACKUP, defaults=butype.default_env)
-            wanted = self._wanted(env, req.nlist or []) if operation == C.DATA_OP_RECOVER else []
+            into_replica = operation == C.DATA_OP_RECOVER and replica_jobs.wants_replica(env)
+            wanted = self._wanted(env, req.nlist or []) if operation == C.DATA_OP_RECOVER and not into_replica else []
         except (EnvError, PlaceError) as exc:
             self.log_message(str(exc), "error")
             raise NdmpError(C.ILLEGAL_ARGS_ERR, str(exc)) from None
+        replica = self._replica_plan(operation, env)
         if self.version == 2:
             self._v2_connect(self.session.wire_request.mover_addr)
-        if operation == C.DATA_OP_BACKUP:
+        if replica is not None:
+            work = lambda sock: replica_jobs.recover(self, replica, sock)   # noqa: E731
+        elif operation == C.DATA_OP_BACKUP:
             self.estimate = self._estimate(env)
             work = lambda sock: jobs.backup(self, env, sock, Path(self.session.ctx.config.server.state_dir),
                                            self._handoff)  # noqa: E731
@@ -208,6 +214,16 @@ class Data:
         self._thread = threading.Thread(target=self._run, args=(work,), daemon=True,
                                         name=f"data {self.session.peer}")
         self._thread.start()
+
+    def _replica_plan(self, operation: int, env: JobEnv) -> replica_jobs.ReplicaPlan | None:
+        """A recover into a replica volume, checked now (refused with ILLEGAL_ARGS); None: not one."""
+        if operation != C.DATA_OP_RECOVER or not replica_jobs.wants_replica(env):
+            return None
+        try:
+            return replica_jobs.plan(env, Path(self.session.ctx.config.server.state_dir))
+        except (ReplicaError, SnapshotError) as exc:
+            self.log_message(str(exc), "error")
+            raise NdmpError(C.ILLEGAL_ARGS_ERR, str(exc)) from None
 
     def _wanted(self, env: JobEnv, nlist: list[Any]) -> list[jobs.Wanted]:
         """The nlist as (archive path, destination inside a volume, offset); empty: the whole image."""
