@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Volume
 from ..errors import NdmpError
 from ..host import fs_usage, mount_of
+from ..replica.status import replica_env
 from ..wire import C, T, protocol
 from ..wire.auth import MD5_CHALLENGE_SIZE
 from . import HandlerTable
@@ -72,10 +74,12 @@ def get_butype_info(session: "Session", req: Any) -> Any:
     return T.config_get_butype_info_reply(C.NO_ERR, infos)
 
 
-def fs_info(volume: Volume) -> Any:
+def fs_info(volume: Volume, state_dir: Path | None = None) -> Any:
     """One FS_INFO entry: real statvfs figures, or an offline status when unavailable."""
     mount = mount_of(volume.path)
     env = [T.pval("LOCAL_NAME", str(volume.path)), T.pval("SNAPSHOT", volume.snapshot)]
+    if state_dir is not None:
+        env += [T.pval(name, value) for name, value in replica_env(volume, state_dir)]
     info = T.fs_info(fs_type=mount.fs_type if mount else "unknown",
                      fs_logical_device=volume.name,
                      fs_physical_device=mount.device if mount else "",
@@ -98,7 +102,8 @@ def fs_info(volume: Volume) -> Any:
 
 @HANDLERS.on(C.CONFIG_GET_FS_INFO)
 def get_fs_info(session: "Session", req: Any) -> Any:
-    return T.config_get_fs_info_reply(C.NO_ERR, [fs_info(v) for v in session.ctx.config.volumes])
+    config = session.ctx.config
+    return T.config_get_fs_info_reply(C.NO_ERR, [fs_info(v, config.server.state_dir) for v in config.volumes])
 
 
 @HANDLERS.on(C.CONFIG_GET_TAPE_INFO)
