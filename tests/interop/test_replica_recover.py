@@ -6,10 +6,11 @@ reason; a stream cut mid-way leaves the replica as it was, with no debris."""
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import json
 import os
 import shutil
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ndmpd.wire import C, T
 from tests.blocking_client import NdmpClient
 from tests.engine_helpers import build_every_case
 from tests.loopfs import btrfs_subvolume
+from tests.server_process import ServerProcess
 from tests.trees import describe, differences
 
 from .conftest import PASSWORD, servers
@@ -184,3 +186,57 @@ def test_a_stream_cut_mid_way_leaves_the_replica_as_it_was_and_no_debris(world):
     assert any("still shows its previous state" in text for text in logged), logged
     assert describe(replica_path) == before
     assert debris(replica_path) == []
+
+
+def fs_env(server, name: str) -> dict[str, str]:
+    with client(server) as dma:
+        infos = dma.call("CONFIG_GET_FS_INFO").fs_info
+    [info] = [i for i in infos if i.fs_logical_device == name]
+    return {p.name: p.value for p in info.fs_env}
+
+
+def replica_cli(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ndmpd", "replica", "--config", str(server.config), *args],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_fs_info_the_cli_and_a_restart_that_cleans_debris(world):
+    master, replica, replica_path, vol = world
+    assert fs_env(replica, "/export/replica")["NDMPD_REPLICA"] == "y"
+    assert "NDMPD_REPLICA" not in fs_env(replica, "/export/out")
+    (vol / "a").write_text("1")
+    first = update(master, replica)[0]["DUMP_DATE"]
+    (vol / "a").write_text("2")
+    second = update(master, replica, base=first)[0]["DUMP_DATE"]
+    env = fs_env(replica, "/export/replica")
+    assert (env["NDMPD_REPLICA_OF"], env["NDMPD_REPLICA_STATE"], env["NDMPD_REPLICA_ROLE"]) == (
+        MASTER_ID, second, "replica")
+    assert env["NDMPD_REPLICA_STATES"] == f"{second},{first}"
+    status = json.loads(replica_cli(replica, "status", "/export/replica", "--json").stdout)
+    assert (status["master"], status["state"], [s["id"] for s in status["states"]]) == (MASTER_ID, second,
+                                                                                         [second, first])
+
+    store = replica_path.parent / ".replica.ndmpd-replica" / "recv"
+    subprocess.run(["btrfs", "subvolume", "create", str(store / "ndmpd-half-received")], check=True,
+                   capture_output=True)
+    subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(store / "state-2"),
+                    str(replica_path.parent / ".replica.ndmpd-next")], check=True, capture_output=True)
+    replica.stop()
+    restarted = ServerProcess(replica.host, replica.config, replica.log, PASSWORD)
+    try:
+        assert debris(replica_path) == []
+        assert (replica_path / "a").read_text() == "2"
+
+        done = replica_cli(restarted, "rollback", "/export/replica")
+        assert done.returncode == 0 and first in done.stdout, done.stderr
+        assert (replica_path / "a").read_text() == "1"
+        assert fs_env(restarted, "/export/replica")["NDMPD_REPLICA_STATE"] == ""    # only a full update fits
+        text = refusal(restarted, {"FILESYSTEM": "/export/replica", "NDMPD_REPLICA_OF": MASTER_ID,
+                                   "BASE_DATE": first})
+        assert "a full update is needed" in text
+        assert replica_cli(restarted, "reset", "/export/replica").returncode == 0
+        assert fs_env(restarted, "/export/replica")["NDMPD_REPLICA_OF"] == ""
+        bad = replica_cli(restarted, "status", "/export/out")
+        assert bad.returncode == 1 and "not a replica volume" in bad.stderr
+    finally:
+        restarted.stop()
