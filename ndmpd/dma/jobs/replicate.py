@@ -225,8 +225,9 @@ class ReplicaUpdateJob:
         env = {"FILESYSTEM": req.master_volume, "HIST": "n"}
         if butype == "btrfs":
             env["NDMPD_HOLD"] = req.hold
-        else:                                   # the dump engine: a level 1 on the replica's token
-            env.update(LEVEL="1" if base else "0", UPDATE="n")
+        else:       # the dump engine: a level 1 on the replica's token; UPDATE records the dump's
+                    # directory index, which tells the next incremental a moved directory from a new one
+            env.update(LEVEL="1" if base else "0", UPDATE="y")
         if base:
             env["BASE_DATE"] = base
         if req.freeze:
