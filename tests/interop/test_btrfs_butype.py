@@ -180,28 +180,33 @@ def ndmjob(*args: str, timeout: int = 180) -> str:
     return done.stdout + done.stderr
 
 
-def test_ndmjob_backs_up_a_btrfs_volume_to_tape_and_restores_it(tmp_path):
+@pytest.mark.parametrize("mover", ["local", "three-way"])
+def test_ndmjob_backs_up_a_btrfs_volume_to_tape_and_restores_it(tmp_path, mover):
+    """LOCAL: the data and tape on one server (the mover takes the image from the data
+    service's buffers); three-way: the tape on a second server, the image over TCP."""
     if not NDMJOB.exists():
         pytest.skip("ndmjob not installed (apt-get install amanda-common)")
     with btrfs_mount(tmp_path, "fs", 400 << 20) as fs:
         root = side(fs, "a")
         build_every_case(root / "vol" / "tree")
         (root / "vol" / "tree" / "big.bin").write_bytes(os.urandom(3 << 20))
-        with servers(tmp_path, "fs/a") as (server,):
-            agent, index = server.agent("4"), tmp_path / "btrfs.idx"
-            out = ndmjob("-c", "-D", agent, "-f", "vtape0", "-B", "btrfs", "-C", "/export/data", "-I", str(index))
+        with servers(tmp_path, "fs/a", *(["tape"] if mover == "three-way" else [])) as started:
+            agent, index = started[0].agent("4"), tmp_path / "btrfs.idx"
+            tape = ["-T", started[1].agent("4")] if mover == "three-way" else []
+            out = ndmjob("-c", "-D", agent, *tape, "-f", "vtape0", "-B", "btrfs", "-C", "/export/data",
+                         "-I", str(index))
             assert "Operation ended OKAY" in out, out
             env = dict(line[3:].split("=", 1) for line in index.read_text().splitlines() if line.startswith("DE "))
             assert env["TYPE"] == "btrfs" and env["NDMPD_SNAPSHOT_NAME"].startswith("ndmpd-")
             assert not any(h for h in holds.held(root / "vol"))                    # a temporary snapshot: gone
-            restored = ndmjob("-x", "-D", agent, "-f", "vtape0", "-B", "btrfs", "-C", str(root / "out"),
+            restored = ndmjob("-x", "-D", agent, *tape, "-f", "vtape0", "-B", "btrfs", "-C", str(root / "out"),
                               "-J", str(index))
             assert "Operation ended OKAY" in restored, restored
             made = root / "out" / env["NDMPD_SNAPSHOT_NAME"]
             info = btrfs_send.subvolume_info(made)
             assert info.readonly and info.received_uuid == env["DUMP_DATE"]
             assert differences(describe(root / "vol" / "tree"), describe(made / "tree")) == []
-            again = ndmjob("-x", "-D", agent, "-f", "vtape0", "-B", "btrfs", "-C", str(root / "out"),
+            again = ndmjob("-x", "-D", agent, *tape, "-f", "vtape0", "-B", "btrfs", "-C", str(root / "out"),
                            "-J", str(index))
             assert "Operation ended OKAY" not in again and "already exists" in again, again
             btrfs_send.delete(made)
