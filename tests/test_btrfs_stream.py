@@ -231,3 +231,31 @@ def test_exchange_swaps_read_only_subvolumes(fs):
     assert not btrfs_send.subvolume_info(mnt / "x" / "a").readonly
     for name in ("a", "b"):
         btrfs_send.delete(mnt / "x" / name)
+
+
+def test_a_tapes_zero_padding_after_end_is_not_the_streams_but_other_bytes_are_refused(fs):
+    mnt, full, _ = fs
+    into = recv_dir(mnt, "recv-padded")
+    got = btrfs_send.receive(reader(full + bytes(10240 - len(full) % 10240), 10240), into, StreamGuard())
+    assert got.bytes == len(full)
+    btrfs_send.delete(got.path)
+    guard = StreamGuard()
+    assert guard.feed(memoryview(full + bytes(100))) == len(full)
+    with pytest.raises(HostileStream, match="after the END"):
+        StreamGuard().feed(memoryview(full + b"\0\0junk"))
+
+
+def test_remove_stale_keeps_held_snapshots_and_clears_a_dead_jobs_folder(fs, tmp_path):
+    from ndmpd.snapshots import SNAPSHOT_DIR, remove_stale
+    mnt, _, _ = fs
+    vol = mnt / "vol"
+    held = vol / SNAPSHOT_DIR / "held" / "h"
+    held.mkdir(parents=True)
+    btrfs_send.snapshot(vol, held / "ndmpd-20260101T000000.000000-abcdef", readonly=True)
+    dead = vol / SNAPSHOT_DIR / "999999-1-abcdef"            # a btrfs job's folder whose process is gone
+    dead.mkdir()
+    btrfs_send.snapshot(vol, dead / "ndmpd-20260101T000000.000001-abcdef", readonly=True)
+    removed = remove_stale([vol], tmp_path)
+    assert removed == [str(dead)] and not dead.exists()
+    assert (held / "ndmpd-20260101T000000.000000-abcdef").is_dir()
+    btrfs_send.delete(held / "ndmpd-20260101T000000.000000-abcdef")

@@ -111,7 +111,7 @@ def receive(read: Callable[[int], bytes], into: Path, guard: StreamGuard,
                 if not chunk:
                     guard.finish()
                     break
-                guard.feed(memoryview(chunk))
+                ours = guard.feed(memoryview(chunk))
                 if head is None and guard.header is not None:
                     head = guard.header
                     if os.path.lexists(into / head.name):
@@ -120,10 +120,12 @@ def receive(read: Callable[[int], bytes], into: Path, guard: StreamGuard,
                         check_head(head)
                     created = True
                 try:
-                    process.stdin.write(chunk)
+                    process.stdin.write(chunk[:ours])
                 except BrokenPipeError:
                     raise SnapshotError(f"btrfs receive into {into}: "
                                         f"{_last_line(errors, 'it stopped reading')}") from None
+                if guard.ended:
+                    break                   # what follows (a tape's padding) is not the stream's
             process.stdin.close()
             process.wait(timeout=TIMEOUT)
             if process.returncode != 0:

@@ -23,7 +23,7 @@ AttrHead = Struct("type" / Int16ul, "length" / Int16ul)
 Uuid = Bytes(16)
 
 # commands (btrfs-progs send.h)
-SUBVOL, SNAPSHOT, MKFILE, MKDIR, MKNOD, MKFIFO, MKSOCK, SYMLINK, RENAME, LINK = range(1, 11)
+SUBVOL, SNAPSHOT, MKFILE, MKDIR, MKNOD, MKFIFO, MKSOCK, SYMLINK, RENAME, LINK, UNLINK, RMDIR = range(1, 13)
 END = 21
 KNOWN_COMMANDS = {1: range(1, 23), 2: range(1, 26)}
 # attributes
@@ -31,7 +31,7 @@ A_UUID, A_CTRANSID, A_PATH, A_PATH_TO, A_PATH_LINK, A_DATA = 1, 2, 15, 16, 17, 1
 A_CLONE_UUID, A_CLONE_CTRANSID, A_CLONE_PATH = 20, 21, 22
 _CHECKED_PATHS = (A_PATH, A_PATH_TO, A_CLONE_PATH)
 # an empty PATH is the subvolume's root (honest streams chown/chmod/utimes it); these must name an entry
-_NAMING = (MKFILE, MKDIR, MKNOD, MKFIFO, MKSOCK, SYMLINK, RENAME, LINK, 11, 12)
+_NAMING = (MKFILE, MKDIR, MKNOD, MKFIFO, MKSOCK, SYMLINK, RENAME, LINK, UNLINK, RMDIR)
 
 
 class HostileStream(ValueError):
@@ -64,6 +64,12 @@ def _check_path(raw: bytes, what: str, root_allowed: bool) -> None:
         raise HostileStream(f"{what}: a path with a NUL byte {raw[:200]!r}")
 
 
+def _padding(rest: memoryview | bytes) -> None:
+    with memoryview(rest) as view:
+        if view.tobytes().strip(b"\0"):
+            raise HostileStream("data after the END command")
+
+
 class StreamGuard:
     """Fed the stream in any chunking; raises :class:`HostileStream` at the first bad byte."""
 
@@ -75,11 +81,13 @@ class StreamGuard:
         self.commands = 0
         self._buffer = bytearray()
 
-    def feed(self, chunk: memoryview | bytes) -> None:
-        """Take the next bytes; every complete command in them is checked now."""
-        self.bytes += len(chunk)
-        if self.ended and len(chunk):
-            raise HostileStream("data after the END command")
+    def feed(self, chunk: memoryview | bytes) -> int:
+        """Take the next bytes; every complete command in them is checked now. Returns how
+        many of them are the stream's: after END only zeros may follow (a tape record's
+        padding), and they are not the stream's."""
+        if self.ended:
+            _padding(chunk)
+            return 0
         self._buffer += chunk
         at = 0
         buf = self._buffer
@@ -87,7 +95,8 @@ class StreamGuard:
             if len(buf) < Header.sizeof():
                 if not MAGIC.startswith(bytes(buf[:len(MAGIC)])):
                     raise HostileStream("not a btrfs send stream (bad magic)")
-                return
+                self.bytes += len(chunk)
+                return len(chunk)
             if bytes(buf[:len(MAGIC)]) != MAGIC:
                 raise HostileStream("not a btrfs send stream (bad magic)")
             version = Header.parse(bytes(buf[:Header.sizeof()])).version
@@ -104,9 +113,15 @@ class StreamGuard:
                 break
             self._command(head.cmd, memoryview(buf)[at + head_size:at + head_size + head.length])
             at += head_size + head.length
-            if self.ended and at != len(buf):
-                raise HostileStream("data after the END command")
+            if self.ended:
+                rest = len(buf) - at
+                _padding(memoryview(buf)[at:])
+                buf.clear()
+                self.bytes += len(chunk) - rest
+                return len(chunk) - rest
         del buf[:at]
+        self.bytes += len(chunk)
+        return len(chunk)
 
     def _command(self, cmd: int, body: memoryview) -> None:
         assert self.version is not None
