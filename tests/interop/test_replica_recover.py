@@ -345,3 +345,43 @@ def test_promote_makes_the_replica_writable_and_refuses_further_streams(btrfs_wo
     text = refusal(replica, {"FILESYSTEM": "/export/replica", "NDMPD_REPLICA_OF": MASTER_ID,
                              "BASE_DATE": m_env["DUMP_DATE"]}, butype="btrfs")
     assert "was promoted and is read-write" in text and "NDMPD_DEMOTE=y" in text
+
+
+def test_a_replica_server_killed_mid_update_restarts_consistent_and_resumes(btrfs_world):
+    master, replica, replica_path, vol = btrfs_world
+    m_env, r_env, logged = update(master, replica, butype="btrfs")
+    ok(m_env, r_env, logged)
+    first = m_env["DUMP_DATE"]
+    before = describe(replica_path)
+    block = os.urandom(1 << 20)
+    with open(vol / "big.bin", "wb") as f:
+        for _ in range(250):
+            f.write(block)
+    recv = replica_path.parent / ".replica.ndmpd-replica" / "recv"
+    with client(master) as m, client(replica) as r:
+        listen = r.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
+        r.call("DATA_START_RECOVER", butype_name="btrfs", nlist=[], env=pairs({
+            "FILESYSTEM": "/export/replica", "NDMPD_REPLICA_OF": MASTER_ID, "BASE_DATE": first}))
+        m.call("DATA_CONNECT", addr=listen.connect_addr)
+        m.call("DATA_START_BACKUP", butype_name="btrfs", env=pairs({
+            "FILESYSTEM": "/export/data", "NDMPD_HOLD": "ndmp-test-0", "BASE_DATE": first}))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [n for n in os.listdir(recv) if not n.startswith("state-")]:
+            time.sleep(0.01)
+        replica.proc.kill()
+        replica.proc.wait(10)
+        assert m.wait_post(C.NOTIFY_DATA_HALTED, 60).reason != C.DATA_HALT_SUCCESSFUL
+        m.call("DATA_STOP")
+    time.sleep(0.5)                                   # the orphaned btrfs receive sees its stdin end
+    assert describe(replica_path) == before
+    restarted = ServerProcess(replica.host, replica.config, replica.log, PASSWORD)
+    try:
+        assert debris(replica_path) == []
+        assert fs_env(restarted, "/export/replica")["NDMPD_REPLICA_STATE"] == first
+        m_env, r_env, logged = update(master, restarted, butype="btrfs", base=first)   # resumes: no full resend
+        ok(m_env, r_env, logged)
+        assert m_env["BASE_DATE"] == first           # an incremental on the state kept, not a full resend
+        assert differences(describe(held(vol, m_env["DUMP_DATE"]) / "tree"), describe(replica_path / "tree")) == []
+        assert (replica_path / "big.bin").stat().st_size == 250 << 20
+    finally:
+        restarted.stop()
