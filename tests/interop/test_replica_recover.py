@@ -66,16 +66,18 @@ def world(tmp_path):
 
 
 def update(master, replica, base: str = "0", butype: str = "dump", level: int | None = None,
-           replica_env: dict | None = None, during=None, master_base: str = "") -> tuple[dict, dict, list[str]]:
+           replica_env: dict | None = None, during=None, master_base: str = "", master_env: dict | None = None,
+           source: str = "/export/data", master_id: str = MASTER_ID) -> tuple[dict, dict, list[str]]:
     """One update master → replica; (master's env, replica's env, replica's log messages)."""
     with client(master) as m, client(replica) as r:
         listen = r.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
         r.call("DATA_START_RECOVER", butype_name=butype, nlist=[], env=pairs({
-            "FILESYSTEM": "/export/replica", "TYPE": butype, "NDMPD_REPLICA_OF": MASTER_ID, "BASE_DATE": base,
+            "FILESYSTEM": "/export/replica", "TYPE": butype, "NDMPD_REPLICA_OF": master_id, "BASE_DATE": base,
             **(replica_env or {})}))
         m.call("DATA_CONNECT", addr=listen.connect_addr)
         if butype == "btrfs":
-            backup = {"FILESYSTEM": "/export/data", "NDMPD_HOLD": "ndmp-test-0", "BASE_DATE": master_base or base}
+            backup = {"FILESYSTEM": source, "NDMPD_HOLD": "ndmp-test-0", "BASE_DATE": master_base or base,
+                      **(master_env or {})}
         else:
             backup = {"FILESYSTEM": "/export/data", "HIST": "n", "UPDATE": "y"}
             if base != "0":
@@ -385,3 +387,42 @@ def test_a_replica_server_killed_mid_update_restarts_consistent_and_resumes(btrf
         assert (replica_path / "big.bin").stat().st_size == 250 << 20
     finally:
         restarted.stop()
+
+
+def test_promote_then_reverse_the_old_master_is_demoted_into_a_replica(tmp_path):
+    """Both volumes are configured replica = true (a migration that may be reversed): M's is an
+    ordinary subvolume while it is the master; after the cut-over M takes the stream back with
+    NDMPD_DEMOTE=y (a full re-seed of its frozen volume), then incrementals."""
+    with btrfs_mount(tmp_path, "fs1", 400 << 20) as fs1, btrfs_mount(tmp_path, "fs2", 400 << 20) as fs2:
+        (fs1 / "m").mkdir()
+        (fs2 / "r").mkdir()
+        m_path, r_path = fs1 / "m" / "prim", fs2 / "r" / "replica"
+        assert subprocess.run(["btrfs", "subvolume", "create", str(m_path)], capture_output=True).returncode == 0
+        build_every_case(m_path / "tree")
+        with servers(tmp_path, "fs1/m", "fs2/r", extra={"fs1/m": REPLICA_VOLUME.format(path=m_path),
+                                                      "fs2/r": REPLICA_VOLUME.format(path=r_path)}) as (m, r):
+            m_id, r_id = (fs_env(s, "/export/replica")["NDMPD_VOLUME_ID"] for s in (m, r))
+            m_env, r_env, logged = update(m, r, butype="btrfs", source="/export/replica", master_id=m_id)
+            ok(m_env, r_env, logged)
+            m_env, r_env, logged = update(m, r, butype="btrfs", source="/export/replica", master_id=m_id,
+                                          base=m_env["DUMP_DATE"], master_env={"NDMPD_FREEZE": "y"},
+                                          replica_env={"NDMPD_PROMOTE": "y"})
+            ok(m_env, r_env, logged)
+            with pytest.raises(OSError):
+                (m_path / "tree" / "late").write_text("the old master is frozen")
+            (r_path / "tree" / "after-cut-over").write_text("written on the new primary")
+
+            back, m_side, logged = update(r, m, butype="btrfs", source="/export/replica", master_id=r_id,
+                                          replica_env={"NDMPD_DEMOTE": "y"})
+            ok(back, m_side, logged)
+            assert (m_path / "tree" / "after-cut-over").read_text() == "written on the new primary"
+            assert differences(describe(held(r_path, back["DUMP_DATE"]) / "tree"), describe(m_path / "tree")) == []
+            env = fs_env(m, "/export/replica")
+            assert (env["NDMPD_REPLICA_OF"], env["NDMPD_REPLICA_ROLE"]) == (r_id, "replica")
+
+            (r_path / "tree" / "second").write_text("incremental back")
+            again, m_side, logged = update(r, m, butype="btrfs", source="/export/replica", master_id=r_id,
+                                           base=back["DUMP_DATE"])
+            ok(again, m_side, logged)
+            assert again["BASE_DATE"] == back["DUMP_DATE"]
+            assert (m_path / "tree" / "second").read_text() == "incremental back"
