@@ -151,7 +151,7 @@ def _restore_dump(host: JobHost, chosen: ReplicaPlan, sock: socket.socket):
         sock.settimeout(DELIVERY_POLL)
         size = chosen.env.value(IMAGE_SIZE_VAR)
         source = DataReadSource(sock, host.request_read, host.cancel, int(size) if (size or "").isdigit() else None)
-        restorer = Restorer(bytes(staging), source, RestoreOptions(),
+        restorer = Restorer(bytes(staging), source, RestoreOptions(whole_copy=True),
                             report=lambda text: host.log_message(text, "warning"),
                             progress=lambda at, entries: host.progress(source.bytes_received), cancel=host.cancel)
         result = restorer.run(0)

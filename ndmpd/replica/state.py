@@ -43,10 +43,8 @@ class ReplicaRecord:
     reseed: bool = False                                  # after a rollback: only a full stream fits
 
     def find(self, state_id: str) -> StateRecord | None:
-        return next((s for s in self.states if s.id == state_id), None)
-
-    def by_seq(self, seq: int) -> StateRecord | None:
-        return next((s for s in self.states if s.seq == seq), None)
+        """The newest kept state with this id (a re-seed may bring one back)."""
+        return next((s for s in reversed(self.states) if s.id == state_id), None)
 
 
 def load(path: Path) -> ReplicaRecord:

@@ -154,7 +154,7 @@ class ReplicaStore:
         if Path(received).parent != self.recv:
             raise ReplicaError(f"{received} is not in {self.recv}")
         os.rename(received, self.state_path(added))
-        record.states = [s for s in record.states if s.id != state_id or s.seq == seq] + [added]
+        record.states = record.states + [added]
         record.next_seq = seq + 1
         records.save(self.record_path, record)
         return added
