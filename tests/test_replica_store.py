@@ -327,3 +327,14 @@ def test_a_replica_refuses_another_master_until_reset(world):
     store.reset()
     checks.check_master("/replica", store.record(), "btrfs:bbbb", False)
     assert store.record().reseed
+
+
+def test_one_update_of_a_replica_at_a_time(world):
+    master, tmp = world
+    store = store_of(tmp, master.vol)
+    with store.locked():
+        with pytest.raises(ReplicaError, match="another update of this replica is running"):
+            with store_of(tmp, master.vol).locked(wait=False):
+                pass
+    with store_of(tmp, master.vol).locked(wait=False):
+        pass

@@ -67,7 +67,8 @@ def plan(env: JobEnv, state_dir: Path) -> ReplicaPlan:
     chosen = ReplicaPlan(ReplicaStore(volume, state_dir), env, (env.value(REPLICA_OF) or "").strip(),
                          None if checks.is_full(base) else (base or "").strip(), _yes(env, PROMOTE),
                          _yes(env, DEMOTE))
-    check(chosen)
+    with chosen.store.locked(wait=False):           # refused now when another update is running
+        check(chosen)
     return chosen
 
 
