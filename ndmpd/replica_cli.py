@@ -49,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
         if args.replica_command == "status":
             return _status(store, args.json)
         with store.locked(wait=False):
-            store.clean()
             if args.replica_command == "reset":
                 store.reset()
+                store.clean()
                 print(f"{store.volume.name}: master forgotten; the next update is a full one from any master")
             else:
+                store.clean()
                 chosen = store.rollback(args.state)
                 print(f"{store.volume.name}: now shows {chosen.id}; the next update is a full one")
         return 0

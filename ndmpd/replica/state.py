@@ -55,7 +55,8 @@ def load(path: Path) -> ReplicaRecord:
     except FileNotFoundError:
         return ReplicaRecord()
     except (OSError, ValueError) as exc:
-        raise ReplicaError(f"{path}: cannot read the replica record: {exc}") from None
+        raise ReplicaError(f"{path}: cannot read the replica record ({exc}); "
+                           "'ndmpd replica reset' starts it afresh") from None
     try:
         states = [StateRecord(str(s["id"]), int(s["seq"]), float(s.get("time", 0)), float(s.get("received", 0)))
                   for s in raw.get("states", [])]
