@@ -22,7 +22,7 @@ from typing import Any
 from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog
-from ..errors import JobFailed, JobInterrupted, NdmpConnectionLost, NdmpReplyError
+from ..errors import JobFailed, NdmpConnectionLost, NdmpReplyError
 from ..progress import Reporter
 from . import steps
 from .states import settle, with_trouble
@@ -36,10 +36,6 @@ NOT_KEPT = "is not kept on"     # the master's words when it released the replic
 
 class UpdateFailed(JobFailed):
     """The update did not complete; the replica keeps its state (the message says why)."""
-
-
-class UpdateInterrupted(JobInterrupted):
-    """The update was cancelled (SIGINT, or its ``run`` stopping); both sides were aborted."""
 
 
 @dataclass
@@ -126,7 +122,8 @@ class ReplicaUpdateJob:
         return f"{self.request.replica_host}:{self.request.replica_volume}"
 
     async def run(self) -> UpdateResult:
-        """Run the update to its end and record it; UpdateFailed / UpdateInterrupted otherwise."""
+        """Run the update to its end and record it; UpdateFailed otherwise. A cancel (SIGINT:
+        the ``run`` cancels its tasks) aborts both sides, is recorded as interrupted and goes on."""
         req = self.request
         started, began = time.time(), time.monotonic()
         base: str | None = None
