@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from construct import Bytes, Const, Int16ul, Int32ul, Struct
+from construct import Const, Int16ul, Int32ul, Struct
 
 MAGIC = b"btrfs-stream\0"
 VERSIONS = (1, 2)
@@ -20,7 +20,6 @@ MAX_COMMAND = 16 << 20                       # a command longer than this (plus 
 Header = Struct("magic" / Const(MAGIC), "version" / Int32ul)
 CommandHead = Struct("length" / Int32ul, "cmd" / Int16ul, "crc" / Int32ul)
 AttrHead = Struct("type" / Int16ul, "length" / Int16ul)
-Uuid = Bytes(16)
 
 # commands (btrfs-progs send.h)
 SUBVOL, SNAPSHOT, MKFILE, MKDIR, MKNOD, MKFIFO, MKSOCK, SYMLINK, RENAME, LINK, UNLINK, RMDIR = range(1, 13)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
@@ -205,8 +204,65 @@ def test_ndmjob_backs_up_a_btrfs_volume_to_tape_and_restores_it(tmp_path, mover)
             made = root / "out" / env["NDMPD_SNAPSHOT_NAME"]
             info = btrfs_send.subvolume_info(made)
             assert info.readonly and info.received_uuid == env["DUMP_DATE"]
-            assert differences(describe(root / "vol" / "tree"), describe(made / "tree")) == []
+            assert differences(describe(root / "vol"), describe(made)) == []           # no trace of the snapshot
             again = ndmjob("-x", "-D", agent, *tape, "-f", "vtape0", "-B", "btrfs", "-C", str(root / "out"),
                            "-J", str(index))
             assert "Operation ended OKAY" not in again and "already exists" in again, again
             btrfs_send.delete(made)
+
+
+def _stream_of(vol: Path, mnt: Path) -> bytes:
+    """A real full stream of the volume (a snapshot taken for it, then deleted)."""
+    snap = mnt / "ndmpd-20260101T000000.000000-00aa11"
+    btrfs_send.snapshot(vol, snap, readonly=True)
+    data = bytearray()
+    try:
+        btrfs_send.send(snap, None, data.extend)
+    finally:
+        btrfs_send.delete(snap)
+    return bytes(data)
+
+
+def _peer_of(reply) -> tuple[str, int]:
+    from ndmpd.mover.addresses import from_ndmp
+    first = from_ndmp(reply.connect_addr)[0]
+    return first.host, first.port
+
+
+def test_a_hostile_stream_over_ndmp_and_an_abort_mid_receive_leave_nothing(pair):
+    from tests.btrfs_streams import join, set_attr, split
+    from ndmpd.snapshots.send_stream import A_PATH, MKFILE
+    master, replica, a, b, fs1 = pair
+    stream = _stream_of(a / "vol", fs1)
+    version, commands = split(stream)
+    i = next(n for n, (cmd, _) in enumerate(commands) if cmd == MKFILE)
+    commands[i] = set_attr(commands[i], A_PATH, b"../../escape")
+    hostile = join(version, commands)
+    out = b / "out"
+    with login(replica) as r:
+        listen = r.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
+        r.call("DATA_START_RECOVER", butype_name="btrfs", env=pv(FILESYSTEM="/export/out"), nlist=[])
+        with socket.create_connection(_peer_of(listen)) as peer:
+            try:
+                peer.sendall(hostile)
+            except OSError:
+                pass                                # the server may hang up first
+        assert r.wait_post(C.NOTIFY_DATA_HALTED, 60).reason != C.DATA_HALT_SUCCESSFUL
+        texts = [body.entry for code, body in r.posts if code == C.LOG_MESSAGE]
+        assert any("'..'" in text for text in texts), texts
+        r.call("DATA_STOP")
+
+        listen = r.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
+        r.call("DATA_START_RECOVER", butype_name="btrfs", env=pv(FILESYSTEM="/export/out"), nlist=[])
+        with socket.create_connection(_peer_of(listen)) as peer:
+            peer.sendall(stream[:len(stream) // 2])          # half a stream, then silence
+            for _ in range(100):
+                if os.listdir(out):
+                    break
+                threading.Event().wait(0.05)
+            assert os.listdir(out), "the receive never started"
+            r.call("DATA_ABORT")
+            assert r.wait_post(C.NOTIFY_DATA_HALTED, 60).reason == C.DATA_HALT_ABORTED
+        r.call("DATA_STOP")
+    assert os.listdir(out) == []
+    assert not any("escape" in dirs + files for _, dirs, files in os.walk(b.parent))   # the whole replica fs
