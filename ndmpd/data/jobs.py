@@ -37,6 +37,7 @@ from .source import RECORD, DataReadSource, SourceClosed
 log = logging.getLogger("ndmpd.data")
 DELIVERY_POLL = 0.25
 IMAGE_SIZE_VAR = "NDMPD_IMAGE_SIZE"
+SNAPSHOT_TIME_VAR = "NDMPD_SNAPSHOT_TIME"   # when the image's view of the volume was taken (unix seconds)
 RECORD_SIZE_VAR = "NDMPD_RECORD_SIZE"    # recover: the mover's record size, the grid of direct access reads
 
 
@@ -89,7 +90,8 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
         host.log_message("FILES dumps part of the volume: its dump date is not recorded (UPDATE=n)", "warning")
     request = DumpRequest(source=Path(volume.path), key=volume.name, state_dir=state_dir, level=env.level,
                           base_token=env.base_token, update=env.update and not only,
-                          snapshot=env.snapshot or volume.snapshot, excludes=env.excludes, only=only)
+                          snapshot=env.snapshot or volume.snapshot, excludes=env.excludes, only=only,
+                          hold=env.hold if not only else None)
     history = _history(host, env)
 
     def add(entry: HistoryEntry) -> None:
@@ -130,7 +132,8 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
                f"{result.bytes_written} bytes ({outcome.base.note})")
     extra = {"LEVEL": str(outcome.level), "DUMP_DATE": outcome.dump_date,
              "BASE_DATE": env.base_token or None, "UPDATE": "y" if request.update else "n",
-             "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written)}
+             "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written),
+             SNAPSHOT_TIME_VAR: f"{int(outcome.dump_date) / 1e9:.6f}"}
     return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra), summary=summary)
 
 
