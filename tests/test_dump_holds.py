@@ -73,3 +73,16 @@ def test_an_undelivered_dump_leaves_the_hold_at_its_base(tmp_path):
     lost = _dump(src, state, tmp_path / "b.tar", base_token=base.dump_date, hold="r")
     lost.revert_date()
     assert DumpDates(state).held("vol") == {"r": [parse_token(base.dump_date)]}
+
+
+def test_the_hold_variables_are_checked_at_start():
+    import pytest
+    from ndmpd.data.env import EnvError, parse
+    volumes = ()
+    env = parse([("NDMPD_HOLD", "ndmp-r-0")], "dump", "d", volumes, need_volume=False)
+    assert env.hold == "ndmp-r-0" and not env.release
+    for bad in ("../x", "a/b", "", "x" * 81, ".job-1"):
+        with pytest.raises(EnvError, match="NDMPD_HOLD"):
+            parse([("NDMPD_HOLD", bad)], "dump", "d", volumes, need_volume=False)
+    with pytest.raises(EnvError, match="needs NDMPD_HOLD"):
+        parse([("NDMPD_RELEASE", "y")], "dump", "d", volumes, need_volume=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..engine.dump import DumpAborted, DumpMeter
+from ..engine.dumpdates import DumpDates
 from ..engine.history import HistoryEntry
 from ..engine.job import DumpRequest, dump_volume
 from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
@@ -135,6 +136,14 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
              "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written),
              SNAPSHOT_TIME_VAR: f"{int(outcome.dump_date) / 1e9:.6f}"}
     return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra), summary=summary)
+
+
+def release(host: JobHost, env: JobEnv, state_dir: Path) -> Outcome:
+    """NDMPD_RELEASE: forget a replica's hold on this volume's dump indexes; nothing is sent."""
+    assert env.volume is not None and env.hold is not None
+    found = DumpDates(state_dir).release(env.volume.name, env.hold)
+    summary = f"hold {env.hold} of {env.volume.name} {'released' if found else 'was not kept: nothing to release'}"
+    return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env), summary=summary)
 
 
 def _undelivered(host: JobHost, name: str, failure: str) -> Outcome | None:
