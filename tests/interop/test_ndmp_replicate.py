@@ -272,6 +272,8 @@ def test_a_non_btrfs_master_replicates_with_dump_and_promote_ends_the_relationsh
         again = ndmp("replicate", "run", "web", "--once", "--catalog", str(catalog), home=home)
         assert again.returncode == 1 and again.stderr.strip() == \
             "ndmp: replication web is promoted: there is nothing to run", again.stderr
+        deleted = ndmp("replicate", "delete", "web", "--catalog", str(catalog), home=home)
+        assert deleted.returncode == 0 and "released ndmp-web-0" in deleted.stdout, deleted.stderr
 
 
 def test_a_base_the_master_released_gives_a_full_update_with_a_warning(tmp_path, btrfs):
