@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..config import Volume
+from ..replica.store import ReplicaStore
 from ..snapshots import SnapshotError, btrfs_send, holds
 from ..snapshots.base import job_tag
 from ..snapshots.btrfs import is_subvolume
@@ -48,8 +49,10 @@ def _yes(env: JobEnv, name: str) -> bool:
     return (env.value(name) or "").strip().lower() in YES
 
 
-def plan_backup(env: JobEnv) -> BackupPlan:
-    """Check a btrfs backup's environment at START; EnvError says what is wrong."""
+def plan_backup(env: JobEnv, state_dir: Path | None = None) -> BackupPlan:
+    """Check a btrfs backup's environment at START; EnvError says what is wrong. The base is
+    a held snapshot, or, on a promoted replica volume (``state_dir`` given), a kept replica
+    state received from it."""
     volume = env.volume
     if volume is None:
         raise EnvError("FILESYSTEM is required for a btrfs backup")
@@ -65,13 +68,21 @@ def plan_backup(env: JobEnv) -> BackupPlan:
     base = None
     if raw_base not in FULL_BASES and not release:
         try:
-            base = holds.find(path, raw_base)
+            base = holds.find(path, raw_base) or _replica_base(volume, raw_base, state_dir)
         except SnapshotError as exc:
             raise EnvError(f"cannot look up the held snapshots of {volume.name}: {exc}") from None
         if base is None:
             raise EnvError(f"base snapshot {raw_base} is not kept on {volume.name} (released or never taken): "
                            "a full update is needed")
     return BackupPlan(volume, path, hold, base, freeze, thaw, release)
+
+
+def _replica_base(volume: Volume, state_id: str, state_dir: Path | None) -> holds.Held | None:
+    """The replica state equal to master snapshot ``state_id``, as a base (no hold keeps it)."""
+    if not volume.replica or state_dir is None:
+        return None
+    found = ReplicaStore(volume, state_dir).received_state(state_id)
+    return None if found is None else holds.Held("", found.name, found, state_id.strip().lower(), 0.0)
 
 
 def _snapshot_time(name: str) -> float:

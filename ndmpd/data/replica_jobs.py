@@ -8,6 +8,7 @@ checked before the switch. Any failure leaves P as it was and deletes what the j
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ from pathlib import Path
 from ..engine.reader import StreamError
 from ..engine.restore import RestoreAborted, RestoreOptions, Restorer
 from ..replica import checks
-from ..replica.state import ReplicaError
+from ..replica.state import ReplicaError, ReplicaRecord, StateRecord
 from ..replica.store import ReplicaStore
-from ..snapshots import btrfs_send
+from ..snapshots import btrfs_send, holds
 from ..snapshots.base import SnapshotError
 from ..snapshots.send_stream import HostileStream, StreamGuard, StreamHead
 from ..wire import C
@@ -72,13 +73,38 @@ def plan(env: JobEnv, state_dir: Path) -> ReplicaPlan:
     return chosen
 
 
-def check(chosen: ReplicaPlan) -> None:
-    """The checks against the store as it is now (START, and again under the lock)."""
+def check(chosen: ReplicaPlan) -> holds.Held | None:
+    """The checks against the store as it is now (START, and again under the lock); the held
+    snapshot to seed the store from when the stream demotes this volume's frozen master."""
     store, name = chosen.store, chosen.store.volume.name
     record = store.record()
     checks.check_master(name, record, chosen.master, chosen.demote)
-    checks.check_base(name, record, store.current(record), chosen.base)
+    current = store.current(record)
+    seed = demote_seed(chosen, record, current)
+    if seed is None:
+        checks.check_base(name, record, current, chosen.base)
     checks.check_unmanaged(name, store.path, store.managed(), chosen.demote)
+    return seed
+
+
+def demote_seed(chosen: ReplicaPlan, record: ReplicaRecord, current: StateRecord | None) -> holds.Held | None:
+    """After ``promote --reverse`` the first stream back is an incremental on this volume's own
+    last sent snapshot (the promote's final update), held beside the volume: outside ``recv/``,
+    where ``btrfs receive --chroot`` cannot reach it. That held snapshot, when this is such a
+    stream (demote, btrfs, a base this volume does not show as a state); else None. The volume
+    must be frozen: then the held snapshot is exactly what P shows."""
+    if not chosen.demote or chosen.base is None or chosen.env.butype != "btrfs":
+        return None
+    if current is not None and current.id == chosen.base and not record.reseed:
+        return None                                 # an ordinary incremental on the shown state
+    name, path = chosen.store.volume.name, chosen.store.path
+    held = holds.find(path, chosen.base)
+    if held is None:
+        return None                                 # check_base says what is wrong
+    if not btrfs_send.subvolume_info(path).readonly:
+        raise ReplicaError(f"{name} is not frozen: it may have changed since its snapshot {chosen.base}, "
+                           "so it takes no incremental on it (a full update is needed)")
+    return held
 
 
 def recover(host: JobHost, chosen: ReplicaPlan, sock: socket.socket) -> Outcome:
@@ -86,13 +112,16 @@ def recover(host: JobHost, chosen: ReplicaPlan, sock: socket.socket) -> Outcome:
     store, name = chosen.store, chosen.store.volume.name
     try:
         with store.locked(wait=False):
-            check(chosen)
+            seed = check(chosen)
             for item in store.clean():
                 host.log_message(f"{name}: removed {item}, left by an interrupted update", "warning")
             store.prepare()
-            apply = _receive_btrfs if chosen.env.butype == "btrfs" else _restore_dump
-            added = apply(host, chosen, sock)
-            store.switch(added, writable=chosen.promote)
+            if seed is not None:
+                added = _receive_on_seed(host, chosen, sock, seed)
+            else:
+                apply = _receive_btrfs if chosen.env.butype == "btrfs" else _restore_dump
+                added = apply(host, chosen, sock)
+                store.switch(added, writable=chosen.promote)
             store.set_master(chosen.master, "primary" if chosen.promote else "replica")
             dropped = store.prune()
     except (ReplicaError, HostileStream, SnapshotError, StreamError, SourceClosed, RestoreAborted, OSError) as exc:
@@ -126,21 +155,61 @@ def _reader(host: JobHost, sock: socket.socket):
     return read
 
 
+def _check_parent(chosen: ReplicaPlan, head: StreamHead) -> None:
+    """The stream's own parent must be BASE_DATE (nothing when BASE_DATE asks for a full one)."""
+    if chosen.base is None and head.parent_uuid is not None:
+        raise ReplicaError(f"the stream is an incremental on {head.parent_uuid}, but BASE_DATE asks for a "
+                           "full update")
+    if chosen.base is not None and head.parent_uuid != chosen.base:
+        raise ReplicaError(f"the stream is based on {head.parent_uuid or 'nothing (a full stream)'}, "
+                           f"not on BASE_DATE={chosen.base}")
+
+
 def _receive_btrfs(host: JobHost, chosen: ReplicaPlan, sock: socket.socket):
     store = chosen.store
-
-    def check_head(head: StreamHead) -> None:
-        if chosen.base is None and head.parent_uuid is not None:
-            raise ReplicaError(f"the stream is an incremental on {head.parent_uuid}, but BASE_DATE asks for a "
-                               "full update")
-        if chosen.base is not None and head.parent_uuid != chosen.base:
-            raise ReplicaError(f"the stream is based on {head.parent_uuid or 'nothing (a full stream)'}, "
-                               f"not on BASE_DATE={chosen.base}")
-    received = btrfs_send.receive(_reader(host, sock), store.recv, StreamGuard(), host.cancel, check_head)
+    received = btrfs_send.receive(_reader(host, sock), store.recv, StreamGuard(), host.cancel,
+                                  lambda head: _check_parent(chosen, head))
     try:
         return store.add(received.path, received.head.uuid, 0.0)
     except BaseException:
         btrfs_send.delete(received.path)
+        raise
+
+
+def _receive_on_seed(host: JobHost, chosen: ReplicaPlan, sock: socket.socket, held: holds.Held) -> StateRecord:
+    """A demoted master's first update: seed ``recv/`` with a copy of its held snapshot that
+    ``btrfs receive`` takes as the stream's parent, receive the incremental, switch it in.
+    The seed stays as the older kept state; on any failure it is deleted and P still shows
+    the frozen master."""
+    store = chosen.store
+    seed = store.recv / f"seed-{held.name}"
+    made: list[Path] = []
+
+    def check_head(head: StreamHead) -> None:
+        _check_parent(chosen, head)
+        if os.path.lexists(seed):
+            btrfs_send.delete(seed)
+        btrfs_send.snapshot(held.path, seed, readonly=False)      # O(1), inside the chroot
+        made.append(seed)
+        # received from the held snapshot, at the transid the stream names for its parent
+        btrfs_send.set_received(seed, held.uuid, head.parent_ctransid or 0)
+        btrfs_send.set_readonly(seed, True)
+    added: list[StateRecord] = []
+    try:
+        received = btrfs_send.receive(_reader(host, sock), store.recv, StreamGuard(), host.cancel, check_head)
+        made.append(received.path)
+        added.append(store.add(seed, held.uuid, held.ctime))
+        made[0] = store.state_path(added[0])
+        added.append(store.add(received.path, received.head.uuid, 0.0))
+        made[1] = store.state_path(added[1])
+        store.switch(added[1], writable=chosen.promote)
+        return added[1]
+    except BaseException:
+        for path in made:
+            if os.path.lexists(path):
+                btrfs_send.delete(path)
+        if added:
+            store.forget(added)
         raise
 
 

@@ -90,6 +90,27 @@ class ReplicaStore:
         record = record or self.record()
         return [s for s in reversed(record.states) if self.state_path(s).is_dir()]
 
+    def received_state(self, state_id: str) -> Path | None:
+        """A kept btrfs state equal to master snapshot ``state_id`` (its Received UUID), None if
+        none is kept. A promoted replica, now a master, sends its first update against it
+        (``btrfs send -p``: the stream names the state's Received UUID as its parent, which is
+        the snapshot the demoted master holds)."""
+        state_id = state_id.strip().lower()
+        try:
+            kept = self.states()
+        except ReplicaError:
+            return None
+        for state in kept:
+            if state.id != state_id:
+                continue
+            try:
+                info = btrfs_send.subvolume_info(self.state_path(state))
+            except SnapshotError:
+                continue
+            if info.readonly and info.received_uuid == state_id:
+                return self.state_path(state)
+        return None
+
     # -- the lock and the debris -----------------------------------------------------------
 
     @contextlib.contextmanager
@@ -159,6 +180,13 @@ class ReplicaStore:
         record.next_seq = seq + 1
         records.save(self.record_path, record)
         return added
+
+    def forget(self, states: list[StateRecord]) -> None:
+        """Drop these states from the record (their subvolumes already deleted): an update
+        that added them failed before its switch."""
+        record = self.record()
+        record.states = [s for s in record.states if s not in states]
+        records.save(self.record_path, record)
 
     def stage(self) -> Path:
         """A read-write copy of the current state (O(1): a snapshot) to restore a file-level

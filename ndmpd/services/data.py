@@ -121,7 +121,7 @@ def _filehist_job(data: "Data", env: JobEnv, req: Any) -> Job:
 
 
 def _btrfs_backup_job(data: "Data", env: JobEnv, req: Any) -> Job:
-    plan = btrfs_jobs.plan_backup(env)
+    plan = btrfs_jobs.plan_backup(env, Path(data.session.ctx.config.server.state_dir))
     return Job(lambda sock: btrfs_jobs.backup(data, env, plan, sock, data._handoff),
                needs_connection=not plan.release)
 

@@ -8,6 +8,7 @@ refused or cut stream leaves nothing behind.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import subprocess
 import tempfile
@@ -16,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from uuid import UUID
+
+from construct import Array, Bytes, Int32ul, Int64ul, Padding, Struct
 
 from .base import SnapshotError
 from .commands import TIMEOUT, find_tool, run
@@ -25,6 +29,13 @@ CHUNK = 1 << 17
 _SUBVOLUME_ROOT_INODE = 256
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+_TIMESPEC = Struct("sec" / Int64ul, "nsec" / Int32ul, Padding(4))      # struct btrfs_ioctl_timespec
+_RECEIVED_SUBVOL_ARGS = Struct(                                        # struct btrfs_ioctl_received_subvol_args
+    "uuid" / Bytes(16), "stransid" / Int64ul, "rtransid" / Int64ul, "stime" / _TIMESPEC,
+    "rtime" / _TIMESPEC, "flags" / Int64ul, "reserved" / Array(16, Int64ul))
+# _IOWR(BTRFS_IOCTL_MAGIC 0x94, 37, struct btrfs_ioctl_received_subvol_args): 0xc0c89425
+_IOC_SET_RECEIVED_SUBVOL = (3 << 30) | (_RECEIVED_SUBVOL_ARGS.sizeof() << 16) | (0x94 << 8) | 37
 
 
 @dataclass(frozen=True)
@@ -184,6 +195,23 @@ def set_readonly(path: Path, readonly: bool) -> None:
     run(argv, f"setting {path} {'read-only' if readonly else 'writable'}")
 
 
+def set_received(path: Path, uuid: str, stransid: int) -> None:
+    """Mark a writable subvolume as received from ``uuid`` at ``stransid``
+    (BTRFS_IOC_SET_RECEIVED_SUBVOL, what ``btrfs receive`` does at a stream's end), so that
+    ``btrfs receive`` finds it as the parent of a stream whose CLONE_UUID is ``uuid``. The
+    kernel refuses a read-only subvolume: set it read-only afterwards."""
+    args = bytearray(_RECEIVED_SUBVOL_ARGS.build(dict(
+        uuid=UUID(uuid).bytes, stransid=stransid, rtransid=0, stime=dict(sec=0, nsec=0),
+        rtime=dict(sec=0, nsec=0), flags=0, reserved=[0] * 16)))
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, _IOC_SET_RECEIVED_SUBVOL, args)
+    except OSError as exc:
+        raise SnapshotError(f"marking {path} received from {uuid}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
 def snapshot(src: Path, dst: Path, readonly: bool) -> None:
     """A snapshot of subvolume ``src`` at ``dst`` (O(1))."""
     run([_btrfs(), "subvolume", "snapshot", *(["-r"] if readonly else []), str(src), str(dst)],
@@ -233,4 +261,4 @@ def exchange(a: Path, b: Path) -> None:
 
 
 __all__ = ["HostileStream", "Received", "StreamGuard", "StreamHead", "SubvolInfo", "delete", "exchange",
-           "receive", "send", "set_readonly", "snapshot", "subvolume_info"]
+           "receive", "send", "set_readonly", "set_received", "snapshot", "subvolume_info"]

@@ -227,15 +227,20 @@ def test_promote_reverse_cuts_over_and_replicates_back(tmp_path, btrfs):
         assert doc["master"] == target(r1, REPLICA) and [r["replica"] for r in doc["replicas"]] == \
             [target(m, MASTER)]
 
-        code, updates, err = run_once(home, catalog)
-        assert code in (0, 3), errors(err, updates)          # 3: the warning of a full update
-        back = updates[target(m, MASTER)]
-        same(replica_data, master_vol / "data")
-        if back["full"]:
-            pytest.xfail("the reverse update was full: the servers take no incremental into a demoted master "
-                         "(replica_jobs.check_base wants its state, it has none) nor keep a base on the "
-                         "promoted replica (holds.find)")
-        assert back["bytes"] < full / 20
+        for round_ in ("first", "second"):                    # the first one demotes the old master
+            code, updates, err = run_once(home, catalog)
+            assert code == 0, errors(err, updates)
+            back = updates[target(m, MASTER)]
+            assert back["full"] is False, f"the {round_} update back was a full one: {err}"
+            assert back["bytes"] < full / 20, f"the {round_} update back sent {back['bytes']} of a full {full}"
+            newest = sorted(held_snapshots(btrfs / "r1" / "rep"), key=lambda p: p.name)[-1]
+            same(newest, master_vol)                          # the old master shows that snapshot
+            same(replica_data, master_vol / "data")
+            with pytest.raises(OSError) as refused:
+                (master_vol / "data" / "written-on-a-replica").write_bytes(b"x")
+            assert refused.value.errno in (errno.EROFS, errno.EACCES)
+            (replica_data / f"{round_}-change").write_bytes(b"changed on the new master\n")
+        assert status(home, catalog)["replicas"][0]["state_id"] == back["state_id"]
 
 
 def test_a_non_btrfs_master_replicates_with_dump_and_promote_ends_the_relationship(tmp_path, btrfs):
