@@ -426,3 +426,64 @@ def test_promote_then_reverse_the_old_master_is_demoted_into_a_replica(tmp_path)
             ok(again, m_side, logged)
             assert again["BASE_DATE"] == back["DUMP_DATE"]
             assert (m_path / "tree" / "second").read_text() == "incremental back"
+
+
+def test_a_demoted_master_takes_the_first_stream_back_as_an_incremental_even_after_a_cut(tmp_path):
+    """After promote, the new primary (two file systems, as two hosts) sends back an incremental
+    on the promote's final snapshot: the frozen old master seeds its store from the snapshot it
+    holds. The sender killed mid-stream leaves the old master frozen, unchanged, with no seed
+    left; the retry is still an incremental, and the seed is then the older kept state."""
+    with btrfs_mount(tmp_path, "fs1", 400 << 20) as fs1, btrfs_mount(tmp_path, "fs2", 400 << 20) as fs2:
+        (fs1 / "m").mkdir()
+        (fs2 / "r").mkdir()
+        m_path, r_path = fs1 / "m" / "prim", fs2 / "r" / "replica"
+        assert subprocess.run(["btrfs", "subvolume", "create", str(m_path)], capture_output=True).returncode == 0
+        build_every_case(m_path / "tree")
+        with servers(tmp_path, "fs1/m", "fs2/r", extra={"fs1/m": REPLICA_VOLUME.format(path=m_path),
+                                                      "fs2/r": REPLICA_VOLUME.format(path=r_path)}) as (m, r):
+            m_id, r_id = (fs_env(s, "/export/replica")["NDMPD_VOLUME_ID"] for s in (m, r))
+            m_env, r_env, logged = update(m, r, butype="btrfs", source="/export/replica", master_id=m_id)
+            ok(m_env, r_env, logged)
+            final, r_env, logged = update(m, r, butype="btrfs", source="/export/replica", master_id=m_id,
+                                          base=m_env["DUMP_DATE"], master_env={"NDMPD_FREEZE": "y"},
+                                          replica_env={"NDMPD_PROMOTE": "y"})
+            ok(final, r_env, logged)
+            cut_over = final["DUMP_DATE"]
+            frozen = describe(m_path)
+            block = os.urandom(1 << 20)
+            with open(r_path / "tree" / "big.bin", "wb") as f:
+                for _ in range(200):
+                    f.write(block)
+            recv = m_path.parent / ".prim.ndmpd-replica" / "recv"
+
+            def kill_sender() -> None:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not (recv.is_dir() and list(recv.glob("seed-*"))):
+                    time.sleep(0.005)
+                r.proc.kill()
+                r.proc.wait(10)
+
+            _, m_side, logged = update(r, m, butype="btrfs", source="/export/replica", master_id=r_id,
+                                       base=cut_over, replica_env={"NDMPD_DEMOTE": "y"}, during=kill_sender)
+            assert m_side["halt"] != C.DATA_HALT_SUCCESSFUL
+            assert any("still shows its previous state" in text for text in logged), logged
+            assert describe(m_path) == frozen
+            assert holds.frozen(m_path)
+            assert os.listdir(recv) == []                       # the seed went with the partial receive
+            assert fs_env(m, "/export/replica")["NDMPD_REPLICA_STATE"] == ""
+
+            restarted = ServerProcess(r.host, r.config, r.log, PASSWORD)
+            try:
+                back, m_side, logged = update(restarted, m, butype="btrfs", source="/export/replica",
+                                              master_id=r_id, base=cut_over, replica_env={"NDMPD_DEMOTE": "y"})
+                ok(back, m_side, logged)
+                assert back["BASE_DATE"] == cut_over              # an incremental, not a re-seed
+                assert int(back["NDMPD_IMAGE_SIZE"]) < (200 << 20) + (4 << 20)
+                assert differences(describe(held(r_path, back["DUMP_DATE"])), describe(m_path)) == []
+                assert holds.frozen(m_path)                       # a replica: read-only
+                env = fs_env(m, "/export/replica")
+                assert (env["NDMPD_REPLICA_OF"], env["NDMPD_REPLICA_ROLE"]) == (r_id, "replica")
+                assert env["NDMPD_REPLICA_STATES"].split(",") == [back["DUMP_DATE"], cut_over]
+                assert sorted(os.listdir(recv)) == ["state-1", "state-2"]
+            finally:
+                restarted.stop()
