@@ -134,6 +134,7 @@ def _btrfs_recover_job(data: "Data", env: JobEnv, req: Any) -> Job:
 
 
 def _replica_recover_job(data: "Data", env: JobEnv, req: Any) -> Job:
+    """A recover into a replica volume, checked now (refused with ILLEGAL_ARGS)."""
     try:
         plan = replica_jobs.plan(env, Path(data.session.ctx.config.server.state_dir))
     except (ReplicaError, SnapshotError) as exc:
