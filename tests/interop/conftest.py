@@ -188,7 +188,7 @@ def run(cmd: list[str], timeout: int = 60) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def tshark_capture(tmp_path):
-    """Start a loopback capture of port 10000 for one host; yields a stop() returning the pcap path."""
+    """Start a loopback capture of port 10000 for some hosts; yields a stop() returning the pcap path."""
     tshark = shutil.which("tshark")
     if not tshark:
         pytest.skip("tshark not installed (apt-get install tshark)")
@@ -196,9 +196,10 @@ def tshark_capture(tmp_path):
         pytest.skip("capturing on lo needs root")
     procs = []
 
-    def start(host: str):
+    def start(*hosts: str):
         pcap = tmp_path / "capture.pcap"
-        proc = subprocess.Popen([tshark, "-i", "lo", "-f", f"tcp port 10000 and host {host}", "-w", str(pcap)],
+        among = " or ".join(f"host {host}" for host in hosts)
+        proc = subprocess.Popen([tshark, "-i", "lo", "-f", f"tcp port 10000 and ({among})", "-w", str(pcap)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(proc)
         line = b""
