@@ -21,6 +21,7 @@ from ndmpd.replica import checks
 from ndmpd.replica.state import ReplicaError
 from ndmpd.replica.store import ReplicaStore
 from ndmpd.snapshots import btrfs_send
+from ndmpd.snapshots.base import SnapshotError
 from tests.loopfs import btrfs_subvolume, sh
 
 
@@ -355,3 +356,28 @@ def test_a_damaged_record_refuses_until_reset_and_then_takes_a_full_update(world
     master.taken.clear()                                   # the next update is a full one
     fresh = master.update(store, a="2")
     assert store.current().id == fresh and (store.path / "a").read_text() == "2"
+
+
+def test_a_state_is_found_by_its_master_snapshot_and_a_seed_marked_received_takes_an_incremental(world):
+    """What promote --reverse relies on: the promoted replica finds the state equal to a master
+    snapshot (to send against it), and a copy of that snapshot marked received with its UUID is
+    the parent a chrooted ``btrfs receive`` finds for an incremental sent against the state."""
+    master, tmp = world
+    store = store_of(tmp, master.vol)
+    first = master.update(store, a="1")
+    assert store.received_state(first) == store.recv / "state-1"
+    assert store.received_state("00000000-0000-0000-0000-000000000000") is None
+    other = ReplicaStore(Volume("/other", master.vol.parent / "other", "none", True, 3), tmp / "state")
+    other.prepare()
+    seed = other.recv / "seed"
+    btrfs_send.snapshot(master.taken[-1], seed, readonly=True)
+    with pytest.raises(SnapshotError):
+        btrfs_send.set_received(seed, first, 0)               # the kernel refuses a read-only one
+    btrfs_send.delete(seed)
+    btrfs_send.snapshot(master.taken[-1], seed, readonly=False)
+    btrfs_send.set_received(seed, first, 0)
+    btrfs_send.set_readonly(seed, True)
+    assert btrfs_send.subvolume_info(seed).received_uuid == first
+    master.write(a="2")
+    got = master.receive(other, master.snapshot(), parent=store.recv / "state-1")
+    assert (got / "a").read_text() == "2" and btrfs_send.subvolume_info(got).parent_uuid is not None
