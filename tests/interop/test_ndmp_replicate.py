@@ -242,6 +242,19 @@ def test_promote_reverse_cuts_over_and_replicates_back(tmp_path, btrfs):
             (replica_data / f"{round_}-change").write_bytes(b"changed on the new master\n")
         assert status(home, catalog)["replicas"][0]["state_id"] == back["state_id"]
 
+        # and back again: the old master is the master once more, the promoted replica its replica
+        promoted = ndmp("replicate", "promote", "web", target(m, MASTER), "--reverse", "--json",
+                        "--catalog", str(catalog), home=home, timeout=180)
+        assert promoted.returncode == 0, promoted.stderr
+        same(replica_data, master_vol / "data")
+        (master_vol / "data" / "home-again").write_bytes(b"the first master is read-write again\n")
+        code, updates, err = run_once(home, catalog)
+        assert code == 0, errors(err, updates)
+        again = updates[target(r1, REPLICA)]
+        assert again["full"] is False and again["bytes"] < full / 20, err
+        same(master_vol / "data", replica_data)
+        assert (replica_data / "home-again").exists()
+
 
 def test_a_non_btrfs_master_replicates_with_dump_and_promote_ends_the_relationship(tmp_path, btrfs):
     home, catalog = tmp_path / "home", tmp_path / "home" / "catalog.db"

@@ -54,8 +54,8 @@ class UpdateRequest:
     promote: bool = False                # promote: the replica read-write after this update
     demote: bool = False                 # after promote --reverse: the old master becomes a replica
     thaw: bool = False                   # undo a freeze left by a promote that failed
-    base_hint: str | None = None         # the catalog's state: the base when the replica, a frozen
-                                         # master being demoted, reports none of its own
+    base_hint: str | None = None         # the catalog's state: the base of a demoting update (the
+                                         # promote's final snapshot, held by the frozen old master)
     timeout: float = UPDATE_TIMEOUT
 
 
@@ -202,8 +202,9 @@ class ReplicaUpdateJob:
             raise UpdateFailed(f"{self.target} is not a replica volume (set replica = true for it in the "
                                "server's ndmpd.toml)")
         base = r_env.get("NDMPD_REPLICA_STATE") or None
-        if req.demote and base is None:
-            base = req.base_hint
+        if req.demote and req.base_hint:
+            base = req.base_hint         # the promote's final snapshot, which the old master holds;
+                                         # a state it reports is older (from before it was promoted)
         return req.butype, base
 
     def _recover_env(self, butype: str, base: str | None) -> dict[str, str]:
