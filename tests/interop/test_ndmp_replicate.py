@@ -81,14 +81,6 @@ def master_tree(volume: Path) -> Path:
     return data
 
 
-def require_replication(home: Path, server) -> None:
-    """Skip (naming why) when this tree's ndmpd has no replication (server parts not merged)."""
-    info = ndmp("info", f"ndmp@{server.host}:10000", "--json", home=home)
-    report = json.loads(info.stdout)
-    if not any("NDMPD_VOLUME_ID" in fs["env"] for fs in report["filesystems"]):
-        pytest.skip("this ndmpd reports no NDMPD_VOLUME_ID: the server side of issue 18 is not merged")
-
-
 @pytest.fixture
 def btrfs(tmp_path):
     with btrfs_subvolume(tmp_path, size=512 << 20) as vol:
@@ -105,7 +97,6 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
              "r1": volume_table(REPLICA, btrfs / "r1" / "rep", True),
              "r2": volume_table(REPLICA, btrfs / "r2" / "rep", True)}
     with servers(tmp_path, "m", "r1", "r2", extra=extra) as (m, r1, r2):
-        require_replication(home, m)
         data = master_tree(master_vol)
         created = ndmp("replicate", "create", "web", target(m, MASTER), target(r1, REPLICA), target(r2, REPLICA),
                        "--json", "--catalog", str(catalog), home=home)
@@ -205,7 +196,6 @@ def test_promote_reverse_cuts_over_and_replicates_back(tmp_path, btrfs):
     extra = {"m": volume_table(MASTER, master_vol, True),          # replica = true: it may be demoted
              "r1": volume_table(REPLICA, btrfs / "r1" / "rep", True)}
     with servers(tmp_path, "m", "r1", extra=extra) as (m, r1):
-        require_replication(home, m)
         data = master_tree(master_vol)
         assert ndmp("replicate", "create", "web", target(m, MASTER), target(r1, REPLICA), "--catalog",
                     str(catalog), home=home).returncode == 0
@@ -264,7 +254,6 @@ def test_a_non_btrfs_master_replicates_with_dump_and_promote_ends_the_relationsh
     (btrfs / "r1").mkdir()
     extra = {"m": volume_table(MASTER, plain, False), "r1": volume_table(REPLICA, btrfs / "r1" / "rep", True)}
     with servers(tmp_path, "m", "r1", extra=extra) as (m, r1):
-        require_replication(home, m)
         data = master_tree(plain)
         created = ndmp("replicate", "create", "web", target(m, MASTER), target(r1, REPLICA), "--json",
                        "--catalog", str(catalog), home=home)
@@ -303,7 +292,6 @@ def test_a_base_the_master_released_gives_a_full_update_with_a_warning(tmp_path,
     (btrfs / "r1").mkdir()
     extra = {"m": volume_table(MASTER, master_vol, False), "r1": volume_table(REPLICA, btrfs / "r1" / "rep", True)}
     with servers(tmp_path, "m", "r1", extra=extra) as (m, r1):
-        require_replication(home, m)
         data = master_tree(master_vol)
         t1 = target(r1, REPLICA)
         create = ("replicate", "create", "web", target(m, MASTER), t1, "--catalog", str(catalog))
