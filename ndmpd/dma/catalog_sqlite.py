@@ -21,10 +21,11 @@ from pathlib import Path
 from .catalog import (KINDS, STATUSES, AmbiguousBackup, Backup, CatalogError, FileEntry, Media, UnknownBackup,
                       as_path, join_path, split_path)
 from .catalog_glob import compile_glob
+from .catalog_replication import MIGRATION as REPLICATION_MIGRATION, SqliteReplications
 from .catalog_history import HistoryRecorder
 from .catalog_writer import ProcessFileWriter
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 128 * 1024
 
@@ -88,6 +89,8 @@ ALTER TABLE backups ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup' CHECK (kind I
 ALTER TABLE backups ADD COLUMN destination TEXT;
 ALTER TABLE backups ADD COLUMN base_backup TEXT;
 """,
+    # ndmp replicate: replications, their replicas and the history of updates (catalog_replication.py)
+    5: REPLICATION_MIGRATION,
 }
 
 _BACKUP_COLUMNS = ("n, id, host, volume, butype, level, base_token, dump_date, env, started, ended, bytes, "
@@ -176,7 +179,7 @@ class SqliteFileWriter:
             self._conn = None
 
 
-class SqliteCatalog:
+class SqliteCatalog(SqliteReplications):
     """:class:`~ndmpd.dma.catalog.Catalog` in a SQLite file."""
 
     def __init__(self, path: Path) -> None:

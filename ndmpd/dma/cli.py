@@ -1,5 +1,5 @@
 """The ``ndmp`` command: a DMA driving NDMP servers (``info``, ``backup``, ``backups``, ``ls``, ``find``,
-``restore``, ``tape``, ``library``, ``prune``)."""
+``restore``, ``copy``, ``tape``, ``library``, ``prune``, ``replicate``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import json
 import sys
 from typing import Any, Callable
 
-from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NdmpConnectError, NdmpConnectionLost,
-                     NdmpReplyError, UsageError)
+from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, JobFailed, NdmpConnectError,
+                     NdmpConnectionLost, NdmpReplyError, UsageError)
 from .hosts import PASSWORD_ENV, HostConfigError, host_named
-from . import commands_backup, commands_copy, commands_media, commands_prune, commands_restore
+from . import commands_backup, commands_copy, commands_media, commands_prune, commands_replicate, commands_restore
 from .catalog import CatalogError
 from .jobs.media import MediaError, SlotsError
 from .library import LibraryError
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     commands_copy.add_parsers(sub, _EPILOG)
     commands_media.add_parsers(sub, _EPILOG)
     commands_prune.add_parsers(sub, _EPILOG)
+    commands_replicate.add_parsers(sub, _EPILOG)
     return parser
 
 
@@ -79,7 +80,8 @@ async def _info(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"info": _info, **commands_backup.COMMANDS,
                                                                   **commands_restore.COMMANDS, **commands_copy.COMMANDS,
-                                                                  **commands_media.COMMANDS, **commands_prune.COMMANDS}
+                                                                  **commands_media.COMMANDS, **commands_prune.COMMANDS,
+                                                                  **commands_replicate.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ndmp: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (NdmpConnectError, NdmpConnectionLost, NdmpReplyError, TimeoutError, CatalogError, LibraryError,
-            MediaError, ScsiError, TapeError) as exc:
+            MediaError, ScsiError, TapeError, JobFailed) as exc:
         print(f"ndmp: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

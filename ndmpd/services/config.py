@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Volume
 from ..errors import NdmpError
 from ..host import fs_usage, mount_of
+from ..snapshots import SnapshotError
+from ..snapshots.btrfs import is_subvolume
+from ..snapshots.btrfs_send import subvolume_info
 from ..wire import C, T, protocol
 from ..wire.auth import MD5_CHALLENGE_SIZE
 from . import HandlerTable
@@ -72,10 +78,46 @@ def get_butype_info(session: "Session", req: Any) -> Any:
     return T.config_get_butype_info_reply(C.NO_ERR, infos)
 
 
-def fs_info(volume: Volume) -> Any:
+SERVER_ID_FILE = "server-id"
+
+
+def server_id(state_dir: Path) -> str:
+    """This server's UUID, made once and kept in ``state_dir/server-id`` (so a volume's id
+    survives restarts and renames of the host)."""
+    path = Path(state_dir) / SERVER_ID_FILE
+    try:
+        return str(uuid.UUID(path.read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{SERVER_ID_FILE}.{os.getpid()}")
+    temporary.write_text(str(uuid.uuid4()) + "\n")
+    try:
+        os.link(temporary, path)          # the first writer wins; a racing one reads its id
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
+    return str(uuid.UUID(path.read_text().strip()))
+
+
+def volume_id(volume: Volume, server: str) -> str:
+    """NDMPD_VOLUME_ID: ``btrfs:<subvolume UUID>`` for a btrfs subvolume that is not a replica
+    (the same wherever it is mounted), else ``ndmpd:<server id>:<volume name>``."""
+    if not getattr(volume, "replica", False) and is_subvolume(Path(volume.path)):
+        try:
+            return f"btrfs:{subvolume_info(Path(volume.path)).uuid}"
+        except SnapshotError as exc:
+            log.warning("volume %s: no subvolume UUID (%s); using the server's id", volume.name, exc)
+    return f"ndmpd:{server}:{volume.name}"
+
+
+def fs_info(volume: Volume, server: str = "") -> Any:
     """One FS_INFO entry: real statvfs figures, or an offline status when unavailable."""
     mount = mount_of(volume.path)
     env = [T.pval("LOCAL_NAME", str(volume.path)), T.pval("SNAPSHOT", volume.snapshot)]
+    if server:
+        env.append(T.pval("NDMPD_VOLUME_ID", volume_id(volume, server)))
     info = T.fs_info(fs_type=mount.fs_type if mount else "unknown",
                      fs_logical_device=volume.name,
                      fs_physical_device=mount.device if mount else "",
@@ -98,7 +140,8 @@ def fs_info(volume: Volume) -> Any:
 
 @HANDLERS.on(C.CONFIG_GET_FS_INFO)
 def get_fs_info(session: "Session", req: Any) -> Any:
-    return T.config_get_fs_info_reply(C.NO_ERR, [fs_info(v) for v in session.ctx.config.volumes])
+    server = server_id(Path(session.ctx.config.server.state_dir))
+    return T.config_get_fs_info_reply(C.NO_ERR, [fs_info(v, server) for v in session.ctx.config.volumes])
 
 
 @HANDLERS.on(C.CONFIG_GET_TAPE_INFO)

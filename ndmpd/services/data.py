@@ -14,11 +14,12 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..context import Butype
-from ..data import jobs
+from ..data import btrfs_jobs, jobs
 from ..data.env import EnvError, JobEnv, parse, volume_list
 from ..data.places import PlaceError, resolve
 from ..engine import report
@@ -61,13 +62,16 @@ _ATTRS = (C.BUTYPE_BACKUP_FILELIST | C.BUTYPE_RECOVER_FILELIST | C.BUTYPE_BACKUP
           | C.BUTYPE_BACKUP_INCREMENTAL | C.BUTYPE_RECOVER_INCREMENTAL | C.BUTYPE_BACKUP_UTF8
           | C.BUTYPE_RECOVER_UTF8 | C.BUTYPE_RECOVER_FILEHIST)
 _V2_NO_RECOVER_SSID = 0x10     # v2 attributes are "cannot" bits
+_V2_IMAGE_ONLY = 0x1F          # v2: no file lists, no fh_info, no SSID recover
 BUTYPES = (
     Butype("tar", (("HIST", "f"), ("LEVEL", "0"), ("UPDATE", "y"), ("DIRECT", "y"), ("SNAPSHOT", "auto")),
            _ATTRS | C.BUTYPE_BACKUP_FH_FILE | C.BUTYPE_RECOVER_FH_FILE, _V2_NO_RECOVER_SSID),
     Butype("dump", (("HIST", "d"), ("LEVEL", "0"), ("UPDATE", "y"), ("DIRECT", "y"), ("SNAPSHOT", "auto")),
            _ATTRS | C.BUTYPE_BACKUP_FH_DIR | C.BUTYPE_RECOVER_FH_DIR, _V2_NO_RECOVER_SSID),
+    Butype("btrfs", (("HIST", "n"), ("LEVEL", "0"), ("UPDATE", "n")),          # btrfs send/receive images
+           C.BUTYPE_BACKUP_INCREMENTAL | C.BUTYPE_RECOVER_INCREMENTAL, _V2_IMAGE_ONLY),
 )
-DEFAULT_HIST = {"tar": "f", "dump": "d"}
+DEFAULT_HIST = {"tar": "f", "dump": "d", "btrfs": "n"}
 # LOG_FILE: the engine's failure kinds as v4 recovery statuses and as v2/v3 errors (they have no
 # "no space" or "no directory"; the log message's text says which it was)
 _V4_RECOVERY = {
@@ -81,6 +85,57 @@ _V2_V3_ERROR = {
     report.NO_DIRECTORY: "FILE_NOT_FOUND_ERR", report.NO_SPACE: "IO_ERR", report.IO_ERROR: "IO_ERR",
     report.NO_MEMORY: "NO_MEM_ERR", report.EXISTS: "UNDEFINED_ERR", report.INVALID: "UNDEFINED_ERR",
 }
+
+
+@dataclass(frozen=True)
+class Job:
+    """What DATA_START runs on the job thread, and whether it needs the data connection
+    (a hold's release does not: it halts without waiting for the peer)."""
+
+    work: Callable[[socket.socket | None], jobs.Outcome]
+    needs_connection: bool = True
+
+
+def _backup_job(data: "Data", env: JobEnv, req: Any) -> Job:
+    data.estimate = data._estimate(env)
+    state_dir = Path(data.session.ctx.config.server.state_dir)
+    return Job(lambda sock: jobs.backup(data, env, sock, state_dir, data._handoff))
+
+
+def _recover_job(data: "Data", env: JobEnv, req: Any) -> Job:
+    wanted = data._wanted(env, req.nlist or [])
+    return Job(lambda sock: jobs.recover(data, env, wanted, sock))
+
+
+def _filehist_job(data: "Data", env: JobEnv, req: Any) -> Job:
+    if env.butype == "btrfs":
+        raise EnvError("butype btrfs images have no file history to list")
+    return Job(lambda sock: jobs.recover_filehist(data, env, sock))
+
+
+def _btrfs_backup_job(data: "Data", env: JobEnv, req: Any) -> Job:
+    plan = btrfs_jobs.plan_backup(env)
+    return Job(lambda sock: btrfs_jobs.backup(data, env, plan, sock, data._handoff),
+               needs_connection=not plan.release)
+
+
+def _btrfs_recover_job(data: "Data", env: JobEnv, req: Any) -> Job:
+    nlist = req.nlist or []
+    into = btrfs_jobs.plan_recover(env, [data._destination(e, "") for e in nlist], data.session.ctx.config.volumes)
+    names = [e.original_path or str(into) for e in nlist]
+    return Job(lambda sock: btrfs_jobs.recover(data, env, into, names, sock))
+
+
+# Which job a DATA_START_* runs: the first entry whose test (operation, env) holds. Its planner
+# runs at START (EnvError / PlaceError: ILLEGAL_ARGS with a LOG_MESSAGE) and returns the job.
+JobPlanner = Callable[["Data", JobEnv, Any], Job]
+JOB_TABLE: list[tuple[Callable[[int, JobEnv], bool], JobPlanner]] = [
+    (lambda op, env: op == C.DATA_OP_BACKUP and env.butype == "btrfs", _btrfs_backup_job),
+    (lambda op, env: op == C.DATA_OP_RECOVER and env.butype == "btrfs", _btrfs_recover_job),
+    (lambda op, env: op == C.DATA_OP_BACKUP, _backup_job),
+    (lambda op, env: op == C.DATA_OP_RECOVER, _recover_job),
+    (lambda op, env: True, _filehist_job),
+]
 
 
 class Data:
@@ -189,23 +244,16 @@ class Data:
         try:
             env = parse(pairs, butype.name, DEFAULT_HIST[butype.name], volumes,
                         need_volume=operation == C.DATA_OP_BACKUP, defaults=butype.default_env)
-            wanted = self._wanted(env, req.nlist or []) if operation == C.DATA_OP_RECOVER else []
+            planner = next(plan for matches, plan in JOB_TABLE if matches(operation, env))
+            job = planner(self, env, req)
         except (EnvError, PlaceError) as exc:
             self.log_message(str(exc), "error")
             raise NdmpError(C.ILLEGAL_ARGS_ERR, str(exc)) from None
         if self.version == 2:
             self._v2_connect(self.session.wire_request.mover_addr)
-        if operation == C.DATA_OP_BACKUP:
-            self.estimate = self._estimate(env)
-            work = lambda sock: jobs.backup(self, env, sock, Path(self.session.ctx.config.server.state_dir),
-                                           self._handoff)  # noqa: E731
-        elif operation == C.DATA_OP_RECOVER:
-            work = lambda sock: jobs.recover(self, env, wanted, sock)   # noqa: E731
-        else:
-            work = lambda sock: jobs.recover_filehist(self, env, sock)  # noqa: E731
         self.operation, self.state, self.started = operation, ACTIVE, time.monotonic()
         self.env_out = list(pairs)
-        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True,
+        self._thread = threading.Thread(target=self._run, args=(job,), daemon=True,
                                         name=f"data {self.session.peer}")
         self._thread.start()
 
@@ -254,12 +302,12 @@ class Data:
         except OSError:
             return None
 
-    def _run(self, work: Callable[[Any], jobs.Outcome]) -> None:
+    def _run(self, job: Job) -> None:
         reason = C.DATA_HALT_INTERNAL_ERROR
         env: list[tuple[str, str]] | None = None
         why = summary = ""
         try:
-            outcome = work(self._connected_socket())
+            outcome = job.work(self._connected_socket() if job.needs_connection else None)
             reason, env, why, summary = outcome.reason, outcome.env, outcome.why, outcome.summary
         except ConnectionError as exc:
             reason = C.DATA_HALT_ABORTED if self.cancel.is_set() else C.DATA_HALT_CONNECT_ERROR

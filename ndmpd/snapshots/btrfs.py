@@ -13,6 +13,7 @@ from .commands import run
 from .mounts import mount_of
 
 SNAPSHOT_DIR = ".ndmpd-snapshots"
+HELD = "held"                         # SNAPSHOT_DIR/held: kept snapshots (holds.py); never stale
 _FIRST_SUBVOLUME_INODE = 256
 
 
@@ -48,7 +49,13 @@ class BtrfsSnapshotter(Snapshotter):
         removed = []
         if folder.is_dir():
             for entry in sorted(folder.iterdir()):
-                if not owner_alive(entry.name):
+                if entry.name == HELD or owner_alive(entry.name):
+                    continue                     # held snapshots are kept on purpose (holds.py)
+                if is_subvolume(entry):
                     self.remove(Snapshot(entry, False, self, str(entry)))
-                    removed.append(str(entry))
+                else:                            # a btrfs job's folder (holds.take_temporary)
+                    for inner in sorted(entry.iterdir()):
+                        self.remove(Snapshot(inner, False, self, str(inner)))
+                    entry.rmdir()
+                removed.append(str(entry))
         return removed

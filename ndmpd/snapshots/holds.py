@@ -1,0 +1,153 @@
+"""Held snapshots: the master keeps, per hold name, the base a replica acknowledged and the newest.
+
+A hold is a directory of read-only snapshots of one volume. It lives beside the volume, in
+``PARENT/.NAME.ndmpd-held/HOLD/`` (same btrfs mount), not inside it: a frozen (read-only)
+volume can take no new snapshot inside itself and give none up, and snapshots inside would
+ride along in every send as empty directories. Where the parent is another mount, the holds
+fall back to ``VOLUME/.ndmpd-snapshots/held/`` (then NDMPD_FREEZE cannot work and says so).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import btrfs_send
+from .base import SnapshotError
+from .btrfs import HELD, SNAPSHOT_DIR, is_subvolume
+from .mounts import mount_of
+
+HOLD_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+SNAPSHOT_NAME = re.compile(r"ndmpd-\d{8}T\d{6}\.\d{6}-[0-9a-f]{6}")
+
+
+@dataclass(frozen=True)
+class Held:
+    """One kept snapshot."""
+
+    hold: str
+    name: str
+    path: Path
+    uuid: str
+    ctime: float
+
+
+def check_hold_name(name: str) -> str:
+    """The hold name, or ValueError saying what a hold name may be."""
+    if not HOLD_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"hold name {name[:100]!r}: 1 to 80 of A-Z a-z 0-9 _ . - (not . or ..)")
+    return name
+
+
+def snapshot_name(now: datetime | None = None) -> str:
+    """``ndmpd-<UTC yyyymmddTHHMMSS.ffffff>-<6 hex>``: also the received subvolume's name."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S.%f")
+    return f"ndmpd-{stamp}-{os.urandom(3).hex()}"
+
+
+def holds_root(volume: Path) -> Path:
+    """Where this volume's holds live (beside it when its parent is on the same mount)."""
+    volume = Path(volume)
+    beside = volume.parent / f".{volume.name}.ndmpd-held"
+    try:
+        if mount_of(volume.parent).point == mount_of(volume).point:
+            return beside
+    except OSError:
+        pass
+    return volume / SNAPSHOT_DIR / HELD
+
+
+def held(volume: Path, hold: str | None = None) -> list[Held]:
+    """The kept snapshots of a volume (of one hold, or all), oldest first."""
+    root = holds_root(volume)
+    names = [hold] if hold is not None else (sorted(os.listdir(root)) if root.is_dir() else [])
+    found = []
+    for name in names:
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for entry in sorted(os.listdir(folder)):
+            path = folder / entry
+            if SNAPSHOT_NAME.fullmatch(entry) and is_subvolume(path):
+                info = btrfs_send.subvolume_info(path)
+                found.append(Held(name, entry, path, info.uuid, info.ctime))
+    return found
+
+
+def find(volume: Path, uuid: str) -> Held | None:
+    """The held snapshot of this volume with that UUID (any hold), None when not kept."""
+    uuid = uuid.strip().lower()
+    return next((h for h in held(volume) if h.uuid == uuid), None)
+
+
+def take(volume: Path, hold: str) -> Held:
+    """A new read-only snapshot of the volume, kept in ``hold``."""
+    folder = holds_root(volume) / check_hold_name(hold)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = snapshot_name()
+    btrfs_send.snapshot(Path(volume), folder / name, readonly=True)
+    info = btrfs_send.subvolume_info(folder / name)
+    return Held(hold, name, folder / name, info.uuid, info.ctime)
+
+
+def take_temporary(volume: Path, tag: str) -> Path:
+    """A read-only snapshot for one job, in ``.ndmpd-snapshots/<tag>/`` (the start-up cleanup
+    removes it if the job's process dies; tag as ``base.job_tag``)."""
+    folder = Path(volume) / SNAPSHOT_DIR / tag
+    folder.mkdir(mode=0o700, parents=True)
+    path = folder / snapshot_name()
+    try:
+        btrfs_send.snapshot(Path(volume), path, readonly=True)
+    except SnapshotError:
+        folder.rmdir()
+        raise
+    return path
+
+
+def remove_temporary(path: Path) -> None:
+    if os.path.lexists(path):
+        btrfs_send.delete(path)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def keep_only(volume: Path, hold: str, keep: set[str]) -> list[str]:
+    """Delete every snapshot of ``hold`` whose UUID is not in ``keep``; the names deleted."""
+    gone = []
+    for item in held(volume, check_hold_name(hold)):
+        if item.uuid not in keep:
+            btrfs_send.delete(item.path)
+            gone.append(item.name)
+    return gone
+
+
+def release(volume: Path, hold: str) -> list[str]:
+    """Delete every snapshot of a hold, and the hold's directory."""
+    gone = keep_only(volume, hold, set())
+    try:
+        (holds_root(volume) / hold).rmdir()
+    except OSError:
+        pass
+    return gone
+
+
+def frozen(volume: Path) -> bool:
+    return btrfs_send.subvolume_info(Path(volume)).readonly
+
+
+def freeze(volume: Path) -> None:
+    """Make the volume's subvolume read-only (a final update: nothing changes after it)."""
+    if holds_root(volume).is_relative_to(Path(volume)):
+        raise SnapshotError(f"cannot freeze {volume}: its parent directory is another mount, so its "
+                            "held snapshots live inside it and a read-only volume can take none")
+    btrfs_send.set_readonly(Path(volume), True)
+
+
+def thaw(volume: Path) -> None:
+    """Make a frozen volume writable again."""
+    btrfs_send.set_readonly(Path(volume), False)
