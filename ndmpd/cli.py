@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from . import __version__, dump_cli, init_config, library_cli, tape_cli
+from . import __version__, dump_cli, init_config, library_cli, replica_cli, tape_cli
 from .config import Config, ConfigError, embedded_default, load, parse_listen
 from .logtext import BoundedFormatter
 from .sdnotify import JournalFormatter, Notifier, under_journald
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     tape_cli.add_parser(sub)
     library_cli.add_parser(sub)
     dump_cli.add_parsers(sub)
+    replica_cli.add_parser(sub)
     return parser
 
 
@@ -144,9 +145,13 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _remove_stale(config: Config) -> None:
-    """Snapshots a killed or stuck job left in any volume (whatever its mode: a DMA may ask)."""
+    """Snapshots a killed or stuck job left in any volume (whatever its mode: a DMA may ask), and
+    the debris of replica updates (a replica's P is read-only: nothing is left inside it)."""
+    from .replica.store import clean_replicas
     from .snapshots import remove_stale
     remove_stale([volume.path for volume in config.volumes], config.server.state_dir)
+    for item in clean_replicas(config.volumes, config.server.state_dir):
+        log.warning("removed %s, left by an interrupted replica update", item)
 
 
 def _exit_despite_stuck_jobs(server: "NdmpServer") -> None:
@@ -180,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"serve": serve, "check-config": check_config, "tape": tape_cli.run, "library": library_cli.run,
-                    "dump": dump_cli.dump, "restore": dump_cli.restore, "init-config": init_config.run}
+                    "dump": dump_cli.dump, "restore": dump_cli.restore, "init-config": init_config.run,
+                    "replica": replica_cli.run}
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"ndmpd: config error: {exc}", file=sys.stderr)

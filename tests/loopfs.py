@@ -18,13 +18,14 @@ def sh(*argv: str) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def btrfs_subvolume(tmp_path: Path, size: int = 320 << 20) -> Iterator[Path]:
-    """A fresh btrfs on a loop device with one subvolume ``vol``, unmounted afterwards."""
+def btrfs_mount(tmp_path: Path, name: str = "mnt", size: int = 320 << 20) -> Iterator[Path]:
+    """A fresh btrfs on a loop device (image ``NAME.img``) mounted at ``tmp_path/NAME``,
+    unmounted afterwards; several in one test need distinct names."""
     if os.geteuid() != 0:
         pytest.skip("btrfs on a loop device needs root (loop device, mount)")
     if not shutil.which("mkfs.btrfs"):
         pytest.skip("btrfs-progs is not installed")
-    image, mnt = tmp_path / "btrfs.img", tmp_path / "mnt"
+    image, mnt = tmp_path / f"{name}.img" if name != "mnt" else tmp_path / "btrfs.img", tmp_path / name
     with open(image, "wb") as f:
         f.truncate(size)
     mnt.mkdir()
@@ -33,7 +34,14 @@ def btrfs_subvolume(tmp_path: Path, size: int = 320 << 20) -> Iterator[Path]:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
     try:
-        assert sh("btrfs", "subvolume", "create", str(mnt / "vol")).returncode == 0
-        yield mnt / "vol"
+        yield mnt
     finally:
         sh("umount", "-l", str(mnt))
+
+
+@contextlib.contextmanager
+def btrfs_subvolume(tmp_path: Path, size: int = 320 << 20) -> Iterator[Path]:
+    """A fresh btrfs on a loop device with one subvolume ``vol``, unmounted afterwards."""
+    with btrfs_mount(tmp_path, size=size) as mnt:
+        assert sh("btrfs", "subvolume", "create", str(mnt / "vol")).returncode == 0
+        yield mnt / "vol"

@@ -205,7 +205,7 @@ async def update_one(catalog: Catalog, rep: Replication, replica: Replica, args:
             catalog.record_replica_update(rep.name, replica.host, replica.volume, started=started,
                                           ended=time.time(), outcome="failed", base_id=replica.state_id,
                                           error=str(exc))
-            raise UpdateFailed(f"{replica.target}: {exc}") from None
+            raise UpdateFailed(str(exc)) from None
         return await ReplicaUpdateJob(master, agent, catalog, request, reporter).run()
 
 
@@ -252,7 +252,7 @@ async def _replica_loop(catalog: Catalog, name: str, replica: Replica, args: arg
             _report_update(args, name, current.target, result, None)
             ok, thaw = True, False
         except UpdateFailed as exc:
-            _report_update(args, name, current.target, None, str(exc).removeprefix(f"{current.target}: "))
+            _report_update(args, name, current.target, None, str(exc))
             ok = False
         if args.once:
             return ok

@@ -151,6 +151,11 @@ class Restorer:
         self._renames: list[tuple[bytes, bytes]] = []   # (from, to) image paths this restore replayed
         self._no_records = ""                          # why records cannot be kept (warned once)
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """The image's global header labels (volume, level, date token, base), once read."""
+        return dict(self._labels)
+
     def run(self, offset: int = 0) -> RestoreResult:
         """Restore the stream, which starts at stream ``offset`` (a header boundary)."""
         if offset:
@@ -729,8 +734,14 @@ class Restorer:
 
 
 def _names_in(fd: int) -> list[bytes]:
-    with os.scandir(fd) as entries:
-        return [os.fsencode(entry.name) for entry in entries]
+    """The names in a directory, read through a new open file description: ``scandir(fd)`` shares
+    ``fd``'s offset, and a btrfs directory read to its end once lists nothing more through it."""
+    own = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+    try:
+        with os.scandir(own) as entries:
+            return [os.fsencode(entry.name) for entry in entries]
+    finally:
+        os.close(own)
 
 
 def _listed(dumpdir: list[bytes]) -> set[bytes]:

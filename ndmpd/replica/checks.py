@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..snapshots import btrfs_send
+from ..snapshots.btrfs import is_subvolume
 from .state import ReplicaError, ReplicaRecord, StateRecord
 
 FULL = ("", "0", "-1")
@@ -44,9 +46,12 @@ def check_base(volume: str, record: ReplicaRecord, current: StateRecord | None, 
                            "(ndmp replicate run resends from the replica's state)")
 
 
-def check_unmanaged(volume: str, path: Path, managed: bool) -> None:
-    """The first update may replace P only when it holds nothing: never clobber data."""
+def check_unmanaged(volume: str, path: Path, managed: bool, demote: bool = False) -> None:
+    """The first update may replace P only when it holds nothing: never clobber data. A demoted
+    master's volume (frozen read-only by its promote's final update) is the one exception."""
     if managed or not os.path.lexists(path):
+        return
+    if demote and is_subvolume(path) and btrfs_send.subvolume_info(path).readonly:
         return
     if not path.is_dir() or path.is_symlink():
         raise ReplicaError(f"{volume}: {path} exists and is not a directory; it is not replaced by a replica")

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
-import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,15 +37,14 @@ from ..snapshots.commands import run
 from . import state as records
 from .state import ReplicaError, ReplicaRecord, StateRecord
 
-_STATE = re.compile(r"state-(\d+)")
-_STAGE = re.compile(r"stage-(\d+)")
+log = logging.getLogger("ndmpd.replica")
 
 
 class ReplicaStore:
     """One replica volume's store. Every mutating method expects :meth:`locked` to be held."""
 
     def __init__(self, volume: Volume, state_dir: Path) -> None:
-        self.volume = volume
+        self.volume, self.state_dir = volume, Path(state_dir)
         self.path = Path(volume.path)
         self.root = self.path.parent / f".{self.path.name}.ndmpd-replica"
         self.recv = self.root / "recv"
@@ -258,6 +257,22 @@ class ReplicaStore:
         P and the kept states stay."""
         record = self.record()
         records.save(self.record_path, replace(record, master="", role="replica", reseed=True))
+
+
+def clean_replicas(volumes: Iterable[Volume], state_dir: Path) -> list[str]:
+    """At start-up: what a killed server left in every replica store (one being updated by
+    another process is left alone)."""
+    removed: list[str] = []
+    for volume in volumes:
+        if not volume.replica:
+            continue
+        store = ReplicaStore(volume, state_dir)
+        try:
+            with store.locked(wait=False):
+                removed += store.clean()
+        except (ReplicaError, SnapshotError, OSError) as exc:
+            log.warning("could not clean replica %s: %s", volume.name, exc)
+    return removed
 
 
 def _is_subvolume(path: Path) -> bool:

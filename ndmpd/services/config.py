@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Volume
 from ..errors import NdmpError
 from ..host import fs_usage, mount_of
+from ..replica.status import replica_env
 from ..snapshots import SnapshotError
 from ..snapshots.btrfs import is_subvolume
 from ..snapshots.btrfs_send import subvolume_info
@@ -112,12 +113,14 @@ def volume_id(volume: Volume, server: str) -> str:
     return f"ndmpd:{server}:{volume.name}"
 
 
-def fs_info(volume: Volume, server: str = "") -> Any:
+def fs_info(volume: Volume, server: str = "", state_dir: Path | None = None) -> Any:
     """One FS_INFO entry: real statvfs figures, or an offline status when unavailable."""
     mount = mount_of(volume.path)
     env = [T.pval("LOCAL_NAME", str(volume.path)), T.pval("SNAPSHOT", volume.snapshot)]
     if server:
         env.append(T.pval("NDMPD_VOLUME_ID", volume_id(volume, server)))
+    if state_dir is not None:
+        env += [T.pval(name, value) for name, value in replica_env(volume, state_dir)]
     info = T.fs_info(fs_type=mount.fs_type if mount else "unknown",
                      fs_logical_device=volume.name,
                      fs_physical_device=mount.device if mount else "",
@@ -140,8 +143,10 @@ def fs_info(volume: Volume, server: str = "") -> Any:
 
 @HANDLERS.on(C.CONFIG_GET_FS_INFO)
 def get_fs_info(session: "Session", req: Any) -> Any:
-    server = server_id(Path(session.ctx.config.server.state_dir))
-    return T.config_get_fs_info_reply(C.NO_ERR, [fs_info(v, server) for v in session.ctx.config.volumes])
+    config = session.ctx.config
+    server = server_id(Path(config.server.state_dir))
+    return T.config_get_fs_info_reply(C.NO_ERR, [fs_info(v, server, Path(config.server.state_dir))
+                                                 for v in config.volumes])
 
 
 @HANDLERS.on(C.CONFIG_GET_TAPE_INFO)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..context import Butype
-from ..data import btrfs_jobs, jobs
+from ..data import btrfs_jobs, jobs, replica_jobs
 from ..data.env import EnvError, JobEnv, parse, volume_list
 from ..data.places import PlaceError, resolve
 from ..engine import report
@@ -30,6 +30,8 @@ from ..host import fs_usage
 from ..logtext import peer_text
 from ..mover import addresses
 from ..mover.handoff import Handoff
+from ..replica.state import ReplicaError
+from ..snapshots.base import SnapshotError
 from ..wire import REQUEST, C, T, protocol
 from ..wire.translate import convert_struct
 from . import Blocking, HandlerTable
@@ -126,10 +128,20 @@ def _btrfs_recover_job(data: "Data", env: JobEnv, req: Any) -> Job:
     return Job(lambda sock: btrfs_jobs.recover(data, env, into, names, sock))
 
 
+def _replica_recover_job(data: "Data", env: JobEnv, req: Any) -> Job:
+    """A recover into a replica volume, checked now (refused with ILLEGAL_ARGS)."""
+    try:
+        plan = replica_jobs.plan(env, Path(data.session.ctx.config.server.state_dir))
+    except (ReplicaError, SnapshotError) as exc:
+        raise EnvError(str(exc)) from None
+    return Job(lambda sock: replica_jobs.recover(data, plan, sock))
+
+
 # Which job a DATA_START_* runs: the first entry whose test (operation, env) holds. Its planner
 # runs at START (EnvError / PlaceError: ILLEGAL_ARGS with a LOG_MESSAGE) and returns the job.
 JobPlanner = Callable[["Data", JobEnv, Any], Job]
 JOB_TABLE: list[tuple[Callable[[int, JobEnv], bool], JobPlanner]] = [
+    (lambda op, env: op == C.DATA_OP_RECOVER and replica_jobs.wants_replica(env), _replica_recover_job),
     (lambda op, env: op == C.DATA_OP_BACKUP and env.butype == "btrfs", _btrfs_backup_job),
     (lambda op, env: op == C.DATA_OP_RECOVER and env.butype == "btrfs", _btrfs_recover_job),
     (lambda op, env: op == C.DATA_OP_BACKUP, _backup_job),

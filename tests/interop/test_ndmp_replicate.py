@@ -13,6 +13,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +26,8 @@ from tests.loopfs import btrfs_subvolume
 from tests.server_process import ServerProcess
 from tests.trees import describe, differences
 
-from .conftest import PASSWORD, servers
-from .ndmp_cli import json_lines, ndmp
+from .conftest import PASSWORD, REPO, servers
+from .ndmp_cli import json_lines, ndmp, ndmp_env
 
 pytestmark = pytest.mark.interop
 
@@ -44,6 +48,11 @@ def run_once(home: Path, catalog: Path, name: str = "web") -> tuple[int, dict[st
     result = ndmp("replicate", "run", name, "--once", "--json", "--catalog", str(catalog), home=home, timeout=180)
     updates = {line["replica"]: line for line in json_lines(result.stdout) if line["type"] == "update"}
     return result.returncode, updates, result.stderr
+
+
+def errors(stderr: str, updates: dict[str, dict]) -> str:
+    """What a failed run says, for an assertion's message."""
+    return stderr + "".join(f"\n{t}: {u.get('error')}" for t, u in updates.items())
 
 
 def status(home: Path, catalog: Path, name: str = "web") -> dict:
@@ -95,7 +104,7 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
         t1, t2 = target(r1, REPLICA), target(r2, REPLICA)
 
         code, updates, err = run_once(home, catalog)
-        assert code == 0, err
+        assert code == 0, errors(err, updates)
         assert updates[t1]["full"] and updates[t1]["bytes"] > BIG
         for root in ("r1", "r2"):
             same(data, btrfs / root / "rep" / "data")
@@ -108,7 +117,7 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
         (data / "zero").unlink()
         (data / "added").write_bytes(b"new file\n")
         code, updates, err = run_once(home, catalog)
-        assert code == 0, err
+        assert code == 0, errors(err, updates)
         assert not updates[t1]["full"] and updates[t1]["bytes"] < full / 20
         for root in ("r1", "r2"):
             same(data, btrfs / root / "rep" / "data")
@@ -132,11 +141,14 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
         back = ServerProcess(r2.host, r2.config, r2.log, PASSWORD)   # r2 returns
         try:
             code, updates, err = run_once(home, catalog)
-            assert code == 0, err
+            assert code == 0, errors(err, updates)
             assert not updates[t2]["full"] and updates[t2]["bytes"] < full / 20
             same(data, btrfs / "r2" / "rep" / "data")
         finally:
             back.stop()
+
+        run_every_until_sigint(home, catalog, data, [t1, t2], btrfs / "r1" / "rep" / "data",
+                               target(r1, REPLICA))
 
         held = master_vol / ".ndmpd-snapshots" / "held"
         assert any(held.glob("ndmp-web-*/*"))
@@ -145,6 +157,35 @@ def test_replicate_sync_incremental_status_offline_replica_and_delete(tmp_path, 
         assert not any(held.glob("ndmp-web-*/*"))
         same(data, btrfs / "r1" / "rep" / "data")          # the replicas keep their data
         assert ndmp("replicate", "status", "web", "--catalog", str(catalog), home=home).returncode == 1
+
+
+def run_every_until_sigint(home: Path, catalog: Path, data: Path, targets: list[str], replica_data: Path,
+                           promote_target: str) -> None:
+    """``run --every 1s`` keeps every replica updating (each in its own task); promote refuses
+    while it runs; SIGINT ends it with 130 and frees the lock."""
+    before = {r["replica"]: r["updates"] for r in status(home, catalog)["replicas"]}
+    proc = subprocess.Popen([sys.executable, "-m", "ndmpd.dma", "replicate", "run", "web", "--every", "1s",
+                             "--json", "--catalog", str(catalog)], cwd=REPO, env=ndmp_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        (data / "while-running").write_bytes(b"picked up by the next update\n")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = {r["replica"]: r for r in status(home, catalog)["replicas"]}
+            if all(rows[t]["updates"] >= before[t] + 2 for t in targets):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"run --every made no progress: {rows}")
+        assert status(home, catalog)["running"] is True
+        refused = ndmp("replicate", "promote", "web", promote_target, "--catalog", str(catalog), home=home)
+        assert refused.returncode == 1 and "is active" in refused.stderr, refused.stderr
+        same(data, replica_data)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert status(home, catalog)["running"] is False
 
 
 def test_promote_reverse_cuts_over_and_replicates_back(tmp_path, btrfs):
@@ -160,7 +201,7 @@ def test_promote_reverse_cuts_over_and_replicates_back(tmp_path, btrfs):
         assert ndmp("replicate", "create", "web", target(m, MASTER), target(r1, REPLICA), "--catalog",
                     str(catalog), home=home).returncode == 0
         code, updates, err = run_once(home, catalog)
-        assert code == 0, err
+        assert code == 0, errors(err, updates)
         full = updates[target(r1, REPLICA)]["bytes"]
 
         (data / "last").write_bytes(b"written just before the cut-over\n")
@@ -178,7 +219,7 @@ def test_promote_reverse_cuts_over_and_replicates_back(tmp_path, btrfs):
             [target(m, MASTER)]
 
         code, updates, err = run_once(home, catalog)
-        assert code == 0, err
+        assert code == 0, errors(err, updates)
         back = updates[target(m, MASTER)]
         assert not back["full"] and back["bytes"] < full / 20
         same(replica_data, master_vol / "data")

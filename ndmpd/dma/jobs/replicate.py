@@ -140,8 +140,7 @@ class ReplicaUpdateJob:
                 self._warn(f"{req.master_host}:{req.master_volume} no longer keeps {base}, the base "
                            f"{self.target} is at: sending a full update")
                 await self._abort_and_stop()
-                self.halted.clear()
-                self._stopped = False
+                await self._forget_halts()
                 base = None
                 result = await self._update(butype, None)
             outcome = "done"
@@ -170,7 +169,7 @@ class ReplicaUpdateJob:
                     outcome=outcome if outcome != "done" else "failed", base_id=base,
                     error=reason or "interrupted")
         if result is None or outcome != "done":
-            raise UpdateFailed(f"{self.target}: {reason}")
+            raise UpdateFailed(reason)
         result.seconds = round(time.monotonic() - began, 3)
         result.warnings = self.warnings + [w for logs in self.logs.values() for w in logs.warnings]
         return result
@@ -237,6 +236,7 @@ class ReplicaUpdateJob:
         return env
 
     async def _update(self, butype: str, base: str | None) -> UpdateResult:
+        began = time.time()                  # the snapshot's time when the master gives none (dump)
         listen = await self.replica.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
         await self.replica.call("DATA_START_RECOVER", butype_name=butype, nlist=[],
                                 env=_pvals(self._recover_env(butype, base)))
@@ -263,8 +263,16 @@ class ReplicaUpdateJob:
         if said and said != state_id:
             self._warn(f"{self.target} reports state {said}, the master sent {state_id}")
         sent = _number(m_env.get("NDMPD_IMAGE_SIZE"), int) or (int(m_state.bytes_processed) if m_state else 0)
-        return UpdateResult(self.target, "done", state_id, _number(m_env.get("NDMPD_SNAPSHOT_TIME"), float),
-                            base, sent, 0.0, base is None)
+        taken = _number(m_env.get("NDMPD_SNAPSHOT_TIME"), float)
+        return UpdateResult(self.target, "done", state_id, taken if taken else began, base, sent, 0.0, base is None)
+
+    async def _forget_halts(self) -> None:
+        """Drop the first try's NOTIFY_DATA_HALTED (the abort's), before the full retry."""
+        await asyncio.sleep(0.1)             # a post may still be on its way to its handler
+        while not self.events.empty():
+            self.events.get_nowait()
+        self.halted.clear()
+        self._stopped = False
 
     async def _wait_halts(self) -> None:
         """Until both sides halted SUCCESSFUL; UpdateFailed at the first that did not."""
