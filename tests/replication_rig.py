@@ -5,7 +5,8 @@ goes on, and one whole run of ``ndmp replicate run --every`` against a writer.
 
 Names this codes to (spec.md, issue 18): the replica store ``P.parent/.P.name.ndmpd-replica/recv``
 whose states carry Received UUID = state id, P a read-only snapshot of one of them (its Parent
-UUID), the master's held snapshots under ``VOLUME/.ndmpd-snapshots/held/NAME/``, and
+UUID), the master's held snapshots under ``PARENT/.VOLUME.ndmpd-held/NAME/`` (holds.py; spec.md
+said ``VOLUME/.ndmpd-snapshots/held/NAME/``, still searched), and
 ``ndmp replicate create|run|status --json`` with per-replica ``lag``, ``state_id``, ``last_bytes``,
 ``updates``.
 """
@@ -162,13 +163,19 @@ class Pinner:
             return self._miss(f"no state in {self.recv} has UUID {before.get('Parent UUID')}", pin)
         if self.master is None:
             return Point(state_id, pin, frozen, None, None)
-        for held in sorted((self.master / ".ndmpd-snapshots" / "held").glob("*/*")):
+        for held in self._held():
             info = subvolume_show(held)
             if info.get("UUID") == state_id:
                 master_pin = self.master_pins / f"m{self.count}"
                 snapshot_ro(held, master_pin)
                 return Point(state_id, pin, frozen, master_pin, creation_time(info))
         return self._miss(f"the master holds no snapshot {state_id}", pin)
+
+    def _held(self) -> list[Path]:
+        """The master's held snapshots: beside the volume (``PARENT/.NAME.ndmpd-held/HOLD/``, as
+        ndmpd/snapshots/holds.py keeps them) or, on another mount, inside it (spec.md's place)."""
+        beside = self.master.parent / f".{self.master.name}.ndmpd-held"
+        return sorted(beside.glob("*/*")) + sorted((self.master / ".ndmpd-snapshots" / "held").glob("*/*"))
 
     def _state_of(self, uuid: str) -> str | None:
         for state in sorted(self.recv.glob("state-*")):
