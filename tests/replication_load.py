@@ -342,6 +342,7 @@ class Reader(threading.Thread):
         return self.stats
 
     def run(self) -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)   # an observer: the servers come first
         while not self._halt.is_set():
             try:
                 dirfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
