@@ -306,6 +306,10 @@ def run_load(*, name: str, master: str, replica: str, password: str, home: Path,
     done = ndmp(home, password, "replicate", "create", name, master, replica, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"replicate create: {done.stderr.strip()}")
+    checker = Checker()
+    primer = threading.Thread(target=checker.master_digest.walk, args=(tree.root, time.time()), daemon=True)
+    if pinner is not None:               # the live master before the writer = the first snapshot's inodes
+        primer.start()
     start = time.monotonic()
     done = ndmp(home, password, "replicate", "run", name, "--once", timeout=900)
     if done.returncode != 0:
@@ -319,12 +323,13 @@ def run_load(*, name: str, master: str, replica: str, password: str, home: Path,
     writer, reader = Writer(tree, rate), Reader(replica_path, tree.pairs)
     sampler = LagSampler(lambda: ndmp(home, password, "replicate", "status", name, "--json", timeout=30).stdout,
                          every=sample_every)
-    checker = Checker()
     run_exit = None
     try:
         before = updates_done(home, password, name)
         if not wait_for(lambda: updates_done(home, password, name) > before or runner.poll() is not None, 120, 0.5):
             raise RuntimeError("replicate run --every made no update in 120 s")
+        if primer.ident is not None:
+            primer.join()
         if pinner is not None and (point := pinner.pin()):
             checker.compare(point)           # the first, uncached walks, before the clock starts
             log(f"first comparison (uncached) {checker.results[-1].seconds if checker.results else 0:.1f}s")

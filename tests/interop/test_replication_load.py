@@ -26,7 +26,7 @@ pytestmark = pytest.mark.interop
 
 FILES = int(os.environ.get("NDMPD_LOAD_FILES", "100000"))
 SECONDS = float(os.environ.get("NDMPD_LOAD_SECONDS", "120"))
-DUMP_SECONDS = float(os.environ.get("NDMPD_LOAD_DUMP_SECONDS", "30"))
+DUMP_SECONDS = float(os.environ.get("NDMPD_LOAD_DUMP_SECONDS", "20"))
 RATE = 100
 
 MASTER = """
