@@ -28,9 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="one JSON object")
     reset = cmds.add_parser("reset", help="forget the master: the next update may come from any master "
                             "(a full update); the data shown stays")
-    reset.add_argument("volume")
+    reset.add_argument("volume", help="the volume's name or path")
     rollback = cmds.add_parser("rollback", help="show an older kept state (the next update is a full one)")
-    rollback.add_argument("volume")
+    rollback.add_argument("volume", help="the volume's name or path")
     rollback.add_argument("state", nargs="?", help="a kept state id (default: the one before the current)")
 
 
@@ -49,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
         if args.replica_command == "status":
             return _status(store, args.json)
         with store.locked(wait=False):
-            store.clean()
             if args.replica_command == "reset":
                 store.reset()
+                store.clean()
                 print(f"{store.volume.name}: master forgotten; the next update is a full one from any master")
             else:
+                store.clean()
                 chosen = store.rollback(args.state)
                 print(f"{store.volume.name}: now shows {chosen.id}; the next update is a full one")
         return 0

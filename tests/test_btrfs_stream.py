@@ -231,3 +231,47 @@ def test_exchange_swaps_read_only_subvolumes(fs):
     assert not btrfs_send.subvolume_info(mnt / "x" / "a").readonly
     for name in ("a", "b"):
         btrfs_send.delete(mnt / "x" / name)
+
+
+def test_a_tapes_zero_padding_after_end_is_not_the_streams_but_other_bytes_are_refused(fs):
+    mnt, full, _ = fs
+    into = recv_dir(mnt, "recv-padded")
+    got = btrfs_send.receive(reader(full + bytes(10240 - len(full) % 10240), 10240), into, StreamGuard())
+    assert got.bytes == len(full)
+    btrfs_send.delete(got.path)
+    guard = StreamGuard()
+    assert guard.feed(memoryview(full + bytes(100))) == len(full)
+    with pytest.raises(HostileStream, match="after the END"):
+        StreamGuard().feed(memoryview(full + b"\0\0junk"))
+
+
+def test_remove_stale_keeps_held_snapshots_and_clears_a_dead_jobs_snapshot(fs, tmp_path):
+    from ndmpd.snapshots import SNAPSHOT_DIR, holds, remove_stale
+    from ndmpd.snapshots.base import job_tag
+    mnt, _, _ = fs
+    vol = mnt / "vol"
+    inside = vol / SNAPSHOT_DIR / "held" / "h"             # the fallback place of holds
+    inside.mkdir(parents=True)
+    btrfs_send.snapshot(vol, inside / "ndmpd-20260101T000000.000000-abcdef", readonly=True)
+    kept = holds.take(vol, "h")                             # beside the volume
+    mine = holds.take_temporary(vol, job_tag())             # this process is alive: kept
+    dead = holds.take_temporary(vol, "999999-1-abcdef")     # its process is gone: removed
+    assert holds.held(vol) == [kept]
+    removed = remove_stale([vol], tmp_path)
+    assert removed == [str(dead.parent)] and not dead.parent.exists() and mine.exists()
+    assert (inside / "ndmpd-20260101T000000.000000-abcdef").is_dir() and kept.path.is_dir()
+    assert holds.release(vol, "h") == [kept.name] and holds.held(vol) == []
+    holds.remove_temporary(mine)
+    assert not mine.parent.exists()
+    btrfs_send.delete(inside / "ndmpd-20260101T000000.000000-abcdef")
+
+
+def test_delete_removes_nested_subvolumes_of_a_read_only_one(fs):
+    mnt, _, _ = fs
+    outer = mnt / "outer"
+    btrfs_send.snapshot(mnt / "vol", outer, readonly=False)
+    (outer / "a").mkdir()
+    assert os.system(f"btrfs -q subvolume create {outer / 'a' / 'inner'}") == 0
+    btrfs_send.set_readonly(outer, True)
+    btrfs_send.delete(outer)
+    assert not outer.exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ndmpd.config import ConfigError, build
+from ndmpd.config import build
 from ndmpd.snapshots.mounts import mount_of
 from tests.loopfs import btrfs_subvolume
 from tests.test_config_checks import base, refused

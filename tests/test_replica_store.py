@@ -327,3 +327,31 @@ def test_a_replica_refuses_another_master_until_reset(world):
     store.reset()
     checks.check_master("/replica", store.record(), "btrfs:bbbb", False)
     assert store.record().reseed
+
+
+def test_one_update_of_a_replica_at_a_time(world):
+    master, tmp = world
+    store = store_of(tmp, master.vol)
+    with store.locked():
+        with pytest.raises(ReplicaError, match="another update of this replica is running"):
+            with store_of(tmp, master.vol).locked(wait=False):
+                pass
+    with store_of(tmp, master.vol).locked(wait=False):
+        pass
+
+
+def test_a_damaged_record_refuses_until_reset_and_then_takes_a_full_update(world):
+    master, tmp = world
+    store = store_of(tmp, master.vol)
+    master.update(store, a="1")
+    store.record_path.write_text("{not json")
+    with pytest.raises(ReplicaError, match="ndmpd replica reset"):
+        store.current()
+    with store.locked():
+        store.reset()
+        store.clean()
+    assert (store.path / "a").read_text() == "1"          # what P shows stays until the re-seed
+    assert store.current() is None and store.record().reseed
+    master.taken.clear()                                   # the next update is a full one
+    fresh = master.update(store, a="2")
+    assert store.current().id == fresh and (store.path / "a").read_text() == "2"

@@ -67,7 +67,8 @@ def plan(env: JobEnv, state_dir: Path) -> ReplicaPlan:
     chosen = ReplicaPlan(ReplicaStore(volume, state_dir), env, (env.value(REPLICA_OF) or "").strip(),
                          None if checks.is_full(base) else (base or "").strip(), _yes(env, PROMOTE),
                          _yes(env, DEMOTE))
-    check(chosen)
+    with chosen.store.locked(wait=False):           # refused now when another update is running
+        check(chosen)
     return chosen
 
 
@@ -151,7 +152,7 @@ def _restore_dump(host: JobHost, chosen: ReplicaPlan, sock: socket.socket):
         sock.settimeout(DELIVERY_POLL)
         size = chosen.env.value(IMAGE_SIZE_VAR)
         source = DataReadSource(sock, host.request_read, host.cancel, int(size) if (size or "").isdigit() else None)
-        restorer = Restorer(bytes(staging), source, RestoreOptions(),
+        restorer = Restorer(bytes(staging), source, RestoreOptions(whole_copy=True),
                             report=lambda text: host.log_message(text, "warning"),
                             progress=lambda at, entries: host.progress(source.bytes_received), cancel=host.cancel)
         result = restorer.run(0)

@@ -192,7 +192,7 @@ class SqliteReplications:
                       ("INSERT INTO replications VALUES (?, ?, ?, ?, ?, ?, 'active')",
                        (name, master_host, master_volume, master_id, butype,
                         time.time() if created is None else created))]
-        statements += [(f"INSERT INTO replicas (replication, host, volume, hold) VALUES (?, ?, ?, ?)",
+        statements += [("INSERT INTO replicas (replication, host, volume, hold) VALUES (?, ?, ?, ?)",
                         (name, host, volume, hold_name(name, i))) for i, (host, volume) in enumerate(targets)]
         self._transaction(*statements)
         return self.replication(name)

@@ -67,7 +67,7 @@ def add_parsers(sub: Any, epilog: str) -> None:
     r = sub.add_parser("replicate", help="keep read-only replicas of a volume current, data to data",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = r.add_subparsers(dest="replicate_command", required=True, metavar="ACTION",
-                            parser_class=sub._parser_class)
+                            parser_class=type(r))
 
     def action(name: str, help: str) -> argparse.ArgumentParser:
         p = cmds.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -379,7 +379,7 @@ async def promote(args: argparse.Namespace) -> int:
                      "reverse": args.reverse, "replication": replication_dict(rep, time.time())})
     else:
         after = (f"; {rep.name} now replicates {rep.master} -> {rep.replicas[0].target}" if args.reverse
-                 else f"; the master is read-only")
+                 else "; the master is read-only")
         print(f"promote {rep.name} done: {target} is read-write at state {result.state_id}{after}")
     return EXIT_WARNINGS if reporter.warnings else EXIT_OK
 

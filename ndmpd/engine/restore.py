@@ -77,6 +77,8 @@ class RestoreOptions:
     stop_when_done: bool = False           # direct access: stop once every pick is restored
     labels: Mapping[str, str] = field(default_factory=dict)   # direct access: the image's labels
                                            # (level, volume), read at its start, which the run skips
+    whole_copy: bool = False               # the target is nothing but this image's copy (a replica's
+                                           # staging subvolume): it takes the image root's metadata too
 
 
 @dataclass
@@ -336,7 +338,7 @@ class Restorer:
             self._journal(target, parts, path, fd, member.dumpdir, fresh=not existed)
         # where the restore goes (the target, or where the image's root is placed) keeps its own
         # mode, owner and xattrs when it was there before: the image must not widen access to it
-        self._dirs.append(_DirMeta(parts, member, existed and (not parts or not path)))
+        self._dirs.append(_DirMeta(parts, member, existed and (not parts or not path) and not self.options.whole_copy))
         return True
 
     def _replays_deletions(self) -> bool:

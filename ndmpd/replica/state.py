@@ -43,10 +43,8 @@ class ReplicaRecord:
     reseed: bool = False                                  # after a rollback: only a full stream fits
 
     def find(self, state_id: str) -> StateRecord | None:
-        return next((s for s in self.states if s.id == state_id), None)
-
-    def by_seq(self, seq: int) -> StateRecord | None:
-        return next((s for s in self.states if s.seq == seq), None)
+        """The newest kept state with this id (a re-seed may bring one back)."""
+        return next((s for s in reversed(self.states) if s.id == state_id), None)
 
 
 def load(path: Path) -> ReplicaRecord:
@@ -57,7 +55,8 @@ def load(path: Path) -> ReplicaRecord:
     except FileNotFoundError:
         return ReplicaRecord()
     except (OSError, ValueError) as exc:
-        raise ReplicaError(f"{path}: cannot read the replica record: {exc}") from None
+        raise ReplicaError(f"{path}: cannot read the replica record ({exc}); "
+                           "'ndmpd replica reset' starts it afresh") from None
     try:
         states = [StateRecord(str(s["id"]), int(s["seq"]), float(s.get("time", 0)), float(s.get("received", 0)))
                   for s in raw.get("states", [])]

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 from ..config import Volume
 from ..snapshots import btrfs_send
@@ -50,7 +51,7 @@ class ReplicaStore:
         self.recv = self.root / "recv"
         self.next = self.path.parent / f".{self.path.name}.ndmpd-next"
         self.old = self.path.parent / f".{self.path.name}.ndmpd-old"
-        self.record_path = Path(state_dir) / "replicas" / f"{volume.name.strip('/').replace('/', '_') or 'root'}.json"
+        self.record_path = Path(state_dir) / "replicas" / f"{quote(volume.name, safe='')}.json"   # names hold '/'
         self.lock_path = self.record_path.with_suffix(".lock")
 
     # -- reading ---------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class ReplicaStore:
         if Path(received).parent != self.recv:
             raise ReplicaError(f"{received} is not in {self.recv}")
         os.rename(received, self.state_path(added))
-        record.states = [s for s in record.states if s.id != state_id or s.seq == seq] + [added]
+        record.states = record.states + [added]
         record.next_seq = seq + 1
         records.save(self.record_path, record)
         return added
@@ -255,8 +256,11 @@ class ReplicaStore:
     def reset(self) -> None:
         """Forget the master (the next update may come from any master, as a full stream);
         P and the kept states stay."""
-        record = self.record()
-        records.save(self.record_path, replace(record, master="", role="replica", reseed=True))
+        try:
+            record = replace(self.record(), master="", role="replica", reseed=True)
+        except ReplicaError:                        # damaged: start afresh (P keeps what it shows)
+            record = ReplicaRecord(reseed=True)
+        records.save(self.record_path, record)
 
 
 def clean_replicas(volumes: Iterable[Volume], state_dir: Path) -> list[str]:

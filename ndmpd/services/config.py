@@ -113,13 +113,15 @@ def volume_id(volume: Volume, server: str) -> str:
     return f"ndmpd:{server}:{volume.name}"
 
 
-def fs_info(volume: Volume, server: str = "", state_dir: Path | None = None) -> Any:
+def fs_info(volume: Volume, state_dir: Path | None = None) -> Any:
     """One FS_INFO entry: real statvfs figures, or an offline status when unavailable."""
     mount = mount_of(volume.path)
     env = [T.pval("LOCAL_NAME", str(volume.path)), T.pval("SNAPSHOT", volume.snapshot)]
-    if server:
-        env.append(T.pval("NDMPD_VOLUME_ID", volume_id(volume, server)))
     if state_dir is not None:
+        try:
+            env.append(T.pval("NDMPD_VOLUME_ID", volume_id(volume, server_id(state_dir))))
+        except OSError as exc:             # state_dir not writable: no id rather than no answer
+            log.warning("no NDMPD_VOLUME_ID for %s: %s", volume.name, exc)
         env += [T.pval(name, value) for name, value in replica_env(volume, state_dir)]
     info = T.fs_info(fs_type=mount.fs_type if mount else "unknown",
                      fs_logical_device=volume.name,
@@ -144,9 +146,7 @@ def fs_info(volume: Volume, server: str = "", state_dir: Path | None = None) -> 
 @HANDLERS.on(C.CONFIG_GET_FS_INFO)
 def get_fs_info(session: "Session", req: Any) -> Any:
     config = session.ctx.config
-    server = server_id(Path(config.server.state_dir))
-    return T.config_get_fs_info_reply(C.NO_ERR, [fs_info(v, server, Path(config.server.state_dir))
-                                                 for v in config.volumes])
+    return T.config_get_fs_info_reply(C.NO_ERR, [fs_info(v, config.server.state_dir) for v in config.volumes])
 
 
 @HANDLERS.on(C.CONFIG_GET_TAPE_INFO)

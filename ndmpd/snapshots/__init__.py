@@ -11,6 +11,7 @@ from .btrfs import SNAPSHOT_DIR, BtrfsSnapshotter, is_subvolume
 from .live import LiveSnapshotter
 from .lvm import LvmSnapshotter, logical_volume, lvm_available
 from .mounts import mount_of
+from . import holds
 
 __all__ = ["Snapshot", "SnapshotError", "Snapshotter", "choose", "remove_stale", "SNAPSHOT_DIR"]
 
@@ -59,6 +60,11 @@ def remove_stale(volumes: Iterable[Path], state_dir: Path) -> list[str]:
             removed += provider.remove_stale(path)
         except (OSError, SnapshotError) as exc:
             log.warning("could not clean stale snapshots of %s: %s", path, exc)
+    for path in paths:
+        try:
+            removed += holds.remove_stale_jobs(path)      # butype btrfs: a killed job's temporary snapshot
+        except (OSError, SnapshotError) as exc:
+            log.warning("could not clean stale btrfs job snapshots of %s: %s", path, exc)
     for item in removed:
         log.warning("removed stale snapshot %s", item)
     return removed

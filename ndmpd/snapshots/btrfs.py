@@ -51,11 +51,6 @@ class BtrfsSnapshotter(Snapshotter):
             for entry in sorted(folder.iterdir()):
                 if entry.name == HELD or owner_alive(entry.name):
                     continue                     # held snapshots are kept on purpose (holds.py)
-                if is_subvolume(entry):
-                    self.remove(Snapshot(entry, False, self, str(entry)))
-                else:                            # a btrfs job's folder (holds.take_temporary)
-                    for inner in sorted(entry.iterdir()):
-                        self.remove(Snapshot(inner, False, self, str(inner)))
-                    entry.rmdir()
+                self.remove(Snapshot(entry, False, self, str(entry)))
                 removed.append(str(entry))
         return removed

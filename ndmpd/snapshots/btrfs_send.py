@@ -205,8 +205,12 @@ def _nested(path: Path) -> list[Path]:
 
 
 def delete(path: Path) -> None:
-    """Delete a subvolume and any subvolumes nested inside it."""
-    for inner in _nested(Path(path)):
+    """Delete a subvolume and any subvolumes nested inside it (a read-only one is made
+    writable first, or its nested ones could not be unlinked)."""
+    nested = _nested(Path(path))
+    if nested and subvolume_info(Path(path)).readonly:
+        set_readonly(Path(path), False)
+    for inner in nested:
         run([_btrfs(), "subvolume", "delete", str(inner)], f"deleting subvolume {inner}")
     run([_btrfs(), "subvolume", "delete", str(path)], f"deleting subvolume {path}")
 

@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import btrfs_send
-from .base import SnapshotError
+from .base import SnapshotError, owner_alive
 from .btrfs import HELD, SNAPSHOT_DIR, is_subvolume
 from .mounts import mount_of
 
 HOLD_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+JOB_PREFIX = ".job-"                  # holds_root/.job-<job tag>/: one job's temporary snapshot
 SNAPSHOT_NAME = re.compile(r"ndmpd-\d{8}T\d{6}\.\d{6}-[0-9a-f]{6}")
 
 
@@ -37,8 +38,9 @@ class Held:
 
 def check_hold_name(name: str) -> str:
     """The hold name, or ValueError saying what a hold name may be."""
-    if not HOLD_NAME.fullmatch(name) or name in (".", ".."):
-        raise ValueError(f"hold name {name[:100]!r}: 1 to 80 of A-Z a-z 0-9 _ . - (not . or ..)")
+    if not HOLD_NAME.fullmatch(name) or name in (".", "..") or name.startswith(JOB_PREFIX):
+        raise ValueError(f"hold name {name[:100]!r}: 1 to 80 of A-Z a-z 0-9 _ . - "
+                         f"(not . or .., not starting {JOB_PREFIX})")
     return name
 
 
@@ -63,7 +65,8 @@ def holds_root(volume: Path) -> Path:
 def held(volume: Path, hold: str | None = None) -> list[Held]:
     """The kept snapshots of a volume (of one hold, or all), oldest first."""
     root = holds_root(volume)
-    names = [hold] if hold is not None else (sorted(os.listdir(root)) if root.is_dir() else [])
+    names = [hold] if hold is not None else (sorted(n for n in os.listdir(root) if not n.startswith(JOB_PREFIX))
+                                             if root.is_dir() else [])
     found = []
     for name in names:
         folder = root / name
@@ -133,9 +136,11 @@ def remove_unsettled(volume: Path) -> list[str]:
 
 
 def take_temporary(volume: Path, tag: str) -> Path:
-    """A read-only snapshot for one job, in ``.ndmpd-snapshots/<tag>/`` (the start-up cleanup
-    removes it if the job's process dies; tag as ``base.job_tag``)."""
-    folder = Path(volume) / SNAPSHOT_DIR / tag
+    """A read-only snapshot for one job (no hold), in ``holds_root/.job-<tag>/``: outside the
+    volume, so the image holds no trace of it and a frozen volume can still be sent; the
+    start-up cleanup (``remove_stale_jobs``) removes it if the job's process dies (tag as
+    ``base.job_tag``)."""
+    folder = holds_root(volume) / f"{JOB_PREFIX}{tag}"
     folder.mkdir(mode=0o700, parents=True)
     path = folder / snapshot_name()
     try:
@@ -153,6 +158,19 @@ def remove_temporary(path: Path) -> None:
         path.parent.rmdir()
     except OSError:
         pass
+
+
+def remove_stale_jobs(volume: Path) -> list[str]:
+    """Delete the temporary snapshots of jobs whose process is gone; what was removed."""
+    root = holds_root(volume)
+    removed = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if entry.name.startswith(JOB_PREFIX) and not owner_alive(entry.name[len(JOB_PREFIX):]):
+            for inner in sorted(entry.iterdir()):
+                btrfs_send.delete(inner)
+            entry.rmdir()
+            removed.append(str(entry))
+    return removed
 
 
 def keep_only(volume: Path, hold: str, keep: set[str]) -> list[str]:

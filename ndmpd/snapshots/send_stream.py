@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from construct import Bytes, Const, Int16ul, Int32ul, Struct
+from construct import Const, Int16ul, Int32ul, Struct
 
 MAGIC = b"btrfs-stream\0"
 VERSIONS = (1, 2)
@@ -20,10 +20,9 @@ MAX_COMMAND = 16 << 20                       # a command longer than this (plus 
 Header = Struct("magic" / Const(MAGIC), "version" / Int32ul)
 CommandHead = Struct("length" / Int32ul, "cmd" / Int16ul, "crc" / Int32ul)
 AttrHead = Struct("type" / Int16ul, "length" / Int16ul)
-Uuid = Bytes(16)
 
 # commands (btrfs-progs send.h)
-SUBVOL, SNAPSHOT, MKFILE, MKDIR, MKNOD, MKFIFO, MKSOCK, SYMLINK, RENAME, LINK = range(1, 11)
+SUBVOL, SNAPSHOT, MKFILE, MKDIR, MKNOD, MKFIFO, MKSOCK, SYMLINK, RENAME, LINK, UNLINK, RMDIR = range(1, 13)
 END = 21
 KNOWN_COMMANDS = {1: range(1, 23), 2: range(1, 26)}
 # attributes
@@ -31,7 +30,7 @@ A_UUID, A_CTRANSID, A_PATH, A_PATH_TO, A_PATH_LINK, A_DATA = 1, 2, 15, 16, 17, 1
 A_CLONE_UUID, A_CLONE_CTRANSID, A_CLONE_PATH = 20, 21, 22
 _CHECKED_PATHS = (A_PATH, A_PATH_TO, A_CLONE_PATH)
 # an empty PATH is the subvolume's root (honest streams chown/chmod/utimes it); these must name an entry
-_NAMING = (MKFILE, MKDIR, MKNOD, MKFIFO, MKSOCK, SYMLINK, RENAME, LINK, 11, 12)
+_NAMING = (MKFILE, MKDIR, MKNOD, MKFIFO, MKSOCK, SYMLINK, RENAME, LINK, UNLINK, RMDIR)
 
 
 class HostileStream(ValueError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
@@ -180,28 +179,90 @@ def ndmjob(*args: str, timeout: int = 180) -> str:
     return done.stdout + done.stderr
 
 
-def test_ndmjob_backs_up_a_btrfs_volume_to_tape_and_restores_it(tmp_path):
+@pytest.mark.parametrize("mover", ["local", "three-way"])
+def test_ndmjob_backs_up_a_btrfs_volume_to_tape_and_restores_it(tmp_path, mover):
+    """LOCAL: the data and tape on one server (the mover takes the image from the data
+    service's buffers); three-way: the tape on a second server, the image over TCP."""
     if not NDMJOB.exists():
         pytest.skip("ndmjob not installed (apt-get install amanda-common)")
     with btrfs_mount(tmp_path, "fs", 400 << 20) as fs:
         root = side(fs, "a")
         build_every_case(root / "vol" / "tree")
         (root / "vol" / "tree" / "big.bin").write_bytes(os.urandom(3 << 20))
-        with servers(tmp_path, "fs/a") as (server,):
-            agent, index = server.agent("4"), tmp_path / "btrfs.idx"
-            out = ndmjob("-c", "-D", agent, "-f", "vtape0", "-B", "btrfs", "-C", "/export/data", "-I", str(index))
+        with servers(tmp_path, "fs/a", *(["tape"] if mover == "three-way" else [])) as started:
+            agent, index = started[0].agent("4"), tmp_path / "btrfs.idx"
+            tape = ["-T", started[1].agent("4")] if mover == "three-way" else []
+            out = ndmjob("-c", "-D", agent, *tape, "-f", "vtape0", "-B", "btrfs", "-C", "/export/data",
+                         "-I", str(index))
             assert "Operation ended OKAY" in out, out
             env = dict(line[3:].split("=", 1) for line in index.read_text().splitlines() if line.startswith("DE "))
             assert env["TYPE"] == "btrfs" and env["NDMPD_SNAPSHOT_NAME"].startswith("ndmpd-")
             assert not any(h for h in holds.held(root / "vol"))                    # a temporary snapshot: gone
-            restored = ndmjob("-x", "-D", agent, "-f", "vtape0", "-B", "btrfs", "-C", str(root / "out"),
+            restored = ndmjob("-x", "-D", agent, *tape, "-f", "vtape0", "-B", "btrfs", "-C", str(root / "out"),
                               "-J", str(index))
             assert "Operation ended OKAY" in restored, restored
             made = root / "out" / env["NDMPD_SNAPSHOT_NAME"]
             info = btrfs_send.subvolume_info(made)
             assert info.readonly and info.received_uuid == env["DUMP_DATE"]
-            assert differences(describe(root / "vol" / "tree"), describe(made / "tree")) == []
-            again = ndmjob("-x", "-D", agent, "-f", "vtape0", "-B", "btrfs", "-C", str(root / "out"),
+            assert differences(describe(root / "vol"), describe(made)) == []           # no trace of the snapshot
+            again = ndmjob("-x", "-D", agent, *tape, "-f", "vtape0", "-B", "btrfs", "-C", str(root / "out"),
                            "-J", str(index))
             assert "Operation ended OKAY" not in again and "already exists" in again, again
             btrfs_send.delete(made)
+
+
+def _stream_of(vol: Path, mnt: Path) -> bytes:
+    """A real full stream of the volume (a snapshot taken for it, then deleted)."""
+    snap = mnt / "ndmpd-20260101T000000.000000-00aa11"
+    btrfs_send.snapshot(vol, snap, readonly=True)
+    data = bytearray()
+    try:
+        btrfs_send.send(snap, None, data.extend)
+    finally:
+        btrfs_send.delete(snap)
+    return bytes(data)
+
+
+def _peer_of(reply) -> tuple[str, int]:
+    from ndmpd.mover.addresses import from_ndmp
+    first = from_ndmp(reply.connect_addr)[0]
+    return first.host, first.port
+
+
+def test_a_hostile_stream_over_ndmp_and_an_abort_mid_receive_leave_nothing(pair):
+    from tests.btrfs_streams import join, set_attr, split
+    from ndmpd.snapshots.send_stream import A_PATH, MKFILE
+    master, replica, a, b, fs1 = pair
+    stream = _stream_of(a / "vol", fs1)
+    version, commands = split(stream)
+    i = next(n for n, (cmd, _) in enumerate(commands) if cmd == MKFILE)
+    commands[i] = set_attr(commands[i], A_PATH, b"../../escape")
+    hostile = join(version, commands)
+    out = b / "out"
+    with login(replica) as r:
+        listen = r.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
+        r.call("DATA_START_RECOVER", butype_name="btrfs", env=pv(FILESYSTEM="/export/out"), nlist=[])
+        with socket.create_connection(_peer_of(listen)) as peer:
+            try:
+                peer.sendall(hostile)
+            except OSError:
+                pass                                # the server may hang up first
+        assert r.wait_post(C.NOTIFY_DATA_HALTED, 60).reason != C.DATA_HALT_SUCCESSFUL
+        texts = [body.entry for code, body in r.posts if code == C.LOG_MESSAGE]
+        assert any("'..'" in text for text in texts), texts
+        r.call("DATA_STOP")
+
+        listen = r.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
+        r.call("DATA_START_RECOVER", butype_name="btrfs", env=pv(FILESYSTEM="/export/out"), nlist=[])
+        with socket.create_connection(_peer_of(listen)) as peer:
+            peer.sendall(stream[:len(stream) // 2])          # half a stream, then silence
+            for _ in range(100):
+                if os.listdir(out):
+                    break
+                threading.Event().wait(0.05)
+            assert os.listdir(out), "the receive never started"
+            r.call("DATA_ABORT")
+            assert r.wait_post(C.NOTIFY_DATA_HALTED, 60).reason == C.DATA_HALT_ABORTED
+        r.call("DATA_STOP")
+    assert os.listdir(out) == []
+    assert not any("escape" in dirs + files for _, dirs, files in os.walk(b.parent))   # the whole replica fs

@@ -6,6 +6,7 @@ reason; a stream cut mid-way leaves the replica as it was, with no debris."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ from ndmpd.dma.errors import NdmpReplyError
 from ndmpd.wire import C, T
 from tests.blocking_client import NdmpClient
 from tests.engine_helpers import build_every_case
-from tests.loopfs import btrfs_subvolume
+from ndmpd.snapshots import holds
+from tests.loopfs import btrfs_mount, btrfs_subvolume
 from tests.server_process import ServerProcess
 from tests.trees import describe, differences
 
@@ -64,17 +66,22 @@ def world(tmp_path):
 
 
 def update(master, replica, base: str = "0", butype: str = "dump", level: int | None = None,
-           replica_env: dict | None = None, during=None) -> tuple[dict, dict, list[str]]:
+           replica_env: dict | None = None, during=None, master_base: str = "", master_env: dict | None = None,
+           source: str = "/export/data", master_id: str = MASTER_ID) -> tuple[dict, dict, list[str]]:
     """One update master → replica; (master's env, replica's env, replica's log messages)."""
     with client(master) as m, client(replica) as r:
         listen = r.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
         r.call("DATA_START_RECOVER", butype_name=butype, nlist=[], env=pairs({
-            "FILESYSTEM": "/export/replica", "TYPE": butype, "NDMPD_REPLICA_OF": MASTER_ID, "BASE_DATE": base,
+            "FILESYSTEM": "/export/replica", "TYPE": butype, "NDMPD_REPLICA_OF": master_id, "BASE_DATE": base,
             **(replica_env or {})}))
         m.call("DATA_CONNECT", addr=listen.connect_addr)
-        backup = {"FILESYSTEM": "/export/data", "HIST": "n", "UPDATE": "y"}
-        if base != "0":
-            backup.update(BASE_DATE=base, LEVEL=str(level or 1))
+        if butype == "btrfs":
+            backup = {"FILESYSTEM": source, "NDMPD_HOLD": "ndmp-test-0", "BASE_DATE": master_base or base,
+                      **(master_env or {})}
+        else:
+            backup = {"FILESYSTEM": "/export/data", "HIST": "n", "UPDATE": "y"}
+            if base != "0":
+                backup.update(BASE_DATE=base, LEVEL=str(level or 1))
         m.call("DATA_START_BACKUP", butype_name=butype, env=pairs(backup))
         if during is not None:
             during()
@@ -103,22 +110,23 @@ def refusal(replica, env: dict[str, str], butype: str = "dump") -> str:
 
 
 def debris(replica_path: Path) -> list[str]:
-    """Anything beside P and its store, and anything in recv/ that is not a recorded state."""
+    """What an update leaves beside P other than its store (and the previous view, kept for open
+    readers), and anything in recv/ that is not a state."""
     store = replica_path.parent / f".{replica_path.name}.ndmpd-replica" / "recv"
-    extra = [n for n in os.listdir(replica_path.parent)
-             if n not in ("vol", "replica", ".replica.ndmpd-replica", ".replica.ndmpd-old")]
+    extra = [n for n in os.listdir(replica_path.parent) if n.startswith(f".{replica_path.name}.")
+             and n not in (".replica.ndmpd-replica", ".replica.ndmpd-old")]
     return extra + [n for n in (os.listdir(store) if store.is_dir() else []) if not n.startswith("state-")]
 
 
 def same(master_tree: Path, replica_path: Path) -> list[str]:
-    a, b = describe(master_tree), describe(replica_path)
-    a.pop(b".", None), b.pop(b".", None)       # the roots: the replica's is its own subvolume's
-    return differences(a, b)
+    return differences(describe(master_tree), describe(replica_path))
 
 
 def test_the_dump_path_initial_and_incremental_with_deletes_and_renames(world):
     master, replica, replica_path, vol = world
     build_every_case(vol)
+    os.chmod(vol, 0o750)                        # the root's own metadata is replicated too
+    os.setxattr(vol, "user.root-attr", b"on the root")
     (vol / "docs").mkdir()
     for name in ("a.txt", "b.txt", "c.txt"):
         (vol / "docs" / name).write_text(name * 100)
@@ -240,3 +248,181 @@ def test_fs_info_the_cli_and_a_restart_that_cleans_debris(world):
         assert bad.returncode == 1 and "not a replica volume" in bad.stderr
     finally:
         restarted.stop()
+
+
+# -- the btrfs stream path --------------------------------------------------------------------
+
+@pytest.fixture
+def btrfs_world(tmp_path):
+    """(master, replica server, replica path, master volume): each server on its own btrfs, the
+    master's /export/data a subvolume with the tricky tree in tree/."""
+    with btrfs_mount(tmp_path, "fs1", 400 << 20) as fs1, btrfs_mount(tmp_path, "fs2", 400 << 20) as fs2:
+        (fs1 / "m").mkdir()
+        (fs2 / "r").mkdir()
+        assert subprocess.run(["btrfs", "subvolume", "create", str(fs1 / "m" / "vol")],
+                              capture_output=True).returncode == 0
+        replica_path = fs2 / "r" / "replica"
+        build_every_case(fs1 / "m" / "vol" / "tree")
+        with servers(tmp_path, "fs1/m", "fs2/r",
+                     extra={"fs2/r": REPLICA_VOLUME.format(path=replica_path)}) as (master, replica):
+            yield master, replica, replica_path, fs1 / "m" / "vol"
+
+
+def held(vol: Path, state_id: str) -> Path:
+    return holds.find(vol, state_id).path
+
+
+def ok(m_env: dict, r_env: dict, logged: list[str]) -> None:
+    assert (m_env["halt"], r_env["halt"]) == (C.DATA_HALT_SUCCESSFUL, C.DATA_HALT_SUCCESSFUL), logged
+    assert r_env["NDMPD_REPLICA_STATE"] == m_env["DUMP_DATE"]
+
+
+def test_btrfs_initial_sync_is_identical_then_an_incremental_and_a_wrong_parent(btrfs_world):
+    master, replica, replica_path, vol = btrfs_world
+    m_env, r_env, logged = update(master, replica, butype="btrfs")
+    ok(m_env, r_env, logged)
+    first = m_env["DUMP_DATE"]
+    assert differences(describe(held(vol, first) / "tree"), describe(replica_path / "tree")) == []
+    with pytest.raises(OSError) as err:
+        (replica_path / "tree" / "new").write_text("x")
+    assert err.value.errno == errno.EROFS
+
+    (vol / "tree" / "dir" / "file").write_bytes(b"changed\n")
+    os.unlink(vol / "tree" / "top-hard")
+    (vol / "tree" / "zero").rename(vol / "tree" / "zero-renamed")
+    m_env, r_env, logged = update(master, replica, butype="btrfs", base=first)
+    ok(m_env, r_env, logged)
+    second = m_env["DUMP_DATE"]
+    assert int(m_env["NDMPD_IMAGE_SIZE"]) < 64 << 10
+    assert differences(describe(held(vol, second) / "tree"), describe(replica_path / "tree")) == []
+    assert fs_env(replica, "/export/replica")["NDMPD_REPLICA_STATE"] == second
+
+    stale = refusal(replica, {"FILESYSTEM": "/export/replica", "NDMPD_REPLICA_OF": MASTER_ID,
+                              "BASE_DATE": first}, butype="btrfs")
+    assert stale.startswith(f"stream is based on {first} but /export/replica is at {second}")
+
+    (vol / "tree" / "third").write_text("3")           # the replica asks for second, the master sends on first
+    before = describe(replica_path)
+    _, r_env, logged = update(master, replica, butype="btrfs", base=second, master_base=first)
+    assert r_env["halt"] != C.DATA_HALT_SUCCESSFUL
+    assert any(f"not on BASE_DATE={second}" in text for text in logged), logged
+    assert describe(replica_path) == before and debris(replica_path) == []
+
+
+def test_btrfs_a_stream_cut_mid_way_leaves_the_replica_as_it_was(btrfs_world):
+    master, replica, replica_path, vol = btrfs_world
+    m_env, r_env, logged = update(master, replica, butype="btrfs")
+    ok(m_env, r_env, logged)
+    before = describe(replica_path)
+    block = os.urandom(1 << 20)
+    with open(vol / "big.bin", "wb") as f:
+        for _ in range(250):
+            f.write(block)
+    recv = replica_path.parent / ".replica.ndmpd-replica" / "recv"
+
+    def kill_master() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [n for n in os.listdir(recv) if not n.startswith("state-")]:
+            time.sleep(0.01)
+        master.proc.kill()
+        master.proc.wait(10)
+
+    _, r_env, logged = update(master, replica, butype="btrfs", base=m_env["DUMP_DATE"], during=kill_master)
+    assert r_env["halt"] != C.DATA_HALT_SUCCESSFUL
+    assert any("still shows its previous state" in text for text in logged), logged
+    assert describe(replica_path) == before and debris(replica_path) == []
+
+
+def test_promote_makes_the_replica_writable_and_refuses_further_streams(btrfs_world):
+    master, replica, replica_path, vol = btrfs_world
+    m_env, r_env, logged = update(master, replica, butype="btrfs")
+    ok(m_env, r_env, logged)
+    (vol / "tree" / "last").write_text("final")
+    m_env, r_env, logged = update(master, replica, butype="btrfs", base=m_env["DUMP_DATE"],
+                                  replica_env={"NDMPD_PROMOTE": "y"})
+    ok(m_env, r_env, logged)
+    assert differences(describe(held(vol, m_env["DUMP_DATE"]) / "tree"), describe(replica_path / "tree")) == []
+    (replica_path / "tree" / "written-after-promote").write_text("rw")
+    assert fs_env(replica, "/export/replica")["NDMPD_REPLICA_ROLE"] == "primary"
+    text = refusal(replica, {"FILESYSTEM": "/export/replica", "NDMPD_REPLICA_OF": MASTER_ID,
+                             "BASE_DATE": m_env["DUMP_DATE"]}, butype="btrfs")
+    assert "was promoted and is read-write" in text and "NDMPD_DEMOTE=y" in text
+
+
+def test_a_replica_server_killed_mid_update_restarts_consistent_and_resumes(btrfs_world):
+    master, replica, replica_path, vol = btrfs_world
+    m_env, r_env, logged = update(master, replica, butype="btrfs")
+    ok(m_env, r_env, logged)
+    first = m_env["DUMP_DATE"]
+    before = describe(replica_path)
+    block = os.urandom(1 << 20)
+    with open(vol / "big.bin", "wb") as f:
+        for _ in range(250):
+            f.write(block)
+    recv = replica_path.parent / ".replica.ndmpd-replica" / "recv"
+    with client(master) as m, client(replica) as r:
+        listen = r.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
+        r.call("DATA_START_RECOVER", butype_name="btrfs", nlist=[], env=pairs({
+            "FILESYSTEM": "/export/replica", "NDMPD_REPLICA_OF": MASTER_ID, "BASE_DATE": first}))
+        m.call("DATA_CONNECT", addr=listen.connect_addr)
+        m.call("DATA_START_BACKUP", butype_name="btrfs", env=pairs({
+            "FILESYSTEM": "/export/data", "NDMPD_HOLD": "ndmp-test-0", "BASE_DATE": first}))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [n for n in os.listdir(recv) if not n.startswith("state-")]:
+            time.sleep(0.01)
+        replica.proc.kill()
+        replica.proc.wait(10)
+        assert m.wait_post(C.NOTIFY_DATA_HALTED, 60).reason != C.DATA_HALT_SUCCESSFUL
+        m.call("DATA_STOP")
+    time.sleep(0.5)                                   # the orphaned btrfs receive sees its stdin end
+    assert describe(replica_path) == before
+    restarted = ServerProcess(replica.host, replica.config, replica.log, PASSWORD)
+    try:
+        assert debris(replica_path) == []
+        assert fs_env(restarted, "/export/replica")["NDMPD_REPLICA_STATE"] == first
+        m_env, r_env, logged = update(master, restarted, butype="btrfs", base=first)   # resumes: no full resend
+        ok(m_env, r_env, logged)
+        assert m_env["BASE_DATE"] == first           # an incremental on the state kept, not a full resend
+        assert differences(describe(held(vol, m_env["DUMP_DATE"]) / "tree"), describe(replica_path / "tree")) == []
+        assert (replica_path / "big.bin").stat().st_size == 250 << 20
+    finally:
+        restarted.stop()
+
+
+def test_promote_then_reverse_the_old_master_is_demoted_into_a_replica(tmp_path):
+    """Both volumes are configured replica = true (a migration that may be reversed): M's is an
+    ordinary subvolume while it is the master; after the cut-over M takes the stream back with
+    NDMPD_DEMOTE=y (a full re-seed of its frozen volume), then incrementals."""
+    with btrfs_mount(tmp_path, "fs1", 400 << 20) as fs1, btrfs_mount(tmp_path, "fs2", 400 << 20) as fs2:
+        (fs1 / "m").mkdir()
+        (fs2 / "r").mkdir()
+        m_path, r_path = fs1 / "m" / "prim", fs2 / "r" / "replica"
+        assert subprocess.run(["btrfs", "subvolume", "create", str(m_path)], capture_output=True).returncode == 0
+        build_every_case(m_path / "tree")
+        with servers(tmp_path, "fs1/m", "fs2/r", extra={"fs1/m": REPLICA_VOLUME.format(path=m_path),
+                                                      "fs2/r": REPLICA_VOLUME.format(path=r_path)}) as (m, r):
+            m_id, r_id = (fs_env(s, "/export/replica")["NDMPD_VOLUME_ID"] for s in (m, r))
+            m_env, r_env, logged = update(m, r, butype="btrfs", source="/export/replica", master_id=m_id)
+            ok(m_env, r_env, logged)
+            m_env, r_env, logged = update(m, r, butype="btrfs", source="/export/replica", master_id=m_id,
+                                          base=m_env["DUMP_DATE"], master_env={"NDMPD_FREEZE": "y"},
+                                          replica_env={"NDMPD_PROMOTE": "y"})
+            ok(m_env, r_env, logged)
+            with pytest.raises(OSError):
+                (m_path / "tree" / "late").write_text("the old master is frozen")
+            (r_path / "tree" / "after-cut-over").write_text("written on the new primary")
+
+            back, m_side, logged = update(r, m, butype="btrfs", source="/export/replica", master_id=r_id,
+                                          replica_env={"NDMPD_DEMOTE": "y"})
+            ok(back, m_side, logged)
+            assert (m_path / "tree" / "after-cut-over").read_text() == "written on the new primary"
+            assert differences(describe(held(r_path, back["DUMP_DATE"]) / "tree"), describe(m_path / "tree")) == []
+            env = fs_env(m, "/export/replica")
+            assert (env["NDMPD_REPLICA_OF"], env["NDMPD_REPLICA_ROLE"]) == (r_id, "replica")
+
+            (r_path / "tree" / "second").write_text("incremental back")
+            again, m_side, logged = update(r, m, butype="btrfs", source="/export/replica", master_id=r_id,
+                                           base=back["DUMP_DATE"])
+            ok(again, m_side, logged)
+            assert again["BASE_DATE"] == back["DUMP_DATE"]
+            assert (m_path / "tree" / "second").read_text() == "incremental back"

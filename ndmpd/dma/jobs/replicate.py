@@ -102,7 +102,8 @@ def butype_for(env: dict[str, str], fs_type: str = "") -> str:
 
 
 class _Refused(Exception):
-    """A START the master refused because it no longer keeps the base (retry as a full stream)."""
+    """A START refused on the base: the master no longer keeps it, or the old master being
+    demoted (after promote --reverse) cannot take an incremental. Retried as a full stream."""
 
 
 class ReplicaUpdateJob:
@@ -136,9 +137,8 @@ class ReplicaUpdateJob:
             butype, base = await self._plan()
             try:
                 result = await self._update(butype, base)
-            except _Refused:
-                self._warn(f"{req.master_host}:{req.master_volume} no longer keeps {base}, the base "
-                           f"{self.target} is at: sending a full update")
+            except _Refused as refused:
+                self._warn(f"{refused}: sending a full update")
                 await self._abort_and_stop()
                 await self._forget_halts()
                 base = None
@@ -225,8 +225,9 @@ class ReplicaUpdateJob:
         env = {"FILESYSTEM": req.master_volume, "HIST": "n"}
         if butype == "btrfs":
             env["NDMPD_HOLD"] = req.hold
-        else:                                   # the dump engine: a level 1 on the replica's token
-            env.update(LEVEL="1" if base else "0", UPDATE="n")
+        else:       # the dump engine: a level 1 on the replica's token; UPDATE records the dump's
+                    # directory index, which tells the next incremental a moved directory from a new one
+            env.update(LEVEL="1" if base else "0", UPDATE="y")
         if base:
             env["BASE_DATE"] = base
         if req.freeze:
@@ -238,15 +239,23 @@ class ReplicaUpdateJob:
     async def _update(self, butype: str, base: str | None) -> UpdateResult:
         began = time.time()                  # the snapshot's time when the master gives none (dump)
         listen = await self.replica.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
-        await self.replica.call("DATA_START_RECOVER", butype_name=butype, nlist=[],
-                                env=_pvals(self._recover_env(butype, base)))
+        try:
+            await self.replica.call("DATA_START_RECOVER", butype_name=butype, nlist=[],
+                                    env=_pvals(self._recover_env(butype, base)))
+        except NdmpReplyError as exc:
+            if base and self.request.demote and exc.code == C.ILLEGAL_ARGS_ERR:
+                said = self.logs["replica"].errors[-1:] if await self._said("", "replica") else []
+                raise _Refused(f"{self.target} takes no incremental on {base} to demote it"
+                               + (f" ({said[0]})" if said else "")) from None
+            raise
         extra = await steps.connect_data(self.master, listen.connect_addr)
         try:
             await self.master.call("DATA_START_BACKUP", butype_name=butype,
                                    env=_pvals(self._backup_env(butype, base)), **extra)
         except NdmpReplyError as exc:
-            if base and exc.code == C.ILLEGAL_ARGS_ERR and await self._said(NOT_KEPT):
-                raise _Refused() from None
+            if base and exc.code == C.ILLEGAL_ARGS_ERR and await self._said(NOT_KEPT, "master"):
+                raise _Refused(f"{self.request.master_host}:{self.request.master_volume} no longer keeps "
+                               f"{base}, the state {self.target} is at") from None
             raise
         try:
             await asyncio.wait_for(self._wait_halts(), self.request.timeout)
@@ -296,11 +305,11 @@ class ReplicaUpdateJob:
             await asyncio.sleep(0.025)
         return f"the {side}'s ndmpd ({host}) went away during the update; " if agent.closed else ""
 
-    async def _said(self, words: str) -> bool:
-        """Whether the master logged an error containing ``words`` (waiting briefly for it)."""
+    async def _said(self, words: str, side: str) -> bool:
+        """Whether ``side`` logged an error containing ``words`` (waiting briefly for it)."""
         deadline = time.monotonic() + REASON_WAIT
         while time.monotonic() < deadline:
-            if any(words in line for line in self.logs["master"].errors):
+            if any(words in line for line in self.logs[side].errors):
                 return True
             await asyncio.sleep(0.025)
         return False
