@@ -186,6 +186,13 @@ def assert_kept_state(s: Setup, state_id: str) -> None:
     assert not os.path.lexists(s.replica_vol.parent / f".{s.replica_vol.name}.ndmpd-next")
     held = holds.held(s.master_vol, HOLD)
     assert len(held) <= 2 and state_id in {h.uuid for h in held}, [h.name for h in held]
+    server_side = subprocess.run([sys.executable, "-m", "ndmpd", "replica", "--config", str(s.r.config),
+                                  "status", REPLICA, "--json"], cwd=REPO, capture_output=True, text=True,
+                                 timeout=60)
+    assert server_side.returncode == 0, server_side.stderr
+    doc = json.loads(server_side.stdout)
+    assert doc["state"] == state_id and not doc["needs_full_update"], doc
+    assert [k["id"] for k in doc["states"] if k["current"]] == [state_id], doc
 
 
 def assert_resumes(s: Setup, reference: int) -> None:
