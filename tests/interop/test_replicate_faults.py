@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -38,8 +39,8 @@ pytestmark = pytest.mark.interop
 MASTER, REPLICA = "/export/master", "/export/rep"
 CHANGE = 96 << 20            # changed bytes per update: long enough to be caught mid-way
 HOLD = "ndmp-web-0"
-REASONS = {"replica": "the replica's ndmpd", "master": "the master's ndmpd",   # what status must say
-           "drop": "Software caused connection abort"}                        # ECONNABORTED from ss -K
+REASONS = {"replica": "the replica's ndmpd", "master": "the master's ndmpd"}   # what status must say
+BROKE = re.compile(r"Connection reset by peer|Software caused connection abort|Broken pipe")  # ss -K
 
 
 def volume_table(name: str, path: Path, replica: bool) -> str:
@@ -53,12 +54,15 @@ def target(server: ServerProcess, volume: str) -> str:
 class Setup:
     """One master volume, one replica volume (same btrfs), a home with the catalog."""
 
-    def __init__(self, tmp_path: Path, fs: Path, m: ServerProcess, r: ServerProcess) -> None:
+    def __init__(self, tmp_path: Path, master_vol: Path, replica_vol: Path, m: ServerProcess,
+                 r: ServerProcess) -> None:
         self.home, self.catalog = tmp_path / "home", tmp_path / "home" / "catalog.db"
         self.m, self.r = m, r
-        self.master_vol, self.replica_vol = fs / "vol", fs / "r" / "rep"
+        self.master_vol, self.replica_vol = master_vol, replica_vol
+        self.held = is_btrfs(master_vol)       # btrfs: the master holds its snapshots (else dump)
         self.t = target(r, REPLICA)
         self.round = 0
+        self.shown: dict = {}                  # the master as the replica's state saw it
 
     def ndmp(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return ndmp(*args, "--catalog", str(self.catalog), home=self.home, timeout=timeout)
@@ -77,6 +81,8 @@ class Setup:
     def run_once(self) -> tuple[int, dict, str]:
         result = self.ndmp("replicate", "run", "web", "--once", "--json", timeout=300)
         updates = {line["replica"]: line for line in json_lines(result.stdout) if line["type"] == "update"}
+        if result.returncode == 0:
+            self.shown = describe(str(self.master_vol))
         return result.returncode, updates.get(self.t, {}), result.stderr
 
     def start_run(self) -> subprocess.Popen:
@@ -179,13 +185,15 @@ def same(a: Path, b: Path) -> None:
 
 def assert_kept_state(s: Setup, state_id: str) -> None:
     """The replica shows exactly master snapshot ``state_id``, with no debris anywhere."""
-    kept = holds.find(s.master_vol, state_id)
-    assert kept is not None, f"the master no longer holds the replica's state {state_id}"
-    same(kept.path, s.replica_vol)
+    assert differences(s.shown, describe(str(s.replica_vol))) == []
+    if s.held:
+        kept = holds.find(s.master_vol, state_id)
+        assert kept is not None, f"the master no longer holds the replica's state {state_id}"
+        same(kept.path, s.replica_vol)
+        held = holds.held(s.master_vol, HOLD)
+        assert len(held) <= 2 and state_id in {h.uuid for h in held}, [h.name for h in held]
     assert partial_receives(s.replica_vol) == []
     assert not os.path.lexists(s.replica_vol.parent / f".{s.replica_vol.name}.ndmpd-next")
-    held = holds.held(s.master_vol, HOLD)
-    assert len(held) <= 2 and state_id in {h.uuid for h in held}, [h.name for h in held]
     server_side = subprocess.run([sys.executable, "-m", "ndmpd", "replica", "--config", str(s.r.config),
                                   "status", REPLICA, "--json"], cwd=REPO, capture_output=True, text=True,
                                  timeout=60)
@@ -205,14 +213,19 @@ def assert_resumes(s: Setup, reference: int) -> None:
     row = s.row()
     assert row["state_id"] == update["state_id"] != before and row["last_error"] is None
     assert row["last_bytes"] == update["bytes"]
-    newest = holds.find(s.master_vol, update["state_id"])
-    assert newest is not None
-    same(newest.path, s.replica_vol)
+    if s.held:
+        newest = holds.find(s.master_vol, update["state_id"])
+        assert newest is not None
+        same(newest.path, s.replica_vol)
     same(s.master_vol, s.replica_vol)
 
 
 def restart(server: ServerProcess) -> ServerProcess:
     return ServerProcess(server.host, server.config, server.log, PASSWORD)
+
+
+def is_btrfs(path: Path) -> bool:
+    return sh("stat", "-f", "-c", "%T", str(path)).stdout.strip() == "btrfs"
 
 
 @pytest.fixture
@@ -221,15 +234,22 @@ def btrfs(tmp_path):
         yield vol.parent
 
 
-def test_kill_and_drop_mid_update_keep_the_replica_and_resume(tmp_path, btrfs):
+@pytest.mark.parametrize("kind", ["btrfs", "dump"])
+def test_kill_and_drop_mid_update_keep_the_replica_and_resume(tmp_path, btrfs, kind):
+    """``btrfs``: a btrfs subvolume master (butype btrfs, held snapshots); ``dump``: a master on
+    a filesystem without snapshots (/tmp's), the file-level path into the same btrfs replica."""
     if not Path("/usr/bin/ss").exists() and not Path("/bin/ss").exists():
         pytest.skip("ss (iproute2) is not installed: cannot drop a connection")
     (tmp_path / "home").mkdir()
     (btrfs / "r").mkdir()
-    extra = {"m": volume_table(MASTER, btrfs / "vol", False), "r": volume_table(REPLICA, btrfs / "r" / "rep", True)}
+    master_vol = btrfs / "vol" if kind == "btrfs" else tmp_path / "plain"
+    master_vol.mkdir(exist_ok=True)
+    if kind == "dump" and is_btrfs(master_vol):
+        pytest.skip(f"{tmp_path} is on btrfs: no filesystem without snapshots for the dump path")
+    extra = {"m": volume_table(MASTER, master_vol, False), "r": volume_table(REPLICA, btrfs / "r" / "rep", True)}
     with servers(tmp_path, "m", "r", extra=extra) as started:
         m, r = started
-        s = Setup(tmp_path, btrfs, m, r)
+        s = Setup(tmp_path, master_vol, btrfs / "r" / "rep", m, r)
         s.change()
         created = s.ndmp("replicate", "create", "web", target(m, MASTER), s.t)
         assert created.returncode == 0, created.stderr
@@ -273,8 +293,11 @@ def test_kill_and_drop_mid_update_keep_the_replica_and_resume(tmp_path, btrfs):
             wait_no_jobs(tmp_path)
             row = s.row()
             assert row["state_id"] == state and row["failures"] == failures + 1, (what, row)
-            assert REASONS[what] in row["last_error"], (what, row)
-            if what == "master":
+            if what == "drop":                              # whichever side halted first says so
+                assert BROKE.search(row["last_error"]) and "went away" not in row["last_error"], row
+            else:
+                assert REASONS[what] in row["last_error"], (what, row)
+            if what == "master" and s.held:
                 assert "taken by a backup that never ended" in s.m.log.read_text()
             if what == "replica":
                 assert "left by an interrupted replica update" in s.r.log.read_text()
