@@ -186,8 +186,11 @@ def keep_only(volume: Path, hold: str, keep: set[str]) -> list[str]:
 def release(volume: Path, hold: str) -> list[str]:
     """Delete every snapshot of a hold, and the hold's directory."""
     gone = keep_only(volume, hold, set())
+    folder = holds_root(volume) / hold
+    for marker in folder.glob(f"{PENDING}*") if folder.is_dir() else ():
+        marker.unlink(missing_ok=True)
     try:
-        (holds_root(volume) / hold).rmdir()
+        folder.rmdir()
     except OSError:
         pass
     return gone
