@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -319,3 +320,51 @@ def test_kill_and_drop_mid_update_keep_the_replica_and_resume(tmp_path, btrfs, k
         promoted = s.ndmp("replicate", "promote", "web", s.t, "--json", timeout=300)
         assert promoted.returncode == 0, promoted.stderr     # the lock is free
         same(s.master_vol, s.replica_vol)
+
+
+def test_run_every_rides_out_a_killed_and_restarted_server_without_a_full_resend(tmp_path, btrfs):
+    """``run --every 1s`` keeps going through a kill -9 and restart of the replica's ndmpd, then
+    of the master's: each time the next update it makes resumes from the replica's state."""
+    (tmp_path / "home").mkdir()
+    (btrfs / "r").mkdir()
+    extra = {"m": volume_table(MASTER, btrfs / "vol", False), "r": volume_table(REPLICA, btrfs / "r" / "rep", True)}
+    with servers(tmp_path, "m", "r", extra=extra) as started:
+        s = Setup(tmp_path, btrfs / "vol", btrfs / "r" / "rep", *started)
+        s.change()
+        assert s.ndmp("replicate", "create", "web", target(s.m, MASTER), s.t).returncode == 0
+        assert s.run_once()[0] == 0
+        s.change()
+        code, update, err = s.run_once()
+        assert code == 0 and not update["full"], err
+        reference = update["bytes"]
+
+        proc = subprocess.Popen(s.argv("replicate", "run", "web", "--every", "1s", "--json"), cwd=REPO,
+                                env=ndmp_env(s.home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for side in (1, 0):                           # the replica's ndmpd, then the master's
+                state = s.row()["state_id"]
+                s.change()
+                wait_mid_update(s, proc)
+                started[side].proc.kill()
+                started[side].proc.wait(10)
+                started[side] = restart(started[side])
+                s.m, s.r = started
+                deadline = time.monotonic() + 90
+                while time.monotonic() < deadline:
+                    row = s.row()
+                    if row["state_id"] != state and row["last_error"] is None:
+                        break
+                    time.sleep(0.5)
+                else:
+                    pytest.fail(f"run --every did not catch up after the restart: {row}")
+                assert row["running"] is True and row["failures"] >= 1
+                same(s.master_vol, s.replica_vol)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        updates = [line for line in json_lines(out) if line["type"] == "update"]
+        resumed = [b for a, b in zip(updates, updates[1:]) if a["status"] != "done" and b["status"] == "done"]
+        assert len(resumed) == 2, updates
+        for update in resumed:
+            assert not update["full"] and update["bytes"] <= 2 * reference, (update, reference)
