@@ -28,8 +28,7 @@ from .jobs import IMAGE_SIZE_VAR, RECORD_SIZE_VAR, JobHost, Outcome, _delivered,
 from .places import resolve
 from .source import RECORD, DataReadSource, SourceClosed
 
-HOLD_VAR, BASE_VAR, FREEZE_VAR, THAW_VAR, RELEASE_VAR = ("NDMPD_HOLD", "BASE_DATE", "NDMPD_FREEZE",
-                                                         "NDMPD_THAW", "NDMPD_RELEASE")
+BASE_VAR, FREEZE_VAR, THAW_VAR = "BASE_DATE", "NDMPD_FREEZE", "NDMPD_THAW"
 FULL_BASES = (None, "", "0", "-1")
 YES = {"y", "yes", "t", "true", "1", "on"}
 
@@ -58,15 +57,8 @@ def plan_backup(env: JobEnv) -> BackupPlan:
     if not is_subvolume(path):
         raise EnvError(f"butype btrfs needs a btrfs subvolume volume; {volume.name} ({path}) is not one "
                        "(use butype dump, or make the volume a subvolume: 'btrfs subvolume create')")
-    hold = env.value(HOLD_VAR)
-    if hold is not None:
-        try:
-            holds.check_hold_name(hold)
-        except ValueError as exc:
-            raise EnvError(f"{HOLD_VAR}: {exc}") from None
-    freeze, thaw, release = _yes(env, FREEZE_VAR), _yes(env, THAW_VAR), _yes(env, RELEASE_VAR)
-    if release and hold is None:
-        raise EnvError(f"{RELEASE_VAR}=y needs {HOLD_VAR}=NAME (the hold to release)")
+    hold, release = env.hold, env.release
+    freeze, thaw = _yes(env, FREEZE_VAR), _yes(env, THAW_VAR)
     if freeze and thaw:
         raise EnvError(f"{FREEZE_VAR}=y and {THAW_VAR}=y contradict each other")
     raw_base = env.value(BASE_VAR)

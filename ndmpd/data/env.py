@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Volume
+from ..snapshots.holds import check_hold_name
 
 YES = {"y", "yes", "t", "true", "1", "on"}
 NO = {"n", "no", "f", "false", "0", "off", ""}
 HIST_MODES = {"y", "n", "f", "d"}           # y: the butype's own kind; f: paths; d: directories + nodes
 SNAPSHOT_MODES = ("auto", "btrfs", "lvm", "none")
+HOLD_VAR = "NDMPD_HOLD"                     # keep this backup as a replica's next base, under this name
+RELEASE_VAR = "NDMPD_RELEASE"               # y: forget that hold instead of backing up
 KNOWN = {"FILESYSTEM", "TYPE", "LEVEL", "BASE_DATE", "DUMP_DATE", "UPDATE", "HIST", "DIRECT", "EXCLUDE",
          "FILES", "PREFIX", "RECURSIVE", "SNAPSHOT"}
 
@@ -42,6 +45,8 @@ class JobEnv:
     prefix: str = ""
     recursive: bool = True
     snapshot: str | None = None
+    hold: str | None = None                      # NDMPD_HOLD: a replication relationship's base keeper
+    release: bool = False                        # NDMPD_RELEASE: drop the hold, send nothing
 
     def value(self, name: str, default: str | None = None) -> str | None:
         """The last value sent for ``name``, else the butype's default, else ``default``."""
@@ -146,6 +151,15 @@ def parse(pairs: list[tuple[str, str]], butype: str, default_hist: str, volumes:
         if snapshot.strip().lower() not in SNAPSHOT_MODES:
             raise EnvError(f"SNAPSHOT={snapshot!r}: expected one of {', '.join(SNAPSHOT_MODES)}")
         env.snapshot = snapshot.strip().lower()
+    hold = env.value(HOLD_VAR)
+    if hold is not None:
+        try:
+            env.hold = check_hold_name(hold)
+        except ValueError as exc:
+            raise EnvError(f"{HOLD_VAR}: {exc}") from None
+    env.release = _flag(env, RELEASE_VAR, False)
+    if env.release and env.hold is None:
+        raise EnvError(f"{RELEASE_VAR}=y needs {HOLD_VAR}=NAME (the hold to release)")
     return env
 
 

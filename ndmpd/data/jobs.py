@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..engine.dump import DumpAborted, DumpMeter
+from ..engine.dumpdates import DumpDates
 from ..engine.history import HistoryEntry
 from ..engine.job import DumpRequest, dump_volume
 from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
@@ -37,6 +38,7 @@ from .source import RECORD, DataReadSource, SourceClosed
 log = logging.getLogger("ndmpd.data")
 DELIVERY_POLL = 0.25
 IMAGE_SIZE_VAR = "NDMPD_IMAGE_SIZE"
+SNAPSHOT_TIME_VAR = "NDMPD_SNAPSHOT_TIME"   # when the image's view of the volume was taken (unix seconds)
 RECORD_SIZE_VAR = "NDMPD_RECORD_SIZE"    # recover: the mover's record size, the grid of direct access reads
 
 
@@ -89,7 +91,8 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
         host.log_message("FILES dumps part of the volume: its dump date is not recorded (UPDATE=n)", "warning")
     request = DumpRequest(source=Path(volume.path), key=volume.name, state_dir=state_dir, level=env.level,
                           base_token=env.base_token, update=env.update and not only,
-                          snapshot=env.snapshot or volume.snapshot, excludes=env.excludes, only=only)
+                          snapshot=env.snapshot or volume.snapshot, excludes=env.excludes, only=only,
+                          hold=env.hold if not only else None)
     history = _history(host, env)
 
     def add(entry: HistoryEntry) -> None:
@@ -130,8 +133,17 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
                f"{result.bytes_written} bytes ({outcome.base.note})")
     extra = {"LEVEL": str(outcome.level), "DUMP_DATE": outcome.dump_date,
              "BASE_DATE": env.base_token or None, "UPDATE": "y" if request.update else "n",
-             "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written)}
+             "SNAPSHOT": outcome.snapshot_mode, IMAGE_SIZE_VAR: str(result.bytes_written),
+             SNAPSHOT_TIME_VAR: f"{int(outcome.dump_date) / 1e9:.6f}"}
     return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env, **extra), summary=summary)
+
+
+def release(host: JobHost, env: JobEnv, state_dir: Path) -> Outcome:
+    """NDMPD_RELEASE: forget a replica's hold on this volume's dump indexes; nothing is sent."""
+    assert env.volume is not None and env.hold is not None
+    found = DumpDates(state_dir).release(env.volume.name, env.hold)
+    summary = f"hold {env.hold} of {env.volume.name} {'released' if found else 'was not kept: nothing to release'}"
+    return Outcome(C.DATA_HALT_SUCCESSFUL, effective(env), summary=summary)
 
 
 def _undelivered(host: JobHost, name: str, failure: str) -> Outcome | None:

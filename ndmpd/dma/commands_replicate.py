@@ -385,14 +385,15 @@ async def promote(args: argparse.Namespace) -> int:
 
 
 async def _release(rep: Replication, replicas: list[Replica], args: argparse.Namespace, reporter: Reporter) -> None:
-    """NDMPD_RELEASE of these replicas' holds on the master (btrfs: dump keeps no snapshots)."""
-    if rep.butype != "btrfs" or not replicas:
+    """NDMPD_RELEASE of these replicas' holds on the master (its snapshots, or a dump master's
+    directory indexes)."""
+    if not replicas:
         return
     async with AsyncExitStack() as stack:
         master = await _connect(rep.master_host, args)
         stack.push_async_callback(master.close)
         for r in replicas:
-            await release_hold(master, rep.master_volume, r.hold, rep.master_host, reporter)
+            await release_hold(master, rep.master_volume, r.hold, rep.master_host, reporter, rep.butype)
 
 
 async def delete(args: argparse.Namespace) -> int:
@@ -411,7 +412,7 @@ async def delete(args: argparse.Namespace) -> int:
         raise CatalogError(str(exc)) from None
     finally:
         catalog.close()
-    holds = [r.hold for r in rep.replicas] if rep.butype == "btrfs" else []
+    holds = [r.hold for r in rep.replicas]
     if args.json:
         _print_json({"type": "summary", "job": "delete", "status": "done", "replication": rep.name,
                      "released": holds})

@@ -53,6 +53,7 @@ class DumpDates:
         self.dir = Path(state_dir)
         self.path = self.dir / "dumpdates.json"
         self.index_dir = self.dir / "dirindex"
+        self.holds_path = self.dir / "holds.json"       # {key: {hold name: [dates]}}
 
     @contextmanager
     def _locked(self) -> Iterator[dict]:
@@ -92,12 +93,68 @@ class DumpDates:
         with self._locked() as data:
             previous = data.setdefault(key, {}).get(str(level))
             data[key][str(level)] = date_ns
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-            referenced = {int(d) for d in data.get(key, {}).values()}
+            self._write(self.path, data)
+            referenced = self._referenced(data, None, key)
         self._prune(key, referenced)
         return previous
+
+    # -- holds: the bases a replica still needs ----------------------------------------------
+
+    def hold(self, key: str, name: str, date_ns: int, dir_index: dict[int, bytes], base_ns: int | None) -> None:
+        """Keep this dump's index under the hold ``name`` (a replica's relationship) with the
+        base it was taken against, and drop every other date of that hold: like a btrfs hold,
+        a hold keeps at most {the base the replica has acknowledged, the newest}. Held indexes
+        outlive the usual pruning, and holds never touch the dump-dates record of levels."""
+        self.save_index(key, date_ns, dir_index)
+        with self._locked() as data:
+            holds = self._holds()
+            holds.setdefault(key, {})[name] = sorted({date_ns} | ({base_ns} if base_ns is not None else set()))
+            self._write(self.holds_path, holds)
+            referenced = self._referenced(data, holds, key)
+        self._prune(key, referenced)
+
+    def release(self, key: str, name: str) -> bool:
+        """Forget the hold ``name`` (its indexes go with the next prune); False if there was none."""
+        with self._locked() as data:
+            holds = self._holds()
+            found = holds.get(key, {}).pop(name, None) is not None
+            if found:
+                self._write(self.holds_path, holds)
+            referenced = self._referenced(data, holds, key)
+        self._prune(key, referenced)
+        return found
+
+    def unhold(self, key: str, name: str, date_ns: int) -> None:
+        """Take ``date_ns`` back out of the hold (its image never reached the peer)."""
+        with self._locked():
+            holds = self._holds()
+            dates = holds.get(key, {}).get(name)
+            if dates and date_ns in dates:
+                dates.remove(date_ns)
+                self._write(self.holds_path, holds)
+
+    def held(self, key: str) -> dict[str, list[int]]:
+        """hold name -> the dates it keeps, for ``key``."""
+        with self._locked():
+            return {name: list(dates) for name, dates in self._holds().get(key, {}).items()}
+
+    def _holds(self) -> dict:
+        try:
+            return json.loads(self.holds_path.read_text()) if self.holds_path.exists() else {}
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _write(path: Path, data: dict) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+    def _referenced(self, data: dict, holds: dict | None, key: str) -> set[int]:
+        """Dates whose index must stay: the recorded levels' and every hold's."""
+        holds = self._holds() if holds is None else holds
+        return ({int(d) for d in data.get(key, {}).values()}
+                | {int(d) for dates in holds.get(key, {}).values() for d in dates})
 
     def revert(self, key: str, level: int, date_ns: int, previous: int | None) -> None:
         """Take back :meth:`record` of ``date_ns`` (its image never reached the medium), unless
@@ -112,9 +169,7 @@ class DumpDates:
                     del data[key]
             else:
                 dates[str(level)] = previous
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            self._write(self.path, data)
 
     # -- directory indexes ------------------------------------------------------------------
 

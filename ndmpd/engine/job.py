@@ -31,6 +31,7 @@ class DumpRequest:
     level: int = 0
     base_token: str | None = None            # token-based incremental (NDMP BASE_DATE)
     update: bool = False                     # record this dump's date for later levels
+    hold: str | None = None                  # keep this dump's index as a replica's base (NDMPD_HOLD)
     snapshot: str = "auto"
     excludes: tuple[str, ...] = ()
     only: tuple[bytes, ...] = ()             # just these paths (relative to source) and what is under them
@@ -91,8 +92,15 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
             sink.close(drain=ok)
     finally:
         snapshot.remove()
-    revert: Callable[[], None] = lambda: None
+    reverts: list[Callable[[], None]] = []
     if request.update:
         previous = dates.record(request.key, base.level, date_ns, result.dir_index)
-        revert = lambda: dates.revert(request.key, base.level, date_ns, previous)   # noqa: E731
+        reverts.append(lambda: dates.revert(request.key, base.level, date_ns, previous))
+    if request.hold:
+        dates.hold(request.key, request.hold, date_ns, result.dir_index, base.since_ns)
+        reverts.append(lambda: dates.unhold(request.key, request.hold, date_ns))
+
+    def revert() -> None:
+        for undo in reverts:
+            undo()
     return DumpOutcome(result, base.level, make_token(date_ns), base, snapshotter.mode, revert)

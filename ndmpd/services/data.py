@@ -104,6 +104,11 @@ def _backup_job(data: "Data", env: JobEnv, req: Any) -> Job:
     return Job(lambda sock: jobs.backup(data, env, sock, state_dir, data._handoff))
 
 
+def _release_job(data: "Data", env: JobEnv, req: Any) -> Job:
+    state_dir = Path(data.session.ctx.config.server.state_dir)
+    return Job(lambda sock: jobs.release(data, env, state_dir), needs_connection=False)
+
+
 def _recover_job(data: "Data", env: JobEnv, req: Any) -> Job:
     wanted = data._wanted(env, req.nlist or [])
     return Job(lambda sock: jobs.recover(data, env, wanted, sock))
@@ -144,6 +149,7 @@ JOB_TABLE: list[tuple[Callable[[int, JobEnv], bool], JobPlanner]] = [
     (lambda op, env: op == C.DATA_OP_RECOVER and replica_jobs.wants_replica(env), _replica_recover_job),
     (lambda op, env: op == C.DATA_OP_BACKUP and env.butype == "btrfs", _btrfs_backup_job),
     (lambda op, env: op == C.DATA_OP_RECOVER and env.butype == "btrfs", _btrfs_recover_job),
+    (lambda op, env: op == C.DATA_OP_BACKUP and env.release, _release_job),
     (lambda op, env: op == C.DATA_OP_BACKUP, _backup_job),
     (lambda op, env: op == C.DATA_OP_RECOVER, _recover_job),
     (lambda op, env: True, _filehist_job),

@@ -206,9 +206,16 @@ def _nested(path: Path) -> list[Path]:
 
 def delete(path: Path) -> None:
     """Delete a subvolume and any subvolumes nested inside it (a read-only one is made
-    writable first, or its nested ones could not be unlinked)."""
-    nested = _nested(Path(path))
-    if nested and subvolume_info(Path(path)).readonly:
+    writable first, or its nested ones could not be unlinked). Replica states never nest,
+    so the tree is only walked for nested ones when the plain delete is refused."""
+    try:
+        run([_btrfs(), "subvolume", "delete", str(path)], f"deleting subvolume {path}")
+        return
+    except SnapshotError:
+        nested = _nested(Path(path))
+        if not nested:
+            raise
+    if subvolume_info(Path(path)).readonly:
         set_readonly(Path(path), False)
     for inner in nested:
         run([_btrfs(), "subvolume", "delete", str(inner)], f"deleting subvolume {inner}")

@@ -49,7 +49,7 @@ def test_info_by_configured_name_as_json(server_factory, tmp_path):
     report = json.loads(result.stdout)
     assert report["host"] == "lab" and report["version"] == 3 and report["auth"] == "text"
     assert report["server_info"]["product"] == "ndmpd" and report["server_info"]["auth_types"] == ["text"]
-    assert {b["name"] for b in report["butypes"]} == {"tar", "dump"}
+    assert {b["name"] for b in report["butypes"]} == {"tar", "dump", "btrfs"}
     tar = next(b for b in report["butypes"] if b["name"] == "tar")
     assert tar["default_env"]["HIST"] == "f"
     assert [f["logical_device"] for f in report["filesystems"]] == ["/export/data"]

@@ -44,10 +44,13 @@ def target(server, volume: str) -> str:
 
 
 def run_once(home: Path, catalog: Path, name: str = "web") -> tuple[int, dict[str, dict], str]:
-    """``replicate run NAME --once --json``: (status, the update line of each replica, stderr)."""
+    """``replicate run NAME --once --json``: (status, the update line of each replica, stderr
+    and the warning lines)."""
     result = ndmp("replicate", "run", name, "--once", "--json", "--catalog", str(catalog), home=home, timeout=180)
-    updates = {line["replica"]: line for line in json_lines(result.stdout) if line["type"] == "update"}
-    return result.returncode, updates, result.stderr
+    lines = json_lines(result.stdout)
+    updates = {line["replica"]: line for line in lines if line["type"] == "update"}
+    warnings = [line["text"] for line in lines if line["type"] == "warning"]
+    return result.returncode, updates, "\n".join([result.stderr, *warnings])
 
 
 def errors(stderr: str, updates: dict[str, dict]) -> str:
@@ -269,3 +272,30 @@ def test_a_non_btrfs_master_replicates_with_dump_and_promote_ends_the_relationsh
         again = ndmp("replicate", "run", "web", "--once", "--catalog", str(catalog), home=home)
         assert again.returncode == 1 and again.stderr.strip() == \
             "ndmp: replication web is promoted: there is nothing to run", again.stderr
+        deleted = ndmp("replicate", "delete", "web", "--catalog", str(catalog), home=home)
+        assert deleted.returncode == 0 and "released ndmp-web-0" in deleted.stdout, deleted.stderr
+
+
+def test_a_base_the_master_released_gives_a_full_update_with_a_warning(tmp_path, btrfs):
+    """delete then create again: the replica is at a state whose snapshot the master released,
+    so the first update of the new replication is a full one (exit 3, the warning says why)."""
+    home, catalog = tmp_path / "home", tmp_path / "home" / "catalog.db"
+    home.mkdir()
+    master_vol = btrfs / "vol"
+    (btrfs / "r1").mkdir()
+    extra = {"m": volume_table(MASTER, master_vol, False), "r1": volume_table(REPLICA, btrfs / "r1" / "rep", True)}
+    with servers(tmp_path, "m", "r1", extra=extra) as (m, r1):
+        require_replication(home, m)
+        data = master_tree(master_vol)
+        t1 = target(r1, REPLICA)
+        create = ("replicate", "create", "web", target(m, MASTER), t1, "--catalog", str(catalog))
+        assert ndmp(*create, home=home).returncode == 0
+        code, updates, err = run_once(home, catalog)
+        assert code == 0 and updates[t1]["full"], errors(err, updates)
+        assert ndmp("replicate", "delete", "web", "--catalog", str(catalog), home=home).returncode == 0
+        (data / "later").write_bytes(b"after the delete\n")
+        assert ndmp(*create, home=home).returncode == 0
+        code, updates, err = run_once(home, catalog)
+        assert code == 3 and updates[t1]["status"] == "done" and updates[t1]["full"], errors(err, updates)
+        assert "no longer keeps" in err and "sending a full update" in err
+        same(data, btrfs / "r1" / "rep" / "data")

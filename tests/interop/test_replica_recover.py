@@ -79,7 +79,7 @@ def update(master, replica, base: str = "0", butype: str = "dump", level: int | 
             backup = {"FILESYSTEM": source, "NDMPD_HOLD": "ndmp-test-0", "BASE_DATE": master_base or base,
                       **(master_env or {})}
         else:
-            backup = {"FILESYSTEM": "/export/data", "HIST": "n", "UPDATE": "y"}
+            backup = {"FILESYSTEM": "/export/data", "HIST": "n", "UPDATE": "y", "NDMPD_HOLD": "ndmp-test-0"}
             if base != "0":
                 backup.update(BASE_DATE=base, LEVEL=str(level or 1))
         m.call("DATA_START_BACKUP", butype_name=butype, env=pairs(backup))

@@ -22,7 +22,7 @@ from typing import Any
 from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog
-from ..errors import JobFailed, JobInterrupted, NdmpConnectionLost, NdmpReplyError
+from ..errors import JobFailed, NdmpConnectionLost, NdmpReplyError
 from ..progress import Reporter
 from . import steps
 from .states import settle, with_trouble
@@ -36,10 +36,6 @@ NOT_KEPT = "is not kept on"     # the master's words when it released the replic
 
 class UpdateFailed(JobFailed):
     """The update did not complete; the replica keeps its state (the message says why)."""
-
-
-class UpdateInterrupted(JobInterrupted):
-    """The update was cancelled (SIGINT, or its ``run`` stopping); both sides were aborted."""
 
 
 @dataclass
@@ -126,7 +122,8 @@ class ReplicaUpdateJob:
         return f"{self.request.replica_host}:{self.request.replica_volume}"
 
     async def run(self) -> UpdateResult:
-        """Run the update to its end and record it; UpdateFailed / UpdateInterrupted otherwise."""
+        """Run the update to its end and record it; UpdateFailed otherwise. A cancel (SIGINT:
+        the ``run`` cancels its tasks) aborts both sides, is recorded as interrupted and goes on."""
         req = self.request
         started, began = time.time(), time.monotonic()
         base: str | None = None
@@ -222,12 +219,10 @@ class ReplicaUpdateJob:
 
     def _backup_env(self, butype: str, base: str | None) -> dict[str, str]:
         req = self.request
-        env = {"FILESYSTEM": req.master_volume, "HIST": "n"}
-        if butype == "btrfs":
-            env["NDMPD_HOLD"] = req.hold
-        else:       # the dump engine: a level 1 on the replica's token; UPDATE records the dump's
-                    # directory index, which tells the next incremental a moved directory from a new one
-            env.update(LEVEL="1" if base else "0", UPDATE="y")
+        env = {"FILESYSTEM": req.master_volume, "HIST": "n", "NDMPD_HOLD": req.hold}
+        if butype == "dump":    # a level 1 on the replica's token; the hold (not UPDATE, which would
+                                # move the volume's level dates) keeps the base's directory index
+            env.update(LEVEL="1" if base else "0", UPDATE="n")
         if base:
             env["BASE_DATE"] = base
         if req.freeze:
@@ -344,15 +339,15 @@ class ReplicaUpdateJob:
 
 
 async def release_hold(master: Agent, volume: str, hold: str, host: str, reporter: Reporter,
-                       timeout: float = 60.0) -> None:
-    """NDMPD_RELEASE of one hold: the master deletes that hold's snapshots and halts without
-    sending (DATA is put in LISTEN first because START requires a connection)."""
+                       butype: str = "btrfs", timeout: float = 60.0) -> None:
+    """NDMPD_RELEASE of one hold: the master deletes that hold's snapshots (btrfs) or forgets
+    its directory indexes (dump) and halts without sending (DATA is put in LISTEN first because START requires a connection)."""
     logs = LogForwarder(reporter, {host: master})
     halted: asyncio.Queue[Any] = asyncio.Queue()
     master.on(C.NOTIFY_DATA_HALTED, halted.put_nowait)
     try:
         await master.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
-        await master.call("DATA_START_BACKUP", butype_name="btrfs", env=_pvals(
+        await master.call("DATA_START_BACKUP", butype_name=butype, env=_pvals(
             {"FILESYSTEM": volume, "NDMPD_HOLD": hold, "NDMPD_RELEASE": "y"}))
         body = await asyncio.wait_for(halted.get(), timeout)
         if body.reason != C.DATA_HALT_SUCCESSFUL:
