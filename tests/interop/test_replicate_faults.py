@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from ndmpd.engine.dumpdates import DumpDates, parse_token
 from ndmpd.snapshots import holds
 from tests.loopfs import btrfs_subvolume, sh
 from tests.server_process import ServerProcess
@@ -202,6 +203,9 @@ def assert_kept_state(s: Setup, state_id: str) -> None:
         same(kept.path, s.replica_vol)
         held = holds.held(s.master_vol, HOLD)
         assert len(held) <= 2 and state_id in {h.uuid for h in held}, [h.name for h in held]
+    else:                                    # the dump master holds the base's directory index
+        dates = DumpDates(s.m.config.parent / "state").held(MASTER).get(HOLD, [])
+        assert len(dates) <= 2 and parse_token(state_id) in dates, (dates, state_id)
     assert partial_receives(s.replica_vol) == []
     assert not os.path.lexists(s.replica_vol.parent / f".{s.replica_vol.name}.ndmpd-next")
     server_side = subprocess.run([sys.executable, "-m", "ndmpd", "replica", "--config", str(s.r.config),
