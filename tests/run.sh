@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole ndmpd test suite on a fresh Debian machine: installs the real peers
 # (ndmjob from amanda-common, tshark, btrfs-progs; systemd for systemd-analyze; iproute2's ss,
-# which the replication fault tests drop a data connection with), a virtualenv with the project and its test extras, then pytest. Extra arguments go to pytest.
+# which the replication fault tests drop a data connection with), a virtualenv with the
+# project and its test extras, then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
