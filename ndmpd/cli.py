@@ -148,8 +148,15 @@ def _remove_stale(config: Config) -> None:
     """Snapshots a killed or stuck job left in any volume (whatever its mode: a DMA may ask), and
     the debris of replica updates (a replica's P is read-only: nothing is left inside it)."""
     from .replica.store import clean_replicas
-    from .snapshots import remove_stale
+    from .snapshots import SnapshotError, remove_stale
+    from .snapshots.holds import remove_unsettled
     remove_stale([volume.path for volume in config.volumes], config.server.state_dir)
+    for volume in config.volumes:
+        try:
+            for item in remove_unsettled(volume.path):
+                log.warning("removed held snapshot %s, taken by a backup that never ended", item)
+        except (OSError, SnapshotError) as exc:
+            log.warning("could not clean the held snapshots of %s: %s", volume.path, exc)
     for item in clean_replicas(config.volumes, config.server.state_dir):
         log.warning("removed %s, left by an interrupted replica update", item)
 

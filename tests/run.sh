@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Run the whole ndmpd test suite on a fresh Debian machine: installs the real peers
-# (ndmjob from amanda-common, tshark, btrfs-progs; systemd for systemd-analyze), a virtualenv
-# with the project and its test extras, then pytest. Extra arguments go to pytest.
+# (ndmjob from amanda-common, tshark, btrfs-progs; systemd for systemd-analyze; iproute2's ss,
+# which the replication fault tests drop a data connection with), a virtualenv with the
+# project and its test extras, then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # systemd: systemd-analyze verify of conf/ndmpd.service; amanda-server and libencode-locale-perl:
 # Amanda's ndmp: device, chg-ndmp and amtape/amlabel; amanda-client: amdump's local client
 # (amandad, amgtar) for the whole-run test (tests/interop/test_amanda_*.py)
-packages=(amanda-common amanda-server amanda-client libencode-locale-perl tshark btrfs-progs systemd)
+packages=(amanda-common amanda-server amanda-client libencode-locale-perl tshark btrfs-progs systemd iproute2)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

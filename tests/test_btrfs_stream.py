@@ -266,6 +266,22 @@ def test_remove_stale_keeps_held_snapshots_and_clears_a_dead_jobs_snapshot(fs, t
     btrfs_send.delete(inside / "ndmpd-20260101T000000.000000-abcdef")
 
 
+def test_a_held_snapshot_whose_backup_never_ended_is_removed_at_start_up(fs):
+    """take() marks the snapshot pending; settle() (the backup ended) keeps it for good;
+    remove_unsettled() (start-up, after a kill -9) deletes only the still-pending ones."""
+    from ndmpd.snapshots import holds
+    mnt, _, _ = fs
+    vol = mnt / "vol"
+    settled = holds.take(vol, "h")
+    holds.settle(settled)
+    orphan = holds.take(vol, "h")                           # its server was killed mid-backup
+    assert holds.held(vol, "h") == [settled, orphan]         # the marks are not snapshots
+    assert holds.remove_unsettled(vol) == [str(orphan.path)]
+    assert holds.held(vol, "h") == [settled] and not orphan.path.exists()
+    assert sorted(os.listdir(settled.path.parent)) == [settled.name]
+    assert holds.release(vol, "h") == [settled.name] and not settled.path.parent.exists()
+
+
 def test_delete_removes_nested_subvolumes_of_a_read_only_one(fs):
     mnt, _, _ = fs
     outer = mnt / "outer"

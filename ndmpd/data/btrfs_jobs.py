@@ -145,9 +145,13 @@ def backup(host: JobHost, env: JobEnv, plan: BackupPlan, sock: socket.socket | N
             return (_undelivered(host, name, "the peer did not take the whole image")
                     or Outcome(C.DATA_HALT_ABORTED))
         done = True
+        if plan.hold is not None:
+            holds.settle(kept)                 # delivered: the replica may already show it
     finally:
         if not done or plan.hold is None:
             holds.remove_temporary(snap) if plan.hold is None else btrfs_send.delete(snap)
+            if plan.hold is not None:
+                holds.settle(kept)
     if plan.hold is not None:
         holds.keep_only(plan.path, plan.hold, {uuid} | ({plan.base.uuid} if plan.base else set()))
     base = plan.base.uuid if plan.base else "0"

@@ -86,14 +86,53 @@ def find(volume: Path, uuid: str) -> Held | None:
     return next((h for h in held(volume) if h.uuid == uuid), None)
 
 
+PENDING = ".pending-"
+
+
 def take(volume: Path, hold: str) -> Held:
-    """A new read-only snapshot of the volume, kept in ``hold``."""
+    """A new read-only snapshot of the volume, kept in ``hold``; marked pending (see
+    :func:`settle`) so a server killed before the backup ends does not keep it for ever."""
     folder = holds_root(volume) / check_hold_name(hold)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     name = snapshot_name()
-    btrfs_send.snapshot(Path(volume), folder / name, readonly=True)
-    info = btrfs_send.subvolume_info(folder / name)
+    marker = folder / f"{PENDING}{name}"
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        btrfs_send.snapshot(Path(volume), folder / name, readonly=True)
+        info = btrfs_send.subvolume_info(folder / name)
+    except BaseException:
+        if is_subvolume(folder / name):
+            btrfs_send.delete(folder / name)
+        marker.unlink(missing_ok=True)
+        raise
     return Held(hold, name, folder / name, info.uuid, info.ctime)
+
+
+def settle(kept: Held) -> None:
+    """The backup that took ``kept`` has ended (delivered, or its snapshot deleted): drop the
+    pending mark."""
+    (kept.path.parent / f"{PENDING}{kept.name}").unlink(missing_ok=True)
+
+
+def remove_unsettled(volume: Path) -> list[str]:
+    """Delete the held snapshots whose backup never ended (the server was killed during it);
+    called at start-up, when no job runs. The paths removed."""
+    root = holds_root(volume)
+    removed: list[str] = []
+    if not root.is_dir():
+        return removed
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for marker in sorted(folder.glob(f"{PENDING}*")):
+            snap = folder / marker.name[len(PENDING):]
+            if SNAPSHOT_NAME.fullmatch(snap.name) and is_subvolume(snap):
+                btrfs_send.delete(snap)
+                removed.append(str(snap))
+            marker.unlink(missing_ok=True)
+    return removed
 
 
 def take_temporary(volume: Path, tag: str) -> Path:
@@ -147,8 +186,11 @@ def keep_only(volume: Path, hold: str, keep: set[str]) -> list[str]:
 def release(volume: Path, hold: str) -> list[str]:
     """Delete every snapshot of a hold, and the hold's directory."""
     gone = keep_only(volume, hold, set())
+    folder = holds_root(volume) / hold
+    for marker in folder.glob(f"{PENDING}*") if folder.is_dir() else ():
+        marker.unlink(missing_ok=True)
     try:
-        (holds_root(volume) / hold).rmdir()
+        folder.rmdir()
     except OSError:
         pass
     return gone

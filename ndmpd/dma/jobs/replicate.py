@@ -287,8 +287,19 @@ class ReplicaUpdateJob:
             if body.reason != C.DATA_HALT_SUCCESSFUL:
                 errors = self.logs[side].errors
                 why = errors[-1] if errors else constant_name("DATA_HALT", body.reason)
+                gone = await self._gone("replica" if side == "master" else "master")
                 await self._abort_and_stop()
-                raise UpdateFailed(f"the {side} data server halted: {why}")
+                raise UpdateFailed(gone + f"the {side} data server halted: {why}")
+
+    async def _gone(self, side: str) -> str:
+        """Why the other side's data connection broke when its ndmpd went away (killed,
+        restarted): the halt alone only tells of a reset or a truncated stream."""
+        agent = self.replica if side == "replica" else self.master
+        host = self.request.replica_host if side == "replica" else self.request.master_host
+        deadline = time.monotonic() + REASON_WAIT
+        while not agent.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.025)
+        return f"the {side}'s ndmpd ({host}) went away during the update; " if agent.closed else ""
 
     async def _said(self, words: str, side: str) -> bool:
         """Whether ``side`` logged an error containing ``words`` (waiting briefly for it)."""
