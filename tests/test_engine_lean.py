@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ndmpd.engine.job import DumpRequest, dump_volume
 from ndmpd.engine.restore import RestoreOptions
-from tests.engine_helpers import restore_from
+from tests.engine_helpers import gnu_tar, restore_from
 from tests.replication_load import build_tree
 from tests.trees import describe, differences
 
@@ -86,6 +86,20 @@ def test_lean_image_restores_onto_the_base_into_the_masters_tree(tmp_path):
     assert dirs["./a/c/d/e"] is False, "an unchanged directory with a rewritten file: its times, no dumpdir"
     assert dirs["./a/c/d"] is True and dirs["./a/b"] is True, "changed directories list their names"
     assert dirs["./a/b/d2/e/new/deeper"] is True
+
+
+def test_gnu_tar_replays_a_lean_image_onto_its_base_too(tmp_path):
+    src, state, out = tmp_path / "src", tmp_path / "state", tmp_path / "gnu"
+    _deep_tree(src)
+    _settle()
+    base = _dump(src, state, tmp_path / "base.tar", hold="r")
+    _settle()
+    _change_deep(src)
+    _dump(src, state, tmp_path / "inc.tar", base_token=base.dump_date, level=1, hold="r")
+    out.mkdir()
+    for stream in ("base.tar", "inc.tar"):
+        gnu_tar("-x", "-G", "-p", "--xattrs", "--xattrs-include=*", "-f", str(tmp_path / stream), cwd=out)
+    assert differences(describe(src), describe(out)) == []
 
 
 def test_a_lean_image_deletes_nothing_where_it_has_no_dumpdir(tmp_path):
