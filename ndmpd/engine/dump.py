@@ -34,9 +34,10 @@ from .target import DIR_FLAGS, fd_path
 
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PROGRESS_EVERY = 512
-CTIME_SLACK_NS = 100_000_000       # lean: a directory whose ctime is this close before the base
-                                   # counts as changed (ctime comes from the coarse clock, which
-                                   # lags the base's time.time_ns() by up to a tick)
+CTIME_SLACK_NS = 100_000_000       # lean: a directory or file whose ctime is this close before the
+                                   # base counts as changed (ctime comes from the coarse clock, which
+                                   # lags the base's time.time_ns() by up to a tick; a lean image has
+                                   # no full listing to mend a miss with)
 
 
 TAR_RECORD = 10240                 # GNU tar's default record (blocking factor 20)
@@ -252,7 +253,7 @@ class Dumper:
         children = []
         dumpdir = []
         excluder = self._excluder
-        since = self._since
+        since = self._since if self._lean_since is None else self._lean_since
         prefix = rel + b"/" if rel else b""
         skip = self.options.skip_root_names if not rel else ()
         listed = 0                     # header + data bytes of what this directory will write
