@@ -158,3 +158,18 @@ def test_lean_bytes_follow_the_change_not_the_tree(tmp_path):
     finally:
         if root != tmp_path:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_image_cut_between_members_is_known_not_whole(tmp_path):
+    """A replica must not take an update whose master stopped mid-way: cut at a member boundary
+    the image still reads cleanly, so the restore says whether its end-of-archive blocks came."""
+    src, state = tmp_path / "src", tmp_path / "state"
+    _deep_tree(src)
+    _dump(src, state, tmp_path / "whole.tar")
+    data = (tmp_path / "whole.tar").read_bytes()
+    assert restore_from(tmp_path / "whole.tar", tmp_path / "a", REPLICA).end_of_archive is True
+    end = len(data.rstrip(b"\0"))
+    cut = -(-end // 512) * 512                 # after the last member's last block, before the zeros
+    (tmp_path / "cut.tar").write_bytes(data[:cut])
+    result = restore_from(tmp_path / "cut.tar", tmp_path / "b", REPLICA)
+    assert result.complete and result.end_of_archive is False
