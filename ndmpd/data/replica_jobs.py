@@ -227,6 +227,8 @@ def _restore_dump(host: JobHost, chosen: ReplicaPlan, sock: socket.socket):
         result = restorer.run(0)
         if not result.complete:
             raise ReplicaError("the image ended early")
+        if not result.end_of_archive:           # cut between two members: it looks whole, but is not
+            raise ReplicaError("the image ended early (no end-of-archive blocks: the master stopped mid-way)")
         if result.refused_count:
             raise ReplicaError(f"{result.refused_count} entries could not be restored: "
                                + "; ".join(result.refused[:3]))

@@ -5,6 +5,16 @@ open relative to its directory fd with O_NOFOLLOW, data by ``sendfile`` or one `
 into the sink's buffer. Directories are written before their contents, each with a GNU
 dumpdir (the names it holds), so an incremental restore reproduces deletions and renames;
 GNU tar reads the same records with ``-G``.
+
+A lean incremental (``DumpOptions.lean``: a replication update, applied onto the very tree
+of its base) writes a directory's dumpdir only when the directory itself changed since the
+base (its ctime moved, or it is new or renamed per the base's index): a create, delete or
+rename in a directory always moves its ctime, so an unchanged one has nothing to replay. It
+still descends into every directory for the files that changed; an unchanged directory that
+holds some gets a header without a dumpdir (its times come back after the replay of those
+files touched it), and one that holds none is not written at all. The bytes then follow the
+change, not the tree. Tape images are never lean: every directory is listed, as GNU tar's
+listed-incremental format expects.
 """
 
 from __future__ import annotations
@@ -24,6 +34,10 @@ from .target import DIR_FLAGS, fd_path
 
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PROGRESS_EVERY = 512
+CTIME_SLACK_NS = 100_000_000       # lean: a directory or file whose ctime is this close before the
+                                   # base counts as changed (ctime comes from the coarse clock, which
+                                   # lags the base's time.time_ns() by up to a tick; a lean image has
+                                   # no full listing to mend a miss with)
 
 
 TAR_RECORD = 10240                 # GNU tar's default record (blocking factor 20)
@@ -77,6 +91,7 @@ class DumpOptions:
     one_filesystem: bool = True
     skip_root_names: frozenset[bytes] = frozenset()   # never dumped (the snapshot directory)
     labels: dict[str, str] = field(default_factory=dict)  # NDMPD.* global records
+    lean: bool = False              # replication update: dumpdirs only of directories changed since the base
 
 
 @dataclass
@@ -128,6 +143,8 @@ class Dumper:
                                      for n in range(1, p.count(b"/") + 1))    # their parent directories
         self._links: dict[tuple[int, int], tuple[bytes, int]] = {}   # inode: first name, its offset
         self._since = options.since_ns
+        self._lean_since = (options.since_ns - CTIME_SLACK_NS
+                            if options.lean and options.since_ns is not None else None)
         self._xattrs = options.xattrs
         self._noatime = os.O_NOATIME
         self.discovered = 0            # stream bytes of the entries listed so far (DumpMeter)
@@ -219,18 +236,24 @@ class Dumper:
         the entries it leads to; its dumpdir still names the others, as not dumped."""
         children, dumpdir = self._list(fd, rel, full, inside)
         self.result.dir_index[st.st_ino] = rel
+        listing: list[bytes] | None = dumpdir
+        if self._lean_since is not None and not full and st.st_ctime_ns < self._lean_since:
+            listing = None                          # unchanged since the base: nothing to replay here
+            if not any(include and not stat.S_ISDIR(child.st_mode) for _, child, include in children):
+                stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full))
+                return                              # nor any file of its own that changed: not written
         try:
             xattr_records = xattrs.read_records(fd) if self._xattrs else b""
         except OSError:
             xattr_records = b""
-        self._write_dir(rel, st, parent_ino, dumpdir, xattr_records)
+        self._write_dir(rel, st, parent_ino, listing, xattr_records)
         stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full))
 
     def _list(self, fd: int, rel: bytes, full: bool, inside: bool = True) -> tuple[list, list[bytes]]:
         children = []
         dumpdir = []
         excluder = self._excluder
-        since = self._since
+        since = self._since if self._lean_since is None else self._lean_since
         prefix = rel + b"/" if rel else b""
         skip = self.options.skip_root_names if not rel else ()
         listed = 0                     # header + data bytes of what this directory will write
@@ -267,10 +290,12 @@ class Dumper:
 
     # -- members -------------------------------------------------------------------------
 
-    def _write_dir(self, rel: bytes, st: os.stat_result, parent_ino: int, dumpdir: list[bytes],
+    def _write_dir(self, rel: bytes, st: os.stat_result, parent_ino: int, dumpdir: list[bytes] | None,
                    xattr_records: bytes) -> None:
-        listing = b"".join(entry + b"\0" for entry in dumpdir) + b"\0"
-        records = xattr_records + pax.pax_record(b"GNU.dumpdir", listing)
+        """A directory's header; with its dumpdir unless ``dumpdir`` is None (lean: metadata only)."""
+        records = xattr_records
+        if dumpdir is not None:
+            records += pax.pax_record(b"GNU.dumpdir", b"".join(entry + b"\0" for entry in dumpdir) + b"\0")
         name = b"./" + rel + b"/" if rel else b"./"
         self._emit_header(rel, st, parent_ino, name, pax.DIRTYPE, 0, records)
 

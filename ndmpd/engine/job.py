@@ -31,7 +31,8 @@ class DumpRequest:
     level: int = 0
     base_token: str | None = None            # token-based incremental (NDMP BASE_DATE)
     update: bool = False                     # record this dump's date for later levels
-    hold: str | None = None                  # keep this dump's index as a replica's base (NDMPD_HOLD)
+    hold: str | None = None                  # keep this dump's index as a replica's base (NDMPD_HOLD);
+                                             # with base_token, a lean incremental (see dump.py)
     snapshot: str = "auto"
     excludes: tuple[str, ...] = ()
     only: tuple[bytes, ...] = ()             # just these paths (relative to source) and what is under them
@@ -79,7 +80,8 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
             live=snapshot.live, xattrs=request.xattrs, skip_root_names=frozenset({SNAPSHOT_DIR.encode()}),
             labels={"volume": request.key, "level": str(base.level), "date": make_token(date_ns),
                     "base": make_token(base.since_ns) if base.since_ns is not None else "",
-                    "snapshot": snapshotter.mode})
+                    "snapshot": snapshotter.mode},
+            lean=bool(request.hold and request.base_token) and base.since_ns is not None)
         sink = FdSink(out)
         ok = False
         try:

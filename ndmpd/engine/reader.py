@@ -101,6 +101,7 @@ class StreamReader:
         self._end = 0
         self._consumed = start          # stream offset of _buffer[_pos]
         self._warn = warn or (lambda message: None)
+        self.end_of_archive = False     # the end-of-archive (zero) block was read: the image is whole
         self._globals: dict[bytes, bytes] = {}
         self._globals_size = 0          # bytes of global records in force
         self._data_left = 0             # unread data + padding of the current member
@@ -215,6 +216,7 @@ class StreamReader:
                 self._warn("stream ends without the end-of-archive blocks")
                 return None
             if not any(block):
+                self.end_of_archive = True
                 return None
             block = bytes(block)
             kind = block[156:157]

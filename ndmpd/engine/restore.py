@@ -90,6 +90,7 @@ class RestoreResult:
     warnings: Messages = field(default_factory=Messages)
     restored: list[bytes] = field(default_factory=list)   # placed paths of the picks found
     complete: bool = True
+    end_of_archive: bool = False     # the image's end-of-archive blocks were read (nothing cut between members)
 
     @property
     def refused_count(self) -> int:
@@ -177,6 +178,7 @@ class Restorer:
                     self.progress(reader.offset, self.result.entries)
                 if self.options.stop_when_done and self.selection and self._all_done(member):
                     break
+            self.result.end_of_archive = reader.end_of_archive
             self._restore_lone_links(target)
         except TruncatedStream as exc:
             self.result.complete = False
