@@ -25,9 +25,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
+from ndmpd.snapshots import holds
+from ndmpd.snapshots.base import SnapshotError
 from tests.replication_load import (LagFigures, LagSampler, Reader, ReaderStats, Tree, Writer, WriterStats,
                                     parse_status, wait_for)
 from tests.tree_digest import TreeDigest, differences
@@ -109,14 +110,6 @@ def subvolume_show(path: Path) -> dict[str, str]:
     return out
 
 
-def creation_time(info: dict[str, str]) -> float | None:
-    """A subvolume's creation time (unix seconds, floor of btrfs's second resolution)."""
-    try:
-        return datetime.strptime(info["Creation time"], "%Y-%m-%d %H:%M:%S %z").timestamp()
-    except (KeyError, ValueError):
-        return None
-
-
 def snapshot_ro(src: Path, dst: Path) -> None:
     _must("btrfs", "subvolume", "snapshot", "-r", src, dst)
 
@@ -163,19 +156,18 @@ class Pinner:
             return self._miss(f"no state in {self.recv} has UUID {before.get('Parent UUID')}", pin)
         if self.master is None:
             return Point(state_id, pin, frozen, None, None)
-        for held in self._held():
-            info = subvolume_show(held)
-            if info.get("UUID") == state_id:
-                master_pin = self.master_pins / f"m{self.count}"
-                snapshot_ro(held, master_pin)
-                return Point(state_id, pin, frozen, master_pin, creation_time(info))
-        return self._miss(f"the master holds no snapshot {state_id}", pin)
-
-    def _held(self) -> list[Path]:
-        """The master's held snapshots: beside the volume (``PARENT/.NAME.ndmpd-held/HOLD/``, as
-        ndmpd/snapshots/holds.py keeps them) or, on another mount, inside it (spec.md's place)."""
-        beside = self.master.parent / f".{self.master.name}.ndmpd-held"
-        return sorted(beside.glob("*/*")) + sorted((self.master / ".ndmpd-snapshots" / "held").glob("*/*"))
+        try:
+            held = holds.find(self.master, state_id)     # where and how the master keeps its holds
+        except SnapshotError as exc:                     # one went while being listed
+            return self._miss(f"listing the master's holds: {exc}", pin)
+        if held is None:
+            return self._miss(f"the master holds no snapshot {state_id}", pin)
+        master_pin = self.master_pins / f"m{self.count}"
+        try:
+            snapshot_ro(held.path, master_pin)
+        except RuntimeError:                            # released by the next update meanwhile
+            return self._miss(f"the master's snapshot {state_id} went while being pinned", pin)
+        return Point(state_id, pin, frozen, master_pin, held.ctime or None)
 
     def _state_of(self, uuid: str) -> str | None:
         for state in sorted(self.recv.glob("state-*")):
