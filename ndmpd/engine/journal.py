@@ -257,3 +257,23 @@ class ChangeJournal:
 
 
 _MANY_LINKS = object()
+
+
+def start_journals(volumes: "list[tuple[str, Path]]") -> dict[str, ChangeJournal]:
+    """A started journal per (name, path); one fanotify cannot watch is left out with a
+    warning (not root, or its filesystem gives no file handles): that volume's updates walk."""
+    journals = {}
+    for name, path in volumes:
+        journal = ChangeJournal(path)
+        try:
+            journal.start()
+        except (JournalUnavailable, OSError) as exc:
+            log.warning("volume %s: journal = true, but %s; its replication updates walk the tree", name, exc)
+            continue
+        journals[name] = journal
+    return journals
+
+
+def stop_journals(journals: dict[str, ChangeJournal]) -> None:
+    for journal in journals.values():
+        journal.stop()
