@@ -64,6 +64,8 @@ def _flat(layout: Struct) -> struct.Struct:
 _META, _INFO_HDR, _INFO_FID = _flat(EventMetadata), _flat(InfoHeader), _flat(InfoFid)
 _HANDLE_HEAD = struct.Struct("<Ii")                         # struct file_handle without f_handle
 _BUFFER = 256 * 1024
+MAX_REMEMBERED = 1_000_000      # handles kept (the mark covers the whole filesystem); past it the
+                                # journal forgets and proves nothing until a new base
 
 
 class JournalUnavailable(OSError):
@@ -184,6 +186,8 @@ class ChangeJournal:
             else:
                 self._event(data, pos + meta_len, pos + event_len, mask, now)
             pos += event_len
+        if len(self._changed) + len(self._files) > MAX_REMEMBERED:
+            self._lose(f"more than {MAX_REMEMBERED} changed objects to remember")
 
     def _event(self, data: bytes, pos: int, end: int, mask: int, now: int) -> None:
         on_dir = bool(mask & FAN_ONDIR)
@@ -216,19 +220,22 @@ class ChangeJournal:
             found: set[bytes] = set()
             for handle in files:
                 where = self._resolve(handle, file=True)
-                if where is _MANY_LINKS:
+                if where is _UNPROVABLE:
                     return None
                 if where is not None:
                     found.add(where)                  # the directory the file is in now
             for handle in dirs:
                 where = self._resolve(handle, file=False)
-                if where is not None and where is not _MANY_LINKS:
+                if where is _UNPROVABLE:
+                    return None
+                if where is not None:
                     found.add(where)
             return found
 
     def _resolve(self, handle: bytes, file: bool) -> "bytes | None | object":
         """The volume-relative path of a directory handle, or of a file handle's directory;
-        None when it is gone or outside the volume, _MANY_LINKS for a file with several names."""
+        None when it is gone or outside the volume; _UNPROVABLE for a file with several names,
+        or when the path the kernel gives does not lead back to it (a disconnected dentry)."""
         fd = self._libc.open_by_handle_at(self._mount_fd, handle, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
         if fd < 0:
             err = ctypes.get_errno()
@@ -239,7 +246,7 @@ class ChangeJournal:
             st = os.fstat(fd)
             if file and not stat.S_ISDIR(st.st_mode):
                 if st.st_nlink > 1:
-                    return _MANY_LINKS
+                    return _UNPROVABLE
                 if st.st_nlink == 0:
                     return None
             path = os.readlink(b"/proc/self/fd/%d" % fd)
@@ -247,6 +254,12 @@ class ChangeJournal:
             os.close(fd)
         if path.endswith(b" (deleted)") and not os.path.lexists(path):
             return None
+        try:
+            here = os.lstat(path)
+        except OSError:
+            here = None
+        if here is None or (here.st_dev, here.st_ino) != (st.st_dev, st.st_ino):
+            return _UNPROVABLE              # moved meanwhile, or a dentry not connected to its parents
         if file and not stat.S_ISDIR(st.st_mode):
             path = os.path.dirname(path)
         if path == self._root_b:
@@ -256,7 +269,7 @@ class ChangeJournal:
         return path[len(self._root_b) + 1:]
 
 
-_MANY_LINKS = object()
+_UNPROVABLE = object()
 
 
 def start_journals(volumes: "list[tuple[str, Path]]") -> dict[str, ChangeJournal]:
