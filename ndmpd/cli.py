@@ -124,11 +124,14 @@ def serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"server.state_dir: cannot keep state in {config.server.state_dir}: "
                           f"{exc.strerror or exc}") from None
     _remove_stale(config)
+    from .engine.journal import start_journals, stop_journals
+    journals = start_journals([(v.name, v.path) for v in config.volumes if v.journal])
     notifier = Notifier()
     holder: list[NdmpServer] = []
 
     async def run() -> None:
-        server = NdmpServer(ServerContext(config), reload_config=_loader(args), notifier=notifier)
+        server = NdmpServer(ServerContext(config, journals=journals), reload_config=_loader(args),
+                            notifier=notifier)
         holder.append(server)
         await server.start()
         gc.freeze()     # start-up objects (codecs, config) live forever: keep them out of every collection
@@ -139,6 +142,8 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ndmpd: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        stop_journals(journals)
     if holder:
         _exit_despite_stuck_jobs(holder[0])
     return 0

@@ -57,6 +57,7 @@ class Volume:
     snapshot: str = "auto"
     replica: bool = False      # a read-only replica of another volume (ndmpd/replica/): P is switched in whole
     keep: int = 3              # replica states kept for rollback (replica volumes only)
+    journal: bool = False      # watch it with fanotify (root): a replication update lists only what changed
 
 
 @dataclass(frozen=True)
@@ -377,7 +378,10 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         elif not path.is_dir():
             raise ConfigError(f"volume[{i}].path: {path} is not a directory")
         snapshot = t.choice("snapshot", SNAPSHOT_MODES, "auto")
-        volumes.append(Volume(name, path, "none" if replica else snapshot, replica, keep))
+        journal = t.get("journal", bool, False)
+        if journal and replica:
+            raise ConfigError(f"volume[{i}].journal: a replica changes only by updates; the journal is for masters")
+        volumes.append(Volume(name, path, "none" if replica else snapshot, replica, keep, journal))
         t.finish()
     _unique(volumes, "volume")
     _separate_volumes(volumes)

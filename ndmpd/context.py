@@ -54,6 +54,7 @@ class ServerContext:
     changers: ChangerRegistry | None = None   # built from config.changers unless given
     metrics: Metrics = field(default_factory=Metrics)   # this server's own registry; kept across reloads
     guard: ConnectionGuard | None = None      # login/session slots and throttling; kept across reloads
+    journals: dict[str, Any] = field(default_factory=dict)   # volume name -> its ChangeJournal (serve)
 
     def __post_init__(self) -> None:
         self.metrics.watch(self)

@@ -8,6 +8,8 @@ changer, the login/session counts and throttle — is shared, never copied.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Callable
 
 from .config import Config, ConfigError
@@ -41,9 +43,14 @@ def reload_context(old: ServerContext, load: Callable[[], Config]) -> Reloaded:
     drives = old.drives.reconfigured(config.tapes)
     changers = old.changers.reconfigured(config.changers, drives)
     changers.start()
+    watched = {v.name for v in config.volumes if v.journal and old.journals.get(v.name) is not None
+               and Path(old.journals[v.name].root) == Path(os.path.realpath(v.path))}
+    if watched != {v.name for v in config.volumes if v.journal}:
+        notes.append("volume journal settings changed; they take effect at the next restart")
     ctx = ServerContext(config, handlers=old.handlers, butypes=old.butypes, identity=old.identity,
                         clock=old.clock, random_bytes=old.random_bytes, sessions=old.sessions,
-                        drives=drives, changers=changers, guard=old.guard, metrics=old.metrics)
+                        drives=drives, changers=changers, guard=old.guard, metrics=old.metrics,
+                        journals={name: old.journals[name] for name in watched})
     old.guard.reconfigure(config.server)          # last: nothing changes unless all of it is built
     return Reloaded(ctx, None, tuple(notes))
 

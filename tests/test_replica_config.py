@@ -40,3 +40,19 @@ def test_a_replica_on_btrfs_may_not_exist_yet_and_ignores_snapshot(tmp_path):
         assert (volume.replica, volume.keep, volume.snapshot) == (True, 5, "none")
         data["volume"][0]["path"] = str(vol / "missing" / "replica")
         assert "does not exist" in refused(tmp_path, data)
+
+
+def test_journal_is_off_by_default_and_a_masters_setting(tmp_path):
+    data = base(tmp_path)
+    assert build(data, "<test>", tmp_path).volumes[0].journal is False
+    data["volume"][0]["journal"] = True
+    assert build(data, "<test>", tmp_path).volumes[0].journal is True
+    data["volume"][0]["journal"] = "yes"
+    assert refused(tmp_path, data).startswith("volume[0].journal:")
+
+
+def test_a_replica_with_a_journal_is_refused(tmp_path):
+    with btrfs_subvolume(tmp_path) as vol:
+        data = base(tmp_path)
+        data["volume"][0].update(path=str(vol / "replica"), replica=True, journal=True)
+        assert refused(tmp_path, data).startswith("volume[0].journal: a replica changes only by updates")

@@ -22,6 +22,7 @@ from ..engine.dump import DumpAborted, DumpMeter
 from ..engine.dumpdates import DumpDates
 from ..engine.history import HistoryEntry
 from ..engine.job import DumpRequest, dump_volume
+from ..engine.journal import ChangeJournal
 from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
 from ..engine.reader import Member, ReadCancelled, StreamError, StreamReader, TruncatedStream, member_problem
 from ..engine.report import NOT_FOUND, Failure, bounded
@@ -78,7 +79,7 @@ def _history(host: JobHost, env: JobEnv) -> FileHistory | None:
 
 
 def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
-           handoff: Handoff | None = None) -> Outcome:
+           handoff: Handoff | None = None, journal: ChangeJournal | None = None) -> Outcome:
     """Dump the volume into the data connection (or, LOCAL, hand the buffers to the mover);
     SUCCESSFUL only once the peer has every byte."""
     volume = env.volume
@@ -92,7 +93,7 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
     request = DumpRequest(source=Path(volume.path), key=volume.name, state_dir=state_dir, level=env.level,
                           base_token=env.base_token, update=env.update and not only,
                           snapshot=env.snapshot or volume.snapshot, excludes=env.excludes, only=only,
-                          hold=env.hold if not only else None)
+                          hold=env.hold if not only else None, journal=journal)
     history = _history(host, env)
 
     def add(entry: HistoryEntry) -> None:

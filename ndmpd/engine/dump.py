@@ -15,6 +15,11 @@ holds some gets a header without a dumpdir (its times come back after the replay
 files touched it), and one that holds none is not written at all. The bytes then follow the
 change, not the tree. Tape images are never lean: every directory is listed, as GNU tar's
 listed-incremental format expects.
+
+With ``DumpOptions.changed_dirs`` (a change journal's answer: journal.py) a lean dump does
+not walk at all: it lists only those directories, opens just the names on the way to them,
+takes new and renamed directories whole, and builds the next held directory index from the
+base's plus what it listed (a directory it did not list has the same names as at the base).
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ class DumpOptions:
     skip_root_names: frozenset[bytes] = frozenset()   # never dumped (the snapshot directory)
     labels: dict[str, str] = field(default_factory=dict)  # NDMPD.* global records
     lean: bool = False              # replication update: dumpdirs only of directories changed since the base
+    changed_dirs: frozenset[bytes] | None = None    # lean with known_dirs: only these directories changed
+                                                    # (relative paths, b"" the root), from a change journal
 
 
 @dataclass
@@ -148,6 +155,15 @@ class Dumper:
         self._xattrs = options.xattrs
         self._noatime = os.O_NOATIME
         self.discovered = 0            # stream bytes of the entries listed so far (DumpMeter)
+        restricted = (options.changed_dirs if options.lean and self._lean_since is not None
+                      and options.known_dirs is not None and not options.only else None)
+        self._changed = restricted
+        self._toward: dict[bytes, set[bytes]] = {}     # directory -> names leading to changed ones
+        for path in restricted or ():
+            parts = path.split(b"/") if path else []
+            for n in range(len(parts)):
+                self._toward.setdefault(b"/".join(parts[:n]), set()).add(parts[n])
+        self._kids: dict[bytes, list[tuple[bytes, int]]] = {}   # listed directory -> its subdirectories
 
     # -- driver --------------------------------------------------------------------------
 
@@ -172,6 +188,8 @@ class Dumper:
         finally:
             for frame in stack:
                 os.close(frame.fd)
+        if self._changed is not None:
+            self.result.dir_index = self._merged_index(root_st.st_ino)
         self.result.bytes_written = self.sink.offset
         if self.progress:
             self.progress(self.sink.offset, self.result.entries)
@@ -204,6 +222,10 @@ class Dumper:
             self._write_dir(rel, st, frame.ino, [], b"")
             self.warn(f"{self._show(rel)}: mount point of another file system; its contents are not dumped")
             return
+        moved_or_new = self._moved_or_new(st, rel)
+        if (self._changed is not None and not frame.full and not moved_or_new
+                and rel not in self._changed and rel not in self._toward):
+            return                     # the journal: nothing changed in or under it since the base
         try:
             fd = os.open(name, DIR_FLAGS, dir_fd=frame.fd)
         except (FileNotFoundError, NotADirectoryError):
@@ -212,7 +234,7 @@ class Dumper:
         except PermissionError as exc:
             self.warn(f"{self._show(rel)}: cannot open: {exc.strerror}; not archived")
             return
-        full = frame.full or self._moved_or_new(st, rel)
+        full = frame.full or moved_or_new
         self._enter(stack, fd, rel, st, frame.ino, full, inside)
 
     def _moved_or_new(self, st: os.stat_result, rel: bytes) -> bool:
@@ -234,6 +256,11 @@ class Dumper:
 
         A directory only on the way to what FILES selects (not ``inside``) is written with
         the entries it leads to; its dumpdir still names the others, as not dumped."""
+        if self._changed is not None and not full and rel not in self._changed:
+            self.result.dir_index[st.st_ino] = rel        # only on the way to changed directories:
+            stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino,   # not listed, not written
+                                self._on_the_way_to_changes(fd, rel), full))
+            return
         children, dumpdir = self._list(fd, rel, full, inside)
         self.result.dir_index[st.st_ino] = rel
         listing: list[bytes] | None = dumpdir
@@ -279,14 +306,60 @@ class Dumper:
                     dumpdir.append(b"D" + name)
                     continue
                 include = full or since is None or st.st_mtime_ns >= since or st.st_ctime_ns >= since
+                if (include and not full and self._changed is not None and st.st_nlink > 1
+                        and st.st_ctime_ns < self._since and st.st_mtime_ns < self._since):
+                    include = False    # in only by the ctime slack; its other names are in directories
+                                       # not listed, and the journal saw no change of it (else no answer)
                 children.append((name, st, include))
                 dumpdir.append((b"Y" if include else b"N") + name)
                 if include:
                     listed += st.st_size
         self.discovered += listed + 1024 * len(children)      # data, plus about a header per entry
+        if self._changed is not None:
+            self._kids[rel] = [(name, st.st_ino) for name, st, _ in children
+                               if stat.S_ISDIR(st.st_mode) and st.st_dev == self._root_dev]
         children.sort(key=_first)
         dumpdir.sort(key=_after_code)
         return children, dumpdir
+
+    def _on_the_way_to_changes(self, fd: int, rel: bytes) -> list:
+        """The subdirectories of an unchanged directory that lead to changed ones (no listing)."""
+        prefix = rel + b"/" if rel else b""
+        skip = self.options.skip_root_names if not rel else ()
+        children = []
+        for name in sorted(self._toward.get(rel, ())):
+            if name in skip or (self._excluder and self._excluder.excluded(name, prefix + name)):
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                continue               # gone since the journal answered: the next update sees it
+            if stat.S_ISDIR(st.st_mode):
+                children.append((name, st, True))
+        return children
+
+    def _merged_index(self, root_ino: int) -> dict[int, bytes]:
+        """The whole tree's directory index after a journal-driven dump: a directory listed now
+        has the subdirectories found; any other has the same ones as at the base (nothing was
+        created, deleted or renamed in it), at the same path (else an ancestor moved, and
+        moved directories are listed whole)."""
+        base: dict[bytes, list[tuple[bytes, int]]] = {}
+        for ino, path in (self.options.known_dirs or {}).items():
+            if path:
+                parent, _, name = path.rpartition(b"/")
+                base.setdefault(parent, []).append((name, ino))
+        index: dict[int, bytes] = {}
+        todo = [(b"", root_ino)]
+        while todo:
+            rel, ino = todo.pop()
+            if ino in index:
+                continue
+            index[ino] = rel
+            prefix = rel + b"/" if rel else b""
+            kids = self._kids.get(rel)
+            for name, child in (kids if kids is not None else base.get(rel, ())):
+                todo.append((prefix + name, child))
+        return index
 
     # -- members -------------------------------------------------------------------------
 

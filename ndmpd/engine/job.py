@@ -16,6 +16,7 @@ from pathlib import Path
 from ..snapshots import SNAPSHOT_DIR, choose
 from .dump import DumpMeter, DumpOptions, Dumper, DumpResult, HistoryCallback, ProgressCallback
 from .dumpdates import Base, DumpDates, make_token
+from .journal import ChangeJournal
 from .sink import FdSink
 
 log = logging.getLogger("ndmpd.engine")
@@ -37,6 +38,8 @@ class DumpRequest:
     excludes: tuple[str, ...] = ()
     only: tuple[bytes, ...] = ()             # just these paths (relative to source) and what is under them
     xattrs: bool = True
+    journal: ChangeJournal | None = None     # the volume's change journal: a lean update lists only
+                                             # what it says changed (None from it: the dump walks)
 
 
 @dataclass
@@ -74,6 +77,12 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
     date_ns = time.time_ns()
     snapshot = snapshotter.take(request.source)
     log.info("dumping %s (level %d, %s) from %s", request.key, base.level, base.note, snapshot.path)
+    lean = bool(request.hold and request.base_token) and base.since_ns is not None
+    changed = None
+    if lean and request.journal is not None and base.known_dirs is not None and not request.only:
+        changed = request.journal.changed_since(base.since_ns)
+        log.info("%s: change journal %s", request.key, "cannot prove the changes since the base; walking"
+                 if changed is None else f"lists {len(changed)} changed directories")
     try:
         options = DumpOptions(
             since_ns=base.since_ns, known_dirs=base.known_dirs, excludes=request.excludes, only=request.only,
@@ -81,7 +90,7 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
             labels={"volume": request.key, "level": str(base.level), "date": make_token(date_ns),
                     "base": make_token(base.since_ns) if base.since_ns is not None else "",
                     "snapshot": snapshotter.mode},
-            lean=bool(request.hold and request.base_token) and base.since_ns is not None)
+            lean=lean, changed_dirs=frozenset(changed) if changed is not None else None)
         sink = FdSink(out)
         ok = False
         try:

@@ -101,7 +101,8 @@ class Job:
 def _backup_job(data: "Data", env: JobEnv, req: Any) -> Job:
     data.estimate = data._estimate(env)
     state_dir = Path(data.session.ctx.config.server.state_dir)
-    return Job(lambda sock: jobs.backup(data, env, sock, state_dir, data._handoff))
+    journal = data.session.ctx.journals.get(env.volume.name) if env.volume is not None else None
+    return Job(lambda sock: jobs.backup(data, env, sock, state_dir, data._handoff, journal))
 
 
 def _release_job(data: "Data", env: JobEnv, req: Any) -> Job:
