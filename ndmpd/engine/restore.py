@@ -444,11 +444,78 @@ class Restorer:
             if target.lstat(dst_dir, dst[-1]) is not None:
                 raise Refused("something is already there")
             target.forget(src)
-            os.rename(src[-1], dst[-1], src_dir_fd=src_dir, dst_dir_fd=target.directory(dst[:-1]))
+            if ours or self._all_ours(src_dir, src[-1], source):
+                os.rename(src[-1], dst[-1], src_dir_fd=src_dir, dst_dir_fd=target.directory(dst[:-1]))
+            else:
+                self._move_ours(src_dir, src[-1], source, target.directory(dst[:-1]), dst[-1], moved)
             self._rehome(target.directory(dst), source, moved)
             self._moved_in.add(dst)
         finally:
             os.close(src_dir)
+
+    def _all_ours(self, parent: int, name: bytes, image_path: bytes) -> bool:
+        """Whether directory ``name`` holds only what restores of ``image_path`` put there (then
+        it moves whole; else only those names move, and what the admin put there stays). One
+        with no record at all (too many names for an xattr here) moves whole: its parent's
+        record vouches for it, and nothing tells what in it is foreign."""
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        try:
+            record = self._record(fd)
+            if record is None:
+                return True
+            if record.owner not in (self._owner(image_path),
+                                                      self._owner(self._original(image_path))):
+                return False
+            return all(child in record for child in _names_in(fd))
+        finally:
+            os.close(fd)
+
+    def _move_ours(self, src_parent: int, name: bytes, source: bytes, dst_parent: int, new_name: bytes,
+                   moved: bytes) -> None:
+        """Move only what this image directory's restores put into ``name``: a new directory
+        takes those names (subdirectories the same way, as far as their records reach)."""
+        stack = [(os.dup(src_parent), name, source, os.dup(dst_parent), new_name, moved)]
+        try:
+            while stack:
+                s_parent, s_name, s_path, d_parent, d_name, d_path = stack.pop()
+                try:
+                    if self._all_ours(s_parent, s_name, s_path):
+                        os.rename(s_name, d_name, src_dir_fd=s_parent, dst_dir_fd=d_parent)
+                        continue
+                    s_fd = os.open(s_name, DIR_FLAGS, dir_fd=s_parent)
+                    try:
+                        record = self._record(s_fd)
+                        if record is not None and record.owner not in (self._owner(s_path),
+                                                                       self._owner(self._original(s_path))):
+                            record = None               # another image directory's: nothing moves
+                        os.mkdir(d_name, 0o700, dir_fd=d_parent)
+                        d_fd = os.open(d_name, DIR_FLAGS, dir_fd=d_parent)
+                        try:
+                            names = set()
+                            for child in _names_in(s_fd):
+                                if record is None or child not in record:
+                                    continue
+                                names.add(child)
+                                if stat.S_ISDIR(os.lstat(child, dir_fd=s_fd).st_mode):
+                                    stack.append((os.dup(s_fd), child, _child_path(s_path, child),
+                                                  os.dup(d_fd), child, _child_path(d_path, child)))
+                                else:
+                                    os.rename(child, child, src_dir_fd=s_fd, dst_dir_fd=d_fd)
+                            if not self._no_records:
+                                restored.write(d_fd, self._owner(s_path), names)   # rehomed below
+                        finally:
+                            os.close(d_fd)
+                    finally:
+                        os.close(s_fd)
+                finally:
+                    os.close(s_parent)
+                    os.close(d_parent)
+        finally:
+            for frame in stack:
+                os.close(frame[0])
+                os.close(frame[3])
+        self.warn(f"{os.fsdecode(source)}: holds what no restore put there; only the restored names "
+                  f"moved to {os.fsdecode(moved)}")
 
     def _rehome(self, fd: int, source: bytes, moved: bytes) -> None:
         """The records in a moved directory and below belong to the image directories of their
