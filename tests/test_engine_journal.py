@@ -100,7 +100,6 @@ def _mutate(root: Path, rng: random.Random, step: int, hard_links: bool) -> None
                 os.link(victim, where / f"{name}.hl")
 
 
-
 def _walked_index(src: Path, state: Path, stream: Path) -> dict[int, bytes]:
     """What a full walk finds: the directory index a journal-driven update must hold too."""
     return _dump(src, state / "walk", stream).result.dir_index

@@ -216,7 +216,6 @@ def test_hostile_rename_records_move_nothing_they_may_not(tmp_path, restored_rep
 
 def test_a_rename_record_through_a_planted_symlink_is_refused(tmp_path, restored_replica):
     os.symlink("../outside", restored_replica / "a" / "via")
-    before = describe(tmp_path / "area")
     _image(tmp_path / "hostile.tar", [b"Da", b"Dadmin", b"Ra/via/secret", b"Tgot", b"Ra", b"Tvia/x"])
     result = restore_from(tmp_path / "hostile.tar", restored_replica, REPLICA)
     assert sum("not replayed" in w for w in result.warnings) == 1, result.warnings
