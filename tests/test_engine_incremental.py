@@ -28,6 +28,17 @@ def _names(stream: Path) -> set[str]:
         return {m.name for m in archive.getmembers()}
 
 
+def _renames_in_root(stream: Path) -> list[bytes]:
+    """The first and last path of each directory moved by the root dumpdir's R/T records."""
+    with tarfile.open(stream) as archive:
+        root = next(m for m in archive.getmembers() if m.name == ".")
+    entries = root.pax_headers["GNU.dumpdir"].encode("utf-8", "surrogateescape").split(b"\0")
+    paths = [entry[1:] for entry in entries if entry[:1] in (b"R", b"T")]
+    parked = dict(zip(paths[1::2], paths[0::2]))          # temporary -> old (first phase)
+    return [p for temp, new in zip(paths[len(paths) // 2::2], paths[len(paths) // 2 + 1::2])
+            for p in (parked[temp], new)]
+
+
 def _settle() -> None:
     time.sleep(0.02)       # ctime/mtime after the recorded dump date, even on coarse clocks
 
@@ -84,9 +95,11 @@ def test_incrementals_hold_only_what_changed(history):
     _, state, streams = history
     level1, level2 = _names(streams[1]), _names(streams[2])
     assert "./same" not in level1 and "./same" not in level2
-    assert "./a/moved/two" in level1, "a renamed directory goes in whole"
+    assert "./a/moved/two" not in level1, "a renamed directory moves by a rename record, not resent"
+    assert _renames_in_root(streams[1]) == [b"a/b", b"a/moved"], "from the old path, through a temporary name"
+    assert _renames_in_root(streams[2]) == [b"c", b"cc"]
     assert "./c/new" in level1 and "./keep" not in level1
-    assert "./cc/new" in level2 and "./keep" in level2 and "./a/link" in level2
+    assert "./cc/new" not in level2 and "./keep" in level2 and "./a/link" in level2
     dates = DumpDates(state).levels("vol")
     assert sorted(dates) == [0, 1, 2] and dates[0] < dates[1] < dates[2]
 

@@ -18,8 +18,14 @@ listed-incremental format expects.
 
 With ``DumpOptions.changed_dirs`` (a change journal's answer: journal.py) a lean dump does
 not walk at all: it lists only those directories, opens just the names on the way to them,
-takes new and renamed directories whole, and builds the next held directory index from the
-base's plus what it listed (a directory it did not list has the same names as at the base).
+takes new directories whole, and builds the next held directory index from the base's plus
+what it listed (a directory it did not list has the same names as at the base).
+
+A directory renamed since the base (the base's index has its inode at another path than its
+parent's move alone explains) is not resent: the root's dumpdir carries GNU tar's rename
+records for it (``R`` old path, ``T`` new path; renames.py), which a restore (ours, or GNU
+tar ``-G``) replays before anything else, so the replica's copy moves with its hard links and
+only what changed inside follows.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import pax, sparse, xattrs
+from . import pax, renames, sparse, xattrs
 from .history import HistoryEntry
 from .report import Messages
 from .select import Excluder
@@ -164,6 +170,10 @@ class Dumper:
             for n in range(len(parts)):
                 self._toward.setdefault(b"/".join(parts[:n]), set()).add(parts[n])
         self._kids: dict[bytes, list[tuple[bytes, int]]] = {}   # listed directory -> its subdirectories
+        self._rename_records: list[bytes] = []      # the root dumpdir's R/T entries
+        self._base_path = renames.BasePaths(())      # a path now -> its path at the base
+        self._moved: set[int] = set()               # the renamed directories: always listed, as a
+                                                    # reused inode can pass a new directory for one
 
     # -- driver --------------------------------------------------------------------------
 
@@ -176,6 +186,12 @@ class Dumper:
             records = b"".join(pax.pax_record(f"NDMPD.{k}".encode(), str(v).encode())
                                for k, v in sorted(self.options.labels.items()))
             self.sink.write(pax.extended_header(records, pax.XGLTYPE))
+        if self._since is not None and self.options.known_dirs is not None and not self._only:
+            found = renames.find(root_fd, self.options.known_dirs, self._rename_scope(),
+                                 self._rename_skips, root_st.st_dev if self.options.one_filesystem else None)
+            self._base_path = renames.BasePaths(found)
+            self._moved = {move.ino for move in found}
+            self._rename_records = renames.records(found, renames.temporary_names(root_fd, len(found)))
         stack: list[_Frame] = []
         try:
             self._enter(stack, root_fd, b"", root_st, root_st.st_ino, full=self._since is None,
@@ -223,7 +239,7 @@ class Dumper:
             self.warn(f"{self._show(rel)}: mount point of another file system; its contents are not dumped")
             return
         moved_or_new = self._moved_or_new(st, rel)
-        if (self._changed is not None and not frame.full and not moved_or_new
+        if (self._changed is not None and not frame.full and not moved_or_new and st.st_ino not in self._moved
                 and rel not in self._changed and rel not in self._toward):
             return                     # the journal: nothing changed in or under it since the base
         try:
@@ -234,7 +250,8 @@ class Dumper:
         except PermissionError as exc:
             self.warn(f"{self._show(rel)}: cannot open: {exc.strerror}; not archived")
             return
-        full = frame.full or moved_or_new
+        # with the base's index, a directory inside a new one is new too, unless renamed there
+        full = moved_or_new if self.options.known_dirs is not None else frame.full or moved_or_new
         self._enter(stack, fd, rel, st, frame.ino, full, inside)
 
     def _moved_or_new(self, st: os.stat_result, rel: bytes) -> bool:
@@ -248,7 +265,19 @@ class Dumper:
         known = self.options.known_dirs
         if known is None:
             return st.st_ctime_ns >= self._since
-        return known.get(st.st_ino) != rel
+        return known.get(st.st_ino) != self._base_path(rel)    # renamed ones move by the records
+
+    def _rename_scope(self) -> "frozenset[bytes] | None":
+        """Where renamed directories can be found: with a journal, only in the directories it
+        names (a rename changes the new parent); else everywhere (None)."""
+        return self._changed
+
+    def _rename_skips(self, rel: bytes, name: bytes) -> bool:
+        """A directory the dump does not write (excluded, or the snapshot directory)."""
+        if not rel and name in self.options.skip_root_names:
+            return True
+        path = rel + b"/" + name if rel else name
+        return bool(self._excluder) and self._excluder.excluded(name, path)
 
     def _enter(self, stack: list[_Frame], fd: int, rel: bytes, st: os.stat_result, parent_ino: int,
                full: bool, inside: bool) -> None:
@@ -256,15 +285,19 @@ class Dumper:
 
         A directory only on the way to what FILES selects (not ``inside``) is written with
         the entries it leads to; its dumpdir still names the others, as not dumped."""
-        if self._changed is not None and not full and rel not in self._changed:
+        if (self._changed is not None and not full and rel not in self._changed
+                and not (not rel and self._rename_records) and st.st_ino not in self._moved):
             self.result.dir_index[st.st_ino] = rel        # only on the way to changed directories:
             stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino,   # not listed, not written
                                 self._on_the_way_to_changes(fd, rel), full))
             return
         children, dumpdir = self._list(fd, rel, full, inside)
         self.result.dir_index[st.st_ino] = rel
+        if not rel and self._rename_records:
+            dumpdir = dumpdir + self._rename_records     # after the names, as GNU tar writes them
         listing: list[bytes] | None = dumpdir
-        if self._lean_since is not None and not full and st.st_ctime_ns < self._lean_since:
+        if (self._lean_since is not None and not full and st.st_ctime_ns < self._lean_since
+                and not (not rel and self._rename_records) and st.st_ino not in self._moved):
             listing = None                          # unchanged since the base: nothing to replay here
             if not any(include and not stat.S_ISDIR(child.st_mode) for _, child, include in children):
                 stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full))
@@ -341,10 +374,10 @@ class Dumper:
     def _merged_index(self, root_ino: int) -> dict[int, bytes]:
         """The whole tree's directory index after a journal-driven dump: a directory listed now
         has the subdirectories found; any other has the same ones as at the base (nothing was
-        created, deleted or renamed in it), at the same path (else an ancestor moved, and
-        moved directories are listed whole)."""
+        created, deleted or renamed in it), under its path now (an ancestor may have moved)."""
+        known = self.options.known_dirs or {}
         base: dict[bytes, list[tuple[bytes, int]]] = {}
-        for ino, path in (self.options.known_dirs or {}).items():
+        for ino, path in known.items():
             if path:
                 parent, _, name = path.rpartition(b"/")
                 base.setdefault(parent, []).append((name, ino))
@@ -357,7 +390,10 @@ class Dumper:
             index[ino] = rel
             prefix = rel + b"/" if rel else b""
             kids = self._kids.get(rel)
-            for name, child in (kids if kids is not None else base.get(rel, ())):
+            if kids is None:
+                then = known.get(ino)
+                kids = base.get(then, []) if then is not None else []
+            for name, child in kids:
                 todo.append((prefix + name, child))
         return index
 

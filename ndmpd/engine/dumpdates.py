@@ -4,8 +4,9 @@ Like dump(8)'s /etc/dumpdates, the state directory keeps, per volume and level, 
 of the last dump made with UPDATE; a level-N dump takes everything changed since the most
 recent dump of a lower level (any number of levels: no cap at 9). A token (NDMP's
 DUMP_DATE out, BASE_DATE in) is that date in nanoseconds. Each recorded dump also keeps
-its directory index (inode -> path), so the next incremental can tell a renamed or new
-directory, whose contents must all go into the incremental, from one that only changed.
+its directory index (inode -> path), so the next incremental can tell a new directory, whose
+contents must all go into the incremental, and a renamed one, which a rename record moves
+(renames.py), from one that only changed.
 """
 
 from __future__ import annotations

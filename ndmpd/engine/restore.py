@@ -20,10 +20,11 @@ else is inside. The admin's own files, another volume's restores, and a subtree 
 (``sub=``, an nlist ``/sub`` -> ``/vol``: its destination's record, if any, belongs to another
 image directory) are never touched, so selective restores replay deletions under the same rule,
 and nothing above the directories the restore itself places is ever looked at. Without xattrs
-nothing is deleted (one warning says so). Renames: our incrementals dump a renamed directory
-whole under its new name and list the old one no more, so the old one goes by the same rule;
-GNU tar's rename commands in a dumpdir (``R``/``T``/``X``) move only what the record of the
-source's directory holds, and never onto an existing entry.
+nothing is deleted (one warning says so). Renames: our incrementals carry GNU tar's rename
+commands for renamed directories in the root's dumpdir (``R`` from, ``T`` to; ``X`` a temporary
+name for empty ones; renames.py); each moves only a directory the record of the source's
+directory holds (or this restore moved), both names inside what the restore places, never onto
+an existing entry; a missing parent of the new name is made, and the records inside move with it.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class Restorer:
         self._stands_for = _directories_above(self.selection.picks)
         self._journals: dict[tuple[bytes, ...], _Journal] = {}
         self._renames: list[tuple[bytes, bytes]] = []   # (from, to) image paths this restore replayed
+        self._moved_in: set[tuple[bytes, ...]] = set()   # where those renames put directories
         self._no_records = ""                          # why records cannot be kept (warned once)
 
     @property
@@ -430,17 +432,116 @@ class Restorer:
         src_dir = os.dup(target.directory(src[:-1], create=False))
         try:
             if not ours:
-                parent = self._original(source.rpartition(b"/")[0])
+                parent = source.rpartition(b"/")[0]
                 record = self._record(src_dir)
-                if record is None or record.owner != self._owner(parent) or src[-1] not in record:
+                owners = (self._owner(parent), self._owner(self._original(parent)))
+                if record is None or record.owner not in owners or src[-1] not in record:
                     raise Refused("no restore of this image put it there")
-            dst_dir = target.directory(dst[:-1], create=False)
+            st = target.lstat(src_dir, src[-1])
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                raise Refused("no directory there")
+            dst_dir = target.directory(dst[:-1])          # a new directory's: made, as GNU tar does
             if target.lstat(dst_dir, dst[-1]) is not None:
                 raise Refused("something is already there")
             target.forget(src)
-            os.rename(src[-1], dst[-1], src_dir_fd=src_dir, dst_dir_fd=target.directory(dst[:-1], create=False))
+            if ours or self._all_ours(src_dir, src[-1], source):
+                os.rename(src[-1], dst[-1], src_dir_fd=src_dir, dst_dir_fd=target.directory(dst[:-1]))
+            else:
+                self._move_ours(src_dir, src[-1], source, target.directory(dst[:-1]), dst[-1], moved)
+            self._rehome(target.directory(dst), source, moved)
+            self._moved_in.add(dst)
         finally:
             os.close(src_dir)
+
+    def _all_ours(self, parent: int, name: bytes, image_path: bytes) -> bool:
+        """Whether directory ``name`` holds only what restores of ``image_path`` put there (then
+        it moves whole; else only those names move, and what the admin put there stays). One
+        with no record at all (too many names for an xattr here) moves whole: its parent's
+        record vouches for it, and nothing tells what in it is foreign."""
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        try:
+            record = self._record(fd)
+            if record is None:
+                return True
+            if record.owner not in (self._owner(image_path),
+                                                      self._owner(self._original(image_path))):
+                return False
+            return all(child in record for child in _names_in(fd))
+        finally:
+            os.close(fd)
+
+    def _move_ours(self, src_parent: int, name: bytes, source: bytes, dst_parent: int, new_name: bytes,
+                   moved: bytes) -> None:
+        """Move only what this image directory's restores put into ``name``: a new directory
+        takes those names (subdirectories the same way, as far as their records reach)."""
+        stack = [(os.dup(src_parent), name, source, os.dup(dst_parent), new_name, moved)]
+        try:
+            while stack:
+                s_parent, s_name, s_path, d_parent, d_name, d_path = stack.pop()
+                try:
+                    if self._all_ours(s_parent, s_name, s_path):
+                        os.rename(s_name, d_name, src_dir_fd=s_parent, dst_dir_fd=d_parent)
+                        continue
+                    s_fd = os.open(s_name, DIR_FLAGS, dir_fd=s_parent)
+                    try:
+                        record = self._record(s_fd)
+                        if record is not None and record.owner not in (self._owner(s_path),
+                                                                       self._owner(self._original(s_path))):
+                            record = None               # another image directory's: nothing moves
+                        os.mkdir(d_name, 0o700, dir_fd=d_parent)
+                        d_fd = os.open(d_name, DIR_FLAGS, dir_fd=d_parent)
+                        try:
+                            names = set()
+                            for child in _names_in(s_fd):
+                                if record is None or child not in record:
+                                    continue
+                                names.add(child)
+                                if stat.S_ISDIR(os.lstat(child, dir_fd=s_fd).st_mode):
+                                    stack.append((os.dup(s_fd), child, _child_path(s_path, child),
+                                                  os.dup(d_fd), child, _child_path(d_path, child)))
+                                else:
+                                    os.rename(child, child, src_dir_fd=s_fd, dst_dir_fd=d_fd)
+                            if not self._no_records:
+                                restored.write(d_fd, self._owner(s_path), names)   # rehomed below
+                        finally:
+                            os.close(d_fd)
+                    finally:
+                        os.close(s_fd)
+                finally:
+                    os.close(s_parent)
+                    os.close(d_parent)
+        finally:
+            for frame in stack:
+                os.close(frame[0])
+                os.close(frame[3])
+        self.warn(f"{os.fsdecode(source)}: holds what no restore put there; only the restored names "
+                  f"moved to {os.fsdecode(moved)}")
+
+    def _rehome(self, fd: int, source: bytes, moved: bytes) -> None:
+        """The records in a moved directory and below belong to the image directories of their
+        new paths now (else the next incremental could delete nothing in them)."""
+        if self._no_records:
+            return
+        stack = [(os.open(".", DIR_FLAGS, dir_fd=fd), b"")]
+        try:
+            while stack:
+                dir_fd, tail = stack.pop()
+                try:
+                    record = self._record(dir_fd)
+                    if record is None or record.owner not in (self._owner(source + tail),
+                                                              self._owner(self._original(source + tail))):
+                        continue                    # not this image directory's: nothing below is ours
+                    restored.reown(dir_fd, record, self._owner(moved + tail))
+                    for name in _names_in(dir_fd):
+                        if name in record and stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
+                            stack.append((os.open(name, DIR_FLAGS, dir_fd=dir_fd), tail + b"/" + name))
+                finally:
+                    os.close(dir_fd)
+        except OSError as exc:
+            self.warn(f"{os.fsdecode(moved)}: records not moved with it: {failure_of(exc).text}")
+        finally:
+            for dir_fd, _ in stack:
+                os.close(dir_fd)
 
     def _record(self, fd: int) -> restored.Record | None:
         try:
@@ -683,6 +784,8 @@ class Restorer:
                 elif keep_own:
                     os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
                 else:
+                    if parts in self._moved_in and self.options.xattrs:
+                        xattrs.drop_others(fd, member.xattrs or [])
                     self._metadata_fd(fd, member)
             except Exception as exc:
                 self.warn(f"{os.fsdecode(b'/'.join(parts)) or '.'}: directory metadata not "

@@ -102,6 +102,15 @@ def read(fd: int) -> Record | None:
         return None                       # unreadable: nothing may be deleted by it
 
 
+def reown(fd: int, record: Record, owner: bytes) -> None:
+    """Give ``record`` (read from ``fd``) to ``owner``, its names unchanged (a moved directory)."""
+    if record.owner == owner:
+        return
+    head = _MAGIC + (b"h" if record.key else b"n") + b"%d\n" % len(owner) + owner
+    body = (record.key + b"".join(sorted(record.digests))) if record.key else b"\0".join(sorted(record.names))
+    os.setxattr(fd, NAME, head + body)
+
+
 def write(fd: int, owner: bytes, names: set[bytes] | frozenset[bytes]) -> bool:
     """Record ``names`` as restored into ``fd`` by ``owner``; False when no form fits the file
     system (the old record is then removed: nothing there may be deleted later)."""

@@ -40,6 +40,15 @@ def read_records(target: int | str, follow: bool = False) -> bytes:
     return records
 
 
+def drop_others(fd: int, keep: list[tuple[bytes, bytes]]) -> None:
+    """Remove the xattrs of ``fd`` that ``keep`` does not name (ndmpd's own stay): a directory a
+    restore moved into place takes exactly the image's set."""
+    wanted = {key.decode("utf-8", "surrogateescape") for key, _ in keep}
+    for name in os.listxattr(fd):
+        if name not in wanted and not name.startswith(RESERVED_PREFIX):
+            os.removexattr(fd, name)
+
+
 def apply(target: int | str, xattrs: list[tuple[bytes, bytes]], follow: bool = False) -> list[str]:
     """Set xattrs on an fd or an unfollowed path; returns one message per attribute refused."""
     refused = []
