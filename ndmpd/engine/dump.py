@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from . import pax, renames, sparse, xattrs
 from .history import HistoryEntry
+from .readahead import ReadAhead
 from .report import Messages
 from .select import Excluder
 from .sink import FdSink
@@ -105,6 +106,7 @@ class DumpOptions:
     lean: bool = False              # replication update: dumpdirs only of directories changed since the base
     changed_dirs: frozenset[bytes] | None = None    # lean with known_dirs: only these directories changed
                                                     # (relative paths, b"" the root), from a change journal
+    readahead: bool = True          # start the reads of the files ahead of the walk (readahead.py)
 
 
 @dataclass
@@ -174,6 +176,9 @@ class Dumper:
         self._base_path = renames.BasePaths(())      # a path now -> its path at the base
         self._moved: set[int] = set()               # the renamed directories: always listed, as a
                                                     # reused inode can pass a new directory for one
+        self._readahead: ReadAhead | None = None
+        self._position = 0                          # directory entries stepped over (ReadAhead's count)
+        self._stack: list[_Frame] = []
 
     # -- driver --------------------------------------------------------------------------
 
@@ -192,7 +197,12 @@ class Dumper:
             self._base_path = renames.BasePaths(found)
             self._moved = {move.ino for move in found}
             self._rename_records = renames.records(found, renames.temporary_names(root_fd, len(found)))
-        stack: list[_Frame] = []
+        stack: list[_Frame] = self._stack
+        if self.options.readahead and not self._only and self._changed is None:
+            self._readahead = ReadAhead(root_fd, root_st.st_dev if self.options.one_filesystem else None,
+                                        self.options.skip_root_names, self._excluder,
+                                        self._readahead_wants(), self._where)
+            self.sink.on_miss = self._readahead.missed
         try:
             self._enter(stack, root_fd, b"", root_st, root_st.st_ino, full=self._since is None,
                         inside=not self._only)
@@ -202,6 +212,9 @@ class Dumper:
             self.sink.zeros(-self.sink.offset % TAR_RECORD)   # whole 10 KiB records, as GNU tar writes
             self.sink.drain()
         finally:
+            if self._readahead is not None:
+                self._readahead.stop()
+                self.sink.on_miss = None
             for frame in stack:
                 os.close(frame.fd)
         if self._changed is not None:
@@ -219,6 +232,12 @@ class Dumper:
             return
         name, st, include = frame.children[frame.next]
         frame.next += 1
+        readahead = self._readahead
+        if readahead is not None:
+            self._position += 1
+            readahead.position = self._position
+            if self._position >= readahead.wake_at:
+                readahead.wake()
         if self.cancel.is_set():
             raise DumpAborted("dump aborted")
         rel = frame.rel + name
@@ -253,6 +272,27 @@ class Dumper:
         # with the base's index, a directory inside a new one is new too, unless renamed there
         full = moved_or_new if self.options.known_dirs is not None else frame.full or moved_or_new
         self._enter(stack, fd, rel, st, frame.ino, full, inside)
+
+    def _readahead_wants(self) -> "Callable[[os.stat_result], bool] | None":
+        """Which files the read-ahead asks for: all in a full dump, the changed ones in an
+        incremental (a file in a new directory is read without it)."""
+        since = self._since if self._lean_since is None else self._lean_since
+        if since is None:
+            return None
+        return lambda st: st.st_mtime_ns >= since or st.st_ctime_ns >= since
+
+    def _where(self) -> tuple[int, list[bytes]]:
+        """The walk position and the path of the next entry (the read-ahead jumps there)."""
+        position = self._position
+        stack = self._stack
+        if not stack:
+            return position, []
+        frame = stack[-1]
+        parts = frame.rel.rstrip(b"/").split(b"/") if frame.rel else []
+        children = frame.children
+        index = frame.next
+        parts.append(children[index][0] if index < len(children) else b"\xff" * 256)
+        return position, parts
 
     def _moved_or_new(self, st: os.stat_result, rel: bytes) -> bool:
         """A directory that is new or was renamed since the base: everything in it is dumped.

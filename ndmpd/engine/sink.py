@@ -63,6 +63,7 @@ class FdSink:
         self._fill = 0
         self._flushed = 0
         self._sendfile = use_sendfile
+        self.on_miss: Callable[[], None] | None = None    # a small file's read was not cached
         self._spare: queue.Queue[bytearray] = queue.Queue()
         self._spare.put(bytearray(buffer_size))
         self._pending: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
@@ -106,9 +107,30 @@ class FdSink:
             copied = self.copy_from(source, 0, count)
             self.zeros(padded - copied)
             return copied
-        copied = os.preadv(source, [self._view[fill:fill + count]], 0)   # short only at end of file
+        if self.on_miss is None:
+            copied = os.preadv(source, [self._view[fill:fill + count]], 0)   # short only at end of file
+        else:
+            copied = self._read_noting_miss(source, self._view[fill:fill + count])
         self._buffer[fill + copied:fill + padded] = _ZEROS[:padded - copied]
         self._fill = fill + padded
+        return copied
+
+    def _read_noting_miss(self, source: int, view: memoryview) -> int:
+        """Read a small file whole, telling ``on_miss`` when it was not all in the page cache."""
+        try:
+            copied = os.preadv(source, [view], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            copied = 0
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self.on_miss = None            # this file system cannot tell (tmpfs): never cold anyway
+            return os.preadv(source, [view], 0)
+        if copied < len(view):
+            more = os.preadv(source, [view[copied:]], copied)
+            if more and self.on_miss is not None:
+                self.on_miss()
+            copied += more
         return copied
 
     def copy_from(self, source: int, offset: int, count: int) -> int:
