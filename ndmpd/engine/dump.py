@@ -245,7 +245,10 @@ class Dumper:
             self._directory(stack, frame, name, rel, st, inside=include)
         elif include:
             try:
-                self._member(frame.fd, name, rel, st, frame.ino)
+                if st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
+                    self._regular(frame.fd, name, rel, b"./" + rel, st, frame.ino)    # the common case
+                else:
+                    self._member(frame.fd, name, rel, st, frame.ino)
             except FileNotFoundError:
                 self.warn(f"{self._show(rel)}: vanished before it was read; not archived")
         if self.progress and self.result.entries % _PROGRESS_EVERY == 0:
@@ -492,23 +495,31 @@ class Dumper:
                 raise
             self._noatime = 0              # O_NOATIME needs ownership or CAP_FOWNER
             fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-        changed_before = self.result.changed
+        result = self.result
+        changed_before = result.changed
         try:
             records = xattrs.read_records(fd) if self._xattrs else b""
             size = st.st_size
-            if sparse.looks_sparse(st.st_blocks, size):
+            if size > pax.BLOCK and st.st_blocks * 512 < size:       # sparse.looks_sparse, inline
                 extents = sparse.data_extents(fd, size)
                 if not sparse.is_dense(extents, size):
                     self._sparse(fd, rel, arcname, st, parent_ino, records, extents)
                     self._check_unchanged(fd, rel, st, changed_before)
                     return
-            self._emit_header(rel, st, parent_ino, arcname, pax.REGTYPE, size, records)
-            self.result.files += 1
+            sink = self.sink
+            offset = sink.offset
+            sink.write(self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size,
+                                             st.st_mtime_ns, pax.REGTYPE, b"", 0, 0, records))
+            result.entries += 1
+            result.files += 1
+            if self.history is not None:
+                self.history(HistoryEntry(rel, st, parent_ino, offset))
             if size:
-                copied = self.sink.copy_padded(fd, size)
+                copied = sink.copy_padded(fd, size)
                 if copied < size:
                     self._shrank(rel, size - copied)
-            self._check_unchanged(fd, rel, st, changed_before)
+            if self.options.live:
+                self._check_unchanged(fd, rel, st, changed_before)
         finally:
             os.close(fd)
 

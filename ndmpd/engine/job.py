@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..snapshots import SNAPSHOT_DIR, choose
 from .dump import DumpMeter, DumpOptions, Dumper, DumpResult, HistoryCallback, ProgressCallback
 from .dumpdates import Base, DumpDates, make_token
-from .journal import ChangeJournal
 from .sink import FdSink
+
+if TYPE_CHECKING:
+    from .journal import ChangeJournal    # the server's: a command-line dump never loads it
 
 log = logging.getLogger("ndmpd.engine")
 
