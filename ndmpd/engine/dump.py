@@ -44,6 +44,7 @@ from .select import Excluder
 from .sink import FdSink
 from .target import DIR_FLAGS, fd_path
 
+_S_IFDIR = stat.S_IFDIR
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PROGRESS_EVERY = 512
 CTIME_SLACK_NS = 100_000_000       # lean: a directory or file whose ctime is this close before the
@@ -353,49 +354,64 @@ class Dumper:
         stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full))
 
     def _list(self, fd: int, rel: bytes, full: bool, inside: bool = True) -> tuple[list, list[bytes]]:
-        children = []
-        dumpdir = []
-        excluder = self._excluder
+        """The directory's children to step through (name order) and its dumpdir entries.
+
+        The names are sorted once, as bytes, before anything else (one lstat each follows);
+        both lists come out in that order. An incremental's unchanged file is only a dumpdir entry (``N``): it is
+        not among the children unless the read-ahead counts the walk's entries (it steps
+        over each), so a level 1 costs a stat per unchanged file and nothing more."""
+        children: list[tuple[bytes, os.stat_result, bool]] = []
+        dumpdir: list[bytes] = []
+        excluder = self._excluder if self._excluder else None      # its truth is a call: once
         since = self._since if self._lean_since is None else self._lean_since
         prefix = rel + b"/" if rel else b""
         skip = self.options.skip_root_names if not rel else ()
+        only, on_the_way = self._only, self._on_the_way
+        by_journal = self._changed is not None
+        keep_unchanged = self._readahead is not None
+        base_since = self._since
         listed = 0                     # header + data bytes of what this directory will write
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                name = os.fsencode(entry.name)
-                if name in skip:
-                    continue
-                if excluder and excluder.excluded(name, prefix + name):
-                    dumpdir.append(b"N" + name)
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                is_dir = stat.S_ISDIR(st.st_mode)
-                chosen = inside or prefix + name in self._only
-                if not chosen and not (is_dir and prefix + name in self._on_the_way):
-                    dumpdir.append((b"D" if is_dir else b"N") + name)
-                    continue
-                if is_dir:
-                    children.append((name, st, chosen))      # for a directory: inside FILES or not
-                    dumpdir.append(b"D" + name)
-                    continue
-                include = full or since is None or st.st_mtime_ns >= since or st.st_ctime_ns >= since
-                if (include and not full and self._changed is not None and st.st_nlink > 1
-                        and st.st_ctime_ns < self._since and st.st_mtime_ns < self._since):
-                    include = False    # in only by the ctime slack; its other names are in directories
-                                       # not listed, and the journal saw no change of it (else no answer)
-                children.append((name, st, include))
-                dumpdir.append((b"Y" if include else b"N") + name)
-                if include:
-                    listed += st.st_size
-        self.discovered += listed + 1024 * len(children)      # data, plus about a header per entry
-        if self._changed is not None:
+        unchanged = 0
+        lstat = os.stat
+        add_child, add_entry = children.append, dumpdir.append
+        for name in _names(fd):
+            if name in skip:
+                continue
+            if excluder is not None and excluder.excluded(name, prefix + name):
+                add_entry(b"N" + name)
+                continue
+            try:
+                st = lstat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            is_dir = st.st_mode & 0o170000 == _S_IFDIR
+            chosen = inside or prefix + name in only
+            if not chosen and not (is_dir and prefix + name in on_the_way):
+                add_entry((b"D" if is_dir else b"N") + name)
+                continue
+            if is_dir:
+                add_child((name, st, chosen))      # for a directory: inside FILES or not
+                add_entry(b"D" + name)
+                continue
+            include = full or since is None or st.st_mtime_ns >= since or st.st_ctime_ns >= since
+            if (include and not full and by_journal and st.st_nlink > 1
+                    and st.st_ctime_ns < base_since and st.st_mtime_ns < base_since):
+                include = False    # in only by the ctime slack; its other names are in directories
+                                   # not listed, and the journal saw no change of it (else no answer)
+            if include:
+                add_child((name, st, True))
+                add_entry(b"Y" + name)
+                listed += st.st_size
+            else:
+                unchanged += 1
+                if keep_unchanged:
+                    add_child((name, st, False))
+                add_entry(b"N" + name)
+        unchanged = unchanged if not keep_unchanged else 0
+        self.discovered += listed + 1024 * (len(children) + unchanged)    # data, plus about a header per entry
+        if by_journal:
             self._kids[rel] = [(name, st.st_ino) for name, st, _ in children
                                if stat.S_ISDIR(st.st_mode) and st.st_dev == self._root_dev]
-        children.sort(key=_first)
-        dumpdir.sort(key=_after_code)
         return children, dumpdir
 
     def _on_the_way_to_changes(self, fd: int, rel: bytes) -> list:
@@ -447,7 +463,7 @@ class Dumper:
         """A directory's header; with its dumpdir unless ``dumpdir`` is None (lean: metadata only)."""
         records = xattr_records
         if dumpdir is not None:
-            records += pax.pax_record(b"GNU.dumpdir", b"".join(entry + b"\0" for entry in dumpdir) + b"\0")
+            records += pax.pax_record(b"GNU.dumpdir", b"\0".join(dumpdir) + b"\0\0" if dumpdir else b"\0")
         name = b"./" + rel + b"/" if rel else b"./"
         self._emit_header(rel, st, parent_ino, name, pax.DIRTYPE, 0, records)
 
@@ -581,10 +597,14 @@ class Dumper:
         return os.fsdecode(rel) or "."
 
 
-def _first(child: tuple) -> bytes:
-    return child[0]
-
-
-def _after_code(entry: bytes) -> bytes:
-    return entry[1:]
+def _names(fd: int) -> list[bytes]:
+    """A directory's names as bytes, sorted: listed through its /proc/self/fd link, which gives
+    bytes straight away (a listing of the fd itself gives str, and encoding each name back
+    costs more than the lstat that follows); without /proc, the fd's own listing."""
+    try:
+        names = os.listdir(b"/proc/self/fd/%d" % fd)
+    except (FileNotFoundError, NotADirectoryError):
+        names = [os.fsencode(name) for name in os.listdir(fd)]
+    names.sort()
+    return names
 
