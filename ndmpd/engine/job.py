@@ -93,7 +93,9 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
             labels={"volume": request.key, "level": str(base.level), "date": make_token(date_ns),
                     "base": make_token(base.since_ns) if base.since_ns is not None else "",
                     "snapshot": snapshotter.mode},
-            lean=lean, changed_dirs=frozenset(changed) if changed is not None else None)
+            lean=lean, changed_dirs=frozenset(changed) if changed is not None else None,
+            readahead=base.since_ns is None)   # an incremental reads few files; the read-ahead's own walk
+                                               # would double its stats (and contend for the GIL with it)
         sink = FdSink(out)
         ok = False
         try:
