@@ -162,6 +162,7 @@ class Dumper:
         self._lean_since = (options.since_ns - CTIME_SLACK_NS
                             if options.lean and options.since_ns is not None else None)
         self._xattrs = options.xattrs
+        self._live = options.live
         self._noatime = os.O_NOATIME
         self.discovered = 0            # stream bytes of the entries listed so far (DumpMeter)
         restricted = (options.changed_dirs if options.lean and self._lean_since is not None
@@ -494,6 +495,16 @@ class Dumper:
         else:
             self.warn(f"{self._show(rel)}: socket skipped (tar cannot archive sockets)")
 
+    @staticmethod
+    def _file_xattrs(fd: int) -> bytes:
+        """An open file's xattr records: one listxattr when it has none (most files)."""
+        try:
+            if not os.listxattr(fd):
+                return b""
+        except OSError:
+            pass                        # read_records says what this error means
+        return xattrs.read_records(fd)
+
     def _path_xattrs(self, dir_fd: int, name: bytes) -> bytes:
         if not self._xattrs:
             return b""
@@ -514,7 +525,7 @@ class Dumper:
         result = self.result
         changed_before = result.changed
         try:
-            records = xattrs.read_records(fd) if self._xattrs else b""
+            records = self._file_xattrs(fd) if self._xattrs else b""
             size = st.st_size
             if size > pax.BLOCK and st.st_blocks * 512 < size:       # sparse.looks_sparse, inline
                 extents = sparse.data_extents(fd, size)
@@ -524,17 +535,16 @@ class Dumper:
                     return
             sink = self.sink
             offset = sink.offset
-            sink.write(self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size,
-                                             st.st_mtime_ns, pax.REGTYPE, b"", 0, 0, records))
+            copied = sink.member(self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size,
+                                                       st.st_mtime_ns, pax.REGTYPE, b"", 0, 0, records),
+                                 fd, size)
             result.entries += 1
             result.files += 1
             if self.history is not None:
                 self.history(HistoryEntry(rel, st, parent_ino, offset))
-            if size:
-                copied = sink.copy_padded(fd, size)
-                if copied < size:
-                    self._shrank(rel, size - copied)
-            if self.options.live:
+            if copied < size:
+                self._shrank(rel, size - copied)
+            if self._live:
                 self._check_unchanged(fd, rel, st, changed_before)
         finally:
             os.close(fd)
