@@ -1,6 +1,6 @@
 """The dump: walk a (snapshot) tree and write it as a pax stream.
 
-One ``lstat`` per entry (from ``scandir`` on a directory fd), names as raw bytes, every
+One ``lstat`` per entry (names listed once, as raw bytes, relative to the directory fd), every
 open relative to its directory fd with O_NOFOLLOW, data by ``sendfile`` or one ``preadv``
 into the sink's buffer. Directories are written before their contents, each with a GNU
 dumpdir (the names it holds), so an incremental restore reproduces deletions and renames;
@@ -613,7 +613,7 @@ def _names(fd: int) -> list[bytes]:
     costs more than the lstat that follows); without /proc, the fd's own listing."""
     try:
         names = os.listdir(b"/proc/self/fd/%d" % fd)
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, PermissionError):     # no /proc (or not ours)
         names = [os.fsencode(name) for name in os.listdir(fd)]
     names.sort()
     return names
