@@ -294,3 +294,21 @@ def test_the_helper_ends_when_the_dumping_process_is_killed(disk_tmp: Path) -> N
         if dumping.poll() is None:
             dumping.kill()
             dumping.wait()
+
+
+def test_a_file_system_that_cannot_report_misses_dumps_the_same_and_starts_nothing(tmp_path: Path) -> None:
+    """tmpfs refuses RWF_NOWAIT: the dump times its reads instead, and memory is never slow."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or _nowait_works(shm):
+        pytest.skip("no tmpfs at /dev/shm that refuses RWF_NOWAIT")
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=shm) as scratch:
+        tree = build_many(Path(scratch) / "tree", dirs=4, files=100)
+        dump_with(tree, tmp_path / "plain.tar", "off")
+        with open(tmp_path / "auto.tar", "wb") as out:
+            sink = FdSink(out.fileno())
+            dumper = Dumper(str(tree), sink, DumpOptions(readahead="auto"))
+            dumper.run()
+            sink.close()
+        assert not dumper._readahead.started
+    assert (tmp_path / "plain.tar").read_bytes() == (tmp_path / "auto.tar").read_bytes()
