@@ -107,7 +107,8 @@ class DumpOptions:
     lean: bool = False              # replication update: dumpdirs only of directories changed since the base
     changed_dirs: frozenset[bytes] | None = None    # lean with known_dirs: only these directories changed
                                                     # (relative paths, b"" the root), from a change journal
-    readahead: bool = True          # start the reads of the files ahead of the walk (readahead.py)
+    readahead: str = "auto"         # reads of the files ahead of the walk (readahead.py): "auto" once the
+                                    # cache proves cold, "always" from the start, "off"
 
 
 @dataclass
@@ -118,6 +119,7 @@ class DumpResult:
     warnings: Messages = field(default_factory=Messages)
     changed: int = 0                 # files that changed while being read (live dumps)
     dir_index: dict[int, bytes] = field(default_factory=dict)
+    read_ahead: int = 0              # files the read-ahead helper asked the kernel for (cold cache)
 
     @property
     def warning_count(self) -> int:
@@ -200,10 +202,11 @@ class Dumper:
             self._moved = {move.ino for move in found}
             self._rename_records = renames.records(found, renames.temporary_names(root_fd, len(found)))
         stack: list[_Frame] = self._stack
-        if self.options.readahead and not self._only and self._changed is None:
+        if self.options.readahead != "off" and not self._only and self._changed is None:
             self._readahead = ReadAhead(root_fd, root_st.st_dev if self.options.one_filesystem else None,
-                                        self.options.skip_root_names, self._excluder,
-                                        self._readahead_wants(), self._where)
+                                        self.options.skip_root_names, self.options.excludes,
+                                        self._since if self._lean_since is None else self._lean_since,
+                                        self._where, eager=self.options.readahead == "always")
             self.sink.on_miss = self._readahead.missed
         try:
             self._enter(stack, root_fd, b"", root_st, root_st.st_ino, full=self._since is None,
@@ -217,6 +220,7 @@ class Dumper:
             if self._readahead is not None:
                 self._readahead.stop()
                 self.sink.on_miss = None
+                self.result.read_ahead = self._readahead.files_asked
             for frame in stack:
                 os.close(frame.fd)
         if self._changed is not None:
@@ -234,12 +238,9 @@ class Dumper:
             return
         name, st, include = frame.children[frame.next]
         frame.next += 1
-        readahead = self._readahead
-        if readahead is not None:
+        if self._readahead is not None:
             self._position += 1
-            readahead.position = self._position
-            if self._position >= readahead.wake_at:
-                readahead.wake()
+            self._readahead.seen(self._position)
         if self.cancel.is_set():
             raise DumpAborted("dump aborted")
         rel = frame.rel + name
@@ -277,14 +278,6 @@ class Dumper:
         # with the base's index, a directory inside a new one is new too, unless renamed there
         full = moved_or_new if self.options.known_dirs is not None else frame.full or moved_or_new
         self._enter(stack, fd, rel, st, frame.ino, full, inside)
-
-    def _readahead_wants(self) -> "Callable[[os.stat_result], bool] | None":
-        """Which files the read-ahead asks for: all in a full dump, the changed ones in an
-        incremental (a file in a new directory is read without it)."""
-        since = self._since if self._lean_since is None else self._lean_since
-        if since is None:
-            return None
-        return lambda st: st.st_mtime_ns >= since or st.st_ctime_ns >= since
 
     def _where(self) -> tuple[int, list[bytes]]:
         """The walk position and the path of the next entry (the read-ahead jumps there)."""

@@ -104,6 +104,8 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
                 meter.attach(dumper)
             result = dumper.run()
             ok = True
+            if result.read_ahead:
+                log.info("%s: the cache was cold; read-ahead asked for %d files", request.key, result.read_ahead)
         finally:
             sink.close(drain=ok)
     finally:

@@ -13,10 +13,12 @@ import os
 import queue
 import stat
 import threading
+import time
 from collections.abc import Callable
 
 BUFFER_SIZE = 1 << 20
 SENDFILE_MIN = 256 << 10      # below this, one preadv into the buffer beats flush + sendfile
+SLOW_READ_NS = 1_000_000       # a small read this slow waited for a device (no RWF_NOWAIT to ask)
 _SENDFILE_CHUNK = 8 << 20       # the byte count (progress) moves at least this often
 
 
@@ -64,6 +66,7 @@ class FdSink:
         self._flushed = 0
         self._sendfile = use_sendfile
         self.on_miss: Callable[[], None] | None = None    # a small file's read was not cached
+        self._timed_reads = False
         self._spare: queue.Queue[bytearray] = queue.Queue()
         self._spare.put(bytearray(buffer_size))
         self._pending: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
@@ -132,7 +135,15 @@ class FdSink:
         return self.copy_padded(source, count)
 
     def _read_noting_miss(self, source: int, view: memoryview) -> int:
-        """Read a small file whole, telling ``on_miss`` when it was not all in the page cache."""
+        """Read a small file whole, telling ``on_miss`` when it was not all in the page cache
+        (a ``RWF_NOWAIT`` read came back short; where the file system cannot say (NFS, tmpfs),
+        a read that took longer than a cached one can)."""
+        if self._timed_reads:
+            started = time.monotonic_ns()
+            copied = os.preadv(source, [view], 0)
+            if time.monotonic_ns() - started > SLOW_READ_NS and self.on_miss is not None:
+                self.on_miss()
+            return copied
         try:
             copied = os.preadv(source, [view], 0, os.RWF_NOWAIT)
         except BlockingIOError:
@@ -140,8 +151,8 @@ class FdSink:
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-            self.on_miss = None            # this file system cannot tell (tmpfs): never cold anyway
-            return os.preadv(source, [view], 0)
+            self._timed_reads = True
+            return self._read_noting_miss(source, view)
         if copied < len(view):
             more = os.preadv(source, [view[copied:]], copied)
             if more and self.on_miss is not None:
