@@ -152,7 +152,7 @@ def _level_one_tree(tmp_path: Path) -> tuple[Path, int, set[bytes]]:
     return src, since, changed
 
 
-@pytest.mark.parametrize("readahead", [False, True])
+@pytest.mark.parametrize("readahead", ["off", "auto", "always"])
 def test_a_level_one_walk_opens_no_unchanged_file(tmp_path, monkeypatch, readahead):
     """A level 1 costs a stat per unchanged file: it is never opened (no read, no xattr probe)."""
     from ndmpd.engine.dump import DumpOptions, Dumper
@@ -179,7 +179,7 @@ def test_a_level_one_is_the_same_image_with_and_without_read_ahead(tmp_path):
     from ndmpd.engine.sink import FdSink
     src, since, _ = _level_one_tree(tmp_path)
     images = []
-    for readahead in (False, True):
+    for readahead in ("off", "always"):
         with open(tmp_path / f"ra{readahead}.tar", "wb") as out:
             sink = FdSink(out.fileno())
             Dumper(src, sink, DumpOptions(since_ns=since, readahead=readahead)).run()

@@ -94,8 +94,8 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
                     "base": make_token(base.since_ns) if base.since_ns is not None else "",
                     "snapshot": snapshotter.mode},
             lean=lean, changed_dirs=frozenset(changed) if changed is not None else None,
-            readahead=base.since_ns is None)   # an incremental reads few files; the read-ahead's own walk
-                                               # would double its stats (and contend for the GIL with it)
+            readahead="auto" if base.since_ns is None else "off")   # an incremental reads few files, and
+                                               # without the read-ahead its walk skips the unchanged ones
         sink = FdSink(out)
         ok = False
         try:
