@@ -527,14 +527,19 @@ class Dumper:
                     self._check_unchanged(fd, rel, st, changed_before)
                     return
             sink = self.sink
-            offset = sink.offset
-            copied = sink.member(self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size,
-                                                       st.st_mtime_ns, pax.REGTYPE, b"", 0, 0, records),
-                                 fd, size)
-            result.entries += 1
-            result.files += 1
-            if self.history is not None:
+            head = self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns,
+                                         pax.REGTYPE, b"", 0, 0, records)
+            if self.history is None:
+                copied = sink.member(head, fd, size)
+                result.entries += 1
+                result.files += 1
+            else:                          # the history hears of the entry before its data is read
+                offset = sink.offset
+                sink.write(head)
+                result.entries += 1
                 self.history(HistoryEntry(rel, st, parent_ino, offset))
+                result.files += 1
+                copied = sink.copy_padded(fd, size) if size else 0
             if copied < size:
                 self._shrank(rel, size - copied)
             if self._live:
