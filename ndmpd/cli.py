@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib
 import logging
 import os
 import sys
@@ -12,10 +13,16 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from . import __version__, dump_cli, init_config, library_cli, replica_cli, tape_cli
+from . import __version__
 from .config import Config, ConfigError, embedded_default, load, parse_listen
-from .logtext import BoundedFormatter
-from .sdnotify import JournalFormatter, Notifier, under_journald
+
+# The commands other modules define (each module's add_parser(s) and run or command functions).
+# A command line that names one builds just that module's parser: ``ndmpd dump`` then starts
+# without importing the tape, library and replica code (start-up is most of a small incremental).
+_MODULES = {"init-config": "init_config", "tape": "tape_cli", "library": "library_cli", "dump": "dump_cli",
+            "restore": "dump_cli", "replica": "replica_cli"}
+_RUNS = {"init-config": "run", "tape": "run", "library": "run", "dump": "dump", "restore": "restore",
+         "replica": "run"}
 
 if TYPE_CHECKING:
     from .server import NdmpServer
@@ -23,10 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("ndmpd")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line's parser; with ``command`` (another module's), just that command's."""
     parser = argparse.ArgumentParser(prog="ndmpd", description="NDMP v2/v3/v4 server for Linux")
     parser.add_argument("--version", action="version", version=f"ndmpd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    if command in _MODULES:
+        _add_parsers(importlib.import_module(f".{_MODULES[command]}", __package__), sub)
+        return parser
     serve = sub.add_parser("serve", help="run the server in the foreground (SIGHUP reloads, SIGTERM stops)")
     serve.add_argument("--config", type=Path,
                        help="configuration file (default: the embedded default: 127.0.0.1:10000, user ndmp "
@@ -39,17 +50,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="override server.log_level (default info)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", type=Path, help="the configuration file to check")
-    init_config.add_parser(sub)
-    tape_cli.add_parser(sub)
-    library_cli.add_parser(sub)
-    dump_cli.add_parsers(sub)
-    replica_cli.add_parser(sub)
+    for name in ("init_config", "tape_cli", "library_cli", "dump_cli", "replica_cli"):
+        _add_parsers(importlib.import_module(f".{name}", __package__), sub)
     return parser
+
+
+def _add_parsers(module, sub: argparse._SubParsersAction) -> None:
+    (getattr(module, "add_parsers", None) or module.add_parser)(sub)
 
 
 def _setup_logging(level: str) -> None:
     """To stderr, one bounded line per event whatever a peer sent; under systemd's journal
     ``<N>``-prefixed and without a timestamp."""
+    from .logtext import BoundedFormatter
+    from .sdnotify import JournalFormatter, under_journald
     handler = logging.StreamHandler(sys.stderr)
     if under_journald():
         handler.setFormatter(JournalFormatter())
@@ -115,6 +129,7 @@ def serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from .context import ServerContext      # imported here: dump/restore start faster without them
+    from .sdnotify import Notifier
     from .server import NdmpServer
     config = _load(args)
     _setup_logging(config.server.log_level)
@@ -194,12 +209,13 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = _parser(words[0] if words else None).parse_args(argv)
     try:
-        commands = {"serve": serve, "check-config": check_config, "tape": tape_cli.run, "library": library_cli.run,
-                    "dump": dump_cli.dump, "restore": dump_cli.restore, "init-config": init_config.run,
-                    "replica": replica_cli.run}
-        return commands[args.command](args)
+        if args.command in _MODULES:
+            module = importlib.import_module(f".{_MODULES[args.command]}", __package__)
+            return getattr(module, _RUNS[args.command])(args)
+        return {"serve": serve, "check-config": check_config}[args.command](args)
     except ConfigError as exc:
         print(f"ndmpd: config error: {exc}", file=sys.stderr)
         return 2

@@ -6,11 +6,9 @@ so ``ndmpd serve`` and ``ndmpd check-config`` can fail with a clear message and 
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -216,6 +214,7 @@ class _Table:
         valid = self.known | self.used
         unknown = sorted(k for k in self.data if k not in valid)
         if unknown:
+            import difflib                # here: only a mistyped key needs it
             close = difflib.get_close_matches(unknown[0], sorted(valid), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{self.key(unknown[0])}: unknown key{hint}")
@@ -537,6 +536,7 @@ def new_secret_file(path: Path) -> str | None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return None
+    import secrets                    # here: ndmpd dump never makes a password
     password = secrets.token_urlsafe(18)
     with os.fdopen(fd, "w") as f:
         f.write(password + "\n")

@@ -13,10 +13,10 @@ from typing import TextIO
 from .config import SNAPSHOT_MODES, Config, default_state_dir, load
 from .engine.history import HistoryEntry
 from .engine.job import DumpRequest, dump_volume
-from .engine.reader import StreamError
-from .engine.restore import POLICIES, RestoreOptions, Restorer
-from .engine.select import Pick
 from .snapshots import SnapshotError
+
+RESTORE_POLICIES = ("overwrite", "keep", "newer")   # engine.restore.POLICIES, without importing the
+                                                    # restore for a dump (a test keeps them equal)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          help="restore only PATH (a file or directory), optionally as NEW (repeatable)")
     restore.add_argument("--offset", type=int, default=0,
                          help="start at this stream offset (from file history); stops when the picks are done")
-    restore.add_argument("--existing", choices=POLICIES, default="overwrite",
+    restore.add_argument("--existing", choices=RESTORE_POLICIES, default="overwrite",
                          help="what to do with files already there (default: overwrite)")
     restore.add_argument("--incremental", action=argparse.BooleanOptionalAction, default=None,
                          help="replay deletions and renames recorded in directory lists, of what earlier "
@@ -153,6 +153,9 @@ def dump(args: argparse.Namespace) -> int:
 
 
 def restore(args: argparse.Namespace) -> int:
+    from .engine.reader import StreamError          # here: a dump starts without the restore's modules
+    from .engine.restore import RestoreOptions, Restorer
+    from .engine.select import Pick
     _log_to_stderr("restore")
     progress = Progress()
     options = RestoreOptions(picks=tuple(Pick.parse(p) for p in args.select), existing=args.existing,

@@ -67,3 +67,20 @@ def test_level_one_through_the_command_line_and_errors(tmp_path):
     absent = subprocess.run(NDMPD + ["restore", str(tmp_path / "x"), "--select", "nothing"],
                             input=level1.stdout, capture_output=True, timeout=60)
     assert absent.returncode == 1 and b"nothing: not found in the stream" in absent.stderr
+
+
+def test_a_dump_starts_without_the_restore_tape_library_and_replica_code():
+    """Start-up is most of a small incremental's time: ``ndmpd dump`` imports what a dump uses."""
+    probe = ("import sys; from ndmpd import cli; cli._parser('dump').parse_args(['dump', '.']);"
+             "print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                timeout=60).stdout.split())
+    for heavy in ("ndmpd.engine.restore", "ndmpd.engine.reader", "ndmpd.engine.journal", "ndmpd.tape_cli",
+                  "ndmpd.library_cli", "ndmpd.replica_cli", "ndmpd.snapshots.holds", "construct"):
+        assert heavy not in loaded
+
+
+def test_the_restore_policies_offered_are_the_engines():
+    from ndmpd import dump_cli
+    from ndmpd.engine.restore import POLICIES
+    assert dump_cli.RESTORE_POLICIES == POLICIES

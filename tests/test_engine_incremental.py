@@ -134,3 +134,55 @@ def test_token_based_incremental_with_and_without_a_directory_index(tmp_path):
     with pytest.raises(ValueError):
         parse_token("yesterday")
     assert parse_token("1700000000") == 1700000000 * 10**9
+
+
+def _level_one_tree(tmp_path: Path) -> tuple[Path, int, set[bytes]]:
+    """60 files in three directories, 3 of them changed after the base; (root, base, changed names)."""
+    src = tmp_path / "walk"
+    for d in range(3):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(20):
+            (src / f"d{d}" / f"f{f:02d}").write_bytes(b"x" * (f * 100))
+    _settle()
+    since = time.time_ns()
+    _settle()
+    changed = {b"f03", b"f11", b"f17"}
+    for d, name in enumerate(sorted(changed)):
+        (src / f"d{d}" / os.fsdecode(name)).write_bytes(b"changed")
+    return src, since, changed
+
+
+@pytest.mark.parametrize("readahead", ["off", "auto", "always"])
+def test_a_level_one_walk_opens_no_unchanged_file(tmp_path, monkeypatch, readahead):
+    """A level 1 costs a stat per unchanged file: it is never opened (no read, no xattr probe)."""
+    from ndmpd.engine.dump import DumpOptions, Dumper
+    from ndmpd.engine.sink import FdSink
+    src, since, changed = _level_one_tree(tmp_path)
+    opened: list[bytes] = []
+    real_open = os.open
+
+    def counting_open(path, flags, mode=0o777, *, dir_fd=None):
+        opened.append(os.fsencode(path))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(os, "open", counting_open)
+    with open(tmp_path / "l1.tar", "wb") as out:
+        sink = FdSink(out.fileno())
+        result = Dumper(src, sink, DumpOptions(since_ns=since, readahead=readahead)).run()
+        sink.close()
+    files = {name for name in opened if name.startswith(b"f")}
+    assert files <= changed and result.files == 3
+    assert {os.path.basename(m).encode() for m in _names(tmp_path / "l1.tar") if "/f" in m} == changed
+
+
+def test_a_level_one_is_the_same_image_with_and_without_read_ahead(tmp_path):
+    from ndmpd.engine.dump import DumpOptions, Dumper
+    from ndmpd.engine.sink import FdSink
+    src, since, _ = _level_one_tree(tmp_path)
+    images = []
+    for readahead in ("off", "always"):
+        with open(tmp_path / f"ra{readahead}.tar", "wb") as out:
+            sink = FdSink(out.fileno())
+            Dumper(src, sink, DumpOptions(since_ns=since, readahead=readahead)).run()
+            sink.close()
+        images.append((tmp_path / f"ra{readahead}.tar").read_bytes())
+    assert images[0] == images[1]

@@ -1,6 +1,6 @@
 """The dump: walk a (snapshot) tree and write it as a pax stream.
 
-One ``lstat`` per entry (from ``scandir`` on a directory fd), names as raw bytes, every
+One ``lstat`` per entry (names listed once, as raw bytes, relative to the directory fd), every
 open relative to its directory fd with O_NOFOLLOW, data by ``sendfile`` or one ``preadv``
 into the sink's buffer. Directories are written before their contents, each with a GNU
 dumpdir (the names it holds), so an incremental restore reproduces deletions and renames;
@@ -44,6 +44,7 @@ from .select import Excluder
 from .sink import FdSink
 from .target import DIR_FLAGS, fd_path
 
+_S_IFDIR = stat.S_IFDIR
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PROGRESS_EVERY = 512
 CTIME_SLACK_NS = 100_000_000       # lean: a directory or file whose ctime is this close before the
@@ -163,6 +164,7 @@ class Dumper:
         self._lean_since = (options.since_ns - CTIME_SLACK_NS
                             if options.lean and options.since_ns is not None else None)
         self._xattrs = options.xattrs
+        self._live = options.live
         self._noatime = os.O_NOATIME
         self.discovered = 0            # stream bytes of the entries listed so far (DumpMeter)
         restricted = (options.changed_dirs if options.lean and self._lean_since is not None
@@ -246,7 +248,10 @@ class Dumper:
             self._directory(stack, frame, name, rel, st, inside=include)
         elif include:
             try:
-                self._member(frame.fd, name, rel, st, frame.ino)
+                if st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
+                    self._regular(frame.fd, name, rel, b"./" + rel, st, frame.ino)    # the common case
+                else:
+                    self._member(frame.fd, name, rel, st, frame.ino)
             except FileNotFoundError:
                 self.warn(f"{self._show(rel)}: vanished before it was read; not archived")
         if self.progress and self.result.entries % _PROGRESS_EVERY == 0:
@@ -343,49 +348,64 @@ class Dumper:
         stack.append(_Frame(fd, rel + b"/" if rel else b"", st.st_ino, children, full))
 
     def _list(self, fd: int, rel: bytes, full: bool, inside: bool = True) -> tuple[list, list[bytes]]:
-        children = []
-        dumpdir = []
-        excluder = self._excluder
+        """The directory's children to step through (name order) and its dumpdir entries.
+
+        The names are sorted once, as bytes, before anything else (one lstat each follows);
+        both lists come out in that order. An incremental's unchanged file is only a dumpdir entry (``N``): it is
+        not among the children unless the read-ahead counts the walk's entries (it steps
+        over each), so a level 1 costs a stat per unchanged file and nothing more."""
+        children: list[tuple[bytes, os.stat_result, bool]] = []
+        dumpdir: list[bytes] = []
+        excluder = self._excluder if self._excluder else None      # its truth is a call: once
         since = self._since if self._lean_since is None else self._lean_since
         prefix = rel + b"/" if rel else b""
         skip = self.options.skip_root_names if not rel else ()
+        only, on_the_way = self._only, self._on_the_way
+        by_journal = self._changed is not None
+        keep_unchanged = self._readahead is not None
+        base_since = self._since
         listed = 0                     # header + data bytes of what this directory will write
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                name = os.fsencode(entry.name)
-                if name in skip:
-                    continue
-                if excluder and excluder.excluded(name, prefix + name):
-                    dumpdir.append(b"N" + name)
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                is_dir = stat.S_ISDIR(st.st_mode)
-                chosen = inside or prefix + name in self._only
-                if not chosen and not (is_dir and prefix + name in self._on_the_way):
-                    dumpdir.append((b"D" if is_dir else b"N") + name)
-                    continue
-                if is_dir:
-                    children.append((name, st, chosen))      # for a directory: inside FILES or not
-                    dumpdir.append(b"D" + name)
-                    continue
-                include = full or since is None or st.st_mtime_ns >= since or st.st_ctime_ns >= since
-                if (include and not full and self._changed is not None and st.st_nlink > 1
-                        and st.st_ctime_ns < self._since and st.st_mtime_ns < self._since):
-                    include = False    # in only by the ctime slack; its other names are in directories
-                                       # not listed, and the journal saw no change of it (else no answer)
-                children.append((name, st, include))
-                dumpdir.append((b"Y" if include else b"N") + name)
-                if include:
-                    listed += st.st_size
-        self.discovered += listed + 1024 * len(children)      # data, plus about a header per entry
-        if self._changed is not None:
+        unchanged = 0
+        lstat = os.stat
+        add_child, add_entry = children.append, dumpdir.append
+        for name in _names(fd):
+            if name in skip:
+                continue
+            if excluder is not None and excluder.excluded(name, prefix + name):
+                add_entry(b"N" + name)
+                continue
+            try:
+                st = lstat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            is_dir = st.st_mode & 0o170000 == _S_IFDIR
+            chosen = inside or prefix + name in only
+            if not chosen and not (is_dir and prefix + name in on_the_way):
+                add_entry((b"D" if is_dir else b"N") + name)
+                continue
+            if is_dir:
+                add_child((name, st, chosen))      # for a directory: inside FILES or not
+                add_entry(b"D" + name)
+                continue
+            include = full or since is None or st.st_mtime_ns >= since or st.st_ctime_ns >= since
+            if (include and not full and by_journal and st.st_nlink > 1
+                    and st.st_ctime_ns < base_since and st.st_mtime_ns < base_since):
+                include = False    # in only by the ctime slack; its other names are in directories
+                                   # not listed, and the journal saw no change of it (else no answer)
+            if include:
+                add_child((name, st, True))
+                add_entry(b"Y" + name)
+                listed += st.st_size
+            else:
+                unchanged += 1
+                if keep_unchanged:
+                    add_child((name, st, False))
+                add_entry(b"N" + name)
+        unchanged = unchanged if not keep_unchanged else 0
+        self.discovered += listed + 1024 * (len(children) + unchanged)    # data, plus about a header per entry
+        if by_journal:
             self._kids[rel] = [(name, st.st_ino) for name, st, _ in children
                                if stat.S_ISDIR(st.st_mode) and st.st_dev == self._root_dev]
-        children.sort(key=_first)
-        dumpdir.sort(key=_after_code)
         return children, dumpdir
 
     def _on_the_way_to_changes(self, fd: int, rel: bytes) -> list:
@@ -437,7 +457,7 @@ class Dumper:
         """A directory's header; with its dumpdir unless ``dumpdir`` is None (lean: metadata only)."""
         records = xattr_records
         if dumpdir is not None:
-            records += pax.pax_record(b"GNU.dumpdir", b"".join(entry + b"\0" for entry in dumpdir) + b"\0")
+            records += pax.pax_record(b"GNU.dumpdir", b"\0".join(dumpdir) + b"\0\0" if dumpdir else b"\0")
         name = b"./" + rel + b"/" if rel else b"./"
         self._emit_header(rel, st, parent_ino, name, pax.DIRTYPE, 0, records)
 
@@ -468,6 +488,16 @@ class Dumper:
         else:
             self.warn(f"{self._show(rel)}: socket skipped (tar cannot archive sockets)")
 
+    @staticmethod
+    def _file_xattrs(fd: int) -> bytes:
+        """An open file's xattr records: one listxattr when it has none (most files)."""
+        try:
+            if not os.listxattr(fd):
+                return b""
+        except OSError:
+            pass                        # read_records says what this error means
+        return xattrs.read_records(fd)
+
     def _path_xattrs(self, dir_fd: int, name: bytes) -> bytes:
         if not self._xattrs:
             return b""
@@ -485,23 +515,35 @@ class Dumper:
                 raise
             self._noatime = 0              # O_NOATIME needs ownership or CAP_FOWNER
             fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-        changed_before = self.result.changed
+        result = self.result
+        changed_before = result.changed
         try:
-            records = xattrs.read_records(fd) if self._xattrs else b""
+            records = self._file_xattrs(fd) if self._xattrs else b""
             size = st.st_size
-            if sparse.looks_sparse(st.st_blocks, size):
+            if size > pax.BLOCK and st.st_blocks * 512 < size:       # sparse.looks_sparse, inline
                 extents = sparse.data_extents(fd, size)
                 if not sparse.is_dense(extents, size):
                     self._sparse(fd, rel, arcname, st, parent_ino, records, extents)
                     self._check_unchanged(fd, rel, st, changed_before)
                     return
-            self._emit_header(rel, st, parent_ino, arcname, pax.REGTYPE, size, records)
-            self.result.files += 1
-            if size:
-                copied = self.sink.copy_padded(fd, size)
-                if copied < size:
-                    self._shrank(rel, size - copied)
-            self._check_unchanged(fd, rel, st, changed_before)
+            sink = self.sink
+            head = self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns,
+                                         pax.REGTYPE, b"", 0, 0, records)
+            if self.history is None:
+                copied = sink.member(head, fd, size)
+                result.entries += 1
+                result.files += 1
+            else:                          # the history hears of the entry before its data is read
+                offset = sink.offset
+                sink.write(head)
+                result.entries += 1
+                self.history(HistoryEntry(rel, st, parent_ino, offset))
+                result.files += 1
+                copied = sink.copy_padded(fd, size) if size else 0
+            if copied < size:
+                self._shrank(rel, size - copied)
+            if self._live:
+                self._check_unchanged(fd, rel, st, changed_before)
         finally:
             os.close(fd)
 
@@ -563,10 +605,14 @@ class Dumper:
         return os.fsdecode(rel) or "."
 
 
-def _first(child: tuple) -> bytes:
-    return child[0]
-
-
-def _after_code(entry: bytes) -> bytes:
-    return entry[1:]
+def _names(fd: int) -> list[bytes]:
+    """A directory's names as bytes, sorted: listed through its /proc/self/fd link, which gives
+    bytes straight away (a listing of the fd itself gives str, and encoding each name back
+    costs more than the lstat that follows); without /proc, the fd's own listing."""
+    try:
+        names = os.listdir(b"/proc/self/fd/%d" % fd)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):     # no /proc (or not ours)
+        names = [os.fsencode(name) for name in os.listdir(fd)]
+    names.sort()
+    return names
 

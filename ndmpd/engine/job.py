@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..snapshots import SNAPSHOT_DIR, choose
 from .dump import DumpMeter, DumpOptions, Dumper, DumpResult, HistoryCallback, ProgressCallback
 from .dumpdates import Base, DumpDates, make_token
-from .journal import ChangeJournal
 from .sink import FdSink
+
+if TYPE_CHECKING:
+    from .journal import ChangeJournal    # the server's: a command-line dump never loads it
 
 log = logging.getLogger("ndmpd.engine")
 
@@ -90,7 +93,9 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
             labels={"volume": request.key, "level": str(base.level), "date": make_token(date_ns),
                     "base": make_token(base.since_ns) if base.since_ns is not None else "",
                     "snapshot": snapshotter.mode},
-            lean=lean, changed_dirs=frozenset(changed) if changed is not None else None)
+            lean=lean, changed_dirs=frozenset(changed) if changed is not None else None,
+            readahead="auto" if base.since_ns is None else "off")   # an incremental reads few files, and
+                                               # without the read-ahead its walk skips the unchanged ones
         sink = FdSink(out)
         ok = False
         try:

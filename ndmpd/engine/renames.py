@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from .target import DIR_FLAGS
 
 TEMPORARY_PREFIX = b".ndmpd-rename-"
+_LEAF_LINKS = 2      # a directory's link count is 2 + its subdirectories on ext4, XFS, tmpfs and most
+                     # others (find(1)'s leaf optimisation); btrfs and the like say 1, and are listed.
+                     # Were a file system to say 2 wrongly, a renamed directory below would be found
+                     # new by the walk and dumped whole: larger, never wrong.
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,10 @@ def find(root_fd: int, known: dict[int, bytes], scope: "frozenset[bytes] | None"
             while stack:
                 dir_fd, rel = stack.pop()
                 try:
-                    then = known.get(os.fstat(dir_fd).st_ino)
+                    own = os.fstat(dir_fd)
+                    if own.st_nlink == _LEAF_LINKS:
+                        continue           # no subdirectory in it: nothing to list (see _LEAF_LINKS)
+                    then = known.get(own.st_ino)
                     for name, st in _subdirectories(dir_fd):
                         if skip(rel, name) or (device is not None and st.st_dev != device):
                             continue

@@ -118,6 +118,22 @@ class FdSink:
         self._fill = fill + padded
         return copied
 
+    def member(self, head: bytes, source: int, count: int) -> int:
+        """``write(head)`` then ``copy_padded(source, count)``: a small file's headers and data
+        go into the buffer in one call when both fit (the common case of a small-file tree)."""
+        fill = self._fill
+        end = fill + len(head)
+        padded = (count + 511) & ~511
+        if count >= SENDFILE_MIN or end + padded > len(self._buffer):
+            self.write(head)
+            return self.copy_padded(source, count) if count else 0
+        self._buffer[fill:end] = head
+        if not count:
+            self._fill = end
+            return 0
+        self._fill = end
+        return self.copy_padded(source, count)
+
     def _read_noting_miss(self, source: int, view: memoryview) -> int:
         """Read a small file whole, telling ``on_miss`` when it was not all in the page cache
         (a ``RWF_NOWAIT`` read came back short; where the file system cannot say (NFS, tmpfs),

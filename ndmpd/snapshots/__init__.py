@@ -11,7 +11,6 @@ from .btrfs import SNAPSHOT_DIR, BtrfsSnapshotter, is_subvolume
 from .live import LiveSnapshotter
 from .lvm import LvmSnapshotter, logical_volume, lvm_available
 from .mounts import mount_of
-from . import holds
 
 __all__ = ["Snapshot", "SnapshotError", "Snapshotter", "choose", "remove_stale", "SNAPSHOT_DIR"]
 
@@ -60,6 +59,7 @@ def remove_stale(volumes: Iterable[Path], state_dir: Path) -> list[str]:
             removed += provider.remove_stale(path)
         except (OSError, SnapshotError) as exc:
             log.warning("could not clean stale snapshots of %s: %s", path, exc)
+    from . import holds           # here: btrfs send and its stream parser are not a dump's business
     for path in paths:
         try:
             removed += holds.remove_stale_jobs(path)      # butype btrfs: a killed job's temporary snapshot

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 from .base import SnapshotError
 
@@ -18,6 +17,7 @@ def find_tool(name: str) -> str | None:
 
 def run(argv: list[str], what: str) -> str:
     """Run a tool; its stdout, or SnapshotError carrying its stderr."""
+    import subprocess               # here: a dump without a snapshot starts without it
     tool = find_tool(argv[0])
     if tool is None:
         raise SnapshotError(f"{what}: the '{argv[0]}' command is not installed")

@@ -1,0 +1,33 @@
+"""The dump's walk: names as bytes in byte order, with or without /proc."""
+
+from __future__ import annotations
+
+import os
+
+from ndmpd.engine import dump
+from tests.engine_helpers import build_every_case, dump_to
+
+
+def test_names_come_in_byte_order_even_where_str_order_differs(tmp_path):
+    names = [b"\xee\x80\x80-private-use", b"\xf0-latin1-byte", b"a", b"B", b"caf\xc3\xa9"]
+    for name in names:
+        open(os.path.join(os.fsencode(tmp_path), name), "wb").close()
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert dump._names(fd) == sorted(names)
+    finally:
+        os.close(fd)
+
+
+def test_without_proc_the_image_is_the_same(tmp_path, monkeypatch):
+    src = build_every_case(tmp_path / "src")
+    dump_to(src, tmp_path / "with.tar")
+    real_listdir = os.listdir
+
+    def no_proc(path="."):
+        if isinstance(path, bytes) and path.startswith(b"/proc/"):
+            raise FileNotFoundError(path)
+        return real_listdir(path)
+    monkeypatch.setattr(os, "listdir", no_proc)
+    dump_to(src, tmp_path / "without.tar")
+    assert (tmp_path / "with.tar").read_bytes() == (tmp_path / "without.tar").read_bytes()
