@@ -80,6 +80,12 @@ capacity = "64GiB"
 """)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(argv: list[str], cwd: Path | None = None) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
@@ -166,9 +172,12 @@ def main() -> int:
                 argv = [str(NDMJOB), "-c", "-D", agent, "-f", "vtape0", "-B", "tar", "-C", f"/bench/{kind}"]
                 if not args.no_index:
                     argv += ["-I", str(index)]
+                cpu = cpu_seconds(server.proc.pid)
                 seconds, out = timed(argv)
                 if "Operation ended OKAY" not in out:
                     raise SystemExit(f"backup of {kind} failed:\n{out[-3000:]}")
+                if args.verbose:
+                    print(f"    server CPU {cpu_seconds(server.proc.pid) - cpu:.2f} s", file=sys.stderr)
                 return seconds
             runners = {"tar": run_tar, "ndmpd": run_ndmp}
             if args.durable:
