@@ -215,7 +215,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--files", type=int, default=100_000, help="files in the small tree (default 100,000)")
     parser.add_argument("--large-files", type=int, default=2, help="512 MiB files in the large tree (default 2)")
-    parser.add_argument("--only", choices=["large", "small"])
+    parser.add_argument("--only", choices=["large", "small", "huge"], help="one tree's rows (huge: implies --huge)")
     parser.add_argument("--cold", action="store_true",
                         help="also the cold rows: drop caches before every timed command (root only)")
     parser.add_argument("--huge", action="store_true",
@@ -225,15 +225,16 @@ def main() -> int:
                              "otherwise decide both times)")
     parser.add_argument("--verbose", action="store_true", help="print every timed run")
     args = parser.parse_args()
+    args.huge |= args.only == "huge"
     if args.cold and (os.geteuid() != 0 or not os.access(DROP_CACHES, os.W_OK)):
         raise SystemExit(f"--cold drops the page cache through {DROP_CACHES}: run as root")
     args.dir.mkdir(parents=True, exist_ok=True)
     trees = tree_paths(args.dir, args.files, args.large_files)
     restore_dir = args.restore_dir or args.dir
     print("building trees (once) ...", file=sys.stderr)
-    if args.only != "large":
+    if args.only in (None, "small"):
         build_small(trees["small"], args.files)
-    if args.only != "small":
+    if args.only in (None, "large"):
         build_large(trees["large"], args.large_files)
     if args.huge:
         build_huge(trees["huge"])
@@ -245,7 +246,7 @@ def main() -> int:
         for cold in modes:
             work = f"dump {kind} {'cold' if cold else 'warm'}"
             table.ratio(work, measure(bench_dump(trees[kind]), args.rounds, cold, work, args.verbose))
-    if args.only != "large":
+    if args.only in (None, "small"):
         stream = args.dir / "small.tar"
         with open(stream, "wb") as out:
             subprocess.run(NDMPD + ["dump", str(trees["small"]), "--snapshot", "none"], stdout=out,

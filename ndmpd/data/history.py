@@ -5,10 +5,10 @@ and directories plus nodes (``d``: FH_ADD_DIR then FH_ADD_NODE, "." first; the `
 butype, as Bareos and NetBackup expect). ``fh_info`` is the entry's byte offset in the image.
 
 Entries wait as the dump reported them until a batch is full; the batch is then encoded in
-one go, on the worker thread (:mod:`.fh_wire`), and leaves it through ``send``. At most MAX_QUEUED are in flight on the control connection;
-when the DMA reads slowly the rest wait in a :class:`Spill` file, so history never stalls
-the data stream and never grows in memory. Only :meth:`FileHistory.finish`, after the
-stream has ended, waits for the DMA.
+one go, on the worker thread (:mod:`.fh_wire`), and leaves it through ``send``. At most
+MAX_QUEUED are in flight on the control connection; when the DMA reads slowly the rest
+wait in a :class:`Spill` file, so history never stalls the data stream and never grows in
+memory. Only :meth:`FileHistory.finish`, after the stream has ended, waits for the DMA.
 """
 
 from __future__ import annotations
