@@ -1,15 +1,22 @@
-"""Dump and restore against GNU tar, on the same trees in the same run.
+"""Dump and restore against GNU tar, on the same trees in the same run (issue 19's figures).
 
-Builds (once, then reuses) a large-file tree (4 x 512 MiB) and a small-file tree (100,000
-files of 0-40 KB in 200 directories), then over several rounds, rotating the order, times
+Builds (once, then reuses) a small-file tree (``--files``, default 100,000 files of 0-40 KB,
+500 a directory), a large-file tree (``--large-files``, default 2 x 512 MiB) and, with
+``--huge``, a tree of 1,000,000 tiny files; then over several rounds, rotating the order, times
 
     ndmpd dump TREE --snapshot none | cat >/dev/null   vs   tar -cf - TREE | cat >/dev/null
-    ndmpd restore OUT < STREAM                         vs   tar -xf STREAM -C OUT
+    ndmpd restore OUT < STREAM                         vs   tar -xf - -C OUT < STREAM
 
-and prints the median time ratio and ndmpd's peak RSS. Targets (issue 4): dump large
-<= 1.1x, small <= 1.3x, restore <= 1.5x, peak RSS <= 150 MiB.
+and prints one row per work with both medians, their ratio and the issue's target:
 
-    python benchmarks/dump_bench.py [--dir /var/tmp/ndmpd-bench] [--rounds 5]
+    dump small cold <= 0.5x    dump small warm <= 1.3x    dump large cold, warm <= 1.0x
+    restore small <= 1.0x      peak RSS of dump and restore, 1M files (--huge) <= 150 MiB
+
+``--cold`` adds the cold rows: caches are dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``,
+root only) before every single timed command, ours and tar's alike. Without it the rows are
+warm: one untimed run of each first, so both read from the page cache.
+
+    python benchmarks/dump_bench.py [--dir /var/tmp/ndmpd-bench] [--rounds 5] [--cold] [--huge]
 """
 
 from __future__ import annotations
@@ -22,19 +29,25 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 NDMPD = [sys.executable, "-m", "ndmpd"]
-TARGETS = {("dump", "large"): 1.1, ("dump", "small"): 1.3, ("restore", "large"): 1.5, ("restore", "small"): 1.5}
+TARGETS = {"dump small cold": 0.5, "dump small warm": 1.3, "dump large cold": 1.0, "dump large warm": 1.0,
+           "restore small": 1.0}
 RSS_LIMIT_MIB = 150
+SMALL_PER_DIR = 500
+HUGE_FILES = 1_000_000
+DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 
-def build_large(root: Path) -> None:
+def build_large(root: Path, files: int = 2) -> None:
+    """``files`` files of 512 MiB of random data (each 64 MiB block told apart by its first bytes)."""
     if (root / ".complete").exists():
         return
     root.mkdir(parents=True, exist_ok=True)
     block = bytearray(os.urandom(64 << 20))
-    for n in range(4):
+    for n in range(files):
         with open(root / f"big{n}", "wb") as out:
             for i in range(8):
                 block[:8] = (n * 8 + i).to_bytes(8, "little")
@@ -42,22 +55,51 @@ def build_large(root: Path) -> None:
     (root / ".complete").touch()
 
 
-def build_small(root: Path) -> None:
+def build_small(root: Path, files: int = 100_000) -> None:
+    """``files`` files of 0-40 KB, 500 a directory; a smaller tree is the start of a bigger one."""
     if (root / ".complete").exists():
         return
     rnd = random.Random(4)
     blob = os.urandom(1 << 20)
-    for d in range(200):
+    for d in range((files + SMALL_PER_DIR - 1) // SMALL_PER_DIR):
         folder = root / f"d{d:03d}"
         folder.mkdir(parents=True, exist_ok=True)
-        for f in range(500):
+        for f in range(min(SMALL_PER_DIR, files - d * SMALL_PER_DIR)):
             size = rnd.randint(0, 40_000)
             start = rnd.randint(0, len(blob) - size)
             (folder / f"f{f:04d}").write_bytes(blob[start:start + size])
     (root / ".complete").touch()
 
 
-TIME = shutil.which("time") and "/usr/bin/time"
+def build_huge(root: Path, files: int = HUGE_FILES) -> None:
+    """``files`` files of 0-64 bytes, 1,000 a directory: the per-file memory of a walk, not its I/O."""
+    if (root / ".complete").exists():
+        return
+    for d in range((files + 999) // 1000):
+        folder = root / f"d{d:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in range(min(1000, files - d * 1000)):
+            fd = os.open(folder / f"f{f:03d}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, b"x" * ((d + f) % 65))
+            os.close(fd)
+    (root / ".complete").touch()
+
+
+def tree_paths(base: Path, files: int, large_files: int) -> dict[str, Path]:
+    """Where each tree lives: the 100k tree is ``small`` (shared with the other benchmarks)."""
+    small = base / ("small" if files == 100_000 else f"small-{files}")
+    large = base / ("large" if large_files == 4 else f"large-{large_files}x512")
+    return {"small": small, "large": large, "huge": base / "huge"}
+
+
+def drop_caches() -> None:
+    """Write dirty pages, then drop the page cache, dentries and inodes (everyone's)."""
+    os.sync()
+    with open(DROP_CACHES, "w") as knob:
+        knob.write("3\n")
+
+
+TIME = "/usr/bin/time"
 
 
 def timed(argv: list[str], stdin=None, stdout=None, cwd=None) -> tuple[float, int]:
@@ -65,7 +107,7 @@ def timed(argv: list[str], stdin=None, stdout=None, cwd=None) -> tuple[float, in
 
     RSS comes from /usr/bin/time (a forked child's rusage starts from the parent's peak)."""
     rss_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"ndmpd-bench-rss-{os.getpid()}"
-    if TIME and os.path.exists(TIME):
+    if os.path.exists(TIME):
         argv = [TIME, "-o", str(rss_file), "-f", "%M"] + argv
     start = time.perf_counter()
     if stdout == "cat":
@@ -92,18 +134,21 @@ def timed(argv: list[str], stdin=None, stdout=None, cwd=None) -> tuple[float, in
     return elapsed, peak
 
 
-def bench_dump(tree: Path) -> dict:
+Runner = Callable[[], tuple[float, int]]
+
+
+def bench_dump(tree: Path) -> dict[str, Runner]:
     return {"tar": lambda: timed(["tar", "-cf", "-", tree.name], stdout="cat", cwd=tree.parent),
             "ndmpd": lambda: timed(NDMPD + ["dump", str(tree), "--snapshot", "none"], stdout="cat")}
 
 
-def bench_restore(stream: Path, work: Path) -> dict:
+def bench_restore(stream: Path, work: Path) -> dict[str, Runner]:
     def fresh(name: str) -> Path:
         for old in ("tar-out", "ndmpd-out"):    # both: every run starts with the same free memory
             shutil.rmtree(work / old, ignore_errors=True)
         out = work / name
-        out.mkdir()
-        subprocess.run(["sync"], check=False)
+        out.mkdir(parents=True)
+        os.sync()
         return out
 
     def tar_x():
@@ -118,56 +163,113 @@ def bench_restore(stream: Path, work: Path) -> dict:
     return {"tar": tar_x, "ndmpd": ndmpd_x}
 
 
+def measure(runners: dict[str, Runner], rounds: int, cold: bool, label: str, verbose: bool,
+            warm_up: bool = True) -> dict[str, tuple[float, int]]:
+    """Median seconds and peak RSS (KiB) of each runner over ``rounds``, the order reversed each
+    round; warm: after one untimed run of each, cold: caches dropped before every run."""
+    order = list(runners)
+    if not cold and warm_up:
+        for name in order:          # warm-up, not timed: the page cache, and a VM's first touch
+            runners[name]()         # of guest memory (tmpfs pages of a restore) costs the host
+    times: dict[str, list[float]] = {name: [] for name in order}
+    peaks: dict[str, int] = {name: 0 for name in order}
+    for _ in range(rounds):
+        for name in order:
+            if cold:
+                drop_caches()
+            seconds, peak = runners[name]()
+            times[name].append(seconds)
+            peaks[name] = max(peaks[name], peak)
+            if verbose:
+                print(f"  {label} {name}: {seconds:.2f} s, {peak / 1024:.0f} MiB", file=sys.stderr)
+        order.reverse()
+    return {name: (statistics.median(times[name]), peaks[name]) for name in runners}
+
+
+class Table:
+    """The printed rows: work, ours, tar, ratio, target, ok."""
+
+    def __init__(self, targets: dict[str, float] = TARGETS) -> None:
+        self.targets = targets
+        self.failed = False
+        print(f"{'work':22} {'ours':>10} {'tar':>10} {'ratio':>6} {'target':>9} ok", flush=True)
+
+    def ratio(self, work: str, result: dict[str, tuple[float, int]]) -> None:
+        ours, tar = result["ndmpd"][0], result["tar"][0]
+        ratio, target = ours / tar, self.targets[work]
+        self._row(work, f"{ours:8.2f} s", f"{tar:8.2f} s", f"{ratio:6.2f}", f"<= {target:.1f}x", ratio <= target)
+
+    def rss(self, work: str, result: dict[str, tuple[float, int]]) -> None:
+        ours, tar = result["ndmpd"][1] / 1024, result["tar"][1] / 1024
+        self._row(work, f"{ours:6.0f} MiB", f"{tar:6.0f} MiB", f"{'-':>6}", f"<= {RSS_LIMIT_MIB} MiB",
+                  ours <= RSS_LIMIT_MIB)
+
+    def _row(self, work: str, ours: str, tar: str, ratio: str, target: str, ok: bool) -> None:
+        self.failed |= not ok
+        print(f"{work:22} {ours:>10} {tar:>10} {ratio} {target:>9} {'ok' if ok else 'MISSED'}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/ndmpd-bench"))
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=["large", "small"])
+    parser.add_argument("--files", type=int, default=100_000, help="files in the small tree (default 100,000)")
+    parser.add_argument("--large-files", type=int, default=2, help="512 MiB files in the large tree (default 2)")
+    parser.add_argument("--only", choices=["large", "small", "huge"], help="one tree's rows (huge: implies --huge)")
+    parser.add_argument("--cold", action="store_true",
+                        help="also the cold rows: drop caches before every timed command (root only)")
+    parser.add_argument("--huge", action="store_true",
+                        help="peak RSS of dump and restore of 1M tiny files (builds the tree once; not for CI)")
     parser.add_argument("--restore-dir", type=Path, default=Path("/dev/shm") if os.path.isdir("/dev/shm") else None,
                         help="where restores write (default /dev/shm: the disk's writeback would "
                              "otherwise decide both times)")
     parser.add_argument("--verbose", action="store_true", help="print every timed run")
     args = parser.parse_args()
+    args.huge |= args.only == "huge"
+    if args.cold and (os.geteuid() != 0 or not os.access(DROP_CACHES, os.W_OK)):
+        raise SystemExit(f"--cold drops the page cache through {DROP_CACHES}: run as root")
     args.dir.mkdir(parents=True, exist_ok=True)
-    trees = {"large": args.dir / "large", "small": args.dir / "small"}
+    trees = tree_paths(args.dir, args.files, args.large_files)
+    restore_dir = args.restore_dir or args.dir
     print("building trees (once) ...", file=sys.stderr)
-    build_large(trees["large"])
-    build_small(trees["small"])
-    failed = False
-    print(f"{'case':16} {'tar s':>8} {'ndmpd s':>8} {'ratio':>6} {'target':>6} {'ndmpd RSS':>10}")
-    for kind, tree in trees.items():
+    if args.only in (None, "small"):
+        build_small(trees["small"], args.files)
+    if args.only in (None, "large"):
+        build_large(trees["large"], args.large_files)
+    if args.huge:
+        build_huge(trees["huge"])
+    table = Table()
+    modes = [True, False] if args.cold else [False]
+    for kind in ("small", "large"):
         if args.only and kind != args.only:
             continue
-        stream = args.dir / f"{kind}.tar"
+        for cold in modes:
+            work = f"dump {kind} {'cold' if cold else 'warm'}"
+            table.ratio(work, measure(bench_dump(trees[kind]), args.rounds, cold, work, args.verbose))
+    if args.only in (None, "small"):
+        stream = args.dir / "small.tar"
         with open(stream, "wb") as out:
-            subprocess.run(NDMPD + ["dump", str(tree), "--snapshot", "none"], stdout=out, check=True)
-        restore_dir = args.restore_dir or args.dir
-        for job, runners in (("dump", bench_dump(tree)), ("restore", bench_restore(stream, restore_dir))):
-            times: dict[str, list[float]] = {"tar": [], "ndmpd": []}
-            rss = 0
-            order = ["tar", "ndmpd"]
-            for name in order:      # warm-up, not timed: a VM's first touch of guest memory
-                runners[name]()     # (tmpfs pages for the restored tree) costs the host, not us
-            for _ in range(args.rounds):
-                for name in order:
-                    seconds, peak = runners[name]()
-                    times[name].append(seconds)
-                    if args.verbose:
-                        print(f"  {job} {kind} {name}: {seconds:.2f} s", file=sys.stderr)
-                    if name == "ndmpd":
-                        rss = max(rss, peak)
-                order.reverse()
-            tar_s, ours = statistics.median(times["tar"]), statistics.median(times["ndmpd"])
-            ratio = ours / tar_s
-            target = TARGETS[(job, kind)]
-            ok = ratio <= target and rss / 1024 <= RSS_LIMIT_MIB
-            failed |= not ok
-            print(f"{job + ' ' + kind:16} {tar_s:8.2f} {ours:8.2f} {ratio:6.2f} {target:6.1f} "
-                  f"{rss / 1024:7.0f} MiB {'ok' if ok else 'MISSED'}", flush=True)
+            subprocess.run(NDMPD + ["dump", str(trees["small"]), "--snapshot", "none"], stdout=out,
+                           stderr=subprocess.DEVNULL, check=True)
+        table.ratio("restore small", measure(bench_restore(stream, restore_dir), args.rounds, False,
+                                             "restore small", args.verbose))
         stream.unlink()
+    if args.huge:
+        # one run each: RSS, not time; the restore goes to disk (1M tmpfs files would take GiBs of RAM)
+        table.rss("dump 1M files RSS", measure(bench_dump(trees["huge"]), 1, False, "dump huge", args.verbose,
+                                               warm_up=False))
+        stream = args.dir / "huge.tar"
+        with open(stream, "wb") as out:
+            subprocess.run(NDMPD + ["dump", str(trees["huge"]), "--snapshot", "none"], stdout=out,
+                           stderr=subprocess.DEVNULL, check=True)
+        huge_out = args.dir / "huge-restore"
+        table.rss("restore 1M files RSS", measure(bench_restore(stream, huge_out), 1, False, "restore huge",
+                                                  args.verbose, warm_up=False))
+        stream.unlink()
+        shutil.rmtree(huge_out, ignore_errors=True)
     for name in ("tar-out", "ndmpd-out"):
-        shutil.rmtree((args.restore_dir or args.dir) / name, ignore_errors=True)
-    return 1 if failed else 0
+        shutil.rmtree(restore_dir / name, ignore_errors=True)
+    return 1 if table.failed else 0
 
 
 if __name__ == "__main__":

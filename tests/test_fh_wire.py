@@ -11,6 +11,7 @@ import pytest
 
 from ndmpd.data.fh_wire import fh_encoder
 from ndmpd.data.history import FhRecord, FileHistory
+from ndmpd.engine.history import HistoryEntry
 from ndmpd.wire import REQUEST, XdrError, protocol
 
 U32 = 0xFFFFFFFF
@@ -67,6 +68,37 @@ def test_fast_entries_are_byte_identical_to_the_generated_codec(version: int) ->
         assert made[kind] == (code, p.encode_body(code, REQUEST, body)), kind
     assert wire.post("file", []) == (p.const.FH_ADD_FILE, p.encode_body(p.const.FH_ADD_FILE, REQUEST,
                                                                          p.types.fh_add_file_post([])))
+
+
+def _row(path: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, atime: int, ctime: int, links: int,
+         node: int, fh_info: int) -> HistoryEntry:
+    """An entry as the dump reports it (``stat[:10]``: mode, ino, dev, nlink, uid, gid, size, times)."""
+    return HistoryEntry(path, (mode, node, 0, links, uid, gid, size, atime, mtime, ctime), 2, fh_info)
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_batches_are_byte_identical_to_entries_posted_one_by_one(version: int) -> None:
+    wire = fh_encoder(version)
+    rows = [_row(*e) for e in ENTRIES]
+    sized = [e[:4] + ((0 if st.S_ISDIR(e[1]) else e[4]),) + e[5:] for e in ENTRIES]    # directories: no size
+    assert wire.files(rows) == wire.post("file", [wire.file(b"/" + e[0], *e[1:]) for e in sized])
+    assert wire.nodes(rows) == wire.post("node", [wire.node(*e[1:]) for e in sized])
+    names = [wire.dir(os.path.basename(e[0]), e[9], 2) if e[0] else wire.dir(b".", e[9], e[9]) for e in ENTRIES]
+    assert wire.dirs(rows) == wire.post("dir", names)
+    assert wire.dirs(rows[1:], dot=2) == wire.post("dir", [wire.dir(b".", 2, 2)] + names[1:])
+    assert wire.files([]) == wire.post("file", [])
+
+
+def test_a_dump_without_its_root_first_gets_an_invented_dot() -> None:
+    p, dma = protocol(4), Collector()
+    history = FileHistory(4, "d", dma.send, threading.Event())
+    for e in ENTRIES[1:4]:
+        history.add_entry(_row(*e))
+    history.finish()
+    assert history.entries == 3
+    dirs = p.decode_body(dma.posts[0][0], REQUEST, dma.posts[0][1], 0).dirs
+    assert [(d.names[0].unix_name, d.node, d.parent) for d in dirs] == [
+        (".", 2, 2), ("a", 257, 2), ("ab", ENTRIES[2][9], 2), ("abc", 7, 2)]
 
 
 def test_flat_struct_takes_the_stat_layout_from_the_x_file() -> None:

@@ -6,6 +6,11 @@ itself. These encoders write the same bytes in two ``pack`` calls. The stat layo
 from the version's ``.x`` file (:meth:`Codec.flat_struct`); the framing around it (one
 name, one stat, node and fh_info) is checked against the generated codec by
 ``tests/test_fh_wire.py``, so ``protocol/`` stays the source of truth.
+
+A backup encodes whole batches (:meth:`FhWire.files`, ``dirs``, ``nodes``): the dump's
+entries are kept as they came (path, ``os.stat_result``, parent, offset) and each becomes
+its bytes in one ``pack`` of a ``Struct`` chosen by the name's length, in one loop per
+post, with no per-entry calls or intermediate values.
 """
 
 from __future__ import annotations
@@ -14,13 +19,28 @@ import os
 import stat as st
 import struct
 from functools import cache
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
+from typing import Protocol
 
 from ..wire import REQUEST, protocol
 
 U32 = 0xFFFFFFFF
 _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
 _COUNT = struct.Struct(">I")
+_IFMT = 0o170000
+
+
+class Row(Protocol):
+    """One entry of a batch, as the dump reports it (``engine.history.HistoryEntry``).
+
+    ``stat[:10]`` is (mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime) in whole
+    seconds: an ``os.stat_result``, or a plain tuple in that order."""
+
+    path: bytes                    # relative to the dumped root; b"" is the root
+    stat: Sequence[int]
+    parent_ino: int
+    offset: int
 
 
 def _file_types(c: SimpleNamespace) -> tuple[dict[int, int], int]:
@@ -46,6 +66,8 @@ class FhWire:
         self._fs_unix = c.FS_UNIX
         self._ftypes, self._other = _file_types(c)
         self.codes = {"file": c.FH_ADD_FILE, "dir": c.FH_ADD_DIR, "node": c.FH_ADD_NODE}
+        self._file_packs: dict[int, Callable[..., bytes]] = {}      # by path length (a few hundred at most)
+        self._dir_packs: dict[int, Callable[..., bytes]] = {}
 
     def _name(self, name: bytes) -> bytes:
         size = len(name)
@@ -75,6 +97,72 @@ class FhWire:
     def post(self, kind: str, entries: list[bytes]) -> tuple[int, bytes]:
         """The message code and body of one post of ``kind`` ("file", "dir" or "node")."""
         return self.codes[kind], _COUNT.pack(len(entries)) + b"".join(entries)
+
+    # -- whole batches (the backup's path) -------------------------------------------------
+
+    def _file_pack(self, size: int) -> Callable[..., bytes]:
+        """``pack`` of one whole ``file`` whose path ("/" and ``size`` bytes) has that length."""
+        pack = self._file_packs.get(size)
+        if pack is None:
+            pad = -(size + 1) & 3
+            pack = struct.Struct(f">IIIc{size}s{pad}x{self._stat_tail.format[1:]}").pack
+            self._file_packs[size] = pack
+        return pack
+
+    def _dir_pack(self, size: int) -> Callable[..., bytes]:
+        pack = self._dir_packs.get(size)
+        if pack is None:
+            pack = struct.Struct(f">III{size}s{-size & 3}xQQ").pack
+            self._dir_packs[size] = pack
+        return pack
+
+    def files(self, rows: Sequence[Row]) -> tuple[int, bytes]:
+        """FH_ADD_FILE of ``rows``: the same bytes as ``post("file", [file(b"/" + path, ...)])``
+        (directories with size 0)."""
+        fs, ftypes, other, packs, make = self._fs_unix, self._ftypes, self._other, self._file_packs, self._file_pack
+        out = [_COUNT.pack(len(rows))]
+        append = out.append
+        for row in rows:
+            path = row.path
+            mode, node, _, links, uid, gid, size, atime, mtime, ctime = row.stat[:10]
+            kind = mode & _IFMT
+            pack = packs.get(len(path)) or make(len(path))
+            append(pack(1, fs, len(path) + 1, b"/", path, 1, 0, fs, ftypes.get(kind, other), mtime & U32,
+                        atime & U32, ctime & U32, uid & U32, gid & U32, mode & 0o7777,
+                        0 if kind == st.S_IFDIR else size, links & U32, node, row.offset))
+        return self.codes["file"], b"".join(out)
+
+    def dirs(self, rows: Sequence[Row], dot: int | None = None) -> tuple[int, bytes]:
+        """FH_ADD_DIR of ``rows``: each one's name in its parent (the root is "." in itself),
+        after an invented "." of node ``dot`` in itself when given."""
+        fs, packs, make = self._fs_unix, self._dir_packs, self._dir_pack
+        out = [_COUNT.pack(len(rows) + (dot is not None))]
+        append = out.append
+        if dot is not None:
+            append(make(1)(1, fs, 1, b".", dot, dot))
+        for row in rows:
+            path = row.path
+            if path:
+                name = path.rpartition(b"/")[2]
+                append((packs.get(len(name)) or make(len(name)))(1, fs, len(name), name, row.stat[1],
+                                                                 row.parent_ino))
+            else:
+                node = row.stat[1]
+                append(make(1)(1, fs, 1, b".", node, node))
+        return self.codes["dir"], b"".join(out)
+
+    def nodes(self, rows: Sequence[Row]) -> tuple[int, bytes]:
+        """FH_ADD_NODE of ``rows``: the stat of each (directories with size 0)."""
+        fs, ftypes, other, pack = self._fs_unix, self._ftypes, self._other, self._stat_tail.pack
+        out = [_COUNT.pack(len(rows))]
+        append = out.append
+        for row in rows:
+            mode, node, _, links, uid, gid, size, atime, mtime, ctime = row.stat[:10]
+            kind = mode & _IFMT
+            append(pack(1, 0, fs, ftypes.get(kind, other), mtime & U32, atime & U32, ctime & U32, uid & U32,
+                        gid & U32, mode & 0o7777, 0 if kind == st.S_IFDIR else size, links & U32, node,
+                        row.offset))
+        return self.codes["node"], b"".join(out)
 
 
 class FhV2:
@@ -109,6 +197,24 @@ class FhV2:
     def post(self, kind: str, entries: list) -> tuple[int, bytes]:
         code, body = self._posts[kind]
         return code, self._proto.encode_body(code, REQUEST, body(entries))
+
+    @staticmethod
+    def _fields(row: Row) -> tuple[int, ...]:
+        """mode, uid, gid, size, mtime, atime, ctime, links, node, fh_info of a row."""
+        mode, node, _, links, uid, gid, size, atime, mtime, ctime = row.stat[:10]
+        return (mode, uid, gid, 0 if st.S_ISDIR(mode) else size, mtime, atime, ctime, links, node, row.offset)
+
+    def files(self, rows: Sequence[Row]) -> tuple[int, bytes]:
+        return self.post("file", [self.file(b"/" + row.path, *self._fields(row)) for row in rows])
+
+    def dirs(self, rows: Sequence[Row], dot: int | None = None) -> tuple[int, bytes]:
+        entries = [] if dot is None else [self.dir(b".", dot, dot)]
+        entries += [self.dir(row.path.rpartition(b"/")[2], row.stat[1], row.parent_ino) if row.path
+                    else self.dir(b".", row.stat[1], row.stat[1]) for row in rows]
+        return self.post("dir", entries)
+
+    def nodes(self, rows: Sequence[Row]) -> tuple[int, bytes]:
+        return self.post("node", [self.node(*self._fields(row)) for row in rows])
 
 
 FhEncoder = FhWire | FhV2

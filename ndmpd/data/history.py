@@ -4,22 +4,22 @@ Two kinds, chosen by HIST: paths (``f``: FH_ADD_FILE, v2 FH_ADD_UNIX_PATH; the `
 and directories plus nodes (``d``: FH_ADD_DIR then FH_ADD_NODE, "." first; the ``dump``
 butype, as Bareos and NetBackup expect). ``fh_info`` is the entry's byte offset in the image.
 
-Entries are encoded as they arrive, on the worker thread (:mod:`.fh_wire`), and each batch
-leaves it through ``send``. At most MAX_QUEUED are in flight on the control connection;
-when the DMA reads slowly the rest wait in a :class:`Spill` file, so history never stalls
-the data stream and never grows in memory. Only :meth:`FileHistory.finish`, after the
-stream has ended, waits for the DMA.
+Entries wait as the dump reported them until a batch is full; the batch is then encoded in
+one go, on the worker thread (:mod:`.fh_wire`), and leaves it through ``send``. At most
+MAX_QUEUED are in flight on the control connection; when the DMA reads slowly the rest
+wait in a :class:`Spill` file, so history never stalls the data stream and never grows in
+memory. Only :meth:`FileHistory.finish`, after the stream has ended, waits for the DMA.
 """
 
 from __future__ import annotations
 
 import os
-import stat as st
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .fh_wire import fh_encoder
+from ..engine.history import HistoryEntry
+from .fh_wire import Row, fh_encoder
 from .spill import Spill
 
 BATCH = 512                        # entries per post
@@ -45,7 +45,11 @@ class FhRecord:
 
 
 class FileHistory:
-    """Collects entries on the worker thread and posts them in batches."""
+    """Collects entries on the worker thread and posts them in batches.
+
+    An entry is kept as the dump reported it (no copy, no encoding) until its batch is full;
+    the batch is then encoded in one loop (:meth:`.fh_wire.FhWire.files`), so a backup's
+    per-file cost here is one call and one ``append``."""
 
     def __init__(self, version: int, kind: str, send: Callable[[int, bytes, Callable[[], None]], None],
                  cancel: threading.Event) -> None:
@@ -55,49 +59,51 @@ class FileHistory:
         self._send = send
         self._cancel = cancel
         self._spill = Spill()
-        self._files: list = []
-        self._dirs: list = []
-        self._nodes: list = []
+        self._rows: list[Row] = []
         self._room = threading.Semaphore(MAX_QUEUED)
         self._root_sent = False
-        self.entries = 0
+        self._posted = 0
+
+    @property
+    def entries(self) -> int:
+        """Entries added so far."""
+        return self._posted + len(self._rows)
+
+    def add_entry(self, entry: HistoryEntry) -> None:
+        """An entry the dump wrote (the hot path: the dump's history callback, once per file).
+        History gives directories no size; times are whole seconds (``stat[7:10]``)."""
+        rows = self._rows
+        rows.append(entry)
+        if len(rows) >= BATCH:
+            self.flush()
 
     def add_stat(self, path: bytes, s: os.stat_result, parent: int, offset: int) -> None:
-        """An entry the dump wrote (the hot path: one call per file of a backup). History
-        gives directories no size; times are whole seconds (``s[7:10]``: atime, mtime, ctime)."""
-        mode = s.st_mode
-        size = 0 if st.S_ISDIR(mode) else s.st_size
-        self._add(path, mode, s.st_uid, s.st_gid, size, s[8], s[7], s[9], s.st_nlink, s.st_ino, parent, offset)
+        """An entry by its parts (as :meth:`add_entry`)."""
+        self.add_entry(HistoryEntry(path, s, parent, offset))
 
     def add(self, r: FhRecord) -> None:
-        self._add(r.path, r.mode, r.uid, r.gid, r.size, r.mtime, r.atime, r.ctime, r.links, r.node, r.parent,
-                  r.fh_info)
-
-    def _add(self, path: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, atime: int, ctime: int,
-             links: int, node: int, parent: int, fh_info: int) -> None:
-        self.entries += 1
-        encoder = self._encoder
-        if self.kind == "f":
-            self._files.append(encoder.file(b"/" + path, mode, uid, gid, size, mtime, atime, ctime, links,
-                                            node, fh_info))
-            if len(self._files) >= BATCH:
-                self.flush()
-            return
-        if not self._root_sent:
-            self._root_sent = True
-            if path:                            # the root was not the first entry: invent "."
-                self._dirs.append(encoder.dir(b".", parent, parent))
-        self._dirs.append(encoder.dir(path.rpartition(b"/")[2] if path else b".", node, parent if path else node))
-        self._nodes.append(encoder.node(mode, uid, gid, size, mtime, atime, ctime, links, node, fh_info))
-        if len(self._nodes) >= BATCH:
-            self.flush()
+        """An entry described without a stat (an image being listed)."""
+        stat = (r.mode, r.node, 0, r.links, r.uid, r.gid, r.size, r.atime, r.mtime, r.ctime)   # stat[:10]'s order
+        self.add_entry(HistoryEntry(r.path, stat, r.parent, r.fh_info))       # type: ignore[arg-type]
 
     def flush(self) -> None:
         """Post what is collected (directories before the nodes that follow them)."""
-        for kind, entries in (("file", self._files), ("dir", self._dirs), ("node", self._nodes)):
-            if entries:
-                self._post(*self._encoder.post(kind, entries))
-                entries.clear()
+        rows = self._rows
+        if not rows:
+            return
+        encoder = self._encoder
+        if self.kind == "f":
+            self._post(*encoder.files(rows))
+        else:
+            dot = None
+            if not self._root_sent:
+                self._root_sent = True
+                if rows[0].path:                # the root was not the first entry: invent "."
+                    dot = rows[0].parent_ino
+            self._post(*encoder.dirs(rows, dot))
+            self._post(*encoder.nodes(rows))
+        self._posted += len(rows)
+        self._rows = []
 
     def finish(self) -> None:
         """Post the rest and wait (the stream has ended) until the spill is sent or the job

@@ -20,7 +20,6 @@ from typing import Protocol
 
 from ..engine.dump import DumpAborted, DumpMeter
 from ..engine.dumpdates import DumpDates
-from ..engine.history import HistoryEntry
 from ..engine.job import DumpRequest, dump_volume
 from ..engine.journal import ChangeJournal
 from ..engine.pax import DIRTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE, LNKTYPE
@@ -95,16 +94,12 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
                           snapshot=env.snapshot or volume.snapshot, excludes=env.excludes, only=only,
                           hold=env.hold if not only else None, journal=journal)
     history = _history(host, env)
-
-    def add(entry: HistoryEntry) -> None:
-        history.add_stat(entry.path, entry.stat, entry.parent_ino, entry.offset)
-
     warn = _warner(host)
     meter = DumpMeter()
     host.follow(meter)            # DATA_GET_STATE reads the bytes as they go, not per record
     try:
-        outcome = dump_volume(request, handoff.put if handoff else sock.fileno(), add if history else None,
-                              None, warn, host.cancel, meter)
+        outcome = dump_volume(request, handoff.put if handoff else sock.fileno(),
+                              history.add_entry if history else None, None, warn, host.cancel, meter)
     except DumpAborted:
         return _undelivered(host, volume.name, "") or Outcome(C.DATA_HALT_ABORTED)
     except SnapshotError as exc:        # the volume's (or the DMA's) snapshot mode cannot work here

@@ -25,6 +25,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import struct
 import time
 import zlib
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ _CHECKED = Struct("kind" / Int32ub, "length" / Int32ub, "offset" / Int64ub)
 _HEADER = fast_packer(ENTRY_HEADER)
 _TRAILER = fast_packer(ENTRY_TRAILER)
 _CHECK = fast_packer(_CHECKED)
+_QUAD = struct.Struct(">Q")        # _CHECKED's last field, the offset
 HEADER_SIZE = _HEADER.size
 TRAILER_SIZE = _TRAILER.size
 OVERHEAD = HEADER_SIZE + TRAILER_SIZE
@@ -259,15 +261,20 @@ class Cartridge:
         self._truncate(offset)
         trailer = _TRAILER.pack(size, KIND_RECORD)
         stride = OVERHEAD + size
+        # entry_check(KIND_RECORD, size, at) inlined: the CRC of the constant kind and length
+        # carries on into the offset's bytes (a call and a pack less per record)
+        head, crc, quad = _HEADER.pack, zlib.crc32, _QUAD.pack
+        seed = crc(_CHECK.pack(KIND_RECORD, size, 0)[:_CHECK.size - _QUAD.size])
         done = 0
         while done < count:
             batch = min(count - done, IOV_MAX // 3)
             start = offset + done * stride
             parts: list[bytes | memoryview] = []
-            for k in range(done, done + batch):
-                at = start + (k - done) * stride
-                parts += (_HEADER.pack(KIND_RECORD, size, entry_check(KIND_RECORD, size, at), 0),
-                          data[k * size:(k + 1) * size], trailer)
+            at, pos = start, done * size
+            for _ in range(batch):
+                parts += (head(KIND_RECORD, size, crc(quad(at), seed), 0), data[pos:pos + size], trailer)
+                at += stride
+                pos += size
             self._pwrite_all(parts, start, batch * stride)
             done += batch
             self.eod = start + batch * stride
