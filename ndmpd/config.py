@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
+from .keystore import KeySource, KeystoreError, check_name
 from .secret_file import read_secret
 from .snapshots.mounts import mount_of
 from .tomlfile import parse_toml
@@ -67,6 +68,8 @@ class Tape:
     early_warning: int | None = None   # virtual: size of the early-warning zone (None: 1/20, <= 64 MiB)
     block_size: int = 0        # 0: variable block mode
     max_block_size: int = 4 << 20      # largest record a TAPE_WRITE may carry
+    encryption_key: str | None = None  # virtual: seal what is written from BOT with this key (a name)
+    keys: KeySource | None = None      # virtual: where the keys that open sealed cartridges live
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Changer:
     drives: tuple[str, ...] = ()   # [[tape]] names, in data transfer element order
     slots: int = 8
     import_export: int = 1
+    encryption_key: str | None = None  # virtual: the default encryption_key of its drives
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,7 @@ def _keys(cls: type, *extra: str) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls)) | frozenset(extra)
 
 
-TOP_KEYS = frozenset({"server", "user", "volume", "tape", "changer"})
+TOP_KEYS = frozenset({"server", "user", "volume", "tape", "changer", "keys"})
 
 
 def _is_world_readable(path: Path) -> bool:
@@ -388,9 +392,10 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
     changers = [_changer(raw, i, rel) for i, raw in enumerate(top.get("changer", list, []))]
     _unique(changers, "changer")
     fed = {drive: c for c in changers if c.kind == "virtual" for drive in c.drives}
+    key_source = _key_source(top.get("keys", dict, {}), settings.state_dir, rel)
     tapes = []
     for i, raw in enumerate(top.get("tape", list, [])):
-        t = _Table(raw, f"tape[{i}]", _keys(Tape))
+        t = _Table(raw, f"tape[{i}]", _keys(Tape) - {"keys"})
         t.reject_unknown()
         name = t.get("name", str, required=True)
         kind = t.choice("kind", TAPE_KINDS, "virtual")
@@ -428,7 +433,9 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
             raise ConfigError(f"tape[{i}].max_block_size: must fit in server.max_record_size")
         if block_size > max_block:
             raise ConfigError(f"tape[{i}].block_size: larger than max_block_size")
-        tapes.append(Tape(name, kind, path, capacity, early, block_size, max_block))
+        encryption_key = _encryption_key(t, kind, fed.get(name))
+        tapes.append(Tape(name, kind, path, capacity, early, block_size, max_block, encryption_key,
+                          key_source if kind == "virtual" else None))
         t.finish()
     _unique(tapes, "tape")
     _one_device_per_path([(f"tape[{i}].path", t.path) for i, t in enumerate(tapes) if t.path is not None]
@@ -445,6 +452,39 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         raise ConfigError("changer: a drive belongs to one library only")
     top.finish()
     return Config(settings, tuple(users), tuple(volumes), tuple(tapes), tuple(changers), source)
+
+
+def _key_source(raw: dict[str, Any], state_dir: Path, rel: Callable[[str], Path]) -> KeySource:
+    """``[keys]``: NAME = "path of its key file"; other keys live in <state_dir>/keys."""
+    files = []
+    for name, path in raw.items():
+        try:
+            check_name(name)
+        except KeystoreError as exc:
+            raise ConfigError(f"keys.{name}: {exc}") from None
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"keys.{name}: the path of a key file (a string)")
+        files.append((name, rel(path)))
+    return KeySource(state_dir / "keys", tuple(files))
+
+
+def _encryption_key(table: _Table, kind: str, library: "Changer | None") -> str | None:
+    """A drive's key: its own encryption_key, else its library's. Whether the key exists is
+    checked when a session opens the drive for writing (keys are created after the config)."""
+    own = table.get("encryption_key", str, None)
+    if own is not None and kind != "virtual":
+        raise ConfigError(f"{table.key('encryption_key')}: only virtual tapes encrypt (st drives have "
+                          "their own hardware encryption)")
+    if own is not None and library is not None and library.encryption_key not in (None, own):
+        raise ConfigError(f"{table.key('encryption_key')}: {own!r} differs from library {library.name}'s "
+                          f"encryption_key {library.encryption_key!r}; give one")
+    chosen = own if own is not None else library.encryption_key if library is not None else None
+    if chosen is not None:
+        try:
+            check_name(chosen)
+        except KeystoreError as exc:
+            raise ConfigError(f"{table.key('encryption_key')}: {exc}") from None
+    return chosen
 
 
 def _seconds(table: _Table, key: str, default: float, minimum: float) -> float:
@@ -504,8 +544,16 @@ def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:
     elif not path.is_char_device():
         raise ConfigError(f"changer[{i}].path: {path} is not a SCSI generic device (such as /dev/sg3)"
                           if path.exists() else f"changer[{i}].path: {path} does not exist")
+    encryption_key = t.get("encryption_key", str, None)
+    if encryption_key is not None:
+        if kind != "virtual":
+            raise ConfigError(f"changer[{i}].encryption_key: only a virtual library's cartridges are encrypted")
+        try:
+            check_name(encryption_key)
+        except KeystoreError as exc:
+            raise ConfigError(f"changer[{i}].encryption_key: {exc}") from None
     t.finish()
-    return Changer(name, kind, path, tuple(drives), slots, import_export)
+    return Changer(name, kind, path, tuple(drives), slots, import_export, encryption_key)
 
 
 def load(path: Path, server_overrides: dict[str, Any] | None = None) -> Config:

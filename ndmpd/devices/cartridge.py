@@ -22,6 +22,7 @@ it discards what follows) or an explicit superblock change (write protection).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import fcntl
 import logging
 import os
@@ -31,17 +32,20 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from construct import Const, ConstructError, Int16ub, Int32ub, Int64ub, PaddedString, Struct
+from construct import Bytes, Const, ConstructError, Int16ub, Int32ub, Int64ub, PaddedString, Struct
 
 from .layouts import fast_packer
+from .sealing import CARTRIDGE_ID_SIZE, CHECK_SIZE, ENVELOPE_OVERHEAD, KEY_ID_SIZE
 from .tape import DeviceBusy, MediaError
 
 log = logging.getLogger("ndmpd.cartridge")
 
 MAGIC = b"NDMPDVT1"
 FORMAT_VERSION = 1
+FORMAT_SEALED = 2               # encrypted: an older ndmpd refuses it rather than return ciphertext
 DATA_START = 4096
 FLAG_WRITE_PROTECTED = 0x1
+FLAG_SEALED = 0x2
 KIND_RECORD = 0x52454344        # "RECD"
 KIND_FILEMARK = 0x464D524B      # "FMRK"
 MAX_RECORD = 0xFFFFFFFF
@@ -68,6 +72,12 @@ SUPERBLOCK_BODY = Struct(
     "barcode" / PaddedString(32, "utf8"),
 )
 SUPERBLOCK_CHECK = Struct("check" / Int32ub)     # CRC-32 of the body
+SEAL_BLOCK = Struct(                # format 2 only, after the body's check
+    "cartridge_id" / Bytes(CARTRIDGE_ID_SIZE),   # random; salts the cartridge's derived keys
+    "key_id" / Bytes(KEY_ID_SIZE),               # which key (a hash of it, never the key)
+    "key_check" / Bytes(CHECK_SIZE),             # HMAC of a constant under a derived key
+    "key_name" / PaddedString(32, "utf8"),       # the key's name when sealed (for messages only)
+)
 ENTRY_HEADER = Struct("kind" / Int32ub, "length" / Int32ub, "check" / Int32ub, "reserved" / Int32ub)
 ENTRY_TRAILER = Struct("length" / Int32ub, "kind" / Int32ub)
 _CHECKED = Struct("kind" / Int32ub, "length" / Int32ub, "offset" / Int64ub)
@@ -82,19 +92,41 @@ OVERHEAD = HEADER_SIZE + TRAILER_SIZE
 
 
 @dataclass(frozen=True)
+class SealInfo:
+    """What a sealed cartridge's header says about its encryption (no secret)."""
+
+    cartridge_id: bytes
+    key_id: bytes
+    key_check: bytes
+    key_name: str = ""
+
+
+@dataclass(frozen=True)
 class Superblock:
     capacity: int
     early_warning: int
     write_protected: bool = False
     barcode: str = ""
     created: int = 0
+    seal: SealInfo | None = None          # None: a plain (format 1) cartridge
 
     def pack(self) -> bytes:
+        flags = (FLAG_WRITE_PROTECTED if self.write_protected else 0) | (FLAG_SEALED if self.seal else 0)
         body = SUPERBLOCK_BODY.build(dict(
-            format=FORMAT_VERSION, flags=FLAG_WRITE_PROTECTED if self.write_protected else 0,
+            format=FORMAT_SEALED if self.seal else FORMAT_VERSION, flags=flags,
             data_start=DATA_START, capacity=self.capacity, early_warning=self.early_warning,
             created=self.created, barcode=self.barcode))
-        return (body + SUPERBLOCK_CHECK.build(dict(check=zlib.crc32(body)))).ljust(DATA_START, b"\0")
+        packed = body + SUPERBLOCK_CHECK.build(dict(check=zlib.crc32(body)))
+        if self.seal:
+            block = SEAL_BLOCK.build(dict(cartridge_id=self.seal.cartridge_id, key_id=self.seal.key_id,
+                                          key_check=self.seal.key_check, key_name=self.seal.key_name))
+            packed += block + SUPERBLOCK_CHECK.build(dict(check=zlib.crc32(block)))
+        return packed.ljust(DATA_START, b"\0")
+
+    @property
+    def filemark_length(self) -> int:
+        """A sealed cartridge's filemark carries its file's authenticated end marker."""
+        return ENVELOPE_OVERHEAD if self.seal else 0
 
     @classmethod
     def unpack(cls, data: bytes, where: str) -> "Superblock":
@@ -107,10 +139,20 @@ class Superblock:
             raise MediaError(f"{where}: not an ndmpd cartridge (bad magic)") from None
         if SUPERBLOCK_CHECK.parse(data[size:size + 4]).check != zlib.crc32(data[:size]):
             raise MediaError(f"{where}: cartridge superblock is corrupt (checksum)")
-        if body.format != FORMAT_VERSION or body.data_start != DATA_START:
+        sealed = body.format == FORMAT_SEALED
+        if (body.format not in (FORMAT_VERSION, FORMAT_SEALED) or body.data_start != DATA_START
+                or sealed != bool(body.flags & FLAG_SEALED)):
             raise MediaError(f"{where}: cartridge format {body.format} is not supported")
+        seal = None
+        if sealed:
+            start = size + SUPERBLOCK_CHECK.sizeof()
+            end = start + SEAL_BLOCK.sizeof()
+            if SUPERBLOCK_CHECK.parse(data[end:end + 4]).check != zlib.crc32(data[start:end]):
+                raise MediaError(f"{where}: cartridge superblock is corrupt (encryption block checksum)")
+            block = SEAL_BLOCK.parse(data[start:end])
+            seal = SealInfo(block.cartridge_id, block.key_id, block.key_check, block.key_name)
         return cls(body.capacity, body.early_warning, bool(body.flags & FLAG_WRITE_PROTECTED),
-                   body.barcode, body.created)
+                   body.barcode, body.created, seal)
 
 
 @dataclass(frozen=True)
@@ -140,10 +182,10 @@ def default_early_warning(capacity: int) -> int:
 
 
 def create(path: Path, capacity: int, early_warning: int | None = None, barcode: str = "",
-           write_protected: bool = False) -> Superblock:
+           write_protected: bool = False, seal: SealInfo | None = None) -> Superblock:
     """Write a blank cartridge; refuses to overwrite an existing file."""
     sb = Superblock(capacity, default_early_warning(capacity) if early_warning is None else early_warning,
-                    write_protected, barcode, int(time.time()))
+                    write_protected, barcode, int(time.time()), seal)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         os.write(fd, sb.pack())
@@ -202,7 +244,8 @@ class Cartridge:
             raise MediaError(f"{self.path}: truncated entry at offset {offset}")
         kind, length, check, _ = _HEADER.unpack(header)
         if (kind not in (KIND_RECORD, KIND_FILEMARK) or check != entry_check(kind, length, offset)
-                or (kind == KIND_FILEMARK and length) or offset + OVERHEAD + length > limit):
+                or (kind == KIND_FILEMARK and length != self.superblock.filemark_length)
+                or offset + OVERHEAD + length > limit):
             raise MediaError(f"{self.path}: corrupt entry at offset {offset}")
         return Entry(kind, length, offset)
 
@@ -222,6 +265,14 @@ class Cartridge:
 
     def read_payload(self, entry: Entry, limit: int) -> bytes:
         return os.pread(self.fd, min(limit, entry.length), entry.offset + HEADER_SIZE)
+
+    def read_payload_into(self, entry: Entry, buffer: memoryview) -> int:
+        """The whole payload of ``entry`` into ``buffer`` (at least its length); MediaError
+        when the file ends inside it."""
+        got = os.preadv(self.fd, [buffer[:entry.length]], entry.offset + HEADER_SIZE)
+        if got != entry.length:
+            raise MediaError(f"{self.path}: truncated entry at offset {entry.offset}")
+        return got
 
     def read_into(self, offset: int, buffer: memoryview) -> tuple[Entry | None, int]:
         """Header and payload of the entry at ``offset`` in one system call.
@@ -243,11 +294,12 @@ class Cartridge:
 
     # ---------------------------------------------------------------- writing
 
-    def write_entry(self, offset: int, kind: int, payload: bytes | memoryview = b"") -> int:
-        """Write one entry at ``offset`` (discarding everything after it); returns its end."""
-        length = len(payload)
+    def write_entry(self, offset: int, kind: int, *payload: bytes | memoryview) -> int:
+        """Write one entry at ``offset`` (discarding everything after it); returns its end.
+        The payload may come in parts (a sealed record: envelope prefix, ciphertext)."""
+        length = sum(len(part) for part in payload)
         self._truncate(offset)
-        parts = [_HEADER.pack(kind, length, entry_check(kind, length, offset), 0), payload,
+        parts = [_HEADER.pack(kind, length, entry_check(kind, length, offset), 0), *payload,
                  _TRAILER.pack(length, kind)]
         total = OVERHEAD + length
         self._pwrite_all(parts, offset, total)
@@ -280,6 +332,38 @@ class Cartridge:
             self.eod = start + batch * stride
         self._write_behind()
         return self.eod
+
+    def write_parted_records(self, offset: int, payloads: list[tuple[bytes | memoryview, ...]]) -> int:
+        """Write records whose payloads come in parts, all of one length, at ``offset`` with as
+        few ``pwritev`` calls as the iovec limit allows; returns the new end of data."""
+        if not payloads:
+            return offset
+        self._truncate(offset)
+        length = sum(len(part) for part in payloads[0])
+        trailer = _TRAILER.pack(length, KIND_RECORD)
+        stride = OVERHEAD + length
+        per_batch = max(1, IOV_MAX // (2 + len(payloads[0])))
+        at = offset
+        for first in range(0, len(payloads), per_batch):
+            batch = payloads[first:first + per_batch]
+            parts: list[bytes | memoryview] = []
+            for i, payload in enumerate(batch):
+                parts += (_HEADER.pack(KIND_RECORD, length, entry_check(KIND_RECORD, length, at + i * stride), 0),
+                          *payload, trailer)
+            self._pwrite_all(parts, at, len(batch) * stride)
+            at += len(batch) * stride
+            self.eod = at
+        self._write_behind()
+        return self.eod
+
+    def replace_superblock(self, superblock: Superblock) -> None:
+        """A new header for a cartridge rewritten from the beginning of tape (its entries are
+        discarded first, so no entry is ever read under a header it was not written with)."""
+        self._truncate(DATA_START)
+        os.fsync(self.fd)
+        os.pwrite(self.fd, superblock.pack(), 0)
+        os.fsync(self.fd)
+        self.superblock = superblock
 
     def _truncate(self, offset: int) -> None:
         """A write at ``offset`` discards everything after it (tape semantics)."""
@@ -316,8 +400,7 @@ class Cartridge:
         os.fdatasync(self.fd)
 
     def set_write_protected(self, protected: bool) -> None:
-        sb = self.superblock
-        self.superblock = Superblock(sb.capacity, sb.early_warning, protected, sb.barcode, sb.created)
+        self.superblock = dataclasses.replace(self.superblock, write_protected=protected)
         os.pwrite(self.fd, self.superblock.pack(), 0)
         os.fsync(self.fd)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Tape
+from ..keystore import Keystore
+from .sealed_records import CartridgeKeys
 from .st_tape import LinuxTape
 from .holders import Holders
 from .tape import TapeDevice
@@ -17,7 +19,8 @@ def make_drive(tape: Tape) -> TapeDevice:
     """The backend for one configured ``[[tape]]``."""
     if tape.kind == "st":
         return LinuxTape(tape.name, str(tape.path), tape.block_size, tape.max_block_size)
-    return VirtualTape(tape.name, tape.path, tape.capacity, tape.early_warning)
+    keys = CartridgeKeys(tape.name, Keystore(tape.keys) if tape.keys else None, tape.encryption_key)
+    return VirtualTape(tape.name, tape.path, tape.capacity, tape.early_warning, keys)
 
 
 class DriveRegistry:

@@ -1,0 +1,142 @@
+"""Sealed records on a cartridge file: which key a drive seals with, and the record-level
+calls the virtual drive and ``ndmpd tape`` make (the cipher itself is ``sealing.py``).
+
+A sealed cartridge's records each carry one envelope (``sealing.ENVELOPE_OVERHEAD`` bytes
+more than the record), and each filemark the end marker of the file it closes: a sealed
+empty chunk whose index is the file's record count, flagged last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..keystore import Key, Keystore, KeystoreError
+from .cartridge import Cartridge, Entry, SealInfo
+from .sealing import ENVELOPE_OVERHEAD, TAG_SIZE, CartridgeSeal, SealBroken, new_cartridge_id
+from .tape import MediaError
+
+
+class KeyUnavailable(MediaError):
+    """The key a cartridge needs (or a drive seals with) is missing or wrong: TAPE_OPEN fails."""
+
+
+class RecordSeal:
+    """One open sealed cartridge's records: seal what is written, open what is read."""
+
+    overhead = ENVELOPE_OVERHEAD
+
+    def __init__(self, seal: CartridgeSeal, where: str) -> None:
+        self._seal = seal
+        self.where = where
+        self._out = bytearray()          # ciphertexts of a batch (written before the next batch)
+        self._scratch = bytearray()      # an envelope read back
+
+    def _broken(self, exc: SealBroken, file: int, index: int) -> MediaError:
+        return MediaError(f"{self.where}: tape file {file} record {index}: {exc}; the cartridge was "
+                          "tampered with or damaged (no data of this record is returned)")
+
+    def seal_records(self, file: int, first: int, data: bytes | memoryview, size: int
+                     ) -> list[tuple[bytes, memoryview]]:
+        """Envelopes (prefix, ciphertext and tag) of the ``len(data) // size`` records in
+        ``data``, the first being record ``first`` of tape file ``file``."""
+        count = len(data) // size
+        stride = size + TAG_SIZE
+        if len(self._out) < count * stride:
+            self._out = bytearray(count * stride)
+        out, view = memoryview(self._out), memoryview(data)
+        return [(self._seal.seal_into(file, first + i, False, view[i * size:(i + 1) * size],
+                                      out[i * stride:(i + 1) * stride]), out[i * stride:(i + 1) * stride])
+                for i in range(count)]
+
+    def end_marker(self, file: int, records: int) -> bytes:
+        return self._seal.seal(file, records, True)
+
+    def _envelope(self, cart: Cartridge, entry: Entry) -> memoryview:
+        if len(self._scratch) < entry.length:
+            self._scratch = bytearray(entry.length)
+        view = memoryview(self._scratch)[:entry.length]
+        cart.read_payload_into(entry, view)
+        return view
+
+    def open_record_into(self, cart: Cartridge, entry: Entry, file: int, index: int, buffer: memoryview) -> int:
+        """Record ``index`` of ``file`` into ``buffer``; as a plain read, a longer record is cut
+        to the buffer (after the whole record authenticated)."""
+        envelope = self._envelope(cart, entry)
+        size = entry.length - ENVELOPE_OVERHEAD
+        try:
+            if len(buffer) >= size:
+                return self._seal.open_into(file, index, False, envelope, buffer)
+            buffer[:] = self._seal.open(file, index, False, envelope)[:len(buffer)]
+            return len(buffer)
+        except SealBroken as exc:
+            raise self._broken(exc, file, index) from None
+
+    def open_record(self, cart: Cartridge, entry: Entry, file: int, index: int, limit: int) -> bytes:
+        try:
+            return self._seal.open(file, index, False, self._envelope(cart, entry))[:limit]
+        except SealBroken as exc:
+            raise self._broken(exc, file, index) from None
+
+    def check_end(self, cart: Cartridge, entry: Entry, file: int, records: int) -> None:
+        """The filemark closing ``file`` carries its end marker for exactly ``records`` records."""
+        try:
+            self._seal.open(file, records, True, self._envelope(cart, entry))
+        except SealBroken:
+            raise MediaError(f"{self.where}: the filemark closing tape file {file} does not authenticate as "
+                             f"the end of {records} records: records were removed, added or moved") from None
+
+
+class CartridgeKeys:
+    """A drive's keys: the keystore that opens sealed cartridges, and the key (by name) it
+    seals with — None: it writes plain cartridges."""
+
+    def __init__(self, drive: str, keystore: Keystore | None = None, key_name: str | None = None) -> None:
+        self.drive = drive
+        self.keystore = keystore
+        self.key_name = key_name
+
+    @property
+    def encrypting(self) -> bool:
+        return self.key_name is not None
+
+    def writing_key(self) -> Key | None:
+        """The current version of the drive's key (KeyUnavailable when it cannot be read)."""
+        if self.key_name is None:
+            return None
+        if self.keystore is None:
+            raise KeyUnavailable(f"{self.drive}: encryption key {self.key_name}: no keystore configured")
+        try:
+            return self.keystore.current(self.key_name)
+        except KeystoreError as exc:
+            raise KeyUnavailable(f"{self.drive}: encryption {exc}") from None
+
+    def seal_for(self, cart: Cartridge) -> RecordSeal | None:
+        """The opened cartridge's seal (None: plain); KeyUnavailable names the key it needs."""
+        info = cart.superblock.seal
+        if info is None:
+            return None
+        needed = f"key {info.key_name or '?'} (id {info.key_id.hex()})"
+        key = self.keystore.by_id(info.key_id) if self.keystore is not None else None
+        if key is None:
+            raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} is encrypted with {needed}, which this "
+                                 "server does not keep (missing key; restore it to the keystore to read it)")
+        seal = CartridgeSeal(key.material, info.cartridge_id)
+        if seal.check_value() != info.key_check:
+            raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} needs {needed}: key {key.name} "
+                                 f"version {key.version} ({key.path}) has that id but fails the key check "
+                                 "(wrong key)")
+        return RecordSeal(seal, f"{self.drive}: {cart.path}")
+
+    def reformat(self, cart: Cartridge) -> RecordSeal | None:
+        """A write at the beginning of tape: the cartridge becomes sealed under the drive's
+        current key with a new cartridge id, or plain when the drive does not encrypt."""
+        key = self.writing_key()
+        sb = cart.superblock
+        if key is None:
+            if sb.seal is not None:
+                cart.replace_superblock(dataclasses.replace(sb, seal=None))
+            return None
+        seal = CartridgeSeal(key.material, new_cartridge_id())
+        info = SealInfo(seal.cartridge_id, key.id, seal.check_value(), key.name)
+        cart.replace_superblock(dataclasses.replace(sb, seal=info))
+        return RecordSeal(seal, f"{self.drive}: {cart.path}")
