@@ -127,9 +127,27 @@ class Keystore:
     def create(self, name: str) -> Key:
         """A new key NAME (version 1); refuses a name that exists."""
         check_name(name)
-        if name in self._files or self._versions(name):
+        if name in self._files:
+            return self._write_file(name, self._files[name])
+        if self._versions(name):
             raise KeystoreError(f"key {name}: exists already (use 'ndmpd key rotate {name}' for a new version)")
         return self._write(name, 1)
+
+    def _write_file(self, name: str, path: Path) -> Key:
+        """A key at the path the config's [keys] gives it; never over an existing file."""
+        material = os.urandom(KEY_SIZE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise KeystoreError(f"key {name}: {path} exists already") from None
+        except OSError as exc:
+            raise KeystoreError(f"key {name}: cannot create {path}: {exc.strerror}") from None
+        try:
+            os.write(fd, material)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return Key(name, 1, path, material)
 
     def rotate(self, name: str) -> Key:
         """A new version of NAME for new cartridges; the old versions stay for reading."""
