@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Mover throughput: a data stream into a virtual cartridge over TCP and LOCAL (the data
 service's buffers handed over in-process), against
-``cat FILE > CARTRIDGE_DIR/copy`` on the same data in the same run (target: ratio >= 0.8).
+``cat FILE > CARTRIDGE_DIR/copy`` on the same data in the same run (target: ratio >= 0.8),
+and into an encrypted cartridge (``encryption_key``) against the plain one (target >= 0.8).
 
     python benchmarks/mover_bench.py [--size 1GiB] [--record-size 256KiB] [--rounds 3] [--dir DIR]
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ndmpd.config import build, parse_size          # noqa: E402
+from ndmpd.keystore import Keystore, KeySource      # noqa: E402
 from ndmpd.wire import C                            # noqa: E402
 from tests.server_thread import ServerThread        # noqa: E402
 
@@ -64,9 +66,10 @@ def hand_over(handoff, data: Path) -> None:
     handoff.wait_finished(threading.Event())
 
 
-def time_mover(server: ServerThread, data: Path, cart: Path, record_size: int, local: bool) -> float:
+def time_mover(server: ServerThread, data: Path, cart: Path, record_size: int, local: bool,
+               device: str = "bench") -> float:
     with server.client() as dma:
-        dma.call("TAPE_OPEN", device="bench", mode=C.TAPE_RDWR_MODE)
+        dma.call("TAPE_OPEN", device=device, mode=C.TAPE_RDWR_MODE)
         dma.call("MOVER_SET_RECORD_SIZE", len=record_size)
         dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
         reply = dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ,
@@ -117,18 +120,24 @@ def main() -> None:
         work = Path(tmp)
         data = work / "data"
         make_data(data, size)
-        cart = work / "bench.img"
+        cart, sealed = work / "bench.img", work / "sealed.img"
+        Keystore(KeySource(work / "keys")).create("bench")
+        capacity = size * 2 + (64 << 20)
         config = build({
             "server": {"listen": ["127.0.0.1:0"], "state_dir": str(work), "auth": ["md5"]},
             "user": [{"name": "ndmp", "password": "secret"}],
-            "tape": [{"name": "bench", "path": str(cart), "capacity": size * 2 + (64 << 20)}],
+            "tape": [{"name": "bench", "path": str(cart), "capacity": capacity},
+                     {"name": "sealed", "path": str(sealed), "capacity": capacity, "encryption_key": "bench"}],
         }, "<bench>", work)
         server = ServerThread(config)
         try:
-            results = run_rotated({"cat": lambda: time_cat(data, work),
-                                   "TCP": lambda: time_mover(server, data, cart, record_size, local=False),
-                                   "LOCAL": lambda: time_mover(server, data, cart, record_size, local=True)},
-                                  args.rounds)
+            results = run_rotated({
+                "cat": lambda: time_cat(data, work),
+                "TCP": lambda: time_mover(server, data, cart, record_size, local=False),
+                "LOCAL": lambda: time_mover(server, data, cart, record_size, local=True),
+                "TCP encrypted": lambda: time_mover(server, data, sealed, record_size, False, "sealed"),
+                "LOCAL encrypted": lambda: time_mover(server, data, sealed, record_size, True, "sealed")},
+                args.rounds)
         finally:
             server.stop()
     mb = size / 1e6
@@ -138,6 +147,9 @@ def main() -> None:
     for name in ("TCP", "LOCAL"):
         t = statistics.median(results[name])
         print(f"{'mover ' + name:18} {mb / t:8.0f} MB/s   ratio vs cat {cat / t:.2f} (target >= 0.8)")
+    for name in ("TCP", "LOCAL"):
+        plain, t = statistics.median(results[name]), statistics.median(results[name + " encrypted"])
+        print(f"{'mover ' + name + ' AES':18} {mb / t:8.0f} MB/s   ratio vs plain {plain / t:.2f} (target >= 0.8)")
 
 
 if __name__ == "__main__":

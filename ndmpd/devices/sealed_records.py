@@ -39,14 +39,23 @@ class RecordSeal:
                      ) -> list[tuple[bytes, memoryview]]:
         """Envelopes (prefix, ciphertext and tag) of the ``len(data) // size`` records in
         ``data``, the first being record ``first`` of tape file ``file``."""
-        count = len(data) // size
+        slots, view = self._slots(len(data) // size, size), memoryview(data)
+        return [(self._seal.seal_into(file, first + i, False, view[i * size:(i + 1) * size], slot), slot)
+                for i, slot in enumerate(slots)]
+
+    def _slots(self, count: int, size: int) -> list[memoryview]:
         stride = size + TAG_SIZE
         if len(self._out) < count * stride:
             self._out = bytearray(count * stride)
-        out, view = memoryview(self._out), memoryview(data)
-        return [(self._seal.seal_into(file, first + i, False, view[i * size:(i + 1) * size],
-                                      out[i * stride:(i + 1) * stride]), out[i * stride:(i + 1) * stride])
-                for i in range(count)]
+        out = memoryview(self._out)
+        return [out[i * stride:(i + 1) * stride] for i in range(count)]
+
+    def write_records(self, cart: Cartridge, offset: int, file: int, first: int, data: memoryview,
+                      size: int) -> int:
+        """Seal and write the records of a batch; returns the new end of data. (Encrypting in a
+        worker thread while the previous record is written was measured slower on a loaded
+        2-core host: the thread hand-offs cost more than the ~55 us a 256 KiB record takes.)"""
+        return cart.write_parted_records(offset, self.seal_records(file, first, data, size))
 
     def end_marker(self, file: int, records: int) -> bytes:
         return self._seal.seal(file, records, True)

@@ -295,8 +295,8 @@ class VirtualTape(TapeDevice):
             return super().write_records(data[:size], size)
         self._prepare_write()
         if self._seal is not None:
-            parts = self._seal.seal_records(self.file_num, self._chunk_index(), data[:fits * size], size)
-            self.offset = cart.write_parted_records(self.offset, parts)
+            self.offset = self._seal.write_records(cart, self.offset, self.file_num, self._chunk_index(),
+                                                   data[:fits * size], size)
         else:
             self.offset = cart.write_records(self.offset, data[:fits * size], size)
         self._advance(fits)
