@@ -217,6 +217,15 @@ def test_missing_key_fails_open_naming_the_key_id(sealed, tmp_path):
         reader.open(write=False)
 
 
+def test_a_different_key_under_the_same_name_is_named_a_wrong_key(sealed, tmp_path):
+    _, _, keys = sealed
+    old_id = keys.current("site").id_hex
+    shutil.rmtree(tmp_path / "keys" / "site")
+    new_id = keys.create("site").id_hex
+    with pytest.raises(KeyUnavailable, match=f"id {old_id}\\), but key site here is id {new_id} \\(wrong key"):
+        drive(tmp_path, keys, "site").open(write=False)
+
+
 def test_wrong_key_under_the_same_id_fails_the_key_check(sealed, tmp_path):
     """A cartridge's header whose check value does not match the key of its id (a key file
     replaced under a forged id, or a damaged header) is refused at open."""

@@ -127,6 +127,11 @@ class CartridgeKeys:
         needed = f"key {info.key_name or '?'} (id {info.key_id.hex()})"
         key = self.keystore.by_id(info.key_id) if self.keystore is not None else None
         if key is None:
+            namesakes = self._ids_named(info.key_name)
+            if namesakes:
+                raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} is encrypted with {needed}, but key "
+                                     f"{info.key_name} here is id {', '.join(namesakes)} (wrong key: a different "
+                                     "key under that name; restore the original key file to read it)")
             raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} is encrypted with {needed}, which this "
                                  "server does not keep (missing key; restore it to the keystore to read it)")
         seal = CartridgeSeal(key.material, info.cartridge_id)
@@ -135,6 +140,15 @@ class CartridgeKeys:
                                  f"version {key.version} ({key.path}) has that id but fails the key check "
                                  "(wrong key)")
         return RecordSeal(seal, f"{self.drive}: {cart.path}")
+
+    def _ids_named(self, name: str) -> list[str]:
+        """The ids of the kept versions of key ``name`` (for the message about a wrong key)."""
+        if self.keystore is None or not name:
+            return []
+        try:
+            return [key.id_hex for key in self.keystore.versions(name)]
+        except KeystoreError:
+            return []
 
     def reformat(self, cart: Cartridge) -> RecordSeal | None:
         """A write at the beginning of tape: the cartridge becomes sealed under the drive's
