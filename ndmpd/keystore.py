@@ -15,6 +15,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .durable import sync_directory, write_synced
+
 
 KEY_SIZE = 32                       # AES-256 (sealing.py checks it too)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
@@ -133,22 +135,6 @@ class Keystore:
             raise KeystoreError(f"key {name}: exists already (use 'ndmpd key rotate {name}' for a new version)")
         return self._write(name, 1)
 
-    def _write_file(self, name: str, path: Path) -> Key:
-        """A key at the path the config's [keys] gives it; never over an existing file."""
-        material = os.urandom(KEY_SIZE)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise KeystoreError(f"key {name}: {path} exists already") from None
-        except OSError as exc:
-            raise KeystoreError(f"key {name}: cannot create {path}: {exc.strerror}") from None
-        try:
-            os.write(fd, material)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return Key(name, 1, path, material)
-
     def rotate(self, name: str) -> Key:
         """A new version of NAME for new cartridges; the old versions stay for reading."""
         if name in self._files:
@@ -159,27 +145,31 @@ class Keystore:
             raise KeystoreError(f"key {name}: no such key (create it with 'ndmpd key create {name}')")
         return self._write(name, versions[-1][0] + 1)
 
+    def _write_file(self, name: str, path: Path) -> Key:
+        """A key at the path the config's [keys] gives it."""
+        return Key(name, 1, path, _install(path, name))
+
     def _write(self, name: str, version: int) -> Key:
         folder = self.source.directory / name
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = folder / f"v{version}.key"
-        material = os.urandom(KEY_SIZE)
-        tmp = folder / f".v{version}.key.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, material)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)          # never replaces an existing version
-        except FileExistsError:
-            raise KeystoreError(f"key {name}: version {version} appeared meanwhile; try again") from None
-        finally:
-            tmp.unlink()
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return Key(name, version, path, material)
+        return Key(name, version, path, _install(path, name))
+
+
+def _install(path: Path, name: str) -> bytes:
+    """A new key's 32 random bytes, in ``path`` (mode 600) whole or not at all: written to a
+    temporary file, synced, then linked into place (never over an existing file)."""
+    material = os.urandom(KEY_SIZE)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_synced(tmp, material, exclusive=True)
+    except OSError as exc:
+        raise KeystoreError(f"key {name}: cannot create {path}: {exc.strerror}") from None
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KeystoreError(f"key {name}: {path} exists already") from None
+    finally:
+        tmp.unlink()
+    sync_directory(path.parent)
+    return material

@@ -4,8 +4,6 @@ MEDIA_ERROR after the records before it, sending none of its bytes."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from ndmpd.devices import cartridge

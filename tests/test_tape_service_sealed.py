@@ -12,7 +12,7 @@ from ndmpd.devices import cartridge
 from ndmpd.keystore import Keystore, KeySource
 from ndmpd.wire import C
 
-from .test_tape_service import err, open_session, read_all, write_reference_tape
+from .test_tape_service import err, open_session, write_reference_tape
 
 
 def context(tmp_path, key: str | None) -> ServerContext:
