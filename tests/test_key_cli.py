@@ -144,3 +144,37 @@ def test_tape_info_names_the_key_and_extract_decrypts(tmp_path):
     other.chmod(0o600)
     wrong = ndmpd("tape", "extract", "--key-file", other, image, 1)
     assert wrong.returncode == 1 and b"missing key" in wrong.stderr and wrong.stdout == b""
+
+
+def test_a_library_drive_seals_the_cartridges_it_is_loaded_with(tmp_path):
+    library = (f'\n[[tape]]\nname = "ltape0"\n'
+               f'\n[[changer]]\nname = "vlib0"\npath = "{tmp_path / "lib"}"\ndrives = ["ltape0"]\n'
+               'encryption_key = "lib"\n')
+    conf = config(tmp_path, library)
+    assert ndmpd("key", "--config", conf, "create", "lib").returncode == 0
+    drive = make_drive(next(t for t in load(conf).tapes if t.name == "ltape0"))
+    for barcode in ("A1", "A2"):
+        drive.load(tmp_path / f"{barcode}.img")
+        drive.open(write=True)
+        drive.write_record(b"library secret " * 100)
+        drive.close()
+        info = ndmpd("tape", "info", tmp_path / f"{barcode}.img").stdout.decode()
+        assert "encryption AES-256-GCM, key lib" in info
+        assert b"library secret" not in (tmp_path / f"{barcode}.img").read_bytes()
+    drive.unload()
+
+
+def test_write_protection_keeps_the_encryption(tmp_path):
+    conf = config(tmp_path)
+    assert ndmpd("key", "--config", conf, "create", "site").returncode == 0
+    drive = make_drive(next(t for t in load(conf).tapes if t.name == "vtape0"))
+    drive.open(write=True)
+    drive.write_record(b"kept")
+    drive.close()
+    image = tmp_path / "vtape0.img"
+    assert ndmpd("tape", "protect", image, "on").returncode == 0
+    drive.open(write=False)
+    drive.rewind()
+    assert drive.read_record(100) == b"kept"
+    assert drive.status().write_protected
+    drive.close()
