@@ -335,3 +335,47 @@ def test_keystore_files_are_private_and_names_checked(tmp_path):
     os.chmod(key.path, 0o644)
     with pytest.raises(KeystoreError, match="readable by others"):
         keys.current("a-b.c_1")
+
+
+def test_backing_over_a_filemark_learns_the_record_count_from_its_end_marker(sealed, tmp_path, monkeypatch):
+    """NDMPv4 keeps the head in front of a filemark (a read that meets it spaces back): that
+    must not count the whole file backwards at every read, and the count is authenticated."""
+    tape, files, _ = sealed
+    tape.open(write=False)
+    tape.rewind()
+    assert read_file(tape) == files[0]
+    steps = []
+    original = cartridge.Cartridge.entry_before
+    monkeypatch.setattr(cartridge.Cartridge, "entry_before", lambda self, at: steps.append(at) or original(self, at))
+    for _ in range(3):
+        assert tape.space_filemarks(-1).resid == 0            # in front of file 0's filemark
+        with pytest.raises(FilemarkReached):
+            tape.read_record(100)                              # crosses it again: end marker checked
+    assert len(steps) == 3                                     # one step back each time, no counting
+    assert tape.space_filemarks(-1).resid == 0
+    assert tape.space_records(-1).resid == 0
+    assert tape.read_record(1 << 20) == files[0][-1]
+    tape.close()
+
+
+def test_a_forged_record_count_in_an_end_marker_is_a_media_error(sealed, tmp_path):
+    """Crossing the filemark either way: forward it must close exactly the records read,
+    backward its count must authenticate."""
+    tape, _, _ = sealed
+    path = tmp_path / "c.img"
+    tape.open(write=False)
+    tape.rewind()
+    tape.space_filemarks(1)
+    tape.close()                                               # the drive keeps its position
+    with cartridge.Cartridge(path, False) as cart:
+        mark = next(e for e in cart.entries() if e.is_filemark)
+    data = bytearray(path.read_bytes())
+    data[mark.offset + cartridge.HEADER_SIZE + 7] ^= 1         # the count, in clear: 6 -> 7
+    path.write_bytes(bytes(data))
+    tape.open(write=False)
+    with pytest.raises(MediaError, match="filemark closing tape file 0 fails authentication"):
+        tape.space_filemarks(-1)
+    tape.rewind()
+    with pytest.raises(MediaError, match="filemark closing tape file 0"):
+        tape.space_filemarks(1)
+    tape.close()

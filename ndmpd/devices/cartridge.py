@@ -35,7 +35,7 @@ from pathlib import Path
 from construct import Bytes, Const, ConstructError, Int16ub, Int32ub, Int64ub, PaddedString, Struct
 
 from .layouts import fast_packer
-from .sealing import CARTRIDGE_ID_SIZE, CHECK_SIZE, ENVELOPE_OVERHEAD, KEY_ID_SIZE
+from .sealing import CARTRIDGE_ID_SIZE, CHECK_SIZE, END_MARKER_SIZE, KEY_ID_SIZE
 from .tape import DeviceBusy, MediaError
 
 log = logging.getLogger("ndmpd.cartridge")
@@ -126,7 +126,7 @@ class Superblock:
     @property
     def filemark_length(self) -> int:
         """A sealed cartridge's filemark carries its file's authenticated end marker."""
-        return ENVELOPE_OVERHEAD if self.seal else 0
+        return END_MARKER_SIZE if self.seal else 0
 
     @classmethod
     def unpack(cls, data: bytes, where: str) -> "Superblock":

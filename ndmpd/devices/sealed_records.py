@@ -58,7 +58,7 @@ class RecordSeal:
         return cart.write_parted_records(offset, self.seal_records(file, first, data, size))
 
     def end_marker(self, file: int, records: int) -> bytes:
-        return self._seal.seal(file, records, True)
+        return self._seal.seal_end(file, records)
 
     def _envelope(self, cart: Cartridge, entry: Entry) -> memoryview:
         if len(self._scratch) < entry.length:
@@ -86,13 +86,20 @@ class RecordSeal:
         except SealBroken as exc:
             raise self._broken(exc, file, index) from None
 
+    def records_before(self, cart: Cartridge, entry: Entry, file: int) -> int:
+        """The record count of ``file`` that the filemark closing it authenticates (the head
+        moved back over it: the chunk index there is known without counting)."""
+        try:
+            return self._seal.open_end(file, self._envelope(cart, entry))
+        except SealBroken as exc:
+            raise MediaError(f"{self.where}: the filemark closing tape file {file} fails authentication "
+                             f"({exc}): the cartridge was tampered with or damaged") from None
+
     def check_end(self, cart: Cartridge, entry: Entry, file: int, records: int) -> None:
         """The filemark closing ``file`` carries its end marker for exactly ``records`` records."""
-        try:
-            self._seal.open(file, records, True, self._envelope(cart, entry))
-        except SealBroken:
+        if self.records_before(cart, entry, file) != records:
             raise MediaError(f"{self.where}: the filemark closing tape file {file} does not authenticate as "
-                             f"the end of {records} records: records were removed, added or moved") from None
+                             f"the end of {records} records: records were removed, added or moved")
 
 
 class CartridgeKeys:

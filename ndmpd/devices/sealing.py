@@ -42,8 +42,10 @@ ID_PREFIX = b"ndmpd key id v1\0"
 _PREFIX = struct.Struct(f">{SESSION_SIZE}sQ")           # session id, counter
 _NONCE = struct.Struct(">IQ")                            # 0, counter: 96 bits
 _AAD = struct.Struct(f">4s{CARTRIDGE_ID_SIZE}sQQB")      # "NDVT", cartridge id, file, index, last
+_COUNT = struct.Struct(">Q")
 PREFIX_SIZE = _PREFIX.size
 ENVELOPE_OVERHEAD = PREFIX_SIZE + TAG_SIZE               # bytes a sealed chunk adds to its plaintext
+END_MARKER_SIZE = _COUNT.size + ENVELOPE_OVERHEAD        # a file's end: its chunk count, and a sealed empty chunk
 MAX_SESSIONS_CACHED = 64
 
 
@@ -138,6 +140,19 @@ class CartridgeSeal:
             raise SealBroken(f"file {file} chunk {index}{' (end marker)' if last else ''} "
                              "fails authentication") from None
         return size
+
+    def seal_end(self, file: int, count: int) -> bytes:
+        """The end marker of a file of ``count`` chunks: the count in clear, then an empty chunk
+        sealed as chunk ``count``, flagged last (so the count is authenticated)."""
+        return _COUNT.pack(count) + self.seal(file, count, True)
+
+    def open_end(self, file: int, marker: bytes | memoryview) -> int:
+        """The chunk count an end marker of ``file`` authenticates (SealBroken if it does not)."""
+        if len(marker) != END_MARKER_SIZE:
+            raise SealBroken(f"file {file}: end marker of {len(marker)} bytes")
+        (count,) = _COUNT.unpack_from(marker)
+        self.open(file, count, True, memoryview(marker)[_COUNT.size:])
+        return count
 
     def open(self, file: int, index: int, last: bool, envelope: bytes | memoryview) -> bytes:
         out = bytearray(max(0, len(envelope) - ENVELOPE_OVERHEAD))

@@ -169,8 +169,8 @@ class VirtualTape(TapeDevice):
         return self._written_from is not None and self.cart.eod > self._written_from
 
     def _chunk_index(self) -> int:
-        """Records before the head in its tape file; counted backwards to the filemark in front
-        when a backward space over a filemark left it unknown."""
+        """Records before the head in its tape file (sealed cartridges only); counted backwards
+        to the filemark in front if unknown (a cartridge changed while the position was kept)."""
         if self._chunk is None:
             count, offset = 0, self.offset
             while (entry := self.cart.entry_before(offset)) is not None and not entry.is_filemark:
@@ -195,13 +195,18 @@ class VirtualTape(TapeDevice):
                 self._chunk += 1
 
     def _backward_over(self, entry: cartridge.Entry) -> None:
-        """The head moved backward over ``entry``."""
+        """The head moved backward over ``entry`` (over a sealed filemark: its end marker says,
+        authenticated, how many records the file before it holds)."""
+        if entry.is_filemark:
+            closes = self.file_num - 1
+            chunk = (0 if entry.offset == DATA_START else None if self._seal is None
+                     else self._seal.records_before(self.cart, entry, closes))
         self.offset = entry.offset
         self._full = self._warned = False   # moving back makes room, and warns anew in the zone
         if entry.is_filemark:
-            self.file_num -= 1
+            self.file_num = closes
             self.blockno = None if self.offset > DATA_START else 0   # st: unknown in front of a filemark
-            self._chunk = None if self.offset > DATA_START else 0
+            self._chunk = chunk
         else:
             if self.blockno:
                 self.blockno -= 1
