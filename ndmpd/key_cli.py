@@ -19,10 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     key = sub.add_parser("key", help="manage cartridge encryption keys")
     key.add_argument("--config", type=Path, required=True, help="the server's configuration file")
     cmds = key.add_subparsers(dest="key_command", required=True)
-    create = cmds.add_parser("create", help="make a new key NAME (32 random bytes, mode 600)")
-    create.add_argument("name", help="the key's name (what encryption_key names): letters, digits, . _ -")
-    rotate = cmds.add_parser("rotate", help="a new version of NAME for new cartridges; old versions stay to read")
-    rotate.add_argument("name", help="an existing key's name")
+    for command, what, name in (
+            ("create", "make a new key NAME (32 random bytes, mode 600)",
+             "the key's name (what encryption_key names): letters, digits, . _ -"),
+            ("rotate", "a new version of NAME for new cartridges; old versions stay to read", "an existing key's name")):
+        cmds.add_parser(command, help=what).add_argument("name", help=name)
     cmds.add_parser("list", help="names, versions, ids and creation times (never the key bytes)")
 
 
