@@ -1,0 +1,63 @@
+"""TLS for data connections between two ndmpd servers (the ndmpd TLS data extension).
+
+Once a DMA has selected the extension (CONFIG_SET_EXT_LIST) and told a session which
+certificate the other server presents (NDMPD_TLS_DATA_PEER), that session's TCP data
+connections are TLS: the listening side (MOVER_LISTEN / DATA_LISTEN) is the TLS server, the
+connecting side (MOVER_CONNECT / DATA_CONNECT) the client; each presents its own
+``tls_certificate`` and accepts only the peer's. See protocol/ndmpd-tls-data.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from .certs import fingerprint
+from .contexts import check_pin, data_context
+from .relay import HandshakeFailed, TlsStream, relay
+
+log = logging.getLogger("ndmpd.tls")
+HANDSHAKE_TIMEOUT = 30.0
+EXTENSION_CLASS = 0x2DD0         # a vendor class (>= 0x2000: messages from 0x2DD00000)
+EXTENSION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataTls:
+    """How one session's data connections are secured: its own pair, and the peer it accepts."""
+
+    certificate: Path
+    key: Path
+    peer: bytes                  # the other server's DER certificate
+
+    @property
+    def peer_fingerprint(self) -> str:
+        return fingerprint(self.peer)
+
+    def accepted(self, sock: socket.socket) -> socket.socket:
+        """A connection accepted by a data listener: TLS server side."""
+        return self._wrap(sock, server_side=True)
+
+    def connected(self, sock: socket.socket) -> socket.socket:
+        """A connection this side opened: TLS client side."""
+        return self._wrap(sock, server_side=False)
+
+    def _wrap(self, sock: socket.socket, server_side: bool) -> socket.socket:
+        try:
+            stream = TlsStream(sock, data_context(server_side, self.certificate, self.key, self.peer), server_side)
+            stream.handshake(HANDSHAKE_TIMEOUT)
+            check_pin(stream.tls, self.peer_fingerprint, "data connection peer")
+        except HandshakeFailed:
+            sock.close()
+            raise
+        except Exception as exc:           # a pin mismatch, or a certificate that cannot be loaded
+            sock.close()
+            raise HandshakeFailed(str(exc)) from None
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = "?"
+        log.info("TLS data connection with %s (%s, %s)", peer, stream.tls.version(), self.peer_fingerprint)
+        return relay(stream, str(peer))

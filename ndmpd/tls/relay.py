@@ -1,0 +1,237 @@
+"""A TLS data connection presented as a plain socket: the relay between the two.
+
+The data and mover services (and the dump engine, which ``sendfile``\\ s straight into the
+data socket's descriptor) work on a plain stream socket; a TLS connection is handed to them
+as one end of a local socket pair whose other end a relay thread pumps through TLS (OpenSSL
+via ``ssl``'s memory BIOs, one thread, so one SSL object is never used by two threads).
+So every use of a data socket — ``sendfile``, half-close, ``MSG_PEEK``, shutdown on abort —
+works the same with TLS as without, by construction.
+
+Half-close maps to TLS ``close_notify``: end of stream on the plain side sends close_notify
+and shuts the TCP write side; a close_notify from the peer is end of stream on the plain
+side. A TCP end without close_notify (a truncation) is logged and the plain side is cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import ssl
+import threading
+
+log = logging.getLogger("ndmpd.tls")
+CHUNK = 256 << 10               # bytes read at once from either side
+HIGH_WATER = 2 << 20            # stop reading a side while this much waits to go out on the other
+PAIR_BUFFER = 4 << 20           # the local pair's socket buffers (as addresses.tune for TCP)
+
+
+class HandshakeFailed(ConnectionError):
+    """The TLS handshake failed or the peer's certificate was refused."""
+
+
+class TlsStream:
+    """One side of a TLS connection over a connected TCP socket, driven through memory BIOs."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_side: bool) -> None:
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
+
+    def handshake(self, timeout: float) -> None:
+        """Complete the handshake on the blocking socket within ``timeout`` seconds per step."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                try:
+                    self.tls.do_handshake()
+                    self.sock.sendall(self.outgoing.read())
+                    return
+                except ssl.SSLWantReadError:
+                    self.sock.sendall(self.outgoing.read())
+                    data = self.sock.recv(CHUNK)
+                    if not data:
+                        raise HandshakeFailed("the peer closed the connection during the TLS handshake")
+                    self.incoming.write(data)
+        except ssl.SSLError as exc:
+            pending = self.outgoing.read()          # our alert tells the peer why
+            if pending:
+                try:
+                    self.sock.sendall(pending)
+                except OSError:
+                    pass
+            raise HandshakeFailed(f"TLS handshake failed: {exc.reason or exc}") from None
+        except (OSError, TimeoutError) as exc:
+            raise HandshakeFailed(f"TLS handshake failed: {exc}") from None
+        finally:
+            self.sock.settimeout(None)
+
+
+def relay(stream: TlsStream, name: str) -> socket.socket:
+    """The plain socket standing for ``stream`` (handshake done); a daemon thread relays until
+    both directions are closed, then closes the TCP socket."""
+    plain, inner = socket.socketpair()
+    for sock in (plain, inner):
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, PAIR_BUFFER)
+            except OSError:
+                pass
+    threading.Thread(target=_Relay(stream, inner).run, name=f"tls relay {name}", daemon=True).start()
+    return plain
+
+
+class _Relay:
+    """The pump: plaintext from ``inner`` is encrypted to the network and back."""
+
+    def __init__(self, stream: TlsStream, inner: socket.socket) -> None:
+        self.stream, self.inner = stream, inner
+        self.net, self.tls = stream.sock, stream.tls
+        self.to_net = bytearray(stream.outgoing.read())
+        self.to_app = bytearray()
+        self.app_done = False           # the plain side ended its stream (close_notify queued)
+        self.net_done = False           # the peer ended its stream (or the connection broke)
+        self.net_shut = False           # our TCP write side is shut
+        self.app_shut = False           # the plain side's read side has its end of stream
+
+    def run(self) -> None:
+        self.net.setblocking(False)
+        self.inner.setblocking(False)
+        selector = selectors.DefaultSelector()
+        try:
+            self._loop(selector)
+        except Exception as exc:        # a broken connection ends the relay, never the server
+            log.warning("TLS data connection ended: %s", exc)
+        finally:
+            selector.close()
+            for sock in (self.inner, self.net):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def _loop(self, selector: selectors.BaseSelector) -> None:
+        watched: dict[socket.socket, int] = {}
+        while not (self.net_shut and self.app_shut):
+            net_events = (selectors.EVENT_READ if not self.net_done and len(self.to_app) < HIGH_WATER else 0) \
+                | (selectors.EVENT_WRITE if self.to_net else 0)
+            app_events = (selectors.EVENT_READ if not self.app_done and len(self.to_net) < HIGH_WATER else 0) \
+                | (selectors.EVENT_WRITE if self.to_app else 0)
+            if not net_events and not app_events:
+                return                  # cannot happen while a direction is open; never spin
+            for sock, events in ((self.net, net_events), (self.inner, app_events)):
+                _watch(selector, watched, sock, events)
+            for key, events in selector.select():
+                if key.fileobj is self.net:
+                    if events & selectors.EVENT_WRITE:
+                        _send(self.net, self.to_net)
+                    if events & selectors.EVENT_READ:
+                        self._from_net()
+                else:
+                    if events & selectors.EVENT_WRITE:
+                        _send(self.inner, self.to_app)
+                    if events & selectors.EVENT_READ:
+                        self._from_app()
+            if self.app_done and not self.to_net and not self.net_shut:
+                _shut(self.net, socket.SHUT_WR)
+                self.net_shut = True
+            if self.net_done and not self.to_app and not self.app_shut:
+                _shut(self.inner, socket.SHUT_WR)
+                self.app_shut = True
+
+    def _from_app(self) -> None:
+        """Plaintext from the service: encrypt it; its end of stream becomes close_notify."""
+        try:
+            data = self.inner.recv(CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:                 # the service is gone (abort): nothing more either way
+            data = None
+        if data:
+            self.tls.write(data)
+        else:
+            self.app_done = True
+            if data is None:
+                self.net_done = True
+                self.to_app.clear()
+            try:
+                self.tls.unwrap()       # queues close_notify; the peer's may come later
+            except (ssl.SSLWantReadError, ssl.SSLError):
+                pass
+        self.to_net += self.stream.outgoing.read()
+
+    def _from_net(self) -> None:
+        """Records from the peer: decrypt them; close_notify is the end of its stream."""
+        try:
+            data = self.net.recv(CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.warning("TLS data connection broken: %s", exc)
+            self._cut()
+            return
+        if not data:
+            if not self.net_done:
+                log.warning("TLS data connection ended without close_notify (truncated); cutting it")
+                self._cut()
+            return
+        self.stream.incoming.write(data)
+        while not self.net_done:
+            try:
+                plain = self.tls.read(CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.net_done = True
+                break
+            except ssl.SSLError as exc:
+                log.warning("TLS data connection: %s", exc.reason or exc)
+                self._cut()
+                return
+            if not plain:
+                self.net_done = True
+                break
+            self.to_app += plain
+        out = self.stream.outgoing.read()       # a key update's answer
+        if out:
+            self.to_net += out
+
+    def _cut(self) -> None:
+        """The network side failed: the service sees its connection end; nothing more is relayed."""
+        self.net_done = self.app_done = self.net_shut = self.app_shut = True
+        self.to_app.clear()
+        self.to_net.clear()
+        _shut(self.inner, socket.SHUT_RDWR)
+
+
+def _shut(sock: socket.socket, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except OSError:                     # already reset or closed by the other side
+        pass
+
+
+def _watch(selector: selectors.BaseSelector, watched: dict[socket.socket, int], sock: socket.socket,
+           events: int) -> None:
+    """Make ``sock`` watched for exactly ``events`` (none: not watched)."""
+    now = watched.get(sock, 0)
+    if events == now:
+        return
+    if not events:
+        selector.unregister(sock)
+        del watched[sock]
+    elif now:
+        selector.modify(sock, events)
+        watched[sock] = events
+    else:
+        selector.register(sock, events)
+        watched[sock] = events
+
+
+def _send(sock: socket.socket, pending: bytearray) -> None:
+    """Send what the socket takes now; the rest stays pending."""
+    try:
+        sent = sock.send(pending)
+    except BlockingIOError:
+        return
+    del pending[:sent]
