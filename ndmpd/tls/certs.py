@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FINGERPRINT_PREFIX = "sha256:"
-_FINGERPRINT = re.compile(r"(?:sha256:)?([0-9a-fA-F]{2}(?::?[0-9a-fA-F]{2}){31})")
+_FINGERPRINT = re.compile(r"(?:sha256:)?([0-9a-fA-F]{2}(?::?[0-9a-fA-F]{2}){31})", re.I)
 CERT_NAME = "ndmpd.crt"
 KEY_NAME = "ndmpd.key"
 
