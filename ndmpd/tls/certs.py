@@ -104,13 +104,20 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 
 def certificate_der(path: Path, key: str = "certificate") -> bytes:
     """The first certificate of a PEM (or DER) file, as DER."""
+    try:
+        return certificate_der_of(_read(path, key))
+    except CertificateError as exc:
+        raise CertificateError(f"{key}: {path} is not a certificate: {exc}") from None
+
+
+def certificate_der_of(raw: bytes) -> bytes:
+    """A PEM or DER certificate, checked and as DER."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
-    raw = _read(path, key)
     try:
         cert = x509.load_pem_x509_certificate(raw) if b"-----BEGIN" in raw else x509.load_der_x509_certificate(raw)
     except ValueError as exc:
-        raise CertificateError(f"{key}: {path} is not a certificate: {exc}") from None
+        raise CertificateError(str(exc)) from None
     return cert.public_bytes(serialization.Encoding.DER)
 
 

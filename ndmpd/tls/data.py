@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,11 @@ class DataTls:
     @property
     def peer_fingerprint(self) -> str:
         return fingerprint(self.peer)
+
+    def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        """The (listener, connector) SSL contexts."""
+        return (data_context(True, self.certificate, self.key, self.peer),
+                data_context(False, self.certificate, self.key, self.peer))
 
     def accepted(self, sock: socket.socket) -> socket.socket:
         """A connection accepted by a data listener: TLS server side."""
