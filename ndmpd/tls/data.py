@@ -43,27 +43,41 @@ class DataTls:
                 data_context(False, self.certificate, self.key, self.peer))
 
     def accepted(self, sock: socket.socket) -> socket.socket:
-        """A connection accepted by a data listener: TLS server side."""
-        return self._wrap(sock, server_side=True)
+        """A connection accepted by a data listener (TLS server side): the handshake and the
+        pin are checked here, so a wrong peer is refused and the listener can wait on."""
+        stream = self._stream(sock, server_side=True)
+        self._handshake(stream)
+        return relay(stream, _peer(sock))
 
     def connected(self, sock: socket.socket) -> socket.socket:
-        """A connection this side opened: TLS client side."""
-        return self._wrap(sock, server_side=False)
+        """A connection this side opened (TLS client side). Its handshake runs on the relay's
+        thread: the listening side may only accept once its job starts (DATA_LISTEN accepts at
+        DATA_START_*, which the DMA sends after this side's DATA_CONNECT returned). Nothing
+        written meanwhile leaves before the listener's certificate passed its pin."""
+        stream = self._stream(sock, server_side=False)
+        return relay(stream, _peer(sock), first=lambda: self._handshake(stream))
 
-    def _wrap(self, sock: socket.socket, server_side: bool) -> socket.socket:
+    def _stream(self, sock: socket.socket, server_side: bool) -> TlsStream:
         try:
-            stream = TlsStream(sock, data_context(server_side, self.certificate, self.key, self.peer), server_side)
+            listener, connector = self.contexts()
+            return TlsStream(sock, listener if server_side else connector, server_side)
+        except Exception as exc:           # a certificate that cannot be loaded (changed on disk)
+            sock.close()
+            raise HandshakeFailed(f"TLS set-up failed: {exc}") from None
+
+    def _handshake(self, stream: TlsStream) -> None:
+        try:
             stream.handshake(HANDSHAKE_TIMEOUT)
             check_pin(stream.tls, self.peer_fingerprint, "data connection peer")
-        except HandshakeFailed:
-            sock.close()
-            raise
-        except Exception as exc:           # a pin mismatch, or a certificate that cannot be loaded
-            sock.close()
-            raise HandshakeFailed(str(exc)) from None
-        try:
-            peer = sock.getpeername()
-        except OSError:
-            peer = "?"
-        log.info("TLS data connection with %s (%s, %s)", peer, stream.tls.version(), self.peer_fingerprint)
-        return relay(stream, str(peer))
+        except Exception as exc:           # a pin mismatch is an SSLError, not a HandshakeFailed
+            stream.sock.close()
+            raise exc if isinstance(exc, HandshakeFailed) else HandshakeFailed(str(exc)) from None
+        log.info("TLS data connection with %s (%s, %s)", _peer(stream.sock), stream.tls.version(),
+                 self.peer_fingerprint)
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return "?"

@@ -19,6 +19,7 @@ import selectors
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger("ndmpd.tls")
 CHUNK = 256 << 10               # bytes read at once from either side
@@ -67,9 +68,11 @@ class TlsStream:
             self.sock.settimeout(None)
 
 
-def relay(stream: TlsStream, name: str) -> socket.socket:
-    """The plain socket standing for ``stream`` (handshake done); a daemon thread relays until
-    both directions are closed, then closes the TCP socket."""
+def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None) -> socket.socket:
+    """The plain socket standing for ``stream``; a daemon thread relays until both directions
+    are closed, then closes the TCP socket. ``first`` (the handshake and the peer's check,
+    when the caller cannot wait for them) runs on that thread before anything is relayed:
+    if it raises, the plain socket is cut and not one byte written to it reaches the network."""
     plain, inner = socket.socketpair()
     for sock in (plain, inner):
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -77,17 +80,17 @@ def relay(stream: TlsStream, name: str) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, opt, PAIR_BUFFER)
             except OSError:
                 pass
-    threading.Thread(target=_Relay(stream, inner).run, name=f"tls relay {name}", daemon=True).start()
+    threading.Thread(target=_Relay(stream, inner, first).run, name=f"tls relay {name}", daemon=True).start()
     return plain
 
 
 class _Relay:
     """The pump: plaintext from ``inner`` is encrypted to the network and back."""
 
-    def __init__(self, stream: TlsStream, inner: socket.socket) -> None:
-        self.stream, self.inner = stream, inner
+    def __init__(self, stream: TlsStream, inner: socket.socket, first: Callable[[], None] | None) -> None:
+        self.stream, self.inner, self.first = stream, inner, first
         self.net, self.tls = stream.sock, stream.tls
-        self.to_net = bytearray(stream.outgoing.read())
+        self.to_net = bytearray()
         self.to_app = bytearray()
         self.app_done = False           # the plain side ended its stream (close_notify queued)
         self.net_done = False           # the peer ended its stream (or the connection broke)
@@ -95,6 +98,16 @@ class _Relay:
         self.app_shut = False           # the plain side's read side has its end of stream
 
     def run(self) -> None:
+        if self.first is not None:
+            try:
+                self.first()
+            except Exception as exc:
+                log.warning("TLS data connection refused: %s", exc)
+                _shut(self.inner, socket.SHUT_RDWR)
+                self.inner.close()
+                self.net.close()
+                return
+        self.to_net += self.stream.outgoing.read()
         self.net.setblocking(False)
         self.inner.setblocking(False)
         selector = selectors.DefaultSelector()
