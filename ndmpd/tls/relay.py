@@ -108,6 +108,7 @@ class _Relay:
                 self.net.close()
                 return
         self.to_net += self.stream.outgoing.read()
+        self._decrypt()                 # records that came with the handshake's last flight
         self.net.setblocking(False)
         self.inner.setblocking(False)
         selector = selectors.DefaultSelector()
@@ -189,6 +190,10 @@ class _Relay:
                 self._cut()
             return
         self.stream.incoming.write(data)
+        self._decrypt()
+
+    def _decrypt(self) -> None:
+        """Every whole record the incoming BIO holds, to the plain side."""
         while not self.net_done:
             try:
                 plain = self.tls.read(CHUNK)
