@@ -19,11 +19,12 @@ import selectors
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger("ndmpd.tls")
-CHUNK = 256 << 10               # bytes read at once from either side
-HIGH_WATER = 2 << 20            # stop reading a side while this much waits to go out on the other
+CHUNK = 1 << 20                  # bytes read at once from either side
+HIGH_WATER = 4 << 20            # stop reading a side while this much waits to go out on the other
 PAIR_BUFFER = 4 << 20           # the local pair's socket buffers (as addresses.tune for TCP)
 
 
@@ -84,14 +85,48 @@ def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None)
     return plain
 
 
+class _Pending:
+    """Bytes waiting to go out on one socket: whole chunks, sent without copying them again."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[memoryview] = deque()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, data: bytes | memoryview) -> None:
+        if data:
+            self.chunks.append(memoryview(data))
+            self.size += len(data)
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.size = 0
+
+    def send(self, sock: socket.socket) -> None:
+        """Send what the socket takes now; the rest stays pending."""
+        while self.chunks:
+            chunk = self.chunks[0]
+            try:
+                sent = sock.send(chunk)
+            except BlockingIOError:
+                return
+            self.size -= sent
+            if sent < len(chunk):
+                self.chunks[0] = chunk[sent:]
+                return
+            self.chunks.popleft()
+
+
 class _Relay:
     """The pump: plaintext from ``inner`` is encrypted to the network and back."""
 
     def __init__(self, stream: TlsStream, inner: socket.socket, first: Callable[[], None] | None) -> None:
         self.stream, self.inner, self.first = stream, inner, first
         self.net, self.tls = stream.sock, stream.tls
-        self.to_net = bytearray()
-        self.to_app = bytearray()
+        self.to_net, self.to_app = _Pending(), _Pending()
+        self.buffer = memoryview(bytearray(CHUNK))
         self.app_done = False           # the plain side ended its stream (close_notify queued)
         self.net_done = False           # the peer ended its stream (or the connection broke)
         self.net_shut = False           # our TCP write side is shut
@@ -107,10 +142,10 @@ class _Relay:
                 self.inner.close()
                 self.net.close()
                 return
-        self.to_net += self.stream.outgoing.read()
-        self._decrypt()                 # records that came with the handshake's last flight
+        self.to_net.add(self.stream.outgoing.read())
         self.net.setblocking(False)
         self.inner.setblocking(False)
+        self._decrypt()                 # records that came with the handshake's last flight
         selector = selectors.DefaultSelector()
         try:
             self._loop(selector)
@@ -127,6 +162,11 @@ class _Relay:
     def _loop(self, selector: selectors.BaseSelector) -> None:
         watched: dict[socket.socket, int] = {}
         while not (self.net_shut and self.app_shut):
+            self.to_net.send(self.net)          # first without waiting: most of the time it goes at once
+            self.to_app.send(self.inner)
+            self._shut_finished()
+            if self.net_shut and self.app_shut:
+                return
             net_events = (selectors.EVENT_READ if not self.net_done and len(self.to_app) < HIGH_WATER else 0) \
                 | (selectors.EVENT_WRITE if self.to_net else 0)
             app_events = (selectors.EVENT_READ if not self.app_done and len(self.to_net) < HIGH_WATER else 0) \
@@ -136,67 +176,69 @@ class _Relay:
             for sock, events in ((self.net, net_events), (self.inner, app_events)):
                 _watch(selector, watched, sock, events)
             for key, events in selector.select():
-                if key.fileobj is self.net:
-                    if events & selectors.EVENT_WRITE:
-                        _send(self.net, self.to_net)
-                    if events & selectors.EVENT_READ:
-                        self._from_net()
-                else:
-                    if events & selectors.EVENT_WRITE:
-                        _send(self.inner, self.to_app)
-                    if events & selectors.EVENT_READ:
-                        self._from_app()
-            if self.app_done and not self.to_net and not self.net_shut:
-                _shut(self.net, socket.SHUT_WR)
-                self.net_shut = True
-            if self.net_done and not self.to_app and not self.app_shut:
-                _shut(self.inner, socket.SHUT_WR)
-                self.app_shut = True
+                if events & selectors.EVENT_READ:
+                    self._from_net() if key.fileobj is self.net else self._from_app()
+
+    def _shut_finished(self) -> None:
+        """Pass on an end of stream once everything before it has gone."""
+        if self.app_done and not self.to_net and not self.net_shut:
+            _shut(self.net, socket.SHUT_WR)
+            self.net_shut = True
+        if self.net_done and not self.to_app and not self.app_shut:
+            _shut(self.inner, socket.SHUT_WR)
+            self.app_shut = True
 
     def _from_app(self) -> None:
         """Plaintext from the service: encrypt it; its end of stream becomes close_notify."""
         try:
-            data = self.inner.recv(CHUNK)
+            n = self.inner.recv_into(self.buffer)
         except BlockingIOError:
             return
         except OSError:                 # the service is gone (abort): nothing more either way
-            data = None
-        if data:
-            self.tls.write(data)
+            n = -1
+        if n > 0:
+            view = self.buffer[:n]
+            while view:
+                view = view[self.tls.write(view):]
         else:
             self.app_done = True
-            if data is None:
+            if n < 0:
                 self.net_done = True
                 self.to_app.clear()
             try:
                 self.tls.unwrap()       # queues close_notify; the peer's may come later
             except (ssl.SSLWantReadError, ssl.SSLError):
                 pass
-        self.to_net += self.stream.outgoing.read()
+        self.to_net.add(self.stream.outgoing.read())
 
     def _from_net(self) -> None:
         """Records from the peer: decrypt them; close_notify is the end of its stream."""
         try:
-            data = self.net.recv(CHUNK)
+            n = self.net.recv_into(self.buffer)
         except BlockingIOError:
             return
         except OSError as exc:
             log.warning("TLS data connection broken: %s", exc)
             self._cut()
             return
-        if not data:
+        if not n:
             if not self.net_done:
                 log.warning("TLS data connection ended without close_notify (truncated); cutting it")
                 self._cut()
             return
-        self.stream.incoming.write(data)
+        self.stream.incoming.write(self.buffer[:n])
         self._decrypt()
 
     def _decrypt(self) -> None:
-        """Every whole record the incoming BIO holds, to the plain side."""
+        """Every whole record the incoming BIO holds, to the plain side: decrypted straight into
+        a batch buffer, so the plain side gets one send per CHUNK, not one per 16 KiB record."""
+        batch, filled = memoryview(bytearray(CHUNK)), 0
         while not self.net_done:
+            if filled == CHUNK:
+                self.to_app.add(batch)
+                batch, filled = memoryview(bytearray(CHUNK)), 0
             try:
-                plain = self.tls.read(CHUNK)
+                n = self.tls.read(CHUNK - filled, batch[filled:])
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -206,13 +248,12 @@ class _Relay:
                 log.warning("TLS data connection: %s", exc.reason or exc)
                 self._cut()
                 return
-            if not plain:
+            if not n:
                 self.net_done = True
                 break
-            self.to_app += plain
-        out = self.stream.outgoing.read()       # a key update's answer
-        if out:
-            self.to_net += out
+            filled += n
+        self.to_app.add(batch[:filled])
+        self.to_net.add(self.stream.outgoing.read())     # a key update's answer
 
     def _cut(self) -> None:
         """The network side failed: the service sees its connection end; nothing more is relayed."""
@@ -244,12 +285,3 @@ def _watch(selector: selectors.BaseSelector, watched: dict[socket.socket, int], 
     else:
         selector.register(sock, events)
         watched[sock] = events
-
-
-def _send(sock: socket.socket, pending: bytearray) -> None:
-    """Send what the socket takes now; the rest stays pending."""
-    try:
-        sent = sock.send(pending)
-    except BlockingIOError:
-        return
-    del pending[:sent]
