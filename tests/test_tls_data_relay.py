@@ -102,7 +102,10 @@ def test_a_listener_refuses_a_connector_that_is_not_the_pinned_peer_and_waits_on
     out: dict = {}
     thread = accept_in_thread(lsock, server_tls, out)
     bad = addresses.connect([ep], secure=intruder)
-    bad.sendall(b"x" * 1000)
+    try:
+        bad.sendall(b"x" * 1000)
+    except OSError:                               # cut already: its handshake failed first
+        pass
     assert is_cut(bad)                            # the listener never took it
     assert thread.is_alive() and "sock" not in out
     good = addresses.connect([ep], secure=client_tls)
