@@ -56,17 +56,21 @@ def is_cut(sock) -> bool:
         return True
 
 
-def test_a_stream_arrives_whole_and_half_close_round_trips(two):
-    server_tls, client_tls = two[0], two[1]
+def connected(two) -> tuple[socket.socket, socket.socket, socket.socket]:
+    """(connector's data socket, listener's data socket, the listener) over pinned TLS."""
     lsock, ep = listener()
     out: dict = {}
-    thread = accept_in_thread(lsock, server_tls, out)
-    client = addresses.connect([ep], secure=client_tls)
+    thread = accept_in_thread(lsock, two[0], out)
+    client = addresses.connect([ep], secure=two[1])
+    thread.join(20)
+    return client, out["sock"], lsock
+
+
+def test_a_stream_arrives_whole_and_half_close_round_trips(two):
+    client, server, lsock = connected(two)
     payload = os.urandom(8 << 20)
     sender = threading.Thread(target=lambda: (client.sendall(payload), client.shutdown(socket.SHUT_WR)))
     sender.start()
-    thread.join(20)
-    server = out["sock"]
     assert read_all(server) == payload            # the sender's end of stream is an end of stream here
     server.sendall(b"bye")                        # the other direction still works after it
     server.close()
@@ -77,12 +81,7 @@ def test_a_stream_arrives_whole_and_half_close_round_trips(two):
 
 
 def test_the_dump_engine_may_sendfile_into_the_data_socket(two, tmp_path):
-    server_tls, client_tls = two[0], two[1]
-    lsock, ep = listener()
-    out: dict = {}
-    thread = accept_in_thread(lsock, server_tls, out)
-    client = addresses.connect([ep], secure=client_tls)
-    thread.join(20)
+    client, server, lsock = connected(two)
     source = tmp_path / "file"
     source.write_bytes(os.urandom(3 << 20))
     with open(source, "rb") as f:
@@ -90,8 +89,8 @@ def test_the_dump_engine_may_sendfile_into_the_data_socket(two, tmp_path):
         while sent < source.stat().st_size:
             sent += os.sendfile(client.fileno(), f.fileno(), sent, 1 << 20)
     client.shutdown(socket.SHUT_WR)
-    assert read_all(out["sock"]) == source.read_bytes()
-    for s in (client, out["sock"], lsock):
+    assert read_all(server) == source.read_bytes()
+    for s in (client, server, lsock):
         s.close()
 
 
@@ -135,16 +134,10 @@ def test_a_connector_sends_nothing_to_a_listener_that_fails_its_pin(two):
 
 
 def test_an_abort_on_the_plain_side_ends_the_tls_connection(two):
-    server_tls, client_tls = two[0], two[1]
-    lsock, ep = listener()
-    out: dict = {}
-    thread = accept_in_thread(lsock, server_tls, out)
-    client = addresses.connect([ep], secure=client_tls)
-    thread.join(20)
+    client, server, lsock = connected(two)
     client.sendall(b"partial")
     client.shutdown(socket.SHUT_RDWR)             # what a MOVER_ABORT / DATA_ABORT does
     client.close()
-    server = out["sock"]
     server.settimeout(20)
     assert read_all(server) == b"partial"
     server.close()
