@@ -91,3 +91,17 @@ async def test_shutdown_closes_tls_sessions_and_the_tls_port(tmp_path):
     with pytest.raises(NdmpConnectError):
         await agent(address, own.fingerprint)
     await connected.close()
+
+
+async def test_removing_tls_at_reload_keeps_the_bound_listener_and_its_certificate_until_restart(tmp_path, caplog):
+    srv, path, own, address = await serve(tmp_path)
+    path.write_text(f'[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "{tmp_path / "state"}"\n'
+                    '[[user]]\nname = "ndmp"\npassword = "secret"\n')
+    with caplog.at_level(logging.WARNING, "ndmpd.server"):
+        assert srv.reload()
+    notes = " ".join(r.getMessage() for r in caplog.records)
+    assert "server.tls_listen changed" in notes and "keeping the old certificate" in notes
+    assert srv.config.server.tls_certificate == own.certificate       # the data extension stays usable
+    async with agent(address, own.fingerprint) as a:
+        assert a.version == 4
+    await stop(srv)

@@ -145,3 +145,27 @@ def test_a_copy_with_tls_data_connections_carries_no_plaintext(tmp_path, sides):
     assert leaked == [], f"{len(leaked)} windows of the pattern in the capture"
     for side in sides:
         assert "TLS data connection with" in side.log.read_text(), side.log.read_text()[-2000:]
+
+
+def test_a_three_way_backup_and_restore_with_tls_data_connections_carry_no_plaintext(tmp_path, sides):
+    src, dst = sides
+    (src.root / "vol" / "canary.bin").write_bytes(PATTERN)
+    home = tmp_path / "home"
+    hosts_file(home, sides, tls=True)
+    catalog = ["--catalog", str(home / "catalog.db"), "--json"]
+    capture = Capture(tmp_path / "threeway.pcap", [s.host for s in sides])
+    try:
+        # the data service connects to the tape server's listening mover (READ), then back
+        made = ndmp("backup", "src:/export/data", "--tape", "dst:vtape0", *catalog, home=home, timeout=120)
+        assert made.returncode == 0, made.stderr + made.stdout
+        backup_id = summary(made.stdout)["id"]
+        done = ndmp("restore", backup_id, "--to", "src:/export/data/restored", "--tape", "dst:vtape0", *catalog,
+                    home=home, timeout=120)
+        assert done.returncode == 0, done.stderr + done.stdout
+    finally:
+        captured = capture.stop()
+    assert (src.root / "vol" / "restored" / "canary.bin").read_bytes() == PATTERN
+    assert len(captured) > 2 * len(PATTERN)
+    assert [w for w in windows(PATTERN) if w in captured] == []
+    for side in sides:
+        assert side.log.read_text().count("TLS data connection with") >= 2, side.log.read_text()[-2000:]
