@@ -1,7 +1,8 @@
 """TLS data connections between two real ndmpd processes (two loopback addresses), asked for by
-``ndmp`` when both hosts say ``tls = true``: the copy succeeds and a loopback capture of all
-traffic between the two holds no 32-byte window of the data written, while the same copy
-without TLS does (the capture sees plaintext when there is some)."""
+``ndmp`` when both hosts say ``tls = true``: a copy, a three-way backup and restore, and a
+replication update succeed, and a loopback capture of all traffic between the two holds no
+32-byte window of the data written, while the same copy without TLS does (the capture sees
+plaintext when there is some)."""
 
 from __future__ import annotations
 
@@ -35,11 +36,11 @@ def windows(pattern: bytes, size: int = 32) -> set[bytes]:
 class Side:
     """One ndmpd with a plain and a TLS listener, and its certificate."""
 
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True)
+    def __init__(self, root: Path, extra: str = "") -> None:
+        root.mkdir(parents=True, exist_ok=True)
         self.host = free_loopback_address()
         self.pair = pair(root / "tls", name=self.host, hosts=(self.host,))
-        config = write_config(root, self.host, ["md5", "text"], server_extra=(
+        config = write_config(root, self.host, ["md5", "text"], extra=extra, server_extra=(
             f'tls_listen = "{self.host}:{TLS_PORT}"\ntls_certificate = "{self.pair.certificate}"\n'
             f'tls_key = "{self.pair.key}"'))
         self.root, self.log = root, root / "ndmpd.log"
@@ -169,3 +170,35 @@ def test_a_three_way_backup_and_restore_with_tls_data_connections_carry_no_plain
     assert [w for w in windows(PATTERN) if w in captured] == []
     for side in sides:
         assert side.log.read_text().count("TLS data connection with") >= 2, side.log.read_text()[-2000:]
+
+
+def test_a_replication_update_with_tls_data_connections_carries_no_plaintext(tmp_path):
+    from tests.loopfs import btrfs_subvolume
+    from .test_ndmp_replicate import MASTER, REPLICA, volume_table
+    started: list[Side] = []
+    with btrfs_subvolume(tmp_path, size=320 << 20) as master_vol:
+        try:
+            (master_vol.parent / "r").mkdir()
+            started.append(Side(tmp_path / "m", volume_table(MASTER, master_vol, False)))
+            started.append(Side(tmp_path / "r", volume_table(REPLICA, master_vol.parent / "r" / "rep", True)))
+            (master_vol / "canary.bin").write_bytes(PATTERN)
+            home = tmp_path / "home"
+            hosts_file(home, started, tls=True)              # src = the master, dst = the replica
+            catalog = ["--catalog", str(home / "catalog.db")]
+            created = ndmp("replicate", "create", "w", f"src:{MASTER}", f"dst:{REPLICA}", *catalog, home=home)
+            assert created.returncode == 0, created.stderr
+            capture = Capture(tmp_path / "replicate.pcap", [s.host for s in started])
+            try:
+                done = ndmp("replicate", "run", "w", "--once", *catalog, home=home, timeout=180)
+            finally:
+                captured = capture.stop()
+            assert done.returncode == 0, done.stderr + done.stdout
+            assert (master_vol.parent / "r" / "rep" / "canary.bin").read_bytes() == PATTERN
+            assert len(captured) > len(PATTERN)
+            assert [w for w in windows(PATTERN) if w in captured] == []
+            for side in started:
+                assert "TLS data connection with" in side.log.read_text(), side.log.read_text()[-2000:]
+        finally:
+            for side in started:
+                if side.server.proc.poll() is None:
+                    side.server.stop()
