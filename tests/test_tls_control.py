@@ -12,25 +12,14 @@ import stat
 import pytest
 
 from ndmpd.cli import main as ndmpd_main
-from ndmpd.config import ConfigError, build
+from ndmpd.config import ConfigError
 from ndmpd.dma.agent import Agent
 from ndmpd.dma.errors import NdmpConnectError
 from ndmpd.dma.hosts import HostConfigError, TlsPeer, load_hosts
 from ndmpd.tls import certs
 
 from .server_thread import ServerThread
-from .tls_helpers import RecordingTlsServer, ca_signed, pair
-
-
-def server_config(tmp_path, cert=None, key=None, **extra):
-    state = tmp_path / "state"
-    state.mkdir(exist_ok=True)
-    server = {"listen": ["127.0.0.1:0"], "state_dir": str(state), "auth": ["md5", "text"], **extra}
-    if cert is not None:
-        server.update(tls_listen="127.0.0.1:0", tls_certificate=str(cert), tls_key=str(key))
-    data = {"server": server, "user": [{"name": "ndmp", "password": "secret"}],
-            "tape": [{"name": "vtape0", "path": str(tmp_path / "c0.img"), "capacity": "1GiB"}]}
-    return build(data, "<test>", tmp_path)
+from .tls_helpers import RecordingTlsServer, ca_signed, pair, server_config
 
 
 def run(coro, timeout: float = 60):

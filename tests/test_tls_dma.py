@@ -11,8 +11,7 @@ from ndmpd.dma.tls_data import secure_data_connection
 from ndmpd.tls.certs import certificate_der
 
 from .server_thread import ServerThread
-from .test_tls_control import server_config
-from .tls_helpers import pair
+from .tls_helpers import pair, server_config
 
 
 def two_servers(tmp_path):

@@ -10,11 +10,24 @@ import ssl
 import threading
 from pathlib import Path
 
+from ndmpd.config import Config, build
 from ndmpd.tls import certs
 
 
 def pair(directory: Path, name: str = "ndmpd-test", hosts: tuple[str, ...] = ("127.0.0.1",)) -> certs.CertificatePair:
     return certs.create(directory, name, 2, hosts)
+
+
+def server_config(tmp_path: Path, cert: Path | None = None, key: Path | None = None, **extra) -> Config:
+    """user ndmp/secret, one virtual tape; with ``cert``, a TLS listener on 127.0.0.1:0 too."""
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    server = {"listen": ["127.0.0.1:0"], "state_dir": str(state), "auth": ["md5", "text"], **extra}
+    if cert is not None:
+        server.update(tls_listen="127.0.0.1:0", tls_certificate=str(cert), tls_key=str(key))
+    data = {"server": server, "user": [{"name": "ndmp", "password": "secret"}],
+            "tape": [{"name": "vtape0", "path": str(tmp_path / "c0.img"), "capacity": "1GiB"}]}
+    return build(data, "<test>", tmp_path)
 
 
 def ca_signed(directory: Path, san_ip: str = "127.0.0.1") -> tuple[Path, Path, Path]:
