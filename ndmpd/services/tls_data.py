@@ -30,9 +30,9 @@ def select(session: "Session", selection: list[tuple[int, int]]) -> None:
     classes = [class_id for class_id, _ in selection]
     if len(set(classes)) != len(classes):
         raise NdmpError(C.EXT_DUPL_CLASSES_ERR, "a class is selected twice")
-    if idle_for_extensions(session) is not None:
-        raise NdmpError(C.EXT_DANDN_ILLEGAL_ERR, f"extensions are negotiated before data or mover activity "
-                                                 f"({idle_for_extensions(session)})")
+    busy = idle_for_extensions(session)
+    if busy is not None:
+        raise NdmpError(C.EXT_DANDN_ILLEGAL_ERR, f"extensions are negotiated before data or mover activity ({busy})")
     available = offered(session)
     for class_id, version in selection:
         if class_id not in available:
