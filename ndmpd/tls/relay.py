@@ -25,6 +25,7 @@ from collections.abc import Callable
 log = logging.getLogger("ndmpd.tls")
 CHUNK = 1 << 20                  # bytes read at once from either side
 HIGH_WATER = 4 << 20            # stop reading a side while this much waits to go out on the other
+SPARE_BUFFERS = 8                # batch buffers kept for reuse (HIGH_WATER / CHUNK, and some)
 PAIR_BUFFER = 4 << 20           # the local pair's socket buffers (as addresses.tune for TCP)
 
 
@@ -88,9 +89,10 @@ def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None)
 class _Pending:
     """Bytes waiting to go out on one socket: whole chunks, sent without copying them again."""
 
-    def __init__(self) -> None:
+    def __init__(self, spare: list[bytearray] | None = None) -> None:
         self.chunks: deque[memoryview] = deque()
         self.size = 0
+        self.spare = spare              # where sent CHUNK-sized buffers go back for reuse
 
     def __len__(self) -> int:
         return self.size
@@ -117,6 +119,14 @@ class _Pending:
                 self.chunks[0] = chunk[sent:]
                 return
             self.chunks.popleft()
+            self._recycle(chunk.obj)
+
+    def _recycle(self, buffer: object) -> None:
+        """A batch buffer of the decrypting side, fully sent, is used again: fresh 1 MiB
+        buffers cost page faults and zeroing on every batch."""
+        if self.spare is not None and isinstance(buffer, bytearray) and len(buffer) == CHUNK \
+                and len(self.spare) < SPARE_BUFFERS:
+            self.spare.append(buffer)
 
 
 class _Relay:
@@ -125,7 +135,8 @@ class _Relay:
     def __init__(self, stream: TlsStream, inner: socket.socket, first: Callable[[], None] | None) -> None:
         self.stream, self.inner, self.first = stream, inner, first
         self.net, self.tls = stream.sock, stream.tls
-        self.to_net, self.to_app = _Pending(), _Pending()
+        self.spare: list[bytearray] = []
+        self.to_net, self.to_app = _Pending(), _Pending(self.spare)
         self.buffer = memoryview(bytearray(CHUNK))
         self.app_done = False           # the plain side ended its stream (close_notify queued)
         self.net_done = False           # the peer ended its stream (or the connection broke)
@@ -232,11 +243,11 @@ class _Relay:
     def _decrypt(self) -> None:
         """Every whole record the incoming BIO holds, to the plain side: decrypted straight into
         a batch buffer, so the plain side gets one send per CHUNK, not one per 16 KiB record."""
-        batch, filled = memoryview(bytearray(CHUNK)), 0
+        batch, filled = self._batch(), 0
         while not self.net_done:
             if filled == CHUNK:
                 self.to_app.add(batch)
-                batch, filled = memoryview(bytearray(CHUNK)), 0
+                batch, filled = self._batch(), 0
             try:
                 n = self.tls.read(CHUNK - filled, batch[filled:])
             except ssl.SSLWantReadError:
@@ -252,8 +263,14 @@ class _Relay:
                 self.net_done = True
                 break
             filled += n
-        self.to_app.add(batch[:filled])
+        if filled:
+            self.to_app.add(batch[:filled])
+        else:
+            self.spare.append(batch.obj)
         self.to_net.add(self.stream.outgoing.read())     # a key update's answer
+
+    def _batch(self) -> memoryview:
+        return memoryview(self.spare.pop() if self.spare else bytearray(CHUNK))
 
     def _cut(self) -> None:
         """The network side failed: the service sees its connection end; nothing more is relayed."""
