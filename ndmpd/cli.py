@@ -204,7 +204,8 @@ def _exit_despite_stuck_jobs(server: "NdmpServer") -> None:
 def check_config(args: argparse.Namespace) -> int:
     config = load(args.path)
     print(f"{args.path}: OK ({len(config.users)} users, {len(config.volumes)} volumes, "
-          f"{len(config.tapes)} tapes, listening on {', '.join(map(str, config.server.listen))})")
+          f"{len(config.tapes)} tapes, listening on {', '.join(map(str, config.server.listen))}"
+          f"{''.join(f', {a} (TLS)' for a in config.server.tls_listen)})")
     return 0
 
 

@@ -134,6 +134,7 @@ def test_a_wrong_fingerprint_is_refused_before_any_byte_is_sent(tmp_path):
         assert recorder.finished.wait(10)
         assert bytes(recorder.received) == b""         # but not one application byte followed
         line = str(refused.value)
+        assert line.startswith("127.0.0.1:") and "('" not in line
         assert "\n" not in line and "is not the pinned sha256:" + "00" * 32 in line and own.fingerprint in line
     finally:
         recorder.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 from .certs import CertificateError, fingerprint, peer_der
 
 
-class PinMismatch(ssl.SSLError):
+class PinMismatch(ConnectionError):
     """The peer's certificate is not the pinned one: nothing was sent to it."""
 
 
