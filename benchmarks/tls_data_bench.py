@@ -120,7 +120,8 @@ def job_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[float]]:
         hosts = ""
         for name, host, pin, _ in sides:
             hosts += f'[host.{name}]\naddress = "{host}"\npassword_file = "pw"\n'
-            hosts += f'[host.{name}-tls]\naddress = "{host}"\nport = 10001\npassword_file = "pw"\ntls = true\nfingerprint = "{pin}"\n'
+            hosts += (f'[host.{name}-tls]\naddress = "{host}"\nport = 10001\npassword_file = "pw"\n'
+                      f'tls = true\nfingerprint = "{pin}"\n')
         (tmp / "home" / "ndmp" / "ndmp.toml").write_text(hosts)
         env = {**os.environ, "XDG_CONFIG_HOME": str(tmp / "home"), "XDG_DATA_HOME": str(tmp / "home")}
         results: dict[str, list[float]] = {"plain": [], "tls": []}

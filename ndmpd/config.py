@@ -486,7 +486,8 @@ def _tls_settings(srv: _Table, rel: Callable[[str], Path], plain: tuple[ListenAd
     """``tls_listen`` (one address or a list), ``tls_certificate`` and ``tls_key``: both files or
     neither, readable, the key the certificate's and not readable by others."""
     raw = srv.get("tls_listen", (str, list), [])
-    listen = tuple(parse_listen(v, f"server.tls_listen[{i}]") for i, v in enumerate([raw] if isinstance(raw, str) else raw))
+    addresses = [raw] if isinstance(raw, str) else raw
+    listen = tuple(parse_listen(v, f"server.tls_listen[{i}]") for i, v in enumerate(addresses))
     for address in listen:
         if address in plain and address.port:
             raise ConfigError(f"server.tls_listen: {address} is also in server.listen; TLS needs its own port")

@@ -15,7 +15,8 @@ from typing import Callable
 from .config import Config, ConfigError
 from .context import ServerContext
 
-RESTART_ONLY = ("listen", "metrics_listen", "tls_listen")   # settings a running server cannot change (its sockets are bound)
+# settings a running server cannot change (its sockets are bound)
+RESTART_ONLY = ("listen", "metrics_listen", "tls_listen")
 
 
 @dataclasses.dataclass(frozen=True)

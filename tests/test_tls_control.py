@@ -109,7 +109,8 @@ def agent(host, port, tls, **kw):
 
 def test_ndmp_over_tls_with_a_pinned_certificate_logs_in_and_works(tls_server):
     async def go():
-        async with agent(tls_server.tls_host, tls_server.tls_port, TlsPeer(fingerprint=tls_server.pair.fingerprint)) as a:
+        pin = TlsPeer(fingerprint=tls_server.pair.fingerprint)
+        async with agent(tls_server.tls_host, tls_server.tls_port, pin) as a:
             info = await a.call("CONFIG_GET_HOST_INFO")
             return a.version, a.auth, info.hostname, certs.fingerprint(a.peer_certificate)
     version, auth, hostname, seen = run(go())

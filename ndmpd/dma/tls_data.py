@@ -27,8 +27,9 @@ async def secure_data_connection(a: Agent, b: Agent) -> bool:
             print(f"ndmp: warning: {agent.peer} offers no TLS data connections (NDMPv4 and "
                   "server.tls_certificate needed); the data connection is plain TCP", file=sys.stderr)
             return False
+    selection = [T.class_version(EXTENSION_CLASS, EXTENSION_VERSION)]
     for agent in (a, b):
-        await agent.call("CONFIG_SET_EXT_LIST", ndmp4_accepted_ext=[T.class_version(EXTENSION_CLASS, EXTENSION_VERSION)])
+        await agent.call("CONFIG_SET_EXT_LIST", ndmp4_accepted_ext=selection)
     for agent, peer in ((a, b), (b, a)):
         reply = await agent.call("NDMPD_TLS_DATA_PEER", peer_certificate=peer.peer_certificate)
         if bytes(reply.certificate) != agent.peer_certificate:

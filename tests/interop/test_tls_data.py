@@ -96,8 +96,9 @@ class Capture:
             pytest.skip("capturing on lo needs root")
         self.path = path
         among = " or ".join(f"host {h}" for h in hosts)
-        self.proc = subprocess.Popen([tshark, "-i", "lo", "-B", "64", "-f", f"tcp and ({among})", "-a", f"duration:{seconds}",
-                                      "-w", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen([tshark, "-i", "lo", "-B", "64", "-f", f"tcp and ({among})",
+                                      "-a", f"duration:{seconds}", "-w", str(path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         line, deadline = b"", time.monotonic() + 20
         while b"Capturing on" not in line and time.monotonic() < deadline:
             line = self.proc.stderr.readline()
