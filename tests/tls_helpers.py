@@ -8,6 +8,7 @@ import ipaddress
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 from ndmpd.config import Config, build
@@ -60,8 +61,20 @@ def ca_signed(directory: Path, san_ip: str = "127.0.0.1") -> tuple[Path, Path, P
     return paths
 
 
+def greeting() -> bytes:
+    """What an NDMP server says first (NOTIFY_CONNECTION_STATUS CONNECTED, v4), record-marked."""
+    from ndmpd.wire import REQUEST, protocol
+    from ndmpd.wire.message import Header
+    from ndmpd.wire.records import frame
+    p = protocol(4)
+    code = p.const.NOTIFY_CONNECTION_STATUS
+    body = p.types.notify_connection_status_post(reason=p.const.CONNECTED, protocol_version=4, text_reason="hi")
+    return frame(Header(1, int(time.time()), REQUEST, code, 0, 0).pack() + p.encode_body(code, REQUEST, body))
+
+
 class RecordingTlsServer:
-    """Accepts one TLS connection and records every application byte the client sends."""
+    """Accepts one TLS connection, greets like an NDMP server (so a DMA would answer with
+    CONNECT_OPEN) and records every application byte the client sends."""
 
     def __init__(self, cert: Path, key: Path) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -82,6 +95,7 @@ class RecordingTlsServer:
             with self._context.wrap_socket(raw, server_side=True) as tls:
                 self.handshake_done.set()
                 tls.settimeout(10)
+                tls.sendall(greeting())
                 while True:
                     data = tls.recv(65536)
                     if not data:
