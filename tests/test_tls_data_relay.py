@@ -146,3 +146,62 @@ def test_an_abort_on_the_plain_side_ends_the_tls_connection(two):
 
 def test_a_handshake_failure_is_a_connection_error():
     assert issubclass(HandshakeFailed, ConnectionError)   # addresses.connect reports it as CONNECT_ERR
+
+
+def test_a_tampered_record_cuts_the_stream_and_never_delivers_wrong_bytes(two):
+    """A man in the middle flips one byte well after the handshake: the listener's side gets a
+    prefix of the stream and then its end, never a changed byte."""
+    lsock, ep = listener()
+    out: dict = {}
+    thread = accept_in_thread(lsock, two[0], out)
+    middle = socket.create_server(("127.0.0.1", 0))
+    flip_at = 3 << 20                              # about 3 MiB into the connector's bytes
+
+    def forward():
+        inbound, _ = middle.accept()
+        outbound = socket.create_connection(("127.0.0.1", ep.port))
+
+        def pump(src, dst, tamper):
+            seen = 0
+            try:
+                while data := src.recv(65536):
+                    if tamper and seen <= flip_at < seen + len(data):
+                        data = bytearray(data)
+                        data[flip_at - seen] ^= 0x01
+                    seen += len(data)
+                    dst.sendall(data)
+            except OSError:
+                pass
+            for s in (dst, src):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        back = threading.Thread(target=pump, args=(outbound, inbound, False), daemon=True)
+        back.start()
+        pump(inbound, outbound, True)
+        back.join(10)
+    threading.Thread(target=forward, daemon=True).start()
+    client = addresses.connect([addresses.Endpoint("127.0.0.1", middle.getsockname()[1])], secure=two[1])
+    payload = os.urandom(8 << 20)
+
+    def send():
+        try:
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    thread.join(20)
+    server = out["sock"]
+    server.settimeout(20)
+    got = bytearray()
+    try:
+        while data := server.recv(1 << 20):
+            got += data
+    except ConnectionResetError:
+        pass
+    assert len(got) < len(payload) and payload.startswith(got)
+    for s in (client, server, lsock, middle):
+        s.close()
