@@ -20,9 +20,9 @@ from .config import Config, ConfigError, embedded_default, load, parse_listen
 # A command line that names one builds just that module's parser: ``ndmpd dump`` then starts
 # without importing the tape, library and replica code (start-up is most of a small incremental).
 _MODULES = {"init-config": "init_config", "tape": "tape_cli", "library": "library_cli", "dump": "dump_cli",
-            "restore": "dump_cli", "replica": "replica_cli", "key": "key_cli"}
+            "restore": "dump_cli", "replica": "replica_cli", "key": "key_cli", "cert": "cert_cli"}
 _RUNS = {"init-config": "run", "tape": "run", "library": "run", "dump": "dump", "restore": "restore",
-         "replica": "run", "key": "run"}
+         "replica": "run", "key": "run", "cert": "run"}
 
 if TYPE_CHECKING:
     from .server import NdmpServer
@@ -50,7 +50,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                        help="override server.log_level (default info)")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", type=Path, help="the configuration file to check")
-    for name in ("init_config", "tape_cli", "library_cli", "dump_cli", "replica_cli", "key_cli"):
+    for name in ("init_config", "tape_cli", "library_cli", "dump_cli", "replica_cli", "key_cli", "cert_cli"):
         _add_parsers(importlib.import_module(f".{name}", __package__), sub)
     return parser
 
@@ -204,7 +204,8 @@ def _exit_despite_stuck_jobs(server: "NdmpServer") -> None:
 def check_config(args: argparse.Namespace) -> int:
     config = load(args.path)
     print(f"{args.path}: OK ({len(config.users)} users, {len(config.volumes)} volumes, "
-          f"{len(config.tapes)} tapes, listening on {', '.join(map(str, config.server.listen))})")
+          f"{len(config.tapes)} tapes, listening on {', '.join(map(str, config.server.listen))}"
+          f"{''.join(f', {a} (TLS)' for a in config.server.tls_listen)})")
     return 0
 
 

@@ -100,6 +100,9 @@ class ServerSettings:
     auth_failure_rate: float = 10.0      # failed logins per minute, per address and per user
     auth_failure_burst: int = 3          # failed logins allowed before the rate applies
     shutdown_timeout: float = 10.0       # seconds jobs get to stop on SIGTERM before ndmpd exits anyway
+    tls_listen: tuple[ListenAddress, ...] = ()   # TLS control listeners (beside the plain ones)
+    tls_certificate: Path | None = None  # this server's certificate: TLS listener and TLS data connections
+    tls_key: Path | None = None          # its private key (not readable by others)
 
 
 @dataclass(frozen=True)
@@ -341,6 +344,7 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         max_version=max_version,
         metrics_listen=_metrics_listen(srv.get("metrics_listen", str, "")),
         **_service_settings(srv),
+        **_tls_settings(srv, rel, addresses),
     )
     srv.finish()
 
@@ -516,6 +520,35 @@ def _service_settings(srv: _Table) -> dict[str, Any]:
         "auth_failure_burst": _count(srv, "auth_failure_burst", 3, 1),
         "shutdown_timeout": _seconds(srv, "shutdown_timeout", 10.0, 0.0),
     }
+
+
+def _tls_settings(srv: _Table, rel: Callable[[str], Path], plain: tuple[ListenAddress, ...]) -> dict[str, Any]:
+    """``tls_listen`` (one address or a list), ``tls_certificate`` and ``tls_key``: both files or
+    neither, readable, the key the certificate's and not readable by others."""
+    raw = srv.get("tls_listen", (str, list), [])
+    addresses = [raw] if isinstance(raw, str) else raw
+    listen = tuple(parse_listen(v, f"server.tls_listen[{i}]") for i, v in enumerate(addresses))
+    for address in listen:
+        if address in plain and address.port:
+            raise ConfigError(f"server.tls_listen: {address} is also in server.listen; TLS needs its own port")
+    cert, key = srv.get("tls_certificate", str, ""), srv.get("tls_key", str, "")
+    if listen and not (cert and key):
+        raise ConfigError(f"server.{'tls_key' if cert else 'tls_certificate'}: missing; server.tls_listen "
+                          "needs a certificate and its key (ndmpd cert create makes a pair)")
+    if bool(cert) != bool(key):
+        raise ConfigError(f"server.{'tls_key' if cert else 'tls_certificate'}: missing; "
+                          "a certificate and its key go together")
+    if not cert:
+        return {"tls_listen": listen}
+    from .tls.certs import CertificateError, check_pair     # here: only a TLS set-up needs cryptography
+    cert_path, key_path = rel(cert), rel(key)
+    try:
+        check_pair(cert_path, key_path, "server.tls_certificate", "server.tls_key")
+    except CertificateError as exc:
+        raise ConfigError(str(exc)) from None
+    if key_path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"server.tls_key: {key_path} is readable by others; chmod 600 it")
+    return {"tls_listen": listen, "tls_certificate": cert_path, "tls_key": key_path}
 
 
 def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:

@@ -15,7 +15,8 @@ from typing import Callable
 from .config import Config, ConfigError
 from .context import ServerContext
 
-RESTART_ONLY = ("listen", "metrics_listen")   # settings a running server cannot change (its sockets are bound)
+# settings a running server cannot change (its sockets are bound)
+RESTART_ONLY = ("listen", "metrics_listen", "tls_listen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,11 @@ def reload_context(old: ServerContext, load: Callable[[], Config]) -> Reloaded:
             notes.append(f"server.{key} changed; it takes effect at the next restart")
             config = dataclasses.replace(config, server=dataclasses.replace(
                 config.server, **{key: getattr(old.config.server, key)}))
+    if config.server.tls_listen and config.server.tls_certificate is None:
+        notes.append("server.tls_certificate removed while server.tls_listen is bound; keeping the old "
+                     "certificate until the next restart")
+        config = dataclasses.replace(config, server=dataclasses.replace(
+            config.server, tls_certificate=old.config.server.tls_certificate, tls_key=old.config.server.tls_key))
     drives = old.drives.reconfigured(config.tapes)
     changers = old.changers.reconfigured(config.changers, drives)
     changers.start()

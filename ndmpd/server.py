@@ -107,6 +107,8 @@ class NdmpServer:
         self._metrics: MetricsEndpoint | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.stuck = 0                  # sessions that did not stop within server.shutdown_timeout
+        self._tls_context: Any = None   # the TLS listeners' ssl.SSLContext (its certificate reloads)
+        self.tls_addresses: list[tuple[str, int]] = []
 
     @property
     def config(self) -> Config:
@@ -117,20 +119,14 @@ class NdmpServer:
         return self.ctx.guard
 
     async def start(self) -> list[tuple[str, int]]:
-        """Bind every listen address; returns the bound (host, port) pairs."""
-        bound = []
-        for addr in self.config.server.listen:
-            try:
-                server = await asyncio.start_server(self._on_connection, host=addr.host, port=addr.port,
-                                                    family=_family(addr), reuse_address=True,
-                                                    limit=READ_SIZE)
-            except OSError as exc:          # which address could not be used, in the one-line error
-                raise OSError(exc.errno, f"{addr}: {exc.strerror or exc}") from None
-            self._servers.append(server)
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                bound.append((host, port))
-                log.info("listening on %s", ListenAddress(host, port))
+        """Bind every listen address; returns the bound (host, port) pairs (TLS ones in
+        :attr:`tls_addresses`)."""
+        bound = await self._listen(self.config.server.listen, None)
+        if self.config.server.tls_listen:
+            from .tls.contexts import listener_context
+            settings = self.config.server
+            self._tls_context = listener_context(settings.tls_certificate, settings.tls_key)
+            self.tls_addresses = await self._listen(settings.tls_listen, self._tls_context)
         if self.config.server.metrics_listen is not None:
             self._metrics = MetricsEndpoint(self.ctx.metrics)
             try:
@@ -138,6 +134,26 @@ class NdmpServer:
             except OSError as exc:
                 raise OSError(exc.errno, f"{self.config.server.metrics_listen} (server.metrics_listen): "
                                          f"{exc.strerror or exc}") from None
+        return bound
+
+    async def _listen(self, addresses: tuple[ListenAddress, ...], tls: Any) -> list[tuple[str, int]]:
+        """Bind ``addresses`` (with TLS when ``tls`` is an SSLContext); the bound (host, port) pairs."""
+        bound = []
+        for addr in addresses:
+            try:
+                server = await asyncio.start_server(self._on_connection, host=addr.host, port=addr.port,
+                                                    family=_family(addr), reuse_address=True,
+                                                    limit=READ_SIZE, ssl=tls,
+                                                    ssl_handshake_timeout=self.guard.settings.login_timeout
+                                                    if tls else None)
+            except OSError as exc:          # which address could not be used, in the one-line error
+                raise OSError(exc.errno, f"{addr}{' (server.tls_listen)' if tls else ''}: "
+                                         f"{exc.strerror or exc}") from None
+            self._servers.append(server)
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                bound.append((host, port))
+                log.info("listening on %s%s", ListenAddress(host, port), " (TLS)" if tls else "")
         return bound
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -274,6 +290,7 @@ class NdmpServer:
             if level != self.config.server.log_level:
                 logging.getLogger().setLevel(level.upper())
                 log.warning("reload: log level now %s (server.log_level)", level)
+            self._reload_certificate(outcome.ctx.config)
             self.ctx = outcome.ctx
             for conn in list(self._connections.values()):     # new deadlines apply to every connection now
                 if not conn.session.authenticated:            # not logged in yet: under the new users and methods
@@ -290,6 +307,17 @@ class NdmpServer:
         finally:
             self.notifier.ready()
 
+    def _reload_certificate(self, config: Config) -> None:
+        """New TLS handshakes present the certificate as reloaded (renewed in place or moved;
+        the loader checked the pair), while the listeners stay bound."""
+        new = config.server
+        if self._tls_context is None or new.tls_certificate is None:
+            return
+        try:
+            self._tls_context.load_cert_chain(new.tls_certificate, new.tls_key)
+        except (OSError, ValueError) as exc:       # ssl.SSLError is an OSError
+            log.error("reload: TLS listeners keep their certificate: %s", exc)
+
     async def serve_until_stopped(self) -> None:
         """Run until SIGTERM/SIGINT (or :meth:`stop`), SIGHUP reloading; then close every
         session cleanly, waiting at most ``server.shutdown_timeout`` for their jobs."""
@@ -299,7 +327,9 @@ class NdmpServer:
                 loop.add_signal_handler(sig, action)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
-        self.notifier.ready(f"listening on {', '.join(map(str, self.config.server.listen))}")
+        listening = ", ".join([*map(str, self.config.server.listen),
+                               *(f"{a} (TLS)" for a in self.config.server.tls_listen)])
+        self.notifier.ready(f"listening on {listening}")
         await self._stopping.wait()
         self.notifier.stopping()
         log.info("stopping")

@@ -83,6 +83,8 @@ class Session:
         self.max_auth_failures = MAX_AUTH_FAILURES
         self.md5_challenge: bytes | None = None
         self.ext_list_set = False
+        self.extensions: dict[int, int] = {}      # NDMPv4 extension class -> version selected
+        self.data_tls: Any = None         # TLS data connections (services/tls_data.py), None: plain
         self.closed = False               # no more input is processed; close after flushing
         self._sequence = 0
         self._outbox: list[bytes] = []

@@ -38,6 +38,7 @@ import inspect
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterable
@@ -83,11 +84,13 @@ class Agent:
     @staticmethod
     def connect(host: str, port: int = 10000, *, user: str, password: str,
                 versions: Iterable[int] = (4, 3), auth: Iterable[str] = ("md5", "text"),
-                timeout: float = 60.0, source: str | None = None) -> "_Opening":
+                timeout: float = 60.0, source: str | None = None, tls: Any = None) -> "_Opening":
         """Connect, negotiate the first of ``versions`` the server accepts, and log in with the
         first of ``auth`` it offers (``auth=()``: no login, for pre-authentication requests). Use as ``async with Agent.connect(...) as agent`` (closed
-        on exit) or ``agent = await Agent.connect(...)`` (then :meth:`close` it)."""
-        return _Opening(_open(host, port, user, password, tuple(versions), tuple(auth), timeout, source))
+        on exit) or ``agent = await Agent.connect(...)`` (then :meth:`close` it).
+        ``tls`` (a :class:`~ndmpd.dma.hosts.TlsPeer`): over TLS, the server's certificate checked
+        against its CA or pinned fingerprint before anything is sent."""
+        return _Opening(_open(host, port, user, password, tuple(versions), tuple(auth), timeout, source, tls))
 
     async def _negotiate(self, versions: tuple[int, ...]) -> None:
         header, record = await self._wait(self._greeting, self.timeout, "greeting")
@@ -133,6 +136,12 @@ class Agent:
         raise NdmpAuthError(f"{self.peer}: the server offers none of the auth methods {', '.join(methods)}")
 
     # ---------------------------------------------------------------- use
+
+    @property
+    def peer_certificate(self) -> bytes:
+        """The DER certificate the server presented (b"" over plain TCP)."""
+        from ..tls.certs import peer_der
+        return peer_der(self._writer.get_extra_info("ssl_object"))
 
     @property
     def closed(self) -> bool:
@@ -356,16 +365,31 @@ class Agent:
 
 
 async def _open(host: str, port: int, user: str, password: str, versions: tuple[int, ...],
-                auth: tuple[str, ...], timeout: float, source: str | None) -> Agent:
+                auth: tuple[str, ...], timeout: float, source: str | None, tls: Any = None) -> Agent:
     peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    context = _tls_context(peer, tls)
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, local_addr=(source, 0) if source else None), timeout)
+            asyncio.open_connection(host, port, local_addr=(source, 0) if source else None, ssl=context,
+                                    server_hostname=host if context else None), timeout)
     except asyncio.TimeoutError:
         raise NdmpConnectError(f"{peer}: no connection within {timeout:g} s") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise NdmpConnectError(f"{peer}: TLS: the server's certificate was refused: "
+                               f"{exc.verify_message or exc.reason}") from None
+    except ssl.SSLError as exc:
+        raise NdmpConnectError(f"{peer}: TLS handshake failed: {exc.reason or exc} "
+                               "(is this the server's tls_listen port?)") from None
     except OSError as exc:
         why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         raise NdmpConnectError(f"{peer}: cannot connect: {why}") from None
+    if tls is not None and tls.fingerprint:
+        from ..tls.contexts import PinMismatch, check_pin
+        try:
+            check_pin(writer.get_extra_info("ssl_object"), tls.fingerprint, peer)
+        except PinMismatch as exc:      # before the Agent exists: not one byte of NDMP was sent
+            writer.transport.abort()
+            raise NdmpConnectError(str(exc)) from None
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -380,6 +404,17 @@ async def _open(host: str, port: int, user: str, password: str, versions: tuple[
         await agent.close()
         raise
     return agent
+
+
+def _tls_context(peer: str, tls: Any) -> ssl.SSLContext | None:
+    if tls is None:
+        return None
+    from ..tls.certs import CertificateError
+    from ..tls.contexts import dma_context
+    try:
+        return dma_context(tls.ca)
+    except CertificateError as exc:
+        raise NdmpConnectError(f"{peer}: {exc}") from None
 
 
 class _Opening:

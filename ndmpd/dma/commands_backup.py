@@ -14,6 +14,7 @@ from typing import Any
 from .catalog import Backup, FileEntry, media_dict, open_catalog
 from .errors import EXIT_FAILED, EXIT_OK
 from .hosts import host_named, split_target
+from .tls_data import secure_data_connection
 from .job_cli import (add_level_arguments, add_output_arguments, add_version_argument, connect, job_reporter,
                       level_plan, parse_env, run_job)
 from .jobs.backup import BackupJob, BackupRequest
@@ -75,6 +76,7 @@ async def backup(args: argparse.Namespace) -> int:
             data = await stack.enter_async_context(connect(data_host, args))
             same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
             tape = data if same else await stack.enter_async_context(connect(tape_host, args))
+            await secure_data_connection(data, tape)
             media = None
             if robot_host is not None and changer is not None:
                 robot = await stack.enter_async_context(connect(robot_host, args))   # its own session: SCSI

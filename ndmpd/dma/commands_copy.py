@@ -9,6 +9,7 @@ from typing import Any
 
 from .catalog import open_catalog
 from .hosts import host_named, split_target
+from .tls_data import secure_data_connection
 from .jobs.copy import CopyJob, CopyRequest
 from .job_cli import (add_level_arguments, add_output_arguments, add_version_argument, connect, job_reporter,
                       level_plan, parse_env, run_job)
@@ -44,6 +45,7 @@ async def copy(args: argparse.Namespace) -> int:
         async with AsyncExitStack() as stack:
             source = await stack.enter_async_context(connect(src, args))
             dest = await stack.enter_async_context(connect(dst, args))
+            await secure_data_connection(source, dest)
             reporter = job_reporter(args, label=f"{src.name}:{volume}")
             status, _ = await run_job(CopyJob(source, dest, catalog, request, reporter).run(), reporter)
     finally:

@@ -25,6 +25,7 @@ from .catalog_replication import Replica, Replication, check_name
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS, NdmpConnectError, NdmpConnectionLost,
                      NdmpReplyError, UsageError)
 from .hosts import host_named
+from .tls_data import secure_data_connection
 from .job_cli import add_version_argument, connect
 from .jobs.replicate import (ReplicaUpdateJob, UpdateFailed, UpdateRequest, UpdateResult, butype_for,
                              release_hold, volume_env, volume_fs)
@@ -201,6 +202,7 @@ async def update_one(catalog: Catalog, rep: Replication, replica: Replica, args:
             stack.push_async_callback(master.close)
             agent = await _connect(replica.host, args)
             stack.push_async_callback(agent.close)
+            await secure_data_connection(master, agent)
         except (NdmpConnectError, NdmpConnectionLost, NdmpReplyError) as exc:
             catalog.record_replica_update(rep.name, replica.host, replica.volume, started=started,
                                           ended=time.time(), outcome="failed", base_id=replica.state_id,

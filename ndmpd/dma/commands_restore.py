@@ -33,6 +33,7 @@ from typing import Any
 from .catalog import Backup, Catalog, as_path, open_catalog
 from .errors import EXIT_FAILED, UsageError
 from .hosts import Host, host_named, split_target
+from .tls_data import secure_data_connection
 from .job_cli import (add_output_arguments, add_version_argument, completed_status, connect, is_failure,
                       job_reporter, parse_env, run_job)
 from .jobs.media import MediaLoader
@@ -158,6 +159,7 @@ async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host:
         data = await stack.enter_async_context(connect(data_host, args))
         same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
         tape = data if same else await stack.enter_async_context(connect(tape_host, args))
+        await secure_data_connection(data, tape)
         media = None
         if library is not None:
             robot_host, changer = library

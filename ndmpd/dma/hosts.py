@@ -8,6 +8,9 @@ by default ``~/.config/ndmp/ndmp.toml``, or ``--config``)::
     port = 10000                  # optional
     user = "ndmp"                 # optional (ndmp)
     password_file = "nas.pw"      # relative to the file; mode 600 (no group or other access)
+    tls = true                    # optional: connect to the server's tls_listen port over TLS,
+    fingerprint = "sha256:..."    #   checking its certificate against this pin (ndmpd cert create prints it)
+    # ca = "ca.pem"               #   or verifying its chain and host name against this CA instead
 
 or inline ``[user@]address[:port]`` (IPv6 in brackets: ``ndmp@[2001:db8::1]:10000``) with the
 password from ``$NDMP_PASSWORD``. A bare word that is no configured name is refused rather
@@ -32,12 +35,20 @@ from ..tomlfile import parse_toml
 DEFAULT_PORT = 10000
 DEFAULT_USER = "ndmp"
 PASSWORD_ENV = "NDMP_PASSWORD"
-_HOST_KEYS = {"address", "port", "user", "password_file"}
+_HOST_KEYS = {"address", "port", "user", "password_file", "tls", "ca", "fingerprint"}
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 class HostConfigError(ValueError):
     """One line saying which key or argument is wrong and why (exit 2)."""
+
+
+@dataclass(frozen=True)
+class TlsPeer:
+    """How a host's TLS certificate is checked: against a CA (chain and host name), or a pin."""
+
+    ca: Path | None = None
+    fingerprint: str | None = None      # "sha256:<64 hex digits>"
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class Host:
     port: int
     user: str
     password: str
+    tls: TlsPeer | None = None          # None: plain TCP
 
     @property
     def display(self) -> str:
@@ -65,6 +77,7 @@ class HostEntry:
     port: int
     user: str
     password_file: Path
+    tls: TlsPeer | None = None
 
 
 def config_path(explicit: str | os.PathLike | None = None, env: Mapping[str, str] = os.environ) -> Path:
@@ -113,7 +126,36 @@ def _entry(path: Path, name: str, table: object) -> HostEntry:
     password_file = table.get("password_file")
     if not isinstance(password_file, str) or not password_file:
         raise HostConfigError(f"{key}.password_file: required, a file holding the password (mode 600)")
-    return HostEntry(name, address.strip("[]"), port, user, path.parent / Path(password_file).expanduser())
+    return HostEntry(name, address.strip("[]"), port, user, path.parent / Path(password_file).expanduser(),
+                     _tls(path, key, table))
+
+
+def _tls(path: Path, key: str, table: dict) -> TlsPeer | None:
+    """``tls = true`` with exactly one of ``ca`` and ``fingerprint``; either without ``tls``
+    is refused, so a pin is never silently unused."""
+    tls = table.get("tls", False)
+    if not isinstance(tls, bool):
+        raise HostConfigError(f"{key}.tls: must be true or false")
+    ca, pin = table.get("ca"), table.get("fingerprint")
+    if not tls:
+        if ca is not None or pin is not None:
+            raise HostConfigError(f"{key}.{'ca' if ca is not None else 'fingerprint'}: needs tls = true")
+        return None
+    if (ca is None) == (pin is None):
+        raise HostConfigError(f"{key}: tls = true needs one of fingerprint = \"sha256:...\" (a pinned "
+                              "certificate) or ca = FILE (verify chain and host name)")
+    if ca is not None:
+        if not isinstance(ca, str) or not ca:
+            raise HostConfigError(f"{key}.ca: a file of CA certificates (PEM)")
+        ca_path = path.parent / Path(ca).expanduser()
+        if not ca_path.is_file():
+            raise HostConfigError(f"{key}.ca: {ca_path} does not exist")
+        return TlsPeer(ca=ca_path)
+    from ..tls.certs import CertificateError, parse_fingerprint
+    try:
+        return TlsPeer(fingerprint=parse_fingerprint(pin, f"{key}.fingerprint"))
+    except CertificateError as exc:
+        raise HostConfigError(str(exc)) from None
 
 
 def read_password_file(path: Path, key: str) -> str:
@@ -180,7 +222,8 @@ def resolve(text: str, hosts: Mapping[str, HostEntry], config: Path,
     entry = hosts.get(text)
     if entry is not None:
         return Host(entry.name, entry.address, entry.port, entry.user,
-                    read_password_file(entry.password_file, f"{config}: host.{entry.name}.password_file"))
+                    read_password_file(entry.password_file, f"{config}: host.{entry.name}.password_file"),
+                    entry.tls)
     user, address, port = parse_inline(text)
     if user is None and port is None and _NAME.fullmatch(address) and address != "localhost":
         known = f" (known: {', '.join(sorted(hosts))})" if hosts else ""

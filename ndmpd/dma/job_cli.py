@@ -40,7 +40,7 @@ def connect(host: Host, args: argparse.Namespace) -> Any:
     """An Agent to ``host`` with the command line's versions and timeout (``async with`` it)."""
     versions = tuple(getattr(args, "versions", None) or (4, 3))
     return Agent.connect(host.address, host.port, user=host.user, password=host.password, versions=versions,
-                         timeout=args.timeout)
+                         timeout=args.timeout, tls=host.tls)
 
 
 def add_level_arguments(parser: argparse.ArgumentParser, newest: str) -> None:

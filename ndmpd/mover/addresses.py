@@ -8,15 +8,18 @@ the same IPv6 address and advertises it in the v4 address's ``addr_env`` as
 from __future__ import annotations
 
 import ipaddress
+import logging
 import select
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import NdmpError
 from ..tcp import send_without_delay
 from ..wire import C, T
 
+log = logging.getLogger("ndmpd.mover")
 CONNECT_TIMEOUT = 30.0
 ACCEPT_POLL = 0.25          # seconds between checks for an abort while waiting for the peer
 
@@ -63,14 +66,30 @@ def open_data_listener(control_local_host: str, version: int) -> tuple[socket.so
     return listener, to_ndmp(endpoint)
 
 
-def accept(listener: socket.socket, stopped: Callable[[], bool], poll: float = ACCEPT_POLL) -> socket.socket | None:
-    """The peer's connection, tuned; None once ``stopped()`` (checked every ``poll`` seconds)."""
+class Securing(Protocol):
+    """Turns a connected TCP socket into the data connection (TLS: see ndmpd/tls/data.py)."""
+
+    def accepted(self, sock: socket.socket) -> socket.socket: ...
+
+    def connected(self, sock: socket.socket) -> socket.socket: ...
+
+
+def accept(listener: socket.socket, stopped: Callable[[], bool], poll: float = ACCEPT_POLL,
+           secure: Securing | None = None) -> socket.socket | None:
+    """The peer's connection, tuned; None once ``stopped()`` (checked every ``poll`` seconds).
+    With ``secure``, a connection that fails its TLS handshake (not the pinned peer) is
+    refused and the listener waits on for the right one."""
     while not stopped():
         ready, _, _ = select.select([listener], [], [], poll)
         if ready:
-            sock, _ = listener.accept()
+            sock, peer = listener.accept()
             tune(sock)
-            return sock
+            if secure is None:
+                return sock
+            try:
+                return secure.accepted(sock)
+            except ConnectionError as exc:
+                log.warning("refused a data connection from %s: %s", peer[0], exc)
     return None
 
 
@@ -102,16 +121,18 @@ def from_ndmp(addr: object) -> list[Endpoint]:
     return endpoints
 
 
-def connect(endpoints: list[Endpoint], timeout: float = CONNECT_TIMEOUT) -> socket.socket:
-    """Connect to the first endpoint that answers (CONNECT_ERR when none does)."""
+def connect(endpoints: list[Endpoint], timeout: float = CONNECT_TIMEOUT,
+            secure: Securing | None = None) -> socket.socket:
+    """Connect to the first endpoint that answers (and, with ``secure``, passes its TLS
+    handshake); CONNECT_ERR when none does."""
     errors = []
     for ep in endpoints:
         try:
             sock = socket.create_connection((ep.host, ep.port), timeout=timeout)
             sock.settimeout(None)
             tune(sock)
-            return sock
-        except OSError as exc:
+            return sock if secure is None else secure.connected(sock)
+        except OSError as exc:          # a failed TLS handshake is a ConnectionError
             errors.append(f"{ep.host}:{ep.port}: {exc.strerror or exc}")
     raise NdmpError(C.CONNECT_ERR, "; ".join(errors))
 

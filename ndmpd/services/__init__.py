@@ -42,10 +42,10 @@ class HandlerTable(dict[int, Handler]):
 
 def all_handlers() -> HandlerTable:
     """Every service's handlers in one table."""
-    from . import config, connect, data, mover, scsi, tape
+    from . import config, connect, data, mover, scsi, tape, tls_data
 
     table = HandlerTable()
-    for module in (connect, config, tape, scsi, mover, data):
+    for module in (connect, config, tape, scsi, mover, data, tls_data):
         for code, handler in module.HANDLERS.items():
             if code in table:
                 raise ValueError(f"message 0x{code:x} handled twice")

@@ -19,6 +19,7 @@ from ..wire import C, T, protocol
 from ..wire.auth import MD5_CHALLENGE_SIZE
 from . import HandlerTable
 from .connect import AUTH_CODES, allowed_auth_types
+from .tls_data import offered, select
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -179,17 +180,14 @@ def get_scsi_info(session: "Session", req: Any) -> Any:
 def get_ext_list(session: "Session", req: Any) -> Any:
     if session.ext_list_set:
         raise NdmpError(C.EXT_DANDN_ILLEGAL_ERR, "extensions already negotiated")
-    return T.config_get_ext_list_reply(C.NO_ERR, [])     # no extension classes implemented
+    return T.config_get_ext_list_reply(C.NO_ERR, [T.class_list(class_id, list(versions))
+                                                  for class_id, versions in offered(session).items()])
 
 
 @HANDLERS.on(C.CONFIG_SET_EXT_LIST)
 def set_ext_list(session: "Session", req: Any) -> Any:
     if session.ext_list_set:
         raise NdmpError(C.EXT_DANDN_ILLEGAL_ERR, "SET_EXT_LIST is allowed once per session")
-    classes = [e.class_id for e in req.ndmp4_accepted_ext]
-    if len(set(classes)) != len(classes):
-        raise NdmpError(C.EXT_DUPL_CLASSES_ERR, "a class is selected twice")
-    if classes:
-        raise NdmpError(C.CLASS_NOT_SUPPORTED_ERR, f"extension class 0x{classes[0]:x} not supported")
+    select(session, [(e.class_id, e.class_version) for e in req.ndmp4_accepted_ext])
     session.ext_list_set = True
     return T.config_set_ext_list_reply(C.NO_ERR)

@@ -34,7 +34,7 @@ from ..replica.state import ReplicaError
 from ..snapshots.base import SnapshotError
 from ..wire import REQUEST, C, T, protocol
 from ..wire.translate import convert_struct
-from . import Blocking, HandlerTable
+from . import Blocking, HandlerTable, tls_data
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -196,6 +196,7 @@ class Data:
     def listen(self, addr_type: int) -> object:
         self.check("LISTEN")
         if addr_type == C.ADDR_TCP:
+            tls_data.for_tcp(self.session)        # PRECONDITION_ERR unless ready
             self._listener, self.address = addresses.open_data_listener(self.session.edge.local_host,
                                                                         self.version)
         elif addr_type == C.ADDR_LOCAL:
@@ -223,9 +224,10 @@ class Data:
             self.state = CONNECTED
             return T.data_connect_reply(error=C.NO_ERR)
         endpoints = addresses.from_ndmp(addr)
+        secure = tls_data.for_tcp(self.session)
 
         def run() -> Any:
-            self._sock = addresses.connect(endpoints)
+            self._sock = addresses.connect(endpoints, secure=secure)
             self.address, self.state = addr, CONNECTED
             return T.data_connect_reply(error=C.NO_ERR)
         return Blocking(run)
@@ -242,7 +244,7 @@ class Data:
     def _connected_socket(self) -> socket.socket:
         """The data socket, waiting for the peer when still listening on TCP."""
         if self._sock is None and self._listener is not None:
-            self._sock = addresses.accept(self._listener, self.cancel.is_set)
+            self._sock = addresses.accept(self._listener, self.cancel.is_set, secure=tls_data.for_tcp(self.session))
             self._listener.close()
             self._listener = None
         if self._sock is None:

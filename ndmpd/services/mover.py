@@ -24,7 +24,7 @@ from ..mover import addresses, pump
 from ..mover.handoff import Handoff
 from ..mover.port import Halted
 from ..wire import C, T
-from . import Blocking, HandlerTable
+from . import Blocking, HandlerTable, tls_data
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -247,6 +247,7 @@ class Mover:
             raise NdmpError(C.ILLEGAL_ARGS_ERR, f"address type {addr_type}")
         self._check_tape_for(mode)
         if addr_type == C.ADDR_TCP:
+            tls_data.for_tcp(self.session)        # PRECONDITION_ERR unless ready
             self._listener, self.address = addresses.open_data_listener(self.session.edge.local_host,
                                                                         self.session.version)
         else:
@@ -280,9 +281,10 @@ class Mover:
             return T.mover_connect_reply(error=C.NO_ERR)
         endpoints = addresses.from_ndmp(addr)
         self._check_tape_for(mode)
+        secure = tls_data.for_tcp(self.session)
 
         def run() -> Any:
-            sock = addresses.connect(endpoints)
+            sock = addresses.connect(endpoints, secure=secure)
             self._data, self.mode, self.state = sock, mode, ACTIVE
             self.address = addr
             self._start(self._run_connected)
@@ -390,7 +392,7 @@ class Mover:
         listener = self._listener
         assert listener is not None
         try:
-            sock = addresses.accept(listener, lambda: self.halted)
+            sock = addresses.accept(listener, lambda: self.halted, secure=tls_data.for_tcp(self.session))
         except OSError as exc:
             log.warning("%s: data connection accept failed: %s", self.session.peer, exc)
             self.halt(C.MOVER_HALT_CONNECT_ERROR)

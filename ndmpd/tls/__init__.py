@@ -1,0 +1,1 @@
+"""TLS between ndmpd's own programs: certificates, contexts, and the data-connection relay."""

@@ -1,0 +1,111 @@
+"""Certificates and TLS fixtures for the TLS tests: pairs made with ndmpd's own code, a CA, a
+raw TLS server that records every byte it receives after the handshake."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+from ndmpd.config import Config, build
+from ndmpd.tls import certs
+
+
+def pair(directory: Path, name: str = "ndmpd-test", hosts: tuple[str, ...] = ("127.0.0.1",)) -> certs.CertificatePair:
+    return certs.create(directory, name, 2, hosts)
+
+
+def server_config(tmp_path: Path, cert: Path | None = None, key: Path | None = None, **extra) -> Config:
+    """user ndmp/secret, one virtual tape; with ``cert``, a TLS listener on 127.0.0.1:0 too."""
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    server = {"listen": ["127.0.0.1:0"], "state_dir": str(state), "auth": ["md5", "text"], **extra}
+    if cert is not None:
+        server.update(tls_listen="127.0.0.1:0", tls_certificate=str(cert), tls_key=str(key))
+    data = {"server": server, "user": [{"name": "ndmp", "password": "secret"}],
+            "tape": [{"name": "vtape0", "path": str(tmp_path / "c0.img"), "capacity": "1GiB"}]}
+    return build(data, "<test>", tmp_path)
+
+
+def ca_signed(directory: Path, san_ip: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """(ca.pem, server.crt, server.key): a CA and a server certificate it signed for ``san_ip``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "srv")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(san_ip))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "server.crt", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return paths
+
+
+def greeting() -> bytes:
+    """What an NDMP server says first (NOTIFY_CONNECTION_STATUS CONNECTED, v4), record-marked."""
+    from ndmpd.wire import REQUEST, protocol
+    from ndmpd.wire.message import Header
+    from ndmpd.wire.records import frame
+    p = protocol(4)
+    code = p.const.NOTIFY_CONNECTION_STATUS
+    body = p.types.notify_connection_status_post(reason=p.const.CONNECTED, protocol_version=4, text_reason="hi")
+    return frame(Header(1, int(time.time()), REQUEST, code, 0, 0).pack() + p.encode_body(code, REQUEST, body))
+
+
+class RecordingTlsServer:
+    """Accepts one TLS connection, greets like an NDMP server (so a DMA would answer with
+    CONNECT_OPEN) and records every application byte the client sends."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(20)
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self.handshake_done = threading.Event()
+        self.finished = threading.Event()
+        self._context = context
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            raw, _ = self.listener.accept()
+            with self._context.wrap_socket(raw, server_side=True) as tls:
+                self.handshake_done.set()
+                tls.settimeout(10)
+                tls.sendall(greeting())
+                while True:
+                    data = tls.recv(65536)
+                    if not data:
+                        break
+                    self.received += data
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            self.finished.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        self._thread.join(10)
