@@ -21,22 +21,20 @@ it discards what follows) or an explicit superblock change (write protection).
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import fcntl
 import logging
-import os
 import struct
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from construct import Bytes, Const, ConstructError, Int16ub, Int32ub, Int64ub, PaddedString, Struct
 
+from . import medium as media
 from .layouts import fast_packer
+from .medium import IOV_MAX, Location
 from .sealing import CARTRIDGE_ID_SIZE, CHECK_SIZE, END_MARKER_SIZE, KEY_ID_SIZE
-from .tape import DeviceBusy, MediaError
+from .tape import MediaError
 
 log = logging.getLogger("ndmpd.cartridge")
 
@@ -49,17 +47,6 @@ FLAG_SEALED = 0x2
 KIND_RECORD = 0x52454344        # "RECD"
 KIND_FILEMARK = 0x464D524B      # "FMRK"
 MAX_RECORD = 0xFFFFFFFF
-WRITE_BEHIND = 32 << 20        # see Cartridge._write_behind
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-SYNC_WAIT_BEFORE, SYNC_WRITE, SYNC_WAIT_AFTER = 1, 2, 4
-
-
-def _sync_range(fd: int, offset: int, length: int, flags: int) -> None:
-    _libc.sync_file_range(fd, offset, length, flags)      # advisory: errors surface at fdatasync
-
-
-IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 SUPERBLOCK_BODY = Struct(
     "magic" / Const(MAGIC),
@@ -181,40 +168,29 @@ def default_early_warning(capacity: int) -> int:
     return min(capacity // 20, 64 << 20)
 
 
-def create(path: Path, capacity: int, early_warning: int | None = None, barcode: str = "",
+def create(path: Location, capacity: int, early_warning: int | None = None, barcode: str = "",
            write_protected: bool = False, seal: SealInfo | None = None) -> Superblock:
-    """Write a blank cartridge; refuses to overwrite an existing file."""
+    """Write a blank cartridge (a file, or on a remote medium); refuses to overwrite one."""
     sb = Superblock(capacity, default_early_warning(capacity) if early_warning is None else early_warning,
                     write_protected, barcode, int(time.time()), seal)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        os.write(fd, sb.pack())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    media.create(path, sb.pack())
     return sb
 
 
 class Cartridge:
-    """An open cartridge file: entry-level reads and writes, no tape position."""
+    """An open cartridge: entry-level reads and writes over its medium, no tape position."""
 
-    def __init__(self, path: Path, writable: bool) -> None:
+    def __init__(self, path: Location, writable: bool) -> None:
         self.path = path
         self.writable = writable
-        self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        self.medium = media.open_medium(path, writable)
         try:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise DeviceBusy(f"{path}: cartridge is in use by another process") from None
-            self.superblock = Superblock.unpack(os.pread(self.fd, DATA_START, 0), str(path))
+            self.superblock = Superblock.unpack(self.medium.pread(DATA_START, 0), str(path))
             self.eod = self._find_end_of_data()
         except BaseException:
-            os.close(self.fd)
+            self.medium.close()
             raise
         self._header = bytearray(HEADER_SIZE)
-        self._flushed = self.eod         # below this, writeback has been started
-        self._previous = self.eod        # below this, it has finished
 
     def __enter__(self) -> "Cartridge":
         return self
@@ -223,9 +199,7 @@ class Cartridge:
         self.close()
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.medium.close()
 
     @property
     def used(self) -> int:
@@ -237,7 +211,7 @@ class Cartridge:
         """The entry starting at ``offset``, or None at end of data."""
         if offset >= self.eod:
             return None
-        return self._verify(os.pread(self.fd, HEADER_SIZE, offset), offset, self.eod)
+        return self._verify(self.medium.pread(HEADER_SIZE, offset), offset, self.eod)
 
     def _verify(self, header: bytes, offset: int, limit: int) -> Entry:
         if len(header) < HEADER_SIZE:
@@ -253,23 +227,23 @@ class Cartridge:
         """The entry ending at ``offset``, or None at the beginning of tape."""
         if offset <= DATA_START:
             return None
-        trailer = os.pread(self.fd, TRAILER_SIZE, offset - TRAILER_SIZE)
+        trailer = self.medium.pread(TRAILER_SIZE, offset - TRAILER_SIZE)
         length, kind = _TRAILER.unpack(trailer)
         start = offset - OVERHEAD - length
         if start < DATA_START:
             raise MediaError(f"{self.path}: corrupt entry before offset {offset}")
-        entry = self._verify(os.pread(self.fd, HEADER_SIZE, start), start, offset)
+        entry = self._verify(self.medium.pread(HEADER_SIZE, start), start, offset)
         if entry.end != offset or entry.kind != kind:
             raise MediaError(f"{self.path}: corrupt entry before offset {offset}")
         return entry
 
     def read_payload(self, entry: Entry, limit: int) -> bytes:
-        return os.pread(self.fd, min(limit, entry.length), entry.offset + HEADER_SIZE)
+        return self.medium.pread(min(limit, entry.length), entry.offset + HEADER_SIZE)
 
     def read_payload_into(self, entry: Entry, buffer: memoryview) -> int:
         """The whole payload of ``entry`` into ``buffer`` (at least its length); MediaError
         when the file ends inside it."""
-        got = os.preadv(self.fd, [buffer[:entry.length]], entry.offset + HEADER_SIZE)
+        got = self.medium.preadv([buffer[:entry.length]], entry.offset + HEADER_SIZE)
         if got != entry.length:
             raise MediaError(f"{self.path}: truncated entry at offset {entry.offset}")
         return got
@@ -281,7 +255,7 @@ class Cartridge:
         """
         if offset >= self.eod:
             return None, 0
-        got = os.preadv(self.fd, [self._header, buffer], offset)
+        got = self.medium.preadv([self._header, buffer], offset)
         entry = self._verify(bytes(self._header) if got >= HEADER_SIZE else b"", offset, self.eod)
         return entry, min(entry.length, len(buffer), max(0, got - HEADER_SIZE))
 
@@ -303,6 +277,8 @@ class Cartridge:
                  _TRAILER.pack(length, kind)]
         total = OVERHEAD + length
         self._pwrite_all(parts, offset, total)
+        if kind == KIND_RECORD:
+            self.medium.note_records(offset, length, 1)
         self.eod = offset + total
         return self.eod
 
@@ -328,9 +304,10 @@ class Cartridge:
                 at += stride
                 pos += size
             self._pwrite_all(parts, start, batch * stride)
+            self.medium.note_records(start, size, batch)
             done += batch
             self.eod = start + batch * stride
-        self._write_behind()
+        self.medium.streamed()
         return self.eod
 
     def write_parted_records(self, offset: int, payloads: list[tuple[bytes | memoryview, ...]]) -> int:
@@ -351,64 +328,48 @@ class Cartridge:
                 parts += (_HEADER.pack(KIND_RECORD, length, entry_check(KIND_RECORD, length, at + i * stride), 0),
                           *payload, trailer)
             self._pwrite_all(parts, at, len(batch) * stride)
+            self.medium.note_records(at, length, len(batch))
             at += len(batch) * stride
             self.eod = at
-        self._write_behind()
+        self.medium.streamed()
         return self.eod
 
     def replace_superblock(self, superblock: Superblock) -> None:
         """A new header for a cartridge rewritten from the beginning of tape (its entries are
         discarded first, so no entry is ever read under a header it was not written with)."""
         self._truncate(DATA_START)
-        os.fsync(self.fd)
-        os.pwrite(self.fd, superblock.pack(), 0)
-        os.fsync(self.fd)
+        self.medium.write_header(superblock.pack())
         self.superblock = superblock
 
     def _truncate(self, offset: int) -> None:
         """A write at ``offset`` discards everything after it (tape semantics)."""
-        if offset < self.eod:
-            os.ftruncate(self.fd, offset)
+        self.medium.truncate(offset)
         self.eod = offset
-        self._flushed = min(self._flushed, offset)
-        self._previous = min(self._previous, offset)
-
-    def _write_behind(self) -> None:
-        """Streaming writes: start writeback of each WRITE_BEHIND bytes as they fill, wait for
-        the chunk before it and drop that from the page cache. The filemark's fdatasync then
-        has little left to do, and a multi-GB backup neither piles up dirty memory nor pushes
-        the server's working set out of the page cache."""
-        if self.eod - self._flushed < WRITE_BEHIND:
-            return
-        end = self.eod - self.eod % WRITE_BEHIND
-        _sync_range(self.fd, self._flushed, end - self._flushed, SYNC_WRITE)
-        if self._previous < self._flushed:
-            done = self._flushed - self._previous
-            _sync_range(self.fd, self._previous, done, SYNC_WAIT_BEFORE | SYNC_WRITE | SYNC_WAIT_AFTER)
-            os.posix_fadvise(self.fd, self._previous, done, os.POSIX_FADV_DONTNEED)
-        self._previous, self._flushed = self._flushed, end
 
     def _pwrite_all(self, parts: list, offset: int, total: int) -> None:
-        written = os.pwritev(self.fd, parts, offset)
-        if written != total:        # rare for regular files: finish what is left
-            rest = b"".join(bytes(p) for p in parts)[written:]
-            while rest:
-                n = os.pwrite(self.fd, rest, offset + total - len(rest))
-                rest = rest[n:]
+        self.medium.append(parts, offset, total)
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        self.medium.sync()
 
     def set_write_protected(self, protected: bool) -> None:
         self.superblock = dataclasses.replace(self.superblock, write_protected=protected)
-        os.pwrite(self.fd, self.superblock.pack(), 0)
-        os.fsync(self.fd)
+        self.medium.write_header(self.superblock.pack())
+
+    def records_ahead(self, offset: int) -> tuple[int, int]:
+        """How many records of one length follow ``offset`` back to back, and their stride
+        (entry size), as far as the medium keeps a map of them ((0, 0): read the headers)."""
+        return self.medium.records_ahead(offset)
+
+    def records_behind(self, offset: int) -> tuple[int, int]:
+        """As records_ahead, for the records that end at ``offset``."""
+        return self.medium.records_behind(offset)
 
     # ------------------------------------------------------------ open/recovery
 
     def _find_end_of_data(self) -> int:
         """The end of the file when its last entry verifies (the usual case), else a scan."""
-        size = os.fstat(self.fd).st_size
+        size = self.medium.size()
         if size == DATA_START:
             return size
         try:
@@ -423,7 +384,7 @@ class Cartridge:
         offset = DATA_START
         while offset < size:
             try:
-                entry = self._verify(os.pread(self.fd, HEADER_SIZE, offset), offset, size)
+                entry = self._verify(self.medium.pread(HEADER_SIZE, offset), offset, size)
             except MediaError:
                 break
             offset = entry.end
