@@ -54,6 +54,7 @@ class RemoteLocation(Protocol):
     def exists(self) -> bool: ...
     def create(self, header: bytes) -> None: ...
     def open(self, writable: bool) -> CartridgeMedium: ...
+    def remove(self) -> None: ...
 
 
 Location = Union[Path, RemoteLocation]
@@ -74,6 +75,14 @@ def create(where: Location, header: bytes) -> None:
             os.close(fd)
     else:
         where.create(header)
+
+
+def remove(where: Location) -> None:
+    """Delete a cartridge (one just created that could not be placed)."""
+    if isinstance(where, Path):
+        where.unlink()
+    else:
+        where.remove()
 
 
 def open_medium(where: Location, writable: bool) -> CartridgeMedium:

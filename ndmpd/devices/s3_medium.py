@@ -83,17 +83,19 @@ class S3Store:
         except Exception as exc:
             raise MediaError(describe(exc, self.config, what)) from exc
 
+    def keys(self, prefix: str) -> list[str]:
+        """Every object key under ``prefix``."""
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.config.bucket, Prefix=prefix)
+            return [o["Key"] for page in pages for o in page.get("Contents", [])]
+        except Exception as exc:
+            raise MediaError(describe(exc, self.config, f"listing {prefix or 'the bucket'}")) from exc
+
     def names(self) -> list[str]:
         """The cartridges under the prefix (each a NAME/ holding an index)."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.config.bucket, Prefix=self.config.prefix)
-        suffix = "/" + INDEX
-        try:
-            return sorted(o["Key"][len(self.config.prefix):-len(suffix)] for page in pages
-                          for o in page.get("Contents", []) if o["Key"].endswith(suffix)
-                          and "/" not in o["Key"][len(self.config.prefix):-len(suffix)])
-        except Exception as exc:
-            raise MediaError(describe(exc, self.config, "listing cartridges")) from exc
+        start, suffix = len(self.config.prefix), "/" + INDEX
+        return sorted(key[start:-len(suffix)] for key in self.keys(self.config.prefix)
+                      if key.endswith(suffix) and "/" not in key[start:-len(suffix)])
 
     def claim(self, name: str) -> None:
         with self._lock:
@@ -138,6 +140,12 @@ class S3Cartridge:
         body = Index(header).pack()
         self.store.call(f"creating cartridge {self.name}", "put_object", Key=self.store.key(self.name, INDEX),
                         Body=body)
+
+    def remove(self) -> None:
+        """Every object of the cartridge, its index first (so it is gone, then cleaned up)."""
+        self.store.call(f"removing cartridge {self.name}", "delete_object", Key=self.store.key(self.name, INDEX))
+        for key in self.store.keys(self.store.key(self.name, "")):
+            self.store.call(f"removing cartridge {self.name}", "delete_object", Key=key)
 
     def open(self, writable: bool) -> "S3Medium":
         return S3Medium(self, writable)
@@ -230,12 +238,7 @@ class S3Medium:
             log.info("%s: aborting an unfinished upload of %s", self.name, upload["Key"])
             self._store.call("aborting an old upload", "abort_multipart_upload", Key=upload["Key"],
                              UploadId=upload["UploadId"])
-        pages = self._store.client.get_paginator("list_objects_v2").paginate(Bucket=self._config.bucket, Prefix=prefix)
-        try:
-            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-        except Exception as exc:
-            raise MediaError(describe(exc, self._config, f"opening cartridge {self._where.name}")) from exc
-        for key in keys:
+        for key in self._store.keys(prefix):
             if key != self._key(INDEX) and key not in self._stored:
                 self._delete(key)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from . import cartridge
+from .medium import Location
 from .cartridge import DATA_START, KIND_FILEMARK, KIND_RECORD, OVERHEAD, Cartridge
 from .sealed_records import CartridgeKeys, RecordSeal
 from .tape import (EarlyWarning, EndOfData, FilemarkReached, MediaError, NoMedium, NotWritable, PhysicalEnd,
@@ -23,10 +23,11 @@ class VirtualTape(TapeDevice):
     in any drive whose keystore keeps its key.
     """
 
-    def __init__(self, name: str, path: Path | None, capacity: int, early_warning: int | None = None,
+    def __init__(self, name: str, path: Location | None, capacity: int, early_warning: int | None = None,
                  keys: CartridgeKeys | None = None) -> None:
         self.name = name
         self.path = path
+        self.home = path                # the cartridge a standalone drive gets back after an unload
         self.capacity = capacity
         self.early_warning = early_warning
         self.keys = keys or CartridgeKeys(name)
@@ -51,7 +52,7 @@ class VirtualTape(TapeDevice):
     def loaded(self) -> bool:
         return self.path is not None
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Location) -> None:
         """Insert the cartridge at ``path`` (a library's MOVE MEDIUM, or an operator). A session
         that has the drive open keeps it open and reaches the new cartridge, as with st."""
         self._release_cartridge()
