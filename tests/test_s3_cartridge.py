@@ -3,7 +3,9 @@ record map that lets spacing skip GETs, and what a user sees when the store fail
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 import uuid
 
 import pytest
@@ -51,6 +53,13 @@ def write_all(tape: VirtualTape, data: bytes, size: int) -> None:
     view, done = memoryview(data), 0
     while done < len(data) // size:
         done += tape.write_records(view[done * size:], size)
+
+
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
 
 
 def read_file(tape: VirtualTape, limit: int = 1 << 20) -> list[bytes]:
@@ -171,7 +180,8 @@ def test_wrong_credentials_give_one_clear_line(s3_server, bucket, tmp_path):
     assert f"s3://{bucket}/lib/" in message and "CART01" in message and "wrong credentials" in message, message
 
 
-def test_store_killed_mid_write_halts_with_reason_and_keeps_earlier_files(tmp_path):
+def test_store_killed_mid_write_halts_with_reason_and_keeps_earlier_files(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "ndmpd.s3")
     server = start_or_skip(tmp_path / "own")
     try:
         bucket = server.bucket("killed-" + uuid.uuid4().hex[:8])
@@ -184,6 +194,8 @@ def test_store_killed_mid_write_halts_with_reason_and_keeps_earlier_files(tmp_pa
         tape.write_filemarks(1)             # tape file 0 is on the store
         for r in records(30, 256 << 10):     # parts of tape file 1 upload
             tape.write_record(r)
+        wait_for(lambda: server.open_uploads(bucket), "the upload to begin")
+        time.sleep(1)                        # the filer has it on disk: it outlives the kill
         server.kill()
         with pytest.raises(MediaError) as caught:
             for r in records(200, 256 << 10):
@@ -191,9 +203,10 @@ def test_store_killed_mid_write_halts_with_reason_and_keeps_earlier_files(tmp_pa
             tape.write_filemarks(1)
         assert "cannot reach" in str(caught.value) and "tape files written before it are kept" in str(caught.value)
         tape.close()
-        server.start()                       # the service is back
-        tape.open(write=True)                # a writable open aborts what the dead one left
-        assert not server.open_uploads(bucket)
+        server.start()                       # the service is back: the upload is aborted soon
+        wait_for(lambda: not server.open_uploads(bucket), "the upload to be aborted")
+        assert any("aborted the unfinished upload" in r.getMessage() for r in caplog.records)
+        tape.open(write=True)
         tape.rewind()
         assert read_file(tape) == kept
         tape.close()

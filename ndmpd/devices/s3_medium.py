@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ INDEX = "index"
 BLOCK = 1 << 20                     # read cache granule
 CACHE_BLOCKS = 48
 READ_AHEAD_MAX = 8                  # blocks one sequential GET may fetch
+ABORT_RETRY = 2.0                   # seconds between attempts to abort an upload of a failed write
+ABORT_PATIENCE = 120.0
 
 
 @dataclass
@@ -96,6 +99,30 @@ class S3Store:
         start, suffix = len(self.config.prefix), "/" + INDEX
         return sorted(key[start:-len(suffix)] for key in self.keys(self.config.prefix)
                       if key.endswith(suffix) and "/" not in key[start:-len(suffix)])
+
+    def abort(self, key: str, upload_id: str) -> bool:
+        """Abort a multipart upload (its parts are no longer billed); False when the service
+        cannot be told now."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.config.bucket, Key=key, UploadId=upload_id)
+            return True
+        except Exception as exc:
+            if is_missing(exc) or "NoSuchUpload" in str(exc):
+                return True
+            log.warning("%s", describe(exc, self.config, f"aborting the upload of {key}"))
+            return False
+
+    def abort_later(self, key: str, upload_id: str, patience: float = ABORT_PATIENCE) -> None:
+        """Keep trying to abort an upload while the service is away (bounded; after that the
+        next writable open of the cartridge aborts it)."""
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            time.sleep(ABORT_RETRY)
+            if self.abort(key, upload_id):
+                log.info("%s: aborted the unfinished upload %s", self.config.url(), key)
+                return
+        log.warning("%s: upload %s left unfinished; the next write to its cartridge aborts it",
+                    self.config.url(), key)
 
     def claim(self, name: str) -> None:
         with self._lock:
@@ -392,12 +419,9 @@ class S3Medium:
         for future in spool.parts:
             if not future.cancelled():
                 future.exception()
-        try:
-            self._store.client.abort_multipart_upload(Bucket=self._config.bucket, Key=spool.key,
-                                                      UploadId=spool.upload_id)
-        except Exception as exc:
-            log.warning("%s (the next write to this cartridge aborts it)",
-                        describe(exc, self._config, f"aborting the upload of {spool.key}"))
+        if not self._store.abort(spool.key, spool.upload_id):
+            threading.Thread(target=self._store.abort_later, args=(spool.key, spool.upload_id),
+                             name=f"s3-abort-{self._where.name}", daemon=True).start()
 
     def _commit(self) -> None:
         """The sync point: complete the segment being written, then switch to the new index."""
