@@ -13,7 +13,8 @@ import pytest
 from ndmpd.devices import cartridge
 from ndmpd.devices.s3_medium import S3Store
 from ndmpd.devices.sealed_records import CartridgeKeys
-from ndmpd.devices.tape import DeviceBusy, EndOfData, FilemarkReached, MediaError, Stop
+from ndmpd.devices.tape import (DeviceBusy, EarlyWarning, EndOfData, FilemarkReached, MediaError, Stop,
+                                WriteProtected)
 from ndmpd.devices.virtual_tape import VirtualTape
 from ndmpd.keystore import Keystore, KeySource
 from ndmpd.store_config import StoreConfig
@@ -155,9 +156,30 @@ def test_sealed_cartridge_on_s3_holds_no_plaintext(store, s3_server, bucket, tmp
     tape.open(write=False)
     tape.rewind()
     assert b"".join(read_file(tape)) == pattern
+    tape.rewind()
+    assert tape.space_records(2).resid == 0                 # jumped over mapped records: the chunk
+    assert tape.read_record(1 << 20) == pattern[2 * (64 << 10):3 * (64 << 10)]   # index still authenticates
+    assert tape.space_records(-2).resid == 0
+    assert tape.read_record(1 << 20) == pattern[1 * (64 << 10):2 * (64 << 10)]
     tape.close()
     with cartridge.Cartridge(store.cartridge("CART01"), False) as cart:
         assert cart.superblock.seal is not None
+
+
+def test_write_protection_and_the_end_of_medium_keep_their_meaning(store):
+    tape = VirtualTape("s3tape", store.cartridge("SMALL"), 2 << 20, early_warning=512 << 10)
+    tape.open(write=True)
+    with pytest.raises(EarlyWarning):
+        for r in records(40, 64 << 10):
+            tape.write_record(r)
+    tape.close()
+    with cartridge.Cartridge(store.cartridge("SMALL"), True) as cart:
+        cart.set_write_protected(True)
+    tape.open(write=False)
+    assert tape.status().write_protected
+    tape.close()
+    with pytest.raises(WriteProtected):
+        tape.open(write=True)
 
 
 def test_one_server_never_lets_two_drives_open_one_cartridge(store):

@@ -95,10 +95,15 @@ class S3Store:
             raise MediaError(describe(exc, self.config, f"listing {prefix or 'the bucket'}")) from exc
 
     def names(self) -> list[str]:
-        """The cartridges under the prefix (each a NAME/ holding an index)."""
-        start, suffix = len(self.config.prefix), "/" + INDEX
-        return sorted(key[start:-len(suffix)] for key in self.keys(self.config.prefix)
-                      if key.endswith(suffix) and "/" not in key[start:-len(suffix)])
+        """The cartridges under the prefix (each a NAME/ prefix; one listing entry per cartridge,
+        however many segments it has)."""
+        start = len(self.config.prefix)
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.config.bucket, Prefix=self.config.prefix, Delimiter="/")
+            return sorted(p["Prefix"][start:-1] for page in pages for p in page.get("CommonPrefixes", []))
+        except Exception as exc:
+            raise MediaError(describe(exc, self.config, "listing cartridges")) from exc
 
     def abort(self, key: str, upload_id: str) -> bool:
         """Abort a multipart upload (its parts are no longer billed); False when the service
