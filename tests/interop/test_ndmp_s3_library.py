@@ -92,6 +92,16 @@ def test_a_backup_spans_two_s3_cartridges_and_restores_whole_and_by_dar(s3lib, t
     assert made["status"] == "done"
     assert [m["barcode"] for m in made["media"]] == ["TAPE01", "TAPE02"]
 
+    url = f"s3://{bucket}/vlib0/TAPE01/"
+    info = run([sys.executable, "-m", "ndmpd", "tape", "info", "--config", str(server.config), url])
+    assert info.returncode == 0 and f"cartridge  {url}" in info.stdout, info.stderr
+    assert re.search(r"file 0\s+\d+ records\s+\d+ bytes", info.stdout), info.stdout
+    first = subprocess.run([sys.executable, "-m", "ndmpd", "tape", "extract", "--config", str(server.config),
+                            url, "0"], capture_output=True, timeout=120)
+    assert first.returncode == 0 and len(first.stdout) == made["media"][0]["last_byte"], first.stderr
+    no_config = run([sys.executable, "-m", "ndmpd", "tape", "info", url])
+    assert no_config.returncode == 1 and "give --config" in no_config.stderr
+
     whole = ok_json(ndmp("restore", made["id"][:8], "--to", f"{spec}:/export/out/whole", "--catalog",
                          str(catalog), "--json", home=tmp_path))
     assert whole["status"] == "done" and whole["cartridges"] == ["TAPE01", "TAPE02"]
