@@ -234,3 +234,32 @@ def test_store_killed_mid_write_halts_with_reason_and_keeps_earlier_files(tmp_pa
         tape.close()
     finally:
         server.stop()
+
+
+def test_no_credentials_at_all_is_one_clear_line(tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    bare = S3Store(StoreConfig("nobody-home", "http://127.0.0.1:9", "lib/", timeout=1.0))
+    with pytest.raises(MediaError, match=r"^s3://nobody-home/lib/: .*no credentials \(set store.credentials_file"):
+        drive(bare).open(write=False)
+
+
+def test_an_unreachable_store_fails_tape_open_in_seconds_saying_so(tmp_path):
+    import socket
+    with socket.socket() as s:                   # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = a\naws_secret_access_key = b\n")
+    creds.chmod(0o600)
+    dead = S3Store(StoreConfig("nobody-home", f"http://127.0.0.1:{port}", "lib/", credentials_file=creds,
+                               timeout=1.0))
+    started = time.monotonic()
+    with pytest.raises(MediaError) as caught:
+        drive(dead).open(write=False)
+    assert time.monotonic() - started < 30          # bounded retries, not minutes
+    message = str(caught.value)
+    assert "\n" not in message and f"cannot reach http://127.0.0.1:{port}" in message, message
