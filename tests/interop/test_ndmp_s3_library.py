@@ -18,26 +18,13 @@ from tests.engine_helpers import build_every_case
 from tests.s3_server import start_or_skip
 from tests.trees import describe, differences
 
-from .conftest import run
+from .conftest import library_tables, run
 from .ndmp_cli import ndmp, ndmp_env, ok_json
 from .s3_rig import credentials_file, s3_drive, store_table
 from .test_ndmp_library import fill_volume
 
 pytestmark = pytest.mark.interop
 
-LIBRARY = """
-[[tape]]
-name = "ltape0"
-capacity = "{capacity}"
-early_warning = "1MiB"
-
-[[changer]]
-name = "vlib0"
-path = "{path}"
-drives = ["ltape0"]
-slots = 4
-import_export = 1
-"""
 TRAFFIC = re.compile(r"store traffic so far: (\d+) GETs (\d+) bytes")
 
 
@@ -54,7 +41,7 @@ def bytes_got(log_text: str) -> int:
 @pytest.fixture
 def s3lib(server_factory, s3_server, tmp_path):
     bucket = s3_server.bucket("lib-" + uuid.uuid4().hex[:12])
-    tables = LIBRARY.format(capacity="24MiB", path=tmp_path / "lib") + store_table(
+    tables = library_tables(tmp_path / "lib", capacity="24MiB", early_warning="1MiB") + store_table(
         "changer", s3_server, bucket, credentials_file(tmp_path), prefix="vlib0")
     (tmp_path / "out").mkdir()
     tables += f'\n[[volume]]\nname = "/export/out"\npath = "{tmp_path / "out"}"\n'
