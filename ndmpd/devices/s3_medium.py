@@ -376,7 +376,7 @@ class S3Medium:
         if spool.upload_id is None:
             created = self._guard("starting a multipart upload", "create_multipart_upload", Key=spool.key)
             spool.upload_id = created["UploadId"]
-        data, spool.buffer = bytes(spool.buffer), bytearray()
+        data, spool.buffer = spool.buffer, bytearray()      # handed over whole: no copy
         number = len(spool.parts) + 1
         assert self._pool is not None
         spool.parts.append(self._pool.submit(self._upload_part, spool.key, spool.upload_id, number, data))
@@ -387,7 +387,7 @@ class S3Medium:
             if future.done() and future.exception() is not None:
                 self._fail(future.exception(), f"uploading part {spool.parts.index(future) + 1}")
 
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict:
+    def _upload_part(self, key: str, upload_id: str, number: int, data: bytearray) -> dict:
         answer = self._store.client.upload_part(Bucket=self._config.bucket, Key=key, UploadId=upload_id,
                                                 PartNumber=number, Body=data)
         traffic = self._store.traffic
@@ -435,7 +435,7 @@ class S3Medium:
         if spool is not None and spool.length:
             self._spool = spool                           # still ours if completing fails
             if spool.upload_id is None:
-                self._guard("writing a segment", "put_object", Key=spool.key, Body=bytes(spool.buffer))
+                self._guard("writing a segment", "put_object", Key=spool.key, Body=spool.buffer)
                 self._count_put(len(spool.buffer))
             else:
                 if spool.buffer:
