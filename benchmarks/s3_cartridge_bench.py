@@ -106,11 +106,14 @@ def main() -> int:
             data = memoryview(os.urandom(size))
             ratios = []
             for round_ in range(args.rounds):
+                cpu = time.process_time()
                 plain = plain_multipart(config, data, f"plain/{round_}")
+                plain_cpu, cpu = time.process_time() - cpu, time.process_time()
                 cart = cartridge_backup(config, data, f"C{round_}", record, size * 2)
+                cart_cpu = time.process_time() - cpu
                 ratios.append(plain / cart)
-                print(f"round {round_ + 1}: plain multipart {size / plain / 1e6:7.1f} MB/s, "
-                      f"S3 cartridge {size / cart / 1e6:7.1f} MB/s, ratio {plain / cart:.2f}")
+                print(f"round {round_ + 1}: plain multipart {size / plain / 1e6:7.1f} MB/s ({plain_cpu:.2f} CPU s), "
+                      f"S3 cartridge {size / cart / 1e6:7.1f} MB/s ({cart_cpu:.2f} CPU s), ratio {plain / cart:.2f}")
                 server.empty(bucket)
             print(f"backup ratio (cartridge / plain multipart): {min(ratios):.2f} .. {max(ratios):.2f} "
                   f"(target >= 0.8)")
