@@ -254,3 +254,24 @@ def test_an_unreachable_store_fails_tape_open_in_seconds_saying_so(tmp_path):
     assert time.monotonic() - started < 30          # bounded retries, not minutes
     message = str(caught.value)
     assert "\n" not in message and f"cannot reach http://127.0.0.1:{port}" in message, message
+
+
+def test_a_library_whose_store_is_unreachable_answers_not_ready(tmp_path):
+    import socket
+    from ndmpd.changer.library import VirtualLibrary
+    from ndmpd.changer.smc import SmcEmulator
+    from tests.test_smc import res, sense_of
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = a\naws_secret_access_key = b\n")
+    creds.chmod(0o600)
+    config = StoreConfig("nobody-home", f"http://127.0.0.1:{port}", "lib/", credentials_file=creds, timeout=1.0)
+    (tmp_path / "lib").mkdir()
+    state = tmp_path / "lib" / "library.json"
+    state.write_text('{"elements": {"1024": {"barcode": "A1"}}}')
+    library = VirtualLibrary("vlib0", tmp_path / "lib", ("d0",), 4, 1, store=config)
+    result = SmcEmulator(library).execute(res(), 8192)
+    assert sense_of(result) == (0x2, 0x04, 0x00)          # NOT READY: a DMA retries, nothing changed
+    assert state.read_text() == '{"elements": {"1024": {"barcode": "A1"}}}'
