@@ -25,6 +25,7 @@ bucket = "{bucket}"
 prefix = "{prefix}"
 credentials_file = "{credentials}"
 timeout = 3
+part_size = "5MiB"
 """
 
 

@@ -4,6 +4,7 @@ no plaintext, and a store that refuses the credentials fails TAPE_OPEN in one li
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 
@@ -11,6 +12,7 @@ import pytest
 
 from ndmpd.keystore import Keystore, KeySource
 from tests.interop.s3_rig import credentials_file, s3_drive
+from tests.interop.test_ndmjob_encrypted import pattern, run_ndmjob, windows_found
 from tests.interop.test_ndmjob_tape_mover import MOVER_PHASES, TAPE_PHASES
 
 pytestmark = pytest.mark.interop
@@ -57,3 +59,25 @@ def test_wrong_credentials_fail_tape_open_in_one_line(ndmjob_suite, server_facto
     lines = [line for line in log.splitlines() if "s3://" in line and "wrong credentials" in line]
     assert lines, log[-3000:]
     assert f"s3://{bucket}/ndmpd/" in lines[0] and "s3tape" in lines[0]
+
+
+def test_an_encrypted_s3_backup_leaves_no_plaintext_in_the_bucket_and_restores(ndmjob, server_factory, s3_server,
+                                                                              bucket, tmp_path):
+    Keystore(KeySource(tmp_path / "state" / "keys")).create("site")
+    server = server_factory(extra=s3_drive("s3tape", s3_server, bucket, credentials_file(tmp_path), extra=SEALED))
+    src = tmp_path / "vol" / "src"
+    src.mkdir(parents=True)
+    known = pattern()
+    (src / "pattern.bin").write_bytes(known)
+    (src / "other.bin").write_bytes(os.urandom(6 << 20))           # more than a part: a multipart upload
+    agent, index = server.agent("4"), tmp_path / "backup.idx"
+    out = run_ndmjob("-c", "-D", agent, "-f", "s3tape", "-B", "tar", "-C", "/export/data", "-I", str(index))
+    assert "Operation ended OKAY" in out, out
+    client = s3_server.client()
+    stored = b"".join(client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in s3_server.keys(bucket))
+    assert len(stored) > 7 << 20
+    assert windows_found(stored, known) == 0
+    dar = run_ndmjob("-x", "-D", agent, "-f", "s3tape", "-B", "tar", "-C", str(tmp_path / "vol" / "picked"),
+                     "-J", str(index), "/src/pattern.bin")
+    assert "Operation ended OKAY" in dar, dar
+    assert (tmp_path / "vol" / "picked" / "src" / "pattern.bin").read_bytes() == known
