@@ -22,9 +22,11 @@ import logging
 import secrets
 import threading
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Callable, Sequence
 
 from ..store_config import StoreConfig
@@ -212,6 +214,7 @@ class S3Medium:
         self._closed = False
         self._spool: _Spool | None = None
         self._dirty = False
+        self._starts: list[int] | None = None           # each segment's first cartridge offset
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._last_block: tuple[str, int] | None = None
         self._ahead = 1
@@ -315,16 +318,17 @@ class S3Medium:
         return at
 
     def _read_segments(self, offset: int, end: int) -> bytes:
+        segments = self._index.segments
+        if self._starts is None or len(self._starts) != len(segments):
+            self._starts = list(accumulate((s.length for s in segments[:-1]), initial=HEADER_SIZE))
         out = bytearray()
-        at = HEADER_SIZE
-        for segment in self._index.segments:
-            seg_end = at + segment.length
-            if seg_end > offset and at < end:
-                lo, hi = max(offset, at) - at, min(end, seg_end) - at
+        i = max(0, bisect_right(self._starts, offset) - 1)      # a cartridge of many tape files: no scan
+        while i < len(segments) and self._starts[i] < end:
+            at, segment = self._starts[i], segments[i]
+            lo, hi = max(offset, at) - at, min(end, at + segment.length) - at
+            if hi > lo:
                 out += self._object_range(segment, lo, hi)
-            if seg_end >= end:
-                break
-            at = seg_end
+            i += 1
         return bytes(out)
 
     def _object_range(self, segment: Segment, lo: int, hi: int) -> bytes:
@@ -450,6 +454,7 @@ class S3Medium:
                             UploadId=spool.upload_id, MultipartUpload={"Parts": done})
             self._spool = None
             self._index.segments.append(Segment(spool.key, spool.length))
+            self._starts = None
             self._dirty = True
         if self._dirty:
             try:
@@ -472,6 +477,7 @@ class S3Medium:
                 self._commit()
         self._dirty = self._dirty or offset < self._index.size
         self._index.cut(offset, OVERHEAD)
+        self._starts = None
 
     def streamed(self) -> None:
         """Uploads already stream part by part (append)."""
