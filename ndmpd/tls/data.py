@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from ..mover.handoff import Handoff
 
 from .certs import fingerprint
 from .contexts import check_pin, data_context
@@ -32,10 +34,16 @@ class DataTls:
     certificate: Path
     key: Path
     peer: bytes                  # the other server's DER certificate
+    inbound: Handoff | None = None   # where a receiving mover takes the stream (see relay)
 
     @property
     def peer_fingerprint(self) -> str:
         return fingerprint(self.peer)
+
+    def receiving_into(self, handoff: Handoff) -> "DataTls":
+        """The same TLS, with what the peer sends handed to a mover's ``handoff`` rather than
+        passed through the plain socket (a backup's receiving side: two copies fewer)."""
+        return replace(self, inbound=handoff)
 
     def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         """The (listener, connector) SSL contexts."""
@@ -47,7 +55,7 @@ class DataTls:
         pin are checked here, so a wrong peer is refused and the listener can wait on."""
         stream = self._stream(sock, server_side=True)
         self._handshake(stream)
-        return relay(stream, _peer(sock))
+        return relay(stream, _peer(sock), inbound=self.inbound)
 
     def connected(self, sock: socket.socket) -> socket.socket:
         """A connection this side opened (TLS client side). Its handshake runs on the relay's
@@ -55,7 +63,7 @@ class DataTls:
         DATA_START_*, which the DMA sends after this side's DATA_CONNECT returned). Nothing
         written meanwhile leaves before the listener's certificate passed its pin."""
         stream = self._stream(sock, server_side=False)
-        return relay(stream, _peer(sock), first=lambda: self._handshake(stream))
+        return relay(stream, _peer(sock), first=lambda: self._handshake(stream), inbound=self.inbound)
 
     def _stream(self, sock: socket.socket, server_side: bool) -> TlsStream:
         try:

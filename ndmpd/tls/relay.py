@@ -10,6 +10,13 @@ works the same with TLS as without, by construction.
 Half-close maps to TLS ``close_notify``: end of stream on the plain side sends close_notify
 and shuts the TCP write side; a close_notify from the peer is end of stream on the plain
 side. A TCP end without close_notify (a truncation) is logged and the plain side is cut.
+
+A mover receiving a backup can take the decrypted stream through a :class:`Handoff`
+instead (``inbound``), as a LOCAL connection does: the relay decrypts into its batch buffer
+and the mover writes its tape records straight out of it, so the bytes skip the socket
+pair's two copies (a third of the receiving side's CPU). The socket pair still carries the
+connection's lifetime: the mover closing or shutting its end (halt, abort) closes the handoff
+and ends the TLS connection, and an end or a cut of the TLS connection ends the handoff.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import ssl
 import threading
 from collections import deque
 from collections.abc import Callable
+
+from ..mover.handoff import Handoff
 
 log = logging.getLogger("ndmpd.tls")
 CHUNK = 1 << 20                  # bytes read at once from either side
@@ -70,11 +79,13 @@ class TlsStream:
             self.sock.settimeout(None)
 
 
-def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None) -> socket.socket:
+def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None,
+          inbound: Handoff | None = None) -> socket.socket:
     """The plain socket standing for ``stream``; a daemon thread relays until both directions
     are closed, then closes the TCP socket. ``first`` (the handshake and the peer's check,
     when the caller cannot wait for them) runs on that thread before anything is relayed:
-    if it raises, the plain socket is cut and not one byte written to it reaches the network."""
+    if it raises, the plain socket is cut and not one byte written to it reaches the network.
+    With ``inbound``, what the peer sends arrives there instead of on the plain socket."""
     plain, inner = socket.socketpair()
     for sock in (plain, inner):
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -82,7 +93,8 @@ def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None)
                 sock.setsockopt(socket.SOL_SOCKET, opt, PAIR_BUFFER)
             except OSError:
                 pass
-    threading.Thread(target=_Relay(stream, inner, first).run, name=f"tls relay {name}", daemon=True).start()
+    pump = _Relay(stream, inner, first, inbound)
+    threading.Thread(target=pump.run, name=f"tls relay {name}", daemon=True).start()
     return plain
 
 
@@ -132,8 +144,9 @@ class _Pending:
 class _Relay:
     """The pump: plaintext from ``inner`` is encrypted to the network and back."""
 
-    def __init__(self, stream: TlsStream, inner: socket.socket, first: Callable[[], None] | None) -> None:
-        self.stream, self.inner, self.first = stream, inner, first
+    def __init__(self, stream: TlsStream, inner: socket.socket, first: Callable[[], None] | None,
+                 inbound: Handoff | None = None) -> None:
+        self.stream, self.inner, self.first, self.inbound = stream, inner, first, inbound
         self.net, self.tls = stream.sock, stream.tls
         self.spare: list[bytearray] = []
         self.to_net, self.to_app = _Pending(), _Pending(self.spare)
@@ -149,6 +162,7 @@ class _Relay:
                 self.first()
             except Exception as exc:
                 log.warning("TLS data connection refused: %s", exc)
+                self._end_inbound(closed=True)
                 _shut(self.inner, socket.SHUT_RDWR)
                 self.inner.close()
                 self.net.close()
@@ -164,6 +178,7 @@ class _Relay:
             log.warning("TLS data connection ended: %s", exc)
         finally:
             selector.close()
+            self._end_inbound(closed=True)     # whatever happened, the mover does not wait on
             for sock in (self.inner, self.net):
                 try:
                     sock.close()
@@ -196,6 +211,7 @@ class _Relay:
             _shut(self.net, socket.SHUT_WR)
             self.net_shut = True
         if self.net_done and not self.to_app and not self.app_shut:
+            self._end_inbound(closed=False)
             _shut(self.inner, socket.SHUT_WR)
             self.app_shut = True
 
@@ -213,7 +229,8 @@ class _Relay:
                 view = view[self.tls.write(view):]
         else:
             self.app_done = True
-            if n < 0:
+            if n < 0 or self.inbound is not None:   # a receiving mover only closes its end to stop
+                self._end_inbound(closed=True)
                 self.net_done = True
                 self.to_app.clear()
             try:
@@ -246,7 +263,8 @@ class _Relay:
         batch, filled = self._batch(), 0
         while not self.net_done:
             if filled == CHUNK:
-                self.to_app.add(batch)
+                if not self._deliver(batch):
+                    return
                 batch, filled = self._batch(), 0
             try:
                 n = self.tls.read(CHUNK - filled, batch[filled:])
@@ -264,10 +282,32 @@ class _Relay:
                 break
             filled += n
         if filled:
-            self.to_app.add(batch[:filled])
+            if not self._deliver(batch[:filled]):
+                return
         else:
             self.spare.append(batch.obj)
         self.to_net.add(self.stream.outgoing.read())     # a key update's answer
+
+    def _deliver(self, data: memoryview) -> bool:
+        """Plaintext for the service: queued for the plain socket, or handed to the mover and
+        taken (its buffer free again) when ``put`` returns. False: the mover is gone, cut."""
+        if self.inbound is None:
+            self.to_app.add(data)
+            return True
+        try:
+            self.inbound.put(data)
+        except BrokenPipeError:
+            self._cut()
+            return False
+        if len(self.spare) < SPARE_BUFFERS:
+            self.spare.append(data.obj)
+        return True
+
+    def _end_inbound(self, closed: bool) -> None:
+        """The peer's stream ended (``end``: the mover stores the rest) or the connection is
+        over or cut (``close``: the mover stops waiting)."""
+        if self.inbound is not None:
+            self.inbound.close() if closed else self.inbound.end()
 
     def _batch(self) -> memoryview:
         return memoryview(self.spare.pop() if self.spare else bytearray(CHUNK))
@@ -275,6 +315,7 @@ class _Relay:
     def _cut(self) -> None:
         """The network side failed: the service sees its connection end; nothing more is relayed."""
         self.net_done = self.app_done = self.net_shut = self.app_shut = True
+        self._end_inbound(closed=True)
         self.to_app.clear()
         self.to_net.clear()
         _shut(self.inner, socket.SHUT_RDWR)
