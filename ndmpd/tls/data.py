@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..mover.handoff import Handoff
 
+from . import ktls
 from .certs import fingerprint
 from .contexts import check_pin, data_context
 from .relay import HandshakeFailed, TlsStream, relay
@@ -80,8 +81,10 @@ class DataTls:
         except Exception as exc:           # a pin mismatch is an SSLError, not a HandshakeFailed
             stream.sock.close()
             raise exc if isinstance(exc, HandshakeFailed) else HandshakeFailed(str(exc)) from None
-        log.info("TLS data connection with %s (%s, %s)", _peer(stream.sock), stream.tls.version(),
-                 self.peer_fingerprint)
+        cipher = (stream.tls.cipher() or ("?",))[0]
+        log.info("TLS data connection with %s (%s, %s, %s); records encrypted in user space, kernel TLS "
+                 "not used: %s", _peer(stream.sock), stream.tls.version(), cipher, self.peer_fingerprint,
+                 ktls.unavailable_reason() or "Python's ssl cannot hand a connection to it")
 
 
 def _peer(sock: socket.socket) -> str:
