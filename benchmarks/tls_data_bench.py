@@ -48,9 +48,9 @@ GIB = 1 << 30
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU of process ``pid`` (all its threads) so far."""
+    """User and system CPU of process ``pid`` (all its threads, and its children it reaped) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def receive(listener: socket.socket, secure: DataTls | None, rounds: int, handed: bool) -> None:

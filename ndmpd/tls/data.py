@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..mover.handoff import Handoff
-
 from . import ktls
 from .certs import fingerprint
 from .contexts import check_pin, data_context
