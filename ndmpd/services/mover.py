@@ -297,10 +297,9 @@ class Mover:
     def _receiving(secure: DataTls | None, mode: int) -> tuple[DataTls | None, Handoff | None]:
         """A TLS data connection a backup arrives on hands its decrypted bytes to this mover
         (through the Handoff returned, as LOCAL does) instead of through a socket pair."""
-        if secure is None or mode != C.MOVER_MODE_READ:
+        if mode != C.MOVER_MODE_READ:
             return secure, None
-        handoff = Handoff()
-        return secure.receiving_into(handoff), handoff
+        return tls_data.handed(secure, receiving=True)
 
     def set_window(self, offset: int, length: int) -> None:
         self.check("SET_WINDOW")

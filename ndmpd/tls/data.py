@@ -35,6 +35,7 @@ class DataTls:
     key: Path
     peer: bytes                  # the other server's DER certificate
     inbound: Handoff | None = None   # where a receiving mover takes the stream (see relay)
+    outbound: Handoff | None = None  # where a sending data service hands its stream over
 
     @property
     def peer_fingerprint(self) -> str:
@@ -44,6 +45,11 @@ class DataTls:
         """The same TLS, with what the peer sends handed to a mover's ``handoff`` rather than
         passed through the plain socket (a backup's receiving side: two copies fewer)."""
         return replace(self, inbound=handoff)
+
+    def sending_from(self, handoff: Handoff) -> "DataTls":
+        """The same TLS, with what a data service hands to ``handoff`` sent to the peer
+        (a backup's sending side: no socket pair; a restore still uses the plain socket)."""
+        return replace(self, outbound=handoff)
 
     def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         """The (listener, connector) SSL contexts."""
@@ -55,7 +61,7 @@ class DataTls:
         pin are checked here, so a wrong peer is refused and the listener can wait on."""
         stream = self._stream(sock, server_side=True)
         self._handshake(stream)
-        return relay(stream, _peer(sock), inbound=self.inbound)
+        return relay(stream, _peer(sock), inbound=self.inbound, outbound=self.outbound)
 
     def connected(self, sock: socket.socket) -> socket.socket:
         """A connection this side opened (TLS client side). Its handshake runs on the relay's
@@ -63,7 +69,8 @@ class DataTls:
         DATA_START_*, which the DMA sends after this side's DATA_CONNECT returned). Nothing
         written meanwhile leaves before the listener's certificate passed its pin."""
         stream = self._stream(sock, server_side=False)
-        return relay(stream, _peer(sock), first=lambda: self._handshake(stream), inbound=self.inbound)
+        return relay(stream, _peer(sock), first=lambda: self._handshake(stream), inbound=self.inbound,
+                     outbound=self.outbound)
 
     def _stream(self, sock: socket.socket, server_side: bool) -> TlsStream:
         try:
