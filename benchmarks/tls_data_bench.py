@@ -6,9 +6,10 @@ host the CPU figure is the steadier one).
 ``raw``: one data connection between two processes (like two ndmpd servers on one host),
 through ndmpd's own TLS (``ndmpd.tls.data``: pinned certificates, the relay thread on each
 side) and through a plain socket. The sender writes from memory and half-closes, as the data
-service does. The receiver reads into one buffer (``tls``), or takes the stream through a
-Handoff as a mover receiving a backup does (``tls-mover``); a round ends when the sender sees
-the receiver's close (every byte delivered).
+service does through a plain socket, and reads into one buffer as the mover does (``tls``:
+both ends through the relay's socket pairs), or both hand the stream through a Handoff, as a
+data service sending and a mover receiving a backup do (``tls-handed``). A round ends when
+the sender sees the receiver's close (every byte delivered).
 
 ``job``: a whole three-way backup between two ndmpd processes on two loopback addresses
 (``ndmp backup A:/export/data --tape B:vtape0``: the dump engine sending into the data
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,11 +71,21 @@ def receive(listener: socket.socket, secure: DataTls | None, rounds: int, handed
     time.sleep(1)                       # the relays' close_notify leaves before the process does
 
 
-def send(endpoint: addresses.Endpoint, secure: DataTls | None, size: int) -> float:
+def send(endpoint: addresses.Endpoint, secure: DataTls | None, size: int, handed: bool) -> float:
     """The data service's side: connect, send ``size`` bytes, half-close, wait for the close.
     Seconds from connect to delivered."""
     block = memoryview(bytes(range(256)) * (BUFFER // 256))
     started = time.perf_counter()
+    if handed:
+        handoff = Handoff()
+        sock = addresses.connect([endpoint], secure=secure.sending_from(handoff))
+        for _ in range(size // BUFFER):
+            handoff.put(block)
+        handoff.end()
+        if not handoff.wait_finished(threading.Event()):
+            raise SystemExit("the handed stream was not delivered")
+        sock.close()
+        return time.perf_counter() - started
     sock = addresses.connect([endpoint], secure=secure)
     left = size
     while left > 0:
@@ -92,23 +104,23 @@ def connection_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[tuple
     b = certs.create(tmp / "b", "connector", 1, ("127.0.0.1",))
     der_a, der_b = certs.certificate_der(a.certificate), certs.certificate_der(b.certificate)
     tls = (DataTls(a.certificate, a.key, der_b), DataTls(b.certificate, b.key, der_a))
-    kinds = {"plain": (None, None), "tls": tls, "tls-mover": tls}
+    kinds = {"plain": (None, None), "tls": tls, "tls-handed": tls}
     results: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     context = multiprocessing.get_context("fork")
     listeners = {}
     for kind, (listening, _) in kinds.items():
         sock, endpoint = addresses.open_listener("127.0.0.1")
-        proc = context.Process(target=receive, args=(sock, listening, rounds, kind == "tls-mover"), daemon=True)
+        proc = context.Process(target=receive, args=(sock, listening, rounds, kind == "tls-handed"), daemon=True)
         proc.start()
         listeners[kind] = (sock, endpoint, proc)
     for round_ in range(rounds):
         for kind, (_, connecting) in kinds.items():
             pids = (os.getpid(), listeners[kind][2].pid)
             before = sum(cpu_seconds(pid) for pid in pids)
-            seconds = send(listeners[kind][1], connecting, size)
+            seconds = send(listeners[kind][1], connecting, size, kind == "tls-handed")
             cpu = (sum(cpu_seconds(pid) for pid in pids) - before) * GIB / size
             results[kind].append((size / seconds, cpu))
-            print(f"round {round_ + 1} {kind:9s} {size / seconds / 1e6:8.1f} MB/s  {cpu:5.2f} CPU-s/GiB", flush=True)
+            print(f"round {round_ + 1} {kind:10s} {size / seconds / 1e6:8.1f} MB/s  {cpu:5.2f} CPU-s/GiB", flush=True)
     for sock, _, proc in listeners.values():
         proc.join(30)
         sock.close()
@@ -160,7 +172,7 @@ def job_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[tuple[float,
                     raise SystemExit(f"{kind} backup failed: {done.stderr.strip()}")
                 moved = json.loads(done.stdout.splitlines()[-1])["bytes"]
                 results[kind].append((moved / seconds, used * GIB / moved))
-                print(f"round {round_ + 1} {kind:9s} {moved / seconds / 1e6:8.1f} MB/s  {used * GIB / moved:5.2f} "
+                print(f"round {round_ + 1} {kind:10s} {moved / seconds / 1e6:8.1f} MB/s  {used * GIB / moved:5.2f} "
                       f"CPU-s/GiB ({moved / 1e6:.0f} MB in {seconds:.1f} s, whole ndmp run)", flush=True)
         return results
     finally:
@@ -187,7 +199,7 @@ def summarize(what: str, results: dict[str, list[tuple[float, float]]]) -> None:
                 f"{max(values) / scale:{fmt}})")
     plain = results["plain"]
     for kind, rounds in results.items():
-        line = (f"{what} {kind:9s}: {span([r[0] for r in rounds], 1e6, '.0f')} MB/s, "
+        line = (f"{what} {kind:10s}: {span([r[0] for r in rounds], 1e6, '.0f')} MB/s, "
                 f"{span([r[1] for r in rounds])} CPU-s/GiB")
         if kind != "plain":
             ratios = [t[0] / p[0] for t, p in zip(rounds, plain)]
