@@ -162,18 +162,20 @@ def job_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[tuple[float,
         pids = [server.proc.pid for server in servers]
         for round_ in range(rounds):
             for kind, suffix in (("plain", ""), ("tls", "-tls")):
-                started, before = time.perf_counter(), sum(cpu_seconds(pid) for pid in pids)
+                started, before = time.perf_counter(), [cpu_seconds(pid) for pid in pids]
                 done = subprocess.run([sys.executable, "-m", "ndmpd.dma", "backup", f"data{suffix}:/export/data",
                                        "--tape", f"tape{suffix}:vtape0", "--json"], capture_output=True, text=True,
                                       env=env, timeout=1800, cwd=Path(__file__).resolve().parent.parent)
                 seconds = time.perf_counter() - started
-                used = sum(cpu_seconds(pid) for pid in pids) - before
+                sides_used = [cpu_seconds(pid) - b for pid, b in zip(pids, before)]
+                used = sum(sides_used)
                 if done.returncode != 0:
                     raise SystemExit(f"{kind} backup failed: {done.stderr.strip()}")
                 moved = json.loads(done.stdout.splitlines()[-1])["bytes"]
                 results[kind].append((moved / seconds, used * GIB / moved))
                 print(f"round {round_ + 1} {kind:10s} {moved / seconds / 1e6:8.1f} MB/s  {used * GIB / moved:5.2f} "
-                      f"CPU-s/GiB ({moved / 1e6:.0f} MB in {seconds:.1f} s, whole ndmp run)", flush=True)
+                      f"CPU-s/GiB (data {sides_used[0] * GIB / moved:.2f}, tape {sides_used[1] * GIB / moved:.2f}; "
+                      f"{moved / 1e6:.0f} MB in {seconds:.1f} s, whole ndmp run)", flush=True)
         return results
     finally:
         for server in servers:
