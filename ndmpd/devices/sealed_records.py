@@ -139,8 +139,10 @@ class CartridgeKeys:
                 raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} is encrypted with {needed}, but key "
                                      f"{info.key_name} here is id {', '.join(namesakes)} (wrong key: a different "
                                      "key under that name; restore the original key file to read it)")
+            unreadable = self.keystore.unreadable() if self.keystore is not None else []
             raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} is encrypted with {needed}, which this "
-                                 "server does not keep (missing key; restore it to the keystore to read it)")
+                                 "server does not keep (missing key; restore it to the keystore to read it)"
+                                 + "".join(f"; {problem}" for problem in unreadable))
         seal = CartridgeSeal(key.material, info.cartridge_id)
         if seal.check_value() != info.key_check:
             raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} needs {needed}: key {key.name} "
