@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import fcntl
-import logging
 import os
 import struct
 import time
@@ -38,7 +37,6 @@ from .layouts import fast_packer
 from .sealing import CARTRIDGE_ID_SIZE, CHECK_SIZE, END_MARKER_SIZE, KEY_ID_SIZE
 from .tape import DeviceBusy, MediaError
 
-log = logging.getLogger("ndmpd.cartridge")
 
 MAGIC = b"NDMPDVT1"
 FORMAT_VERSION = 1
@@ -208,7 +206,9 @@ class Cartridge:
             except BlockingIOError:
                 raise DeviceBusy(f"{path}: cartridge is in use by another process") from None
             self.superblock = Superblock.unpack(os.pread(self.fd, DATA_START, 0), str(path))
-            self.eod = self._find_end_of_data()
+            size = os.fstat(self.fd).st_size
+            self.eod = self._find_end_of_data(size)
+            self.torn = size - self.eod      # bytes after the last complete entry (a cut file, a torn write)
         except BaseException:
             os.close(self.fd)
             raise
@@ -406,9 +406,8 @@ class Cartridge:
 
     # ------------------------------------------------------------ open/recovery
 
-    def _find_end_of_data(self) -> int:
+    def _find_end_of_data(self, size: int) -> int:
         """The end of the file when its last entry verifies (the usual case), else a scan."""
-        size = os.fstat(self.fd).st_size
         if size == DATA_START:
             return size
         try:
@@ -427,6 +426,4 @@ class Cartridge:
             except MediaError:
                 break
             offset = entry.end
-        log.warning("%s: end of data recovered at offset %d (file is %d bytes); "
-                    "the bytes after it are not a complete entry", self.path, offset, size)
-        return offset
+        return offset       # the users say so (``torn``): a drive logs it, ``ndmpd tape`` prints it
