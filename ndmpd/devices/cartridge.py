@@ -33,6 +33,7 @@ from pathlib import Path
 
 from construct import Bytes, Const, ConstructError, Int16ub, Int32ub, Int64ub, PaddedString, Struct
 
+from .background_writer import BackgroundWriter
 from .layouts import fast_packer
 from .sealing import CARTRIDGE_ID_SIZE, CHECK_SIZE, END_MARKER_SIZE, KEY_ID_SIZE
 from .tape import DeviceBusy, MediaError
@@ -48,6 +49,7 @@ KIND_RECORD = 0x52454344        # "RECD"
 KIND_FILEMARK = 0x464D524B      # "FMRK"
 MAX_RECORD = 0xFFFFFFFF
 WRITE_BEHIND = 32 << 20        # see Cartridge._write_behind
+WRITE_DEPTH = 4                # batches a background write may have in flight (write_parted_records)
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 SYNC_WAIT_BEFORE, SYNC_WRITE, SYNC_WAIT_AFTER = 1, 2, 4
@@ -199,6 +201,7 @@ class Cartridge:
     def __init__(self, path: Path, writable: bool) -> None:
         self.path = path
         self.writable = writable
+        self._writer: BackgroundWriter | None = None     # started by the first background write
         self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         try:
             try:
@@ -223,9 +226,27 @@ class Cartridge:
         self.close()
 
     def close(self) -> None:
+        """Finish the background writes (a failure of theirs was raised by the last call that
+        waited for them, or is lost with the unclosed file: its end is found again at open)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def settle(self) -> None:
+        """Wait for the background writes; MediaError when one failed. Every call that reads
+        the file or writes it other than by a background write settles first, so nothing sees
+        the file behind ``eod``; a failure is raised again by every call until :meth:`close`
+        (the head of a drive is past records that are not on the cartridge)."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.drain()
+        except OSError as exc:
+            raise MediaError(f"{self.path}: writing the cartridge failed: {exc.strerror or exc}; the records "
+                             "from there on are not on it") from None
 
     @property
     def used(self) -> int:
@@ -235,6 +256,7 @@ class Cartridge:
 
     def entry_at(self, offset: int) -> Entry | None:
         """The entry starting at ``offset``, or None at end of data."""
+        self.settle()
         if offset >= self.eod:
             return None
         return self._verify(os.pread(self.fd, HEADER_SIZE, offset), offset, self.eod)
@@ -251,6 +273,7 @@ class Cartridge:
 
     def entry_before(self, offset: int) -> Entry | None:
         """The entry ending at ``offset``, or None at the beginning of tape."""
+        self.settle()
         if offset <= DATA_START:
             return None
         trailer = os.pread(self.fd, TRAILER_SIZE, offset - TRAILER_SIZE)
@@ -264,11 +287,13 @@ class Cartridge:
         return entry
 
     def read_payload(self, entry: Entry, limit: int) -> bytes:
+        self.settle()
         return os.pread(self.fd, min(limit, entry.length), entry.offset + HEADER_SIZE)
 
     def read_payload_into(self, entry: Entry, buffer: memoryview) -> int:
         """The whole payload of ``entry`` into ``buffer`` (at least its length); MediaError
         when the file ends inside it."""
+        self.settle()
         got = os.preadv(self.fd, [buffer[:entry.length]], entry.offset + HEADER_SIZE)
         if got != entry.length:
             raise MediaError(f"{self.path}: truncated entry at offset {entry.offset}")
@@ -279,6 +304,7 @@ class Cartridge:
 
         Returns the entry and how many payload bytes landed in ``buffer``.
         """
+        self.settle()
         if offset >= self.eod:
             return None, 0
         got = os.preadv(self.fd, [self._header, buffer], offset)
@@ -330,19 +356,27 @@ class Cartridge:
             self._pwrite_all(parts, start, batch * stride)
             done += batch
             self.eod = start + batch * stride
-        self._write_behind()
+        self._write_behind(self.eod)
         return self.eod
 
-    def write_parted_records(self, offset: int, payloads: list[tuple[bytes | memoryview, ...]]) -> int:
+    def write_parted_records(self, offset: int, payloads: list[tuple[bytes | memoryview, ...]],
+                             background: bool = False) -> int:
         """Write records whose payloads come in parts, all of one length, at ``offset`` with as
-        few ``pwritev`` calls as the iovec limit allows; returns the new end of data."""
+        few ``pwritev`` calls as the iovec limit allows; returns the new end of data.
+
+        ``background``: an append (``offset`` is the end of data) written by the cartridge's
+        writer thread while the caller goes on; the payloads must stay unchanged until
+        ``WRITE_DEPTH`` more background writes were made (this waits while that many are in
+        flight) or the cartridge settled. A failure is raised by a later call (MediaError)."""
         if not payloads:
             return offset
-        self._truncate(offset)
+        if not background or offset != self.eod:
+            self._truncate(offset)
         length = sum(len(part) for part in payloads[0])
         trailer = _TRAILER.pack(length, KIND_RECORD)
         stride = OVERHEAD + length
         per_batch = max(1, IOV_MAX // (2 + len(payloads[0])))
+        writes: list[tuple[list[bytes | memoryview], int, int]] = []
         at = offset
         for first in range(0, len(payloads), per_batch):
             batch = payloads[first:first + per_batch]
@@ -350,11 +384,28 @@ class Cartridge:
             for i, payload in enumerate(batch):
                 parts += (_HEADER.pack(KIND_RECORD, length, entry_check(KIND_RECORD, length, at + i * stride), 0),
                           *payload, trailer)
-            self._pwrite_all(parts, at, len(batch) * stride)
+            writes.append((parts, at, len(batch) * stride))
             at += len(batch) * stride
+        if background:
+            if self._writer is None:
+                self._writer = BackgroundWriter(f"cartridge writer {self.path.name}", WRITE_DEPTH)
+            try:
+                self._writer.submit(lambda: self._write_all(writes, at))
+            except OSError:
+                self.settle()                   # raises it as the MediaError it is
             self.eod = at
-        self._write_behind()
+        else:
+            for parts, start, total in writes:
+                self._pwrite_all(parts, start, total)
+                self.eod = start + total
+            self._write_behind(self.eod)
         return self.eod
+
+    def _write_all(self, writes: list[tuple[list[bytes | memoryview], int, int]], end: int) -> None:
+        """A background write (the caller moved ``eod`` to ``end`` already)."""
+        for parts, start, total in writes:
+            self._pwrite_all(parts, start, total)
+        self._write_behind(end)
 
     def replace_superblock(self, superblock: Superblock) -> None:
         """A new header for a cartridge rewritten from the beginning of tape (its entries are
@@ -366,21 +417,23 @@ class Cartridge:
         self.superblock = superblock
 
     def _truncate(self, offset: int) -> None:
-        """A write at ``offset`` discards everything after it (tape semantics)."""
+        """A write at ``offset`` discards everything after it (tape semantics); the background
+        writes are finished first."""
+        self.settle()
         if offset < self.eod:
             os.ftruncate(self.fd, offset)
         self.eod = offset
         self._flushed = min(self._flushed, offset)
         self._previous = min(self._previous, offset)
 
-    def _write_behind(self) -> None:
-        """Streaming writes: start writeback of each WRITE_BEHIND bytes as they fill, wait for
-        the chunk before it and drop that from the page cache. The filemark's fdatasync then
-        has little left to do, and a multi-GB backup neither piles up dirty memory nor pushes
-        the server's working set out of the page cache."""
-        if self.eod - self._flushed < WRITE_BEHIND:
+    def _write_behind(self, written: int) -> None:
+        """Streaming writes (the file is written up to ``written``): start writeback of each
+        WRITE_BEHIND bytes as they fill, wait for the chunk before it and drop that from the
+        page cache. The filemark's fdatasync then has little left to do, and a multi-GB backup
+        neither piles up dirty memory nor pushes the server's working set out of the page cache."""
+        if written - self._flushed < WRITE_BEHIND:
             return
-        end = self.eod - self.eod % WRITE_BEHIND
+        end = written - written % WRITE_BEHIND
         _sync_range(self.fd, self._flushed, end - self._flushed, SYNC_WRITE)
         if self._previous < self._flushed:
             done = self._flushed - self._previous
@@ -397,9 +450,11 @@ class Cartridge:
                 rest = rest[n:]
 
     def sync(self) -> None:
+        self.settle()
         os.fdatasync(self.fd)
 
     def set_write_protected(self, protected: bool) -> None:
+        self.settle()
         self.superblock = dataclasses.replace(self.superblock, write_protected=protected)
         os.pwrite(self.fd, self.superblock.pack(), 0)
         os.fsync(self.fd)

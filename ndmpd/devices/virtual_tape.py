@@ -311,6 +311,11 @@ class VirtualTape(TapeDevice):
         self._warned = False
         return fits
 
+    def flush(self) -> None:
+        """Sealed batches are written in the background (``RecordSeal.write_records``)."""
+        if self._cart is not None:
+            self._cart.settle()
+
     def write_filemarks(self, count: int) -> None:
         for _ in range(count):
             self._room(0, record=False)
