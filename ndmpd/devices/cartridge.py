@@ -28,6 +28,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,15 @@ class Entry:
 
 def entry_check(kind: int, length: int, offset: int) -> int:
     return zlib.crc32(_CHECK.pack(kind, length, offset))
+
+
+def record_header(length: int) -> Callable[[int], bytes]:
+    """The header of a record entry of ``length`` bytes, given its offset: entry_check inlined
+    (the CRC of the constant kind and length carries on into the offset's bytes), for the
+    write paths that make one per record."""
+    head, crc, quad = _HEADER.pack, zlib.crc32, _QUAD.pack
+    seed = crc(_CHECK.pack(KIND_RECORD, length, 0)[:_CHECK.size - _QUAD.size])
+    return lambda at: head(KIND_RECORD, length, crc(quad(at), seed), 0)
 
 
 def default_early_warning(capacity: int) -> int:
@@ -339,10 +349,7 @@ class Cartridge:
         self._truncate(offset)
         trailer = _TRAILER.pack(size, KIND_RECORD)
         stride = OVERHEAD + size
-        # entry_check(KIND_RECORD, size, at) inlined: the CRC of the constant kind and length
-        # carries on into the offset's bytes (a call and a pack less per record)
-        head, crc, quad = _HEADER.pack, zlib.crc32, _QUAD.pack
-        seed = crc(_CHECK.pack(KIND_RECORD, size, 0)[:_CHECK.size - _QUAD.size])
+        head = record_header(size)
         done = 0
         while done < count:
             batch = min(count - done, IOV_MAX // 3)
@@ -350,7 +357,7 @@ class Cartridge:
             parts: list[bytes | memoryview] = []
             at, pos = start, done * size
             for _ in range(batch):
-                parts += (head(KIND_RECORD, size, crc(quad(at), seed), 0), data[pos:pos + size], trailer)
+                parts += (head(at), data[pos:pos + size], trailer)
                 at += stride
                 pos += size
             self._pwrite_all(parts, start, batch * stride)
@@ -375,6 +382,7 @@ class Cartridge:
         length = sum(len(part) for part in payloads[0])
         trailer = _TRAILER.pack(length, KIND_RECORD)
         stride = OVERHEAD + length
+        head = record_header(length)
         per_batch = max(1, IOV_MAX // (2 + len(payloads[0])))
         writes: list[tuple[list[bytes | memoryview], int, int]] = []
         at = offset
@@ -382,8 +390,7 @@ class Cartridge:
             batch = payloads[first:first + per_batch]
             parts: list[bytes | memoryview] = []
             for i, payload in enumerate(batch):
-                parts += (_HEADER.pack(KIND_RECORD, length, entry_check(KIND_RECORD, length, at + i * stride), 0),
-                          *payload, trailer)
+                parts += (head(at + i * stride), *payload, trailer)
             writes.append((parts, at, len(batch) * stride))
             at += len(batch) * stride
         if background:
