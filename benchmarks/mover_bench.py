@@ -131,21 +131,66 @@ def time_restore(server: ServerThread, cart: Path, size: int, record_size: int, 
     return elapsed
 
 
+class BusiestThread:
+    """The most CPU seconds one server thread spent during a run (sampled from /proc every
+    20 ms while it runs): the work that cannot be spread over cores, so the run's time on a
+    host with cores to spare. The wall clock of a shared host says more about its other load."""
+
+    PERIOD = 0.02
+
+    def __init__(self) -> None:
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "BusiestThread":
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._sampler.join()
+
+    @property
+    def seconds(self) -> float:
+        return max(self._seen.values(), default=0.0)
+
+    def _sample(self) -> None:
+        skip = {threading.main_thread().native_id, threading.get_native_id()}   # the sender, this sampler
+        while not self._stop.wait(self.PERIOD):
+            for thread in threading.enumerate():
+                tid = thread.native_id
+                if tid in skip or not (thread.name.startswith("mover") or thread.name.startswith("cartridge")):
+                    continue
+                try:
+                    with open(f"/proc/self/task/{tid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue                                     # it ended meanwhile
+                self._seen[tid] = (int(fields[11]) + int(fields[12])) / self._tick
+
+
 def run_rotated(runs: dict[str, Callable[[], float]], rounds: int,
-                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+                cpu: dict[str, list[float]] | None = None,
+                busiest: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Each run's times over ``rounds`` rounds, the order rotated every round: page-cache
     writeback hits whoever runs late, so no run always pays for the one before. ``cpu``
     gets each run's CPU seconds (this process: server threads, sender and the kernel work
-    done for them), which other load on the host disturbs less than the wall clock."""
+    done for them), which other load on the host disturbs less than the wall clock;
+    ``busiest`` the CPU seconds of its busiest mover or cartridge writer thread."""
     results: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
     for _ in range(rounds):
         for name in order:
             before = os.times()
-            results[name].append(runs[name]())
+            with BusiestThread() as thread:
+                results[name].append(runs[name]())
             after = os.times()
             if cpu is not None:
                 cpu.setdefault(name, []).append(after.user + after.system - before.user - before.system)
+            if busiest is not None:
+                busiest.setdefault(name, []).append(thread.seconds)
             time.sleep(1)
         order = order[1:] + order[:1]
     return results
@@ -175,6 +220,7 @@ def main() -> None:
         }, "<bench>", work)
         server = ServerThread(config)
         cpu: dict[str, list[float]] = {}
+        busiest: dict[str, list[float]] = {}
         try:
             results = run_rotated({
                 "cat": lambda: time_cat(data, work),
@@ -182,13 +228,13 @@ def main() -> None:
                 "LOCAL": lambda: time_mover(server, data, cart, record_size, local=True),
                 "TCP encrypted": lambda: time_mover(server, data, sealed, record_size, False, "sealed"),
                 "LOCAL encrypted": lambda: time_mover(server, data, sealed, record_size, True, "sealed")},
-                args.rounds, cpu)
+                args.rounds, cpu, busiest)
             time_mover(server, data, cart, record_size, False, keep=True)
             time_mover(server, data, sealed, record_size, False, "sealed", keep=True)
             results.update(run_rotated({
                 "restore": lambda: time_restore(server, cart, size, record_size, "bench"),
                 "restore encrypted": lambda: time_restore(server, sealed, size, record_size, "sealed")},
-                args.rounds, cpu))
+                args.rounds, cpu, busiest))
         finally:
             server.stop()
     mb = size / 1e6
@@ -204,6 +250,9 @@ def main() -> None:
         print(f"{label:18} {mb / t:8.0f} MB/s   ratio vs plain {ratio_range(results[name], results[name + ' encrypted'])}"
               f"{' (target >= 0.8)' if name != 'restore' else ''}; CPU {ratio_range(cpu[name + ' encrypted'], cpu[name])}"
               "x the plain run's")
+        print(f"{'':18} busiest thread: plain {statistics.median(busiest[name]):.2f} s, encrypted "
+              f"{statistics.median(busiest[name + ' encrypted']):.2f} s CPU: ratio "
+              f"{ratio_range(busiest[name], busiest[name + ' encrypted'])} (what spare cores make of the wall clock)")
 
 
 def ratio_range(numerators: list[float], denominators: list[float]) -> str:
