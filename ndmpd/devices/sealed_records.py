@@ -43,14 +43,8 @@ class RecordSeal:
         ``data``, the first being record ``first`` of tape file ``file``."""
         if len(self._out) < len(data) // size * (size + TAG_SIZE):
             self._out = bytearray(len(data) // size * (size + TAG_SIZE))
-        return self._seal_into(self._out, file, first, data, size)
+        return self._seal.seal_records_into(file, first, data, size, self._out)
 
-    def _seal_into(self, out: bytearray, file: int, first: int, data: bytes | memoryview, size: int
-                   ) -> list[tuple[bytes, memoryview]]:
-        stride, view, slots = size + TAG_SIZE, memoryview(data), memoryview(out)
-        return [(self._seal.seal_into(file, first + i, False, view[i * size:(i + 1) * size],
-                                      slots[i * stride:(i + 1) * stride]), slots[i * stride:(i + 1) * stride])
-                for i in range(len(data) // size)]
 
     def write_records(self, cart: Cartridge, offset: int, file: int, first: int, data: memoryview,
                       size: int) -> int:
@@ -65,7 +59,8 @@ class RecordSeal:
             self._ring[self._turn] = bytearray(need)      # the old one stays alive while in flight
         out = self._ring[self._turn]
         self._turn = (self._turn + 1) % len(self._ring)
-        return cart.write_parted_records(offset, self._seal_into(out, file, first, data, size), background=True)
+        return cart.write_parted_records(offset, self._seal.seal_records_into(file, first, data, size, out),
+                                         background=True)
 
     def end_marker(self, file: int, records: int) -> bytes:
         return self._seal.seal_end(file, records)
