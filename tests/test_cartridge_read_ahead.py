@@ -19,11 +19,19 @@ from ndmpd.keystore import Keystore, KeySource
 SIZE = 8192
 
 
-def drive(tmp_path: Path) -> VirtualTape:
+def drive(tmp_path: Path, records: int = 0) -> tuple[VirtualTape, list[bytes]]:
+    """An encrypting drive, open for writing, its cartridge holding ``records`` random records
+    and a filemark, the head rewound."""
     keys = Keystore(KeySource(tmp_path / "keys"))
     if not keys.names():
         keys.create("k")
-    return VirtualTape("vt", tmp_path / "c.img", 64 << 20, keys=CartridgeKeys("vt", keys, "k"))
+    tape = VirtualTape("vt", tmp_path / "c.img", 64 << 20, keys=CartridgeKeys("vt", keys, "k"))
+    tape.open(write=True)
+    written = [os.urandom(SIZE) for _ in range(records)]
+    if written:
+        write(tape, written)
+        tape.rewind()
+    return tape, written
 
 
 def write(tape: VirtualTape, records: list[bytes]) -> None:
@@ -39,8 +47,7 @@ def read_into(tape: VirtualTape) -> bytes:
 
 
 def test_a_record_read_ahead_is_not_returned_once_the_cartridge_was_rewritten(tmp_path):
-    tape = drive(tmp_path)
-    tape.open(write=True)
+    tape, _ = drive(tmp_path)
     old = [os.urandom(SIZE) for _ in range(4)]
     new = [os.urandom(SIZE) for _ in range(4)]
     write(tape, [b"label".ljust(SIZE, b".")] + old)
@@ -63,11 +70,7 @@ def test_a_record_read_ahead_is_not_returned_once_the_cartridge_was_rewritten(tm
 
 
 def test_reads_after_moving_the_head_return_the_records_there(tmp_path):
-    tape = drive(tmp_path)
-    tape.open(write=True)
-    records = [os.urandom(SIZE) for _ in range(6)]
-    write(tape, records)
-    tape.rewind()
+    tape, records = drive(tmp_path, 6)
     assert read_into(tape) == records[0]
     assert tape.space_records(2).resid == 0               # skip 1 and 2: the one read ahead is not used
     assert read_into(tape) == records[3]
@@ -79,10 +82,7 @@ def test_reads_after_moving_the_head_return_the_records_there(tmp_path):
 
 
 def test_a_tampered_record_fails_when_it_is_read_with_none_of_its_bytes(tmp_path):
-    tape = drive(tmp_path)
-    tape.open(write=True)
-    records = [os.urandom(SIZE) for _ in range(3)]
-    write(tape, records)
+    tape, records = drive(tmp_path, 3)
     tape.close()
     with cartridge.Cartridge(tmp_path / "c.img", False) as cart:
         target = [e for e in cart.entries() if not e.is_filemark][1]
