@@ -12,7 +12,6 @@ import dataclasses
 
 from ..keystore import Key, Keystore, KeystoreError
 from .cartridge import WRITE_DEPTH, Cartridge, Entry, SealInfo
-from .read_ahead import ReadAhead
 from .sealing import ENVELOPE_OVERHEAD, TAG_SIZE, CartridgeSeal, SealBroken, new_cartridge_id
 from .tape import MediaError
 
@@ -33,7 +32,6 @@ class RecordSeal:
         self._ring = [bytearray() for _ in range(WRITE_DEPTH + 1)]   # of batches written in the background
         self._turn = 0
         self._scratch = bytearray()      # an envelope read back
-        self._ahead: ReadAhead | None = None     # the mover's next record, opened meanwhile
 
     def _broken(self, exc: SealBroken, file: int, index: int) -> MediaError:
         return MediaError(f"{self.where}: tape file {file} record {index}: {exc}; the cartridge was "
@@ -76,29 +74,7 @@ class RecordSeal:
 
     def open_record_into(self, cart: Cartridge, entry: Entry, file: int, index: int, buffer: memoryview) -> int:
         """Record ``index`` of ``file`` into ``buffer``; as a plain read, a longer record is cut
-        to the buffer (after the whole record authenticated). The record after it is opened
-        meanwhile by a worker (``read_ahead.py``), with ciphers and buffers of its own."""
-        got = self._ahead.take(entry, file, index, buffer) if self._ahead is not None else None
-        if got is None:
-            got = self._open_record_into(cart, entry, file, index, buffer)
-        if self._ahead is None:
-            self._ahead = ReadAhead(f"cartridge reader {cart.path.name}",
-                                    RecordSeal(self._seal.copy(), self.where)._open_record_into)
-        self._ahead.start(cart, entry.end, file, index + 1)
-        return got
-
-    def forget_read_ahead(self) -> None:
-        """Before the cartridge changes (a write): a record opened ahead may be gone."""
-        if self._ahead is not None:
-            self._ahead.drop()
-
-    def close(self) -> None:
-        """Before the cartridge is closed: stop the read-ahead worker."""
-        if self._ahead is not None:
-            self._ahead.close()
-            self._ahead = None
-
-    def _open_record_into(self, cart: Cartridge, entry: Entry, file: int, index: int, buffer: memoryview) -> int:
+        to the buffer (after the whole record authenticated)."""
         envelope = self._envelope(cart, entry)
         size = entry.length - ENVELOPE_OVERHEAD
         try:

@@ -80,10 +80,6 @@ class CartridgeSeal:
         self._sealer: AESGCM | None = None
         self._counter = 0
 
-    def copy(self) -> "CartridgeSeal":
-        """The same keys with ciphers of its own (for another thread), in no write session."""
-        return CartridgeSeal(self._master, self.cartridge_id)
-
     def check_value(self) -> bytes:
         """HMAC of a constant under a key derived for this cartridge: proves the key at open
         without decrypting data, and without revealing the key."""

@@ -112,8 +112,6 @@ class VirtualTape(TapeDevice):
         except PhysicalEnd:             # not even a filemark fits: the file ends at end of data
             log.warning("%s: no room for the closing filemark on %s", self.name, self.path)
         finally:
-            if self._seal is not None:
-                self._seal.close()
             self._cart.close()
             self._cart = self._seal = None
             self._last_was_write = False
@@ -243,12 +241,8 @@ class VirtualTape(TapeDevice):
             if self._open_mode:                          # opened for writing, then a protected one loaded
                 raise WriteProtected(f"{self.name}: cartridge {self.path} is write-protected")
             raise NotWritable(f"{self.name}: opened read-only")
-        if self._seal is not None:
-            self._seal.forget_read_ahead()               # what it read may be overwritten now
         if self.offset == DATA_START:
-            old, self._seal = self._seal, self.keys.reformat(cart)
-            if old is not None:
-                old.close()
+            self._seal = self.keys.reformat(cart)
         elif self._seal is None and self.keys.encrypting:
             raise MediaError(f"{self.name}: cartridge {self.path} is not encrypted and this drive writes "
                              "only encrypted data; rewrite it from the beginning of tape (it is then sealed)")

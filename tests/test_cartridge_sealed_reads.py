@@ -1,7 +1,7 @@
-"""The mover's reads of a sealed cartridge open the next record ahead in a worker: what it
-returns is exactly what a read without read-ahead returns — never a record the cartridge no
-longer holds (rewritten after it was read ahead), a tampered record fails when it is read and
-not before, with none of its bytes in the buffer, and reads after a move of the head are right."""
+"""The mover's reads of a sealed cartridge return exactly the records there: never one the
+cartridge no longer holds (rewritten after the record before it was read, where a read-ahead
+would go stale), a tampered record fails when it is read and not before, with none of its bytes
+in the buffer, and reads after a move of the head or a TAPE_READ in between are right."""
 
 from __future__ import annotations
 
@@ -53,13 +53,13 @@ def test_a_record_read_ahead_is_not_returned_once_the_cartridge_was_rewritten(tm
     write(tape, [b"label".ljust(SIZE, b".")] + old)
     tape.rewind()
     assert tape.space_records(1).resid == 0
-    assert read_into(tape) == old[0]                      # record 2 (old[1]) is now opened ahead
+    assert read_into(tape) == old[0]                      # a read-ahead would hold record 2 (old[1]) now
     assert tape.space_records(-1).resid == 0
     for record in new:                                    # from record 1 on: same places, same sizes
         tape.write_record(record)
     tape.write_filemarks(1)
     tape.rewind()
-    assert tape.space_records(2).resid == 0               # to record 2: where the one read ahead was
+    assert tape.space_records(2).resid == 0               # to record 2: rewritten since
     assert read_into(tape) == new[1]
     tape.rewind()
     assert tape.space_records(1).resid == 0
@@ -72,7 +72,7 @@ def test_a_record_read_ahead_is_not_returned_once_the_cartridge_was_rewritten(tm
 def test_reads_after_moving_the_head_return_the_records_there(tmp_path):
     tape, records = drive(tmp_path, 6)
     assert read_into(tape) == records[0]
-    assert tape.space_records(2).resid == 0               # skip 1 and 2: the one read ahead is not used
+    assert tape.space_records(2).resid == 0               # skip 1 and 2
     assert read_into(tape) == records[3]
     assert tape.space_records(-3).resid == 0
     assert read_into(tape) == records[1]
@@ -91,7 +91,7 @@ def test_a_tampered_record_fails_when_it_is_read_with_none_of_its_bytes(tmp_path
     (tmp_path / "c.img").write_bytes(bytes(data))
     tape.open(write=False)
     tape.rewind()
-    assert read_into(tape) == records[0]                  # record 1 fails ahead: not this read's error
+    assert read_into(tape) == records[0]                  # record 1's failure is not this read's
     buffer = memoryview(bytearray(b"\xee" * SIZE))
     with pytest.raises(MediaError, match="record 1"):
         tape.read_record_into(buffer)
