@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 from .keystore import KeySource, KeystoreError, check_name
 from .secret_file import read_secret
+from .store_config import StoreConfig, StoreConfigError, parse_store
 from .snapshots.mounts import mount_of
 from .tomlfile import parse_toml
 
@@ -70,6 +71,7 @@ class Tape:
     max_block_size: int = 4 << 20      # largest record a TAPE_WRITE may carry
     encryption_key: str | None = None  # virtual: seal what is written from BOT with this key (a name)
     keys: KeySource | None = None      # virtual: where the keys that open sealed cartridges live
+    store: StoreConfig | None = None   # virtual: its cartridge is NAME/ in this S3 bucket, not a file
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Changer:
     slots: int = 8
     import_export: int = 1
     encryption_key: str | None = None  # virtual: the default encryption_key of its drives
+    store: StoreConfig | None = None   # virtual: cartridges are BARCODE/ in this S3 bucket (state stays in path)
 
 
 @dataclass(frozen=True)
@@ -410,9 +413,17 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
                 raise ConfigError(f"tape[{i}].path: {path} is not a tape device (a character device "
                                   "such as /dev/nst0)" if path.exists() else f"tape[{i}].path: {path} does not exist")
         elif name in fed:
+            if "store" in t.data:
+                raise ConfigError(f"tape[{i}].store: {name} is a drive of library {fed[name].name}, "
+                                  "whose store keeps its cartridges; leave store out")
             if "path" in t.data:
                 raise ConfigError(f"tape[{i}].path: {name} is a drive of library {fed[name].name}, "
                                   "which loads its cartridges; leave path out")
+            path = None
+        elif "store" in t.data:
+            if "path" in t.data:
+                raise ConfigError(f"tape[{i}].path: the cartridge of a drive with a store is {name}/ in the "
+                                  "bucket; give path or store, not both")
             path = None
         else:
             path = rel(t.get("path", str, str(settings.state_dir / f"{name}.img")))
@@ -438,10 +449,13 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
         if block_size > max_block:
             raise ConfigError(f"tape[{i}].block_size: larger than max_block_size")
         encryption_key = _encryption_key(t, kind, fed.get(name))
+        store = _store(t, kind, rel) if name not in fed else None
         tapes.append(Tape(name, kind, path, capacity, early, block_size, max_block, encryption_key,
-                          key_source if kind == "virtual" else None))
+                          key_source if kind == "virtual" else None, store))
         t.finish()
     _unique(tapes, "tape")
+    _separate_stores([(f"tape[{i}].store", t.store, False) for i, t in enumerate(tapes)]
+                     + [(f"changer[{i}].store", c.store, True) for i, c in enumerate(changers)])
     _one_device_per_path([(f"tape[{i}].path", t.path) for i, t in enumerate(tapes) if t.path is not None]
                          + [(f"changer[{i}].path", c.path) for i, c in enumerate(changers)])
     kinds = {t.name: t.kind for t in tapes}
@@ -470,6 +484,32 @@ def _key_source(raw: dict[str, Any], state_dir: Path, rel: Callable[[str], Path]
             raise ConfigError(f"keys.{name}: the path of a key file (a string)")
         files.append((name, rel(path)))
     return KeySource(state_dir / "keys", tuple(files))
+
+
+def _store(table: _Table, kind: str, rel: Callable[[str], Path]) -> StoreConfig | None:
+    """A ``store`` table: S3 keeps the cartridges (see store_config.py)."""
+    raw = table.get("store", dict, None)
+    if raw is None:
+        return None
+    if kind != "virtual":
+        raise ConfigError(f"{table.key('store')}: only virtual cartridges live in an object store")
+    try:
+        return parse_store(raw, table.key("store"), rel, parse_size)
+    except StoreConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _separate_stores(stores: list[tuple[str, StoreConfig | None, bool]]) -> None:
+    """A library owns its store's prefix (its cartridges are named by barcode there); drives
+    may share a prefix, each drive's cartridge being named after the drive."""
+    owners: dict[tuple, list[tuple[str, bool]]] = {}
+    for key, store, library in stores:
+        if store is not None:
+            owners.setdefault((store.endpoint, store.bucket, store.prefix), []).append((key, library))
+    for users in owners.values():
+        if len(users) > 1 and any(library for _, library in users):
+            raise ConfigError(f"{users[1][0]}: the same bucket and prefix as {users[0][0]}; a library needs "
+                              "a prefix of its own")
 
 
 def _encryption_key(table: _Table, kind: str, library: "Changer | None") -> str | None:
@@ -585,8 +625,9 @@ def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:
             check_name(encryption_key)
         except KeystoreError as exc:
             raise ConfigError(f"changer[{i}].encryption_key: {exc}") from None
+    store = _store(t, kind, rel)
     t.finish()
-    return Changer(name, kind, path, tuple(drives), slots, import_export, encryption_key)
+    return Changer(name, kind, path, tuple(drives), slots, import_export, encryption_key, store)
 
 
 def load(path: Path, server_overrides: dict[str, Any] | None = None) -> Config:

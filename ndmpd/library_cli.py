@@ -14,7 +14,8 @@ from pathlib import Path
 from .changer.library import (DRIVE, IMPORT_EXPORT, KIND_NAMES, STORAGE, LibraryError, VirtualLibrary,
                               check_barcode)
 from .config import MIN_CAPACITY, MIN_EARLY_WARNING, Config, ConfigError, load, parse_size
-from .devices import cartridge
+from .devices import cartridge, medium as media
+from .devices.tape import MediaError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +45,8 @@ def open_library(config: Config, name: str) -> VirtualLibrary:
     if changer is None or changer.kind != "virtual":
         known = ", ".join(c.name for c in config.changers if c.kind == "virtual") or "none"
         raise LibraryError(f"no virtual library {name!r} (configured: {known})")
-    return VirtualLibrary(changer.name, changer.path, changer.drives, changer.slots, changer.import_export)
+    return VirtualLibrary(changer.name, changer.path, changer.drives, changer.slots, changer.import_export,
+                          store=changer.store)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.barcode}: in import/export port {address}")
             return 0
         barcode = library.remove(args.what)
-        print(f"{barcode}: taken out of {library.name} (the file stays in {library.directory})")
+        print(f"{barcode}: taken out of {library.name} (the cartridge stays at {library.cartridge_path(barcode)})")
         return 0
-    except (LibraryError, ConfigError, OSError) as exc:
+    except (LibraryError, ConfigError, OSError, MediaError) as exc:
         print(f"ndmpd library: {exc}", file=sys.stderr)
         return 1
 
@@ -85,7 +87,7 @@ def _create(args: argparse.Namespace, config: Config, library: VirtualLibrary) -
         try:
             address = library.place(barcode, args.slot, (STORAGE,))
         except LibraryError:
-            path.unlink()
+            media.remove(path)
             raise
         print(f"{barcode}: created in slot {address} ({capacity} bytes)")
     return 0

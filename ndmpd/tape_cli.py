@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from .config import MIN_CAPACITY, MIN_EARLY_WARNING, ConfigError, parse_size
 from .devices import cartridge
+from .devices.medium import Location
 from .devices.sealed_records import CartridgeKeys, RecordSeal
 from .devices.sealing import ENVELOPE_OVERHEAD
 from .devices.tape import MediaError, TapeError
@@ -29,26 +30,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--early-warning", help="size of the early-warning zone (default capacity/20, <= 64MiB)")
     create.add_argument("--barcode", default="", help="volume tag, up to 32 bytes")
     create.add_argument("--write-protect", action="store_true")
+    where = ("cartridge file, or s3://BUCKET/PREFIX/NAME/ of a drive's or library's store "
+             "(with --config)")
     info = cmds.add_parser("info", help="list the tape files: records and bytes of each, and the key it needs")
-    info.add_argument("path", type=Path, help="cartridge file to read")
+    info.add_argument("path", help=where)
+    info.add_argument("--config", type=Path, help="the server's configuration (its S3 stores)")
     extract = cmds.add_parser("extract", help="write tape file N (0 = first) to stdout or a file, decrypted")
-    extract.add_argument("path", type=Path, help="cartridge file to read")
+    extract.add_argument("path", help=where)
     extract.add_argument("file", type=int, help="tape file number, 0 = the first")
     extract.add_argument("-o", "--output", type=Path,
                          help="write it to this file, whole or not at all (default: stdout)")
     keys = extract.add_mutually_exclusive_group()
-    keys.add_argument("--config", type=Path, help="an encrypted cartridge: find its key in this server's keystore")
+    keys.add_argument("--config", type=Path, help="an encrypted cartridge: find its key in this server's "
+                      "keystore; an S3 cartridge: its store")
     keys.add_argument("--key-file", type=Path, help="an encrypted cartridge: the key file (32 bytes, mode 600)")
     protect = cmds.add_parser("protect", help="set or clear write protection")
-    protect.add_argument("path", type=Path, help="cartridge file to change")
+    protect.add_argument("path", help=where)
     protect.add_argument("state", choices=["on", "off"], help="on: write-protect; off: writable")
+    protect.add_argument("--config", type=Path, help="the server's configuration (its S3 stores)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         if args.tape_command == "create":
             return _create(args)
-        with cartridge.Cartridge(args.path, writable=args.tape_command == "protect") as cart:
+        with cartridge.Cartridge(locate(args.path, args.config), writable=args.tape_command == "protect") as cart:
             if args.tape_command == "info":
                 return _info(cart, sys.stdout)
             if args.tape_command == "extract":
@@ -83,6 +89,24 @@ def extract_to(path: Path, cart: cartridge.Cartridge, number: int, seal: RecordS
         raise
     os.unlink(tmp)
     return status
+
+
+def locate(where: str, config: Path | None) -> Location:
+    """A cartridge file, or an ``s3://`` cartridge of one of the configured stores (whose
+    endpoint and credentials the configuration gives)."""
+    if not where.startswith("s3://"):
+        return Path(where)
+    if config is None:
+        raise ConfigError(f"{where}: give --config, the server configuration whose store holds it")
+    from .config import load
+    from .devices.s3_medium import S3Store
+    loaded = load(config)
+    for store in [t.store for t in loaded.tapes] + [c.store for c in loaded.changers]:
+        if store is not None and where.startswith(store.url()):
+            name = where[len(store.url()):].strip("/")
+            if name and "/" not in name:
+                return S3Store(store).cartridge(name)
+    raise ConfigError(f"{where}: no [tape.store] or [changer.store] in {config} holds it")
 
 
 def _create(args: argparse.Namespace) -> int:

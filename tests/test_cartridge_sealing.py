@@ -235,7 +235,7 @@ def test_wrong_key_under_the_same_id_fails_the_key_check(sealed, tmp_path):
         sb = cart.superblock
         forged = cartridge.Superblock(sb.capacity, sb.early_warning, False, sb.barcode, sb.created,
                                       cartridge.SealInfo(sb.seal.cartridge_id, sb.seal.key_id, bytes(16), "site"))
-        os.pwrite(cart.fd, forged.pack(), 0)
+        os.pwrite(cart.medium.fd, forged.pack(), 0)
     with pytest.raises(KeyUnavailable, match="wrong key"):
         drive(tmp_path, keys, None).open(write=False)
 

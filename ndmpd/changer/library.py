@@ -1,6 +1,7 @@
 """A virtual tape library: slots, import/export ports, drives and a picker, kept on disk.
 
-Cartridges are files ``BARCODE.img`` in the library's directory; ``library.json`` records
+Cartridges are files ``BARCODE.img`` in the library's directory, or with a store (S3) the
+prefixes ``BARCODE/`` in its bucket; ``library.json`` (always in the directory) records
 which element holds which barcode. Every operation takes an flock on the directory, reads
 the state, changes it and writes it back atomically, so the state survives restarts and the
 server and ``ndmpd library`` never see each other's half-written state. A cartridge file in
@@ -19,6 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..devices.medium import Location
+from ..devices.tape import MediaError
+from ..store_config import StoreConfig
 from .sense import DESTINATION_FULL, INVALID_ELEMENT, REMOVAL_PREVENTED, SOURCE_EMPTY, CheckCondition
 
 TRANSPORT, STORAGE, IMPORT_EXPORT, DRIVE = 1, 2, 3, 4     # SMC element type codes
@@ -89,9 +93,14 @@ class VirtualLibrary:
     """The library's geometry (from the configuration) and its on-disk state."""
 
     def __init__(self, name: str, directory: Path, drives: tuple[str, ...], slots: int, import_export: int,
-                 on_drive_change: Callable[[str, Path | None], None] | None = None) -> None:
+                 on_drive_change: Callable[[str, Location | None], None] | None = None,
+                 store: StoreConfig | None = None) -> None:
         self.name = name
         self.directory = directory
+        self.store = None
+        if store is not None:
+            from ..devices.s3_medium import S3Store     # boto3 only where a store is configured
+            self.store = S3Store(store)
         self.drives = drives
         self.slots = slots
         self.import_export = import_export
@@ -110,11 +119,18 @@ class VirtualLibrary:
             elements[SLOT_BASE + i] = Element(SLOT_BASE + i, STORAGE)
         return State(elements)
 
-    def cartridge_path(self, barcode: str) -> Path:
-        return self.directory / f"{check_barcode(barcode)}.img"
+    def cartridge_path(self, barcode: str) -> Location:
+        """Where cartridge ``barcode`` lives: BARCODE.img in the directory, or BARCODE/ in the store."""
+        check_barcode(barcode)
+        return self.store.cartridge(barcode) if self.store else self.directory / f"{barcode}.img"
 
     def cartridges(self) -> list[str]:
-        """Every cartridge file's barcode, in or out of the library."""
+        """Every cartridge's barcode, in or out of the library."""
+        if self.store is not None:
+            try:
+                return [b for b in self.store.names() if BARCODE.match(b)]
+            except MediaError as exc:
+                raise LibraryError(str(exc)) from None
         return sorted(p.name[:-4] for p in self.directory.glob("*.img") if BARCODE.match(p.name[:-4]))
 
     # -- state on disk --------------------------------------------------------------------

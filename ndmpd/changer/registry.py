@@ -95,7 +95,7 @@ class ChangerRegistry:
         for c in changers:
             if c.kind == "virtual":
                 self.libraries[c.name] = VirtualLibrary(c.name, c.path, c.drives, c.slots, c.import_export,
-                                                        drives.change_cartridge)
+                                                        drives.change_cartridge, c.store)
         self._openers = Openers()
 
     def reconfigured(self, changers: tuple[Changer, ...], drives: DriveRegistry) -> "ChangerRegistry":

@@ -30,6 +30,7 @@ SOURCE_EMPTY = Sense(ILLEGAL_REQUEST, 0x3B, 0x0E, "medium source element empty")
 REMOVAL_PREVENTED = Sense(ILLEGAL_REQUEST, 0x53, 0x02, "medium removal prevented")
 PARAMETER_LENGTH = Sense(ILLEGAL_REQUEST, 0x1A, 0x00, "parameter list length error")
 NO_ADDITIONAL = Sense(NO_SENSE, 0x00, 0x00, "no additional sense information")
+NOT_READY_CAUSE_UNKNOWN = Sense(NOT_READY, 0x04, 0x00, "logical unit not ready")   # its store is unreachable
 
 
 class CheckCondition(Exception):

@@ -15,14 +15,17 @@ it too, and a reset ends everyone's.
 
 from __future__ import annotations
 
+import logging
 import struct
 import uuid
 from collections.abc import Callable
 
 from .library import DRIVE, DRIVE_BASE, IE_BASE, IMPORT_EXPORT, SLOT_BASE, STORAGE, TRANSPORT, TRANSPORT_BASE
-from .library import Element, State, VirtualLibrary
+from .library import Element, LibraryError, State, VirtualLibrary
 from .sense import (CHECK_CONDITION, GOOD, INVALID_ELEMENT, INVALID_FIELD, INVALID_OPCODE, NO_ADDITIONAL,
-                    CdbResult, CheckCondition, Sense)
+                    NOT_READY_CAUSE_UNKNOWN, CdbResult, CheckCondition, Sense)
+
+log = logging.getLogger("ndmpd.changer")
 
 VENDOR, PRODUCT, REVISION = b"NDMPD   ", b"VIRTUAL LIBRARY ", b"0100"
 VOLTAG_LEN = 36
@@ -60,7 +63,11 @@ class SmcEmulator:
                 raise CheckCondition(INVALID_OPCODE, f"opcode 0x{cdb[0]:02x}")
             if len(cdb) != cdb_length(cdb[0]):
                 raise CheckCondition(INVALID_FIELD, f"{len(cdb)}-byte CDB for opcode 0x{cdb[0]:02x}")
-            data = command(cdb, datain_len)
+            try:
+                data = command(cdb, datain_len)
+            except LibraryError as exc:         # its state or cartridge store cannot be read now
+                log.warning("%s: %s", self.library.name, exc)
+                raise CheckCondition(NOT_READY_CAUSE_UNKNOWN, str(exc)) from None
         except CheckCondition as exc:
             self._last_sense = exc.sense
             return CdbResult(CHECK_CONDITION, b"", exc.sense.data())

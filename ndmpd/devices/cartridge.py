@@ -21,24 +21,21 @@ it discards what follows) or an explicit superblock change (write protection).
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import fcntl
-import os
 import struct
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from construct import Bytes, Const, ConstructError, Int16ub, Int32ub, Int64ub, PaddedString, Struct
 
+from . import medium as media
 from .background_writer import BackgroundWriter
 from .layouts import fast_packer
+from .medium import IOV_MAX, Location
 from .sealing import CARTRIDGE_ID_SIZE, CHECK_SIZE, END_MARKER_SIZE, KEY_ID_SIZE
-from .tape import DeviceBusy, MediaError
-
+from .tape import MediaError
 
 MAGIC = b"NDMPDVT1"
 FORMAT_VERSION = 1
@@ -49,18 +46,7 @@ FLAG_SEALED = 0x2
 KIND_RECORD = 0x52454344        # "RECD"
 KIND_FILEMARK = 0x464D524B      # "FMRK"
 MAX_RECORD = 0xFFFFFFFF
-WRITE_BEHIND = 32 << 20        # see Cartridge._write_behind
 WRITE_DEPTH = 4                # batches a background write may have in flight (write_parted_records)
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-SYNC_WAIT_BEFORE, SYNC_WRITE, SYNC_WAIT_AFTER = 1, 2, 4
-
-
-def _sync_range(fd: int, offset: int, length: int, flags: int) -> None:
-    _libc.sync_file_range(fd, offset, length, flags)      # advisory: errors surface at fdatasync
-
-
-IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 SUPERBLOCK_BODY = Struct(
     "magic" / Const(MAGIC),
@@ -191,43 +177,32 @@ def default_early_warning(capacity: int) -> int:
     return min(capacity // 20, 64 << 20)
 
 
-def create(path: Path, capacity: int, early_warning: int | None = None, barcode: str = "",
+def create(path: Location, capacity: int, early_warning: int | None = None, barcode: str = "",
            write_protected: bool = False, seal: SealInfo | None = None) -> Superblock:
-    """Write a blank cartridge; refuses to overwrite an existing file."""
+    """Write a blank cartridge (a file, or on a remote medium); refuses to overwrite one."""
     sb = Superblock(capacity, default_early_warning(capacity) if early_warning is None else early_warning,
                     write_protected, barcode, int(time.time()), seal)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        os.write(fd, sb.pack())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    media.create(path, sb.pack())
     return sb
 
 
 class Cartridge:
-    """An open cartridge file: entry-level reads and writes, no tape position."""
+    """An open cartridge: entry-level reads and writes over its medium, no tape position."""
 
-    def __init__(self, path: Path, writable: bool) -> None:
+    def __init__(self, path: Location, writable: bool) -> None:
         self.path = path
         self.writable = writable
         self._writer: BackgroundWriter | None = None     # started by the first background write
-        self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        self.medium = media.open_medium(path, writable)
         try:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise DeviceBusy(f"{path}: cartridge is in use by another process") from None
-            self.superblock = Superblock.unpack(os.pread(self.fd, DATA_START, 0), str(path))
-            size = os.fstat(self.fd).st_size
+            self.superblock = Superblock.unpack(self.medium.pread(DATA_START, 0), str(path))
+            size = self.medium.size()
             self.eod = self._find_end_of_data(size)
             self.torn = size - self.eod      # bytes after the last complete entry (a cut file, a torn write)
         except BaseException:
-            os.close(self.fd)
+            self.medium.close()
             raise
         self._header = bytearray(HEADER_SIZE)
-        self._flushed = self.eod         # below this, writeback has been started
-        self._previous = self.eod        # below this, it has finished
 
     def __enter__(self) -> "Cartridge":
         return self
@@ -241,14 +216,12 @@ class Cartridge:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.medium.close()
 
     def settle(self) -> None:
         """Wait for the background writes; MediaError when one failed. Every call that reads
-        the file or writes it other than by a background write settles first, so nothing sees
-        the file behind ``eod``; a failure is raised again by every call until :meth:`close`
+        the medium or writes it other than by a background write settles first, so nothing
+        sees it behind ``eod``; a failure is raised again by every call until :meth:`close`
         (the head of a drive is past records that are not on the cartridge)."""
         if self._writer is None:
             return
@@ -269,7 +242,7 @@ class Cartridge:
         self.settle()
         if offset >= self.eod:
             return None
-        return self._verify(os.pread(self.fd, HEADER_SIZE, offset), offset, self.eod)
+        return self._verify(self.medium.pread(HEADER_SIZE, offset), offset, self.eod)
 
     def _verify(self, header: bytes, offset: int, limit: int) -> Entry:
         if len(header) < HEADER_SIZE:
@@ -286,25 +259,25 @@ class Cartridge:
         self.settle()
         if offset <= DATA_START:
             return None
-        trailer = os.pread(self.fd, TRAILER_SIZE, offset - TRAILER_SIZE)
+        trailer = self.medium.pread(TRAILER_SIZE, offset - TRAILER_SIZE)
         length, kind = _TRAILER.unpack(trailer)
         start = offset - OVERHEAD - length
         if start < DATA_START:
             raise MediaError(f"{self.path}: corrupt entry before offset {offset}")
-        entry = self._verify(os.pread(self.fd, HEADER_SIZE, start), start, offset)
+        entry = self._verify(self.medium.pread(HEADER_SIZE, start), start, offset)
         if entry.end != offset or entry.kind != kind:
             raise MediaError(f"{self.path}: corrupt entry before offset {offset}")
         return entry
 
     def read_payload(self, entry: Entry, limit: int) -> bytes:
         self.settle()
-        return os.pread(self.fd, min(limit, entry.length), entry.offset + HEADER_SIZE)
+        return self.medium.pread(min(limit, entry.length), entry.offset + HEADER_SIZE)
 
     def read_payload_into(self, entry: Entry, buffer: memoryview) -> int:
         """The whole payload of ``entry`` into ``buffer`` (at least its length); MediaError
         when the file ends inside it."""
         self.settle()
-        got = os.preadv(self.fd, [buffer[:entry.length]], entry.offset + HEADER_SIZE)
+        got = self.medium.preadv([buffer[:entry.length]], entry.offset + HEADER_SIZE)
         if got != entry.length:
             raise MediaError(f"{self.path}: truncated entry at offset {entry.offset}")
         return got
@@ -317,7 +290,7 @@ class Cartridge:
         self.settle()
         if offset >= self.eod:
             return None, 0
-        got = os.preadv(self.fd, [self._header, buffer], offset)
+        got = self.medium.preadv([self._header, buffer], offset)
         entry = self._verify(bytes(self._header) if got >= HEADER_SIZE else b"", offset, self.eod)
         return entry, min(entry.length, len(buffer), max(0, got - HEADER_SIZE))
 
@@ -339,6 +312,8 @@ class Cartridge:
                  _TRAILER.pack(length, kind)]
         total = OVERHEAD + length
         self._pwrite_all(parts, offset, total)
+        if kind == KIND_RECORD:
+            self.medium.note_records(offset, length, 1)
         self.eod = offset + total
         return self.eod
 
@@ -361,9 +336,10 @@ class Cartridge:
                 at += stride
                 pos += size
             self._pwrite_all(parts, start, batch * stride)
+            self.medium.note_records(start, size, batch)
             done += batch
             self.eod = start + batch * stride
-        self._write_behind(self.eod)
+        self.medium.streamed()
         return self.eod
 
     def write_parted_records(self, offset: int, payloads: list[tuple[bytes | memoryview, ...]],
@@ -391,80 +367,70 @@ class Cartridge:
             parts: list[bytes | memoryview] = []
             for i, payload in enumerate(batch):
                 parts += (head(at + i * stride), *payload, trailer)
-            writes.append((parts, at, len(batch) * stride))
+            writes.append((parts, at, len(batch)))
             at += len(batch) * stride
         if background:
             if self._writer is None:
-                self._writer = BackgroundWriter(f"cartridge writer {self.path.name}", WRITE_DEPTH)
+                self._writer = BackgroundWriter(f"cartridge writer {getattr(self.path, 'name', self.path)}",
+                                                WRITE_DEPTH)
             try:
-                self._writer.submit(lambda: self._write_all(writes, at))
+                self._writer.submit(lambda: self._write_all(writes, length))
             except OSError:
                 self.settle()                   # raises it as the MediaError it is
             self.eod = at
         else:
-            for parts, start, total in writes:
-                self._pwrite_all(parts, start, total)
-                self.eod = start + total
-            self._write_behind(self.eod)
+            for parts, start, count in writes:
+                self._pwrite_all(parts, start, count * stride)
+                self.medium.note_records(start, length, count)
+                self.eod = start + count * stride
+            self.medium.streamed()
         return self.eod
 
-    def _write_all(self, writes: list[tuple[list[bytes | memoryview], int, int]], end: int) -> None:
-        """A background write (the caller moved ``eod`` to ``end`` already)."""
-        for parts, start, total in writes:
-            self._pwrite_all(parts, start, total)
-        self._write_behind(end)
+    def _write_all(self, writes: list[tuple[list[bytes | memoryview], int, int]], length: int) -> None:
+        """A background write of ``writes`` (parts, offset, records) of ``length``-byte records
+        (the caller moved ``eod`` past them already)."""
+        stride = OVERHEAD + length
+        for parts, start, count in writes:
+            self._pwrite_all(parts, start, count * stride)
+            self.medium.note_records(start, length, count)
+        self.medium.streamed()
 
     def replace_superblock(self, superblock: Superblock) -> None:
         """A new header for a cartridge rewritten from the beginning of tape (its entries are
         discarded first, so no entry is ever read under a header it was not written with)."""
         self._truncate(DATA_START)
-        os.fsync(self.fd)
-        os.pwrite(self.fd, superblock.pack(), 0)
-        os.fsync(self.fd)
+        self.medium.write_header(superblock.pack())
         self.superblock = superblock
 
     def _truncate(self, offset: int) -> None:
         """A write at ``offset`` discards everything after it (tape semantics); the background
         writes are finished first."""
         self.settle()
-        if offset < self.eod:
-            os.ftruncate(self.fd, offset)
+        self.medium.truncate(offset)
         self.eod = offset
-        self._flushed = min(self._flushed, offset)
-        self._previous = min(self._previous, offset)
-
-    def _write_behind(self, written: int) -> None:
-        """Streaming writes (the file is written up to ``written``): start writeback of each
-        WRITE_BEHIND bytes as they fill, wait for the chunk before it and drop that from the
-        page cache. The filemark's fdatasync then has little left to do, and a multi-GB backup
-        neither piles up dirty memory nor pushes the server's working set out of the page cache."""
-        if written - self._flushed < WRITE_BEHIND:
-            return
-        end = written - written % WRITE_BEHIND
-        _sync_range(self.fd, self._flushed, end - self._flushed, SYNC_WRITE)
-        if self._previous < self._flushed:
-            done = self._flushed - self._previous
-            _sync_range(self.fd, self._previous, done, SYNC_WAIT_BEFORE | SYNC_WRITE | SYNC_WAIT_AFTER)
-            os.posix_fadvise(self.fd, self._previous, done, os.POSIX_FADV_DONTNEED)
-        self._previous, self._flushed = self._flushed, end
 
     def _pwrite_all(self, parts: list, offset: int, total: int) -> None:
-        written = os.pwritev(self.fd, parts, offset)
-        if written != total:        # rare for regular files: finish what is left
-            rest = b"".join(bytes(p) for p in parts)[written:]
-            while rest:
-                n = os.pwrite(self.fd, rest, offset + total - len(rest))
-                rest = rest[n:]
+        self.medium.append(parts, offset, total)
 
     def sync(self) -> None:
         self.settle()
-        os.fdatasync(self.fd)
+        self.medium.sync()
 
     def set_write_protected(self, protected: bool) -> None:
         self.settle()
         self.superblock = dataclasses.replace(self.superblock, write_protected=protected)
-        os.pwrite(self.fd, self.superblock.pack(), 0)
-        os.fsync(self.fd)
+        self.medium.write_header(self.superblock.pack())
+
+    def records_ahead(self, offset: int) -> tuple[int, int]:
+        """How many records of one length follow ``offset`` back to back, and their stride
+        (entry size), as far as the medium keeps a map of them ((0, 0): read the headers)."""
+        self.settle()
+        return self.medium.records_ahead(offset)
+
+    def records_behind(self, offset: int) -> tuple[int, int]:
+        """As records_ahead, for the records that end at ``offset``."""
+        self.settle()
+        return self.medium.records_behind(offset)
 
     # ------------------------------------------------------------ open/recovery
 
@@ -484,7 +450,7 @@ class Cartridge:
         offset = DATA_START
         while offset < size:
             try:
-                entry = self._verify(os.pread(self.fd, HEADER_SIZE, offset), offset, size)
+                entry = self._verify(self.medium.pread(HEADER_SIZE, offset), offset, size)
             except MediaError:
                 break
             offset = entry.end

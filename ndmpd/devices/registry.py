@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Callable
 
 from ..config import Tape
@@ -11,6 +10,7 @@ from ..keystore import Keystore
 from .sealed_records import CartridgeKeys
 from .st_tape import LinuxTape
 from .holders import Holders
+from .medium import Location
 from .tape import TapeDevice
 from .virtual_tape import VirtualTape
 
@@ -20,7 +20,16 @@ def make_drive(tape: Tape) -> TapeDevice:
     if tape.kind == "st":
         return LinuxTape(tape.name, str(tape.path), tape.block_size, tape.max_block_size)
     keys = CartridgeKeys(tape.name, Keystore(tape.keys) if tape.keys else None, tape.encryption_key)
-    return VirtualTape(tape.name, tape.path, tape.capacity, tape.early_warning, keys)
+    return VirtualTape(tape.name, home_cartridge(tape), tape.capacity, tape.early_warning, keys)
+
+
+def home_cartridge(tape: Tape) -> Location | None:
+    """A standalone virtual drive's own cartridge: its file, or NAME/ in its store (None: a
+    library's drive, empty until the library loads one)."""
+    if tape.store is not None:
+        from .s3_medium import S3Store         # boto3 only where a store is configured
+        return S3Store(tape.store).cartridge(tape.name)
+    return tape.path
 
 
 class DriveRegistry:
@@ -59,9 +68,9 @@ class DriveRegistry:
     def release(self, name: str, owner: object) -> None:
         """Give the drive back. A standalone virtual drive gets its cartridge back after an unload."""
         self._holders.let_go(name, owner)
-        drive, config = self._drives[name], self.configs[name]
-        if isinstance(drive, VirtualTape) and not drive.loaded and config.path is not None:
-            drive.load(config.path)
+        drive = self._drives[name]
+        if isinstance(drive, VirtualTape) and not drive.loaded and drive.home is not None:
+            drive.load(drive.home)
 
     def holder(self, name: str) -> object | None:
         return self._holders.holder(name)
@@ -74,7 +83,7 @@ class DriveRegistry:
         and a library swapping its cartridge, so a robot never pulls a tape mid-record."""
         return self._locks[name]
 
-    def change_cartridge(self, name: str, path: Path | None) -> None:
+    def change_cartridge(self, name: str, path: Location | None) -> None:
         """A library moved a cartridge into (``path``) or out of (None) virtual drive ``name``."""
         drive = self._drives[name]
         if not isinstance(drive, VirtualTape):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from . import cartridge
+from .medium import Location
 from .cartridge import DATA_START, KIND_FILEMARK, KIND_RECORD, OVERHEAD, Cartridge
 from .sealed_records import CartridgeKeys, RecordSeal
 from .tape import (EarlyWarning, EndOfData, FilemarkReached, MediaError, NoMedium, NotWritable, PhysicalEnd,
@@ -23,10 +23,11 @@ class VirtualTape(TapeDevice):
     in any drive whose keystore keeps its key.
     """
 
-    def __init__(self, name: str, path: Path | None, capacity: int, early_warning: int | None = None,
+    def __init__(self, name: str, path: Location | None, capacity: int, early_warning: int | None = None,
                  keys: CartridgeKeys | None = None) -> None:
         self.name = name
         self.path = path
+        self.home = path                # the cartridge a standalone drive gets back after an unload
         self.capacity = capacity
         self.early_warning = early_warning
         self.keys = keys or CartridgeKeys(name)
@@ -51,7 +52,7 @@ class VirtualTape(TapeDevice):
     def loaded(self) -> bool:
         return self.path is not None
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Location) -> None:
         """Insert the cartridge at ``path`` (a library's MOVE MEDIUM, or an operator). A session
         that has the drive open keeps it open and reaches the new cartridge, as with st."""
         self._release_cartridge()
@@ -111,6 +112,8 @@ class VirtualTape(TapeDevice):
                 self.write_filemarks(1)
         except PhysicalEnd:             # not even a filemark fits: the file ends at end of data
             log.warning("%s: no room for the closing filemark on %s", self.name, self.path)
+        except MediaError as exc:       # the medium failed (its store is gone): the job already said so
+            log.warning("%s: closing tape file not written: %s", self.name, exc)
         finally:
             self._cart.close()
             self._cart = self._seal = None
@@ -333,13 +336,34 @@ class VirtualTape(TapeDevice):
     def space_records(self, count: int) -> SpaceResult:
         self._last_was_write = False
         edge = Stop.EOD if count > 0 else Stop.BOT
-        for done in range(abs(count)):
+        jumped = self._jump(count)
+        for done in range(jumped, abs(count)):
             entry = self._step(count > 0)
             if entry is None:
                 return SpaceResult(abs(count) - done, edge)
             if entry.is_filemark:
                 return SpaceResult(abs(count) - done, Stop.FILEMARK)
         return SpaceResult(0)
+
+    def _jump(self, count: int) -> int:
+        """Cross all but the last of ``count`` records at once where the medium maps a run of
+        records of one length (an object store: no header is fetched for the records crossed);
+        the last one is stepped over as usual, so what stops the spacing is still read."""
+        if abs(count) < 2:
+            return 0
+        ahead, stride = (self.cart.records_ahead if count > 0 else self.cart.records_behind)(self.offset)
+        jump = min(abs(count) - 1, ahead)
+        if jump <= 0:
+            return 0
+        self.offset += jump * stride if count > 0 else -jump * stride
+        step = jump if count > 0 else -jump
+        if self.blockno is not None:
+            self.blockno = max(0, self.blockno + step)
+        if self._chunk is not None:
+            self._chunk = max(0, self._chunk + step)
+        if count < 0:
+            self._full = self._warned = False
+        return jump
 
     def space_filemarks(self, count: int) -> SpaceResult:
         self._last_was_write = False

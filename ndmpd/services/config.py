@@ -157,7 +157,7 @@ def get_tape_info(session: "Session", req: Any) -> Any:
         attr = C.TAPE_ATTR_REWIND | C.TAPE_ATTR_UNLOAD
         caps = [T.pval("EXECUTE_CDB", "t" if tape.kind == "st" else "f"),
                 T.pval("CAPACITY", str(tape.capacity)),
-                T.pval("DEVICE_PATH", str(tape.path))]
+                T.pval("DEVICE_PATH", tape.store.url(tape.name + "/") if tape.store else str(tape.path))]
         model = "ndmpd virtual tape" if tape.kind == "virtual" else "Linux st tape drive"
         infos.append(T.device_info(model, [T.device_capability(tape.name, attr, caps)]))
     return T.config_get_tape_info_reply(C.NO_ERR, infos)

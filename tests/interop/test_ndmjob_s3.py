@@ -1,0 +1,83 @@
+"""ndmjob against a drive whose cartridge lives in S3 (a real SeaweedFS on loopback): the
+tape and mover conformance series pass, plain and encrypted, the encrypted objects hold
+no plaintext, and a store that refuses the credentials fails TAPE_OPEN in one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+import pytest
+
+from ndmpd.keystore import Keystore, KeySource
+from tests.interop.s3_rig import credentials_file, s3_drive
+from tests.interop.test_ndmjob_encrypted import pattern, run_ndmjob, windows_found
+from tests.interop.test_ndmjob_tape_mover import MOVER_PHASES, TAPE_PHASES
+
+pytestmark = pytest.mark.interop
+SEALED = 'encryption_key = "site"\n'
+
+
+@pytest.fixture
+def bucket(s3_server):
+    return s3_server.bucket("nj-" + uuid.uuid4().hex[:12])
+
+
+def series(ndmjob_suite, server, name: str, version: str, phases: list[str]) -> str:
+    result = ndmjob_suite(name, server.agent(version), version, "-f", "s3tape")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert re.findall(r"Test (\S+) Passed -- pass=\d+ warn=0 fail=0", out) == phases, out[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "encrypted"])
+def test_test_tape_and_test_mover_pass_on_an_s3_drive(ndmjob_suite, server_factory, s3_server, bucket,
+                                                       tmp_path, sealed):
+    if sealed:
+        Keystore(KeySource(tmp_path / "state" / "keys")).create("site")
+    drive = s3_drive("s3tape", s3_server, bucket, credentials_file(tmp_path), extra=SEALED if sealed else "")
+    server = server_factory(extra=drive)
+    out = series(ndmjob_suite, server, "test-tape", "4", TAPE_PHASES)
+    assert re.search(r"FINAL test-tape Passed -- pass=\d+ warn=0 fail=0", out), out[-2000:]
+    out = series(ndmjob_suite, server, "test-mover", "4", MOVER_PHASES)
+    assert "FINAL test-mover Passed -- pass=100 warn=0 fail=0" in out
+    keys = s3_server.keys(bucket)
+    assert "ndmpd/s3tape/index" in keys and len(keys) > 1, keys      # the cartridge is in the bucket
+    assert not s3_server.open_uploads(bucket)
+    index = s3_server.client().get_object(Bucket=bucket, Key="ndmpd/s3tape/index")["Body"].read()
+    assert (b"NDMPDVT1\x00\x02" in index) == sealed       # the superblock says format 2 (sealed)
+
+
+def test_wrong_credentials_fail_tape_open_in_one_line(ndmjob_suite, server_factory, s3_server, bucket, tmp_path):
+    drive = s3_drive("s3tape", s3_server, bucket, credentials_file(tmp_path, secret="wrong-secret"))
+    server = server_factory(extra=drive)
+    result = ndmjob_suite("test-tape", server.agent("4"), "4", "-f", "s3tape", timeout=120)
+    assert "FINAL test-tape Passed" not in result.stdout + result.stderr
+    log = (tmp_path / "ndmpd.log").read_text()
+    lines = [line for line in log.splitlines() if "s3://" in line and "wrong credentials" in line]
+    assert lines, log[-3000:]
+    assert f"s3://{bucket}/ndmpd/" in lines[0] and "s3tape" in lines[0]
+
+
+def test_an_encrypted_s3_backup_leaves_no_plaintext_in_the_bucket_and_restores(ndmjob, server_factory, s3_server,
+                                                                              bucket, tmp_path):
+    Keystore(KeySource(tmp_path / "state" / "keys")).create("site")
+    server = server_factory(extra=s3_drive("s3tape", s3_server, bucket, credentials_file(tmp_path), extra=SEALED))
+    src = tmp_path / "vol" / "src"
+    src.mkdir(parents=True)
+    known = pattern()
+    (src / "pattern.bin").write_bytes(known)
+    (src / "other.bin").write_bytes(os.urandom(6 << 20))           # more than a part: a multipart upload
+    agent, index = server.agent("4"), tmp_path / "backup.idx"
+    out = run_ndmjob("-c", "-D", agent, "-f", "s3tape", "-B", "tar", "-C", "/export/data", "-I", str(index))
+    assert "Operation ended OKAY" in out, out
+    client = s3_server.client()
+    stored = b"".join(client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in s3_server.keys(bucket))
+    assert len(stored) > 7 << 20
+    assert windows_found(stored, known) == 0
+    dar = run_ndmjob("-x", "-D", agent, "-f", "s3tape", "-B", "tar", "-C", str(tmp_path / "vol" / "picked"),
+                     "-J", str(index), "/src/pattern.bin")
+    assert "Operation ended OKAY" in dar, dar
+    assert (tmp_path / "vol" / "picked" / "src" / "pattern.bin").read_bytes() == known

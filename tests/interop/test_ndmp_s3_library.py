@@ -1,0 +1,154 @@
+"""A virtual library whose cartridges live in S3 (a real SeaweedFS on loopback), driven by a
+real ``ndmpd serve`` and ``ndmp``: ``ndmpd library`` creates and lists them, a backup spans two
+cartridges, a whole restore and a DAR of three files come back identical with the DAR fetching
+a small part of the image, and a store killed mid-backup fails the job clearly, leaves no
+unfinished upload once it is back, and the next backup works."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.engine_helpers import build_every_case
+from tests.s3_server import start_or_skip
+from tests.trees import describe, differences
+
+from .conftest import library_tables, run
+from .ndmp_cli import ndmp, ndmp_env, ok_json
+from .s3_rig import credentials_file, s3_drive, store_table
+from .test_ndmp_library import fill_volume
+
+pytestmark = pytest.mark.interop
+
+TRAFFIC = re.compile(r"store traffic so far: (\d+) GETs (\d+) bytes")
+
+
+def library_cli(server, *args: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "ndmpd", "library", "--config", str(server.config), *args])
+
+
+def bytes_got(log_text: str) -> int:
+    """The store's GET bytes as of the last cartridge closed (the server logs them at close)."""
+    found = TRAFFIC.findall(log_text)
+    return int(found[-1][1]) if found else 0
+
+
+@pytest.fixture
+def s3lib(server_factory, s3_server, tmp_path):
+    bucket = s3_server.bucket("lib-" + uuid.uuid4().hex[:12])
+    tables = library_tables(tmp_path / "lib", capacity="24MiB", early_warning="1MiB") + store_table(
+        "changer", s3_server, bucket, credentials_file(tmp_path), prefix="vlib0")
+    (tmp_path / "out").mkdir()
+    tables += f'\n[[volume]]\nname = "/export/out"\npath = "{tmp_path / "out"}"\n'
+    server = server_factory(extra=tables)
+    done = library_cli(server, "create", "vlib0", "TAPE01", "TAPE02", "TAPE03")
+    assert done.returncode == 0, done.stderr
+    return server, f"ndmp@{server.host}", bucket
+
+
+def test_library_commands_create_list_import_export_on_s3(s3lib, s3_server):
+    server, spec, bucket = s3lib
+    assert {k for k in s3_server.keys(bucket)} >= {f"vlib0/TAPE0{i}/index" for i in (1, 2, 3)}
+    listing = library_cli(server, "list", "vlib0")
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"1024\s+slot\s+TAPE01", listing.stdout) and "outside: -" in listing.stdout
+    again = library_cli(server, "create", "vlib0", "TAPE01")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    outside = library_cli(server, "create", "vlib0", "SPARE1", "--outside")
+    assert outside.returncode == 0, outside.stderr
+    assert "outside: SPARE1" in library_cli(server, "list", "vlib0").stdout
+    put = library_cli(server, "import", "vlib0", "SPARE1")
+    assert put.returncode == 0 and "import/export port" in put.stdout, put.stderr
+    taken = library_cli(server, "export", "vlib0", "SPARE1")
+    assert taken.returncode == 0 and f"s3://{bucket}/vlib0/SPARE1/" in taken.stdout, taken.stdout
+
+
+def test_a_backup_spans_two_s3_cartridges_and_restores_whole_and_by_dar(s3lib, tmp_path):
+    server, spec, bucket = s3lib
+    vol = build_every_case(tmp_path / "vol")
+    fill_volume(vol, 36_000_000)
+    before = describe(vol)
+    catalog = tmp_path / "catalog.db"
+    made = ok_json(ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:ltape0", "--library",
+                        f"{spec}:vlib0", "--catalog", str(catalog), "--json", home=tmp_path))
+    assert made["status"] == "done"
+    assert [m["barcode"] for m in made["media"]] == ["TAPE01", "TAPE02"]
+
+    url = f"s3://{bucket}/vlib0/TAPE01/"
+    info = run([sys.executable, "-m", "ndmpd", "tape", "info", "--config", str(server.config), url])
+    assert info.returncode == 0 and f"cartridge  {url}" in info.stdout, info.stderr
+    assert re.search(r"file 0\s+\d+ records\s+\d+ bytes", info.stdout), info.stdout
+    first = subprocess.run([sys.executable, "-m", "ndmpd", "tape", "extract", "--config", str(server.config),
+                            url, "0"], capture_output=True, timeout=120)
+    assert first.returncode == 0 and len(first.stdout) == made["media"][0]["last_byte"], first.stderr
+    no_config = run([sys.executable, "-m", "ndmpd", "tape", "info", url])
+    assert no_config.returncode == 1 and "give --config" in no_config.stderr
+
+    whole = ok_json(ndmp("restore", made["id"][:8], "--to", f"{spec}:/export/out/whole", "--catalog",
+                         str(catalog), "--json", home=tmp_path))
+    assert whole["status"] == "done" and whole["cartridges"] == ["TAPE01", "TAPE02"]
+    assert differences(before, describe(tmp_path / "out" / "whole")) == []
+
+    log = tmp_path / "ndmpd.log"
+    got_before = bytes_got(log.read_text())
+    picked = ["/dir/file", "/ünïcödé name", "/small.txt"]          # the last is on TAPE02
+    dar = ok_json(ndmp("restore", made["id"][:8], *picked, "--to", f"{spec}:/export/out/dar", "--catalog",
+                       str(catalog), "--json", home=tmp_path))
+    assert dar["status"] == "done" and dar["direct"] is True
+    for name in picked:
+        assert (tmp_path / "out" / "dar" / name[1:]).read_bytes() == (vol / name[1:]).read_bytes(), name
+    assert dar["cartridges"] == ["TAPE01", "TAPE02"]
+    fetched = bytes_got(log.read_text()) - got_before
+    print(f"DAR of {len(picked)} files fetched {fetched} of the image's {made['bytes']} bytes")
+    assert 0 < fetched < 0.12 * made["bytes"], (fetched, made["bytes"])     # a few blocks, not the image
+
+
+def test_the_store_killed_mid_backup_fails_clearly_leaves_no_upload_and_the_next_backup_works(
+        server_factory, tmp_path):
+    own = start_or_skip(tmp_path / "weed")
+    try:
+        bucket = own.bucket("kill-" + uuid.uuid4().hex[:8])
+        server = server_factory(extra=s3_drive("s3tape", own, bucket, credentials_file(tmp_path)))
+        spec = f"ndmp@{server.host}"
+        fill_volume(tmp_path / "vol", 120_000_000)
+        catalog = tmp_path / "catalog.db"
+        backup = [sys.executable, "-m", "ndmpd.dma", "backup", f"{spec}:/export/data", "--tape",
+                  f"{spec}:s3tape", "--catalog", str(catalog)]
+        job = subprocess.Popen(backup, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=ndmp_env(tmp_path), cwd=server.config.parent)
+        deadline = time.monotonic() + 60
+        while not own.open_uploads(bucket):
+            assert time.monotonic() < deadline and job.poll() is None, "the backup never started uploading"
+            time.sleep(0.2)
+        time.sleep(1)
+        own.kill()
+        _, stderr = job.communicate(timeout=120)
+        assert job.returncode == 1, stderr
+        [line] = stderr.splitlines()
+        assert "media error" in line.lower(), line
+        log = (tmp_path / "ndmpd.log").read_text()
+        assert re.search(rf"s3://{bucket}/ndmpd/: uploading part \d+ of s3tape: cannot reach", log), log[-3000:]
+
+        own.start()
+        deadline = time.monotonic() + 60
+        while own.open_uploads(bucket):
+            assert time.monotonic() < deadline, "the unfinished upload was not aborted"
+            time.sleep(0.5)
+        (tmp_path / "vol" / "big" / "part0.bin").unlink()
+        (tmp_path / "vol" / "big" / "part1.bin").unlink()
+        again = ok_json(ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:s3tape", "--catalog",
+                             str(catalog), "--json", home=tmp_path))
+        assert again["status"] == "done"
+        back = ok_json(ndmp("restore", again["id"][:8], "--to", f"{spec}:/export/data/back", "--catalog",
+                            str(catalog), "--json", home=tmp_path))
+        assert back["status"] == "done"
+        restored = tmp_path / "vol" / "back" / "big" / "part2.bin"
+        assert restored.read_bytes() == (tmp_path / "vol" / "big" / "part2.bin").read_bytes()
+        assert not own.open_uploads(bucket)
+    finally:
+        own.stop()
