@@ -35,14 +35,17 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import pax, renames, sparse, xattrs
 from .history import HistoryEntry
-from .readahead import ReadAhead
 from .report import Messages
 from .select import Excluder
 from .sink import FdSink
 from .target import DIR_FLAGS, fd_path
+
+if TYPE_CHECKING:                  # loaded by a dump that may read ahead (with subprocess): an
+    from .readahead import ReadAhead    # incremental's start-up, most of its time, goes without
 
 _S_IFDIR = stat.S_IFDIR
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -203,6 +206,7 @@ class Dumper:
             self._rename_records = renames.records(found, renames.temporary_names(root_fd, len(found)))
         stack: list[_Frame] = self._stack
         if self.options.readahead != "off" and not self._only and self._changed is None:
+            from .readahead import ReadAhead
             self._readahead = ReadAhead(root_fd, root_st.st_dev if self.options.one_filesystem else None,
                                         self.options.skip_root_names, self.options.excludes,
                                         self._since if self._lean_since is None else self._lean_since,

@@ -40,13 +40,16 @@ import mmap
 import os
 import select
 import stat
-import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .select import Excluder
 from .target import DIR_FLAGS
+
+if TYPE_CHECKING:
+    import subprocess              # only once helpers start: a warm dump never needs it
 
 WINDOW_ENTRIES = 8192          # directory entries ahead of the dump
 WINDOW_BYTES = 128 << 20       # bytes of file data asked for ahead of the dump
@@ -141,6 +144,7 @@ class ReadAhead:
             os.close(self._pipe)
             self._pipe = -1
         for helper in self._helpers:
+            import subprocess
             try:
                 helper.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -164,6 +168,7 @@ class ReadAhead:
         self._slots[_POSITION] = position
 
     def _start(self) -> None:
+        import subprocess
         self._publish_where()
         read_end, self._pipe = os.pipe2(os.O_CLOEXEC)
         environment = _helper_environment()
