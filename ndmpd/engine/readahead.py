@@ -143,8 +143,9 @@ class ReadAhead:
         if self._pipe >= 0:
             os.close(self._pipe)
             self._pipe = -1
-        for helper in self._helpers:
+        if self._helpers:
             import subprocess
+        for helper in self._helpers:
             try:
                 helper.wait(timeout=5)
             except subprocess.TimeoutExpired:
