@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from . import pax, restored, sparse, xattrs
+from . import pax, restored, sparse, writers, xattrs
 from .reader import (ByteSource, Member, ReadCancelled, StreamError, StreamReader, TruncatedStream,
                      member_problem)
 from .select import Pick, Selection, clean_path
@@ -47,7 +47,8 @@ from .target import DIR_FLAGS, Refused, Target, fd_path, split_safe
 POLICIES = ("overwrite", "keep", "newer")
 _KINDS = {pax.REGTYPE: "file", pax.AREGTYPE: "file", pax.CONTTYPE: "file", pax.LNKTYPE: "hard link",
           pax.SYMTYPE: "symlink", pax.CHRTYPE: "device", pax.BLKTYPE: "device", pax.FIFOTYPE: "FIFO"}
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = writers.NEW_FILE
+_REGULAR = (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE)
 
 
 def current_umask() -> int:
@@ -80,12 +81,16 @@ class RestoreOptions:
                                            # (level, volume), read at its start, which the run skips
     whole_copy: bool = False               # the target is nothing but this image's copy (a replica's
                                            # staging subvolume): it takes the image root's metadata too
+    workers: int = 2                       # writer processes for regular files (writers.py); 0: inline
+    parallel_after: int = 256              # files restored inline before the writers start (starting
+                                           # them costs about what restoring that many files does)
 
 
 @dataclass
 class RestoreResult:
     entries: int = 0
     files: int = 0
+    written_by_writers: int = 0      # of ``files``, those the writer processes wrote (writers.py)
     bytes_read: int = 0
     refused: Messages = field(default_factory=Messages)
     warnings: Messages = field(default_factory=Messages)
@@ -155,6 +160,11 @@ class Restorer:
         self._renames: list[tuple[bytes, bytes]] = []   # (from, to) image paths this restore replayed
         self._moved_in: set[tuple[bytes, ...]] = set()   # where those renames put directories
         self._no_records = ""                          # why records cannot be kept (warned once)
+        self._pool: writers.WriterPool | None = None
+        self._workers = options.workers
+        self._inline_files = 0                         # regular files written before the writers start
+        self._sent: dict[int, tuple[Member, tuple[bytes, ...]]] = {}   # seq -> what a writer has
+        self._seq = 0
 
     @property
     def labels(self) -> dict[str, str]:
@@ -171,24 +181,29 @@ class Restorer:
         self._labels = reader.labels
         if offset:
             reader.labels.update(self.options.labels)   # they decide which deletions are replayed
+        stopped = True                  # by an abort or a failure: the writers are not waited for
         try:
-            for member in reader.members():
-                if self.cancel.is_set():
-                    raise RestoreAborted("restore aborted")
-                self._one(target, reader, member)
-                if self.progress and self.result.entries % 512 == 0:
-                    self.progress(reader.offset, self.result.entries)
-                if self.options.stop_when_done and self.selection and self._all_done(member):
-                    break
-            self.result.end_of_archive = reader.end_of_archive
-            self._restore_lone_links(target)
-        except TruncatedStream as exc:
-            self.result.complete = False
-            self.warn(f"truncated stream: {exc}")
-        except ReadCancelled:
-            raise RestoreAborted("restore aborted") from None
+            try:
+                for member in reader.members():
+                    if self.cancel.is_set():
+                        raise RestoreAborted("restore aborted")
+                    self._one(target, reader, member)
+                    if self.progress and self.result.entries % 512 == 0:
+                        self.progress(reader.offset, self.result.entries)
+                    if self.options.stop_when_done and self.selection and self._all_done(member):
+                        break
+                self.result.end_of_archive = reader.end_of_archive
+                self._quiet(target)
+                self._restore_lone_links(target)
+            except TruncatedStream as exc:
+                self.result.complete = False
+                self.warn(f"truncated stream: {exc}")
+            except ReadCancelled:
+                raise RestoreAborted("restore aborted") from None
+            stopped = False
         finally:
             self.result.bytes_read = reader.offset - offset
+            self._stop_writers(target, stopped)
             self._finish_dirs(target)
             target.close()
         if self._owner_skips:
@@ -227,17 +242,141 @@ class Restorer:
                     return
                 self._mark(path)
                 parts = tuple(split_safe(placed))
-            if self._extract(target, reader, member, path, parts):
-                self._note_written(parts)
+            if self._pool is not None or self._workers:
+                if self._send(target, reader, member, parts):
+                    return                             # a writer reports it (_settle)
+            written = self._extract(target, reader, member, path, parts)
         except (StreamError, RestoreAborted):
             raise
         except Exception as exc:                       # this member's own failure, whatever it is
-            failure = failure_of(exc)
-            self.refuse(member.name, failure.text)
-            self._done(member, b"", failure)
+            self._failed(member, failure_of(exc))
             return
+        self._placed(member, parts, written)
+
+    def _placed(self, member: Member, parts: tuple[bytes, ...], written: bool) -> None:
+        """A member is done: at ``parts`` now (``written``), or kept out by the policy."""
+        if written:
+            self._note_written(parts)
         self.result.entries += 1
         self._done(member, b"/".join(parts), None)
+
+    def _failed(self, member: Member, failure: Failure) -> None:
+        self.refuse(member.name, failure.text)
+        self._done(member, b"", failure)
+
+    # -- the writers (writers.py) ----------------------------------------------------------
+
+    def _send(self, target: Target, reader: StreamReader, member: Member, parts: tuple[bytes, ...]) -> bool:
+        """Hand a plain regular file to the writers (True), else make sure none of them is busy
+        with anything this member's restore could touch (False: it is restored inline)."""
+        pool = self._pool
+        if (member.typeflag in _REGULAR and parts and not member.is_sparse
+                and (pool is None or member.size <= pool.max_item)):
+            if pool is None:
+                pool = self._start_writers(target)
+                if pool is None:
+                    return False
+            if parts not in target.opened:            # a directory of this restore is never in the way
+                return self._hand_over(target, reader, member, parts, pool)
+        if pool is not None and pool.busy and (member.typeflag != pax.DIRTYPE or pool.conflicts(parts)):
+            self._quiet(target)                        # (a directory's dumpdir may need it too: _directory)
+        return False
+
+    def _start_writers(self, target: Target) -> "writers.WriterPool | None":
+        if self._inline_files < self.options.parallel_after:
+            self._inline_files += 1
+            return None
+        try:
+            self._pool = writers.WriterPool(target.fd, self._workers, self.options.existing)
+        except (OSError, ValueError) as exc:
+            self._workers = 0
+            self.warn(f"restoring without writer processes: {failure_of(exc).text}")
+        return self._pool
+
+    def _hand_over(self, target: Target, reader: StreamReader, member: Member, parts: tuple[bytes, ...],
+                   pool: "writers.WriterPool") -> bool:
+        parent = parts[:-1]
+        dir_fd = target.cached(parent)
+        if dir_fd is None:
+            if pool.conflicts(parent):
+                self._quiet(target)
+            dir_fd = target.directory(parent)
+        settled = self._created_settled(target, dir_fd, member)
+        if not self._owners:
+            self._owner_skips += 1
+            uid = gid = -1
+        elif settled:
+            uid = gid = -1
+        else:
+            uid, gid = self._ids(member)
+        size = member.size
+        offset, room = pool.reserve(size)
+        at = 0
+        for chunk in reader.chunks(size):
+            end = at + len(chunk)
+            room[at:end] = chunk
+            at = end
+        self._seq += 1
+        self._sent[self._seq] = (member, parts)
+        pool.submit(writers.FileSpec(self._seq, parent, parts[-1], offset, size, member.mode, settled, uid, gid,
+                                     member.mtime_ns, member.xattrs if self.options.xattrs else None))
+        if pool.reported:
+            self._settle(target, pool.outcomes())
+        return True
+
+    def _quiet(self, target: Target) -> None:
+        """Wait until the writers have written (and reported) every file sent to them."""
+        if self._pool is not None and self._pool.busy:
+            self._settle(target, self._pool.drain())
+
+    def _settle(self, target: Target, outcomes: list[writers.Outcome]) -> None:
+        """What the writers report, as if each file had been restored inline; a file with a
+        directory in its way is restored here, in stream order, with the writers idle."""
+        back = []
+        for outcome in outcomes:
+            member, parts = self._sent.pop(outcome.seq)
+            self._pool.forget_path(parts)
+            for message in outcome.warnings:
+                self.warn(f"{os.fsdecode(member.name)}: {message}")
+            code = outcome.code
+            if code == writers.WRITTEN:
+                self.result.files += 1
+                self.result.written_by_writers += 1
+                self._placed(member, parts, True)
+            elif code == writers.FAILED:
+                self._failed(member, Failure(outcome.text, outcome.kind))
+            elif code == writers.DIRECTORY:
+                back.append((outcome.seq, member, parts, outcome.data))
+            else:
+                self.warn(f"{os.fsdecode(b'/'.join(parts))}: "
+                          + ("exists; kept" if code == writers.KEPT else "existing copy is as new; kept"))
+                self._placed(member, parts, False)
+        if back:
+            self._quiet(target)
+            for _, member, parts, data in sorted(back, key=lambda item: item[0]):
+                self._write_back(target, member, parts, data)
+
+    def _write_back(self, target: Target, member: Member, parts: tuple[bytes, ...], data: bytes) -> None:
+        """A file a writer found a directory in the way of, restored inline from its data."""
+        try:
+            written = self._regular_file(target, _Held(data), member, parts)
+        except Exception as exc:
+            self._failed(member, failure_of(exc))
+            return
+        self._placed(member, parts, written)
+
+    def _stop_writers(self, target: Target, stopped: bool) -> None:
+        """The writers finish what they were sent; its reports count unless the restore stopped."""
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            if not stopped:
+                self._quiet(target)
+        finally:
+            self._pool = None
+            self._workers = 0
+            pool.close()
 
     def _above_a_pick(self, path: bytes) -> bool:
         prefix = path + b"/" if path else b""
@@ -268,17 +407,8 @@ class Restorer:
             return self._directory(target, member, path, parts)
         dir_fd = target.directory(parts[:-1])
         name = parts[-1]
-        if kind in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE):
-            settled = self._created_settled(target, dir_fd, member)
-            create_mode = member.mode if settled else 0o600
-            try:                            # the common case first: nothing there yet
-                fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
-            except FileExistsError:
-                if not self._make_room(target, parts, dir_fd, name, member):
-                    return False
-                fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
-            self._regular(reader, member, fd, dir_fd, name, settled)
-            return True
+        if kind in _REGULAR:
+            return self._regular_file(target, reader, member, parts)
         if not self._make_room(target, parts, dir_fd, name, member):
             return False
         if kind == pax.LNKTYPE:
@@ -297,6 +427,22 @@ class Restorer:
             self._metadata_path(dir_fd, name, member)
         else:
             raise Refused(f"unknown member type {kind!r}")
+        return True
+
+    def _regular_file(self, target: Target, reader: "StreamReader | _Held", member: Member,
+                      parts: tuple[bytes, ...]) -> bool:
+        """A regular file, created new (the existing-file policy settles what is there)."""
+        dir_fd = target.directory(parts[:-1])
+        name = parts[-1]
+        settled = self._created_settled(target, dir_fd, member)
+        create_mode = member.mode if settled else 0o600
+        try:                            # the common case first: nothing there yet
+            fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
+        except FileExistsError:
+            if not self._make_room(target, parts, dir_fd, name, member):
+                return False
+            fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
+        self._regular(reader, member, fd, dir_fd, name, settled)
         return True
 
     def _created_settled(self, target: Target, dir_fd: int, member: Member) -> bool:
@@ -337,6 +483,8 @@ class Restorer:
                     return False
                 existing = None
             existed = existing is not None and parts not in target.created
+        if member.dumpdir is not None and (existed or self._replays_deletions()):
+            self._quiet(target)             # what is in it is listed, deleted or moved: writers idle
         fd = target.directory(parts)
         if member.dumpdir is not None:
             self._journal(target, parts, path, fd, member.dumpdir, fresh=not existed)
@@ -741,14 +889,10 @@ class Restorer:
     def _metadata_fd(self, fd: int, member: Member, settled: bool = False) -> None:
         if not self._owners:
             self._owner_skips += 1
-        if not settled:
-            if self._owners:
-                os.fchown(fd, *self._ids(member))
-            os.fchmod(fd, member.mode)
-        if member.xattrs and self.options.xattrs:
-            for message in xattrs.apply(fd, member.xattrs):
-                self.warn(f"{os.fsdecode(member.name)}: {message}")
-        os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
+        uid, gid = self._ids(member) if self._owners and not settled else (-1, -1)
+        for message in writers.apply_file_metadata(fd, member.mode, settled, uid, gid, member.mtime_ns,
+                                                   member.xattrs if self.options.xattrs else None):
+            self.warn(f"{os.fsdecode(member.name)}: {message}")
 
     def _metadata_path(self, dir_fd: int, name: bytes, member: Member) -> None:
         is_link = member.typeflag == pax.SYMTYPE
@@ -838,6 +982,16 @@ class Restorer:
         self.result.warnings.add(message)
         if self.report_hook:
             self.report_hook(message)
+
+
+class _Held:
+    """A file's data already read (what a writer handed back), read as a StreamReader's."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def chunks(self, count: int) -> list[memoryview]:
+        return [memoryview(self._data)[:count]]
 
 
 def _names_in(fd: int) -> list[bytes]:

@@ -1,0 +1,319 @@
+"""Writer processes for a restore: they create, fill and close regular files while the restore
+parses the stream ahead.
+
+Why processes and not threads: a restore's per-file work is a handful of system calls (openat,
+write, fchmod, futimens, close), each releasing the GIL and wanting it back when it returns. A
+writer thread next to a parser that always holds the GIL waits a whole switch interval (5 ms)
+after each call, so a thread pool is slower than doing it inline. Each writer process has its own
+interpreter: the parser's core runs Python while the writers' cores run the kernel's copies.
+
+The file data goes through one shared ring (a memfd both sides map): the restore copies each
+file's data into it and sends a small descriptor; the writer writes it straight from the ring.
+Each writer reaches the file's directory from the target's fd one component at a time with
+O_NOFOLLOW (the same :class:`Target` walk), so nothing it does can leave the target either. A file
+goes to the writer its name hashes to, so two members with the same path are written in stream
+order by one writer. What a writer cannot settle alone (a directory in the way of a file) comes
+back to the restore, which handles it in stream order with the pool idle.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+from . import xattrs
+from .report import failure_of
+
+RING_SIZE = 32 << 20
+MAX_ITEM = 4 << 20              # larger files are written inline (they stream; no gain in copying)
+MAX_IN_FLIGHT = 4096            # files sent and not yet reported (empty files use no ring space)
+BATCH = 48                      # files per message to a writer
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# what a writer reports for one file (besides its warnings)
+WRITTEN, KEPT, AS_NEW, DIRECTORY, FAILED = range(5)
+
+
+@dataclass(slots=True)
+class FileSpec:
+    """One regular file for a writer: where it goes, its data in the ring and its metadata."""
+
+    seq: int
+    parent: tuple[bytes, ...]
+    name: bytes
+    offset: int                 # in the ring
+    size: int
+    mode: int
+    settled: bool               # created with its final mode and owner: no fchown/fchmod
+    uid: int                    # -1: ownership is not restored
+    gid: int
+    mtime_ns: int
+    xattrs: list | None
+
+    def as_tuple(self) -> tuple:
+        return (self.seq, self.parent, self.name, self.offset, self.size, self.mode, self.settled,
+                self.uid, self.gid, self.mtime_ns, self.xattrs)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one file sent to a writer."""
+
+    seq: int
+    code: int = WRITTEN
+    text: str = ""              # FAILED: why
+    kind: str = ""              # FAILED: the failure's kind (report.py)
+    warnings: tuple[str, ...] = ()
+    data: bytes = b""           # DIRECTORY: the file's data, for the restore to write itself
+
+
+def apply_file_metadata(fd: int, mode: int, settled: bool, uid: int, gid: int, mtime_ns: int,
+                        xattr_list: list | None) -> list[str]:
+    """Owner, mode, xattrs and time of a file just written through ``fd`` (the restore's inline
+    path and the writers share this); returns the xattr warnings."""
+    if not settled:
+        if uid >= 0:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    messages = list(xattrs.apply(fd, xattr_list)) if xattr_list else []
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+    return messages
+
+
+class WriterPool:
+    """``workers`` writer processes restoring regular files below the directory ``root_fd``."""
+
+    def __init__(self, root_fd: int, workers: int, policy: str, ring_size: int = RING_SIZE) -> None:
+        self.ring_size = ring_size
+        self.max_item = min(MAX_ITEM, ring_size // 4)
+        self._memfd = os.memfd_create("ndmpd-restore-ring", os.MFD_CLOEXEC)
+        os.ftruncate(self._memfd, ring_size)
+        self._ring = mmap.mmap(self._memfd, ring_size)
+        self._view = memoryview(self._ring)
+        self._head = 0                  # bytes ever reserved (wrap skips included)
+        self._tail = 0                  # bytes ever released
+        self._regions: deque[tuple[int, int]] = deque()   # (seq, end) in reservation order
+        self._finished: set[int] = set()
+        self._sizes: dict[int, tuple[int, int]] = {}        # seq -> (ring offset, size), in flight
+        self._procs: list[subprocess.Popen] = []
+        self._commands: list[Connection] = []
+        self._results: list[Connection] = []
+        self._pending: list[list[tuple]] = []
+        self._forget = [False] * workers
+        self._outcomes: list[Outcome] = []
+        self.in_flight: dict[tuple[bytes, ...], int] = {}   # path -> files sent there, not reported
+        self._count = 0
+        try:
+            for _ in range(workers):
+                self._spawn(root_fd, policy)
+        except BaseException:
+            self.close(abort=True)
+            raise
+
+    def _spawn(self, root_fd: int, policy: str) -> None:
+        cmd_r, cmd_w = os.pipe()
+        res_r, res_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ndmpd.engine.writers", str(root_fd), str(self._memfd),
+                 str(cmd_r), str(res_w), policy],
+                pass_fds=(root_fd, self._memfd, cmd_r, res_w), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL)
+        except BaseException:
+            for fd in (cmd_r, cmd_w, res_r, res_w):
+                os.close(fd)
+            raise
+        os.close(cmd_r)
+        os.close(res_w)
+        self._procs.append(proc)
+        self._commands.append(Connection(cmd_w, readable=False))
+        self._results.append(Connection(res_r, writable=False))
+        self._pending.append([])
+
+    @property
+    def busy(self) -> bool:
+        """Files are in flight."""
+        return self._count > 0
+
+    @property
+    def reported(self) -> bool:
+        """Outcomes are waiting to be taken."""
+        return bool(self._outcomes)
+
+    def conflicts(self, parts: tuple[bytes, ...]) -> bool:
+        """Whether a file in flight is at ``parts`` or at a directory above it."""
+        in_flight = self.in_flight
+        return bool(in_flight) and any(parts[:depth] in in_flight for depth in range(1, len(parts) + 1))
+
+    def reserve(self, size: int) -> tuple[int, memoryview]:
+        """Room for ``size`` bytes of file data in the ring (waiting for writers when full)."""
+        while True:
+            start = self._head % self.ring_size
+            skip = self.ring_size - start if start + size > self.ring_size else 0
+            if self._head + skip + size - self._tail <= self.ring_size and self._count < MAX_IN_FLIGHT:
+                self._head += skip
+                offset = start if not skip else 0
+                return offset, self._view[offset:offset + size]
+            self._wait(block=True)
+
+    def submit(self, spec: FileSpec) -> None:
+        """Send one file whose data is in the ring at ``spec.offset`` (reserved just before)."""
+        self._head += spec.size
+        self._regions.append((spec.seq, self._head))
+        self._sizes[spec.seq] = (spec.offset, spec.size)
+        path = spec.parent + (spec.name,)
+        self.in_flight[path] = self.in_flight.get(path, 0) + 1
+        self._count += 1
+        which = hash(spec.name) % len(self._commands)
+        batch = self._pending[which]
+        batch.append(spec.as_tuple())
+        if len(batch) >= BATCH:
+            self._send(which)
+            self._wait(block=False)
+
+    def outcomes(self) -> list[Outcome]:
+        """What the writers have reported since the last call (without waiting)."""
+        self._wait(block=False)
+        done, self._outcomes = self._outcomes, []
+        return done
+
+    def drain(self) -> list[Outcome]:
+        """Send everything, wait until every file is reported; the writers then drop their
+        directory fds before their next file (the restore may change the tree meanwhile)."""
+        for which in range(len(self._commands)):
+            self._send(which)
+        while self._count:
+            self._wait(block=True)
+        self._forget = [True] * len(self._commands)
+        done, self._outcomes = self._outcomes, []
+        return done
+
+    def _send(self, which: int) -> None:
+        batch = self._pending[which]
+        if batch or self._forget[which]:
+            self._commands[which].send((self._forget[which], batch))
+            self._forget[which] = False
+            self._pending[which] = []
+
+    def _wait(self, block: bool) -> None:
+        if block:
+            for which in range(len(self._commands)):     # never wait for what was not sent
+                self._send(which)
+        ready = wait(self._results, timeout=None if block else 0)
+        for conn in ready:
+            try:
+                reports = conn.recv()
+            except EOFError:
+                raise OSError("a restore writer process ended unexpectedly") from None
+            for report in reports:
+                self._settle(Outcome(*report) if isinstance(report, tuple) else Outcome(report))
+
+    def _settle(self, outcome: Outcome) -> None:
+        seq = outcome.seq
+        offset, size = self._sizes.pop(seq)
+        if outcome.code == DIRECTORY:
+            outcome.data = bytes(self._view[offset:offset + size])
+        self._outcomes.append(outcome)
+        self._count -= 1
+        self._finished.add(seq)
+        regions = self._regions
+        while regions and regions[0][0] in self._finished:
+            done, self._tail = regions.popleft()
+            self._finished.discard(done)
+
+    def forget_path(self, path: tuple[bytes, ...]) -> None:
+        """A reported file's path is no longer in flight."""
+        left = self.in_flight[path] - 1
+        if left:
+            self.in_flight[path] = left
+        else:
+            del self.in_flight[path]
+
+    def close(self, abort: bool = False) -> None:
+        """Stop the writers: after what was sent (unless ``abort``, which kills them at once)."""
+        for conn in self._commands:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        for proc in self._procs:
+            if abort:
+                proc.kill()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for conn in self._results:
+            conn.close()
+        self._procs, self._commands, self._results = [], [], []
+        self._view.release()
+        self._ring.close()
+        os.close(self._memfd)
+
+
+# -- the writer process ----------------------------------------------------------------------
+
+
+def _write_one(target, ring: memoryview, policy: str, item: tuple) -> tuple | int:
+    """One file, created new (the existing-file policy settles what is there); the report is
+    the bare seq when all went well."""
+    seq, parent, name, offset, size, mode, settled, uid, gid, mtime_ns, xattr_list = item
+    fd = -1
+    try:
+        dir_fd = target.directory(parent, create=False)
+        create_mode = mode if settled else 0o600
+        try:
+            fd = os.open(name, NEW_FILE, create_mode, dir_fd=dir_fd)
+        except FileExistsError:
+            existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(existing.st_mode):
+                return (seq, DIRECTORY)
+            if policy == "keep":
+                return (seq, KEPT)
+            if policy == "newer" and existing.st_mtime_ns >= mtime_ns:
+                return (seq, AS_NEW)
+            os.unlink(name, dir_fd=dir_fd)
+            fd = os.open(name, NEW_FILE, create_mode, dir_fd=dir_fd)
+        try:
+            data = ring[offset:offset + size]
+            while data:
+                data = data[os.write(fd, data):]
+            warnings = apply_file_metadata(fd, mode, settled, uid, gid, mtime_ns, xattr_list)
+        except BaseException:
+            os.close(fd)
+            fd = -1
+            os.unlink(name, dir_fd=dir_fd)          # never a half-written file under its name
+            raise
+        os.close(fd)
+        return (seq, WRITTEN, "", "", tuple(warnings)) if warnings else seq
+    except Exception as exc:
+        failure = failure_of(exc)
+        return (seq, FAILED, failure.text, failure.kind)
+
+
+def _serve(root_fd: int, mem_fd: int, cmd_fd: int, res_fd: int, policy: str) -> None:
+    from .target import Target
+    ring_map = mmap.mmap(mem_fd, 0, prot=mmap.PROT_READ)
+    ring = memoryview(ring_map)
+    target = Target.at(root_fd)
+    commands = Connection(cmd_fd, writable=False)
+    results = Connection(res_fd, readable=False)
+    while True:
+        try:
+            forget, batch = commands.recv()
+        except EOFError:
+            return
+        if forget:
+            target.forget()
+        results.send([_write_one(target, ring, policy, item) for item in batch])
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
