@@ -205,3 +205,32 @@ def test_a_file_too_large_for_the_ring_is_written_inline_in_order(tmp_path):
     assert_same(runs)
     assert (runs[1][1] / "big").read_bytes() == big
     assert (runs[1][1] / "small3").read_bytes() == b"after the big one"
+
+
+def test_the_readers_shortcut_for_plain_members_reads_what_the_general_path_reads(tmp_path, monkeypatch):
+    """StreamReader._plain_member (a pax header of times, then ustar) must give the very members
+    the general loop gives, on every kind of member and damage around it."""
+    from ndmpd.engine.reader import StreamReader
+    tree = build_every_case(tmp_path / "tree")
+    dump_to(tree, tmp_path / "ours.tar")
+    gnu_tar("--format=pax", "--xattrs", "-cf", str(tmp_path / "gnu.tar"), "-C", str(tree), ".")
+    gnu_tar("--format=ustar", "-cf", str(tmp_path / "ustar.tar"), "-C", str(tree / "dir"), ".")
+    odd = (member(b"first", b"0")                   # (the reader's first member is read the general way)
+           + member(b"t", b"1", records=pax.pax_record(b"mtime", b"12.5") + pax.pax_record(b"atime", b"1"))
+           + member(b"bad-time", b"2", records=pax.pax_record(b"mtime", b"x"))
+           + member(b"moved", b"3", records=pax.pax_record(b"mtime", b"1") + pax.pax_record(b"path", b"elsewhere"))
+           + pax.extended_header(pax.pax_record(b"uname", b"nobody"), pax.XGLTYPE)
+           + member(b"after-global", b"4", records=pax.pax_record(b"mtime", b"7")))
+    damaged = bytearray(odd)
+    damaged[1024 + 100] ^= 0x20           # the pax header of "t": its checksum no longer holds
+    streams = [tmp_path / "ours.tar", tmp_path / "gnu.tar", tmp_path / "ustar.tar",
+               write(tmp_path / "odd.tar", odd + END), write(tmp_path / "damaged.tar", bytes(damaged) + END)]
+
+    def read_all(path: Path) -> list:
+        with open(path, "rb") as source:
+            reader = StreamReader(source.fileno())
+            return [(m, reader.read_exact(min(m.size, 64))) for m in reader.members()]
+    fast = [read_all(path) for path in streams]
+    monkeypatch.setattr(StreamReader, "_plain_member", lambda self: None)
+    assert [read_all(path) for path in streams] == fast
+    assert sum(len(members) for members in fast) > 40

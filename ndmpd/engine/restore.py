@@ -138,6 +138,8 @@ class Restorer:
         self.cancel = cancel or threading.Event()
         self.entry_done = entry_done
         self.selection = Selection(list(options.picks))
+        self._selective = bool(self.selection)
+        self._xattrs = options.xattrs
         self.result = RestoreResult()
         self._euid = os.geteuid()
         self._root = self._euid == 0
@@ -149,6 +151,7 @@ class Restorer:
         self._labels: dict[str, str] = {}
         self._uid_by_name: dict[bytes, int | None] = {}
         self._gid_by_name: dict[bytes, int | None] = {}
+        self._id_pairs: dict[tuple, tuple[int, int]] = {}    # (uname, gname, uid, gid) -> local ids
         self._pending = {pick.source for pick in self.selection.picks}
         self._open_dir_picks: set[bytes] = set()
         self._lone_links: dict[int, list[tuple[Member, tuple[bytes, ...]]]] = {}   # first link's offset
@@ -165,6 +168,7 @@ class Restorer:
         self._inline_files = 0                         # regular files written before the writers start
         self._sent: dict[int, tuple[Member, tuple[bytes, ...]]] = {}   # seq -> what a writer has
         self._seq = 0
+        self._reader: StreamReader | None = None    # the one reading into the writers' ring
 
     @property
     def labels(self) -> dict[str, str]:
@@ -234,7 +238,7 @@ class Restorer:
                 raise Refused(problem, INVALID)
             parts = tuple(split_safe(member.name))
             path = b"/".join(parts)
-            if self.selection:
+            if self._selective:
                 placed = self.selection.place(path)
                 if placed is None:
                     if member.typeflag == pax.DIRTYPE and self._above_a_pick(path):
@@ -255,10 +259,11 @@ class Restorer:
 
     def _placed(self, member: Member, parts: tuple[bytes, ...], written: bool) -> None:
         """A member is done: at ``parts`` now (``written``), or kept out by the policy."""
-        if written:
+        if written and self._journals:
             self._note_written(parts)
         self.result.entries += 1
-        self._done(member, b"/".join(parts), None)
+        if self.entry_done:
+            self.entry_done(member, b"/".join(parts), None)
 
     def _failed(self, member: Member, failure: Failure) -> None:
         self.refuse(member.name, failure.text)
@@ -270,10 +275,10 @@ class Restorer:
         """Hand a plain regular file to the writers (True), else make sure none of them is busy
         with anything this member's restore could touch (False: it is restored inline)."""
         pool = self._pool
-        if (member.typeflag in _REGULAR and parts and not member.is_sparse
+        if (member.typeflag in _REGULAR and parts and member.realsize is None      # not sparse
                 and (pool is None or member.size <= pool.max_item)):
             if pool is None:
-                pool = self._start_writers(target)
+                pool = self._start_writers(target, reader)
                 if pool is None:
                     return False
             if parts not in target.opened:            # a directory of this restore is never in the way
@@ -282,16 +287,21 @@ class Restorer:
             self._quiet(target)                        # (a directory's dumpdir may need it too: _directory)
         return False
 
-    def _start_writers(self, target: Target) -> "writers.WriterPool | None":
+    def _start_writers(self, target: Target, reader: StreamReader) -> "writers.WriterPool | None":
+        """The writers, once ``parallel_after`` files are restored; the reader reads on into
+        their ring."""
         if self._inline_files < self.options.parallel_after:
             self._inline_files += 1
             return None
         try:
-            self._pool = writers.WriterPool(target.fd, self._workers, self.options.existing)
+            pool = writers.WriterPool(target.fd, self._workers, self.options.existing)
         except (OSError, ValueError) as exc:
             self._workers = 0
             self.warn(f"restoring without writer processes: {failure_of(exc).text}")
-        return self._pool
+            return None
+        reader.adopt(pool.view, pool)
+        self._pool, self._reader = pool, reader
+        return pool
 
     def _hand_over(self, target: Target, reader: StreamReader, member: Member, parts: tuple[bytes, ...],
                    pool: "writers.WriterPool") -> bool:
@@ -302,24 +312,17 @@ class Restorer:
                 self._quiet(target)
             dir_fd = target.directory(parent)
         settled = self._created_settled(target, dir_fd, member)
+        uid = gid = -1
         if not self._owners:
             self._owner_skips += 1
-            uid = gid = -1
-        elif settled:
-            uid = gid = -1
-        else:
+        elif not settled:
             uid, gid = self._ids(member)
         size = member.size
-        offset, room = pool.reserve(size)
-        at = 0
-        for chunk in reader.chunks(size):
-            end = at + len(chunk)
-            room[at:end] = chunk
-            at = end
-        self._seq += 1
-        self._sent[self._seq] = (member, parts)
-        pool.submit(writers.FileSpec(self._seq, parent, parts[-1], offset, size, member.mode, settled, uid, gid,
-                                     member.mtime_ns, member.xattrs if self.options.xattrs else None))
+        offset = reader.lend(size)[0] if size else 0
+        self._seq = seq = self._seq + 1
+        self._sent[seq] = (member, parts)
+        pool.submit((seq, parent, parts[-1], offset, size, member.mode, settled, uid, gid, member.mtime_ns,
+                     member.xattrs if self._xattrs else None), parts)
         if pool.reported:
             self._settle(target, pool.outcomes())
         return True
@@ -333,9 +336,17 @@ class Restorer:
         """What the writers report, as if each file had been restored inline; a file with a
         directory in its way is restored here, in stream order, with the writers idle."""
         back = []
+        sent, forget_path, result = self._sent, self._pool.forget_path, self.result
         for outcome in outcomes:
-            member, parts = self._sent.pop(outcome.seq)
-            self._pool.forget_path(parts)
+            if outcome.__class__ is int:                # the usual report: written, no warning
+                member, parts = sent.pop(outcome)
+                forget_path(parts)
+                result.files += 1
+                result.written_by_writers += 1
+                self._placed(member, parts, True)
+                continue
+            member, parts = sent.pop(outcome.seq)
+            forget_path(parts)
             for message in outcome.warnings:
                 self.warn(f"{os.fsdecode(member.name)}: {message}")
             code = outcome.code
@@ -376,6 +387,7 @@ class Restorer:
         finally:
             self._pool = None
             self._workers = 0
+            self._reader.release()
             pool.close()
 
     def _above_a_pick(self, path: bytes) -> bool:
@@ -880,6 +892,15 @@ class Restorer:
 
     def _ids(self, member: Member) -> tuple[int, int]:
         """The local ids of the archived user/group names, else the archived numbers (as tar -p)."""
+        key = (member.uname, member.gname, member.uid, member.gid)
+        pair = self._id_pairs.get(key)
+        if pair is None:
+            if len(self._id_pairs) >= 4096:
+                self._id_pairs.clear()
+            pair = self._id_pairs[key] = self._looked_up_ids(member)
+        return pair
+
+    def _looked_up_ids(self, member: Member) -> tuple[int, int]:
         uid = pax.lookup_once(self._uid_by_name, member.uname,
                               lambda n: pwd.getpwnam(os.fsdecode(n)).pw_uid, None) if member.uname else None
         gid = pax.lookup_once(self._gid_by_name, member.gname,

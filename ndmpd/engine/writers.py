@@ -7,8 +7,10 @@ writer thread next to a parser that always holds the GIL waits a whole switch in
 after each call, so a thread pool is slower than doing it inline. Each writer process has its own
 interpreter: the parser's core runs Python while the writers' cores run the kernel's copies.
 
-The file data goes through one shared ring (a memfd both sides map): the restore copies each
-file's data into it and sends a small descriptor; the writer writes it straight from the ring.
+The file data goes through one shared ring (a memfd both sides map): the restore's stream reader
+reads the stream straight into it (it is the reader's buffer, :meth:`StreamReader.adopt`), lends
+each file's data where it lies and sends a small descriptor; the writer writes it from there, and
+the reader reads over it only once the writer has reported the file.
 Each writer reaches the file's directory from the target's fd one component at a time with
 O_NOFOLLOW (the same :class:`Target` walk), so nothing it does can leave the target either. A file
 goes to the writer its name hashes to, so two members with the same path are written in stream
@@ -40,25 +42,10 @@ NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WRITTEN, KEPT, AS_NEW, DIRECTORY, FAILED = range(5)
 
 
-@dataclass(slots=True)
-class FileSpec:
-    """One regular file for a writer: where it goes, its data in the ring and its metadata."""
-
-    seq: int
-    parent: tuple[bytes, ...]
-    name: bytes
-    offset: int                 # in the ring
-    size: int
-    mode: int
-    settled: bool               # created with its final mode and owner: no fchown/fchmod
-    uid: int                    # -1: ownership is not restored
-    gid: int
-    mtime_ns: int
-    xattrs: list | None
-
-    def as_tuple(self) -> tuple:
-        return (self.seq, self.parent, self.name, self.offset, self.size, self.mode, self.settled,
-                self.uid, self.gid, self.mtime_ns, self.xattrs)
+# One regular file for a writer, as a plain tuple (made and pickled per file, so no class):
+# (seq, parent parts, name, ring offset, size, mode, settled, uid, gid, mtime_ns, xattrs or None);
+# settled: created with its final mode and owner, so no fchown/fchmod; uid -1: owners not restored.
+FileSpec = tuple
 
 
 @dataclass(slots=True)
@@ -95,18 +82,17 @@ class WriterPool:
         self._memfd = os.memfd_create("ndmpd-restore-ring", os.MFD_CLOEXEC)
         os.ftruncate(self._memfd, ring_size)
         self._ring = mmap.mmap(self._memfd, ring_size)
-        self._view = memoryview(self._ring)
-        self._head = 0                  # bytes ever reserved (wrap skips included)
-        self._tail = 0                  # bytes ever released
-        self._regions: deque[tuple[int, int]] = deque()   # (seq, end) in reservation order
-        self._finished: set[int] = set()
+        self.view = memoryview(self._ring)
+        self._lent: deque[tuple[int, int]] = deque()      # (seq, ring offset) of lent data, in order
+        self._finished: set[int] = set()                  # reported, lent, not yet at the front
         self._sizes: dict[int, tuple[int, int]] = {}        # seq -> (ring offset, size), in flight
         self._procs: list[subprocess.Popen] = []
         self._commands: list[Connection] = []
         self._results: list[Connection] = []
         self._pending: list[list[tuple]] = []
         self._forget = [False] * workers
-        self._outcomes: list[Outcome] = []
+        self._outcomes: list[Outcome | int] = []        # a bare seq: written, no warnings
+        self._workers = workers
         self.in_flight: dict[tuple[bytes, ...], int] = {}   # path -> files sent there, not reported
         self._count = 0
         try:
@@ -151,39 +137,45 @@ class WriterPool:
         in_flight = self.in_flight
         return bool(in_flight) and any(parts[:depth] in in_flight for depth in range(1, len(parts) + 1))
 
-    def reserve(self, size: int) -> tuple[int, memoryview]:
-        """Room for ``size`` bytes of file data in the ring (waiting for writers when full)."""
-        while True:
-            start = self._head % self.ring_size
-            skip = self.ring_size - start if start + size > self.ring_size else 0
-            if self._head + skip + size - self._tail <= self.ring_size and self._count < MAX_IN_FLIGHT:
-                self._head += skip
-                offset = start if not skip else 0
-                return offset, self._view[offset:offset + size]
-            self._wait(block=True)
+    # -- the reader's Lender: what of the ring it may read into --------------------------------
 
-    def submit(self, spec: FileSpec) -> None:
-        """Send one file whose data is in the ring at ``spec.offset`` (reserved just before)."""
-        self._head += spec.size
-        self._regions.append((spec.seq, self._head))
-        self._sizes[spec.seq] = (spec.offset, spec.size)
-        path = spec.parent + (spec.name,)
-        self.in_flight[path] = self.in_flight.get(path, 0) + 1
+    def limit(self, position: int) -> int:
+        """The start of the oldest lent region at or after ``position``, else the ring's end
+        (lent regions behind ``position`` were lent in this lap of the ring)."""
+        if self._lent:
+            oldest = self._lent[0][1]
+            if oldest >= position:
+                return oldest
+        return self.ring_size
+
+    def wait(self) -> None:
+        self._wait(block=True)
+
+    def submit(self, spec: FileSpec, path: tuple[bytes, ...]) -> None:
+        """Send one file (to be at ``path``) whose data the reader lent at its ring offset."""
+        seq, name, offset, size = spec[0], spec[2], spec[3], spec[4]
+        if size:
+            self._lent.append((seq, offset))
+        self._sizes[seq] = (offset, size)
+        in_flight = self.in_flight
+        in_flight[path] = in_flight.get(path, 0) + 1
         self._count += 1
-        which = hash(spec.name) % len(self._commands)
+        which = hash(name) % self._workers
         batch = self._pending[which]
-        batch.append(spec.as_tuple())
+        batch.append(spec)
         if len(batch) >= BATCH:
             self._send(which)
             self._wait(block=False)
+        while self._count >= MAX_IN_FLIGHT:
+            self._wait(block=True)
 
-    def outcomes(self) -> list[Outcome]:
+    def outcomes(self) -> list[Outcome | int]:
         """What the writers have reported since the last call (without waiting)."""
         self._wait(block=False)
         done, self._outcomes = self._outcomes, []
         return done
 
-    def drain(self) -> list[Outcome]:
+    def drain(self) -> list[Outcome | int]:
         """Send everything, wait until every file is reported; the writers then drop their
         directory fds before their next file (the restore may change the tree meanwhile)."""
         for which in range(len(self._commands)):
@@ -212,20 +204,30 @@ class WriterPool:
             except EOFError:
                 raise OSError("a restore writer process ended unexpectedly") from None
             for report in reports:
-                self._settle(Outcome(*report) if isinstance(report, tuple) else Outcome(report))
+                self._settle(report)
 
-    def _settle(self, outcome: Outcome) -> None:
-        seq = outcome.seq
-        offset, size = self._sizes.pop(seq)
-        if outcome.code == DIRECTORY:
-            outcome.data = bytes(self._view[offset:offset + size])
-        self._outcomes.append(outcome)
+    def _settle(self, report: tuple | int) -> None:
+        if report.__class__ is int:
+            seq = report
+            size = self._sizes.pop(seq)[1]
+            self._outcomes.append(seq)
+        else:
+            outcome = Outcome(*report)
+            seq = outcome.seq
+            offset, size = self._sizes.pop(seq)
+            if outcome.code == DIRECTORY:
+                outcome.data = bytes(self.view[offset:offset + size])
+            self._outcomes.append(outcome)
         self._count -= 1
-        self._finished.add(seq)
-        regions = self._regions
-        while regions and regions[0][0] in self._finished:
-            done, self._tail = regions.popleft()
-            self._finished.discard(done)
+        if size:
+            lent = self._lent
+            if lent[0][0] == seq:
+                lent.popleft()
+                finished = self._finished
+                while lent and lent[0][0] in finished:
+                    finished.discard(lent.popleft()[0])
+            else:
+                self._finished.add(seq)
 
     def forget_path(self, path: tuple[bytes, ...]) -> None:
         """A reported file's path is no longer in flight."""
@@ -253,8 +255,11 @@ class WriterPool:
         for conn in self._results:
             conn.close()
         self._procs, self._commands, self._results = [], [], []
-        self._view.release()
-        self._ring.close()
+        self.view.release()
+        try:
+            self._ring.close()
+        except BufferError:             # a view of it is still held somewhere: it closes with it
+            pass
         os.close(self._memfd)
 
 
