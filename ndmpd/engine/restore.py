@@ -188,13 +188,15 @@ class Restorer:
         stopped = True                  # by an abort or a failure: the writers are not waited for
         try:
             try:
+                one, cancel, progress, result = self._one, self.cancel, self.progress, self.result
+                stop_when_done = self.options.stop_when_done and self._selective
                 for member in reader.members():
-                    if self.cancel.is_set():
+                    if cancel.is_set():
                         raise RestoreAborted("restore aborted")
-                    self._one(target, reader, member)
-                    if self.progress and self.result.entries % 512 == 0:
-                        self.progress(reader.offset, self.result.entries)
-                    if self.options.stop_when_done and self.selection and self._all_done(member):
+                    one(target, reader, member)
+                    if progress and result.entries % 512 == 0:
+                        progress(reader.offset, result.entries)
+                    if stop_when_done and self._all_done(member):
                         break
                 self.result.end_of_archive = reader.end_of_archive
                 self._quiet(target)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -189,7 +190,7 @@ class WriterPool:
     def _send(self, which: int) -> None:
         batch = self._pending[which]
         if batch or self._forget[which]:
-            self._commands[which].send((self._forget[which], batch))
+            self._commands[which].send_bytes(pickle.dumps((self._forget[which], batch), pickle.HIGHEST_PROTOCOL))
             self._forget[which] = False
             self._pending[which] = []
 
@@ -200,7 +201,7 @@ class WriterPool:
         ready = wait(self._results, timeout=None if block else 0)
         for conn in ready:
             try:
-                reports = conn.recv()
+                reports = pickle.loads(conn.recv_bytes())
             except EOFError:
                 raise OSError("a restore writer process ended unexpectedly") from None
             for report in reports:
@@ -312,12 +313,13 @@ def _serve(root_fd: int, mem_fd: int, cmd_fd: int, res_fd: int, policy: str) -> 
     results = Connection(res_fd, readable=False)
     while True:
         try:
-            forget, batch = commands.recv()
+            forget, batch = pickle.loads(commands.recv_bytes())
         except EOFError:
             return
         if forget:
             target.forget()
-        results.send([_write_one(target, ring, policy, item) for item in batch])
+        results.send_bytes(pickle.dumps([_write_one(target, ring, policy, item) for item in batch],
+                                        pickle.HIGHEST_PROTOCOL))
 
 
 if __name__ == "__main__":
