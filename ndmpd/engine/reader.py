@@ -404,7 +404,8 @@ class StreamReader:
             return
         self._globals.update(merged)
         self._globals_size += grown
-        self._globals_matter = any(key in _USED or key.startswith(b"GNU.sparse.") for key in self._globals)
+        self._globals_matter = self._globals_matter or any(key in _USED or key.startswith(b"GNU.sparse.")
+                                                           for key in merged)   # (globals only grow)
 
     def _note_labels(self, records: list[tuple[bytes, bytes]]) -> None:
         for key, value in records:
