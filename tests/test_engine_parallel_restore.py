@@ -234,3 +234,20 @@ def test_the_readers_shortcut_for_plain_members_reads_what_the_general_path_read
     monkeypatch.setattr(StreamReader, "_plain_member", lambda self: None)
     assert [read_all(path) for path in streams] == fast
     assert sum(len(members) for members in fast) > 40
+
+
+def test_a_writer_that_dies_ends_the_restore_and_says_so(tmp_path):
+    import signal
+    from ndmpd.engine.writers import WritersFailed
+    stream = write(tmp_path / "s.tar", b"".join(member(b"f%04d" % n, b"x" * 3000) for n in range(4000)) + END)
+    restorer = None
+
+    def done(m, placed, failure):
+        assert failure is None                       # no file is refused for the writer's death
+        if restorer.result.entries == 100:
+            os.kill(restorer._pool._procs[0].pid, signal.SIGKILL)
+    with open(stream, "rb") as source:
+        restorer = Restorer(str(tmp_path / "out"), source.fileno(), PARALLEL, entry_done=done)
+        with pytest.raises(WritersFailed, match=r"writer process .* ended \(killed by signal 9\)"):
+            restorer.run()
+    assert restorer.result.refused_count == 0

@@ -252,7 +252,7 @@ class Restorer:
                 if self._send(target, reader, member, parts):
                     return                             # a writer reports it (_settle)
             written = self._extract(target, reader, member, path, parts)
-        except (StreamError, RestoreAborted):
+        except (StreamError, RestoreAborted, writers.WritersFailed):
             raise
         except Exception as exc:                       # this member's own failure, whatever it is
             self._failed(member, failure_of(exc))

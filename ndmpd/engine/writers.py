@@ -39,6 +39,10 @@ MAX_IN_FLIGHT = 4096            # files sent and not yet reported (empty files u
 BATCH = 48                      # files per message to a writer
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
+class WritersFailed(OSError):
+    """A writer process ended before reporting what it was sent: the restore cannot go on."""
+
+
 # what a writer reports for one file (besides its warnings)
 WRITTEN, KEPT, AS_NEW, DIRECTORY, FAILED = range(5)
 
@@ -190,7 +194,11 @@ class WriterPool:
     def _send(self, which: int) -> None:
         batch = self._pending[which]
         if batch or self._forget[which]:
-            self._commands[which].send_bytes(pickle.dumps((self._forget[which], batch), pickle.HIGHEST_PROTOCOL))
+            try:
+                self._commands[which].send_bytes(pickle.dumps((self._forget[which], batch),
+                                                              pickle.HIGHEST_PROTOCOL))
+            except OSError:
+                raise WritersFailed(self._death()) from None
             self._forget[which] = False
             self._pending[which] = []
 
@@ -202,8 +210,8 @@ class WriterPool:
         for conn in ready:
             try:
                 reports = pickle.loads(conn.recv_bytes())
-            except EOFError:
-                raise OSError("a restore writer process ended unexpectedly") from None
+            except (EOFError, OSError):
+                raise WritersFailed(self._death()) from None
             for report in reports:
                 self._settle(report)
 
@@ -229,6 +237,19 @@ class WriterPool:
                     finished.discard(lent.popleft()[0])
             else:
                 self._finished.add(seq)
+
+    def _death(self) -> str:
+        """Why the writers cannot go on: which one ended, and how (a dying one gets a moment)."""
+        for patience in (0, 1):
+            for proc in self._procs:
+                try:
+                    status = proc.wait(timeout=patience) if patience else proc.poll()
+                except subprocess.TimeoutExpired:
+                    continue
+                if status is not None:
+                    how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+                    return f"a restore writer process (pid {proc.pid}) ended ({how}) with files unwritten"
+        return "a restore writer process closed its pipe with files unwritten"
 
     def forget_path(self, path: tuple[bytes, ...]) -> None:
         """A reported file's path is no longer in flight."""
