@@ -294,7 +294,9 @@ def _write_one(target, ring: memoryview, policy: str, item: tuple) -> tuple | in
     seq, parent, name, offset, size, mode, settled, uid, gid, mtime_ns, xattr_list = item
     fd = -1
     try:
-        dir_fd = target.directory(parent, create=False)
+        dir_fd = target.cached(parent)
+        if dir_fd is None:
+            dir_fd = target.directory(parent, create=False)
         create_mode = mode if settled else 0o600
         try:
             fd = os.open(name, NEW_FILE, create_mode, dir_fd=dir_fd)
@@ -312,7 +314,11 @@ def _write_one(target, ring: memoryview, policy: str, item: tuple) -> tuple | in
             data = ring[offset:offset + size]
             while data:
                 data = data[os.write(fd, data):]
-            warnings = apply_file_metadata(fd, mode, settled, uid, gid, mtime_ns, xattr_list)
+            if settled and not xattr_list:          # the usual file: only its time is left
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                warnings = None
+            else:
+                warnings = apply_file_metadata(fd, mode, settled, uid, gid, mtime_ns, xattr_list)
         except BaseException:
             os.close(fd)
             fd = -1
