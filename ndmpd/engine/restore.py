@@ -35,7 +35,7 @@ import grp
 import stat
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import pax, restored, sparse, writers, xattrs
 from .reader import (ByteSource, Member, ReadCancelled, StreamError, StreamReader, TruncatedStream,
@@ -504,7 +504,9 @@ class Restorer:
             self._journal(target, parts, path, fd, member.dumpdir, fresh=not existed)
         # where the restore goes (the target, or where the image's root is placed) keeps its own
         # mode, owner and xattrs when it was there before: the image must not widen access to it
-        self._dirs.append(_DirMeta(parts, member, existed and (not parts or not path) and not self.options.whole_copy))
+        kept = replace(member, dumpdir=None) if member.dumpdir else member   # the names are done with:
+        # kept until the end for its metadata only, a directory must not hold its whole listing
+        self._dirs.append(_DirMeta(parts, kept, existed and (not parts or not path) and not self.options.whole_copy))
         return True
 
     def _replays_deletions(self) -> bool:
