@@ -10,13 +10,18 @@ Builds (once, then reuses) a small-file tree (``--files``, default 100,000 files
 and prints one row per work with both medians, their ratio and the issue's target:
 
     dump small cold <= 0.5x    dump small warm <= 1.3x    dump large cold, warm <= 1.0x
-    restore small <= 1.0x      peak RSS of dump and restore, 1M files (--huge) <= 150 MiB
+    restore small (warm; cold with --cold) <= 1.0x
+    peak RSS of dump and restore, 1M files (--huge) <= 150 MiB
+
+``--workers N`` runs ``ndmpd restore --workers N`` (its writer processes; 0: inline), and
+``--only restore`` times the restore rows alone.
 
 ``--cold`` adds the cold rows: caches are dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``,
 root only) before every single timed command, ours and tar's alike. Without it the rows are
 warm: one untimed run of each first, so both read from the page cache.
 
     python benchmarks/dump_bench.py [--dir /var/tmp/ndmpd-bench] [--rounds 5] [--cold] [--huge]
+                                    [--only large|small|restore|huge] [--workers N]
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pathlib import Path
 
 NDMPD = [sys.executable, "-m", "ndmpd"]
 TARGETS = {"dump small cold": 0.5, "dump small warm": 1.3, "dump large cold": 1.0, "dump large warm": 1.0,
-           "restore small": 1.0}
+           "restore small": 1.0, "restore small cold": 1.0}
 RSS_LIMIT_MIB = 150
 SMALL_PER_DIR = 500
 HUGE_FILES = 1_000_000
@@ -142,7 +147,10 @@ def bench_dump(tree: Path) -> dict[str, Runner]:
             "ndmpd": lambda: timed(NDMPD + ["dump", str(tree), "--snapshot", "none"], stdout="cat")}
 
 
-def bench_restore(stream: Path, work: Path) -> dict[str, Runner]:
+def bench_restore(stream: Path, work: Path, workers: int | None = None) -> dict[str, Runner]:
+    """tar -xf against ndmpd restore (with ``--workers`` when given), each into a fresh directory."""
+    extra = ["--workers", str(workers)] if workers is not None else []
+
     def fresh(name: str) -> Path:
         for old in ("tar-out", "ndmpd-out"):    # both: every run starts with the same free memory
             shutil.rmtree(work / old, ignore_errors=True)
@@ -159,7 +167,7 @@ def bench_restore(stream: Path, work: Path) -> dict[str, Runner]:
     def ndmpd_x():
         out = fresh("ndmpd-out")
         with open(stream, "rb") as source:
-            return timed(NDMPD + ["restore", str(out)], stdin=source)
+            return timed(NDMPD + ["restore", str(out)] + extra, stdin=source)
     return {"tar": tar_x, "ndmpd": ndmpd_x}
 
 
@@ -215,7 +223,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--files", type=int, default=100_000, help="files in the small tree (default 100,000)")
     parser.add_argument("--large-files", type=int, default=2, help="512 MiB files in the large tree (default 2)")
-    parser.add_argument("--only", choices=["large", "small", "huge"], help="one tree's rows (huge: implies --huge)")
+    parser.add_argument("--only", choices=["large", "small", "restore", "huge"],
+                        help="one tree's rows (huge: implies --huge; restore: the small tree's restore rows)")
     parser.add_argument("--cold", action="store_true",
                         help="also the cold rows: drop caches before every timed command (root only)")
     parser.add_argument("--huge", action="store_true",
@@ -223,6 +232,8 @@ def main() -> int:
     parser.add_argument("--restore-dir", type=Path, default=Path("/dev/shm") if os.path.isdir("/dev/shm") else None,
                         help="where restores write (default /dev/shm: the disk's writeback would "
                              "otherwise decide both times)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="ndmpd restore --workers N (writer processes; default: ndmpd's own default)")
     parser.add_argument("--verbose", action="store_true", help="print every timed run")
     args = parser.parse_args()
     args.huge |= args.only == "huge"
@@ -232,7 +243,7 @@ def main() -> int:
     trees = tree_paths(args.dir, args.files, args.large_files)
     restore_dir = args.restore_dir or args.dir
     print("building trees (once) ...", file=sys.stderr)
-    if args.only in (None, "small"):
+    if args.only in (None, "small", "restore"):
         build_small(trees["small"], args.files)
     if args.only in (None, "large"):
         build_large(trees["large"], args.large_files)
@@ -246,13 +257,15 @@ def main() -> int:
         for cold in modes:
             work = f"dump {kind} {'cold' if cold else 'warm'}"
             table.ratio(work, measure(bench_dump(trees[kind]), args.rounds, cold, work, args.verbose))
-    if args.only in (None, "small"):
+    if args.only in (None, "small", "restore"):
         stream = args.dir / "small.tar"
         with open(stream, "wb") as out:
             subprocess.run(NDMPD + ["dump", str(trees["small"]), "--snapshot", "none"], stdout=out,
                            stderr=subprocess.DEVNULL, check=True)
-        table.ratio("restore small", measure(bench_restore(stream, restore_dir), args.rounds, False,
-                                             "restore small", args.verbose))
+        for cold in modes:      # cold: the stream is read from the disk, not the page cache
+            work = "restore small cold" if cold else "restore small"
+            table.ratio(work, measure(bench_restore(stream, restore_dir, args.workers), args.rounds, cold, work,
+                                      args.verbose))
         stream.unlink()
     if args.huge:
         # one run each: RSS, not time; the restore goes to disk (1M tmpfs files would take GiBs of RAM)
@@ -263,7 +276,8 @@ def main() -> int:
             subprocess.run(NDMPD + ["dump", str(trees["huge"]), "--snapshot", "none"], stdout=out,
                            stderr=subprocess.DEVNULL, check=True)
         huge_out = args.dir / "huge-restore"
-        table.rss("restore 1M files RSS", measure(bench_restore(stream, huge_out), 1, False, "restore huge",
+        table.rss("restore 1M files RSS", measure(bench_restore(stream, huge_out, args.workers), 1, False,
+                                                  "restore huge",
                                                   args.verbose, warm_up=False))
         stream.unlink()
         shutil.rmtree(huge_out, ignore_errors=True)

@@ -45,6 +45,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                               "restores of the same image directories put there only (default: when the "
                               "stream is an incremental)")
     restore.add_argument("--no-xattrs", action="store_true", help="do not restore extended attributes")
+    restore.add_argument("--workers", type=_workers, default=2, metavar="N",
+                         help="writer processes creating the regular files while the stream is parsed "
+                              "(default 2; 0: write every file inline)")
+
+
+def _workers(text: str) -> int:
+    """``--workers``: 0 to 64 writer processes."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"{count} writers: give 0 to 64")
+    return count
 
 
 class Progress:
@@ -160,7 +174,7 @@ def restore(args: argparse.Namespace) -> int:
     progress = Progress()
     options = RestoreOptions(picks=tuple(Pick.parse(p) for p in args.select), existing=args.existing,
                              incremental=args.incremental, xattrs=not args.no_xattrs,
-                             stop_when_done=bool(args.offset and args.select))
+                             stop_when_done=bool(args.offset and args.select), workers=args.workers)
     try:
         result = Restorer(args.target, sys.stdin.fileno(), options,
                           report=lambda m: print(f"ndmpd restore: {m}", file=sys.stderr),

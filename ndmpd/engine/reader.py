@@ -87,6 +87,20 @@ class ByteSource(Protocol):
     def readinto(self, view: memoryview) -> int: ...
 
 
+class Lender(Protocol):
+    """Owner of a buffer whose regions the reader lends out (:meth:`StreamReader.lend`) and that
+    stay untouched until their borrowers are done with them (the restore's writers)."""
+
+    def limit(self, position: int) -> int:
+        """How far from ``position`` the reader may write now (the start of the oldest lent
+        region ahead, else the buffer's end)."""
+        ...
+
+    def wait(self) -> None:
+        """Block until some lent region is given back."""
+        ...
+
+
 class StreamReader:
     """Members of a tar stream read from a file descriptor (pipe, socket or file) or a ByteSource."""
 
@@ -95,8 +109,9 @@ class StreamReader:
         self.fd = fd
         self._cancel = cancel
         self._readinto = fd.readinto if not isinstance(fd, int) else (lambda view: os.readv(fd, [view]))
-        self._buffer = bytearray(READ_SIZE)
-        self._view = memoryview(self._buffer)
+        self._view = memoryview(bytearray(READ_SIZE))
+        self._size = READ_SIZE
+        self._lender: Lender | None = None
         self._pos = 0
         self._end = 0
         self._consumed = start          # stream offset of _buffer[_pos]
@@ -104,6 +119,7 @@ class StreamReader:
         self.end_of_archive = False     # the end-of-archive (zero) block was read: the image is whole
         self._globals: dict[bytes, bytes] = {}
         self._globals_size = 0          # bytes of global records in force
+        self._globals_matter = False    # some global record changes what a member is
         self._data_left = 0             # unread data + padding of the current member
         self.labels: dict[str, str] = {}
         self._owners_seen: dict[bytes, tuple] = {}
@@ -114,23 +130,75 @@ class StreamReader:
 
     # -- raw bytes -------------------------------------------------------------------------
 
+    def adopt(self, view: memoryview, lender: Lender) -> None:
+        """Read on into ``view`` (what is buffered moves there), whose regions :meth:`lend`
+        hands out without copying, respecting what ``lender`` says is still lent."""
+        remaining = self._end - self._pos
+        if remaining > len(view):
+            raise ValueError("the new buffer is smaller than what is buffered")
+        view[:remaining] = self._view[self._pos:self._end]
+        self._view, self._size, self._lender = view, len(view), lender
+        self._pos, self._end = 0, remaining
+
+    def release(self) -> None:
+        """Stop using an adopted buffer (its owner is closing it); reading ends here."""
+        self._view = memoryview(b"")
+        self._size = self._pos = self._end = 0
+        self._lender = None
+
     def _fill(self) -> bool:
         if self._cancel is not None and self._cancel.is_set():
             raise ReadCancelled("the job was cancelled")
-        if self._pos == self._end:
-            self._pos = self._end = 0
-        elif self._end == len(self._buffer):
-            remaining = self._end - self._pos
-            self._buffer[:remaining] = self._buffer[self._pos:self._end]
-            self._pos, self._end = 0, remaining
+        lender = self._lender
+        if lender is None:
+            if self._pos == self._end:
+                self._pos = self._end = 0
+            elif self._end == self._size:
+                self._wrap()
+            limit = self._size
+        else:
+            if self._end == self._size:
+                self._wrap()
+            limit = lender.limit(self._end)
+            while limit <= self._end:
+                lender.wait()
+                limit = lender.limit(self._end)
+            limit = min(limit, self._end + READ_SIZE)     # the writers get data as it comes
         try:
-            got = self._readinto(self._view[self._end:])
+            got = self._readinto(self._view[self._end:limit])
         except StreamError:
             raise
         except Exception as exc:
             raise SourceFailed(f"reading the stream failed: {exc}") from exc
         self._end += got
         return got > 0
+
+    def _wrap(self) -> None:
+        """Move what is buffered but unread to the buffer's start (once nothing lent is there)."""
+        remaining = self._end - self._pos
+        if self._lender is not None:
+            while self._lender.limit(0) <= remaining:
+                self._lender.wait()
+        self._view[:remaining] = bytes(self._view[self._pos:self._end])
+        self._pos, self._end = 0, remaining
+
+    def lend(self, count: int) -> tuple[int, memoryview]:
+        """The next ``count`` data bytes in one piece, where they are in the buffer (its offset
+        and a view, not a copy); with an adopted buffer they stay until the lender gives them
+        back. ``count`` must fit well inside the buffer."""
+        _check_count(count)
+        if count > self._size // 2:
+            raise ValueError(f"{count} bytes do not fit the read buffer")
+        if self._pos + count > self._size:
+            self._wrap()
+        while self._end - self._pos < count:
+            if not self._fill():
+                raise TruncatedStream("stream ends inside a member's data")
+        at = self._pos
+        self._pos = at + count
+        self._consumed += count
+        self._data_left -= count
+        return at, self._view[at:at + count]
 
     def _take(self, count: int) -> memoryview | None:
         """The next ``count`` (<= READ_SIZE) bytes, or None at a clean end of stream."""
@@ -196,11 +264,47 @@ class StreamReader:
         while True:
             if self._data_left:
                 self.skip(self._data_left)
-            member = self._next_member()
+            member = self._plain_member() if self._end - self._pos >= 3 * pax.BLOCK else None
             if member is None:
-                return
+                member = self._next_member()
+                if member is None:
+                    return
             self._data_left = pax.round_up(member.size)
             yield member
+
+    def _plain_member(self) -> Member | None:
+        """The usual member in one step: a pax header holding its times only (or none) and its
+        ustar block, both buffered. None, having consumed nothing, for anything else (so
+        :meth:`_next_member` handles every other case, and every fault, the one way)."""
+        if self._globals_matter:
+            return None
+        view, pos = self._view, self._pos
+        head = bytes(view[pos:pos + pax.BLOCK])
+        kind = head[156:157]
+        records = None
+        used = pax.BLOCK
+        try:
+            if kind == pax.XHDTYPE:
+                pax.check_block(head)
+                size = pax.meta_size(head)
+                if size > pax.BLOCK:
+                    return None
+                records = dict(pax.parse_records(bytes(view[pos + pax.BLOCK:pos + pax.BLOCK + size])))
+                if not records.keys() <= _TIMES:
+                    return None
+                head = bytes(view[pos + 2 * pax.BLOCK:pos + 3 * pax.BLOCK])
+                if head[156:157] in _META_TYPES:
+                    return None
+                used = 3 * pax.BLOCK
+            elif kind in _META_TYPES or not any(head):
+                return None
+            raw = pax.parse_ustar(head, self._owners_seen)
+        except pax.HeaderError:
+            return None
+        offset = self._consumed
+        self._pos = pos + used
+        self._consumed = offset + used
+        return self._member(raw, records, [], None, None, offset)
 
     def _next_member(self) -> Member | None:
         local: dict[bytes, bytes] = {}
@@ -300,6 +404,8 @@ class StreamReader:
             return
         self._globals.update(merged)
         self._globals_size += grown
+        self._globals_matter = self._globals_matter or any(key in _USED or key.startswith(b"GNU.sparse.")
+                                                           for key in merged)   # (globals only grow)
 
     def _note_labels(self, records: list[tuple[bytes, bytes]]) -> None:
         for key, value in records:
@@ -325,6 +431,18 @@ class StreamReader:
         self._warn(f"damaged header at offset {start} ({exc}); skipped {skipped + 1} blocks to the next header")
 
     def _member(self, raw: pax.RawHeader, records, xattrs, long_name, long_link, offset: int) -> Member:
+        if not records or records.keys() <= _TIMES:     # the usual member: no record but its times
+            member = Member(long_name if long_name is not None else raw.name, raw.typeflag, raw.mode & 0o7777,
+                            raw.uid, raw.gid, raw.uname, raw.gname, raw.mtime * 1_000_000_000, raw.size,
+                            long_link if long_link is not None else raw.linkname, raw.devmajor, raw.devminor,
+                            offset, xattrs)
+            mtime = records.get(b"mtime") if records else None
+            if mtime is not None:
+                try:
+                    member.mtime_ns = pax.parse_time(mtime)
+                except ValueError as exc:
+                    member.bad = f"bad pax mtime record ({exc})"
+            return member
         name = records.get(b"path", long_name if long_name is not None else raw.name)
         linkname = records.get(b"linkpath", long_link if long_link is not None else raw.linkname)
         member = Member(name=name, typeflag=raw.typeflag, mode=raw.mode & 0o7777,
@@ -386,6 +504,9 @@ def _set_dumpdir(member: Member, value: bytes) -> None:
     member.dumpdir = [entry for entry in value.split(b"\0") if entry]
 
 
+_TIMES = frozenset((b"mtime", b"atime", b"ctime"))   # of these, a restore uses mtime only
+_USED = frozenset((b"path", b"linkpath", b"uname", b"gname", b"comment", b"mtime", b"size", b"uid", b"gid",
+                   b"GNU.dumpdir"))    # the records _member reads (and GNU.sparse.*)
 _OVERRIDES = ((b"mtime", _set_mtime), (b"size", _set_size), (b"uid", _set_uid), (b"gid", _set_gid),
               (b"GNU.dumpdir", _set_dumpdir))
 

@@ -35,9 +35,9 @@ import grp
 import stat
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from . import pax, restored, sparse, xattrs
+from . import pax, restored, sparse, writers, xattrs
 from .reader import (ByteSource, Member, ReadCancelled, StreamError, StreamReader, TruncatedStream,
                      member_problem)
 from .select import Pick, Selection, clean_path
@@ -47,7 +47,8 @@ from .target import DIR_FLAGS, Refused, Target, fd_path, split_safe
 POLICIES = ("overwrite", "keep", "newer")
 _KINDS = {pax.REGTYPE: "file", pax.AREGTYPE: "file", pax.CONTTYPE: "file", pax.LNKTYPE: "hard link",
           pax.SYMTYPE: "symlink", pax.CHRTYPE: "device", pax.BLKTYPE: "device", pax.FIFOTYPE: "FIFO"}
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = writers.NEW_FILE
+_REGULAR = (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE)
 
 
 def current_umask() -> int:
@@ -80,12 +81,16 @@ class RestoreOptions:
                                            # (level, volume), read at its start, which the run skips
     whole_copy: bool = False               # the target is nothing but this image's copy (a replica's
                                            # staging subvolume): it takes the image root's metadata too
+    workers: int = 2                       # writer processes for regular files (writers.py); 0: inline
+    parallel_after: int = 256              # files restored inline before the writers start (starting
+                                           # them costs about what restoring that many files does)
 
 
 @dataclass
 class RestoreResult:
     entries: int = 0
     files: int = 0
+    written_by_writers: int = 0      # of ``files``, those the writer processes wrote (writers.py)
     bytes_read: int = 0
     refused: Messages = field(default_factory=Messages)
     warnings: Messages = field(default_factory=Messages)
@@ -133,6 +138,8 @@ class Restorer:
         self.cancel = cancel or threading.Event()
         self.entry_done = entry_done
         self.selection = Selection(list(options.picks))
+        self._selective = bool(self.selection)
+        self._xattrs = options.xattrs
         self.result = RestoreResult()
         self._euid = os.geteuid()
         self._root = self._euid == 0
@@ -144,6 +151,7 @@ class Restorer:
         self._labels: dict[str, str] = {}
         self._uid_by_name: dict[bytes, int | None] = {}
         self._gid_by_name: dict[bytes, int | None] = {}
+        self._id_pairs: dict[tuple, tuple[int, int]] = {}    # (uname, gname, uid, gid) -> local ids
         self._pending = {pick.source for pick in self.selection.picks}
         self._open_dir_picks: set[bytes] = set()
         self._lone_links: dict[int, list[tuple[Member, tuple[bytes, ...]]]] = {}   # first link's offset
@@ -155,6 +163,12 @@ class Restorer:
         self._renames: list[tuple[bytes, bytes]] = []   # (from, to) image paths this restore replayed
         self._moved_in: set[tuple[bytes, ...]] = set()   # where those renames put directories
         self._no_records = ""                          # why records cannot be kept (warned once)
+        self._pool: writers.WriterPool | None = None
+        self._workers = options.workers
+        self._inline_files = 0                         # regular files written before the writers start
+        self._sent: dict[int, tuple[Member, tuple[bytes, ...]]] = {}   # seq -> what a writer has
+        self._seq = 0
+        self._reader: StreamReader | None = None    # the one reading into the writers' ring
 
     @property
     def labels(self) -> dict[str, str]:
@@ -171,24 +185,31 @@ class Restorer:
         self._labels = reader.labels
         if offset:
             reader.labels.update(self.options.labels)   # they decide which deletions are replayed
+        stopped = True                  # by an abort or a failure: the writers are not waited for
         try:
-            for member in reader.members():
-                if self.cancel.is_set():
-                    raise RestoreAborted("restore aborted")
-                self._one(target, reader, member)
-                if self.progress and self.result.entries % 512 == 0:
-                    self.progress(reader.offset, self.result.entries)
-                if self.options.stop_when_done and self.selection and self._all_done(member):
-                    break
-            self.result.end_of_archive = reader.end_of_archive
-            self._restore_lone_links(target)
-        except TruncatedStream as exc:
-            self.result.complete = False
-            self.warn(f"truncated stream: {exc}")
-        except ReadCancelled:
-            raise RestoreAborted("restore aborted") from None
+            try:
+                one, cancel, progress, result = self._one, self.cancel, self.progress, self.result
+                stop_when_done = self.options.stop_when_done and self._selective
+                for member in reader.members():
+                    if cancel.is_set():
+                        raise RestoreAborted("restore aborted")
+                    one(target, reader, member)
+                    if progress and result.entries % 512 == 0:
+                        progress(reader.offset, result.entries)
+                    if stop_when_done and self._all_done(member):
+                        break
+                self.result.end_of_archive = reader.end_of_archive
+                self._quiet(target)
+                self._restore_lone_links(target)
+            except TruncatedStream as exc:
+                self.result.complete = False
+                self.warn(f"truncated stream: {exc}")
+            except ReadCancelled:
+                raise RestoreAborted("restore aborted") from None
+            stopped = False
         finally:
             self.result.bytes_read = reader.offset - offset
+            self._stop_writers(target, stopped)
             self._finish_dirs(target)
             target.close()
         if self._owner_skips:
@@ -219,7 +240,7 @@ class Restorer:
                 raise Refused(problem, INVALID)
             parts = tuple(split_safe(member.name))
             path = b"/".join(parts)
-            if self.selection:
+            if self._selective:
                 placed = self.selection.place(path)
                 if placed is None:
                     if member.typeflag == pax.DIRTYPE and self._above_a_pick(path):
@@ -227,17 +248,149 @@ class Restorer:
                     return
                 self._mark(path)
                 parts = tuple(split_safe(placed))
-            if self._extract(target, reader, member, path, parts):
-                self._note_written(parts)
-        except (StreamError, RestoreAborted):
+            if self._pool is not None or self._workers:
+                if self._send(target, reader, member, parts):
+                    return                             # a writer reports it (_settle)
+            written = self._extract(target, reader, member, path, parts)
+        except (StreamError, RestoreAborted, writers.WritersFailed):
             raise
         except Exception as exc:                       # this member's own failure, whatever it is
-            failure = failure_of(exc)
-            self.refuse(member.name, failure.text)
-            self._done(member, b"", failure)
+            self._failed(member, failure_of(exc))
             return
+        self._placed(member, parts, written)
+
+    def _placed(self, member: Member, parts: tuple[bytes, ...], written: bool) -> None:
+        """A member is done: at ``parts`` now (``written``), or kept out by the policy."""
+        if written and self._journals:
+            self._note_written(parts)
         self.result.entries += 1
-        self._done(member, b"/".join(parts), None)
+        if self.entry_done:
+            self.entry_done(member, b"/".join(parts), None)
+
+    def _failed(self, member: Member, failure: Failure) -> None:
+        self.refuse(member.name, failure.text)
+        self._done(member, b"", failure)
+
+    # -- the writers (writers.py) ----------------------------------------------------------
+
+    def _send(self, target: Target, reader: StreamReader, member: Member, parts: tuple[bytes, ...]) -> bool:
+        """Hand a plain regular file to the writers (True), else make sure none of them is busy
+        with anything this member's restore could touch (False: it is restored inline)."""
+        pool = self._pool
+        if (member.typeflag in _REGULAR and parts and member.realsize is None      # not sparse
+                and (pool is None or member.size <= pool.max_item)):
+            if pool is None:
+                pool = self._start_writers(target, reader)
+                if pool is None:
+                    return False
+            if parts not in target.opened:            # a directory of this restore is never in the way
+                return self._hand_over(target, reader, member, parts, pool)
+        if pool is not None and pool.busy and (member.typeflag != pax.DIRTYPE or pool.conflicts(parts)):
+            self._quiet(target)                        # (a directory's dumpdir may need it too: _directory)
+        return False
+
+    def _start_writers(self, target: Target, reader: StreamReader) -> "writers.WriterPool | None":
+        """The writers, once ``parallel_after`` files are restored; the reader reads on into
+        their ring."""
+        if self._inline_files < self.options.parallel_after:
+            self._inline_files += 1
+            return None
+        try:
+            pool = writers.WriterPool(target.fd, self._workers, self.options.existing)
+        except (OSError, ValueError) as exc:
+            self._workers = 0
+            self.warn(f"restoring without writer processes: {failure_of(exc).text}")
+            return None
+        reader.adopt(pool.view, pool)
+        self._pool, self._reader = pool, reader
+        return pool
+
+    def _hand_over(self, target: Target, reader: StreamReader, member: Member, parts: tuple[bytes, ...],
+                   pool: "writers.WriterPool") -> bool:
+        parent = parts[:-1]
+        dir_fd = target.cached(parent)
+        if dir_fd is None:
+            if pool.conflicts(parent):
+                self._quiet(target)
+            dir_fd = target.directory(parent)
+        settled = self._created_settled(target, dir_fd, member)
+        uid = gid = -1
+        if not self._owners:
+            self._owner_skips += 1
+        elif not settled:
+            uid, gid = self._ids(member)
+        size = member.size
+        offset = reader.lend(size)[0] if size else 0
+        self._seq = seq = self._seq + 1
+        self._sent[seq] = (member, parts)
+        pool.submit((seq, parent, parts[-1], offset, size, member.mode, settled, uid, gid, member.mtime_ns,
+                     member.xattrs if self._xattrs else None), parts)
+        if pool.reported:
+            self._settle(target, pool.outcomes())
+        return True
+
+    def _quiet(self, target: Target) -> None:
+        """Wait until the writers have written (and reported) every file sent to them."""
+        if self._pool is not None and self._pool.busy:
+            self._settle(target, self._pool.drain())
+
+    def _settle(self, target: Target, outcomes: list[writers.Outcome]) -> None:
+        """What the writers report, as if each file had been restored inline; a file with a
+        directory in its way is restored here, in stream order, with the writers idle."""
+        back = []
+        sent, forget_path, result = self._sent, self._pool.forget_path, self.result
+        for outcome in outcomes:
+            if outcome.__class__ is int:                # the usual report: written, no warning
+                member, parts = sent.pop(outcome)
+                forget_path(parts)
+                result.files += 1
+                result.written_by_writers += 1
+                self._placed(member, parts, True)
+                continue
+            member, parts = sent.pop(outcome.seq)
+            forget_path(parts)
+            for message in outcome.warnings:
+                self.warn(f"{os.fsdecode(member.name)}: {message}")
+            code = outcome.code
+            if code == writers.WRITTEN:
+                self.result.files += 1
+                self.result.written_by_writers += 1
+                self._placed(member, parts, True)
+            elif code == writers.FAILED:
+                self._failed(member, Failure(outcome.text, outcome.kind))
+            elif code == writers.DIRECTORY:
+                back.append((outcome.seq, member, parts, outcome.data))
+            else:
+                self.warn(f"{os.fsdecode(b'/'.join(parts))}: "
+                          + ("exists; kept" if code == writers.KEPT else "existing copy is as new; kept"))
+                self._placed(member, parts, False)
+        if back:
+            self._quiet(target)
+            for _, member, parts, data in sorted(back, key=lambda item: item[0]):
+                self._write_back(target, member, parts, data)
+
+    def _write_back(self, target: Target, member: Member, parts: tuple[bytes, ...], data: bytes) -> None:
+        """A file a writer found a directory in the way of, restored inline from its data."""
+        try:
+            written = self._regular_file(target, _Held(data), member, parts)
+        except Exception as exc:
+            self._failed(member, failure_of(exc))
+            return
+        self._placed(member, parts, written)
+
+    def _stop_writers(self, target: Target, stopped: bool) -> None:
+        """The writers finish what they were sent; its reports count unless the restore stopped."""
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            if not stopped:
+                self._quiet(target)
+        finally:
+            self._pool = None
+            self._workers = 0
+            self._reader.release()
+            pool.close()
 
     def _above_a_pick(self, path: bytes) -> bool:
         prefix = path + b"/" if path else b""
@@ -268,17 +421,8 @@ class Restorer:
             return self._directory(target, member, path, parts)
         dir_fd = target.directory(parts[:-1])
         name = parts[-1]
-        if kind in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE):
-            settled = self._created_settled(target, dir_fd, member)
-            create_mode = member.mode if settled else 0o600
-            try:                            # the common case first: nothing there yet
-                fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
-            except FileExistsError:
-                if not self._make_room(target, parts, dir_fd, name, member):
-                    return False
-                fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
-            self._regular(reader, member, fd, dir_fd, name, settled)
-            return True
+        if kind in _REGULAR:
+            return self._regular_file(target, reader, member, parts)
         if not self._make_room(target, parts, dir_fd, name, member):
             return False
         if kind == pax.LNKTYPE:
@@ -297,6 +441,22 @@ class Restorer:
             self._metadata_path(dir_fd, name, member)
         else:
             raise Refused(f"unknown member type {kind!r}")
+        return True
+
+    def _regular_file(self, target: Target, reader: "StreamReader | _Held", member: Member,
+                      parts: tuple[bytes, ...]) -> bool:
+        """A regular file, created new (the existing-file policy settles what is there)."""
+        dir_fd = target.directory(parts[:-1])
+        name = parts[-1]
+        settled = self._created_settled(target, dir_fd, member)
+        create_mode = member.mode if settled else 0o600
+        try:                            # the common case first: nothing there yet
+            fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
+        except FileExistsError:
+            if not self._make_room(target, parts, dir_fd, name, member):
+                return False
+            fd = os.open(name, _NEW_FILE, create_mode, dir_fd=dir_fd)
+        self._regular(reader, member, fd, dir_fd, name, settled)
         return True
 
     def _created_settled(self, target: Target, dir_fd: int, member: Member) -> bool:
@@ -337,12 +497,16 @@ class Restorer:
                     return False
                 existing = None
             existed = existing is not None and parts not in target.created
+        if member.dumpdir is not None and (existed or self._replays_deletions()):
+            self._quiet(target)             # what is in it is listed, deleted or moved: writers idle
         fd = target.directory(parts)
         if member.dumpdir is not None:
             self._journal(target, parts, path, fd, member.dumpdir, fresh=not existed)
         # where the restore goes (the target, or where the image's root is placed) keeps its own
         # mode, owner and xattrs when it was there before: the image must not widen access to it
-        self._dirs.append(_DirMeta(parts, member, existed and (not parts or not path) and not self.options.whole_copy))
+        kept = replace(member, dumpdir=None) if member.dumpdir else member   # the names are done with:
+        # kept until the end for its metadata only, a directory must not hold its whole listing
+        self._dirs.append(_DirMeta(parts, kept, existed and (not parts or not path) and not self.options.whole_copy))
         return True
 
     def _replays_deletions(self) -> bool:
@@ -732,6 +896,15 @@ class Restorer:
 
     def _ids(self, member: Member) -> tuple[int, int]:
         """The local ids of the archived user/group names, else the archived numbers (as tar -p)."""
+        key = (member.uname, member.gname, member.uid, member.gid)
+        pair = self._id_pairs.get(key)
+        if pair is None:
+            if len(self._id_pairs) >= 4096:
+                self._id_pairs.clear()
+            pair = self._id_pairs[key] = self._looked_up_ids(member)
+        return pair
+
+    def _looked_up_ids(self, member: Member) -> tuple[int, int]:
         uid = pax.lookup_once(self._uid_by_name, member.uname,
                               lambda n: pwd.getpwnam(os.fsdecode(n)).pw_uid, None) if member.uname else None
         gid = pax.lookup_once(self._gid_by_name, member.gname,
@@ -741,14 +914,10 @@ class Restorer:
     def _metadata_fd(self, fd: int, member: Member, settled: bool = False) -> None:
         if not self._owners:
             self._owner_skips += 1
-        if not settled:
-            if self._owners:
-                os.fchown(fd, *self._ids(member))
-            os.fchmod(fd, member.mode)
-        if member.xattrs and self.options.xattrs:
-            for message in xattrs.apply(fd, member.xattrs):
-                self.warn(f"{os.fsdecode(member.name)}: {message}")
-        os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
+        uid, gid = self._ids(member) if self._owners and not settled else (-1, -1)
+        for message in writers.apply_file_metadata(fd, member.mode, settled, uid, gid, member.mtime_ns,
+                                                   member.xattrs if self.options.xattrs else None):
+            self.warn(f"{os.fsdecode(member.name)}: {message}")
 
     def _metadata_path(self, dir_fd: int, name: bytes, member: Member) -> None:
         is_link = member.typeflag == pax.SYMTYPE
@@ -838,6 +1007,16 @@ class Restorer:
         self.result.warnings.add(message)
         if self.report_hook:
             self.report_hook(message)
+
+
+class _Held:
+    """A file's data already read (what a writer handed back), read as a StreamReader's."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def chunks(self, count: int) -> list[memoryview]:
+        return [memoryview(self._data)[:count]]
 
 
 def _names_in(fd: int) -> list[bytes]:

@@ -47,6 +47,20 @@ class Target:
         self._dirs: dict[tuple[bytes, ...], int] = {}
         self._new_file_gids: dict[int, int] = {}
         self.created: set[tuple[bytes, ...]] = set()     # directories this restore made (at 0700)
+        self.opened: set[tuple[bytes, ...]] = set()      # every directory reached (or made) so far
+
+    @classmethod
+    def at(cls, fd: int) -> "Target":
+        """The target whose directory is already open as ``fd`` (a writer process's view)."""
+        target = cls.__new__(cls)
+        target.fd = fd
+        target._dirs, target._new_file_gids = {}, {}
+        target.created, target.opened = set(), set()
+        return target
+
+    def cached(self, parts: tuple[bytes, ...]) -> int | None:
+        """The fd of directory ``parts`` when it is open already (no walk, no system call)."""
+        return self._dirs.get(parts) if parts else self.fd
 
     def close(self) -> None:
         self.forget()
@@ -101,6 +115,7 @@ class Target:
         if len(self._dirs) >= _CACHE_LIMIT:
             self.forget()            # the parent may be closed now: it is not used again
         self._dirs[parts] = fd
+        self.opened.add(parts)
         return fd
 
     def new_file_gid(self, dir_fd: int) -> int:
