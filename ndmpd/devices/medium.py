@@ -14,10 +14,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, Sequence, Union, runtime_checkable
+from typing import Iterator, Protocol, Sequence, Union, runtime_checkable
 
-from .tape import DeviceBusy
+from .tape import DeviceBusy, MediaError
 
 WRITE_BEHIND = 32 << 20        # see FileMedium.streamed
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
@@ -118,13 +119,23 @@ class FileMedium:
         return os.preadv(self.fd, buffers, offset)
 
     def append(self, parts: Sequence[bytes | memoryview], offset: int, total: int) -> None:
-        written = os.pwritev(self.fd, parts, offset)
-        if written != total:        # rare for regular files: finish what is left
-            rest = b"".join(bytes(p) for p in parts)[written:]
-            while rest:
-                n = os.pwrite(self.fd, rest, offset + total - len(rest))
-                rest = rest[n:]
+        with self._failing("writing"):
+            written = os.pwritev(self.fd, parts, offset)
+            if written != total:        # rare for regular files: finish what is left
+                rest = b"".join(bytes(p) for p in parts)[written:]
+                while rest:
+                    n = os.pwrite(self.fd, rest, offset + total - len(rest))
+                    rest = rest[n:]
         self._end = offset + total
+
+    @contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        """An OSError of the file under the cartridge (a full disk, an I/O error) is the
+        tape's media error, saying which file and why: the mover halts MEDIA_ERROR with it."""
+        try:
+            yield
+        except OSError as exc:
+            raise MediaError(f"{self.name}: {what} the cartridge file failed: {exc.strerror or exc}") from exc
 
     def truncate(self, offset: int) -> None:
         if offset < self._end:
@@ -158,12 +169,14 @@ class FileMedium:
         return 0, 0
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        with self._failing("syncing"):
+            os.fdatasync(self.fd)
 
     def write_header(self, header: bytes) -> None:
-        os.fsync(self.fd)               # what is before it is on disk first
-        os.pwrite(self.fd, header, 0)
-        os.fsync(self.fd)
+        with self._failing("writing the superblock of"):
+            os.fsync(self.fd)               # what is before it is on disk first
+            os.pwrite(self.fd, header, 0)
+            os.fsync(self.fd)
         self._end = max(self._end, len(header))
 
     def close(self) -> None:

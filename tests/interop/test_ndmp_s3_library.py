@@ -131,6 +131,7 @@ def test_the_store_killed_mid_backup_fails_clearly_leaves_no_upload_and_the_next
         assert job.returncode == 1, stderr
         [line] = stderr.splitlines()
         assert "media error" in line.lower(), line
+        assert re.search(r"uploading part \d+ of s3tape: cannot reach", line), line    # the S3 reason, not only "media error"
         log = (tmp_path / "ndmpd.log").read_text()
         assert re.search(rf"s3://{bucket}/ndmpd/: uploading part \d+ of s3tape: cannot reach", log), log[-3000:]
 
