@@ -33,6 +33,7 @@ class CartridgeMedium(Protocol):
     earlier); ``sync`` is the durability point (a filemark, close)."""
 
     name: str
+    exact_end: bool     # True: ``size()`` always ends a whole entry (no torn tail to recover)
 
     def size(self) -> int: ...
     def pread(self, length: int, offset: int) -> bytes: ...
@@ -96,6 +97,8 @@ def _sync_range(fd: int, offset: int, length: int, flags: int) -> None:
 
 class FileMedium:
     """A cartridge file: pread/pwritev, with streaming write-behind; flock keeps it to one opener."""
+
+    exact_end = False           # a crash can leave a torn last entry: the cartridge scans for its end
 
     def __init__(self, path: Path, writable: bool) -> None:
         self.name = str(path)
