@@ -11,8 +11,8 @@ import zlib
 import pytest
 
 from ndmpd.devices.s3_layout import HEADER_SIZE, INDEX_CHECK, INDEX_VERSION, PREAMBLE, TAIL_LIMIT
-from ndmpd.devices.s3_medium import INDEX, S3Store
-from ndmpd.devices.tape import DeviceBusy, MediaError
+from ndmpd.devices.s3_medium import INDEX, Openers, S3Store
+from ndmpd.devices.tape import DeviceBusy, EndOfData, MediaError
 from ndmpd.store_config import StoreConfig
 from tests.test_cartridge_sealing import read_file
 from tests.test_s3_cartridge import drive, records, store_for
@@ -227,4 +227,35 @@ def test_many_tape_files_keep_the_index_object_small_and_read_back_after_compact
     assert read_file(tape) == files[0]
     tape.space_filemarks(len(files) - 2)
     assert read_file(tape) == files[-1]
+    tape.close()
+
+
+@pytest.mark.parametrize("flush", [True, False], ids=["mtweof-0", "no-sync"])
+def test_mtweof_0_makes_records_without_a_filemark_durable(store, s3_server, bucket, flush):
+    """Records written with no filemark live in the spool until a sync point; MTWEOF 0 (as st
+    flushes its buffer) is one: a server that dies right after it has them on the store."""
+    tape = drive(store)
+    tape.open(write=True)
+    kept = records(3, 64 << 10)
+    for r in kept:
+        tape.write_record(r)
+    if flush:
+        tape.write_filemarks(0)
+    other = S3Store(store.config, openers=Openers())            # another server's view, the writer still open
+    reader = drive(other)
+    reader.open(write=False)
+    reader.rewind()
+    got = []
+    try:
+        while True:
+            got.append(reader.read_record(1 << 20))
+    except EndOfData:
+        pass
+    reader.close()
+    assert got == (kept if flush else [])
+    tape.write_record(kept[0])                                  # the tape file goes on, and close ends it
+    tape.close()
+    tape.open(write=False)
+    tape.rewind()
+    assert read_file(tape) == kept + [kept[0]]
     tape.close()

@@ -259,6 +259,7 @@ class S3Medium:
         self._last_block: tuple[str, int] | None = None
         self._ahead = 1
         self.index_bytes = 0                            # the last index object PUT (benchmarks)
+        self.index_put = 0                              # index and base bytes PUT by this opener
         self._store.claim(where.name)
         try:
             self._index = self._load()
@@ -301,11 +302,13 @@ class S3Medium:
             base = index.pack_base()
             self._store.call(what, "put_object", Key=key, Body=base)
             self._count_put(len(base))
+            self.index_put += len(base)
             index.rebase(key)
         body = index.pack()
         self._store.call(what, "put_object", Key=self._key(INDEX), Body=body)
         self._count_put(len(body))
         self.index_bytes = len(body)
+        self.index_put += len(body)
         self._dirty = False
         keep = index.objects()
         for key in sorted(self._stored - keep):
