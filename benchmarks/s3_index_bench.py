@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +29,7 @@ from ndmpd.devices import s3_medium                             # noqa: E402
 from ndmpd.devices.s3_layout import TAIL_LIMIT                  # noqa: E402
 from ndmpd.devices.s3_medium import S3Store                     # noqa: E402
 from ndmpd.devices.virtual_tape import VirtualTape              # noqa: E402
-from ndmpd.store_config import StoreConfig                      # noqa: E402
-from tests.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedS3   # noqa: E402
+from benchmarks.s3_cartridge_bench import seaweed_store        # noqa: E402
 
 RECORD = b"r" * 4096
 
@@ -67,27 +65,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     checkpoints = [int(c) for c in args.checkpoints.split(",")]
-    with tempfile.TemporaryDirectory(prefix="s3idx-") as tmp:
-        server = SeaweedS3(Path(tmp))
-        try:
-            server.start()
-            bucket = server.bucket("idx-" + os.urandom(4).hex())
-            creds = Path(tmp) / "creds"
-            creds.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
-            creds.chmod(0o600)
-            store = S3Store(StoreConfig(bucket, server.endpoint, "bench/", credentials_file=creds))
-            for round_ in range(args.rounds):
-                bounded = run(store, args.files, checkpoints, TAIL_LIMIT)
-                whole = run(store, args.files, checkpoints, 1 << 62)
-                for n in checkpoints:
-                    b, w = bounded[n], whole[n]
-                    print(f"round {round_ + 1}, {n:6d} tape files: index object {b[0]:,} B (whole {w[0]:,} B, "
-                          f"ratio {b[0] / w[0]:.3f}); index bytes PUT per filemark {b[4]:,.0f} (whole {w[4]:,.0f}, "
-                          f"ratio {b[4] / w[4]:.3f}); filemark p50/p95/max {b[1] * 1e3:.1f}/{b[2] * 1e3:.1f}/"
-                          f"{b[3] * 1e3:.0f} ms (whole {w[1] * 1e3:.1f}/{w[2] * 1e3:.1f}/{w[3] * 1e3:.0f} ms, "
-                          f"p50 ratio {b[1] / w[1]:.2f})")
-        finally:
-            server.stop()
+    with seaweed_store() as (_, config):
+        store = S3Store(config)
+        for round_ in range(args.rounds):
+            bounded = run(store, args.files, checkpoints, TAIL_LIMIT)
+            whole = run(store, args.files, checkpoints, 1 << 62)
+            for n in checkpoints:
+                b, w = bounded[n], whole[n]
+                print(f"round {round_ + 1}, {n:6d} tape files: index object {b[0]:,} B (whole {w[0]:,} B, "
+                      f"ratio {b[0] / w[0]:.3f}); index bytes PUT per filemark {b[4]:,.0f} (whole {w[4]:,.0f}, "
+                      f"ratio {b[4] / w[4]:.3f}); filemark p50/p95/max {b[1] * 1e3:.1f}/{b[2] * 1e3:.1f}/"
+                      f"{b[3] * 1e3:.0f} ms (whole {w[1] * 1e3:.1f}/{w[2] * 1e3:.1f}/{w[3] * 1e3:.0f} ms, "
+                      f"p50 ratio {b[1] / w[1]:.2f})")
     return 0
 
 

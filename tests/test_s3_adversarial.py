@@ -5,7 +5,6 @@ old cartridge readable, and old segments go once an overwrite's index has switch
 
 from __future__ import annotations
 
-import uuid
 import zlib
 
 import pytest
@@ -15,19 +14,11 @@ from ndmpd.devices.s3_medium import INDEX, Openers, S3Store
 from ndmpd.devices.tape import DeviceBusy, EndOfData, MediaError
 from ndmpd.store_config import StoreConfig
 from tests.test_cartridge_sealing import read_file
+from tests import test_s3_cartridge as plain
 from tests.test_s3_cartridge import drive, records, store_for
 
 KEY = "lib/CART01/" + INDEX
-
-
-@pytest.fixture
-def bucket(s3_server):
-    return s3_server.bucket("adv-" + uuid.uuid4().hex[:12])
-
-
-@pytest.fixture
-def store(s3_server, bucket, tmp_path):
-    return store_for(s3_server, bucket, tmp_path, part_size=5 << 20)
+bucket, store = plain.bucket, plain.store                      # the same fixtures
 
 
 def written(tape, files: list[list[bytes]]) -> None:

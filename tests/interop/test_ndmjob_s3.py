@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 import uuid
 
 import pytest
 
 from ndmpd.keystore import Keystore, KeySource
-from tests.interop.s3_rig import credentials_file, s3_drive
+from tests.interop.s3_rig import credentials_file, kill_once_uploading, s3_drive
 from tests.interop.test_ndmjob_encrypted import PROGRAM, pattern, run_ndmjob, windows_found
 from tests.s3_server import start_or_skip
 from tests.interop.test_ndmjob_tape_mover import MOVER_PHASES, TAPE_PHASES
@@ -96,12 +95,7 @@ def test_the_store_killed_mid_backup_reaches_ndmjob_with_the_s3_reason(server_fa
         job = subprocess.Popen([str(PROGRAM), "-v", "-c", "-D", server.agent("4"), "-f", "s3tape", "-B", "tar",
                                 "-C", "/export/data", "-I", str(tmp_path / "backup.idx")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        while not own.open_uploads(bucket):
-            assert time.monotonic() < deadline and job.poll() is None, "the backup never started uploading"
-            time.sleep(0.2)
-        time.sleep(1)
-        own.kill()
+        kill_once_uploading(own, bucket, job)
         out, _ = job.communicate(timeout=180)
         assert "Operation ended OKAY" not in out, out[-3000:]
         said = [line for line in out.splitlines() if "mover halted: tape write failed" in line]
