@@ -10,6 +10,7 @@ import zlib
 import pytest
 
 from ndmpd.devices.s3_layout import HEADER_SIZE, INDEX_CHECK, INDEX_VERSION, PREAMBLE, TAIL_LIMIT
+from ndmpd.devices import s3_medium
 from ndmpd.devices.s3_medium import INDEX, Openers, S3Store
 from ndmpd.devices.tape import DeviceBusy, EndOfData, MediaError
 from ndmpd.store_config import StoreConfig
@@ -249,4 +250,19 @@ def test_mtweof_0_makes_records_without_a_filemark_durable(store, s3_server, buc
     tape.open(write=False)
     tape.rewind()
     assert read_file(tape) == kept + [kept[0]]
+    tape.close()
+
+
+def test_a_tape_file_longer_than_one_multipart_upload_spans_segments(store, s3_server, bucket, monkeypatch):
+    """S3 allows 10,000 parts per upload (80 GB at 8 MiB parts): a longer tape file goes on in
+    a new segment instead of failing at part 10,001 (the limit made 2 here)."""
+    monkeypatch.setattr(s3_medium, "MAX_PARTS", 2)
+    big = records(96, 256 << 10, seed=5)                        # 24 MiB: five 5 MiB parts
+    written(drive(store), [big])
+    assert len(segments(s3_server, bucket)) >= 3
+    assert not s3_server.open_uploads(bucket)
+    tape = drive(store)
+    tape.open(write=False)
+    tape.rewind()
+    assert read_file(tape) == big
     tape.close()

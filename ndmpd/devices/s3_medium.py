@@ -42,6 +42,7 @@ CACHE_BLOCKS = 48
 READ_AHEAD_MAX = 8                  # blocks one sequential GET may fetch
 ABORT_RETRY = 2.0                   # seconds between attempts to abort an upload of a failed write
 ABORT_PATIENCE = 120.0
+MAX_PARTS = 10_000                  # parts of one multipart upload (S3's limit): a tape file spans segments
 
 
 @dataclass
@@ -438,6 +439,8 @@ class S3Medium:
             spool.buffer += part
         if len(spool.buffer) >= self._config.part_size:
             self._send(spool)
+            if len(spool.parts) >= MAX_PARTS:         # S3 allows 10,000 parts: go on in a new segment
+                self._finish_segment()
 
     def _send(self, spool: _Spool) -> None:
         """Hand the spooled bytes to a part upload; wait while the pool is full (the spool's bound)."""
@@ -499,6 +502,17 @@ class S3Medium:
     def _commit(self) -> None:
         """The sync point: complete the segment being written, then switch to the new index."""
         self._check()
+        self._finish_segment()
+        if self._dirty:
+            try:
+                self._put_index()
+            except MediaError as exc:
+                self._broken = f"{exc}; the tape files written since the last filemark are lost"
+                raise MediaError(self._broken) from None
+
+    def _finish_segment(self) -> None:
+        """Complete the segment being written and list it in the index (not yet stored: the
+        next sync point PUTs it; a crash before leaves an unnamed object the sweep deletes)."""
         spool, self._spool = self._spool, None
         if spool is not None and spool.length:
             self._spool = spool                           # still ours if completing fails
@@ -520,12 +534,6 @@ class S3Medium:
             self._index.segments.append(Segment(spool.key, spool.length))
             self._starts = None
             self._dirty = True
-        if self._dirty:
-            try:
-                self._put_index()
-            except MediaError as exc:
-                self._broken = f"{exc}; the tape files written since the last filemark are lost"
-                raise MediaError(self._broken) from None
 
     def truncate(self, offset: int) -> None:
         self._check()
