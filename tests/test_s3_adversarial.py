@@ -266,3 +266,16 @@ def test_a_tape_file_longer_than_one_multipart_upload_spans_segments(store, s3_s
     tape.rewind()
     assert read_file(tape) == big
     tape.close()
+
+
+def test_an_index_naming_another_cartridges_objects_is_refused_and_deletes_nothing(store, s3_server, bucket):
+    """An index copied from CART02 (or damaged) names CART02's segments: opening it must not
+    read them as CART01's, and an overwrite must never delete them."""
+    written(drive(store, "CART02"), [records(2, 4096)])
+    theirs = set(s3_server.keys(bucket, "lib/CART02/"))
+    put(s3_server, bucket, KEY, get(s3_server, bucket, "lib/CART02/" + INDEX))
+    for write in (True, False):
+        with pytest.raises(MediaError) as caught:
+            drive(store).open(write=write)
+        assert "not an object of this cartridge" in str(caught.value), caught.value
+    assert set(s3_server.keys(bucket, "lib/CART02/")) == theirs

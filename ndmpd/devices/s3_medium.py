@@ -286,11 +286,24 @@ class S3Medium:
                 raise MediaError(f"{self.name}: no such cartridge") from None
             raise
         def base(key: str) -> bytes:
+            self._own(key)
             return self._store.call(f"{what}: reading its base index", "get_object", Key=key)["Body"].read()
         try:
-            return Index.unpack(body, self.name, base)
+            index = Index.unpack(body, self.name, base)
+            for key in index.objects():
+                self._own(key)
+            return index
         except IndexCorrupt as exc:
             raise MediaError(str(exc)) from None
+
+    def _own(self, key: str) -> None:
+        """An index may name only objects of its own cartridge: one naming others' (damaged,
+        or copied from another cartridge) would have them read as ours and deleted at the
+        next overwrite."""
+        own = self._key("")
+        if not key.startswith(own) or "/" in key[len(own):] or key == self._key(INDEX):
+            raise IndexCorrupt(f"{self.name}: cartridge index names {key!r}, which is not an object of this "
+                               "cartridge; refusing it (nothing is read or deleted)")
 
     def _put_index(self) -> None:
         """The switch: one PUT of the index object, after a new base when its tail is long
