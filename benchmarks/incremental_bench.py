@@ -8,7 +8,8 @@ rounds, alternating the order, times
     ndmpd dump VOLUME --config CONF --level 1 | cat >/dev/null
     tar -g COPY-OF-SNAP -cf - -C TREE . | cat >/dev/null       (a fresh copy of the level-0 snapfile)
 
-and prints the medians and their ratio. Neither run records anything, so every round
+and prints the medians and their ratio, then each side's CPU seconds (user + system of the
+command and its cat; steadier than wall-clock on a shared host). Neither run records anything, so every round
 dumps the same changes. Target (issue 19): ratio <= 1.3 with a warm page cache; ``--cold``
 drops the caches before every timed run (root), as a real backup window finds them.
 
@@ -63,8 +64,16 @@ def drop_caches() -> None:
         knob.write("3\n")
 
 
-def timed_to_cat(argv: list[str], cwd: Path | None = None) -> float:
-    """Wall seconds of ``argv | cat >/dev/null`` (the stream through a pipe, as a backup reads it)."""
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children so far."""
+    usage = os.times()
+    return usage.children_user + usage.children_system
+
+
+def timed_to_cat(argv: list[str], cwd: Path | None = None, cpu: list[float] | None = None) -> float:
+    """Wall seconds of ``argv | cat >/dev/null`` (the stream through a pipe, as a backup reads
+    it); the CPU seconds of both go to ``cpu``."""
+    before = children_cpu()
     start = time.perf_counter()
     cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     proc = subprocess.Popen(argv, stdout=cat.stdin, stderr=subprocess.DEVNULL, cwd=cwd)
@@ -72,6 +81,8 @@ def timed_to_cat(argv: list[str], cwd: Path | None = None) -> float:
     proc.wait()
     cat.wait()
     elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(children_cpu() - before)
     if proc.returncode not in (0, 1):          # tar says 1 for "file changed as we read it"
         raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {' '.join(argv)}")
     return elapsed
@@ -104,13 +115,15 @@ def main() -> int:
     time.sleep(0.05)                     # the changes come strictly after both level 0s
     change(tree, args.files)
 
+    cpu: dict[str, list[float]] = {"tar": [], "ndmpd": []}
+
     def tar_level1() -> float:
         copy = work / "tar-copy.snar"
         shutil.copyfile(snap0, copy)
-        return timed_to_cat(["tar", "-g", str(copy), "-cf", "-", "-C", str(tree), "."])
+        return timed_to_cat(["tar", "-g", str(copy), "-cf", "-", "-C", str(tree), "."], cpu=cpu["tar"])
 
     def ndmpd_level1() -> float:
-        return timed_to_cat(NDMPD + ["dump", "bench", "--config", str(config), "--level", "1"])
+        return timed_to_cat(NDMPD + ["dump", "bench", "--config", str(config), "--level", "1"], cpu=cpu["ndmpd"])
 
     runs: dict[str, list[float]] = {"tar": [], "ndmpd": []}
     tools = [("tar", tar_level1), ("ndmpd", ndmpd_level1)]
@@ -129,6 +142,12 @@ def main() -> int:
     cache = "cold" if args.cold else "warm"
     print(f"level 1, {CHANGED} of {args.files} files changed, {cache}: tar {tar_s:.3f} s, ndmpd {ours:.3f} s, "
           f"ratio {ratio:.2f} (target <= {TARGET}) {'OK' if ratio <= TARGET else 'MISSED'}")
+    timed_cpu = {name: spent[-args.rounds:] for name, spent in cpu.items()}     # not the warm-up's
+    ours, theirs = statistics.median(timed_cpu["ndmpd"]), statistics.median(timed_cpu["tar"])
+    print(f"  wall s: tar {min(runs['tar']):.3f}-{max(runs['tar']):.3f}, "
+          f"ndmpd {min(runs['ndmpd']):.3f}-{max(runs['ndmpd']):.3f}; CPU s: tar {min(timed_cpu['tar']):.3f}-"
+          f"{max(timed_cpu['tar']):.3f}, ndmpd {min(timed_cpu['ndmpd']):.3f}-{max(timed_cpu['ndmpd']):.3f}: "
+          f"ratio {ours / theirs:.2f}")
     return 0
 
 

@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""TLS data connection against plain TCP: the throughput of one data connection between two
-processes (like two ndmpd servers on one host), through ndmpd's own TLS (``ndmpd.tls.data``:
-the handshake with pinned certificates and the relay thread on each side) and through a plain
-socket, in the same run, rounds alternating (target: TLS >= 0.7x plain).
+"""TLS data connection against plain TCP, in the same run, rounds alternating (target: TLS
+>= 0.7x plain), as throughput and as CPU seconds per GiB (both ends together: on a shared
+host the CPU figure is the steadier one).
 
-``--job``: the same comparison on a whole three-way backup between two ndmpd processes on
-two loopback addresses (``ndmp backup A:/export/data --tape B:vtape0``, the dump engine
-sending into the data connection, the mover writing the cartridge), hosts plain or ``tls =
-true`` in ndmp.toml, alternating.
+``raw``: one data connection between two processes (like two ndmpd servers on one host),
+through ndmpd's own TLS (``ndmpd.tls.data``: pinned certificates, the relay thread on each
+side) and through a plain socket. The sender writes from memory and half-closes, as the data
+service does through a plain socket, and reads into one buffer as the mover does (``tls``:
+both ends through the relay's socket pairs), or both hand the stream through a Handoff, as a
+data service sending and a mover receiving a backup do (``tls-handed``). A round ends when
+the sender sees the receiver's close (every byte delivered).
 
-The sender writes from memory and half-closes, as the data service does; the receiver reads
-into one buffer, as the mover does; a round ends when the sender sees the receiver's close
-(every byte delivered). On loopback both sides share the machine's cores, so the figure is a
-floor for two hosts.
+``job``: a whole three-way backup between two ndmpd processes on two loopback addresses
+(``ndmp backup A:/export/data --tape B:vtape0``: the dump engine sending into the data
+connection, the mover writing the cartridge), hosts plain or ``tls = true`` in ndmp.toml.
 
-    python benchmarks/tls_data_bench.py [--size 1GiB] [--rounds 3] [--job]
+Also printed: AES-GCM's own cost here (``cryptography``, 16 KiB records, one core), the CPU
+floor TLS adds per GiB on each end, and whether the kernel offers kernel TLS. On loopback
+both ends share the machine's cores, so the ratios are floors for two hosts.
+
+    python benchmarks/tls_data_bench.py [--size 1GiB] [--rounds 3] [--only raw|job]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,28 +41,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ndmpd.config import parse_size                 # noqa: E402
 from ndmpd.mover import addresses                   # noqa: E402
-from ndmpd.tls import certs                         # noqa: E402
+from ndmpd.mover.handoff import Handoff             # noqa: E402
+from ndmpd.tls import certs, ktls                   # noqa: E402
 from ndmpd.tls.data import DataTls                  # noqa: E402
 
 BUFFER = 1 << 20
+GIB = 1 << 30
 
 
-def receive(listener: socket.socket, secure: DataTls | None, rounds: int) -> None:
-    """The mover's side: accept, read to the end of stream, close; once per round."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` (all its threads, and its children it reaped) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def receive(listener: socket.socket, secure: DataTls | None, rounds: int, handed: bool) -> None:
+    """The mover's side: accept, take to the end of stream, close; once per round."""
     buffer = memoryview(bytearray(BUFFER))
     for _ in range(rounds):
-        sock = addresses.accept(listener, lambda: False, secure=secure)
-        while sock.recv_into(buffer):
-            pass
+        handoff = Handoff() if handed else None
+        sock = addresses.accept(listener, lambda: False, secure=secure.receiving_into(handoff) if handed else secure)
+        if handoff is not None:
+            while handoff.take() is not None:
+                handoff.release()
+        else:
+            while sock.recv_into(buffer):
+                pass
         sock.close()
     time.sleep(1)                       # the relays' close_notify leaves before the process does
 
 
-def send(endpoint: addresses.Endpoint, secure: DataTls | None, size: int) -> float:
+def send(endpoint: addresses.Endpoint, secure: DataTls | None, size: int, handed: bool) -> float:
     """The data service's side: connect, send ``size`` bytes, half-close, wait for the close.
     Seconds from connect to delivered."""
     block = memoryview(bytes(range(256)) * (BUFFER // 256))
     started = time.perf_counter()
+    if handed:
+        handoff = Handoff()
+        sock = addresses.connect([endpoint], secure=secure.sending_from(handoff))
+        for _ in range(size // BUFFER):
+            handoff.put(block)
+        handoff.end()
+        if not handoff.wait_finished(threading.Event()):
+            raise SystemExit("the handed stream was not delivered")
+        sock.close()
+        return time.perf_counter() - started
     sock = addresses.connect([endpoint], secure=secure)
     left = size
     while left > 0:
@@ -69,33 +98,38 @@ def send(endpoint: addresses.Endpoint, secure: DataTls | None, size: int) -> flo
     return time.perf_counter() - started
 
 
-def connection_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[float]]:
-    """Bytes per second of one data connection, per round: plain, then TLS."""
+def connection_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[tuple[float, float]]]:
+    """(bytes per second, CPU seconds per GiB) of one data connection, per round and kind."""
     a = certs.create(tmp / "a", "listener", 1, ("127.0.0.1",))
     b = certs.create(tmp / "b", "connector", 1, ("127.0.0.1",))
     der_a, der_b = certs.certificate_der(a.certificate), certs.certificate_der(b.certificate)
-    kinds = {"plain": (None, None), "tls": (DataTls(a.certificate, a.key, der_b), DataTls(b.certificate, b.key, der_a))}
-    results: dict[str, list[float]] = {kind: [] for kind in kinds}
+    tls = (DataTls(a.certificate, a.key, der_b), DataTls(b.certificate, b.key, der_a))
+    kinds = {"plain": (None, None), "tls": tls, "tls-handed": tls}
+    results: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     context = multiprocessing.get_context("fork")
     listeners = {}
     for kind, (listening, _) in kinds.items():
         sock, endpoint = addresses.open_listener("127.0.0.1")
-        proc = context.Process(target=receive, args=(sock, listening, rounds), daemon=True)
+        proc = context.Process(target=receive, args=(sock, listening, rounds, kind == "tls-handed"), daemon=True)
         proc.start()
         listeners[kind] = (sock, endpoint, proc)
     for round_ in range(rounds):
         for kind, (_, connecting) in kinds.items():
-            seconds = send(listeners[kind][1], connecting, size)
-            results[kind].append(size / seconds)
-            print(f"round {round_ + 1} {kind:5s} {size / seconds / 1e6:8.1f} MB/s", flush=True)
+            pids = (os.getpid(), listeners[kind][2].pid)
+            before = sum(cpu_seconds(pid) for pid in pids)
+            seconds = send(listeners[kind][1], connecting, size, kind == "tls-handed")
+            cpu = (sum(cpu_seconds(pid) for pid in pids) - before) * GIB / size
+            results[kind].append((size / seconds, cpu))
+            print(f"round {round_ + 1} {kind:10s} {size / seconds / 1e6:8.1f} MB/s  {cpu:5.2f} CPU-s/GiB", flush=True)
     for sock, _, proc in listeners.values():
         proc.join(30)
         sock.close()
     return results
 
 
-def job_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[float]]:
-    """Bytes per second of a three-way backup between two ndmpd processes, per round."""
+def job_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[tuple[float, float]]]:
+    """(bytes per second, CPU seconds per GiB of both servers) of a three-way backup between
+    two ndmpd processes, per round and kind."""
     from tests.interop.conftest import PASSWORD, write_config
     from tests.server_process import ServerProcess, free_loopback_address
     servers, sides = [], []
@@ -124,40 +158,76 @@ def job_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[float]]:
                       f'tls = true\nfingerprint = "{pin}"\n')
         (tmp / "home" / "ndmp" / "ndmp.toml").write_text(hosts)
         env = {**os.environ, "XDG_CONFIG_HOME": str(tmp / "home"), "XDG_DATA_HOME": str(tmp / "home")}
-        results: dict[str, list[float]] = {"plain": [], "tls": []}
+        results: dict[str, list[tuple[float, float]]] = {"plain": [], "tls": []}
+        pids = [server.proc.pid for server in servers]
         for round_ in range(rounds):
             for kind, suffix in (("plain", ""), ("tls", "-tls")):
-                started = time.perf_counter()
+                started, before = time.perf_counter(), [cpu_seconds(pid) for pid in pids]
                 done = subprocess.run([sys.executable, "-m", "ndmpd.dma", "backup", f"data{suffix}:/export/data",
                                        "--tape", f"tape{suffix}:vtape0", "--json"], capture_output=True, text=True,
                                       env=env, timeout=1800, cwd=Path(__file__).resolve().parent.parent)
                 seconds = time.perf_counter() - started
+                sides_used = [cpu_seconds(pid) - b for pid, b in zip(pids, before)]
+                used = sum(sides_used)
                 if done.returncode != 0:
                     raise SystemExit(f"{kind} backup failed: {done.stderr.strip()}")
                 moved = json.loads(done.stdout.splitlines()[-1])["bytes"]
-                results[kind].append(moved / seconds)
-                print(f"round {round_ + 1} {kind:5s} {moved / seconds / 1e6:8.1f} MB/s "
-                      f"({moved / 1e6:.0f} MB in {seconds:.1f} s, whole ndmp run)", flush=True)
+                results[kind].append((moved / seconds, used * GIB / moved))
+                print(f"round {round_ + 1} {kind:10s} {moved / seconds / 1e6:8.1f} MB/s  {used * GIB / moved:5.2f} "
+                      f"CPU-s/GiB (data {sides_used[0] * GIB / moved:.2f}, tape {sides_used[1] * GIB / moved:.2f}; "
+                      f"{moved / 1e6:.0f} MB in {seconds:.1f} s, whole ndmp run)", flush=True)
         return results
     finally:
         for server in servers:
             server.stop()
 
 
+def aes_gcm_seconds_per_gib() -> float:
+    """CPU seconds AES-256-GCM (TLS 1.3's first suite here) takes to seal 1 GiB in 16 KiB
+    records on one core: what TLS cannot avoid on each end, whatever the relay does."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    seal = AESGCM(AESGCM.generate_key(bit_length=256)).encrypt
+    record, nonce, count = os.urandom(16 << 10), os.urandom(12), 8192          # 128 MiB
+    started = time.process_time()
+    for _ in range(count):
+        seal(nonce, record, None)         # a benchmark: the nonce's reuse does not matter here
+    return (time.process_time() - started) * GIB / (count * len(record))
+
+
+def summarize(what: str, results: dict[str, list[tuple[float, float]]]) -> None:
+    """Median and range of each kind's throughput and CPU, and of TLS against plain per round."""
+    def span(values: list[float], scale: float = 1.0, fmt: str = ".2f") -> str:
+        return (f"{statistics.median(values) / scale:{fmt}} ({min(values) / scale:{fmt}}-"
+                f"{max(values) / scale:{fmt}})")
+    plain = results["plain"]
+    for kind, rounds in results.items():
+        line = (f"{what} {kind:10s}: {span([r[0] for r in rounds], 1e6, '.0f')} MB/s, "
+                f"{span([r[1] for r in rounds])} CPU-s/GiB")
+        if kind != "plain":
+            ratios = [t[0] / p[0] for t, p in zip(rounds, plain)]
+            cpu = [p[1] / t[1] for t, p in zip(rounds, plain)]
+            line += f"; throughput ratio {span(ratios)} (target >= 0.7), CPU ratio plain/TLS {span(cpu)}"
+        print(line, flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1GiB")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--job", action="store_true", help="a three-way backup between two ndmpd processes")
+    parser.add_argument("--only", choices=("raw", "job"), help="one comparison (default: both)")
     args = parser.parse_args()
     size = parse_size(args.size, "--size")
-    with tempfile.TemporaryDirectory() as tmp:
-        results = (job_rounds if args.job else connection_rounds)(size, args.rounds, Path(tmp))
-    plain, tls = statistics.median(results["plain"]), statistics.median(results["tls"])
-    ratios = [t / p for t, p in zip(results["tls"], results["plain"])]
-    what = "three-way backup" if args.job else "data connection"
-    print(f"{what}: plain TCP {plain / 1e6:.1f} MB/s, TLS {tls / 1e6:.1f} MB/s (medians of {args.rounds}); "
-          f"ratio {tls / plain:.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}; target >= 0.7)")
+    reason = ktls.unavailable_reason()
+    print(f"kernel TLS: {'available (not used: Python ssl cannot hand it a connection)' if reason is None else reason}")
+    floor = aes_gcm_seconds_per_gib()
+    print(f"AES-256-GCM here: {floor:.2f} CPU-s/GiB per end, {2 * floor:.2f} for both ends of a connection")
+    summaries = []
+    for what, rounds_of in (("raw", connection_rounds), ("job", job_rounds)):
+        if args.only in (None, what):
+            with tempfile.TemporaryDirectory() as tmp:
+                summaries.append((what, rounds_of(size, args.rounds, Path(tmp))))
+    for what, results in summaries:
+        summarize({"raw": "data connection", "job": "three-way backup"}[what], results)
     return 0
 
 

@@ -126,6 +126,18 @@ class Keystore:
                 continue
         return None
 
+    def unreadable(self) -> list[str]:
+        """Why each key that cannot be read cannot (a mode open to others, a short file):
+        :meth:`by_id` passes over them, so a missing-key message names them, as one of them
+        may be the key wanted."""
+        problems = []
+        for name in self.names():
+            try:
+                self.versions(name)
+            except KeystoreError as exc:
+                problems.append(str(exc))
+        return problems
+
     def create(self, name: str) -> Key:
         """A new key NAME (version 1); refuses a name that exists."""
         check_name(name)

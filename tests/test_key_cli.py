@@ -143,7 +143,7 @@ def test_tape_info_names_the_key_and_extract_decrypts(tmp_path):
     other.write_bytes(b"\1" * 32)
     other.chmod(0o600)
     wrong = ndmpd("tape", "extract", "--key-file", other, image, 1)
-    assert wrong.returncode == 1 and b"missing key" in wrong.stderr and wrong.stdout == b""
+    assert wrong.returncode == 1 and b"(wrong key)" in wrong.stderr and wrong.stdout == b""
 
 
 def test_a_library_drive_seals_the_cartridges_it_is_loaded_with(tmp_path):

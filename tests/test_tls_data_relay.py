@@ -15,7 +15,7 @@ from ndmpd.tls.certs import certificate_der
 from ndmpd.tls.data import DataTls
 from ndmpd.tls.relay import HandshakeFailed
 
-from .tls_helpers import RecordingTlsServer, pair
+from .tls_helpers import RecordingTlsServer, TamperingProxy, pair
 
 
 @pytest.fixture
@@ -154,35 +154,8 @@ def test_a_tampered_record_cuts_the_stream_and_never_delivers_wrong_bytes(two):
     lsock, ep = listener()
     out: dict = {}
     thread = accept_in_thread(lsock, two[0], out)
-    middle = socket.create_server(("127.0.0.1", 0))
-    flip_at = 3 << 20                              # about 3 MiB into the connector's bytes
-
-    def forward():
-        inbound, _ = middle.accept()
-        outbound = socket.create_connection(("127.0.0.1", ep.port))
-
-        def pump(src, dst, tamper):
-            seen = 0
-            try:
-                while data := src.recv(65536):
-                    if tamper and seen <= flip_at < seen + len(data):
-                        data = bytearray(data)
-                        data[flip_at - seen] ^= 0x01
-                    seen += len(data)
-                    dst.sendall(data)
-            except OSError:
-                pass
-            for s in (dst, src):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        back = threading.Thread(target=pump, args=(outbound, inbound, False), daemon=True)
-        back.start()
-        pump(inbound, outbound, True)
-        back.join(10)
-    threading.Thread(target=forward, daemon=True).start()
-    client = addresses.connect([addresses.Endpoint("127.0.0.1", middle.getsockname()[1])], secure=two[1])
+    middle = TamperingProxy(ep.port, flip_at=3 << 20)    # about 3 MiB into the connector's bytes
+    client = addresses.connect([addresses.Endpoint("127.0.0.1", middle.port)], secure=two[1])
     payload = os.urandom(8 << 20)
 
     def send():

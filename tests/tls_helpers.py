@@ -109,3 +109,46 @@ class RecordingTlsServer:
     def close(self) -> None:
         self.listener.close()
         self._thread.join(10)
+
+
+class TamperingProxy:
+    """A man in the middle on loopback: forwards one connection to ``port`` and flips one
+    bit of the byte at ``flip_at`` of what the connecting side sends (well after the handshake)."""
+
+    def __init__(self, port: int, flip_at: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(20)
+        self.port = self.listener.getsockname()[1]
+        self._target, self._flip_at = port, flip_at
+        threading.Thread(target=self._forward, daemon=True).start()
+
+    def _forward(self) -> None:
+        try:
+            inbound, _ = self.listener.accept()
+            outbound = socket.create_connection(("127.0.0.1", self._target), timeout=20)
+        except OSError:
+            return
+        back = threading.Thread(target=self._pump, args=(outbound, inbound, False), daemon=True)
+        back.start()
+        self._pump(inbound, outbound, True)
+        back.join(10)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, tamper: bool) -> None:
+        seen, flip_at = 0, self._flip_at
+        try:
+            while data := src.recv(65536):
+                if tamper and seen <= flip_at < seen + len(data):
+                    data = bytearray(data)
+                    data[flip_at - seen] ^= 0x01
+                seen += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (dst, src):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()

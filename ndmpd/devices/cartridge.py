@@ -22,21 +22,20 @@ it discards what follows) or an explicit superblock change (write protection).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from construct import Bytes, Const, ConstructError, Int16ub, Int32ub, Int64ub, PaddedString, Struct
 
 from . import medium as media
+from .background_writer import BackgroundWriter
 from .layouts import fast_packer
 from .medium import IOV_MAX, Location
 from .sealing import CARTRIDGE_ID_SIZE, CHECK_SIZE, END_MARKER_SIZE, KEY_ID_SIZE
 from .tape import MediaError
-
-log = logging.getLogger("ndmpd.cartridge")
 
 MAGIC = b"NDMPDVT1"
 FORMAT_VERSION = 1
@@ -47,6 +46,7 @@ FLAG_SEALED = 0x2
 KIND_RECORD = 0x52454344        # "RECD"
 KIND_FILEMARK = 0x464D524B      # "FMRK"
 MAX_RECORD = 0xFFFFFFFF
+WRITE_DEPTH = 4                # batches a background write may have in flight (write_parted_records)
 
 SUPERBLOCK_BODY = Struct(
     "magic" / Const(MAGIC),
@@ -163,6 +163,15 @@ def entry_check(kind: int, length: int, offset: int) -> int:
     return zlib.crc32(_CHECK.pack(kind, length, offset))
 
 
+def record_header(length: int) -> Callable[[int], bytes]:
+    """The header of a record entry of ``length`` bytes, given its offset: entry_check inlined
+    (the CRC of the constant kind and length carries on into the offset's bytes), for the
+    write paths that make one per record."""
+    head, crc, quad = _HEADER.pack, zlib.crc32, _QUAD.pack
+    seed = crc(_CHECK.pack(KIND_RECORD, length, 0)[:_CHECK.size - _QUAD.size])
+    return lambda at: head(KIND_RECORD, length, crc(quad(at), seed), 0)
+
+
 def default_early_warning(capacity: int) -> int:
     """A zone of 1/20 of the capacity, at most 64 MiB: room for trailers after EOM."""
     return min(capacity // 20, 64 << 20)
@@ -183,10 +192,13 @@ class Cartridge:
     def __init__(self, path: Location, writable: bool) -> None:
         self.path = path
         self.writable = writable
+        self._writer: BackgroundWriter | None = None     # started by the first background write
         self.medium = media.open_medium(path, writable)
         try:
             self.superblock = Superblock.unpack(self.medium.pread(DATA_START, 0), str(path))
-            self.eod = self._find_end_of_data()
+            size = self.medium.size()
+            self.eod = self._find_end_of_data(size)
+            self.torn = size - self.eod      # bytes after the last complete entry (a cut file, a torn write)
         except BaseException:
             self.medium.close()
             raise
@@ -199,7 +211,25 @@ class Cartridge:
         self.close()
 
     def close(self) -> None:
+        """Finish the background writes (a failure of theirs was raised by the last call that
+        waited for them, or is lost with the unclosed file: its end is found again at open)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self.medium.close()
+
+    def settle(self) -> None:
+        """Wait for the background writes; MediaError when one failed. Every call that reads
+        the medium or writes it other than by a background write settles first, so nothing
+        sees it behind ``eod``; a failure is raised again by every call until :meth:`close`
+        (the head of a drive is past records that are not on the cartridge)."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.drain()
+        except OSError as exc:
+            raise MediaError(f"{self.path}: writing the cartridge failed: {exc.strerror or exc}; the records "
+                             "from there on are not on it") from None
 
     @property
     def used(self) -> int:
@@ -209,6 +239,7 @@ class Cartridge:
 
     def entry_at(self, offset: int) -> Entry | None:
         """The entry starting at ``offset``, or None at end of data."""
+        self.settle()
         if offset >= self.eod:
             return None
         return self._verify(self.medium.pread(HEADER_SIZE, offset), offset, self.eod)
@@ -225,6 +256,7 @@ class Cartridge:
 
     def entry_before(self, offset: int) -> Entry | None:
         """The entry ending at ``offset``, or None at the beginning of tape."""
+        self.settle()
         if offset <= DATA_START:
             return None
         trailer = self.medium.pread(TRAILER_SIZE, offset - TRAILER_SIZE)
@@ -238,11 +270,13 @@ class Cartridge:
         return entry
 
     def read_payload(self, entry: Entry, limit: int) -> bytes:
+        self.settle()
         return self.medium.pread(min(limit, entry.length), entry.offset + HEADER_SIZE)
 
     def read_payload_into(self, entry: Entry, buffer: memoryview) -> int:
         """The whole payload of ``entry`` into ``buffer`` (at least its length); MediaError
         when the file ends inside it."""
+        self.settle()
         got = self.medium.preadv([buffer[:entry.length]], entry.offset + HEADER_SIZE)
         if got != entry.length:
             raise MediaError(f"{self.path}: truncated entry at offset {entry.offset}")
@@ -253,6 +287,7 @@ class Cartridge:
 
         Returns the entry and how many payload bytes landed in ``buffer``.
         """
+        self.settle()
         if offset >= self.eod:
             return None, 0
         got = self.medium.preadv([self._header, buffer], offset)
@@ -289,10 +324,7 @@ class Cartridge:
         self._truncate(offset)
         trailer = _TRAILER.pack(size, KIND_RECORD)
         stride = OVERHEAD + size
-        # entry_check(KIND_RECORD, size, at) inlined: the CRC of the constant kind and length
-        # carries on into the offset's bytes (a call and a pack less per record)
-        head, crc, quad = _HEADER.pack, zlib.crc32, _QUAD.pack
-        seed = crc(_CHECK.pack(KIND_RECORD, size, 0)[:_CHECK.size - _QUAD.size])
+        head = record_header(size)
         done = 0
         while done < count:
             batch = min(count - done, IOV_MAX // 3)
@@ -300,7 +332,7 @@ class Cartridge:
             parts: list[bytes | memoryview] = []
             at, pos = start, done * size
             for _ in range(batch):
-                parts += (head(KIND_RECORD, size, crc(quad(at), seed), 0), data[pos:pos + size], trailer)
+                parts += (head(at), data[pos:pos + size], trailer)
                 at += stride
                 pos += size
             self._pwrite_all(parts, start, batch * stride)
@@ -310,29 +342,58 @@ class Cartridge:
         self.medium.streamed()
         return self.eod
 
-    def write_parted_records(self, offset: int, payloads: list[tuple[bytes | memoryview, ...]]) -> int:
+    def write_parted_records(self, offset: int, payloads: list[tuple[bytes | memoryview, ...]],
+                             background: bool = False) -> int:
         """Write records whose payloads come in parts, all of one length, at ``offset`` with as
-        few ``pwritev`` calls as the iovec limit allows; returns the new end of data."""
+        few ``pwritev`` calls as the iovec limit allows; returns the new end of data.
+
+        ``background``: an append (``offset`` is the end of data) written by the cartridge's
+        writer thread while the caller goes on; the payloads must stay unchanged until
+        ``WRITE_DEPTH`` more background writes were made (this waits while that many are in
+        flight) or the cartridge settled. A failure is raised by a later call (MediaError)."""
         if not payloads:
             return offset
-        self._truncate(offset)
+        if not background or offset != self.eod:
+            self._truncate(offset)
         length = sum(len(part) for part in payloads[0])
         trailer = _TRAILER.pack(length, KIND_RECORD)
         stride = OVERHEAD + length
+        head = record_header(length)
         per_batch = max(1, IOV_MAX // (2 + len(payloads[0])))
+        writes: list[tuple[list[bytes | memoryview], int, int]] = []
         at = offset
         for first in range(0, len(payloads), per_batch):
             batch = payloads[first:first + per_batch]
             parts: list[bytes | memoryview] = []
             for i, payload in enumerate(batch):
-                parts += (_HEADER.pack(KIND_RECORD, length, entry_check(KIND_RECORD, length, at + i * stride), 0),
-                          *payload, trailer)
-            self._pwrite_all(parts, at, len(batch) * stride)
-            self.medium.note_records(at, length, len(batch))
+                parts += (head(at + i * stride), *payload, trailer)
+            writes.append((parts, at, len(batch)))
             at += len(batch) * stride
+        if background:
+            if self._writer is None:
+                self._writer = BackgroundWriter(f"cartridge writer {getattr(self.path, 'name', self.path)}",
+                                                WRITE_DEPTH)
+            try:
+                self._writer.submit(lambda: self._write_all(writes, length))
+            except OSError:
+                self.settle()                   # raises it as the MediaError it is
             self.eod = at
-        self.medium.streamed()
+        else:
+            for parts, start, count in writes:
+                self._pwrite_all(parts, start, count * stride)
+                self.medium.note_records(start, length, count)
+                self.eod = start + count * stride
+            self.medium.streamed()
         return self.eod
+
+    def _write_all(self, writes: list[tuple[list[bytes | memoryview], int, int]], length: int) -> None:
+        """A background write of ``writes`` (parts, offset, records) of ``length``-byte records
+        (the caller moved ``eod`` past them already)."""
+        stride = OVERHEAD + length
+        for parts, start, count in writes:
+            self._pwrite_all(parts, start, count * stride)
+            self.medium.note_records(start, length, count)
+        self.medium.streamed()
 
     def replace_superblock(self, superblock: Superblock) -> None:
         """A new header for a cartridge rewritten from the beginning of tape (its entries are
@@ -342,7 +403,9 @@ class Cartridge:
         self.superblock = superblock
 
     def _truncate(self, offset: int) -> None:
-        """A write at ``offset`` discards everything after it (tape semantics)."""
+        """A write at ``offset`` discards everything after it (tape semantics); the background
+        writes are finished first."""
+        self.settle()
         self.medium.truncate(offset)
         self.eod = offset
 
@@ -350,26 +413,29 @@ class Cartridge:
         self.medium.append(parts, offset, total)
 
     def sync(self) -> None:
+        self.settle()
         self.medium.sync()
 
     def set_write_protected(self, protected: bool) -> None:
+        self.settle()
         self.superblock = dataclasses.replace(self.superblock, write_protected=protected)
         self.medium.write_header(self.superblock.pack())
 
     def records_ahead(self, offset: int) -> tuple[int, int]:
         """How many records of one length follow ``offset`` back to back, and their stride
         (entry size), as far as the medium keeps a map of them ((0, 0): read the headers)."""
+        self.settle()
         return self.medium.records_ahead(offset)
 
     def records_behind(self, offset: int) -> tuple[int, int]:
         """As records_ahead, for the records that end at ``offset``."""
+        self.settle()
         return self.medium.records_behind(offset)
 
     # ------------------------------------------------------------ open/recovery
 
-    def _find_end_of_data(self) -> int:
+    def _find_end_of_data(self, size: int) -> int:
         """The end of the file when its last entry verifies (the usual case), else a scan."""
-        size = self.medium.size()
         if size == DATA_START or getattr(self.medium, "exact_end", False):
             return size             # a medium that never holds a torn tail (S3): a read error is the error
         try:
@@ -388,6 +454,4 @@ class Cartridge:
             except MediaError:
                 break
             offset = entry.end
-        log.warning("%s: end of data recovered at offset %d (file is %d bytes); "
-                    "the bytes after it are not a complete entry", self.path, offset, size)
-        return offset
+        return offset       # the users say so (``torn``): a drive logs it, ``ndmpd tape`` prints it

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..keystore import Key, Keystore, KeystoreError
-from .cartridge import Cartridge, Entry, SealInfo
+from .cartridge import WRITE_DEPTH, Cartridge, Entry, SealInfo
 from .sealing import ENVELOPE_OVERHEAD, TAG_SIZE, CartridgeSeal, SealBroken, new_cartridge_id
 from .tape import MediaError
 
@@ -28,7 +28,9 @@ class RecordSeal:
     def __init__(self, seal: CartridgeSeal, where: str) -> None:
         self._seal = seal
         self.where = where
-        self._out = bytearray()          # ciphertexts of a batch (written before the next batch)
+        self._out = bytearray()          # ciphertexts of a record written at once (write_record)
+        self._ring = [bytearray() for _ in range(WRITE_DEPTH + 1)]   # of batches written in the background
+        self._turn = 0
         self._scratch = bytearray()      # an envelope read back
 
     def _broken(self, exc: SealBroken, file: int, index: int) -> MediaError:
@@ -39,23 +41,26 @@ class RecordSeal:
                      ) -> list[tuple[bytes, memoryview]]:
         """Envelopes (prefix, ciphertext and tag) of the ``len(data) // size`` records in
         ``data``, the first being record ``first`` of tape file ``file``."""
-        slots, view = self._slots(len(data) // size, size), memoryview(data)
-        return [(self._seal.seal_into(file, first + i, False, view[i * size:(i + 1) * size], slot), slot)
-                for i, slot in enumerate(slots)]
+        if len(self._out) < len(data) // size * (size + TAG_SIZE):
+            self._out = bytearray(len(data) // size * (size + TAG_SIZE))
+        return self._seal.seal_records_into(file, first, data, size, self._out)
 
-    def _slots(self, count: int, size: int) -> list[memoryview]:
-        stride = size + TAG_SIZE
-        if len(self._out) < count * stride:
-            self._out = bytearray(count * stride)
-        out = memoryview(self._out)
-        return [out[i * stride:(i + 1) * stride] for i in range(count)]
 
     def write_records(self, cart: Cartridge, offset: int, file: int, first: int, data: memoryview,
                       size: int) -> int:
-        """Seal and write the records of a batch; returns the new end of data. (Encrypting in a
-        worker thread while the previous record is written was measured slower on a loaded
-        2-core host: the thread hand-offs cost more than the ~55 us a 256 KiB record takes.)"""
-        return cart.write_parted_records(offset, self.seal_records(file, first, data, size))
+        """Seal the records of a batch and hand them to the cartridge's background writer;
+        returns the new end of data. The mover thread seals (and receives) the next batch while
+        this one is written: both release the GIL, so a sealed backup takes about the longer
+        of the two, not their sum (per record hand-offs cost more than that saves: batches).
+        The ciphertexts go into the next of ``WRITE_DEPTH + 1`` buffers in turn: the write that
+        used it last was ``WRITE_DEPTH + 1`` writes ago and has finished (``write_parted_records``)."""
+        need = len(data) // size * (size + TAG_SIZE)
+        if len(self._ring[self._turn]) < need:
+            self._ring[self._turn] = bytearray(need)      # the old one stays alive while in flight
+        out = self._ring[self._turn]
+        self._turn = (self._turn + 1) % len(self._ring)
+        return cart.write_parted_records(offset, self._seal.seal_records_into(file, first, data, size, out),
+                                         background=True)
 
     def end_marker(self, file: int, records: int) -> bytes:
         return self._seal.seal_end(file, records)
@@ -139,8 +144,10 @@ class CartridgeKeys:
                 raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} is encrypted with {needed}, but key "
                                      f"{info.key_name} here is id {', '.join(namesakes)} (wrong key: a different "
                                      "key under that name; restore the original key file to read it)")
+            unreadable = self.keystore.unreadable() if self.keystore is not None else []
             raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} is encrypted with {needed}, which this "
-                                 "server does not keep (missing key; restore it to the keystore to read it)")
+                                 "server does not keep (missing key; restore it to the keystore to read it)"
+                                 + "".join(f"; {problem}" for problem in unreadable))
         seal = CartridgeSeal(key.material, info.cartridge_id)
         if seal.check_value() != info.key_check:
             raise KeyUnavailable(f"{self.drive}: cartridge {cart.path} needs {needed}: key {key.name} "

@@ -149,6 +149,11 @@ class TapeDevice(ABC):
                 raise
         return count
 
+    def flush(self) -> None:
+        """Wait until every record written so far is on the medium as far as the device can
+        tell (no write of it still pending); TapeError when one failed. A no-op for drives
+        that write each record before the call returns."""
+
     @abstractmethod
     def write_filemarks(self, count: int) -> None:
         """Write ``count`` filemarks (never refused for early warning)."""

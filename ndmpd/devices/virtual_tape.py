@@ -83,6 +83,9 @@ class VirtualTape(TapeDevice):
             raise WriteProtected(f"{self.name}: {self.path} is not writable") from None
         except OSError as exc:
             raise MediaError(f"{self.name}: {self.path}: {exc.strerror}") from None
+        if cart.torn:
+            log.warning("%s: %s: end of data recovered at offset %d (file is %d bytes); the bytes after it "
+                        "are not a complete entry", self.name, self.path, cart.eod, cart.eod + cart.torn)
         if write and cart.superblock.write_protected:
             cart.close()
             raise WriteProtected(f"{self.name}: cartridge {self.path} is write-protected")
@@ -310,6 +313,11 @@ class VirtualTape(TapeDevice):
         self._advance(fits)
         self._warned = False
         return fits
+
+    def flush(self) -> None:
+        """Sealed batches are written in the background (``RecordSeal.write_records``)."""
+        if self._cart is not None:
+            self._cart.settle()
 
     def write_filemarks(self, count: int) -> None:
         for _ in range(count):

@@ -35,16 +35,19 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import pax, renames, sparse, xattrs
 from .history import HistoryEntry
-from .readahead import ReadAhead
 from .report import Messages
 from .select import Excluder
 from .sink import FdSink
 from .target import DIR_FLAGS, fd_path
 
-_S_IFDIR = stat.S_IFDIR
+if TYPE_CHECKING:                  # loaded by a dump that may read ahead (with subprocess): an
+    from .readahead import ReadAhead    # incremental's start-up, most of its time, goes without
+
+_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, stat.S_IFDIR, stat.S_IFREG
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PROGRESS_EVERY = 512
 CTIME_SLACK_NS = 100_000_000       # lean: a directory or file whose ctime is this close before the
@@ -203,6 +206,7 @@ class Dumper:
             self._rename_records = renames.records(found, renames.temporary_names(root_fd, len(found)))
         stack: list[_Frame] = self._stack
         if self.options.readahead != "off" and not self._only and self._changed is None:
+            from .readahead import ReadAhead
             self._readahead = ReadAhead(root_fd, root_st.st_dev if self.options.one_filesystem else None,
                                         self.options.skip_root_names, self.options.excludes,
                                         self._since if self._lean_since is None else self._lean_since,
@@ -231,31 +235,41 @@ class Dumper:
         return self.result
 
     def _step(self, stack: list[_Frame]) -> None:
+        """Step through the top directory's entries until one is a directory (entered, or
+        passed over) or the directory ends (closed and popped); its files go in one loop, the
+        lookups done once per directory and not per file."""
         frame = stack[-1]
-        if frame.next == len(frame.children):
-            os.close(frame.fd)
-            stack.pop()
-            return
-        name, st, include = frame.children[frame.next]
-        frame.next += 1
-        if self._readahead is not None:
-            self._position += 1
-            self._readahead.seen(self._position)
-        if self.cancel.is_set():
-            raise DumpAborted("dump aborted")
-        rel = frame.rel + name
-        if stat.S_ISDIR(st.st_mode):
-            self._directory(stack, frame, name, rel, st, inside=include)
-        elif include:
-            try:
-                if st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
-                    self._regular(frame.fd, name, rel, b"./" + rel, st, frame.ino)    # the common case
-                else:
-                    self._member(frame.fd, name, rel, st, frame.ino)
-            except FileNotFoundError:
-                self.warn(f"{self._show(rel)}: vanished before it was read; not archived")
-        if self.progress and self.result.entries % _PROGRESS_EVERY == 0:
-            self.progress(self.sink.offset, self.result.entries)
+        children, dir_fd, prefix, parent = frame.children, frame.fd, frame.rel, frame.ino
+        readahead, cancel, progress, result = self._readahead, self.cancel, self.progress, self.result
+        regular = self._regular
+        end = len(children)
+        while frame.next < end:
+            name, st, include = children[frame.next]
+            frame.next += 1
+            if readahead is not None:
+                self._position += 1
+                readahead.seen(self._position)
+            if cancel.is_set():
+                raise DumpAborted("dump aborted")
+            rel = prefix + name
+            kind = st.st_mode & _S_IFMT
+            if kind == _S_IFDIR:
+                self._directory(stack, frame, name, rel, st, inside=include)
+                if progress and result.entries % _PROGRESS_EVERY == 0:
+                    progress(self.sink.offset, result.entries)
+                return
+            if include:
+                try:
+                    if kind == _S_IFREG and st.st_nlink == 1:
+                        regular(dir_fd, name, rel, b"./" + rel, st, parent)    # the common case
+                    else:
+                        self._member(dir_fd, name, rel, st, parent)
+                except FileNotFoundError:
+                    self.warn(f"{self._show(rel)}: vanished before it was read; not archived")
+            if progress and result.entries % _PROGRESS_EVERY == 0:
+                progress(self.sink.offset, result.entries)
+        os.close(frame.fd)
+        stack.pop()
 
     def _directory(self, stack: list[_Frame], frame: _Frame, name: bytes, rel: bytes,
                    st: os.stat_result, inside: bool) -> None:
@@ -378,7 +392,7 @@ class Dumper:
                 st = lstat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            is_dir = st.st_mode & 0o170000 == _S_IFDIR
+            is_dir = st.st_mode & _S_IFMT == _S_IFDIR
             chosen = inside or prefix + name in only
             if not chosen and not (is_dir and prefix + name in on_the_way):
                 add_entry((b"D" if is_dir else b"N") + name)
@@ -516,13 +530,13 @@ class Dumper:
             self._noatime = 0              # O_NOATIME needs ownership or CAP_FOWNER
             fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
         result = self.result
-        changed_before = result.changed
         try:
             records = self._file_xattrs(fd) if self._xattrs else b""
             size = st.st_size
             if size > pax.BLOCK and st.st_blocks * 512 < size:       # sparse.looks_sparse, inline
                 extents = sparse.data_extents(fd, size)
                 if not sparse.is_dense(extents, size):
+                    changed_before = result.changed
                     self._sparse(fd, rel, arcname, st, parent_ino, records, extents)
                     self._check_unchanged(fd, rel, st, changed_before)
                     return
@@ -534,16 +548,17 @@ class Dumper:
                 result.entries += 1
                 result.files += 1
             else:                          # the history hears of the entry before its data is read
-                offset = sink.offset
-                sink.write(head)
+                offset = sink.place(head)
                 result.entries += 1
                 self.history(HistoryEntry(rel, st, parent_ino, offset))
                 result.files += 1
                 copied = sink.copy_padded(fd, size) if size else 0
             if copied < size:
                 self._shrank(rel, size - copied)
-            if self._live:
-                self._check_unchanged(fd, rel, st, changed_before)
+            elif self._live:                # (one that shrank is reported already)
+                now = os.fstat(fd)
+                if now.st_size != size or now.st_mtime_ns != st.st_mtime_ns:
+                    self._changed_while_read(rel, st, now)
         finally:
             os.close(fd)
 
@@ -579,9 +594,12 @@ class Dumper:
             return            # already reported (it shrank)
         now = os.fstat(fd)
         if now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns:
-            self.result.changed += 1
-            grew = " (it grew; the archived copy stops at the size it had)" if now.st_size > st.st_size else ""
-            self.warn(f"{self._show(rel)}: changed while being read; the archived copy may be torn{grew}")
+            self._changed_while_read(rel, st, now)
+
+    def _changed_while_read(self, rel: bytes, st: os.stat_result, now: os.stat_result) -> None:
+        self.result.changed += 1
+        grew = " (it grew; the archived copy stops at the size it had)" if now.st_size > st.st_size else ""
+        self.warn(f"{self._show(rel)}: changed while being read; the archived copy may be torn{grew}")
 
     def _emit_header(self, rel: bytes, st: os.stat_result, parent_ino: int, arcname: bytes,
                      typeflag: bytes, size: int, records: bytes, linkname: bytes = b"",

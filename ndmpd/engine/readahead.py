@@ -17,9 +17,14 @@ better, with this process 3.3 s; GNU tar 6-8 s).
 
 A warm cache needs none of this, so the helper is only started once the dump has seen
 ``START_AFTER_MISSES`` reads that had to wait for the device (``missed``: a small file's
-``RWF_NOWAIT`` read came back short). The helper probes each file's first page the same way and,
-after ``WARM_RUN`` cached files in a row, sleeps until the dump reports another miss, then jumps
-to where the dump is and goes on.
+``RWF_NOWAIT`` read came back short) within ``MISS_SPAN`` entries of its walk. Misses that far
+apart are not a cold cache: a warm tree read cold before (by an earlier dump, or anyone) keeps
+kernel read-ahead marks on some cached pages, and a ``RWF_NOWAIT`` read stops short at such a
+mark as if the page were missing (about one file in 200 after a cold pass). Counted one by one
+they started the helpers on a warm cache, whose probes then cost a third of a warm backup's
+CPU. The helper probes each file's first page the same way and, after ``WARM_RUN`` cached
+files in a row, sleeps until the dump reports another close run of misses, then jumps to where
+the dump is and goes on.
 
 The two sides share one page (a memfd): the dump's walk position (directory entries stepped
 over; both count the same way), its miss count, and the path of its next entry for a jump. The
@@ -35,20 +40,25 @@ import mmap
 import os
 import select
 import stat
-import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .select import Excluder
 from .target import DIR_FLAGS
+
+if TYPE_CHECKING:
+    import subprocess              # only once helpers start: a warm dump never needs it
 
 WINDOW_ENTRIES = 8192          # directory entries ahead of the dump
 WINDOW_BYTES = 128 << 20       # bytes of file data asked for ahead of the dump
 LARGE_FILE_HEAD = 8 << 20      # of a larger file only its head: the kernel's own read-ahead
                                # follows the dump's sequential reads from there
 WARM_RUN = 512                 # this many cached files in a row: the helper sleeps
-START_AFTER_MISSES = 8         # the dump starts the helper after this many reads that waited
+START_AFTER_MISSES = 8         # the dump starts the helper after this many reads that waited ...
+MISS_SPAN = 256                # ... within this many entries of its walk (a cold cache misses at
+                               # nearly every file; a warm one with read-ahead marks ~1 in 200)
 HELPERS = 2                    # processes, each asking for every HELPERS-th file (one is not enough:
                                # posix_fadvise spends ~30 us per small file submitting its read)
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -83,7 +93,8 @@ class ReadAhead:
         os.ftruncate(self._shared_fd, _PAGE)
         self._page = mmap.mmap(self._shared_fd, _PAGE)
         self._slots = memoryview(self._page).cast("q")
-        self._misses = 0
+        self._misses = 0               # close runs of misses (each one after the first wakes the helper)
+        self._recent: deque[int] = deque(maxlen=START_AFTER_MISSES)   # walk positions of the last misses
         self._final: tuple[int, int] | None = None      # (asked, cached) once stopped
         self._helpers: list[subprocess.Popen] = []
         self._pipe = -1
@@ -112,10 +123,16 @@ class ReadAhead:
         self._slots[_POSITION] = position
 
     def missed(self) -> None:
-        """A read of the dump waited for the device: the cache is cold here."""
+        """A read of the dump waited for the device: the cache is cold here when the last
+        ``START_AFTER_MISSES`` misses lie within ``MISS_SPAN`` entries."""
+        recent = self._recent
+        position = self._slots[_POSITION]
+        recent.append(position)
+        if len(recent) < START_AFTER_MISSES or position - recent[0] > MISS_SPAN:
+            return                     # scattered: read-ahead marks of a warm cache, not a cold one
         self._misses += 1
         if not self._helpers:
-            if self._misses >= START_AFTER_MISSES and self.failed is None:
+            if self.failed is None:
                 self._start()
             return
         self._publish_where()
@@ -126,6 +143,8 @@ class ReadAhead:
         if self._pipe >= 0:
             os.close(self._pipe)
             self._pipe = -1
+        if self._helpers:
+            import subprocess
         for helper in self._helpers:
             try:
                 helper.wait(timeout=5)
@@ -150,6 +169,7 @@ class ReadAhead:
         self._slots[_POSITION] = position
 
     def _start(self) -> None:
+        import subprocess
         self._publish_where()
         read_end, self._pipe = os.pipe2(os.O_CLOEXEC)
         environment = _helper_environment()

@@ -91,6 +91,13 @@ class FdSink:
         self._buffer[self._fill:self._fill + size] = data
         self._fill += size
 
+    def place(self, data: bytes) -> int:
+        """``write(data)``, returning the stream offset it starts at (a member's headers, whose
+        offset its file history gives): one call where ``offset`` and ``write`` were two."""
+        offset = self._flushed + self._fill
+        self.write(data)
+        return offset
+
     def zeros(self, count: int) -> None:
         """Append ``count`` zero bytes (block padding, or the rest of a file that shrank)."""
         while count:

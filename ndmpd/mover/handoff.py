@@ -10,6 +10,7 @@ of kernel time on each side that tar never pays.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class Handoff:
@@ -20,31 +21,44 @@ class Handoff:
     finds the reader gone gets BrokenPipeError, as it would from a socket.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, gone: str = "the mover closed the LOCAL data connection") -> None:
+        self._gone = gone            # what a writer's BrokenPipeError says
         self._cond = threading.Condition()
         self._buffer: memoryview | None = None
         self._ended = False          # the writer sent everything
         self._finished = False       # the reader saw the end and has stored everything
         self._closed = False
+        self._wake: Callable[[], None] | None = None
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` on every buffer, end or close (on the thread that made it), for a
+        reader that waits on more than this handoff (the TLS relay's selector) and polls."""
+        with self._cond:
+            self._wake = wake
+
+    def _changed(self) -> None:
+        self._cond.notify_all()
+        if self._wake is not None:
+            self._wake()
 
     # -- writer --------------------------------------------------------------------------
 
     def put(self, data: memoryview) -> None:
         with self._cond:
             if self._closed:
-                raise BrokenPipeError("the mover closed the LOCAL data connection")
+                raise BrokenPipeError(self._gone)
             self._buffer = data
-            self._cond.notify_all()
+            self._changed()
             while self._buffer is not None and not self._closed:
                 self._cond.wait()
             if self._buffer is not None:
-                raise BrokenPipeError("the mover closed the LOCAL data connection")
+                raise BrokenPipeError(self._gone)
 
     def end(self) -> None:
         """No more data (the socket's half-close)."""
         with self._cond:
             self._ended = True
-            self._cond.notify_all()
+            self._changed()
 
     def wait_finished(self, cancel: threading.Event, poll: float = 0.25) -> bool:
         """After ``end``: True once the reader has taken every byte and seen the end."""
@@ -66,6 +80,11 @@ class Handoff:
                 return self._buffer
             return None
 
+    def poll(self) -> memoryview | None:
+        """The waiting buffer (valid until ``release``) without waiting; None when there is none."""
+        with self._cond:
+            return self._buffer if not self._closed else None
+
     def finish(self) -> None:
         """The reader has stored every byte up to the end (the last record is on the medium
         too): only now may the writer call its stream delivered."""
@@ -85,7 +104,16 @@ class Handoff:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+            self._changed()
+
+    @property
+    def ended(self) -> bool:
+        """The writer sent everything, and nobody closed the handoff."""
+        return self._ended and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def finished(self) -> bool:

@@ -90,6 +90,13 @@ def _end_of_stream(mover: MoverPort, record: memoryview, fill: int, handoff: Han
     if fill:
         record[fill:] = bytes(len(record) - fill)
         _write_records(mover, record, len(record), fill)
+    try:
+        with mover.tape() as device:
+            device.flush()                               # a write still in flight may yet fail
+    except TapeError as exc:
+        log.error("mover: tape write failed: %s", exc)
+        mover.halt(C.MOVER_HALT_MEDIA_ERROR)
+        raise Halted from None
     if handoff is not None:
         handoff.finish()
     mover.halt(C.MOVER_HALT_CONNECT_CLOSED)

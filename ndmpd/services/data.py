@@ -225,10 +225,11 @@ class Data:
             self.state = CONNECTED
             return T.data_connect_reply(error=C.NO_ERR)
         endpoints = addresses.from_ndmp(addr)
-        secure = tls_data.for_tcp(self.session)
+        secure, handoff = tls_data.handed(tls_data.for_tcp(self.session), receiving=False)
 
         def run() -> Any:
             self._sock = addresses.connect(endpoints, secure=secure)
+            self._handoff = handoff           # TLS: a backup's buffers go to the relay here
             self.address, self.state = addr, CONNECTED
             return T.data_connect_reply(error=C.NO_ERR)
         return Blocking(run)
@@ -245,7 +246,9 @@ class Data:
     def _connected_socket(self) -> socket.socket:
         """The data socket, waiting for the peer when still listening on TCP."""
         if self._sock is None and self._listener is not None:
-            self._sock = addresses.accept(self._listener, self.cancel.is_set, secure=tls_data.for_tcp(self.session))
+            secure, handoff = tls_data.handed(tls_data.for_tcp(self.session), receiving=False)
+            self._sock = addresses.accept(self._listener, self.cancel.is_set, secure=secure)
+            self._handoff = handoff if self._sock is not None else None
             self._listener.close()
             self._listener = None
         if self._sock is None:

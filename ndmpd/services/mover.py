@@ -29,6 +29,7 @@ from .log_post import log_post
 
 if TYPE_CHECKING:
     from ..session import Session
+    from ..tls.data import DataTls
 
 log = logging.getLogger("ndmpd.mover")
 HANDLERS = HandlerTable()
@@ -291,15 +292,24 @@ class Mover:
             return T.mover_connect_reply(error=C.NO_ERR)
         endpoints = addresses.from_ndmp(addr)
         self._check_tape_for(mode)
-        secure = tls_data.for_tcp(self.session)
+        secure, handoff = self._receiving(tls_data.for_tcp(self.session), mode)
 
         def run() -> Any:
             sock = addresses.connect(endpoints, secure=secure)
             self._data, self.mode, self.state = sock, mode, ACTIVE
+            self.handoff = handoff            # TLS backup: the relay hands over what it decrypts
             self.address = addr
             self._start(self._run_connected)
             return T.mover_connect_reply(error=C.NO_ERR)
         return Blocking(run)
+
+    @staticmethod
+    def _receiving(secure: DataTls | None, mode: int) -> tuple[DataTls | None, Handoff | None]:
+        """A TLS data connection a backup arrives on hands its decrypted bytes to this mover
+        (through the Handoff returned, as LOCAL does) instead of through a socket pair."""
+        if mode != C.MOVER_MODE_READ:
+            return secure, None
+        return tls_data.handed(secure, receiving=True)
 
     def set_window(self, offset: int, length: int) -> None:
         self.check("SET_WINDOW")
@@ -402,7 +412,8 @@ class Mover:
         listener = self._listener
         assert listener is not None
         try:
-            sock = addresses.accept(listener, lambda: self.halted, secure=tls_data.for_tcp(self.session))
+            secure, handoff = self._receiving(tls_data.for_tcp(self.session), self.mode)
+            sock = addresses.accept(listener, lambda: self.halted, secure=secure)
         except OSError as exc:
             log.warning("%s: data connection accept failed: %s", self.session.peer, exc)
             self.halt(C.MOVER_HALT_CONNECT_ERROR)
@@ -414,6 +425,7 @@ class Mover:
                 sock.close()
                 return
             self._data, self.state = sock, ACTIVE
+            self.handoff = handoff            # TLS backup: the relay hands over what it decrypts
         listener.close()
         self._listener = None
         self._run_connected()

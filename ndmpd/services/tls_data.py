@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NdmpError
+from ..mover.handoff import Handoff
 from ..tls.data import EXTENSION_CLASS, EXTENSION_VERSION, DataTls
 from ..wire import C, T
 from . import HandlerTable
@@ -62,6 +63,17 @@ def for_tcp(session: "Session") -> DataTls | None:
     if session.data_tls is None:
         raise NdmpError(C.PRECONDITION_ERR, "TLS data connections selected: NDMPD_TLS_DATA_PEER first")
     return session.data_tls
+
+
+def handed(secure: DataTls | None, receiving: bool) -> tuple[DataTls | None, Handoff | None]:
+    """For a TLS data connection, the Handoff a service exchanges its stream through with the
+    relay (no socket pair copies): a mover receiving a backup takes from it, a data service
+    hands its backup to it (a restore on that connection uses the plain socket). Plain TCP:
+    (None, None)."""
+    if secure is None:
+        return None, None
+    handoff = Handoff("the TLS data connection ended")
+    return (secure.receiving_into(handoff) if receiving else secure.sending_from(handoff)), handoff
 
 
 @HANDLERS.on(C.NDMPD_TLS_DATA_PEER)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from .base import SnapshotError
 
@@ -12,6 +11,7 @@ TIMEOUT = 300
 
 def find_tool(name: str) -> str | None:
     """Where a tool is, looking in the sbin directories too (LVM lives there; PATH may omit them)."""
+    import shutil                 # here: a dump's start-up goes without it
     return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
 
 

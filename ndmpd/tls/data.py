@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..mover.handoff import Handoff
+from . import ktls
 from .certs import fingerprint
 from .contexts import check_pin, data_context
 from .relay import HandshakeFailed, TlsStream, relay
@@ -32,10 +34,22 @@ class DataTls:
     certificate: Path
     key: Path
     peer: bytes                  # the other server's DER certificate
+    inbound: Handoff | None = None   # where a receiving mover takes the stream (see relay)
+    outbound: Handoff | None = None  # where a sending data service hands its stream over
 
     @property
     def peer_fingerprint(self) -> str:
         return fingerprint(self.peer)
+
+    def receiving_into(self, handoff: Handoff) -> "DataTls":
+        """The same TLS, with what the peer sends handed to a mover's ``handoff`` rather than
+        passed through the plain socket (a backup's receiving side: two copies fewer)."""
+        return replace(self, inbound=handoff)
+
+    def sending_from(self, handoff: Handoff) -> "DataTls":
+        """The same TLS, with what a data service hands to ``handoff`` sent to the peer
+        (a backup's sending side: no socket pair; a restore still uses the plain socket)."""
+        return replace(self, outbound=handoff)
 
     def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         """The (listener, connector) SSL contexts."""
@@ -47,7 +61,7 @@ class DataTls:
         pin are checked here, so a wrong peer is refused and the listener can wait on."""
         stream = self._stream(sock, server_side=True)
         self._handshake(stream)
-        return relay(stream, _peer(sock))
+        return relay(stream, _peer(sock), inbound=self.inbound, outbound=self.outbound)
 
     def connected(self, sock: socket.socket) -> socket.socket:
         """A connection this side opened (TLS client side). Its handshake runs on the relay's
@@ -55,7 +69,8 @@ class DataTls:
         DATA_START_*, which the DMA sends after this side's DATA_CONNECT returned). Nothing
         written meanwhile leaves before the listener's certificate passed its pin."""
         stream = self._stream(sock, server_side=False)
-        return relay(stream, _peer(sock), first=lambda: self._handshake(stream))
+        return relay(stream, _peer(sock), first=lambda: self._handshake(stream), inbound=self.inbound,
+                     outbound=self.outbound)
 
     def _stream(self, sock: socket.socket, server_side: bool) -> TlsStream:
         try:
@@ -72,8 +87,10 @@ class DataTls:
         except Exception as exc:           # a pin mismatch is an SSLError, not a HandshakeFailed
             stream.sock.close()
             raise exc if isinstance(exc, HandshakeFailed) else HandshakeFailed(str(exc)) from None
-        log.info("TLS data connection with %s (%s, %s)", _peer(stream.sock), stream.tls.version(),
-                 self.peer_fingerprint)
+        cipher = (stream.tls.cipher() or ("?",))[0]
+        log.info("TLS data connection with %s (%s, %s, %s); records encrypted in user space, kernel TLS "
+                 "not used: %s", _peer(stream.sock), stream.tls.version(), cipher, self.peer_fingerprint,
+                 ktls.unavailable_reason() or "Python's ssl cannot hand a connection to it")
 
 
 def _peer(sock: socket.socket) -> str:

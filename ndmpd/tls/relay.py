@@ -10,6 +10,22 @@ works the same with TLS as without, by construction.
 Half-close maps to TLS ``close_notify``: end of stream on the plain side sends close_notify
 and shuts the TCP write side; a close_notify from the peer is end of stream on the plain
 side. A TCP end without close_notify (a truncation) is logged and the plain side is cut.
+
+A mover receiving a backup can take the decrypted stream through a :class:`Handoff`
+instead (``inbound``), as a LOCAL connection does: the relay decrypts into its batch buffer
+and the mover writes its tape records straight out of it, so the bytes skip the socket
+pair's two copies (measured: a fifth to a quarter of the receiving side's CPU). The socket
+pair still carries the connection's lifetime: the mover closing or shutting its end (halt,
+abort) closes the handoff and ends the TLS connection, and an end or a cut of the TLS
+connection ends the handoff.
+
+The data service sending a backup hands its buffers over ``outbound`` the same way (the
+dump engine reads files into its buffers rather than sending them into the pair with ``sendfile``):
+the relay encrypts straight out of each buffer and releases it. The handoff's end becomes
+close_notify, and the peer's close_notify after it is the stream delivered (``finish``), as
+the peer's close after a half-close is on plain TCP; a close in mid-stream is a cut, never
+a close_notify. Until a buffer or the end arrives the plain socket works as always, so a
+restore on the same connection needs nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +37,8 @@ import ssl
 import threading
 from collections import deque
 from collections.abc import Callable
+
+from ..mover.handoff import Handoff
 
 log = logging.getLogger("ndmpd.tls")
 CHUNK = 1 << 20                  # bytes read at once from either side
@@ -70,11 +88,14 @@ class TlsStream:
             self.sock.settimeout(None)
 
 
-def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None) -> socket.socket:
+def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None,
+          inbound: Handoff | None = None, outbound: Handoff | None = None) -> socket.socket:
     """The plain socket standing for ``stream``; a daemon thread relays until both directions
     are closed, then closes the TCP socket. ``first`` (the handshake and the peer's check,
     when the caller cannot wait for them) runs on that thread before anything is relayed:
-    if it raises, the plain socket is cut and not one byte written to it reaches the network."""
+    if it raises, the plain socket is cut and not one byte written to it reaches the network.
+    With ``inbound``, what the peer sends arrives there instead of on the plain socket; with
+    ``outbound``, what the service hands over there goes to the peer."""
     plain, inner = socket.socketpair()
     for sock in (plain, inner):
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -82,7 +103,8 @@ def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None)
                 sock.setsockopt(socket.SOL_SOCKET, opt, PAIR_BUFFER)
             except OSError:
                 pass
-    threading.Thread(target=_Relay(stream, inner, first).run, name=f"tls relay {name}", daemon=True).start()
+    pump = _Relay(stream, inner, first, inbound, outbound)
+    threading.Thread(target=pump.run, name=f"tls relay {name}", daemon=True).start()
     return plain
 
 
@@ -132,8 +154,16 @@ class _Pending:
 class _Relay:
     """The pump: plaintext from ``inner`` is encrypted to the network and back."""
 
-    def __init__(self, stream: TlsStream, inner: socket.socket, first: Callable[[], None] | None) -> None:
-        self.stream, self.inner, self.first = stream, inner, first
+    def __init__(self, stream: TlsStream, inner: socket.socket, first: Callable[[], None] | None,
+                 inbound: Handoff | None = None, outbound: Handoff | None = None) -> None:
+        self.stream, self.inner, self.first, self.inbound, self.outbound = stream, inner, first, inbound, outbound
+        self.handed = False             # the service's stream comes over ``outbound`` (a buffer or its end came)
+        self.wake_in = self.wake_out = None
+        if outbound is not None:        # the handoff's buffers, end and close wake the selector
+            self.wake_in, self.wake_out = socket.socketpair()
+            for sock in (self.wake_in, self.wake_out):
+                sock.setblocking(False)
+            outbound.watch(self._wake)
         self.net, self.tls = stream.sock, stream.tls
         self.spare: list[bytearray] = []
         self.to_net, self.to_app = _Pending(), _Pending(self.spare)
@@ -149,9 +179,10 @@ class _Relay:
                 self.first()
             except Exception as exc:
                 log.warning("TLS data connection refused: %s", exc)
+                self._close_handoffs()
                 _shut(self.inner, socket.SHUT_RDWR)
-                self.inner.close()
-                self.net.close()
+                for sock in (self.inner, self.net, self.wake_in, self.wake_out):
+                    _close(sock)
                 return
         self.to_net.add(self.stream.outgoing.read())
         self.net.setblocking(False)
@@ -164,16 +195,16 @@ class _Relay:
             log.warning("TLS data connection ended: %s", exc)
         finally:
             selector.close()
-            for sock in (self.inner, self.net):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+            self._close_handoffs()             # whatever happened, neither service waits on
+            for sock in (self.inner, self.net, self.wake_in, self.wake_out):
+                _close(sock)
 
     def _loop(self, selector: selectors.BaseSelector) -> None:
         watched: dict[socket.socket, int] = {}
         while not (self.net_shut and self.app_shut):
             self.to_net.send(self.net)          # first without waiting: most of the time it goes at once
+            self._from_outbound()               # after it, never before select: a buffer left waiting for
+                                                # room leaves to_net full, so the network's writability wakes us
             self.to_app.send(self.inner)
             self._shut_finished()
             if self.net_shut and self.app_shut:
@@ -184,11 +215,19 @@ class _Relay:
                 | (selectors.EVENT_WRITE if self.to_app else 0)
             if not net_events and not app_events:
                 return                  # cannot happen while a direction is open; never spin
-            for sock, events in ((self.net, net_events), (self.inner, app_events)):
-                _watch(selector, watched, sock, events)
+            wake_events = selectors.EVENT_READ if self.wake_in is not None and not self.app_done else 0
+            for sock, events in ((self.net, net_events), (self.inner, app_events), (self.wake_in, wake_events)):
+                if sock is not None:
+                    _watch(selector, watched, sock, events)
             for key, events in selector.select():
-                if events & selectors.EVENT_READ:
-                    self._from_net() if key.fileobj is self.net else self._from_app()
+                if not events & selectors.EVENT_READ:
+                    continue
+                if key.fileobj is self.net:
+                    self._from_net()
+                elif key.fileobj is self.inner:
+                    self._from_app()
+                else:
+                    _drain(self.wake_in)        # the loop's top polls the handoff
 
     def _shut_finished(self) -> None:
         """Pass on an end of stream once everything before it has gone."""
@@ -196,6 +235,8 @@ class _Relay:
             _shut(self.net, socket.SHUT_WR)
             self.net_shut = True
         if self.net_done and not self.to_app and not self.app_shut:
+            if self.inbound is not None:
+                self.inbound.end()      # the peer's stream ended: the mover stores the rest
             _shut(self.inner, socket.SHUT_WR)
             self.app_shut = True
 
@@ -208,19 +249,50 @@ class _Relay:
         except OSError:                 # the service is gone (abort): nothing more either way
             n = -1
         if n > 0:
-            view = self.buffer[:n]
-            while view:
-                view = view[self.tls.write(view):]
+            self._encrypt(self.buffer[:n])
+        elif self.handed:               # the service shut its socket in mid-stream: an abort, not an end
+            self._cut()
+            return
         else:
-            self.app_done = True
-            if n < 0:
+            if n < 0 or self.inbound is not None:   # a receiving mover only closes its end to stop
+                self._close_handoffs()
                 self.net_done = True
                 self.to_app.clear()
-            try:
-                self.tls.unwrap()       # queues close_notify; the peer's may come later
-            except (ssl.SSLWantReadError, ssl.SSLError):
-                pass
+            self._close_notify()
         self.to_net.add(self.stream.outgoing.read())
+
+    def _from_outbound(self) -> None:
+        """A buffer the service handed over: encrypted, then released for reuse; the handoff's
+        end becomes close_notify, its close after a buffer or the end a cut."""
+        out = self.outbound
+        if out is None or self.app_done or len(self.to_net) >= HIGH_WATER:
+            return
+        data = out.poll()
+        if data is not None:
+            self.handed = True
+            try:
+                self._encrypt(data)
+            finally:
+                out.release()
+            self.to_net.add(self.stream.outgoing.read())
+        elif out.ended:
+            self.handed = True
+            self._close_notify()
+            self.to_net.add(self.stream.outgoing.read())
+        elif out.closed and self.handed:
+            self._cut()
+
+    def _encrypt(self, view: memoryview) -> None:
+        while view:
+            view = view[self.tls.write(view):]
+
+    def _close_notify(self) -> None:
+        """The service's stream is over: queue close_notify (the peer's may come later)."""
+        self.app_done = True
+        try:
+            self.tls.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass
 
     def _from_net(self) -> None:
         """Records from the peer: decrypt them; close_notify is the end of its stream."""
@@ -246,28 +318,64 @@ class _Relay:
         batch, filled = self._batch(), 0
         while not self.net_done:
             if filled == CHUNK:
-                self.to_app.add(batch)
+                if not self._deliver(batch):
+                    return
                 batch, filled = self._batch(), 0
             try:
                 n = self.tls.read(CHUNK - filled, batch[filled:])
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                self.net_done = True
+                self._peer_ended()
                 break
             except ssl.SSLError as exc:
                 log.warning("TLS data connection: %s", exc.reason or exc)
                 self._cut()
                 return
             if not n:
-                self.net_done = True
+                self._peer_ended()
                 break
             filled += n
         if filled:
-            self.to_app.add(batch[:filled])
+            if not self._deliver(batch[:filled]):
+                return
         else:
             self.spare.append(batch.obj)
         self.to_net.add(self.stream.outgoing.read())     # a key update's answer
+
+    def _peer_ended(self) -> None:
+        """The peer's close_notify. After the end of what the service handed over, it is the
+        peer saying it has every byte (as its close after a half-close is on plain TCP)."""
+        self.net_done = True
+        if self.outbound is not None and self.handed and self.app_done:
+            self.outbound.finish()
+
+    def _deliver(self, data: memoryview) -> bool:
+        """Plaintext for the service: queued for the plain socket, or handed to the mover and
+        taken (its buffer free again) when ``put`` returns. False: the mover is gone, cut."""
+        if self.inbound is None:
+            self.to_app.add(data)
+            return True
+        try:
+            self.inbound.put(data)
+        except BrokenPipeError:
+            self._cut()
+            return False
+        if len(self.spare) < SPARE_BUFFERS:
+            self.spare.append(data.obj)
+        return True
+
+    def _close_handoffs(self) -> None:
+        """The connection is over or cut: neither service waits on a handoff any more."""
+        for handoff in (self.inbound, self.outbound):
+            if handoff is not None:
+                handoff.close()
+
+    def _wake(self) -> None:
+        try:
+            self.wake_out.send(b"\0")
+        except OSError:                 # full: a wake-up is pending anyway; closed: the relay is over
+            pass
 
     def _batch(self) -> memoryview:
         return memoryview(self.spare.pop() if self.spare else bytearray(CHUNK))
@@ -275,9 +383,27 @@ class _Relay:
     def _cut(self) -> None:
         """The network side failed: the service sees its connection end; nothing more is relayed."""
         self.net_done = self.app_done = self.net_shut = self.app_shut = True
+        self._close_handoffs()
         self.to_app.clear()
         self.to_net.clear()
         _shut(self.inner, socket.SHUT_RDWR)
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read every wake-up byte waiting."""
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:                     # BlockingIOError: none left
+        pass
 
 
 def _shut(sock: socket.socket, how: int) -> None:
