@@ -138,7 +138,7 @@ class FileMedium:
         try:
             yield
         except OSError as exc:
-            raise MediaError(f"{self.name}: {what} the cartridge file failed: {exc.strerror or exc}") from exc
+            raise MediaError(f"{self.name}: {what} the cartridge failed: {exc.strerror or exc}") from exc
 
     def truncate(self, offset: int) -> None:
         if offset < self._end:

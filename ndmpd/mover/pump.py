@@ -95,7 +95,7 @@ def _end_of_stream(mover: MoverPort, record: memoryview, fill: int, handoff: Han
             device.flush()                               # a write still in flight may yet fail
     except TapeError as exc:
         log.error("mover: tape write failed: %s", exc)
-        mover.halt(C.MOVER_HALT_MEDIA_ERROR)
+        mover.halt(C.MOVER_HALT_MEDIA_ERROR, f"tape write failed: {exc}")
         raise Halted from None
     if handoff is not None:
         handoff.finish()
