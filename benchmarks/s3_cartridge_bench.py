@@ -18,7 +18,9 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -32,6 +34,22 @@ from tests.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedS3   # noqa: E402
 
 def store_config(server: SeaweedS3, bucket: str, creds: Path, part: int) -> StoreConfig:
     return StoreConfig(bucket, server.endpoint, "bench/", credentials_file=creds, part_size=part)
+
+
+@contextmanager
+def seaweed_store(part: int = 8 << 20) -> Iterator[tuple[SeaweedS3, StoreConfig]]:
+    """A SeaweedFS started for the run, a fresh bucket and a store on it (stopped at the end)."""
+    with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp:
+        server = SeaweedS3(Path(tmp))
+        try:
+            server.start()
+            bucket = server.bucket("bench-" + os.urandom(4).hex())
+            creds = Path(tmp) / "creds"
+            creds.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
+            creds.chmod(0o600)
+            yield server, store_config(server, bucket, creds, part)
+        finally:
+            server.stop()
 
 
 def plain_multipart(config: StoreConfig, data: memoryview, key: str) -> float:
@@ -94,48 +112,39 @@ def main() -> int:
     args = parser.parse_args()
     size, record = parse_size(args.size, "--size"), parse_size(args.record_size, "--record-size")
     part, dar_size = parse_size(args.part_size, "--part-size"), parse_size(args.dar_size, "--dar-size")
-    with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp:
-        server = SeaweedS3(Path(tmp))
-        try:
-            server.start()
-            bucket = server.bucket("bench-" + os.urandom(4).hex())
-            creds = Path(tmp) / "creds"
-            creds.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
-            creds.chmod(0o600)
-            config = store_config(server, bucket, creds, part)
-            data = memoryview(os.urandom(size))
-            ratios = []
-            for round_ in range(args.rounds):
-                cpu = time.process_time()
-                plain = plain_multipart(config, data, f"plain/{round_}")
-                plain_cpu, cpu = time.process_time() - cpu, time.process_time()
-                cart = cartridge_backup(config, data, f"C{round_}", record, size * 2)
-                cart_cpu = time.process_time() - cpu
-                ratios.append(plain / cart)
-                print(f"round {round_ + 1}: plain multipart {size / plain / 1e6:7.1f} MB/s ({plain_cpu:.2f} CPU s), "
-                      f"S3 cartridge {size / cart / 1e6:7.1f} MB/s ({cart_cpu:.2f} CPU s), ratio {plain / cart:.2f}")
-                server.empty(bucket)
-            print(f"backup ratio (cartridge / plain multipart): {min(ratios):.2f} .. {max(ratios):.2f} "
-                  f"(target >= 0.8)")
+    with seaweed_store(part) as (server, config):
+        bucket = config.bucket
+        data = memoryview(os.urandom(size))
+        ratios = []
+        for round_ in range(args.rounds):
+            cpu = time.process_time()
+            plain = plain_multipart(config, data, f"plain/{round_}")
+            plain_cpu, cpu = time.process_time() - cpu, time.process_time()
+            cart = cartridge_backup(config, data, f"C{round_}", record, size * 2)
+            cart_cpu = time.process_time() - cpu
+            ratios.append(plain / cart)
+            print(f"round {round_ + 1}: plain multipart {size / plain / 1e6:7.1f} MB/s ({plain_cpu:.2f} CPU s), "
+                  f"S3 cartridge {size / cart / 1e6:7.1f} MB/s ({cart_cpu:.2f} CPU s), ratio {plain / cart:.2f}")
+            server.empty(bucket)
+        print(f"backup ratio (cartridge / plain multipart): {min(ratios):.2f} .. {max(ratios):.2f} "
+              f"(target >= 0.8)")
 
-            image = memoryview(os.urandom(64 << 20))
-            tape = VirtualTape("bench", S3Store(config).cartridge("DAR"), dar_size * 2)
-            tape.open(write=True)
-            records = dar_size // record
-            per = len(image) // record
-            for i in range(0, records, per):
-                n = min(per, records - i)
-                written = 0
-                while written < n:
-                    written += tape.write_records(image[written * record:n * record], record)
-            tape.write_filemarks(1)
-            tape.close()
-            for round_ in range(args.rounds):
-                seconds, gets, got = dar(config, "DAR", records)
-                print(f"DAR of one record in the middle of a {dar_size >> 20} MiB image: {seconds * 1e3:.0f} ms, "
-                      f"{gets} GETs, {got / 1e6:.1f} MB fetched ({got / dar_size:.2%} of the image)")
-        finally:
-            server.stop()
+        image = memoryview(os.urandom(64 << 20))
+        tape = VirtualTape("bench", S3Store(config).cartridge("DAR"), dar_size * 2)
+        tape.open(write=True)
+        records = dar_size // record
+        per = len(image) // record
+        for i in range(0, records, per):
+            n = min(per, records - i)
+            written = 0
+            while written < n:
+                written += tape.write_records(image[written * record:n * record], record)
+        tape.write_filemarks(1)
+        tape.close()
+        for round_ in range(args.rounds):
+            seconds, gets, got = dar(config, "DAR", records)
+            print(f"DAR of one record in the middle of a {dar_size >> 20} MiB image: {seconds * 1e3:.0f} ms, "
+                  f"{gets} GETs, {got / 1e6:.1f} MB fetched ({got / dar_size:.2%} of the image)")
     return 0
 
 

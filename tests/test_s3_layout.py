@@ -3,10 +3,13 @@ the bytes and records before it, and the record map never lets spacing cross a f
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from ndmpd.devices.cartridge import OVERHEAD
-from ndmpd.devices.s3_layout import HEADER_SIZE, Index, IndexCorrupt, Run, Segment
+from ndmpd.devices.s3_layout import (HEADER_SIZE, INDEX_CHECK, INDEX_V1, PREAMBLE, Index, IndexCorrupt, Run,
+                                     Segment)
 
 
 def index() -> Index:
@@ -70,3 +73,67 @@ def test_runs_of_different_lengths_back_to_back():
     i.note_records(boundary, 50, 3, OVERHEAD)
     assert i.run_at(boundary, OVERHEAD, ending=True) == (2, OVERHEAD + 100)
     assert i.run_at(boundary, OVERHEAD, ending=False) == (3, OVERHEAD + 50)
+
+
+def many(count: int) -> Index:
+    i = Index(b"H" * HEADER_SIZE, 1)
+    at = HEADER_SIZE
+    for n in range(count):
+        i.segments.append(Segment(f"seg-{n}", 200))
+        i.note_records(at, 100, 1, OVERHEAD)
+        at += 200
+    return i
+
+
+def test_an_index_with_a_base_round_trips_through_its_two_objects():
+    i = many(1000)
+    stored = {"base-1": i.pack_base()}
+    i.rebase("base-1")
+    i.segments.append(Segment("seg-new", 50))
+    i.note_records(i.size - 50, 10, 1, OVERHEAD)
+    packed = i.pack()
+    assert len(packed) < HEADER_SIZE + 200                      # the filemark's PUT carries the tail only
+    back = Index.unpack(packed, "x", stored.__getitem__)
+    assert back.segments == i.segments and back.runs == i.runs and back.size == i.size
+    assert back.objects() == {s.key for s in i.segments} | {"base-1"}
+
+
+def test_a_base_that_does_not_match_or_is_damaged_is_refused():
+    i = many(10)
+    base = i.pack_base()
+    i.rebase("b")
+    i.base_segments += 1                                        # claims one more than the base holds
+    with pytest.raises(IndexCorrupt, match="does not match"):
+        Index.unpack(i.pack(), "x", lambda key: base)
+    i.base_segments -= 1
+    with pytest.raises(IndexCorrupt, match="base index b is corrupt"):
+        Index.unpack(i.pack(), "x", lambda key: base[:-1])
+
+
+def test_a_cut_into_the_base_drops_it_and_a_cut_after_it_keeps_it():
+    i = many(10)
+    i.rebase("b")
+    i.segments.append(Segment("t", 200))
+    i.cut(i.size - 100, OVERHEAD)                               # inside the tail
+    assert i.base == "b" and i.segments[-1] == Segment("t", 100)
+    i.cut(HEADER_SIZE + 500, OVERHEAD)                          # inside the base
+    assert i.base == "" and i.tail == len(i.segments) + len(i.runs)
+    assert Index.unpack(i.pack(), "x").segments == i.segments   # whole again, no base needed
+
+
+def test_records_after_a_base_never_merge_into_its_frozen_run():
+    i = Index(b"")
+    i.note_records(HEADER_SIZE, 100, 2, OVERHEAD)
+    i.segments.append(Segment("a", 2 * (OVERHEAD + 100)))
+    i.rebase("b")
+    i.note_records(HEADER_SIZE + 2 * (OVERHEAD + 100), 100, 3, OVERHEAD)
+    assert [r.count for r in i.runs] == [2, 3] and i.tail == 1
+    assert i.run_at(HEADER_SIZE, OVERHEAD, ending=False) == (2, OVERHEAD + 100)
+
+
+def test_a_version_1_index_still_reads():
+    body = PREAMBLE.build(dict(version=1)) + INDEX_V1.build(dict(
+        generation=3, header=b"H" * HEADER_SIZE, segments=[dict(length=10, key="k")],
+        runs=[dict(offset=HEADER_SIZE, length=1, count=1)]))
+    back = Index.unpack(body + INDEX_CHECK.build(dict(check=zlib.crc32(body))), "x")
+    assert back.segments == [Segment("k", 10)] and back.generation == 3 and back.base == ""

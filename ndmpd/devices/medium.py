@@ -14,10 +14,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, Sequence, Union, runtime_checkable
+from typing import Iterator, Protocol, Sequence, Union, runtime_checkable
 
-from .tape import DeviceBusy
+from .tape import DeviceBusy, MediaError
 
 WRITE_BEHIND = 32 << 20        # see FileMedium.streamed
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
@@ -32,6 +33,7 @@ class CartridgeMedium(Protocol):
     earlier); ``sync`` is the durability point (a filemark, close)."""
 
     name: str
+    exact_end: bool     # True: ``size()`` always ends a whole entry (no torn tail to recover)
 
     def size(self) -> int: ...
     def pread(self, length: int, offset: int) -> bytes: ...
@@ -96,6 +98,8 @@ def _sync_range(fd: int, offset: int, length: int, flags: int) -> None:
 class FileMedium:
     """A cartridge file: pread/pwritev, with streaming write-behind; flock keeps it to one opener."""
 
+    exact_end = False           # a crash can leave a torn last entry: the cartridge scans for its end
+
     def __init__(self, path: Path, writable: bool) -> None:
         self.name = str(path)
         self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
@@ -118,13 +122,23 @@ class FileMedium:
         return os.preadv(self.fd, buffers, offset)
 
     def append(self, parts: Sequence[bytes | memoryview], offset: int, total: int) -> None:
-        written = os.pwritev(self.fd, parts, offset)
-        if written != total:        # rare for regular files: finish what is left
-            rest = b"".join(bytes(p) for p in parts)[written:]
-            while rest:
-                n = os.pwrite(self.fd, rest, offset + total - len(rest))
-                rest = rest[n:]
+        with self._failing("writing"):
+            written = os.pwritev(self.fd, parts, offset)
+            if written != total:        # rare for regular files: finish what is left
+                rest = b"".join(bytes(p) for p in parts)[written:]
+                while rest:
+                    n = os.pwrite(self.fd, rest, offset + total - len(rest))
+                    rest = rest[n:]
         self._end = offset + total
+
+    @contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        """An OSError of the file under the cartridge (a full disk, an I/O error) is the
+        tape's media error, saying which file and why: the mover halts MEDIA_ERROR with it."""
+        try:
+            yield
+        except OSError as exc:
+            raise MediaError(f"{self.name}: {what} the cartridge failed: {exc.strerror or exc}") from exc
 
     def truncate(self, offset: int) -> None:
         if offset < self._end:
@@ -158,12 +172,14 @@ class FileMedium:
         return 0, 0
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        with self._failing("syncing"):
+            os.fdatasync(self.fd)
 
     def write_header(self, header: bytes) -> None:
-        os.fsync(self.fd)               # what is before it is on disk first
-        os.pwrite(self.fd, header, 0)
-        os.fsync(self.fd)
+        with self._failing("writing the superblock of"):
+            os.fsync(self.fd)               # what is before it is on disk first
+            os.pwrite(self.fd, header, 0)
+            os.fsync(self.fd)
         self._end = max(self._end, len(header))
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """A cartridge on S3: the ``CartridgeMedium`` of ``medium.py`` over immutable objects.
 
 A cartridge is the prefix ``NAME/`` holding an index object (``s3_layout.Index``: superblock,
-segments, record runs) and segment objects. A write session appends to one segment: its
+segments, record runs; its older entries in an immutable base object) and segment objects. A write session appends to one segment: its
 bytes are spooled into parts of ``part_size`` that upload from a bounded pool while the mover
 keeps writing; at a sync point (a filemark, close) the multipart upload is completed and the
 new index PUT, the one atomic switch. A cut (a write earlier on tape) only shortens the
@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from ..store_config import StoreConfig
 from .cartridge import OVERHEAD
 from .s3_client import describe, is_missing, make_client
-from .s3_layout import HEADER_SIZE, Index, IndexCorrupt, Segment
+from .s3_layout import HEADER_SIZE, TAIL_LIMIT, Index, IndexCorrupt, Segment
 from .tape import DeviceBusy, MediaError
 
 log = logging.getLogger("ndmpd.s3")
@@ -42,6 +42,7 @@ CACHE_BLOCKS = 48
 READ_AHEAD_MAX = 8                  # blocks one sequential GET may fetch
 ABORT_RETRY = 2.0                   # seconds between attempts to abort an upload of a failed write
 ABORT_PATIENCE = 120.0
+MAX_PARTS = 10_000                  # parts of one multipart upload (S3's limit): a tape file spans segments
 
 
 @dataclass
@@ -54,16 +55,41 @@ class Traffic:
     put: int = 0
 
 
-class S3Store:
-    """One bucket and prefix: its client, and which cartridges this server has open (one
-    opener at a time, as flock gives a local file; a lock across servers is out of scope)."""
+class Openers:
+    """The S3 cartridges this process has open, by where they are (service, bucket, key
+    prefix), not by which S3Store opened them: a library and a standalone drive, or two
+    libraries, configured on one bucket and prefix have a store each and must still never
+    both open one cartridge. One opener at a time, as flock gives a local file; a lock across
+    servers is out of scope (CARTRIDGE-FORMAT.md, "On S3")."""
 
-    def __init__(self, config: StoreConfig, client_factory: Callable[[StoreConfig], Any] = make_client) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[tuple[str, str, str]] = set()
+
+    def claim(self, where: tuple[str, str, str], url: str) -> None:
+        with self._lock:
+            if where in self._open:
+                raise DeviceBusy(f"{url}: cartridge is in use by another drive")
+            self._open.add(where)
+
+    def release(self, where: tuple[str, str, str]) -> None:
+        with self._lock:
+            self._open.discard(where)
+
+
+PROCESS_OPENERS = Openers()     # process-wide like the flock it stands for; tests may pass their own
+
+
+class S3Store:
+    """One bucket and prefix: its client, its traffic, and the process's openers."""
+
+    def __init__(self, config: StoreConfig, client_factory: Callable[[StoreConfig], Any] = make_client,
+                 openers: Openers = PROCESS_OPENERS) -> None:
         self.config = config
         self._factory = client_factory
         self._client: Any = None
         self._lock = threading.Lock()
-        self._open: set[str] = set()
+        self._openers = openers
         self.traffic = Traffic()
 
     @property
@@ -131,15 +157,25 @@ class S3Store:
         log.warning("%s: upload %s left unfinished; the next write to its cartridge aborts it",
                     self.config.url(), key)
 
+    def require_bucket(self) -> None:
+        """Before a first PUT: a missing bucket is one clear line (some services would create
+        it on the PUT, filling a bucket nobody configured)."""
+        try:
+            self.client.head_bucket(Bucket=self.config.bucket)
+        except Exception as exc:
+            if is_missing(exc) or "NoSuchBucket" in str(exc):
+                raise MediaError(f"{self.config.url()}: no such bucket {self.config.bucket!r} "
+                                 "(create it, or fix store.bucket)") from None
+            raise MediaError(describe(exc, self.config, f"checking bucket {self.config.bucket}")) from exc
+
+    def _where(self, name: str) -> tuple[str, str, str]:
+        return (self.config.endpoint or f"aws:{self.config.region}", self.config.bucket, self.key(name, ""))
+
     def claim(self, name: str) -> None:
-        with self._lock:
-            if name in self._open:
-                raise DeviceBusy(f"{self.config.url(name)}: cartridge is in use by another drive")
-            self._open.add(name)
+        self._openers.claim(self._where(name), self.config.url(name))
 
     def release(self, name: str) -> None:
-        with self._lock:
-            self._open.discard(name)
+        self._openers.release(self._where(name))
 
 
 class S3Cartridge:
@@ -171,6 +207,7 @@ class S3Cartridge:
     def create(self, header: bytes) -> None:
         if self.exists():
             raise FileExistsError(f"{self}: cartridge exists")
+        self.store.require_bucket()
         body = Index(header).pack()
         self.store.call(f"creating cartridge {self.name}", "put_object", Key=self.store.key(self.name, INDEX),
                         Body=body)
@@ -202,7 +239,11 @@ class _Spool:
 
 
 class S3Medium:
-    """An open cartridge on S3 (see the module docstring)."""
+    """An open cartridge on S3 (see the module docstring). The index names only completed
+    segments, so its size always ends a whole entry (``exact_end``): a segment that cannot be
+    read is a MediaError, never a reason to treat the cartridge as ending earlier."""
+
+    exact_end = True
 
     def __init__(self, where: S3Cartridge, writable: bool) -> None:
         self.name = str(where)
@@ -218,10 +259,12 @@ class S3Medium:
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._last_block: tuple[str, int] | None = None
         self._ahead = 1
+        self.index_bytes = 0                            # the last index object PUT (benchmarks)
+        self.index_put = 0                              # index and base bytes PUT by this opener
         self._store.claim(where.name)
         try:
             self._index = self._load()
-            self._stored = {s.key for s in self._index.segments}
+            self._stored = self._index.objects()
             if writable:
                 self._sweep()
         except BaseException:
@@ -242,18 +285,46 @@ class S3Medium:
             if is_missing(exc.__cause__ or exc):
                 raise MediaError(f"{self.name}: no such cartridge") from None
             raise
+        def base(key: str) -> bytes:
+            self._own(key)
+            return self._store.call(f"{what}: reading its base index", "get_object", Key=key)["Body"].read()
         try:
-            return Index.unpack(body, self.name)
+            index = Index.unpack(body, self.name, base)
+            for key in index.objects():
+                self._own(key)
+            return index
         except IndexCorrupt as exc:
             raise MediaError(str(exc)) from None
 
+    def _own(self, key: str) -> None:
+        """An index may name only objects of its own cartridge: one naming others' (damaged,
+        or copied from another cartridge) would have them read as ours and deleted at the
+        next overwrite."""
+        own = self._key("")
+        if not key.startswith(own) or "/" in key[len(own):] or key == self._key(INDEX):
+            raise IndexCorrupt(f"{self.name}: cartridge index names {key!r}, which is not an object of this "
+                               "cartridge; refusing it (nothing is read or deleted)")
+
     def _put_index(self) -> None:
-        self._index.generation += 1
-        body = self._index.pack()
-        self._store.call(f"writing the index of {self._where.name}", "put_object", Key=self._key(INDEX), Body=body)
+        """The switch: one PUT of the index object, after a new base when its tail is long
+        (each filemark costs a bounded PUT, a compaction every TAIL_LIMIT entries)."""
+        index = self._index
+        index.generation += 1
+        what = f"writing the index of {self._where.name}"
+        if index.tail > TAIL_LIMIT:
+            key = self._key(f"base-{index.generation:012d}-{secrets.token_hex(4)}")
+            base = index.pack_base()
+            self._store.call(what, "put_object", Key=key, Body=base)
+            self._count_put(len(base))
+            self.index_put += len(base)
+            index.rebase(key)
+        body = index.pack()
+        self._store.call(what, "put_object", Key=self._key(INDEX), Body=body)
         self._count_put(len(body))
+        self.index_bytes = len(body)
+        self.index_put += len(body)
         self._dirty = False
-        keep = {s.key for s in self._index.segments}
+        keep = index.objects()
         for key in sorted(self._stored - keep):
             self._delete(key)
         self._stored = keep
@@ -345,8 +416,15 @@ class S3Medium:
         self._ahead = min(READ_AHEAD_MAX, self._ahead * 2) if sequential else 1
         count = max(1, min(self._ahead, -(-segment.length // BLOCK) - number))
         lo, hi = number * BLOCK, min(segment.length, (number + count) * BLOCK)
-        body = self._store.call(f"reading {self._where.name}", "get_object", Key=segment.key,
-                                Range=f"bytes={lo}-{hi - 1}")["Body"].read()
+        try:
+            body = self._store.call(f"reading {self._where.name}", "get_object", Key=segment.key,
+                                    Range=f"bytes={lo}-{hi - 1}")["Body"].read()
+        except MediaError as exc:
+            cause = exc.__cause__ or exc
+            if is_missing(cause) or "InvalidRange" in str(cause):
+                raise MediaError(f"{self.name}: segment {segment.key} is missing or shorter than its index "
+                                 f"says (wanted bytes {lo}-{hi - 1})") from None
+            raise
         traffic = self._store.traffic
         traffic.gets += 1
         traffic.got += len(body)
@@ -374,6 +452,8 @@ class S3Medium:
             spool.buffer += part
         if len(spool.buffer) >= self._config.part_size:
             self._send(spool)
+            if len(spool.parts) >= MAX_PARTS:         # S3 allows 10,000 parts: go on in a new segment
+                self._finish_segment()
 
     def _send(self, spool: _Spool) -> None:
         """Hand the spooled bytes to a part upload; wait while the pool is full (the spool's bound)."""
@@ -435,6 +515,17 @@ class S3Medium:
     def _commit(self) -> None:
         """The sync point: complete the segment being written, then switch to the new index."""
         self._check()
+        self._finish_segment()
+        if self._dirty:
+            try:
+                self._put_index()
+            except MediaError as exc:
+                self._broken = f"{exc}; the tape files written since the last filemark are lost"
+                raise MediaError(self._broken) from None
+
+    def _finish_segment(self) -> None:
+        """Complete the segment being written and list it in the index (not yet stored: the
+        next sync point PUTs it; a crash before leaves an unnamed object the sweep deletes)."""
         spool, self._spool = self._spool, None
         if spool is not None and spool.length:
             self._spool = spool                           # still ours if completing fails
@@ -456,12 +547,6 @@ class S3Medium:
             self._index.segments.append(Segment(spool.key, spool.length))
             self._starts = None
             self._dirty = True
-        if self._dirty:
-            try:
-                self._put_index()
-            except MediaError as exc:
-                self._broken = f"{exc}; the tape files written since the last filemark are lost"
-                raise MediaError(self._broken) from None
 
     def truncate(self, offset: int) -> None:
         self._check()

@@ -327,9 +327,10 @@ class VirtualTape(TapeDevice):
             self.file_num += 1
             self.blockno = 0
             self._chunk = 0
+        if count or self._last_was_write:
+            self.cart.sync()            # MTWEOF 0 too, as st flushes its buffer: records so far are durable
         if count:
-            self.cart.sync()
-        self._last_was_write = False
+            self._last_was_write = False    # after MTWEOF 0 the tape file is still open: close ends it
 
     # ------------------------------------------------------------ positioning
 

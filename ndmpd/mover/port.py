@@ -46,5 +46,6 @@ class MoverPort(Protocol):
     def pause(self, reason: int, peer_closed: Callable[[], bool] | None = None) -> None:
         """Pause with ``reason`` until CONTINUE (returns) or a halt (raises :class:`Halted`)."""
 
-    def halt(self, reason: int) -> None:
-        """Halt with ``reason`` and post NOTIFY_MOVER_HALTED."""
+    def halt(self, reason: int, why: str = "") -> None:
+        """Halt with ``reason`` and post NOTIFY_MOVER_HALTED, preceded by a LOG_MESSAGE
+        saying ``why`` (always one for a media error: the device's reason)."""

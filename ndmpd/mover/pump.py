@@ -95,7 +95,7 @@ def _end_of_stream(mover: MoverPort, record: memoryview, fill: int, handoff: Han
             device.flush()                               # a write still in flight may yet fail
     except TapeError as exc:
         log.error("mover: tape write failed: %s", exc)
-        mover.halt(C.MOVER_HALT_MEDIA_ERROR)
+        mover.halt(C.MOVER_HALT_MEDIA_ERROR, f"tape write failed: {exc}")
         raise Halted from None
     if handoff is not None:
         handoff.finish()
@@ -130,7 +130,7 @@ def _write_records(mover: MoverPort, records: memoryview, size: int, data_bytes:
             continue
         except TapeError as exc:
             log.error("mover: tape write failed: %s", exc)
-            mover.halt(C.MOVER_HALT_MEDIA_ERROR)
+            mover.halt(C.MOVER_HALT_MEDIA_ERROR, f"tape write failed: {exc}")
             raise Halted from None
         moved = written * size
         mover.advanced(moved, moved if data_bytes is None else data_bytes, written)
@@ -177,7 +177,7 @@ def _serve_read(mover: MoverPort, sock: socket.socket, buffer: memoryview) -> No
                 n, blocked = _read_image_record(mover, device, offset // size, buffer)
         except TapeError as exc:
             log.error("mover: tape read failed: %s", exc)
-            mover.halt(C.MOVER_HALT_MEDIA_ERROR)
+            mover.halt(C.MOVER_HALT_MEDIA_ERROR, f"tape read failed: {exc}")
             raise Halted from None
         if blocked:
             mover.pause(blocked, hung_up)

@@ -35,6 +35,7 @@ from ..snapshots.base import SnapshotError
 from ..wire import REQUEST, C, T, protocol
 from ..wire.translate import convert_struct
 from . import Blocking, HandlerTable, tls_data
+from .log_post import log_post
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -447,14 +448,7 @@ class Data:
     def log_message(self, text: str, level: str = "normal") -> None:
         log.log(logging.WARNING if level in ("warning", "error") else logging.INFO, "%s: %s", self.session.peer,
                 peer_text(text, MESSAGE_LOG_LIMIT))
-        if self.version == 2:
-            v2 = protocol(2)
-            self.post(v2.by_name["LOG_LOG"].code, v2.types.log_log_post(text))
-            return
-        kind = {"normal": C.LOG_NORMAL, "warning": C.LOG_WARNING, "error": C.LOG_ERROR}.get(level, C.LOG_NORMAL)
-        self.post(C.LOG_MESSAGE, T.log_message_post(log_type=kind, message_id=0, entry=text,
-                                                    associated_message_valid=C.NO_ASSOCIATED_MESSAGE,
-                                                    associated_message_sequence=0))
+        self.post(*log_post(self.version, text, level))
 
     def log_file(self, name: str, ok: bool, why: str = "", kind: str = report.NOT_FOUND) -> None:
         """LOG_FILE for one nlist entry: the status (v4) or error (v2/v3) that matches ``kind``

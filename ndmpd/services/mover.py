@@ -25,6 +25,7 @@ from ..mover.handoff import Handoff
 from ..mover.port import Halted
 from ..wire import C, T
 from . import Blocking, HandlerTable, tls_data
+from .log_post import log_post
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -57,6 +58,7 @@ ALLOWED: dict[str, dict[int, frozenset[int]]] = {
 
 
 MEDIUM_FULL = "the medium is full"
+UNSAID_MEDIA_ERROR = "the tape reported a media error"     # a device that gave no reason
 SETTLE_TIMEOUT = 2.0     # seconds a MOVER_CONTINUE reply waits for the pump's first step
 
 
@@ -190,9 +192,15 @@ class Mover:
                 return MEDIUM_FULL
             return self.medium_end
 
-    def halt(self, reason: int) -> None:
-        """Enter HALTED once (whoever comes first), wake the pump, tell the DMA."""
+    def halt(self, reason: int, why: str = "") -> None:
+        """Enter HALTED once (whoever comes first), wake the pump, tell the DMA.
+
+        ``why`` (the device's or the failure's own words) goes to the DMA as one LOG_MESSAGE
+        (LOG_LOG on v2) queued right before NOTIFY_MOVER_HALTED, so a DMA learns the true
+        reason from the halt itself, not only "media error"; a media error always sends one."""
         media_error = reason == C.MOVER_HALT_MEDIA_ERROR
+        if media_error and not why:
+            why = UNSAID_MEDIA_ERROR
         if media_error and self.session.version < 4:
             reason = C.MOVER_HALT_INTERNAL_ERROR
         with self._cond:
@@ -202,12 +210,14 @@ class Mover:
             if self.state == PAUSED and self.pause_reason == C.MOVER_PAUSE_EOM:
                 self.medium_end = MEDIUM_FULL
             elif media_error:
-                self.medium_end = "the tape reported a media error"
+                self.medium_end = f"media error: {why}"
             self.state, self.halt_reason, self.pause_reason = HALTED, reason, C.MOVER_PAUSE_NA
             self._cond.notify_all()
             log.info("%s: mover halted (reason %d), %d bytes moved", self.session.peer, reason, self.bytes_moved)
             if moving:
                 self.session.ctx.metrics.mover_halted(self.mode, reason, self.bytes_moved)
+            if why:
+                self._notify(*log_post(self.session.version, f"mover halted: {why}", "error"))
             self._notify(C.NOTIFY_MOVER_HALTED, T.notify_mover_halted_post(reason=reason))
         for sock in (self._data, self._local_peer):
             if sock is not None:
@@ -392,9 +402,9 @@ class Mover:
             target()
         except Halted:
             pass
-        except Exception:
+        except Exception as exc:
             log.exception("%s: mover failed", self.session.peer)
-            self.halt(C.MOVER_HALT_INTERNAL_ERROR)
+            self.halt(C.MOVER_HALT_INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._close_sockets()
 

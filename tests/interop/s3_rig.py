@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -37,3 +39,14 @@ def s3_drive(name: str, server: SeaweedS3, bucket: str, credentials: Path, capac
 name = "{name}"
 capacity = "{capacity}"
 {extra}""" + store_table("tape", server, bucket, credentials)
+
+
+def kill_once_uploading(server: SeaweedS3, bucket: str, job: subprocess.Popen, timeout: float = 60) -> None:
+    """Kill ``server`` once ``job`` (a backup to it) has a multipart upload under way and a
+    part or so on disk: the store dies mid-backup."""
+    deadline = time.monotonic() + timeout
+    while not server.open_uploads(bucket):
+        assert time.monotonic() < deadline and job.poll() is None, "the backup never started uploading"
+        time.sleep(0.2)
+    time.sleep(1)
+    server.kill()

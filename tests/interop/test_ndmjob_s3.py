@@ -1,18 +1,21 @@
 """ndmjob against a drive whose cartridge lives in S3 (a real SeaweedFS on loopback): the
 tape and mover conformance series pass, plain and encrypted, the encrypted objects hold
-no plaintext, and a store that refuses the credentials fails TAPE_OPEN in one line."""
+no plaintext, a store that refuses the credentials fails TAPE_OPEN in one line, and a store
+killed mid-backup reaches ndmjob as a LOG_MESSAGE naming the S3 failure before the halt."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import uuid
 
 import pytest
 
 from ndmpd.keystore import Keystore, KeySource
-from tests.interop.s3_rig import credentials_file, s3_drive
-from tests.interop.test_ndmjob_encrypted import pattern, run_ndmjob, windows_found
+from tests.interop.s3_rig import credentials_file, kill_once_uploading, s3_drive
+from tests.interop.test_ndmjob_encrypted import PROGRAM, pattern, run_ndmjob, windows_found
+from tests.s3_server import start_or_skip
 from tests.interop.test_ndmjob_tape_mover import MOVER_PHASES, TAPE_PHASES
 
 pytestmark = pytest.mark.interop
@@ -81,3 +84,24 @@ def test_an_encrypted_s3_backup_leaves_no_plaintext_in_the_bucket_and_restores(n
                      "-J", str(index), "/src/pattern.bin")
     assert "Operation ended OKAY" in dar, dar
     assert (tmp_path / "vol" / "picked" / "src" / "pattern.bin").read_bytes() == known
+
+
+def test_the_store_killed_mid_backup_reaches_ndmjob_with_the_s3_reason(server_factory, tmp_path):
+    own = start_or_skip(tmp_path / "weed")
+    try:
+        bucket = own.bucket("njkill-" + uuid.uuid4().hex[:8])
+        server = server_factory(extra=s3_drive("s3tape", own, bucket, credentials_file(tmp_path)))
+        (tmp_path / "vol" / "big.bin").write_bytes(os.urandom(120 << 20))
+        job = subprocess.Popen([str(PROGRAM), "-v", "-c", "-D", server.agent("4"), "-f", "s3tape", "-B", "tar",
+                                "-C", "/export/data", "-I", str(tmp_path / "backup.idx")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        kill_once_uploading(own, bucket, job)
+        out, _ = job.communicate(timeout=180)
+        assert "Operation ended OKAY" not in out, out[-3000:]
+        said = [line for line in out.splitlines() if "mover halted: tape write failed" in line]
+        assert len(said) == 1, out[-3000:]
+        assert re.search(rf"s3://{bucket}/ndmpd/: uploading part \d+ of s3tape: cannot reach", said[0]), said
+        halted = out.index(said[0])
+        assert "backup of /export/data incomplete: media error: tape write failed" in out[halted:], out[-3000:]
+    finally:
+        own.stop()

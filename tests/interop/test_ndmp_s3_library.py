@@ -20,7 +20,7 @@ from tests.trees import describe, differences
 
 from .conftest import library_tables, run
 from .ndmp_cli import ndmp, ndmp_env, ok_json
-from .s3_rig import credentials_file, s3_drive, store_table
+from .s3_rig import credentials_file, kill_once_uploading, s3_drive, store_table
 from .test_ndmp_library import fill_volume
 
 pytestmark = pytest.mark.interop
@@ -121,16 +121,12 @@ def test_the_store_killed_mid_backup_fails_clearly_leaves_no_upload_and_the_next
                   f"{spec}:s3tape", "--catalog", str(catalog)]
         job = subprocess.Popen(backup, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=ndmp_env(tmp_path), cwd=server.config.parent)
-        deadline = time.monotonic() + 60
-        while not own.open_uploads(bucket):
-            assert time.monotonic() < deadline and job.poll() is None, "the backup never started uploading"
-            time.sleep(0.2)
-        time.sleep(1)
-        own.kill()
+        kill_once_uploading(own, bucket, job)
         _, stderr = job.communicate(timeout=120)
         assert job.returncode == 1, stderr
         [line] = stderr.splitlines()
         assert "media error" in line.lower(), line
+        assert re.search(r"uploading part \d+ of s3tape: cannot reach", line), line    # the S3 reason, not only "media error"
         log = (tmp_path / "ndmpd.log").read_text()
         assert re.search(rf"s3://{bucket}/ndmpd/: uploading part \d+ of s3tape: cannot reach", log), log[-3000:]
 

@@ -111,6 +111,7 @@ class BackupJob:
         self.two_way = data is tape
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.logs: list[str] = []
+        self.tape_error = ""            # the tape server's last error LOG_MESSAGE: why its mover halted
         self.data_halted: Any = None
         self.mover_halted: Any = None
         self.states: dict[str, str] = {}         # where the stop left DATA and MOVER (jobs/states.py)
@@ -197,6 +198,7 @@ class BackupJob:
             self.data.on_raw(code, recorder.post_raw)
         for agent in {id(self.data): self.data, id(self.tape): self.tape}.values():
             agent.on(C.LOG_MESSAGE, lambda body: self.logs.append(body.entry))
+        self.tape.on(C.LOG_MESSAGE, self._tape_logged)
         self.data.on(C.NOTIFY_DATA_HALTED, lambda body: self.events.put_nowait(("data_halted", body)))
         self.tape.on(C.NOTIFY_MOVER_HALTED, lambda body: self.events.put_nowait(("mover_halted", body)))
         self.tape.on(C.NOTIFY_MOVER_PAUSED, lambda body: self.events.put_nowait(("mover_paused", body)))
@@ -254,7 +256,9 @@ class BackupJob:
         if kind == "mover_halted":
             self.mover_halted = body
             if body.reason not in (C.MOVER_HALT_CONNECT_CLOSED,):
-                return "failed", f"the mover halted: {constant_name('MOVER_HALT', body.reason)}"
+                name = constant_name("MOVER_HALT", body.reason)
+                said = self.tape_error.removeprefix("mover halted: ")
+                return "failed", f"the mover halted: {name}: {said}" if said else f"the mover halted: {name}"
             return self._both_halted()
         if kind == "data_halted":
             self.data_halted = body
@@ -263,6 +267,12 @@ class BackupJob:
                 return "failed", f"the data server halted: {why}"
             return self._both_halted()
         return None
+
+    def _tape_logged(self, body: Any) -> None:
+        """The server sends its mover's halt reason as an error LOG_MESSAGE just before
+        NOTIFY_MOVER_HALTED: keep the latest, so the job's reason is the device's own words."""
+        if getattr(body, "log_type", C.LOG_ERROR) == C.LOG_ERROR:
+            self.tape_error = body.entry
 
     def _both_halted(self) -> tuple[str, str] | None:
         if self.data_halted is not None and self.mover_halted is not None:
