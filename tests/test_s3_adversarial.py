@@ -12,11 +12,11 @@ import pytest
 from ndmpd.devices.s3_layout import HEADER_SIZE, INDEX_CHECK, INDEX_VERSION, PREAMBLE, TAIL_LIMIT
 from ndmpd.devices import s3_medium
 from ndmpd.devices.s3_medium import INDEX, Openers, S3Store
-from ndmpd.devices.tape import DeviceBusy, EndOfData, MediaError
+from ndmpd.devices.tape import EndOfData, MediaError
 from ndmpd.store_config import StoreConfig
 from tests.test_cartridge_sealing import read_file
 from tests import test_s3_cartridge as plain
-from tests.test_s3_cartridge import drive, records, store_for
+from tests.test_s3_cartridge import drive, only_one_opens, records, store_for
 
 KEY = "lib/CART01/" + INDEX
 bucket, store = plain.bucket, plain.store                      # the same fixtures
@@ -100,13 +100,7 @@ def test_two_stores_of_one_configuration_never_open_one_cartridge_twice(s3_serve
     each have their own S3Store: the one-opener rule must hold across them."""
     one, two = store_for(s3_server, bucket, tmp_path), store_for(s3_server, bucket, tmp_path)
     written(drive(one), [records(1, 4096)])
-    a, b = drive(one), drive(two)
-    a.open(write=True)
-    with pytest.raises(DeviceBusy):
-        b.open(write=False)
-    a.close()
-    b.open(write=False)
-    b.close()
+    only_one_opens(drive(one), drive(two))
 
 
 class FailIndexPut:

@@ -173,14 +173,19 @@ def test_write_protection_and_the_end_of_medium_keep_their_meaning(store):
         tape.open(write=True)
 
 
-def test_one_server_never_lets_two_drives_open_one_cartridge(store):
-    one, two = drive(store), drive(store)
-    one.open(write=True)
+def only_one_opens(first, second) -> None:
+    """While ``first`` has the cartridge open for writing, ``second`` cannot open it at all;
+    once ``first`` closes, it can."""
+    first.open(write=True)
     with pytest.raises(DeviceBusy):
-        two.open(write=False)
-    one.close()
-    two.open(write=False)
-    two.close()
+        second.open(write=False)
+    first.close()
+    second.open(write=False)
+    second.close()
+
+
+def test_one_server_never_lets_two_drives_open_one_cartridge(store):
+    only_one_opens(drive(store), drive(store))
 
 
 def test_wrong_credentials_give_one_clear_line(s3_server, bucket, tmp_path):

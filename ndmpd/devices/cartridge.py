@@ -371,28 +371,27 @@ class Cartridge:
             at += len(batch) * stride
         if background:
             if self._writer is None:
-                self._writer = BackgroundWriter(f"cartridge writer {getattr(self.path, 'name', self.path)}",
-                                                WRITE_DEPTH)
+                self._writer = BackgroundWriter(f"cartridge writer {self.medium.name}", WRITE_DEPTH)
             try:
-                self._writer.submit(lambda: self._write_all(writes, length))
+                self._writer.submit(lambda: self._write_all(writes, length, advance=False))
             except OSError:
                 self.settle()                   # raises it as the MediaError it is
             self.eod = at
         else:
-            for parts, start, count in writes:
-                self._pwrite_all(parts, start, count * stride)
-                self.medium.note_records(start, length, count)
-                self.eod = start + count * stride
-            self.medium.streamed()
+            self._write_all(writes, length, advance=True)
         return self.eod
 
-    def _write_all(self, writes: list[tuple[list[bytes | memoryview], int, int]], length: int) -> None:
-        """A background write of ``writes`` (parts, offset, records) of ``length``-byte records
-        (the caller moved ``eod`` past them already)."""
+    def _write_all(self, writes: list[tuple[list[bytes | memoryview], int, int]], length: int,
+                   advance: bool) -> None:
+        """Write ``writes`` (parts, offset, records) of ``length``-byte records. ``advance``: move
+        ``eod`` past each batch as it lands (a foreground write: a failure leaves it after the last
+        whole batch); a background write's caller moved it past them all already."""
         stride = OVERHEAD + length
         for parts, start, count in writes:
             self._pwrite_all(parts, start, count * stride)
             self.medium.note_records(start, length, count)
+            if advance:
+                self.eod = start + count * stride
         self.medium.streamed()
 
     def replace_superblock(self, superblock: Superblock) -> None:
@@ -436,7 +435,7 @@ class Cartridge:
 
     def _find_end_of_data(self, size: int) -> int:
         """The end of the file when its last entry verifies (the usual case), else a scan."""
-        if size == DATA_START or getattr(self.medium, "exact_end", False):
+        if size == DATA_START or self.medium.exact_end:
             return size             # a medium that never holds a torn tail (S3): a read error is the error
         try:
             if self.entry_before(size) is not None:
