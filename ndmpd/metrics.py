@@ -196,7 +196,8 @@ class MetricsEndpoint:
             oldest.transport.abort()                 # its exchange then ends at once
         self._clients[writer] = None
         try:
-            await asyncio.wait_for(self._exchange(reader, writer), EXCHANGE_TIMEOUT)
+            async with asyncio.timeout(EXCHANGE_TIMEOUT):
+                await self._exchange(reader, writer)
         except (asyncio.TimeoutError, ConnectionError):
             writer.transport.abort()                 # unsent output is dropped, not kept
         finally:
@@ -205,7 +206,8 @@ class MetricsEndpoint:
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            async with asyncio.timeout(HEAD_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
             parts = head.split(b"\r\n", 1)[0].split()
             if len(parts) < 2 or parts[0] not in (b"GET", b"HEAD"):
                 status, body, kind = b"405 Method Not Allowed", b"GET /metrics\n", b"text/plain"

@@ -201,6 +201,23 @@ def test_a_call_times_out_alone(server):
     assert run(go())
 
 
+def test_a_cancel_that_lands_as_the_reply_arrives_is_not_lost(server):
+    """A job stopped by Ctrl-C cancels its task once; were the cancel swallowed because the
+    reply came in the same loop turn (asyncio.wait_for on 3.11 does that), the job would go on
+    for ever (``replicate run --every`` did)."""
+    async def go():
+        async with connect(server) as agent:
+            for _ in range(3):
+                task = asyncio.ensure_future(agent.call("CONFIG_GET_HOST_INFO"))
+                await asyncio.sleep(0)                       # sent; its reply is awaited
+                reply = agent._replies[agent.sequence]
+                reply.add_done_callback(lambda _, task=task: task.cancel())
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            return (await agent.call("CONFIG_GET_HOST_INFO")).hostname      # the agent still works
+    assert run(go())
+
+
 def test_two_agents_on_two_servers_at_once(tmp_path, server):
     other = ServerThread(config(tmp_path, name="b"))
     try:

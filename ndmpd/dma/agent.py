@@ -233,13 +233,15 @@ class Agent:
                 self._writer.write(frame(Header(self.sequence + 1, int(time.time()), REQUEST,
                                                 C.CONNECT_CLOSE, 0, 0).pack()))
                 self.sequence += 1
-                await asyncio.wait_for(self._writer.drain(), 5)
+                async with asyncio.timeout(5):
+                    await self._writer.drain()
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 pass
         self._fail(NdmpConnectionLost(f"{self.peer}: connection closed by this DMA"))
         self._writer.close()
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), 5)
+            async with asyncio.timeout(5):
+                await self._writer.wait_closed()
         except (OSError, asyncio.TimeoutError, ConnectionError):
             pass
         for task in (self._read_task, self._dispatch_task):
@@ -264,7 +266,8 @@ class Agent:
 
     async def _wait(self, future: asyncio.Future, timeout: float | None, what: str) -> Any:
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            async with asyncio.timeout(timeout):       # not wait_for: on 3.11 it loses a cancel
+                return await asyncio.shield(future)      # that lands as the reply arrives
         except asyncio.TimeoutError:
             future.cancel()
             raise TimeoutError(f"{self.peer}: {what}: no answer within {timeout:g} s") from None
@@ -369,9 +372,10 @@ async def _open(host: str, port: int, user: str, password: str, versions: tuple[
     peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     context = _tls_context(peer, tls)
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, local_addr=(source, 0) if source else None, ssl=context,
-                                    server_hostname=host if context else None), timeout)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                host, port, local_addr=(source, 0) if source else None, ssl=context,
+                server_hostname=host if context else None)
     except asyncio.TimeoutError:
         raise NdmpConnectError(f"{peer}: no connection within {timeout:g} s") from None
     except ssl.SSLCertVerificationError as exc:

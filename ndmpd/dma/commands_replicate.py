@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,8 @@ async def _connect(text: str, args: argparse.Namespace) -> Agent:
     """An agent to the server ``text`` names, the connection bounded by CONNECT_TIMEOUT."""
     host = host_named(text, args.config)
     try:
-        return await asyncio.wait_for(connect(host, args), CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            return await connect(host, args)
     except TimeoutError:
         raise NdmpConnectError(f"{host.display}: no answer within {CONNECT_TIMEOUT:g} s") from None
     except OSError as exc:
@@ -240,9 +241,11 @@ def _reporter(args: argparse.Namespace) -> Reporter:
 # ---------------------------------------------------------------- run
 
 async def _replica_loop(catalog: Catalog, name: str, replica: Replica, args: argparse.Namespace,
-                        reporter: Reporter) -> bool:
-    """Update one replica once, or every ``args.every`` until cancelled; whether the last one
-    succeeded. A failure is reported and retried at the cadence."""
+                        reporter: Reporter, stopping: asyncio.Event) -> bool:
+    """Update one replica once, or every ``args.every`` until cancelled or ``stopping``; whether
+    the last one succeeded. A failure is reported and retried at the cadence. The event, not
+    only the cancel, ends the loop: one cancel lost inside a library call must not leave it
+    running for ever."""
     thaw = args.thaw
     ok = False
     while True:
@@ -256,9 +259,13 @@ async def _replica_loop(catalog: Catalog, name: str, replica: Replica, args: arg
         except UpdateFailed as exc:
             _report_update(args, name, current.target, None, str(exc))
             ok = False
-        if args.once:
+        if args.once or stopping.is_set():
             return ok
-        await asyncio.sleep(max(0.0, args.every - (time.monotonic() - began)))
+        with suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, args.every - (time.monotonic() - began))):
+                await stopping.wait()
+        if stopping.is_set():
+            return ok
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -270,13 +277,15 @@ async def run(args: argparse.Namespace) -> int:
             raise CatalogError(f"replication {rep.name} is {rep.state}: there is nothing to run")
         with replication_lock(path, rep.name, "run"):
             reporter = _reporter(args)
-            tasks = [asyncio.create_task(_replica_loop(catalog, rep.name, r, args, reporter),
+            stopping = asyncio.Event()
+            tasks = [asyncio.create_task(_replica_loop(catalog, rep.name, r, args, reporter, stopping),
                                          name=f"replicate-{r.target}") for r in rep.replicas]
             interrupted: list[int] = []
             loop = asyncio.get_running_loop()
 
             def stop(sig: int) -> None:
                 interrupted.append(sig)
+                stopping.set()
                 for task in tasks:
                     task.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -386,7 +386,8 @@ class RecoverJob:
         if self.logs is None:
             return
         try:
-            await asyncio.wait_for(self.logs.error_logged.wait(), ERROR_LINE_WAIT)
+            async with asyncio.timeout(ERROR_LINE_WAIT):
+                await self.logs.error_logged.wait()
         except asyncio.TimeoutError:
             pass
 

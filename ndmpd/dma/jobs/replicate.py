@@ -254,7 +254,8 @@ class ReplicaUpdateJob:
                                f"{base}, the state {self.target} is at") from None
             raise
         try:
-            await asyncio.wait_for(self._wait_halts(), self.request.timeout)
+            async with asyncio.timeout(self.request.timeout):
+                await self._wait_halts()
         except TimeoutError:
             raise UpdateFailed(f"the update took more than {self.request.timeout:g} s") from None
         m_state = await steps.quietly(self.master, "DATA_GET_STATE")
@@ -350,7 +351,8 @@ async def release_hold(master: Agent, volume: str, hold: str, host: str, reporte
         await master.call("DATA_LISTEN", addr_type=C.ADDR_TCP)
         await master.call("DATA_START_BACKUP", butype_name=butype, env=_pvals(
             {"FILESYSTEM": volume, "NDMPD_HOLD": hold, "NDMPD_RELEASE": "y"}))
-        body = await asyncio.wait_for(halted.get(), timeout)
+        async with asyncio.timeout(timeout):
+            body = await halted.get()
         if body.reason != C.DATA_HALT_SUCCESSFUL:
             why = logs.errors[-1] if logs.errors else constant_name("DATA_HALT", body.reason)
             raise UpdateFailed(f"{host} could not release hold {hold}: {why}")
