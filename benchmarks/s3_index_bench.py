@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ndmpd.devices import s3_medium                             # noqa: E402
 from ndmpd.devices.s3_layout import TAIL_LIMIT                  # noqa: E402
 from ndmpd.devices.s3_medium import S3Store                     # noqa: E402
 from ndmpd.devices.virtual_tape import VirtualTape              # noqa: E402
@@ -34,13 +33,14 @@ from benchmarks.s3_cartridge_bench import seaweed_store        # noqa: E402
 RECORD = b"r" * 4096
 
 
-def run(store: S3Store, files: int, checkpoints: list[int], tail_limit: int) -> dict[int, tuple]:
+def run(store: S3Store, files: int, checkpoints: list[int], tail_limit: int, label: str) -> dict[int, tuple]:
     """{checkpoint: (index object bytes, p50, p95, max filemark seconds, index bytes PUT per
-    filemark)} for one cartridge written with ``tail_limit`` (huge: the whole-index layout)."""
-    s3_medium.TAIL_LIMIT = tail_limit
+    filemark)} for one cartridge written with ``tail_limit`` (huge: the whole-index layout),
+    each checkpoint printed as it is reached (a 10,000-file run takes tens of minutes)."""
     tape = VirtualTape("bench", store.cartridge(f"IDX{os.urandom(3).hex()}"), 64 << 30)
     tape.open(write=True)
     medium = tape.cart.medium
+    medium.tail_limit = tail_limit
     latencies: list[float] = []
     out = {}
     for n in range(1, files + 1):
@@ -53,8 +53,9 @@ def run(store: S3Store, files: int, checkpoints: list[int], tail_limit: int) -> 
             out[n] = (medium.index_bytes, statistics.median(latencies), statistics.quantiles(latencies, n=20)[-1],
                       max(latencies), index_put)
             latencies = []
+            print(f"  {label}: {n:6d} tape files, index object {out[n][0]:,} B, index bytes PUT per filemark "
+                  f"{index_put:,.0f}, filemark p50 {out[n][1] * 1e3:.1f} ms", flush=True)
     tape.close()
-    s3_medium.TAIL_LIMIT = TAIL_LIMIT
     return out
 
 
@@ -68,8 +69,8 @@ def main() -> int:
     with seaweed_store() as (_, config):
         store = S3Store(config)
         for round_ in range(args.rounds):
-            bounded = run(store, args.files, checkpoints, TAIL_LIMIT)
-            whole = run(store, args.files, checkpoints, 1 << 62)
+            bounded = run(store, args.files, checkpoints, TAIL_LIMIT, "bounded")
+            whole = run(store, args.files, checkpoints, 1 << 62, "whole")
             for n in checkpoints:
                 b, w = bounded[n], whole[n]
                 print(f"round {round_ + 1}, {n:6d} tape files: index object {b[0]:,} B (whole {w[0]:,} B, "

@@ -261,6 +261,7 @@ class S3Medium:
         self._ahead = 1
         self.index_bytes = 0                            # the last index object PUT (benchmarks)
         self.index_put = 0                              # index and base bytes PUT by this opener
+        self.tail_limit = TAIL_LIMIT                    # index entries past the base before a compaction
         self._store.claim(where.name)
         try:
             self._index = self._load()
@@ -307,11 +308,11 @@ class S3Medium:
 
     def _put_index(self) -> None:
         """The switch: one PUT of the index object, after a new base when its tail is long
-        (each filemark costs a bounded PUT, a compaction every TAIL_LIMIT entries)."""
+        (each filemark costs a bounded PUT, a compaction every ``tail_limit`` entries)."""
         index = self._index
         index.generation += 1
         what = f"writing the index of {self._where.name}"
-        if index.tail > TAIL_LIMIT:
+        if index.tail > self.tail_limit:
             key = self._key(f"base-{index.generation:012d}-{secrets.token_hex(4)}")
             base = index.pack_base()
             self._store.call(what, "put_object", Key=key, Body=base)
