@@ -119,6 +119,8 @@ class DumpOptions:
 
 @dataclass
 class DumpResult:
+    """What a dump wrote, what it warned of, and the directory index for later levels."""
+
     bytes_written: int = 0
     entries: int = 0
     files: int = 0
