@@ -131,6 +131,9 @@ class StatHelper:
 
     def _start(self) -> bool:
         import fcntl
+        if not sys.executable:             # embedded without an interpreter to run: list alone
+            self._failed = True
+            return False
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         code = (f"import sys; sys.path.insert(0, {here!r}); "
                 "from ndmpd.engine.stat_helper import serve; serve(int(sys.argv[1]))")
