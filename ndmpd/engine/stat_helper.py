@@ -18,9 +18,13 @@ itself. It ends when the dump closes its request pipe (end of the dump, abort, o
 death). Started with ``posix_spawn`` (no fork of a threaded server) as ``python -I -S``,
 importing nothing of the package but this module: its start-up is the interpreter's alone.
 
-Wire (both ways, ``\\0``-separated, names never hold a ``\\0``): a request is ``INO DEV PATH``;
-an answer is ``PATH LENGTH`` and then LENGTH bytes of ``\\0``-joined entries, or LENGTH -1 for
-a refusal.
+Until its first answer (the interpreter's start, ~20 ms) the dump does not wait for it: it
+lists a directory asked for itself and withdraws the request; so a small incremental is never
+slower than the dump alone, and a large one hands over what comes after the start.
+
+Wire (both ways, ``\\0``-separated, names never hold a ``\\0``): a request is ``INO DEV PATH``
+(INO 0: withdrawn); an answer is ``PATH LENGTH`` and then LENGTH bytes of ``\\0``-joined
+entries, or LENGTH -1 for a refusal.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import heapq
 import os
 import select
 import sys
+import time
 
 TYPE_CHECKING = False              # (not typing's: the helper process imports nothing it does not use)
 if TYPE_CHECKING:
@@ -66,6 +71,8 @@ class StatHelper:
         self._failed = False
         self._answers: dict[bytes, list[bytes] | None] = {}
         self._waiting: set[bytes] = set()
+        self._withdrawn: set[bytes] = set()   # taken back while it started: its answer is dropped
+        self._answering = False               # it has answered once: from then on the dump waits
         self._buffer = bytearray()
 
     def ask(self, rel: bytes, ino: int, dev: int) -> bool:
@@ -90,19 +97,45 @@ class StatHelper:
 
     def take(self, rel: bytes) -> list[bytes] | None:
         """The entries of a directory asked for (``D``/``Y``/``N`` + name, sorted by name), or
-        None when the dump is to list it itself (refused, helper gone, job cancelled)."""
+        None when the dump is to list it itself (refused, helper gone, job cancelled, or the
+        helper still starting: a small tree is done before an interpreter starts, and the dump
+        never waits longer than it would take alone for that)."""
         self._waiting.discard(rel)
+        if rel not in self._answers and not self._failed:
+            self._receive(wait=False)              # what has come in already
         while rel not in self._answers:
-            if self._failed or not self._receive():
+            if self._failed:
+                return None
+            if not self._answering:
+                self._withdraw(rel)
+                return None
+            if not self._receive(wait=True):
                 return None
         return self._answers.pop(rel)
 
-    def _receive(self) -> bool:
-        """Read what the helper sent and file its complete answers; False: nothing to wait for."""
+    def ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the helper's first answer (for a caller that would
+        rather wait than list alone: the tests); True once it answers."""
+        deadline = time.monotonic() + timeout
+        while not self._answering and not self._failed and time.monotonic() < deadline:
+            if not self._receive(wait=False):
+                time.sleep(0.01)
+        return self._answering
+
+    def _withdraw(self, rel: bytes) -> None:
+        self._withdrawn.add(rel)
+        try:
+            os.write(self._requests, b"0\x000\x00%s\x00" % rel)     # inode 0: never a directory's
+        except OSError:
+            self._give_up()
+
+    def _receive(self, wait: bool) -> bool:
+        """Read what the helper sent and file its complete answers; False: nothing came (or
+        nothing will: cancelled, helper gone)."""
         poll = select.poll()              # (a server's fds can lie beyond select's reach)
         poll.register(self._replies, select.POLLIN)
-        while not poll.poll(_POLL * 1000):
-            if self._cancel.is_set():
+        while not poll.poll(_POLL * 1000 if wait else 0):
+            if not wait or self._cancel.is_set():
                 return False
         try:
             data = os.read(self._replies, _CHUNK)
@@ -119,14 +152,16 @@ class StatHelper:
             if mid < 0:
                 return True
             rel, length = bytes(buffer[:head]), bytes(buffer[head + 1:mid])
-            if length == _REFUSED:
-                self._answers[rel] = None
-                del buffer[:mid + 1]
-                continue
-            end = mid + 1 + int(length)
+            end = mid + 1 + (int(length) if length != _REFUSED else 0)
             if len(buffer) < end:
                 return True
-            self._answers[rel] = bytes(buffer[mid + 1:end]).split(b"\0") if end > mid + 1 else []
+            self._answering = True
+            if rel in self._withdrawn:
+                self._withdrawn.discard(rel)
+            elif length == _REFUSED:
+                self._answers[rel] = None
+            else:
+                self._answers[rel] = bytes(buffer[mid + 1:end]).split(b"\0") if end > mid + 1 else []
             del buffer[:end]
 
     def _start(self) -> bool:
@@ -191,6 +226,7 @@ class _Server:
     def __init__(self, since: int) -> None:
         self._since = since
         self._pending: list[tuple[list[bytes], bytes, int, int]] = []
+        self._withdrawn: set[bytes] = set()
         self._buffer = b""
         os.set_blocking(1, False)
 
@@ -203,7 +239,10 @@ class _Server:
                     self._read()
                 if self._pending:
                     _, rel, ino, dev = heapq.heappop(self._pending)
-                    self._send(rel + b"\0" + self._answer(rel, ino, dev))
+                    if rel in self._withdrawn:
+                        self._withdrawn.discard(rel)   # the dump listed it itself
+                    else:
+                        self._send(rel + b"\0" + self._answer(rel, ino, dev))
         except (_Stopped, BrokenPipeError):
             return
 
@@ -216,8 +255,11 @@ class _Server:
         whole = len(fields) - 1 - (len(fields) - 1) % 3        # complete requests' fields
         self._buffer = b"\0".join(fields[whole:])
         for at in range(0, whole, 3):
-            rel = fields[at + 2]
-            heapq.heappush(self._pending, (rel.split(b"/"), rel, int(fields[at]), int(fields[at + 1])))
+            rel, ino = fields[at + 2], int(fields[at])
+            if ino == 0:
+                self._withdrawn.add(rel)
+            else:
+                heapq.heappush(self._pending, (rel.split(b"/"), rel, ino, int(fields[at + 1])))
 
     def _send(self, data: bytes) -> None:
         """Write an answer, reading requests meanwhile (neither side ever blocks the other)."""
