@@ -6,17 +6,18 @@ so ``ndmpd serve`` and ``ndmpd check-config`` can fail with a clear message and 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
-from .keystore import KeySource, KeystoreError, check_name
+from typing import TYPE_CHECKING, Any, Callable
 from .secret_file import read_secret
-from .store_config import StoreConfig, StoreConfigError, parse_store
 from .snapshots.mounts import mount_of
+
+if TYPE_CHECKING:      # keys, stores and IPv6 listeners import their parsers when a file has them:
+    from .keystore import KeySource     # ``ndmpd dump``'s start-up is most of a small incremental
+    from .store_config import StoreConfig
 from .tomlfile import parse_toml
 
 AUTH_METHODS = ("md5", "text", "none")
@@ -37,6 +38,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ListenAddress:
+    """An address and port to accept NDMP connections on."""
+
     host: str
     port: int
 
@@ -46,12 +49,16 @@ class ListenAddress:
 
 @dataclass(frozen=True)
 class User:
+    """A user the server accepts (text or MD5 auth)."""
+
     name: str
     password: str = field(repr=False)
 
 
 @dataclass(frozen=True)
 class Volume:
+    """A directory a DMA can back up by name."""
+
     name: str                  # the FILESYSTEM a DMA names
     path: Path                 # where it is on this host
     snapshot: str = "auto"
@@ -62,6 +69,8 @@ class Volume:
 
 @dataclass(frozen=True)
 class Tape:
+    """A tape drive a DMA can open: a virtual cartridge drive or a Linux st device."""
+
     name: str                  # the device name a DMA opens
     kind: str
     path: Path | None          # None: a library's drive, empty until the library loads it
@@ -76,6 +85,8 @@ class Tape:
 
 @dataclass(frozen=True)
 class Changer:
+    """A media changer a DMA can open: the virtual library or a SCSI generic device."""
+
     name: str                  # the SCSI device name a DMA opens
     kind: str                  # virtual | sg
     path: Path                 # virtual: directory of cartridges and state; sg: /dev/sgN
@@ -88,6 +99,8 @@ class Changer:
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """The [server] table: listeners, state, authentication and limits."""
+
     listen: tuple[ListenAddress, ...]
     state_dir: Path
     auth: tuple[str, ...]
@@ -110,6 +123,8 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, loaded once and passed explicitly."""
+
     server: ServerSettings
     users: tuple[User, ...]
     volumes: tuple[Volume, ...]
@@ -166,6 +181,7 @@ def parse_listen(value: Any, key: str) -> ListenAddress:
     host = m.group(1) or m.group(3) or m.group(5)
     port = int(m.group(2) or m.group(4) or DEFAULT_PORT)
     if m.group(1) or m.group(5):
+        import ipaddress
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
@@ -472,14 +488,21 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
     return Config(settings, tuple(users), tuple(volumes), tuple(tapes), tuple(changers), source)
 
 
+def _check_key_name(name: str, where: str) -> None:
+    """keystore.check_name (imported only for a file that names keys), as a ConfigError."""
+    from .keystore import KeystoreError, check_name
+    try:
+        check_name(name)
+    except KeystoreError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _key_source(raw: dict[str, Any], state_dir: Path, rel: Callable[[str], Path]) -> KeySource:
     """``[keys]``: NAME = "path of its key file"; other keys live in <state_dir>/keys."""
+    from .keystore import KeySource
     files = []
     for name, path in raw.items():
-        try:
-            check_name(name)
-        except KeystoreError as exc:
-            raise ConfigError(f"keys.{name}: {exc}") from None
+        _check_key_name(name, f"keys.{name}")
         if not isinstance(path, str) or not path:
             raise ConfigError(f"keys.{name}: the path of a key file (a string)")
         files.append((name, rel(path)))
@@ -493,6 +516,7 @@ def _store(table: _Table, kind: str, rel: Callable[[str], Path]) -> StoreConfig 
         return None
     if kind != "virtual":
         raise ConfigError(f"{table.key('store')}: only virtual cartridges live in an object store")
+    from .store_config import StoreConfigError, parse_store
     try:
         return parse_store(raw, table.key("store"), rel, parse_size)
     except StoreConfigError as exc:
@@ -524,10 +548,7 @@ def _encryption_key(table: _Table, kind: str, library: "Changer | None") -> str 
                           f"encryption_key {library.encryption_key!r}; give one")
     chosen = own if own is not None else library.encryption_key if library is not None else None
     if chosen is not None:
-        try:
-            check_name(chosen)
-        except KeystoreError as exc:
-            raise ConfigError(f"{table.key('encryption_key')}: {exc}") from None
+        _check_key_name(chosen, table.key("encryption_key"))
     return chosen
 
 
@@ -621,10 +642,7 @@ def _changer(raw: Any, i: int, rel: Callable[[str], Path]) -> Changer:
     if encryption_key is not None:
         if kind != "virtual":
             raise ConfigError(f"changer[{i}].encryption_key: only a virtual library's cartridges are encrypted")
-        try:
-            check_name(encryption_key)
-        except KeystoreError as exc:
-            raise ConfigError(f"changer[{i}].encryption_key: {exc}") from None
+        _check_key_name(encryption_key, f"changer[{i}].encryption_key")
     store = _store(t, kind, rel)
     t.finish()
     return Changer(name, kind, path, tuple(drives), slots, import_export, encryption_key, store)

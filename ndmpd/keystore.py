@@ -37,6 +37,8 @@ class KeySource:
 
 @dataclass(frozen=True)
 class Key:
+    """One version of a named key, read from the keystore."""
+
     name: str
     version: int
     path: Path

@@ -28,6 +28,8 @@ class StoreConfigError(ValueError):
 
 @dataclass(frozen=True)
 class StoreConfig:
+    """Where an S3 store keeps its objects and how to reach it."""
+
     bucket: str
     endpoint: str | None = None         # None: AWS's own endpoint for the region
     prefix: str = ""                    # "" or ending in "/"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ndmpd.engine import dump
+from ndmpd.engine.stat_helper import sorted_names
 from ndmpd.engine.reader import StreamReader
 from tests.engine_helpers import build_every_case, dump_to
 
@@ -15,7 +15,7 @@ def test_names_come_in_byte_order_even_where_str_order_differs(tmp_path):
         open(os.path.join(os.fsencode(tmp_path), name), "wb").close()
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert dump._names(fd) == sorted(names)
+        assert sorted_names(fd) == sorted(names)
     finally:
         os.close(fd)
 

@@ -47,6 +47,8 @@ class DumpRequest:
 
 @dataclass
 class DumpOutcome:
+    """A finished dump job: its result, its level and the token later levels name it by."""
+
     result: DumpResult
     level: int
     dump_date: str                           # the token a later BASE_DATE names this dump by

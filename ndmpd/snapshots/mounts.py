@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Mount:
+    """One line of /proc/self/mountinfo."""
+
     point: str          # where it is mounted
     fstype: str
     source: str         # the device (or what the file system calls its source)
