@@ -236,6 +236,38 @@ def test_the_readers_shortcut_for_plain_members_reads_what_the_general_path_read
     assert sum(len(members) for members in fast) > 40
 
 
+def test_the_shortcuts_lone_mtime_and_remembered_header_read_what_the_general_path_reads(tmp_path, monkeypatch):
+    """The shortcut matches a lone ``mtime`` record in one expression and takes a pax header
+    block the same as the last one as checked: every near miss of either (odd lengths, digits,
+    signs, fractions, a record and NULs, a damaged copy of the remembered block) must read as
+    the general path reads it, faults included."""
+    from ndmpd.engine.reader import StreamReader
+    raw = [b"30 mtime=1796306752.828804836\n", b"030 mtime=1796306752.828804836\n",
+           b"11 mtime=7\n", b"13 mtime=7.5\n", b"20 mtime=7.0000000001\n", b"18 mtime=-12.25\n",
+           b"12 mtime=7.\n", b"12 mtime=.5\n", b"13 mtime= 7.5\n", b"31 mtime=" + b"9" * 21 + b"\n",
+           b"30 mtime=9999999999.999999999\n", b"12 mtime=7\n", b"11 mtime=7\n\0\0\0", b"11 mtime=\xd9\n",
+           b"11 mtime=7\n11 atime=8\n", b"11 atime=8\n", b"+11 mtime=7\n"]
+    body = member(b"first", b"0")
+    for n, records in enumerate(raw):
+        body += member(b"m%02d" % n, b"%d" % n, records=records) + member(b"again%02d" % n, b"x", records=records)
+    damaged = bytearray(member(b"damaged", b"d", records=raw[0]))
+    damaged[100] ^= 0x20                  # the same pax header block as the last one, but its checksum fails
+    stream = write(tmp_path / "near.tar", body + bytes(damaged) + member(b"after", b"a", records=raw[0]) + END)
+
+    def read_all() -> tuple[list, list]:
+        warnings: list[str] = []
+        with open(stream, "rb") as source:
+            reader = StreamReader(source.fileno(), warn=warnings.append)
+            return [(m, reader.read_exact(m.size)) for m in reader.members()], warnings
+    fast = read_all()
+    monkeypatch.setattr(StreamReader, "_plain_member", lambda self: None)
+    assert read_all() == fast
+    times = {m.name: m.mtime_ns for m, _ in fast[0]}
+    assert times[b"m00"] == times[b"after"] == 1796306752_828804836
+    assert times[b"damaged"] == 1_000_000_000 * 1_000_000_000     # its pax header skipped: the ustar time
+    assert any("damaged header" in warning for warning in fast[1])
+
+
 def test_a_writer_that_dies_ends_the_restore_and_says_so(tmp_path):
     import signal
     from ndmpd.engine.writers import WritersFailed
