@@ -13,7 +13,7 @@ import pwd
 import struct
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 from dataclasses import dataclass, field
 
 BLOCK = 512
@@ -318,9 +318,9 @@ _MAX_SIZE = _MAX_OCTAL[12]
 _NULS = [bytes(n) for n in range(BLOCK + 1)]
 
 
-@dataclass(slots=True)
-class RawHeader:
-    """One ustar block as read, before pax overrides."""
+class RawHeader(NamedTuple):
+    """One ustar block as read, before pax overrides (a tuple: made per member, and unpacked
+    in one step by the reader's shortcut)."""
 
     name: bytes
     mode: int

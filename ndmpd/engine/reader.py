@@ -188,7 +188,8 @@ class StreamReader:
         """The next ``count`` data bytes in one piece, where they are in the buffer (its offset
         and a view, not a copy); with an adopted buffer they stay until the lender gives them
         back. ``count`` must fit well inside the buffer."""
-        _check_count(count)
+        if count < 0:
+            _check_count(count)
         if count > self._size // 2:
             raise ValueError(f"{count} bytes do not fit the read buffer")
         if self._pos + count > self._size:
@@ -264,8 +265,14 @@ class StreamReader:
     def members(self) -> Iterator[Member]:
         """Each member in turn; data the caller did not read is skipped before the next."""
         while True:
-            if self._data_left:
-                self.skip(self._data_left)
+            left = self._data_left
+            if left:
+                if left <= self._end - self._pos:        # (skip's usual case, inline)
+                    self._pos += left
+                    self._consumed += left
+                    self._data_left = 0
+                else:
+                    self.skip(left)
             member = self._plain_member() if self._end - self._pos >= 3 * pax.BLOCK else None
             if member is None:
                 member = self._next_member()
@@ -327,15 +334,16 @@ class StreamReader:
         elif kind in _META_TYPES or not any(head):
             return None
         try:
-            raw = pax.parse_ustar(head, self._owners_seen)
+            (name, mode, uid, gid, size, raw_mtime, typeflag, linkname, uname, gname, devmajor,
+             devminor) = pax.parse_ustar(head, self._owners_seen)
         except pax.HeaderError:
             return None
         offset = self._consumed
         self._pos = pos + used
         self._consumed = offset + used
-        return Member(raw.name, raw.typeflag, raw.mode & 0o7777, raw.uid, raw.gid, raw.uname, raw.gname,
-                      raw.mtime * 1_000_000_000 if mtime is None else mtime, raw.size, raw.linkname,
-                      raw.devmajor, raw.devminor, offset, [])
+        return Member(name, typeflag, mode & 0o7777, uid, gid, uname, gname,
+                      raw_mtime * 1_000_000_000 if mtime is None else mtime, size, linkname,
+                      devmajor, devminor, offset, [])
 
     def _next_member(self) -> Member | None:
         local: dict[bytes, bytes] = {}
