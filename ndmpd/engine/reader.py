@@ -292,8 +292,9 @@ class StreamReader:
         same) passes its checksum, and a lone ``mtime`` record is matched in one expression."""
         if self._globals_matter:
             return None
-        view, pos = self._view, self._pos
-        head = bytes(view[pos:pos + pax.BLOCK])
+        pos = self._pos
+        blocks = bytes(self._view[pos:pos + 3 * pax.BLOCK])    # (members() saw them buffered)
+        head = blocks[:pax.BLOCK]
         kind = head[156:157]
         mtime = None
         used = pax.BLOCK
@@ -309,7 +310,7 @@ class StreamReader:
                 self._checked_meta = (head, size)
             if size > pax.BLOCK:
                 return None
-            data = bytes(view[pos + pax.BLOCK:pos + pax.BLOCK + size])
+            data = blocks[pax.BLOCK:pax.BLOCK + size]
             lone = _LONE_MTIME.fullmatch(data)
             if lone is not None and int(lone[1]) == size:
                 frac = lone[3]
@@ -327,7 +328,7 @@ class StreamReader:
                         mtime = pax.parse_time(mtime)
                     except ValueError:
                         return None         # the general path says why
-            head = bytes(view[pos + 2 * pax.BLOCK:pos + 3 * pax.BLOCK])
+            head = blocks[2 * pax.BLOCK:]
             if head[156:157] in _META_TYPES:
                 return None
             used = 3 * pax.BLOCK

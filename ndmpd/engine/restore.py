@@ -144,6 +144,7 @@ class Restorer:
         self._euid = os.geteuid()
         self._root = self._euid == 0
         self._umask = current_umask()
+        self._unsettled_bits = ~0o777 | self._umask    # a mode with any of these is set after creating
         self._owners = options.owners if options.owners is not None else self._root
         self._devices = options.devices if options.devices is not None else self._root
         self._owner_skips = 0
@@ -326,9 +327,8 @@ class Restorer:
         offset = reader.lend(size)[0] if size else 0
         self._seq = seq = self._seq + 1
         self._sent[seq] = (member, parts)
-        pool.submit((seq, parent, parts[-1], offset, size, member.mode, settled, uid, gid, member.mtime_ns,
-                     member.xattrs if self._xattrs else None), parts)
-        if pool.reported:
+        if pool.submit((seq, parent, parts[-1], offset, size, member.mode, settled, uid, gid, member.mtime_ns,
+                        member.xattrs if self._xattrs else None), parts):
             self._settle(target, pool.outcomes())
         return True
 
@@ -475,7 +475,7 @@ class Restorer:
         """True when a file created with the member's mode already has its final owner and
         mode (the usual case: root restoring root's files), so fchown and fchmod can be
         skipped. Never for set-id bits (fchown would clear them) or bits the umask drops."""
-        if member.mode & ~0o777 or member.mode & self._umask:
+        if member.mode & self._unsettled_bits:
             return False
         if not self._owners:
             return True

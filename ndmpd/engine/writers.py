@@ -159,8 +159,9 @@ class WriterPool:
     def wait(self) -> None:
         self._wait(block=True)
 
-    def submit(self, spec: FileSpec, path: tuple[bytes, ...]) -> None:
-        """Send one file (to be at ``path``) whose data the reader lent at its ring offset."""
+    def submit(self, spec: FileSpec, path: tuple[bytes, ...]) -> bool:
+        """Send one file (to be at ``path``) whose data the reader lent at its ring offset;
+        True when outcomes are waiting to be taken (``reported``)."""
         seq, name, offset, size = spec[0], spec[2], spec[3], spec[4]
         if size:
             self._lent.append((seq, offset))
@@ -176,6 +177,7 @@ class WriterPool:
             self._wait(block=False)
         while self._count >= MAX_IN_FLIGHT:
             self._wait(block=True)
+        return bool(self._outcomes)
 
     def outcomes(self) -> list[Outcome | int]:
         """What the writers have reported since the last call (without waiting)."""
