@@ -13,6 +13,7 @@ import pytest
 
 from ndmpd.engine import pax
 from ndmpd.engine.restore import RestoreAborted, RestoreOptions, Restorer
+from ndmpd.engine.target import split_safe
 from tests.engine_helpers import IS_ROOT, build_every_case, dump_to, gnu_tar, restore_from
 from tests.test_engine_hostile_images import END, member, write
 from tests.trees import describe, differences
@@ -266,6 +267,27 @@ def test_the_shortcuts_lone_mtime_and_remembered_header_read_what_the_general_pa
     assert times[b"m00"] == times[b"after"] == 1796306752_828804836
     assert times[b"damaged"] == 1_000_000_000 * 1_000_000_000     # its pax header skipped: the ustar time
     assert any("damaged header" in warning for warning in fast[1])
+
+
+@pytest.mark.parametrize("build", [build_every_case, build_many_small])
+def test_the_restores_shortcuts_restore_what_the_general_paths_restore(tmp_path, monkeypatch, build):
+    """The reader's shortcut and the name splitter's memory off (the general paths alone), a
+    restore through the writers ends with the very tree (contents, modes, owners, times,
+    xattrs, links, directory times), results, refusals and warnings as with them."""
+    import ndmpd.engine.restore as restore_module
+    from ndmpd.engine.reader import StreamReader
+    stream = tmp_path / "s.tar"
+    dump_to(build(tmp_path / "tree"), stream)
+    fast_target, general_target = tmp_path / "fast", tmp_path / "general"
+    fast = restore_from(stream, fast_target, PARALLEL)
+    monkeypatch.setattr(StreamReader, "_plain_member", lambda self: None)
+    monkeypatch.setattr(restore_module, "NameSplitter", lambda: lambda name: tuple(split_safe(name)))
+    general = restore_from(stream, general_target, PARALLEL)
+    assert differences(describe(general_target), describe(fast_target)) == []
+    same = lambda result, target: (result.entries, result.files, result.written_by_writers, result.complete,
+                                   sorted(m.replace(str(target), "T") for m in [*result.refused, *result.warnings]))
+    assert same(fast, fast_target) == same(general, general_target)
+    assert fast.written_by_writers > 0
 
 
 def test_a_writer_that_dies_ends_the_restore_and_says_so(tmp_path):
