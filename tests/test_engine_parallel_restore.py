@@ -13,6 +13,7 @@ import pytest
 
 from ndmpd.engine import pax
 from ndmpd.engine.restore import RestoreAborted, RestoreOptions, Restorer
+from ndmpd.engine.target import split_safe
 from tests.engine_helpers import IS_ROOT, build_every_case, dump_to, gnu_tar, restore_from
 from tests.test_engine_hostile_images import END, member, write
 from tests.trees import describe, differences
@@ -234,6 +235,59 @@ def test_the_readers_shortcut_for_plain_members_reads_what_the_general_path_read
     monkeypatch.setattr(StreamReader, "_plain_member", lambda self: None)
     assert [read_all(path) for path in streams] == fast
     assert sum(len(members) for members in fast) > 40
+
+
+def test_the_shortcuts_lone_mtime_and_remembered_header_read_what_the_general_path_reads(tmp_path, monkeypatch):
+    """The shortcut matches a lone ``mtime`` record in one expression and takes a pax header
+    block the same as the last one as checked: every near miss of either (odd lengths, digits,
+    signs, fractions, a record and NULs, a damaged copy of the remembered block) must read as
+    the general path reads it, faults included."""
+    from ndmpd.engine.reader import StreamReader
+    raw = [b"30 mtime=1796306752.828804836\n", b"030 mtime=1796306752.828804836\n",
+           b"11 mtime=7\n", b"13 mtime=7.5\n", b"20 mtime=7.0000000001\n", b"18 mtime=-12.25\n",
+           b"12 mtime=7.\n", b"12 mtime=.5\n", b"13 mtime= 7.5\n", b"31 mtime=" + b"9" * 21 + b"\n",
+           b"30 mtime=9999999999.999999999\n", b"12 mtime=7\n", b"11 mtime=7\n\0\0\0", b"11 mtime=\xd9\n",
+           b"11 mtime=7\n11 atime=8\n", b"11 atime=8\n", b"+11 mtime=7\n"]
+    body = member(b"first", b"0")
+    for n, records in enumerate(raw):
+        body += member(b"m%02d" % n, b"%d" % n, records=records) + member(b"again%02d" % n, b"x", records=records)
+    damaged = bytearray(member(b"damaged", b"d", records=raw[0]))
+    damaged[100] ^= 0x20                  # the same pax header block as the last one, but its checksum fails
+    stream = write(tmp_path / "near.tar", body + bytes(damaged) + member(b"after", b"a", records=raw[0]) + END)
+
+    def read_all() -> tuple[list, list]:
+        warnings: list[str] = []
+        with open(stream, "rb") as source:
+            reader = StreamReader(source.fileno(), warn=warnings.append)
+            return [(m, reader.read_exact(m.size)) for m in reader.members()], warnings
+    fast = read_all()
+    monkeypatch.setattr(StreamReader, "_plain_member", lambda self: None)
+    assert read_all() == fast
+    times = {m.name: m.mtime_ns for m, _ in fast[0]}
+    assert times[b"m00"] == times[b"after"] == 1796306752_828804836
+    assert times[b"damaged"] == 1_000_000_000 * 1_000_000_000     # its pax header skipped: the ustar time
+    assert any("damaged header" in warning for warning in fast[1])
+
+
+@pytest.mark.parametrize("build", [build_every_case, build_many_small])
+def test_the_restores_shortcuts_restore_what_the_general_paths_restore(tmp_path, monkeypatch, build):
+    """The reader's shortcut and the name splitter's memory off (the general paths alone), a
+    restore through the writers ends with the very tree (contents, modes, owners, times,
+    xattrs, links, directory times), results, refusals and warnings as with them."""
+    import ndmpd.engine.restore as restore_module
+    from ndmpd.engine.reader import StreamReader
+    stream = tmp_path / "s.tar"
+    dump_to(build(tmp_path / "tree"), stream)
+    fast_target, general_target = tmp_path / "fast", tmp_path / "general"
+    fast = restore_from(stream, fast_target, PARALLEL)
+    monkeypatch.setattr(StreamReader, "_plain_member", lambda self: None)
+    monkeypatch.setattr(restore_module, "NameSplitter", lambda: lambda name: tuple(split_safe(name)))
+    general = restore_from(stream, general_target, PARALLEL)
+    assert differences(describe(general_target), describe(fast_target)) == []
+    same = lambda result, target: (result.entries, result.files, result.written_by_writers, result.complete,
+                                   sorted(m.replace(str(target), "T") for m in [*result.refused, *result.warnings]))
+    assert same(fast, fast_target) == same(general, general_target)
+    assert fast.written_by_writers > 0
 
 
 def test_a_writer_that_dies_ends_the_restore_and_says_so(tmp_path):

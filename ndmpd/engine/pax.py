@@ -13,7 +13,7 @@ import pwd
 import struct
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 from dataclasses import dataclass, field
 
 BLOCK = 512
@@ -67,6 +67,16 @@ def parse_numeric(raw: bytes) -> int:
     except ValueError:
         text = raw.split(b"\0", 1)[0].strip(b" ")
         return int(text, 8) if text else 0
+
+
+def _octal(raw: bytes) -> int:
+    """``parse_numeric`` with the usual octal field read first, by the same ``int`` call."""
+    if not raw[0] & 0x80:
+        try:
+            return int(raw.rstrip(b"\0 "), 8)
+        except ValueError:
+            pass
+    return parse_numeric(raw)
 
 
 def pax_record(key: bytes, value: bytes) -> bytes:
@@ -308,9 +318,9 @@ _MAX_SIZE = _MAX_OCTAL[12]
 _NULS = [bytes(n) for n in range(BLOCK + 1)]
 
 
-@dataclass(slots=True)
-class RawHeader:
-    """One ustar block as read, before pax overrides."""
+class RawHeader(NamedTuple):
+    """One ustar block as read, before pax overrides (a tuple: made per member, and unpacked
+    in one step by the reader's shortcut)."""
 
     name: bytes
     mode: int
@@ -359,32 +369,38 @@ def parse_ustar(block: bytes | memoryview, seen: dict[bytes, tuple] | None = Non
     """Decode one header block, checking its checksum.
 
     ``seen`` (owned by one reader) remembers decoded owner fields, which repeat from member
-    to member: a dict lookup instead of three octal parses and two splits."""
+    to member: a dict lookup instead of three octal parses and two splits. Each field is cut
+    from the block where it lies (no unpacking of the fields a restore never reads)."""
     block = bytes(block)
     check_block(block)
-    (name, _mode, _uid, _gid, size, mtime, _chk, typeflag, linkname, magic, _ver, _uname, _gname,
-     devmajor, devminor, prefix, _pad) = _USTAR.unpack(block)
-    if b"\0" in name:
-        name = name[:name.index(b"\0")]
-    if magic == b"ustar\0" and prefix[0]:
-        name = prefix.split(b"\0", 1)[0] + b"/" + name
+    cut = block.find(b"\0", 0, 100)
+    name = block[:cut] if cut >= 0 else block[:100]
+    if block[345] and block[257:263] == b"ustar\0":
+        cut = block.find(b"\0", 345, 500)
+        name = block[345:cut if cut >= 0 else 500] + b"/" + name
+    typeflag = block[156:157]
     owner_key = block[100:124] + block[265:329]     # mode, uid, gid, uname, gname
     try:
         owner = seen.get(owner_key) if seen is not None else None
         if owner is None:
-            owner = (parse_numeric(_mode), parse_numeric(_uid), parse_numeric(_gid),
-                     _uname.split(b"\0", 1)[0], _gname.split(b"\0", 1)[0])
+            owner = (parse_numeric(block[100:108]), parse_numeric(block[108:116]), parse_numeric(block[116:124]),
+                     block[265:297].split(b"\0", 1)[0], block[297:329].split(b"\0", 1)[0])
             if seen is not None:
                 if len(seen) >= 4096:
                     seen.clear()
                 seen[owner_key] = owner
-        device = typeflag in (CHRTYPE, BLKTYPE)
-        size = parse_numeric(size)
+        size = _octal(block[124:136])
         if size < 0:
             raise HeaderError(f"negative size {size}")
-        return RawHeader(name, owner[0], owner[1], owner[2], size, parse_numeric(mtime), typeflag,
-                         linkname.split(b"\0", 1)[0] if linkname[0] else b"", owner[3], owner[4],
-                         parse_numeric(devmajor) if device else 0, parse_numeric(devminor) if device else 0)
+        if block[157]:
+            cut = block.find(b"\0", 157, 257)
+            linkname = block[157:cut if cut >= 0 else 257]
+        else:
+            linkname = b""
+        device = typeflag == CHRTYPE or typeflag == BLKTYPE
+        return RawHeader(name, owner[0], owner[1], owner[2], size, _octal(block[136:148]), typeflag,
+                         linkname, owner[3], owner[4], parse_numeric(block[329:337]) if device else 0,
+                         parse_numeric(block[337:345]) if device else 0)
     except ValueError as exc:
         raise HeaderError(f"bad numeric field: {exc}") from None
 

@@ -17,6 +17,7 @@ that member alone.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections import ChainMap
 from collections.abc import Callable, Iterator
@@ -123,6 +124,7 @@ class StreamReader:
         self._data_left = 0             # unread data + padding of the current member
         self.labels: dict[str, str] = {}
         self._owners_seen: dict[bytes, tuple] = {}
+        self._checked_meta = (b"", 0)   # the last pax header block the shortcut checked, its size
 
     @property
     def offset(self) -> int:
@@ -186,7 +188,8 @@ class StreamReader:
         """The next ``count`` data bytes in one piece, where they are in the buffer (its offset
         and a view, not a copy); with an adopted buffer they stay until the lender gives them
         back. ``count`` must fit well inside the buffer."""
-        _check_count(count)
+        if count < 0:
+            _check_count(count)
         if count > self._size // 2:
             raise ValueError(f"{count} bytes do not fit the read buffer")
         if self._pos + count > self._size:
@@ -262,8 +265,14 @@ class StreamReader:
     def members(self) -> Iterator[Member]:
         """Each member in turn; data the caller did not read is skipped before the next."""
         while True:
-            if self._data_left:
-                self.skip(self._data_left)
+            left = self._data_left
+            if left:
+                if left <= self._end - self._pos:        # (skip's usual case, inline)
+                    self._pos += left
+                    self._consumed += left
+                    self._data_left = 0
+                else:
+                    self.skip(left)
             member = self._plain_member() if self._end - self._pos >= 3 * pax.BLOCK else None
             if member is None:
                 member = self._next_member()
@@ -275,36 +284,67 @@ class StreamReader:
     def _plain_member(self) -> Member | None:
         """The usual member in one step: a pax header holding its times only (or none) and its
         ustar block, both buffered. None, having consumed nothing, for anything else (so
-        :meth:`_next_member` handles every other case, and every fault, the one way)."""
+        :meth:`_next_member` handles every other case, and every fault, the one way).
+
+        Each step is a pure function of the bytes it reads, computed the general path's way
+        (the same checks); only their order and what is remembered differ: a pax header block
+        the same as the last one checked (ours differ only in their size field, usually the
+        same) passes its checksum, and a lone ``mtime`` record is matched in one expression."""
         if self._globals_matter:
             return None
-        view, pos = self._view, self._pos
-        head = bytes(view[pos:pos + pax.BLOCK])
+        pos = self._pos
+        blocks = bytes(self._view[pos:pos + 3 * pax.BLOCK])    # (members() saw them buffered)
+        head = blocks[:pax.BLOCK]
         kind = head[156:157]
-        records = None
+        mtime = None
         used = pax.BLOCK
-        try:
-            if kind == pax.XHDTYPE:
-                pax.check_block(head)
-                size = pax.meta_size(head)
-                if size > pax.BLOCK:
+        if kind == pax.XHDTYPE:
+            if head == self._checked_meta[0]:         # the same header block as the last one
+                size = self._checked_meta[1]
+            else:
+                try:
+                    pax.check_block(head)
+                    size = pax.meta_size(head)
+                except pax.HeaderError:
                     return None
-                records = dict(pax.parse_records(bytes(view[pos + pax.BLOCK:pos + pax.BLOCK + size])))
+                self._checked_meta = (head, size)
+            if size > pax.BLOCK:
+                return None
+            data = blocks[pax.BLOCK:pax.BLOCK + size]
+            lone = _LONE_MTIME.fullmatch(data)
+            if lone is not None and int(lone[1]) == size:
+                frac = lone[3]
+                mtime = int(lone[2]) * 1_000_000_000 + (int(frac) * _FRACTION[len(frac)] if frac else 0)
+            else:
+                try:
+                    records = dict(pax.parse_records(data))
+                except pax.HeaderError:
+                    return None
                 if not records.keys() <= _TIMES:
                     return None
-                head = bytes(view[pos + 2 * pax.BLOCK:pos + 3 * pax.BLOCK])
-                if head[156:157] in _META_TYPES:
-                    return None
-                used = 3 * pax.BLOCK
-            elif kind in _META_TYPES or not any(head):
+                mtime = records.get(b"mtime")
+                if mtime is not None:
+                    try:
+                        mtime = pax.parse_time(mtime)
+                    except ValueError:
+                        return None         # the general path says why
+            head = blocks[2 * pax.BLOCK:]
+            if head[156:157] in _META_TYPES:
                 return None
-            raw = pax.parse_ustar(head, self._owners_seen)
+            used = 3 * pax.BLOCK
+        elif kind in _META_TYPES or not any(head):
+            return None
+        try:
+            (name, mode, uid, gid, size, raw_mtime, typeflag, linkname, uname, gname, devmajor,
+             devminor) = pax.parse_ustar(head, self._owners_seen)
         except pax.HeaderError:
             return None
         offset = self._consumed
         self._pos = pos + used
         self._consumed = offset + used
-        return self._member(raw, records, [], None, None, offset)
+        return Member(name, typeflag, mode & 0o7777, uid, gid, uname, gname,
+                      raw_mtime * 1_000_000_000 if mtime is None else mtime, size, linkname,
+                      devmajor, devminor, offset, [])
 
     def _next_member(self) -> Member | None:
         local: dict[bytes, bytes] = {}
@@ -505,6 +545,8 @@ def _set_dumpdir(member: Member, value: bytes) -> None:
 
 
 _TIMES = frozenset((b"mtime", b"atime", b"ctime"))   # of these, a restore uses mtime only
+_LONE_MTIME = re.compile(rb"(\d{1,3}) mtime=(\d{1,20})(?:\.(\d{1,9}))?\n")   # what parse_time reads the same
+_FRACTION = tuple(10 ** (9 - digits) for digits in range(10))       # 9 fraction digits are nanoseconds
 _USED = frozenset((b"path", b"linkpath", b"uname", b"gname", b"comment", b"mtime", b"size", b"uid", b"gid",
                    b"GNU.dumpdir"))    # the records _member reads (and GNU.sparse.*)
 _OVERRIDES = ((b"mtime", _set_mtime), (b"size", _set_size), (b"uid", _set_uid), (b"gid", _set_gid),

@@ -42,7 +42,7 @@ from .reader import (ByteSource, Member, ReadCancelled, StreamError, StreamReade
                      member_problem)
 from .select import Pick, Selection, clean_path
 from .report import INVALID, Failure, Messages, bounded, failure_of
-from .target import DIR_FLAGS, Refused, Target, fd_path, split_safe
+from .target import DIR_FLAGS, NameSplitter, Refused, Target, fd_path, split_safe
 
 POLICIES = ("overwrite", "keep", "newer")
 _KINDS = {pax.REGTYPE: "file", pax.AREGTYPE: "file", pax.CONTTYPE: "file", pax.LNKTYPE: "hard link",
@@ -144,6 +144,7 @@ class Restorer:
         self._euid = os.geteuid()
         self._root = self._euid == 0
         self._umask = current_umask()
+        self._unsettled_bits = ~0o777 | self._umask    # a mode with any of these is set after creating
         self._owners = options.owners if options.owners is not None else self._root
         self._devices = options.devices if options.devices is not None else self._root
         self._owner_skips = 0
@@ -169,6 +170,7 @@ class Restorer:
         self._sent: dict[int, tuple[Member, tuple[bytes, ...]]] = {}   # seq -> what a writer has
         self._seq = 0
         self._reader: StreamReader | None = None    # the one reading into the writers' ring
+        self._split = NameSplitter()                 # member name -> its components (split_safe)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -190,8 +192,10 @@ class Restorer:
             try:
                 one, cancel, progress, result = self._one, self.cancel, self.progress, self.result
                 stop_when_done = self.options.stop_when_done and self._selective
+                count = 0
                 for member in reader.members():
-                    if cancel.is_set():
+                    count += 1
+                    if not count & 31 and cancel.is_set():    # (every refill of the reader checks too)
                         raise RestoreAborted("restore aborted")
                     one(target, reader, member)
                     if progress and result.entries % 512 == 0:
@@ -238,9 +242,9 @@ class Restorer:
             problem = member_problem(member)
             if problem:
                 raise Refused(problem, INVALID)
-            parts = tuple(split_safe(member.name))
-            path = b"/".join(parts)
+            parts = self._split(member.name)
             if self._selective:
+                path = b"/".join(parts)
                 placed = self.selection.place(path)
                 if placed is None:
                     if member.typeflag == pax.DIRTYPE and self._above_a_pick(path):
@@ -251,7 +255,7 @@ class Restorer:
             if self._pool is not None or self._workers:
                 if self._send(target, reader, member, parts):
                     return                             # a writer reports it (_settle)
-            written = self._extract(target, reader, member, path, parts)
+            written = self._extract(target, reader, member, b"/".join(self._split(member.name)), parts)
         except (StreamError, RestoreAborted, writers.WritersFailed):
             raise
         except Exception as exc:                       # this member's own failure, whatever it is
@@ -323,9 +327,8 @@ class Restorer:
         offset = reader.lend(size)[0] if size else 0
         self._seq = seq = self._seq + 1
         self._sent[seq] = (member, parts)
-        pool.submit((seq, parent, parts[-1], offset, size, member.mode, settled, uid, gid, member.mtime_ns,
-                     member.xattrs if self._xattrs else None), parts)
-        if pool.reported:
+        if pool.submit((seq, parent, parts[-1], offset, size, member.mode, settled, uid, gid, member.mtime_ns,
+                        member.xattrs if self._xattrs else None), parts):
             self._settle(target, pool.outcomes())
         return True
 
@@ -339,13 +342,22 @@ class Restorer:
         directory in its way is restored here, in stream order, with the writers idle."""
         back = []
         sent, forget_path, result = self._sent, self._pool.forget_path, self.result
+        in_flight, entry_done = self._pool.in_flight, self.entry_done
         for outcome in outcomes:
             if outcome.__class__ is int:                # the usual report: written, no warning
                 member, parts = sent.pop(outcome)
-                forget_path(parts)
+                left = in_flight[parts] - 1             # (forget_path and _placed, inline)
+                if left:
+                    in_flight[parts] = left
+                else:
+                    del in_flight[parts]
                 result.files += 1
                 result.written_by_writers += 1
-                self._placed(member, parts, True)
+                if self._journals:
+                    self._note_written(parts)
+                result.entries += 1
+                if entry_done:
+                    entry_done(member, b"/".join(parts), None)
                 continue
             member, parts = sent.pop(outcome.seq)
             forget_path(parts)
@@ -463,7 +475,7 @@ class Restorer:
         """True when a file created with the member's mode already has its final owner and
         mode (the usual case: root restoring root's files), so fchown and fchmod can be
         skipped. Never for set-id bits (fchown would clear them) or bits the umask drops."""
-        if member.mode & ~0o777 or member.mode & self._umask:
+        if member.mode & self._unsettled_bits:
             return False
         if not self._owners:
             return True

@@ -38,6 +38,33 @@ def split_safe(path: bytes) -> list[bytes]:
     return parts
 
 
+class NameSplitter:
+    """``tuple(split_safe(name))`` for the names of one stream, each directory part split once:
+    the members of a directory share it, so a member costs a cut at its last slash and one
+    dict lookup. The same components and the same refusals, by construction: ``a/b/leaf``
+    splits as ``a/b`` and ``leaf`` do, and ``/leaf`` (an empty directory part) is absolute."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._parents: dict[bytes, tuple[bytes, ...]] = {}
+        self._limit = limit
+
+    def __call__(self, name: bytes) -> tuple[bytes, ...]:
+        head, slash, leaf = name.rpartition(b"/")
+        parent = self._parents.get(head) if slash else ()
+        if parent is None:
+            if not head:
+                raise Refused("absolute path")
+            parent = tuple(split_safe(head))
+            if len(self._parents) >= self._limit:
+                self._parents.clear()
+            self._parents[head] = parent
+        if leaf and leaf != b".":
+            if leaf == b"..":
+                raise Refused("path contains '..'")
+            return parent + (leaf,)
+        return parent
+
+
 class Target:
     """A directory that restores write into, and only into."""
 
