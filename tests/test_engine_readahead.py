@@ -22,6 +22,7 @@ from ndmpd.engine import readahead
 from ndmpd.engine.dump import DumpAborted, DumpOptions, Dumper
 from ndmpd.engine.sink import FdSink
 from tests.engine_helpers import build_every_case, dump_to
+from tests.waiting import wait_for
 
 
 
@@ -243,38 +244,47 @@ def test_the_helper_sleeps_while_warm_and_wakes_where_the_dump_is(disk_tmp: Path
     assert asked + cached == 4 * 150 + readahead.WARM_RUN and asked >= 4 * 140    # the back, and only it
 
 
-def _helpers() -> list[int]:
+def _helpers(parent: int) -> list[int]:
+    """The read-ahead helpers ``parent`` started (by parent: another dump on the machine, a
+    test run beside this one, has helpers of its own)."""
     found = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"ndmpd.engine.readahead" in f.read():
-                        found.append(int(pid))
-            except OSError:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                if ppid == parent and _is_helper(int(pid)):
+                    found.append(int(pid))
+            except (OSError, ValueError, IndexError):
                 pass
     return found
 
 
-def _wait_gone(pids: list[int], seconds: float = 10) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        left = [pid for pid in pids if pid in _helpers()]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return left
+def _is_helper(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"ndmpd.engine.readahead" in f.read()
+    except OSError:
+        return False
 
 
-def test_an_aborted_dump_stops_its_helper(disk_tmp: Path) -> None:
+def _alive(pids: list[int], seconds: float = 30) -> list[int]:
+    """Those of ``pids`` still running after up to ``seconds``."""
+    wait_for(lambda: not any(_is_helper(pid) for pid in pids), seconds)
+    return [pid for pid in pids if _is_helper(pid)]
+
+
+def test_an_aborted_dump_stops_its_helper(disk_tmp: Path, monkeypatch) -> None:
+    # a window of 64 entries: the helper cannot finish its walk of 3,000 on its own before the
+    # abort at 600 (with the default 8,192 it may, and there would be nothing to stop)
+    monkeypatch.setattr(readahead, "WINDOW_ENTRIES", 64)
     tree = build_many(disk_tmp / "tree", dirs=20, files=150)
     evict(tree)
-    before = set(_helpers())
     cancel = threading.Event()
     seen: list[int] = []
 
     def progress(done: int, entries: int) -> None:
-        seen.extend(pid for pid in _helpers() if pid not in before and pid not in seen)
+        seen.extend(pid for pid in _helpers(os.getpid()) if pid not in seen)
         if entries > 600:
             cancel.set()
 
@@ -285,7 +295,7 @@ def test_an_aborted_dump_stops_its_helper(disk_tmp: Path) -> None:
             dumper.run()
         sink.close(drain=False)
     assert seen, "no helper was running during the dump"
-    assert not _wait_gone(seen, 2), "the helper outlived the aborted dump"
+    assert not _alive(seen, 0), "the helper outlived the aborted dump"
 
 
 _DUMP_FOREVER = """
@@ -293,6 +303,7 @@ import os, sys, time
 from ndmpd.engine import readahead
 from ndmpd.engine.dump import DumpOptions, Dumper
 from ndmpd.engine.sink import FdSink
+readahead.WINDOW_ENTRIES = 64     # the helper stays near the stuck dump: it cannot end on its own
 read_end, write_end = os.pipe()
 sink = FdSink(write_end)          # nobody reads: the dump blocks once the pipe and buffers fill
 print("started", flush=True)
@@ -303,20 +314,16 @@ Dumper(sys.argv[1], sink, DumpOptions(readahead="always")).run()
 def test_the_helper_ends_when_the_dumping_process_is_killed(disk_tmp: Path) -> None:
     tree = build_many(disk_tmp / "tree", dirs=20, files=150)
     evict(tree)
-    before = set(_helpers())
     dumping = subprocess.Popen([sys.executable, "-c", _DUMP_FOREVER, str(tree)], stdout=subprocess.PIPE,
                                cwd=Path(__file__).resolve().parent.parent)
     try:
         assert dumping.stdout.readline().strip() == b"started"
-        deadline = time.monotonic() + 10
         helpers: list[int] = []
-        while not helpers and time.monotonic() < deadline:
-            helpers = [pid for pid in _helpers() if pid not in before]
-            time.sleep(0.05)
-        assert helpers, "no helper started"
+        assert wait_for(lambda: helpers.extend(_helpers(dumping.pid)) or helpers, 60), "no helper started"
+        assert dumping.poll() is None, "the dump ended: nothing was killed"
         dumping.send_signal(signal.SIGKILL)
-        dumping.wait(timeout=10)
-        assert not _wait_gone(helpers), "the helper outlived its killed dump"
+        dumping.wait(timeout=30)
+        assert not _alive(helpers), "the helper outlived its killed dump"
     finally:
         if dumping.poll() is None:
             dumping.kill()
