@@ -7,6 +7,7 @@ nothing here needs root or disturbs the rest of the machine's cache.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import signal
@@ -62,17 +63,54 @@ def build_many(root: Path, dirs: int = 12, files: int = 150) -> Path:
 
 
 def evict(root: Path, under: str = "") -> None:
-    """Drop the page cache of every regular file below ``root``/``under``."""
+    """Drop the page cache of every regular file below ``root``/``under``, and check it went
+    (``DONTNEED`` skips a page it cannot drop at that moment: then again, a few times)."""
     os.sync()
-    for folder, _, names in os.walk(root / under if under else root):
-        for name in names:
-            path = os.path.join(folder, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                finally:
-                    os.close(fd)
+    left = files_in_tree(root / under if under else root)
+    for _ in range(20):
+        for path in left:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        left = [path for path in left if resident(path)]
+        if not left:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{len(left)} files stay cached after eviction, e.g. {left[0]}: nothing is cold")
+
+
+def files_in_tree(top: Path) -> list[Path]:
+    """The regular files below ``top`` (symbolic links left out)."""
+    return [Path(folder, name) for folder, _, names in os.walk(top) for name in sorted(names)
+            if os.path.isfile(os.path.join(folder, name)) and not os.path.islink(os.path.join(folder, name))]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+def resident(path: Path) -> bool:
+    """Whether any page of the file is in the page cache. ``mincore`` looks without reading (a
+    ``RWF_NOWAIT`` probe starts the read it finds missing, and on a loaded machine that read may
+    be done before the probe looks again: cold files then read as cached)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return False
+        with mmap.mmap(fd, size, access=mmap.ACCESS_COPY) as mapped:
+            anchor = ctypes.c_char.from_buffer(mapped)
+            try:
+                vector = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+                if _libc.mincore(ctypes.addressof(anchor), size, vector) != 0:
+                    raise OSError(ctypes.get_errno(), "mincore")
+                return any(byte & 1 for byte in vector.raw)
+            finally:
+                del anchor
+    finally:
+        os.close(fd)
 
 
 def dump_with(root: Path, stream: Path, mode: str, history: list | None = None, **options):
@@ -179,11 +217,8 @@ class HelperRun:
         self.thread = threading.Thread(target=self.helper.run, daemon=True)
         self.thread.start()
 
-    def wait_for(self, check, seconds: float = 20) -> None:
-        deadline = time.monotonic() + seconds
-        while not check() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert check(), "the helper did not get there"
+    def wait_for(self, check, seconds: float = 60) -> None:
+        assert wait_for(check, seconds, 0.01), "the helper did not get there"
 
     def jump(self, position: int, path: bytes) -> None:
         """What the dump's missed() publishes: where it is, then one more miss."""
@@ -211,18 +246,26 @@ def test_the_helper_asks_for_exactly_the_changed_files_of_an_incremental(disk_tm
         (tree / f"d{d:02d}" / "f010").write_bytes(b"changed" * 100)
     evict(tree)
     run = HelperRun(tree, since=since)
-    run.thread.join(20)
+    run.wait_for(lambda: not run.thread.is_alive(), 120)
     asked, cached = run.finish()
-    assert asked + cached == 3 and asked >= 1      # (eviction can miss a page still in a CPU's LRU batch)
+    assert asked + cached == 3
+    changed = [tree / f"d{d:02d}" / "f010" for d in (3, 7, 11)]
+    assert wait_for(lambda: all(map(resident, changed)), 30), "a changed file was not read"
+    assert [path for path in files_in_tree(tree) if path not in changed and resident(path)] == []
 
 
 def test_the_helper_leaves_out_what_the_dump_excludes(disk_tmp: Path) -> None:
     tree = build_many(disk_tmp / "tree", dirs=6, files=50)
     evict(tree)
     run = HelperRun(tree, excludes=("d0[1-3]", "f00*"))
-    run.thread.join(20)
+    run.wait_for(lambda: not run.thread.is_alive(), 120)
     asked, cached = run.finish()
-    assert asked + cached == 3 * 40 and asked >= 100    # d00, d04, d05 less their f000-f009 (d01 is out)
+    assert asked + cached == 3 * 40                     # d00, d04, d05 less their f000-f009 (d01 is out)
+    wanted = [path for path in files_in_tree(tree)
+              if path.parent.name in ("d00", "d04", "d05") and not path.name.startswith("f00")]
+    assert len(wanted) == 3 * 40
+    assert wait_for(lambda: all(map(resident, wanted)), 30), "an included file was not read"
+    assert [path for path in files_in_tree(tree) if path not in wanted and resident(path)] == []
 
 
 def test_the_helper_sleeps_while_warm_and_wakes_where_the_dump_is(disk_tmp: Path) -> None:
@@ -239,9 +282,11 @@ def test_the_helper_sleeps_while_warm_and_wakes_where_the_dump_is(disk_tmp: Path
     time.sleep(0.2)
     assert run.slots[readahead._ASKED] == 0 and run.slots[readahead._CACHED] == readahead.WARM_RUN
     run.jump(0, b"d06/f000")
-    run.wait_for(lambda: not run.thread.is_alive())
+    run.wait_for(lambda: not run.thread.is_alive(), 120)
     asked, cached = run.finish()
-    assert asked + cached == 4 * 150 + readahead.WARM_RUN and asked >= 4 * 140    # the back, and only it
+    assert asked + cached == 4 * 150 + readahead.WARM_RUN                         # the back, and only it
+    back = [path for d in range(6, 10) for path in files_in_tree(tree / f"d{d:02d}")]
+    assert wait_for(lambda: all(map(resident, back)), 30), "a file of the cold back was not read"
 
 
 def _helpers(parent: int) -> list[int]:
