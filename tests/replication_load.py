@@ -471,13 +471,3 @@ class LagSampler(threading.Thread):
             self.sample()
             next_at += self.every
             self._halt.wait(max(0.0, next_at - time.monotonic()))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
-    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()

@@ -30,8 +30,9 @@ from pathlib import Path
 from ndmpd.snapshots import holds
 from ndmpd.snapshots.base import SnapshotError
 from tests.replication_load import (LagFigures, LagSampler, Reader, ReaderStats, Tree, Writer, WriterStats,
-                                    parse_status, wait_for)
+                                    parse_status)
 from tests.tree_digest import TreeDigest, differences
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 

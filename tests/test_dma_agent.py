@@ -11,7 +11,7 @@ import pytest
 from ndmpd.config import build
 from ndmpd.dma.agent import Agent
 from ndmpd.dma.errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpReplyError
-from ndmpd.wire import C
+from ndmpd.wire import C, T
 
 from .server_thread import ServerThread
 
@@ -262,3 +262,38 @@ def test_a_raw_handler_gets_the_record_undecoded_and_its_hold_never_delays_a_rep
     assert raw == [(4, C.NOTIFY_MOVER_HALTED, raw[0][2])] and raw[0][2] > 24    # header and body
     assert seen == [C.MOVER_HALT_CONNECT_CLOSED]         # the on() handler still got it decoded
     assert seconds < 10                                  # the calls after the post were not held
+
+
+@pytest.mark.parametrize("env", [[T.pval(name="FILESYSTEM", value="/no/such/volume")], None],
+                         ids=["bad env", "unknown butype"])
+def test_a_refusal_says_why_before_its_reply(server, env):
+    """The LOG_MESSAGE that explains a refused DATA_START is on the wire ahead of the error
+    reply: a DMA holding the reply can tell the reason (a replication reading "no longer
+    keeps the base" falls back to a full update); queued behind the reply, a loaded DMA
+    could decide before the reason arrived."""
+    with server.client(4) as client:
+        client.call("DATA_LISTEN", addr_type=C.ADDR_LOCAL)
+        with pytest.raises(NdmpReplyError):
+            client.call("DATA_START_BACKUP", butype_name="tar" if env else "nosuch", env=env or [])
+        said = [body.entry for code, body in client.posts if code == C.LOG_MESSAGE]
+    assert said and ("/no/such/volume" in said[0] if env else "nosuch" in said[0]), said
+
+
+def test_delivered_waits_for_the_handlers_of_posts_that_came_before_a_reply(server):
+    """A handler still busy with a post (here: slow on purpose) has finished with it once
+    ``delivered()`` returns, though the reply that came after it was seen first."""
+    async def go():
+        async with connect(server) as agent:
+            said: list[str] = []
+
+            async def slow(body) -> None:
+                await asyncio.sleep(0.5)
+                said.append(body.entry)
+            agent.on(C.LOG_MESSAGE, slow)
+            await agent.call("DATA_LISTEN", addr_type=C.ADDR_LOCAL)
+            with pytest.raises(NdmpReplyError):
+                await agent.call("DATA_START_BACKUP", butype_name="nosuch", env=[])
+            await agent.delivered()
+            return said
+    said = run(go())
+    assert len(said) == 1 and "nosuch" in said[0], said

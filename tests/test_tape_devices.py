@@ -18,6 +18,7 @@ from ndmpd.devices.tape import (EarlyWarning, EndOfData, EndOfMedium, FilemarkRe
 from ndmpd.devices.virtual_tape import VirtualTape
 
 from .fake_st import FakeStKernel
+from .waiting import wait_for
 
 CAPACITY = 1 << 20
 EARLY = 64 << 10
@@ -377,11 +378,8 @@ def test_kill_9_after_a_filemark_loses_nothing(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
-        for _ in range(200):
-            if ready.exists() and path.stat().st_size > 2 << 20:
-                break
-            proc.wait(timeout=0.05) if proc.poll() is not None else None
-            import time; time.sleep(0.05)
+        assert wait_for(lambda: (ready.exists() and path.stat().st_size > 2 << 20) or proc.poll() is not None, 120)
+        assert proc.poll() is None, "the writer ended before it could be killed mid-record"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=10)

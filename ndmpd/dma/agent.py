@@ -71,7 +71,7 @@ class Agent:
         self._raw_handlers: dict[int, RawHandler] = {}
         self._posts: deque[tuple[int, Any]] = deque()
         self._post_waiters: list[tuple[int, asyncio.Future[Any]]] = []
-        self._dispatch: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
+        self._dispatch: asyncio.Queue[tuple[int, Any] | asyncio.Future[None] | None] = asyncio.Queue()
         self._lost: NdmpConnectionLost | None = None
         self._greeting: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
         self.codec = MessageCodec(4)
@@ -202,6 +202,18 @@ class Agent:
         finally:
             self._replies.pop(sequence, None)
         return checked(message, header.error_code, lambda: self._decode(header, record))
+
+    async def delivered(self) -> None:
+        """Until every post received so far has been through its :meth:`on` handlers. Posts go
+        to their handlers on another task than replies, so a reply can be seen before the posts
+        the server sent ahead of it (the LOG_MESSAGE saying why it refused, the NOTIFY_DATA_HALTED
+        before a GET_STATE that reads HALTED): awaiting this after the reply sees them, where a
+        sleep would be a guess that a loaded machine beats."""
+        if self._dispatch_task.done():
+            return
+        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._dispatch.put_nowait(marker)
+        await asyncio.wait({marker, self._dispatch_task}, return_when=asyncio.FIRST_COMPLETED)
 
     async def wait_post(self, code: int, timeout: float | None = 60.0) -> Any:
         """The next post ``code`` that no handler takes (earlier ones first), waiting up to
@@ -347,6 +359,10 @@ class Agent:
             item = await self._dispatch.get()
             if item is None:
                 return
+            if isinstance(item, asyncio.Future):    # delivered(): everything before it is
+                if not item.done():
+                    item.set_result(None)
+                continue
             code, body = item
             for handler in list(self._handlers.get(code, [])):
                 try:

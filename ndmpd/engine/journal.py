@@ -142,14 +142,16 @@ class ChangeJournal:
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
-        poller.register(self._stop_r, select.POLLIN)
+        stop_r = self._stop_r               # stop() sets the attribute to -1 when it closes the pipe
+        poller.register(stop_r, select.POLLIN)
         while True:
             ready = {fd for fd, _ in poller.poll()}
-            if self._stop_r in ready:
+            if stop_r in ready:
                 return
             with self._lock:
-                if self._fd >= 0:
-                    self._drain()
+                if self._fd < 0:            # stop() gave up waiting and closed the descriptors:
+                    return                  # polling their numbers now would spin (or watch another's)
+                self._drain()
 
     def _drain(self) -> None:
         """Read every queued event (fsnotify queues them within the syscall that made them, so

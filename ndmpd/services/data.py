@@ -262,7 +262,7 @@ class Data:
         butype = next((b for b in self.session.ctx.butypes if b.name == butype_name), None)
         if butype is None:
             names = ", ".join(b.name for b in self.session.ctx.butypes)
-            self.log_message(f"unknown backup type {butype_name!r}; this server offers {names}", "error")
+            self._explain_refusal(f"unknown backup type {butype_name!r}; this server offers {names}")
             raise NdmpError(C.ILLEGAL_ARGS_ERR, f"butype {butype_name!r}")
         volumes = self.session.ctx.config.volumes
         pairs = [(p.name, p.value) for p in req.env or []]
@@ -272,7 +272,7 @@ class Data:
             planner = next(plan for matches, plan in JOB_TABLE if matches(operation, env))
             job = planner(self, env, req)
         except (EnvError, PlaceError) as exc:
-            self.log_message(str(exc), "error")
+            self._explain_refusal(str(exc))
             raise NdmpError(C.ILLEGAL_ARGS_ERR, str(exc)) from None
         if self.version == 2:
             self._v2_connect(self.session.wire_request.mover_addr)
@@ -446,9 +446,19 @@ class Data:
         self.session.edge.call_soon(send)
 
     def log_message(self, text: str, level: str = "normal") -> None:
+        self._log_line(text, level)
+        self.post(*log_post(self.version, text, level))
+
+    def _explain_refusal(self, text: str) -> None:
+        """Say why a request is refused, on the session's thread: the LOG_MESSAGE goes out
+        now, ahead of the error reply it explains, so a DMA that has the reply has the reason
+        too (posted through :meth:`post`, as a job's are, it would follow the reply)."""
+        self._log_line(text, "error")
+        self._post_now(*log_post(self.version, text, "error"))
+
+    def _log_line(self, text: str, level: str) -> None:
         log.log(logging.WARNING if level in ("warning", "error") else logging.INFO, "%s: %s", self.session.peer,
                 peer_text(text, MESSAGE_LOG_LIMIT))
-        self.post(*log_post(self.version, text, level))
 
     def log_file(self, name: str, ok: bool, why: str = "", kind: str = report.NOT_FOUND) -> None:
         """LOG_FILE for one nlist entry: the status (v4) or error (v2/v3) that matches ``kind``

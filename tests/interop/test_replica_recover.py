@@ -25,6 +25,7 @@ from ndmpd.snapshots import holds
 from tests.loopfs import btrfs_mount, btrfs_subvolume
 from tests.server_process import ServerProcess
 from tests.trees import describe, differences
+from tests.waiting import wait_for
 
 from .conftest import PASSWORD, servers
 
@@ -367,14 +368,14 @@ def test_a_replica_server_killed_mid_update_restarts_consistent_and_resumes(btrf
         m.call("DATA_CONNECT", addr=listen.connect_addr)
         m.call("DATA_START_BACKUP", butype_name="btrfs", env=pairs({
             "FILESYSTEM": "/export/data", "NDMPD_HOLD": "ndmp-test-0", "BASE_DATE": first}))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not [n for n in os.listdir(recv) if not n.startswith("state-")]:
-            time.sleep(0.01)
+        assert wait_for(lambda: [n for n in os.listdir(recv) if not n.startswith("state-")], 60, 0.01), \
+            "the receive never started"
         replica.proc.kill()
-        replica.proc.wait(10)
+        replica.proc.wait(30)
         assert m.wait_post(C.NOTIFY_DATA_HALTED, 60).reason != C.DATA_HALT_SUCCESSFUL
         m.call("DATA_STOP")
-    time.sleep(0.5)                                   # the orphaned btrfs receive sees its stdin end
+    # the orphaned btrfs receive sees its stdin end and exits (no fixed guess at how long it takes)
+    assert wait_for(lambda: not receiving_into(recv), 60), "the orphaned btrfs receive still runs"
     assert describe(replica_path) == before
     restarted = ServerProcess(replica.host, replica.config, replica.log, PASSWORD)
     try:
@@ -387,6 +388,19 @@ def test_a_replica_server_killed_mid_update_restarts_consistent_and_resumes(btrf
         assert (replica_path / "big.bin").stat().st_size == 250 << 20
     finally:
         restarted.stop()
+
+
+def receiving_into(recv: Path) -> list[int]:
+    """The ``btrfs receive`` processes still running in ``recv``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"receive" in args and any(os.fsencode(recv) in arg for arg in args):
+            found.append(int(pid))
+    return found
 
 
 def test_promote_then_reverse_the_old_master_is_demoted_into_a_replica(tmp_path):

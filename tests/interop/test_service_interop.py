@@ -14,6 +14,7 @@ import pytest
 from tests.interop.conftest import NDMJOB, NDMJOB_WRAPPER, PASSWORD, free_loopback_address, run
 from tests.server_process import ServerProcess
 from tests.trees import describe, differences
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.interop
 PROGRAM = NDMJOB_WRAPPER if NDMJOB_WRAPPER.exists() else NDMJOB
@@ -208,7 +209,8 @@ def test_sighup_during_a_backup_reloads_without_touching_it(ndmjob, tmp_path):
 
         config.write_text(config.read_text().replace('name = "/export/new"', 'nmae = "/export/new"'))
         os.kill(server.proc.pid, signal.SIGHUP)
-        time.sleep(1)
+        assert wait_for(lambda: "reload refused" in (tmp_path / "ndmpd.log").read_text(), 60), \
+            "the bad reload was not seen"
         assert server.proc.poll() is None
         still = dma("-q", "-D", agent)
         assert "File system /export/new" in still, still            # the old configuration stays

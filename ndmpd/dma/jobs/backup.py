@@ -148,6 +148,9 @@ class BackupJob:
                 await self._abort()
             data_bytes, server_env = await self._collect()
             await self._stop(outcome == "done")
+            if refused:                          # the posts sent ahead of the replies, handled
+                for agent in {self.data, self.tape}:
+                    await agent.delivered()
             if refused and logs.errors:          # the server said why it refused: that is the reason
                 reason = f"{logs.errors[-1]} ({reason})"
         finally:

@@ -206,8 +206,11 @@ class CopyJob:
 
     async def _why(self, failure: str) -> str:
         """A refused request, with the server's own error line when it logged one. The server
-        logs before it replies, but posts reach their handlers on another task than replies:
-        give the line a moment to arrive."""
+        posts a refusal's reason before its reply, but posts reach their handlers on another
+        task than replies: those received are delivered first; a reason a job logs may follow
+        its reply, so it gets a moment more."""
+        for agent in (self.source, self.dest):
+            await agent.delivered()
         for _ in range(WHY_WAITS):
             said = self.logs["destination"].errors[-1:] or self.logs["source"].errors[-1:]
             if said:

@@ -381,9 +381,14 @@ class RecoverJob:
         return None
 
     async def _error_line(self) -> None:
-        """A server sends the LOG_MESSAGE saying why it refused a request just after the reply:
-        give it a moment to arrive, so the user reads the reason rather than an error code."""
+        """The LOG_MESSAGE saying why a request was refused, so the user reads the reason
+        rather than an error code: a refused DATA_START's comes ahead of its reply (delivered
+        once the posts received are); another's may follow the reply, so it gets a moment."""
         if self.logs is None:
+            return
+        for agent in {self.data, self.tape}:
+            await agent.delivered()
+        if self.logs.errors:
             return
         try:
             async with asyncio.timeout(ERROR_LINE_WAIT):

@@ -273,8 +273,10 @@ class ReplicaUpdateJob:
         return UpdateResult(self.target, "done", state_id, taken if taken else began, base, sent, 0.0, base is None)
 
     async def _forget_halts(self) -> None:
-        """Drop the first try's NOTIFY_DATA_HALTED (the abort's), before the full retry."""
-        await asyncio.sleep(0.1)             # a post may still be on its way to its handler
+        """Drop the first try's NOTIFY_DATA_HALTED (the abort's), before the full retry. Each
+        side was seen halted, and a halt post comes before the reply that reads HALTED: once
+        the posts received are delivered, every one of the first try's halts is queued."""
+        await self._delivered()
         while not self.events.empty():
             self.events.get_nowait()
         self.halted.clear()
@@ -302,8 +304,15 @@ class ReplicaUpdateJob:
             await asyncio.sleep(0.025)
         return f"the {side}'s ndmpd ({host}) went away during the update; " if agent.closed else ""
 
+    async def _delivered(self) -> None:
+        """Until both sides' posts received so far went to their handlers (:meth:`Agent.delivered`)."""
+        for agent in (self.master, self.replica):
+            await agent.delivered()
+
     async def _said(self, words: str, side: str) -> bool:
-        """Whether ``side`` logged an error containing ``words`` (waiting briefly for it)."""
+        """Whether ``side`` logged an error containing ``words``: a refusal's reason comes
+        before its reply; another may follow it, so it is waited for briefly."""
+        await self._delivered()
         deadline = time.monotonic() + REASON_WAIT
         while time.monotonic() < deadline:
             if any(words in line for line in self.logs[side].errors):
@@ -313,6 +322,7 @@ class ReplicaUpdateJob:
 
     async def _why(self, failure: str) -> str:
         """A refused request with the server's own error line, when it logged one."""
+        await self._delivered()
         deadline = time.monotonic() + REASON_WAIT
         while time.monotonic() < deadline:
             said = self.logs["replica"].errors[-1:] or self.logs["master"].errors[-1:]
