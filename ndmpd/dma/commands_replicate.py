@@ -259,7 +259,7 @@ async def _replica_loop(catalog: Catalog, name: str, replica: Replica, args: arg
         except UpdateFailed as exc:
             _report_update(args, name, current.target, None, str(exc))
             ok = False
-        if args.once or stopping.is_set():
+        if args.once:
             return ok
         with suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, args.every - (time.monotonic() - began))):

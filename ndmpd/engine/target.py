@@ -70,20 +70,21 @@ class Target:
 
     def __init__(self, path: str | bytes) -> None:
         os.makedirs(path, exist_ok=True)
-        self.fd = os.open(path, DIR_FLAGS)
-        self._dirs: dict[tuple[bytes, ...], int] = {}
-        self._new_file_gids: dict[int, int] = {}
-        self.created: set[tuple[bytes, ...]] = set()     # directories this restore made (at 0700)
-        self.opened: set[tuple[bytes, ...]] = set()      # every directory reached (or made) so far
+        self._start(os.open(path, DIR_FLAGS))
 
     @classmethod
     def at(cls, fd: int) -> "Target":
         """The target whose directory is already open as ``fd`` (a writer process's view)."""
         target = cls.__new__(cls)
-        target.fd = fd
-        target._dirs, target._new_file_gids = {}, {}
-        target.created, target.opened = set(), set()
+        target._start(fd)
         return target
+
+    def _start(self, fd: int) -> None:
+        self.fd = fd
+        self._dirs: dict[tuple[bytes, ...], int] = {}
+        self._new_file_gids: dict[int, int] = {}
+        self.created: set[tuple[bytes, ...]] = set()     # directories this restore made (at 0700)
+        self.opened: set[tuple[bytes, ...]] = set()      # every directory reached (or made) so far
 
     def cached(self, parts: tuple[bytes, ...]) -> int | None:
         """The fd of directory ``parts`` when it is open already (no walk, no system call)."""

@@ -149,8 +149,7 @@ class BackupJob:
             data_bytes, server_env = await self._collect()
             await self._stop(outcome == "done")
             if refused:                          # the posts sent ahead of the replies, handled
-                for agent in {self.data, self.tape}:
-                    await agent.delivered()
+                await steps.delivered(self.data, self.tape)
             if refused and logs.errors:          # the server said why it refused: that is the reason
                 reason = f"{logs.errors[-1]} ({reason})"
         finally:

@@ -209,8 +209,7 @@ class CopyJob:
         posts a refusal's reason before its reply, but posts reach their handlers on another
         task than replies: those received are delivered first; a reason a job logs may follow
         its reply, so it gets a moment more."""
-        for agent in (self.source, self.dest):
-            await agent.delivered()
+        await steps.delivered(self.source, self.dest)
         for _ in range(WHY_WAITS):
             said = self.logs["destination"].errors[-1:] or self.logs["source"].errors[-1:]
             if said:

@@ -386,8 +386,7 @@ class RecoverJob:
         once the posts received are); another's may follow the reply, so it gets a moment."""
         if self.logs is None:
             return
-        for agent in {self.data, self.tape}:
-            await agent.delivered()
+        await steps.delivered(self.data, self.tape)
         if self.logs.errors:
             return
         try:

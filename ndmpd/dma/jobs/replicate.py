@@ -276,7 +276,7 @@ class ReplicaUpdateJob:
         """Drop the first try's NOTIFY_DATA_HALTED (the abort's), before the full retry. Each
         side was seen halted, and a halt post comes before the reply that reads HALTED: once
         the posts received are delivered, every one of the first try's halts is queued."""
-        await self._delivered()
+        await steps.delivered(self.master, self.replica)
         while not self.events.empty():
             self.events.get_nowait()
         self.halted.clear()
@@ -304,15 +304,10 @@ class ReplicaUpdateJob:
             await asyncio.sleep(0.025)
         return f"the {side}'s ndmpd ({host}) went away during the update; " if agent.closed else ""
 
-    async def _delivered(self) -> None:
-        """Until both sides' posts received so far went to their handlers (:meth:`Agent.delivered`)."""
-        for agent in (self.master, self.replica):
-            await agent.delivered()
-
     async def _said(self, words: str, side: str) -> bool:
         """Whether ``side`` logged an error containing ``words``: a refusal's reason comes
         before its reply; another may follow it, so it is waited for briefly."""
-        await self._delivered()
+        await steps.delivered(self.master, self.replica)
         deadline = time.monotonic() + REASON_WAIT
         while time.monotonic() < deadline:
             if any(words in line for line in self.logs[side].errors):
@@ -322,7 +317,7 @@ class ReplicaUpdateJob:
 
     async def _why(self, failure: str) -> str:
         """A refused request with the server's own error line, when it logged one."""
-        await self._delivered()
+        await steps.delivered(self.master, self.replica)
         deadline = time.monotonic() + REASON_WAIT
         while time.monotonic() < deadline:
             said = self.logs["replica"].errors[-1:] or self.logs["master"].errors[-1:]

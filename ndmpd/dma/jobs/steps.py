@@ -46,6 +46,13 @@ async def quietly(agent: Agent, message: str, **fields: Any) -> Any | None:
         return None
 
 
+async def delivered(*agents: Agent) -> None:
+    """Until each agent's posts received so far went through their handlers (once per agent:
+    a LOCAL job passes the same one twice), so the reasons sent ahead of a reply are seen."""
+    for agent in dict.fromkeys(agents):
+        await agent.delivered()
+
+
 async def abort(sides: Iterable[tuple[Agent, Kind]]) -> None:
     """DATA_ABORT / MOVER_ABORT on each side, whatever state it is in."""
     for agent, kind in sides:
