@@ -435,10 +435,10 @@ class Restorer:
         name = parts[-1]
         if kind in _REGULAR:
             return self._regular_file(target, reader, member, parts)
+        if kind == pax.LNKTYPE:                 # (what is in its way goes once its source is found)
+            return self._hard_link(target, member, parts)
         if not self._make_room(target, parts, dir_fd, name, member):
             return False
-        if kind == pax.LNKTYPE:
-            return self._hard_link(target, member, dir_fd, name, parts)
         if kind == pax.SYMTYPE:
             os.symlink(member.linkname, name, dir_fd=dir_fd)
             self._metadata_path(dir_fd, name, member)
@@ -834,8 +834,10 @@ class Restorer:
             left -= length
         os.ftruncate(fd, member.realsize or 0)
 
-    def _hard_link(self, target: Target, member: Member, dir_fd: int, name: bytes,
-                   parts: tuple[bytes, ...]) -> bool:
+    def _hard_link(self, target: Target, member: Member, parts: tuple[bytes, ...]) -> bool:
+        """Link ``parts`` to the file the member names. Nothing at ``parts`` is removed before
+        that file is known to be there, and a link to itself (or to the file already there)
+        leaves it as it is: bad links lose nothing."""
         source = clean_path(member.linkname)
         placed = self.selection.place(source)
         existing = None
@@ -845,9 +847,16 @@ class Restorer:
                 raise Refused("hard link to the target directory")
             src_dir = target.directory(src_parts[:-1], create=False)
             existing = target.lstat(src_dir, src_parts[-1])
+        name = parts[-1]
         if existing is not None and not stat.S_ISDIR(existing.st_mode):
             src_dir = os.dup(src_dir)       # finding it may have evicted dir_fd from the cache: both anew
             try:
+                dir_fd = target.directory(parts[:-1])
+                here = target.lstat(dir_fd, name)
+                if here is not None and (here.st_dev, here.st_ino) == (existing.st_dev, existing.st_ino):
+                    return True             # that very file is there already (a link to itself)
+                if not self._make_room(target, parts, dir_fd, name, member):
+                    return False
                 os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=target.directory(parts[:-1]),
                         follow_symlinks=False)
             finally:
@@ -856,6 +865,8 @@ class Restorer:
         if member.link_offset is None or member.link_offset >= member.offset or not self._can_seek_back():
             raise Refused(f"hard link to {os.fsdecode(source)}, which this restore does not include "
                           "(select that name too, or restore with direct access)")
+        if not self._make_room(target, parts, target.directory(parts[:-1]), name, member):
+            return False
         self._lone_links.setdefault(member.link_offset, []).append((member, parts))   # fetched at the end
         return False
 
