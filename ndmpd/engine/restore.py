@@ -577,7 +577,7 @@ class Restorer:
         ones; image paths), replayed under the deletion rule: only what this image directory's
         earlier restores put there (or this restore moved) is moved, never onto anything."""
         temporary = b""
-        moved_here: set[bytes] = set()
+        moved_here: dict[bytes, bytes] = {}       # where this replay moved a directory -> from where
         entries = iter(dumpdir)
         for entry in entries:
             if entry[:1] == b"X":
@@ -592,11 +592,21 @@ class Restorer:
             moved = clean_path(follow[1:]) or temporary
             try:
                 self._rename(target, source, moved, source in moved_here)
-                moved_here.add(moved)
+                moved_here[moved] = source
                 self._renames.append((source, moved))
             except (Refused, OSError, ValueError) as exc:
                 self.warn(f"rename {os.fsdecode(source)} -> {os.fsdecode(moved)} not replayed: "
                           f"{failure_of(exc).text}")
+                if source in moved_here:            # parked by this replay's first phase: back where
+                    self._move_back(target, source, moved_here.pop(source))    # it was, never left
+                                                                               # under a temporary name
+
+    def _move_back(self, target: Target, parked: bytes, origin: bytes) -> None:
+        try:
+            self._rename(target, parked, origin, True)
+            self._renames.append((parked, origin))
+        except (Refused, OSError, ValueError) as exc:
+            self.warn(f"{os.fsdecode(parked)}: not moved back to {os.fsdecode(origin)}: {failure_of(exc).text}")
 
     def _rename(self, target: Target, source: bytes, moved: bytes, ours: bool) -> None:
         placed = [self.selection.place(path) if self.selection else path for path in (source, moved)]
