@@ -20,7 +20,7 @@ from ndmpd.engine.job import DumpRequest, dump_volume
 from ndmpd.engine.restore import RestoreOptions
 from ndmpd.engine.sink import FdSink
 from ndmpd.engine.stat_helper import StatHelper
-from tests.engine_helpers import IS_ROOT, restore_from
+from tests.engine_helpers import IS_ROOT, restore_from, wait_for_stat_helper
 from tests.trees import describe, differences
 
 OLD = 1_000_000_000_123_456_789          # 2001: every "unchanged" mtime below is this one
@@ -44,17 +44,11 @@ def _old(path: Path) -> None:
 def helper(request, monkeypatch):
     """How the level 1 lists: with the helper answering (the dump waits for its start), by
     itself, or with a helper killed after its first answer (the dump lists the rest itself)."""
-    real_ask, real_take = StatHelper.ask, StatHelper.take
     if request.param == "alone":
         monkeypatch.setattr(StatHelper, "ask", lambda self, rel, ino, dev: False)
         return request.param
-
-    def ask_and_wait(self, rel, ino, dev):
-        asked = real_ask(self, rel, ino, dev)
-        if asked:
-            assert self.ready(20), "the helper never answered"
-        return asked
-    monkeypatch.setattr(StatHelper, "ask", ask_and_wait)
+    real_take = StatHelper.take
+    wait_for_stat_helper(monkeypatch)
     if request.param == "helper-killed":
         def take_then_kill(self, rel):
             answer = real_take(self, rel)
