@@ -13,13 +13,16 @@ import io
 import os
 import subprocess
 import tarfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from ndmpd.engine import pax
 from ndmpd.engine.restore import RestoreOptions
-from tests.tar_oracle import IS_ROOT, TAR, compare
+from tests.engine_helpers import restore_from
+from tests.tar_oracle import IS_ROOT, TAR, compare, snapshot
 
 pytestmark = [pytest.mark.skipif(TAR is None, reason="GNU tar is not installed"),
               pytest.mark.skipif(not IS_ROOT, reason="tar keeps owners and modes only as root")]
@@ -268,3 +271,41 @@ def test_replacements_and_directories_after_their_contents(tmp_path, options):
                        info("e", kind=tarfile.DIRTYPE), info("e", b"now a file"),
                        info("dup", b"one"), info("dup", b"two"))
     assert_as_tar(tmp_path, image, options)
+
+
+@pytest.mark.parametrize("options", MODES)
+def test_gnu_tar_listed_incrementals_restore_as_tar_g_extracts_them(tmp_path, options):
+    """GNU tar's level 0 and level 1 (its 'D' members, a rename, a deletion, a file become a
+    directory), replayed as incrementals: the tree ``tar -G -x`` gives."""
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "c").mkdir()
+    for path, text in (("a/one", "1"), ("a/b/two", "2"), ("c/three", "3"), ("keep", "k")):
+        (src / path).write_text(text)
+    levels = [tmp_path / "l0.tar", tmp_path / "l1.tar"]
+
+    def gnu_level(stream: Path) -> None:
+        subprocess.run([TAR, "-g", str(tmp_path / "snar"), "-cf", str(stream), "-C", str(src), "."],
+                       check=True, timeout=30)
+    gnu_level(levels[0])
+    old = time.time() - 10                    # the base's times, clearly before the changes
+    for path in [src, *src.rglob("*")]:
+        os.utime(path, (old, old))
+    (src / "a" / "one").unlink()
+    (src / "a" / "b").rename(src / "a" / "moved")
+    (src / "c" / "new").write_text("new")
+    (src / "c" / "three").unlink()
+    (src / "c" / "three").mkdir()
+    (src / "c" / "three" / "in").write_text("x")
+    gnu_level(levels[1])
+    by_tar, by_ndmpd = tmp_path / "tar", tmp_path / "ndmpd"
+    by_tar.mkdir()
+    for stream in levels:
+        subprocess.run([TAR, "-G", "-xf", str(stream), "-C", str(by_tar), "--same-owner", "--same-permissions"],
+                       check=True, timeout=30)
+        result = restore_from(stream, by_ndmpd, replace(options, incremental=True))
+        assert not result.refused, result.refused
+    expected, got = snapshot(by_tar), snapshot(by_ndmpd)
+    expected.pop(b""), got.pop(b"")
+    assert got == expected
+    assert not (by_ndmpd / "a" / "one").exists() and (by_ndmpd / "a" / "moved" / "two").exists()
