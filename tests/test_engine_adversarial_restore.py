@@ -213,16 +213,18 @@ def test_a_listed_incremental_of_gnu_tar_restores_as_tar_extracts_it(tmp_path, o
 
 @pytest.mark.parametrize("options", MODES)
 def test_bad_hard_links_lose_nothing(tmp_path, options):
-    """A link to itself leaves the file; one to a name that is not there refuses without
-    removing what the link's name holds (tar keeps it too)."""
+    """A link to itself leaves the file; one to a name that is not there, or over the directory
+    that holds its source, refuses without removing what the link's name holds (tar keeps it)."""
     image = python_tar(info("first", b"1"), info("self", b"data"), info("self", kind=tarfile.LNKTYPE, linkname="self"),
                        info("kept", b"kept"), info("kept", kind=tarfile.LNKTYPE, linkname="missing"),
                        info("link", kind=tarfile.LNKTYPE, linkname="first"),
-                       info("link", kind=tarfile.LNKTYPE, linkname="first"))
+                       info("link", kind=tarfile.LNKTYPE, linkname="first"),
+                       info("dir/inside", b"inside"), info("dir", kind=tarfile.LNKTYPE, linkname="dir/inside"))
     compared = compare(tmp_path, image, options)
     assert compared.differences() == {}
     assert (tmp_path / "ndmpd" / "self").read_bytes() == b"data"
     assert (tmp_path / "ndmpd" / "kept").read_bytes() == b"kept"
+    assert (tmp_path / "ndmpd" / "dir" / "inside").read_bytes() == b"inside"
     assert [message for message in compared.result.refused if "missing" in message]
 
 

@@ -865,6 +865,9 @@ class Restorer:
                 here = target.lstat(dir_fd, name)
                 if here is not None and (here.st_dev, here.st_ino) == (existing.st_dev, existing.st_ino):
                     return True             # that very file is there already (a link to itself)
+                if src_parts[:len(parts)] == parts:
+                    raise Refused(f"hard link to {os.fsdecode(source)}, inside the directory its name "
+                                  "holds (making room would remove its own source)")
                 if not self._make_room(target, parts, dir_fd, name, member):
                     return False
                 os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=target.directory(parts[:-1]),
