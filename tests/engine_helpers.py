@@ -10,6 +10,7 @@ from pathlib import Path
 from ndmpd.engine.dump import DumpOptions, Dumper, DumpResult
 from ndmpd.engine.restore import RestoreOptions, Restorer, RestoreResult
 from ndmpd.engine.sink import FdSink
+from ndmpd.engine.stat_helper import StatHelper
 
 IS_ROOT = os.geteuid() == 0
 
@@ -88,3 +89,16 @@ def gnu_tar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run(["tar", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done
+
+
+def wait_for_stat_helper(monkeypatch) -> None:
+    """Make a dump wait for its stat helper's start (else a tree this small is listed before
+    the helper answers, and the helper's answers go untested)."""
+    real_ask = StatHelper.ask
+
+    def ask_and_wait(self, rel, ino, dev):
+        asked = real_ask(self, rel, ino, dev)
+        if asked:
+            assert self.ready(20), "the helper never answered"
+        return asked
+    monkeypatch.setattr(StatHelper, "ask", ask_and_wait)

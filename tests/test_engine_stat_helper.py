@@ -14,7 +14,7 @@ import pytest
 from ndmpd.engine.dump import DumpOptions, Dumper
 from ndmpd.engine.sink import FdSink
 from ndmpd.engine.stat_helper import StatHelper
-from tests.engine_helpers import build_every_case
+from tests.engine_helpers import build_every_case, wait_for_stat_helper
 
 
 def _dump(src: Path, stream: Path, **options) -> Dumper:
@@ -35,14 +35,7 @@ def fixed_salt(monkeypatch):
 @pytest.fixture
 def patient(monkeypatch):
     """The dump waits for the helper's start (else a tree this small is listed before it)."""
-    real_ask = StatHelper.ask
-
-    def ask_and_wait(self, rel, ino, dev):
-        asked = real_ask(self, rel, ino, dev)
-        if asked:
-            assert self.ready(20), "the helper never answered"
-        return asked
-    monkeypatch.setattr(StatHelper, "ask", ask_and_wait)
+    wait_for_stat_helper(monkeypatch)
 
 
 def _settle() -> None:

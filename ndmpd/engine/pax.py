@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grp
 import pwd
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -58,25 +59,24 @@ def _base256(value: int, width: int) -> bytes:
 
 
 def parse_numeric(raw: bytes) -> int:
-    """Read an octal or base-256 numeric field."""
+    """Read an octal or base-256 numeric field as GNU tar does: leading blanks, octal digits,
+    then the field's end, a NUL or a blank (what follows is ignored); anything else is a
+    ValueError (``int()`` alone would also take ``_``, ``+``, ``-`` and ``0o``)."""
     if raw and raw[0] & 0x80:
         value = int.from_bytes(raw[1:], "big")
         return value - (1 << (8 * (len(raw) - 1))) if raw[0] == 0xFF else value
-    try:
-        return int(raw.rstrip(b"\0 "), 8)     # the common "0000644\0" and checksum "012345\0 "
-    except ValueError:
-        text = raw.split(b"\0", 1)[0].strip(b" ")
-        return int(text, 8) if text else 0
+    digits = raw.rstrip(b"\0 ")
+    if digits.isdigit():                      # the common "0000644\0" and checksum "012345\0 "
+        return int(digits, 8)                 # (an 8 or a 9 raises)
+    field = _OCTAL_FIELD.match(raw)
+    if field is None:
+        raise ValueError(f"not an octal number: {raw!r}")
+    return int(field[1], 8) if field[1] else 0
 
 
-def _octal(raw: bytes) -> int:
-    """``parse_numeric`` with the usual octal field read first, by the same ``int`` call."""
-    if not raw[0] & 0x80:
-        try:
-            return int(raw.rstrip(b"\0 "), 8)
-        except ValueError:
-            pass
-    return parse_numeric(raw)
+_OCTAL_FIELD = re.compile(rb"\0?[ \t\n\v\f\r]*([0-7]*)(?:[\0 \t\n\v\f\r]|(?<=[0-7])\Z)")
+# (GNU tar's from_header: one NUL a buggy writer left in front, blanks, digits, a terminator;
+# blanks up to the end are no number)
 
 
 def pax_record(key: bytes, value: bytes) -> bytes:
@@ -389,7 +389,7 @@ def parse_ustar(block: bytes | memoryview, seen: dict[bytes, tuple] | None = Non
                 if len(seen) >= 4096:
                     seen.clear()
                 seen[owner_key] = owner
-        size = _octal(block[124:136])
+        size = parse_numeric(block[124:136])
         if size < 0:
             raise HeaderError(f"negative size {size}")
         if block[157]:
@@ -398,7 +398,7 @@ def parse_ustar(block: bytes | memoryview, seen: dict[bytes, tuple] | None = Non
         else:
             linkname = b""
         device = typeflag == CHRTYPE or typeflag == BLKTYPE
-        return RawHeader(name, owner[0], owner[1], owner[2], size, _octal(block[136:148]), typeflag,
+        return RawHeader(name, owner[0], owner[1], owner[2], size, parse_numeric(block[136:148]), typeflag,
                          linkname, owner[3], owner[4], parse_numeric(block[329:337]) if device else 0,
                          parse_numeric(block[337:345]) if device else 0)
     except ValueError as exc:

@@ -308,7 +308,7 @@ class StreamReader:
                 except pax.HeaderError:
                     return None
                 self._checked_meta = (head, size)
-            if size > pax.BLOCK:
+            if not 0 < size <= pax.BLOCK:      # (0: the ustar block is the next one, not the third)
                 return None
             data = blocks[pax.BLOCK:pax.BLOCK + size]
             lone = _LONE_MTIME.fullmatch(data)
@@ -329,16 +329,18 @@ class StreamReader:
                     except ValueError:
                         return None         # the general path says why
             head = blocks[2 * pax.BLOCK:]
-            if head[156:157] in _META_TYPES:
+            if head[156:157] in _NOT_PLAIN:
                 return None
             used = 3 * pax.BLOCK
-        elif kind in _META_TYPES or not any(head):
+        elif kind in _NOT_PLAIN or not any(head):
             return None
         try:
             (name, mode, uid, gid, size, raw_mtime, typeflag, linkname, uname, gname, devmajor,
              devminor) = pax.parse_ustar(head, self._owners_seen)
         except pax.HeaderError:
             return None
+        if name[-1:] == b"/" and typeflag in _FILE_TYPES:
+            return None                         # a directory by its name (_named_type)
         offset = self._consumed
         self._pos = pos + used
         self._consumed = offset + used
@@ -353,6 +355,7 @@ class StreamReader:
         first_offset = None
         refused = False
         meta_total = 0                  # extended-header bytes in front of this member so far
+        sparse_00: list[bytes] = []     # GNU.sparse.offset/numbytes records (sparse 0.0), in order
         while True:
             offset = self._consumed
             block = self._take(pax.BLOCK)
@@ -374,6 +377,7 @@ class StreamReader:
                 self._resync(exc)
                 local, xattrs, long_name, long_link, first_offset, refused = {}, [], None, None, None, False
                 meta_total = 0
+                sparse_00 = []
                 continue
             if kind == pax.XGLTYPE:
                 self._global_header(offset, size)
@@ -405,19 +409,69 @@ class StreamReader:
                     for key, value in records:
                         if key.startswith(b"SCHILY.xattr."):
                             xattrs.append((key[len(b"SCHILY.xattr."):], value))
+                        elif key in _SPARSE_00:
+                            sparse_00.append(key[11:12] + value)     # b"o"/b"n" + the number
                         else:
                             local[key] = value
                 continue
+            if sparse_00 and b"GNU.sparse.map" not in local:
+                try:
+                    local[b"GNU.sparse.map"] = _sparse_00_map(sparse_00)
+                except ValueError as exc:
+                    self._warn(f"bad sparse 0.0 records at offset {first_offset}: {exc}; its member is skipped")
+                    refused = True
             # globals apply through a view, never copied per member
             records = ChainMap(local, self._globals) if self._globals else local
             member = self._member(raw, records, xattrs, long_name, long_link, first_offset)
-            if refused:
+            if member.typeflag in _GNU_TYPES:
+                refused = not self._gnu_member(member, block, offset) or refused
+            if refused or member.typeflag == _VOLUME:     # (a GNU volume label: no entry, as for tar)
                 self._data_left = pax.round_up(member.size)
                 self.skip(self._data_left)
                 local, xattrs, long_name, long_link, first_offset, refused = {}, [], None, None, None, False
                 meta_total = 0
+                sparse_00 = []
                 continue
             return member
+
+    def _gnu_member(self, member: Member, block: bytes, offset: int) -> bool:
+        """A GNU tar dumpdir (``D``: a directory whose data lists its names) or old sparse
+        member (``S``: its map in the header and the extension blocks after it) read as the
+        directory or file it is; False (the member is to be skipped) when it is malformed."""
+        if member.typeflag == _DUMPDIR:
+            if member.size > MAX_META:
+                self._warn(f"refused a {member.size}-byte dumpdir at offset {offset} (limit {MAX_META}); "
+                           "its member is skipped")
+                return False
+            data = self.read_exact(member.size)
+            self.skip(pax.round_up(member.size) - member.size)
+            member.typeflag, member.size = pax.DIRTYPE, 0
+            if member.dumpdir is None:
+                member.dumpdir = [entry for entry in data.split(b"\0") if entry]
+            return True
+        try:
+            extents = _old_sparse_entries(block[386:482])
+            extended = block[482]
+            while extended:
+                if len(extents) > sparse.MAX_EXTENTS:
+                    raise ValueError("sparse map too long")
+                more = self._take(pax.BLOCK)
+                if more is None:
+                    raise TruncatedStream("stream ends inside a sparse member's map")
+                more = bytes(more)
+                extents += _old_sparse_entries(more[:504])
+                extended = more[504]
+            realsize = pax.parse_numeric(block[483:495])
+            sparse.check_extents(extents, realsize)
+        except ValueError as exc:
+            self._warn(f"bad old GNU sparse map at offset {offset} ({exc}); its member is skipped")
+            return False
+        if member.realsize is None:
+            member.typeflag, member.realsize, member.sparse_major, member.sparse_map = (
+                pax.REGTYPE, realsize, 0, extents)
+        else:
+            member.typeflag = pax.REGTYPE           # pax records said it already
+        return True
 
     def _global_header(self, offset: int, size: int) -> None:
         """Merge a pax global header into the records every later member gets, keeping all of
@@ -471,6 +525,12 @@ class StreamReader:
         self._warn(f"damaged header at offset {start} ({exc}); skipped {skipped + 1} blocks to the next header")
 
     def _member(self, raw: pax.RawHeader, records, xattrs, long_name, long_link, offset: int) -> Member:
+        member = self._fields(raw, records, xattrs, long_name, long_link, offset)
+        if member.name[-1:] == b"/" and member.typeflag in _FILE_TYPES:
+            member.typeflag = pax.DIRTYPE          # as GNU tar and bsdtar read a v7 directory
+        return member
+
+    def _fields(self, raw: pax.RawHeader, records, xattrs, long_name, long_link, offset: int) -> Member:
         if not records or records.keys() <= _TIMES:     # the usual member: no record but its times
             member = Member(long_name if long_name is not None else raw.name, raw.typeflag, raw.mode & 0o7777,
                             raw.uid, raw.gid, raw.uname, raw.gname, raw.mtime * 1_000_000_000, raw.size,
@@ -544,6 +604,11 @@ def _set_dumpdir(member: Member, value: bytes) -> None:
     member.dumpdir = [entry for entry in value.split(b"\0") if entry]
 
 
+_DUMPDIR, _OLD_SPARSE, _VOLUME = b"D", b"S", b"V"    # GNU tar's own member types
+_GNU_TYPES = (_DUMPDIR, _OLD_SPARSE)
+_NOT_PLAIN = _META_TYPES + _GNU_TYPES + (_VOLUME,)     # what the reader's shortcut leaves alone
+_FILE_TYPES = (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE)   # a directory when the name ends in '/'
+_SPARSE_00 = frozenset((b"GNU.sparse.offset", b"GNU.sparse.numbytes"))
 _TIMES = frozenset((b"mtime", b"atime", b"ctime"))   # of these, a restore uses mtime only
 _LONE_MTIME = re.compile(rb"(\d{1,3}) mtime=(\d{1,20})(?:\.(\d{1,9}))?\n")   # what parse_time reads the same
 _FRACTION = tuple(10 ** (9 - digits) for digits in range(10))       # 9 fraction digits are nanoseconds
@@ -551,6 +616,25 @@ _USED = frozenset((b"path", b"linkpath", b"uname", b"gname", b"comment", b"mtime
                    b"GNU.dumpdir"))    # the records _member reads (and GNU.sparse.*)
 _OVERRIDES = ((b"mtime", _set_mtime), (b"size", _set_size), (b"uid", _set_uid), (b"gid", _set_gid),
               (b"GNU.dumpdir", _set_dumpdir))
+
+
+def _sparse_00_map(records: list[bytes]) -> bytes:
+    """Sparse 0.0's offset/numbytes records, each pair in that order, as a 0.1 map value."""
+    if len(records) % 2 or any(records[at][:1] != b"o" or records[at + 1][:1] != b"n"
+                               for at in range(0, len(records), 2)):
+        raise ValueError("offset and numbytes records do not pair up")
+    return b",".join(record[1:] for record in records)
+
+
+def _old_sparse_entries(area: bytes) -> list[sparse.Extent]:
+    """The (offset, numbytes) entries of an old GNU sparse header area, 24 bytes each, up to
+    the first empty one."""
+    extents = []
+    for at in range(0, len(area) - 23, 24):
+        if not area[at]:
+            break
+        extents.append((pax.parse_numeric(area[at:at + 12]), pax.parse_numeric(area[at + 12:at + 24])))
+    return extents
 
 
 def _check_count(count: int) -> None:

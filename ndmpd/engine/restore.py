@@ -435,10 +435,10 @@ class Restorer:
         name = parts[-1]
         if kind in _REGULAR:
             return self._regular_file(target, reader, member, parts)
+        if kind == pax.LNKTYPE:                 # (what is in its way goes once its source is found)
+            return self._hard_link(target, member, parts)
         if not self._make_room(target, parts, dir_fd, name, member):
             return False
-        if kind == pax.LNKTYPE:
-            return self._hard_link(target, member, dir_fd, name, parts)
         if kind == pax.SYMTYPE:
             os.symlink(member.linkname, name, dir_fd=dir_fd)
             self._metadata_path(dir_fd, name, member)
@@ -577,7 +577,7 @@ class Restorer:
         ones; image paths), replayed under the deletion rule: only what this image directory's
         earlier restores put there (or this restore moved) is moved, never onto anything."""
         temporary = b""
-        moved_here: set[bytes] = set()
+        moved_here: dict[bytes, bytes] = {}       # where this replay moved a directory -> from where
         entries = iter(dumpdir)
         for entry in entries:
             if entry[:1] == b"X":
@@ -592,11 +592,21 @@ class Restorer:
             moved = clean_path(follow[1:]) or temporary
             try:
                 self._rename(target, source, moved, source in moved_here)
-                moved_here.add(moved)
+                moved_here[moved] = source
                 self._renames.append((source, moved))
             except (Refused, OSError, ValueError) as exc:
                 self.warn(f"rename {os.fsdecode(source)} -> {os.fsdecode(moved)} not replayed: "
                           f"{failure_of(exc).text}")
+                if source in moved_here:            # parked by this replay's first phase: back where
+                    self._move_back(target, source, moved_here.pop(source))    # it was, never left
+                                                                               # under a temporary name
+
+    def _move_back(self, target: Target, parked: bytes, origin: bytes) -> None:
+        try:
+            self._rename(target, parked, origin, True)
+            self._renames.append((parked, origin))
+        except (Refused, OSError, ValueError) as exc:
+            self.warn(f"{os.fsdecode(parked)}: not moved back to {os.fsdecode(origin)}: {failure_of(exc).text}")
 
     def _rename(self, target: Target, source: bytes, moved: bytes, ours: bool) -> None:
         placed = [self.selection.place(path) if self.selection else path for path in (source, moved)]
@@ -834,8 +844,10 @@ class Restorer:
             left -= length
         os.ftruncate(fd, member.realsize or 0)
 
-    def _hard_link(self, target: Target, member: Member, dir_fd: int, name: bytes,
-                   parts: tuple[bytes, ...]) -> bool:
+    def _hard_link(self, target: Target, member: Member, parts: tuple[bytes, ...]) -> bool:
+        """Link ``parts`` to the file the member names. Nothing at ``parts`` is removed before
+        that file is known to be there, and a link to itself (or to the file already there)
+        leaves it as it is: bad links lose nothing."""
         source = clean_path(member.linkname)
         placed = self.selection.place(source)
         existing = None
@@ -845,9 +857,19 @@ class Restorer:
                 raise Refused("hard link to the target directory")
             src_dir = target.directory(src_parts[:-1], create=False)
             existing = target.lstat(src_dir, src_parts[-1])
+        name = parts[-1]
         if existing is not None and not stat.S_ISDIR(existing.st_mode):
             src_dir = os.dup(src_dir)       # finding it may have evicted dir_fd from the cache: both anew
             try:
+                dir_fd = target.directory(parts[:-1])
+                here = target.lstat(dir_fd, name)
+                if here is not None and (here.st_dev, here.st_ino) == (existing.st_dev, existing.st_ino):
+                    return True             # that very file is there already (a link to itself)
+                if src_parts[:len(parts)] == parts:
+                    raise Refused(f"hard link to {os.fsdecode(source)}, inside the directory its name "
+                                  "holds (making room would remove its own source)")
+                if not self._make_room(target, parts, dir_fd, name, member):
+                    return False
                 os.link(src_parts[-1], name, src_dir_fd=src_dir, dst_dir_fd=target.directory(parts[:-1]),
                         follow_symlinks=False)
             finally:
@@ -856,6 +878,8 @@ class Restorer:
         if member.link_offset is None or member.link_offset >= member.offset or not self._can_seek_back():
             raise Refused(f"hard link to {os.fsdecode(source)}, which this restore does not include "
                           "(select that name too, or restore with direct access)")
+        if not self._make_room(target, parts, target.directory(parts[:-1]), name, member):
+            return False
         self._lone_links.setdefault(member.link_offset, []).append((member, parts))   # fetched at the end
         return False
 
