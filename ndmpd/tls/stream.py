@@ -35,6 +35,7 @@ class TlsStream:
         self.open = True                # False once close_notify went both ways: no more TLS calls
         self._writing: memoryview | None = None     # an SSL_write waiting for room, retried as it is
         self._notify = False            # our close_notify waits for room
+        self._ended = False             # our close_notify is queued or sent: nothing may follow it
 
     def handshake(self, timeout: float) -> None:
         """Complete the handshake within ``timeout`` seconds per step, then go non-blocking."""
@@ -80,7 +81,7 @@ class TlsStream:
     def write(self, view: memoryview) -> bool:
         """Encrypt ``view`` straight to the socket (OpenSSL cuts it into records). False: part
         of it waits for room; :meth:`flush` sends the rest, and ``view`` must stay valid till then."""
-        if not self.open or self._notify:
+        if not self.open or self._ended:
             raise BrokenPipeError("the TLS data connection's sending side is closed")
         self._writing = view
         self._cork(True)
@@ -88,7 +89,7 @@ class TlsStream:
 
     def close_notify(self) -> bool:
         """End our stream with close_notify (the peer's may come later). False: it waits for room."""
-        self._notify = True
+        self._notify = self._ended = True
         return self.flush()
 
     def flush(self) -> bool:
