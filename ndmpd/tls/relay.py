@@ -233,7 +233,12 @@ class _Relay:
         """A buffer the service handed over: encrypted straight out of it, then released for
         reuse; the handoff's end becomes close_notify, its close after a buffer or the end a cut."""
         out = self.outbound
-        if out is None or self.app_done or self.stream.writing:
+        if out is None or self.app_done:
+            return
+        if out.closed and self.handed:  # an abort while a buffer waits for room ends it too
+            self._cut()
+            return
+        if self.stream.writing:
             return
         data = out.poll()
         if data is not None:
@@ -242,8 +247,6 @@ class _Relay:
         elif out.ended:
             self.handed = True
             self._close_notify()
-        elif out.closed and self.handed:
-            self._cut()
 
     def _write(self, view: memoryview, sent: Callable[[], None] | None = None) -> None:
         """SSL_write ``view`` to the network; ``sent`` runs once all of it went (maybe later)."""
