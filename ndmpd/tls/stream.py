@@ -1,9 +1,11 @@
 """One side of a TLS data connection: OpenSSL's own socket BIO over the TCP socket.
 
 OpenSSL reads records straight from the kernel and writes them straight to it, so a relay
-moves bytes between the kernel and its buffers with no memory BIOs, no copies between BIOs
-and Python, and no bytes object per chunk (memory BIOs cost about as much CPU as the cipher).
-The calls here never block once the handshake is over: the relay's selector waits for them.
+moves bytes between the kernel and its buffers with no memory BIOs: no zeroing and copying
+into them, no bytes object per chunk. It costs a system call per record written and two per
+record read instead (Python's ``ssl`` offers no read-ahead); measured on a 2-core VM, the CPU
+per GiB is the same as with memory BIOs, the memory per connection smaller. The calls here
+never block once the handshake is over: the relay's selector waits for them.
 
 An ``ssl.SSLSocket`` whose TLS session is over silently reads and writes plaintext; this
 class never lets that happen (:attr:`TlsStream.open`), and never uses ``SSLSocket.shutdown``,
