@@ -15,7 +15,8 @@ side. A TCP end without close_notify (a truncation) is logged and the plain side
 A mover receiving a backup can take the decrypted stream through a :class:`Handoff`
 instead (``inbound``), as a LOCAL connection does: the relay decrypts into its batch buffer
 and the mover writes its tape records straight out of it, so the bytes skip the socket
-pair's two copies (measured: a fifth to a quarter of the receiving side's CPU). The socket
+pair's two copies (measured: a fifth to a quarter of the receiving side's CPU); the relay
+decrypts the next batch while the mover writes the one before (``Handoff.offer``). The socket
 pair still carries the connection's lifetime: the mover closing or shutting its end (halt,
 abort) closes the handoff and ends the TLS connection, and an end or a cut of the TLS
 connection ends the handoff.
@@ -131,6 +132,7 @@ class _Relay:
         self.spare: list[bytearray] = []
         self.to_app = _Pending(self.spare)
         self.sent: Callable[[], None] | None = None     # once the write waiting for room is done
+        self.offered: object = None     # the batch the mover may still be writing from (never reused till released)
         self.buffer = memoryview(bytearray(CHUNK))
         self.app_done = False           # the plain side ended its stream (close_notify queued)
         self.net_done = False           # the peer ended its stream (or the connection broke)
@@ -322,12 +324,14 @@ class _Relay:
             self.to_app.add(data)
             return True
         try:
-            self.inbound.put(data)
+            self.inbound.wait_released()        # the batch before, which the mover wrote meanwhile
+            self.inbound.offer(data)
         except BrokenPipeError:
             self._cut()
             return False
-        if len(self.spare) < SPARE_BUFFERS:
-            self.spare.append(data.obj)
+        if self.offered is not None and len(self.spare) < SPARE_BUFFERS:
+            self.spare.append(self.offered)
+        self.offered = data.obj
         return True
 
     def _close_handoffs(self) -> None:
