@@ -51,12 +51,15 @@ class Mover:
         assert not self.thread.is_alive(), "the mover was left waiting in take()"
 
 
-def receiving(two, proxied: bool = False, sending: Handoff | None = None):
+def receiving(two, proxied: bool = False, sending: Handoff | None = None, cut_at: int | None = None):
     """(connector's plain socket, mover's plain socket, mover's handoff, listener socket),
-    ``proxied`` through a TamperingProxy; with ``sending``, the connector hands its stream
-    over that handoff."""
+    ``proxied`` through a TamperingProxy (flipping a bit, or with ``cut_at`` truncating the
+    connector's stream); with ``sending``, the connector hands its stream over that handoff."""
     lsock, ep = addresses.open_listener("127.0.0.1")
-    port = TamperingProxy(ep.port, flip_at=3 << 20).port if proxied else ep.port
+    if cut_at is not None:
+        port = TamperingProxy(ep.port, cut_at=cut_at).port
+    else:
+        port = TamperingProxy(ep.port, flip_at=3 << 20).port if proxied else ep.port
     handoff = Handoff()
     out: dict = {}
     accepting = threading.Thread(target=lambda: out.update(sock=addresses.accept(
@@ -126,6 +129,27 @@ def test_a_tampered_stream_is_a_cut_never_an_end_and_no_changed_byte_is_handed_o
     mover.join()
     assert len(mover.got) < len(payload) and payload.startswith(bytes(mover.got))
     assert mover.ended is False                   # the mover must not store it as a complete image
+    for s in (client, plain, lsock):
+        s.close()
+
+
+@pytest.mark.parametrize("cut_at", [(5 << 20) + 7, 6 << 20])   # inside a record, and wherever 6 MiB falls
+def test_a_truncated_stream_is_a_cut_never_an_end_and_the_mover_is_not_left_waiting(two, cut_at, caplog):
+    """A man in the middle ends the TCP connection cleanly (FIN) in mid-stream: no close_notify
+    came, so the mover must not store what it got as a complete image, and the log says why."""
+    client, plain, handoff, lsock = receiving(two, cut_at=cut_at)
+    mover = Mover(handoff)
+    payload = os.urandom(8 << 20)
+    with caplog.at_level("WARNING", logger="ndmpd.tls"):
+        try:
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        mover.join()
+    assert 0 < len(mover.got) < cut_at and payload.startswith(bytes(mover.got))
+    assert mover.ended is False and not handoff.ended
+    assert "without close_notify (truncated)" in caplog.text
     for s in (client, plain, lsock):
         s.close()
 

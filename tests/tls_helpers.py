@@ -113,13 +113,15 @@ class RecordingTlsServer:
 
 class TamperingProxy:
     """A man in the middle on loopback: forwards one connection to ``port`` and flips one
-    bit of the byte at ``flip_at`` of what the connecting side sends (well after the handshake)."""
+    bit of the byte at ``flip_at`` of what the connecting side sends (well after the handshake);
+    with ``cut_at``, forwards only that many of its bytes and then ends the TCP connection
+    cleanly (FIN both ways), as an attacker truncating the stream would."""
 
-    def __init__(self, port: int, flip_at: int) -> None:
+    def __init__(self, port: int, flip_at: int = -1, cut_at: int | None = None) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(20)
         self.port = self.listener.getsockname()[1]
-        self._target, self._flip_at = port, flip_at
+        self._target, self._flip_at, self._cut_at = port, flip_at, cut_at
         threading.Thread(target=self._forward, daemon=True).start()
 
     def _forward(self) -> None:
@@ -140,6 +142,9 @@ class TamperingProxy:
                 if tamper and seen <= flip_at < seen + len(data):
                     data = bytearray(data)
                     data[flip_at - seen] ^= 0x01
+                if tamper and self._cut_at is not None and seen + len(data) >= self._cut_at:
+                    dst.sendall(data[:self._cut_at - seen])
+                    break
                 seen += len(data)
                 dst.sendall(data)
         except OSError:

@@ -44,11 +44,23 @@ class Handoff:
     # -- writer --------------------------------------------------------------------------
 
     def put(self, data: memoryview) -> None:
+        self.offer(data)
+        self.wait_released()
+
+    def offer(self, data: memoryview) -> None:
+        """Hand ``data`` over without waiting for the reader, so the writer can fill its next
+        buffer meanwhile (the TLS relay decrypting while the mover writes); ``wait_released``
+        before reusing ``data`` or offering another."""
         with self._cond:
             if self._closed:
                 raise BrokenPipeError(self._gone)
             self._buffer = data
             self._changed()
+
+    def wait_released(self) -> None:
+        """Until the reader has released the buffer offered last (at once when there is none);
+        BrokenPipeError when the handoff is closed before."""
+        with self._cond:
             while self._buffer is not None and not self._closed:
                 self._cond.wait()
             if self._buffer is not None:

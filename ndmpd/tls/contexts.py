@@ -58,6 +58,8 @@ def data_context(server_side: bool, certificate: Path, key: Path, peer: bytes) -
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN    # the pinned leaf is the trust anchor
     context.load_verify_locations(cadata=peer)
     context.load_cert_chain(certificate, key)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3    # only ever between two ndmpd servers
+    context.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)  # a TCP end without close_notify is an error
     return context
 
 

@@ -19,7 +19,8 @@ from ..mover.handoff import Handoff
 from . import ktls
 from .certs import fingerprint
 from .contexts import check_pin, data_context
-from .relay import HandshakeFailed, TlsStream, relay
+from .relay import relay
+from .stream import HandshakeFailed, TlsStream
 
 log = logging.getLogger("ndmpd.tls")
 HANDSHAKE_TIMEOUT = 30.0

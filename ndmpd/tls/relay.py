@@ -3,7 +3,8 @@
 The data and mover services (and the dump engine, which ``sendfile``\\ s straight into the
 data socket's descriptor) work on a plain stream socket; a TLS connection is handed to them
 as one end of a local socket pair whose other end a relay thread pumps through TLS (OpenSSL
-via ``ssl``'s memory BIOs, one thread, so one SSL object is never used by two threads).
+reading and writing the TCP socket itself, :mod:`.stream`; one thread, so one SSL object is
+never used by two threads).
 So every use of a data socket — ``sendfile``, half-close, ``MSG_PEEK``, shutdown on abort —
 works the same with TLS as without, by construction.
 
@@ -14,7 +15,8 @@ side. A TCP end without close_notify (a truncation) is logged and the plain side
 A mover receiving a backup can take the decrypted stream through a :class:`Handoff`
 instead (``inbound``), as a LOCAL connection does: the relay decrypts into its batch buffer
 and the mover writes its tape records straight out of it, so the bytes skip the socket
-pair's two copies (measured: a fifth to a quarter of the receiving side's CPU). The socket
+pair's two copies (measured: a fifth to a quarter of the receiving side's CPU); the relay
+decrypts the next batch while the mover writes the one before (``Handoff.offer``). The socket
 pair still carries the connection's lifetime: the mover closing or shutting its end (halt,
 abort) closes the handoff and ends the TLS connection, and an end or a cut of the TLS
 connection ends the handoff.
@@ -39,53 +41,15 @@ from collections import deque
 from collections.abc import Callable
 
 from ..mover.handoff import Handoff
+from .stream import HandshakeFailed, TlsStream, Truncated
+
+__all__ = ["HandshakeFailed", "TlsStream", "relay"]
 
 log = logging.getLogger("ndmpd.tls")
 CHUNK = 1 << 20                  # bytes read at once from either side
 HIGH_WATER = 4 << 20            # stop reading a side while this much waits to go out on the other
 SPARE_BUFFERS = 8                # batch buffers kept for reuse (HIGH_WATER / CHUNK, and some)
 PAIR_BUFFER = 4 << 20           # the local pair's socket buffers (as addresses.tune for TCP)
-
-
-class HandshakeFailed(ConnectionError):
-    """The TLS handshake failed or the peer's certificate was refused."""
-
-
-class TlsStream:
-    """One side of a TLS connection over a connected TCP socket, driven through memory BIOs."""
-
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_side: bool) -> None:
-        self.sock = sock
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
-
-    def handshake(self, timeout: float) -> None:
-        """Complete the handshake on the blocking socket within ``timeout`` seconds per step."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                try:
-                    self.tls.do_handshake()
-                    self.sock.sendall(self.outgoing.read())
-                    return
-                except ssl.SSLWantReadError:
-                    self.sock.sendall(self.outgoing.read())
-                    data = self.sock.recv(CHUNK)
-                    if not data:
-                        raise HandshakeFailed("the peer closed the connection during the TLS handshake")
-                    self.incoming.write(data)
-        except ssl.SSLError as exc:
-            pending = self.outgoing.read()          # our alert tells the peer why
-            if pending:
-                try:
-                    self.sock.sendall(pending)
-                except OSError:
-                    pass
-            raise HandshakeFailed(f"TLS handshake failed: {exc.reason or exc}") from None
-        except (OSError, TimeoutError) as exc:
-            raise HandshakeFailed(f"TLS handshake failed: {exc}") from None
-        finally:
-            self.sock.settimeout(None)
 
 
 def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None,
@@ -164,9 +128,11 @@ class _Relay:
             for sock in (self.wake_in, self.wake_out):
                 sock.setblocking(False)
             outbound.watch(self._wake)
-        self.net, self.tls = stream.sock, stream.tls
+        self.net = stream.sock
         self.spare: list[bytearray] = []
-        self.to_net, self.to_app = _Pending(), _Pending(self.spare)
+        self.to_app = _Pending(self.spare)
+        self.sent: Callable[[], None] | None = None     # once the write waiting for room is done
+        self.offered: object = None     # the batch the mover may still be writing from (never reused till released)
         self.buffer = memoryview(bytearray(CHUNK))
         self.app_done = False           # the plain side ended its stream (close_notify queued)
         self.net_done = False           # the peer ended its stream (or the connection broke)
@@ -181,13 +147,9 @@ class _Relay:
                 log.warning("TLS data connection refused: %s", exc)
                 self._close_handoffs()
                 _shut(self.inner, socket.SHUT_RDWR)
-                for sock in (self.inner, self.net, self.wake_in, self.wake_out):
-                    _close(sock)
+                self._close_all()
                 return
-        self.to_net.add(self.stream.outgoing.read())
-        self.net.setblocking(False)
         self.inner.setblocking(False)
-        self._decrypt()                 # records that came with the handshake's last flight
         selector = selectors.DefaultSelector()
         try:
             self._loop(selector)
@@ -196,22 +158,29 @@ class _Relay:
         finally:
             selector.close()
             self._close_handoffs()             # whatever happened, neither service waits on
-            for sock in (self.inner, self.net, self.wake_in, self.wake_out):
-                _close(sock)
+            self._close_all()
+
+    def _close_all(self) -> None:
+        self.stream.close()
+        for sock in (self.inner, self.wake_in, self.wake_out):
+            _close(sock)
 
     def _loop(self, selector: selectors.BaseSelector) -> None:
         watched: dict[socket.socket, int] = {}
         while not (self.net_shut and self.app_shut):
-            self.to_net.send(self.net)          # first without waiting: most of the time it goes at once
+            self._flush()                       # first without waiting: most of the time it goes at once
             self._from_outbound()               # after it, never before select: a buffer left waiting for
-                                                # room leaves to_net full, so the network's writability wakes us
+                                                # room keeps the stream writing, so writability wakes us
             self.to_app.send(self.inner)
+            if self.stream.pending() and self._can_read_net():
+                self._from_net()                # decrypted bytes OpenSSL holds wake no selector
+                continue
             self._shut_finished()
             if self.net_shut and self.app_shut:
                 return
-            net_events = (selectors.EVENT_READ if not self.net_done and len(self.to_app) < HIGH_WATER else 0) \
-                | (selectors.EVENT_WRITE if self.to_net else 0)
-            app_events = (selectors.EVENT_READ if not self.app_done and len(self.to_net) < HIGH_WATER else 0) \
+            net_events = (selectors.EVENT_READ if self._can_read_net() else 0) \
+                | (selectors.EVENT_WRITE if self.stream.writing else 0)
+            app_events = (selectors.EVENT_READ if not self.app_done and not self.stream.writing else 0) \
                 | (selectors.EVENT_WRITE if self.to_app else 0)
             if not net_events and not app_events:
                 return                  # cannot happen while a direction is open; never spin
@@ -229,10 +198,13 @@ class _Relay:
                 else:
                     _drain(self.wake_in)        # the loop's top polls the handoff
 
+    def _can_read_net(self) -> bool:
+        return not self.net_done and len(self.to_app) < HIGH_WATER
+
     def _shut_finished(self) -> None:
         """Pass on an end of stream once everything before it has gone."""
-        if self.app_done and not self.to_net and not self.net_shut:
-            _shut(self.net, socket.SHUT_WR)
+        if self.app_done and not self.stream.writing and not self.net_shut:
+            self.stream.shut_write()
             self.net_shut = True
         if self.net_done and not self.to_app and not self.app_shut:
             if self.inbound is not None:
@@ -249,99 +221,94 @@ class _Relay:
         except OSError:                 # the service is gone (abort): nothing more either way
             n = -1
         if n > 0:
-            self._encrypt(self.buffer[:n])
+            self._write(self.buffer[:n])
         elif self.handed:               # the service shut its socket in mid-stream: an abort, not an end
             self._cut()
-            return
         else:
             if n < 0 or self.inbound is not None:   # a receiving mover only closes its end to stop
                 self._close_handoffs()
                 self.net_done = True
                 self.to_app.clear()
             self._close_notify()
-        self.to_net.add(self.stream.outgoing.read())
 
     def _from_outbound(self) -> None:
-        """A buffer the service handed over: encrypted, then released for reuse; the handoff's
-        end becomes close_notify, its close after a buffer or the end a cut."""
+        """A buffer the service handed over: encrypted straight out of it, then released for
+        reuse; the handoff's end becomes close_notify, its close after a buffer or the end a cut."""
         out = self.outbound
-        if out is None or self.app_done or len(self.to_net) >= HIGH_WATER:
+        if out is None or self.app_done:
+            return
+        if out.closed and self.handed:  # an abort while a buffer waits for room ends it too
+            self._cut()
+            return
+        if self.stream.writing:
             return
         data = out.poll()
         if data is not None:
             self.handed = True
-            try:
-                self._encrypt(data)
-            finally:
-                out.release()
-            self.to_net.add(self.stream.outgoing.read())
+            self._write(data, out.release)
         elif out.ended:
             self.handed = True
             self._close_notify()
-            self.to_net.add(self.stream.outgoing.read())
-        elif out.closed and self.handed:
-            self._cut()
 
-    def _encrypt(self, view: memoryview) -> None:
-        while view:
-            view = view[self.tls.write(view):]
+    def _write(self, view: memoryview, sent: Callable[[], None] | None = None) -> None:
+        """SSL_write ``view`` to the network; ``sent`` runs once all of it went (maybe later)."""
+        self.sent = sent
+        if self.stream.write(view):
+            self._sent()
+
+    def _flush(self) -> None:
+        if self.stream.writing and self.stream.flush():
+            self._sent()
+        if not self.stream.open:        # close_notify went both ways
+            self._peer_ended()
+
+    def _sent(self) -> None:
+        sent, self.sent = self.sent, None
+        if sent is not None:
+            sent()
 
     def _close_notify(self) -> None:
-        """The service's stream is over: queue close_notify (the peer's may come later)."""
+        """The service's stream is over: close_notify (the peer's may come later)."""
         self.app_done = True
-        try:
-            self.tls.unwrap()
-        except (ssl.SSLWantReadError, ssl.SSLError):
-            pass
+        self.stream.close_notify()
+        if not self.stream.open:
+            self._peer_ended()
 
     def _from_net(self) -> None:
-        """Records from the peer: decrypt them; close_notify is the end of its stream."""
-        try:
-            n = self.net.recv_into(self.buffer)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            log.warning("TLS data connection broken: %s", exc)
-            self._cut()
-            return
-        if not n:
-            if not self.net_done:
-                log.warning("TLS data connection ended without close_notify (truncated); cutting it")
-                self._cut()
-            return
-        self.stream.incoming.write(self.buffer[:n])
-        self._decrypt()
-
-    def _decrypt(self) -> None:
-        """Every whole record the incoming BIO holds, to the plain side: decrypted straight into
-        a batch buffer, so the plain side gets one send per CHUNK, not one per 16 KiB record."""
+        """Records from the peer, decrypted straight into a batch buffer (the plain side gets
+        one send per CHUNK, not one per 16 KiB record); close_notify is the end of its stream."""
         batch, filled = self._batch(), 0
         while not self.net_done:
             if filled == CHUNK:
                 if not self._deliver(batch):
                     return
                 batch, filled = self._batch(), 0
+                if len(self.to_app) >= HIGH_WATER:
+                    break               # the rest waits in the kernel (or in OpenSSL: pending)
             try:
-                n = self.tls.read(CHUNK - filled, batch[filled:])
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self._peer_ended()
-                break
+                n = self.stream.read_into(batch[filled:])
+            except Truncated as exc:
+                log.warning("%s; cutting it", exc)
+                self._cut()
+                return
             except ssl.SSLError as exc:
                 log.warning("TLS data connection: %s", exc.reason or exc)
                 self._cut()
                 return
+            except OSError as exc:
+                log.warning("TLS data connection broken: %s", exc)
+                self._cut()
+                return
+            if n is None:
+                break
             if not n:
                 self._peer_ended()
                 break
             filled += n
         if filled:
-            if not self._deliver(batch[:filled]):
-                return
+            self._deliver(batch[:filled])
         else:
             self.spare.append(batch.obj)
-        self.to_net.add(self.stream.outgoing.read())     # a key update's answer
 
     def _peer_ended(self) -> None:
         """The peer's close_notify. After the end of what the service handed over, it is the
@@ -357,12 +324,14 @@ class _Relay:
             self.to_app.add(data)
             return True
         try:
-            self.inbound.put(data)
+            self.inbound.wait_released()        # the batch before, which the mover wrote meanwhile
+            self.inbound.offer(data)
         except BrokenPipeError:
             self._cut()
             return False
-        if len(self.spare) < SPARE_BUFFERS:
-            self.spare.append(data.obj)
+        if self.offered is not None and len(self.spare) < SPARE_BUFFERS:
+            self.spare.append(self.offered)
+        self.offered = data.obj
         return True
 
     def _close_handoffs(self) -> None:
@@ -385,7 +354,6 @@ class _Relay:
         self.net_done = self.app_done = self.net_shut = self.app_shut = True
         self._close_handoffs()
         self.to_app.clear()
-        self.to_net.clear()
         _shut(self.inner, socket.SHUT_RDWR)
 
 
