@@ -170,45 +170,30 @@ def test_a_warm_tree_never_starts_the_helper(disk_tmp: Path) -> None:
     assert result.read_ahead == 0
 
 
-def test_scattered_misses_do_not_start_the_helper_and_close_ones_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sparse, dense, dense_entries", [
+    (40, 1, readahead.START_AFTER_MISSES),     # read-ahead marks of a cold read: 1 in 40, then a run
+    (20, 4, readahead.MISS_SPAN),              # pages dropped here and there: 1 in 20, then 1 in 4
+])
+def test_scattered_misses_do_not_start_the_helper_and_close_ones_do(tmp_path: Path, sparse: int, dense: int,
+                                                                     dense_entries: int) -> None:
     """One read in 40 that waited (as the read-ahead marks an earlier cold read leaves look to
-    RWF_NOWAIT) is a warm cache: the helper stays unstarted; ``START_AFTER_MISSES`` in a row
-    start it. Driven through the dump's calls, not the page cache: which reads wait on a loaded
-    machine is the kernel's timing (a probe's own read may finish before it looks again)."""
+    RWF_NOWAIT), or one in 20 all along the walk (a machine short of memory dropped pages here
+    and there: fewer than the helper finds worth asking for) is a warm cache: the helper stays
+    unstarted; ``START_AFTER_MISSES`` in a row, or one in 4, start it. Driven through the dump's
+    calls, not the page cache: which reads wait on a loaded machine is the kernel's timing (a
+    probe's own read may finish before it looks again)."""
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     position = 0
     ahead = readahead.ReadAhead(root_fd, None, frozenset(), (), None, lambda: (position, []))
     try:
         for position in range(1, 40 * readahead.MISS_SPAN):
             ahead.seen(position)
-            if position % 40 == 0:
+            if position % sparse == 0:
                 ahead.missed()
         assert not ahead.started
-        for position in range(position, position + readahead.START_AFTER_MISSES):
+        for position in range(position, position + dense_entries):
             ahead.seen(position)
-            ahead.missed()
-        assert ahead.started
-    finally:
-        ahead.stop()
-        os.close(root_fd)
-
-
-def test_misses_of_a_mostly_warm_cache_do_not_start_the_helper(tmp_path: Path) -> None:
-    """One read in 20 that waited, all along the walk (a machine short of memory dropped pages
-    here and there), is fewer than the helper would find worth asking for: it stays unstarted;
-    one in 4 starts it."""
-    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    position = 0
-    ahead = readahead.ReadAhead(root_fd, None, frozenset(), (), None, lambda: (position, []))
-    try:
-        for position in range(1, 40 * readahead.MISS_SPAN):
-            ahead.seen(position)
-            if position % 20 == 0:
-                ahead.missed()
-        assert not ahead.started
-        for position in range(position, position + readahead.MISS_SPAN):
-            ahead.seen(position)
-            if position % 4 == 0:
+            if position % dense == 0:
                 ahead.missed()
         assert ahead.started
     finally:
