@@ -65,8 +65,13 @@ def build_many(root: Path, dirs: int = 12, files: int = 150) -> Path:
 def evict(root: Path, under: str = "") -> None:
     """Drop the page cache of every regular file below ``root``/``under``, and check it went
     (``DONTNEED`` skips a page it cannot drop at that moment: then again, a few times)."""
+    evict_files(files_in_tree(root / under if under else root))
+
+
+def evict_files(paths: list[Path]) -> None:
+    """Drop the page cache of ``paths`` and check it went (as :func:`evict`)."""
     os.sync()
-    left = files_in_tree(root / under if under else root)
+    left = paths
     for _ in range(20):
         for path in left:
             fd = os.open(path, os.O_RDONLY)
@@ -165,23 +170,31 @@ def test_a_warm_tree_never_starts_the_helper(disk_tmp: Path) -> None:
     assert result.read_ahead == 0
 
 
-def test_scattered_misses_do_not_start_the_helper_and_close_ones_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sparse, dense, dense_entries", [
+    (40, 1, readahead.START_AFTER_MISSES),     # read-ahead marks of a cold read: 1 in 40, then a run
+    (20, 4, readahead.MISS_SPAN),              # pages dropped here and there: 1 in 20, then 1 in 4
+])
+def test_scattered_misses_do_not_start_the_helper_and_close_ones_do(tmp_path: Path, sparse: int, dense: int,
+                                                                     dense_entries: int) -> None:
     """One read in 40 that waited (as the read-ahead marks an earlier cold read leaves look to
-    RWF_NOWAIT) is a warm cache: the helper stays unstarted; ``START_AFTER_MISSES`` in a row
-    start it. Driven through the dump's calls, not the page cache: which reads wait on a loaded
-    machine is the kernel's timing (a probe's own read may finish before it looks again)."""
+    RWF_NOWAIT), or one in 20 all along the walk (a machine short of memory dropped pages here
+    and there: fewer than the helper finds worth asking for) is a warm cache: the helper stays
+    unstarted; ``START_AFTER_MISSES`` in a row, or one in 4, start it. Driven through the dump's
+    calls, not the page cache: which reads wait on a loaded machine is the kernel's timing (a
+    probe's own read may finish before it looks again)."""
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     position = 0
     ahead = readahead.ReadAhead(root_fd, None, frozenset(), (), None, lambda: (position, []))
     try:
         for position in range(1, 40 * readahead.MISS_SPAN):
             ahead.seen(position)
-            if position % 40 == 0:
+            if position % sparse == 0:
                 ahead.missed()
         assert not ahead.started
-        for position in range(position, position + readahead.START_AFTER_MISSES):
+        for position in range(position, position + dense_entries):
             ahead.seen(position)
-            ahead.missed()
+            if position % dense == 0:
+                ahead.missed()
         assert ahead.started
     finally:
         ahead.stop()
@@ -286,6 +299,23 @@ def test_the_helper_sleeps_while_warm_and_wakes_where_the_dump_is(disk_tmp: Path
     assert asked + cached == 4 * 150 + readahead.WARM_RUN                         # the back, and only it
     back = [path for d in range(6, 10) for path in files_in_tree(tree / f"d{d:02d}")]
     assert wait_for(lambda: all(map(resident, back)), 30), "a file of the cold back was not read"
+
+
+def test_the_helper_sleeps_where_only_a_few_files_are_uncached(disk_tmp: Path) -> None:
+    """One file in 20 dropped from the cache, all through the tree: the helper asks for those it
+    meets and sleeps after ``WARM_RUN`` probes, instead of probing the whole tree for a run of
+    ``WARM_RUN`` cached files in a row that never comes."""
+    tree = build_many(disk_tmp / "tree", dirs=10, files=150)
+    files = files_in_tree(tree)
+    assert wait_for(lambda: not [_rewrite(path) for path in files if not resident(path)], 60), \
+        "the tree does not stay cached: nothing is warm"
+    evict_files(files[::20])
+    run = HelperRun(tree)
+    run.wait_for(lambda: run.slots[readahead._CACHED] + run.slots[readahead._ASKED] >= readahead.WARM_RUN)
+    time.sleep(0.3)
+    asked, cached = run.finish()
+    assert asked + cached == readahead.WARM_RUN < len(files)          # asleep: the rest not probed
+    assert 0 < asked <= readahead.WARM_MISSES                        # it met uncached files, and asked
 
 
 def _rewrite(path: Path) -> None:

@@ -22,9 +22,17 @@ apart are not a cold cache: a warm tree read cold before (by an earlier dump, or
 kernel read-ahead marks on some cached pages, and a ``RWF_NOWAIT`` read stops short at such a
 mark as if the page were missing (about one file in 200 after a cold pass). Counted one by one
 they started the helpers on a warm cache, whose probes then cost a third of a warm backup's
-CPU. The helper probes each file's first page the same way and, after ``WARM_RUN`` cached
-files in a row, sleeps until the dump reports another close run of misses, then jumps to where
-the dump is and goes on.
+CPU. The helper probes each file's first page the same way and sleeps once at most one in
+eight of its last ``WARM_RUN`` probes found a file uncached, until the dump reports another
+close run of misses; it then jumps to where the dump is and goes on.
+
+Both thresholds are one density, one miss in eight: the dump wakes the helper only where it
+misses at least that often, and the helper sleeps where it finds fewer. A cache mostly warm
+with pages dropped here and there (a machine short of memory drops the oldest: about one
+small file in 20 at the front of a tree) then costs the dump those few waits and no helpers.
+With a run of ``WARM_RUN`` cached files in a row to sleep and 8 misses in 256 entries to wake
+(3 %), such a tree woke the helpers again and again and they probed all of it: 2 s of CPU for
+1,300 dropped files of 100,000, more than the reads they saved (benchmarks/ndmp_backup_bench.py).
 
 The two sides share one page (a memfd): the dump's walk position (directory entries stepped
 over; both count the same way), its miss count, and the path of its next entry for a jump. The
@@ -55,8 +63,9 @@ WINDOW_ENTRIES = 8192          # directory entries ahead of the dump
 WINDOW_BYTES = 128 << 20       # bytes of file data asked for ahead of the dump
 LARGE_FILE_HEAD = 8 << 20      # of a larger file only its head: the kernel's own read-ahead
                                # follows the dump's sequential reads from there
-WARM_RUN = 512                 # this many cached files in a row: the helper sleeps
-START_AFTER_MISSES = 8         # the dump starts the helper after this many reads that waited ...
+WARM_RUN = 512                 # the helper sleeps when, of its last this many probes, ...
+WARM_MISSES = WARM_RUN // 8    # ... at most this many found the file uncached
+START_AFTER_MISSES = 32        # the dump starts the helper after this many reads that waited ...
 MISS_SPAN = 256                # ... within this many entries of its walk (a cold cache misses at
                                # nearly every file; a warm one with read-ahead marks ~1 in 200)
 HELPERS = 2                    # processes, each asking for every HELPERS-th file (one is not enough:
@@ -222,7 +231,9 @@ class _Helper:
         self._ahead = 0
         self._asked: deque[tuple[int, int]] = deque()   # (position, bytes) asked for, not yet passed
         self._asked_bytes = 0
-        self._warm = 0
+        self._probes: deque[bool] = deque(maxlen=WARM_RUN)   # the last probes: True where uncached
+        self._probe_misses = 0         # Trues in _probes
+        self._asleep = False
         self._misses = self._slots[_MISSES]
         self._probe = bytearray(_PROBE)
         self._noatime = os.O_NOATIME
@@ -308,10 +319,11 @@ class _Helper:
             asked = self._asked
             while asked and asked[0][0] <= position:
                 self._asked_bytes -= asked.popleft()[1]
-            if self._warm >= WARM_RUN:         # asleep until the dump misses again
+            if self._asleep:                   # asleep until the dump misses again
                 misses = self._slots[_MISSES]
                 if misses != self._misses:
-                    self._misses, self._warm = misses, 0
+                    self._misses, self._asleep, self._probe_misses = misses, False, 0
+                    self._probes.clear()
                     raise _Jump
             elif self._ahead < position - _BEHIND:
                 raise _Jump
@@ -321,8 +333,19 @@ class _Helper:
             if select.select([self._pipe], [], [], _POLL)[0]:
                 raise _Stopped
 
+    def _probed(self, uncached: bool) -> None:
+        """Count one probe; asleep once the last ``WARM_RUN`` found at most ``WARM_MISSES``
+        files uncached."""
+        probes = self._probes
+        if len(probes) == WARM_RUN:
+            self._probe_misses -= probes[0]
+        probes.append(uncached)
+        self._probe_misses += uncached
+        if len(probes) == WARM_RUN and self._probe_misses <= WARM_MISSES:
+            self._asleep = True
+
     def _ask(self, dir_fd: int, name: bytes, size: int) -> None:
-        if self._warm >= WARM_RUN:
+        if self._asleep:
             return
         try:
             fd = os.open(name, _FILE_FLAGS | self._noatime, dir_fd=dir_fd)
@@ -336,10 +359,10 @@ class _Helper:
                 try:
                     os.preadv(fd, [self._probe], 0, os.RWF_NOWAIT)
                     self._slots[self._cached_slot] += 1
-                    self._warm += 1
+                    self._probed(False)
                     return
                 except BlockingIOError:
-                    self._warm = 0
+                    self._probed(True)
                 except OSError:
                     self._nowait = False       # cannot tell (tmpfs caches everything anyway)
             length = min(size, LARGE_FILE_HEAD)
