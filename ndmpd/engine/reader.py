@@ -123,7 +123,7 @@ class StreamReader:
         self._globals_matter = False    # some global record changes what a member is
         self._data_left = 0             # unread data + padding of the current member
         self.labels: dict[str, str] = {}
-        self._owners_seen: dict[bytes, tuple] = {}
+        self._seen: dict[bytes, object] = {}    # decoded header fields (pax.parse_ustar)
         self._checked_meta = (b"", 0)   # the last pax header block the shortcut checked, its size
 
     @property
@@ -303,7 +303,7 @@ class StreamReader:
                 size = self._checked_meta[1]
             else:
                 try:
-                    pax.check_block(head)
+                    pax.check_block(head, self._seen)
                     size = pax.meta_size(head)
                 except pax.HeaderError:
                     return None
@@ -336,7 +336,7 @@ class StreamReader:
             return None
         try:
             (name, mode, uid, gid, size, raw_mtime, typeflag, linkname, uname, gname, devmajor,
-             devminor) = pax.parse_ustar(head, self._owners_seen)
+             devminor) = pax.ustar_fields(head, self._seen)
         except pax.HeaderError:
             return None
         offset = self._consumed
@@ -366,10 +366,10 @@ class StreamReader:
             kind = block[156:157]
             try:
                 if kind in _META_TYPES:
-                    pax.check_block(block)
+                    pax.check_block(block, self._seen)
                     size = pax.meta_size(block)
                 else:
-                    raw = pax.parse_ustar(block, self._owners_seen)
+                    raw = pax.parse_ustar(block, self._seen)
             except pax.HeaderError as exc:
                 self._resync(exc)
                 local, xattrs, long_name, long_link, first_offset, refused = {}, [], None, None, None, False
