@@ -36,8 +36,12 @@ _MAX_OCTAL = {w: 8 ** (w - 1) - 1 for w in (8, 12)}
 
 
 def block_sum(block: bytes) -> int:
-    """The sum of a header block's bytes, exactly: Adler-32's first half is 1 + the byte sum
-    mod 65521, and a 256-byte half sums to at most 65280, so per half it is exact (and C-fast)."""
+    """The sum of a header block's bytes, exactly, without a Python-level byte loop: Adler-32's
+    first half is 1 + the byte sum mod 65521. An ASCII block (a usual header) sums to at most
+    127 x 512 = 65,024, so one Adler-32 over it is exact; else each 256-byte half is (a half
+    sums to at most 65,280)."""
+    if block.isascii():
+        return (zlib.adler32(block) & 0xFFFF) - 1
     return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
 
 
@@ -351,28 +355,62 @@ def meta_size(block: bytes) -> int:
     return size
 
 
-def check_block(block: bytes) -> None:
-    """Raise HeaderError unless the block's checksum holds (unsigned, or the old signed sum)."""
+def check_block(block: bytes, seen: dict | None = None) -> None:
+    """Raise HeaderError unless the block's checksum holds (unsigned, or the old signed sum).
+
+    ``seen`` (see :func:`parse_ustar`) remembers each checksum field's value and byte sum:
+    checksums repeat from member to member."""
     field = block[_CHKSUM_AT:_CHKSUM_AT + 8]
-    try:
-        stored = parse_numeric(field)
-    except ValueError:
-        raise HeaderError("checksum field is not a number") from None
-    unsigned = block_sum(block) - sum(field) + 256
+    entry = seen.get(field) if seen is not None else None
+    if entry is None:
+        try:
+            entry = (parse_numeric(field), sum(field) - 256)
+        except ValueError:
+            raise HeaderError("checksum field is not a number") from None
+        if seen is not None:
+            _remember(seen, field, entry)
+    stored, field_excess = entry
+    unsigned = block_sum(block) - field_excess       # the sum with the field read as 8 spaces
     if stored != unsigned:
         signed = unsigned - 256 * sum(1 for b in block[:_CHKSUM_AT] + block[_CHKSUM_AT + 8:] if b >= 0x80)
         if stored != signed:
             raise HeaderError("header checksum mismatch")
 
 
-def parse_ustar(block: bytes | memoryview, seen: dict[bytes, tuple] | None = None) -> RawHeader:
+def _remember(seen: dict, key: bytes, value: Any) -> None:
+    """Cache one decoded field in a reader's ``seen`` dict, which stays bounded."""
+    if len(seen) >= 4096:
+        seen.clear()
+    seen[key] = value
+
+
+def _number(block: bytes, start: int, end: int, seen: dict | None) -> int:
+    """The numeric field ``block[start:end]`` as :func:`parse_numeric` reads it, remembered in ``seen``."""
+    raw = block[start:end]
+    if seen is None:
+        return parse_numeric(raw)
+    value = seen.get(raw)
+    if value is None:
+        value = parse_numeric(raw)
+        _remember(seen, raw, value)
+    return value
+
+
+def parse_ustar(block: bytes | memoryview, seen: dict | None = None) -> RawHeader:
     """Decode one header block, checking its checksum.
 
-    ``seen`` (owned by one reader) remembers decoded owner fields, which repeat from member
-    to member: a dict lookup instead of three octal parses and two splits. Each field is cut
-    from the block where it lies (no unpacking of the fields a restore never reads)."""
+    ``seen`` (owned by one reader) remembers decoded fields, which repeat from member to
+    member: a dict lookup instead of octal parses and splits. Its keys are the raw bytes of a
+    field, and their length says which: 88 bytes the owner fields (mode, uid, gid, uname,
+    gname), 12 a size or time field, 8 a checksum field. Each field is cut from the block where
+    it lies (no unpacking of the fields a restore never reads)."""
+    return tuple.__new__(RawHeader, ustar_fields(block, seen))
+
+
+def ustar_fields(block: bytes | memoryview, seen: dict | None = None) -> tuple:
+    """:func:`parse_ustar`'s fields as a plain tuple (the reader's shortcut unpacks it at once)."""
     block = bytes(block)
-    check_block(block)
+    check_block(block, seen)
     cut = block.find(b"\0", 0, 100)
     name = block[:cut] if cut >= 0 else block[:100]
     if block[345] and block[257:263] == b"ustar\0":
@@ -386,10 +424,8 @@ def parse_ustar(block: bytes | memoryview, seen: dict[bytes, tuple] | None = Non
             owner = (parse_numeric(block[100:108]), parse_numeric(block[108:116]), parse_numeric(block[116:124]),
                      block[265:297].split(b"\0", 1)[0], block[297:329].split(b"\0", 1)[0])
             if seen is not None:
-                if len(seen) >= 4096:
-                    seen.clear()
-                seen[owner_key] = owner
-        size = parse_numeric(block[124:136])
+                _remember(seen, owner_key, owner)
+        size = _number(block, 124, 136, seen)
         if size < 0:
             raise HeaderError(f"negative size {size}")
         if block[157]:
@@ -398,9 +434,9 @@ def parse_ustar(block: bytes | memoryview, seen: dict[bytes, tuple] | None = Non
         else:
             linkname = b""
         device = typeflag == CHRTYPE or typeflag == BLKTYPE
-        return RawHeader(name, owner[0], owner[1], owner[2], size, parse_numeric(block[136:148]), typeflag,
-                         linkname, owner[3], owner[4], parse_numeric(block[329:337]) if device else 0,
-                         parse_numeric(block[337:345]) if device else 0)
+        return (name, owner[0], owner[1], owner[2], size, _number(block, 136, 148, seen), typeflag,
+                linkname, owner[3], owner[4], parse_numeric(block[329:337]) if device else 0,
+                parse_numeric(block[337:345]) if device else 0)
     except ValueError as exc:
         raise HeaderError(f"bad numeric field: {exc}") from None
 

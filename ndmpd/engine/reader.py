@@ -33,6 +33,7 @@ MAX_SIZE = (1 << 63) - 1    # largest member size or offset (off_t)
 MAX_ID = (1 << 32) - 2      # uid/gid (-1, 0xFFFFFFFF, means "leave unchanged" to chown)
 MAX_DEVICE = (1 << 32) - 1
 MAX_TIME_NS = (1 << 63) - 1
+_MIN_TIME_NS = -MAX_TIME_NS
 READ_SIZE = 1 << 20
 
 
@@ -123,7 +124,7 @@ class StreamReader:
         self._globals_matter = False    # some global record changes what a member is
         self._data_left = 0             # unread data + padding of the current member
         self.labels: dict[str, str] = {}
-        self._owners_seen: dict[bytes, tuple] = {}
+        self._seen: dict[bytes, object] = {}    # decoded header fields (pax.parse_ustar)
         self._checked_meta = (b"", 0)   # the last pax header block the shortcut checked, its size
 
     @property
@@ -303,7 +304,7 @@ class StreamReader:
                 size = self._checked_meta[1]
             else:
                 try:
-                    pax.check_block(head)
+                    pax.check_block(head, self._seen)
                     size = pax.meta_size(head)
                 except pax.HeaderError:
                     return None
@@ -336,7 +337,7 @@ class StreamReader:
             return None
         try:
             (name, mode, uid, gid, size, raw_mtime, typeflag, linkname, uname, gname, devmajor,
-             devminor) = pax.parse_ustar(head, self._owners_seen)
+             devminor) = pax.ustar_fields(head, self._seen)
         except pax.HeaderError:
             return None
         if name[-1:] == b"/" and typeflag in _FILE_TYPES:
@@ -369,10 +370,10 @@ class StreamReader:
             kind = block[156:157]
             try:
                 if kind in _META_TYPES:
-                    pax.check_block(block)
+                    pax.check_block(block, self._seen)
                     size = pax.meta_size(block)
                 else:
-                    raw = pax.parse_ustar(block, self._owners_seen)
+                    raw = pax.parse_ustar(block, self._seen)
             except pax.HeaderError as exc:
                 self._resync(exc)
                 local, xattrs, long_name, long_link, first_offset, refused = {}, [], None, None, None, False
@@ -647,12 +648,14 @@ def member_problem(member: Member) -> str | None:
     """Why this member cannot be restored as the image gives it (garbage in a field), or None.
 
     Checked per member before anything is written, so one bad field refuses that member only.
-    The usual member (no link, device, xattrs or sparse map) passes in one expression."""
+    The usual member (no link, device, xattrs or sparse map) passes in one expression. (NULs
+    are looked for as the int 0: bytes' ``in`` tries its needle as an int first, so a bytes
+    needle costs a raised and cleared TypeError, three times the search.)"""
     if (member.bad is None and 0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID
-            and -MAX_TIME_NS <= member.mtime_ns <= MAX_TIME_NS and member.size <= MAX_SIZE
+            and _MIN_TIME_NS <= member.mtime_ns <= MAX_TIME_NS and member.size <= MAX_SIZE
             and not (member.linkname or member.devmajor or member.devminor or member.xattrs
-                     or member.sparse_map) and b"\0" not in member.name
-            and b"\0" not in member.uname and b"\0" not in member.gname):
+                     or member.sparse_map) and 0 not in member.name
+            and 0 not in member.uname and 0 not in member.gname):
         return None
     if member.bad:
         return member.bad

@@ -167,7 +167,6 @@ class Restorer:
         self._pool: writers.WriterPool | None = None
         self._workers = options.workers
         self._inline_files = 0                         # regular files written before the writers start
-        self._sent: dict[int, tuple[Member, tuple[bytes, ...]]] = {}   # seq -> what a writer has
         self._seq = 0
         self._reader: StreamReader | None = None    # the one reading into the writers' ring
         self._split = NameSplitter()                 # member name -> its components (split_safe)
@@ -326,9 +325,8 @@ class Restorer:
         size = member.size
         offset = reader.lend(size)[0] if size else 0
         self._seq = seq = self._seq + 1
-        self._sent[seq] = (member, parts)
         if pool.submit((seq, parent, parts[-1], offset, size, member.mode, settled, uid, gid, member.mtime_ns,
-                        member.xattrs if self._xattrs else None), parts):
+                        member.xattrs if self._xattrs else None), parts, (member, parts)):
             self._settle(target, pool.outcomes())
         return True
 
@@ -337,36 +335,31 @@ class Restorer:
         if self._pool is not None and self._pool.busy:
             self._settle(target, self._pool.drain())
 
-    def _settle(self, target: Target, outcomes: list[writers.Outcome]) -> None:
+    def _settle(self, target: Target, outcomes: list) -> None:
         """What the writers report, as if each file had been restored inline; a file with a
         directory in its way is restored here, in stream order, with the writers idle."""
         back = []
-        sent, forget_path, result = self._sent, self._pool.forget_path, self.result
-        in_flight, entry_done = self._pool.in_flight, self.entry_done
+        result, journals, entry_done = self.result, self._journals, self.entry_done
+        written = 0                     # files reported written, no warning, counted at the end
         for outcome in outcomes:
-            if outcome.__class__ is int:                # the usual report: written, no warning
-                member, parts = sent.pop(outcome)
-                left = in_flight[parts] - 1             # (forget_path and _placed, inline)
-                if left:
-                    in_flight[parts] = left
+            if outcome.__class__ is tuple:              # the usual report: the bare (member, parts)
+                if journals:
+                    self._note_written(outcome[1])
+                if entry_done:                          # (it sees the counts as they are)
+                    result.files += 1
+                    result.written_by_writers += 1
+                    result.entries += 1
+                    entry_done(outcome[0], b"/".join(outcome[1]), None)
                 else:
-                    del in_flight[parts]
-                result.files += 1
-                result.written_by_writers += 1
-                if self._journals:
-                    self._note_written(parts)
-                result.entries += 1
-                if entry_done:
-                    entry_done(member, b"/".join(parts), None)
+                    written += 1
                 continue
-            member, parts = sent.pop(outcome.seq)
-            forget_path(parts)
+            member, parts = outcome.ticket
             for message in outcome.warnings:
                 self.warn(f"{os.fsdecode(member.name)}: {message}")
             code = outcome.code
             if code == writers.WRITTEN:
-                self.result.files += 1
-                self.result.written_by_writers += 1
+                result.files += 1
+                result.written_by_writers += 1
                 self._placed(member, parts, True)
             elif code == writers.FAILED:
                 self._failed(member, Failure(outcome.text, outcome.kind))
@@ -376,6 +369,9 @@ class Restorer:
                 self.warn(f"{os.fsdecode(b'/'.join(parts))}: "
                           + ("exists; kept" if code == writers.KEPT else "existing copy is as new; kept"))
                 self._placed(member, parts, False)
+        result.files += written                         # (_placed's count, for them together)
+        result.written_by_writers += written
+        result.entries += written
         if back:
             self._quiet(target)
             for _, member, parts, data in sorted(back, key=lambda item: item[0]):

@@ -23,12 +23,14 @@ from __future__ import annotations
 import marshal
 import mmap
 import os
+import select
 import stat
 import subprocess
 import sys
 from collections import deque
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
+from typing import Any
 
 from . import xattrs
 from .report import failure_of
@@ -66,6 +68,7 @@ class Outcome:
     kind: str = ""              # FAILED: the failure's kind (report.py)
     warnings: tuple[str, ...] = ()
     data: bytes = b""           # DIRECTORY: the file's data, for the restore to write itself
+    ticket: Any = None          # what the restore handed in with the file (submit)
 
 
 def apply_file_metadata(fd: int, mode: int, settled: bool, uid: int, gid: int, mtime_ns: int,
@@ -93,16 +96,18 @@ class WriterPool:
         self.view = memoryview(self._ring)
         self._lent: deque[tuple[int, int]] = deque()      # (seq, ring offset) of lent data, in order
         self._finished: set[int] = set()                  # reported, lent, not yet at the front
-        self._sizes: dict[int, tuple[int, int]] = {}        # seq -> (ring offset, size), in flight
+        self._sent: dict[int, tuple] = {}       # seq -> (ring offset, size, path, ticket), in flight
         self._procs: list[subprocess.Popen] = []
         self._commands: list[Connection] = []
         self._results: list[Connection] = []
         self._pending: list[list[tuple]] = []
         self._forget = [False] * workers
-        self._outcomes: list[Outcome | int] = []        # a bare seq: written, no warnings
+        self._outcomes: list = []               # an Outcome, or a bare ticket: written, no warnings
         self._workers = workers
         self.in_flight: dict[tuple[bytes, ...], int] = {}   # path -> files sent there, not reported
         self._count = 0
+        self._poll = select.poll()              # the result pipes (one poll object: no per-call set-up)
+        self._by_fd: dict[int, Connection] = {}
         try:
             for _ in range(workers):
                 self._spawn(root_fd, policy)
@@ -128,6 +133,8 @@ class WriterPool:
         self._procs.append(proc)
         self._commands.append(Connection(cmd_w, readable=False))
         self._results.append(Connection(res_r, writable=False))
+        self._by_fd[res_r] = self._results[-1]
+        self._poll.register(res_r, select.POLLIN)
         self._pending.append([])
 
     @property
@@ -159,13 +166,14 @@ class WriterPool:
     def wait(self) -> None:
         self._wait(block=True)
 
-    def submit(self, spec: FileSpec, path: tuple[bytes, ...]) -> bool:
+    def submit(self, spec: FileSpec, path: tuple[bytes, ...], ticket: tuple) -> bool:
         """Send one file (to be at ``path``) whose data the reader lent at its ring offset;
-        True when outcomes are waiting to be taken (``reported``)."""
+        True when outcomes are waiting to be taken (``reported``). Its outcome carries
+        ``ticket`` back (a file written without a warning reports as the bare ticket, a tuple)."""
         seq, name, offset, size = spec[0], spec[2], spec[3], spec[4]
         if size:
             self._lent.append((seq, offset))
-        self._sizes[seq] = (offset, size)
+        self._sent[seq] = (offset, size, path, ticket)
         in_flight = self.in_flight
         in_flight[path] = in_flight.get(path, 0) + 1
         self._count += 1
@@ -179,13 +187,13 @@ class WriterPool:
             self._wait(block=True)
         return bool(self._outcomes)
 
-    def outcomes(self) -> list[Outcome | int]:
+    def outcomes(self) -> list:
         """What the writers have reported since the last call (without waiting)."""
         self._wait(block=False)
         done, self._outcomes = self._outcomes, []
         return done
 
-    def drain(self) -> list[Outcome | int]:
+    def drain(self) -> list:
         """Send everything, wait until every file is reported; the writers then drop their
         directory fds before their next file (the restore may change the tree meanwhile)."""
         for which in range(len(self._commands)):
@@ -210,8 +218,9 @@ class WriterPool:
         if block:
             for which in range(len(self._commands)):     # never wait for what was not sent
                 self._send(which)
-        ready = wait(self._results, timeout=None if block else 0)
-        for conn in ready:
+        by_fd = self._by_fd
+        for fd, _ in self._poll.poll(None if block else 0):
+            conn = by_fd[fd]
             try:
                 reports = marshal.loads(conn.recv_bytes())
             except (EOFError, OSError):
@@ -220,17 +229,24 @@ class WriterPool:
                 self._settle(report)
 
     def _settle(self, report: tuple | int) -> None:
+        """One file's report: its path is no longer in flight, its ring space comes back."""
         if report.__class__ is int:
             seq = report
-            size = self._sizes.pop(seq)[1]
-            self._outcomes.append(seq)
+            offset, size, path, ticket = self._sent.pop(seq)
+            self._outcomes.append(ticket)
         else:
             outcome = Outcome(*report)
             seq = outcome.seq
-            offset, size = self._sizes.pop(seq)
+            offset, size, path, outcome.ticket = self._sent.pop(seq)
             if outcome.code == DIRECTORY:
                 outcome.data = bytes(self.view[offset:offset + size])
             self._outcomes.append(outcome)
+        in_flight = self.in_flight
+        left = in_flight[path] - 1
+        if left:
+            in_flight[path] = left
+        else:
+            del in_flight[path]
         self._count -= 1
         if size:
             lent = self._lent
@@ -254,14 +270,6 @@ class WriterPool:
                     how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
                     return f"a restore writer process (pid {proc.pid}) ended ({how}) with files unwritten"
         return "a restore writer process closed its pipe with files unwritten"
-
-    def forget_path(self, path: tuple[bytes, ...]) -> None:
-        """A reported file's path is no longer in flight."""
-        left = self.in_flight[path] - 1
-        if left:
-            self.in_flight[path] = left
-        else:
-            del self.in_flight[path]
 
     def close(self, abort: bool = False) -> None:
         """Stop the writers: after what was sent (unless ``abort``, which kills them at once)."""
