@@ -102,3 +102,14 @@ def wait_for_stat_helper(monkeypatch) -> None:
             assert self.ready(20), "the helper never answered"
         return asked
     monkeypatch.setattr(StatHelper, "ask", ask_and_wait)
+
+
+def make_level_1_changes(src: Path, new_inside: str) -> None:
+    """The changes the level-1 tests restore over a level 0 of their tree: a deletion, a
+    directory renamed, a new file, and a file become a directory holding ``new_inside``."""
+    (src / "a" / "one").unlink()
+    (src / "a" / "b").rename(src / "a" / "moved")
+    (src / "c" / "new").write_text("new")
+    (src / "c" / "three").unlink()
+    (src / "c" / "three").mkdir()
+    (src / "c" / "three" / new_inside).write_text("file became a directory")

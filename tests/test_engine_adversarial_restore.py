@@ -21,7 +21,7 @@ import pytest
 
 from ndmpd.engine import pax
 from ndmpd.engine.restore import RestoreOptions
-from tests.engine_helpers import restore_from
+from tests.engine_helpers import make_level_1_changes, restore_from
 from tests.tar_oracle import IS_ROOT, TAR, compare, snapshot
 
 pytestmark = [pytest.mark.skipif(TAR is None, reason="GNU tar is not installed"),
@@ -293,12 +293,7 @@ def test_gnu_tar_listed_incrementals_restore_as_tar_g_extracts_them(tmp_path, op
     old = time.time() - 10                    # the base's times, clearly before the changes
     for path in [src, *src.rglob("*")]:
         os.utime(path, (old, old))
-    (src / "a" / "one").unlink()
-    (src / "a" / "b").rename(src / "a" / "moved")
-    (src / "c" / "new").write_text("new")
-    (src / "c" / "three").unlink()
-    (src / "c" / "three").mkdir()
-    (src / "c" / "three" / "in").write_text("x")
+    make_level_1_changes(src, "in")
     gnu_level(levels[1])
     by_tar, by_ndmpd = tmp_path / "tar", tmp_path / "ndmpd"
     by_tar.mkdir()

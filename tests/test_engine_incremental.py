@@ -13,7 +13,7 @@ import pytest
 
 from ndmpd.engine.dumpdates import DumpDates, parse_token
 from ndmpd.engine.job import DumpRequest, dump_volume
-from tests.engine_helpers import gnu_tar, restore_from
+from tests.engine_helpers import gnu_tar, make_level_1_changes, restore_from
 from tests.trees import describe, differences
 
 
@@ -56,12 +56,7 @@ def history(tmp_path):
     streams = [tmp_path / f"l{n}.tar" for n in range(3)]
     _dump(src, state, streams[0], level=0, update=True)
     _settle()
-    (src / "a" / "one").unlink()
-    (src / "a" / "b").rename(src / "a" / "moved")
-    (src / "c" / "new").write_text("new")
-    (src / "c" / "three").unlink()
-    (src / "c" / "three").mkdir()
-    (src / "c" / "three" / "inside").write_text("file became a directory")
+    make_level_1_changes(src, "inside")
     _dump(src, state, streams[1], level=1, update=True)
     _settle()
     (src / "c").rename(src / "cc")
