@@ -13,7 +13,7 @@ import pytest
 from ndmpd.mover import addresses
 from ndmpd.tls.certs import certificate_der
 from ndmpd.tls.data import DataTls
-from ndmpd.tls.relay import HandshakeFailed
+from ndmpd.tls.stream import HandshakeFailed
 
 from .tls_helpers import RecordingTlsServer, TamperingProxy, pair
 

@@ -41,9 +41,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ..mover.handoff import Handoff
-from .stream import HandshakeFailed, TlsStream, Truncated
-
-__all__ = ["HandshakeFailed", "TlsStream", "relay"]
+from .stream import TlsStream, Truncated
 
 log = logging.getLogger("ndmpd.tls")
 CHUNK = 1 << 20                  # bytes read at once from either side
@@ -318,8 +316,9 @@ class _Relay:
             self.outbound.finish()
 
     def _deliver(self, data: memoryview) -> bool:
-        """Plaintext for the service: queued for the plain socket, or handed to the mover and
-        taken (its buffer free again) when ``put`` returns. False: the mover is gone, cut."""
+        """Plaintext for the service: queued for the plain socket, or offered to the mover once
+        it has released the batch before (that one's buffer is then free again). False: the
+        mover is gone, cut."""
         if self.inbound is None:
             self.to_app.add(data)
             return True
