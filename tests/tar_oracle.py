@@ -17,7 +17,6 @@ from ndmpd.engine.restore import RestoreOptions, RestoreResult
 from tests.engine_helpers import restore_from
 
 TAR = shutil.which("tar")
-IS_ROOT = os.geteuid() == 0
 
 
 def _xattrs(path: Path) -> tuple:

@@ -21,8 +21,8 @@ import pytest
 
 from ndmpd.engine import pax
 from ndmpd.engine.restore import RestoreOptions
-from tests.engine_helpers import make_level_1_changes, restore_from
-from tests.tar_oracle import IS_ROOT, TAR, compare, snapshot
+from tests.engine_helpers import IS_ROOT, make_level_1_changes, restore_from
+from tests.tar_oracle import TAR, compare, snapshot
 
 pytestmark = [pytest.mark.skipif(TAR is None, reason="GNU tar is not installed"),
               pytest.mark.skipif(not IS_ROOT, reason="tar keeps owners and modes only as root")]
