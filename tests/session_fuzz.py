@@ -430,10 +430,10 @@ def sandboxed(harness: Harness) -> Iterator[None]:
     """Loopback only (data connections elsewhere are refused unsent), tracebacks counted."""
     real_connect = addresses.connect
 
-    def loopback_only(endpoints, timeout=addresses.CONNECT_TIMEOUT):
+    def loopback_only(endpoints, timeout=addresses.CONNECT_TIMEOUT, secure=None):
         if any(not ep.host.startswith("127.") and ep.host != "::1" for ep in endpoints):
-            return real_connect([], timeout)
-        return real_connect(endpoints, min(timeout, 1.0))
+            return real_connect([], timeout, secure)
+        return real_connect(endpoints, min(timeout, 1.0), secure)
     handler = _InternalErrors(harness.internal_errors)
     logger = logging.getLogger("ndmpd")
     logger.addHandler(handler)
