@@ -253,10 +253,13 @@ class Session:
             header = unpack_header(record.head)
         except struct.error:
             return
-        spec = self.proto.message(header.message_code)
-        if header.message_type != REQUEST or spec is None or not spec.has_reply or spec.post:
+        if header.message_type != REQUEST:
             return
-        self._reply(header, self._error_reply(header.message_code, C.ILLEGAL_ARGS_ERR))
+        spec = self.proto.message(header.message_code)
+        if spec is None or spec.post is not None:       # as _dispatch answers one of any size
+            self._refuse(header, C.NOT_SUPPORTED_ERR, "not supported")
+        elif spec.has_reply:
+            self._reply(header, self._error_reply(header.message_code, C.ILLEGAL_ARGS_ERR))
 
     def _dispatch(self, header: Header, record: bytes) -> None:
         code = header.message_code

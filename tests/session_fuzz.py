@@ -223,7 +223,7 @@ def draw_input(src: Source) -> Input:
         record = gen.message(src, n + 1)
         roll = src.int(0, 19)
         case.records.append(oversized(src, record) if roll == 0 else fragments(src, record))
-        case.answers.append(_expects_reply(gen, record, oversize=roll == 0))
+        case.answers.append(_expects_reply(gen, record))
         case.flushes.append(not src.int(0, 2))
         case.sequences.append(struct.unpack_from(">I", record[:4].ljust(4, b"\0"))[0])
     if not src.int(0, 4):
@@ -231,14 +231,12 @@ def draw_input(src: Source) -> Input:
     return case
 
 
-def _expects_reply(gen: Generator, record: bytes, oversize: bool) -> int | None:
+def _expects_reply(gen: Generator, record: bytes) -> int | None:
     if len(record) < 24:
         return None              # answered with XDR_DECODE_ERR as far as its header allows
     sequence, _, message_type, code = struct.unpack_from(">IIii", record)
     spec = gen.proto.message(code)
     if message_type != REQUEST:
-        return None
-    if oversize and (spec is None or not spec.has_reply):
         return None
     if spec is not None and not spec.has_reply:
         return None              # posts are refused, CONNECT_CLOSE closes

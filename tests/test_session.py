@@ -157,6 +157,17 @@ def test_oversized_request_gets_illegal_args_and_session_goes_on(tmp_path):
     assert dma.call("CONFIG_GET_SERVER_INFO").body.error == C4.NO_ERR
 
 
+def test_oversized_request_of_an_unknown_code_is_refused_not_supported_as_any_size(tmp_path):
+    """The DMA waits for a reply to every request: an oversized one of a code this version
+    does not have (0x203, SCSI_SET_TARGET, left NDMPv4) gets the header error a short one gets."""
+    session, dma = new_session(make_config(tmp_path, max_record_size="64KiB"))
+    login_text(dma)
+    for size in (8, 100000):
+        (reply,) = dma.raw(dma.request_record(0x203) + bytes(size))
+        assert reply.header.error_code == C4.NOT_SUPPORTED_ERR
+    assert dma.call("CONFIG_GET_SERVER_INFO").body.error == C4.NO_ERR
+
+
 def test_fs_info_reports_each_volume_with_statvfs_figures(config):
     session, dma = new_session(config)
     login_text(dma)
