@@ -236,3 +236,13 @@ def test_the_stat_helper_answer_for_another_directory_of_that_number_is_not_take
         finally:
             helper.stop()
             os.close(root)
+
+
+def test_an_index_keeps_stamps_of_either_kind_and_none(tmp_path):
+    dates = DumpDates(tmp_path / "state")
+    paths = {2: b"", 11: b"a", 12: b"a/b", 13: b"c"}
+    stamps = {11: 4_000_000_000, 12: dirid.BIRTH_TAG | ((-5) & ((1 << 64) - 1)), 2: 0}
+    dates.save_index("vol", 7, paths, stamps)
+    assert dates.load_stamped_index("vol", 7) == (paths, stamps)
+    assert dirid.split(stamps[12]) == (2, -5), "a birth time before 1970 comes back"
+    assert dates.load_stamped_index("vol", 8) == (None, None)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 
-FS_IOC_GETVERSION = 0x80087601          # _IOR('v', 1, long); the kernel writes an int
+FS_IOC_GETVERSION = 0x80007601 | struct.calcsize("l") << 16     # _IOR('v', 1, long); the kernel writes an int
 BIRTH_TAG = 1 << 64
 _MASK_64 = (1 << 64) - 1
 _AT_EMPTY_PATH, _AT_STATX_DONT_SYNC, _STATX_BTIME = 0x1000, 0x4000, 0x800
