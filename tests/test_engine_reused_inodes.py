@@ -150,12 +150,14 @@ def test_gnu_tar_takes_such_a_directory_for_the_deleted_one_renamed(tmp_path):
         assert differences(describe(src), describe(out)) == []
 
 
-def test_a_journal_driven_update_takes_it_as_new_too(tmp_path):
+@pytest.mark.parametrize("journaled", [False, True])
+def test_a_replication_update_takes_it_as_new_too(tmp_path, journaled):
     with ext4_mount(tmp_path) as mnt:
         src, state, replica, stream = mnt / "src", tmp_path / "state", tmp_path / "replica", tmp_path / "u.tar"
         numbers = _seed(src)
-        journal = ChangeJournal(src)
-        journal.start()
+        journal = ChangeJournal(src) if journaled else None
+        if journal is not None:
+            journal.start()
         try:
             time.sleep(0.15)                          # past the lean rule's ctime slack
             token = _dump(src, state, stream, hold="r").dump_date
@@ -167,7 +169,41 @@ def test_a_journal_driven_update_takes_it_as_new_too(tmp_path):
             assert restore_from(stream, replica, RestoreOptions(whole_copy=True)).refused == []
             assert differences(describe(src), describe(replica)) == []
         finally:
-            journal.stop()
+            if journal is not None:
+                journal.stop()
+
+
+def test_a_directory_moved_into_a_new_one_of_its_old_parents_number_moves_by_a_record(tmp_path):
+    """p deleted after its c moved into a new q that got p's number: q is new, so c is no
+    longer "inside p, moved along with it", it moves by a record of its own (not resent)."""
+    with ext4_mount(tmp_path) as mnt:
+        src, state = mnt / "src", tmp_path / "state"
+        (src / "p" / "c" / "d").mkdir(parents=True)
+        (src / "p" / "f").write_text("p's f")
+        (src / "p" / "c" / "g").write_text("c's g")
+        (src / "p" / "c" / "d" / "h").write_text("d's h")
+        number = os.stat(src / "p").st_ino
+        streams = [tmp_path / "l0.tar", tmp_path / "l1.tar"]
+        _dump(src, state, streams[0], level=0, update=True)
+        _settle()
+        (src / "p" / "c").rename(src / "parked")
+        shutil.rmtree(src / "p")
+        _make_with_number(src, "q", number)
+        (src / "parked").rename(src / "q" / "c")
+        (src / "q" / "new").write_text("new in q")
+        _dump(src, state, streams[1], level=1, update=True)
+        records = _root_renames(streams[1])
+        assert [e for e in records if not e.startswith((b"R.", b"T."))] == [b"Rp/c", b"Tq/c"]
+        with tarfile.open(streams[1]) as archive:
+            names = set(archive.getnames())
+        assert "./q/new" in names and "./q/c/g" not in names, "c moves, q's own files go"
+        ours, theirs = tmp_path / "ours", tmp_path / "gnu"
+        theirs.mkdir()
+        for stream in streams:
+            assert restore_from(stream, ours).refused == []
+            gnu_tar("-x", "-G", "-p", "-f", str(stream), cwd=theirs)
+        assert differences(describe(src), describe(ours)) == []
+        assert differences(describe(src), describe(theirs)) == []
 
 
 def test_an_index_from_before_stamps_is_read_and_compares_by_number(tmp_path):
