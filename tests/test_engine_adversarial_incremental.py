@@ -50,8 +50,8 @@ def helper(request, monkeypatch):
     real_take = StatHelper.take
     wait_for_stat_helper(monkeypatch)
     if request.param == "helper-killed":
-        def take_then_kill(self, rel):
-            answer = real_take(self, rel)
+        def take_then_kill(self, rel, stamp=None):
+            answer = real_take(self, rel, stamp)
             if self.pid:
                 os.kill(self.pid, signal.SIGKILL)
             return answer

@@ -26,6 +26,11 @@ parent's move alone explains) is not resent: the root's dumpdir carries GNU tar'
 records for it (``R`` old path, ``T`` new path; renames.py), which a restore (ours, or GNU
 tar ``-G``) replays before anything else, so the replica's copy moves with its hard links and
 only what changed inside follows.
+
+A directory is the base's only when its stamp (dirid.py: the inode generation, else the birth
+time) is the base's too: ext4 and XFS give a deleted directory's inode number to the next one
+made, and that one is new (taken whole), not the deleted one renamed. Each directory entered is
+stamped once through the fd it is listed by, and the stamps go into the next directory index.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import pax, renames, sparse, xattrs
+from . import dirid, pax, renames, sparse, xattrs
 from .history import HistoryEntry
 from .report import Messages
 from .select import Excluder
@@ -104,6 +109,7 @@ class DumpOptions:
 
     since_ns: int | None = None                 # incremental: what changed at or after this time
     known_dirs: dict[int, bytes] | None = None  # dir inode -> path at the base dump (renames)
+    known_stamps: dict[int, int] | None = None  # dir inode -> its stamp at the base (None: by number alone)
     excludes: tuple[str, ...] = ()
     only: tuple[bytes, ...] = ()                # FILES: just these paths (relative) and what is under them
     live: bool = False                          # no snapshot: report files changing while read
@@ -130,6 +136,7 @@ class DumpResult:
     warnings: Messages = field(default_factory=Messages)
     changed: int = 0                 # files that changed while being read (live dumps)
     dir_index: dict[int, bytes] = field(default_factory=dict)
+    dir_stamps: dict[int, int] = field(default_factory=dict)   # dir inode -> stamp, where the fs gives one
     read_ahead: int = 0              # files the read-ahead helper asked the kernel for (cold cache)
 
     @property
@@ -191,6 +198,7 @@ class Dumper:
         self._base_path = renames.BasePaths(())      # a path now -> its path at the base
         self._moved: set[int] = set()               # the renamed directories: always listed, as a
                                                     # reused inode can pass a new directory for one
+        self._stamper = dirid.Stamper()
         self._readahead: ReadAhead | None = None
         self._helper: StatHelper | None = None
         self._seen_dirs = self._handed = 0          # directories it could take, and those it took
@@ -210,7 +218,8 @@ class Dumper:
             self.sink.write(pax.extended_header(records, pax.XGLTYPE))
         if self._since is not None and self.options.known_dirs is not None and not self._only:
             found = renames.find(root_fd, self.options.known_dirs, self._rename_scope(),
-                                 self._rename_skips, root_st.st_dev if self.options.one_filesystem else None)
+                                 self._rename_skips, root_st.st_dev if self.options.one_filesystem else None,
+                                 self.options.known_stamps, self._stamper)
             self._base_path = renames.BasePaths(found)
             self._moved = {move.ino for move in found}
             self._rename_records = renames.records(found, renames.temporary_names(root_fd, len(found)))
@@ -227,7 +236,7 @@ class Dumper:
                                       self.cancel)
         try:
             self._enter(stack, root_fd, b"", root_st, root_st.st_ino, full=self._since is None,
-                        inside=not self._only)
+                        inside=not self._only, stamp=self._stamper(root_fd, root_st.st_dev))
             while stack:
                 self._step(stack)
             self.sink.write(pax.ZERO_BLOCK * 2)
@@ -243,7 +252,7 @@ class Dumper:
             for frame in stack:
                 os.close(frame.fd)
         if self._changed is not None:
-            self.result.dir_index = self._merged_index(root_st.st_ino)
+            self.result.dir_index, self.result.dir_stamps = self._merged_index(root_st.st_ino)
         self.result.bytes_written = self.sink.offset
         if self.progress:
             self.progress(self.sink.offset, self.result.entries)
@@ -304,9 +313,12 @@ class Dumper:
         except PermissionError as exc:
             self.warn(f"{self._show(rel)}: cannot open: {exc.strerror}; not archived")
             return
+        stamp = self._stamper(fd, st.st_dev)
+        if not moved_or_new and self._reused(st.st_ino, stamp):
+            moved_or_new = True        # a new directory that got a deleted one's inode number
         # with the base's index, a directory inside a new one is new too, unless renamed there
         full = moved_or_new if self.options.known_dirs is not None else frame.full or moved_or_new
-        self._enter(stack, fd, rel, st, frame.ino, full, inside)
+        self._enter(stack, fd, rel, st, frame.ino, full, inside, stamp)
 
     def _where(self) -> tuple[int, list[bytes]]:
         """The walk position and the path of the next entry (the read-ahead jumps there)."""
@@ -334,6 +346,13 @@ class Dumper:
             return st.st_ctime_ns >= self._since
         return known.get(st.st_ino) != self._base_path(rel)    # renamed ones move by the records
 
+    def _reused(self, ino: int, stamp: int | None) -> bool:
+        """Whether the directory of inode ``ino`` and ``stamp`` is not the base's directory of
+        that number (its stamp differs: a new one given a deleted one's number)."""
+        stamps = self.options.known_stamps
+        return (stamps is not None and self._since is not None and self.options.known_dirs is not None
+                and not dirid.same(stamps.get(ino), stamp))
+
     def _rename_scope(self) -> "frozenset[bytes] | None":
         """Where renamed directories can be found: with a journal, only in the directories it
         names (a rename changes the new parent); else everywhere (None)."""
@@ -347,11 +366,13 @@ class Dumper:
         return bool(self._excluder) and self._excluder.excluded(name, path)
 
     def _enter(self, stack: list[_Frame], fd: int, rel: bytes, st: os.stat_result, parent_ino: int,
-               full: bool, inside: bool) -> None:
+               full: bool, inside: bool, stamp: int | None) -> None:
         """List a directory, write its header with the dumpdir, and queue its children.
 
         A directory only on the way to what FILES selects (not ``inside``) is written with
         the entries it leads to; its dumpdir still names the others, as not dumped."""
+        if stamp is not None:
+            self.result.dir_stamps[st.st_ino] = stamp
         if (self._changed is not None and not full and rel not in self._changed
                 and not (not rel and self._rename_records) and st.st_ino not in self._moved):
             self.result.dir_index[st.st_ino] = rel        # only on the way to changed directories:
@@ -359,7 +380,9 @@ class Dumper:
                                 self._on_the_way_to_changes(fd, rel), full))
             return
         helper = self._helper
-        answer = helper.take(rel) if helper is not None and helper.asked(rel) else None
+        answer = helper.take(rel, stamp) if helper is not None and helper.asked(rel) else None
+        if full:
+            answer = None              # (asked before its stamp proved it new) every file goes
         children, dumpdir = self._list(fd, rel, full, inside, answer)
         if helper is not None:
             self._hand_over(helper, rel, children, full)
@@ -488,11 +511,15 @@ class Dumper:
                 children.append((name, st, True))
         return children
 
-    def _merged_index(self, root_ino: int) -> dict[int, bytes]:
-        """The whole tree's directory index after a journal-driven dump: a directory listed now
-        has the subdirectories found; any other has the same ones as at the base (nothing was
-        created, deleted or renamed in it), under its path now (an ancestor may have moved)."""
+    def _merged_index(self, root_ino: int) -> tuple[dict[int, bytes], dict[int, int]]:
+        """The whole tree's directory index and stamps after a journal-driven dump: a directory
+        listed now has the subdirectories found; any other has the same ones as at the base
+        (nothing was created, deleted or renamed in it), under its path now (an ancestor may
+        have moved). A directory not entered is the base's (else the journal would name it:
+        it was made since), with the base's stamp."""
         known = self.options.known_dirs or {}
+        known_stamps = self.options.known_stamps or {}
+        entered = self.result.dir_stamps
         base: dict[bytes, list[tuple[bytes, int]]] = {}
         for ino, path in known.items():
             if path:
@@ -512,7 +539,12 @@ class Dumper:
                 kids = base.get(then, []) if then is not None else []
             for name, child in kids:
                 todo.append((prefix + name, child))
-        return index
+        stamps = {}
+        for ino in index:
+            stamp = entered.get(ino, known_stamps.get(ino))
+            if stamp is not None:
+                stamps[ino] = stamp
+        return index, stamps
 
     # -- members -------------------------------------------------------------------------
 

@@ -4,9 +4,15 @@ Like dump(8)'s /etc/dumpdates, the state directory keeps, per volume and level, 
 of the last dump made with UPDATE; a level-N dump takes everything changed since the most
 recent dump of a lower level (any number of levels: no cap at 9). A token (NDMP's
 DUMP_DATE out, BASE_DATE in) is that date in nanoseconds. Each recorded dump also keeps
-its directory index (inode -> path), so the next incremental can tell a new directory, whose
-contents must all go into the incremental, and a renamed one, which a rename record moves
-(renames.py), from one that only changed.
+its directory index (inode -> path, and each directory's stamp: dirid.py), so the next
+incremental can tell a new directory, whose contents must all go into the incremental, and a
+renamed one, which a rename record moves (renames.py), from one that only changed; the stamp
+keeps a new directory that got a deleted one's inode number from passing for it.
+
+An index file ``DATE.idx2`` is a run of entries (inode, stamp, path length, path). One written
+before stamps, ``DATE.idx`` (inode, path length, path), is still read, with no stamps: its
+directories compare by number alone, as they did. (A new name, so that an older ndmpd finds
+no index rather than misreading one: it then takes renamed directories whole, by ctime.)
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-_INDEX_ENTRY = struct.Struct("<QI")
+from . import dirid
+
+_INDEX_ENTRY = struct.Struct("<QI")             # .idx: inode, path length; then the path
+_INDEX_ENTRY_2 = struct.Struct("<QBqI")         # .idx2: inode, stamp kind (0: none), stamp value, length
 _KEEP_INDEXES = 32
 
 
@@ -33,6 +42,7 @@ class Base:
     since_ns: int | None                   # None: a full dump
     known_dirs: dict[int, bytes] | None    # None: no index (renamed directories dumped whole by ctime)
     note: str = ""                         # why, for the log
+    known_stamps: dict[int, int] | None = None   # dir inode -> its stamp at the base (dirid.py)
 
 
 def parse_token(token: str) -> int:
@@ -81,16 +91,19 @@ class DumpDates:
             return Base(level, None, None,
                         f"no dump of a level below {level} is recorded for {key}; taking a full dump")
         date, base_level = max(lower)
-        return Base(level, date, self.load_index(key, date), f"changes since the level {base_level} dump")
+        paths, stamps = self.load_stamped_index(key, date)
+        return Base(level, date, paths, f"changes since the level {base_level} dump", stamps)
 
     def base_from_token(self, key: str, token: str, level: int = 1) -> Base:
         date = parse_token(token)
-        return Base(level, date, self.load_index(key, date), f"changes since dump date {token}")
+        paths, stamps = self.load_stamped_index(key, date)
+        return Base(level, date, paths, f"changes since dump date {token}", stamps)
 
-    def record(self, key: str, level: int, date_ns: int, dir_index: dict[int, bytes]) -> int | None:
+    def record(self, key: str, level: int, date_ns: int, dir_index: dict[int, bytes],
+               stamps: dict[int, int] | None = None) -> int | None:
         """Remember a finished dump (UPDATE=y); higher levels stay (they no longer act as bases).
         Returns the date it replaced at that level (for :meth:`revert`)."""
-        self.save_index(key, date_ns, dir_index)
+        self.save_index(key, date_ns, dir_index, stamps)
         with self._locked() as data:
             previous = data.setdefault(key, {}).get(str(level))
             data[key][str(level)] = date_ns
@@ -101,12 +114,13 @@ class DumpDates:
 
     # -- holds: the bases a replica still needs ----------------------------------------------
 
-    def hold(self, key: str, name: str, date_ns: int, dir_index: dict[int, bytes], base_ns: int | None) -> None:
+    def hold(self, key: str, name: str, date_ns: int, dir_index: dict[int, bytes], base_ns: int | None,
+             stamps: dict[int, int] | None = None) -> None:
         """Keep this dump's index under the hold ``name`` (a replica's relationship) with the
         base it was taken against, and drop every other date of that hold: like a btrfs hold,
         a hold keeps at most {the base the replica has acknowledged, the newest}. Held indexes
         outlive the usual pruning, and holds never touch the dump-dates record of levels."""
-        self.save_index(key, date_ns, dir_index)
+        self.save_index(key, date_ns, dir_index, stamps)
         with self._locked() as data:
             holds = self._holds()
             holds.setdefault(key, {})[name] = sorted({date_ns} | ({base_ns} if base_ns is not None else set()))
@@ -174,35 +188,76 @@ class DumpDates:
 
     # -- directory indexes ------------------------------------------------------------------
 
-    def _index_path(self, key: str, date_ns: int) -> Path:
+    def _index_path(self, key: str, date_ns: int, suffix: str = ".idx2") -> Path:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        return self.index_dir / digest / f"{date_ns}.idx"
+        return self.index_dir / digest / f"{date_ns}{suffix}"
 
-    def save_index(self, key: str, date_ns: int, dir_index: dict[int, bytes]) -> None:
+    def save_index(self, key: str, date_ns: int, dir_index: dict[int, bytes],
+                   stamps: dict[int, int] | None = None) -> None:
+        """Write the index with each directory's stamp (kind 0 where there is none)."""
         path = self._index_path(key, date_ns)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
+        stamps = stamps or {}
+        pack, none = _INDEX_ENTRY_2.pack, (0, 0)
         with open(tmp, "wb") as out:
             for ino, rel in dir_index.items():
-                out.write(_INDEX_ENTRY.pack(ino, len(rel)) + rel)
+                stamp = stamps.get(ino)
+                kind, value = dirid.split(stamp) if stamp is not None else none
+                out.write(pack(ino, kind, value, len(rel)) + rel)
         os.replace(tmp, path)
 
     def load_index(self, key: str, date_ns: int) -> dict[int, bytes] | None:
+        """The index's inode -> path; None when there is none."""
+        return self.load_stamped_index(key, date_ns)[0]
+
+    def load_stamped_index(self, key: str, date_ns: int) -> tuple[dict[int, bytes] | None,
+                                                                  dict[int, int] | None]:
+        """(inode -> path, inode -> stamp) of the index; the stamps None for an index written
+        before them, both None when there is no index."""
         try:
-            raw = self._index_path(key, date_ns).read_bytes()
+            return _read_2(self._index_path(key, date_ns).read_bytes())
+        except FileNotFoundError:
+            pass
         except OSError:
-            return None
-        index, pos = {}, 0
-        while pos + _INDEX_ENTRY.size <= len(raw):
-            ino, length = _INDEX_ENTRY.unpack_from(raw, pos)
-            pos += _INDEX_ENTRY.size
-            index[ino] = raw[pos:pos + length]
-            pos += length
-        return index
+            return None, None
+        try:
+            return _read_1(self._index_path(key, date_ns, ".idx").read_bytes()), None
+        except OSError:
+            return None, None
 
     def _prune(self, key: str, referenced: set[int]) -> None:
         folder = self._index_path(key, 0).parent
-        dates = sorted((int(p.stem) for p in folder.glob("*.idx")), reverse=True)
-        for date in dates[_KEEP_INDEXES:]:
+        files = {int(p.stem): p for suffix in ("*.idx", "*.idx2") for p in folder.glob(suffix)}
+        for date in sorted(files, reverse=True)[_KEEP_INDEXES:]:
             if date not in referenced:
-                (folder / f"{date}.idx").unlink(missing_ok=True)
+                files[date].unlink(missing_ok=True)
+
+
+def _read_1(raw: bytes) -> dict[int, bytes]:
+    """An index written before stamps: (inode, length, path) entries."""
+    index, pos = {}, 0
+    while pos + _INDEX_ENTRY.size <= len(raw):
+        ino, length = _INDEX_ENTRY.unpack_from(raw, pos)
+        pos += _INDEX_ENTRY.size
+        index[ino] = raw[pos:pos + length]
+        pos += length
+    return index
+
+
+def _read_2(raw: bytes) -> tuple[dict[int, bytes], dict[int, int]]:
+    """An index with stamps: (inode, stamp kind, stamp value, length, path) entries."""
+    index: dict[int, bytes] = {}
+    stamps: dict[int, int] = {}
+    pos = 0
+    unpack, size, join = _INDEX_ENTRY_2.unpack_from, _INDEX_ENTRY_2.size, dirid.join
+    while pos + size <= len(raw):
+        ino, kind, value, length = unpack(raw, pos)
+        pos += size
+        index[ino] = raw[pos:pos + length]
+        pos += length
+        if kind:
+            stamp = join(kind, value)
+            if stamp is not None:
+                stamps[ino] = stamp
+    return index, stamps

@@ -90,7 +90,8 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
                  if changed is None else f"lists {len(changed)} changed directories")
     try:
         options = DumpOptions(
-            since_ns=base.since_ns, known_dirs=base.known_dirs, excludes=request.excludes, only=request.only,
+            since_ns=base.since_ns, known_dirs=base.known_dirs, known_stamps=base.known_stamps,
+            excludes=request.excludes, only=request.only,
             live=snapshot.live, xattrs=request.xattrs, skip_root_names=frozenset({SNAPSHOT_DIR.encode()}),
             labels={"volume": request.key, "level": str(base.level), "date": make_token(date_ns),
                     "base": make_token(base.since_ns) if base.since_ns is not None else "",
@@ -114,10 +115,10 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
         snapshot.remove()
     reverts: list[Callable[[], None]] = []
     if request.update:
-        previous = dates.record(request.key, base.level, date_ns, result.dir_index)
+        previous = dates.record(request.key, base.level, date_ns, result.dir_index, result.dir_stamps)
         reverts.append(lambda: dates.revert(request.key, base.level, date_ns, previous))
     if request.hold:
-        dates.hold(request.key, request.hold, date_ns, result.dir_index, base.since_ns)
+        dates.hold(request.key, request.hold, date_ns, result.dir_index, base.since_ns, result.dir_stamps)
         reverts.append(lambda: dates.unhold(request.key, request.hold, date_ns))
 
     def revert() -> None:

@@ -10,6 +10,11 @@ names at the root, so swaps, cycles and nested renames need no ordering proof: f
 renamed directory, deepest old path first, goes to its own temporary name (its old ancestors
 are still where the base had them); then each goes from there to its new path, shallowest
 first (its new ancestors are then in place; a missing one is new, and the restore makes it).
+
+A directory is the base's only when its stamp (dirid.py) agrees too: one that got a deleted
+directory's inode number is new, not that one renamed (GNU tar ``-g``, going by number alone,
+records such a rename). The stamp is asked of each directory listed (its fd is open) and of a
+subdirectory only when the number alone would make it a rename.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from . import dirid
 from .target import DIR_FLAGS
 
 TEMPORARY_PREFIX = b".ndmpd-rename-"
@@ -41,12 +47,23 @@ def _join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
+Stamper = Callable[[int, int], "int | None"]      # (directory fd, its device) -> its stamp
+
+
 def find(root_fd: int, known: dict[int, bytes], scope: "frozenset[bytes] | None",
-         skip: Callable[[bytes, bytes], bool], device: int | None) -> list[Move]:
+         skip: Callable[[bytes, bytes], bool], device: int | None,
+         stamps: dict[int, int] | None = None, stamper: Stamper | None = None) -> list[Move]:
     """The renamed directories under ``root_fd``. ``scope`` None: every directory is listed;
     else only those (a change journal's changed directories, relative paths) and the new
     directories inside them. ``skip(parent, name)`` names directories the dump leaves out;
-    ``device`` set: directories on another file system are not entered."""
+    ``device`` set: directories on another file system are not entered. With the base's
+    ``stamps`` and a ``stamper``, a directory whose stamp is not the base's is new."""
+    def base_path(fd: int, st: os.stat_result) -> bytes | None:
+        old = known.get(st.st_ino)
+        if old is None or stamps is None or stamper is None:
+            return old
+        return old if dirid.same(stamps.get(st.st_ino), stamper(fd, st.st_dev)) else None
+
     moves: list[Move] = []
     starts = [b""] if scope is None else sorted(scope)
     for start in starts:
@@ -61,20 +78,25 @@ def find(root_fd: int, known: dict[int, bytes], scope: "frozenset[bytes] | None"
                     own = os.fstat(dir_fd)
                     if own.st_nlink == _LEAF_LINKS:
                         continue           # no subdirectory in it: nothing to list (see _LEAF_LINKS)
-                    then = known.get(own.st_ino)
+                    then = base_path(dir_fd, own) if rel else known.get(own.st_ino)   # the root is itself
                     for name, st in _subdirectories(dir_fd):
                         if skip(rel, name) or (device is not None and st.st_dev != device):
                             continue
                         path = _join(rel, name)
                         old = known.get(st.st_ino)
                         expected = _join(then, name) if then is not None else None
+                        child = None
                         if old is not None and old != expected:
-                            moves.append(Move(st.st_ino, old, path))
+                            child = _open_child(dir_fd, name)     # (gone: by its number, as before)
+                            old = base_path(child, st) if child is not None else old
+                            if old is not None and old != expected:
+                                moves.append(Move(st.st_ino, old, path))
                         if scope is None or old is None:       # the journal's scope: new ones too
-                            try:
-                                stack.append((os.open(name, DIR_FLAGS, dir_fd=dir_fd), path))
-                            except OSError:
-                                pass
+                            child = child if child is not None else _open_child(dir_fd, name)
+                            if child is not None:
+                                stack.append((child, path))
+                        elif child is not None:
+                            os.close(child)
                 finally:
                     os.close(dir_fd)
         finally:
@@ -82,6 +104,13 @@ def find(root_fd: int, known: dict[int, bytes], scope: "frozenset[bytes] | None"
                 os.close(dir_fd)
     unique = {move.ino: move for move in moves}          # a scope may list a directory twice
     return sorted(unique.values(), key=lambda move: move.new)
+
+
+def _open_child(fd: int, name: bytes) -> int | None:
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=fd)
+    except OSError:
+        return None
 
 
 def _open_path(root_fd: int, rel: bytes) -> int | None:

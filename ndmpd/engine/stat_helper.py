@@ -13,18 +13,21 @@ unchanged files, by the very test the dump applies.
 The helper works on the request the dump will reach first (the smallest path in walk order,
 which for names sorted as bytes is the order of their component tuples), checks that the
 directory it opened is the one the dump saw (device and inode), and refuses anything else;
+its answer carries the directory's stamp (dirid.py), and the dump takes it only if the
+directory it opened itself has that stamp (not another one given the same inode number);
 a refusal, a helper that dies or one that cannot start makes the dump list that directory
 itself. It ends when the dump closes its request pipe (end of the dump, abort, or the dump's
 death). Started with ``posix_spawn`` (no fork of a threaded server) as ``python -I -S``,
-importing nothing of the package but this module: its start-up is the interpreter's alone.
+importing nothing of the package but this module and dirid.py: its start-up is the
+interpreter's alone.
 
 Until its first answer (the interpreter's start, ~20 ms) the dump does not wait for it: it
 lists a directory asked for itself and withdraws the request; so a small incremental is never
 slower than the dump alone, and a large one hands over what comes after the start.
 
 Wire (both ways, ``\\0``-separated, names never hold a ``\\0``): a request is ``INO DEV PATH``
-(INO 0: withdrawn); an answer is ``PATH LENGTH`` and then LENGTH bytes of ``\\0``-joined
-entries, or LENGTH -1 for a refusal.
+(INO 0: withdrawn); an answer is ``PATH STAMP LENGTH`` (STAMP empty when the file system
+gives none) and then LENGTH bytes of ``\\0``-joined entries, or LENGTH -1 for a refusal.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import os
 import select
 import sys
 import time
+
+from .dirid import Stamper, same
 
 TYPE_CHECKING = False              # (not typing's: the helper process imports nothing it does not use)
 if TYPE_CHECKING:
@@ -69,7 +74,7 @@ class StatHelper:
         self._pid = 0
         self._requests = self._replies = -1
         self._failed = False
-        self._answers: dict[bytes, list[bytes] | None] = {}
+        self._answers: dict[bytes, tuple[int | None, list[bytes]] | None] = {}
         self._waiting: set[bytes] = set()
         self._withdrawn: set[bytes] = set()   # taken back while it started: its answer is dropped
         self._answering = False               # it has answered once: from then on the dump waits
@@ -95,9 +100,10 @@ class StatHelper:
     def asked(self, rel: bytes) -> bool:
         return rel in self._waiting
 
-    def take(self, rel: bytes) -> list[bytes] | None:
+    def take(self, rel: bytes, stamp: int | None = None) -> list[bytes] | None:
         """The entries of a directory asked for (``D``/``Y``/``N`` + name, sorted by name), or
-        None when the dump is to list it itself (refused, helper gone, job cancelled, or the
+        None when the dump is to list it itself (refused, helper gone, job cancelled, the
+        directory the helper listed has not the ``stamp`` of the one the dump opened, or the
         helper still starting: a small tree is done before an interpreter starts, and the dump
         never waits longer than it would take alone for that)."""
         self._waiting.discard(rel)
@@ -111,7 +117,10 @@ class StatHelper:
                 return None
             if not self._receive(wait=True):
                 return None
-        return self._answers.pop(rel)
+        answer = self._answers.pop(rel)
+        if answer is None or not same(stamp, answer[0]):
+            return None
+        return answer[1]
 
     def ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the helper's first answer (for a caller that would
@@ -148,10 +157,12 @@ class StatHelper:
         buffer += data
         while True:
             head = buffer.find(b"\0")
-            mid = buffer.find(b"\0", head + 1) if head >= 0 else -1
+            stamp_end = buffer.find(b"\0", head + 1) if head >= 0 else -1
+            mid = buffer.find(b"\0", stamp_end + 1) if stamp_end >= 0 else -1
             if mid < 0:
                 return True
-            rel, length = bytes(buffer[:head]), bytes(buffer[head + 1:mid])
+            rel, length = bytes(buffer[:head]), bytes(buffer[stamp_end + 1:mid])
+            stamp = int(buffer[head + 1:stamp_end]) if stamp_end > head + 1 else None
             end = mid + 1 + (int(length) if length != _REFUSED else 0)
             if len(buffer) < end:
                 return True
@@ -161,7 +172,7 @@ class StatHelper:
             elif length == _REFUSED:
                 self._answers[rel] = None
             else:
-                self._answers[rel] = bytes(buffer[mid + 1:end]).split(b"\0") if end > mid + 1 else []
+                self._answers[rel] = (stamp, bytes(buffer[mid + 1:end]).split(b"\0") if end > mid + 1 else [])
             del buffer[:end]
 
     def _start(self) -> bool:
@@ -228,6 +239,7 @@ class _Server:
         self._pending: list[tuple[list[bytes], bytes, int, int]] = []
         self._withdrawn: set[bytes] = set()
         self._buffer = b""
+        self._stamper = Stamper()
         os.set_blocking(1, False)
 
     def run(self) -> None:
@@ -284,15 +296,16 @@ class _Server:
                 fd = child
             seen = os.fstat(fd)
             if seen.st_ino != ino or seen.st_dev != dev:
-                return _REFUSED + b"\0"        # not the directory the dump saw there
+                return b"\0" + _REFUSED + b"\0"   # not the directory the dump saw there
+            stamp = self._stamper(fd, dev)
             entries = self._entries(fd)
         except OSError:
-            return _REFUSED + b"\0"            # the dump lists it, and meets the error itself
+            return b"\0" + _REFUSED + b"\0"       # the dump lists it, and meets the error itself
         finally:
             if fd != 3:
                 os.close(fd)
         body = b"\0".join(entries)
-        return b"%d\0%s" % (len(body), body)
+        return b"%s\0%d\0%s" % (b"" if stamp is None else b"%d" % stamp, len(body), body)
 
     def _entries(self, fd: int) -> list[bytes]:
         since = self._since
