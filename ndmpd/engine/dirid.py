@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import struct
+import sys
 
 FS_IOC_GETVERSION = 0x80007601 | struct.calcsize("l") << 16     # _IOR('v', 1, long); the kernel writes an int
 BIRTH_TAG = 1 << 64
@@ -67,7 +68,7 @@ class Stamper:
             buffer = self._buffer
             try:
                 fcntl.ioctl(fd, FS_IOC_GETVERSION, buffer)
-                return int.from_bytes(buffer[:4], "little")
+                return int.from_bytes(buffer[:4], sys.byteorder)
             except OSError as exc:
                 if exc.errno not in _UNSUPPORTED:
                     return None
@@ -86,11 +87,11 @@ class Stamper:
         call, buffer = self._statx
         if call is None or call(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_BTIME, buffer) != 0:
             return None
-        mask = int.from_bytes(buffer[0:4], "little")
+        mask = int.from_bytes(buffer[0:4], sys.byteorder)
         if not mask & _STATX_BTIME:
             return None
-        seconds = int.from_bytes(buffer[80:88], "little", signed=True)    # struct statx's stx_btime
-        nanoseconds = int.from_bytes(buffer[88:92], "little")
+        seconds = int.from_bytes(buffer[80:88], sys.byteorder, signed=True)    # struct statx's stx_btime
+        nanoseconds = int.from_bytes(buffer[88:92], sys.byteorder)
         return seconds * 1_000_000_000 + nanoseconds
 
 
