@@ -135,7 +135,7 @@ class DumpResult:
     changed: int = 0                 # files that changed while being read (live dumps)
     dir_index: dict[int, bytes] = field(default_factory=dict)
     read_ahead: int = 0              # files the read-ahead helper asked the kernel for (cold cache)
-    prefetched: int = 0              # bytes of large files asked for ahead of their copy (cold cache)
+    prefetched: int = 0              # bytes of large files read ahead of their copy (cold cache)
 
     @property
     def warning_count(self) -> int:
@@ -247,7 +247,7 @@ class Dumper:
                 self._helper.stop()
             if self._prefetch is not None:
                 self._prefetch.stop()
-                self.result.prefetched = self._prefetch.bytes_asked
+                self.result.prefetched = self._prefetch.bytes_read
             if self._readahead is not None:
                 self._readahead.stop()
                 self.sink.on_miss = None
