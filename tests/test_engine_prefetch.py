@@ -111,7 +111,12 @@ def _watched_dump(tree: Path, first: Path, files: list[Path], patience: float) -
     return watch.found
 
 
-def test_a_cold_dump_reads_the_next_large_file_while_it_copies_one(disk_tmp: Path) -> None:
+@pytest.mark.parametrize("null", ["usable", "missing"])
+def test_a_cold_dump_reads_the_next_large_file_while_it_copies_one(disk_tmp: Path, null: str,
+                                                                    monkeypatch) -> None:
+    """Read into /dev/null, or only asked for (WILLNEED) where there is none to read into."""
+    if null == "missing":
+        monkeypatch.setattr(os, "devnull", str(disk_tmp / "no-such-device"))
     tree = disk_tmp / "tree"
     tree.mkdir()
     size = prefetch.LARGE // MIB

@@ -118,7 +118,7 @@ class DumpOptions:
                                                     # (relative paths, b"" the root), from a change journal
     readahead: str = "auto"         # reads of the files ahead of the walk (readahead.py): "auto" once the
                                     # cache proves cold, "always" from the start, "off"
-    prefetch: str = "auto"          # the chunks of large files ahead of their copy (prefetch.py): "auto" for
+    prefetch: str = "auto"          # reads of large files ahead of their copy (prefetch.py): "auto" for
                                     # a file that proves cold, "always", "off"
     stat_helper: bool = True        # an incremental walk hands a share of its directories to a second
                                     # process to list and stat (stat_helper.py); same stream
