@@ -66,20 +66,22 @@ def build_large_tree(root: Path) -> Path:
     return root
 
 
-def dump_with(root: Path, stream: Path, mode: str, history: list | None = None):
+def dump_with(root: Path, stream: Path, mode: str, history: list | None = None, readahead: str = "off"):
     record = history.append if history is not None else None
-    return dump_to(root, stream, DumpOptions(prefetch=mode, readahead="off"),
+    return dump_to(root, stream, DumpOptions(prefetch=mode, readahead=readahead),
                    history=(lambda entry: record((entry.path, entry.offset))) if record else None)
 
 
-@pytest.mark.parametrize("mode", ["always", "auto"])
-def test_the_image_and_its_history_are_the_same_with_and_without_prefetch(disk_tmp: Path, mode: str) -> None:
+@pytest.mark.parametrize("mode, small_files", [("always", "always"), ("auto", "off")])
+def test_the_image_and_its_history_are_the_same_with_and_without_prefetch(disk_tmp: Path, mode: str,
+                                                                          small_files: str) -> None:
+    """Also beside the small files' read-ahead helper, and the sparse and hard-linked large files."""
     tree = build_large_tree(disk_tmp / "tree")
     plain_history: list = []
     ahead_history: list = []
     dump_with(tree, disk_tmp / "plain.tar", "off", plain_history)
     evict_files(files_in_tree(tree))
-    result = dump_with(tree, disk_tmp / "ahead.tar", mode, ahead_history)
+    result = dump_with(tree, disk_tmp / "ahead.tar", mode, ahead_history, readahead=small_files)
     assert (disk_tmp / "plain.tar").read_bytes() == (disk_tmp / "ahead.tar").read_bytes()
     assert plain_history == ahead_history
     assert result.prefetched > 0, "nothing of a cold large file was asked for ahead of its copy"
@@ -128,14 +130,19 @@ def test_a_cold_dump_reads_the_next_large_file_while_it_copies_one(disk_tmp: Pat
 
 
 def test_only_what_the_walk_copies_next_is_read_ahead(disk_tmp: Path) -> None:
-    """A large file after a subdirectory comes after all that is in it: not asked for yet."""
+    """A large file after a subdirectory comes after all that is in it: not read yet; nor the
+    holes of a sparse one (the dump copies only its data)."""
     tree = disk_tmp / "tree"
-    (tree / "b_dir").mkdir(parents=True)
+    (tree / "c_dir").mkdir(parents=True)
     size = prefetch.LARGE // MIB
     first = write_large(tree / "a", size * 2, 1)
-    after_dir = write_large(tree / "c", size, 2)
-    evict_files([first, after_dir])
-    assert _watched_dump(tree, first, [after_dir], patience=1) == {"c": False}
+    sparse = tree / "b_sparse"
+    with open(sparse, "wb") as out:
+        out.seek(prefetch.LARGE * 2)
+        out.write(b"the end")
+    after_dir = write_large(tree / "d", size, 2)
+    evict_files([first, sparse, after_dir])
+    assert _watched_dump(tree, first, [sparse, after_dir], patience=1) == {"b_sparse": False, "d": False}
 
 
 def test_a_warm_dump_starts_no_thread_and_asks_for_nothing(disk_tmp: Path) -> None:

@@ -628,7 +628,8 @@ class Dumper:
 
     def _upcoming(self) -> list[tuple[bytes, os.stat_result]]:
         """The large files the dump copies next, in walk order: those that follow in the
-        directory being written, up to its next subdirectory and a window's worth of bytes."""
+        directory being written, up to its next subdirectory and a window's worth of bytes
+        (hard links left out: a later name's data is not in the stream)."""
         frame = self._stack[-1]
         children = frame.children
         files: list[tuple[bytes, os.stat_result]] = []
@@ -638,7 +639,8 @@ class Dumper:
             kind = st.st_mode & _S_IFMT
             if kind == _S_IFDIR:
                 break                  # its contents come first
-            if include and kind == _S_IFREG and st.st_nlink == 1 and st.st_size >= LARGE:
+            if (include and kind == _S_IFREG and st.st_nlink == 1 and st.st_size >= LARGE
+                    and st.st_blocks * 512 >= st.st_size):       # a sparse one's holes are not read
                 files.append((name, st))
                 total += st.st_size
                 if total >= WINDOW_BYTES:
