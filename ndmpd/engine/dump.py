@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from . import dirid, pax, renames, sparse, xattrs
 from .history import HistoryEntry
+from .prefetch import LARGE, WINDOW_BYTES, Prefetch
 from .report import Messages
 from .select import Excluder
 from .sink import FdSink
@@ -65,6 +66,7 @@ CTIME_SLACK_NS = 100_000_000       # lean: a directory or file whose ctime is th
 HAND_OVER = 0.55                   # of the directories an incremental lists, the helper's share: an entry
                                    # costs it ~10,200 instructions, the dump ~11,600 alone and ~1,000 with
                                    # the helper's answer (callgrind), so 0.55 evens the two processes out
+_UPCOMING_SCAN = 64                # directory entries after a large file looked through for the next ones
 TAR_RECORD = 10240                 # GNU tar's default record (blocking factor 20)
 
 
@@ -122,6 +124,8 @@ class DumpOptions:
                                                     # (relative paths, b"" the root), from a change journal
     readahead: str = "auto"         # reads of the files ahead of the walk (readahead.py): "auto" once the
                                     # cache proves cold, "always" from the start, "off"
+    prefetch: str = "auto"          # reads of large files ahead of their copy (prefetch.py): "auto" for
+                                    # a file that proves cold, "always", "off"
     stat_helper: bool = True        # an incremental walk hands a share of its directories to a second
                                     # process to list and stat (stat_helper.py); same stream
 
@@ -138,6 +142,7 @@ class DumpResult:
     dir_index: dict[int, bytes] = field(default_factory=dict)
     dir_stamps: dict[int, int] = field(default_factory=dict)   # dir inode -> stamp, where the fs gives one
     read_ahead: int = 0              # files the read-ahead helper asked the kernel for (cold cache)
+    prefetched: int = 0              # bytes of large files read ahead of their copy (cold cache)
 
     @property
     def warning_count(self) -> int:
@@ -200,6 +205,7 @@ class Dumper:
                                                     # reused inode can pass a new directory for one
         self._stamper = dirid.Stamper()
         self._readahead: ReadAhead | None = None
+        self._prefetch: Prefetch | None = None
         self._helper: StatHelper | None = None
         self._seen_dirs = self._handed = 0          # directories it could take, and those it took
         self._position = 0                          # directory entries stepped over (ReadAhead's count)
@@ -224,6 +230,9 @@ class Dumper:
             self._moved = {move.ino for move in found}
             self._rename_records = renames.records(found, renames.temporary_names(root_fd, len(found)))
         stack: list[_Frame] = self._stack
+        if self.options.prefetch != "off":
+            sink = self.sink
+            self._prefetch = Prefetch(lambda: sink.offset, eager=self.options.prefetch == "always")
         if self.options.readahead != "off" and not self._only and self._changed is None:
             from .readahead import ReadAhead
             self._readahead = ReadAhead(root_fd, root_st.st_dev if self.options.one_filesystem else None,
@@ -245,6 +254,9 @@ class Dumper:
         finally:
             if self._helper is not None:
                 self._helper.stop()
+            if self._prefetch is not None:
+                self._prefetch.stop()
+                self.result.prefetched = self._prefetch.bytes_read
             if self._readahead is not None:
                 self._readahead.stop()
                 self.sink.on_miss = None
@@ -625,6 +637,8 @@ class Dumper:
             sink = self.sink
             head = self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns,
                                          pax.REGTYPE, b"", 0, 0, records)
+            if size >= LARGE and self._prefetch is not None:
+                self._prefetch.reading(fd, dir_fd, name, st, sink.offset + len(head), self._upcoming)
             if self.history is None:
                 copied = sink.member(head, fd, size)
                 result.entries += 1
@@ -643,6 +657,27 @@ class Dumper:
                     self._changed_while_read(rel, st, now)
         finally:
             os.close(fd)
+
+    def _upcoming(self) -> list[tuple[bytes, os.stat_result]]:
+        """The large files the dump copies next, in walk order: those that follow in the
+        directory being written, up to its next subdirectory and a window's worth of bytes
+        (hard links left out: a later name's data is not in the stream)."""
+        frame = self._stack[-1]
+        children = frame.children
+        files: list[tuple[bytes, os.stat_result]] = []
+        total = 0
+        for index in range(frame.next, min(len(children), frame.next + _UPCOMING_SCAN)):
+            name, st, include = children[index]
+            kind = st.st_mode & _S_IFMT
+            if kind == _S_IFDIR:
+                break                  # its contents come first
+            if (include and kind == _S_IFREG and st.st_nlink == 1 and st.st_size >= LARGE
+                    and st.st_blocks * 512 >= st.st_size):       # a sparse one's holes are not read
+                files.append((name, st))
+                total += st.st_size
+                if total >= WINDOW_BYTES:
+                    break
+        return files
 
     def _sparse(self, fd: int, rel: bytes, arcname: bytes, st: os.stat_result, parent_ino: int,
                 records: bytes, extents: list[sparse.Extent]) -> None:

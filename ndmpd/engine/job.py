@@ -109,6 +109,9 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
             ok = True
             if result.read_ahead:
                 log.info("%s: the cache was cold; read-ahead asked for %d files", request.key, result.read_ahead)
+            if result.prefetched:
+                log.info("%s: large files were cold; %d MiB of them read ahead of their copy", request.key,
+                         result.prefetched >> 20)
         finally:
             sink.close(drain=ok)
     finally:
