@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 CLONE_NEWNET = 0x40000000
-ADDRESSES = ("192.0.2.1", "192.0.2.2")      # TEST-NET-1 (RFC 5737): never routed, only on this veth
+ADDRESSES = ("198.18.0.1", "198.18.0.2")    # RFC 2544's benchmarking range, only on this veth
 _UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 
 
@@ -38,6 +38,10 @@ def unavailable_reason() -> str | None:
     missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
     if missing:
         return f"{' and '.join(missing)} not installed (iproute2)"
+    here = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=30).stdout
+    taken = [address for address in ADDRESSES if f" {address}/" in here]
+    if taken:                                  # never a link whose addresses this host already uses
+        return f"{', '.join(taken)} already on this host"
     return None
 
 
@@ -68,7 +72,7 @@ class Link:
             self._ip("link", "add", self.devices[0], "type", "veth", "peer", "name", self.devices[1])
             for name, device, address in zip(self.names, self.devices, ADDRESSES):
                 self._ip("link", "set", device, "netns", name)
-                self._ip("-n", name, "addr", "add", f"{address}/24", "dev", device)
+                self._ip("-n", name, "addr", "add", f"{address}/30", "dev", device)
                 self._ip("-n", name, "link", "set", device, "up")
                 self._ip("-n", name, "link", "set", "lo", "up")
                 self._run("tc", "-n", name, "qdisc", "add", "dev", device, "root", "tbf", "rate", rate,
