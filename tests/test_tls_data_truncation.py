@@ -1,7 +1,8 @@
 """A TLS data connection cut short (TCP FIN or RST without close_notify, inside a TLS record or
-between two) ends a restore and a copy as a failure on every side, never as a clean end: the
-data service halts CONNECT_ERROR, the mover CONNECT_ERROR, and each says in a LOG_MESSAGE that
-the TLS stream was cut. The same runs through the same proxy, uncut, succeed.
+between two) ends a restore, a copy (data to data, or mover to mover) and a three-way backup as
+a failure on every side, never as a clean end: a data service halts CONNECT_ERROR, a mover
+CONNECT_ERROR, and each says in a LOG_MESSAGE that the TLS stream was cut. The same runs
+through the same proxy, uncut, succeed.
 
 One ndmpd server, two sessions pinned to its own certificate: the mover (or a copy's
 destination) listens, the data service (the copy's source) connects through the proxy."""
@@ -47,7 +48,8 @@ def server(tmp_path):
             "user": [{"name": "ndmp", "password": "secret"}],
             "volume": [{"name": "/vol", "path": str(vol), "snapshot": "none"},
                        {"name": "/dest", "path": str(tmp_path / "dest"), "snapshot": "none"}],
-            "tape": [{"name": "vtape0", "path": str(tmp_path / "c0.img"), "capacity": "1GiB"}]}
+            "tape": [{"name": "vtape0", "path": str(tmp_path / "c0.img"), "capacity": "1GiB"},
+                     {"name": "vtape1", "path": str(tmp_path / "c1.img"), "capacity": "1GiB"}]}
     s = ServerThread(build(data, "<test>", tmp_path))
     s.own = certificate_der(own.certificate)
     s.vol = vol
@@ -210,3 +212,44 @@ def test_a_three_way_backup_whose_tls_stream_is_cut_fails_on_both_sides_and_says
 def test_an_uncut_three_way_tls_backup_through_the_proxy_succeeds(server):
     reason, said, mover, _ = backup(server, (None, False, False))
     assert (reason, mover) == (C.DATA_HALT_SUCCESSFUL, C.MOVER_HALT_CONNECT_CLOSED), said
+
+
+def tape_copy(server, cut):
+    """A mover-to-mover copy of vtape0's image onto vtape1 through a CuttingProxy, the DMA asking
+    the sending mover for the whole image: (sender's halt reason and log, receiver's)."""
+    back_up_to_tape(server)
+    with tls_client(server) as sender, tls_client(server) as receiver:
+        receiver.call("TAPE_OPEN", device="vtape1", mode=C.TAPE_RDWR_MODE)
+        sender.call("TAPE_OPEN", device="vtape0", mode=C.TAPE_READ_MODE)
+        sender.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1)
+        for mover in (sender, receiver):
+            mover.call("MOVER_SET_RECORD_SIZE", len=RECORD)
+            mover.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        listen = receiver.call("MOVER_LISTEN", mode=C.MOVER_MODE_READ, addr_type=C.ADDR_TCP)
+        proxy = cutting(listen, cut, "forth")
+        try:
+            sender.call("MOVER_CONNECT", mode=C.MOVER_MODE_WRITE, addr=through(proxy))
+            sender.call("MOVER_READ", offset=0, length=ALL)
+            if cut[0] is None:            # the image is sent: the DMA closes the sender at its end
+                assert sender.wait_post(C.NOTIFY_MOVER_PAUSED, timeout=30).reason == C.MOVER_PAUSE_EOF
+                sender.call("MOVER_CLOSE")
+            sent = sender.wait_post(C.NOTIFY_MOVER_HALTED, timeout=30)
+            received = receiver.wait_post(C.NOTIFY_MOVER_HALTED, timeout=30)
+            for mover in (sender, receiver):
+                mover.call("MOVER_STOP")
+        finally:
+            proxy.close()
+        return sent.reason, messages(sender), received.reason, messages(receiver)
+
+
+def test_an_uncut_tls_mover_to_mover_copy_through_the_proxy_succeeds(server):
+    sent, _, received, said = tape_copy(server, (None, False, False))
+    assert (sent, received) == (C.MOVER_HALT_CONNECT_CLOSED, C.MOVER_HALT_CONNECT_CLOSED), said
+    assert CUT not in said
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_mover_to_mover_copy_whose_tls_stream_is_cut_fails_on_both_movers_and_says_why(server, cut):
+    sent, sender_said, received, receiver_said = tape_copy(server, cut)
+    assert received == C.MOVER_HALT_CONNECT_ERROR and CUT in receiver_said, receiver_said
+    assert sent == C.MOVER_HALT_CONNECT_ERROR and CUT in sender_said, sender_said
