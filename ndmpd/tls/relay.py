@@ -229,6 +229,8 @@ class _Relay:
             self._loop(selector)
         except Exception as exc:        # a broken connection ends the relay, never the server
             log.warning("TLS data connection ended: %s", exc)
+            if self.to_app:             # bytes the service never got: after close_notify too, a cut
+                self.fate.clean = False
             self.fate.cut(f"the connection broke: {exc}")
         finally:
             selector.close()
