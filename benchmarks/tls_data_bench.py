@@ -15,11 +15,18 @@ the sender sees the receiver's close (every byte delivered).
 (``ndmp backup A:/export/data --tape B:vtape0``: the dump engine sending into the data
 connection, the mover writing the cartridge), hosts plain or ``tls = true`` in ndmp.toml.
 
+``--link RATE`` (e.g. ``10gbit``; root): the same rounds across a real link instead of
+loopback: two network namespaces joined by a veth pair shaped to RATE by tbf on each end
+(``benchmarks/netns_link.py``), the receiving side (the mover, the tape server) in one, the
+sending side (the data service, the data server and the DMA) in the other. There a network,
+not the loopback's shared CPU, is meant to be the limit; both ends still share this machine's
+cores. Skipped, with the reason, where it cannot run; its namespaces are removed at the end.
+
 Also printed: AES-GCM's own cost here (``cryptography``, 16 KiB records, one core), the CPU
 floor TLS adds per GiB on each end, and whether the kernel offers kernel TLS. On loopback
 both ends share the machine's cores, so the ratios are floors for two hosts.
 
-    python benchmarks/tls_data_bench.py [--size 1GiB] [--rounds 3] [--only raw|job]
+    python benchmarks/tls_data_bench.py [--size 1GiB] [--rounds 3] [--only raw|job] [--link 10gbit]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,6 +52,9 @@ from ndmpd.mover import addresses                   # noqa: E402
 from ndmpd.mover.handoff import Handoff             # noqa: E402
 from ndmpd.tls import certs, ktls                   # noqa: E402
 from ndmpd.tls.data import DataTls                  # noqa: E402
+
+import netns_link                                   # noqa: E402  (beside this script)
+from netns_link import Link                         # noqa: E402
 
 BUFFER = 1 << 20
 GIB = 1 << 30
@@ -98,8 +109,14 @@ def send(endpoint: addresses.Endpoint, secure: DataTls | None, size: int, handed
     return time.perf_counter() - started
 
 
-def connection_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[tuple[float, float]]]:
-    """(bytes per second, CPU seconds per GiB) of one data connection, per round and kind."""
+def side(link: Link | None, n: int) -> AbstractContextManager[str]:
+    """Side ``n`` (0 sends, 1 receives) of the link, or loopback: yields its address."""
+    return link.inside(n) if link is not None else nullcontext("127.0.0.1")
+
+
+def connection_rounds(size: int, rounds: int, tmp: Path, link: Link | None = None) -> dict[str, list[tuple[float, float]]]:
+    """(bytes per second, CPU seconds per GiB) of one data connection, per round and kind;
+    across ``link`` when given (the listeners and receivers on its side 1, the sender on 0)."""
     a = certs.create(tmp / "a", "listener", 1, ("127.0.0.1",))
     b = certs.create(tmp / "b", "connector", 1, ("127.0.0.1",))
     der_a, der_b = certs.certificate_der(a.certificate), certs.certificate_der(b.certificate)
@@ -108,40 +125,45 @@ def connection_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[tuple
     results: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     context = multiprocessing.get_context("fork")
     listeners = {}
-    for kind, (listening, _) in kinds.items():
-        sock, endpoint = addresses.open_listener("127.0.0.1")
-        proc = context.Process(target=receive, args=(sock, listening, rounds, kind == "tls-handed"), daemon=True)
-        proc.start()
-        listeners[kind] = (sock, endpoint, proc)
-    for round_ in range(rounds):
-        for kind, (_, connecting) in kinds.items():
-            pids = (os.getpid(), listeners[kind][2].pid)
-            before = sum(cpu_seconds(pid) for pid in pids)
-            seconds = send(listeners[kind][1], connecting, size, kind == "tls-handed")
-            cpu = (sum(cpu_seconds(pid) for pid in pids) - before) * GIB / size
-            results[kind].append((size / seconds, cpu))
-            print(f"round {round_ + 1} {kind:10s} {size / seconds / 1e6:8.1f} MB/s  {cpu:5.2f} CPU-s/GiB", flush=True)
+    with side(link, 1) as host:              # sockets stay in the namespace they were made in
+        for kind, (listening, _) in kinds.items():
+            sock, endpoint = addresses.open_listener(host)
+            proc = context.Process(target=receive, args=(sock, listening, rounds, kind == "tls-handed"), daemon=True)
+            proc.start()
+            listeners[kind] = (sock, endpoint, proc)
+    with side(link, 0):
+        for round_ in range(rounds):
+            for kind, (_, connecting) in kinds.items():
+                pids = (os.getpid(), listeners[kind][2].pid)
+                before = sum(cpu_seconds(pid) for pid in pids)
+                seconds = send(listeners[kind][1], connecting, size, kind == "tls-handed")
+                cpu = (sum(cpu_seconds(pid) for pid in pids) - before) * GIB / size
+                results[kind].append((size / seconds, cpu))
+                print(f"round {round_ + 1} {kind:10s} {size / seconds / 1e6:8.1f} MB/s  {cpu:5.2f} CPU-s/GiB",
+                      flush=True)
     for sock, _, proc in listeners.values():
         proc.join(30)
         sock.close()
     return results
 
 
-def job_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[tuple[float, float]]]:
+def job_rounds(size: int, rounds: int, tmp: Path, link: Link | None = None) -> dict[str, list[tuple[float, float]]]:
     """(bytes per second, CPU seconds per GiB of both servers) of a three-way backup between
-    two ndmpd processes, per round and kind."""
+    two ndmpd processes, per round and kind; across ``link`` when given (the data server and
+    the DMA on its side 0, the tape server on 1)."""
     from tests.interop.conftest import PASSWORD, write_config
     from tests.server_process import ServerProcess, free_loopback_address
     servers, sides = [], []
     try:
-        for name in ("data", "tape"):
+        for n, name in enumerate(("data", "tape")):
             root = tmp / name
             (root / "vol").mkdir(parents=True)
-            host = free_loopback_address()
+            host = free_loopback_address() if link is None else netns_link.ADDRESSES[n]
             own = certs.create(root / "tls", host, 1, (host,))
             config = write_config(root, host, ["md5", "text"], extra="capacity = \"64GiB\"\n", server_extra=(
                 f'tls_listen = "{host}:10001"\ntls_certificate = "{own.certificate}"\ntls_key = "{own.key}"'))
-            servers.append(ServerProcess(host, config, root / "ndmpd.log", PASSWORD))
+            with side(link, n):              # the server process is started in its namespace
+                servers.append(ServerProcess(host, config, root / "ndmpd.log", PASSWORD))
             sides.append((name, host, own.fingerprint, root))
         block = os.urandom(1 << 20)
         for i in range(max(1, size >> 26)):                  # 64 MiB files
@@ -163,9 +185,10 @@ def job_rounds(size: int, rounds: int, tmp: Path) -> dict[str, list[tuple[float,
         for round_ in range(rounds):
             for kind, suffix in (("plain", ""), ("tls", "-tls")):
                 started, before = time.perf_counter(), [cpu_seconds(pid) for pid in pids]
-                done = subprocess.run([sys.executable, "-m", "ndmpd.dma", "backup", f"data{suffix}:/export/data",
-                                       "--tape", f"tape{suffix}:vtape0", "--json"], capture_output=True, text=True,
-                                      env=env, timeout=1800, cwd=Path(__file__).resolve().parent.parent)
+                with side(link, 0):
+                    done = subprocess.run([sys.executable, "-m", "ndmpd.dma", "backup", f"data{suffix}:/export/data",
+                                           "--tape", f"tape{suffix}:vtape0", "--json"], capture_output=True,
+                                          text=True, env=env, timeout=1800, cwd=Path(__file__).resolve().parent.parent)
                 seconds = time.perf_counter() - started
                 sides_used = [cpu_seconds(pid) - b for pid, b in zip(pids, before)]
                 used = sum(sides_used)
@@ -215,19 +238,31 @@ def main() -> int:
     parser.add_argument("--size", default="1GiB")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("raw", "job"), help="one comparison (default: both)")
+    parser.add_argument("--link", metavar="RATE", help="across two network namespaces joined by a veth pair "
+                                                        "shaped to RATE (tc's units: 10gbit), not loopback; root")
     args = parser.parse_args()
     size = parse_size(args.size, "--size")
+    if args.link:
+        netns_link.rate_bits(args.link)          # a bad rate fails before anything is made
+        why = netns_link.unavailable_reason()
+        if why:
+            print(f"--link {args.link}: skipped: {why}")
+            return 0
     reason = ktls.unavailable_reason()
     print(f"kernel TLS: {'available (not used: Python ssl cannot hand it a connection)' if reason is None else reason}")
     floor = aes_gcm_seconds_per_gib()
     print(f"AES-256-GCM here: {floor:.2f} CPU-s/GiB per end, {2 * floor:.2f} for both ends of a connection")
     summaries = []
-    for what, rounds_of in (("raw", connection_rounds), ("job", job_rounds)):
-        if args.only in (None, what):
-            with tempfile.TemporaryDirectory() as tmp:
-                summaries.append((what, rounds_of(size, args.rounds, Path(tmp))))
+    with Link(args.link) if args.link else nullcontext() as link:
+        where = f" across a {args.link} link ({link.devices[0]}-{link.devices[1]}, tbf)" if link else " on loopback"
+        print(f"rounds{where}", flush=True)
+        for what, rounds_of in (("raw", connection_rounds), ("job", job_rounds)):
+            if args.only in (None, what):
+                with tempfile.TemporaryDirectory() as tmp:
+                    summaries.append((what, rounds_of(size, args.rounds, Path(tmp), link)))
     for what, results in summaries:
-        summarize({"raw": "data connection", "job": "three-way backup"}[what], results)
+        summarize({"raw": "data connection", "job": "three-way backup"}[what] + (f" [{args.link}]" if args.link else ""),
+                  results)
     return 0
 
 

@@ -150,6 +150,7 @@ def test_a_truncated_stream_is_a_cut_never_an_end_and_the_mover_is_not_left_wait
     assert 0 < len(mover.got) < cut_at and payload.startswith(bytes(mover.got))
     assert mover.ended is False and not handoff.ended
     assert "without close_notify (truncated)" in caplog.text
+    assert handoff.cut.startswith("TLS data stream cut")     # what the mover's halt says to the DMA
     for s in (client, plain, lsock):
         s.close()
 

@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import struct
 import threading
 import time
 from pathlib import Path
@@ -157,3 +158,93 @@ class TamperingProxy:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class CuttingProxy:
+    """A man in the middle on loopback that truncates a TLS stream: forwards one connection to
+    ``port`` whole, but of what the listening side sends (``direction="back"``, a mover serving
+    a restore) or the connecting side sends (``"forth"``, a copy's source) only ``cut_at``
+    bytes, at the first TLS record boundary from there on with ``whole_records``; then it ends
+    both TCP connections without close_notify, with a FIN or (``reset``) an RST. ``cut_at``
+    None forwards everything. ``cut`` is set once it cut."""
+
+    def __init__(self, port: int, cut_at: int | None, direction: str = "back", whole_records: bool = False,
+                 reset: bool = False) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(20)
+        self.port = self.listener.getsockname()[1]
+        self.cut = threading.Event()
+        self._target, self._cut_at, self._direction = port, cut_at, direction
+        self._whole_records, self._reset = whole_records, reset
+        self._thread = threading.Thread(target=self._forward, daemon=True)
+        self._thread.start()
+
+    def _forward(self) -> None:
+        try:
+            inbound, _ = self.listener.accept()
+            outbound = socket.create_connection(("127.0.0.1", self._target), timeout=20)
+        except OSError:
+            return
+        ends = (inbound, outbound)
+        for s in ends:
+            s.settimeout(120)                 # a quiet connection (a paused mover) is no end
+        forth = threading.Thread(target=self._pump, args=(inbound, outbound, self._direction == "forth", ends),
+                                 daemon=True)
+        forth.start()
+        self._pump(outbound, inbound, self._direction == "back", ends)
+        forth.join(20)
+        for s in ends:
+            s.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, cutting: bool, ends) -> None:
+        limit = self._cut_at if cutting else None
+        sent, held = 0, bytearray()
+        try:
+            while not self.cut.is_set() and (data := src.recv(65536)):
+                if limit is None:
+                    dst.sendall(data)
+                    continue
+                held += data
+                take = self._forwardable(held, limit - sent)
+                dst.sendall(held[:take])
+                sent += take
+                del held[:take]
+                if sent >= limit:
+                    self._end(ends)
+                    return
+        except OSError:
+            pass
+        if not self.cut.is_set():            # the other side ended first: pass that end on
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _forwardable(self, held: bytearray, left: int) -> int:
+        """How much of ``held`` goes on: up to ``left`` bytes, or whole TLS records until at
+        least ``left`` went."""
+        if not self._whole_records:
+            return min(len(held), left)
+        at = 0
+        while at < left and at + 5 <= len(held):
+            end = at + 5 + int.from_bytes(held[at + 3:at + 5], "big")
+            if end > len(held):
+                break
+            at = end
+        return at
+
+    def _end(self, ends) -> None:
+        """FIN both ways now; or, for an RST, no linger and the read side shut (which wakes the
+        other pump), the close that resets coming once both pumps are done."""
+        self.cut.set()
+        for s in ends:
+            try:
+                if self._reset:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RD if self._reset else socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+        self._thread.join(20)

@@ -123,7 +123,8 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
     meter.finish(result.bytes_written)
     if not (_delivered(sock, host.cancel) if handoff is None else _handed_over(handoff, host.cancel)):
         outcome.revert_date()
-        return (_undelivered(host, volume.name, "the peer did not take the whole image")
+        cut = handoff.cut if handoff is not None else getattr(sock, "cut", "")   # a TLS stream cut short
+        return (_undelivered(host, volume.name, cut or "the peer did not take the whole image")
                 or Outcome(C.DATA_HALT_ABORTED))
     summary = (f"backup of {volume.name} complete: level {outcome.level}, {result.entries} entries, "
                f"{result.bytes_written} bytes ({outcome.base.note})")

@@ -28,6 +28,7 @@ class Handoff:
         self._ended = False          # the writer sent everything
         self._finished = False       # the reader saw the end and has stored everything
         self._closed = False
+        self._cut = ""               # why the connection behind it was cut (a TLS truncation), if it was
         self._wake: Callable[[], None] | None = None
 
     def watch(self, wake: Callable[[], None]) -> None:
@@ -113,10 +114,19 @@ class Handoff:
 
     # -- either side ---------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, cut: str = "") -> None:
+        """Close from either side; ``cut``: the connection behind it was cut (a TLS stream that
+        ended without close_notify), which the other side's BrokenPipeError and :attr:`cut` say."""
         with self._cond:
+            if cut and not self._closed:
+                self._cut = self._gone = cut
             self._closed = True
             self._changed()
+
+    @property
+    def cut(self) -> str:
+        """Why the connection behind the handoff was cut, or empty (an end, an abort, a halt)."""
+        return self._cut
 
     @property
     def ended(self) -> bool:

@@ -41,7 +41,7 @@ def run_backup(mover: MoverPort, sock: socket.socket) -> None:
             if mover.halted:
                 raise Halted from None
             log.warning("mover: data connection failed: %s", exc)
-            mover.halt(C.MOVER_HALT_CONNECT_ERROR)
+            mover.halt(C.MOVER_HALT_CONNECT_ERROR, _cut_of(sock))
             raise Halted from None
         if n == 0:
             _end_of_stream(mover, view[:size], fill)          # whole records never wait in the buffer
@@ -61,6 +61,11 @@ def run_backup_handed(mover: MoverPort, handoff: Handoff) -> None:
     fill = 0
     while True:
         data = handoff.take()
+        if data is None and handoff.cut:                  # a TLS stream cut short: never an end
+            if not mover.halted:
+                log.warning("mover: %s", handoff.cut)
+                mover.halt(C.MOVER_HALT_CONNECT_ERROR, handoff.cut)
+            raise Halted
         if data is None:                                  # the end, or the data side is gone
             _end_of_stream(mover, carry, fill, handoff)
         try:
@@ -147,9 +152,26 @@ def run_recover(mover: MoverPort, sock: socket.socket) -> None:
 
 def _wait_for_read(mover: MoverPort, sock: socket.socket) -> None:
     while not mover.wait_for_read(IDLE_POLL):
-        if _peer_closed(sock):
+        if _hung_up(mover, sock):
             mover.halt(C.MOVER_HALT_CONNECT_CLOSED)
             raise Halted
+
+
+def _cut_of(sock: socket.socket) -> str:
+    """Why a TLS data connection's relay cut it (``RelayedSocket.cut``), or empty."""
+    return getattr(sock, "cut", "")
+
+
+def _hung_up(mover: MoverPort, sock: socket.socket) -> bool:
+    """The data side is gone. A TLS stream cut short (no close_notify) halts the mover here
+    with CONNECT_ERROR and says why: only a real end is CONNECT_CLOSED."""
+    if not _peer_closed(sock):
+        return False
+    cut = _cut_of(sock)
+    if cut:
+        log.warning("mover: %s", cut)
+        mover.halt(C.MOVER_HALT_CONNECT_ERROR, cut)
+    return True
 
 
 def _peer_closed(sock: socket.socket) -> bool:
@@ -166,7 +188,7 @@ def _serve_read(mover: MoverPort, sock: socket.socket, buffer: memoryview) -> No
     size = len(buffer)
 
     def hung_up() -> bool:
-        return _peer_closed(sock)
+        return _hung_up(mover, sock)
     while mover.bytes_left_to_read > 0:
         offset = mover.seek_position
         if not mover.window_offset <= offset < mover.window_end:
@@ -193,7 +215,7 @@ def _serve_read(mover: MoverPort, sock: socket.socket, buffer: memoryview) -> No
         except OSError as exc:
             if not mover.halted:
                 log.warning("mover: data connection failed: %s", exc)
-                mover.halt(C.MOVER_HALT_CONNECT_ERROR)
+                mover.halt(C.MOVER_HALT_CONNECT_ERROR, _cut_of(sock))
             raise Halted from None
 
 

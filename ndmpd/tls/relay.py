@@ -12,6 +12,13 @@ Half-close maps to TLS ``close_notify``: end of stream on the plain side sends c
 and shuts the TCP write side; a close_notify from the peer is end of stream on the plain
 side. A TCP end without close_notify (a truncation) is logged and the plain side is cut.
 
+The plain socket handed out is a :class:`RelayedSocket`: its end of stream is the peer's
+close_notify and nothing else. When the relay cut the connection instead (a TCP FIN or RST
+without close_notify, a bad record, a broken connection, a failed handshake), every read
+that reaches the end raises :class:`~.stream.Truncated` saying why, and a failed send does
+too: whatever a service does with the socket (a restore reading an image, a mover serving
+one), a truncated stream cannot pass for a complete one. The handoffs carry the same reason.
+
 A mover receiving a backup can take the decrypted stream through a :class:`Handoff`
 instead (``inbound``), as a LOCAL connection does: the relay decrypts into its batch buffer
 and the mover writes its tape records straight out of it, so the bytes skip the socket
@@ -50,8 +57,74 @@ SPARE_BUFFERS = 8                # batch buffers kept for reuse (HIGH_WATER / CH
 PAIR_BUFFER = 4 << 20           # the local pair's socket buffers (as addresses.tune for TCP)
 
 
+class Fate:
+    """How the relay ended the plain side, written by the relay thread before it shuts its end
+    (so a reader that saw the end of stream sees this too)."""
+
+    def __init__(self) -> None:
+        self.clean = False          # the peer's close_notify came: the end of stream is real
+        self.why = ""               # why the relay cut the connection (empty: it did not, yet)
+
+    def cut(self, why: str) -> None:
+        if not self.clean and not self.why:
+            self.why = f"TLS data stream cut: {why}"
+
+    @property
+    def reason(self) -> str:
+        return self.why or "TLS data stream cut: the connection ended without close_notify"
+
+
+class RelayedSocket(socket.socket):
+    """The service's end of a relayed TLS data connection: an end of stream without the peer's
+    close_notify raises :class:`Truncated`, and a send failing after a cut says it was one."""
+
+    def __init__(self, plain: socket.socket, fate: Fate) -> None:
+        super().__init__(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        self.fate = fate
+        self._shut_here = False     # this side shut its own reading: its end of stream is its own
+
+    @property
+    def cut(self) -> str:
+        """Why the relay cut the connection, or empty."""
+        return "" if self.fate.clean else self.fate.why
+
+    def _ended(self, got: int, wanted: int) -> None:
+        if not got and wanted and not self.fate.clean and not self._shut_here:
+            raise Truncated(self.fate.reason)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        self._ended(len(data), bufsize)
+        return data
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        got = super().recv_into(buffer, nbytes, flags)
+        self._ended(got, nbytes or memoryview(buffer).nbytes)
+        return got
+
+    def send(self, data, flags: int = 0) -> int:
+        try:
+            return super().send(data, flags)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise self._as_cut(exc) from None
+
+    def sendall(self, data, flags: int = 0) -> None:
+        try:
+            super().sendall(data, flags)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise self._as_cut(exc) from None
+
+    def _as_cut(self, exc: OSError) -> OSError:
+        return Truncated(self.fate.why) if self.cut else exc
+
+    def shutdown(self, how: int) -> None:
+        if how in (socket.SHUT_RD, socket.SHUT_RDWR):
+            self._shut_here = True
+        super().shutdown(how)
+
+
 def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None,
-          inbound: Handoff | None = None, outbound: Handoff | None = None) -> socket.socket:
+          inbound: Handoff | None = None, outbound: Handoff | None = None) -> RelayedSocket:
     """The plain socket standing for ``stream``; a daemon thread relays until both directions
     are closed, then closes the TCP socket. ``first`` (the handshake and the peer's check,
     when the caller cannot wait for them) runs on that thread before anything is relayed:
@@ -65,9 +138,10 @@ def relay(stream: TlsStream, name: str, first: Callable[[], None] | None = None,
                 sock.setsockopt(socket.SOL_SOCKET, opt, PAIR_BUFFER)
             except OSError:
                 pass
-    pump = _Relay(stream, inner, first, inbound, outbound)
+    fate = Fate()
+    pump = _Relay(stream, inner, first, inbound, outbound, fate)
     threading.Thread(target=pump.run, name=f"tls relay {name}", daemon=True).start()
-    return plain
+    return RelayedSocket(plain, fate)
 
 
 class _Pending:
@@ -117,8 +191,9 @@ class _Relay:
     """The pump: plaintext from ``inner`` is encrypted to the network and back."""
 
     def __init__(self, stream: TlsStream, inner: socket.socket, first: Callable[[], None] | None,
-                 inbound: Handoff | None = None, outbound: Handoff | None = None) -> None:
+                 inbound: Handoff | None = None, outbound: Handoff | None = None, fate: Fate | None = None) -> None:
         self.stream, self.inner, self.first, self.inbound, self.outbound = stream, inner, first, inbound, outbound
+        self.fate = fate or Fate()
         self.handed = False             # the service's stream comes over ``outbound`` (a buffer or its end came)
         self.wake_in = self.wake_out = None
         if outbound is not None:        # the handoff's buffers, end and close wake the selector
@@ -143,6 +218,7 @@ class _Relay:
                 self.first()
             except Exception as exc:
                 log.warning("TLS data connection refused: %s", exc)
+                self.fate.cut(f"the connection was refused: {exc}")
                 self._close_handoffs()
                 _shut(self.inner, socket.SHUT_RDWR)
                 self._close_all()
@@ -153,6 +229,9 @@ class _Relay:
             self._loop(selector)
         except Exception as exc:        # a broken connection ends the relay, never the server
             log.warning("TLS data connection ended: %s", exc)
+            if self.to_app:             # bytes the service never got: after close_notify too, a cut
+                self.fate.clean = False
+            self.fate.cut(f"the connection broke: {exc}")
         finally:
             selector.close()
             self._close_handoffs()             # whatever happened, neither service waits on
@@ -287,15 +366,15 @@ class _Relay:
                 n = self.stream.read_into(batch[filled:])
             except Truncated as exc:
                 log.warning("%s; cutting it", exc)
-                self._cut()
+                self._cut(str(exc))
                 return
             except ssl.SSLError as exc:
                 log.warning("TLS data connection: %s", exc.reason or exc)
-                self._cut()
+                self._cut(f"a bad TLS record: {exc.reason or exc}")
                 return
             except OSError as exc:
                 log.warning("TLS data connection broken: %s", exc)
-                self._cut()
+                self._cut(f"the connection broke: {exc.strerror or exc}")
                 return
             if n is None:
                 break
@@ -312,6 +391,7 @@ class _Relay:
         """The peer's close_notify. After the end of what the service handed over, it is the
         peer saying it has every byte (as its close after a half-close is on plain TCP)."""
         self.net_done = True
+        self.fate.clean = not self.fate.why
         if self.outbound is not None and self.handed and self.app_done:
             self.outbound.finish()
 
@@ -337,7 +417,7 @@ class _Relay:
         """The connection is over or cut: neither service waits on a handoff any more."""
         for handoff in (self.inbound, self.outbound):
             if handoff is not None:
-                handoff.close()
+                handoff.close(self.fate.why)
 
     def _wake(self) -> None:
         try:
@@ -348,8 +428,11 @@ class _Relay:
     def _batch(self) -> memoryview:
         return memoryview(self.spare.pop() if self.spare else bytearray(CHUNK))
 
-    def _cut(self) -> None:
-        """The network side failed: the service sees its connection end; nothing more is relayed."""
+    def _cut(self, why: str = "") -> None:
+        """The network side failed (``why``), or the service stopped: the service sees its
+        connection end (a network failure as :class:`Truncated`); nothing more is relayed."""
+        if why:
+            self.fate.cut(why)
         self.net_done = self.app_done = self.net_shut = self.app_shut = True
         self._close_handoffs()
         self.to_app.clear()
