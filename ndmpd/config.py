@@ -415,7 +415,9 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
     changers = [_changer(raw, i, rel) for i, raw in enumerate(top.get("changer", list, []))]
     _unique(changers, "changer")
     fed = {drive: c for c in changers if c.kind == "virtual" for drive in c.drives}
-    key_source = _key_source(top.get("keys", dict, {}), settings.state_dir, rel)
+    key_files = top.get("keys", dict, {})
+    key_source = (_key_source(key_files, settings.state_dir, rel)     # only drives use it: a file without
+                  if key_files or "tape" in top.data else None)      # them (ndmpd dump's) skips the keystore
     tapes = []
     for i, raw in enumerate(top.get("tape", list, [])):
         t = _Table(raw, f"tape[{i}]", _keys(Tape) - {"keys"})
