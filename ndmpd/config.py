@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from .secret_file import read_secret
-from .snapshots.mounts import mount_of
 
 if TYPE_CHECKING:      # keys, stores and IPv6 listeners import their parsers when a file has them:
     from .keystore import KeySource     # ``ndmpd dump``'s start-up is most of a small incremental
@@ -286,6 +285,7 @@ def _replica_path(path: Path, key: str) -> None:
         raise ConfigError(f"{key}: {path} is not a directory")
     if not path.parent.is_dir():
         raise ConfigError(f"{key}: {path.parent} (the directory holding the replica) does not exist")
+    from .snapshots.mounts import mount_of     # here: only a replica's parent needs the mount table
     try:
         fstype = mount_of(path.parent).fstype
     except OSError as exc:

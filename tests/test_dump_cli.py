@@ -80,9 +80,10 @@ def test_a_dump_starts_without_the_restore_tape_library_and_replica_code():
         assert heavy not in loaded
 
 
-def test_a_level_1_from_a_file_without_drives_loads_no_keystore_nor_shutil(tmp_path):
-    """Neither the keystore (no drive uses keys) nor shutil with bz2 and lzma (argparse asks it
-    the terminal's width) is a level 1's business, and the help is as wide as before."""
+def test_a_live_level_1_from_a_file_without_drives_loads_only_what_it_uses(tmp_path):
+    """Neither the keystore (no drive uses keys), the btrfs and LVM snapshotters (the volume is
+    dumped live) nor shutil with bz2 and lzma (argparse asks it the terminal's width) is this
+    level 1's business; and the help is as wide as before."""
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     conf = _config(tmp_path, src)
@@ -94,7 +95,8 @@ def test_a_level_1_from_a_file_without_drives_loads_no_keystore_nor_shutil(tmp_p
     assert run.returncode == 0, run.stderr
     loaded = set(run.stderr.splitlines()[-1].split())
     assert "ndmpd.engine.dump" in loaded
-    for unused in ("ndmpd.keystore", "shutil", "bz2", "lzma"):
+    for unused in ("ndmpd.keystore", "ndmpd.snapshots.btrfs", "ndmpd.snapshots.lvm", "ndmpd.snapshots.mounts",
+                   "shutil", "bz2", "lzma"):
         assert unused not in loaded
     helps = {columns: subprocess.run(NDMPD + ["dump", "--help"], capture_output=True, text=True, check=True,
                                      timeout=60, env=dict(os.environ, COLUMNS=str(columns))).stdout
