@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import gc
 import importlib
-import logging
 import os
 import sys
 import threading
@@ -26,9 +25,6 @@ _RUNS = {"init-config": "run", "tape": "run", "library": "run", "dump": "dump", 
 
 if TYPE_CHECKING:
     from .server import NdmpServer
-
-log = logging.getLogger("ndmpd")
-
 
 class _Formatter(argparse.HelpFormatter):
     """argparse's own help, as wide as shutil.get_terminal_size says, found without shutil:
@@ -93,7 +89,8 @@ def _add_parsers(module, sub: argparse._SubParsersAction) -> None:
 def _setup_logging(level: str) -> None:
     """To stderr, one bounded line per event whatever a peer sent; under systemd's journal
     ``<N>``-prefixed and without a timestamp."""
-    from .logtext import BoundedFormatter
+    import logging                      # here, as in the other serve-only functions: ``ndmpd dump``
+    from .logtext import BoundedFormatter    # starts without logging
     from .sdnotify import JournalFormatter, under_journald
     handler = logging.StreamHandler(sys.stderr)
     if under_journald():
@@ -198,10 +195,12 @@ def serve(args: argparse.Namespace) -> int:
 def _remove_stale(config: Config) -> None:
     """Snapshots a killed or stuck job left in any volume (whatever its mode: a DMA may ask), and
     the debris of replica updates (a replica's P is read-only: nothing is left inside it)."""
+    import logging
     from .replica.store import clean_replicas
     from .snapshots import SnapshotError, remove_stale
     from .snapshots.holds import remove_unsettled
     remove_stale([volume.path for volume in config.volumes], config.server.state_dir)
+    log = logging.getLogger("ndmpd")
     for volume in config.volumes:
         try:
             for item in remove_unsettled(volume.path):
@@ -215,6 +214,7 @@ def _remove_stale(config: Config) -> None:
 def _exit_despite_stuck_jobs(server: "NdmpServer") -> None:
     """A job thread stuck past server.shutdown_timeout (e.g. in a device call) would keep the
     interpreter waiting at exit for ever: remove what jobs leave behind and exit now."""
+    import logging
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
              and not t.daemon]
     for thread in stuck:
@@ -224,8 +224,9 @@ def _exit_despite_stuck_jobs(server: "NdmpServer") -> None:
         return
     ctx = server.ctx
     _remove_stale(ctx.config)
-    log.error("%d sessions and %d threads did not stop within server.shutdown_timeout "
-              "(%g s); exiting anyway", server.stuck, len(stuck), ctx.config.server.shutdown_timeout)
+    logging.getLogger("ndmpd").error("%d sessions and %d threads did not stop within server.shutdown_timeout "
+                                     "(%g s); exiting anyway", server.stuck, len(stuck),
+                                     ctx.config.server.shutdown_timeout)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .base import SNAPSHOT_DIR, Snapshot, SnapshotError, Snapshotter
@@ -11,7 +10,11 @@ from .live import LiveSnapshotter
 
 __all__ = ["Snapshot", "SnapshotError", "Snapshotter", "choose", "remove_stale", "SNAPSHOT_DIR"]
 
-log = logging.getLogger("ndmpd.snapshots")
+
+def _log():
+    """The package's logger (logging imported here: ``ndmpd dump`` starts without it)."""
+    import logging
+    return logging.getLogger("ndmpd.snapshots")
 
 
 def _on_lvm(volume: Path) -> bool:
@@ -25,8 +28,10 @@ def _on_lvm(volume: Path) -> bool:
         return False
 
 
-def choose(mode: str, volume: Path, state_dir: Path, name: str | None = None) -> Snapshotter:
-    """The snapshotter for a volume's mode; ``auto`` falls back to ``none`` with a warning."""
+def choose(mode: str, volume: Path, state_dir: Path, name: str | None = None,
+           warn: Callable[[str], None] | None = None) -> Snapshotter:
+    """The snapshotter for a volume's mode; ``auto`` falls back to ``none`` with a warning (to
+    ``warn``, the job's, else the log)."""
     if mode == "none":
         return LiveSnapshotter()
     from .btrfs import BtrfsSnapshotter, is_subvolume     # here: a volume dumped live goes without
@@ -39,8 +44,9 @@ def choose(mode: str, volume: Path, state_dir: Path, name: str | None = None) ->
         return BtrfsSnapshotter()
     if _on_lvm(volume):
         return LvmSnapshotter(state_dir)
-    log.warning("volume %s (%s) cannot be snapshotted (not a btrfs subvolume, not on LVM); "
-                "dumping it live: files changing during the dump are reported", name or volume, volume)
+    (warn or _log().warning)(f"volume {name or volume} ({volume}) cannot be snapshotted (not a btrfs "
+                             "subvolume, not on LVM); dumping it live: files changing during the dump "
+                             "are reported")
     return LiveSnapshotter()
 
 
@@ -52,6 +58,7 @@ def remove_stale(volumes: Iterable[Path], state_dir: Path) -> list[str]:
     since). Each provider only removes what it made (its own names, owner process gone)."""
     from .btrfs import BtrfsSnapshotter
     from .lvm import LvmSnapshotter
+    log = _log()
     removed: list[str] = []
     paths = list(volumes)
     work: list[tuple[Snapshotter, Path]] = [(BtrfsSnapshotter(), path) for path in paths]
