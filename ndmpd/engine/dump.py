@@ -486,12 +486,11 @@ class Dumper:
             dumpdir, wanted, stats = answer, answer.wanted, self._stat_again(fd, answer)
         children = []
         listed = 0
-        gone = False
+        gone: list[int] = []
         for at, st in zip(wanted, stats):
             entry = dumpdir[at]
             if st is None:                                   # gone since the helper's lstat
-                dumpdir[at] = None
-                gone = True
+                gone.append(at)
                 continue
             if st.st_mode & _S_IFMT == _S_IFDIR:
                 code = 68                                    # b"D"
@@ -504,8 +503,8 @@ class Dumper:
             if entry[0] != code:
                 dumpdir[at] = bytes((code,)) + entry[1:]
             children.append((entry[1:], st, True))
-        if gone:
-            dumpdir = [entry for entry in dumpdir if entry is not None]
+        for at in reversed(gone):
+            del dumpdir[at]
         self.discovered += listed + 1024 * len(dumpdir)    # data, plus about a header per entry
         return children, dumpdir
 
