@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import gc
 import importlib
-import logging
 import os
 import sys
 import threading
@@ -27,12 +26,40 @@ _RUNS = {"init-config": "run", "tape": "run", "library": "run", "dump": "dump", 
 if TYPE_CHECKING:
     from .server import NdmpServer
 
-log = logging.getLogger("ndmpd")
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own help, as wide as shutil.get_terminal_size says, found without shutil:
+    argparse makes a formatter for each argument added, and shutil brings bz2 and lzma (2 % of
+    the instructions of ``ndmpd dump``'s start)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - 2)      # (argparse's own margin)
+
+
+def _columns() -> int:
+    """$COLUMNS, else the terminal's width, else 80 (shutil.get_terminal_size's order)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", 0))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose help goes through _Formatter (its sub-parsers are of its class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line's parser; with ``command`` (another module's), just that command's."""
-    parser = argparse.ArgumentParser(prog="ndmpd", description="NDMP v2/v3/v4 server for Linux")
+    parser = _Parser(prog="ndmpd", description="NDMP v2/v3/v4 server for Linux")
     parser.add_argument("--version", action="version", version=f"ndmpd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     if command in _MODULES:
@@ -62,7 +89,8 @@ def _add_parsers(module, sub: argparse._SubParsersAction) -> None:
 def _setup_logging(level: str) -> None:
     """To stderr, one bounded line per event whatever a peer sent; under systemd's journal
     ``<N>``-prefixed and without a timestamp."""
-    from .logtext import BoundedFormatter
+    import logging                      # here, as in the other serve-only functions: ``ndmpd dump``
+    from .logtext import BoundedFormatter    # starts without logging
     from .sdnotify import JournalFormatter, under_journald
     handler = logging.StreamHandler(sys.stderr)
     if under_journald():
@@ -167,10 +195,12 @@ def serve(args: argparse.Namespace) -> int:
 def _remove_stale(config: Config) -> None:
     """Snapshots a killed or stuck job left in any volume (whatever its mode: a DMA may ask), and
     the debris of replica updates (a replica's P is read-only: nothing is left inside it)."""
+    import logging
     from .replica.store import clean_replicas
     from .snapshots import SnapshotError, remove_stale
     from .snapshots.holds import remove_unsettled
     remove_stale([volume.path for volume in config.volumes], config.server.state_dir)
+    log = logging.getLogger("ndmpd")
     for volume in config.volumes:
         try:
             for item in remove_unsettled(volume.path):
@@ -184,6 +214,7 @@ def _remove_stale(config: Config) -> None:
 def _exit_despite_stuck_jobs(server: "NdmpServer") -> None:
     """A job thread stuck past server.shutdown_timeout (e.g. in a device call) would keep the
     interpreter waiting at exit for ever: remove what jobs leave behind and exit now."""
+    import logging
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
              and not t.daemon]
     for thread in stuck:
@@ -193,8 +224,9 @@ def _exit_despite_stuck_jobs(server: "NdmpServer") -> None:
         return
     ctx = server.ctx
     _remove_stale(ctx.config)
-    log.error("%d sessions and %d threads did not stop within server.shutdown_timeout "
-              "(%g s); exiting anyway", server.stuck, len(stuck), ctx.config.server.shutdown_timeout)
+    logging.getLogger("ndmpd").error("%d sessions and %d threads did not stop within server.shutdown_timeout "
+                                     "(%g s); exiting anyway", server.stuck, len(stuck),
+                                     ctx.config.server.shutdown_timeout)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -224,5 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``ndmpd`` command (console script and ``python -m ndmpd``): main, then the process's
+    end, where the interpreter's last collections would walk every object of every module it
+    loaded (a fifteenth of a small incremental's instructions) to free memory that goes with
+    the process anyway: frozen, they leave them be (exit handlers and flushes still run)."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

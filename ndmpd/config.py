@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from .secret_file import read_secret
-from .snapshots.mounts import mount_of
 
 if TYPE_CHECKING:      # keys, stores and IPv6 listeners import their parsers when a file has them:
     from .keystore import KeySource     # ``ndmpd dump``'s start-up is most of a small incremental
@@ -286,6 +285,7 @@ def _replica_path(path: Path, key: str) -> None:
         raise ConfigError(f"{key}: {path} is not a directory")
     if not path.parent.is_dir():
         raise ConfigError(f"{key}: {path.parent} (the directory holding the replica) does not exist")
+    from .snapshots.mounts import mount_of     # here: only a replica's parent needs the mount table
     try:
         fstype = mount_of(path.parent).fstype
     except OSError as exc:
@@ -415,7 +415,9 @@ def build(data: dict[str, Any], source: str, base: Path, file_world_readable: bo
     changers = [_changer(raw, i, rel) for i, raw in enumerate(top.get("changer", list, []))]
     _unique(changers, "changer")
     fed = {drive: c for c in changers if c.kind == "virtual" for drive in c.drives}
-    key_source = _key_source(top.get("keys", dict, {}), settings.state_dir, rel)
+    key_files = top.get("keys", dict, {})
+    key_source = (_key_source(key_files, settings.state_dir, rel)     # only drives use it: a file without
+                  if key_files or "tape" in top.data else None)      # them (ndmpd dump's) skips the keystore
     tapes = []
     for i, raw in enumerate(top.get("tape", list, [])):
         t = _Table(raw, f"tape[{i}]", _keys(Tape) - {"keys"})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -129,11 +128,13 @@ def _resolve_source(args: argparse.Namespace) -> tuple[Path, str, str, Path]:
 
 
 def _log_to_stderr(command: str) -> None:
+    """The restore's log lines on stderr (a dump's warnings go to its warn callback, and it
+    starts without logging: start-up is most of a small incremental)."""
+    import logging
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format=f"ndmpd {command}: %(message)s")
 
 
 def dump(args: argparse.Namespace) -> int:
-    _log_to_stderr("dump")
     if args.level < 0:
         print("ndmpd dump: --level must be 0 or more", file=sys.stderr)
         return 2

@@ -80,6 +80,41 @@ def test_a_dump_starts_without_the_restore_tape_library_and_replica_code():
         assert heavy not in loaded
 
 
+def test_a_live_level_1_from_a_file_without_drives_loads_only_what_it_uses(tmp_path):
+    """Neither the keystore (no drive uses keys), the btrfs and LVM snapshotters (the volume is
+    dumped live), logging (the job's warnings go to stderr through its callback) nor shutil with
+    bz2 and lzma (argparse asks it the terminal's width) is this level 1's business; and the
+    help is as wide as before."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    conf = _config(tmp_path, src)
+    subprocess.run(NDMPD + ["dump", "data", "--config", str(conf), "--update"], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True, timeout=60)
+    probe = (f"import sys; from ndmpd import cli; cli.main(['dump', 'data', '--config', {str(conf)!r}, "
+             "'--level', '1']); print(' '.join(sorted(sys.modules)), file=sys.stderr)")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    loaded = set(run.stderr.splitlines()[-1].split())
+    assert "ndmpd.engine.dump" in loaded
+    for unused in ("ndmpd.keystore", "ndmpd.snapshots.btrfs", "ndmpd.snapshots.lvm", "ndmpd.snapshots.mounts",
+                   "logging", "shutil", "bz2", "lzma"):
+        assert unused not in loaded
+    helps = {columns: subprocess.run(NDMPD + ["dump", "--help"], capture_output=True, text=True, check=True,
+                                     timeout=60, env=dict(os.environ, COLUMNS=str(columns))).stdout
+             for columns in (60, 120)}
+    assert max(map(len, helps[60].splitlines())) < max(map(len, helps[120].splitlines())) <= 118
+
+
+def test_a_volume_that_cannot_be_snapshotted_is_said_so_on_stderr(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("f")
+    dumped = subprocess.run(NDMPD + ["dump", str(src), "--snapshot", "auto"], capture_output=True, text=True,
+                            timeout=60)
+    assert dumped.returncode == 0, dumped.stderr
+    assert f"ndmpd dump: volume {src} ({src}) cannot be snapshotted" in dumped.stderr
+
+
 def test_the_restore_policies_offered_are_the_engines():
     from ndmpd import dump_cli
     from ndmpd.engine.restore import POLICIES

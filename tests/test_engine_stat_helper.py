@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -89,16 +90,56 @@ def test_the_dump_stats_only_its_share_and_what_it_writes(changed_tree, tmp_path
     src, since, index = changed_tree
     entries = sum(len(names) + len(dirs) for _, dirs, names in os.walk(src))
     stats = []
-    real_stat = os.stat
 
-    def counting_stat(path, *args, **kwargs):
-        stats.append(path)
-        return real_stat(path, *args, **kwargs)
-    monkeypatch.setattr(os, "stat", counting_stat)
+    def counting(real):
+        def counted(path, *args, **kwargs):
+            stats.append(path)
+            return real(path, *args, **kwargs)
+        return counted
+    monkeypatch.setattr(os, "stat", counting(os.stat))
+    monkeypatch.setattr(os, "lstat", counting(os.lstat))
     dumper = _dump(src, tmp_path / "helped.tar", since_ns=since, known_dirs=index)
     assert dumper.result.files >= 4
     assert len(stats) < 0.8 * entries, "the helper listed none of the directories"
     assert dumper._helper.pid == 0                     # reaped at the end
+
+
+def test_what_changes_after_the_helper_answered_is_dumped_as_the_dump_finds_it(tmp_path, monkeypatch, patient):
+    """The helper's ``D`` and ``Y`` are stat'ed again: a file gone since its answer is left out,
+    and one that became a directory is a directory."""
+    src = tmp_path / "src"
+    for d in ("a", "b"):
+        (src / d).mkdir(parents=True)
+        for f in ("gone", "kind", "kept"):
+            (src / d / f).write_bytes(b"x")
+    _settle()
+    since = time.time_ns()
+    _settle()
+    for d in ("a", "b"):
+        for f in ("gone", "kind", "kept"):
+            (src / d / f).write_bytes(b"changed")
+    real_take = StatHelper.take
+    answered = []
+
+    def stale_take(self, rel, stamp=None):
+        answer = real_take(self, rel, stamp)
+        if answer is not None:
+            answered.append(rel)
+            folder = src / os.fsdecode(rel)
+            (folder / "gone").unlink()
+            (folder / "kind").unlink()
+            (folder / "kind").mkdir()
+        return answer
+    monkeypatch.setattr(StatHelper, "take", stale_take)
+    _dump(src, tmp_path / "helped.tar", since_ns=since)
+    assert answered, "the helper answered for no directory"
+    members = {m.name.rstrip("/"): m for m in tarfile.open(tmp_path / "helped.tar")}
+    for d in ("a", "b"):
+        if d.encode() in answered:
+            assert f"./{d}/gone" not in members and members[f"./{d}/kind"].isdir()
+            assert members[f"./{d}"].pax_headers["GNU.dumpdir"].split("\0")[:2] == ["Ykept", "Dkind"]
+        else:
+            assert {f"./{d}/gone", f"./{d}/kind", f"./{d}/kept"} <= set(members)
 
 
 def test_a_full_dump_starts_no_helper(tmp_path, monkeypatch):

@@ -94,6 +94,12 @@ def test_auto_falls_back_to_live_with_a_warning_naming_the_volume(tmp_path, capl
         chosen = choose("auto", tmp_path, tmp_path / "state", name="home")
     assert isinstance(chosen, LiveSnapshotter)
     assert "home" in caplog.text and "cannot be snapshotted" in caplog.text
+    caplog.clear()
+    heard: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="ndmpd.snapshots"):
+        assert isinstance(choose("auto", tmp_path, tmp_path / "state", "home", heard.append), LiveSnapshotter)
+    assert len(heard) == 1 and "home" in heard[0] and "cannot be snapshotted" in heard[0]
+    assert not caplog.records                     # a job's warning goes to the job (its DMA, or stderr)
     with pytest.raises(SnapshotError, match="not a btrfs subvolume"):
         BtrfsSnapshotter().take(tmp_path)
 

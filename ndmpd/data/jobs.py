@@ -36,6 +36,7 @@ from .places import Place
 from .source import RECORD, DataReadSource, SourceClosed
 
 log = logging.getLogger("ndmpd.data")
+_ENGINE_LOG = logging.getLogger("ndmpd.engine")         # what the dump job notes (engine.job)
 DELIVERY_POLL = 0.25
 IMAGE_SIZE_VAR = "NDMPD_IMAGE_SIZE"
 SNAPSHOT_TIME_VAR = "NDMPD_SNAPSHOT_TIME"   # when the image's view of the volume was taken (unix seconds)
@@ -99,7 +100,8 @@ def backup(host: JobHost, env: JobEnv, sock: socket.socket, state_dir: Path,
     host.follow(meter)            # DATA_GET_STATE reads the bytes as they go, not per record
     try:
         outcome = dump_volume(request, handoff.put if handoff else sock.fileno(),
-                              history.add_entry if history else None, None, warn, host.cancel, meter)
+                              history.add_entry if history else None, None, warn, host.cancel, meter,
+                              _ENGINE_LOG.info)
     except DumpAborted:
         return _undelivered(host, volume.name, "") or Outcome(C.DATA_HALT_ABORTED)
     except SnapshotError as exc:        # the volume's (or the DMA's) snapshot mode cannot work here

@@ -48,7 +48,7 @@ from .prefetch import LARGE, WINDOW_BYTES, Prefetch
 from .report import Messages
 from .select import Excluder
 from .sink import FdSink
-from .stat_helper import StatHelper, sorted_names
+from .stat_helper import Answer, StatHelper, classify, sorted_names
 from .target import DIR_FLAGS, fd_path
 
 if TYPE_CHECKING:                  # loaded by a dump that may read ahead (with subprocess): an
@@ -63,9 +63,9 @@ CTIME_SLACK_NS = 100_000_000       # lean: a directory or file whose ctime is th
                                    # no full listing to mend a miss with)
 
 
-HAND_OVER = 0.55                   # of the directories an incremental lists, the helper's share: an entry
-                                   # costs it ~10,200 instructions, the dump ~11,600 alone and ~1,000 with
-                                   # the helper's answer (callgrind), so 0.55 evens the two processes out
+HAND_OVER = 0.5                    # of the directories an incremental lists, the helper's share: an entry
+                                   # costs it ~10,100 instructions, the dump ~10,400 alone and a few hundred
+                                   # with the helper's answer (callgrind), so a half evens the two out
 _UPCOMING_SCAN = 64                # directory entries after a large file looked through for the next ones
 TAR_RECORD = 10240                 # GNU tar's default record (blocking factor 20)
 
@@ -433,7 +433,7 @@ class Dumper:
                 self._handed += 1
 
     def _list(self, fd: int, rel: bytes, full: bool, inside: bool = True,
-              answer: list[bytes] | None = None) -> tuple[list, list[bytes]]:
+              answer: Answer | None = None) -> tuple[list, list[bytes]]:
         """The directory's children to step through (name order) and its dumpdir entries.
 
         The names are sorted once, as bytes, before anything else (one lstat each follows);
@@ -442,15 +442,18 @@ class Dumper:
         over each), so a level 1 costs a stat per unchanged file and nothing more. With the
         helper's ``answer`` (stat_helper.py) the names come marked, and only the directories
         and changed files are stat'ed here."""
-        children: list[tuple[bytes, os.stat_result, bool]] = []
-        dumpdir: list[bytes] = []
         excluder = self._excluder if self._excluder else None      # its truth is a call: once
         since = self._since if self._lean_since is None else self._lean_since
+        by_journal = self._changed is not None
+        keep_unchanged = self._readahead is not None
+        if (rel and excluder is None and inside and not full and since is not None and not self._only
+                and not by_journal and not keep_unchanged):
+            return self._changes(fd, since, answer)   # an incremental's usual directory
+        children: list[tuple[bytes, os.stat_result, bool]] = []
+        dumpdir: list[bytes] = []
         prefix = rel + b"/" if rel else b""
         skip = self.options.skip_root_names if not rel else ()
         only, on_the_way = self._only, self._on_the_way
-        by_journal = self._changed is not None
-        keep_unchanged = self._readahead is not None
         base_since = self._since
         listed = 0                     # header + data bytes of what this directory will write
         unchanged = 0
@@ -506,6 +509,51 @@ class Dumper:
             self._kids[rel] = [(name, st.st_ino) for name, st, _ in children
                                if stat.S_ISDIR(st.st_mode) and st.st_dev == self._root_dev]
         return children, dumpdir
+
+    def _changes(self, fd: int, since: int, answer: Answer | None) -> tuple[list, list[bytes]]:
+        """``_list`` of a directory listed for changes, with nothing excluded, no FILES and no
+        journal: the dumpdir is the entries as :func:`classify` marks them (the helper's, or this
+        process's), and only the ``D`` and ``Y`` ones are looked at (with the helper's answer,
+        stat'ed again here: what the stream says of them is this process's own lstat)."""
+        if answer is None:
+            dumpdir, wanted, stats = classify(fd, since)
+        else:
+            dumpdir, wanted, stats = answer, answer.wanted, self._stat_again(fd, answer)
+        children = []
+        listed = 0
+        gone: list[int] = []
+        for at, st in zip(wanted, stats):
+            entry = dumpdir[at]
+            if st is None:                                   # gone since the helper's lstat
+                gone.append(at)
+                continue
+            if st.st_mode & _S_IFMT == _S_IFDIR:
+                code = 68                                    # b"D"
+            elif st.st_mtime_ns >= since or st.st_ctime_ns >= since:
+                code = 89                                    # b"Y"
+                listed += st.st_size
+            else:
+                dumpdir[at] = b"N" + entry[1:]               # (its times went back since)
+                continue
+            if entry[0] != code:
+                dumpdir[at] = bytes((code,)) + entry[1:]
+            children.append((entry[1:], st, True))
+        for at in reversed(gone):
+            del dumpdir[at]
+        self.discovered += listed + 1024 * len(dumpdir)    # data, plus about a header per entry
+        return children, dumpdir
+
+    @staticmethod
+    def _stat_again(fd: int, answer: Answer) -> list[os.stat_result | None]:
+        """This process's lstat of the helper's ``D`` and ``Y`` entries (None: gone since)."""
+        stats: list[os.stat_result | None] = []
+        lstat = os.lstat
+        for at in answer.wanted:
+            try:
+                stats.append(lstat(answer[at][1:], dir_fd=fd))
+            except FileNotFoundError:
+                stats.append(None)
+        return stats
 
     def _on_the_way_to_changes(self, fd: int, rel: bytes) -> list:
         """The subdirectories of an unchanged directory that lead to changed ones (no listing)."""

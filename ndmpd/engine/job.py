@@ -6,7 +6,6 @@ recorded only after a dump that completed.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +20,6 @@ from .sink import FdSink
 
 if TYPE_CHECKING:
     from .journal import ChangeJournal    # the server's: a command-line dump never loads it
-
-log = logging.getLogger("ndmpd.engine")
-
 
 @dataclass(frozen=True)
 class DumpRequest:
@@ -65,9 +61,12 @@ def plan_base(request: DumpRequest, dates: DumpDates) -> Base:
 
 def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], history: HistoryCallback | None = None,
                 progress: ProgressCallback | None = None, warn: Callable[[str], None] | None = None,
-                cancel: threading.Event | None = None, meter: DumpMeter | None = None) -> DumpOutcome:
+                cancel: threading.Event | None = None, meter: DumpMeter | None = None,
+                note: Callable[[str], None] | None = None) -> DumpOutcome:
     """Dump ``request.source`` as a pax stream into ``out`` (a file descriptor, or a consumer
-    of full buffers: see FdSink); raises on failure. ``meter`` follows the bytes as they go.
+    of full buffers: see FdSink); raises on failure. ``meter`` follows the bytes as they go;
+    ``note`` hears what the job does, for a log (the server's; without it the job imports no
+    logging: ``ndmpd dump``'s start-up is most of a small incremental).
 
     With ``request.update`` the dump date is recorded once the stream is written; a caller
     that then learns the image never reached its medium calls ``outcome.revert_date()``, so
@@ -78,16 +77,17 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
     base = plan_base(request, dates)
     if request.level > 0 and base.since_ns is None and warn:
         warn(base.note)
-    snapshotter = choose(request.snapshot, request.source, request.state_dir, request.key)
+    note = note or (lambda text: None)
+    snapshotter = choose(request.snapshot, request.source, request.state_dir, request.key, warn)
     date_ns = time.time_ns()
     snapshot = snapshotter.take(request.source)
-    log.info("dumping %s (level %d, %s) from %s", request.key, base.level, base.note, snapshot.path)
+    note(f"dumping {request.key} (level {base.level}, {base.note}) from {snapshot.path}")
     lean = bool(request.hold and request.base_token) and base.since_ns is not None
     changed = None
     if lean and request.journal is not None and base.known_dirs is not None and not request.only:
         changed = request.journal.changed_since(base.since_ns)
-        log.info("%s: change journal %s", request.key, "cannot prove the changes since the base; walking"
-                 if changed is None else f"lists {len(changed)} changed directories")
+        note(f"{request.key}: change journal " + ("cannot prove the changes since the base; walking"
+                                                  if changed is None else f"lists {len(changed)} changed directories"))
     try:
         options = DumpOptions(
             since_ns=base.since_ns, known_dirs=base.known_dirs, known_stamps=base.known_stamps,
@@ -108,10 +108,9 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
             result = dumper.run()
             ok = True
             if result.read_ahead:
-                log.info("%s: the cache was cold; read-ahead asked for %d files", request.key, result.read_ahead)
+                note(f"{request.key}: the cache was cold; read-ahead asked for {result.read_ahead} files")
             if result.prefetched:
-                log.info("%s: large files were cold; %d MiB of them read ahead of their copy", request.key,
-                         result.prefetched >> 20)
+                note(f"{request.key}: large files were cold; {result.prefetched >> 20} MiB of them read ahead of their copy")
         finally:
             sink.close(drain=ok)
     finally:

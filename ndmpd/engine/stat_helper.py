@@ -26,8 +26,10 @@ lists a directory asked for itself and withdraws the request; so a small increme
 slower than the dump alone, and a large one hands over what comes after the start.
 
 Wire (both ways, ``\\0``-separated, names never hold a ``\\0``): a request is ``INO DEV PATH``
-(INO 0: withdrawn); an answer is ``PATH STAMP LENGTH`` (STAMP empty when the file system
-gives none) and then LENGTH bytes of ``\\0``-joined entries, or LENGTH -1 for a refusal.
+(INO 0: withdrawn); an answer is ``PATH STAMP LENGTH`` (STAMP empty when the file system gives
+none) and then LENGTH bytes: the positions of the
+``D`` and ``Y`` entries (space-separated) and the entries, ``\\0``-joined; LENGTH -1 for a
+refusal. With the positions the dump finds what it stats again without a look at each name.
 """
 
 from __future__ import annotations
@@ -64,6 +66,49 @@ def sorted_names(fd: int) -> list[bytes]:
     return names
 
 
+def classify(fd: int, since: int) -> tuple[list[bytes], list[int], list[os.stat_result]]:
+    """A directory's entries in name order, each ``D`` (a directory), ``Y`` (a file changed at or
+    after ``since``) or ``N`` (unchanged) + name; the positions of the D and Y ones, and their
+    lstat. One loop for the dump and the helper: both decide by this very test."""
+    lstat = os.lstat
+    entries: list[bytes] = []
+    wanted: list[int] = []
+    stats: list[os.stat_result] = []
+    add = entries.append
+    for name in sorted_names(fd):
+        try:
+            st = lstat(name, dir_fd=fd)
+        except FileNotFoundError:
+            continue                           # gone before its lstat: not listed
+        if st.st_mode & _S_IFMT == _S_IFDIR:
+            code = b"D"
+        elif st.st_mtime_ns >= since or st.st_ctime_ns >= since:
+            code = b"Y"
+        else:
+            add(b"N" + name)
+            continue
+        wanted.append(len(entries))
+        stats.append(st)
+        add(code + name)
+    return entries, wanted, stats
+
+
+class Answer(list):
+    """The helper's answer for a directory: its entries as :func:`classify` lists them, and in
+    ``wanted`` the positions of the ``D`` and ``Y`` ones (those the dump stats again)."""
+
+    __slots__ = ("wanted",)
+
+    def __init__(self, entries: list[bytes], wanted: list[int]) -> None:
+        super().__init__(entries)
+        self.wanted = wanted
+
+    @classmethod
+    def parse(cls, body: bytes) -> "Answer":
+        fields = body.split(b"\0")
+        return cls(fields[1:], [int(at) for at in fields[0].split()])
+
+
 class StatHelper:
     """The dump's side: asks the helper for directories, takes its answers in walk order."""
 
@@ -74,7 +119,7 @@ class StatHelper:
         self._pid = 0
         self._requests = self._replies = -1
         self._failed = False
-        self._answers: dict[bytes, tuple[int | None, list[bytes]] | None] = {}
+        self._answers: dict[bytes, tuple[int | None, Answer] | None] = {}
         self._waiting: set[bytes] = set()
         self._withdrawn: set[bytes] = set()   # taken back while it started: its answer is dropped
         self._answering = False               # it has answered once: from then on the dump waits
@@ -100,7 +145,7 @@ class StatHelper:
     def asked(self, rel: bytes) -> bool:
         return rel in self._waiting
 
-    def take(self, rel: bytes, stamp: int | None = None) -> list[bytes] | None:
+    def take(self, rel: bytes, stamp: int | None = None) -> Answer | None:
         """The entries of a directory asked for (``D``/``Y``/``N`` + name, sorted by name), or
         None when the dump is to list it itself (refused, helper gone, job cancelled, the
         directory the helper listed has not the ``stamp`` of the one the dump opened, or the
@@ -172,7 +217,7 @@ class StatHelper:
             elif length == _REFUSED:
                 self._answers[rel] = None
             else:
-                self._answers[rel] = (stamp, bytes(buffer[mid + 1:end]).split(b"\0") if end > mid + 1 else [])
+                self._answers[rel] = (stamp, Answer.parse(bytes(buffer[mid + 1:end])))
             del buffer[:end]
 
     def _start(self) -> bool:
@@ -298,32 +343,14 @@ class _Server:
             if seen.st_ino != ino or seen.st_dev != dev:
                 return b"\0" + _REFUSED + b"\0"   # not the directory the dump saw there
             stamp = self._stamper(fd, dev)
-            entries = self._entries(fd)
+            entries, wanted, _ = classify(fd, self._since)
         except OSError:
             return b"\0" + _REFUSED + b"\0"       # the dump lists it, and meets the error itself
         finally:
             if fd != 3:
                 os.close(fd)
-        body = b"\0".join(entries)
+        body = b"\0".join([b" ".join([b"%d" % at for at in wanted]), *entries])
         return b"%s\0%d\0%s" % (b"" if stamp is None else b"%d" % stamp, len(body), body)
-
-    def _entries(self, fd: int) -> list[bytes]:
-        since = self._since
-        lstat = os.stat
-        entries = []
-        add = entries.append
-        for name in sorted_names(fd):
-            try:
-                st = lstat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue                       # as the dump: gone before its lstat, not listed
-            if st.st_mode & _S_IFMT == _S_IFDIR:
-                add(b"D" + name)
-            elif st.st_mtime_ns >= since or st.st_ctime_ns >= since:
-                add(b"Y" + name)
-            else:
-                add(b"N" + name)
-        return entries
 
 
 def serve(since: int) -> None:

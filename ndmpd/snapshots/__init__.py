@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .base import Snapshot, SnapshotError, Snapshotter
-from .btrfs import SNAPSHOT_DIR, BtrfsSnapshotter, is_subvolume
+from .base import SNAPSHOT_DIR, Snapshot, SnapshotError, Snapshotter
 from .live import LiveSnapshotter
-from .lvm import LvmSnapshotter, logical_volume, lvm_available
-from .mounts import mount_of
 
 __all__ = ["Snapshot", "SnapshotError", "Snapshotter", "choose", "remove_stale", "SNAPSHOT_DIR"]
 
-log = logging.getLogger("ndmpd.snapshots")
+
+def _log():
+    """The package's logger (logging imported here: ``ndmpd dump`` starts without it)."""
+    import logging
+    return logging.getLogger("ndmpd.snapshots")
 
 
 def _on_lvm(volume: Path) -> bool:
+    from .lvm import logical_volume, lvm_available
+    from .mounts import mount_of
     if lvm_available():
         return False
     try:
@@ -26,20 +28,25 @@ def _on_lvm(volume: Path) -> bool:
         return False
 
 
-def choose(mode: str, volume: Path, state_dir: Path, name: str | None = None) -> Snapshotter:
-    """The snapshotter for a volume's mode; ``auto`` falls back to ``none`` with a warning."""
+def choose(mode: str, volume: Path, state_dir: Path, name: str | None = None,
+           warn: Callable[[str], None] | None = None) -> Snapshotter:
+    """The snapshotter for a volume's mode; ``auto`` falls back to ``none`` with a warning (to
+    ``warn``, the job's, else the log)."""
+    if mode == "none":
+        return LiveSnapshotter()
+    from .btrfs import BtrfsSnapshotter, is_subvolume     # here: a volume dumped live goes without
+    from .lvm import LvmSnapshotter                        # them and their mount table parser
     if mode == "btrfs":
         return BtrfsSnapshotter()
     if mode == "lvm":
         return LvmSnapshotter(state_dir)
-    if mode == "none":
-        return LiveSnapshotter()
     if is_subvolume(volume):
         return BtrfsSnapshotter()
     if _on_lvm(volume):
         return LvmSnapshotter(state_dir)
-    log.warning("volume %s (%s) cannot be snapshotted (not a btrfs subvolume, not on LVM); "
-                "dumping it live: files changing during the dump are reported", name or volume, volume)
+    (warn or _log().warning)(f"volume {name or volume} ({volume}) cannot be snapshotted (not a btrfs "
+                             "subvolume, not on LVM); dumping it live: files changing during the dump "
+                             "are reported")
     return LiveSnapshotter()
 
 
@@ -49,6 +56,9 @@ def remove_stale(volumes: Iterable[Path], state_dir: Path) -> list[str]:
     Every provider looks at every volume, whatever its configured mode: a DMA's SNAPSHOT=
     may have taken a snapshot of a volume configured "none" (and a mode may have changed
     since). Each provider only removes what it made (its own names, owner process gone)."""
+    from .btrfs import BtrfsSnapshotter
+    from .lvm import LvmSnapshotter
+    log = _log()
     removed: list[str] = []
     paths = list(volumes)
     work: list[tuple[Snapshotter, Path]] = [(BtrfsSnapshotter(), path) for path in paths]

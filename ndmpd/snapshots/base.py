@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+SNAPSHOT_DIR = ".ndmpd-snapshots"   # in a btrfs volume, where its snapshots are kept (btrfs.py); never dumped
+
+
 class SnapshotError(Exception):
     """A snapshot could not be taken or removed; the message says why and what to do."""
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import Snapshot, SnapshotError, Snapshotter, job_tag, owner_alive
+from .base import SNAPSHOT_DIR, Snapshot, SnapshotError, Snapshotter, job_tag, owner_alive
 from .commands import run
 from .mounts import mount_of
 
-SNAPSHOT_DIR = ".ndmpd-snapshots"
 HELD = "held"                         # SNAPSHOT_DIR/held: kept snapshots (holds.py); never stale
 _FIRST_SUBVOLUME_INODE = 256
 
