@@ -77,8 +77,10 @@ def dump_volume(request: DumpRequest, out: int | Callable[[memoryview], None], h
     base = plan_base(request, dates)
     if request.level > 0 and base.since_ns is None and warn:
         warn(base.note)
+    # a live fall-back is the volume's configuration, not this job's trouble: the server's log
+    # says it (the DMA's job is not one "with warnings" for it); ndmpd dump prints it
+    snapshotter = choose(request.snapshot, request.source, request.state_dir, request.key, note or warn)
     note = note or (lambda text: None)
-    snapshotter = choose(request.snapshot, request.source, request.state_dir, request.key, warn)
     date_ns = time.time_ns()
     snapshot = snapshotter.take(request.source)
     note(f"dumping {request.key} (level {base.level}, {base.note}) from {snapshot.path}")
