@@ -68,8 +68,8 @@ class FhWire:
         self._fs_unix = c.FS_UNIX
         self._ftypes, self._other = _file_types(c)
         self.codes = {"file": c.FH_ADD_FILE, "dir": c.FH_ADD_DIR, "node": c.FH_ADD_NODE}
-        self._file_packs: dict[int, Callable[..., bytes]] = {}      # by path length (a few hundred at most)
-        self._file_leads: dict[int, tuple[Callable[..., bytes], bytes]] = {}     # the same, for ``files``
+        self._file_leads: dict[int, tuple[Callable[..., bytes], bytes]] = {}    # by path length (a few
+                                                                                # hundred at most)
         # ``files`` sends a stat's first fields (count 1, valid, fs_type, ftype) as ready bytes
         if not self._stat_tail.format.startswith(_STAT_FRONT.format):
             raise ValueError(f"unexpected ndmp{version}_file_stat layout {stat_fmt}")
@@ -108,15 +108,6 @@ class FhWire:
         return self.codes[kind], _COUNT.pack(len(entries)) + b"".join(entries)
 
     # -- whole batches (the backup's path) -------------------------------------------------
-
-    def _file_pack(self, size: int) -> Callable[..., bytes]:
-        """``pack`` of one whole ``file`` whose path ("/" and ``size`` bytes) has that length."""
-        pack = self._file_packs.get(size)
-        if pack is None:
-            pad = -(size + 1) & 3
-            pack = struct.Struct(f">IIIc{size}s{pad}x{self._stat_tail.format[1:]}").pack
-            self._file_packs[size] = pack
-        return pack
 
     def _file_lead(self, size: int) -> tuple[Callable[..., bytes], bytes]:
         """For a path of ``size`` bytes: ``pack`` of a whole ``file`` from the bytes in front
