@@ -51,6 +51,7 @@ import stat
 import sys
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .select import Excluder
@@ -102,6 +103,8 @@ class ReadAhead:
         os.ftruncate(self._shared_fd, _PAGE)
         self._page = mmap.mmap(self._shared_fd, _PAGE)
         self._slots = memoryview(self._page).cast("q")
+        self.seen: Callable[[int], None] = partial(self._slots.__setitem__, _POSITION)
+        """``seen(position)``: the dump's walk position, at every entry (a C call, no Python frame)."""
         self._misses = 0               # close runs of misses (each one after the first wakes the helper)
         self._recent: deque[int] = deque(maxlen=START_AFTER_MISSES)   # walk positions of the last misses
         self._final: tuple[int, int] | None = None      # (asked, cached) once stopped
@@ -127,9 +130,6 @@ class ReadAhead:
 
     def _count(self, slot: int) -> int:
         return sum(self._slots[slot + 2 * number] for number in range(HELPERS))
-
-    def seen(self, position: int) -> None:
-        self._slots[_POSITION] = position
 
     def missed(self) -> None:
         """A read of the dump waited for the device: the cache is cold here when the last
@@ -219,6 +219,8 @@ class _Helper:
         os.close(settings["root_fd"])
         self._page = mmap.mmap(settings["shared_fd"], _PAGE)
         self._slots = memoryview(self._page).cast("q")
+        self.seen: Callable[[int], None] = partial(self._slots.__setitem__, _POSITION)
+        """``seen(position)``: the dump's walk position, at every entry (a C call, no Python frame)."""
         self._pipe = settings["pipe_fd"]
         self._root_dev = settings["root_dev"]
         self._skip = frozenset(bytes.fromhex(name) for name in settings["skip"])
