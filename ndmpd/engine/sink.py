@@ -33,6 +33,7 @@ _SENDFILE_CHUNK = 8 << 20       # the byte count (progress) moves at least this 
 
 PIPE_SIZE = 1 << 20
 _ZEROS = bytes(SENDFILE_MIN)
+_RWF_NOWAIT = os.RWF_NOWAIT
 
 
 def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
@@ -109,8 +110,14 @@ class FdSink:
     def place(self, data: bytes) -> int:
         """``write(data)``, returning the stream offset it starts at (a member's headers, whose
         offset its file history gives): one call where ``offset`` and ``write`` were two."""
-        offset = self._flushed + self._fill
-        self.write(data)
+        fill = self._fill
+        offset = self._flushed + fill
+        end = fill + len(data)
+        if end > len(self._buffer):
+            self.write(data)
+        else:                           # write's common case, inline (once per file)
+            self._buffer[fill:end] = data
+            self._fill = end
         return offset
 
     def zeros(self, count: int) -> None:
@@ -132,10 +139,19 @@ class FdSink:
             copied = self.copy_from(source, 0, count)
             self.zeros(padded - copied)
             return copied
+        view = self._view[fill:fill + count]
         if self.on_miss is None:
-            copied = os.preadv(source, [self._view[fill:fill + count]], 0)   # short only at end of file
-        else:
-            copied = self._read_noting_miss(source, self._view[fill:fill + count])
+            copied = os.preadv(source, [view], 0)   # short only at end of file
+        elif self._timed_reads:
+            copied = self._read_noting_miss(source, view)
+        else:                                       # _read_noting_miss's usual case, inline
+            try:
+                copied = os.preadv(source, [view], 0, _RWF_NOWAIT)
+            except OSError:                         # not cached at all, or no RWF_NOWAIT here
+                copied = self._read_noting_miss(source, view)
+            else:
+                if copied < count:
+                    copied += self._rest_noting_miss(source, view, copied)
         self._buffer[fill + copied:fill + padded] = _ZEROS[:padded - copied]
         self._fill = fill + padded
         return copied
@@ -176,11 +192,15 @@ class FdSink:
             self._timed_reads = True
             return self._read_noting_miss(source, view)
         if copied < len(view):
-            more = os.preadv(source, [view[copied:]], copied)
-            if more and self.on_miss is not None:
-                self.on_miss()
-            copied += more
+            copied += self._rest_noting_miss(source, view, copied)
         return copied
+
+    def _rest_noting_miss(self, source: int, view: memoryview, copied: int) -> int:
+        """The rest of a ``RWF_NOWAIT`` read that came back short: a miss unless the file ended."""
+        more = os.preadv(source, [view[copied:]], copied)
+        if more and self.on_miss is not None:
+            self.on_miss()
+        return more
 
     def copy_from(self, source: int, offset: int, count: int) -> int:
         """Copy ``count`` bytes of ``source`` from ``offset``; fewer only at its end of file."""
