@@ -219,8 +219,6 @@ class _Helper:
         os.close(settings["root_fd"])
         self._page = mmap.mmap(settings["shared_fd"], _PAGE)
         self._slots = memoryview(self._page).cast("q")
-        self.seen: Callable[[int], None] = partial(self._slots.__setitem__, _POSITION)
-        """``seen(position)``: the dump's walk position, at every entry (a C call, no Python frame)."""
         self._pipe = settings["pipe_fd"]
         self._root_dev = settings["root_dev"]
         self._skip = frozenset(bytes.fromhex(name) for name in settings["skip"])
