@@ -88,7 +88,7 @@ _PAGE = 4096
 class ReadAhead:
     """The dump's side: starts the helper when the cache proves cold, tells it where the walk is.
 
-    The dump calls :meth:`seen` with its walk position for every directory entry it steps over,
+    The dump calls ``seen`` with its walk position for every directory entry it steps over,
     :meth:`missed` when one of its reads waited for the device, and :meth:`stop` at the end."""
 
     def __init__(self, root_fd: int, root_dev: int | None, skip_root_names: frozenset[bytes],
