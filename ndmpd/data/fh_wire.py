@@ -29,6 +29,8 @@ U32 = 0xFFFFFFFF
 _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
 _COUNT = struct.Struct(">I")
 _IFMT = 0o170000
+_IFDIR = st.S_IFDIR
+_STAT_FRONT = struct.Struct(">IIii")      # a one-stat list's count, then the stat's invalid, fs_type, ftype
 
 
 class Row(Protocol):
@@ -66,7 +68,14 @@ class FhWire:
         self._fs_unix = c.FS_UNIX
         self._ftypes, self._other = _file_types(c)
         self.codes = {"file": c.FH_ADD_FILE, "dir": c.FH_ADD_DIR, "node": c.FH_ADD_NODE}
-        self._file_packs: dict[int, Callable[..., bytes]] = {}      # by path length (a few hundred at most)
+        self._file_leads: dict[int, tuple[Callable[..., bytes], bytes]] = {}    # by path length (a few
+                                                                                # hundred at most)
+        # ``files`` sends a stat's first fields (count 1, valid, fs_type, ftype) as ready bytes
+        if not self._stat_tail.format.startswith(_STAT_FRONT.format):
+            raise ValueError(f"unexpected ndmp{version}_file_stat layout {stat_fmt}")
+        self._stat_numbers = self._stat_tail.format[len(_STAT_FRONT.format):]
+        self._file_middles = {kind: _STAT_FRONT.pack(1, 0, self._fs_unix, ftype) for kind, ftype in self._ftypes.items()}
+        self._file_middles[-1] = _STAT_FRONT.pack(1, 0, self._fs_unix, self._other)
         self._dir_packs: dict[int, Callable[..., bytes]] = {}
 
     def _name(self, name: bytes) -> bytes:
@@ -100,14 +109,17 @@ class FhWire:
 
     # -- whole batches (the backup's path) -------------------------------------------------
 
-    def _file_pack(self, size: int) -> Callable[..., bytes]:
-        """``pack`` of one whole ``file`` whose path ("/" and ``size`` bytes) has that length."""
-        pack = self._file_packs.get(size)
-        if pack is None:
+    def _file_lead(self, size: int) -> tuple[Callable[..., bytes], bytes]:
+        """For a path of ``size`` bytes: ``pack`` of a whole ``file`` from the bytes in front
+        of its path, the path, the bytes between it and the times (``_file_middles``), the
+        stat's numbers, node and fh_info; and those front bytes (count, fs_type, length, "/")."""
+        lead = self._file_leads.get(size)
+        if lead is None:
             pad = -(size + 1) & 3
-            pack = struct.Struct(f">IIIc{size}s{pad}x{self._stat_tail.format[1:]}").pack
-            self._file_packs[size] = pack
-        return pack
+            lead = (struct.Struct(f">13s{size}s{pad}x{_STAT_FRONT.size}s{self._stat_numbers}").pack,
+                    self._name_head.pack(1, self._fs_unix, size + 1) + b"/")
+            self._file_leads[size] = lead
+        return lead
 
     def _dir_pack(self, size: int) -> Callable[..., bytes]:
         pack = self._dir_packs.get(size)
@@ -118,18 +130,28 @@ class FhWire:
 
     def files(self, rows: Sequence[Row]) -> tuple[int, bytes]:
         """FH_ADD_FILE of ``rows``: the same bytes as ``post("file", [file(b"/" + path, ...)])``
-        (directories with size 0)."""
-        fs, ftypes, other, packs, make = self._fs_unix, self._ftypes, self._other, self._file_packs, self._file_pack
+        (directories with size 0).
+
+        The constant fields go in as ready bytes (per path length, per file type) and the
+        numbers unmasked: ``pack`` refuses one outside 32 bits (a time before 1970, a big
+        uid), and only such a row is packed again with each masked as ``file`` does."""
+        leads, make, middles = self._file_leads, self._file_lead, self._file_middles
         out = [_COUNT.pack(len(rows))]
         append = out.append
         for row in rows:
             path = row.path
             mode, node, _, links, uid, gid, size, atime, mtime, ctime = row.stat[:10]
             kind = mode & _IFMT
-            pack = packs.get(len(path)) or make(len(path))
-            append(pack(1, fs, len(path) + 1, b"/", path, 1, 0, fs, ftypes.get(kind, other), mtime & U32,
-                        atime & U32, ctime & U32, uid & U32, gid & U32, mode & 0o7777,
-                        0 if kind == st.S_IFDIR else size, links & U32, node, row.offset))
+            pack, front = leads.get(len(path)) or make(len(path))
+            if kind == _IFDIR:
+                size = 0
+            try:
+                append(pack(front, path, middles.get(kind) or middles[-1], mtime, atime, ctime, uid, gid,
+                            mode & 0o7777, size, links, node, row.offset))
+            except struct.error:
+                append(pack(front, path, middles.get(kind) or middles[-1], mtime & U32, atime & U32,
+                            ctime & U32, uid & U32, gid & U32, mode & 0o7777, size, links & U32, node,
+                            row.offset))
         return self.codes["file"], b"".join(out)
 
     def dirs(self, rows: Sequence[Row], dot: int | None = None) -> tuple[int, bytes]:

@@ -644,16 +644,6 @@ class Dumper:
         else:
             self.warn(f"{self._show(rel)}: socket skipped (tar cannot archive sockets)")
 
-    @staticmethod
-    def _file_xattrs(fd: int) -> bytes:
-        """An open file's xattr records: one listxattr when it has none (most files)."""
-        try:
-            if not os.listxattr(fd):
-                return b""
-        except OSError:
-            pass                        # read_records says what this error means
-        return xattrs.read_records(fd)
-
     def _path_xattrs(self, dir_fd: int, name: bytes) -> bytes:
         if not self._xattrs:
             return b""
@@ -673,7 +663,14 @@ class Dumper:
             fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
         result = self.result
         try:
-            records = self._file_xattrs(fd) if self._xattrs else b""
+            records = b""
+            if self._xattrs:                # one listxattr when it has none (most files)
+                try:
+                    listed = os.listxattr(fd)
+                except OSError:
+                    listed = True           # read_records says what this error means
+                if listed:
+                    records = xattrs.read_records(fd)
             size = st.st_size
             if size > pax.BLOCK and st.st_blocks * 512 < size:       # sparse.looks_sparse, inline
                 extents = sparse.data_extents(fd, size)

@@ -223,6 +223,7 @@ class HeaderWriter:
         self._pax_blocks: dict[int, bytes] = {}
         self._numbers: dict[int, tuple[bytes, int]] = {}     # value -> 12-byte octal field, its byte sum
         self._checksums: dict[int, bytes] = {}
+        self._pax30 = self._pax_block(30)            # the block before a lone 30-byte mtime record
 
     def headers(self, name: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
                 typeflag: bytes, linkname: bytes = b"", devmajor: int = 0, devminor: int = 0,
@@ -242,12 +243,13 @@ class HeaderWriter:
                 checksum_field = self._checksums.get(checksum)
                 if checksum_field is None:
                     checksum_field = self._checksums[checksum] = b"%06o\0 " % checksum
+                if frac and 1_000_000_000 <= sec < 10_000_000_000 and not extra:   # the record of 2001-2286:
+                    return b"".join((self._pax30, b"30 mtime=%d.%09d\n" % (sec, frac), _NULS[482],   # one join
+                                     name, _NULS[100 - len(name)], template[0], size_field[0], time_field[0],
+                                     checksum_field, template[1]))
                 block = b"".join((name, _NULS[100 - len(name)], template[0], size_field[0], time_field[0],
                                   checksum_field, template[1]))
                 if frac:
-                    if 1_000_000_000 <= sec < 10_000_000_000 and not extra:     # the record of 2001-2286
-                        return b"".join((self._pax_blocks.get(30) or self._pax_block(30),
-                                         b"30 mtime=%d.%09d\n" % (sec, frac), _NULS[482], block))
                     extra += (b"30 mtime=%d.%09d\n" % (sec, frac) if 1_000_000_000 <= sec < 10_000_000_000
                               else pax_record(b"mtime", format_time(mtime_ns)))
                 return self._extended(extra) + block if extra else block

@@ -51,6 +51,7 @@ import stat
 import sys
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .select import Excluder
@@ -87,7 +88,7 @@ _PAGE = 4096
 class ReadAhead:
     """The dump's side: starts the helper when the cache proves cold, tells it where the walk is.
 
-    The dump calls :meth:`seen` with its walk position for every directory entry it steps over,
+    The dump calls ``seen`` with its walk position for every directory entry it steps over,
     :meth:`missed` when one of its reads waited for the device, and :meth:`stop` at the end."""
 
     def __init__(self, root_fd: int, root_dev: int | None, skip_root_names: frozenset[bytes],
@@ -102,6 +103,8 @@ class ReadAhead:
         os.ftruncate(self._shared_fd, _PAGE)
         self._page = mmap.mmap(self._shared_fd, _PAGE)
         self._slots = memoryview(self._page).cast("q")
+        self.seen: Callable[[int], None] = partial(self._slots.__setitem__, _POSITION)
+        """``seen(position)``: the dump's walk position, at every entry (a C call, no Python frame)."""
         self._misses = 0               # close runs of misses (each one after the first wakes the helper)
         self._recent: deque[int] = deque(maxlen=START_AFTER_MISSES)   # walk positions of the last misses
         self._final: tuple[int, int] | None = None      # (asked, cached) once stopped
@@ -127,9 +130,6 @@ class ReadAhead:
 
     def _count(self, slot: int) -> int:
         return sum(self._slots[slot + 2 * number] for number in range(HELPERS))
-
-    def seen(self, position: int) -> None:
-        self._slots[_POSITION] = position
 
     def missed(self) -> None:
         """A read of the dump waited for the device: the cache is cold here when the last
