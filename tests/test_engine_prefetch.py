@@ -122,7 +122,7 @@ def test_a_cold_dump_reads_the_next_large_file_while_it_copies_one(disk_tmp: Pat
     tree = disk_tmp / "tree"
     tree.mkdir()
     size = prefetch.LARGE // MIB
-    first = write_large(tree / "a", size * 2, 1)
+    first = write_large(tree / "a", size * 8, 1)     # its middle is further in than the handed sink's spares reach
     second = write_large(tree / "b", size, 2)
     evict_files([first, second])
     assert _watched_dump(tree, first, [second], patience=10) == {"b": True}, \
@@ -135,7 +135,7 @@ def test_only_what_the_walk_copies_next_is_read_ahead(disk_tmp: Path) -> None:
     tree = disk_tmp / "tree"
     (tree / "c_dir").mkdir(parents=True)
     size = prefetch.LARGE // MIB
-    first = write_large(tree / "a", size * 2, 1)
+    first = write_large(tree / "a", size * 8, 1)     # its middle is further in than the handed sink's spares reach
     sparse = tree / "b_sparse"
     with open(sparse, "wb") as out:
         out.seek(prefetch.LARGE * 2)
