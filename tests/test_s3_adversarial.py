@@ -273,3 +273,20 @@ def test_an_index_naming_another_cartridges_objects_is_refused_and_deletes_nothi
             drive(store).open(write=write)
         assert "not an object of this cartridge" in str(caught.value), caught.value
     assert set(s3_server.keys(bucket, "lib/CART02/")) == theirs
+
+
+@pytest.mark.parametrize("which", ["index", "base"])
+def test_a_huge_object_under_an_index_name_is_refused_without_reading_it(store, s3_server, bucket, monkeypatch, which):
+    """An index (or the base it names) of gigabytes would be read whole into memory at
+    TAPE_OPEN: its length is checked first (the limit made 1 MiB here, the object 3 MiB)."""
+    monkeypatch.setattr(s3_medium, "MAX_INDEX_BYTES", 1 << 20, raising=False)
+    written(drive(store), [[bytes([n % 251]) * 100] for n in range(TAIL_LIMIT + 10)])     # a base and a tail
+    [base] = s3_server.keys(bucket, "lib/CART01/base-")
+    huge = (get(s3_server, bucket, KEY if which == "index" else base) + b"\0" * (3 << 20))
+    put(s3_server, bucket, KEY if which == "index" else base, huge)
+    for write in (True, False):
+        with pytest.raises(MediaError) as caught:
+            drive(store).open(write=write)
+        message = str(caught.value)
+        assert "\n" not in message and "more than any cartridge index" in message and "CART01" in message, message
+    assert get(s3_server, bucket, KEY if which == "index" else base) == huge        # nothing overwritten

@@ -42,6 +42,7 @@ CACHE_BLOCKS = 48
 READ_AHEAD_MAX = 8                  # blocks one sequential GET may fetch
 ABORT_RETRY = 2.0                   # seconds between attempts to abort an upload of a failed write
 ABORT_PATIENCE = 120.0
+MAX_INDEX_BYTES = 64 << 20          # an index or base object past this is not one (a v2 index is KiBs)
 MAX_PARTS = 10_000                  # parts of one multipart upload (S3's limit): a tape file spans segments
 
 
@@ -281,14 +282,16 @@ class S3Medium:
     def _load(self) -> Index:
         what = f"opening cartridge {self._where.name}"
         try:
-            body = self._store.call(what, "get_object", Key=self._key(INDEX))["Body"].read()
+            body = self._small_object(what, self._key(INDEX))
         except MediaError as exc:
             if is_missing(exc.__cause__ or exc):
                 raise MediaError(f"{self.name}: no such cartridge") from None
             raise
+        except IndexCorrupt as exc:
+            raise MediaError(str(exc)) from None
         def base(key: str) -> bytes:
             self._own(key)
-            return self._store.call(f"{what}: reading its base index", "get_object", Key=key)["Body"].read()
+            return self._small_object(f"{what}: reading its base index", key)
         try:
             index = Index.unpack(body, self.name, base)
             for key in index.objects():
@@ -296,6 +299,17 @@ class S3Medium:
             return index
         except IndexCorrupt as exc:
             raise MediaError(str(exc)) from None
+
+    def _small_object(self, what: str, key: str) -> bytes:
+        """An index or base object, read whole only when its length could be one (an object
+        of gigabytes under the index's name is refused before its body is read)."""
+        answer = self._store.call(what, "get_object", Key=key)
+        length = int(answer.get("ContentLength") or 0)
+        if length > MAX_INDEX_BYTES:
+            answer["Body"].close()
+            raise IndexCorrupt(f"{self.name}: {key} is {length} bytes, more than any cartridge index "
+                               f"({MAX_INDEX_BYTES >> 20} MiB); refusing it")
+        return answer["Body"].read(MAX_INDEX_BYTES + 1)
 
     def _own(self, key: str) -> None:
         """An index may name only objects of its own cartridge: one naming others' (damaged,
