@@ -23,7 +23,7 @@ from tests.trees import describe, differences
 from .conftest import library_tables, run
 from .ndmp_cli import ndmp, ndmp_env, ok_json
 from .s3_rig import credentials_file, kill_once_uploading, s3_drive, store_table
-from .test_ndmp_library import fill_volume
+from .test_ndmp_library import fill_volume, slots
 
 pytestmark = pytest.mark.interop
 
@@ -201,3 +201,20 @@ def test_an_encrypted_s3_library_never_uploads_plaintext_and_restores(server_fac
     assert dar["status"] == "done"
     assert (tmp_path / "out" / "dar" / "pattern.bin").read_bytes() == known
     assert (tmp_path / "out" / "dar" / "repeat.txt").read_bytes() == known[:4096] * 300
+
+
+def test_barcodes_labels_and_capacity_keep_their_meaning_on_s3(s3lib, s3_server, tmp_path):
+    server, spec, bucket = s3lib
+    inv = ok_json(ndmp("library", f"{spec}:vlib0", "inventory", "--json", home=tmp_path))
+    assert [slots(inv)[f"slot {i}"] for i in (1, 2, 3)] == ["TAPE01", "TAPE02", "TAPE03"]
+    done = ok_json(ndmp("library", f"{spec}:vlib0", "label", "1=MON", "2=TUE", "--json", home=tmp_path))
+    assert [d["label"] for d in done["labelled"]] == ["MON", "TUE"]
+    ok_json(ndmp("library", f"{spec}:vlib0", "load", "2", "--json", home=tmp_path))
+    read = ok_json(ndmp("tape", f"{spec}:ltape0", "read-label", "--json", home=tmp_path))
+    assert read["label"] == "TUE" and read["has_data"] is False
+    refused = ndmp("tape", f"{spec}:ltape0", "label", "WED", home=tmp_path)
+    assert refused.returncode == 1 and "holds label TUE" in refused.stderr
+    status = ok_json(ndmp("tape", f"{spec}:ltape0", "status", "--json", home=tmp_path))
+    assert status["total_space"] == 24 << 20, status
+    ok_json(ndmp("library", f"{spec}:vlib0", "unload", "--json", home=tmp_path))
+    assert any(k.startswith("vlib0/TAPE02/seg-") for k in s3_server.keys(bucket)), s3_server.keys(bucket)
