@@ -41,7 +41,7 @@ BLOCK = 1 << 20                     # read cache granule
 CACHE_BLOCKS = 48
 READ_AHEAD_MAX = 8                  # blocks one sequential GET may fetch
 ABORT_RETRY = 2.0                   # seconds before the first retry to abort an upload of a failed write,
-ABORT_RETRY_MAX = 60.0              # doubling up to this,
+ABORT_RETRY_MAX = 15.0              # doubling up to this (the upload gone within 15 s of the store's return),
 ABORT_PATIENCE = 6 * 3600.0         # for as long as a store may reasonably be down (parts are billed)
 MAX_INDEX_BYTES = 64 << 20          # an index or base object past this is not one (a v2 index is KiBs)
 MAX_PARTS = 10_000                  # parts of one multipart upload (S3's limit): a tape file spans segments
@@ -148,10 +148,10 @@ class S3Store:
             return False
 
     def abort_later(self, key: str, upload_id: str, patience: float = ABORT_PATIENCE) -> None:
-        """Keep trying to abort an upload while the service is away, backing off to a try a
-        minute, for hours (a store down longer than a minute or two must not leave its parts
-        billed until this cartridge happens to be written again); after that, or once this
-        server stops, the next writable open of the cartridge aborts it."""
+        """Keep trying to abort an upload while the service is away, backing off to a try
+        every ABORT_RETRY_MAX seconds, for hours (a store down longer than a minute or two
+        must not leave its parts billed until this cartridge happens to be written again);
+        after that, or once this server stops, the next writable open of the cartridge aborts it."""
         deadline = time.monotonic() + patience
         wait = ABORT_RETRY
         while time.monotonic() < deadline:
