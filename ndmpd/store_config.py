@@ -19,7 +19,7 @@ MAX_PART = 512 << 20
 DEFAULT_PART = 8 << 20
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 STORE_KEYS = frozenset({"endpoint", "bucket", "prefix", "region", "credentials_file", "verify_tls",
-                        "part_size", "uploads_in_flight", "timeout"})
+                        "ca_bundle", "part_size", "uploads_in_flight", "timeout"})
 
 
 class StoreConfigError(ValueError):
@@ -39,6 +39,14 @@ class StoreConfig:
     part_size: int = DEFAULT_PART
     uploads_in_flight: int = 4          # parts uploading while the mover keeps writing
     timeout: float = 10.0               # seconds per request attempt (connect and read)
+    ca_bundle: Path | None = None       # PEM of the CAs to trust (a private CA); None: the system's
+
+    def verify(self) -> bool | str | None:
+        """boto3's ``verify``: False (checking off), a CA bundle's path, or None: verified
+        against the default trust (AWS_CA_BUNDLE or the ca_bundle of ~/.aws/config when set)."""
+        if not self.verify_tls:
+            return False
+        return str(self.ca_bundle) if self.ca_bundle is not None else None
 
     def url(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"
@@ -81,6 +89,18 @@ def _size(value: Any, key: str, parse_size: Callable[[Any, str, int], int]) -> i
     return size
 
 
+def _prefix(prefix: str, key: str) -> str:
+    """The prefix with its closing "/". Segments "", "." and ".." are refused: services and
+    proxies that normalise paths would put (or refuse) the objects elsewhere than the key says."""
+    if not prefix:
+        return ""
+    if any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise StoreConfigError(f"{key}: {prefix!r}: no empty, '.' or '..' segments (services normalise them)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in prefix) or len(prefix.encode()) > 512:
+        raise StoreConfigError(f"{key}: {prefix!r}: no control characters, at most 512 bytes")
+    return prefix + "/"
+
+
 def parse_store(raw: Any, where: str, rel: Callable[[str], Path],
                 parse_size: Callable[[Any, str, int], int]) -> StoreConfig:
     """The ``store`` table at ``where`` (e.g. ``tape[0].store``); every error names its key."""
@@ -107,8 +127,7 @@ def parse_store(raw: Any, where: str, rel: Callable[[str], Path],
     endpoint = get("endpoint", str, None)
     if endpoint is not None and not re.match(r"^https?://[^/\s]+/?$", endpoint):
         raise StoreConfigError(f"{where}.endpoint: {endpoint!r}: an http:// or https:// URL of the service")
-    prefix = get("prefix", str, "").strip("/")
-    prefix = prefix + "/" if prefix else ""
+    prefix = _prefix(get("prefix", str, "").strip("/"), f"{where}.prefix")
     credentials = get("credentials_file", str, None)
     path = rel(credentials) if credentials is not None else None
     if path is not None:
@@ -120,5 +139,13 @@ def parse_store(raw: Any, where: str, rel: Callable[[str], Path],
     if not 0.5 <= timeout <= 600:
         raise StoreConfigError(f"{where}.timeout: 0.5 to 600 seconds")
     part = _size(get("part_size", (int, str), DEFAULT_PART), f"{where}.part_size", parse_size)
+    verify_tls = get("verify_tls", bool, True)
+    bundle = get("ca_bundle", str, None)
+    ca_bundle = rel(bundle) if bundle is not None else None
+    if ca_bundle is not None:
+        if not verify_tls:
+            raise StoreConfigError(f"{where}.ca_bundle: verify_tls = false checks no certificate; give one")
+        if not ca_bundle.is_file():
+            raise StoreConfigError(f"{where}.ca_bundle: {ca_bundle}: no such file (the PEM of the CAs to trust)")
     return StoreConfig(bucket, endpoint.rstrip("/") if endpoint else None, prefix, get("region", str, "us-east-1"),
-                       path, get("verify_tls", bool, True), part, in_flight, float(timeout))
+                       path, verify_tls, part, in_flight, float(timeout), ca_bundle)

@@ -6,6 +6,7 @@ old cartridge readable, and old segments go once an overwrite's index has switch
 from __future__ import annotations
 
 import zlib
+from types import SimpleNamespace
 
 import pytest
 
@@ -273,3 +274,40 @@ def test_an_index_naming_another_cartridges_objects_is_refused_and_deletes_nothi
             drive(store).open(write=write)
         assert "not an object of this cartridge" in str(caught.value), caught.value
     assert set(s3_server.keys(bucket, "lib/CART02/")) == theirs
+
+
+@pytest.mark.parametrize("which", ["index", "base"])
+def test_a_huge_object_under_an_index_name_is_refused_without_reading_it(store, s3_server, bucket, monkeypatch, which):
+    """An index (or the base it names) of gigabytes would be read whole into memory at
+    TAPE_OPEN: its length is checked first (the limit made 1 MiB here, the object 3 MiB)."""
+    monkeypatch.setattr(s3_medium, "MAX_INDEX_BYTES", 1 << 20, raising=False)
+    written(drive(store), [[bytes([n % 251]) * 100] for n in range(TAIL_LIMIT + 10)])     # a base and a tail
+    [base] = s3_server.keys(bucket, "lib/CART01/base-")
+    huge = (get(s3_server, bucket, KEY if which == "index" else base) + b"\0" * (3 << 20))
+    put(s3_server, bucket, KEY if which == "index" else base, huge)
+    for write in (True, False):
+        with pytest.raises(MediaError) as caught:
+            drive(store).open(write=write)
+        message = str(caught.value)
+        assert "\n" not in message and "more than any cartridge index" in message and "CART01" in message, message
+    assert get(s3_server, bucket, KEY if which == "index" else base) == huge        # nothing overwritten
+
+
+def test_an_upload_left_by_a_failed_write_is_aborted_once_the_store_is_back_even_after_an_hour(monkeypatch):
+    """The service away for an hour (clock and sleeps simulated): the aborts go on with a
+    backoff capped at ABORT_RETRY_MAX, so the parts are not billed until the cartridge is next written."""
+    clock = [0.0]
+    monkeypatch.setattr(s3_medium, "time", SimpleNamespace(
+        monotonic=lambda: clock[0], sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds)))
+    aborted = []
+
+    class Away:
+        def abort_multipart_upload(self, **kwargs):
+            if clock[0] < 3600:
+                raise ConnectionError("the service is away")
+            aborted.append((kwargs["Key"], kwargs["UploadId"], clock[0]))
+
+    store = S3Store(StoreConfig("b", "http://127.0.0.1:9", "lib/"), lambda config: Away())
+    store.abort_later("lib/CART01/seg-1", "upload-1")
+    assert [a[:2] for a in aborted] == [("lib/CART01/seg-1", "upload-1")]
+    assert aborted[0][2] <= 3600 + s3_medium.ABORT_RETRY_MAX     # soon after its return

@@ -13,7 +13,7 @@ import pytest
 from ndmpd.devices import cartridge
 from ndmpd.devices.s3_medium import S3Store
 from ndmpd.devices.sealed_records import CartridgeKeys
-from ndmpd.devices.tape import DeviceBusy, EarlyWarning, EndOfData, MediaError, Stop, WriteProtected
+from ndmpd.devices.tape import DeviceBusy, EarlyWarning, EndOfData, MediaError, PhysicalEnd, Stop, WriteProtected
 from ndmpd.devices.virtual_tape import VirtualTape
 from ndmpd.keystore import Keystore, KeySource
 from ndmpd.store_config import StoreConfig
@@ -163,6 +163,24 @@ def test_write_protection_and_the_end_of_medium_keep_their_meaning(store):
     with pytest.raises(EarlyWarning):
         for r in records(40, 64 << 10):
             tape.write_record(r)
+    tape.close()
+    tape.open(write=True)                       # from BOT on past the warning to the physical end
+    tape.rewind()
+    written, warned = [], 0
+    with pytest.raises(PhysicalEnd):
+        for r in records(40, 64 << 10, seed=1):
+            try:
+                tape.write_record(r)
+            except EarlyWarning:
+                warned += 1
+                tape.write_record(r)            # the warning refuses one write; the next goes on
+            written.append(r)
+    assert warned == 1 and 24 <= len(written) < 32, (warned, len(written))
+    assert tape.status().space_remain < 64 << 10
+    tape.close()
+    tape.open(write=False)
+    tape.rewind()
+    assert read_file(tape) == written           # everything before the end is on the store
     tape.close()
     with cartridge.Cartridge(store.cartridge("SMALL"), True) as cart:
         cart.set_write_protected(True)

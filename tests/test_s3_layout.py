@@ -137,3 +137,15 @@ def test_a_version_1_index_still_reads():
         runs=[dict(offset=HEADER_SIZE, length=1, count=1)]))
     back = Index.unpack(body + INDEX_CHECK.build(dict(check=zlib.crc32(body))), "x")
     assert back.segments == [Segment("k", 10)] and back.generation == 3 and back.base == ""
+
+
+@pytest.mark.parametrize("base", [b"NDMPDS3B\0\0", b"not a base at all", b"NDMPDS3B" + b"\xff" * 12],
+                         ids=["truncated", "foreign", "huge-count"])
+def test_a_base_object_with_a_right_checksum_and_a_wrong_body_is_refused(base):
+    """The base's checksum only proves it was written whole: a body that is no base (another
+    object's bytes under its key, a newer layout) is IndexCorrupt, never a parser's exception."""
+    i = index()
+    i.rebase("base-1")
+    body = base + INDEX_CHECK.build(dict(check=zlib.crc32(base)))
+    with pytest.raises(IndexCorrupt, match="base index base-1 is truncated or malformed"):
+        Index.unpack(i.pack(), "x", lambda key: body)

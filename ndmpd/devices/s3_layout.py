@@ -149,7 +149,10 @@ class Index:
             return index
         if fetch is None:
             raise IndexCorrupt(f"{where}: cartridge index names a base object and none can be read")
-        base = BASE_BODY.parse(_verified(fetch(parsed.base), where, f"base index {parsed.base}"))
+        try:
+            base = BASE_BODY.parse(_verified(fetch(parsed.base), where, f"base index {parsed.base}"))
+        except ConstructError:
+            raise IndexCorrupt(f"{where}: base index {parsed.base} is truncated or malformed") from None
         if len(base.segments) != parsed.base_segments or len(base.runs) != parsed.base_runs:
             raise IndexCorrupt(f"{where}: base index {parsed.base} does not match the cartridge index")
         index.segments[:0] = _segment_list(base.segments)

@@ -40,8 +40,10 @@ INDEX = "index"
 BLOCK = 1 << 20                     # read cache granule
 CACHE_BLOCKS = 48
 READ_AHEAD_MAX = 8                  # blocks one sequential GET may fetch
-ABORT_RETRY = 2.0                   # seconds between attempts to abort an upload of a failed write
-ABORT_PATIENCE = 120.0
+ABORT_RETRY = 2.0                   # seconds before the first retry to abort an upload of a failed write,
+ABORT_RETRY_MAX = 15.0              # doubling up to this (the upload gone within 15 s of the store's return),
+ABORT_PATIENCE = 6 * 3600.0         # for as long as a store may reasonably be down (parts are billed)
+MAX_INDEX_BYTES = 64 << 20          # an index or base object past this is not one (a v2 index is KiBs)
 MAX_PARTS = 10_000                  # parts of one multipart upload (S3's limit): a tape file spans segments
 
 
@@ -146,11 +148,15 @@ class S3Store:
             return False
 
     def abort_later(self, key: str, upload_id: str, patience: float = ABORT_PATIENCE) -> None:
-        """Keep trying to abort an upload while the service is away (bounded; after that the
-        next writable open of the cartridge aborts it)."""
+        """Keep trying to abort an upload while the service is away, backing off to a try
+        every ABORT_RETRY_MAX seconds, for hours (a store down longer than a minute or two
+        must not leave its parts billed until this cartridge happens to be written again);
+        after that, or once this server stops, the next writable open of the cartridge aborts it."""
         deadline = time.monotonic() + patience
+        wait = ABORT_RETRY
         while time.monotonic() < deadline:
-            time.sleep(ABORT_RETRY)
+            time.sleep(wait)
+            wait = min(ABORT_RETRY_MAX, wait * 2)
             if self.abort(key, upload_id):
                 log.info("%s: aborted the unfinished upload %s", self.config.url(), key)
                 return
@@ -281,14 +287,16 @@ class S3Medium:
     def _load(self) -> Index:
         what = f"opening cartridge {self._where.name}"
         try:
-            body = self._store.call(what, "get_object", Key=self._key(INDEX))["Body"].read()
+            body = self._small_object(what, self._key(INDEX))
         except MediaError as exc:
             if is_missing(exc.__cause__ or exc):
                 raise MediaError(f"{self.name}: no such cartridge") from None
             raise
+        except IndexCorrupt as exc:
+            raise MediaError(str(exc)) from None
         def base(key: str) -> bytes:
             self._own(key)
-            return self._store.call(f"{what}: reading its base index", "get_object", Key=key)["Body"].read()
+            return self._small_object(f"{what}: reading its base index", key)
         try:
             index = Index.unpack(body, self.name, base)
             for key in index.objects():
@@ -296,6 +304,17 @@ class S3Medium:
             return index
         except IndexCorrupt as exc:
             raise MediaError(str(exc)) from None
+
+    def _small_object(self, what: str, key: str) -> bytes:
+        """An index or base object, read whole only when its length could be one (an object
+        of gigabytes under the index's name is refused before its body is read)."""
+        answer = self._store.call(what, "get_object", Key=key)
+        length = int(answer.get("ContentLength") or 0)
+        if length > MAX_INDEX_BYTES:
+            answer["Body"].close()
+            raise IndexCorrupt(f"{self.name}: {key} is {length} bytes, more than any cartridge index "
+                               f"({MAX_INDEX_BYTES >> 20} MiB); refusing it")
+        return answer["Body"].read(MAX_INDEX_BYTES + 1)
 
     def _own(self, key: str) -> None:
         """An index may name only objects of its own cartridge: one naming others' (damaged,

@@ -35,11 +35,26 @@ class TapeError(Exception):
 
 async def open_drive(agent: Any, device: str, mode: int) -> None:
     """TAPE_OPEN of ``device``; a refusal names the drive (``TAPE_OPEN vtape9: NO_DEVICE_ERR``),
-    so the user's one line says which one."""
+    so the user's one line says which one, and ends with the server's own reason when it sent
+    one ahead of the reply (``TAPE_OPEN s3tape: IO_ERR: s3://...: wrong credentials``)."""
+    said: list[str] = []
+    start = f"TAPE_OPEN {device}: "
+
+    def heard(body: Any) -> None:
+        entry = str(getattr(body, "entry", ""))
+        if entry.startswith(start):
+            said.append(entry[len(start):])
+    agent.on(C.LOG_MESSAGE, heard)
     try:
         await agent.call("TAPE_OPEN", device=device, mode=mode)
     except NdmpReplyError as exc:
-        raise NdmpReplyError(f"TAPE_OPEN {device}", exc.code, exc.header) from None
+        refused = NdmpReplyError(f"TAPE_OPEN {device}", exc.code, exc.header)
+        await agent.delivered()                 # the reason is posted ahead of the reply
+        if said:
+            refused.args = (f"{refused}: {said[-1]}",)
+        raise refused from None
+    finally:
+        agent.off(C.LOG_MESSAGE, heard)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from ..errors import NdmpError
 from ..logtext import peer_text
 from ..wire import C, T
 from . import Blocking, HandlerTable
+from .log_post import log_post
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -125,6 +126,19 @@ def _device_call(session: "Session", work: Callable[[TapeDevice], Any], reply: C
     return Blocking(run)
 
 
+def _say_why(session: "Session", text: str) -> None:
+    """An error LOG post (LOG_LOG on v2) ahead of a reply whose code alone says nothing
+    (IO_ERR: wrong S3 credentials, a store unreachable, a damaged cartridge), so the DMA's
+    user reads the device's own words; queued from the worker before its reply."""
+    code, body = log_post(session.version, text, "error")
+
+    def send() -> None:
+        if not session.closed:
+            session.post(code, body)
+            session.edge.output_ready()
+    session.edge.call_soon(send)
+
+
 @HANDLERS.on(C.TAPE_OPEN)
 def tape_open(session: "Session", req: Any) -> Any:
     slot = session.tape
@@ -159,7 +173,10 @@ def tape_open(session: "Session", req: Any) -> Any:
                 raise NdmpError(C.NO_TAPE_LOADED_ERR, f"{req.device}: no tape loaded") from None
         except TapeError as exc:
             drives.release(req.device, session)
-            raise device_error(exc) from None
+            error = device_error(exc)
+            if error.code == C.IO_ERR:
+                _say_why(session, f"TAPE_OPEN {req.device}: {exc}")
+            raise error from None
         slot.name, slot.device, slot.mode, slot.protected = req.device, device, req.mode, protected
         slot.max_block = config.max_block_size
         log.info("%s: opened %s (%s)", session.peer, peer_text(req.device),

@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import uuid
 
 import pytest
 
 from ndmpd.keystore import Keystore, KeySource
+from tests.interop.conftest import run
+from tests.interop.ndmp_cli import ndmp
 from tests.interop.s3_rig import credentials_file, kill_once_uploading, s3_drive
 from tests.interop.test_ndmjob_encrypted import PROGRAM, pattern, run_ndmjob, windows_found
 from tests.s3_server import start_or_skip
@@ -62,6 +65,30 @@ def test_wrong_credentials_fail_tape_open_in_one_line(ndmjob_suite, server_facto
     lines = [line for line in log.splitlines() if "s3://" in line and "wrong credentials" in line]
     assert lines, log[-3000:]
     assert f"s3://{bucket}/ndmpd/" in lines[0] and "s3tape" in lines[0]
+
+
+@pytest.mark.parametrize("version", ["4", "3"])
+def test_a_dma_reads_why_tape_open_failed_in_one_line(ndmjob, server_factory, s3_server, bucket, tmp_path, version):
+    """ndmjob (whose TAPE_OPEN reply only says IO_ERR), ``ndmp backup`` and ``ndmpd tape info``
+    each show the store's reason: which cartridge, and that the credentials are wrong."""
+    server = server_factory(extra=s3_drive("s3tape", s3_server, bucket, credentials_file(tmp_path, secret="wrong")))
+    out = run_ndmjob("-c", "-D", server.agent(version), "-f", "s3tape", "-B", "tar", "-C", "/export/data",
+                     "-I", str(tmp_path / "backup.idx"))
+    assert "Operation ended OKAY" not in out, out[-3000:]
+    said = [line for line in out.splitlines() if "wrong credentials" in line]
+    assert len(said) == 1, out[-3000:]
+    assert re.search(rf"TAPE_OPEN s3tape: s3://{bucket}/ndmpd/: [a-z ]+ cartridge s3tape: ", said[0]), said
+    done = ndmp("backup", f"ndmp@{server.host}:/export/data", "--tape", f"ndmp@{server.host}:s3tape",
+                "--catalog", str(tmp_path / "catalog.db"), home=tmp_path)
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    assert "TAPE_OPEN s3tape: IO_ERR: " in line and "wrong credentials" in line and f"s3://{bucket}/" in line, line
+    info = run([sys.executable, "-m", "ndmpd", "tape", "info", "--config", str(server.config),
+                f"s3://{bucket}/ndmpd/s3tape/"])
+    assert info.returncode == 1 and info.stdout == "", info.stdout
+    [line] = info.stderr.splitlines()
+    assert line.startswith(f"ndmpd tape: s3://{bucket}/ndmpd/: opening cartridge s3tape: ") \
+        and "wrong credentials" in line, line
 
 
 def test_an_encrypted_s3_backup_leaves_no_plaintext_in_the_bucket_and_restores(ndmjob, server_factory, s3_server,
