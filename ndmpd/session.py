@@ -146,6 +146,15 @@ class Session:
         if trace.enabled():
             trace.post(self.peer, sequence, self._message_name(code), body)
 
+    def post_soon(self, code: int, body: Any) -> None:
+        """:meth:`post` from a worker thread: sent on the session's thread, in the order of
+        the calls, ahead of a reply the worker returns after it (unless the session closed)."""
+        def send() -> None:
+            if not self.closed:
+                self.post(code, body)
+                self.edge.output_ready()
+        self.edge.call_soon(send)
+
     def encode_post(self, code: int, body: Any) -> bytes:
         """A post's body on the wire (pure: worker threads call it too)."""
         return self.proto.encode_body(code, REQUEST, self.translator.from_internal(code, REQUEST, body))

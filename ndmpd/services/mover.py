@@ -227,13 +227,7 @@ class Mover:
                     pass
 
     def _notify(self, code: int, body: object) -> None:
-        session = self.session
-
-        def send() -> None:
-            if not session.closed:
-                session.post(code, body)
-                session.edge.output_ready()
-        session.edge.call_soon(send)
+        self.session.post_soon(code, body)
 
     # ------------------------------------------------------------- requests
 

@@ -130,13 +130,7 @@ def _say_why(session: "Session", text: str) -> None:
     """An error LOG post (LOG_LOG on v2) ahead of a reply whose code alone says nothing
     (IO_ERR: wrong S3 credentials, a store unreachable, a damaged cartridge), so the DMA's
     user reads the device's own words; queued from the worker before its reply."""
-    code, body = log_post(session.version, text, "error")
-
-    def send() -> None:
-        if not session.closed:
-            session.post(code, body)
-            session.edge.output_ready()
-    session.edge.call_soon(send)
+    session.post_soon(*log_post(session.version, text, "error"))
 
 
 @HANDLERS.on(C.TAPE_OPEN)
