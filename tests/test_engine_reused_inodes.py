@@ -37,6 +37,17 @@ def volume(request, tmp_path):
         yield mnt
 
 
+def _restores_as_the_source_by_ndmpd_and_gnu_tar(src: Path, streams: list[Path], tmp_path: Path) -> None:
+    """The level 0 and 1 ``streams`` restored in turn by ndmpd and by ``tar -G`` both give ``src``."""
+    ours, theirs = tmp_path / "ours", tmp_path / "gnu"
+    theirs.mkdir()
+    for stream in streams:
+        assert restore_from(stream, ours).refused == []
+        gnu_tar("-x", "-G", "-p", "-f", str(stream), cwd=theirs)
+    assert differences(describe(src), describe(ours)) == []
+    assert differences(describe(src), describe(theirs)) == []
+
+
 def _dump(src: Path, state: Path, stream: Path, **kwargs):
     with open(stream, "wb") as out:
         return dump_volume(DumpRequest(source=src, key="vol", state_dir=state, snapshot="none", **kwargs),
@@ -103,13 +114,7 @@ def test_a_new_directory_with_a_deleted_ones_number_is_new_not_renamed(volume, t
     assert level1.base.known_stamps, "the level 0's index has the directories' stamps"
     assert [entry for entry in _root_renames(streams[1]) if not entry.startswith((b"R.", b"T."))] == \
         [b"Rmoving", b"Tmoved"], "the real rename only: new is not old renamed"
-    ours, theirs = tmp_path / "ours", tmp_path / "gnu"
-    theirs.mkdir()
-    for stream in streams:
-        assert restore_from(stream, ours).refused == []
-        gnu_tar("-x", "-G", "-p", "-f", str(stream), cwd=theirs)
-    assert differences(describe(src), describe(ours)) == []
-    assert differences(describe(src), describe(theirs)) == []
+    _restores_as_the_source_by_ndmpd_and_gnu_tar(src, streams, tmp_path)
 
 
 def test_files_older_than_the_base_in_a_reused_directory_still_go(tmp_path):
@@ -197,13 +202,7 @@ def test_a_directory_moved_into_a_new_one_of_its_old_parents_number_moves_by_a_r
         with tarfile.open(streams[1]) as archive:
             names = set(archive.getnames())
         assert "./q/new" in names and "./q/c/g" not in names, "c moves, q's own files go"
-        ours, theirs = tmp_path / "ours", tmp_path / "gnu"
-        theirs.mkdir()
-        for stream in streams:
-            assert restore_from(stream, ours).refused == []
-            gnu_tar("-x", "-G", "-p", "-f", str(stream), cwd=theirs)
-        assert differences(describe(src), describe(ours)) == []
-        assert differences(describe(src), describe(theirs)) == []
+        _restores_as_the_source_by_ndmpd_and_gnu_tar(src, streams, tmp_path)
 
 
 def test_an_index_from_before_stamps_is_read_and_compares_by_number(tmp_path):

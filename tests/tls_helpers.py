@@ -112,6 +112,20 @@ class RecordingTlsServer:
         self._thread.join(10)
 
 
+def _accept_and_connect(listener: socket.socket, port: int) -> tuple[socket.socket, socket.socket] | None:
+    """A proxy's two ends: the peer it accepts and its own connection to ``port``; None if
+    either fails (the accepted one is then closed)."""
+    try:
+        inbound, _ = listener.accept()
+    except OSError:
+        return None
+    try:
+        return inbound, socket.create_connection(("127.0.0.1", port), timeout=20)
+    except OSError:
+        inbound.close()
+        return None
+
+
 class TamperingProxy:
     """A man in the middle on loopback: forwards one connection to ``port`` and flips one
     bit of the byte at ``flip_at`` of what the connecting side sends (well after the handshake);
@@ -126,11 +140,10 @@ class TamperingProxy:
         threading.Thread(target=self._forward, daemon=True).start()
 
     def _forward(self) -> None:
-        try:
-            inbound, _ = self.listener.accept()
-            outbound = socket.create_connection(("127.0.0.1", self._target), timeout=20)
-        except OSError:
+        pair = _accept_and_connect(self.listener, self._target)
+        if pair is None:
             return
+        inbound, outbound = pair
         back = threading.Thread(target=self._pump, args=(outbound, inbound, False), daemon=True)
         back.start()
         self._pump(inbound, outbound, True)
@@ -180,12 +193,10 @@ class CuttingProxy:
         self._thread.start()
 
     def _forward(self) -> None:
-        try:
-            inbound, _ = self.listener.accept()
-            outbound = socket.create_connection(("127.0.0.1", self._target), timeout=20)
-        except OSError:
+        ends = _accept_and_connect(self.listener, self._target)
+        if ends is None:
             return
-        ends = (inbound, outbound)
+        inbound, outbound = ends
         for s in ends:
             s.settimeout(120)                 # a quiet connection (a paused mover) is no end
         forth = threading.Thread(target=self._pump, args=(inbound, outbound, self._direction == "forth", ends),
