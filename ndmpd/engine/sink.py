@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import queue
 import stat
@@ -34,6 +35,12 @@ _SENDFILE_CHUNK = 8 << 20       # the byte count (progress) moves at least this 
 PIPE_SIZE = 1 << 20
 _ZEROS = bytes(SENDFILE_MIN)
 _RWF_NOWAIT = os.RWF_NOWAIT
+
+
+def _buffer(size: int) -> mmap.mmap:
+    """A sink buffer mapped on its own, so that closing the sink unmaps it (a bytearray's
+    memory would go back to malloc, and only once the last reference to it is gone)."""
+    return mmap.mmap(-1, size)
 
 
 def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
@@ -75,17 +82,17 @@ class FdSink:
             buffer_size = HANDED_BUFFER_SIZE if handed else BUFFER_SIZE
         if spares is None:
             spares = HANDED_SPARES if handed else 1
-        self._buffer = bytearray(buffer_size)
+        self._buffer = _buffer(buffer_size)
         self._view = memoryview(self._buffer)
         self._fill = 0
         self._flushed = 0
         self._sendfile = use_sendfile
         self.on_miss: Callable[[], None] | None = None    # a small file's read was not cached
         self._timed_reads = False
-        self._spare: queue.Queue[bytearray] = queue.Queue()
+        self._spare: queue.Queue[mmap.mmap] = queue.Queue()
         for _ in range(max(1, spares)):
-            self._spare.put(bytearray(buffer_size))
-        self._pending: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+            self._spare.put(_buffer(buffer_size))
+        self._pending: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._writer = threading.Thread(target=self._write_loop, name="dump-writer", daemon=True)
         self._writer.start()
@@ -263,6 +270,23 @@ class FdSink:
             self._error = self._error or _Closed()
             self._pending.put(None)
             self._writer.join()
+            self._unmap()
+
+    def _unmap(self) -> None:
+        """Give the buffers back now, not when a collection finds the job's cycle of objects
+        (a server's RSS grew by every finished backup's buffers until then)."""
+        try:
+            self._view.release()
+        except BufferError:
+            pass
+        buffers = [self._buffer]
+        while not self._spare.empty():
+            buffers.append(self._spare.get_nowait())
+        for buffer in buffers:
+            try:
+                buffer.close()
+            except BufferError:
+                pass                    # a consumer still holds a view of it: it goes with that
 
     def _write_loop(self) -> None:
         while True:
