@@ -33,6 +33,7 @@ _SENDFILE_CHUNK = 8 << 20       # the byte count (progress) moves at least this 
 
 PIPE_SIZE = 1 << 20
 _ZEROS = bytes(SENDFILE_MIN)
+_PADDING = tuple(bytes(n) for n in range(512))   # a block's zero tail, ready (no slice per file)
 _RWF_NOWAIT = os.RWF_NOWAIT
 
 
@@ -152,25 +153,36 @@ class FdSink:
             else:
                 if copied < count:
                     copied += self._rest_noting_miss(source, view, copied)
-        self._buffer[fill + copied:fill + padded] = _ZEROS[:padded - copied]
+        pad = padded - copied
+        self._buffer[fill + copied:fill + padded] = _PADDING[pad] if pad < 512 else _ZEROS[:pad]
         self._fill = fill + padded
         return copied
 
     def member(self, head: bytes, source: int, count: int) -> int:
         """``write(head)`` then ``copy_padded(source, count)``: a small file's headers and data
-        go into the buffer in one call when both fit (the common case of a small-file tree)."""
+        go into the buffer in one call when both fit (the common case of a small-file tree),
+        read inline when no read-ahead listens for misses (a warm dump's every file)."""
         fill = self._fill
         end = fill + len(head)
         padded = (count + 511) & ~511
-        if count >= SENDFILE_MIN or end + padded > len(self._buffer):
+        buffer = self._buffer
+        if count >= SENDFILE_MIN or end + padded > len(buffer):
             self.write(head)
             return self.copy_padded(source, count) if count else 0
-        self._buffer[fill:end] = head
+        buffer[fill:end] = head
         if not count:
             self._fill = end
             return 0
-        self._fill = end
-        return self.copy_padded(source, count)
+        if self.on_miss is not None:
+            self._fill = end
+            return self.copy_padded(source, count)
+        copied = os.preadv(source, [self._view[end:end + count]], 0)   # short only at end of file
+        stop = end + padded
+        if copied != padded:
+            pad = padded - copied
+            buffer[end + copied:stop] = _PADDING[pad] if pad < 512 else _ZEROS[:pad]
+        self._fill = stop
+        return copied
 
     def _read_noting_miss(self, source: int, view: memoryview) -> int:
         """Read a small file whole, telling ``on_miss`` when it was not all in the page cache
