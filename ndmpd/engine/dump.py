@@ -687,16 +687,11 @@ class Dumper:
                                          pax.REGTYPE, b"", 0, 0, records)
             if size >= LARGE and self._prefetch is not None:
                 self._prefetch.reading(fd, dir_fd, name, st, sink.offset + len(head), self._upcoming)
-            if self.history is None:
-                copied = sink.member(head, fd, size)
-                result.entries += 1
-                result.files += 1
-            else:                          # the history hears of the entry before its data is read
-                offset = sink.place(head)
-                result.entries += 1
-                self.history(HistoryEntry(arcname[2:], st, parent_ino, offset))
-                result.files += 1
-                copied = sink.copy_padded(fd, size) if size else 0
+            result.entries += 1
+            if self.history is not None:   # the history hears of the entry before its data is read
+                self.history(HistoryEntry(arcname[2:], st, parent_ino, sink.offset))
+            copied = sink.member(head, fd, size)
+            result.files += 1
             if copied < size:
                 self._shrank(arcname[2:], size - copied)
             elif self._live:                # (one that shrank is reported already)
