@@ -276,16 +276,17 @@ class Dumper:
         lookups done once per directory and not per file."""
         frame = stack[-1]
         children, dir_fd, prefix, parent = frame.children, frame.fd, frame.rel, frame.ino
-        readahead, cancel, progress, result = self._readahead, self.cancel, self.progress, self.result
+        cancel, progress, result = self.cancel, self.progress, self.result
+        walked = self._readahead.walked if self._readahead is not None else None   # the read-ahead's view
         regular = self._regular
         dot = b"./" + prefix           # a file's archive name is this plus its name: one join a file
         end = len(children)
         while frame.next < end:
             name, st, include = children[frame.next]
             frame.next += 1
-            if readahead is not None:
+            if walked is not None:
                 self._position += 1
-                readahead.seen(self._position)
+                walked[0] = self._position
             if cancel.is_set():
                 raise DumpAborted("dump aborted")
             kind = st.st_mode & _S_IFMT
