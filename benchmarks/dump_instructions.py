@@ -7,6 +7,8 @@ percent. Counts, under ``valgrind --tool=callgrind`` (hash seed fixed), of each 
 
     dump       Dumper.run into /dev/null, read-ahead off, live (no snapshot) as a bench volume
     dump+FH    the same with v4 path file history encoded in batches (the two-way backup's)
+    dump+auto  the first with read-ahead and prefetch "auto" and a progress callback (``ndmpd dump``'s
+               full dump: the read-ahead counts the walk, reads note cache misses)
     walk       the reference: os.listdir + one os.lstat per entry, sorted, nothing else
 
 on a tree of ``--files`` small files (dump_bench.py's, a start of its 100,000-file tree) less
@@ -53,6 +55,11 @@ Dumper(tree, sink, DumpOptions(live=True, readahead="off"), history.add_entry).r
 sink.close()
 history.finish()
 """,
+    "dump+auto": """
+sink = FdSink(os.open("/dev/null", os.O_WRONLY))
+Dumper(tree, sink, DumpOptions(live=True), progress=lambda done, entries: None).run()
+sink.close()
+""",
     "walk": """
 todo = [tree.encode()]
 while todo:
@@ -66,13 +73,19 @@ while todo:
 }
 
 
+def _env() -> dict[str, str]:
+    """The counted runs' environment, and the warm-up's (which must write the byte code: else the
+    first counted run compiles every module changed since, a few 10,000 instructions a file)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONHASHSEED"] = "0"            # dict layouts (and so the counts) the same every run
+    return env
+
+
 def instructions(code: str, work: Path) -> int:
     """Instructions callgrind counts for ``python -c code`` (the whole process)."""
     out = work / "callgrind.out"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONHASHSEED"] = "0"            # dict layouts (and so the counts) the same every run
     done = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code],
-                          capture_output=True, text=True, env=env, check=True)
+                          capture_output=True, text=True, env=_env(), check=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if not found:
         raise SystemExit(f"no count from callgrind:\n{done.stderr[-2000:]}")
@@ -93,14 +106,15 @@ def main() -> int:
     try:
         (work / "empty").mkdir()
         setups = {where: _SETUP.format(repo=str(REPO), tree=str(where)) for where in (tree, work / "empty")}
-        subprocess.run([sys.executable, "-c", setups[tree]], check=True)    # byte-compile once, outside the counts
+        subprocess.run([sys.executable, "-c", setups[tree] + RUNS["dump+auto"]], check=True, env=_env())   # byte-compile
+                                                                                      # once, outside the counts
         per_file = {name: (instructions(setups[tree] + body, work) - instructions(setups[work / "empty"] + body, work))
                     / args.files for name, body in RUNS.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{args.files} files")
     for name, value in per_file.items():
-        print(f"  {name:8} {value:9,.0f} instructions per file   {value / per_file['walk']:.2f}x the walk's")
+        print(f"  {name:9} {value:9,.0f} instructions per file   {value / per_file['walk']:.2f}x the walk's")
     return 0
 
 

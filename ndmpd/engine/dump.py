@@ -188,7 +188,7 @@ class Dumper:
                             if options.lean and options.since_ns is not None else None)
         self._xattrs = options.xattrs
         self._live = options.live
-        self._noatime = os.O_NOATIME
+        self._open_flags = _FILE_FLAGS | os.O_NOATIME   # less O_NOATIME once refused
         self.discovered = 0            # stream bytes of the entries listed so far (DumpMeter)
         restricted = (options.changed_dirs if options.lean and self._lean_since is not None
                       and options.known_dirs is not None and not options.only else None)
@@ -276,32 +276,33 @@ class Dumper:
         lookups done once per directory and not per file."""
         frame = stack[-1]
         children, dir_fd, prefix, parent = frame.children, frame.fd, frame.rel, frame.ino
-        readahead, cancel, progress, result = self._readahead, self.cancel, self.progress, self.result
+        cancel, progress, result = self.cancel, self.progress, self.result
+        walked = self._readahead.walked if self._readahead is not None else None   # the read-ahead's view
         regular = self._regular
+        dot = b"./" + prefix           # a file's archive name is this plus its name: one join a file
         end = len(children)
         while frame.next < end:
             name, st, include = children[frame.next]
             frame.next += 1
-            if readahead is not None:
+            if walked is not None:
                 self._position += 1
-                readahead.seen(self._position)
+                walked[0] = self._position
             if cancel.is_set():
                 raise DumpAborted("dump aborted")
-            rel = prefix + name
             kind = st.st_mode & _S_IFMT
             if kind == _S_IFDIR:
-                self._directory(stack, frame, name, rel, st, inside=include)
+                self._directory(stack, frame, name, prefix + name, st, inside=include)
                 if progress and result.entries % _PROGRESS_EVERY == 0:
                     progress(self.sink.offset, result.entries)
                 return
             if include:
                 try:
                     if kind == _S_IFREG and st.st_nlink == 1:
-                        regular(dir_fd, name, rel, b"./" + rel, st, parent)    # the common case
+                        regular(dir_fd, name, dot + name, st, parent)    # the common case
                     else:
-                        self._member(dir_fd, name, rel, st, parent)
+                        self._member(dir_fd, name, prefix + name, st, parent)
                 except FileNotFoundError:
-                    self.warn(f"{self._show(rel)}: vanished before it was read; not archived")
+                    self.warn(f"{self._show(prefix + name)}: vanished before it was read; not archived")
             if progress and result.entries % _PROGRESS_EVERY == 0:
                 progress(self.sink.offset, result.entries)
         os.close(frame.fd)
@@ -629,7 +630,7 @@ class Dumper:
                 return
             self._links[key] = (arcname, self.sink.offset)
         if stat.S_ISREG(mode):
-            self._regular(dir_fd, name, rel, arcname, st, parent_ino)
+            self._regular(dir_fd, name, arcname, st, parent_ino)
             return
         records = self._path_xattrs(dir_fd, name)
         if stat.S_ISLNK(mode):
@@ -652,14 +653,16 @@ class Dumper:
         except OSError:
             return b""
 
-    def _regular(self, dir_fd: int, name: bytes, rel: bytes, arcname: bytes, st: os.stat_result,
+    def _regular(self, dir_fd: int, name: bytes, arcname: bytes, st: os.stat_result,
                  parent_ino: int) -> None:
+        """A regular file's headers and data; its path (``arcname`` less ``./``) is cut only
+        where it is said (file history, warnings): a warm dump's every file comes here."""
         try:
-            fd = os.open(name, _FILE_FLAGS | self._noatime, dir_fd=dir_fd)
+            fd = os.open(name, self._open_flags, dir_fd=dir_fd)
         except PermissionError:
-            if not self._noatime:
+            if self._open_flags == _FILE_FLAGS:
                 raise
-            self._noatime = 0              # O_NOATIME needs ownership or CAP_FOWNER
+            self._open_flags = _FILE_FLAGS     # O_NOATIME needs ownership or CAP_FOWNER
             fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
         result = self.result
         try:
@@ -676,30 +679,25 @@ class Dumper:
                 extents = sparse.data_extents(fd, size)
                 if not sparse.is_dense(extents, size):
                     changed_before = result.changed
+                    rel = arcname[2:]
                     self._sparse(fd, rel, arcname, st, parent_ino, records, extents)
                     self._check_unchanged(fd, rel, st, changed_before)
                     return
             sink = self.sink
-            head = self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns,
-                                         pax.REGTYPE, b"", 0, 0, records)
+            head = self._headers.file(arcname, st, records)
             if size >= LARGE and self._prefetch is not None:
                 self._prefetch.reading(fd, dir_fd, name, st, sink.offset + len(head), self._upcoming)
-            if self.history is None:
-                copied = sink.member(head, fd, size)
-                result.entries += 1
-                result.files += 1
-            else:                          # the history hears of the entry before its data is read
-                offset = sink.place(head)
-                result.entries += 1
-                self.history(HistoryEntry(rel, st, parent_ino, offset))
-                result.files += 1
-                copied = sink.copy_padded(fd, size) if size else 0
+            result.entries += 1
+            if self.history is not None:   # the history hears of the entry before its data is read
+                self.history(HistoryEntry(arcname[2:], st, parent_ino, sink.offset))
+            copied = sink.member(head, fd, size)
+            result.files += 1
             if copied < size:
-                self._shrank(rel, size - copied)
+                self._shrank(arcname[2:], size - copied)
             elif self._live:                # (one that shrank is reported already)
                 now = os.fstat(fd)
                 if now.st_size != size or now.st_mtime_ns != st.st_mtime_ns:
-                    self._changed_while_read(rel, st, now)
+                    self._changed_while_read(arcname[2:], st, now)
         finally:
             os.close(fd)
 

@@ -105,6 +105,9 @@ class ReadAhead:
         self._slots = memoryview(self._page).cast("q")
         self.seen: Callable[[int], None] = partial(self._slots.__setitem__, _POSITION)
         """``seen(position)``: the dump's walk position, at every entry (a C call, no Python frame)."""
+        self.walked = self._slots[_POSITION:_POSITION + 1]
+        """The same as a one-slot view: ``walked[0] = position`` is an item store, no call at all
+        (the dump's, at every entry; valid until :meth:`stop`)."""
         self._misses = 0               # close runs of misses (each one after the first wakes the helper)
         self._recent: deque[int] = deque(maxlen=START_AFTER_MISSES)   # walk positions of the last misses
         self._final: tuple[int, int] | None = None      # (asked, cached) once stopped
@@ -162,6 +165,7 @@ class ReadAhead:
                 helper.wait()
         if self._shared_fd >= 0:
             self._final = (self._count(_ASKED), self._count(_CACHED))
+            self.walked.release()
             self._slots.release()
             self._page.close()
             os.close(self._shared_fd)

@@ -34,6 +34,7 @@ _SENDFILE_CHUNK = 8 << 20       # the byte count (progress) moves at least this 
 
 PIPE_SIZE = 1 << 20
 _ZEROS = bytes(SENDFILE_MIN)
+_PADDING = tuple(bytes(n) for n in range(512))   # a block's zero tail, ready (no slice per file)
 _RWF_NOWAIT = os.RWF_NOWAIT
 
 
@@ -114,19 +115,6 @@ class FdSink:
         self._buffer[self._fill:self._fill + size] = data
         self._fill += size
 
-    def place(self, data: bytes) -> int:
-        """``write(data)``, returning the stream offset it starts at (a member's headers, whose
-        offset its file history gives): one call where ``offset`` and ``write`` were two."""
-        fill = self._fill
-        offset = self._flushed + fill
-        end = fill + len(data)
-        if end > len(self._buffer):
-            self.write(data)
-        else:                           # write's common case, inline (once per file)
-            self._buffer[fill:end] = data
-            self._fill = end
-        return offset
-
     def zeros(self, count: int) -> None:
         """Append ``count`` zero bytes (block padding, or the rest of a file that shrank)."""
         while count:
@@ -138,15 +126,30 @@ class FdSink:
             count -= step
 
     def copy_padded(self, source: int, count: int) -> int:
-        """``copy_from(source, 0, count)`` plus the zero padding to the next block, in one call
-        for the common small file that fits the buffer."""
+        """``copy_from(source, 0, count)`` plus the zero padding to the next block."""
         padded = (count + 511) & ~511
-        fill = self._fill
-        if count >= SENDFILE_MIN or fill + padded > len(self._buffer):
+        if count >= SENDFILE_MIN or self._fill + padded > len(self._buffer):
             copied = self.copy_from(source, 0, count)
             self.zeros(padded - copied)
             return copied
-        view = self._view[fill:fill + count]
+        return self.member(b"", source, count)
+
+    def member(self, head: bytes, source: int, count: int) -> int:
+        """``write(head)`` then ``copy_padded(source, count)``: a small file's headers, data and
+        padding go into the buffer in one call when they fit (a small-file tree's every file),
+        its data by one ``preadv`` (with ``RWF_NOWAIT`` while ``on_miss`` listens)."""
+        fill = self._fill
+        end = fill + len(head)
+        padded = (count + 511) & ~511
+        buffer = self._buffer
+        if count >= SENDFILE_MIN or end + padded > len(buffer):
+            self.write(head)
+            return self.copy_padded(source, count) if count else 0
+        buffer[fill:end] = head
+        if not count:
+            self._fill = end
+            return 0
+        view = self._view[end:end + count]
         if self.on_miss is None:
             copied = os.preadv(source, [view], 0)   # short only at end of file
         elif self._timed_reads:
@@ -159,25 +162,11 @@ class FdSink:
             else:
                 if copied < count:
                     copied += self._rest_noting_miss(source, view, copied)
-        self._buffer[fill + copied:fill + padded] = _ZEROS[:padded - copied]
-        self._fill = fill + padded
+        if copied != padded:
+            pad = padded - copied
+            buffer[end + copied:end + padded] = _PADDING[pad] if pad < 512 else _ZEROS[:pad]
+        self._fill = end + padded
         return copied
-
-    def member(self, head: bytes, source: int, count: int) -> int:
-        """``write(head)`` then ``copy_padded(source, count)``: a small file's headers and data
-        go into the buffer in one call when both fit (the common case of a small-file tree)."""
-        fill = self._fill
-        end = fill + len(head)
-        padded = (count + 511) & ~511
-        if count >= SENDFILE_MIN or end + padded > len(self._buffer):
-            self.write(head)
-            return self.copy_padded(source, count) if count else 0
-        self._buffer[fill:end] = head
-        if not count:
-            self._fill = end
-            return 0
-        self._fill = end
-        return self.copy_padded(source, count)
 
     def _read_noting_miss(self, source: int, view: memoryview) -> int:
         """Read a small file whole, telling ``on_miss`` when it was not all in the page cache
