@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 from ndmpd.engine import pax
 
@@ -20,20 +19,6 @@ def test_the_fast_path_headers_are_the_general_paths_bytes():
         for _ in range(2):                  # the second time from the caches
             fast = writer.headers(name, mode, uid, uid, size, ns, pax.REGTYPE, extra=extra)
             assert fast == writer._general(name, mode, uid, uid, size, ns, pax.REGTYPE, b"", 0, 0, extra)
-
-
-def test_a_regular_files_headers_from_its_stat_are_the_general_paths_bytes():
-    writer = pax.HeaderWriter()
-    names = [b"./a", b"./" + b"x" * 98, b"./" + b"y" * 120, b"./d/\xc3\xa9"]
-    sizes = [0, 511, 8 ** 11 - 1, 8 ** 11]
-    times = [0, 999_999_999, 1_700_000_000_123456789, 1_700_000_000 * 10 ** 9, 10 ** 19 + 5, -1]
-    extras = [b"", pax.pax_record(b"SCHILY.xattr.user.a", b"v")]
-    for name, mode, uid, size, ns, extra in itertools.product(names, [0o100644, 0o104755], [0, 1000, 1 << 22],
-                                                               sizes, times, extras):
-        st = os.stat_result((mode, 1, 1, 1, uid, uid, size, 0, ns // 10 ** 9, 0, 0.0, 0.0, 0.0, 0, ns, 0))
-        for _ in range(2):                  # the second time from the caches
-            assert writer.file(name, st, extra) == writer._general(name, mode, uid, uid, size, ns, pax.REGTYPE,
-                                                                   b"", 0, 0, extra)
 
 
 def test_the_ustar_layout_is_one_block():

@@ -684,7 +684,8 @@ class Dumper:
                     self._check_unchanged(fd, rel, st, changed_before)
                     return
             sink = self.sink
-            head = self._headers.file(arcname, st, records)
+            head = self._headers.headers(arcname, st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns,
+                                         pax.REGTYPE, b"", 0, 0, records)
             if size >= LARGE and self._prefetch is not None:
                 self._prefetch.reading(fd, dir_fd, name, st, sink.offset + len(head), self._upcoming)
             result.entries += 1

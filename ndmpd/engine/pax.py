@@ -9,7 +9,6 @@ record, which GNU tar, bsdtar and Python's tarfile all read.
 from __future__ import annotations
 
 import grp
-import os
 import pwd
 import re
 import struct
@@ -256,28 +255,6 @@ class HeaderWriter:
                 return self._extended(extra) + block if extra else block
         return self._general(name, mode, uid, gid, size, mtime_ns, typeflag, linkname, devmajor,
                              devminor, extra)
-
-    def file(self, name: bytes, st: os.stat_result, extra: bytes = b"") -> bytes:
-        """:meth:`headers` of a regular file from its stat (a dump's every small file): the
-        fields read once here, no link or device fields to pass and check."""
-        size, mtime_ns = st.st_size, st.st_mtime_ns
-        sec, frac = divmod(mtime_ns, 1_000_000_000)
-        if (frac and 1_000_000_000 <= sec < 10_000_000_000 and not extra and len(name) <= 100
-                and size <= _MAX_SIZE and name.isascii()):       # headers()' one-join case
-            key = (st.st_mode, st.st_uid, st.st_gid, REGTYPE)
-            template = self._templates.get(key) or self._template(*key)
-            if template[0]:
-                numbers = self._numbers
-                size_field = numbers.get(size) or self._number(size)
-                time_field = numbers.get(sec) or self._number(sec)
-                checksum = template[2] + size_field[1] + time_field[1] + (zlib.adler32(name) & 0xFFFF) - 1
-                checksum_field = self._checksums.get(checksum)
-                if checksum_field is None:
-                    checksum_field = self._checksums[checksum] = b"%06o\0 " % checksum
-                return b"".join((self._pax30, b"30 mtime=%d.%09d\n" % (sec, frac), _NULS[482],
-                                 name, _NULS[100 - len(name)], template[0], size_field[0], time_field[0],
-                                 checksum_field, template[1]))
-        return self.headers(name, st.st_mode, st.st_uid, st.st_gid, size, mtime_ns, REGTYPE, b"", 0, 0, extra)
 
     def _number(self, value: int) -> tuple[bytes, int]:
         """A 12-byte octal field (names are 100 bytes or less, so the name's sum stays exact in
