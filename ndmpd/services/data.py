@@ -426,7 +426,7 @@ class Data:
     # -- what jobs call (worker thread) ---------------------------------------------------
 
     def post(self, code: int, body: object) -> None:
-        self.session.edge.call_soon(lambda: self._post_now(code, body))
+        self.session.post_soon(code, body)
 
     def _post_now(self, code: int, body: object) -> None:
         self._post_encoded_now(code, self.session.encode_post(code, body))
