@@ -97,6 +97,25 @@ class NdmpClient:
                 continue
             return checked(message, header.error_code, lambda: self.codec.decode(header, record))
 
+    def next_post(self, codes: set[int], timeout: float = 60.0) -> tuple[int, Any]:
+        """The first post (in arrival order) whose code is in ``codes``, with its code."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, (c, body) in enumerate(self.posts):
+                if c in codes:
+                    del self.posts[i]
+                    return c, body
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"none of {sorted(codes)} within {timeout} s")
+            self.sock.settimeout(left)
+            try:
+                header, record = self._receive()
+            finally:
+                self.sock.settimeout(None)
+            if header.message_type == REQUEST:
+                self.posts.append((header.message_code, self.codec.decode(header, record)))
+
     def wait_post(self, code: int, timeout: float = 60.0) -> Any:
         """The next post with message ``code`` (others stay queued), waiting up to ``timeout``."""
         deadline = time.monotonic() + timeout

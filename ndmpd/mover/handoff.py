@@ -30,6 +30,7 @@ class Handoff:
         self._closed = False
         self._cut = ""               # why the connection behind it was cut (a TLS truncation), if it was
         self._wake: Callable[[], None] | None = None
+        self._data_halted = threading.Event()    # the writer's NOTIFY_DATA_HALTED is posted
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every buffer, end or close (on the thread that made it), for a
@@ -112,7 +113,16 @@ class Handoff:
             self._buffer = None
             self._cond.notify_all()
 
+    def wait_data_halted(self, timeout: float) -> bool:
+        """After ``finish``: until the writer's side posted its halt (``data_halted``), at most
+        ``timeout`` seconds (a data service that never halts, a session gone)."""
+        return self._data_halted.wait(timeout)
+
     # -- either side ---------------------------------------------------------------------
+
+    def data_halted(self) -> None:
+        """The data service posted NOTIFY_DATA_HALTED (see ``wait_data_halted``)."""
+        self._data_halted.set()
 
     def close(self, cut: str = "") -> None:
         """Close from either side; ``cut``: the connection behind it was cut (a TLS stream that

@@ -331,6 +331,7 @@ class Data:
         reason = C.DATA_HALT_INTERNAL_ERROR
         env: list[tuple[str, str]] | None = None
         why = summary = ""
+        handoff = self._handoff              # (_close_sockets forgets it)
         try:
             outcome = job.work(self._connected_socket() if job.needs_connection else None)
             reason, env, why, summary = outcome.reason, outcome.env, outcome.why, outcome.summary
@@ -345,10 +346,13 @@ class Data:
             self._close_sockets()
         if summary and not self.cancel.is_set():
             self.log_message(summary)       # queued right before the halt: nothing comes between
-        self._halted(reason, env, why)      # (ndmjob, seeing a LOG_MESSAGE after the mover halted,
-                                            # looks at DATA_GET_STATE and, still ACTIVE, waits 2 s)
+        self._halted(reason, env, why, handoff)   # (ndmjob, seeing a LOG_MESSAGE after the mover
+                                            # halted, looks at DATA_GET_STATE and, still ACTIVE, waits 2 s)
 
-    def _halted(self, reason: int, env: list[tuple[str, str]] | None, why: str = "") -> None:
+    def _halted(self, reason: int, env: list[tuple[str, str]] | None, why: str = "",
+                handoff: Handoff | None = None) -> None:
+        """HALTED on the session's thread, with NOTIFY_DATA_HALTED; then a LOCAL mover that
+        holds its own halt notice for this one (pump._hand_back) may post it."""
         if self.cancel.is_set() and reason == C.DATA_HALT_SUCCESSFUL:
             reason = C.DATA_HALT_ABORTED
 
@@ -361,6 +365,8 @@ class Data:
                          f": {why}" if why else "")
                 self.session.ctx.metrics.data_halted(self.operation, reason, self.processed())
                 self._post_encoded_now(C.NOTIFY_DATA_HALTED, self._halted_post(reason, why))
+            if handoff is not None:
+                handoff.data_halted()
         self.session.edge.call_soon(apply)
 
     def _halted_post(self, reason: int, why: str) -> bytes:

@@ -192,12 +192,14 @@ class Mover:
                 return MEDIUM_FULL
             return self.medium_end
 
-    def halt(self, reason: int, why: str = "") -> None:
+    def halt(self, reason: int, why: str = "", before_notice: Callable[[], None] | None = None) -> None:
         """Enter HALTED once (whoever comes first), wake the pump, tell the DMA.
 
         ``why`` (the device's or the failure's own words) goes to the DMA as one LOG_MESSAGE
         (LOG_LOG on v2) queued right before NOTIFY_MOVER_HALTED, so a DMA learns the true
-        reason from the halt itself, not only "media error"; a media error always sends one."""
+        reason from the halt itself, not only "media error"; a media error always sends one.
+        ``before_notice`` (the end of a LOCAL backup) runs after the state change and before
+        the notices, outside the lock."""
         media_error = reason == C.MOVER_HALT_MEDIA_ERROR
         if media_error and not why:
             why = UNSAID_MEDIA_ERROR
@@ -216,15 +218,17 @@ class Mover:
             log.info("%s: mover halted (reason %d), %d bytes moved", self.session.peer, reason, self.bytes_moved)
             if moving:
                 self.session.ctx.metrics.mover_halted(self.mode, reason, self.bytes_moved)
-            if why:
-                self._notify(*log_post(self.session.version, f"mover halted: {why}", "error"))
-            self._notify(C.NOTIFY_MOVER_HALTED, T.notify_mover_halted_post(reason=reason))
         for sock in (self._data, self._local_peer):
             if sock is not None:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+        if before_notice is not None:
+            before_notice()
+        if why:
+            self._notify(*log_post(self.session.version, f"mover halted: {why}", "error"))
+        self._notify(C.NOTIFY_MOVER_HALTED, T.notify_mover_halted_post(reason=reason))
 
     def _notify(self, code: int, body: object) -> None:
         self.session.post_soon(code, body)
