@@ -17,6 +17,7 @@ import pytest
 
 from ndmpd.config import build
 from ndmpd.mover import pump
+from ndmpd.mover.handoff import Handoff
 from ndmpd.wire import C, T
 
 from .server_thread import ServerThread
@@ -87,3 +88,23 @@ def test_the_mover_notice_does_not_wait_for_a_data_side_that_never_halts(server,
         assert dma.call("MOVER_GET_STATE").state == C.MOVER_STATE_HALTED
         peer.close()
         dma.call("MOVER_STOP")
+
+
+def test_a_relayed_stream_does_not_hold_the_mover_notice(monkeypatch):
+    """A TLS relay's handoff: the writer is another server's data service, whose halt this
+    server never sees, so the end of its stream halts the mover at once."""
+    monkeypatch.setattr(pump, "NOTICE_HOLD", 30.0)
+    relayed, local = Handoff("the TLS data connection ended"), Handoff(local=True)
+    for handoff in (relayed, local):
+        handoff.end()
+    done = threading.Thread(target=pump._hand_back, args=(relayed,), daemon=True)
+    done.start()
+    done.join(10)
+    assert not done.is_alive() and relayed.finished
+    held = threading.Thread(target=pump._hand_back, args=(local,), daemon=True)
+    held.start()
+    held.join(0.5)
+    assert held.is_alive()               # until the data side says it halted
+    local.data_halted()
+    held.join(10)
+    assert not held.is_alive()

@@ -21,8 +21,9 @@ class Handoff:
     finds the reader gone gets BrokenPipeError, as it would from a socket.
     """
 
-    def __init__(self, gone: str = "the mover closed the LOCAL data connection") -> None:
+    def __init__(self, gone: str = "the mover closed the LOCAL data connection", local: bool = False) -> None:
         self._gone = gone            # what a writer's BrokenPipeError says
+        self.local = local           # both ends in one session (LOCAL), not a TLS relay's
         self._cond = threading.Condition()
         self._buffer: memoryview | None = None
         self._ended = False          # the writer sent everything

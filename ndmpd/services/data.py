@@ -202,7 +202,7 @@ class Data:
                                                                         self.version)
         elif addr_type == C.ADDR_LOCAL:
             self._sock, self._mover_end = socket.socketpair()
-            self._handoff = Handoff()
+            self._handoff = Handoff(local=True)
             self.address = addresses.to_ndmp(None)
         else:
             raise NdmpError(C.ILLEGAL_ARGS_ERR, f"address type {addr_type}")

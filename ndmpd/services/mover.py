@@ -261,7 +261,7 @@ class Mover:
                                                                         self.session.version)
         else:
             self._data, self._local_peer = socket.socketpair()
-            self.handoff = Handoff()
+            self.handoff = Handoff(local=True)
             self.address = addresses.to_ndmp(None)
         self.mode, self.state = mode, LISTEN
         if addr_type == C.ADDR_TCP:
