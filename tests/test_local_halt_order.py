@@ -16,7 +16,6 @@ import threading
 import pytest
 
 from ndmpd.config import build
-from ndmpd.mover import pump
 from ndmpd.mover.handoff import Handoff
 from ndmpd.wire import C, T
 
@@ -71,10 +70,46 @@ def test_both_sides_are_halted_when_the_first_halt_notice_arrives(server, versio
             dma.call("TAPE_CLOSE")
 
 
-def test_the_mover_notice_does_not_wait_for_a_data_side_that_never_halts(server, monkeypatch):
-    """A stream handed over with no data service behind it (nothing will post a data halt):
-    the mover's halt notice goes out once NOTICE_HOLD has passed."""
-    monkeypatch.setattr(pump, "NOTICE_HOLD", 0.3)
+def _back_up(dma) -> None:
+    listen_local(dma)
+    dma.call("DATA_CONNECT", addr=T.addr(addr_type=C.ADDR_LOCAL))
+    dma.call("DATA_START_BACKUP", butype_name="tar", env=[T.pval(name="FILESYSTEM", value="/vol")])
+    for code in (C.NOTIFY_DATA_HALTED, C.NOTIFY_MOVER_HALTED):
+        dma.wait_post(code, timeout=30)
+    dma.call("DATA_STOP")
+    dma.call("MOVER_STOP")
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_local_restore_the_dma_closes_halts_the_mover_notice_after_the_data_one(server, tmp_path, version):
+    """ndmjob's restore: the mover stops at the image's end (PAUSED) while the data side still
+    restores; the DMA closes the mover. Its halt notice waits for the data side's, so the DMA,
+    woken by NOTIFY_DATA_HALTED, finds both HALTED and then gets the mover's notice."""
+    with server.client(version=version) as dma:
+        _back_up(dma)
+        dma.call("TAPE_MTIO", tape_op=C.MTIO_REW, count=1)
+        dma.call("MOVER_SET_RECORD_SIZE", len=64 * KiB)
+        dma.call("MOVER_SET_WINDOW", offset=0, length=ALL)
+        dma.call("MOVER_LISTEN", mode=C.MOVER_MODE_WRITE, addr_type=C.ADDR_LOCAL)
+        dma.call("DATA_CONNECT", addr=T.addr(addr_type=C.ADDR_LOCAL))
+        dma.call("DATA_START_RECOVER", butype_name="tar", nlist=[],
+                 env=[T.pval(name="FILESYSTEM", value="/vol"), T.pval(name="PREFIX", value="/vol/restored")])
+        read = dma.wait_post(C.NOTIFY_DATA_READ, timeout=20)
+        dma.call("MOVER_READ", offset=read.offset, length=read.length)
+        dma.wait_post(C.NOTIFY_MOVER_PAUSED, timeout=30)
+        dma.call("MOVER_CLOSE")
+        first, body = dma.next_post(HALTS, timeout=30)
+        assert first == C.NOTIFY_DATA_HALTED and body.reason == C.DATA_HALT_SUCCESSFUL
+        data, mover = dma.call("DATA_GET_STATE"), dma.call("MOVER_GET_STATE")
+        assert (data.state, mover.state) == (C.DATA_STATE_HALTED, C.MOVER_STATE_HALTED)
+        assert dma.wait_post(C.NOTIFY_MOVER_HALTED, timeout=10).reason == C.MOVER_HALT_CONNECT_CLOSED
+        dma.call("DATA_STOP")
+        dma.call("MOVER_STOP")
+    assert sorted(p.name for p in (tmp_path / "vol" / "restored" / "d3").iterdir()) == sorted(f"f{f}" for f in range(50))
+
+
+def test_a_mover_with_no_data_side_running_posts_its_notice_at_once(server):
+    """A stream handed over with no data service behind it: nothing is held."""
     with server.client() as dma:
         listen_local(dma)
         session = server.only_session()
@@ -90,21 +125,18 @@ def test_the_mover_notice_does_not_wait_for_a_data_side_that_never_halts(server,
         dma.call("MOVER_STOP")
 
 
-def test_a_relayed_stream_does_not_hold_the_mover_notice(monkeypatch):
-    """A TLS relay's handoff: the writer is another server's data service, whose halt this
-    server never sees, so the end of its stream halts the mover at once."""
-    monkeypatch.setattr(pump, "NOTICE_HOLD", 30.0)
-    relayed, local = Handoff("the TLS data connection ended"), Handoff(local=True)
-    for handoff in (relayed, local):
-        handoff.end()
-    done = threading.Thread(target=pump._hand_back, args=(relayed,), daemon=True)
-    done.start()
-    done.join(10)
-    assert not done.is_alive() and relayed.finished
-    held = threading.Thread(target=pump._hand_back, args=(local,), daemon=True)
-    held.start()
-    held.join(0.5)
-    assert held.is_alive()               # until the data side says it halted
-    local.data_halted()
-    held.join(10)
-    assert not held.is_alive()
+def test_held_notices_go_after_the_data_halt_or_after_the_limit():
+    posted: list[str] = []
+    waiting = Handoff(local=True)
+    waiting.after_data_halted(lambda: posted.append("held"), limit=30.0)
+    assert posted == []
+    waiting.data_halted()
+    assert posted == ["held"]
+    waiting.after_data_halted(lambda: posted.append("late"), limit=30.0)    # halted already: at once
+    assert posted == ["held", "late"]
+    never = Handoff(local=True)
+    released = threading.Event()
+    never.after_data_halted(released.set, limit=0.2)      # a data side that never halts
+    assert released.wait(10)
+    never.data_halted()                                   # nothing runs twice
+    assert posted == ["held", "late"]

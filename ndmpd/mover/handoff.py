@@ -31,7 +31,8 @@ class Handoff:
         self._closed = False
         self._cut = ""               # why the connection behind it was cut (a TLS truncation), if it was
         self._wake: Callable[[], None] | None = None
-        self._data_halted = threading.Event()    # the writer's NOTIFY_DATA_HALTED is posted
+        self._data_halted = False    # (LOCAL) the data service posted NOTIFY_DATA_HALTED
+        self._after_data: list[Callable[[], None]] = []   # the mover's notices, held until then
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every buffer, end or close (on the thread that made it), for a
@@ -114,16 +115,32 @@ class Handoff:
             self._buffer = None
             self._cond.notify_all()
 
-    def wait_data_halted(self, timeout: float) -> bool:
-        """After ``finish``: until the writer's side posted its halt (``data_halted``), at most
-        ``timeout`` seconds (a data service that never halts, a session gone)."""
-        return self._data_halted.wait(timeout)
-
     # -- either side ---------------------------------------------------------------------
 
+    def after_data_halted(self, post: Callable[[], None], limit: float) -> None:
+        """Run ``post`` (the mover's halt notices) right after the data service at the other
+        end posts NOTIFY_DATA_HALTED, or after ``limit`` seconds if it never does; at once
+        when it did already."""
+        with self._cond:
+            if not self._data_halted:
+                self._after_data.append(post)
+                timer = threading.Timer(limit, self._release_held)
+                timer.daemon = True
+                timer.start()
+                return
+        post()
+
     def data_halted(self) -> None:
-        """The data service posted NOTIFY_DATA_HALTED (see ``wait_data_halted``)."""
-        self._data_halted.set()
+        """The data service posted NOTIFY_DATA_HALTED: what waited for it goes out now."""
+        with self._cond:
+            self._data_halted = True
+        self._release_held()
+
+    def _release_held(self) -> None:
+        with self._cond:
+            held, self._after_data = self._after_data, []
+        for post in held:
+            post()
 
     def close(self, cut: str = "") -> None:
         """Close from either side; ``cut``: the connection behind it was cut (a TLS stream that

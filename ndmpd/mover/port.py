@@ -46,7 +46,6 @@ class MoverPort(Protocol):
     def pause(self, reason: int, peer_closed: Callable[[], bool] | None = None) -> None:
         """Pause with ``reason`` until CONTINUE (returns) or a halt (raises :class:`Halted`)."""
 
-    def halt(self, reason: int, why: str = "", before_notice: Callable[[], None] | None = None) -> None:
+    def halt(self, reason: int, why: str = "") -> None:
         """Halt with ``reason`` and post NOTIFY_MOVER_HALTED, preceded by a LOG_MESSAGE
-        saying ``why`` (always one for a media error: the device's reason);
-        ``before_notice`` runs once the state is HALTED, before the notices are posted."""
+        saying ``why`` (always one for a media error: the device's reason)."""

@@ -17,8 +17,6 @@ from ..wire import C
 from .handoff import Handoff
 from .port import Halted, MoverPort
 
-NOTICE_HOLD = 2.0    # seconds a LOCAL backup's end waits for NOTIFY_DATA_HALTED before its own notice
-
 log = logging.getLogger("ndmpd.mover")
 IDLE_POLL = 0.25        # seconds between peer-closed checks while waiting for MOVER_READ
 BATCH_BYTES = 1 << 20   # a backup receives up to this much before writing its records
@@ -104,22 +102,10 @@ def _end_of_stream(mover: MoverPort, record: memoryview, fill: int, handoff: Han
         log.error("mover: tape write failed: %s", exc)
         mover.halt(C.MOVER_HALT_MEDIA_ERROR, f"tape write failed: {exc}")
         raise Halted from None
-    if handoff is None:
-        mover.halt(C.MOVER_HALT_CONNECT_CLOSED)
-    else:
-        mover.halt(C.MOVER_HALT_CONNECT_CLOSED, before_notice=lambda: _hand_back(handoff))
+    mover.halt(C.MOVER_HALT_CONNECT_CLOSED)     # HALTED first: the data side, told next, halts
+    if handoff is not None:                     # and posts its notice, and the mover's follows it
+        handoff.finish()                        # (Mover.halt)
     raise Halted
-
-
-def _hand_back(handoff: Handoff) -> None:
-    """LOCAL: the mover is HALTED; tell the data side its stream is stored, and post
-    NOTIFY_MOVER_HALTED only after its NOTIFY_DATA_HALTED. Both states are then HALTED when
-    the DMA hears of the first halt, and the second notice comes after: ndmjob, woken by one
-    notice, reads both states and then waits for one more notice before it shuts down (up to
-    2 s when that came before it looked: a third of its backups waited so)."""
-    handoff.finish()
-    if handoff.local:                    # (a TLS relay's writer is another server's data service)
-        handoff.wait_data_halted(NOTICE_HOLD)
 
 
 def _write_records(mover: MoverPort, records: memoryview, size: int, data_bytes: int | None = None) -> None:

@@ -351,8 +351,8 @@ class Data:
 
     def _halted(self, reason: int, env: list[tuple[str, str]] | None, why: str = "",
                 handoff: Handoff | None = None) -> None:
-        """HALTED on the session's thread, with NOTIFY_DATA_HALTED; then a LOCAL mover that
-        holds its own halt notice for this one (pump._hand_back) may post it."""
+        """HALTED on the session's thread, with NOTIFY_DATA_HALTED; the notices a LOCAL mover
+        held for this one (Mover.halt) go out right after it."""
         if self.cancel.is_set() and reason == C.DATA_HALT_SUCCESSFUL:
             reason = C.DATA_HALT_ABORTED
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ndmpd.mover")
 HANDLERS = HandlerTable()
 
+NOTICE_HOLD = 2.0      # seconds a halt notice waits at most for the LOCAL data side's (see halt)
 IDLE, LISTEN, ACTIVE, PAUSED, HALTED = (C.MOVER_STATE_IDLE, C.MOVER_STATE_LISTEN, C.MOVER_STATE_ACTIVE,
                                         C.MOVER_STATE_PAUSED, C.MOVER_STATE_HALTED)
 ALL_ONES = (1 << 64) - 1
@@ -192,14 +193,20 @@ class Mover:
                 return MEDIUM_FULL
             return self.medium_end
 
-    def halt(self, reason: int, why: str = "", before_notice: Callable[[], None] | None = None) -> None:
+    def halt(self, reason: int, why: str = "") -> None:
         """Enter HALTED once (whoever comes first), wake the pump, tell the DMA.
 
         ``why`` (the device's or the failure's own words) goes to the DMA as one LOG_MESSAGE
         (LOG_LOG on v2) queued right before NOTIFY_MOVER_HALTED, so a DMA learns the true
         reason from the halt itself, not only "media error"; a media error always sends one.
-        ``before_notice`` (the end of a LOCAL backup) runs after the state change and before
-        the notices, outside the lock."""
+
+        With the data service of this session still ACTIVE at the other end of a LOCAL
+        connection (a backup's end, which the data side learns of next; a restore the DMA
+        closes the mover of), the notices wait for its NOTIFY_DATA_HALTED (at most
+        NOTICE_HOLD): the DMA then finds both sides HALTED on the first halt notice, and the
+        second comes after it. ndmjob, woken by one notice, reads both states, and before it
+        shuts the job down waits for one more notice, up to 2 s when none comes: a third of
+        its two-way backups and every two-way restore waited so."""
         media_error = reason == C.MOVER_HALT_MEDIA_ERROR
         if media_error and not why:
             why = UNSAID_MEDIA_ERROR
@@ -213,6 +220,8 @@ class Mover:
                 self.medium_end = MEDIUM_FULL
             elif media_error:
                 self.medium_end = f"media error: {why}"
+            handoff = self.handoff           # (the pump, woken below, forgets it as it ends)
+            hold = handoff is not None and handoff.local and self.session.data.state == C.DATA_STATE_ACTIVE
             self.state, self.halt_reason, self.pause_reason = HALTED, reason, C.MOVER_PAUSE_NA
             self._cond.notify_all()
             log.info("%s: mover halted (reason %d), %d bytes moved", self.session.peer, reason, self.bytes_moved)
@@ -224,11 +233,17 @@ class Mover:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        if before_notice is not None:
-            before_notice()
+        notices = [(C.NOTIFY_MOVER_HALTED, T.notify_mover_halted_post(reason=reason))]
         if why:
-            self._notify(*log_post(self.session.version, f"mover halted: {why}", "error"))
-        self._notify(C.NOTIFY_MOVER_HALTED, T.notify_mover_halted_post(reason=reason))
+            notices.insert(0, log_post(self.session.version, f"mover halted: {why}", "error"))
+
+        def post() -> None:
+            for code, body in notices:
+                self._notify(code, body)
+        if hold:
+            handoff.after_data_halted(post, NOTICE_HOLD)     # type: ignore[union-attr]
+        else:
+            post()
 
     def _notify(self, code: int, body: object) -> None:
         self.session.post_soon(code, body)
