@@ -33,6 +33,7 @@ class Handoff:
         self._wake: Callable[[], None] | None = None
         self._data_halted = False    # (LOCAL) the data service posted NOTIFY_DATA_HALTED
         self._after_data: list[Callable[[], None]] = []   # the mover's notices, held until then
+        self._timers: list[threading.Timer] = []          # ... or until these go off
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every buffer, end or close (on the thread that made it), for a
@@ -126,6 +127,7 @@ class Handoff:
                 self._after_data.append(post)
                 timer = threading.Timer(limit, self._release_held)
                 timer.daemon = True
+                self._timers.append(timer)
                 timer.start()
                 return
         post()
@@ -139,6 +141,9 @@ class Handoff:
     def _release_held(self) -> None:
         with self._cond:
             held, self._after_data = self._after_data, []
+            timers, self._timers = self._timers, []
+        for timer in timers:
+            timer.cancel()               # (a no-op from the timer's own thread, which is ending)
         for post in held:
             post()
 

@@ -220,30 +220,29 @@ class Mover:
                 self.medium_end = MEDIUM_FULL
             elif media_error:
                 self.medium_end = f"media error: {why}"
-            handoff = self.handoff           # (the pump, woken below, forgets it as it ends)
-            hold = handoff is not None and handoff.local and self.session.data.state == C.DATA_STATE_ACTIVE
+            handoff = self.handoff           # (read before HALTED: a pump that sees it forgets it)
             self.state, self.halt_reason, self.pause_reason = HALTED, reason, C.MOVER_PAUSE_NA
             self._cond.notify_all()
             log.info("%s: mover halted (reason %d), %d bytes moved", self.session.peer, reason, self.bytes_moved)
             if moving:
                 self.session.ctx.metrics.mover_halted(self.mode, reason, self.bytes_moved)
+            notices = [(C.NOTIFY_MOVER_HALTED, T.notify_mover_halted_post(reason=reason))]
+            if why:
+                notices.insert(0, log_post(self.session.version, f"mover halted: {why}", "error"))
+
+            def post() -> None:
+                for code, body in notices:
+                    self._notify(code, body)
+            if handoff is not None and handoff.local and self.session.data.state == C.DATA_STATE_ACTIVE:
+                handoff.after_data_halted(post, NOTICE_HOLD)
+            else:
+                post()                       # queued before any reply can show HALTED
         for sock in (self._data, self._local_peer):
             if sock is not None:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        notices = [(C.NOTIFY_MOVER_HALTED, T.notify_mover_halted_post(reason=reason))]
-        if why:
-            notices.insert(0, log_post(self.session.version, f"mover halted: {why}", "error"))
-
-        def post() -> None:
-            for code, body in notices:
-                self._notify(code, body)
-        if hold:
-            handoff.after_data_halted(post, NOTICE_HOLD)     # type: ignore[union-attr]
-        else:
-            post()
 
     def _notify(self, code: int, body: object) -> None:
         self.session.post_soon(code, body)
