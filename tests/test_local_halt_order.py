@@ -5,7 +5,7 @@ ndmjob wakes on a halt notice, reads both states, and before it shuts the job do
 one more notice (up to 2 s). When the mover's notice came first, with the data side still
 ACTIVE a moment longer, ndmjob read ACTIVE, waited for the data's notice, and then sat out its
 2 s: a third of its two-way backups ended that late. The order here is what lets every one end
-at once.
+at once. A mover that fails is the cause of the end, not its consequence: its reason goes first.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import threading
 import pytest
 
 from ndmpd.config import build
+from ndmpd.devices.tape import MediaError
+from ndmpd.devices.virtual_tape import VirtualTape
 from ndmpd.mover.handoff import Handoff
 from ndmpd.wire import C, T
 
@@ -106,6 +108,29 @@ def test_a_local_restore_the_dma_closes_halts_the_mover_notice_after_the_data_on
         dma.call("DATA_STOP")
         dma.call("MOVER_STOP")
     assert sorted(p.name for p in (tmp_path / "vol" / "restored" / "d3").iterdir()) == sorted(f"f{f}" for f in range(50))
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_mover_that_fails_mid_backup_posts_its_reason_before_the_data_halt(server, monkeypatch, version):
+    """The tape fails while the data side still streams: the DMA hears the mover's words and
+    halt first (so it reports "media error: ..." as the cause), then the data side's halt."""
+    def failing(self, data, size):
+        raise MediaError("the drive reported a write fault")
+    monkeypatch.setattr(VirtualTape, "write_records", failing)
+    with server.client(version=version) as dma:
+        listen_local(dma)
+        dma.call("DATA_CONNECT", addr=T.addr(addr_type=C.ADDR_LOCAL))
+        dma.call("DATA_START_BACKUP", butype_name="tar", env=[T.pval(name="FILESYSTEM", value="/vol")])
+        first, body = dma.next_post(HALTS | {C.LOG_MESSAGE}, timeout=30)
+        assert first == C.LOG_MESSAGE and body.entry.startswith("mover halted: tape write failed: ")
+        assert "the drive reported a write fault" in body.entry
+        first, body = dma.next_post(HALTS, timeout=30)
+        expected = C.MOVER_HALT_MEDIA_ERROR if version == 4 else C.MOVER_HALT_INTERNAL_ERROR
+        assert (first, body.reason) == (C.NOTIFY_MOVER_HALTED, expected)
+        data = dma.wait_post(C.NOTIFY_DATA_HALTED, timeout=30)
+        assert data.reason != C.DATA_HALT_SUCCESSFUL
+        dma.call("DATA_STOP")
+        dma.call("MOVER_STOP")
 
 
 def test_a_mover_with_no_data_side_running_posts_its_notice_at_once(server):

@@ -200,13 +200,16 @@ class Mover:
         (LOG_LOG on v2) queued right before NOTIFY_MOVER_HALTED, so a DMA learns the true
         reason from the halt itself, not only "media error"; a media error always sends one.
 
-        With the data service of this session still ACTIVE at the other end of a LOCAL
-        connection (a backup's end, which the data side learns of next; a restore the DMA
-        closes the mover of), the notices wait for its NOTIFY_DATA_HALTED (at most
-        NOTICE_HOLD): the DMA then finds both sides HALTED on the first halt notice, and the
-        second comes after it. ndmjob, woken by one notice, reads both states, and before it
-        shuts the job down waits for one more notice, up to 2 s when none comes: a third of
-        its two-way backups and every two-way restore waited so."""
+        A halt that ends a job normally (CONNECT_CLOSED: a backup's stream stored, which the
+        data side learns of next; a restore the DMA closes the mover of) with the data
+        service of this session still ACTIVE at the other end of a LOCAL connection holds
+        its notices for that side's NOTIFY_DATA_HALTED (at most NOTICE_HOLD): the DMA then
+        finds both sides HALTED on the first halt notice, and the second comes after it.
+        ndmjob, woken by one notice, reads both states, and before it shuts the job down
+        waits for one more notice, up to 2 s when none comes: a third of its two-way backups
+        and every two-way restore waited so. A mover that fails or is aborted is the cause
+        of the job's end, not its consequence: its reason goes out at once, ahead of the
+        data side's halt it brings about, so the DMA reports the mover's words."""
         media_error = reason == C.MOVER_HALT_MEDIA_ERROR
         if media_error and not why:
             why = UNSAID_MEDIA_ERROR
@@ -233,7 +236,9 @@ class Mover:
             def post() -> None:
                 for code, body in notices:
                     self._notify(code, body)
-            if handoff is not None and handoff.local and self.session.data.state == C.DATA_STATE_ACTIVE:
+            ends_job = reason == C.MOVER_HALT_CONNECT_CLOSED
+            if ends_job and handoff is not None and handoff.local \
+                    and self.session.data.state == C.DATA_STATE_ACTIVE:
                 handoff.after_data_halted(post, NOTICE_HOLD)
             else:
                 post()                       # queued before any reply can show HALTED
