@@ -107,7 +107,7 @@ class NdmpClient:
                     return c, body
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"none of {sorted(codes)} within {timeout} s")
+                raise TimeoutError(f"no post {' or '.join(f'0x{c:x}' for c in sorted(codes))} within {timeout} s")
             self.sock.settimeout(left)
             try:
                 header, record = self._receive()
@@ -118,19 +118,4 @@ class NdmpClient:
 
     def wait_post(self, code: int, timeout: float = 60.0) -> Any:
         """The next post with message ``code`` (others stay queued), waiting up to ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, (c, body) in enumerate(self.posts):
-                if c == code:
-                    del self.posts[i]
-                    return body
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no post 0x{code:x} within {timeout} s")
-            self.sock.settimeout(left)
-            try:
-                header, record = self._receive()
-            finally:
-                self.sock.settimeout(None)
-            if header.message_type == REQUEST:
-                self.posts.append((header.message_code, self.codec.decode(header, record)))
+        return self.next_post({code}, timeout)[1]
