@@ -61,15 +61,21 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 class ScriptedS3:
     """An HTTP endpoint that answers every request with ``status`` (an S3 error body naming
     ``code``), or with ``status`` None drops the connection unanswered (a reset); ``requests``
-    counts what arrived, so a test sees how many attempts a client made."""
+    counts what arrived, so a test sees how many attempts a client made, and ``connections``
+    the connections (a client speaking TLS to it makes no request)."""
 
     def __init__(self, status: int | None, code: str) -> None:
         self.requests = 0
+        self.connections = 0
         self.seen: list[str] = []          # "METHOD PATH" of each request
         self.attempts: list[int] = []      # which attempt of its call each was (amz-sdk-request)
         script = self
 
         class Answer(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                script.connections += 1
+                super().setup()
+
             def _any(self) -> None:
                 script.requests += 1
                 script.seen.append(f"{self.command} {self.path}")

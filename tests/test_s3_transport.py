@@ -112,17 +112,37 @@ def test_without_a_credentials_file_the_aws_environment_is_used(s3_server, bucke
         drive(S3Store(StoreConfig(bucket, s3_server.endpoint, "env/", timeout=2.0))).open(write=False)
 
 
+def scripted_store(endpoint: str, tmp_path) -> S3Store:
+    """A store of bucket "scripted" at ``endpoint`` (a ScriptedS3), with any credentials."""
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = a\naws_secret_access_key = b\n")
+    creds.chmod(0o600)
+    return S3Store(StoreConfig("scripted", endpoint, "lib/", credentials_file=creds, timeout=2.0))
+
+
+def test_an_https_endpoint_on_a_plain_http_port_fails_at_once_saying_so(tmp_path):
+    service = ScriptedS3(403, "AccessDenied")       # a plain HTTP service: TLS gets text back
+    endpoint = service.endpoint.replace("http://", "https://")
+    try:
+        store = scripted_store(endpoint, tmp_path)
+        with pytest.raises(MediaError) as caught:
+            drive(store).open(write=False)
+        message = str(caught.value)
+        assert "\n" not in message and endpoint in message, message
+        assert "not TLS" in message and "store.endpoint" in message, message
+        assert service.connections == 1 and service.requests == 0     # not a transient error: no retry
+    finally:
+        service.close()
+
+
 @pytest.mark.parametrize("status, code, attempts", [
     (403, "AccessDenied", 1), (400, "InvalidRequest", 1), (404, "NoSuchBucket", 1),
     (500, "InternalError", MAX_ATTEMPTS), (503, "SlowDown", MAX_ATTEMPTS), (None, "reset", MAX_ATTEMPTS),
 ], ids=["403", "400", "404", "500", "503", "connection-reset"])
 def test_only_transient_errors_are_retried_with_backoff(tmp_path, status, code, attempts):
     service = ScriptedS3(status, code)
-    creds = tmp_path / "creds"
-    creds.write_text("[default]\naws_access_key_id = a\naws_secret_access_key = b\n")
-    creds.chmod(0o600)
     try:
-        store = S3Store(StoreConfig("scripted", service.endpoint, "lib/", credentials_file=creds, timeout=2.0))
+        store = scripted_store(service.endpoint, tmp_path)
         started = time.monotonic()
         with pytest.raises(MediaError) as caught:
             drive(store).open(write=False)

@@ -37,15 +37,21 @@ def make_client(store: StoreConfig, pool: int = 16) -> Any:
     session = boto3.session.Session()
     client = session.client("s3", endpoint_url=store.endpoint, region_name=store.region,
                             verify=store.verify(), config=config, **keys)
-    client.meta.events.register_first("needs-retry.s3", _untrusted_is_final)
+    client.meta.events.register_first("needs-retry.s3", _tls_misfit_is_final)
     return client
 
 
-def _untrusted_is_final(caught_exception: BaseException | None = None, **_: Any) -> bool | None:
+_NOT_TLS = "WRONG_VERSION_NUMBER"      # OpenSSL's word for a peer that answered in plain text
+
+
+def _tls_misfit_is_final(caught_exception: BaseException | None = None, **_: Any) -> bool | None:
     """botocore's standard mode retries every connection error, TLS ones included; a
-    certificate nobody trusts is no transient error: False stops the retries (None: no say)."""
-    if caught_exception is not None and "CERTIFICATE_VERIFY_FAILED" in str(caught_exception):
-        return False
+    certificate nobody trusts, or an https:// endpoint whose port speaks plain HTTP, is no
+    transient error: False stops the retries (None: no say)."""
+    if caught_exception is not None:
+        text = str(caught_exception)
+        if "CERTIFICATE_VERIFY_FAILED" in text or _NOT_TLS in text:
+            return False
     return None
 
 
@@ -90,6 +96,9 @@ def _tls_reason(exc: BaseException, service: str) -> str:
         why = detail.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip() or detail
         return (f"TLS: the certificate of {service} is not trusted ({why}); give store.ca_bundle "
                 "(the CA that signed it) or verify_tls = false")
+    if _NOT_TLS in detail:
+        return (f"{service} answered in plain text, not TLS: its port serves http://, not https:// "
+                "(fix store.endpoint)")
     return f"TLS with {service} failed: {detail}"
 
 
