@@ -34,7 +34,8 @@ class Holders:
                     return
                 left = deadline - time.monotonic()
                 if left <= 0 or not getattr(holder, "closed", False):
-                    raise DeviceBusy(f"{name} is in use by another session")
+                    peer = getattr(holder, "peer", None)
+                    raise DeviceBusy(f"{name} is in use by another session" + (f" (from {peer})" if peer else ""))
                 self._released.wait(left)
 
     def let_go(self, name: str, owner: object) -> bool:

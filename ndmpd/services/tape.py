@@ -127,9 +127,10 @@ def _device_call(session: "Session", work: Callable[[TapeDevice], Any], reply: C
 
 
 def _say_why(session: "Session", text: str) -> None:
-    """An error LOG post (LOG_LOG on v2) ahead of a reply whose code alone says nothing
-    (IO_ERR: wrong S3 credentials, a store unreachable, a damaged cartridge), so the DMA's
-    user reads the device's own words; queued from the worker before its reply."""
+    """An error LOG post (LOG_LOG on v2) ahead of a reply whose code alone says too little
+    (IO_ERR: wrong S3 credentials, a store unreachable, a damaged cartridge; DEVICE_BUSY: who
+    holds the drive), so the DMA's user reads the device's own words; queued from the worker
+    before its reply."""
     session.post_soon(*log_post(session.version, text, "error"))
 
 
@@ -149,6 +150,7 @@ def tape_open(session: "Session", req: Any) -> Any:
         try:            # on the worker thread: it may wait for a closed session's teardown
             device = drives.acquire(req.device, session, HANDOVER_PATIENCE)
         except DeviceBusy as exc:
+            _say_why(session, f"TAPE_OPEN {req.device}: {exc}")      # who holds it, which the code cannot say
             raise NdmpError(C.DEVICE_BUSY_ERR, str(exc)) from None
         slot.lock = drives.lock(req.device)       # shared with the mover and with a library's moves
         protected = False
