@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import argparse
-import compileall
 import asyncio
 import os
 import shutil
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from catalog_bench import dump_posts, median_ms, tar_posts            # noqa: E402
-from dump_bench import build_small                                  # noqa: E402
+from dump_bench import build_small, byte_compile                     # noqa: E402
 from ndmp_backup_bench import NDMJOB, PASSWORD, server_config       # noqa: E402
 from tests.server_process import ServerProcess, free_loopback_address   # noqa: E402
 
@@ -119,9 +118,7 @@ capacity = "64GiB"
             raise SystemExit(f"ndmjob backup failed:\n{out[-3000:]}")
         return seconds
 
-    # ndmp runs as installed: pip byte-compiles a package, but this checkout may be run with
-    # PYTHONDONTWRITEBYTECODE (CI sets it), which would compile every module at every start
-    compileall.compile_dir(str(REPO / "ndmpd"), quiet=1)
+    byte_compile()                           # ndmp runs as installed, not compiled at every start
     runners = {"ndmp": run_ndmp, "ndmjob": run_ndmjob}
     times: dict[str, list[float]] = {name: [] for name in runners}
     try:

@@ -27,6 +27,7 @@ warm: one untimed run of each first, so both read from the page cache.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import random
 import shutil
@@ -95,6 +96,14 @@ def tree_paths(base: Path, files: int, large_files: int) -> dict[str, Path]:
     small = base / ("small" if files == 100_000 else f"small-{files}")
     large = base / ("large" if large_files == 4 else f"large-{large_files}x512")
     return {"small": small, "large": large, "huge": base / "huge"}
+
+
+def byte_compile() -> None:
+    """Compile ndmpd's modules once, as pip does for an installed package: this checkout may
+    run with PYTHONDONTWRITEBYTECODE (CI sets it), which would compile every module at every
+    start of a timed ``ndmpd`` (40-60 ms of a 2 s dump measured here); Python still reads the
+    .pyc files it finds."""
+    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "ndmpd"), quiet=1)
 
 
 def drop_caches() -> None:
@@ -243,6 +252,7 @@ def main() -> int:
     trees = tree_paths(args.dir, args.files, args.large_files)
     restore_dir = args.restore_dir or args.dir
     print("building trees (once) ...", file=sys.stderr)
+    byte_compile()
     if args.only in (None, "small", "restore"):
         build_small(trees["small"], args.files)
     if args.only in (None, "large"):
