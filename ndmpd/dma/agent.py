@@ -47,7 +47,7 @@ from ..wire import C, REPLY, REQUEST, XdrError, protocol
 from ..wire.message import Header, unpack_header
 from ..wire.records import OversizedRecord, RecordReader, frame
 from .messages import MessageCodec, auth_data
-from .errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpReplyError, checked
+from .errors import NdmpAuthError, NdmpConnectError, NdmpConnectionLost, NdmpProtocolError, NdmpReplyError, checked
 
 log = logging.getLogger("ndmpd.dma")
 MAX_RECORD = 1 << 30                 # what a reply (a big FS_INFO, an FH batch) may reach
@@ -94,7 +94,7 @@ class Agent:
 
     async def _negotiate(self, versions: tuple[int, ...]) -> None:
         header, record = await self._wait(self._greeting, self.timeout, "greeting")
-        greeting = self._decode(header, record)
+        greeting = self._trusted(header, record, "the greeting", C.NOTIFY_CONNECTION_STATUS)
         if greeting.reason != C.CONNECTED:
             why = greeting.text_reason or ("shut down" if greeting.reason == C.SHUTDOWN else "refused")
             raise NdmpConnectError(f"{self.peer}: the server refused the connection: {why}")
@@ -201,7 +201,8 @@ class Agent:
             raise self._lost or NdmpConnectionLost(f"{self.peer}: {message}: {exc}") from None
         finally:
             self._replies.pop(sequence, None)
-        return checked(message, header.error_code, lambda: self._decode(header, record))
+        return checked(message, header.error_code,
+                       lambda: self._trusted(header, record, f"the {message} reply", self.codec.spec(message).code))
 
     async def delivered(self) -> None:
         """Until every post received so far has been through its :meth:`on` handlers. Posts go
@@ -275,6 +276,20 @@ class Agent:
 
     def _decode(self, header: Header, record: bytes) -> Any:
         return self.codec.decode(header, record)
+
+    def _trusted(self, header: Header, record: bytes, what: str, code: int) -> Any:
+        """The body of a reply (or the greeting) the rest of the session depends on. One that is
+        of another message, or that does not decode (any failure: the bytes are the server's),
+        closes the connection with :class:`NdmpProtocolError` saying what came."""
+        try:
+            if header.message_code != code:
+                raise ValueError(f"it is a message 0x{header.message_code:x}, not 0x{code:x}")
+            return self._decode(header, record)
+        except Exception as exc:
+            error = NdmpProtocolError(f"{self.peer}: {what} could not be decoded ({exc}); connection closed")
+        self._fail(error)
+        self._writer.close()
+        raise error
 
     async def _wait(self, future: asyncio.Future, timeout: float | None, what: str) -> Any:
         try:

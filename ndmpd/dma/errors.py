@@ -54,3 +54,9 @@ class NdmpAuthError(NdmpConnectError):
 
 class NdmpConnectionLost(ConnectionError):
     """The control connection closed or failed; every pending request fails with this."""
+
+
+class NdmpProtocolError(NdmpConnectionLost):
+    """The server sent a reply (or greeting) this DMA cannot decode, or a reply to another
+    message than the one asked: nothing it says next can be trusted, so the connection is
+    closed, and every caller's handling of a lost connection applies (a job aborts)."""
