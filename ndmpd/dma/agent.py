@@ -69,6 +69,7 @@ class Agent:
         self._replies: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
         self._handlers: dict[int, list[PostHandler]] = {}
         self._raw_handlers: dict[int, RawHandler] = {}
+        self._lost_callbacks: list[Callable[[NdmpConnectionLost], None]] = []
         self._posts: deque[tuple[int, Any]] = deque()
         self._post_waiters: list[tuple[int, asyncio.Future[Any]]] = []
         self._dispatch: asyncio.Queue[tuple[int, Any] | asyncio.Future[None] | None] = asyncio.Queue()
@@ -170,6 +171,21 @@ class Agent:
             self._raw_handlers.pop(code, None)
         else:
             self._raw_handlers[code] = handler
+
+    def on_lost(self, callback: Callable[[NdmpConnectionLost], None]) -> None:
+        """Call ``callback(error)`` once the connection is lost (closed, failed, or closed for a
+        reply that could not be trusted), after every post received before that went through
+        its handlers: a job waiting for NOTIFY posts hears of the loss in the posts' order, so
+        a loss never passes for an end the server never sent. At once when already lost."""
+        if self._dispatch_task.done() and self._lost is not None:
+            callback(self._lost)
+        else:
+            self._lost_callbacks.append(callback)
+
+    def off_lost(self, callback: Callable[[NdmpConnectionLost], None]) -> None:
+        """Stop calling ``callback`` on a loss (a job that ended, on an agent that goes on)."""
+        if callback in self._lost_callbacks:
+            self._lost_callbacks.remove(callback)
 
     def off(self, code: int, handler: PostHandler) -> None:
         """Stop sending posts ``code`` to ``handler``."""
@@ -372,7 +388,12 @@ class Agent:
     async def _dispatch_loop(self) -> None:
         while True:
             item = await self._dispatch.get()
-            if item is None:
+            if item is None:                            # _fail's marker: after the last post
+                for callback in self._lost_callbacks:
+                    try:
+                        callback(self._lost)            # type: ignore[arg-type]
+                    except Exception:
+                        log.exception("%s: a connection-lost callback failed", self.peer)
                 return
             if isinstance(item, asyncio.Future):    # delivered(): everything before it is
                 if not item.done():

@@ -161,6 +161,8 @@ class HistoryRecorder:
         self._raw_queued = 0                       # bytes queued by post_raw (its caller's thread)
         self._raw_done = 0                         # ... and taken by the worker (the worker's)
         self.unresolved = 0                        # dump nodes no directory entry ever named
+        self.skipped = 0                           # posts that could not be read (left out)
+        self._skip_reason = ""                     # why the first of them could not
 
     def start(self) -> "HistoryRecorder":
         if self._thread is None:
@@ -236,11 +238,15 @@ class HistoryRecorder:
                     if len(item) == 3:
                         self._raw_done += len(item[2])
                     continue                         # drain: post() callers are never blocked
+                try:
+                    if len(item) == 3:
+                        self._take_raw(*item)
+                    else:
+                        self._take(*item)
+                except Exception as exc:            # a post the server garbled: the others still count
+                    self._skip(exc)
                 if len(item) == 3:
-                    self._take_raw(*item)
                     self._raw_done += len(item[2])
-                else:
-                    self._take(*item)
                 rows = len(self._rows)
                 if rows >= self._batch_rows or (rows >= IDLE_ROWS and self._queue.empty()):
                     self._hand_over()            # so finish() is left with one small batch, not a big one
@@ -272,6 +278,19 @@ class HistoryRecorder:
                 self._writer.close()
             except BaseException as exc:  # noqa: BLE001
                 self._fail(exc)
+
+    def _skip(self, exc: Exception) -> None:
+        self.skipped += 1
+        if not self._skip_reason:
+            self._skip_reason = f"{type(exc).__name__}: {exc}"
+            log.warning("catalog: a file history post could not be read: %s", self._skip_reason)
+
+    def skipped_note(self) -> str | None:
+        """What the user is told when posts were left out (None when none was)."""
+        if not self.skipped:
+            return None
+        return (f"{self.skipped} file history post(s) from the server could not be read and are not in the "
+                f"catalog (the first: {self._skip_reason}); a whole restore still has every file")
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:

@@ -33,7 +33,7 @@ from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog, Media, media_dict
 from ..catalog_history import V2_UNIX_DIR, V2_UNIX_NODE, V2_UNIX_PATH
-from ..errors import JobFailed, JobInterrupted, NdmpReplyError
+from ..errors import JobFailed, JobInterrupted, NdmpConnectionLost, NdmpReplyError
 from ..library import LibraryError
 from ..smc import ScsiError
 from ..tapes import open_drive, position_at_end_of_data
@@ -141,13 +141,19 @@ class BackupJob:
                 outcome, reason = await self._wait_end()
             except (NdmpReplyError, LibraryError, MediaError, ScsiError) as exc:
                 outcome, reason, refused = "failed", str(exc), True
+            except (NdmpConnectionLost, TimeoutError) as exc:     # a server gone, or silent
+                outcome, reason, refused = "failed", str(exc) or type(exc).__name__, True
             else:
                 refused = False
             await watcher.stop()
             if outcome != "done":
                 await self._abort()
             data_bytes, server_env = await self._collect()
-            await self._stop(outcome == "done")
+            try:
+                await self._stop(outcome == "done")
+            except (NdmpReplyError, NdmpConnectionLost, TimeoutError) as exc:
+                if outcome == "done":             # the tape file not ended: not a backup to keep
+                    outcome, reason = "failed", f"ending the tape file: {exc or type(exc).__name__}"
             if refused:                          # the posts sent ahead of the replies, handled
                 await steps.delivered(self.data, self.tape)
             if refused and logs.errors:          # the server said why it refused: that is the reason
@@ -156,9 +162,12 @@ class BackupJob:
             await watcher.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            entries = recorder.finish()
+            entries, unstored = steps.finish_history(
+                recorder, lambda text: (logs.warnings.append(text), self.reporter.warning(text)))
             logs.close()
             self.reporter.close()
+        if unstored and outcome == "done":        # the catalog cannot find its files: not kept as done
+            outcome, reason = "failed", unstored
         if self.trouble and outcome != "done":
             reason = with_trouble(reason, self.trouble)
         media = list(self.parts)
@@ -204,6 +213,7 @@ class BackupJob:
         self.data.on(C.NOTIFY_DATA_HALTED, lambda body: self.events.put_nowait(("data_halted", body)))
         self.tape.on(C.NOTIFY_MOVER_HALTED, lambda body: self.events.put_nowait(("mover_halted", body)))
         self.tape.on(C.NOTIFY_MOVER_PAUSED, lambda body: self.events.put_nowait(("mover_paused", body)))
+        steps.lost_as_event(self.events, self.data, self.tape)
 
     async def _start(self, env: dict[str, str]) -> int | None:
         req = self.request
@@ -232,7 +242,9 @@ class BackupJob:
 
     async def _wait_end(self) -> tuple[str, str]:
         while True:
-            kind, body = await self.events.get()
+            kind, body = await steps.next_event(self.events, (
+                steps.Side(self.data, "data", "data_halted"),
+                steps.Side(self.tape, "mover", "mover_halted", "mover_paused")))
             verdict = self._decide(kind, body)
             if verdict is None:
                 continue

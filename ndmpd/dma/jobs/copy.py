@@ -138,7 +138,10 @@ class CopyJob:
                 logs.close()
             for code in FH_CODES + V2_FH_CODES:
                 self.source.on_raw(code, None)
-            entries = recorder.finish()
+            entries, unstored = steps.finish_history(
+                recorder, lambda text: (self.logs["source"].warnings.append(text), self.reporter.warning(text)))
+        if unstored and outcome == "done":        # the catalog cannot find its files: not kept as done
+            outcome, reason = "failed", unstored
         if self.trouble and outcome != "done":
             reason = with_trouble(reason, self.trouble)
         if outcome == "done":
@@ -174,6 +177,7 @@ class CopyJob:
                                   ("destination", req.dest_host, self.dest)):
             self.logs[side] = LogForwarder(self.reporter, {host: agent})
             agent.on(C.NOTIFY_DATA_HALTED, lambda body, side=side: self.events.put_nowait((side, body)))
+        steps.lost_as_event(self.events, self.source, self.dest)
 
     async def _start(self, env: dict[str, str]) -> None:
         req = self.request
@@ -186,7 +190,8 @@ class CopyJob:
 
     async def _wait_end(self) -> tuple[str, str]:
         while True:
-            kind, body = await self.events.get()
+            kind, body = await steps.next_event(self.events, (steps.Side(self.source, "data", "source"),
+                                                              steps.Side(self.dest, "data", "destination")))
             verdict = self._decide(kind, body)
             if verdict is not None:
                 return verdict

@@ -25,12 +25,12 @@ import asyncio
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Backup, Media
-from ..errors import JobFailed, JobInterrupted, NdmpReplyError
+from ..errors import JobFailed, JobInterrupted, NdmpConnectionLost, NdmpReplyError
 from ..library import LibraryError
 from ..progress import NullReporter, Reporter
 from ..smc import ScsiError
@@ -171,6 +171,7 @@ class RecoverJob:
         self.progress = (0, 0)
         self.progress_at = time.monotonic()
         self.handlers: list[tuple[Agent, int, Any]] = []
+        self._unlisten_lost: Callable[[], None] = lambda: None
         self.states: dict[str, str] = {}         # where the stop left DATA and MOVER (jobs/states.py)
         self.trouble: list[str] = []             # the sides the stop could not bring back to IDLE
 
@@ -199,6 +200,8 @@ class RecoverJob:
                 end = _End("failed", self._why(str(exc)))
             except (RecoverFailed, MediaError, LibraryError, ScsiError) as exc:
                 end = _End("failed", str(exc))
+            except (NdmpConnectionLost, TimeoutError) as exc:     # a server gone, or silent
+                end = _End("failed", self._why(str(exc) or type(exc).__name__))
             await watcher.stop()
             if end.outcome != "done":
                 logs.close()                     # what the servers log now is the abort's echo, not news
@@ -253,11 +256,13 @@ class RecoverJob:
                           (self.tape, C.NOTIFY_MOVER_PAUSED, event("mover_paused"))]
         for agent, code, handler in self.handlers:
             agent.on(code, handler)
+        self._unlisten_lost = steps.lost_as_event(self.events, self.data, self.tape)
 
     def _unlisten(self) -> None:
         """The agents may serve another job next: this one's handlers go."""
         for agent, code, handler in self.handlers:
             agent.off(code, handler)
+        self._unlisten_lost()
 
     def _log_file(self, body: Any) -> None:
         status = getattr(body, "recovery_status", None)
@@ -326,7 +331,8 @@ class RecoverJob:
 
     async def _wait_end(self) -> _End:
         while True:
-            kind, body = await self.events.get()
+            kind, body = await steps.next_event(self.events, (steps.Side(self.data, "data", "data_halted"),
+                                                              steps.Side(self.tape, "mover", "mover_halted")))
             step = self._decide(kind, body)
             if isinstance(step, _End):
                 return step

@@ -31,6 +31,7 @@ from .watch import LogForwarder
 
 UPDATE_TIMEOUT = 600.0          # seconds an update may run before it is aborted
 REASON_WAIT = 0.5               # seconds a refusal waits for the server's LOG_MESSAGE saying why
+HALT_AFTER_LOSS = 5.0           # seconds an update whose side went away waits for the other side's halt
 NOT_KEPT = "is not kept on"     # the master's words when it released the replica's base (spec 2)
 
 
@@ -179,6 +180,7 @@ class ReplicaUpdateJob:
                                   ("replica", req.replica_host, self.replica)):
             self.logs[side] = LogForwarder(self.reporter, {host: agent})
             agent.on(C.NOTIFY_DATA_HALTED, lambda body, side=side: self.events.put_nowait((side, body)))
+        steps.lost_as_event(self.events, self.master, self.replica)
 
     def _warn(self, text: str) -> None:
         self.warnings.append(text)
@@ -277,15 +279,18 @@ class ReplicaUpdateJob:
         side was seen halted, and a halt post comes before the reply that reads HALTED: once
         the posts received are delivered, every one of the first try's halts is queued."""
         await steps.delivered(self.master, self.replica)
-        while not self.events.empty():
-            self.events.get_nowait()
+        steps.keep_losses(self.events)
         self.halted.clear()
         self._stopped = False
 
     async def _wait_halts(self) -> None:
         """Until both sides halted SUCCESSFUL; UpdateFailed at the first that did not."""
+        sides = (steps.Side(self.master, "data", "master"), steps.Side(self.replica, "data", "replica"))
         while len(self.halted) < 2:
-            side, body = await self.events.get()
+            try:
+                side, body = await steps.next_event(self.events, sides)
+            except NdmpConnectionLost as lost:
+                raise UpdateFailed(await self._lost_side(lost)) from None
             self.halted[side] = body
             if body.reason != C.DATA_HALT_SUCCESSFUL:
                 errors = self.logs[side].errors
@@ -293,6 +298,27 @@ class ReplicaUpdateJob:
                 gone = await self._gone("replica" if side == "master" else "master")
                 await self._abort_and_stop()
                 raise UpdateFailed(gone + f"the {side} data server halted: {why}")
+
+    async def _lost_side(self, lost: NdmpConnectionLost) -> str:
+        """Why an update failed when one side's connection was lost: that side's ndmpd went
+        away, and the other side's halt (its data connection broken) says how, when it comes
+        within a few seconds."""
+        side, other = ("replica", "master") if self.replica.closed else ("master", "replica")
+        host = self.request.replica_host if side == "replica" else self.request.master_host
+        said = str(lost)
+        try:
+            async with asyncio.timeout(HALT_AFTER_LOSS):
+                while other not in self.halted:
+                    kind, body = await self.events.get()
+                    if kind == other:
+                        self.halted[other] = body
+        except TimeoutError:
+            pass
+        halt = self.halted.get(other)
+        if halt is not None and halt.reason != C.DATA_HALT_SUCCESSFUL:
+            errors = self.logs[other].errors
+            said = f"the {other} data server halted: {errors[-1] if errors else constant_name('DATA_HALT', halt.reason)}"
+        return f"the {side}'s ndmpd ({host}) went away during the update; {said}"
 
     async def _gone(self, side: str) -> str:
         """Why the other side's data connection broke when its ndmpd went away (killed,

@@ -6,14 +6,18 @@ job ending must reach its catalog entry and its summary whatever the servers do.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable, Literal
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from ...wire import C
 from ..agent import Agent
+from ..catalog_history import HistoryError, HistoryRecorder
 from ..errors import NdmpConnectionLost, NdmpReplyError
 
 Kind = Literal["data", "mover"]
 STEP_TIMEOUT = 30.0                  # seconds one request of the way out may take
+MISSED_NOTICE = 5.0                  # seconds without an event before a job reads its sides' states
 GONE = (NdmpReplyError, NdmpConnectionLost, TimeoutError)   # a side that refuses or is gone: carry on
 REQUESTS = {"data": ("DATA_GET_STATE", "DATA_ABORT", "DATA_STOP", "DATA_STATE"),
             "mover": ("MOVER_GET_STATE", "MOVER_ABORT", "MOVER_STOP", "MOVER_STATE")}
@@ -36,6 +40,113 @@ async def connect_data(data: Agent, addr: Any) -> dict[str, Any]:
         return {"mover_addr": addr}
     await data.call("DATA_CONNECT", addr=addr)
     return {}
+
+
+def lost_as_event(events: "asyncio.Queue[tuple[str, Any]]", *agents: Agent) -> Callable[[], None]:
+    """Put ``("lost", error)`` into a job's ``events`` when one of its connections is lost
+    (after the posts that came before the loss), so a job waiting for NOTIFY posts ends,
+    through :func:`next_event`, instead of waiting for posts that cannot come. Returns what
+    undoes it (for agents that serve another job next)."""
+    def lost(error: NdmpConnectionLost) -> None:
+        events.put_nowait(("lost", error))
+    unique = list(dict.fromkeys(agents))
+    for agent in unique:
+        agent.on_lost(lost)
+
+    def undo() -> None:
+        for agent in unique:
+            agent.off_lost(lost)
+    return undo
+
+
+@dataclass(frozen=True)
+class Side:
+    """A side whose state stands in for its NOTIFY posts when they do not come: the event a
+    HALTED state means (``halted``), and a PAUSED one (``paused``; None: not read as one)."""
+
+    agent: Agent
+    kind: Kind
+    halted: str
+    paused: str | None = None
+
+
+async def _states_say(sides: Sequence[Side], patience: float) -> list[tuple[str, Any]]:
+    """The events the sides' states stand for (a halt or a pause, with the post's fields)."""
+    said: list[tuple[str, Any]] = []
+    for side in sides:
+        try:
+            reply = await side.agent.call(REQUESTS[side.kind][0], timeout=patience)
+        except GONE:
+            continue
+        state = constant_name(REQUESTS[side.kind][3], reply.state)
+        if state == "halted":
+            said.append((side.halted, SimpleNamespace(reason=reply.halt_reason, text_reason="")))
+        elif state == "paused" and side.paused is not None:
+            said.append((side.paused, SimpleNamespace(reason=reply.pause_reason,
+                                                      seek_position=getattr(reply, "seek_position", 0))))
+    return said
+
+
+def _same(a: list[tuple[str, Any]], b: list[tuple[str, Any]]) -> bool:
+    return [(k, vars(v)) for k, v in a] == [(k, vars(v)) for k, v in b]
+
+
+async def next_event(events: "asyncio.Queue[tuple[str, Any]]", sides: Sequence[Side] = (),
+                     patience: float = MISSED_NOTICE) -> tuple[str, Any]:
+    """A job's next event; a lost connection raises its NdmpConnectionLost (the job ends it
+    as it ends any request that failed for that reason).
+
+    With ``sides``, a NOTIFY post that never comes does not hold the job for ever: after
+    ``patience`` seconds without an event the sides' states are read, and a halt or pause
+    they show twice running, with no event in between, is taken as the post (as ndmjob's
+    monitor reads states); a duplicate of one already taken is harmless to a job's rules."""
+    suspected: list[tuple[str, Any]] = []
+    while True:
+        if not sides:
+            kind, body = await events.get()
+        else:
+            try:
+                async with asyncio.timeout(patience):    # (not wait_for: on 3.11 it can lose a cancel)
+                    kind, body = await events.get()
+            except TimeoutError:
+                said = await _states_say(sides, patience)
+                if not events.empty():
+                    suspected = []
+                elif said and _same(said, suspected):
+                    for event in said:
+                        events.put_nowait(event)
+                    suspected = []
+                else:
+                    suspected = said
+                continue
+        if kind == "lost":
+            raise body
+        return kind, body
+
+
+def keep_losses(events: "asyncio.Queue[tuple[str, Any]]") -> None:
+    """Empty ``events`` of everything but a lost connection (a job forgetting stale posts)."""
+    kept = []
+    while not events.empty():
+        event = events.get_nowait()
+        if event[0] == "lost":
+            kept.append(event)
+    for event in kept:
+        events.put_nowait(event)
+
+
+def finish_history(recorder: HistoryRecorder, warn: Callable[[str], None]) -> tuple[int, str]:
+    """End a job's file history: (entries stored, why it could not be stored, or "").
+    Posts it had to leave out are one warning through ``warn`` (the job then exits 3)."""
+    try:
+        entries = recorder.finish()
+        failed = ""
+    except HistoryError as exc:
+        entries, failed = recorder.rows_written, f"{exc}: {exc.__cause__}"
+    note = recorder.skipped_note()
+    if note:
+        warn(note)
+    return entries, failed
 
 
 async def quietly(agent: Agent, message: str, **fields: Any) -> Any | None:
