@@ -238,14 +238,15 @@ class HistoryRecorder:
                     if len(item) == 3:
                         self._raw_done += len(item[2])
                     continue                         # drain: post() callers are never blocked
+                raw = len(item) == 3
                 try:
-                    if len(item) == 3:
+                    if raw:
                         self._take_raw(*item)
                     else:
                         self._take(*item)
                 except Exception as exc:            # a post the server garbled: the others still count
                     self._skip(exc)
-                if len(item) == 3:
+                if raw:
                     self._raw_done += len(item[2])
                 rows = len(self._rows)
                 if rows >= self._batch_rows or (rows >= IDLE_ROWS and self._queue.empty()):

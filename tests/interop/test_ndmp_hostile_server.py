@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,8 +16,8 @@ from ndmpd.wire import C
 from tests.dma_fuzz import RewritingProxy, message_code, random_rewrite
 from tests.engine_helpers import build_every_case
 
-from .conftest import REPO, drive_is_free
-from .ndmp_cli import backups, ndmp_env
+from .conftest import drive_is_free
+from .ndmp_cli import backups, ndmp
 
 pytestmark = pytest.mark.interop
 JOB_LIMIT = 90                  # seconds any one job may take here (a hang fails the test)
@@ -40,9 +38,8 @@ def target(server_factory, tmp_path):
         spec = f"ndmp@127.0.0.1:{proxy.port}"
         catalog = tmp_path / f"{name}.db"
         began = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "ndmpd.dma", "--timeout", "5", "backup", f"{spec}:/export/data",
-                               "--tape", f"{spec}:vtape0", "--catalog", str(catalog), "--json"],
-                              cwd=REPO, capture_output=True, text=True, timeout=JOB_LIMIT, env=ndmp_env(tmp_path))
+        done = ndmp("--timeout", "5", "backup", f"{spec}:/export/data", "--tape", f"{spec}:vtape0",
+                    "--catalog", str(catalog), "--json", home=tmp_path, timeout=JOB_LIMIT)
         took = time.monotonic() - began
         proxy.close()
         deadline = time.monotonic() + 10

@@ -33,7 +33,7 @@ from ...wire import C, T
 from ..agent import Agent
 from ..catalog import Catalog, Media, media_dict
 from ..catalog_history import V2_UNIX_DIR, V2_UNIX_NODE, V2_UNIX_PATH
-from ..errors import JobFailed, JobInterrupted, NdmpConnectionLost, NdmpReplyError
+from ..errors import JobFailed, JobInterrupted, NdmpReplyError
 from ..library import LibraryError
 from ..smc import ScsiError
 from ..tapes import open_drive, position_at_end_of_data
@@ -139,9 +139,7 @@ class BackupJob:
                 file_number = await self._start(env)
                 watcher.start()
                 outcome, reason = await self._wait_end()
-            except (NdmpReplyError, LibraryError, MediaError, ScsiError) as exc:
-                outcome, reason, refused = "failed", str(exc), True
-            except (NdmpConnectionLost, TimeoutError) as exc:     # a server gone, or silent
+            except (*steps.GONE, LibraryError, MediaError, ScsiError) as exc:   # refused, gone or silent
                 outcome, reason, refused = "failed", str(exc) or type(exc).__name__, True
             else:
                 refused = False
@@ -151,7 +149,7 @@ class BackupJob:
             data_bytes, server_env = await self._collect()
             try:
                 await self._stop(outcome == "done")
-            except (NdmpReplyError, NdmpConnectionLost, TimeoutError) as exc:
+            except steps.GONE as exc:
                 if outcome == "done":             # the tape file not ended: not a backup to keep
                     outcome, reason = "failed", f"ending the tape file: {exc or type(exc).__name__}"
             if refused:                          # the posts sent ahead of the replies, handled
@@ -162,8 +160,7 @@ class BackupJob:
             await watcher.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            entries, unstored = steps.finish_history(
-                recorder, lambda text: (logs.warnings.append(text), self.reporter.warning(text)))
+            entries, unstored = steps.finish_history(recorder, self.reporter, logs.warnings)
             logs.close()
             self.reporter.close()
         if unstored and outcome == "done":        # the catalog cannot find its files: not kept as done

@@ -138,8 +138,7 @@ class CopyJob:
                 logs.close()
             for code in FH_CODES + V2_FH_CODES:
                 self.source.on_raw(code, None)
-            entries, unstored = steps.finish_history(
-                recorder, lambda text: (self.logs["source"].warnings.append(text), self.reporter.warning(text)))
+            entries, unstored = steps.finish_history(recorder, self.reporter, self.logs["source"].warnings)
         if unstored and outcome == "done":        # the catalog cannot find its files: not kept as done
             outcome, reason = "failed", unstored
         if self.trouble and outcome != "done":

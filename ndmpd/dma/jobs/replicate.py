@@ -293,19 +293,20 @@ class ReplicaUpdateJob:
                 raise UpdateFailed(await self._lost_side(lost)) from None
             self.halted[side] = body
             if body.reason != C.DATA_HALT_SUCCESSFUL:
-                errors = self.logs[side].errors
-                why = errors[-1] if errors else constant_name("DATA_HALT", body.reason)
                 gone = await self._gone("replica" if side == "master" else "master")
                 await self._abort_and_stop()
-                raise UpdateFailed(gone + f"the {side} data server halted: {why}")
+                raise UpdateFailed(gone + self._halted_why(side, body))
+
+    def _halted_why(self, side: str, body: Any) -> str:
+        """A side's halt that was not SUCCESSFUL, in its server's own words when it logged any."""
+        errors = self.logs[side].errors
+        return f"the {side} data server halted: {errors[-1] if errors else constant_name('DATA_HALT', body.reason)}"
 
     async def _lost_side(self, lost: NdmpConnectionLost) -> str:
         """Why an update failed when one side's connection was lost: that side's ndmpd went
         away, and the other side's halt (its data connection broken) says how, when it comes
         within a few seconds."""
         side, other = ("replica", "master") if self.replica.closed else ("master", "replica")
-        host = self.request.replica_host if side == "replica" else self.request.master_host
-        said = str(lost)
         try:
             async with asyncio.timeout(HALT_AFTER_LOSS):
                 while other not in self.halted:
@@ -315,10 +316,8 @@ class ReplicaUpdateJob:
         except TimeoutError:
             pass
         halt = self.halted.get(other)
-        if halt is not None and halt.reason != C.DATA_HALT_SUCCESSFUL:
-            errors = self.logs[other].errors
-            said = f"the {other} data server halted: {errors[-1] if errors else constant_name('DATA_HALT', halt.reason)}"
-        return f"the {side}'s ndmpd ({host}) went away during the update; {said}"
+        said = self._halted_why(other, halt) if halt is not None and halt.reason != C.DATA_HALT_SUCCESSFUL else str(lost)
+        return await self._gone(side) + said
 
     async def _gone(self, side: str) -> str:
         """Why the other side's data connection broke when its ndmpd went away (killed,

@@ -14,6 +14,7 @@ from ...wire import C
 from ..agent import Agent
 from ..catalog_history import HistoryError, HistoryRecorder
 from ..errors import NdmpConnectionLost, NdmpReplyError
+from ..progress import Reporter
 
 Kind = Literal["data", "mover"]
 STEP_TIMEOUT = 30.0                  # seconds one request of the way out may take
@@ -135,9 +136,10 @@ def keep_losses(events: "asyncio.Queue[tuple[str, Any]]") -> None:
         events.put_nowait(event)
 
 
-def finish_history(recorder: HistoryRecorder, warn: Callable[[str], None]) -> tuple[int, str]:
+def finish_history(recorder: HistoryRecorder, reporter: Reporter, warnings: list[str]) -> tuple[int, str]:
     """End a job's file history: (entries stored, why it could not be stored, or "").
-    Posts it had to leave out are one warning through ``warn`` (the job then exits 3)."""
+    Posts it had to leave out are one warning, to ``reporter`` (the job then exits 3) and in
+    the job's ``warnings``."""
     try:
         entries = recorder.finish()
         failed = ""
@@ -145,7 +147,8 @@ def finish_history(recorder: HistoryRecorder, warn: Callable[[str], None]) -> tu
         entries, failed = recorder.rows_written, f"{exc}: {exc.__cause__}"
     note = recorder.skipped_note()
     if note:
-        warn(note)
+        warnings.append(note)
+        reporter.warning(note)
     return entries, failed
 
 
