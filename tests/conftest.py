@@ -13,3 +13,11 @@ def s3_server(tmp_path_factory):
     server = start_or_skip(tmp_path_factory.mktemp("seaweed"))
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _s3_buckets_dropped(request):
+    """A test's buckets are deleted after it, so a long run never exhausts the store."""
+    yield
+    if "s3_server" in request.fixturenames:
+        request.getfixturevalue("s3_server").drop_made()

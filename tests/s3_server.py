@@ -22,6 +22,12 @@ from pathlib import Path
 ACCESS_KEY = "ndmpdtestaccess"
 SECRET_KEY = "ndmpd-test-secret-key-0123456789"
 START_TIMEOUT = 60.0
+# One volume per bucket, not weed's default seven: a test suite makes a bucket per test, and
+# weed's volume slots, files and disk otherwise run out long before the tests do.
+MASTER_TOML = "[master.volume_growth]\ncopy_1 = 1\ncopy_other = 1\n"
+# weed marks every volume read-only below 1 % free disk (2.5 GB of a 252 GB disk) and then
+# answers each PUT with InternalError; the tests' data is megabytes, so a floor of 256 MiB.
+MIN_FREE_SPACE = "256MiB"
 
 
 def weed_binary() -> str | None:
@@ -55,6 +61,7 @@ class SeaweedS3:
     endpoint: str = ""
     log: Path | None = None
     ports: list[int] = field(default_factory=list)
+    made: list[str] = field(default_factory=list)
 
     def start(self) -> None:
         weed = weed_binary()
@@ -65,6 +72,7 @@ class SeaweedS3:
         config.write_text(json.dumps({"identities": [{
             "name": "ndmpd", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        (self.root / "master.toml").write_text(MASTER_TOML)      # weed reads it from its cwd
         if not self.ports:                  # a restart (after kill) keeps its ports and data
             self.ports = _free_ports(8)
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = self.ports
@@ -73,7 +81,7 @@ class SeaweedS3:
         args = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.root / 'data'}",
                 "-master.telemetry=false", f"-master.port={master}", f"-master.port.grpc={master_grpc}",
                 "-master.volumeSizeLimitMB=128", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-                "-volume.max=400", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+                "-volume.max=400", f"-volume.minFreeSpace={MIN_FREE_SPACE}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
                 f"-filer.localSocket={self.root / 'filer.sock'}", "-s3", f"-s3.port={s3}",
                 f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}", f"-s3.localSocket={self.root / 's3.sock'}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-metricsPort=0"]
@@ -122,7 +130,20 @@ class SeaweedS3:
             if "BucketAlreadyExists" not in str(exc):
                 raise
         self.empty(name)
+        if name not in self.made:
+            self.made.append(name)
         return name
+
+    def drop_made(self) -> None:
+        """Delete the buckets made since the last call (their volumes go with them)."""
+        client = self.client()
+        while self.made:
+            name = self.made.pop()
+            try:
+                self.empty(name)
+                client.delete_bucket(Bucket=name)
+            except Exception:       # a test that killed or broke the server: nothing to free
+                pass
 
     def empty(self, bucket: str) -> None:
         client = self.client()
