@@ -1,6 +1,6 @@
 """``ndmp backup`` against a server whose messages cannot be trusted (tests/dma_fuzz.py's proxy
 rewriting a real ndmpd's records): a halt notice that never comes, a reply cut short mid-job, a
-file history post garbled, and random rewriting. Every job ends in bounded time with a true
+file history post garbled, random rewriting, and a direct-access restore's read requests lost. Every job ends in bounded time with a true
 status in the catalog (never left "running"), one line saying why when it failed, and the drive
 given back."""
 
@@ -16,8 +16,8 @@ from ndmpd.wire import C
 from tests.dma_fuzz import RewritingProxy, message_code, random_rewrite
 from tests.engine_helpers import build_every_case
 
-from .conftest import drive_is_free
-from .ndmp_cli import backups, ndmp
+from .conftest import OUT_VOLUME, drive_is_free
+from .ndmp_cli import backups, ndmp, summary
 
 pytestmark = pytest.mark.interop
 JOB_LIMIT = 90                  # seconds any one job may take here (a hang fails the test)
@@ -97,4 +97,96 @@ def test_randomly_rewritten_messages_end_every_job_with_a_true_status(target, ra
         assert rows in ([], ["done"], ["failed"]), (seed, rows)
         assert (done.returncode in (0, 3)) == (rows == ["done"]), (seed, done.returncode, rows, done.stderr)
         if done.returncode == 1:
+            assert done.stderr.strip().splitlines()[-1].startswith("ndmp: "), (seed, done.stderr)
+
+
+
+WANTED = {"a.txt": b"first\n" * 100, "z.txt": b"last\n" * 7}
+
+
+@pytest.fixture
+def restorable(server_factory, tmp_path):
+    """(restored(rewrite, name) -> (CompletedProcess, seconds), read(name) -> the files restored):
+    a backup of two small files around a 16 MiB one, restored by direct access through a proxy."""
+    vol, out = tmp_path / "vol", tmp_path / "out"
+    vol.mkdir()
+    out.mkdir()
+    (vol / "a.txt").write_bytes(WANTED["a.txt"])
+    with open(vol / "m-big.bin", "wb") as big:           # so direct access has something to skip
+        for n in range(16):
+            big.write(bytes([n]) * (1 << 20))
+    (vol / "z.txt").write_bytes(WANTED["z.txt"])
+    server = server_factory(extra=OUT_VOLUME.format(path=out, state=tmp_path / "state"))
+    catalog, spec = tmp_path / "catalog.db", f"ndmp@{server.host}"
+    made = ndmp("backup", f"{spec}:/export/data", "--tape", f"{spec}:vtape0", "--catalog", str(catalog),
+                "--json", home=tmp_path, timeout=JOB_LIMIT)
+    assert made.returncode == 0, made.stderr
+    backup_id = summary(made.stdout)["id"]
+
+    def restored(rewrite, name: str):
+        proxy = RewritingProxy((server.host, 10000), rewrite)
+        try:
+            began = time.monotonic()
+            done = ndmp("--timeout", "5", "restore", backup_id, "/a.txt", "/z.txt", "--to",
+                        f"ndmp@127.0.0.1:{proxy.port}:/export/out/{name}", "--catalog", str(catalog), "--json",
+                        home=tmp_path, timeout=JOB_LIMIT)
+            took = time.monotonic() - began
+        finally:
+            proxy.close()
+        deadline = time.monotonic() + 10
+        while not drive_is_free(server.host, "vtape0") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert drive_is_free(server.host, "vtape0"), done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        return done, took
+
+    def read(name: str) -> dict[str, bytes]:
+        return {f: (out / name / f).read_bytes() for f in WANTED if (out / name / f).exists()}
+    return restored, read
+
+
+def test_a_dar_restore_whose_read_requests_never_come_reads_them_from_the_state(restorable):
+    """Every NOTIFY_DATA_READ dropped: the DMA reads the data server's last read asked for from
+    DATA_GET_STATE (twice running) and answers it, so the restore ends done, not by its stall
+    timeout (300 s) nor by reading the same range twice."""
+    restored, read = restorable
+    dropped = []
+
+    def drop_reads(record):
+        if message_code(record) == C.NOTIFY_DATA_READ:
+            dropped.append(record)
+            return record[:12] + struct.pack(">I", 0x7FFF) + record[16:]
+        return record
+    done, took = restored(drop_reads, "d")
+    assert done.returncode == 0, (done.stderr, done.stdout[-2000:])
+    result = summary(done.stdout)
+    assert result["status"] == "done" and result["direct"], result
+    assert dropped, "the restore asked for no direct-access read"
+    assert result["bytes_moved"] < 8 << 20, result                 # the big file was skipped
+    assert read("d") == WANTED
+    assert took < 15 * len(dropped) + 15, (took, len(dropped))
+
+
+@pytest.mark.parametrize("notice", ["NOTIFY_DATA_HALTED", "NOTIFY_MOVER_HALTED"])
+def test_a_restore_whose_halt_notice_never_comes_ends_done_from_the_state(restorable, notice):
+    """The progress samples a restore takes every second are not events: a halt post dropped
+    is read from the states after the quiet, as in a backup."""
+    restored, read = restorable
+    code = getattr(C, notice)
+    done, took = restored(only(code, lambda r: r[:12] + struct.pack(">I", 0x7FFF) + r[16:]), "h")
+    assert done.returncode == 0 and summary(done.stdout)["status"] == "done", (done.stderr, done.stdout[-2000:])
+    assert read("h") == WANTED
+    assert took < 40, took
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.2])
+def test_randomly_rewritten_messages_end_every_restore_with_a_true_status(restorable, rate):
+    restored, read = restorable
+    for seed in range(5):
+        name = f"r{int(rate * 100)}-{seed}"
+        done, _ = restored(random_rewrite(seed, rate), name)
+        assert done.returncode in (0, 1, 3), (seed, done.returncode, done.stderr)
+        if done.returncode == 0:
+            assert summary(done.stdout)["status"] == "done" and read(name) == WANTED, (seed, done.stdout[-2000:])
+        else:
             assert done.stderr.strip().splitlines()[-1].startswith("ndmp: "), (seed, done.stderr)

@@ -164,6 +164,7 @@ class RecoverJob:
         self.files: dict[str, bool] = {}
         self.data_halted: Any = None
         self.mover_halted: Any = None
+        self.read_asked: tuple[int, int] | None = None     # the last MOVER_READ sent (offset, length)
         self.parts = sorted(request.backup.media, key=lambda m: m.first_byte) or [Media(label=request.drive)]
         self.mounted: Media | None = None
         self.cartridges: list[str] = []
@@ -186,7 +187,7 @@ class RecoverJob:
         watcher = ProgressWatcher(self.reporter, data=self.data, mover=self.tape,
                                   interval=min(reporter_interval or TICK, TICK), by_mover=True,
                                   total=None if req.direct else req.backup.bytes or None,   # DAR reads a part
-                                  on_sample=lambda *sample: self.events.put_nowait(("tick", sample)))
+                                  on_sample=self._sampled)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.events.put_nowait, ("interrupt", sig))
@@ -331,12 +332,14 @@ class RecoverJob:
 
     async def _wait_end(self) -> _End:
         while True:
-            kind, body = await steps.next_event(self.events, (steps.Side(self.data, "data", "data_halted"),
-                                                              steps.Side(self.tape, "mover", "mover_halted")))
+            kind, body = await steps.next_event(self.events, (
+                steps.Side(self.data, "data", "data_halted", reading="data_read_state"),
+                steps.Side(self.tape, "mover", "mover_halted", "mover_paused")))
             step = self._decide(kind, body)
             if isinstance(step, _End):
                 return step
             if isinstance(step, _Read):
+                self.read_asked = (step.offset, step.length)
                 await self.tape.call("MOVER_READ", offset=step.offset, length=step.length)
             elif isinstance(step, _Reposition):
                 part = self._part_for(step.offset)
@@ -347,21 +350,27 @@ class RecoverJob:
             elif isinstance(step, _Close):
                 await self.tape.call("MOVER_CLOSE")
 
+    def _sampled(self, moved: int, processed: int, now: float) -> None:
+        """The watcher's counts: a "stalled" event once nothing has moved for stall_timeout (a
+        sample is not an event, so a quiet queue still means a NOTIFY post may be missing)."""
+        if (moved, processed) != self.progress:
+            self.progress, self.progress_at = (moved, processed), now
+        elif now - self.progress_at > self.request.stall_timeout:
+            self.progress_at = float("inf")          # said once
+            self.events.put_nowait(("stalled", None))
+
     def _decide(self, kind: str, body: Any) -> _End | _Read | _Reposition | _Close | None:
         """What one event means: an end (outcome, reason), a step to take, or None to keep waiting."""
         if kind == "interrupt":
             return _End("interrupted", f"interrupted by signal {signal.Signals(body).name}")
-        if kind == "tick":
-            moved, processed, now = body
-            if (moved, processed) != self.progress:
-                self.progress, self.progress_at = (moved, processed), now
-            elif now - self.progress_at > self.request.stall_timeout:
-                hint = ("; the tape agent may not serve direct access reads: try --no-direct"
-                        if self.request.direct else "")
-                return _End("failed", f"nothing moved for {self.request.stall_timeout:g} s{hint}")
-            return None
+        if kind == "stalled":
+            hint = "; the tape agent may not serve direct access reads: try --no-direct" if self.request.direct else ""
+            return _End("failed", f"nothing moved for {self.request.stall_timeout:g} s{hint}")
         if kind == "data_read":
             return _Read(body.offset, body.length)
+        if kind == "data_read_state":           # the state's last read: new only if not yet answered
+            new = (body.offset, body.length) != self.read_asked
+            return _Read(body.offset, body.length) if new else None
         if kind == "mover_paused":
             if body.reason == C.MOVER_PAUSE_SEEK:
                 return _Reposition(body.seek_position)

@@ -63,12 +63,15 @@ def lost_as_event(events: "asyncio.Queue[tuple[str, Any]]", *agents: Agent) -> C
 @dataclass(frozen=True)
 class Side:
     """A side whose state stands in for its NOTIFY posts when they do not come: the event a
-    HALTED state means (``halted``), and a PAUSED one (``paused``; None: not read as one)."""
+    HALTED state means (``halted``), a PAUSED one (``paused``; None: not read as one), and an
+    ACTIVE data server's last read asked for (``reading``: a NOTIFY_DATA_READ that may have been
+    served already, so the job tells it from the one it answered; None: not read)."""
 
     agent: Agent
     kind: Kind
     halted: str
     paused: str | None = None
+    reading: str | None = None
 
 
 async def _states_say(sides: Sequence[Side], patience: float) -> list[tuple[str, Any]]:
@@ -85,6 +88,8 @@ async def _states_say(sides: Sequence[Side], patience: float) -> list[tuple[str,
         elif state == "paused" and side.paused is not None:
             said.append((side.paused, SimpleNamespace(reason=reply.pause_reason,
                                                       seek_position=getattr(reply, "seek_position", 0))))
+        elif state == "active" and side.reading is not None and getattr(reply, "read_length", 0):
+            said.append((side.reading, SimpleNamespace(offset=int(reply.read_offset), length=int(reply.read_length))))
     return said
 
 
