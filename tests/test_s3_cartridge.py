@@ -298,3 +298,21 @@ def test_a_library_whose_store_is_unreachable_answers_not_ready(tmp_path):
     result = SmcEmulator(library).execute(res(), 8192)
     assert sense_of(result) == (0x2, 0x04, 0x00)          # NOT READY: a DMA retries, nothing changed
     assert state.read_text() == '{"elements": {"1024": {"barcode": "A1"}}}'
+
+
+def test_a_cartridge_deleted_by_hand_is_no_longer_listed(store, s3_server, bucket):
+    """Objects removed with another S3 tool (a store such as SeaweedFS keeps the emptied NAME/
+    folder in its listings) or only the index removed: no cartridge is there any more."""
+    for name in ("CART01", "CART02", "CART03"):
+        written = drive(store, name)
+        written.open(write=True)
+        written.write_records(records(3, 1024, seed=len(name)), 1024)
+        written.write_filemarks(1)
+        written.close()
+    assert store.names() == ["CART01", "CART02", "CART03"]
+    client = s3_server.client()
+    for key in s3_server.keys(bucket, "lib/CART02/"):
+        client.delete_object(Bucket=bucket, Key=key)
+    client.delete_object(Bucket=bucket, Key="lib/CART03/index")
+    assert store.names() == ["CART01"]
+    assert not store.cartridge("CART02").exists() and not store.cartridge("CART03").exists()

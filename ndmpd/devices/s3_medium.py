@@ -43,6 +43,7 @@ READ_AHEAD_MAX = 8                  # blocks one sequential GET may fetch
 ABORT_RETRY = 2.0                   # seconds before the first retry to abort an upload of a failed write,
 ABORT_RETRY_MAX = 15.0              # doubling up to this (the upload gone within 15 s of the store's return),
 ABORT_PATIENCE = 6 * 3600.0         # for as long as a store may reasonably be down (parts are billed)
+NAME_LOOKUPS = 8                    # index HEADs in flight while listing cartridges
 MAX_INDEX_BYTES = 64 << 20          # an index or base object past this is not one (a v2 index is KiBs)
 MAX_PARTS = 10_000                  # parts of one multipart upload (S3's limit): a tape file spans segments
 
@@ -125,15 +126,22 @@ class S3Store:
             raise MediaError(describe(exc, self.config, f"listing {prefix or 'the bucket'}")) from exc
 
     def names(self) -> list[str]:
-        """The cartridges under the prefix (each a NAME/ prefix; one listing entry per cartridge,
-        however many segments it has)."""
+        """The cartridges under the prefix: each NAME/ prefix (one listing entry per cartridge,
+        however many segments it has) that holds an index. A folder emptied by another S3 tool
+        (SeaweedFS and other filer-backed stores still list it) or left without its index is not
+        a cartridge; the indexes are looked up a few at a time."""
         start = len(self.config.prefix)
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.config.bucket, Prefix=self.config.prefix, Delimiter="/")
-            return sorted(p["Prefix"][start:-1] for page in pages for p in page.get("CommonPrefixes", []))
+            listed = sorted(p["Prefix"][start:-1] for page in pages for p in page.get("CommonPrefixes", []))
         except Exception as exc:
             raise MediaError(describe(exc, self.config, "listing cartridges")) from exc
+        if not listed:
+            return []
+        with ThreadPoolExecutor(max_workers=min(NAME_LOOKUPS, len(listed))) as pool:
+            held = list(pool.map(lambda name: self.cartridge(name).exists(), listed))
+        return [name for name, there in zip(listed, held) if there]
 
     def abort(self, key: str, upload_id: str) -> bool:
         """Abort a multipart upload (its parts are no longer billed); False when the service
