@@ -339,6 +339,8 @@ class RecoverJob:
             if isinstance(step, _End):
                 return step
             if isinstance(step, _Read):
+                if kind == "data_read_state" and not await self._mover_idle_reader():
+                    continue
                 self.read_asked = (step.offset, step.length)
                 await self.tape.call("MOVER_READ", offset=step.offset, length=step.length)
             elif isinstance(step, _Reposition):
@@ -349,6 +351,12 @@ class RecoverJob:
                 await self.tape.call("MOVER_CONTINUE")
             elif isinstance(step, _Close):
                 await self.tape.call("MOVER_CLOSE")
+
+    async def _mover_idle_reader(self) -> bool:
+        """Whether the mover has no read outstanding (a read its state shows is being served
+        is not to be asked for again, whatever the data server's state says it asked)."""
+        state = await steps.quietly(self.tape, "MOVER_GET_STATE")
+        return state is not None and not int(getattr(state, "bytes_left_to_read", 0))
 
     def _sampled(self, moved: int, processed: int, now: float) -> None:
         """The watcher's counts: a "stalled" event once nothing has moved for stall_timeout (a
