@@ -14,12 +14,10 @@ from typing import Any
 from .catalog import Backup, FileEntry, media_dict, open_catalog
 from .errors import EXIT_FAILED, EXIT_OK
 from .hosts import host_named, split_target
-from .tls_data import secure_data_connection
-from .job_cli import (add_level_arguments, add_output_arguments, add_version_argument, connect, job_reporter,
-                      level_plan, parse_env, run_job)
+from .job_cli import (add_level_arguments, add_output_arguments, add_version_argument, connect_sides,
+                      job_reporter, level_plan, open_library, parse_env, run_job)
 from .jobs.backup import BackupJob, BackupRequest
 from .jobs.media import MediaLoader, parse_slots
-from .library import Library
 
 
 def add_parsers(sub: Any, epilog: str) -> None:
@@ -73,15 +71,10 @@ async def backup(args: argparse.Namespace) -> int:
                                 level=plan.level, env=user_env, tape_host_name=tape_host.name,
                                 base_token=plan.base_token, base_backup=plan.base.id if plan.base else None)
         async with AsyncExitStack() as stack:
-            data = await stack.enter_async_context(connect(data_host, args))
-            same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
-            tape = data if same else await stack.enter_async_context(connect(tape_host, args))
-            await secure_data_connection(data, tape)
+            data, tape = await connect_sides(stack, data_host, tape_host, args)
             media = None
             if robot_host is not None and changer is not None:
-                robot = await stack.enter_async_context(connect(robot_host, args))   # its own session: SCSI
-                library = await Library.open(robot, changer)
-                stack.push_async_callback(library.close)
+                library = await open_library(stack, robot_host, changer, args)
                 media = MediaLoader(library, tape, drive, catalog, slots=slots, drive_element=args.drive,
                                     names=(args.library, args.tape))
             reporter = job_reporter(args, label=f"{data_host.name}:{volume}")

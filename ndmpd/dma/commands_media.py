@@ -24,7 +24,7 @@ from .agent import Agent
 from . import tapes
 from .errors import EXIT_FAILED, EXIT_OK, UsageError
 from .hosts import Host, host_named, split_target
-from .job_cli import connect
+from .job_cli import connect, open_library
 from .library import Inventory, Library, LibraryError, element_name
 from .smc import Element
 
@@ -140,9 +140,7 @@ async def library(args: argparse.Namespace) -> int:
     host = host_named(host_text, args.config)
     _check_library_args(args)
     async with AsyncExitStack() as stack:
-        robot = await stack.enter_async_context(connect(host, args))
-        lib = await Library.open(robot, changer)
-        stack.push_async_callback(lib.close)
+        lib = await open_library(stack, host, changer, args)
         if args.action == "label":
             return await _label_slots(lib, host, args, stack)
         return await _library_action(lib, args)

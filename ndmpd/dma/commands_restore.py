@@ -33,12 +33,10 @@ from typing import Any
 from .catalog import Backup, Catalog, as_path, open_catalog
 from .errors import EXIT_FAILED, UsageError
 from .hosts import Host, host_named, split_target
-from .tls_data import secure_data_connection
-from .job_cli import (add_output_arguments, add_version_argument, completed_status, connect, is_failure,
-                      job_reporter, parse_env, run_job)
+from .job_cli import (add_output_arguments, add_version_argument, completed_status, connect_sides, is_failure,
+                      job_reporter, open_library, parse_env, run_job)
 from .jobs.media import MediaLoader
 from .jobs.recover import ALL_ONES, RecoverFailed, RecoverJob, RecoverRequest, RecoverResult, Selection
-from .library import Library
 from .progress import Reporter
 
 
@@ -156,16 +154,11 @@ async def _run_one(args: argparse.Namespace, request: RecoverRequest, data_host:
                    library: tuple[Host, str] | None, catalog: Catalog, reporter: Reporter) -> RecoverResult:
     request.data_host_name, request.tape_host_name = data_host.name, tape_host.name
     async with AsyncExitStack() as stack:
-        data = await stack.enter_async_context(connect(data_host, args))
-        same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
-        tape = data if same else await stack.enter_async_context(connect(tape_host, args))
-        await secure_data_connection(data, tape)
+        data, tape = await connect_sides(stack, data_host, tape_host, args)
         media = None
         if library is not None:
             robot_host, changer = library
-            robot = await stack.enter_async_context(connect(robot_host, args))    # its own session: SCSI
-            changer_lib = await Library.open(robot, changer)
-            stack.push_async_callback(changer_lib.close)
+            changer_lib = await open_library(stack, robot_host, changer, args)
             media = MediaLoader(changer_lib, tape, request.drive, catalog, drive_element=args.drive,
                                 reporter=reporter)
         try:

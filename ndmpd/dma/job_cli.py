@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import AsyncExitStack
 from typing import Any, Awaitable, TypeVar
 
 from .agent import Agent
+from .library import Library
+from .tls_data import secure_data_connection
 
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_WARNINGS, JobFailed, JobInterrupted, UsageError
 from .catalog import Catalog
@@ -41,6 +44,25 @@ def connect(host: Host, args: argparse.Namespace) -> Any:
     versions = tuple(getattr(args, "versions", None) or (4, 3))
     return Agent.connect(host.address, host.port, user=host.user, password=host.password, versions=versions,
                          timeout=args.timeout, tls=host.tls)
+
+
+async def connect_sides(stack: AsyncExitStack, data_host: Host, tape_host: Host,
+                        args: argparse.Namespace) -> tuple[Agent, Agent]:
+    """The data and tape agents of a job, in ``stack``: one session when both are one server
+    (two-way), else two, with their data connection made TLS where both hosts ask for it."""
+    data = await stack.enter_async_context(connect(data_host, args))
+    same = (data_host.address, data_host.port) == (tape_host.address, tape_host.port)
+    tape = data if same else await stack.enter_async_context(connect(tape_host, args))
+    await secure_data_connection(data, tape)
+    return data, tape
+
+
+async def open_library(stack: AsyncExitStack, robot_host: Host, changer: str, args: argparse.Namespace) -> Library:
+    """Library ``changer`` on ``robot_host`` through its own session (SCSI), closed by ``stack``."""
+    robot = await stack.enter_async_context(connect(robot_host, args))
+    library = await Library.open(robot, changer)
+    stack.push_async_callback(library.close)
+    return library
 
 
 def add_level_arguments(parser: argparse.ArgumentParser, newest: str) -> None:

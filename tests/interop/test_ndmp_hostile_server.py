@@ -42,15 +42,20 @@ def target(server_factory, tmp_path):
                     "--catalog", str(catalog), "--json", home=tmp_path, timeout=JOB_LIMIT)
         took = time.monotonic() - began
         proxy.close()
-        deadline = time.monotonic() + 10
-        while not drive_is_free(server.host, "vtape0") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert drive_is_free(server.host, "vtape0"), done.stderr
-        assert "Traceback" not in done.stderr, done.stderr
+        given_back(server, done)
         return done, [row["status"] for row in backups(tmp_path, catalog)] if catalog.exists() else [], took
     yield server, rewritten
     for proxy in proxies:
         proxy.close()
+
+
+def given_back(server, done) -> None:
+    """The job is over: its drive is free again within seconds, and it printed no traceback."""
+    deadline = time.monotonic() + 10
+    while not drive_is_free(server.host, "vtape0") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert drive_is_free(server.host, "vtape0"), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
 
 
 def only(code: int, change):
@@ -133,11 +138,7 @@ def restorable(server_factory, tmp_path):
             took = time.monotonic() - began
         finally:
             proxy.close()
-        deadline = time.monotonic() + 10
-        while not drive_is_free(server.host, "vtape0") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert drive_is_free(server.host, "vtape0"), done.stderr
-        assert "Traceback" not in done.stderr, done.stderr
+        given_back(server, done)
         return done, took
 
     def read(name: str) -> dict[str, bytes]:

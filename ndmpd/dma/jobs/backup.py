@@ -27,7 +27,7 @@ import asyncio
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...wire import C, T
 from ..agent import Agent
@@ -43,6 +43,9 @@ from .media import Loaded, MediaError, MediaLoader
 from ..progress import NullReporter, Reporter
 from .states import settle, with_trouble
 from .watch import LogForwarder, ProgressWatcher
+
+if TYPE_CHECKING:
+    from .copy import CopyRequest
 
 RECORD_SIZE = 64 * 1024
 WINDOW_ALL = (1 << 64) - 1
@@ -86,8 +89,9 @@ class BackupResult:
     seconds: float = 0.0
 
 
-def backup_env(request: BackupRequest) -> dict[str, str]:
-    """The environment sent with DATA_START_BACKUP: the user's -E over our defaults."""
+def backup_env(request: BackupRequest | CopyRequest) -> dict[str, str]:
+    """The environment sent with DATA_START_BACKUP (a backup's, a copy's source's): the user's
+    -E over our defaults."""
     env = {"FILESYSTEM": request.volume, "HIST": "y", "LEVEL": str(request.level)}
     if request.level == 0:
         env.setdefault("UPDATE", "y")

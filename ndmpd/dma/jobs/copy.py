@@ -25,7 +25,7 @@ from ..catalog import Catalog, Media
 from ..errors import JobFailed, JobInterrupted, NdmpConnectionLost, NdmpReplyError
 from ..progress import NullReporter, Reporter
 from . import steps
-from .backup import FH_CODES, V2_FH_CODES
+from .backup import FH_CODES, V2_FH_CODES, backup_env
 from .steps import constant_name
 from .states import settle, with_trouble
 from .watch import LogForwarder, ProgressWatcher
@@ -73,17 +73,6 @@ class CopyResult:
     seconds: float = 0.0
 
 
-def source_env(request: CopyRequest) -> dict[str, str]:
-    """The environment for the source's DATA_START_BACKUP: the user's -E over our defaults."""
-    env = {"FILESYSTEM": request.volume, "HIST": "y", "LEVEL": str(request.level)}
-    if request.level == 0:
-        env["UPDATE"] = "y"
-    if request.base_token:
-        env["BASE_DATE"] = request.base_token
-    env.update(request.env)
-    return env
-
-
 class CopyJob:
     """One data-to-data copy between a source and a destination data server (two agents)."""
 
@@ -102,7 +91,7 @@ class CopyJob:
     async def run(self) -> CopyResult:
         """Run to the end; CopyFailed / CopyInterrupted once the catalog says so."""
         req = self.request
-        env = source_env(req)
+        env = backup_env(req)        # the source's DATA_START_BACKUP: the same defaults
         began = time.monotonic()
         token = env.get("BASE_DATE")
         copy = self.catalog.begin_backup(host=req.source_host, volume=req.volume, butype=req.butype,
