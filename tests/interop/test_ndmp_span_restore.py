@@ -1,16 +1,21 @@
 """Restores that need another cartridge, and interrupting a spanning backup, as a user runs them
 against a real ``ndmpd serve`` whose virtual library holds small (1 MiB) cartridges: the restore
 loads the cartridge holding the first part it needs, changes cartridges at the end of a part
-(or on a SEEK into another part) and puts the last one back in its slot."""
+(or on a SEEK into another part), also when the pause notice is lost on its way, and puts the
+last one back in its slot."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
+from ndmpd.wire import C
+from tests.dma_fuzz import RewritingProxy, message_code
 from tests.trees import describe, differences
 
 from .conftest import PASSWORD, library_tables, run
@@ -62,7 +67,6 @@ def states(host: str) -> tuple[int, int]:
 
 
 def both_idle(host: str) -> bool:
-    from ndmpd.wire import C
     return states(host) == (C.DATA_STATE_IDLE, C.MOVER_STATE_IDLE)
 
 
@@ -172,3 +176,37 @@ def test_sigint_right_after_the_first_cartridge_change_exit_130_cartridge_back_i
     [row] = ok_json(ndmp("backups", "--catalog", str(catalog), "--json", home=tmp_path))
     assert row["status"] == "interrupted" and "SIGINT" in row["halt_reason"]
     assert inventory(spec, tmp_path) == HOME                       # the cartridge it was writing went home
+
+
+def test_a_spanning_restore_whose_pause_notices_never_come_changes_cartridges_from_the_state(lib, tmp_path):
+    """Every NOTIFY_MOVER_PAUSED (the end of each cartridge's part) dropped on its way to the
+    DMA: the restore reads the pause from MOVER_GET_STATE and changes cartridges as it would
+    on the post, rather than waiting out its stall timeout."""
+    server, spec = lib
+    fill_volume(tmp_path / "vol", 2_400_000)
+    before = describe(tmp_path / "vol")
+    catalog = tmp_path / "catalog.db"
+    made = spanning_backup(spec, catalog, tmp_path)
+    dropped = []
+
+    def drop_pauses(record):
+        if message_code(record) == C.NOTIFY_MOVER_PAUSED:
+            dropped.append(record)
+            return record[:12] + struct.pack(">I", 0x7FFF) + record[16:]
+        return record
+    proxy = RewritingProxy((server.host, 10000), drop_pauses)
+    via = f"ndmp@127.0.0.1:{proxy.port}"
+    try:
+        began = time.monotonic()
+        result = ndmp("--timeout", "5", "restore", made["id"][:8], "--to", f"{via}:/export/out/paused",
+                      "--tape", f"{via}:ltape0", "--library", f"{via}:vlib0", "--catalog", str(catalog),
+                      "--json", home=tmp_path, timeout=120)
+        took = time.monotonic() - began
+    finally:
+        proxy.close()
+    summary = ok_json(result)
+    assert summary["status"] == "done" and summary["cartridges"] == ["TAPE01", "TAPE02", "TAPE03"], summary
+    assert len(dropped) >= 2, "the restore changed cartridges without a pause"
+    assert differences(before, describe(tmp_path / "out" / "paused")) == []
+    assert inventory(spec, tmp_path) == HOME
+    assert took < 15 * len(dropped) + 20, (took, len(dropped))
