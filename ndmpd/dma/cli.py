@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from typing import Any, Callable
 
@@ -84,9 +85,26 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"info": _info, **com
                                                                   **commands_replicate.COMMANDS}
 
 
+class _LevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"ndmp: {record.levelname.lower()}: {super().format(record)}"
+
+
+def _log_to_stderr() -> None:
+    """What the client code logs (a post it could not read and dropped, a handler that failed)
+    reaches stderr as ndmp's other lines do, ``ndmp: warning: ...``, not as bare text; once."""
+    logger = logging.getLogger("ndmpd.dma")
+    if not any(isinstance(h.formatter, _LevelFormatter) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelFormatter())
+        handler.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one ``ndmp`` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    _log_to_stderr()
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except UsageError as exc:

@@ -68,6 +68,9 @@ def test_a_halt_notice_that_never_comes_is_read_from_the_state(target):
                                  "lost-notice")
     assert done.returncode == 0 and rows == ["done"], (done.stderr, done.stdout[-2000:])
     assert took < 40, took
+    said = done.stderr.strip().splitlines()          # the post it could not read, in ndmp's words
+    assert said and all(line.startswith("ndmp: warning: ") for line in said), done.stderr
+    assert any("0x7fff" in line and "dropped" in line for line in said), done.stderr
 
 
 def test_a_reply_cut_short_mid_job_fails_it_in_one_line_and_marks_it_failed(target):
