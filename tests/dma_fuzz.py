@@ -32,6 +32,21 @@ def message_code(record: bytes) -> int:
     return struct.unpack_from(">I", record, 12)[0] if len(record) >= 16 else 0
 
 
+UNKNOWN_CODE = 0x7FFF
+
+
+def dropping(code: int, seen: list[bytes] | None = None) -> Rewrite:
+    """A rewrite that makes every record of message ``code`` one of a code nobody knows, so the
+    DMA drops it as a post it cannot read (a NOTIFY that never comes); each is kept in ``seen``."""
+    def rewrite(record: bytes) -> bytes:
+        if message_code(record) != code:
+            return record
+        if seen is not None:
+            seen.append(record)
+        return record[:12] + struct.pack(">I", UNKNOWN_CODE) + record[16:]
+    return rewrite
+
+
 class RewritingProxy:
     """Listens on 127.0.0.1 and relays each connection to ``upstream``: requests as they are,
     every record the server sends through ``rewrite`` (then framed again)."""

@@ -7,13 +7,12 @@ given back."""
 from __future__ import annotations
 
 import json
-import struct
 import time
 
 import pytest
 
 from ndmpd.wire import C
-from tests.dma_fuzz import RewritingProxy, message_code, random_rewrite
+from tests.dma_fuzz import RewritingProxy, dropping, message_code, random_rewrite
 from tests.engine_helpers import build_every_case
 
 from .conftest import OUT_VOLUME, drive_is_free
@@ -64,8 +63,7 @@ def only(code: int, change):
 
 def test_a_halt_notice_that_never_comes_is_read_from_the_state(target):
     _, rewritten = target      # NOTIFY_DATA_HALTED turned into a message nobody knows: dropped
-    done, rows, took = rewritten(only(C.NOTIFY_DATA_HALTED, lambda r: r[:12] + struct.pack(">I", 0x7FFF) + r[16:]),
-                                 "lost-notice")
+    done, rows, took = rewritten(dropping(C.NOTIFY_DATA_HALTED), "lost-notice")
     assert done.returncode == 0 and rows == ["done"], (done.stderr, done.stdout[-2000:])
     assert took < 40, took
     said = done.stderr.strip().splitlines()          # the post it could not read, in ndmp's words
@@ -154,14 +152,8 @@ def test_a_dar_restore_whose_read_requests_never_come_reads_them_from_the_state(
     DATA_GET_STATE (twice running) and answers it, so the restore ends done, not by its stall
     timeout (300 s) nor by reading the same range twice."""
     restored, read = restorable
-    dropped = []
-
-    def drop_reads(record):
-        if message_code(record) == C.NOTIFY_DATA_READ:
-            dropped.append(record)
-            return record[:12] + struct.pack(">I", 0x7FFF) + record[16:]
-        return record
-    done, took = restored(drop_reads, "d")
+    dropped: list[bytes] = []
+    done, took = restored(dropping(C.NOTIFY_DATA_READ, dropped), "d")
     assert done.returncode == 0, (done.stderr, done.stdout[-2000:])
     result = summary(done.stdout)
     assert result["status"] == "done" and result["direct"], result
@@ -176,8 +168,7 @@ def test_a_restore_whose_halt_notice_never_comes_ends_done_from_the_state(restor
     """The progress samples a restore takes every second are not events: a halt post dropped
     is read from the states after the quiet, as in a backup."""
     restored, read = restorable
-    code = getattr(C, notice)
-    done, took = restored(only(code, lambda r: r[:12] + struct.pack(">I", 0x7FFF) + r[16:]), "h")
+    done, took = restored(dropping(getattr(C, notice)), "h")
     assert done.returncode == 0 and summary(done.stdout)["status"] == "done", (done.stderr, done.stdout[-2000:])
     assert read("h") == WANTED
     assert took < 40, took

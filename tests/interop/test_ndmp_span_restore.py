@@ -7,7 +7,6 @@ last one back in its slot."""
 from __future__ import annotations
 
 import asyncio
-import struct
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import time
 import pytest
 
 from ndmpd.wire import C
-from tests.dma_fuzz import RewritingProxy, message_code
+from tests.dma_fuzz import RewritingProxy, dropping
 from tests.trees import describe, differences
 
 from .conftest import PASSWORD, library_tables, run
@@ -187,14 +186,8 @@ def test_a_spanning_restore_whose_pause_notices_never_come_changes_cartridges_fr
     before = describe(tmp_path / "vol")
     catalog = tmp_path / "catalog.db"
     made = spanning_backup(spec, catalog, tmp_path)
-    dropped = []
-
-    def drop_pauses(record):
-        if message_code(record) == C.NOTIFY_MOVER_PAUSED:
-            dropped.append(record)
-            return record[:12] + struct.pack(">I", 0x7FFF) + record[16:]
-        return record
-    proxy = RewritingProxy((server.host, 10000), drop_pauses)
+    dropped: list[bytes] = []
+    proxy = RewritingProxy((server.host, 10000), dropping(C.NOTIFY_MOVER_PAUSED, dropped))
     via = f"ndmp@127.0.0.1:{proxy.port}"
     try:
         began = time.monotonic()
