@@ -75,7 +75,8 @@ class Side:
 
 
 async def _states_say(sides: Sequence[Side], patience: float) -> list[tuple[str, Any]]:
-    """The events the sides' states stand for (a halt or a pause, with the post's fields)."""
+    """The events the sides' states stand for (a halt, a pause or a read asked for, with the
+    post's fields)."""
     said: list[tuple[str, Any]] = []
     for side in sides:
         try:
@@ -103,9 +104,10 @@ async def next_event(events: "asyncio.Queue[tuple[str, Any]]", sides: Sequence[S
     as it ends any request that failed for that reason).
 
     With ``sides``, a NOTIFY post that never comes does not hold the job for ever: after
-    ``patience`` seconds without an event the sides' states are read, and a halt or pause
-    they show twice running, with no event in between, is taken as the post (as ndmjob's
-    monitor reads states); a duplicate of one already taken is harmless to a job's rules."""
+    ``patience`` seconds without an event the sides' states are read, and a halt, pause or
+    read they show twice running, with no event in between, is taken as the post (as ndmjob's
+    monitor reads states); a duplicate of a halt or pause already taken is harmless to a job's
+    rules, and a read comes as its Side's own event so the job can tell one it answered."""
     suspected: list[tuple[str, Any]] = []
     while True:
         if not sides:
